@@ -1,0 +1,120 @@
+/* Element types shared by the model readers and the backends. The numeric values are GGML's type
+ * ids, so a GGUF tensor's type field maps to this enum directly.
+ *
+ * Block formats (GGML's layouts, little endian):
+ *   Q8_0: 32 weights, { f16 d; int8 q[32]; }                 w = d * q
+ *   Q4_0: 32 weights, { f16 d; uint8 qs[16]; }               w = d * (nibble - 8)
+ *   Q4_1: 32 weights, { f16 d; f16 m; uint8 qs[16]; }        w = d * nibble + m
+ * In Q4_0/Q4_1, byte j holds weight j in its low nibble and weight j+16 in its high nibble. */
+#ifndef TSR_COMMON_DTYPE_H
+#define TSR_COMMON_DTYPE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+enum tsr_dtype {
+    TSR_F32 = 0,
+    TSR_F16 = 1,
+    TSR_Q4_0 = 2,
+    TSR_Q4_1 = 3,
+    TSR_Q8_0 = 8,
+    TSR_BF16 = 30,
+};
+
+#define TSR_QK 32 /* weights per block in Q8_0, Q4_0, Q4_1 */
+
+struct tsr_block_q8_0 {
+    uint16_t d;
+    int8_t qs[TSR_QK];
+};
+struct tsr_block_q4_0 {
+    uint16_t d;
+    uint8_t qs[TSR_QK / 2];
+};
+struct tsr_block_q4_1 {
+    uint16_t d, m;
+    uint8_t qs[TSR_QK / 2];
+};
+
+/* 1 if t is one of the types above. */
+int tsr_dtype_valid(int t);
+/* "F32", "Q4_1", ...; "unknown" for anything else. */
+const char *tsr_dtype_name(int t);
+/* Elements per block (1 for scalar types) and bytes per block. */
+int tsr_dtype_block_elems(enum tsr_dtype t);
+size_t tsr_dtype_block_bytes(enum tsr_dtype t);
+/* Bytes of a row of n elements; 0 if n is not a multiple of the block size. */
+size_t tsr_dtype_row_bytes(enum tsr_dtype t, int64_t n);
+
+/* Converts n elements of a row of type t to f32 (used for embeddings, tests and loading). */
+void tsr_dequantize_row(enum tsr_dtype t, const void *src, float *dst, int64_t n);
+/* The reverse, GGML's reference rounding: n f32 values to a row of type t (n a multiple of the
+ * block size). Used to build synthetic models and test data. */
+void tsr_quantize_row(enum tsr_dtype t, const float *src, void *dst, int64_t n);
+
+static inline float tsr_f16_to_f32(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0) {
+        if (man == 0) {
+            bits = sign;
+        } else { /* subnormal: normalize */
+            exp = 127 - 15 + 1;
+            while (!(man & 0x400)) {
+                man <<= 1;
+                exp--;
+            }
+            man &= 0x3ff;
+            bits = sign | (exp << 23) | (man << 13);
+        }
+    } else if (exp == 0x1f) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* Round to nearest even. */
+static inline uint16_t tsr_f32_to_f16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000;
+    int32_t exp = (int32_t)((x >> 23) & 0xff) - 127 + 15;
+    uint32_t man = x & 0x7fffff;
+    if (((x >> 23) & 0xff) == 0xff) return (uint16_t)(sign | 0x7c00 | (man ? 0x200 : 0));
+    if (exp >= 0x1f) return (uint16_t)(sign | 0x7c00);
+    if (exp <= 0) {
+        if (exp < -10) return (uint16_t)sign;
+        man |= 0x800000;
+        uint32_t shift = (uint32_t)(14 - exp);
+        uint32_t half = man >> shift, rem = man & ((1u << shift) - 1), mid = 1u << (shift - 1);
+        if (rem > mid || (rem == mid && (half & 1))) half++;
+        return (uint16_t)(sign | half);
+    }
+    uint32_t h = sign | ((uint32_t)exp << 10) | (man >> 13), rem = man & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) h++;
+    return (uint16_t)h;
+}
+
+static inline float tsr_bf16_to_f32(uint16_t h)
+{
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static inline uint16_t tsr_f32_to_bf16(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    if ((x & 0x7fffffff) > 0x7f800000) return (uint16_t)((x >> 16) | 0x40); /* quiet NaN */
+    return (uint16_t)((x + 0x7fff + ((x >> 16) & 1)) >> 16);
+}
+
+#endif

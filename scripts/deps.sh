@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs the Debian packages tessera builds and tests with. Idempotent: installs only what is
+# missing, and runs apt-get update only then. Needs root (or sudo) when something is missing.
+set -euo pipefail
+pkgs=(build-essential cmake pkg-config python3 python3-pip clang libclang-rt-14-dev
+      libpcre2-dev libjansson-dev libcmocka-dev libopenblas-dev libopenmpi-dev openmpi-bin)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  echo "installing: ${missing[*]}" >&2
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The test suite: installs what is missing, fetches the default model, then
+#  1. builds (Release, -Werror) and runs every unit test under ctest;
+#  2. builds with AddressSanitizer + UndefinedBehaviorSanitizer and runs the tests again;
+#  3. builds the libFuzzer targets with clang and runs each for FUZZ_SECONDS (default 60).
+# Set TESSERA_QUICK=1 to run only step 1.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+"$root/scripts/deps.sh"
+"$root/scripts/fetch_model.sh"
+jobs=$(nproc)
+
+echo "== build and unit tests (Release)"
+cmake -S "$root" -B "$root/build" -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build "$root/build" -j"$jobs"
+(cd "$root/build" && ctest --output-on-failure -j"$jobs")
+
+[ "${TESSERA_QUICK:-0}" = 1 ] && exit 0
+
+echo "== unit tests under ASan + UBSan"
+cmake -S "$root" -B "$root/build-asan" -DCMAKE_BUILD_TYPE=Debug -DTESSERA_CUDA=OFF \
+  -DTESSERA_SANITIZE=address,undefined -DCMAKE_C_FLAGS_DEBUG="-O1 -g" >/dev/null
+cmake --build "$root/build-asan" -j"$jobs"
+(cd "$root/build-asan" && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j"$jobs")
+
+echo "== fuzzing (${FUZZ_SECONDS:-60} s per target)"
+CC=clang cmake -S "$root" -B "$root/build-fuzz" -DCMAKE_BUILD_TYPE=Debug -DTESSERA_CUDA=OFF \
+  -DTESSERA_FUZZ=ON -DCMAKE_C_FLAGS_DEBUG="-O1 -g" >/dev/null
+cmake --build "$root/build-fuzz" -j"$jobs" --target $(cd "$root/tests/fuzz" && ls fuzz_*.c | sed 's/\.c$//')
+export TSR_TOKENIZER="$root/tests/reference/smollm2_tokenizer.json"
+for src in "$root"/tests/fuzz/fuzz_*.c; do
+  name=$(basename "$src" .c)
+  corpus=$(mktemp -d)
+  cp -r "$root/tests/fuzz/corpus/$name/." "$corpus/" 2>/dev/null || true
+  echo "-- $name"
+  rc=0
+  "$root/build-fuzz/$name" -max_total_time="${FUZZ_SECONDS:-60}" -print_final_stats=1 \
+    -rss_limit_mb=4096 "$corpus" >"$corpus.log" 2>&1 || rc=$?
+  grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|SUMMARY)' "$corpus.log" || true
+  if [ "$rc" != 0 ]; then
+    tail -n 40 "$corpus.log"
+    echo "fuzzer $name failed (exit $rc)"
+    exit 1
+  fi
+  rm -rf "$corpus" "$corpus.log"
+done
