@@ -1,0 +1,45 @@
+/* Safetensors reader and Hugging Face model directories.
+ *
+ * A .safetensors file: u64 header length N (little endian), N bytes of JSON mapping tensor names to
+ * {"dtype", "shape", "data_offsets": [begin, end]} (offsets relative to the byte after the header)
+ * plus an optional "__metadata__" object. Files are mmap'ed; every offset, shape and size is checked
+ * against the file with overflow-safe arithmetic (shape product × element size must equal
+ * end - begin; ranges inside the data section). Supported dtypes: F32, F16, BF16; others give
+ * TSR_EUNSUPPORTED naming the tensor. A malformed file is TSR_EFORMAT with a message naming the
+ * file and what is wrong, never a crash.
+ *
+ * A directory holds config.json, tokenizer.json and either model.safetensors or several shards
+ * listed by model.safetensors.index.json ("weight_map": tensor name → file name). */
+#ifndef TSR_MODEL_SAFETENSORS_H
+#define TSR_MODEL_SAFETENSORS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/dtype.h"
+
+typedef struct tsr_st tsr_st_t; /* one file or a whole directory's shards */
+
+struct tsr_st_tensor {
+    char *name;       /* NUL-terminated, owned by the reader */
+    uint32_t n_dims;  /* 0..4 (0 = scalar) */
+    int64_t ne[4];    /* ne[0] innermost: the reverse of the JSON "shape"; unused = 1 */
+    enum tsr_dtype type;
+    uint64_t nbytes;
+    const void *data; /* into the mapping */
+};
+
+/* One file. Caller frees with tsr_st_close(). */
+int tsr_st_open(const char *path, tsr_st_t **out);
+/* A caller-owned buffer (tests, fuzzing); name is used in messages. */
+int tsr_st_open_mem(const void *buf, size_t len, const char *name, tsr_st_t **out);
+/* A Hugging Face directory: model.safetensors.index.json if present, else model.safetensors,
+ * else every *.safetensors in it. Tensors of all shards are visible through one reader. */
+int tsr_st_open_dir(const char *dir, tsr_st_t **out);
+void tsr_st_close(tsr_st_t *st);
+
+uint64_t tsr_st_n_tensors(const tsr_st_t *st);
+const struct tsr_st_tensor *tsr_st_tensor(const tsr_st_t *st, uint64_t i);
+const struct tsr_st_tensor *tsr_st_find_tensor(const tsr_st_t *st, const char *name);
+
+#endif
