@@ -1,0 +1,44 @@
+/* Model configuration of the Llama family (Llama 2 and 3, Mistral, Qwen2, SmolLM2), read from GGUF
+ * metadata or a Hugging Face config.json, and the RoPE frequencies it implies. */
+#ifndef TSR_MODEL_CONFIG_H
+#define TSR_MODEL_CONFIG_H
+
+#include "model/gguf.h"
+
+enum tsr_rope_scaling { TSR_ROPE_NONE, TSR_ROPE_LINEAR, TSR_ROPE_LLAMA3 };
+
+struct tsr_model_config {
+    char arch[32]; /* "llama", "qwen2", "mistral" */
+    int n_layer;   /* transformer blocks */
+    int dim;       /* hidden size */
+    int ffn_dim;   /* intermediate size of the SwiGLU MLP */
+    int n_head;    /* query heads */
+    int n_kv_head; /* key/value heads (GQA when < n_head) */
+    int head_dim;  /* usually dim / n_head */
+    int n_vocab;
+    int n_ctx_train; /* context length the model was trained for */
+    float norm_eps;  /* RMSNorm epsilon */
+    float rope_theta;
+    int rope_neox; /* 1: rotate halves (HF layout, Qwen2 GGUF); 0: adjacent pairs (llama GGUF) */
+    enum tsr_rope_scaling rope_scaling;
+    float rope_factor, rope_low_freq_factor, rope_high_freq_factor;
+    int rope_orig_ctx;   /* llama3 scaling: original_max_position_embeddings */
+    int tied_embeddings; /* no separate output matrix: the LM head is the embedding */
+    int qkv_bias;        /* Q, K and V projections carry a bias (Qwen2) */
+};
+
+/* Read the config; the tokenizer's vocabulary size is the fallback for n_vocab. Both validate
+ * (tsr_config_validate) before returning. Errors name the missing or bad field. */
+int tsr_config_from_gguf(const tsr_gguf_t *g, struct tsr_model_config *c);
+int tsr_config_from_json(const char *config_json_path, struct tsr_model_config *c);
+/* Checks sizes are positive and consistent (n_head % n_kv_head == 0, head_dim even, ...). */
+int tsr_config_validate(const struct tsr_model_config *c);
+
+/* RoPE inverse frequencies, head_dim/2 of them, with the configured scaling applied.
+ * freq_factors (head_dim/2, may be NULL) divides them, as GGUF's rope_freqs.weight does. */
+void tsr_rope_inv_freq(const struct tsr_model_config *c, const float *freq_factors, float *out);
+
+/* Parameter count and bytes of weights at a given bits-per-weight, for plans and progress. */
+double tsr_config_n_params(const struct tsr_model_config *c);
+
+#endif

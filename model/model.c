@@ -1,0 +1,394 @@
+#include "model/model.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <math.h>
+#include <jansson.h>
+
+#include "common/status.h"
+#include "model/safetensors.h"
+
+enum source { SRC_GGUF, SRC_HF, SRC_SYNTHETIC };
+
+/* A tensor generated for a synthetic model, kept until the model is freed. */
+struct owned_tensor {
+    char *name;
+    struct tsr_tensor_view v;
+    struct owned_tensor *next;
+};
+
+struct synthetic_shape {
+    const char *name;
+    int n_layer, dim, ffn_dim, n_head, n_kv_head, n_vocab, n_ctx;
+    float rope_theta;
+    int llama3_scaling;
+    enum tsr_dtype dtype; /* default weight type */
+};
+
+/* Public shapes (Llama 3 8B/70B as published) and tiny ones for tests. tiny-gqa4 has 4 KV heads
+ * so tp = 2 and 4 divide it. */
+static const struct synthetic_shape synthetic_shapes[] = {
+    {"tiny", 2, 64, 128, 4, 2, 256, 512, 10000.0f, 0, TSR_F32},
+    {"tiny-gqa4", 4, 128, 256, 8, 4, 512, 1024, 10000.0f, 0, TSR_F32},
+    {"llama3-8b", 32, 4096, 14336, 32, 8, 128256, 8192, 500000.0f, 1, TSR_BF16},
+    {"llama3-70b", 80, 8192, 28672, 64, 8, 128256, 8192, 500000.0f, 1, TSR_BF16},
+};
+
+struct tsr_model {
+    enum source src;
+    char name[256];
+    struct tsr_model_config cfg;
+    tsr_gguf_t *gguf;
+    tsr_st_t *st;
+    tsr_tokenizer_t *tok;
+    struct tsr_chat chat;
+    enum tsr_dtype synth_dtype;
+    uint64_t synth_seed;
+    struct owned_tensor *owned;
+};
+
+const char *tsr_synthetic_names(void)
+{
+    return "tiny, tiny-gqa4, llama3-8b, llama3-70b";
+}
+
+static int is_dir(const char *p)
+{
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static int load_chat(tsr_model_t *m, const char *template_text)
+{
+    if (tsr_chat_detect(template_text, m->cfg.arch, &m->chat)) {
+        /* An unrecognised template still serves raw prompts; chat requests get plain text. */
+        memset(&m->chat, 0, sizeof m->chat);
+    }
+    return 0;
+}
+
+static int open_gguf(tsr_model_t *m, const char *path)
+{
+    int rc = tsr_gguf_open(path, &m->gguf);
+    if (rc) return rc;
+    if ((rc = tsr_config_from_gguf(m->gguf, &m->cfg)))
+        return tsr_errorf(rc, "%s: %s", path, tsr_last_error());
+    if ((rc = tsr_tokenizer_from_gguf(m->gguf, &m->tok))) return rc;
+    struct tsr_str tmpl;
+    char *t = NULL;
+    if (!tsr_gguf_get_str(m->gguf, "tokenizer.chat_template", &tmpl)) {
+        t = malloc(tmpl.n + 1);
+        if (!t) return tsr_errorf(TSR_ENOMEM, "out of memory");
+        memcpy(t, tmpl.p, tmpl.n);
+        t[tmpl.n] = 0;
+    }
+    rc = load_chat(m, t);
+    free(t);
+    return rc;
+}
+
+static int open_hf(tsr_model_t *m, const char *dir)
+{
+    char path[4096];
+    int rc;
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    if ((rc = tsr_config_from_json(path, &m->cfg))) return rc;
+    if ((rc = tsr_st_open_dir(dir, &m->st))) return rc;
+    if (!tsr_st_find_tensor(m->st, "lm_head.weight")) m->cfg.tied_embeddings = 1;
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    if ((rc = tsr_tokenizer_from_json(path, &m->tok))) return rc;
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
+    json_error_t err;
+    json_t *tc = json_load_file(path, 0, &err); /* optional */
+    rc = load_chat(m, tc ? json_string_value(json_object_get(tc, "chat_template")) : NULL);
+    json_decref(tc);
+    return rc;
+}
+
+static int parse_dtype(const char *s, enum tsr_dtype *out)
+{
+    static const struct {
+        const char *name;
+        enum tsr_dtype t;
+    } names[] = {{"f32", TSR_F32},   {"f16", TSR_F16},   {"bf16", TSR_BF16},
+                 {"q8_0", TSR_Q8_0}, {"q4_0", TSR_Q4_0}, {"q4_1", TSR_Q4_1}};
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (!strcmp(s, names[i].name)) {
+            *out = names[i].t;
+            return 0;
+        }
+    return tsr_errorf(TSR_EINVAL, "unknown weight type '%s' (f32, f16, bf16, q8_0, q4_0, q4_1)", s);
+}
+
+static int open_synthetic(tsr_model_t *m, const char *spec)
+{
+    char name[64];
+    const char *colon = strchr(spec, ':');
+    size_t n = colon ? (size_t)(colon - spec) : strlen(spec);
+    if (n >= sizeof name) return tsr_errorf(TSR_EINVAL, "synthetic model name too long");
+    memcpy(name, spec, n);
+    name[n] = 0;
+    const struct synthetic_shape *s = NULL;
+    for (size_t i = 0; i < sizeof synthetic_shapes / sizeof synthetic_shapes[0]; i++)
+        if (!strcmp(synthetic_shapes[i].name, name)) s = &synthetic_shapes[i];
+    if (!s)
+        return tsr_errorf(TSR_EINVAL, "unknown synthetic model '%s' (known: %s)", name,
+                          tsr_synthetic_names());
+    m->synth_dtype = s->dtype;
+    int rc;
+    if (colon && (rc = parse_dtype(colon + 1, &m->synth_dtype))) return rc;
+    struct tsr_model_config *c = &m->cfg;
+    snprintf(c->arch, sizeof c->arch, "llama");
+    c->n_layer = s->n_layer;
+    c->dim = s->dim;
+    c->ffn_dim = s->ffn_dim;
+    c->n_head = s->n_head;
+    c->n_kv_head = s->n_kv_head;
+    c->head_dim = s->dim / s->n_head;
+    c->n_vocab = s->n_vocab;
+    c->n_ctx_train = s->n_ctx;
+    c->norm_eps = 1e-5f;
+    c->rope_theta = s->rope_theta;
+    c->rope_neox = 0;
+    if (s->llama3_scaling) {
+        c->rope_scaling = TSR_ROPE_LLAMA3;
+        c->rope_factor = 8.0f;
+        c->rope_low_freq_factor = 1.0f;
+        c->rope_high_freq_factor = 4.0f;
+        c->rope_orig_ctx = 8192;
+    }
+    m->synth_seed = 0x7e55e7a5eedULL;
+    return tsr_config_validate(c);
+}
+
+int tsr_model_open(const char *spec, tsr_model_t **out)
+{
+    *out = NULL;
+    tsr_model_t *m = calloc(1, sizeof *m);
+    if (!m) return tsr_errorf(TSR_ENOMEM, "out of memory");
+    snprintf(m->name, sizeof m->name, "%s", spec);
+    int rc;
+    if (!strncmp(spec, "synthetic:", 10)) {
+        m->src = SRC_SYNTHETIC;
+        rc = open_synthetic(m, spec + 10);
+    } else if (is_dir(spec)) {
+        m->src = SRC_HF;
+        rc = open_hf(m, spec);
+    } else {
+        m->src = SRC_GGUF;
+        rc = open_gguf(m, spec);
+    }
+    if (rc) {
+        tsr_model_free(m);
+        return rc;
+    }
+    *out = m;
+    return 0;
+}
+
+void tsr_model_free(tsr_model_t *m)
+{
+    if (!m) return;
+    while (m->owned) {
+        struct owned_tensor *o = m->owned;
+        m->owned = o->next;
+        free(o->name);
+        free((void *)o->v.data);
+        free(o);
+    }
+    tsr_chat_free(&m->chat);
+    tsr_tokenizer_free(m->tok);
+    tsr_gguf_close(m->gguf);
+    tsr_st_close(m->st);
+    free(m);
+}
+
+const struct tsr_model_config *tsr_model_config(const tsr_model_t *m)
+{
+    return &m->cfg;
+}
+
+const char *tsr_model_name(const tsr_model_t *m)
+{
+    return m->name;
+}
+
+const tsr_tokenizer_t *tsr_model_tokenizer(const tsr_model_t *m)
+{
+    return m->tok;
+}
+
+const struct tsr_chat *tsr_model_chat(const tsr_model_t *m)
+{
+    return &m->chat;
+}
+
+/* GGUF tensor name → Hugging Face name. Returns 0 if the name has no HF counterpart. */
+static int hf_name(const char *gguf, char *out, size_t cap)
+{
+    static const struct {
+        const char *g, *h;
+    } whole[] = {{"token_embd.weight", "model.embed_tokens.weight"},
+                 {"output_norm.weight", "model.norm.weight"},
+                 {"output.weight", "lm_head.weight"}},
+      part[] = {{"attn_norm.weight", "input_layernorm.weight"},
+                {"attn_q.weight", "self_attn.q_proj.weight"},
+                {"attn_k.weight", "self_attn.k_proj.weight"},
+                {"attn_v.weight", "self_attn.v_proj.weight"},
+                {"attn_q.bias", "self_attn.q_proj.bias"},
+                {"attn_k.bias", "self_attn.k_proj.bias"},
+                {"attn_v.bias", "self_attn.v_proj.bias"},
+                {"attn_output.weight", "self_attn.o_proj.weight"},
+                {"ffn_norm.weight", "post_attention_layernorm.weight"},
+                {"ffn_gate.weight", "mlp.gate_proj.weight"},
+                {"ffn_up.weight", "mlp.up_proj.weight"},
+                {"ffn_down.weight", "mlp.down_proj.weight"}};
+    for (size_t i = 0; i < sizeof whole / sizeof whole[0]; i++)
+        if (!strcmp(gguf, whole[i].g)) return snprintf(out, cap, "%s", whole[i].h) > 0;
+    int layer, used = 0;
+    if (sscanf(gguf, "blk.%d.%n", &layer, &used) != 1 || !used) return 0;
+    for (size_t i = 0; i < sizeof part / sizeof part[0]; i++)
+        if (!strcmp(gguf + used, part[i].g))
+            return snprintf(out, cap, "model.layers.%d.%s", layer, part[i].h) > 0;
+    return 0;
+}
+
+static void view_from_dims(struct tsr_tensor_view *v, uint32_t n_dims, const int64_t *ne)
+{
+    v->cols = ne[0];
+    v->rows = 1;
+    for (uint32_t d = 1; d < n_dims; d++) v->rows *= ne[d];
+}
+
+/* splitmix64: a counter-based generator, so any rank can make any slice of a tensor alone. */
+static uint64_t mix64(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+static uint64_t name_hash(const char *s)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+    while (*s) h = (h ^ (uint8_t)*s++) * 0x100000001b3ULL;
+    return h;
+}
+
+/* Shape of a synthetic tensor by name; 0 if the model has no such tensor. */
+static int synthetic_shape(const struct tsr_model_config *c, const char *name, int64_t *rows,
+                           int64_t *cols, int *is_norm)
+{
+    int layer, used = 0;
+    *is_norm = 0;
+    if (!strcmp(name, "token_embd.weight") || !strcmp(name, "output.weight")) {
+        *rows = c->n_vocab;
+        *cols = c->dim;
+        return 1;
+    }
+    if (!strcmp(name, "output_norm.weight")) {
+        *rows = 1;
+        *cols = c->dim;
+        *is_norm = 1;
+        return 1;
+    }
+    if (sscanf(name, "blk.%d.%n", &layer, &used) != 1 || !used || layer < 0 || layer >= c->n_layer)
+        return 0;
+    const char *p = name + used;
+    int64_t q = (int64_t)c->n_head * c->head_dim, kv = (int64_t)c->n_kv_head * c->head_dim;
+    if (!strcmp(p, "attn_norm.weight") || !strcmp(p, "ffn_norm.weight")) {
+        *rows = 1, *cols = c->dim, *is_norm = 1;
+    } else if (!strcmp(p, "attn_q.weight")) {
+        *rows = q, *cols = c->dim;
+    } else if (!strcmp(p, "attn_k.weight") || !strcmp(p, "attn_v.weight")) {
+        *rows = kv, *cols = c->dim;
+    } else if (!strcmp(p, "attn_output.weight")) {
+        *rows = c->dim, *cols = q;
+    } else if (!strcmp(p, "ffn_gate.weight") || !strcmp(p, "ffn_up.weight")) {
+        *rows = c->ffn_dim, *cols = c->dim;
+    } else if (!strcmp(p, "ffn_down.weight")) {
+        *rows = c->dim, *cols = c->ffn_dim;
+    } else {
+        return 0;
+    }
+    return 1;
+}
+
+static int synthetic_tensor(tsr_model_t *m, const char *name, struct tsr_tensor_view *out)
+{
+    for (struct owned_tensor *o = m->owned; o; o = o->next)
+        if (!strcmp(o->name, name)) {
+            *out = o->v;
+            return 0;
+        }
+    int64_t rows, cols;
+    int is_norm;
+    if (!synthetic_shape(&m->cfg, name, &rows, &cols, &is_norm))
+        return tsr_errorf(TSR_ENOTFOUND, "%s: no tensor '%s'", m->name, name);
+    /* Norms stay f32 (as in every GGUF); matrices take the chosen type. */
+    enum tsr_dtype t = is_norm ? TSR_F32 : m->synth_dtype;
+    size_t row_bytes = tsr_dtype_row_bytes(t, cols);
+    if (!row_bytes)
+        return tsr_errorf(TSR_EINVAL, "%s: %lld columns do not divide into %s blocks", m->name,
+                          (long long)cols, tsr_dtype_name(t));
+    struct owned_tensor *o = calloc(1, sizeof *o);
+    float *tmp = malloc((size_t)cols * sizeof *tmp);
+    void *data = malloc(row_bytes * (size_t)rows);
+    char *nm = strdup(name);
+    if (!o || !tmp || !data || !nm) {
+        free(o), free(tmp), free(data), free(nm);
+        return tsr_errorf(TSR_ENOMEM, "%s: out of memory generating '%s' (%zu bytes)", m->name,
+                          name, row_bytes * (size_t)rows);
+    }
+    /* Uniform in ±sqrt(3/cols): unit-variance outputs for unit-variance inputs. */
+    uint64_t seed = m->synth_seed ^ name_hash(name);
+    float scale = is_norm ? 0.1f : sqrtf(3.0f / (float)cols);
+    for (int64_t r = 0; r < rows; r++) {
+        for (int64_t c = 0; c < cols; c++) {
+            uint64_t u = mix64(seed + (uint64_t)(r * cols + c));
+            float x = (float)((double)(u >> 11) * (2.0 / 9007199254740992.0) - 1.0) * scale;
+            tmp[c] = is_norm ? 1.0f + x : x;
+        }
+        tsr_quantize_row(t, tmp, (char *)data + (size_t)r * row_bytes, cols);
+    }
+    free(tmp);
+    o->name = nm;
+    o->v = (struct tsr_tensor_view){t, rows, cols, data, row_bytes * (size_t)rows, 0};
+    o->next = m->owned;
+    m->owned = o;
+    *out = o->v;
+    return 0;
+}
+
+int tsr_model_tensor(tsr_model_t *m, const char *name, struct tsr_tensor_view *out)
+{
+    memset(out, 0, sizeof *out);
+    if (m->src == SRC_SYNTHETIC) {
+        if (!strcmp(name, "output.weight") && m->cfg.tied_embeddings)
+            return tsr_errorf(TSR_ENOTFOUND, "%s: embeddings are tied", m->name);
+        return synthetic_tensor(m, name, out);
+    }
+    if (m->src == SRC_GGUF) {
+        const struct tsr_gguf_tensor *t = tsr_gguf_find_tensor(m->gguf, name);
+        if (!t) return tsr_errorf(TSR_ENOTFOUND, "%s: no tensor '%s'", m->name, name);
+        out->type = t->type;
+        out->data = t->data;
+        out->nbytes = t->nbytes;
+        out->mapped = 1;
+        view_from_dims(out, t->n_dims, t->ne);
+        return 0;
+    }
+    char hf[256];
+    const struct tsr_st_tensor *t =
+        hf_name(name, hf, sizeof hf) ? tsr_st_find_tensor(m->st, hf) : NULL;
+    if (!t) return tsr_errorf(TSR_ENOTFOUND, "%s: no tensor '%s'", m->name, name);
+    out->type = t->type;
+    out->data = t->data;
+    out->nbytes = t->nbytes;
+    out->mapped = 1;
+    view_from_dims(out, t->n_dims ? t->n_dims : 1, t->ne);
+    return 0;
+}

@@ -1,0 +1,499 @@
+#include "model/shard_plan.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "common/status.h"
+
+static int check_config(const struct tsr_model_config *c)
+{
+    if (c->n_layer <= 0 || c->dim <= 0 || c->ffn_dim <= 0 || c->n_head <= 0 || c->n_kv_head <= 0 ||
+        c->head_dim <= 0 || c->n_vocab <= 0)
+        return tsr_errorf(TSR_EINVAL,
+                          "shard plan: config sizes must be positive (layers %d, dim %d, ffn %d, "
+                          "heads %d, KV heads %d, head dim %d, vocab %d)",
+                          c->n_layer, c->dim, c->ffn_dim, c->n_head, c->n_kv_head, c->head_dim,
+                          c->n_vocab);
+    if (c->n_head % c->n_kv_head)
+        return tsr_errorf(TSR_EINVAL,
+                          "shard plan: %d attention heads do not group into %d KV heads", c->n_head,
+                          c->n_kv_head);
+    return 0;
+}
+
+/* FFN features are split in blocks of this many, so block formats split on block boundaries. */
+static int64_t ffn_granule(const struct tsr_model_config *c)
+{
+    return c->ffn_dim % TSR_QK == 0 ? TSR_QK : 1;
+}
+
+static int64_t vocab_stride(const struct tsr_model_config *c, int tp)
+{
+    return ((int64_t)c->n_vocab + tp - 1) / tp;
+}
+
+int tsr_shard_plan_check_tp(const struct tsr_model_config *c, int tp)
+{
+    int rc = check_config(c);
+    if (rc) return rc;
+    if (tp < 1) return tsr_errorf(TSR_EINVAL, "tp=%d: tensor parallelism must be at least 1", tp);
+    if (c->n_head % tp)
+        return tsr_errorf(TSR_EINVAL, "tp=%d does not divide %d attention heads", tp, c->n_head);
+    if (tp <= c->n_kv_head && c->n_kv_head % tp)
+        return tsr_errorf(TSR_EINVAL, "tp=%d does not divide %d KV heads", tp, c->n_kv_head);
+    if (tp > c->n_kv_head && tp % c->n_kv_head)
+        return tsr_errorf(TSR_EINVAL,
+                          "tp=%d is not a multiple of %d KV heads (when tp exceeds the KV heads, "
+                          "each is replicated on tp/%d ranks)",
+                          tp, c->n_kv_head, c->n_kv_head);
+    int64_t g = ffn_granule(c), nb = c->ffn_dim / g;
+    if (tp > nb)
+        return tsr_errorf(TSR_EINVAL, "tp=%d exceeds the %lld %s of the FFN (%d features)", tp,
+                          (long long)nb, g > 1 ? "32-element blocks" : "features", c->ffn_dim);
+    if ((int64_t)(tp - 1) * vocab_stride(c, tp) >= c->n_vocab)
+        return tsr_errorf(
+            TSR_EINVAL, "tp=%d leaves the last rank no vocabulary rows (%d rows in slices of %lld)",
+            tp, c->n_vocab, (long long)vocab_stride(c, tp));
+    return 0;
+}
+
+/* ---- the per-rank ranges ---- */
+
+struct ranges {
+    int q0, q1, k0, k1;
+    int64_t f0, f1, v0, v1;
+};
+
+static struct ranges tp_ranges(const struct tsr_model_config *c, int tp, int r)
+{
+    struct ranges x;
+    x.q0 = r * (c->n_head / tp);
+    x.q1 = x.q0 + c->n_head / tp;
+    if (tp <= c->n_kv_head) {
+        x.k0 = r * (c->n_kv_head / tp);
+        x.k1 = x.k0 + c->n_kv_head / tp;
+    } else {
+        x.k0 = (int)((int64_t)r * c->n_kv_head / tp);
+        x.k1 = x.k0 + 1;
+    }
+    int64_t g = ffn_granule(c), nb = c->ffn_dim / g;
+    x.f0 = (int64_t)r * nb / tp * g;
+    x.f1 = (int64_t)(r + 1) * nb / tp * g;
+    int64_t vs = vocab_stride(c, tp);
+    x.v0 = r * vs;
+    x.v1 = (r + 1) * vs < c->n_vocab ? (r + 1) * vs : c->n_vocab;
+    return x;
+}
+
+/* Parameters of one layer, of the embedding slice and of the head (slice + output norm) on a TP
+ * rank; the head of a tied pp = 1 model shares the embedding slice. */
+static double layer_params(const struct tsr_model_config *c, const struct ranges *x)
+{
+    double d = c->dim, hd = c->head_dim, q = (x->q1 - x->q0) * hd, kv = (x->k1 - x->k0) * hd;
+    double f = (double)(x->f1 - x->f0);
+    return 2 * d + 2 * q * d + 2 * kv * d + (c->qkv_bias ? q + 2 * kv : 0) + 3 * f * d;
+}
+
+static double model_params(const struct tsr_model_config *c)
+{
+    struct ranges all = tp_ranges(c, 1, 0);
+    double emb = (double)c->n_vocab * c->dim;
+    return c->n_layer * layer_params(c, &all) + emb * (c->tied_embeddings ? 1 : 2) + c->dim;
+}
+
+/* Splits n_layer into pp contiguous stages, at least one layer each, minimizing the largest
+ * stage's parameters (layer cost lc, extras e0 on stage 0 and eN on the last). Adding each layer
+ * to the currently lightest stage is optimal for this min-max; O(n_layer * pp). */
+static void balance_layers(int n_layer, int pp, double lc, double e0, double eN, int *count)
+{
+    for (int s = 0; s < pp; s++) count[s] = 1;
+    for (int l = pp; l < n_layer; l++) {
+        int best = 0;
+        double best_cost = 0;
+        for (int s = 0; s < pp; s++) {
+            double cost = count[s] * lc + (s == 0 ? e0 : 0) + (s == pp - 1 ? eN : 0);
+            if (s == 0 || cost < best_cost) best = s, best_cost = cost;
+        }
+        count[best]++;
+    }
+}
+
+static void put(struct tsr_rank_plan *r, const char *name, enum tsr_split split, int64_t offset,
+                int64_t length, int64_t rows, int64_t cols)
+{
+    struct tsr_slice *s = &r->slices[r->n_slices++];
+    snprintf(s->name, sizeof s->name, "%s", name);
+    s->split = split;
+    s->offset = offset;
+    s->length = length;
+    s->rows = rows;
+    s->cols = cols;
+    s->lm_head = 0;
+    r->n_params += split == TSR_SPLIT_ROWS   ? (double)length * cols
+                   : split == TSR_SPLIT_COLS ? (double)rows * length
+                                             : (double)rows * cols;
+}
+
+static void put_layer(struct tsr_rank_plan *r, const struct tsr_model_config *c,
+                      const struct ranges *x, int l)
+{
+    int64_t hd = c->head_dim, d = c->dim, q = (int64_t)c->n_head * hd;
+    int64_t kv = (int64_t)c->n_kv_head * hd, f = c->ffn_dim;
+    int64_t qo = x->q0 * hd, ql = (x->q1 - x->q0) * hd, ko = x->k0 * hd, kl = (x->k1 - x->k0) * hd;
+    char n[64];
+#define NAME(suffix) (snprintf(n, sizeof n, "blk.%d." suffix, l), n)
+    put(r, NAME("attn_norm.weight"), TSR_SPLIT_NONE, 0, d, 1, d);
+    put(r, NAME("attn_q.weight"), TSR_SPLIT_ROWS, qo, ql, q, d);
+    put(r, NAME("attn_k.weight"), TSR_SPLIT_ROWS, ko, kl, kv, d);
+    put(r, NAME("attn_v.weight"), TSR_SPLIT_ROWS, ko, kl, kv, d);
+    if (c->qkv_bias) {
+        put(r, NAME("attn_q.bias"), TSR_SPLIT_COLS, qo, ql, 1, q);
+        put(r, NAME("attn_k.bias"), TSR_SPLIT_COLS, ko, kl, 1, kv);
+        put(r, NAME("attn_v.bias"), TSR_SPLIT_COLS, ko, kl, 1, kv);
+    }
+    put(r, NAME("attn_output.weight"), TSR_SPLIT_COLS, qo, ql, d, q);
+    put(r, NAME("ffn_norm.weight"), TSR_SPLIT_NONE, 0, d, 1, d);
+    put(r, NAME("ffn_gate.weight"), TSR_SPLIT_ROWS, x->f0, x->f1 - x->f0, f, d);
+    put(r, NAME("ffn_up.weight"), TSR_SPLIT_ROWS, x->f0, x->f1 - x->f0, f, d);
+    put(r, NAME("ffn_down.weight"), TSR_SPLIT_COLS, x->f0, x->f1 - x->f0, d, f);
+#undef NAME
+}
+
+int tsr_shard_plan_make(const struct tsr_model_config *c, int tp, int pp, double bytes_per_weight,
+                        double kv_bytes_per_elem, struct tsr_shard_plan *out)
+{
+    memset(out, 0, sizeof *out);
+    int rc = tsr_shard_plan_check_tp(c, tp);
+    if (rc) return rc;
+    if (pp < 1) return tsr_errorf(TSR_EINVAL, "pp=%d: pipeline stages must be at least 1", pp);
+    if (pp > c->n_layer)
+        return tsr_errorf(TSR_EINVAL, "pp=%d exceeds the %d layers (each stage holds at least one)",
+                          pp, c->n_layer);
+    if (!(bytes_per_weight > 0) || !(kv_bytes_per_elem > 0))
+        return tsr_errorf(TSR_EINVAL,
+                          "shard plan: bytes per weight (%g) and per KV element (%g) "
+                          "must be positive",
+                          bytes_per_weight, kv_bytes_per_elem);
+
+    /* Balance by the fullest TP rank's parameters (ranks differ when FFN blocks or vocabulary
+     * rows do not divide evenly). */
+    double lc = 0, e0 = 0, eN = 0;
+    for (int t = 0; t < tp; t++) {
+        struct ranges x = tp_ranges(c, tp, t);
+        double emb = (double)(x.v1 - x.v0) * c->dim;
+        lc = fmax(lc, layer_params(c, &x));
+        e0 = fmax(e0, emb);
+        eN = fmax(eN, emb + c->dim);
+    }
+    int *count = malloc((size_t)pp * sizeof *count);
+    out->ranks = calloc((size_t)tp * pp, sizeof *out->ranks);
+    if (!count || !out->ranks) {
+        free(count);
+        free(out->ranks);
+        out->ranks = NULL;
+        return tsr_errorf(TSR_ENOMEM, "shard plan: out of memory");
+    }
+    balance_layers(c->n_layer, pp, lc, e0, eN, count);
+    out->tp = tp;
+    out->pp = pp;
+    out->world = tp * pp;
+    out->bytes_per_weight = bytes_per_weight;
+    out->kv_bytes_per_elem = kv_bytes_per_elem;
+    out->n_params = model_params(c);
+
+    int per_layer = c->qkv_bias ? 12 : 9, layer = 0;
+    for (int s = 0; s < pp; s++) {
+        int lb = layer, le = layer + count[s];
+        layer = le;
+        for (int t = 0; t < tp; t++) {
+            struct tsr_rank_plan *r = &out->ranks[s * tp + t];
+            struct ranges x = tp_ranges(c, tp, t);
+            r->rank = s * tp + t;
+            r->tp_rank = t;
+            r->pp_stage = s;
+            r->layer_begin = lb;
+            r->layer_end = le;
+            r->has_embedding = s == 0;
+            r->has_head = s == pp - 1;
+            r->q_head_begin = x.q0, r->q_head_end = x.q1;
+            r->kv_head_begin = x.k0, r->kv_head_end = x.k1;
+            r->ffn_begin = x.f0, r->ffn_end = x.f1;
+            r->vocab_begin = x.v0, r->vocab_end = x.v1;
+            r->vocab_stride = vocab_stride(c, tp);
+            r->slices = malloc(((size_t)(le - lb) * per_layer + 3) * sizeof *r->slices);
+            if (!r->slices) {
+                free(count);
+                tsr_shard_plan_free(out);
+                return tsr_errorf(TSR_ENOMEM, "shard plan: out of memory");
+            }
+            int64_t vl = x.v1 - x.v0, V = c->n_vocab, d = c->dim;
+            if (r->has_embedding) put(r, "token_embd.weight", TSR_SPLIT_ROWS, x.v0, vl, V, d);
+            for (int l = lb; l < le; l++) put_layer(r, c, &x, l);
+            if (r->has_head) {
+                put(r, "output_norm.weight", TSR_SPLIT_NONE, 0, d, 1, d);
+                if (c->tied_embeddings && r->has_embedding) {
+                    r->slices[0].lm_head = 1; /* pp = 1: one slice, both roles */
+                } else {
+                    put(r, c->tied_embeddings ? "token_embd.weight" : "output.weight",
+                        TSR_SPLIT_ROWS, x.v0, vl, V, d);
+                    r->slices[r->n_slices - 1].lm_head = 1;
+                }
+            }
+            r->weight_bytes = r->n_params * bytes_per_weight;
+            r->kv_bytes_per_token =
+                2.0 * (le - lb) * (x.k1 - x.k0) * c->head_dim * kv_bytes_per_elem;
+        }
+    }
+    free(count);
+    return 0;
+}
+
+void tsr_shard_plan_free(struct tsr_shard_plan *p)
+{
+    if (!p) return;
+    if (p->ranks)
+        for (int i = 0; i < p->world; i++) free(p->ranks[i].slices);
+    free(p->ranks);
+    memset(p, 0, sizeof *p);
+}
+
+const struct tsr_slice *tsr_rank_plan_find(const struct tsr_rank_plan *r, const char *name)
+{
+    for (int i = 0; i < r->n_slices; i++)
+        if (!strcmp(r->slices[i].name, name)) return &r->slices[i];
+    return NULL;
+}
+
+int tsr_shard_plan_check_types(const struct tsr_shard_plan *p,
+                               int (*type_of)(void *ctx, const char *name), void *ctx)
+{
+    for (int i = 0; i < p->world; i++) {
+        const struct tsr_rank_plan *r = &p->ranks[i];
+        for (int j = 0; j < r->n_slices; j++) {
+            const struct tsr_slice *s = &r->slices[j];
+            if (s->split != TSR_SPLIT_COLS) continue;
+            int t = type_of(ctx, s->name);
+            if (t < 0 || !tsr_dtype_valid(t)) continue;
+            int64_t be = tsr_dtype_block_elems((enum tsr_dtype)t);
+            if (be <= 1 || (s->offset % be == 0 && s->length % be == 0)) continue;
+            int64_t at = s->offset % be ? s->offset : s->offset + s->length;
+            return tsr_errorf(TSR_EINVAL,
+                              "%s: tp=%d splits its %lld columns at %lld (tp rank %d), not on a "
+                              "%lld-element %s block",
+                              s->name, p->tp, (long long)s->cols, (long long)at, r->tp_rank,
+                              (long long)be, tsr_dtype_name(t));
+        }
+    }
+    return 0;
+}
+
+int tsr_slice_bytes(const struct tsr_slice *s, enum tsr_dtype t, struct tsr_slice_bytes *out)
+{
+    int64_t be = tsr_dtype_block_elems(t);
+    if (be < 1 || s->cols % be)
+        return tsr_errorf(TSR_EINVAL, "%s: %lld columns are not whole %s blocks", s->name,
+                          (long long)s->cols, tsr_dtype_name(t));
+    size_t row = tsr_dtype_row_bytes(t, s->cols);
+    if (s->split == TSR_SPLIT_COLS) {
+        if (s->offset % be || s->length % be)
+            return tsr_errorf(TSR_EINVAL, "%s: columns [%lld, %lld) are not on %s blocks", s->name,
+                              (long long)s->offset, (long long)(s->offset + s->length),
+                              tsr_dtype_name(t));
+        out->offset = (size_t)(s->offset / be) * tsr_dtype_block_bytes(t);
+        out->row_bytes = tsr_dtype_row_bytes(t, s->length);
+        out->stride = row;
+        out->n_rows = s->rows;
+    } else {
+        int64_t r0 = s->split == TSR_SPLIT_ROWS ? s->offset : 0;
+        int64_t n = s->split == TSR_SPLIT_ROWS ? s->length : s->rows;
+        out->offset = (size_t)r0 * row;
+        out->row_bytes = (size_t)n * row;
+        out->stride = out->row_bytes;
+        out->n_rows = 1;
+    }
+    return 0;
+}
+
+/* ---- the cluster plan ---- */
+
+/* Fills out->stages from out->shard; 1 if every stage holds `context` tokens. */
+static int evaluate(const struct tsr_cluster *cl, struct tsr_cluster_plan *out)
+{
+    const struct tsr_shard_plan *sp = &out->shard;
+    int fits = 1;
+    out->kv_tokens = INT64_MAX;
+    for (int s = 0; s < sp->pp; s++) {
+        struct tsr_stage_fit *f = &out->stages[s];
+        memset(f, 0, sizeof *f);
+        for (int t = 0; t < sp->tp; t++) {
+            const struct tsr_rank_plan *r = &sp->ranks[s * sp->tp + t];
+            f->layer_begin = r->layer_begin;
+            f->layer_end = r->layer_end;
+            f->weight_bytes = fmax(f->weight_bytes, r->weight_bytes);
+            f->kv_bytes_per_token = fmax(f->kv_bytes_per_token, r->kv_bytes_per_token);
+        }
+        f->kv_room = cl->gpu_mem - out->reserve - f->weight_bytes;
+        double n = f->kv_room > 0 ? floor(f->kv_room / f->kv_bytes_per_token) : 0;
+        f->kv_tokens = n < (double)INT64_MAX ? (int64_t)n : INT64_MAX;
+        if (f->kv_tokens < out->kv_tokens) out->kv_tokens = f->kv_tokens;
+        if (f->kv_tokens < out->context) fits = 0;
+    }
+    return fits;
+}
+
+static int not_fit_error(const struct tsr_model_config *c, const struct tsr_cluster *cl,
+                         const struct tsr_cluster_plan *p)
+{
+    int worst = 0;
+    double need = 0;
+    for (int s = 0; s < p->pp; s++) {
+        const struct tsr_stage_fit *f = &p->stages[s];
+        double n = f->weight_bytes + p->reserve + (double)p->context * f->kv_bytes_per_token;
+        if (s == 0 || n > need) worst = s, need = n;
+    }
+    const struct tsr_stage_fit *f = &p->stages[worst];
+    char b[7][32];
+    return tsr_errorf(
+        TSR_EEXHAUSTED,
+        "needs %s of weights across %d GPUs with %s each: the fullest GPU (tp=%d x pp=%d, "
+        "stage %d) needs %s (%s weights + %s reserve + %s KV for %lld tokens), %s over",
+        tsr_plan_format_size(p->weight_bytes, b[0], sizeof b[0]), p->gpus,
+        tsr_plan_format_size(cl->gpu_mem, b[1], sizeof b[1]), p->tp, p->pp, worst,
+        tsr_plan_format_size(need, b[2], sizeof b[2]),
+        tsr_plan_format_size(f->weight_bytes, b[3], sizeof b[3]),
+        tsr_plan_format_size(p->reserve, b[4], sizeof b[4]),
+        tsr_plan_format_size((double)p->context * f->kv_bytes_per_token, b[5], sizeof b[5]),
+        (long long)p->context, tsr_plan_format_size(need - cl->gpu_mem, b[6], sizeof b[6]));
+}
+
+int tsr_cluster_plan_make(const struct tsr_model_config *c, const struct tsr_cluster *cl,
+                          struct tsr_cluster_plan *out)
+{
+    memset(out, 0, sizeof *out);
+    int rc = check_config(c);
+    if (rc) return rc;
+    if (cl->nodes < 1 || cl->gpus_per_node < 1 || !(cl->gpu_mem > 0))
+        return tsr_errorf(TSR_EINVAL,
+                          "cluster: nodes (%d), GPUs per node (%d) and GPU memory "
+                          "must be positive",
+                          cl->nodes, cl->gpus_per_node);
+    if (cl->context < 0) return tsr_errorf(TSR_EINVAL, "context must not be negative");
+    out->gpus = cl->nodes * cl->gpus_per_node;
+    out->reserve = cl->reserve < 0 ? TSR_PLAN_RESERVE : cl->reserve;
+    out->context = cl->context ? cl->context : c->n_ctx_train > 0 ? c->n_ctx_train : 4096;
+
+    int tp = cl->tp;
+    if (tp) {
+        if (tp > cl->gpus_per_node)
+            return tsr_errorf(TSR_EINVAL,
+                              "tp=%d exceeds the %d GPUs of a node (tensor parallelism stays "
+                              "inside a node)",
+                              tp, cl->gpus_per_node);
+        if ((rc = tsr_shard_plan_check_tp(c, tp))) return rc;
+    } else {
+        for (tp = cl->gpus_per_node < c->n_head ? cl->gpus_per_node : c->n_head; tp > 1; tp--)
+            if (!tsr_shard_plan_check_tp(c, tp)) break;
+    }
+    int groups = cl->nodes * (cl->gpus_per_node / tp);
+    int pp_lo = cl->pp ? cl->pp : 1, pp_hi = cl->pp ? cl->pp : groups;
+    if (pp_hi > c->n_layer && !cl->pp) pp_hi = c->n_layer;
+    if (cl->pp > groups)
+        return tsr_errorf(
+            TSR_EINVAL, "tp=%d x pp=%d needs %d groups of %d GPUs; %d node%s x %d GPUs make %d", tp,
+            cl->pp, cl->pp, tp, cl->nodes, cl->nodes == 1 ? "" : "s", cl->gpus_per_node, groups);
+
+    out->tp = tp;
+    for (int pp = pp_lo; pp <= pp_hi; pp++) {
+        tsr_shard_plan_free(&out->shard);
+        free(out->stages);
+        out->stages = NULL;
+        if ((rc = tsr_shard_plan_make(c, tp, pp, cl->bytes_per_weight, cl->kv_bytes_per_elem,
+                                      &out->shard)))
+            goto fail;
+        if (!(out->stages = calloc((size_t)pp, sizeof *out->stages))) {
+            rc = tsr_errorf(TSR_ENOMEM, "cluster plan: out of memory");
+            goto fail;
+        }
+        out->pp = pp;
+        out->n_params = out->shard.n_params;
+        out->weight_bytes = out->n_params * cl->bytes_per_weight;
+        out->kv_bytes_per_token =
+            2.0 * c->n_layer * c->n_kv_head * c->head_dim * cl->kv_bytes_per_elem;
+        if (evaluate(cl, out)) {
+            out->replicas = groups / pp;
+            out->gpus_used = out->replicas * tp * pp;
+            return 0;
+        }
+    }
+    rc = not_fit_error(c, cl, out);
+fail:
+    tsr_cluster_plan_free(out);
+    return rc;
+}
+
+void tsr_cluster_plan_free(struct tsr_cluster_plan *p)
+{
+    if (!p) return;
+    tsr_shard_plan_free(&p->shard);
+    free(p->stages);
+    memset(p, 0, sizeof *p);
+}
+
+/* ---- units ---- */
+
+int tsr_plan_parse_size(const char *s, double *bytes)
+{
+    static const struct {
+        const char *unit;
+        double mult;
+    } units[] = {{"b", 1},        {"k", 0x1p10},   {"kib", 0x1p10}, {"kb", 1e3},
+                 {"m", 0x1p20},   {"mib", 0x1p20}, {"mb", 1e6},     {"g", 0x1p30},
+                 {"gib", 0x1p30}, {"gb", 1e9},     {"t", 0x1p40},   {"tib", 0x1p40},
+                 {"tb", 1e12},    {"p", 0x1p50},   {"pib", 0x1p50}, {"pb", 1e15}};
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || !isfinite(v) || v <= 0)
+        return tsr_errorf(TSR_EINVAL, "'%s' is not a positive size (80GiB, 80GB, 141G, 1.5TiB)", s);
+    while (*end == ' ') end++;
+    if (!*end) return tsr_errorf(TSR_EINVAL, "'%s' needs a unit (80GiB, 80GB, 141G, 1.5TiB)", s);
+    for (size_t i = 0; i < sizeof units / sizeof units[0]; i++)
+        if (!strcasecmp(end, units[i].unit)) {
+            *bytes = v * units[i].mult;
+            return 0;
+        }
+    return tsr_errorf(TSR_EINVAL, "'%s': unknown unit '%s' (B, KiB/KB/K, MiB, GiB, TiB, ...)", s,
+                      end);
+}
+
+int tsr_plan_dtype_bytes(const char *name, double *bytes)
+{
+    static const struct {
+        const char *name;
+        double bytes;
+    } types[] = {{"bf16", 2},         {"f16", 2},          {"fp16", 2},         {"f32", 4},
+                 {"fp32", 4},         {"fp8", 1},          {"int8", 34.0 / 32}, {"q8_0", 34.0 / 32},
+                 {"int4", 18.0 / 32}, {"q4_0", 18.0 / 32}, {"q4_1", 20.0 / 32}};
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+        if (!strcasecmp(name, types[i].name)) {
+            *bytes = types[i].bytes;
+            return 0;
+        }
+    return tsr_errorf(TSR_EINVAL, "unknown dtype '%s' (bf16, f16, f32, fp8, int8, int4, q4_1)",
+                      name);
+}
+
+const char *tsr_plan_format_size(double bytes, char *buf, size_t n)
+{
+    static const char *unit[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+    int u = 0;
+    double v = bytes;
+    while (fabs(v) >= 1024 && u < 6) v /= 1024, u++;
+    if (u == 0)
+        snprintf(buf, n, "%.0f B", v);
+    else
+        snprintf(buf, n, "%.1f %s", v, unit[u]);
+    return buf;
+}

@@ -1,0 +1,853 @@
+/* The shard plan and the cluster plan: slices per rank, coverage, balance, errors, and the
+ * per-GPU numbers of Llama-3-405B and a 1T dense model checked against hand arithmetic. */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "common/status.h"
+#include "model/config.h"
+#include "model/gguf.h"
+#include "model/shard_plan.h"
+
+#define GiB     (1024.0 * 1024 * 1024)
+#define CONFIGS TSR_SOURCE_DIR "/tests/reference/configs/"
+
+static struct tsr_model_config load(const char *name)
+{
+    struct tsr_model_config c;
+    char path[512];
+    snprintf(path, sizeof path, CONFIGS "%s", name);
+    int rc = tsr_config_from_json(path, &c);
+    if (rc) fprintf(stderr, "%s\n", tsr_last_error());
+    assert_int_equal(rc, 0);
+    return c;
+}
+
+/* Qwen2.5-0.5B's shape: QKV biases, 2 KV heads, tied embeddings, 4864 = 152 blocks of FFN. */
+static struct tsr_model_config qwen_like(void)
+{
+    struct tsr_model_config c = {.arch = "qwen2",
+                                 .n_layer = 24,
+                                 .dim = 896,
+                                 .ffn_dim = 4864,
+                                 .n_head = 14,
+                                 .n_kv_head = 2,
+                                 .head_dim = 64,
+                                 .n_vocab = 151936,
+                                 .n_ctx_train = 32768,
+                                 .tied_embeddings = 1,
+                                 .qkv_bias = 1};
+    return c;
+}
+
+/* Nothing divides evenly: FFN not in 32-blocks, vocabulary 1001, untied, biases. */
+static struct tsr_model_config odd(void)
+{
+    struct tsr_model_config c = {.arch = "llama",
+                                 .n_layer = 5,
+                                 .dim = 64,
+                                 .ffn_dim = 1000,
+                                 .n_head = 8,
+                                 .n_kv_head = 2,
+                                 .head_dim = 8,
+                                 .n_vocab = 1001,
+                                 .n_ctx_train = 256,
+                                 .qkv_bias = 1};
+    return c;
+}
+
+static void expect_error(const struct tsr_model_config *c, int tp, int pp, const char *msg)
+{
+    struct tsr_shard_plan p;
+    assert_int_equal(tsr_shard_plan_make(c, tp, pp, 2, 2, &p), TSR_EINVAL);
+    if (!strstr(tsr_last_error(), msg)) fail_msg("'%s' lacks '%s'", tsr_last_error(), msg);
+    assert_null(p.ranks);
+    tsr_shard_plan_free(&p);
+}
+
+static const struct tsr_slice *find(const struct tsr_rank_plan *r, const char *name)
+{
+    const struct tsr_slice *s = tsr_rank_plan_find(r, name);
+    if (!s) fail_msg("rank %d lacks %s", r->rank, name);
+    return s;
+}
+
+static void expect_slice(const struct tsr_rank_plan *r, const char *name, enum tsr_split split,
+                         int64_t offset, int64_t length, int64_t rows, int64_t cols)
+{
+    const struct tsr_slice *s = find(r, name);
+    assert_int_equal(s->split, split);
+    assert_int_equal(s->offset, offset);
+    assert_int_equal(s->length, length);
+    assert_int_equal(s->rows, rows);
+    assert_int_equal(s->cols, cols);
+}
+
+/* ---- SmolLM2-135M ---- */
+
+static void test_smollm2_config(void **state)
+{
+    struct tsr_model_config c = load("smollm2-135m.json");
+    assert_int_equal(c.n_layer, 30);
+    assert_int_equal(c.dim, 576);
+    assert_int_equal(c.ffn_dim, 1536);
+    assert_int_equal(c.n_head, 9);
+    assert_int_equal(c.n_kv_head, 3);
+    assert_int_equal(c.head_dim, 64);
+    assert_int_equal(c.n_vocab, 49152);
+    assert_int_equal(c.n_ctx_train, 8192);
+    assert_int_equal(c.tied_embeddings, 1);
+    assert_true(fabsf(c.rope_theta - 100000.0f) < 1e-3f);
+}
+
+static void test_smollm2_tp3(void **state)
+{
+    struct tsr_model_config c = load("smollm2-135m.json");
+    struct tsr_shard_plan p;
+    assert_int_equal(tsr_shard_plan_make(&c, 3, 1, 2, 2, &p), 0);
+    assert_int_equal(p.world, 3);
+    /* 30 layers * (2*576*576 q,o + 2*576*192 k,v + 3*576*1536 ffn + 2*576 norms) + 49152*576
+     * tied embedding + 576 output norm. */
+    assert_true(p.n_params == 30.0 * 3540096 + 28311552 + 576);
+    assert_true(p.n_params == tsr_config_n_params(&c));
+    for (int r = 0; r < 3; r++) {
+        const struct tsr_rank_plan *rp = &p.ranks[r];
+        assert_int_equal(rp->rank, r);
+        assert_int_equal(rp->tp_rank, r);
+        assert_int_equal(rp->pp_stage, 0);
+        assert_int_equal(rp->layer_begin, 0);
+        assert_int_equal(rp->layer_end, 30);
+        assert_true(rp->has_embedding && rp->has_head);
+        assert_int_equal(rp->q_head_begin, 3 * r); /* 3 query heads */
+        assert_int_equal(rp->q_head_end, 3 * r + 3);
+        assert_int_equal(rp->kv_head_begin, r); /* one KV head */
+        assert_int_equal(rp->kv_head_end, r + 1);
+        assert_int_equal(rp->ffn_begin, 512 * r);
+        assert_int_equal(rp->ffn_end, 512 * r + 512);
+        assert_int_equal(rp->vocab_begin, 16384 * r);
+        assert_int_equal(rp->vocab_end, 16384 * r + 16384);
+        assert_int_equal(rp->vocab_stride, 16384);
+        expect_slice(rp, "token_embd.weight", TSR_SPLIT_ROWS, 16384 * r, 16384, 49152, 576);
+        assert_true(find(rp, "token_embd.weight")->lm_head); /* tied, pp = 1: one slice */
+        assert_null(tsr_rank_plan_find(rp, "output.weight"));
+        expect_slice(rp, "output_norm.weight", TSR_SPLIT_NONE, 0, 576, 1, 576);
+        expect_slice(rp, "blk.7.attn_norm.weight", TSR_SPLIT_NONE, 0, 576, 1, 576);
+        expect_slice(rp, "blk.7.attn_q.weight", TSR_SPLIT_ROWS, 192 * r, 192, 576, 576);
+        expect_slice(rp, "blk.7.attn_k.weight", TSR_SPLIT_ROWS, 64 * r, 64, 192, 576);
+        expect_slice(rp, "blk.7.attn_v.weight", TSR_SPLIT_ROWS, 64 * r, 64, 192, 576);
+        expect_slice(rp, "blk.7.attn_output.weight", TSR_SPLIT_COLS, 192 * r, 192, 576, 576);
+        expect_slice(rp, "blk.29.ffn_norm.weight", TSR_SPLIT_NONE, 0, 576, 1, 576);
+        expect_slice(rp, "blk.29.ffn_gate.weight", TSR_SPLIT_ROWS, 512 * r, 512, 1536, 576);
+        expect_slice(rp, "blk.29.ffn_up.weight", TSR_SPLIT_ROWS, 512 * r, 512, 1536, 576);
+        expect_slice(rp, "blk.29.ffn_down.weight", TSR_SPLIT_COLS, 512 * r, 512, 576, 1536);
+        assert_null(tsr_rank_plan_find(rp, "blk.30.ffn_down.weight"));
+        assert_null(tsr_rank_plan_find(rp, "blk.0.attn_q.bias"));
+        assert_int_equal(rp->n_slices, 30 * 9 + 2);
+        /* per layer: 2*576 norms + 2*192*576 q,o + 2*64*576 k,v + 3*512*576 ffn = 1,180,800;
+         * plus 16384*576 embedding rows and the 576 output norm. */
+        double params =
+            30.0 * (2 * 576 + 2 * 192 * 576 + 2 * 64 * 576 + 3 * 512 * 576) + 16384.0 * 576 + 576;
+        assert_true(params == 44861760.0);
+        assert_true(rp->n_params == params);
+        assert_true(rp->weight_bytes == 2 * params);
+        assert_true(rp->kv_bytes_per_token == 2.0 * 30 * 1 * 64 * 2); /* 7680 */
+    }
+    tsr_shard_plan_free(&p);
+}
+
+static void test_smollm2_tp9_kv_replicated(void **state)
+{
+    struct tsr_model_config c = load("smollm2-135m.json");
+    struct tsr_shard_plan p;
+    assert_int_equal(tsr_shard_plan_make(&c, 9, 1, 2, 2, &p), 0);
+    int64_t ffn = 0;
+    for (int r = 0; r < 9; r++) {
+        const struct tsr_rank_plan *rp = &p.ranks[r];
+        assert_int_equal(rp->q_head_begin, r);
+        assert_int_equal(rp->q_head_end, r + 1);
+        /* rank r uses KV head floor(r * 3 / 9): ranks 0-2 head 0, 3-5 head 1, 6-8 head 2 */
+        assert_int_equal(rp->kv_head_begin, r / 3);
+        assert_int_equal(rp->kv_head_end, r / 3 + 1);
+        expect_slice(rp, "blk.0.attn_k.weight", TSR_SPLIT_ROWS, 64 * (r / 3), 64, 192, 576);
+        expect_slice(rp, "blk.0.attn_q.weight", TSR_SPLIT_ROWS, 64 * r, 64, 576, 576);
+        assert_true(rp->kv_bytes_per_token == 7680);
+        /* 1536 = 48 blocks of 32 over 9 ranks: floor(r*48/9) blocks, so 5 or 6 blocks each. */
+        assert_int_equal(rp->ffn_begin, (int64_t)r * 48 / 9 * 32);
+        assert_int_equal(rp->ffn_end, (int64_t)(r + 1) * 48 / 9 * 32);
+        assert_int_equal(rp->ffn_begin, ffn);
+        assert_int_equal(rp->ffn_begin % 32, 0);
+        int64_t n = rp->ffn_end - rp->ffn_begin;
+        assert_true(n == 160 || n == 192);
+        ffn = rp->ffn_end;
+        /* vocab: stride ceil(49152/9) = 5462, the last rank 49152 - 8*5462 = 5456 */
+        assert_int_equal(rp->vocab_stride, 5462);
+        assert_int_equal(rp->vocab_begin, 5462 * r);
+        assert_int_equal(rp->vocab_end, r < 8 ? 5462 * (r + 1) : 49152);
+    }
+    assert_int_equal(ffn, 1536);
+    tsr_shard_plan_free(&p);
+}
+
+/* The largest stage's parameters over every split of n layers into pp stages of at least one. */
+static double brute_minmax(int n, int pp, double lc, double e0, double eN, int s, double acc)
+{
+    if (s == pp - 1) return fmax(acc, n * lc + eN + (pp == 1 ? e0 : 0));
+    double best = INFINITY;
+    for (int k = 1; k <= n - (pp - 1 - s); k++) {
+        double cost = k * lc + (s == 0 ? e0 : 0);
+        best = fmin(best, brute_minmax(n - k, pp, lc, e0, eN, s + 1, fmax(acc, cost)));
+    }
+    return best;
+}
+
+static void test_smollm2_pp_balanced(void **state)
+{
+    struct tsr_model_config c = load("smollm2-135m.json");
+    struct tsr_shard_plan p;
+    assert_int_equal(tsr_shard_plan_make(&c, 1, 2, 2, 2, &p), 0);
+    /* The embedding (stage 0) and the tied LM head copy + output norm (stage 1) weigh the same:
+     * 15 and 15 layers. */
+    assert_int_equal(p.ranks[0].layer_begin, 0);
+    assert_int_equal(p.ranks[0].layer_end, 15);
+    assert_int_equal(p.ranks[1].layer_begin, 15);
+    assert_int_equal(p.ranks[1].layer_end, 30);
+    assert_true(p.ranks[0].has_embedding && !p.ranks[0].has_head);
+    assert_true(!p.ranks[1].has_embedding && p.ranks[1].has_head);
+    const struct tsr_slice *head = find(&p.ranks[1], "token_embd.weight");
+    assert_true(head->lm_head);
+    assert_false(find(&p.ranks[0], "token_embd.weight")->lm_head);
+    assert_null(tsr_rank_plan_find(&p.ranks[0], "output_norm.weight"));
+    assert_null(tsr_rank_plan_find(&p.ranks[0], "blk.15.attn_q.weight"));
+    assert_null(tsr_rank_plan_find(&p.ranks[1], "blk.14.attn_q.weight"));
+    assert_true(p.ranks[1].n_params - p.ranks[0].n_params == 576); /* the output norm */
+    assert_true(p.ranks[0].kv_bytes_per_token == 2.0 * 15 * 3 * 64 * 2);
+    tsr_shard_plan_free(&p);
+
+    /* pp = 2..5 against a brute-force min-max: the embedding weighs 28,311,552 / 3,540,096 = 8.0
+     * layers, so the end stages get fewer layers. */
+    double lc = 3540096, e = 49152.0 * 576;
+    for (int pp = 2; pp <= 5; pp++) {
+        assert_int_equal(tsr_shard_plan_make(&c, 1, pp, 2, 2, &p), 0);
+        double worst = 0;
+        for (int s = 0; s < pp; s++) {
+            if (s) assert_int_equal(p.ranks[s].layer_begin, p.ranks[s - 1].layer_end);
+            assert_true(p.ranks[s].layer_end > p.ranks[s].layer_begin);
+            worst = fmax(worst, p.ranks[s].n_params);
+        }
+        assert_int_equal(p.ranks[0].layer_begin, 0);
+        assert_int_equal(p.ranks[pp - 1].layer_end, 30);
+        assert_true(worst == brute_minmax(30, pp, lc, e, e + 576, 0, 0));
+        tsr_shard_plan_free(&p);
+    }
+    assert_int_equal(tsr_shard_plan_make(&c, 1, 4, 2, 2, &p), 0);
+    /* 4 stages: the end stages carry 7.9975 layers' worth of embedding, so [4, 11, 11, 4]
+     * (at most 11.998 layer-equivalents; anything else puts 12 on some stage). */
+    assert_int_equal(p.ranks[0].layer_end, 4);
+    assert_int_equal(p.ranks[1].layer_end, 15);
+    assert_int_equal(p.ranks[2].layer_end, 26);
+    tsr_shard_plan_free(&p);
+}
+
+static void test_tp3_pp2_numbering(void **state)
+{
+    struct tsr_model_config c = load("smollm2-135m.json");
+    struct tsr_shard_plan p;
+    assert_int_equal(tsr_shard_plan_make(&c, 3, 2, 2, 2, &p), 0);
+    assert_int_equal(p.world, 6);
+    for (int r = 0; r < 6; r++) {
+        const struct tsr_rank_plan *rp = &p.ranks[r];
+        assert_int_equal(rp->rank, r);
+        assert_int_equal(rp->pp_stage, r / 3);
+        assert_int_equal(rp->tp_rank, r % 3);
+        assert_int_equal(rp->layer_begin, r < 3 ? 0 : 15);
+        assert_int_equal(rp->layer_end, r < 3 ? 15 : 30);
+        assert_int_equal(rp->has_embedding, r < 3);
+        assert_int_equal(rp->has_head, r >= 3);
+        expect_slice(rp, "token_embd.weight", TSR_SPLIT_ROWS, 16384 * (r % 3), 16384, 49152, 576);
+        expect_slice(rp, r < 3 ? "blk.0.ffn_up.weight" : "blk.15.ffn_up.weight", TSR_SPLIT_ROWS,
+                     512 * (r % 3), 512, 1536, 576);
+    }
+    tsr_shard_plan_free(&p);
+}
+
+/* ---- coverage: every tensor exactly once per replica ---- */
+
+struct tensor {
+    char name[64];
+    int64_t rows, cols;
+    int where; /* 0 stage 0, 1 last stage, 2 the layer's stage, 3 stage 0 and the last (tied) */
+    int layer;
+    enum tsr_split split;
+    int kv; /* a K/V tensor: replicated when tp > n_kv_head */
+};
+
+/* The tensors of a model, written independently of shard_plan.c. */
+static int model_tensors(const struct tsr_model_config *c, struct tensor *t)
+{
+    int n = 0;
+    int64_t d = c->dim, q = (int64_t)c->n_head * c->head_dim;
+    int64_t kv = (int64_t)c->n_kv_head * c->head_dim, f = c->ffn_dim, V = c->n_vocab;
+#define T(nm, r, cc, w, l, sp, k)                                                                  \
+    (snprintf(t[n].name, sizeof t[n].name, "%s", nm), t[n].rows = r, t[n].cols = cc,               \
+     t[n].where = w, t[n].layer = l, t[n].split = sp, t[n].kv = k, n++)
+    T("token_embd.weight", V, d, c->tied_embeddings ? 3 : 0, -1, TSR_SPLIT_ROWS, 0);
+    for (int l = 0; l < c->n_layer; l++) {
+        char nm[64];
+#define L(s) (snprintf(nm, sizeof nm, "blk.%d.%s", l, s), nm)
+        T(L("attn_norm.weight"), 1, d, 2, l, TSR_SPLIT_NONE, 0);
+        T(L("ffn_norm.weight"), 1, d, 2, l, TSR_SPLIT_NONE, 0);
+        T(L("attn_q.weight"), q, d, 2, l, TSR_SPLIT_ROWS, 0);
+        T(L("attn_k.weight"), kv, d, 2, l, TSR_SPLIT_ROWS, 1);
+        T(L("attn_v.weight"), kv, d, 2, l, TSR_SPLIT_ROWS, 1);
+        T(L("attn_output.weight"), d, q, 2, l, TSR_SPLIT_COLS, 0);
+        T(L("ffn_gate.weight"), f, d, 2, l, TSR_SPLIT_ROWS, 0);
+        T(L("ffn_up.weight"), f, d, 2, l, TSR_SPLIT_ROWS, 0);
+        T(L("ffn_down.weight"), d, f, 2, l, TSR_SPLIT_COLS, 0);
+        if (c->qkv_bias) {
+            T(L("attn_q.bias"), 1, q, 2, l, TSR_SPLIT_COLS, 0);
+            T(L("attn_k.bias"), 1, kv, 2, l, TSR_SPLIT_COLS, 1);
+            T(L("attn_v.bias"), 1, kv, 2, l, TSR_SPLIT_COLS, 1);
+        }
+#undef L
+    }
+    T("output_norm.weight", 1, d, 1, -1, TSR_SPLIT_NONE, 0);
+    if (!c->tied_embeddings) T("output.weight", V, d, 1, -1, TSR_SPLIT_ROWS, 0);
+#undef T
+    return n;
+}
+
+static int in_stage(const struct tensor *t, const struct tsr_shard_plan *p, int s)
+{
+    const struct tsr_rank_plan *r = &p->ranks[s * p->tp];
+    switch (t->where) {
+    case 0:
+        return s == 0;
+    case 1:
+        return s == p->pp - 1;
+    case 2:
+        return t->layer >= r->layer_begin && t->layer < r->layer_end;
+    default:
+        return s == 0 || s == p->pp - 1;
+    }
+}
+
+static void check_coverage(const struct tsr_model_config *c, int tp, int pp)
+{
+    struct tsr_shard_plan p;
+    int rc = tsr_shard_plan_make(c, tp, pp, 2, 2, &p);
+    if (rc) fail_msg("tp=%d pp=%d: %s", tp, pp, tsr_last_error());
+    int cap = 4 + c->n_layer * 12;
+    struct tensor *t = malloc((size_t)cap * sizeof *t);
+    assert_non_null(t);
+    int nt = model_tensors(c, t);
+    int64_t maxdim = c->n_vocab;
+    if (c->ffn_dim > maxdim) maxdim = c->ffn_dim;
+    if ((int64_t)c->n_head * c->head_dim > maxdim) maxdim = (int64_t)c->n_head * c->head_dim;
+    int *count = malloc((size_t)maxdim * sizeof *count);
+    int *held = calloc((size_t)p.world, sizeof *held);
+    assert_non_null(count);
+    assert_non_null(held);
+    double total = 0;
+    for (int i = 0; i < nt; i++) {
+        int stages = 0;
+        total += (double)t[i].rows * t[i].cols;
+        for (int s = 0; s < pp; s++) {
+            int want = in_stage(&t[i], &p, s);
+            stages += want;
+            int64_t n = t[i].split == TSR_SPLIT_ROWS ? t[i].rows : t[i].cols;
+            memset(count, 0, (size_t)n * sizeof *count);
+            for (int r = s * tp; r < (s + 1) * tp; r++) {
+                const struct tsr_slice *sl = tsr_rank_plan_find(&p.ranks[r], t[i].name);
+                if (!want) {
+                    if (sl) fail_msg("tp=%d pp=%d: rank %d holds %s", tp, pp, r, t[i].name);
+                    continue;
+                }
+                if (!sl) fail_msg("tp=%d pp=%d: rank %d lacks %s", tp, pp, r, t[i].name);
+                held[r]++;
+                assert_int_equal(sl->split, t[i].split);
+                assert_int_equal(sl->rows, t[i].rows);
+                assert_int_equal(sl->cols, t[i].cols);
+                assert_true(sl->length > 0 && sl->offset >= 0 && sl->offset + sl->length <= n);
+                if (t[i].split == TSR_SPLIT_NONE) {
+                    assert_int_equal(sl->offset, 0);
+                    assert_int_equal(sl->length, t[i].cols);
+                    continue;
+                }
+                for (int64_t e = sl->offset; e < sl->offset + sl->length; e++) count[e]++;
+            }
+            if (!want || t[i].split == TSR_SPLIT_NONE) continue;
+            /* no gap, no overlap: once each, or tp/n_kv times for a replicated KV head */
+            int rep = t[i].kv && tp > c->n_kv_head ? tp / c->n_kv_head : 1;
+            for (int64_t e = 0; e < n; e++)
+                if (count[e] != rep)
+                    fail_msg("tp=%d pp=%d stage %d: %s element %lld held %d times, not %d", tp, pp,
+                             s, t[i].name, (long long)e, count[e], rep);
+        }
+        assert_int_equal(stages, t[i].where == 3 && pp > 1 ? 2 : 1);
+    }
+    for (int r = 0; r < p.world; r++) assert_int_equal(held[r], p.ranks[r].n_slices);
+    assert_true(total == p.n_params);
+    free(held);
+    free(count);
+    free(t);
+    tsr_shard_plan_free(&p);
+}
+
+static void test_coverage(void **state)
+{
+    struct tsr_model_config cs[4] = {load("smollm2-135m.json"), load("llama3-405b.json"),
+                                     qwen_like(), odd()};
+    static const int tps[] = {1, 2, 3, 4, 6, 7, 8, 9, 14, 16};
+    static const int pps[] = {1, 2, 3, 5};
+    int tried = 0;
+    for (int i = 0; i < 4; i++)
+        for (size_t a = 0; a < sizeof tps / sizeof tps[0]; a++)
+            for (size_t b = 0; b < sizeof pps / sizeof pps[0]; b++) {
+                if (tsr_shard_plan_check_tp(&cs[i], tps[a]) || pps[b] > cs[i].n_layer) continue;
+                check_coverage(&cs[i], tps[a], pps[b]);
+                tried++;
+            }
+    /* smollm2 tp 1,3,9; 405b 1,2,4,8,16; qwen 1,2,14; odd 1,2,4,8 - each with 4 pps */
+    assert_int_equal(tried, (3 + 5 + 3 + 4) * 4);
+}
+
+static void test_uneven(void **state)
+{
+    struct tsr_model_config c = odd();
+    struct tsr_shard_plan p;
+    assert_int_equal(tsr_shard_plan_make(&c, 4, 1, 2, 2, &p), 0);
+    /* FFN 1000 is not in 32-blocks: element split, 250 each. Vocab 1001: stride 251, the last
+     * rank 1001 - 3*251 = 248 rows. */
+    for (int r = 0; r < 4; r++) {
+        assert_int_equal(p.ranks[r].ffn_begin, 250 * r);
+        assert_int_equal(p.ranks[r].ffn_end, 250 * r + 250);
+        assert_int_equal(p.ranks[r].vocab_stride, 251);
+        expect_slice(&p.ranks[r], "output.weight", TSR_SPLIT_ROWS, 251 * r, r < 3 ? 251 : 248, 1001,
+                     64);
+        expect_slice(&p.ranks[r], "blk.2.attn_q.bias", TSR_SPLIT_COLS, 16 * r, 16, 1, 64);
+        expect_slice(&p.ranks[r], "blk.2.attn_k.bias", TSR_SPLIT_COLS, 8 * (r / 2), 8, 1, 16);
+    }
+    tsr_shard_plan_free(&p);
+}
+
+/* ---- errors ---- */
+
+static void test_errors(void **state)
+{
+    struct tsr_model_config c = load("smollm2-135m.json");
+    expect_error(&c, 2, 1, "tp=2 does not divide 9 attention heads");
+    expect_error(&c, 4, 1, "tp=4 does not divide 9 attention heads");
+    expect_error(&c, 0, 1, "tp=0");
+    expect_error(&c, -3, 1, "tp=-3");
+    expect_error(&c, 1, 0, "pp=0");
+    expect_error(&c, 3, 31, "pp=31 exceeds the 30 layers");
+    struct tsr_model_config q = qwen_like();
+    expect_error(&q, 7, 1, "tp=7 is not a multiple of 2 KV heads");
+    struct tsr_model_config l = load("llama3-405b.json");
+    struct tsr_model_config k6 = odd();
+    k6.n_head = 24, k6.n_kv_head = 6;
+    expect_error(&k6, 4, 1, "tp=4 does not divide 6 KV heads");
+    expect_error(&l, 3, 1, "tp=3 does not divide 128 attention heads");
+    /* FFN of 64 = 2 blocks cannot feed 4 ranks */
+    struct tsr_model_config f = odd();
+    f.ffn_dim = 64;
+    expect_error(&f, 4, 1, "tp=4 exceeds the 2 32-element blocks of the FFN");
+    /* vocab 5 over 4 ranks: slices of 2 leave the last rank nothing */
+    struct tsr_model_config v = odd();
+    v.n_vocab = 5;
+    expect_error(&v, 4, 1, "tp=4 leaves the last rank no vocabulary rows");
+    struct tsr_model_config z = odd();
+    z.n_layer = 0;
+    expect_error(&z, 1, 1, "config sizes must be positive");
+    struct tsr_shard_plan p;
+    assert_int_equal(tsr_shard_plan_make(&c, 3, 1, 0, 2, &p), TSR_EINVAL);
+    assert_int_equal(tsr_shard_plan_make(&c, 3, 1, 2, -1, &p), TSR_EINVAL);
+    tsr_shard_plan_free(&p);
+    tsr_shard_plan_free(NULL);
+}
+
+/* ---- quantized types ---- */
+
+static int all_q4_1(void *ctx, const char *name)
+{
+    return strstr(name, "norm") || strstr(name, "bias") ? TSR_F32 : TSR_Q4_1;
+}
+
+static int gguf_type(void *ctx, const char *name)
+{
+    const struct tsr_gguf_tensor *t = tsr_gguf_find_tensor(ctx, name);
+    return t ? (int)t->type : -1;
+}
+
+static void test_check_types(void **state)
+{
+    /* head_dim 80: attn_output's 160 columns split at 80 by tp = 2, inside a 32-block */
+    struct tsr_model_config c = {.arch = "llama",
+                                 .n_layer = 2,
+                                 .dim = 160,
+                                 .ffn_dim = 512,
+                                 .n_head = 2,
+                                 .n_kv_head = 2,
+                                 .head_dim = 80,
+                                 .n_vocab = 100,
+                                 .n_ctx_train = 64};
+    struct tsr_shard_plan p;
+    assert_int_equal(tsr_shard_plan_make(&c, 2, 1, 2, 2, &p), 0);
+    assert_int_equal(tsr_shard_plan_check_types(&p, all_q4_1, NULL), TSR_EINVAL);
+    assert_string_equal(tsr_last_error(), "blk.0.attn_output.weight: tp=2 splits its 160 columns "
+                                          "at 80 (tp rank 0), not on a 32-element Q4_1 block");
+    tsr_shard_plan_free(&p);
+    assert_int_equal(tsr_shard_plan_make(&c, 1, 1, 2, 2, &p), 0);
+    assert_int_equal(tsr_shard_plan_check_types(&p, all_q4_1, NULL), 0);
+    tsr_shard_plan_free(&p);
+    /* FFN 1000 (element split at 250) and 16-column attention slices: not Q4_1-able */
+    struct tsr_model_config o = odd();
+    o.qkv_bias = 0;
+    assert_int_equal(tsr_shard_plan_make(&o, 4, 1, 2, 2, &p), 0);
+    assert_int_equal(tsr_shard_plan_check_types(&p, all_q4_1, NULL), TSR_EINVAL);
+    assert_non_null(strstr(tsr_last_error(), "not on a 32-element Q4_1 block"));
+    tsr_shard_plan_free(&p);
+
+    /* The real SmolLM2 Q4_1 file: tp = 3 and tp = 9 split on blocks everywhere. */
+    tsr_gguf_t *g;
+    assert_int_equal(tsr_gguf_open(TSR_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf", &g),
+                     0);
+    struct tsr_model_config s;
+    assert_int_equal(tsr_config_from_gguf(g, &s), 0);
+    for (int tp = 1; tp <= 9; tp *= 3) {
+        assert_int_equal(tsr_shard_plan_make(&s, tp, 2, 2, 2, &p), 0);
+        assert_int_equal(tsr_shard_plan_check_types(&p, gguf_type, g), 0);
+        /* every slice lies inside its tensor's bytes */
+        for (int r = 0; r < p.world; r++)
+            for (int i = 0; i < p.ranks[r].n_slices; i++) {
+                const struct tsr_slice *sl = &p.ranks[r].slices[i];
+                const struct tsr_gguf_tensor *t = tsr_gguf_find_tensor(g, sl->name);
+                assert_non_null(t);
+                assert_int_equal(t->ne[0], sl->cols);
+                struct tsr_slice_bytes b;
+                assert_int_equal(tsr_slice_bytes(sl, t->type, &b), 0);
+                assert_true(b.offset + (b.n_rows - 1) * b.stride + b.row_bytes <= t->nbytes);
+            }
+        tsr_shard_plan_free(&p);
+    }
+    tsr_gguf_close(g);
+}
+
+static void test_slice_bytes(void **state)
+{
+    struct tsr_slice down = {.name = "blk.0.ffn_down.weight",
+                             .split = TSR_SPLIT_COLS,
+                             .offset = 512,
+                             .length = 512,
+                             .rows = 576,
+                             .cols = 1536};
+    struct tsr_slice_bytes b;
+    assert_int_equal(tsr_slice_bytes(&down, TSR_Q4_1, &b), 0);
+    assert_int_equal(b.offset, 512 / 32 * 20); /* 16 Q4_1 blocks of 20 bytes */
+    assert_int_equal(b.row_bytes, 320);
+    assert_int_equal(b.stride, 1536 / 32 * 20);
+    assert_int_equal(b.n_rows, 576);
+    assert_int_equal(tsr_slice_bytes(&down, TSR_BF16, &b), 0);
+    assert_int_equal(b.offset, 1024);
+    assert_int_equal(b.row_bytes, 1024);
+    assert_int_equal(b.stride, 3072);
+    struct tsr_slice emb = {.name = "token_embd.weight",
+                            .split = TSR_SPLIT_ROWS,
+                            .offset = 16384,
+                            .length = 16384,
+                            .rows = 49152,
+                            .cols = 576};
+    assert_int_equal(tsr_slice_bytes(&emb, TSR_Q8_0, &b), 0);
+    assert_int_equal(b.offset, 16384 * (576 / 32 * 34));
+    assert_int_equal(b.row_bytes, 16384 * (576 / 32 * 34));
+    assert_int_equal(b.n_rows, 1);
+    down.offset = 80;
+    assert_int_equal(tsr_slice_bytes(&down, TSR_Q4_0, &b), TSR_EINVAL);
+}
+
+/* ---- the cluster plan on 16 nodes x 8 GPUs x 80 GiB ---- */
+
+static struct tsr_cluster cluster(int nodes, double bpw)
+{
+    struct tsr_cluster cl = {.nodes = nodes,
+                             .gpus_per_node = 8,
+                             .gpu_mem = 80 * GiB,
+                             .bytes_per_weight = bpw,
+                             .kv_bytes_per_elem = 2,
+                             .reserve = -1};
+    return cl;
+}
+
+static void test_cluster_405b(void **state)
+{
+    struct tsr_model_config c = load("llama3-405b.json");
+    /* Parameters: per layer 2*16384*16384 (q, o) + 2*16384*1024 (k, v: 8 heads x 128)
+     * + 3*16384*53248 (gate, up, down) + 2*16384 (norms) = 3,187,703,808;
+     * x 126 = 401,650,679,808; + 2*128256*16384 (embedding, head) + 16384 = 405,853,388,800. */
+    double layer = 2.0 * 16384 * 16384 + 2.0 * 16384 * 1024 + 3.0 * 16384 * 53248 + 2 * 16384;
+    assert_true(layer == 3187703808.0);
+    double params = 126 * layer + 2.0 * 128256 * 16384 + 16384;
+    assert_true(params == 405853388800.0);
+    assert_true(tsr_config_n_params(&c) == params);
+
+    struct tsr_cluster cl = cluster(16, 2);
+    struct tsr_cluster_plan p;
+    int rc = tsr_cluster_plan_make(&c, &cl, &p);
+    if (rc) fail_msg("%s", tsr_last_error());
+    assert_true(p.n_params == params);
+    assert_true(p.weight_bytes == 2 * params); /* 811.7e9 bytes = 756.0 GiB at bf16 */
+    /* tp = 8 (8 KV heads, 128 heads); pp = 1 would need 126 layers of ~0.76 GiB: no. pp = 2:
+     * 63 layers a stage; 16 TP groups / 2 = 8 replicas. */
+    assert_int_equal(p.tp, 8);
+    assert_int_equal(p.pp, 2);
+    assert_int_equal(p.replicas, 8);
+    assert_int_equal(p.gpus, 128);
+    assert_int_equal(p.gpus_used, 128);
+    assert_int_equal(p.context, 131072);
+    assert_true(p.reserve == 4 * GiB);
+    /* whole-model KV: 2 * 126 layers * 8 heads * 128 * 2 bytes = 516,096 bytes/token */
+    assert_true(p.kv_bytes_per_token == 516096);
+
+    /* Per GPU, per layer: (3,187,671,040 matrices)/8 + 32,768 norms = 398,491,648 params;
+     * embedding / head rows 128256/8 = 16032 x 16384 = 262,668,288 params. */
+    double layer_rank =
+        (2.0 * 16384 * 16384 + 2.0 * 16384 * 1024 + 3.0 * 16384 * 53248) / 8 + 2 * 16384;
+    assert_true(layer_rank == 398491648.0);
+    double emb_rank = 16032.0 * 16384;
+    double w0 = 2 * (63 * layer_rank + emb_rank);         /* 50,735,284,224 B = 47.25 GiB */
+    double w1 = 2 * (63 * layer_rank + emb_rank + 16384); /* + output norm: 50,735,316,992 B */
+    assert_true(w0 == 50735284224.0);
+    assert_true(w1 == 50735316992.0);
+    double kvt = 2.0 * 63 * 1 * 128 * 2; /* one KV head per GPU: 32,256 B/token */
+    assert_int_equal(p.stages[0].layer_begin, 0);
+    assert_int_equal(p.stages[0].layer_end, 63);
+    assert_int_equal(p.stages[1].layer_begin, 63);
+    assert_int_equal(p.stages[1].layer_end, 126);
+    assert_true(p.stages[0].weight_bytes == w0);
+    assert_true(p.stages[1].weight_bytes == w1);
+    assert_true(p.stages[0].kv_bytes_per_token == kvt);
+    assert_true(p.stages[1].kv_bytes_per_token == kvt);
+    /* KV room: 80 GiB - 4 GiB - weights = 30,869,094,400 B (28.75 GiB) on stage 0,
+     * 30,869,061,632 B on stage 1; / 32,256 = 957,003 and 957,002 tokens. */
+    assert_true(p.stages[0].kv_room == 76 * GiB - w0);
+    assert_true(p.stages[0].kv_room == 30869094400.0);
+    assert_true(p.stages[1].kv_room == 30869061632.0);
+    assert_int_equal(p.stages[0].kv_tokens, 957003);
+    assert_int_equal(p.stages[1].kv_tokens, 957002);
+    assert_int_equal(p.kv_tokens, 957002); /* per replica: 7.3 full 128k contexts */
+    tsr_cluster_plan_free(&p);
+
+    /* fp8 weights: pp = 1 fits (47.25 GiB weights + 4 + 7.875 GiB KV for 128k), 16 replicas */
+    cl = cluster(16, 1);
+    assert_int_equal(tsr_cluster_plan_make(&c, &cl, &p), 0);
+    assert_int_equal(p.tp, 8);
+    assert_int_equal(p.pp, 1);
+    assert_int_equal(p.replicas, 16);
+    double w = 126 * layer_rank + 2 * emb_rank + 16384; /* 50,735,300,608 B */
+    assert_true(p.stages[0].weight_bytes == w);
+    assert_true(p.stages[0].kv_bytes_per_token == 2.0 * 126 * 128 * 2);    /* 64,512 */
+    assert_int_equal(p.kv_tokens, (int64_t)floor((76 * GiB - w) / 64512)); /* 478,501 */
+    assert_int_equal(p.kv_tokens, 478501);
+    tsr_cluster_plan_free(&p);
+
+    /* explicit tp = 4, pp = 4: 2 groups a node, 32 groups, 8 replicas */
+    cl = cluster(16, 2);
+    cl.tp = 4;
+    cl.pp = 4;
+    assert_int_equal(tsr_cluster_plan_make(&c, &cl, &p), 0);
+    assert_int_equal(p.replicas, 8);
+    assert_int_equal(p.gpus_used, 128);
+    assert_true(p.stages[1].kv_bytes_per_token ==
+                2.0 * (p.stages[1].layer_end - p.stages[1].layer_begin) * 2 * 128 * 2);
+    tsr_cluster_plan_free(&p);
+}
+
+static void test_cluster_1t(void **state)
+{
+    struct tsr_model_config c = load("dense-1t.json");
+    /* Per layer 2*20480*20480 (q, o) + 2*20480*2048 (k, v: 16 heads x 128)
+     * + 3*20480*86016 (ffn) + 2*20480 = 6,207,610,880; x 160 = 993,217,740,800;
+     * + 2*128256*20480 + 20480 = 998,471,127,040 parameters (1.82 TiB at bf16). */
+    double mats = 2.0 * 20480 * 20480 + 2.0 * 20480 * 2048 + 3.0 * 20480 * 86016;
+    double params = 160 * (mats + 2 * 20480) + 2.0 * 128256 * 20480 + 20480;
+    assert_true(params == 998471127040.0);
+    struct tsr_cluster cl = cluster(16, 2);
+    struct tsr_cluster_plan p;
+    int rc = tsr_cluster_plan_make(&c, &cl, &p);
+    if (rc) fail_msg("%s", tsr_last_error());
+    assert_true(p.n_params == params);
+    /* Per GPU with tp = 8: a layer is mats/8 + 40,960 = 775,987,200 params (1.445 GiB) and
+     * 2 * 2 KV heads * 128 * 2 = 1,024 B of KV per token (128 MiB for 128k tokens). 76 GiB holds
+     * ~48 such layers: pp = 3 (54 layers) does not fit, pp = 4 (40 each) does; 4 replicas. */
+    double layer_rank = mats / 8 + 2 * 20480;
+    assert_true(layer_rank == 775987200.0);
+    assert_int_equal(p.tp, 8);
+    assert_int_equal(p.pp, 4);
+    assert_int_equal(p.replicas, 4);
+    assert_int_equal(p.gpus_used, 128);
+    double emb_rank = 16032.0 * 20480;          /* 328,335,360 */
+    double w_mid = 2 * 40 * layer_rank;         /* 62,078,976,000 B = 57.82 GiB */
+    double w0 = w_mid + 2 * emb_rank;           /* 62,735,646,720 B = 58.43 GiB */
+    double w3 = w_mid + 2 * (emb_rank + 20480); /* 62,735,687,680 B */
+    double kvt = 2.0 * 40 * 2 * 128 * 2;        /* 40,960 B/token */
+    for (int s = 0; s < 4; s++) {
+        assert_int_equal(p.stages[s].layer_begin, 40 * s);
+        assert_int_equal(p.stages[s].layer_end, 40 * s + 40);
+        assert_true(p.stages[s].weight_bytes == (s == 0 ? w0 : s == 3 ? w3 : w_mid));
+        assert_true(p.stages[s].kv_bytes_per_token == kvt);
+    }
+    /* tokens: (76 GiB - w) / 40,960 = 460,662 (stage 0), 476,694 (1, 2), 460,661 (3) */
+    assert_int_equal(p.stages[0].kv_tokens, 460662);
+    assert_int_equal(p.stages[1].kv_tokens, 476694);
+    assert_int_equal(p.stages[3].kv_tokens, 460661);
+    assert_int_equal(p.kv_tokens, 460661);
+    tsr_cluster_plan_free(&p);
+
+    /* int4 (Q4_0 with scales, 0.5625 B/param, 523 GiB in all): pp = 1 needs 65.0 GiB weights
+     * + 4 GiB + 20 GiB KV (160 layers * 1 KiB/token * 128k) = 89.4 GiB: no; pp = 2 fits. */
+    cl = cluster(16, 18.0 / 32);
+    assert_int_equal(tsr_cluster_plan_make(&c, &cl, &p), 0);
+    assert_int_equal(p.pp, 2);
+    assert_int_equal(p.replicas, 8);
+    tsr_cluster_plan_free(&p);
+}
+
+static void test_cluster_not_fit(void **state)
+{
+    /* 405B at bf16 on one 8 x 80 GiB node: tp = 8, pp = 1 at most. The GPU needs
+     * 126 * 398,491,648 * 2 + 2 * 262,668,288 * 2 + 16384 * 2 = 101,470,601,216 B (94.5 GiB)
+     * + 4 GiB + 131072 * 64,512 B (7.875 GiB) = 106.38 GiB: 26.4 GiB over. */
+    struct tsr_model_config c = load("llama3-405b.json");
+    struct tsr_cluster cl = cluster(1, 2);
+    struct tsr_cluster_plan p;
+    assert_int_equal(tsr_cluster_plan_make(&c, &cl, &p), TSR_EEXHAUSTED);
+    double need = 101470601216.0 + 4 * GiB + 131072.0 * 64512;
+    char over[32], msg[512];
+    snprintf(over, sizeof over, "%.1f GiB over", (need - 80 * GiB) / GiB);
+    assert_string_equal(over, "26.4 GiB over");
+    snprintf(msg, sizeof msg,
+             "needs 756.0 GiB of weights across 8 GPUs with 80.0 GiB each: the fullest GPU "
+             "(tp=8 x pp=1, stage 0) needs 106.4 GiB (94.5 GiB weights + 4.0 GiB reserve + 7.9 "
+             "GiB KV for 131072 tokens), %s",
+             over);
+    assert_string_equal(tsr_last_error(), msg);
+    assert_null(p.stages);
+
+    /* 1T on 2 nodes: pp = 2 at most, 80 layers of 1.445 GiB = 116.2 GiB a GPU before KV */
+    struct tsr_model_config t = load("dense-1t.json");
+    cl = cluster(2, 2);
+    assert_int_equal(tsr_cluster_plan_make(&t, &cl, &p), TSR_EEXHAUSTED);
+    assert_non_null(strstr(tsr_last_error(), "needs 1.8 TiB of weights across 16 GPUs"));
+    assert_non_null(strstr(tsr_last_error(), "116.2 GiB weights"));
+
+    /* A short context does not rescue weights that do not fit. */
+    cl.context = 1;
+    assert_int_equal(tsr_cluster_plan_make(&t, &cl, &p), TSR_EEXHAUSTED);
+
+    /* bad requests */
+    cl = cluster(16, 2);
+    cl.tp = 16;
+    assert_int_equal(tsr_cluster_plan_make(&c, &cl, &p), TSR_EINVAL);
+    assert_non_null(strstr(tsr_last_error(), "tp=16 exceeds the 8 GPUs of a node"));
+    cl.tp = 8;
+    cl.pp = 17;
+    assert_int_equal(tsr_cluster_plan_make(&c, &cl, &p), TSR_EINVAL);
+    assert_non_null(strstr(tsr_last_error(), "tp=8 x pp=17 needs 17 groups of 8 GPUs"));
+    cl.tp = 6;
+    cl.pp = 0;
+    assert_int_equal(tsr_cluster_plan_make(&c, &cl, &p), TSR_EINVAL);
+    cl = cluster(0, 2);
+    assert_int_equal(tsr_cluster_plan_make(&c, &cl, &p), TSR_EINVAL);
+}
+
+static void test_cluster_small(void **state)
+{
+    /* SmolLM2 on 1 node of 8: tp = 3 (largest divisor of 9 <= 8 with 3 KV heads), two groups a
+     * node (2 GPUs idle), pp = 1, 2 replicas. */
+    struct tsr_model_config c = load("smollm2-135m.json");
+    struct tsr_cluster cl = cluster(1, 2);
+    struct tsr_cluster_plan p;
+    assert_int_equal(tsr_cluster_plan_make(&c, &cl, &p), 0);
+    assert_int_equal(p.tp, 3);
+    assert_int_equal(p.pp, 1);
+    assert_int_equal(p.replicas, 2);
+    assert_int_equal(p.gpus_used, 6);
+    assert_int_equal(p.context, 8192);
+    assert_int_equal(p.stages[0].kv_tokens, (int64_t)floor((76 * GiB - 2 * 44861760.0) / 7680));
+    tsr_cluster_plan_free(&p);
+    /* reserve given; explicit pp */
+    cl.reserve = 0;
+    cl.pp = 2;
+    assert_int_equal(tsr_cluster_plan_make(&c, &cl, &p), 0);
+    assert_int_equal(p.replicas, 1);
+    assert_true(p.reserve == 0);
+    tsr_cluster_plan_free(&p);
+}
+
+static void test_units(void **state)
+{
+    double b;
+    assert_int_equal(tsr_plan_parse_size("80GiB", &b), 0);
+    assert_true(b == 80 * GiB);
+    assert_int_equal(tsr_plan_parse_size("80GB", &b), 0);
+    assert_true(b == 80e9);
+    assert_int_equal(tsr_plan_parse_size("141G", &b), 0);
+    assert_true(b == 141 * GiB);
+    assert_int_equal(tsr_plan_parse_size("1.5TiB", &b), 0);
+    assert_true(b == 1.5 * 1024 * GiB);
+    assert_int_equal(tsr_plan_parse_size("512mib", &b), 0);
+    assert_true(b == 512.0 * 1024 * 1024);
+    assert_int_equal(tsr_plan_parse_size("100B", &b), 0);
+    assert_true(b == 100);
+    assert_int_equal(tsr_plan_parse_size("80", &b), TSR_EINVAL);
+    assert_non_null(strstr(tsr_last_error(), "needs a unit"));
+    assert_int_equal(tsr_plan_parse_size("80XB", &b), TSR_EINVAL);
+    assert_int_equal(tsr_plan_parse_size("-1GiB", &b), TSR_EINVAL);
+    assert_int_equal(tsr_plan_parse_size("GiB", &b), TSR_EINVAL);
+    assert_int_equal(tsr_plan_parse_size("inf GiB", &b), TSR_EINVAL);
+
+    assert_int_equal(tsr_plan_dtype_bytes("bf16", &b), 0);
+    assert_true(b == 2);
+    assert_int_equal(tsr_plan_dtype_bytes("fp8", &b), 0);
+    assert_true(b == 1);
+    assert_int_equal(tsr_plan_dtype_bytes("int8", &b), 0);
+    assert_true(b == 1.0625);
+    assert_int_equal(tsr_plan_dtype_bytes("int4", &b), 0);
+    assert_true(b == 0.5625);
+    assert_int_equal(tsr_plan_dtype_bytes("int3", &b), TSR_EINVAL);
+
+    char buf[32];
+    assert_string_equal(tsr_plan_format_size(12, buf, sizeof buf), "12 B");
+    assert_string_equal(tsr_plan_format_size(80 * GiB, buf, sizeof buf), "80.0 GiB");
+    assert_string_equal(tsr_plan_format_size(516096, buf, sizeof buf), "504.0 KiB");
+    assert_string_equal(tsr_plan_format_size(2 * 998471127040.0, buf, sizeof buf), "1.8 TiB");
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_smollm2_config),
+        cmocka_unit_test(test_smollm2_tp3),
+        cmocka_unit_test(test_smollm2_tp9_kv_replicated),
+        cmocka_unit_test(test_smollm2_pp_balanced),
+        cmocka_unit_test(test_tp3_pp2_numbering),
+        cmocka_unit_test(test_coverage),
+        cmocka_unit_test(test_uneven),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_check_types),
+        cmocka_unit_test(test_slice_bytes),
+        cmocka_unit_test(test_cluster_405b),
+        cmocka_unit_test(test_cluster_1t),
+        cmocka_unit_test(test_cluster_not_fit),
+        cmocka_unit_test(test_cluster_small),
+        cmocka_unit_test(test_units),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
