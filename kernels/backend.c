@@ -1,0 +1,144 @@
+/* Dispatch from the public op functions to a backend's vtable, with the argument checks every
+ * backend would otherwise repeat. */
+#include "kernels/backend_impl.h"
+
+#include <stdlib.h>
+
+#include "common/status.h"
+
+void tsr_backend_free(tsr_backend_t *b)
+{
+    if (b) b->i->free(b);
+}
+
+const char *tsr_backend_name(const tsr_backend_t *b)
+{
+    return b->i->name;
+}
+
+int tsr_backend_sync(tsr_backend_t *b)
+{
+    return b->i->sync ? b->i->sync(b) : 0;
+}
+
+static tsr_buf_t *buf_new(tsr_backend_t *b, size_t nbytes)
+{
+    tsr_buf_t *buf = calloc(1, sizeof *buf);
+    if (!buf) {
+        tsr_errorf(TSR_ENOMEM, "out of memory allocating a buffer header");
+        return NULL;
+    }
+    buf->b = b;
+    buf->size = nbytes;
+    return buf;
+}
+
+tsr_buf_t *tsr_buf_alloc(tsr_backend_t *b, size_t nbytes)
+{
+    tsr_buf_t *buf = buf_new(b, nbytes);
+    if (buf && b->i->buf_alloc(b, buf)) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+tsr_buf_t *tsr_buf_weights(tsr_backend_t *b, const void *host, size_t nbytes)
+{
+    tsr_buf_t *buf = buf_new(b, nbytes);
+    if (buf && b->i->buf_weights(b, buf, host)) {
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+void tsr_buf_free(tsr_buf_t *buf)
+{
+    if (!buf) return;
+    buf->b->i->buf_free(buf->b, buf);
+    free(buf);
+}
+
+size_t tsr_buf_size(const tsr_buf_t *buf)
+{
+    return buf->size;
+}
+
+void *tsr_buf_host(tsr_buf_t *buf)
+{
+    return buf->host;
+}
+
+static int check_range(const tsr_buf_t *buf, size_t off, size_t n)
+{
+    if (off > buf->size || n > buf->size - off)
+        return tsr_errorf(TSR_ERANGE, "buffer access [%zu, +%zu) outside a %zu-byte buffer", off, n,
+                          buf->size);
+    return 0;
+}
+
+int tsr_buf_set(tsr_buf_t *buf, size_t off, const void *src, size_t n)
+{
+    int rc = check_range(buf, off, n);
+    return rc ? rc : buf->b->i->buf_set(buf->b, buf, off, src, n);
+}
+
+int tsr_buf_get(tsr_buf_t *buf, size_t off, void *dst, size_t n)
+{
+    int rc = check_range(buf, off, n);
+    return rc ? rc : buf->b->i->buf_get(buf->b, buf, off, dst, n);
+}
+
+int tsr_op_embed(tsr_backend_t *b, tsr_buf_t *out, const struct tsr_weight *table,
+                 const int32_t *ids, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (ids[i] < -1 || ids[i] >= table->rows)
+            return tsr_errorf(TSR_ERANGE, "token id %d outside the vocabulary (%lld)", ids[i],
+                              (long long)table->rows);
+    return b->i->embed(b, out, table, ids, n);
+}
+
+int tsr_op_rmsnorm(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *x, const struct tsr_weight *w,
+                   int n, int dim, float eps)
+{
+    return b->i->rmsnorm(b, out, x, w, n, dim, eps);
+}
+
+int tsr_op_add_rmsnorm(tsr_backend_t *b, tsr_buf_t *resid, tsr_buf_t *delta, tsr_buf_t *out,
+                       const struct tsr_weight *w, int n, int dim, float eps)
+{
+    return b->i->add_rmsnorm(b, resid, delta, out, w, n, dim, eps);
+}
+
+int tsr_op_matmul(tsr_backend_t *b, tsr_buf_t *y, const struct tsr_weight *w, tsr_buf_t *x,
+                  const struct tsr_weight *bias, int n)
+{
+    return b->i->matmul(b, y, w, x, bias, n);
+}
+
+int tsr_op_rope_kv_write(tsr_backend_t *b, tsr_buf_t *q, tsr_buf_t *k, tsr_buf_t *v, tsr_buf_t *kc,
+                         tsr_buf_t *vc, const struct tsr_attn_shape *s,
+                         const struct tsr_batch_meta *m)
+{
+    return b->i->rope_kv_write(b, q, k, v, kc, vc, s, m);
+}
+
+int tsr_op_attention(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *q, tsr_buf_t *kc, tsr_buf_t *vc,
+                     const struct tsr_attn_shape *s, const struct tsr_batch_meta *m)
+{
+    return b->i->attention(b, out, q, kc, vc, s, m);
+}
+
+int tsr_op_swiglu(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *gate, tsr_buf_t *up, int n,
+                  int width)
+{
+    return b->i->swiglu(b, out, gate, up, n, width);
+}
+
+int tsr_op_gather_rows(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *x, const int32_t *rows, int n,
+                       int width)
+{
+    return b->i->gather_rows(b, out, x, rows, n, width);
+}

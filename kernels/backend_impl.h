@@ -1,0 +1,51 @@
+/* What a backend implements: a vtable plus its context (the ggml shape). Only backends include
+ * this; everyone else sees kernels/backend.h. */
+#ifndef TSR_KERNELS_BACKEND_IMPL_H
+#define TSR_KERNELS_BACKEND_IMPL_H
+
+#include "kernels/backend.h"
+
+struct tsr_backend_iface {
+    const char *name;
+    void (*free)(tsr_backend_t *b);
+    int (*sync)(tsr_backend_t *b);
+    /* Buffers: alloc fills buf->data (device address) or fails; weights may alias host. */
+    int (*buf_alloc)(tsr_backend_t *b, tsr_buf_t *buf);
+    int (*buf_weights)(tsr_backend_t *b, tsr_buf_t *buf, const void *host);
+    void (*buf_free)(tsr_backend_t *b, tsr_buf_t *buf);
+    int (*buf_set)(tsr_backend_t *b, tsr_buf_t *buf, size_t off, const void *src, size_t n);
+    int (*buf_get)(tsr_backend_t *b, tsr_buf_t *buf, size_t off, void *dst, size_t n);
+    /* Ops: same contracts as tsr_op_* in backend.h. */
+    int (*embed)(tsr_backend_t *b, tsr_buf_t *out, const struct tsr_weight *table,
+                 const int32_t *ids, int n);
+    int (*rmsnorm)(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *x, const struct tsr_weight *w,
+                   int n, int dim, float eps);
+    int (*add_rmsnorm)(tsr_backend_t *b, tsr_buf_t *resid, tsr_buf_t *delta, tsr_buf_t *out,
+                       const struct tsr_weight *w, int n, int dim, float eps);
+    int (*matmul)(tsr_backend_t *b, tsr_buf_t *y, const struct tsr_weight *w, tsr_buf_t *x,
+                  const struct tsr_weight *bias, int n);
+    int (*rope_kv_write)(tsr_backend_t *b, tsr_buf_t *q, tsr_buf_t *k, tsr_buf_t *v, tsr_buf_t *kc,
+                         tsr_buf_t *vc, const struct tsr_attn_shape *s,
+                         const struct tsr_batch_meta *m);
+    int (*attention)(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *q, tsr_buf_t *kc, tsr_buf_t *vc,
+                     const struct tsr_attn_shape *s, const struct tsr_batch_meta *m);
+    int (*swiglu)(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *gate, tsr_buf_t *up, int n,
+                  int width);
+    int (*gather_rows)(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *x, const int32_t *rows, int n,
+                       int width);
+};
+
+struct tsr_backend {
+    const struct tsr_backend_iface *i;
+    void *ctx;
+};
+
+struct tsr_buf {
+    tsr_backend_t *b;
+    void *data; /* device address (host address on the CPU backend) */
+    size_t size;
+    void *host; /* host-visible address, or NULL: set by the backend */
+    int owns;   /* 0 when data aliases caller memory */
+};
+
+#endif
