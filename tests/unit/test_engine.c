@@ -1,0 +1,246 @@
+/* The engine over the CPU backend: batching, chunked prefill, late joiners and preemption change
+ * no greedy token; cancellation frees blocks; bad requests get clear errors. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "common/status.h"
+#include "kernels/backend.h"
+#include "model/model.h"
+#include "worker/engine.h"
+
+#define MAX_REQ 8
+#define MAX_GEN 48
+
+struct req {
+    int32_t prompt[256];
+    int n_prompt, max_tokens;
+    int32_t out[MAX_GEN];
+    int n_out;
+    int64_t id;
+    enum tsr_finish finish;
+};
+
+static tsr_backend_t *backend;
+
+static tsr_engine_t *engine(tsr_model_t *m, int n_blocks, int step_tokens)
+{
+    struct tsr_engine_opts o = {.n_blocks = n_blocks,
+                                .block_size = 16,
+                                .max_step_tokens = step_tokens,
+                                .max_seqs = MAX_REQ,
+                                .max_context = 1024};
+    tsr_engine_t *e;
+    assert_int_equal(tsr_engine_new(m, backend, &o, &e), 0);
+    return e;
+}
+
+static void add(tsr_engine_t *e, struct req *r)
+{
+    struct tsr_request q = {.prompt = r->prompt,
+                            .n_prompt = r->n_prompt,
+                            .sampling = tsr_sampling_default(),
+                            .max_tokens = r->max_tokens,
+                            .ignore_eos = 1};
+    r->n_out = 0;
+    r->finish = TSR_FINISH_NONE;
+    assert_int_equal(tsr_engine_add(e, &q, &r->id), 0);
+}
+
+/* Steps until every request in rs[0..n) finished; late[i] > 0 delays request i's admission until
+ * that many steps have run. Returns the steps taken. */
+static int run(tsr_engine_t *e, struct req *rs, int n, const int *late)
+{
+    int steps = 0, done = 0, admitted[MAX_REQ] = {0};
+    for (int i = 0; i < n; i++)
+        if (!late || !late[i]) add(e, &rs[i]), admitted[i] = 1;
+    while (done < n) {
+        for (int i = 0; i < n; i++)
+            if (!admitted[i] && steps >= late[i]) add(e, &rs[i]), admitted[i] = 1;
+        struct tsr_token_event ev[MAX_REQ];
+        int n_ev;
+        assert_int_equal(tsr_engine_step(e, ev, MAX_REQ, &n_ev), 0);
+        steps++;
+        assert_true(steps < 10000);
+        for (int k = 0; k < n_ev; k++)
+            for (int i = 0; i < n; i++) {
+                if (!admitted[i] || rs[i].id != ev[k].id || rs[i].finish) continue;
+                if (ev[k].token >= 0) rs[i].out[rs[i].n_out++] = ev[k].token;
+                if (ev[k].finish) rs[i].finish = ev[k].finish, done++;
+            }
+    }
+    return steps;
+}
+
+static void make_prompts(struct req *rs, int n, int vocab, uint32_t seed)
+{
+    static const int lens[MAX_REQ] = {5, 37, 1, 120, 16, 63, 9, 200};
+    for (int i = 0; i < n; i++) {
+        memset(&rs[i], 0, sizeof rs[i]);
+        rs[i].n_prompt = lens[i];
+        rs[i].max_tokens = 20 + 3 * i;
+        for (int j = 0; j < lens[i]; j++) {
+            seed = seed * 1664525u + 1013904223u;
+            rs[i].prompt[j] = (int32_t)((seed >> 8) % (uint32_t)vocab);
+        }
+    }
+}
+
+/* Each request alone, then all together under a small step budget, then with late joiners. */
+static void check_batching(const char *spec, int n)
+{
+    tsr_model_t *m;
+    assert_int_equal(tsr_model_open(spec, &m), 0);
+    int vocab = tsr_model_config(m)->n_vocab;
+    struct req alone[MAX_REQ], batch[MAX_REQ], late_rs[MAX_REQ];
+    make_prompts(alone, n, vocab, 1234);
+    memcpy(batch, alone, sizeof batch);
+    memcpy(late_rs, alone, sizeof late_rs);
+    for (int i = 0; i < n; i++) {
+        tsr_engine_t *e = engine(m, 64, 256);
+        run(e, &alone[i], 1, NULL);
+        assert_int_equal(alone[i].finish, TSR_FINISH_LENGTH);
+        assert_int_equal(alone[i].n_out, alone[i].max_tokens);
+        tsr_engine_free(e);
+    }
+    /* 24-token budget: prompts are chunked and mixed with other sequences' decodes. */
+    tsr_engine_t *e = engine(m, 256, 24);
+    run(e, batch, n, NULL);
+    struct tsr_engine_stats st;
+    tsr_engine_get_stats(e, &st);
+    assert_int_equal(st.n_free_blocks, st.n_blocks);
+    tsr_engine_free(e);
+    int late[MAX_REQ] = {0, 3, 0, 7, 12, 2, 20, 5};
+    e = engine(m, 256, 64);
+    run(e, late_rs, n, late);
+    tsr_engine_free(e);
+    for (int i = 0; i < n; i++) {
+        assert_int_equal(batch[i].n_out, alone[i].n_out);
+        assert_memory_equal(batch[i].out, alone[i].out, sizeof(int32_t) * (size_t)alone[i].n_out);
+        assert_memory_equal(late_rs[i].out, alone[i].out, sizeof(int32_t) * (size_t)alone[i].n_out);
+    }
+    tsr_model_free(m);
+}
+
+static void test_batching_synthetic(void **state)
+{
+    check_batching("synthetic:tiny", 8);
+}
+
+static void test_batching_default_model(void **state)
+{
+    check_batching(TSR_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf", 6);
+}
+
+static void test_preemption_keeps_results(void **state)
+{
+    tsr_model_t *m;
+    assert_int_equal(tsr_model_open("synthetic:tiny", &m), 0);
+    struct req alone[MAX_REQ], tight[MAX_REQ];
+    make_prompts(alone, 6, 256, 99);
+    memcpy(tight, alone, sizeof tight);
+    for (int i = 0; i < 6; i++) {
+        tsr_engine_t *e = engine(m, 64, 256);
+        run(e, &alone[i], 1, NULL);
+        tsr_engine_free(e);
+    }
+    /* 12 blocks = 192 positions: less than the ~430 the six need together, enough for each. */
+    tsr_engine_t *e = engine(m, 12, 64);
+    run(e, tight, 6, NULL);
+    struct tsr_engine_stats st;
+    tsr_engine_get_stats(e, &st);
+    assert_true(st.preemptions > 0);
+    assert_int_equal(st.n_free_blocks, 12);
+    tsr_engine_free(e);
+    for (int i = 0; i < 6; i++)
+        assert_memory_equal(tight[i].out, alone[i].out, sizeof(int32_t) * (size_t)alone[i].n_out);
+    tsr_model_free(m);
+}
+
+static void test_cancel_frees_blocks(void **state)
+{
+    tsr_model_t *m;
+    assert_int_equal(tsr_model_open("synthetic:tiny", &m), 0);
+    tsr_engine_t *e = engine(m, 64, 64);
+    struct req rs[3];
+    make_prompts(rs, 3, 256, 5);
+    for (int i = 0; i < 3; i++) add(e, &rs[i]);
+    struct tsr_token_event ev[MAX_REQ];
+    int n_ev;
+    for (int s = 0; s < 4; s++) assert_int_equal(tsr_engine_step(e, ev, MAX_REQ, &n_ev), 0);
+    struct tsr_engine_stats before, after;
+    tsr_engine_get_stats(e, &before);
+    assert_int_equal(tsr_engine_cancel(e, rs[1].id), 0);
+    assert_int_equal(tsr_engine_cancel(e, 12345), TSR_ENOTFOUND);
+    assert_int_equal(tsr_engine_step(e, ev, MAX_REQ, &n_ev), 0);
+    int saw = 0;
+    for (int k = 0; k < n_ev; k++)
+        if (ev[k].id == rs[1].id) {
+            assert_int_equal(ev[k].finish, TSR_FINISH_CANCELLED);
+            saw = 1;
+        }
+    assert_true(saw);
+    tsr_engine_get_stats(e, &after);
+    assert_int_equal(after.n_running, 2);
+    assert_true(after.n_free_blocks > before.n_free_blocks - 2);
+    tsr_engine_free(e);
+    tsr_model_free(m);
+}
+
+static void test_bad_requests(void **state)
+{
+    tsr_model_t *m;
+    assert_int_equal(tsr_model_open("synthetic:tiny", &m), 0);
+    tsr_engine_t *e = engine(m, 8, 64);
+    int32_t p[4] = {1, 2, 3, 4};
+    struct tsr_request q = {
+        .prompt = p, .n_prompt = 4, .sampling = tsr_sampling_default(), .max_tokens = 4};
+    int64_t id;
+    q.n_prompt = 0;
+    assert_int_equal(tsr_engine_add(e, &q, &id), TSR_EINVAL);
+    q.n_prompt = 4;
+    q.max_tokens = 0;
+    assert_int_equal(tsr_engine_add(e, &q, &id), TSR_EINVAL);
+    q.max_tokens = 200; /* within the context (512) but not the 8 x 16 = 128 cache positions */
+    assert_int_equal(tsr_engine_add(e, &q, &id), TSR_ERANGE);
+    assert_non_null(strstr(tsr_last_error(), "KV cache"));
+    q.max_tokens = 4;
+    p[2] = 256;
+    assert_int_equal(tsr_engine_add(e, &q, &id), TSR_EINVAL);
+    assert_non_null(strstr(tsr_last_error(), "vocabulary"));
+    p[2] = 3;
+    q.sampling.top_p = 2;
+    assert_int_equal(tsr_engine_add(e, &q, &id), TSR_EINVAL);
+    tsr_engine_free(e);
+    tsr_model_free(m);
+}
+
+static int setup(void **state)
+{
+    backend = tsr_backend_cpu_new(2);
+    return backend ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    tsr_backend_free(backend);
+    return 0;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_batching_synthetic),
+        cmocka_unit_test(test_batching_default_model),
+        cmocka_unit_test(test_preemption_keeps_results),
+        cmocka_unit_test(test_cancel_frees_blocks),
+        cmocka_unit_test(test_bad_requests),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

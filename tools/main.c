@@ -1,0 +1,75 @@
+/* tessera: the command-line entry point. Subcommands live in their own files. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <errno.h>
+
+#include "tools/cli.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: tessera <command> [options]\n\n"
+               "commands:\n"
+               "  generate   run a model in this process and stream its answer to a prompt\n"
+               "  bench      prompt and decode tokens/s of a model on this machine\n"
+               "  plan       tp x pp x replicas layout of a model on a cluster, per-GPU memory and "
+               "KV room\n\n"
+               "Run `tessera <command> --help` for a command's options.\n");
+}
+
+int tsr_cli_int(const char *flag, const char *s, long lo, long hi, long *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) {
+        fprintf(stderr, "tessera: %s: '%s' is not an integer in [%ld, %ld]\n", flag, s, lo, hi);
+        return 2;
+    }
+    *out = v;
+    return 0;
+}
+
+int tsr_cli_float(const char *flag, const char *s, double lo, double hi, double *out)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !(v >= lo && v <= hi)) {
+        fprintf(stderr, "tessera: %s: '%s' is not a number in [%g, %g]\n", flag, s, lo, hi);
+        return 2;
+    }
+    *out = v;
+    return 0;
+}
+
+int tsr_cli_u64(const char *flag, const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end || *s == '-') {
+        fprintf(stderr, "tessera: %s: '%s' is not a non-negative integer\n", flag, s);
+        return 2;
+    }
+    *out = v;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "generate")) return tsr_cmd_generate(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "bench")) return tsr_cmd_bench(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "plan")) return tsr_cmd_plan(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    fprintf(stderr, "tessera: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 2;
+}

@@ -1,0 +1,346 @@
+#include "worker/engine.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/status.h"
+#include "worker/forward.h"
+#include "worker/kv_pool.h"
+
+struct seq {
+    int64_t id;
+    int32_t *tokens; /* prompt then generated, capacity cap */
+    int n_tokens, cap;
+    int n_prompt;
+    int n_computed;  /* positions whose K/V are in the cache */
+    int32_t *blocks; /* (max_blocks) */
+    int n_blocks;
+    int max_tokens, ignore_eos;
+    int32_t *stop_ids;
+    int n_stop_ids;
+    int cancelled;
+    struct tsr_sampler sampler;
+    /* this step */
+    int chunk, want_logits;
+};
+
+struct tsr_engine {
+    tsr_model_t *model;
+    const tsr_tokenizer_t *tok;
+    tsr_runner_t *runner;
+    struct tsr_engine_opts o;
+    struct tsr_kv_pool pool;
+    int max_blocks; /* per sequence */
+    int n_vocab;
+    struct seq **seqs; /* in arrival order, oldest first */
+    int n_seqs;
+    int64_t next_id;
+    struct tsr_engine_stats stats;
+    /* step scratch */
+    int32_t *ids, *pos, *tseq, *out_rows, *bt;
+    struct seq **out_seq;
+    float *logits;
+};
+
+const char *tsr_finish_name(enum tsr_finish f)
+{
+    switch (f) {
+    case TSR_FINISH_NONE:
+        return "none";
+    case TSR_FINISH_STOP:
+        return "stop";
+    case TSR_FINISH_LENGTH:
+        return "length";
+    case TSR_FINISH_CANCELLED:
+        return "cancelled";
+    case TSR_FINISH_ERROR:
+        return "error";
+    }
+    return "unknown";
+}
+
+int tsr_engine_new(tsr_model_t *m, tsr_backend_t *b, const struct tsr_engine_opts *o,
+                   tsr_engine_t **out)
+{
+    *out = NULL;
+    if (o->n_blocks <= 0 || o->block_size <= 0 || o->max_step_tokens <= 0 || o->max_seqs <= 0)
+        return tsr_errorf(TSR_EINVAL, "engine options must be positive");
+    tsr_engine_t *e = calloc(1, sizeof *e);
+    if (!e) return tsr_errorf(TSR_ENOMEM, "out of memory");
+    e->model = m;
+    e->tok = tsr_model_tokenizer(m);
+    e->o = *o;
+    const struct tsr_model_config *c = tsr_model_config(m);
+    if (e->o.max_context <= 0 || e->o.max_context > c->n_ctx_train)
+        e->o.max_context = c->n_ctx_train;
+    e->n_vocab = c->n_vocab;
+    e->max_blocks = (e->o.max_context + o->block_size - 1) / o->block_size;
+    struct tsr_runner_opts ro = {o->n_blocks, o->block_size, o->max_step_tokens};
+    int rc = tsr_runner_new(m, b, &ro, o->shard, &e->runner);
+    if (!rc) rc = tsr_kv_pool_init(&e->pool, o->n_blocks, o->block_size);
+    if (rc) goto fail;
+    size_t T = (size_t)o->max_step_tokens, S = (size_t)o->max_seqs;
+    e->seqs = calloc(S, sizeof *e->seqs);
+    e->ids = malloc(T * sizeof *e->ids);
+    e->pos = malloc(T * sizeof *e->pos);
+    e->tseq = malloc(T * sizeof *e->tseq);
+    e->out_rows = malloc(S * sizeof *e->out_rows);
+    e->out_seq = malloc(S * sizeof *e->out_seq);
+    e->bt = malloc(S * (size_t)e->max_blocks * sizeof *e->bt);
+    e->logits = malloc(S * (size_t)e->n_vocab * sizeof *e->logits);
+    if (!e->seqs || !e->ids || !e->pos || !e->tseq || !e->out_rows || !e->out_seq || !e->bt ||
+        !e->logits) {
+        rc = tsr_errorf(TSR_ENOMEM, "out of memory for the engine's step buffers");
+        goto fail;
+    }
+    e->stats.n_blocks = o->n_blocks;
+    *out = e;
+    return 0;
+fail:
+    tsr_engine_free(e);
+    return rc;
+}
+
+static void seq_free(struct seq *s)
+{
+    if (!s) return;
+    tsr_sampler_free(&s->sampler);
+    free(s->tokens);
+    free(s->blocks);
+    free(s->stop_ids);
+    free(s);
+}
+
+static void release_blocks(tsr_engine_t *e, struct seq *s)
+{
+    for (int i = 0; i < s->n_blocks; i++) tsr_kv_unref_block(&e->pool, s->blocks[i]);
+    s->n_blocks = 0;
+}
+
+void tsr_engine_free(tsr_engine_t *e)
+{
+    if (!e) return;
+    for (int i = 0; i < e->n_seqs; i++) {
+        release_blocks(e, e->seqs[i]);
+        seq_free(e->seqs[i]);
+    }
+    tsr_runner_free(e->runner);
+    tsr_kv_pool_free(&e->pool);
+    free(e->seqs);
+    free(e->ids);
+    free(e->pos);
+    free(e->tseq);
+    free(e->out_rows);
+    free(e->out_seq);
+    free(e->bt);
+    free(e->logits);
+    free(e);
+}
+
+int tsr_engine_add(tsr_engine_t *e, const struct tsr_request *req, int64_t *id)
+{
+    if (req->n_prompt <= 0) return tsr_errorf(TSR_EINVAL, "the prompt is empty");
+    if (req->max_tokens < 1)
+        return tsr_errorf(TSR_EINVAL, "max_tokens must be at least 1 (got %d)", req->max_tokens);
+    for (int i = 0; i < req->n_prompt; i++)
+        if (req->prompt[i] < 0 || req->prompt[i] >= e->n_vocab)
+            return tsr_errorf(TSR_EINVAL,
+                              "prompt token %d at index %d is outside the vocabulary "
+                              "(0..%d)",
+                              req->prompt[i], i, e->n_vocab - 1);
+    int64_t total = (int64_t)req->n_prompt + req->max_tokens;
+    if (total > e->o.max_context)
+        return tsr_errorf(TSR_ERANGE,
+                          "prompt (%d tokens) plus max_tokens (%d) exceeds the context of %d",
+                          req->n_prompt, req->max_tokens, e->o.max_context);
+    if (tsr_kv_blocks_for(&e->pool, (int)total) > e->pool.n_blocks)
+        return tsr_errorf(TSR_ERANGE,
+                          "prompt plus max_tokens (%lld) exceeds the KV cache (%d "
+                          "positions)",
+                          (long long)total, e->pool.n_blocks * e->pool.block_size);
+    if (e->n_seqs == e->o.max_seqs)
+        return tsr_errorf(TSR_EEXHAUSTED, "%d sequences are already running", e->o.max_seqs);
+    struct seq *s = calloc(1, sizeof *s);
+    if (!s) return tsr_errorf(TSR_ENOMEM, "out of memory");
+    int rc = tsr_sampler_init(&s->sampler, &req->sampling, e->n_vocab);
+    if (rc) {
+        free(s);
+        return rc;
+    }
+    s->cap = (int)total;
+    s->tokens = malloc((size_t)s->cap * sizeof *s->tokens);
+    s->blocks = malloc((size_t)e->max_blocks * sizeof *s->blocks);
+    s->stop_ids = req->n_stop_ids ? malloc((size_t)req->n_stop_ids * sizeof *s->stop_ids) : NULL;
+    if (!s->tokens || !s->blocks || (req->n_stop_ids && !s->stop_ids)) {
+        seq_free(s);
+        return tsr_errorf(TSR_ENOMEM, "out of memory");
+    }
+    memcpy(s->tokens, req->prompt, (size_t)req->n_prompt * sizeof *s->tokens);
+    if (req->n_stop_ids) memcpy(s->stop_ids, req->stop_ids, (size_t)req->n_stop_ids * 4);
+    s->n_stop_ids = req->n_stop_ids;
+    s->n_tokens = s->n_prompt = req->n_prompt;
+    s->max_tokens = req->max_tokens;
+    s->ignore_eos = req->ignore_eos;
+    s->id = e->next_id++;
+    e->seqs[e->n_seqs++] = s;
+    *id = s->id;
+    return 0;
+}
+
+int tsr_engine_cancel(tsr_engine_t *e, int64_t id)
+{
+    for (int i = 0; i < e->n_seqs; i++)
+        if (e->seqs[i]->id == id) {
+            e->seqs[i]->cancelled = 1;
+            return 0;
+        }
+    return tsr_errorf(TSR_ENOTFOUND, "no running sequence %lld", (long long)id);
+}
+
+/* Frees blocks of the youngest sequence that holds some and is not in this step, newer than
+ * `than` (index). Returns 1 if one was preempted. */
+static int preempt_youngest(tsr_engine_t *e, int than)
+{
+    for (int i = e->n_seqs - 1; i > than; i--) {
+        struct seq *v = e->seqs[i];
+        if (v->n_blocks > 0 && v->chunk == 0) {
+            release_blocks(e, v);
+            v->n_computed = 0; /* recomputed from its tokens later */
+            e->stats.preemptions++;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Grows s's block list to cover positions < upto. Preempts younger sequences if needed. Returns
+ * the number of positions covered (may be less than upto). */
+static int reserve(tsr_engine_t *e, int idx, int upto)
+{
+    struct seq *s = e->seqs[idx];
+    while (s->n_blocks * e->pool.block_size < upto) {
+        int32_t b = tsr_kv_alloc_block(&e->pool);
+        if (b < 0) {
+            if (preempt_youngest(e, idx)) continue;
+            break;
+        }
+        s->blocks[s->n_blocks++] = b;
+    }
+    int covered = s->n_blocks * e->pool.block_size;
+    return covered < upto ? covered : upto;
+}
+
+static enum tsr_finish finish_of(const tsr_engine_t *e, const struct seq *s, int32_t tok)
+{
+    if (!s->ignore_eos && e->tok && tsr_tokenizer_is_eog(e->tok, tok)) return TSR_FINISH_STOP;
+    for (int i = 0; i < s->n_stop_ids; i++)
+        if (s->stop_ids[i] == tok) return TSR_FINISH_STOP;
+    if (s->n_tokens - s->n_prompt >= s->max_tokens) return TSR_FINISH_LENGTH;
+    return TSR_FINISH_NONE;
+}
+
+static void remove_seq(tsr_engine_t *e, int i)
+{
+    release_blocks(e, e->seqs[i]);
+    seq_free(e->seqs[i]);
+    memmove(&e->seqs[i], &e->seqs[i + 1], (size_t)(e->n_seqs - i - 1) * sizeof *e->seqs);
+    e->n_seqs--;
+}
+
+static void push_event(struct tsr_token_event *ev, int cap, int *n, int64_t id, int32_t tok,
+                       float lp, enum tsr_finish f)
+{
+    if (*n < cap) ev[(*n)++] = (struct tsr_token_event){id, tok, lp, f};
+}
+
+int tsr_engine_step(tsr_engine_t *e, struct tsr_token_event *ev, int cap, int *n_ev)
+{
+    *n_ev = 0;
+    /* Cancelled sequences leave first, freeing their blocks for this step. */
+    for (int i = 0; i < e->n_seqs;) {
+        if (e->seqs[i]->cancelled) {
+            push_event(ev, cap, n_ev, e->seqs[i]->id, -1, 0, TSR_FINISH_CANCELLED);
+            remove_seq(e, i);
+        } else {
+            i++;
+        }
+    }
+    if (e->n_seqs == 0) return 0;
+    for (int i = 0; i < e->n_seqs; i++) e->seqs[i]->chunk = e->seqs[i]->want_logits = 0;
+
+    /* Pass 0: decodes (one pending token), oldest first. Pass 1: prompt chunks. */
+    int budget = e->o.max_step_tokens;
+    for (int pass = 0; pass < 2; pass++) {
+        for (int i = 0; i < e->n_seqs && budget > 0; i++) {
+            struct seq *s = e->seqs[i];
+            int pending = s->n_tokens - s->n_computed;
+            if (s->chunk || (pass == 0) != (pending == 1)) continue;
+            int want = pending < budget ? pending : budget;
+            int covered = reserve(e, i, s->n_computed + want) - s->n_computed;
+            if (covered <= 0) continue;
+            s->chunk = covered;
+            s->want_logits = s->n_computed + covered == s->n_tokens;
+            budget -= covered;
+        }
+    }
+
+    /* Lay out the step: tokens of each scheduled sequence, contiguous. */
+    int T = 0, S = 0, n_out = 0, mb = 1;
+    for (int i = 0; i < e->n_seqs; i++)
+        if (e->seqs[i]->chunk && e->seqs[i]->n_blocks > mb) mb = e->seqs[i]->n_blocks;
+    for (int i = 0; i < e->n_seqs; i++) {
+        struct seq *s = e->seqs[i];
+        if (!s->chunk) continue;
+        for (int j = 0; j < s->chunk; j++) {
+            e->ids[T] = s->tokens[s->n_computed + j];
+            e->pos[T] = s->n_computed + j;
+            e->tseq[T] = S;
+            T++;
+        }
+        int32_t *row = e->bt + (size_t)S * mb;
+        memcpy(row, s->blocks, (size_t)s->n_blocks * sizeof *row);
+        for (int j = s->n_blocks; j < mb; j++) row[j] = -1;
+        if (s->want_logits) {
+            e->out_rows[n_out] = T - 1;
+            e->out_seq[n_out++] = s;
+        }
+        S++;
+    }
+    if (T == 0) return tsr_errorf(TSR_EINTERNAL, "no sequence could be scheduled");
+    struct tsr_step st = {T, e->ids, e->pos, e->tseq, S, mb, e->bt, n_out, e->out_rows};
+    int rc = tsr_runner_forward(e->runner, &st, e->logits);
+    if (rc) return rc;
+    e->stats.steps++;
+    for (int i = 0; i < e->n_seqs; i++) {
+        struct seq *s = e->seqs[i];
+        if (!s->chunk) continue;
+        s->n_computed += s->chunk;
+        if (s->chunk > 1 || !s->want_logits)
+            e->stats.prompt_tokens += (uint64_t)s->chunk;
+        else
+            e->stats.decode_tokens++;
+    }
+    for (int k = 0; k < n_out; k++) {
+        struct seq *s = e->out_seq[k];
+        float lp;
+        int32_t tok = tsr_sample(&s->sampler, e->logits + (size_t)k * e->n_vocab, s->tokens,
+                                 s->n_tokens, &lp);
+        s->tokens[s->n_tokens++] = tok;
+        enum tsr_finish f = finish_of(e, s, tok);
+        push_event(ev, cap, n_ev, s->id, tok, lp, f);
+        if (f) s->cancelled = -1; /* finished: removed below */
+    }
+    for (int i = 0; i < e->n_seqs;)
+        if (e->seqs[i]->cancelled == -1)
+            remove_seq(e, i);
+        else
+            i++;
+    return 0;
+}
+
+void tsr_engine_get_stats(const tsr_engine_t *e, struct tsr_engine_stats *s)
+{
+    *s = e->stats;
+    s->n_free_blocks = e->pool.n_free;
+    s->n_running = e->n_seqs;
+}

@@ -1,0 +1,626 @@
+#include "worker/forward.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "common/status.h"
+
+struct layer {
+    struct tsr_weight attn_norm;    /* (dim) */
+    struct tsr_weight wq;           /* (n_head*head_dim, dim), this rank's heads */
+    struct tsr_weight wk, wv;       /* (n_kv_head*head_dim, dim) */
+    struct tsr_weight bq, bk, bv;   /* biases (Qwen2); buf NULL when absent */
+    struct tsr_weight wo;           /* (dim, n_head*head_dim) */
+    struct tsr_weight ffn_norm;     /* (dim) */
+    struct tsr_weight w_gate, w_up; /* (ffn_dim, dim) */
+    struct tsr_weight w_down;       /* (dim, ffn_dim) */
+    tsr_buf_t *k_cache, *v_cache;   /* (n_blocks*block_size, n_kv_head*head_dim) f32 */
+};
+
+/* Memory a column slice was packed into; the CPU backend's weight buffers alias it. */
+struct packed {
+    void *data;
+    struct packed *next;
+};
+
+/* The step as the leader sends it: this header, then the arrays in tsr_step's order. */
+struct step_header {
+    int32_t n_tokens, n_seqs, max_blocks, n_out; /* n_tokens == 0: stop */
+};
+
+struct tsr_runner {
+    tsr_backend_t *b;
+    struct tsr_model_config cfg; /* the whole model's */
+    struct tsr_runner_opts opts;
+    struct tsr_attn_shape shape; /* this rank's heads */
+    /* this rank's part: every number below is local */
+    int layer_begin, layer_end;
+    int n_head, n_kv_head, ffn_dim;
+    int64_t vocab_begin, vocab_end, vocab_stride;
+    int has_embedding, has_head;
+    struct tsr_weight tok_embd;    /* (vocab rows of this rank, dim) */
+    struct tsr_weight output_norm; /* (dim): the last stage's */
+    struct tsr_weight next_norm;   /* (dim): a middle stage's hand-off norm (the next stage's
+                                      first attn_norm); the result is unused but keeps the
+                                      fused add+norm op */
+    struct tsr_weight output;      /* (vocab rows, dim): tok_embd when tied and held */
+    struct layer *layers;          /* layer_end - layer_begin of them */
+    struct packed *packed;
+    size_t weight_bytes, kv_bytes, scratch_bytes;
+    /* sharding: NULL comms when the runner holds the whole model */
+    const struct tsr_rank_plan *rp;
+    tsr_comm_t *world, *tp;
+    int world_rank, world_size, tp_size, pp_size;
+    /* step scratch, sized for opts.max_tokens rows */
+    tsr_buf_t *x;         /* (T, dim) residual stream */
+    tsr_buf_t *xn;        /* (T, dim) normed input of the next block */
+    tsr_buf_t *q, *att;   /* (T, n_head*head_dim) */
+    tsr_buf_t *k, *v;     /* (T, n_kv_head*head_dim) */
+    tsr_buf_t *o;         /* (T, dim) block output before the residual add */
+    tsr_buf_t *gate, *up; /* (T, ffn_dim) */
+    tsr_buf_t *h_out;     /* (T, dim) rows whose logits are wanted */
+    tsr_buf_t *logits;    /* (T, vocab_stride) this rank's logits */
+    tsr_buf_t *gathered;  /* (tp, T, vocab_stride) every TP rank's logits; NULL when tp = 1 */
+    int32_t *slot;        /* (T) host */
+    int32_t *local_ids;   /* (T) host: ids relative to this rank's vocabulary rows, or -1 */
+    void *msg;            /* host: the step message */
+    size_t msg_cap;
+};
+
+/* Drops the resident pages wholly inside [p, p+n) of a read-only file mapping: a column slice
+ * read every row of its tensor, but the rank keeps only its packed copy. Unmodified private
+ * file pages are simply re-read if touched again, so this is safe. */
+static void drop_pages(const void *p, size_t n)
+{
+    uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE), a = (uintptr_t)p, e = a + n;
+    a = (a + page - 1) & ~(page - 1);
+    e &= ~(page - 1);
+    if (e > a) madvise((void *)a, e - a, MADV_DONTNEED);
+}
+
+/* Loads this rank's part of a tensor of full shape (rows, cols) as a backend weight, checking
+ * the file's shape. optional: absent is not an error (w->buf stays NULL). */
+static int load(tsr_runner_t *r, tsr_model_t *m, const char *name, int64_t rows, int64_t cols,
+                int optional, struct tsr_weight *w)
+{
+    struct tsr_tensor_view v;
+    memset(w, 0, sizeof *w);
+    int rc = tsr_model_tensor(m, name, &v);
+    if (rc == TSR_ENOTFOUND && optional) return 0;
+    if (rc) return rc;
+    if (v.rows != rows || v.cols != cols)
+        return tsr_errorf(TSR_EFORMAT, "%s: tensor '%s' is %lldx%lld, the config says %lldx%lld",
+                          tsr_model_name(m), name, (long long)v.rows, (long long)v.cols,
+                          (long long)rows, (long long)cols);
+    const struct tsr_slice *sl = r->rp ? tsr_rank_plan_find(r->rp, name) : NULL;
+    const void *data = v.data;
+    size_t nbytes = v.nbytes;
+    w->rows = rows;
+    w->cols = cols;
+    if (sl && sl->split != TSR_SPLIT_NONE) {
+        struct tsr_slice_bytes sb;
+        if ((rc = tsr_slice_bytes(sl, v.type, &sb)))
+            return tsr_errorf(rc, "%s: %s", tsr_model_name(m), tsr_last_error());
+        if (sl->split == TSR_SPLIT_ROWS || rows == 1) {
+            data = (const char *)v.data + sb.offset; /* contiguous: used in place */
+            nbytes = sb.row_bytes * (size_t)sb.n_rows;
+        } else {
+            /* Column range: gather each row's piece, reading only those bytes. */
+            struct packed *p = malloc(sizeof *p);
+            char *dst = malloc(sb.row_bytes * (size_t)sb.n_rows);
+            if (!p || !dst) {
+                free(p), free(dst);
+                return tsr_errorf(TSR_ENOMEM, "out of memory packing '%s'", name);
+            }
+            for (int64_t i = 0; i < sb.n_rows; i++)
+                memcpy(dst + (size_t)i * sb.row_bytes,
+                       (const char *)v.data + sb.offset + (size_t)i * sb.stride, sb.row_bytes);
+            p->data = dst;
+            p->next = r->packed;
+            r->packed = p;
+            if (v.mapped) drop_pages(v.data, v.nbytes);
+            data = dst;
+            nbytes = sb.row_bytes * (size_t)sb.n_rows;
+        }
+        if (sl->split == TSR_SPLIT_ROWS)
+            w->rows = sl->length;
+        else
+            w->cols = sl->length;
+    }
+    w->buf = tsr_buf_weights(r->b, data, nbytes);
+    if (!w->buf) return TSR_ENOMEM;
+    w->type = v.type;
+    r->weight_bytes += nbytes;
+    return 0;
+}
+
+static int load_norm(tsr_runner_t *r, tsr_model_t *m, const char *name, int64_t n,
+                     struct tsr_weight *w)
+{
+    int rc = load(r, m, name, 1, n, 0, w);
+    if (!rc && w->type != TSR_F32)
+        return tsr_errorf(TSR_EUNSUPPORTED, "%s: norm weight '%s' is %s, expected F32",
+                          tsr_model_name(m), name, tsr_dtype_name(w->type));
+    return rc;
+}
+
+static int load_layer(tsr_runner_t *r, tsr_model_t *m, int l, struct layer *L)
+{
+    const struct tsr_model_config *c = &r->cfg;
+    int64_t qd = (int64_t)c->n_head * c->head_dim, kvd = (int64_t)c->n_kv_head * c->head_dim;
+    static const char *fmt[12] = {
+        "blk.%d.attn_norm.weight", "blk.%d.attn_q.weight",      "blk.%d.attn_k.weight",
+        "blk.%d.attn_v.weight",    "blk.%d.attn_q.bias",        "blk.%d.attn_k.bias",
+        "blk.%d.attn_v.bias",      "blk.%d.attn_output.weight", "blk.%d.ffn_norm.weight",
+        "blk.%d.ffn_gate.weight",  "blk.%d.ffn_up.weight",      "blk.%d.ffn_down.weight"};
+    char n[12][96];
+    for (int i = 0; i < 12; i++) snprintf(n[i], sizeof n[i], fmt[i], l);
+    int rc, bias_optional = !c->qkv_bias;
+    if ((rc = load_norm(r, m, n[0], c->dim, &L->attn_norm)) ||
+        (rc = load(r, m, n[1], qd, c->dim, 0, &L->wq)) ||
+        (rc = load(r, m, n[2], kvd, c->dim, 0, &L->wk)) ||
+        (rc = load(r, m, n[3], kvd, c->dim, 0, &L->wv)) ||
+        (rc = load(r, m, n[4], 1, qd, bias_optional, &L->bq)) ||
+        (rc = load(r, m, n[5], 1, kvd, bias_optional, &L->bk)) ||
+        (rc = load(r, m, n[6], 1, kvd, bias_optional, &L->bv)) ||
+        (rc = load(r, m, n[7], c->dim, qd, 0, &L->wo)) ||
+        (rc = load_norm(r, m, n[8], c->dim, &L->ffn_norm)) ||
+        (rc = load(r, m, n[9], c->ffn_dim, c->dim, 0, &L->w_gate)) ||
+        (rc = load(r, m, n[10], c->ffn_dim, c->dim, 0, &L->w_up)) ||
+        (rc = load(r, m, n[11], c->dim, c->ffn_dim, 0, &L->w_down)))
+        return rc;
+    /* Biases are vectors: their local length is in cols. */
+    size_t kv = (size_t)r->opts.n_blocks * r->opts.block_size * (size_t)r->n_kv_head * c->head_dim *
+                sizeof(float);
+    L->k_cache = tsr_buf_alloc(r->b, kv);
+    L->v_cache = tsr_buf_alloc(r->b, kv);
+    if (!L->k_cache || !L->v_cache) return TSR_ENOMEM;
+    r->kv_bytes += 2 * kv;
+    return 0;
+}
+
+static int alloc_scratch(tsr_runner_t *r)
+{
+    const struct tsr_model_config *c = &r->cfg;
+    size_t T = (size_t)r->opts.max_tokens, f = sizeof(float);
+    size_t qd = (size_t)r->n_head * c->head_dim, kvd = (size_t)r->n_kv_head * c->head_dim;
+    size_t vs = (size_t)r->vocab_stride;
+    struct {
+        tsr_buf_t **buf;
+        size_t width;
+    } s[] = {{&r->x, c->dim},      {&r->xn, c->dim},    {&r->q, qd},     {&r->att, qd},
+             {&r->k, kvd},         {&r->v, kvd},        {&r->o, c->dim}, {&r->gate, r->ffn_dim},
+             {&r->up, r->ffn_dim}, {&r->h_out, c->dim}, {&r->logits, vs}};
+    for (size_t i = 0; i < sizeof s / sizeof s[0]; i++) {
+        if (!(*s[i].buf = tsr_buf_alloc(r->b, T * s[i].width * f))) return TSR_ENOMEM;
+        r->scratch_bytes += T * s[i].width * f;
+    }
+    if (r->has_head && r->tp_size > 1) {
+        if (!(r->gathered = tsr_buf_alloc(r->b, (size_t)r->tp_size * T * vs * f)))
+            return TSR_ENOMEM;
+        r->scratch_bytes += (size_t)r->tp_size * T * vs * f;
+    }
+    r->slot = malloc(T * sizeof *r->slot);
+    r->local_ids = malloc(T * sizeof *r->local_ids);
+    return r->slot && r->local_ids ? 0 : tsr_errorf(TSR_ENOMEM, "out of memory");
+}
+
+/* This rank's part, from the plan or the whole model. */
+static int set_part(tsr_runner_t *r, const struct tsr_runner_shard *sh)
+{
+    const struct tsr_model_config *c = &r->cfg;
+    r->layer_begin = 0;
+    r->layer_end = c->n_layer;
+    r->n_head = c->n_head;
+    r->n_kv_head = c->n_kv_head;
+    r->ffn_dim = c->ffn_dim;
+    r->vocab_begin = 0;
+    r->vocab_end = r->vocab_stride = c->n_vocab;
+    r->has_embedding = r->has_head = 1;
+    r->world_size = r->tp_size = r->pp_size = 1;
+    if (!sh) return 0;
+    r->world = sh->world;
+    r->tp = sh->tp;
+    r->world_rank = tsr_comm_rank(sh->world);
+    r->world_size = tsr_comm_size(sh->world);
+    r->tp_size = sh->plan->tp;
+    r->pp_size = sh->plan->pp;
+    if (r->world_size != sh->plan->world || tsr_comm_size(sh->tp) != sh->plan->tp)
+        return tsr_errorf(TSR_EINVAL, "a %dx%d plan run on %d ranks with TP groups of %d",
+                          sh->plan->tp, sh->plan->pp, r->world_size, tsr_comm_size(sh->tp));
+    const struct tsr_rank_plan *p = &sh->plan->ranks[r->world_rank];
+    r->rp = p;
+    r->layer_begin = p->layer_begin;
+    r->layer_end = p->layer_end;
+    r->n_head = p->q_head_end - p->q_head_begin;
+    r->n_kv_head = p->kv_head_end - p->kv_head_begin;
+    r->ffn_dim = (int)(p->ffn_end - p->ffn_begin);
+    r->has_embedding = p->has_embedding;
+    r->has_head = p->has_head;
+    r->vocab_begin = p->vocab_begin;
+    r->vocab_end = p->vocab_end;
+    r->vocab_stride = p->vocab_stride;
+    return 0;
+}
+
+static int load_ends(tsr_runner_t *r, tsr_model_t *m)
+{
+    const struct tsr_model_config *c = &r->cfg;
+    int rc;
+    if (r->has_embedding &&
+        (rc = load(r, m, "token_embd.weight", c->n_vocab, c->dim, 0, &r->tok_embd)))
+        return rc;
+    if (r->has_head) {
+        if ((rc = load_norm(r, m, "output_norm.weight", c->dim, &r->output_norm))) return rc;
+        if (!c->tied_embeddings)
+            return load(r, m, "output.weight", c->n_vocab, c->dim, 0, &r->output);
+        if (r->has_embedding) {
+            r->output = r->tok_embd;
+            return 0;
+        }
+        return load(r, m, "token_embd.weight", c->n_vocab, c->dim, 0, &r->output);
+    }
+    /* A middle stage hands off after add+norm with the next stage's first norm. */
+    char name[64];
+    snprintf(name, sizeof name, "blk.%d.attn_norm.weight", r->layer_end);
+    struct tsr_rank_plan whole = {0};
+    const struct tsr_rank_plan *saved = r->rp;
+    r->rp = &whole; /* replicated: read it whole */
+    rc = load_norm(r, m, name, c->dim, &r->next_norm);
+    r->rp = saved;
+    return rc;
+}
+
+int tsr_runner_new(tsr_model_t *m, tsr_backend_t *b, const struct tsr_runner_opts *o,
+                   const struct tsr_runner_shard *shard, tsr_runner_t **out)
+{
+    *out = NULL;
+    if (o->n_blocks <= 0 || o->block_size <= 0 || o->max_tokens <= 0)
+        return tsr_errorf(TSR_EINVAL, "runner needs positive blocks, block size and step tokens");
+    tsr_runner_t *r = calloc(1, sizeof *r);
+    if (!r) return tsr_errorf(TSR_ENOMEM, "out of memory");
+    r->b = b;
+    r->cfg = *tsr_model_config(m);
+    r->opts = *o;
+    const struct tsr_model_config *c = &r->cfg;
+    int rc = set_part(r, shard);
+    if (rc) goto fail;
+    int n_local = r->layer_end - r->layer_begin;
+    r->layers = calloc((size_t)(n_local > 0 ? n_local : 1), sizeof *r->layers);
+    if (!r->layers) {
+        rc = tsr_errorf(TSR_ENOMEM, "out of memory");
+        goto fail;
+    }
+    if ((rc = load_ends(r, m))) goto fail;
+    for (int l = r->layer_begin; l < r->layer_end; l++)
+        if ((rc = load_layer(r, m, l, &r->layers[l - r->layer_begin]))) goto fail;
+    /* RoPE frequencies, with GGUF's llama3 frequency factors when the file has them. */
+    int half = c->head_dim / 2;
+    float *inv = malloc((size_t)half * sizeof *inv);
+    struct tsr_tensor_view ff;
+    const float *factors = NULL;
+    if (!inv) {
+        rc = tsr_errorf(TSR_ENOMEM, "out of memory");
+        goto fail;
+    }
+    if (!tsr_model_tensor(m, "rope_freqs.weight", &ff)) {
+        if (ff.type != TSR_F32 || ff.cols * ff.rows != half) {
+            free(inv);
+            rc = tsr_errorf(TSR_EFORMAT, "%s: rope_freqs.weight must be %d F32 values",
+                            tsr_model_name(m), half);
+            goto fail;
+        }
+        factors = ff.data;
+    }
+    tsr_rope_inv_freq(c, factors, inv);
+    r->shape = (struct tsr_attn_shape){.n_head = r->n_head,
+                                       .n_kv_head = r->n_kv_head,
+                                       .head_dim = c->head_dim,
+                                       .block_size = o->block_size,
+                                       .neox = c->rope_neox,
+                                       .scale = 1.0f / sqrtf((float)c->head_dim),
+                                       .inv_freq = tsr_buf_alloc(b, (size_t)half * sizeof *inv)};
+    rc = r->shape.inv_freq ? tsr_buf_set(r->shape.inv_freq, 0, inv, (size_t)half * sizeof *inv)
+                           : TSR_ENOMEM;
+    free(inv);
+    if (rc || (rc = alloc_scratch(r))) goto fail;
+    *out = r;
+    return 0;
+fail:
+    r->world_size = 1; /* a failed runner sends no stop */
+    tsr_runner_free(r);
+    return rc;
+}
+
+static void stop_followers(tsr_runner_t *r)
+{
+    struct step_header h = {0, 0, 0, 0};
+    if (r->world_size > 1 && r->world_rank == 0) tsr_comm_broadcast_host(r->world, &h, sizeof h, 0);
+}
+
+void tsr_runner_free(tsr_runner_t *r)
+{
+    if (!r) return;
+    stop_followers(r);
+    if (r->layers) {
+        for (int l = 0; l < r->layer_end - r->layer_begin; l++) {
+            struct layer *L = &r->layers[l];
+            struct tsr_weight *w[] = {&L->attn_norm, &L->wq,     &L->wk,   &L->wv,
+                                      &L->bq,        &L->bk,     &L->bv,   &L->wo,
+                                      &L->ffn_norm,  &L->w_gate, &L->w_up, &L->w_down};
+            for (size_t i = 0; i < sizeof w / sizeof w[0]; i++) tsr_buf_free(w[i]->buf);
+            tsr_buf_free(L->k_cache);
+            tsr_buf_free(L->v_cache);
+        }
+        free(r->layers);
+    }
+    if (r->output.buf != r->tok_embd.buf) tsr_buf_free(r->output.buf);
+    tsr_buf_free(r->tok_embd.buf);
+    tsr_buf_free(r->output_norm.buf);
+    tsr_buf_free(r->next_norm.buf);
+    tsr_buf_free(r->shape.inv_freq);
+    tsr_buf_t *s[] = {r->x, r->xn,   r->q,  r->att,   r->k,      r->v,
+                      r->o, r->gate, r->up, r->h_out, r->logits, r->gathered};
+    for (size_t i = 0; i < sizeof s / sizeof s[0]; i++) tsr_buf_free(s[i]);
+    while (r->packed) {
+        struct packed *p = r->packed;
+        r->packed = p->next;
+        free(p->data);
+        free(p);
+    }
+    free(r->slot);
+    free(r->local_ids);
+    free(r->msg);
+    free(r);
+}
+
+int tsr_runner_n_vocab(const tsr_runner_t *r)
+{
+    return r->cfg.n_vocab;
+}
+
+size_t tsr_runner_weight_bytes(const tsr_runner_t *r)
+{
+    return r->weight_bytes;
+}
+
+size_t tsr_runner_kv_bytes(const tsr_runner_t *r)
+{
+    return r->kv_bytes;
+}
+
+size_t tsr_runner_scratch_bytes(const tsr_runner_t *r)
+{
+    return r->scratch_bytes;
+}
+
+/* Validates the step and fills r->slot. */
+static int check_step(tsr_runner_t *r, const struct tsr_step *st)
+{
+    int T = st->n_tokens, bs = r->opts.block_size;
+    if (T <= 0 || T > r->opts.max_tokens)
+        return tsr_errorf(TSR_EINVAL, "step of %d tokens (1..%d allowed)", T, r->opts.max_tokens);
+    if (st->n_out < 0 || st->n_out > T)
+        return tsr_errorf(TSR_EINVAL, "%d logit rows asked of a %d-token step", st->n_out, T);
+    if (st->n_seqs <= 0 || st->max_blocks <= 0)
+        return tsr_errorf(TSR_EINVAL, "step without sequences or block tables");
+    for (int t = 0; t < T; t++) {
+        if (st->ids[t] < 0 || st->ids[t] >= r->cfg.n_vocab)
+            return tsr_errorf(TSR_EINVAL, "token id %d is outside the vocabulary (%d)", st->ids[t],
+                              r->cfg.n_vocab);
+        if (st->seq[t] < 0 || st->seq[t] >= st->n_seqs)
+            return tsr_errorf(TSR_EINVAL, "token %d names sequence %d of %d", t, st->seq[t],
+                              st->n_seqs);
+        int p = st->pos[t];
+        if (p < 0 || p / bs >= st->max_blocks)
+            return tsr_errorf(TSR_EINVAL, "position %d is outside the block table", p);
+        /* Every block the token attends to must be a real block. */
+        const int32_t *bt = st->block_tables + (size_t)st->seq[t] * st->max_blocks;
+        for (int j = 0; j <= p / bs; j++)
+            if (bt[j] < 0 || bt[j] >= r->opts.n_blocks)
+                return tsr_errorf(TSR_EINVAL, "block id %d outside the pool (%d)", bt[j],
+                                  r->opts.n_blocks);
+        r->slot[t] = bt[p / bs] * bs + p % bs;
+    }
+    for (int i = 0; i < st->n_out; i++)
+        if (st->out_rows[i] < 0 || st->out_rows[i] >= T)
+            return tsr_errorf(TSR_EINVAL, "logit row %d outside the step", st->out_rows[i]);
+    return 0;
+}
+
+#define TRY(call)                                                                                  \
+    do {                                                                                           \
+        int rc_ = (call);                                                                          \
+        if (rc_) return rc_;                                                                       \
+    } while (0)
+
+static const struct tsr_weight *opt(const struct tsr_weight *w)
+{
+    return w->buf ? w : NULL;
+}
+
+/* Sums a row-parallel layer's partial outputs over the stage's TP ranks. */
+static int tp_sum(tsr_runner_t *r, tsr_buf_t *buf, size_t n_floats)
+{
+    return r->tp_size > 1 ? tsr_comm_all_reduce_sum(r->tp, buf, 0, n_floats) : 0;
+}
+
+/* The whole vocabulary's logits of n_out rows into host memory: the TP ranks' slices gathered,
+ * each rank's rows being (n_out, its vocab length) at the start of its stride-sized part. */
+static int collect_logits(tsr_runner_t *r, int n_out, float *logits)
+{
+    int V = r->cfg.n_vocab;
+    size_t vs = (size_t)r->vocab_stride, part = (size_t)n_out * vs * sizeof(float);
+    if (r->tp_size == 1)
+        return tsr_buf_get(r->logits, 0, logits, (size_t)n_out * V * sizeof(float));
+    TRY(tsr_comm_all_gather(r->tp, r->logits, 0, r->gathered, 0, part));
+    for (int q = 0; q < r->tp_size; q++) {
+        int64_t v0 = (int64_t)q * vs, len = V - v0 < (int64_t)vs ? V - v0 : (int64_t)vs;
+        for (int i = 0; i < n_out && len > 0; i++)
+            TRY(tsr_buf_get(r->gathered, (size_t)q * part + (size_t)i * len * sizeof(float),
+                            logits + (size_t)i * V + v0, (size_t)len * sizeof(float)));
+    }
+    return 0;
+}
+
+/* The forward pass of this rank's part. Logits land in `logits` on the last stage's ranks. */
+static int forward_local(tsr_runner_t *r, const struct tsr_step *st, float *logits)
+{
+    const struct tsr_model_config *c = &r->cfg;
+    tsr_backend_t *b = r->b;
+    int T = st->n_tokens, D = c->dim;
+    float eps = c->norm_eps;
+    size_t hidden = (size_t)T * D;
+    int stage = r->rp ? r->rp->pp_stage : 0;
+    struct tsr_batch_meta meta = {.n_tokens = T,
+                                  .n_seqs = st->n_seqs,
+                                  .max_blocks = st->max_blocks,
+                                  .pos = st->pos,
+                                  .seq = st->seq,
+                                  .slot = r->slot,
+                                  .block_tables = st->block_tables};
+
+    if (r->has_embedding) {
+        /* Vocab-parallel embedding: rows this rank does not hold are zero, then the sum. */
+        for (int t = 0; t < T; t++)
+            r->local_ids[t] = st->ids[t] >= r->vocab_begin && st->ids[t] < r->vocab_end
+                                  ? (int32_t)(st->ids[t] - r->vocab_begin)
+                                  : -1;
+        TRY(tsr_op_embed(b, r->x, &r->tok_embd, r->local_ids, T));
+        TRY(tp_sum(r, r->x, hidden));
+    } else {
+        TRY(tsr_comm_recv(r->world, r->x, 0, hidden * sizeof(float), r->world_rank - r->tp_size));
+    }
+    int n_local = r->layer_end - r->layer_begin;
+    TRY(tsr_op_rmsnorm(b, r->xn, r->x, &r->layers[0].attn_norm, T, D, eps));
+    for (int l = 0; l < n_local; l++) {
+        struct layer *L = &r->layers[l];
+        /* attention block: xn is attn_norm(x); this rank's heads */
+        TRY(tsr_op_matmul(b, r->q, &L->wq, r->xn, opt(&L->bq), T));
+        TRY(tsr_op_matmul(b, r->k, &L->wk, r->xn, opt(&L->bk), T));
+        TRY(tsr_op_matmul(b, r->v, &L->wv, r->xn, opt(&L->bv), T));
+        TRY(tsr_op_rope_kv_write(b, r->q, r->k, r->v, L->k_cache, L->v_cache, &r->shape, &meta));
+        TRY(tsr_op_attention(b, r->att, r->q, L->k_cache, L->v_cache, &r->shape, &meta));
+        TRY(tsr_op_matmul(b, r->o, &L->wo, r->att, NULL, T));
+        TRY(tp_sum(r, r->o, hidden));
+        TRY(tsr_op_add_rmsnorm(b, r->x, r->o, r->xn, &L->ffn_norm, T, D, eps));
+        /* MLP block: xn is ffn_norm(x); this rank's intermediate features */
+        TRY(tsr_op_matmul(b, r->gate, &L->w_gate, r->xn, NULL, T));
+        TRY(tsr_op_matmul(b, r->up, &L->w_up, r->xn, NULL, T));
+        TRY(tsr_op_swiglu(b, r->gate, r->gate, r->up, T, r->ffn_dim));
+        TRY(tsr_op_matmul(b, r->o, &L->w_down, r->gate, NULL, T));
+        TRY(tp_sum(r, r->o, hidden));
+        /* the residual add fused with the next block's norm (or the final norm) */
+        const struct tsr_weight *next = l + 1 < n_local ? &r->layers[l + 1].attn_norm
+                                        : r->has_head   ? &r->output_norm
+                                                        : &r->next_norm;
+        TRY(tsr_op_add_rmsnorm(b, r->x, r->o, r->xn, next, T, D, eps));
+    }
+    if (!r->has_head)
+        return tsr_comm_send(r->world, r->x, 0, hidden * sizeof(float), r->world_rank + r->tp_size);
+    (void)stage;
+    if (st->n_out == 0) return tsr_backend_sync(b);
+    TRY(tsr_op_gather_rows(b, r->h_out, r->xn, st->out_rows, st->n_out, D));
+    TRY(tsr_op_matmul(b, r->logits, &r->output, r->h_out, NULL, st->n_out));
+    return collect_logits(r, st->n_out, logits);
+}
+
+/* The step message: header then ids, pos, seq (n_tokens each), block tables, out_rows. */
+static size_t step_bytes(const struct step_header *h)
+{
+    return sizeof *h + sizeof(int32_t) *
+                           (3 * (size_t)h->n_tokens + (size_t)h->n_seqs * h->max_blocks + h->n_out);
+}
+
+static int ensure_msg(tsr_runner_t *r, size_t n)
+{
+    if (n <= r->msg_cap) return 0;
+    void *p = realloc(r->msg, n);
+    if (!p) return tsr_errorf(TSR_ENOMEM, "out of memory for a %zu-byte step", n);
+    r->msg = p;
+    r->msg_cap = n;
+    return 0;
+}
+
+/* Points st's arrays into the message after its header. */
+static void step_from_msg(void *msg, struct tsr_step *st)
+{
+    const struct step_header *h = msg;
+    int32_t *a = (int32_t *)((char *)msg + sizeof *h);
+    st->n_tokens = h->n_tokens;
+    st->n_seqs = h->n_seqs;
+    st->max_blocks = h->max_blocks;
+    st->n_out = h->n_out;
+    st->ids = a;
+    st->pos = a + h->n_tokens;
+    st->seq = a + 2 * h->n_tokens;
+    st->block_tables = a + 3 * h->n_tokens;
+    st->out_rows = st->block_tables + (size_t)h->n_seqs * h->max_blocks;
+}
+
+/* The last stage's first TP rank sends the logits to the leader when they are not one rank. */
+static int logits_home(const tsr_runner_t *r)
+{
+    return (r->pp_size - 1) * r->tp_size;
+}
+
+int tsr_runner_forward(tsr_runner_t *r, const struct tsr_step *st, float *logits)
+{
+    TRY(check_step(r, st));
+    if (r->world_size == 1) return forward_local(r, st, logits);
+    if (r->world_rank != 0)
+        return tsr_errorf(TSR_EINVAL, "only the group leader (rank 0) drives steps");
+    /* One message per step: a fixed header, then the arrays. */
+    struct step_header h = {st->n_tokens, st->n_seqs, st->max_blocks, st->n_out};
+    size_t n = step_bytes(&h);
+    TRY(ensure_msg(r, n));
+    int32_t *a = (int32_t *)((char *)r->msg + sizeof h);
+    memcpy(r->msg, &h, sizeof h);
+    memcpy(a, st->ids, sizeof *a * (size_t)h.n_tokens);
+    memcpy(a + h.n_tokens, st->pos, sizeof *a * (size_t)h.n_tokens);
+    memcpy(a + 2 * h.n_tokens, st->seq, sizeof *a * (size_t)h.n_tokens);
+    memcpy(a + 3 * h.n_tokens, st->block_tables, sizeof *a * (size_t)h.n_seqs * h.max_blocks);
+    memcpy(a + 3 * h.n_tokens + (size_t)h.n_seqs * h.max_blocks, st->out_rows,
+           sizeof *a * (size_t)h.n_out);
+    TRY(tsr_comm_broadcast_host(r->world, &h, sizeof h, 0));
+    TRY(tsr_comm_broadcast_host(r->world, r->msg, n, 0));
+    TRY(forward_local(r, st, logits));
+    if (logits_home(r) != 0 && st->n_out > 0)
+        TRY(tsr_comm_recv_host(r->world, logits, (size_t)st->n_out * r->cfg.n_vocab * sizeof(float),
+                               logits_home(r)));
+    return 0;
+}
+
+int tsr_runner_follow(tsr_runner_t *r)
+{
+    if (r->world_size == 1 || r->world_rank == 0)
+        return tsr_errorf(TSR_EINVAL, "tsr_runner_follow is for the followers of a group");
+    float *logits = NULL;
+    int rc = 0;
+    if (r->has_head &&
+        !(logits = malloc((size_t)r->opts.max_tokens * r->cfg.n_vocab * sizeof(float))))
+        return tsr_errorf(TSR_ENOMEM, "out of memory for logits");
+    for (;;) {
+        struct step_header h;
+        if ((rc = tsr_comm_broadcast_host(r->world, &h, sizeof h, 0))) break;
+        if (h.n_tokens == 0) break; /* the leader stopped */
+        size_t n = step_bytes(&h);
+        if ((rc = ensure_msg(r, n)) || (rc = tsr_comm_broadcast_host(r->world, r->msg, n, 0)))
+            break;
+        struct tsr_step st;
+        step_from_msg(r->msg, &st);
+        /* Every rank checked the same step on the leader's side; a follower that disagrees is
+         * out of step with its group, and stops. */
+        if ((rc = check_step(r, &st)) || (rc = forward_local(r, &st, logits))) break;
+        if (r->world_rank == logits_home(r) && st.n_out > 0 &&
+            (rc = tsr_comm_send_host(r->world, logits,
+                                     (size_t)st.n_out * r->cfg.n_vocab * sizeof(float), 0)))
+            break;
+    }
+    free(logits);
+    return rc;
+}

@@ -1,0 +1,65 @@
+/* The forward pass over one step's batch: any mix of prompt chunks and single decode tokens from
+ * many sequences, each attending through its own block table into the paged KV cache. The runner
+ * owns the weights' backend buffers, the per-layer K/V caches and the step's scratch buffers. */
+#ifndef TSR_WORKER_FORWARD_H
+#define TSR_WORKER_FORWARD_H
+
+#include <stdint.h>
+
+#include "kernels/backend.h"
+#include "kernels/comm.h"
+#include "model/model.h"
+#include "model/shard_plan.h"
+
+typedef struct tsr_runner tsr_runner_t;
+
+struct tsr_runner_opts {
+    int n_blocks;   /* KV cache blocks in the pool */
+    int block_size; /* positions per block */
+    int max_tokens; /* most tokens in one step (the scheduler's budget) */
+};
+
+/* One step. Token t is ids[t] at position pos[t] of sequence seq[t]; sequence s owns blocks
+ * block_tables[s * max_blocks ...]. Logits are returned for the n_out tokens listed in out_rows. */
+struct tsr_step {
+    int n_tokens;
+    const int32_t *ids, *pos, *seq;
+    int n_seqs, max_blocks;
+    const int32_t *block_tables;
+    int n_out;
+    const int32_t *out_rows;
+};
+
+/* One rank of a sharded group (DESIGN §2): the rank's slice of the plan and its communicators.
+ * world holds every rank of the group, rank 0 the leader; tp holds the ranks of this rank's
+ * pipeline stage (rank order = tp_rank). The runner keeps pointers: they must outlive it. */
+struct tsr_runner_shard {
+    const struct tsr_shard_plan *plan;
+    tsr_comm_t *world, *tp;
+};
+
+/* Uploads the weights to the backend, checking every tensor's shape against the config, and
+ * allocates the caches. With shard (NULL: the whole model) it reads only this rank's slices:
+ * row ranges are used in place in the mapping, column ranges are packed into memory of its own.
+ * m and b must outlive the runner. Free with tsr_runner_free(). */
+int tsr_runner_new(tsr_model_t *m, tsr_backend_t *b, const struct tsr_runner_opts *o,
+                   const struct tsr_runner_shard *shard, tsr_runner_t **out);
+/* On the leader of a sharded group this also tells the followers to stop. */
+void tsr_runner_free(tsr_runner_t *r);
+
+/* Runs the step; logits is (n_out, n_vocab) f32 on the host. Checks the step's indices first:
+ * TSR_EINVAL for a bad token id, position or block id. In a sharded group only the leader calls
+ * this: it sends the step to every rank (one message per step) and gets the logits back. */
+int tsr_runner_forward(tsr_runner_t *r, const struct tsr_step *st, float *logits);
+/* A follower's loop: runs every step the leader sends until the leader frees its runner.
+ * Returns 0 then, or the first error. */
+int tsr_runner_follow(tsr_runner_t *r);
+
+int tsr_runner_n_vocab(const tsr_runner_t *r);
+/* Bytes of weights and of KV cache the runner holds on its backend. */
+size_t tsr_runner_weight_bytes(const tsr_runner_t *r);
+size_t tsr_runner_kv_bytes(const tsr_runner_t *r);
+/* Bytes of the step's activation and logit buffers. */
+size_t tsr_runner_scratch_bytes(const tsr_runner_t *r);
+
+#endif

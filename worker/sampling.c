@@ -1,0 +1,201 @@
+#include "worker/sampling.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/status.h"
+
+struct tsr_sampling tsr_sampling_default(void)
+{
+    return (struct tsr_sampling){
+        .temperature = 0, .top_k = 0, .top_p = 1, .min_p = 0, .repetition_penalty = 1, .seed = 0};
+}
+
+int tsr_sampling_validate(const struct tsr_sampling *s)
+{
+    if (!(s->temperature >= 0) || isinf(s->temperature))
+        return tsr_errorf(TSR_EINVAL, "temperature must be a finite number >= 0 (got %g)",
+                          s->temperature);
+    if (s->top_k < 0) return tsr_errorf(TSR_EINVAL, "top_k must be >= 0 (got %d)", s->top_k);
+    if (!(s->top_p > 0 && s->top_p <= 1))
+        return tsr_errorf(TSR_EINVAL, "top_p must be in (0, 1] (got %g)", s->top_p);
+    if (!(s->min_p >= 0 && s->min_p < 1))
+        return tsr_errorf(TSR_EINVAL, "min_p must be in [0, 1) (got %g)", s->min_p);
+    if (!(s->repetition_penalty > 0) || isinf(s->repetition_penalty))
+        return tsr_errorf(TSR_EINVAL, "repetition_penalty must be > 0 (got %g)",
+                          s->repetition_penalty);
+    return 0;
+}
+
+static uint64_t rotl(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
+
+static uint64_t next_u64(uint64_t s[4])
+{
+    uint64_t r = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 45);
+    return r;
+}
+
+int tsr_sampler_init(struct tsr_sampler *s, const struct tsr_sampling *p, int n_vocab)
+{
+    memset(s, 0, sizeof *s);
+    int rc = tsr_sampling_validate(p);
+    if (rc) return rc;
+    s->p = *p;
+    s->n_vocab = n_vocab;
+    /* Seed xoshiro with splitmix64, the generator's recommended seeding. */
+    uint64_t x = p->seed;
+    for (int i = 0; i < 4; i++) {
+        uint64_t z = (x += 0x9e3779b97f4a7c15ULL);
+        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+        z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+        s->rng[i] = z ^ (z >> 31);
+    }
+    if (p->temperature > 0) {
+        s->idx = malloc((size_t)n_vocab * sizeof *s->idx);
+        s->prob = malloc((size_t)n_vocab * sizeof *s->prob);
+        if (!s->idx || !s->prob) {
+            tsr_sampler_free(s);
+            return tsr_errorf(TSR_ENOMEM, "out of memory for a sampler");
+        }
+    }
+    return 0;
+}
+
+void tsr_sampler_free(struct tsr_sampler *s)
+{
+    free(s->idx);
+    free(s->prob);
+    s->idx = NULL;
+    s->prob = NULL;
+}
+
+int32_t tsr_argmax(const float *x, int n)
+{
+    int32_t best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
+static int by_logit_desc(const void *a, const void *b, void *ctx)
+{
+    const float *key = ctx;
+    float x = key[*(const int32_t *)a], y = key[*(const int32_t *)b];
+    if (x != y) return x < y ? 1 : -1;
+    return *(const int32_t *)a - *(const int32_t *)b;
+}
+
+/* Moves the k largest logits' indices to idx[0..k), sorted descending. O(n) partition first
+ * when k is small, then a sort of the survivors. */
+static int top_candidates(const float *logits, int32_t *idx, int n, int k)
+{
+    for (int i = 0; i < n; i++) idx[i] = i;
+    if (k <= 0 || k > n) k = n;
+    if (k < n) {
+        /* Threshold = k-th largest via a partial quickselect on copies of the indices. */
+        int lo = 0, hi = n - 1;
+        while (lo < hi) {
+            float pivot = logits[idx[(lo + hi) / 2]];
+            int i = lo, j = hi;
+            while (i <= j) {
+                while (logits[idx[i]] > pivot) i++;
+                while (logits[idx[j]] < pivot) j--;
+                if (i <= j) {
+                    int32_t t = idx[i];
+                    idx[i++] = idx[j];
+                    idx[j--] = t;
+                }
+            }
+            if (k - 1 <= j)
+                hi = j;
+            else if (k - 1 >= i)
+                lo = i;
+            else
+                break;
+        }
+    }
+    qsort_r(idx, (size_t)k, sizeof *idx, by_logit_desc, (void *)logits);
+    return k;
+}
+
+int32_t tsr_sample(struct tsr_sampler *s, float *logits, const int32_t *history, int n_history,
+                   float *logprob)
+{
+    int n = s->n_vocab;
+    float pen = s->p.repetition_penalty;
+    if (pen != 1.0f) {
+        /* A token seen several times is penalised once, as in llama.cpp and transformers. */
+        for (int i = 0; i < n_history; i++) {
+            int32_t t = history[i];
+            if (t < 0 || t >= n) continue;
+            float *l = &logits[t];
+            if (isnan(*l)) continue;
+            int seen = 0;
+            for (int j = 0; j < i && !seen; j++) seen = history[j] == t;
+            if (!seen) *l = *l > 0 ? *l / pen : *l * pen;
+        }
+    }
+    int32_t pick;
+    if (s->p.temperature == 0) {
+        pick = tsr_argmax(logits, n);
+    } else {
+        /* top-k */
+        int k = top_candidates(logits, s->idx, n, s->p.top_k);
+        /* temperature and softmax over the candidates */
+        float maxl = logits[s->idx[0]];
+        double sum = 0;
+        for (int i = 0; i < k; i++) {
+            s->prob[i] = expf((logits[s->idx[i]] - maxl) / s->p.temperature);
+            sum += s->prob[i];
+        }
+        for (int i = 0; i < k; i++) s->prob[i] = (float)(s->prob[i] / sum);
+        /* top-p: the smallest prefix whose mass reaches p (at least one token) */
+        if (s->p.top_p < 1) {
+            double cum = 0;
+            int keep = k;
+            for (int i = 0; i < k; i++) {
+                cum += s->prob[i];
+                if (cum >= s->p.top_p) {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            k = keep;
+        }
+        /* min-p: drop tokens below min_p times the top probability */
+        if (s->p.min_p > 0) {
+            float floor = s->p.min_p * s->prob[0];
+            int keep = 1;
+            while (keep < k && s->prob[keep] >= floor) keep++;
+            k = keep;
+        }
+        double mass = 0;
+        for (int i = 0; i < k; i++) mass += s->prob[i];
+        double r = (double)(next_u64(s->rng) >> 11) * (1.0 / 9007199254740992.0) * mass;
+        pick = s->idx[k - 1];
+        for (int i = 0; i < k; i++) {
+            r -= s->prob[i];
+            if (r < 0) {
+                pick = s->idx[i];
+                break;
+            }
+        }
+    }
+    if (logprob) {
+        float maxl = logits[tsr_argmax(logits, n)];
+        double sum = 0;
+        for (int i = 0; i < n; i++) sum += exp((double)logits[i] - maxl);
+        *logprob = (float)((double)logits[pick] - maxl - log(sum));
+    }
+    return pick;
+}
