@@ -234,7 +234,17 @@ int tsr_cmd_generate(int argc, char **argv)
     int rc = parse_args(argc, argv, &a);
     if (rc) return rc;
     int ranks = a.tp * a.pp;
-    if (ranks > 1 && !tsr_group_under_mpi()) return relaunch_mpi(ranks, argc, argv);
+    if (ranks > 1 && !tsr_group_under_mpi()) {
+        /* Check the layout here, so a bad one is one clear error, not one per rank. */
+        tsr_model_t *m;
+        if ((rc = tsr_model_open(a.model, &m)) || (rc = tsr_group_check(m, a.tp, a.pp))) {
+            fprintf(stderr, "tessera generate: %s\n", tsr_last_error());
+            tsr_model_free(m);
+            return rc == TSR_EINVAL ? 2 : 1;
+        }
+        tsr_model_free(m);
+        return relaunch_mpi(ranks, argc, argv);
+    }
     struct tsr_group group = {0};
     int exit_code = 1;
     tsr_model_t *m = NULL;

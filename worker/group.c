@@ -16,6 +16,21 @@ static int type_of(void *ctx, const char *name)
     return tsr_model_tensor(ctx, name, &v) ? -1 : (int)v.type;
 }
 
+/* Bytes per weight only size the plan's memory report; the loader reads the real types. */
+static int make_plan(tsr_model_t *m, int tp, int pp, struct tsr_shard_plan *plan)
+{
+    int rc = tsr_shard_plan_make(tsr_model_config(m), tp, pp, 2.0, 4.0, plan);
+    return rc ? rc : tsr_shard_plan_check_types(plan, type_of, m);
+}
+
+int tsr_group_check(tsr_model_t *m, int tp, int pp)
+{
+    struct tsr_shard_plan plan;
+    int rc = make_plan(m, tp, pp, &plan);
+    tsr_shard_plan_free(&plan);
+    return rc;
+}
+
 int tsr_group_join_mpi(tsr_model_t *m, int tp, int pp, struct tsr_group *g)
 {
     memset(g, 0, sizeof *g);
@@ -27,10 +42,7 @@ int tsr_group_join_mpi(tsr_model_t *m, int tp, int pp, struct tsr_group *g)
                         tp * pp, tsr_comm_size(g->world));
         goto fail;
     }
-    /* Bytes per weight only size the plan's memory report; the loader reads the real types. */
-    if ((rc = tsr_shard_plan_make(tsr_model_config(m), tp, pp, 2.0, 4.0, &g->plan)) ||
-        (rc = tsr_shard_plan_check_types(&g->plan, type_of, m)))
-        goto fail;
+    if ((rc = make_plan(m, tp, pp, &g->plan))) goto fail;
     const struct tsr_rank_plan *rp = &g->plan.ranks[g->rank];
     if ((rc = tsr_comm_split(g->world, rp->pp_stage, rp->tp_rank, &g->tp))) goto fail;
     g->shard = (struct tsr_runner_shard){&g->plan, g->world, g->tp};

@@ -19,6 +19,8 @@ struct tsr_group {
 /* Joins the MPI world as one rank of a tp x pp group over model m: the world must have exactly
  * tp * pp ranks; the plan is checked against the model's tensor types. Errors say which. */
 int tsr_group_join_mpi(tsr_model_t *m, int tp, int pp, struct tsr_group *g);
+/* The same checks of the layout without MPI: TSR_EINVAL naming what does not divide. */
+int tsr_group_check(tsr_model_t *m, int tp, int pp);
 void tsr_group_leave(struct tsr_group *g);
 
 /* 1 when this process was started by mpirun or srun (an MPI launcher's rank variables are set). */
