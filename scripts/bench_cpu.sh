@@ -5,6 +5,8 @@
 # Usage: scripts/bench_cpu.sh [prompt_tokens] [gen_tokens] [repeats]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
+# tessera threads its own loops; OpenBLAS's own threads would only compete with them.
+export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 pt=${1:-128} gt=${2:-64} reps=${3:-5} threads=$(nproc)
 "$root/scripts/deps.sh"
 "$root/scripts/build.sh" >/dev/null
