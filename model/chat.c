@@ -12,6 +12,7 @@
  *           <s>[INST] ...; roles must alternate user/assistant. The first turn's bos_token is left
  *           to the encoder; later turns carry "<s>" as text (encode with parse_special). */
 #include "model/chat.h"
+#include "model/tok_internal.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -51,48 +52,22 @@ static void puts_(struct sbuf *b, const char *s)
 
 /* Python's str.isspace(), which Jinja's trim and str.strip() use: Unicode White_Space plus the
  * information separators U+001C..U+001F. */
-static int py_space(uint32_t cp)
+static int py_space(const char *s, size_t n, size_t i, size_t *len)
 {
-    if ((cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20)) return 1;
-    switch (cp) {
-    case 0x85:
-    case 0xA0:
-    case 0x1680:
-    case 0x2028:
-    case 0x2029:
-    case 0x202F:
-    case 0x205F:
-    case 0x3000:
-        return 1;
-    default:
-        return cp >= 0x2000 && cp <= 0x200A;
-    }
-}
-
-/* The code point at s[i] and its length in *len; an invalid byte reads as itself, length 1. */
-static uint32_t cp_at(const unsigned char *s, size_t n, size_t i, size_t *len)
-{
-    unsigned char c = s[i];
-    size_t l = c < 0x80 ? 1 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC0 ? 2 : 1;
-    if (i + l > n) l = 1;
-    for (size_t k = 1; k < l; k++)
-        if ((s[i + k] & 0xC0) != 0x80) l = 1;
-    *len = l;
-    if (l == 1) return c;
-    uint32_t cp = c & (0x7F >> l);
-    for (size_t k = 1; k < l; k++) cp = (cp << 6) | (s[i + k] & 0x3F);
-    return cp;
+    int adv;
+    uint32_t cp = tok_utf8_decode(s + i, n - i, &adv);
+    *len = (size_t)adv;
+    return tok_is_unicode_space(cp) || (cp >= 0x1C && cp <= 0x1F);
 }
 
 static void put_stripped(struct sbuf *b, const char *str)
 {
-    const unsigned char *s = (const unsigned char *)str;
     size_t n = strlen(str), lo = 0, hi, l;
-    while (lo < n && py_space(cp_at(s, n, lo, &l))) lo += l;
+    while (lo < n && py_space(str, n, lo, &l)) lo += l;
     /* Scan forward, remembering where the last non-space char ended. */
     hi = lo;
     for (size_t i = lo; i < n; i += l)
-        if (!py_space(cp_at(s, n, i, &l))) hi = i + l;
+        if (!py_space(str, n, i, &l)) hi = i + l;
     put(b, str + lo, hi - lo);
 }
 
