@@ -1,0 +1,188 @@
+/* Causal attention over the paged KV cache (f32 [slot][n_kv_head][head_dim]), prefill and decode
+ * alike: token t attends to positions 0..pos[t] of its sequence through its block-table row.
+ *
+ * One block of WARPS warps per (token, KV head, group of up to MAX_G query heads sharing it, split
+ * of the context). Each warp walks its share of the split's positions one at a time: it loads the
+ * K row (lane d holds dims d, d+32, ...), scores all its query heads against it (warp sums),
+ * updates an online softmax per head (running max, sum, unnormalized output in registers), and
+ * accumulates the V row. The warps' states are merged in shared memory at the end. When the grid
+ * of (token, KV head, head group) blocks is too small to fill the GPU (decode), each token's
+ * context is split across blocks too, like flash-decoding: every split writes its partial state
+ * (max, sum, output) to scratch and a second kernel merges them.
+ *
+ * This is the correctness-first version: scores are computed on CUDA cores in f32, one K row per
+ * warp step, and K/V rows are read once per (token, KV head, split), so prefill re-reads the cache
+ * once per query token; a tensor-core prefill kernel that scores tiles of queries against tiles of
+ * keys is the next step. */
+#include <math.h>
+
+#include "kernels/cuda/cuda_common.cuh"
+#include "kernels/cuda/cuda_kernels.h"
+
+enum {
+    WARPS = 4,
+    THREADS = WARPS * 32,
+    MAX_G = 8,      /* query heads per block */
+    MIN_SPLIT = 64, /* fewest positions worth a split of their own */
+};
+
+/* Dims per lane: head_dim <= 32 * D. */
+template <int D>
+__global__ void __launch_bounds__(THREADS)
+    attn_kernel(struct tsr_cuda_attn_args a, int split_len, int splits, float *part)
+{
+    __shared__ float sm[WARPS][MAX_G][2];
+    __shared__ float sacc[WARPS][MAX_G][32 * D];
+    int t = blockIdx.x, group = a.n_head / a.n_kv_head, hchunks = (group + MAX_G - 1) / MAX_G;
+    int kvh = blockIdx.y / hchunks, h0 = kvh * group + (blockIdx.y % hchunks) * MAX_G;
+    int g = min(MAX_G, (kvh + 1) * group - h0); /* query heads of this block: h0 .. h0+g */
+    int split = blockIdx.z, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int hd = a.head_dim, bs = a.block_size, pos = a.pos[t];
+    int lo = split * split_len, hi = min(lo + split_len, pos + 1);
+    const int32_t *bt = a.block_tables + (size_t)a.seq[t] * a.max_blocks;
+    size_t kw = (size_t)a.n_kv_head * hd;
+
+    float q[MAX_G][D], acc[MAX_G][D], mx[MAX_G], sum[MAX_G];
+    const float *qt = a.q + ((size_t)t * a.n_head + h0) * hd;
+#pragma unroll
+    for (int h = 0; h < MAX_G; h++) {
+        mx[h] = -INFINITY;
+        sum[h] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < D; i++) {
+            int d = lane + 32 * i;
+            q[h][i] = h < g && d < hd ? qt[(size_t)h * hd + d] : 0.0f;
+            acc[h][i] = 0.0f;
+        }
+    }
+    for (int p = lo + warp; p < hi; p += WARPS) {
+        size_t row = ((size_t)bt[p / bs] * bs + p % bs) * kw + (size_t)kvh * hd;
+        const float *kr = a.kc + row, *vr = a.vc + row;
+        float k[D], v[D];
+#pragma unroll
+        for (int i = 0; i < D; i++) {
+            int d = lane + 32 * i;
+            k[i] = d < hd ? kr[d] : 0.0f;
+            v[i] = d < hd ? vr[d] : 0.0f;
+        }
+#pragma unroll
+        for (int h = 0; h < MAX_G; h++) {
+            if (h >= g) break;
+            float s = 0.0f;
+#pragma unroll
+            for (int i = 0; i < D; i++) s = fmaf(q[h][i], k[i], s);
+            s = tsr_warp_sum(s) * a.scale;
+            float m = fmaxf(mx[h], s);
+            float corr = expf(mx[h] - m), w = expf(s - m); /* first step: expf(-inf) = 0 */
+            mx[h] = m;
+            sum[h] = sum[h] * corr + w;
+#pragma unroll
+            for (int i = 0; i < D; i++) acc[h][i] = fmaf(acc[h][i], corr, w * v[i]);
+        }
+    }
+    /* Merge the warps. */
+#pragma unroll
+    for (int h = 0; h < MAX_G; h++) {
+        if (lane == 0) {
+            sm[warp][h][0] = mx[h];
+            sm[warp][h][1] = sum[h];
+        }
+#pragma unroll
+        for (int i = 0; i < D; i++) sacc[warp][h][lane + 32 * i] = acc[h][i];
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < g * hd; idx += THREADS) {
+        int h = idx / hd, d = idx % hd;
+        float m = -INFINITY;
+        for (int w = 0; w < WARPS; w++) m = fmaxf(m, sm[w][h][0]);
+        float l = 0.0f, o = 0.0f;
+        if (m != -INFINITY)
+            for (int w = 0; w < WARPS; w++) {
+                float e = expf(sm[w][h][0] - m); /* 0 for a warp that saw no position */
+                l = fmaf(sm[w][h][1], e, l);
+                o = fmaf(sacc[w][h][d], e, o);
+            }
+        if (splits == 1) {
+            a.out[((size_t)t * a.n_head + h0 + h) * hd + d] = o / l;
+        } else {
+            /* part: [token][split][head][hd + 2]: output, then max and sum */
+            float *pp = part + (((size_t)t * splits + split) * a.n_head + h0 + h) * (hd + 2);
+            pp[d] = o;
+            if (d == 0) {
+                pp[hd] = m;
+                pp[hd + 1] = l;
+            }
+        }
+    }
+}
+
+/* One block per (token, head): out = the splits' outputs weighted by exp(max - overall max). */
+__global__ void merge_kernel(struct tsr_cuda_attn_args a, int splits, const float *part)
+{
+    int t = blockIdx.x, h = blockIdx.y, hd = a.head_dim;
+    const float *pp = part + ((size_t)t * splits * a.n_head + h) * (hd + 2);
+    size_t stride = (size_t)a.n_head * (hd + 2); /* from one split to the next */
+    float m = -INFINITY;
+    for (int s = 0; s < splits; s++) m = fmaxf(m, pp[s * stride + hd]);
+    for (int d = threadIdx.x; d < hd; d += blockDim.x) {
+        float l = 0.0f, o = 0.0f;
+        for (int s = 0; s < splits; s++) {
+            float ms = pp[s * stride + hd];
+            if (ms == -INFINITY) continue; /* a split past pos[t] */
+            float e = expf(ms - m);
+            l = fmaf(pp[s * stride + hd + 1], e, l);
+            o = fmaf(pp[s * stride + d], e, o);
+        }
+        a.out[((size_t)t * a.n_head + h) * hd + d] = o / l;
+    }
+}
+
+/* Splits per token and positions per split. */
+static void plan(const struct tsr_cuda_attn_args *a, int n_sms, int *splits, int *split_len)
+{
+    int group = a->n_head / a->n_kv_head, hchunks = (group + MAX_G - 1) / MAX_G;
+    long base = (long)a->n_tokens * a->n_kv_head * hchunks, ctx = (long)a->max_pos + 1;
+    long s = 1;
+    if (base < n_sms) {
+        s = (2L * n_sms + base - 1) / base;
+        long cap = (ctx + MIN_SPLIT - 1) / MIN_SPLIT;
+        if (s > cap) s = cap;
+        if (s < 1) s = 1;
+    }
+    long len = (ctx + s - 1) / s;
+    *split_len = (int)len;
+    *splits = (int)((ctx + len - 1) / len);
+}
+
+extern "C" size_t tsr_cuda_attention_scratch(const struct tsr_cuda_attn_args *a, int n_sms,
+                                             int *splits)
+{
+    int len;
+    plan(a, n_sms, splits, &len);
+    if (*splits == 1) return 0;
+    return (size_t)a->n_tokens * *splits * a->n_head * (a->head_dim + 2);
+}
+
+extern "C" cudaError_t tsr_cuda_attention(cudaStream_t s, const struct tsr_cuda_attn_args *a,
+                                          int splits, float *scratch)
+{
+    if (a->n_tokens <= 0) return cudaGetLastError();
+    int ctx = a->max_pos + 1, len = (ctx + splits - 1) / splits;
+    int group = a->n_head / a->n_kv_head, hchunks = (group + MAX_G - 1) / MAX_G;
+    dim3 grid(a->n_tokens, a->n_kv_head * hchunks, splits);
+    int d = (a->head_dim + 31) / 32;
+    if (d <= 1)
+        attn_kernel<1><<<grid, THREADS, 0, s>>>(*a, len, splits, scratch);
+    else if (d <= 2)
+        attn_kernel<2><<<grid, THREADS, 0, s>>>(*a, len, splits, scratch);
+    else if (d <= 4)
+        attn_kernel<4><<<grid, THREADS, 0, s>>>(*a, len, splits, scratch);
+    else
+        attn_kernel<8><<<grid, THREADS, 0, s>>>(*a, len, splits, scratch);
+    if (splits > 1) {
+        cudaError_t e = cudaGetLastError();
+        if (e != cudaSuccess) return e;
+        merge_kernel<<<dim3(a->n_tokens, a->n_head), 128, 0, s>>>(*a, splits, scratch);
+    }
+    return cudaGetLastError();
+}

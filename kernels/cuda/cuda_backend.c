@@ -1,0 +1,734 @@
+/* The CUDA backend: buffers, argument checks, step metadata staging and the matmul strategy; the
+ * kernels are in cuda_ops.cu, cuda_matmul.cu and cuda_attention.cu. */
+#include "kernels/cuda/cuda_backend.h"
+
+#include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include "common/log.h"
+#include "common/status.h"
+#include "kernels/backend_impl.h"
+#include "kernels/cuda/cuda_kernels.h"
+
+enum {
+    META_SLOTS = 16,            /* pinned staging areas in flight (ops the host may run ahead) */
+    GEMM_TILE_BYTES = 64 << 20, /* bf16 weight tile for cuBLAS: rows decoded per GEMM call */
+    SCRATCH_ALIGN = 256,
+};
+
+/* Which op's metadata a device copy holds. Ops of one kind in a step (RoPE or attention in every
+ * layer) see the same arrays, so each kind keeps its last upload and skips identical ones. */
+enum meta_kind { META_EMBED, META_ROPE, META_ATTN, META_GATHER, META_KINDS };
+
+struct meta_slot {
+    void *host; /* pinned */
+    size_t size;
+    cudaEvent_t done; /* recorded after the copy out of host */
+    int pending;
+};
+
+struct meta_cache {
+    void *dev;
+    size_t dev_size;
+    void *shadow; /* host copy of what dev holds */
+    size_t len, shadow_size;
+    int valid;
+};
+
+struct cuda_ctx {
+    int device, n_sms;
+    char device_name[256];
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    struct meta_slot slots[META_SLOTS];
+    int next_slot;
+    struct meta_cache meta[META_KINDS];
+    void *pack; /* host area where an op's arrays are packed before staging */
+    size_t pack_size;
+    void *scratch; /* device scratch shared by the ops (one op at a time) */
+    size_t scratch_size;
+};
+
+static struct cuda_ctx *ctx_of(tsr_backend_t *b)
+{
+    return b->ctx;
+}
+
+/* ---- errors ---- */
+
+static int cuda_fail(cudaError_t e, const char *what)
+{
+    return tsr_errorf(e == cudaErrorMemoryAllocation ? TSR_ENOMEM : TSR_EIO, "cuda: %s: %s (%s)",
+                      what, cudaGetErrorString(e), cudaGetErrorName(e));
+}
+
+#define CK(call, what)                                                                             \
+    do {                                                                                           \
+        cudaError_t e_ = (call);                                                                   \
+        if (e_ != cudaSuccess) return cuda_fail(e_, what);                                         \
+    } while (0)
+
+#define CKB(call, what)                                                                            \
+    do {                                                                                           \
+        cublasStatus_t s_ = (call);                                                                \
+        if (s_ != CUBLAS_STATUS_SUCCESS)                                                           \
+            return tsr_errorf(s_ == CUBLAS_STATUS_ALLOC_FAILED ? TSR_ENOMEM : TSR_EIO,             \
+                              "cublas: %s: %s", what, cublasGetStatusString(s_));                  \
+    } while (0)
+
+static int check_size(const tsr_buf_t *buf, size_t n, const char *what)
+{
+    if (!buf || buf->size < n)
+        return tsr_errorf(TSR_ERANGE, "%s: needs %zu bytes, buffer holds %zu", what, n,
+                          buf ? buf->size : 0);
+    return 0;
+}
+
+/* Bytes of n rows of width floats, or SIZE_MAX when negative or overflowing. */
+static size_t f32_bytes(int64_t n, int64_t width)
+{
+    size_t r;
+    if (n < 0 || width < 0 || __builtin_mul_overflow((size_t)n, (size_t)width, &r) ||
+        __builtin_mul_overflow(r, sizeof(float), &r))
+        return SIZE_MAX;
+    return r;
+}
+
+static size_t align_up(size_t n)
+{
+    return (n + SCRATCH_ALIGN - 1) & ~(size_t)(SCRATCH_ALIGN - 1);
+}
+
+/* ---- scratch and metadata ---- */
+
+/* At least n bytes of device scratch, valid for the current op. Growing waits for the stream
+ * (the old area may still be in use by queued work). */
+static int scratch(struct cuda_ctx *c, size_t n, void **out)
+{
+    if (n > c->scratch_size) {
+        size_t want = align_up(n + n / 4);
+        CK(cudaStreamSynchronize(c->stream), "scratch: synchronize");
+        if (c->scratch) CK(cudaFree(c->scratch), "scratch: free");
+        c->scratch = NULL;
+        c->scratch_size = 0;
+        CK(cudaMalloc(&c->scratch, want), "scratch: allocate");
+        c->scratch_size = want;
+    }
+    *out = c->scratch;
+    return 0;
+}
+
+static int grow_host(void **p, size_t *size, size_t n)
+{
+    if (n <= *size) return 0;
+    size_t want = n + n / 2 + 256;
+    void *q = realloc(*p, want);
+    if (!q)
+        return tsr_errorf(TSR_ENOMEM, "cuda: out of host memory for %zu bytes of metadata", want);
+    *p = q;
+    *size = want;
+    return 0;
+}
+
+/* Packs `count` host arrays (each starting SCRATCH_ALIGN-aligned) and makes them visible to the
+ * device in the cache of `kind`; dev[i] receives array i's device address. The copy is queued on
+ * the stream through a pinned slot, so the caller's arrays are free when this returns; identical
+ * contents to the kind's last upload are not copied again. */
+static int stage_meta(struct cuda_ctx *c, enum meta_kind kind, int count, const void *const *src,
+                      const size_t *bytes, void **dev)
+{
+    size_t off[4], total = 0;
+    for (int i = 0; i < count; i++) {
+        off[i] = total;
+        total += align_up(bytes[i] ? bytes[i] : 1);
+    }
+    int rc = grow_host(&c->pack, &c->pack_size, total);
+    if (rc) return rc;
+    memset(c->pack, 0, total);
+    for (int i = 0; i < count; i++)
+        if (bytes[i]) memcpy((char *)c->pack + off[i], src[i], bytes[i]);
+    struct meta_cache *mc = &c->meta[kind];
+    if (!(mc->valid && mc->len == total && !memcmp(mc->shadow, c->pack, total))) {
+        struct meta_slot *s = &c->slots[c->next_slot];
+        c->next_slot = (c->next_slot + 1) % META_SLOTS;
+        if (s->pending) CK(cudaEventSynchronize(s->done), "metadata: wait for a staging slot");
+        s->pending = 0;
+        if (s->size < total) {
+            if (s->host) CK(cudaFreeHost(s->host), "metadata: free pinned staging");
+            s->host = NULL;
+            s->size = 0;
+            size_t want = align_up(total + total / 2 + 4096);
+            CK(cudaMallocHost(&s->host, want), "metadata: allocate pinned staging");
+            s->size = want;
+        }
+        if (mc->dev_size < total) {
+            size_t want = align_up(total + total / 2 + 4096);
+            CK(cudaStreamSynchronize(c->stream), "metadata: synchronize");
+            if (mc->dev) CK(cudaFree(mc->dev), "metadata: free");
+            mc->dev = NULL;
+            mc->dev_size = 0;
+            CK(cudaMalloc(&mc->dev, want), "metadata: allocate");
+            mc->dev_size = want;
+        }
+        mc->valid = 0;
+        if ((rc = grow_host(&mc->shadow, &mc->shadow_size, total))) return rc;
+        memcpy(s->host, c->pack, total);
+        CK(cudaMemcpyAsync(mc->dev, s->host, total, cudaMemcpyHostToDevice, c->stream),
+           "metadata: copy to device");
+        CK(cudaEventRecord(s->done, c->stream), "metadata: record");
+        s->pending = 1;
+        memcpy(mc->shadow, c->pack, total);
+        mc->len = total;
+        mc->valid = 1;
+    }
+    for (int i = 0; i < count; i++) dev[i] = (char *)mc->dev + off[i];
+    return 0;
+}
+
+/* ---- backend and buffers ---- */
+
+static void cuda_free(tsr_backend_t *b)
+{
+    struct cuda_ctx *c = ctx_of(b);
+    cudaSetDevice(c->device);
+    if (c->stream) cudaStreamSynchronize(c->stream);
+    for (int i = 0; i < META_SLOTS; i++) {
+        if (c->slots[i].host) cudaFreeHost(c->slots[i].host);
+        if (c->slots[i].done) cudaEventDestroy(c->slots[i].done);
+    }
+    for (int i = 0; i < META_KINDS; i++) {
+        if (c->meta[i].dev) cudaFree(c->meta[i].dev);
+        free(c->meta[i].shadow);
+    }
+    if (c->scratch) cudaFree(c->scratch);
+    if (c->blas) cublasDestroy(c->blas);
+    if (c->stream) cudaStreamDestroy(c->stream);
+    free(c->pack);
+    free(c);
+    free(b);
+}
+
+static int cuda_sync(tsr_backend_t *b)
+{
+    struct cuda_ctx *c = ctx_of(b);
+    CK(cudaSetDevice(c->device), "set device");
+    CK(cudaStreamSynchronize(c->stream), "synchronize");
+    return 0;
+}
+
+static int cuda_buf_alloc(tsr_backend_t *b, tsr_buf_t *buf)
+{
+    struct cuda_ctx *c = ctx_of(b);
+    CK(cudaSetDevice(c->device), "set device");
+    cudaError_t e = cudaMalloc(&buf->data, buf->size ? buf->size : 1);
+    if (e != cudaSuccess) {
+        buf->data = NULL;
+        return cuda_fail(e, "allocate a buffer");
+    }
+    buf->host = NULL;
+    buf->owns = 1;
+    return 0;
+}
+
+static int cuda_buf_weights(tsr_backend_t *b, tsr_buf_t *buf, const void *host)
+{
+    int rc = cuda_buf_alloc(b, buf);
+    if (rc) return rc;
+    cudaError_t e =
+        buf->size ? cudaMemcpy(buf->data, host, buf->size, cudaMemcpyHostToDevice) : cudaSuccess;
+    if (e != cudaSuccess) {
+        cudaFree(buf->data);
+        buf->data = NULL;
+        return cuda_fail(e, "copy weights to the device");
+    }
+    return 0;
+}
+
+static void cuda_buf_free(tsr_backend_t *b, tsr_buf_t *buf)
+{
+    struct cuda_ctx *c = ctx_of(b);
+    if (buf->owns && buf->data) {
+        cudaSetDevice(c->device);
+        /* Queued ops may still use it. */
+        cudaError_t e = cudaStreamSynchronize(c->stream);
+        if (e == cudaSuccess) e = cudaFree(buf->data);
+        if (e != cudaSuccess) tsr_log_warn("cuda: freeing a buffer: %s", cudaGetErrorString(e));
+    }
+    buf->data = NULL;
+}
+
+static int cuda_buf_set(tsr_backend_t *b, tsr_buf_t *buf, size_t off, const void *src, size_t n)
+{
+    struct cuda_ctx *c = ctx_of(b);
+    if (!n) return 0;
+    CK(cudaSetDevice(c->device), "set device");
+    CK(cudaMemcpyAsync((char *)buf->data + off, src, n, cudaMemcpyHostToDevice, c->stream),
+       "copy to the device");
+    /* From pageable memory the copy has left src when the call returns; from pinned memory it
+     * may not have, and src is only the caller's for the duration of this call. */
+    struct cudaPointerAttributes at;
+    cudaError_t e = cudaPointerGetAttributes(&at, src);
+    if (e != cudaSuccess) {
+        cudaGetLastError(); /* not a CUDA pointer: clear the error, keep going */
+        return 0;
+    }
+    if (at.type == cudaMemoryTypeHost) CK(cudaStreamSynchronize(c->stream), "copy to the device");
+    return 0;
+}
+
+static int cuda_buf_get(tsr_backend_t *b, tsr_buf_t *buf, size_t off, void *dst, size_t n)
+{
+    struct cuda_ctx *c = ctx_of(b);
+    if (!n) return 0;
+    CK(cudaSetDevice(c->device), "set device");
+    CK(cudaMemcpyAsync(dst, (const char *)buf->data + off, n, cudaMemcpyDeviceToHost, c->stream),
+       "copy from the device");
+    CK(cudaStreamSynchronize(c->stream), "copy from the device");
+    return 0;
+}
+
+/* ---- element-wise ops ---- */
+
+static int launched(cudaError_t e, const char *op)
+{
+    return e == cudaSuccess ? 0 : cuda_fail(e, op);
+}
+
+static int cuda_embed(tsr_backend_t *b, tsr_buf_t *out, const struct tsr_weight *table,
+                      const int32_t *ids, int n)
+{
+    struct cuda_ctx *c = ctx_of(b);
+    size_t row = tsr_dtype_row_bytes(table->type, table->cols);
+    if (!tsr_dtype_valid(table->type) || !row || table->cols > INT_MAX || n < 0)
+        return tsr_errorf(TSR_EINVAL, "embed: bad table (%s, %lld columns) or n %d",
+                          tsr_dtype_name(table->type), (long long)table->cols, n);
+    int rc = check_size(table->buf, row * (size_t)table->rows, "embed table");
+    if (!rc) rc = check_size(out, f32_bytes(n, table->cols), "embed output");
+    if (rc || n == 0) return rc;
+    CK(cudaSetDevice(c->device), "set device");
+    const void *src[1] = {ids};
+    size_t bytes[1] = {(size_t)n * sizeof(int32_t)};
+    void *dev[1];
+    if ((rc = stage_meta(c, META_EMBED, 1, src, bytes, dev))) return rc;
+    return launched(tsr_cuda_embed(c->stream, out->data, table->buf->data, table->type, row,
+                                   (int)table->cols, dev[0], n),
+                    "embed");
+}
+
+/* Checks a norm weight covering dim elements. */
+static int norm_weight(const struct tsr_weight *w, int dim)
+{
+    size_t row = tsr_dtype_row_bytes(w->type, dim);
+    if (!tsr_dtype_valid(w->type) || !row || w->rows * w->cols < dim)
+        return tsr_errorf(TSR_EINVAL, "rmsnorm: weight (%s, %lld x %lld) does not cover dim %d",
+                          tsr_dtype_name(w->type), (long long)w->rows, (long long)w->cols, dim);
+    return check_size(w->buf, row, "rmsnorm weight");
+}
+
+static int norm_checks(int n, int dim, tsr_buf_t *a, const char *an, tsr_buf_t *bb, const char *bn,
+                       tsr_buf_t *cc, const char *cn)
+{
+    if (n < 0 || dim <= 0) return tsr_errorf(TSR_EINVAL, "rmsnorm: n %d, dim %d", n, dim);
+    size_t need = f32_bytes(n, dim);
+    int rc = check_size(a, need, an);
+    if (!rc) rc = check_size(bb, need, bn);
+    if (!rc && cc) rc = check_size(cc, need, cn);
+    return rc;
+}
+
+static int cuda_rmsnorm(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *x, const struct tsr_weight *w,
+                        int n, int dim, float eps)
+{
+    struct cuda_ctx *c = ctx_of(b);
+    int rc = norm_checks(n, dim, out, "rmsnorm output", x, "rmsnorm input", NULL, NULL);
+    if (!rc) rc = norm_weight(w, dim);
+    if (rc) return rc;
+    CK(cudaSetDevice(c->device), "set device");
+    return launched(
+        tsr_cuda_rmsnorm(c->stream, out->data, x->data, w->buf->data, w->type, n, dim, eps),
+        "rmsnorm");
+}
+
+static int cuda_add_rmsnorm(tsr_backend_t *b, tsr_buf_t *resid, tsr_buf_t *delta, tsr_buf_t *out,
+                            const struct tsr_weight *w, int n, int dim, float eps)
+{
+    struct cuda_ctx *c = ctx_of(b);
+    int rc = norm_checks(n, dim, resid, "add_rmsnorm residual", delta, "add_rmsnorm delta", out,
+                         "add_rmsnorm output");
+    if (!rc) rc = norm_weight(w, dim);
+    if (rc) return rc;
+    CK(cudaSetDevice(c->device), "set device");
+    return launched(tsr_cuda_add_rmsnorm(c->stream, resid->data, delta->data, out->data,
+                                         w->buf->data, w->type, n, dim, eps),
+                    "add_rmsnorm");
+}
+
+static int cuda_swiglu(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *gate, tsr_buf_t *up, int n,
+                       int width)
+{
+    struct cuda_ctx *c = ctx_of(b);
+    if (n < 0 || width <= 0) return tsr_errorf(TSR_EINVAL, "swiglu: n %d, width %d", n, width);
+    size_t need = f32_bytes(n, width);
+    int rc = check_size(out, need, "swiglu output");
+    if (!rc) rc = check_size(gate, need, "swiglu gate");
+    if (!rc) rc = check_size(up, need, "swiglu up");
+    if (rc) return rc;
+    CK(cudaSetDevice(c->device), "set device");
+    return launched(tsr_cuda_swiglu(c->stream, out->data, gate->data, up->data, (size_t)n * width),
+                    "swiglu");
+}
+
+static int cuda_gather_rows(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *x, const int32_t *rows,
+                            int n, int width)
+{
+    struct cuda_ctx *c = ctx_of(b);
+    if (n < 0 || width <= 0) return tsr_errorf(TSR_EINVAL, "gather_rows: n %d, width %d", n, width);
+    size_t rb = (size_t)width * sizeof(float);
+    int rc = check_size(out, f32_bytes(n, width), "gather_rows output");
+    for (int i = 0; !rc && i < n; i++)
+        if (rows[i] < 0 || (size_t)rows[i] >= x->size / rb)
+            rc = tsr_errorf(TSR_ERANGE, "gather_rows: row %d outside the %zu-row input", rows[i],
+                            x->size / rb);
+    if (rc || n == 0) return rc;
+    CK(cudaSetDevice(c->device), "set device");
+    const void *src[1] = {rows};
+    size_t bytes[1] = {(size_t)n * sizeof(int32_t)};
+    void *dev[1];
+    if ((rc = stage_meta(c, META_GATHER, 1, src, bytes, dev))) return rc;
+    if (out->data != x->data)
+        return launched(tsr_cuda_gather_rows(c->stream, out->data, x->data, dev[0], n, width),
+                        "gather_rows");
+    /* In place: through scratch, since a later source row may already be overwritten. */
+    void *tmp;
+    if ((rc = scratch(c, (size_t)n * rb, &tmp))) return rc;
+    if ((rc = launched(tsr_cuda_gather_rows(c->stream, tmp, x->data, dev[0], n, width),
+                       "gather_rows")))
+        return rc;
+    CK(cudaMemcpyAsync(out->data, tmp, (size_t)n * rb, cudaMemcpyDeviceToDevice, c->stream),
+       "gather_rows: copy");
+    return 0;
+}
+
+/* ---- matmul ---- */
+
+/* y = x · Wᵀ through cuBLAS: bf16 operands (the weight decoded tile by tile, x rounded once),
+ * f32 accumulation and output; F32 weights stay f32 (no TF32). */
+static int gemm(struct cuda_ctx *c, float *y, const struct tsr_weight *w, size_t wrow,
+                const float *x, int n)
+{
+    int rows = (int)w->rows, cols = (int)w->cols, rc;
+    const float one = 1.0f, zero = 0.0f;
+    if (w->type == TSR_F32) {
+        CKB(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, rows, n, cols, &one, w->buf->data,
+                         CUDA_R_32F, cols, x, CUDA_R_32F, cols, &zero, y, CUDA_R_32F, rows,
+                         CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+            "f32 GEMM");
+        return 0;
+    }
+    int tile = rows;
+    if (w->type != TSR_BF16) {
+        size_t t = GEMM_TILE_BYTES / ((size_t)cols * 2);
+        if (t >= 128) t &= ~(size_t)127;
+        if (t < 1) t = 1;
+        if (t < (size_t)rows) tile = (int)t;
+    }
+    size_t xb_bytes = align_up((size_t)n * cols * 2);
+    size_t tile_bytes = w->type == TSR_BF16 ? 0 : (size_t)tile * cols * 2;
+    void *mem;
+    if ((rc = scratch(c, xb_bytes + tile_bytes, &mem))) return rc;
+    uint16_t *xb = mem, *wt = (uint16_t *)((char *)mem + xb_bytes);
+    if ((rc = launched(tsr_cuda_f32_to_bf16(c->stream, x, xb, (size_t)n * cols), "matmul")))
+        return rc;
+    for (int r0 = 0; r0 < rows; r0 += tile) {
+        int nr = rows - r0 < tile ? rows - r0 : tile;
+        const void *a = (const uint8_t *)w->buf->data + (size_t)r0 * wrow;
+        if (w->type != TSR_BF16) {
+            if ((rc = launched(tsr_cuda_weight_to_bf16(c->stream, w->type, w->buf->data, wrow, r0,
+                                                       nr, cols, wt),
+                               "matmul: decode weights")))
+                return rc;
+            a = wt;
+        }
+        CKB(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, nr, n, cols, &one, a, CUDA_R_16BF, cols,
+                         xb, CUDA_R_16BF, cols, &zero, y + r0, CUDA_R_32F, rows, CUBLAS_COMPUTE_32F,
+                         CUBLAS_GEMM_DEFAULT),
+            "bf16 GEMM");
+    }
+    return 0;
+}
+
+static int cuda_matmul(tsr_backend_t *b, tsr_buf_t *y, const struct tsr_weight *w, tsr_buf_t *x,
+                       const struct tsr_weight *bias, int n)
+{
+    struct cuda_ctx *c = ctx_of(b);
+    size_t wrow = tsr_dtype_row_bytes(w->type, w->cols);
+    if (!tsr_dtype_valid(w->type) || !wrow || w->rows <= 0 || w->rows > INT_MAX ||
+        w->cols > INT_MAX / 4 || n < 0)
+        return tsr_errorf(TSR_EINVAL, "matmul: bad weight (%s, %lld x %lld) or n %d",
+                          tsr_dtype_name(w->type), (long long)w->rows, (long long)w->cols, n);
+    int rows = (int)w->rows, cols = (int)w->cols;
+    int rc = check_size(w->buf, wrow * (size_t)rows, "matmul weight");
+    if (!rc) rc = check_size(x, (size_t)n * cols * sizeof(float), "matmul input");
+    if (!rc) rc = check_size(y, (size_t)n * rows * sizeof(float), "matmul output");
+    if (rc) return rc;
+    if (n > 0 && y->data == x->data)
+        return tsr_errorf(TSR_EINVAL, "matmul: output and input are the same buffer");
+    if (bias) {
+        size_t brow = tsr_dtype_row_bytes(bias->type, rows);
+        if (!tsr_dtype_valid(bias->type) || !brow || bias->rows * bias->cols != rows)
+            return tsr_errorf(TSR_EINVAL, "matmul: bias (%s, %lld x %lld) is not %d values",
+                              tsr_dtype_name(bias->type), (long long)bias->rows,
+                              (long long)bias->cols, rows);
+        if ((rc = check_size(bias->buf, brow, "matmul bias"))) return rc;
+    }
+    if (n == 0) return 0;
+    CK(cudaSetDevice(c->device), "set device");
+    if (n <= TSR_CUDA_GEMV_MAX_N)
+        rc = launched(
+            tsr_cuda_gemv(c->stream, w->type, w->buf->data, wrow, rows, cols, x->data, y->data, n),
+            "matmul (GEMV)");
+    else
+        rc = gemm(c, y->data, w, wrow, x->data, n);
+    if (rc || !bias) return rc;
+    return launched(tsr_cuda_add_bias(c->stream, y->data, bias->buf->data, bias->type, rows, n),
+                    "matmul bias");
+}
+
+/* ---- RoPE, attention ---- */
+
+static int check_shape(const struct tsr_attn_shape *s, const struct tsr_batch_meta *m,
+                       const char *op)
+{
+    if (s->n_head <= 0 || s->n_kv_head <= 0 || s->n_head % s->n_kv_head || s->head_dim <= 0 ||
+        s->head_dim % 2 || s->head_dim > TSR_CUDA_ATTN_MAX_HEAD_DIM || s->block_size <= 0 ||
+        m->n_tokens < 0)
+        return tsr_errorf(TSR_EINVAL,
+                          "%s: unsupported shape (heads %d, kv heads %d, head dim %d (at most %d), "
+                          "block %d, %d tokens)",
+                          op, s->n_head, s->n_kv_head, s->head_dim, TSR_CUDA_ATTN_MAX_HEAD_DIM,
+                          s->block_size, m->n_tokens);
+    return 0;
+}
+
+/* Cache slots in kc and vc (the smaller, if they differ). */
+static int64_t cache_slots(const tsr_buf_t *kc, const tsr_buf_t *vc, const struct tsr_attn_shape *s)
+{
+    size_t row = (size_t)s->n_kv_head * s->head_dim * sizeof(float);
+    size_t n = kc->size < vc->size ? kc->size : vc->size;
+    return (int64_t)(n / row);
+}
+
+static int cuda_rope_kv_write(tsr_backend_t *b, tsr_buf_t *q, tsr_buf_t *k, tsr_buf_t *v,
+                              tsr_buf_t *kc, tsr_buf_t *vc, const struct tsr_attn_shape *s,
+                              const struct tsr_batch_meta *m)
+{
+    struct cuda_ctx *c = ctx_of(b);
+    int rc = check_shape(s, m, "rope_kv_write");
+    if (rc) return rc;
+    int nt = m->n_tokens, hd = s->head_dim;
+    size_t qw = (size_t)s->n_head * hd, kw = (size_t)s->n_kv_head * hd;
+    rc = check_size(q, nt * qw * sizeof(float), "rope q");
+    if (!rc) rc = check_size(k, nt * kw * sizeof(float), "rope k");
+    if (!rc) rc = check_size(v, nt * kw * sizeof(float), "rope v");
+    if (!rc) rc = check_size(s->inv_freq, (size_t)(hd / 2) * sizeof(float), "rope inv_freq");
+    if (rc) return rc;
+    int64_t n_slots = cache_slots(kc, vc, s);
+    for (int t = 0; t < nt; t++) {
+        if (m->slot[t] < 0 || m->slot[t] >= n_slots)
+            return tsr_errorf(TSR_ERANGE, "rope_kv_write: slot %d outside the %lld-slot cache",
+                              m->slot[t], (long long)n_slots);
+        if (m->pos[t] < 0) return tsr_errorf(TSR_ERANGE, "rope_kv_write: position %d", m->pos[t]);
+    }
+    if (nt == 0) return 0;
+    CK(cudaSetDevice(c->device), "set device");
+    const void *src[2] = {m->pos, m->slot};
+    size_t bytes[2] = {(size_t)nt * sizeof(int32_t), (size_t)nt * sizeof(int32_t)};
+    void *dev[2];
+    if ((rc = stage_meta(c, META_ROPE, 2, src, bytes, dev))) return rc;
+    struct tsr_cuda_rope_args a = {.q = q->data,
+                                   .k = k->data,
+                                   .v = v->data,
+                                   .kc = kc->data,
+                                   .vc = vc->data,
+                                   .inv_freq = s->inv_freq->data,
+                                   .pos = dev[0],
+                                   .slot = dev[1],
+                                   .n_tokens = nt,
+                                   .n_head = s->n_head,
+                                   .n_kv_head = s->n_kv_head,
+                                   .head_dim = hd,
+                                   .neox = s->neox};
+    return launched(tsr_cuda_rope_kv_write(c->stream, &a), "rope_kv_write");
+}
+
+/* Every block token t reads must lie inside the cache. */
+static int check_blocks(const struct tsr_attn_shape *s, const struct tsr_batch_meta *m,
+                        int64_t n_slots)
+{
+    int bs = s->block_size;
+    for (int t = 0; t < m->n_tokens; t++) {
+        int pos = m->pos[t], seq = m->seq[t];
+        if (seq < 0 || seq >= m->n_seqs)
+            return tsr_errorf(TSR_ERANGE, "attention: token %d: sequence %d of %d", t, seq,
+                              m->n_seqs);
+        if (pos < 0 || pos / bs >= m->max_blocks)
+            return tsr_errorf(TSR_ERANGE, "attention: token %d: position %d beyond %d blocks", t,
+                              pos, m->max_blocks);
+        const int32_t *bt = m->block_tables + (size_t)seq * m->max_blocks;
+        for (int i = 0; i <= pos / bs; i++) {
+            int last = i < pos / bs ? bs - 1 : pos % bs;
+            if (bt[i] < 0 || (int64_t)bt[i] * bs + last >= n_slots)
+                return tsr_errorf(TSR_ERANGE, "attention: block %d outside the %lld-slot cache",
+                                  bt[i], (long long)n_slots);
+        }
+    }
+    return 0;
+}
+
+static int cuda_attention(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *q, tsr_buf_t *kc,
+                          tsr_buf_t *vc, const struct tsr_attn_shape *s,
+                          const struct tsr_batch_meta *m)
+{
+    struct cuda_ctx *c = ctx_of(b);
+    int rc = check_shape(s, m, "attention");
+    if (rc) return rc;
+    int nt = m->n_tokens;
+    size_t qw = (size_t)s->n_head * s->head_dim;
+    rc = check_size(q, nt * qw * sizeof(float), "attention q");
+    if (!rc) rc = check_size(out, nt * qw * sizeof(float), "attention output");
+    if (!rc) rc = check_blocks(s, m, cache_slots(kc, vc, s));
+    if (rc || nt == 0) return rc;
+    int max_pos = 0, max_seq = 0;
+    for (int t = 0; t < nt; t++) {
+        if (m->pos[t] > max_pos) max_pos = m->pos[t];
+        if (m->seq[t] > max_seq) max_seq = m->seq[t];
+    }
+    /* Upload only the block-table columns and rows this step reads. */
+    int mb = max_pos / s->block_size + 1, ns = max_seq + 1;
+    int32_t *bt = NULL;
+    size_t bt_bytes = (size_t)ns * mb * sizeof(int32_t);
+    const void *bt_src = m->block_tables;
+    if (mb != m->max_blocks) {
+        if (!(bt = malloc(bt_bytes)))
+            return tsr_errorf(TSR_ENOMEM, "attention: out of memory for block tables");
+        for (int i = 0; i < ns; i++)
+            memcpy(bt + (size_t)i * mb, m->block_tables + (size_t)i * m->max_blocks,
+                   (size_t)mb * sizeof(int32_t));
+        bt_src = bt;
+    }
+    CK(cudaSetDevice(c->device), "set device");
+    const void *src[3] = {m->pos, m->seq, bt_src};
+    size_t bytes[3] = {(size_t)nt * sizeof(int32_t), (size_t)nt * sizeof(int32_t), bt_bytes};
+    void *dev[3];
+    rc = stage_meta(c, META_ATTN, 3, src, bytes, dev);
+    free(bt);
+    if (rc) return rc;
+    struct tsr_cuda_attn_args a = {.out = out->data,
+                                   .q = q->data,
+                                   .kc = kc->data,
+                                   .vc = vc->data,
+                                   .pos = dev[0],
+                                   .seq = dev[1],
+                                   .block_tables = dev[2],
+                                   .n_tokens = nt,
+                                   .n_head = s->n_head,
+                                   .n_kv_head = s->n_kv_head,
+                                   .head_dim = s->head_dim,
+                                   .block_size = s->block_size,
+                                   .max_blocks = mb,
+                                   .scale = s->scale,
+                                   .max_pos = max_pos};
+    int splits;
+    size_t floats = tsr_cuda_attention_scratch(&a, c->n_sms, &splits);
+    void *part = NULL;
+    if (floats && (rc = scratch(c, floats * sizeof(float), &part))) return rc;
+    return launched(tsr_cuda_attention(c->stream, &a, splits, part), "attention");
+}
+
+static const struct tsr_backend_iface cuda_iface = {
+    .name = "cuda",
+    .free = cuda_free,
+    .sync = cuda_sync,
+    .buf_alloc = cuda_buf_alloc,
+    .buf_weights = cuda_buf_weights,
+    .buf_free = cuda_buf_free,
+    .buf_set = cuda_buf_set,
+    .buf_get = cuda_buf_get,
+    .embed = cuda_embed,
+    .rmsnorm = cuda_rmsnorm,
+    .add_rmsnorm = cuda_add_rmsnorm,
+    .matmul = cuda_matmul,
+    .rope_kv_write = cuda_rope_kv_write,
+    .attention = cuda_attention,
+    .swiglu = cuda_swiglu,
+    .gather_rows = cuda_gather_rows,
+};
+
+int tsr_cuda_device_count(void)
+{
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess) {
+        cudaGetLastError();
+        return 0;
+    }
+    return n;
+}
+
+static int init_ctx(struct cuda_ctx *c, int device)
+{
+    int count = 0;
+    CK(cudaGetDeviceCount(&count), "count devices");
+    if (device < 0 || device >= count)
+        return tsr_errorf(TSR_EINVAL, "cuda: device %d of %d", device, count);
+    c->device = device;
+    CK(cudaSetDevice(device), "set device");
+    struct cudaDeviceProp p;
+    CK(cudaGetDeviceProperties(&p, device), "device properties");
+    c->n_sms = p.multiProcessorCount;
+    snprintf(c->device_name, sizeof c->device_name, "%s", p.name);
+    CK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), "create a stream");
+    for (int i = 0; i < META_SLOTS; i++)
+        CK(cudaEventCreateWithFlags(&c->slots[i].done, cudaEventDisableTiming), "create an event");
+    CKB(cublasCreate(&c->blas), "create a handle");
+    CKB(cublasSetStream(c->blas, c->stream), "set the stream");
+    tsr_log_info("cuda backend: device %d, %s, %d SMs, compute %d.%d, %.1f GiB", device, p.name,
+                 p.multiProcessorCount, p.major, p.minor,
+                 (double)p.totalGlobalMem / (1024.0 * 1024 * 1024));
+    return 0;
+}
+
+tsr_backend_t *tsr_backend_cuda_new(int device)
+{
+    tsr_backend_t *b = calloc(1, sizeof *b);
+    struct cuda_ctx *c = calloc(1, sizeof *c);
+    if (!b || !c) {
+        free(b);
+        free(c);
+        tsr_errorf(TSR_ENOMEM, "out of memory creating the CUDA backend");
+        return NULL;
+    }
+    b->i = &cuda_iface;
+    b->ctx = c;
+    c->device = device;
+    if (init_ctx(c, device)) { /* the message is recorded; cuda_free takes what init made */
+        cuda_free(b);
+        return NULL;
+    }
+    return b;
+}
+
+void *tsr_cuda_backend_stream(tsr_backend_t *b)
+{
+    return ctx_of(b)->stream;
+}
+
+int tsr_cuda_backend_device(const tsr_backend_t *b)
+{
+    return ((const struct cuda_ctx *)b->ctx)->device;
+}

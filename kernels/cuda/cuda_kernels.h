@@ -1,0 +1,81 @@
+/* Kernel launchers of the CUDA backend (cuda_ops.cu, cuda_matmul.cu, cuda_attention.cu), called
+ * from cuda_backend.c. Each queues its kernels on `s` and returns cudaGetLastError(); pointers are
+ * device addresses and every argument has been checked by the caller. Only kernels/cuda/ includes
+ * this. */
+#ifndef TSR_KERNELS_CUDA_KERNELS_H
+#define TSR_KERNELS_CUDA_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Weight types are enum tsr_dtype values (common/dtype.h); `row_bytes` is one row's size. */
+
+/* out[i][0..cols) = row ids[i] of table as f32, zeros for id -1. */
+cudaError_t tsr_cuda_embed(cudaStream_t s, float *out, const void *table, int type,
+                           size_t row_bytes, int cols, const int32_t *ids, int n);
+/* out = x / rms(x) * w per row (sum of squares in double); w is `dim` elements of wtype. */
+cudaError_t tsr_cuda_rmsnorm(cudaStream_t s, float *out, const float *x, const void *w, int wtype,
+                             int n, int dim, float eps);
+/* resid += delta, then out = rmsnorm(resid) * w. */
+cudaError_t tsr_cuda_add_rmsnorm(cudaStream_t s, float *resid, const float *delta, float *out,
+                                 const void *w, int wtype, int n, int dim, float eps);
+/* out[i] = silu(gate[i]) * up[i] for i < count. */
+cudaError_t tsr_cuda_swiglu(cudaStream_t s, float *out, const float *gate, const float *up,
+                            size_t count);
+/* out[i] = x[rows[i]], rows of width floats; out must not overlap x. */
+cudaError_t tsr_cuda_gather_rows(cudaStream_t s, float *out, const float *x, const int32_t *rows,
+                                 int n, int width);
+
+/* y[n][rows] = x[n][cols] · Wᵀ with f32 accumulation, n in 1..TSR_CUDA_GEMV_MAX_N. */
+cudaError_t tsr_cuda_gemv(cudaStream_t s, int type, const void *w, size_t row_bytes, int rows,
+                          int cols, const float *x, float *y, int n);
+/* dst[r][0..cols) = weight rows [r0, r0 + nr) as bf16 (round to nearest even). */
+cudaError_t tsr_cuda_weight_to_bf16(cudaStream_t s, int type, const void *w, size_t row_bytes,
+                                    int r0, int nr, int cols, uint16_t *dst);
+/* dst[i] = bf16(x[i]) for i < count. */
+cudaError_t tsr_cuda_f32_to_bf16(cudaStream_t s, const float *x, uint16_t *dst, size_t count);
+/* y[j][r] += bias[r] for j < n, r < rows; bias is `rows` elements of btype. */
+cudaError_t tsr_cuda_add_bias(cudaStream_t s, float *y, const void *bias, int btype, int rows,
+                              int n);
+
+/* RoPE of q and k, then k and v rows into the cache at slot[t]. pos and slot are device arrays of
+ * n_tokens. */
+struct tsr_cuda_rope_args {
+    float *q, *k;
+    const float *v;
+    float *kc, *vc;
+    const float *inv_freq; /* head_dim / 2 */
+    const int32_t *pos, *slot;
+    int n_tokens, n_head, n_kv_head, head_dim, neox;
+};
+cudaError_t tsr_cuda_rope_kv_write(cudaStream_t s, const struct tsr_cuda_rope_args *a);
+
+/* Largest head_dim the attention kernel takes. */
+#define TSR_CUDA_ATTN_MAX_HEAD_DIM 256
+
+/* Causal paged attention; see cuda_attention.cu. pos, seq and block_tables are device arrays. */
+struct tsr_cuda_attn_args {
+    float *out;
+    const float *q, *kc, *vc;
+    const int32_t *pos, *seq, *block_tables;
+    int n_tokens, n_head, n_kv_head, head_dim, block_size, max_blocks;
+    float scale;
+    int max_pos; /* largest pos[t] */
+};
+/* Floats of scratch the launch needs (0: none) for a device of n_sms multiprocessors; *splits is
+ * set to the number of context splits per token it will use. */
+size_t tsr_cuda_attention_scratch(const struct tsr_cuda_attn_args *a, int n_sms, int *splits);
+cudaError_t tsr_cuda_attention(cudaStream_t s, const struct tsr_cuda_attn_args *a, int splits,
+                               float *scratch);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,281 @@
+/* The CUDA backend's small ops: embeddings, RMS norms, SwiGLU, row gathers, RoPE with the KV-cache
+ * write, and the conversions matmul needs. All are memory-bound and simple; each computes what the
+ * CPU backend computes, in the same order where that matters (the norm's sum of squares in double,
+ * RoPE angles in double). */
+#include <math.h>
+
+#include "kernels/cuda/cuda_common.cuh"
+#include "kernels/cuda/cuda_kernels.h"
+
+enum { NORM_THREADS = 256, EW_THREADS = 256 };
+
+static unsigned grid_for(size_t count, int threads, unsigned cap)
+{
+    size_t g = (count + (size_t)threads - 1) / (size_t)threads;
+    if (g < 1) g = 1;
+    return g > cap ? cap : (unsigned)g;
+}
+
+/* ---- embeddings ---- */
+
+__global__ void embed_kernel(float *__restrict__ out, const uint8_t *__restrict__ table, int type,
+                             size_t row_bytes, int cols, const int32_t *__restrict__ ids)
+{
+    int i = blockIdx.x, id = ids[i];
+    float *o = out + (size_t)i * cols;
+    const uint8_t *row = table + (size_t)(id < 0 ? 0 : id) * row_bytes;
+    for (int c = threadIdx.x; c < cols; c += blockDim.x)
+        o[c] = id < 0 ? 0.0f : tsr_dev_elem(type, row, c);
+}
+
+extern "C" cudaError_t tsr_cuda_embed(cudaStream_t s, float *out, const void *table, int type,
+                                      size_t row_bytes, int cols, const int32_t *ids, int n)
+{
+    if (n > 0)
+        embed_kernel<<<n, 256, 0, s>>>(out, (const uint8_t *)table, type, row_bytes, cols, ids);
+    return cudaGetLastError();
+}
+
+/* ---- RMS norm ---- */
+
+/* Sum over the block; every thread gets the result. `sh` holds one double per warp. */
+static __device__ double block_sum_d(double v, double *sh)
+{
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = tsr_warp_sum_d(v);
+    if (lane == 0) sh[warp] = v;
+    __syncthreads();
+    double t = 0;
+    for (int w = 0; w < nw; w++) t += sh[w];
+    __syncthreads(); /* sh may be reused */
+    return t;
+}
+
+/* One block per row. x and out may be the same row: each thread reads its elements before it
+ * writes them, and only after the reduction. */
+__global__ void __launch_bounds__(NORM_THREADS)
+    rmsnorm_kernel(float *out, const float *x, const uint8_t *__restrict__ w, int wtype, int dim,
+                   float eps)
+{
+    __shared__ double sh[NORM_THREADS / 32];
+    const float *xr = x + (size_t)blockIdx.x * dim;
+    float *orow = out + (size_t)blockIdx.x * dim;
+    double ss = 0;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) ss += (double)xr[j] * xr[j];
+    ss = block_sum_d(ss, sh);
+    float scale = (float)(1.0 / sqrt(ss / dim + (double)eps));
+    for (int j = threadIdx.x; j < dim; j += blockDim.x)
+        orow[j] = xr[j] * scale * tsr_dev_elem(wtype, w, j);
+}
+
+__global__ void __launch_bounds__(NORM_THREADS)
+    add_rmsnorm_kernel(float *resid, const float *delta, float *out, const uint8_t *__restrict__ w,
+                       int wtype, int dim, float eps)
+{
+    __shared__ double sh[NORM_THREADS / 32];
+    size_t off = (size_t)blockIdx.x * dim;
+    double ss = 0;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) {
+        float r = resid[off + j] + delta[off + j];
+        resid[off + j] = r;
+        ss += (double)r * r;
+    }
+    ss = block_sum_d(ss, sh);
+    float scale = (float)(1.0 / sqrt(ss / dim + (double)eps));
+    for (int j = threadIdx.x; j < dim; j += blockDim.x)
+        out[off + j] = resid[off + j] * scale * tsr_dev_elem(wtype, w, j);
+}
+
+extern "C" cudaError_t tsr_cuda_rmsnorm(cudaStream_t s, float *out, const float *x, const void *w,
+                                        int wtype, int n, int dim, float eps)
+{
+    if (n > 0)
+        rmsnorm_kernel<<<n, NORM_THREADS, 0, s>>>(out, x, (const uint8_t *)w, wtype, dim, eps);
+    return cudaGetLastError();
+}
+
+extern "C" cudaError_t tsr_cuda_add_rmsnorm(cudaStream_t s, float *resid, const float *delta,
+                                            float *out, const void *w, int wtype, int n, int dim,
+                                            float eps)
+{
+    if (n > 0)
+        add_rmsnorm_kernel<<<n, NORM_THREADS, 0, s>>>(resid, delta, out, (const uint8_t *)w, wtype,
+                                                      dim, eps);
+    return cudaGetLastError();
+}
+
+/* ---- SwiGLU, gathers ---- */
+
+__global__ void swiglu_kernel(float *out, const float *gate, const float *up, size_t count)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count;
+         i += (size_t)gridDim.x * blockDim.x) {
+        float g = gate[i];
+        out[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+extern "C" cudaError_t tsr_cuda_swiglu(cudaStream_t s, float *out, const float *gate,
+                                       const float *up, size_t count)
+{
+    if (count)
+        swiglu_kernel<<<grid_for(count, EW_THREADS, 65535), EW_THREADS, 0, s>>>(out, gate, up,
+                                                                                count);
+    return cudaGetLastError();
+}
+
+__global__ void gather_kernel(float *__restrict__ out, const float *__restrict__ x,
+                              const int32_t *__restrict__ rows, int width)
+{
+    const float *src = x + (size_t)rows[blockIdx.x] * width;
+    float *dst = out + (size_t)blockIdx.x * width;
+    for (int j = threadIdx.x; j < width; j += blockDim.x) dst[j] = src[j];
+}
+
+extern "C" cudaError_t tsr_cuda_gather_rows(cudaStream_t s, float *out, const float *x,
+                                            const int32_t *rows, int n, int width)
+{
+    if (n > 0) gather_kernel<<<n, 256, 0, s>>>(out, x, rows, width);
+    return cudaGetLastError();
+}
+
+/* ---- matmul helpers ---- */
+
+__global__ void weight_to_bf16_kernel(int type, const uint8_t *__restrict__ w, size_t row_bytes,
+                                      int r0, int nr, int cols, __nv_bfloat16 *__restrict__ dst)
+{
+    size_t total = (size_t)nr * cols;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        size_t r = i / cols, c = i % cols;
+        dst[i] = __float2bfloat16_rn(tsr_dev_elem(type, w + (r0 + r) * row_bytes, (int64_t)c));
+    }
+}
+
+/* The same for a type known at compile time and cols % 8 == 0: 8 weights per step, one 16-byte
+ * store (the generic kernel's per-element type switch and 2-byte stores ran at ~0.6 TB/s). */
+template <int T>
+__global__ void weight_to_bf16_x8(const uint8_t *__restrict__ w, size_t row_bytes, int r0, int nr,
+                                  int cols, __nv_bfloat16 *__restrict__ dst)
+{
+    size_t per_row = (size_t)cols / 8, total = (size_t)nr * per_row;
+    for (size_t u = blockIdx.x * (size_t)blockDim.x + threadIdx.x; u < total;
+         u += (size_t)gridDim.x * blockDim.x) {
+        size_t r = u / per_row, c = (u % per_row) * 8;
+        const uint8_t *row = w + (r0 + r) * row_bytes;
+        __align__(16) __nv_bfloat16 o[8];
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+            o[k] = __float2bfloat16_rn(tsr_dev_elem(T, row, (int64_t)(c + k)));
+        *(uint4 *)(dst + r * cols + c) = *(const uint4 *)o;
+    }
+}
+
+extern "C" cudaError_t tsr_cuda_weight_to_bf16(cudaStream_t s, int type, const void *w,
+                                               size_t row_bytes, int r0, int nr, int cols,
+                                               uint16_t *dst)
+{
+    size_t total = (size_t)nr * cols;
+    if (!total) return cudaGetLastError();
+    const uint8_t *wb = (const uint8_t *)w;
+    __nv_bfloat16 *d = (__nv_bfloat16 *)dst;
+    unsigned g8 = grid_for(total / 8, EW_THREADS, 65535);
+    if (cols % 8 == 0 && ((uintptr_t)dst & 15) == 0) {
+        switch (type) {
+        case TSR_F32:
+            weight_to_bf16_x8<TSR_F32><<<g8, EW_THREADS, 0, s>>>(wb, row_bytes, r0, nr, cols, d);
+            return cudaGetLastError();
+        case TSR_F16:
+            weight_to_bf16_x8<TSR_F16><<<g8, EW_THREADS, 0, s>>>(wb, row_bytes, r0, nr, cols, d);
+            return cudaGetLastError();
+        case TSR_BF16:
+            weight_to_bf16_x8<TSR_BF16><<<g8, EW_THREADS, 0, s>>>(wb, row_bytes, r0, nr, cols, d);
+            return cudaGetLastError();
+        case TSR_Q8_0:
+            weight_to_bf16_x8<TSR_Q8_0><<<g8, EW_THREADS, 0, s>>>(wb, row_bytes, r0, nr, cols, d);
+            return cudaGetLastError();
+        case TSR_Q4_0:
+            weight_to_bf16_x8<TSR_Q4_0><<<g8, EW_THREADS, 0, s>>>(wb, row_bytes, r0, nr, cols, d);
+            return cudaGetLastError();
+        case TSR_Q4_1:
+            weight_to_bf16_x8<TSR_Q4_1><<<g8, EW_THREADS, 0, s>>>(wb, row_bytes, r0, nr, cols, d);
+            return cudaGetLastError();
+        default:
+            break;
+        }
+    }
+    weight_to_bf16_kernel<<<grid_for(total, EW_THREADS, 65535), EW_THREADS, 0, s>>>(
+        type, wb, row_bytes, r0, nr, cols, d);
+    return cudaGetLastError();
+}
+
+__global__ void f32_to_bf16_kernel(const float *__restrict__ x, __nv_bfloat16 *__restrict__ dst,
+                                   size_t count)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count;
+         i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = __float2bfloat16_rn(x[i]);
+}
+
+extern "C" cudaError_t tsr_cuda_f32_to_bf16(cudaStream_t s, const float *x, uint16_t *dst,
+                                            size_t count)
+{
+    if (count)
+        f32_to_bf16_kernel<<<grid_for(count, EW_THREADS, 65535), EW_THREADS, 0, s>>>(
+            x, (__nv_bfloat16 *)dst, count);
+    return cudaGetLastError();
+}
+
+__global__ void add_bias_kernel(float *y, const uint8_t *__restrict__ bias, int btype, int rows,
+                                size_t count)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count;
+         i += (size_t)gridDim.x * blockDim.x)
+        y[i] += tsr_dev_elem(btype, bias, (int64_t)(i % rows));
+}
+
+extern "C" cudaError_t tsr_cuda_add_bias(cudaStream_t s, float *y, const void *bias, int btype,
+                                         int rows, int n)
+{
+    size_t count = (size_t)rows * n;
+    if (count)
+        add_bias_kernel<<<grid_for(count, EW_THREADS, 65535), EW_THREADS, 0, s>>>(
+            y, (const uint8_t *)bias, btype, rows, count);
+    return cudaGetLastError();
+}
+
+/* ---- RoPE and the KV-cache write ---- */
+
+/* One block per token: rotate its q and k heads (angles pos * inv_freq in double, as the CPU
+ * backend's table), then copy the rotated k row and the v row to the cache slot. */
+__global__ void rope_kv_kernel(struct tsr_cuda_rope_args a)
+{
+    int t = blockIdx.x, hd = a.head_dim, half = hd / 2, pos = a.pos[t];
+    size_t qw = (size_t)a.n_head * hd, kw = (size_t)a.n_kv_head * hd;
+    float *qt = a.q + t * qw, *kt = a.k + t * kw;
+    int pairs = (a.n_head + a.n_kv_head) * half;
+    for (int idx = threadIdx.x; idx < pairs; idx += blockDim.x) {
+        int h = idx / half, i = idx % half;
+        float *x = h < a.n_head ? qt + (size_t)h * hd : kt + (size_t)(h - a.n_head) * hd;
+        double sd, cd;
+        sincos((double)pos * (double)a.inv_freq[i], &sd, &cd);
+        float cs = (float)cd, sn = (float)sd;
+        int i0 = a.neox ? i : 2 * i, i1 = a.neox ? i + half : 2 * i + 1;
+        float x0 = x[i0], x1 = x[i1];
+        x[i0] = __fsub_rn(__fmul_rn(x0, cs), __fmul_rn(x1, sn));
+        x[i1] = __fadd_rn(__fmul_rn(x0, sn), __fmul_rn(x1, cs));
+    }
+    __syncthreads();
+    float *kd = a.kc + (size_t)a.slot[t] * kw, *vd = a.vc + (size_t)a.slot[t] * kw;
+    const float *vt = a.v + t * kw;
+    for (size_t j = threadIdx.x; j < kw; j += blockDim.x) {
+        kd[j] = kt[j];
+        vd[j] = vt[j];
+    }
+}
+
+extern "C" cudaError_t tsr_cuda_rope_kv_write(cudaStream_t s, const struct tsr_cuda_rope_args *a)
+{
+    if (a->n_tokens > 0) rope_kv_kernel<<<a->n_tokens, 256, 0, s>>>(*a);
+    return cudaGetLastError();
+}
