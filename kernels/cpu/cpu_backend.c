@@ -2,7 +2,6 @@
  * matmul.c, RoPE and attention in attention.c, the SIMD kernels in kernels_*.c. */
 #include "kernels/cpu/cpu_backend.h"
 
-#include <cblas.h>
 #include <cpuid.h>
 #include <limits.h>
 #include <math.h>
@@ -90,8 +89,16 @@ static void init_kernels(void)
                                            &tsr_cpu_kernels_avx512};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         if (all[i]->init) all[i]->init();
-    /* Our own threads call OpenBLAS, each on its tile: one OpenBLAS thread per call. */
-    openblas_set_num_threads(1);
+}
+
+/* TESSERA_CPU_ACT: "f32" (or unset) for the exact matmul, "q8" for int8 activations. */
+static int choose_act_q8(void)
+{
+    const char *env = getenv("TESSERA_CPU_ACT");
+    if (!env || !*env || !strcmp(env, "f32")) return 0;
+    if (!strcmp(env, "q8")) return 1;
+    tsr_log_warn("TESSERA_CPU_ACT=%s: not f32 or q8; using f32", env);
+    return 0;
 }
 
 /* ---- helpers shared by the op files ---- */
@@ -193,8 +200,10 @@ static int cpu_buf_get(tsr_backend_t *b, tsr_buf_t *buf, size_t off, void *dst, 
 static void embed_row(enum tsr_dtype type, const uint8_t *t, size_t row, int32_t id, float *o,
                       int64_t cols)
 {
-    if (id < 0) memset(o, 0, sizeof *o * (size_t)cols);
-    else tsr_dequantize_row(type, t + (size_t)id * row, o, cols);
+    if (id < 0)
+        memset(o, 0, sizeof *o * (size_t)cols);
+    else
+        tsr_dequantize_row(type, t + (size_t)id * row, o, cols);
 }
 
 static int cpu_embed(tsr_backend_t *b, tsr_buf_t *out, const struct tsr_weight *table,
@@ -214,9 +223,11 @@ static int cpu_embed(tsr_backend_t *b, tsr_buf_t *out, const struct tsr_weight *
     int nt = tsr_cpu_threads_for(c, (double)n * cols);
     if (nt > 1) {
 #pragma omp parallel for num_threads(nt)
-        for (int i = 0; i < n; i++) embed_row(table->type, t, row, ids[i], o + (size_t)i * cols, cols);
+        for (int i = 0; i < n; i++)
+            embed_row(table->type, t, row, ids[i], o + (size_t)i * cols, cols);
     } else {
-        for (int i = 0; i < n; i++) embed_row(table->type, t, row, ids[i], o + (size_t)i * cols, cols);
+        for (int i = 0; i < n; i++)
+            embed_row(table->type, t, row, ids[i], o + (size_t)i * cols, cols);
     }
     return 0;
 }
@@ -413,14 +424,21 @@ tsr_backend_t *tsr_backend_cpu_new(int n_threads)
         return NULL;
     }
     c->k = kernels_for(choose_isa());
+    c->act_q8 = choose_act_q8();
     c->n_threads = n_threads > 0 ? n_threads : omp_get_num_procs();
     b->i = &cpu_iface;
     b->ctx = c;
-    tsr_log_debug("cpu backend: %s kernels, %d threads", tsr_cpu_isa_name(c->k->isa), c->n_threads);
+    tsr_log_debug("cpu backend: %s kernels, %s activations, %d threads",
+                  tsr_cpu_isa_name(c->k->isa), c->act_q8 ? "q8" : "f32", c->n_threads);
     return b;
 }
 
 enum tsr_cpu_isa tsr_cpu_backend_isa(const tsr_backend_t *b)
 {
     return ((const struct tsr_cpu_ctx *)b->ctx)->k->isa;
+}
+
+int tsr_cpu_backend_act_q8(const tsr_backend_t *b)
+{
+    return ((const struct tsr_cpu_ctx *)b->ctx)->act_q8;
 }

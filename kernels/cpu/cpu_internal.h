@@ -11,6 +11,7 @@
 struct tsr_cpu_ctx {
     const struct tsr_cpu_kernels *k;
     int n_threads;
+    int act_q8; /* TESSERA_CPU_ACT=q8: quantized weights meet q8 activations (matmul.c) */
     /* One growable scratch area shared by all ops (a backend runs one op at a time). */
     void *scratch;
     size_t scratch_size;

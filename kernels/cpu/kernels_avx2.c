@@ -230,18 +230,7 @@ TSR_AVX2 static void gemm_q8(enum tsr_dtype wt, int k, const uint8_t *w, size_t 
     }
 }
 
-/* ---- float weights ---- */
-
-TSR_AVX2_INLINE __m256 load_w(enum tsr_dtype wt, const uint8_t *w, int i)
-{
-    if (wt == TSR_F16)
-        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + 2 * (size_t)i)));
-    if (wt == TSR_BF16)
-        return _mm256_castsi256_ps(_mm256_slli_epi32(
-            _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + 2 * (size_t)i))), 16));
-    return _mm256_loadu_ps((const float *)(w + 4 * (size_t)i));
-}
-
+/* One float weight (F32, F16, BF16). */
 static inline float weight_f(enum tsr_dtype wt, const uint8_t *w, int i)
 {
     uint16_t h;
@@ -254,67 +243,278 @@ static inline float weight_f(enum tsr_dtype wt, const uint8_t *w, int i)
     return wt == TSR_F16 ? tsr_f16_to_f32(h) : tsr_bf16_to_f32(h);
 }
 
-TSR_AVX2_INLINE void f_row(enum tsr_dtype wt, const int nc, int k, const uint8_t *wr,
-                           const float *x, size_t ldx, float *y, size_t ldy)
+/* ---- f32 activations: the exact path ----
+ *
+ * One 8-lane accumulator per output element, fed 8 weights at a time in k order (cpu_kernels.h);
+ * a quantized block is four such chunks. Q4 nibbles are widened to int32 and converted, then
+ * scaled: fma(q, d, m) for Q4_1, (q - 8)·d for Q4_0. A last partial chunk (float weights) is
+ * loaded zero-padded. */
+
+TSR_AVX2_INLINE int is_quant(const enum tsr_dtype wt)
 {
-    __m256 acc0[2], acc1[2];
-    for (int j = 0; j < nc; j++) acc0[j] = acc1[j] = _mm256_setzero_ps();
-    int i = 0;
-    for (; i + 16 <= k; i += 16) {
-        __m256 w0 = load_w(wt, wr, i), w1 = load_w(wt, wr, i + 8);
-        for (int j = 0; j < nc; j++) {
-            const float *xj = x + (size_t)j * ldx + i;
-            acc0[j] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(xj), acc0[j]);
-            acc1[j] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(xj + 8), acc1[j]);
-        }
+    return wt == TSR_Q8_0 || wt == TSR_Q4_0 || wt == TSR_Q4_1;
+}
+
+TSR_AVX2_INLINE size_t block_size(const enum tsr_dtype wt)
+{
+    return wt == TSR_Q8_0   ? sizeof(struct tsr_block_q8_0)
+           : wt == TSR_Q4_1 ? sizeof(struct tsr_block_q4_1)
+                            : sizeof(struct tsr_block_q4_0);
+}
+
+TSR_AVX2_INLINE float f16_at(const uint8_t *p)
+{
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+/* The block at blk as four chunks of 8 f32 weights. */
+TSR_AVX2_INLINE void deq_block(const enum tsr_dtype wt, const uint8_t *blk, __m256 *w)
+{
+    __m256 d = _mm256_set1_ps(f16_at(blk));
+    if (wt == TSR_Q8_0) {
+#pragma GCC unroll 4
+        for (int q = 0; q < 4; q++)
+            w[q] = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+                                     _mm_loadl_epi64((const __m128i *)(blk + 2 + 8 * (size_t)q)))),
+                                 d);
+        return;
     }
-    for (int j = 0; j < nc; j++) {
-        const float *xj = x + (size_t)j * ldx;
-        float t = 0.0f;
-        for (int ii = i; ii < k; ii++) t += weight_f(wt, wr, ii) * xj[ii];
-        y[(size_t)j * ldy] = hsum(_mm256_add_ps(acc0[j], acc1[j])) + t;
+    const __m128i m4 = _mm_set1_epi8(0x0f);
+    __m128i raw = _mm_loadu_si128((const __m128i *)(blk + (wt == TSR_Q4_1 ? 4 : 2)));
+    __m128i q[4], lo = _mm_and_si128(raw, m4), hi = _mm_and_si128(_mm_srli_epi16(raw, 4), m4);
+    q[0] = lo;
+    q[1] = _mm_srli_si128(lo, 8);
+    q[2] = hi;
+    q[3] = _mm_srli_si128(hi, 8);
+    if (wt == TSR_Q4_1) {
+        __m256 m = _mm256_set1_ps(f16_at(blk + 2));
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++)
+            w[i] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(q[i])), d, m);
+    } else { /* (q - 8)·d, as the other ISAs round it (-0 included) */
+        const __m128i eight = _mm_set1_epi8(8);
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; i++)
+            w[i] = _mm256_mul_ps(
+                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_sub_epi8(q[i], eight))), d);
     }
 }
 
-TSR_AVX2_INLINE void f_rows(enum tsr_dtype wt, int k, const uint8_t *w, size_t ws, int nr,
-                            const float *x, size_t ldx, int nc, float *y, size_t ldy)
+/* n < 8 floats at p, zero-padded (no read past them). */
+TSR_AVX2_INLINE __m256 load_part(const float *p, int n)
+{
+    const __m256i lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_maskload_ps(p, _mm256_cmpgt_epi32(_mm256_set1_epi32(n), lanes));
+}
+
+/* 8 float weights from i (F32, F16, BF16); n < 8 of them, zero-padded, when part. */
+TSR_AVX2_INLINE __m256 load_wf(const enum tsr_dtype wt, const uint8_t *w, int i, const int part,
+                               int n)
+{
+    if (part) {
+        float t[8];
+        for (int l = 0; l < n; l++) t[l] = weight_f(wt, w, i + l);
+        return load_part(t, n);
+    }
+    if (wt == TSR_F16)
+        return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + 2 * (size_t)i)));
+    if (wt == TSR_BF16)
+        return _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + 2 * (size_t)i))), 16));
+    return _mm256_loadu_ps((const float *)(w + 4 * (size_t)i));
+}
+
+/* NR weight rows x NC activation rows (at most 4 x 2), blocks dequantized in registers once for
+ * the NC rows. */
+TSR_AVX2_INLINE void gv_tile(const enum tsr_dtype wt, const int nr, const int nc, int k,
+                             const uint8_t *w, size_t ws, const float *x, size_t ldx, float *y,
+                             size_t ldy)
+{
+    __m256 acc[4][2];
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++)
+#pragma GCC unroll 2
+        for (int j = 0; j < nc; j++) acc[r][j] = _mm256_setzero_ps();
+    if (is_quant(wt)) {
+        /* prefetch PF bytes ahead in each row, as in the AVX-512 file */
+        enum { PF = 4096 };
+        const size_t bs = block_size(wt);
+        for (int b = 0; b < k / TSR_QK; b++) {
+#pragma GCC unroll 4
+            for (int r = 0; r < nr; r++) {
+                if (b % 2 == 0)
+                    _mm_prefetch((const char *)w + (size_t)r * ws + (size_t)b * bs + PF,
+                                 _MM_HINT_T0);
+                __m256 wv[4];
+                deq_block(wt, w + (size_t)r * ws + (size_t)b * bs, wv);
+#pragma GCC unroll 2
+                for (int j = 0; j < nc; j++) {
+                    const float *xj = x + (size_t)j * ldx + (size_t)b * TSR_QK;
+#pragma GCC unroll 4
+                    for (int q = 0; q < 4; q++)
+                        acc[r][j] = _mm256_fmadd_ps(wv[q], _mm256_loadu_ps(xj + 8 * q), acc[r][j]);
+                }
+            }
+        }
+    } else {
+        int i = 0;
+        for (; i + 8 <= k; i += 8)
+#pragma GCC unroll 4
+            for (int r = 0; r < nr; r++) {
+                __m256 wv = load_wf(wt, w + (size_t)r * ws, i, 0, 8);
+#pragma GCC unroll 2
+                for (int j = 0; j < nc; j++)
+                    acc[r][j] =
+                        _mm256_fmadd_ps(wv, _mm256_loadu_ps(x + (size_t)j * ldx + i), acc[r][j]);
+            }
+        if (i < k)
+#pragma GCC unroll 4
+            for (int r = 0; r < nr; r++) {
+                __m256 wv = load_wf(wt, w + (size_t)r * ws, i, 1, k - i);
+#pragma GCC unroll 2
+                for (int j = 0; j < nc; j++)
+                    acc[r][j] =
+                        _mm256_fmadd_ps(wv, load_part(x + (size_t)j * ldx + i, k - i), acc[r][j]);
+            }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++)
+#pragma GCC unroll 2
+        for (int j = 0; j < nc; j++) y[(size_t)j * ldy + r] = hsum(acc[r][j]);
+}
+
+TSR_AVX2_INLINE void gv_type(const enum tsr_dtype wt, int k, const uint8_t *w, size_t ws, int nr,
+                             const float *x, size_t ldx, int nc, float *y, size_t ldy)
 {
     for (int j = 0; j < nc; j += 2) {
-        int two = nc - j >= 2;
         const float *xj = x + (size_t)j * ldx;
         float *yj = y + (size_t)j * ldy;
-        for (int r = 0; r < nr; r++) {
+        int two = nc - j >= 2, r = 0;
+        for (; r + 4 <= nr; r += 4) {
             if (two)
-                f_row(wt, 2, k, w + (size_t)r * ws, xj, ldx, yj + r, ldy);
+                gv_tile(wt, 4, 2, k, w + (size_t)r * ws, ws, xj, ldx, yj + r, ldy);
             else
-                f_row(wt, 1, k, w + (size_t)r * ws, xj, ldx, yj + r, ldy);
+                gv_tile(wt, 4, 1, k, w + (size_t)r * ws, ws, xj, ldx, yj + r, ldy);
+        }
+        for (; r < nr; r++) {
+            if (two)
+                gv_tile(wt, 1, 2, k, w + (size_t)r * ws, ws, xj, ldx, yj + r, ldy);
+            else
+                gv_tile(wt, 1, 1, k, w + (size_t)r * ws, ws, xj, ldx, yj + r, ldy);
         }
     }
 }
 
-TSR_AVX2 static void gemm_f(enum tsr_dtype wt, int k, const uint8_t *w, size_t ws, int nr,
-                            const float *x, size_t ldx, int nc, float *y, size_t ldy)
+TSR_AVX2 static void gemv(enum tsr_dtype wt, int k, const uint8_t *w, size_t ws, int nr,
+                          const float *x, size_t ldx, int nc, float *y, size_t ldy)
 {
     switch (wt) {
+    case TSR_Q4_1:
+        gv_type(TSR_Q4_1, k, w, ws, nr, x, ldx, nc, y, ldy);
+        break;
+    case TSR_Q4_0:
+        gv_type(TSR_Q4_0, k, w, ws, nr, x, ldx, nc, y, ldy);
+        break;
+    case TSR_Q8_0:
+        gv_type(TSR_Q8_0, k, w, ws, nr, x, ldx, nc, y, ldy);
+        break;
     case TSR_F16:
-        f_rows(TSR_F16, k, w, ws, nr, x, ldx, nc, y, ldy);
+        gv_type(TSR_F16, k, w, ws, nr, x, ldx, nc, y, ldy);
         break;
     case TSR_BF16:
-        f_rows(TSR_BF16, k, w, ws, nr, x, ldx, nc, y, ldy);
+        gv_type(TSR_BF16, k, w, ws, nr, x, ldx, nc, y, ldy);
         break;
     default:
-        f_rows(TSR_F32, k, w, ws, nr, x, ldx, nc, y, ldy);
+        gv_type(TSR_F32, k, w, ws, nr, x, ldx, nc, y, ldy);
         break;
     }
 }
 
-TSR_AVX2 static void to_f32(enum tsr_dtype wt, const uint8_t *src, float *dst, int n)
+/* NR x NC (at most 2 x 4) on f32 weight rows: the NC activation chunks stay in registers while
+ * the NR weight chunks meet them (16 registers: 8 accumulators, 4 + 2 operands). */
+TSR_AVX2_INLINE void gm_tile(const int nr, const int nc, int k, const float *w, size_t ldw,
+                             const float *x, size_t ldx, float *y, size_t ldy)
 {
+    __m256 acc[2][4], xv[4];
+#pragma GCC unroll 2
+    for (int r = 0; r < nr; r++)
+#pragma GCC unroll 4
+        for (int j = 0; j < nc; j++) acc[r][j] = _mm256_setzero_ps();
+    for (int i = 0; i < k; i += 8) {
+        int n = k - i < 8 ? k - i : 8;
+#pragma GCC unroll 4
+        for (int j = 0; j < nc; j++)
+            xv[j] = n == 8 ? _mm256_loadu_ps(x + (size_t)j * ldx + i)
+                           : load_part(x + (size_t)j * ldx + i, n);
+#pragma GCC unroll 2
+        for (int r = 0; r < nr; r++) {
+            const float *wr = w + (size_t)r * ldw + i;
+            __m256 wv = n == 8 ? _mm256_loadu_ps(wr) : load_part(wr, n);
+#pragma GCC unroll 4
+            for (int j = 0; j < nc; j++) acc[r][j] = _mm256_fmadd_ps(wv, xv[j], acc[r][j]);
+        }
+    }
+#pragma GCC unroll 2
+    for (int r = 0; r < nr; r++)
+#pragma GCC unroll 4
+        for (int j = 0; j < nc; j++) y[(size_t)j * ldy + r] = hsum(acc[r][j]);
+}
+
+TSR_AVX2 static void gemm_f32(int k, const float *w, size_t ldw, int nr, const float *x, size_t ldx,
+                              int nc, float *y, size_t ldy)
+{
+    for (int j = 0; j < nc; j += 4) {
+        const float *xj = x + (size_t)j * ldx;
+        float *yj = y + (size_t)j * ldy;
+        int m = nc - j < 4 ? nc - j : 4, r = 0;
+        for (; r + 2 <= nr; r += 2) {
+            const float *wr = w + (size_t)r * ldw;
+            if (m == 4)
+                gm_tile(2, 4, k, wr, ldw, xj, ldx, yj + r, ldy);
+            else if (m == 3)
+                gm_tile(2, 3, k, wr, ldw, xj, ldx, yj + r, ldy);
+            else if (m == 2)
+                gm_tile(2, 2, k, wr, ldw, xj, ldx, yj + r, ldy);
+            else
+                gm_tile(2, 1, k, wr, ldw, xj, ldx, yj + r, ldy);
+        }
+        if (r < nr) {
+            const float *wr = w + (size_t)r * ldw;
+            if (m == 4)
+                gm_tile(1, 4, k, wr, ldw, xj, ldx, yj + r, ldy);
+            else if (m == 3)
+                gm_tile(1, 3, k, wr, ldw, xj, ldx, yj + r, ldy);
+            else if (m == 2)
+                gm_tile(1, 2, k, wr, ldw, xj, ldx, yj + r, ldy);
+            else
+                gm_tile(1, 1, k, wr, ldw, xj, ldx, yj + r, ldy);
+        }
+    }
+}
+
+TSR_AVX2 static void dequant(enum tsr_dtype wt, const uint8_t *src, float *dst, int n)
+{
+    if (is_quant(wt)) {
+        const size_t bs = block_size(wt);
+        for (int b = 0; b < n / TSR_QK; b++) {
+            __m256 w[4];
+            if (wt == TSR_Q4_1)
+                deq_block(TSR_Q4_1, src + (size_t)b * bs, w);
+            else if (wt == TSR_Q4_0)
+                deq_block(TSR_Q4_0, src + (size_t)b * bs, w);
+            else
+                deq_block(TSR_Q8_0, src + (size_t)b * bs, w);
+            for (int q = 0; q < 4; q++) _mm256_storeu_ps(dst + (size_t)b * TSR_QK + 8 * q, w[q]);
+        }
+        return;
+    }
     int i = 0;
     if (wt == TSR_F16)
-        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load_w(TSR_F16, src, i));
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load_wf(TSR_F16, src, i, 0, 8));
     else if (wt == TSR_BF16)
-        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load_w(TSR_BF16, src, i));
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load_wf(TSR_BF16, src, i, 0, 8));
     for (; i < n; i++) dst[i] = weight_f(wt, src, i);
 }
 
@@ -450,8 +650,9 @@ const struct tsr_cpu_kernels tsr_cpu_kernels_avx2 = {
     .init = NULL,
     .quantize_q8 = quantize_q8,
     .gemm_q8 = gemm_q8,
-    .gemm_f = gemm_f,
-    .to_f32 = to_f32,
+    .gemv = gemv,
+    .gemm_f32 = gemm_f32,
+    .dequant = dequant,
     .attn_scores = attn_scores,
     .attn_accum = attn_accum,
     .scale = scale,

@@ -2,9 +2,12 @@
  * with function-level target attributes so the file compiles everywhere and runs only where
  * tsr_cpu_isa_best() says so.
  *
- * The quantized GEMV works on groups of 8 weight blocks: a few 64-byte loads cover a group,
- * VBMI byte permutes gather the weights of blocks 0-3 and 4-7 into registers and the 8 f16
- * scales (and Q4_1 offsets) into another, so the per-block scalar work of a plain loop (f16
+ * The exact matmul (f32 activations, the default) dequantizes each weight block in registers
+ * through a 16-entry table and vpermps, and feeds 16-lane FMAs; see its section below.
+ *
+ * The q8 GEMV (TESSERA_CPU_ACT=q8) works on groups of 8 weight blocks: a few 64-byte loads cover
+ * a group, VBMI byte permutes gather the weights of blocks 0-3 and 4-7 into registers and the 8
+ * f16 scales (and Q4_1 offsets) into another, so the per-block scalar work of a plain loop (f16
  * loads and conversions, broadcasts) becomes a few vector instructions per 8 blocks. Products
  * are int8 (VNNI vpdpbusd: unsigned weight x signed activation), summed per block in int32,
  * scaled in f32. */
@@ -321,18 +324,18 @@ TSR_AVX512 static void gemm_q8(enum tsr_dtype wt, int k, const uint8_t *w, size_
         q_gemm(T_Q4_0, nb, w, ws, nr, a, as, nc, nbp, y, ldy);
 }
 
-/* ---- float weights ---- */
+/* ---- f32 activations: the exact path ----
+ *
+ * One 16-lane accumulator per output element, fed 16 weights at a time in k order (cpu_kernels.h);
+ * a quantized block is two such chunks: weights 0-15 and 16-31. Q4 blocks dequantize through a
+ * 16-entry table: lane l of tab = the block's weight value for nibble l (Q4_1: fma(l, d, m);
+ * Q4_0: (l - 8)·d), and vpermps picks w_j = tab[nibble j] for 16 nibbles at once (it reads the
+ * low 4 bits of each index, so the high nibbles only need a shift). Q8_0: d·(float)q. */
 
-TSR_AVX512_INLINE __m512 load_w(enum tsr_dtype wt, const uint8_t *w, int i)
-{
-    if (wt == TSR_F16)
-        return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(w + 2 * (size_t)i)));
-    if (wt == TSR_BF16)
-        return _mm512_castsi512_ps(_mm512_slli_epi32(
-            _mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + 2 * (size_t)i))), 16));
-    return _mm512_loadu_ps(w + 4 * (size_t)i);
-}
+static const float iota16[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+static const float iota16m8[16] = {-8, -7, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 6, 7};
 
+/* 16 float weights from i (F32, F16, BF16), zero where m is clear. */
 TSR_AVX512_INLINE __m512 load_w_mask(enum tsr_dtype wt, const uint8_t *w, int i, __mmask16 m)
 {
     if (wt == TSR_F16) return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, w + 2 * (size_t)i));
@@ -342,75 +345,289 @@ TSR_AVX512_INLINE __m512 load_w_mask(enum tsr_dtype wt, const uint8_t *w, int i,
     return _mm512_maskz_loadu_ps(m, w + 4 * (size_t)i);
 }
 
-TSR_AVX512_INLINE void f_row(enum tsr_dtype wt, const int nc, int k, const uint8_t *wr,
-                             const float *x, size_t ldx, float *y, size_t ldy)
+TSR_AVX512_INLINE int is_quant(const enum tsr_dtype wt)
 {
-    __m512 acc0[4], acc1[4];
-#pragma GCC unroll 4
-    for (int j = 0; j < nc; j++) acc0[j] = acc1[j] = _mm512_setzero_ps();
-    int i = 0;
-    for (; i + 32 <= k; i += 32) {
-        __m512 w0 = load_w(wt, wr, i), w1 = load_w(wt, wr, i + 16);
-#pragma GCC unroll 4
-        for (int j = 0; j < nc; j++) {
-            const float *xj = x + (size_t)j * ldx + i;
-            acc0[j] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xj), acc0[j]);
-            acc1[j] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xj + 16), acc1[j]);
-        }
-    }
-    for (; i < k; i += 16) {
-        __mmask16 m = k - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (k - i)) - 1);
-        __m512 w0 = load_w_mask(wt, wr, i, m);
-#pragma GCC unroll 4
-        for (int j = 0; j < nc; j++)
-            acc0[j] =
-                _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(m, x + (size_t)j * ldx + i), acc0[j]);
-    }
-#pragma GCC unroll 4
-    for (int j = 0; j < nc; j++)
-        y[(size_t)j * ldy] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[j], acc1[j]));
+    return wt == TSR_Q8_0 || wt == TSR_Q4_0 || wt == TSR_Q4_1;
 }
 
-TSR_AVX512_INLINE void f_rows(enum tsr_dtype wt, int k, const uint8_t *w, size_t ws, int nr,
-                              const float *x, size_t ldx, int nc, float *y, size_t ldy)
+TSR_AVX512_INLINE float f16_at(const uint8_t *p)
 {
-    for (int j = 0; j < nc; j += 4) {
-        int m = nc - j < 4 ? nc - j : 4;
-        const float *xj = x + (size_t)j * ldx;
-        float *yj = y + (size_t)j * ldy;
-        for (int r = 0; r < nr; r++) {
-            const uint8_t *wr = w + (size_t)r * ws;
-            switch (m) {
-            case 4:
-                f_row(wt, 4, k, wr, xj, ldx, yj + r, ldy);
-                break;
-            case 3:
-                f_row(wt, 3, k, wr, xj, ldx, yj + r, ldy);
-                break;
-            case 2:
-                f_row(wt, 2, k, wr, xj, ldx, yj + r, ldy);
-                break;
-            default:
-                f_row(wt, 1, k, wr, xj, ldx, yj + r, ldy);
-                break;
+    uint16_t h;
+    memcpy(&h, p, 2);
+    return _cvtsh_ss(h);
+}
+
+TSR_AVX512_INLINE size_t block_size(const enum tsr_dtype wt)
+{
+    return wt == TSR_Q8_0   ? sizeof(struct tsr_block_q8_0)
+           : wt == TSR_Q4_1 ? sizeof(struct tsr_block_q4_1)
+                            : sizeof(struct tsr_block_q4_0);
+}
+
+/* The block's scale d (and Q4_1's offset m) as f32 at *d (*m). */
+TSR_AVX512_INLINE void block_scales(const enum tsr_dtype wt, const uint8_t *blk, float *d, float *m)
+{
+    if (wt == TSR_Q4_1) {
+        uint32_t dm;
+        memcpy(&dm, blk, 4);
+        __m128 f = _mm_cvtph_ps(_mm_cvtsi32_si128((int)dm));
+        *d = _mm_cvtss_f32(f);
+        *m = _mm_cvtss_f32(_mm_movehdup_ps(f));
+    } else {
+        *d = f16_at(blk);
+    }
+}
+
+/* The same for a whole group of 8 blocks at g, into d[0..7] (m[0..7]): the q8 kernels' permutes
+ * gather the 8 f16 scales (and offsets) into one vector, converted at once. */
+TSR_AVX512_INLINE void group_scales(const enum tsr_dtype wt, const uint8_t *g, float *d, float *m)
+{
+    const int t = wt == TSR_Q8_0 ? T_Q8_0 : wt == TSR_Q4_1 ? T_Q4_1 : T_Q4_0;
+    const struct grp_tab *tab = &grp_tabs[t];
+    const size_t bs = block_size(wt);
+    /* sources as init_tables has them: Q4 0, 64, 8*bs - 64; Q8_0 0, 64 and 128, 192 */
+    __m512i l0 = _mm512_loadu_si512(g), l1 = _mm512_loadu_si512(g + 64);
+    __m512i l2 = _mm512_loadu_si512(g + (t == T_Q8_0 ? 128 : 8 * bs - 64));
+    __m512i hi0 = t == T_Q8_0 ? l2 : l1, hi1 = t == T_Q8_0 ? _mm512_loadu_si512(g + 192) : l2;
+    __m512i dm =
+        _mm512_maskz_permutex2var_epi8(tab->mask_lo, l0, _mm512_load_si512(tab->dm_lo), l1);
+    dm = _mm512_or_si512(
+        dm, _mm512_maskz_permutex2var_epi8(tab->mask_hi, hi0, _mm512_load_si512(tab->dm_hi), hi1));
+    _mm256_storeu_ps(d, _mm256_cvtph_ps(_mm512_castsi512_si128(dm)));
+    if (wt == TSR_Q4_1) _mm256_storeu_ps(m, _mm256_cvtph_ps(_mm512_extracti32x4_epi32(dm, 1)));
+}
+
+/* Weights 0-15 and 16-31 of the block at blk, as f32, given its scale (and offset) in memory:
+ * broadcast from memory, they cost a load rather than a vector operation. */
+TSR_AVX512_INLINE void deq_block_s(const enum tsr_dtype wt, const uint8_t *blk, const float *d,
+                                   const float *m, __m512 *lo, __m512 *hi)
+{
+    if (wt == TSR_Q8_0) {
+        __m512 vd = _mm512_set1_ps(*d);
+        __m128i q0 = _mm_loadu_si128((const __m128i *)(blk + 2));
+        __m128i q1 = _mm_loadu_si128((const __m128i *)(blk + 18));
+        *lo = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q0)), vd);
+        *hi = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q1)), vd);
+        return;
+    }
+    __m512 tab = wt == TSR_Q4_1 ? _mm512_fmadd_ps(_mm512_loadu_ps(iota16), _mm512_set1_ps(*d),
+                                                  _mm512_set1_ps(*m))
+                                : _mm512_mul_ps(_mm512_loadu_ps(iota16m8), _mm512_set1_ps(*d));
+    const size_t qoff = wt == TSR_Q4_1 ? 4 : 2;
+    __m512i nib = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(blk + qoff)));
+    *lo = _mm512_permutexvar_ps(nib, tab);
+    *hi = _mm512_permutexvar_ps(_mm512_srli_epi32(nib, 4), tab);
+}
+
+TSR_AVX512_INLINE void deq_block(const enum tsr_dtype wt, const uint8_t *blk, __m512 *lo,
+                                 __m512 *hi)
+{
+    float d, m = 0.0f;
+    block_scales(wt, blk, &d, &m);
+    deq_block_s(wt, blk, &d, &m, lo, hi);
+}
+
+/* The fixed horizontal sum of an accumulator. */
+TSR_AVX512_INLINE float reduce16(__m512 v)
+{
+    __m256 a = _mm256_add_ps(_mm512_castps512_ps256(v), _mm512_extractf32x8_ps(v, 1));
+    __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    b = _mm_add_ps(b, _mm_movehl_ps(b, b));
+    b = _mm_add_ss(b, _mm_movehdup_ps(b));
+    return _mm_cvtss_f32(b);
+}
+
+/* NR weight rows x NC activation rows (constants after inlining, at most 4 x 4), blocks
+ * dequantized in registers, once for all NC rows. */
+TSR_AVX512_INLINE void gv_tile(const enum tsr_dtype wt, const int nr, const int nc, int k,
+                               const uint8_t *w, size_t ws, const float *x, size_t ldx, float *y,
+                               size_t ldy)
+{
+    __m512 acc[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++)
+#pragma GCC unroll 4
+        for (int j = 0; j < nc; j++) acc[r][j] = _mm512_setzero_ps();
+    if (is_quant(wt)) {
+        /* A group's scales are converted first, for the blocks' loop to broadcast them from
+         * memory. Each row prefetches PF bytes ahead: four rows read at once lose the hardware
+         * prefetcher on wide rows (1536 columns ran at half speed). */
+        enum { G = 8, PF = 4096 };
+        const size_t bs = block_size(wt);
+        const int nb = k / TSR_QK;
+        float sd[4][G], sm[4][G];
+        for (int b0 = 0; b0 < nb; b0 += G) {
+            const int gb = nb - b0 < G ? nb - b0 : G;
+#pragma GCC unroll 4
+            for (int r = 0; r < nr; r++) {
+                const uint8_t *g = w + (size_t)r * ws + (size_t)b0 * bs;
+                for (size_t o = 0; o < G * bs; o += 64)
+                    _mm_prefetch((const char *)g + PF + o, _MM_HINT_T0);
+                if (gb == G)
+                    group_scales(wt, g, sd[r], sm[r]);
+                else
+                    for (int b = 0; b < gb; b++) block_scales(wt, g + b * bs, &sd[r][b], &sm[r][b]);
+            }
+            for (int b = 0; b < gb; b++) {
+#pragma GCC unroll 4
+                for (int r = 0; r < nr; r++) {
+                    __m512 lo, hi;
+                    deq_block_s(wt, w + (size_t)r * ws + (size_t)(b0 + b) * bs, &sd[r][b],
+                                &sm[r][b], &lo, &hi);
+#pragma GCC unroll 4
+                    for (int j = 0; j < nc; j++) {
+                        const float *xj = x + (size_t)j * ldx + (size_t)(b0 + b) * TSR_QK;
+                        acc[r][j] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xj), acc[r][j]);
+                        acc[r][j] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xj + 16), acc[r][j]);
+                    }
+                }
+            }
+        }
+    } else {
+        for (int i = 0; i < k; i += 16) {
+            __mmask16 m = k - i >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (k - i)) - 1);
+#pragma GCC unroll 4
+            for (int r = 0; r < nr; r++) {
+                __m512 wv = load_w_mask(wt, w + (size_t)r * ws, i, m);
+#pragma GCC unroll 4
+                for (int j = 0; j < nc; j++)
+                    acc[r][j] = _mm512_fmadd_ps(
+                        wv, _mm512_maskz_loadu_ps(m, x + (size_t)j * ldx + i), acc[r][j]);
             }
         }
     }
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++)
+#pragma GCC unroll 4
+        for (int j = 0; j < nc; j++) y[(size_t)j * ldy + r] = reduce16(acc[r][j]);
 }
 
-TSR_AVX512 static void gemm_f(enum tsr_dtype wt, int k, const uint8_t *w, size_t ws, int nr,
-                              const float *x, size_t ldx, int nc, float *y, size_t ldy)
+TSR_AVX512_INLINE void gv_type(const enum tsr_dtype wt, int k, const uint8_t *w, size_t ws, int nr,
+                               const float *x, size_t ldx, int nc, float *y, size_t ldy)
+{
+    for (int j = 0; j < nc; j += 4) {
+        const float *xj = x + (size_t)j * ldx;
+        float *yj = y + (size_t)j * ldy;
+        int m = nc - j < 4 ? nc - j : 4, r = 0;
+        for (; r + 4 <= nr; r += 4) {
+            const uint8_t *wr = w + (size_t)r * ws;
+            if (m == 4)
+                gv_tile(wt, 4, 4, k, wr, ws, xj, ldx, yj + r, ldy);
+            else if (m == 3)
+                gv_tile(wt, 4, 3, k, wr, ws, xj, ldx, yj + r, ldy);
+            else if (m == 2)
+                gv_tile(wt, 4, 2, k, wr, ws, xj, ldx, yj + r, ldy);
+            else
+                gv_tile(wt, 4, 1, k, wr, ws, xj, ldx, yj + r, ldy);
+        }
+        for (; r < nr; r++) {
+            const uint8_t *wr = w + (size_t)r * ws;
+            if (m == 4)
+                gv_tile(wt, 1, 4, k, wr, ws, xj, ldx, yj + r, ldy);
+            else if (m == 3)
+                gv_tile(wt, 1, 3, k, wr, ws, xj, ldx, yj + r, ldy);
+            else if (m == 2)
+                gv_tile(wt, 1, 2, k, wr, ws, xj, ldx, yj + r, ldy);
+            else
+                gv_tile(wt, 1, 1, k, wr, ws, xj, ldx, yj + r, ldy);
+        }
+    }
+}
+
+TSR_AVX512 static void gemv(enum tsr_dtype wt, int k, const uint8_t *w, size_t ws, int nr,
+                            const float *x, size_t ldx, int nc, float *y, size_t ldy)
 {
     switch (wt) {
+    case TSR_Q4_1:
+        gv_type(TSR_Q4_1, k, w, ws, nr, x, ldx, nc, y, ldy);
+        break;
+    case TSR_Q4_0:
+        gv_type(TSR_Q4_0, k, w, ws, nr, x, ldx, nc, y, ldy);
+        break;
+    case TSR_Q8_0:
+        gv_type(TSR_Q8_0, k, w, ws, nr, x, ldx, nc, y, ldy);
+        break;
     case TSR_F16:
-        f_rows(TSR_F16, k, w, ws, nr, x, ldx, nc, y, ldy);
+        gv_type(TSR_F16, k, w, ws, nr, x, ldx, nc, y, ldy);
         break;
     case TSR_BF16:
-        f_rows(TSR_BF16, k, w, ws, nr, x, ldx, nc, y, ldy);
+        gv_type(TSR_BF16, k, w, ws, nr, x, ldx, nc, y, ldy);
         break;
     default:
-        f_rows(TSR_F32, k, w, ws, nr, x, ldx, nc, y, ldy);
+        gv_type(TSR_F32, k, w, ws, nr, x, ldx, nc, y, ldy);
         break;
+    }
+}
+
+/* NR x NC (at most 4 x 4) on f32 weight rows: per 16 values, NC activation loads and NR weight
+ * loads feed NR*NC multiply-adds. */
+TSR_AVX512_INLINE void gm_tile(const int nr, const int nc, int k, const float *w, size_t ldw,
+                               const float *x, size_t ldx, float *y, size_t ldy)
+{
+    __m512 acc[4][4], xv[4];
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++)
+#pragma GCC unroll 4
+        for (int j = 0; j < nc; j++) acc[r][j] = _mm512_setzero_ps();
+    int i = 0;
+    for (; i + 16 <= k; i += 16) {
+#pragma GCC unroll 4
+        for (int j = 0; j < nc; j++) xv[j] = _mm512_loadu_ps(x + (size_t)j * ldx + i);
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) {
+            __m512 wv = _mm512_loadu_ps(w + (size_t)r * ldw + i);
+#pragma GCC unroll 4
+            for (int j = 0; j < nc; j++) acc[r][j] = _mm512_fmadd_ps(wv, xv[j], acc[r][j]);
+        }
+    }
+    if (i < k) {
+        __mmask16 m = (__mmask16)((1u << (k - i)) - 1);
+#pragma GCC unroll 4
+        for (int j = 0; j < nc; j++) xv[j] = _mm512_maskz_loadu_ps(m, x + (size_t)j * ldx + i);
+#pragma GCC unroll 4
+        for (int r = 0; r < nr; r++) {
+            __m512 wv = _mm512_maskz_loadu_ps(m, w + (size_t)r * ldw + i);
+#pragma GCC unroll 4
+            for (int j = 0; j < nc; j++) acc[r][j] = _mm512_fmadd_ps(wv, xv[j], acc[r][j]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < nr; r++)
+#pragma GCC unroll 4
+        for (int j = 0; j < nc; j++) y[(size_t)j * ldy + r] = reduce16(acc[r][j]);
+}
+
+/* Activation rows 4 at a time (they stay in L1 while the weight rows stream past), weight rows
+ * 4 at a time within. */
+TSR_AVX512 static void gemm_f32(int k, const float *w, size_t ldw, int nr, const float *x,
+                                size_t ldx, int nc, float *y, size_t ldy)
+{
+    for (int j = 0; j < nc; j += 4) {
+        const float *xj = x + (size_t)j * ldx;
+        float *yj = y + (size_t)j * ldy;
+        int m = nc - j < 4 ? nc - j : 4, r = 0;
+        for (; r + 4 <= nr; r += 4) {
+            const float *wr = w + (size_t)r * ldw;
+            if (m == 4)
+                gm_tile(4, 4, k, wr, ldw, xj, ldx, yj + r, ldy);
+            else if (m == 3)
+                gm_tile(4, 3, k, wr, ldw, xj, ldx, yj + r, ldy);
+            else if (m == 2)
+                gm_tile(4, 2, k, wr, ldw, xj, ldx, yj + r, ldy);
+            else
+                gm_tile(4, 1, k, wr, ldw, xj, ldx, yj + r, ldy);
+        }
+        for (; r < nr; r++) {
+            const float *wr = w + (size_t)r * ldw;
+            if (m == 4)
+                gm_tile(1, 4, k, wr, ldw, xj, ldx, yj + r, ldy);
+            else if (m == 3)
+                gm_tile(1, 3, k, wr, ldw, xj, ldx, yj + r, ldy);
+            else if (m == 2)
+                gm_tile(1, 2, k, wr, ldw, xj, ldx, yj + r, ldy);
+            else
+                gm_tile(1, 1, k, wr, ldw, xj, ldx, yj + r, ldy);
+        }
     }
 }
 
@@ -421,8 +638,42 @@ static inline __mmask16 tail_mask(int n)
     return n >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << n) - 1);
 }
 
-TSR_AVX512 static void to_f32(enum tsr_dtype wt, const uint8_t *src, float *dst, int n)
+/* A row's quantized blocks to f32, 8 blocks' scales converted at once as in gv_tile. */
+TSR_AVX512_INLINE void deq_row(const enum tsr_dtype wt, const uint8_t *src, float *dst, int nb)
 {
+    const size_t bs = block_size(wt);
+    float sd[8], sm[8];
+    for (int b0 = 0; b0 < nb; b0 += 8) {
+        const int gb = nb - b0 < 8 ? nb - b0 : 8;
+        const uint8_t *g = src + (size_t)b0 * bs;
+        if (gb == 8)
+            group_scales(wt, g, sd, sm);
+        else
+            for (int b = 0; b < gb; b++) block_scales(wt, g + b * bs, &sd[b], &sm[b]);
+        for (int b = 0; b < gb; b++) {
+            __m512 lo, hi;
+            deq_block_s(wt, g + b * bs, &sd[b], &sm[b], &lo, &hi);
+            _mm512_storeu_ps(dst + (size_t)(b0 + b) * TSR_QK, lo);
+            _mm512_storeu_ps(dst + (size_t)(b0 + b) * TSR_QK + 16, hi);
+        }
+    }
+}
+
+TSR_AVX512 static void dequant(enum tsr_dtype wt, const uint8_t *src, float *dst, int n)
+{
+    switch (wt) {
+    case TSR_Q4_1:
+        deq_row(TSR_Q4_1, src, dst, n / TSR_QK);
+        return;
+    case TSR_Q4_0:
+        deq_row(TSR_Q4_0, src, dst, n / TSR_QK);
+        return;
+    case TSR_Q8_0:
+        deq_row(TSR_Q8_0, src, dst, n / TSR_QK);
+        return;
+    default:
+        break;
+    }
     for (int i = 0; i < n; i += 16) {
         __mmask16 m = tail_mask(n - i);
         __m512 v = wt == TSR_F16    ? load_w_mask(TSR_F16, src, i, m)
@@ -557,8 +808,9 @@ const struct tsr_cpu_kernels tsr_cpu_kernels_avx512 = {
     .init = init_tables,
     .quantize_q8 = quantize_q8,
     .gemm_q8 = gemm_q8,
-    .gemm_f = gemm_f,
-    .to_f32 = to_f32,
+    .gemv = gemv,
+    .gemm_f32 = gemm_f32,
+    .dequant = dequant,
     .attn_scores = attn_scores,
     .attn_accum = attn_accum,
     .scale = scale,

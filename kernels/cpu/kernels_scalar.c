@@ -78,40 +78,87 @@ static void gemm_q8(enum tsr_dtype wt, int k, const uint8_t *w, size_t ws, int n
             y[(size_t)j * ldy + r] = dot_q8(wt, nb, w + (size_t)r * ws, a + (size_t)j * as, nbp);
 }
 
-static float weight_f(enum tsr_dtype wt, const uint8_t *w, int i)
+/* ---- f32 activations (the exact path): one accumulator per output element, k in order ---- */
+
+/* The f32 values of weights [i0, i0 + n) of a row at w; for quantized types i0 and n are whole
+ * blocks. Q4_1's d·q is exact in f32 (11 by 4 bits), so d·q + m rounds once, as the SIMD
+ * kernels' fused multiply-add does. */
+static void dequant_part(enum tsr_dtype wt, const uint8_t *w, int i0, float *dst, int n)
 {
     uint16_t h;
     switch (wt) {
     case TSR_F16:
-        memcpy(&h, w + 2 * (size_t)i, 2);
-        return tsr_f16_to_f32(h);
     case TSR_BF16:
-        memcpy(&h, w + 2 * (size_t)i, 2);
-        return tsr_bf16_to_f32(h);
-    default: {
-        float f;
-        memcpy(&f, w + 4 * (size_t)i, 4);
-        return f;
+        for (int i = 0; i < n; i++) {
+            memcpy(&h, w + 2 * ((size_t)i0 + i), 2);
+            dst[i] = wt == TSR_F16 ? tsr_f16_to_f32(h) : tsr_bf16_to_f32(h);
+        }
+        return;
+    case TSR_F32:
+        memcpy(dst, w + 4 * (size_t)i0, sizeof(float) * (size_t)n);
+        return;
+    default:
+        break;
     }
+    for (int b = 0; b < n / TSR_QK; b++) {
+        float *o = dst + (size_t)b * TSR_QK;
+        size_t blk = (size_t)(i0 / TSR_QK + b);
+        if (wt == TSR_Q8_0) {
+            const struct tsr_block_q8_0 *x = (const struct tsr_block_q8_0 *)w + blk;
+            float d = tsr_f16_to_f32(x->d);
+            for (int j = 0; j < TSR_QK; j++) o[j] = d * (float)x->qs[j];
+        } else if (wt == TSR_Q4_0) {
+            const struct tsr_block_q4_0 *x = (const struct tsr_block_q4_0 *)w + blk;
+            float d = tsr_f16_to_f32(x->d);
+            for (int j = 0; j < TSR_QK / 2; j++) {
+                o[j] = d * (float)((x->qs[j] & 15) - 8);
+                o[j + 16] = d * (float)((x->qs[j] >> 4) - 8);
+            }
+        } else {
+            const struct tsr_block_q4_1 *x = (const struct tsr_block_q4_1 *)w + blk;
+            float d = tsr_f16_to_f32(x->d), m = tsr_f16_to_f32(x->m);
+            for (int j = 0; j < TSR_QK / 2; j++) {
+                o[j] = (float)(x->qs[j] & 15) * d + m; /* the product is exact */
+                o[j + 16] = (float)(x->qs[j] >> 4) * d + m;
+            }
+        }
     }
 }
 
-static void gemm_f(enum tsr_dtype wt, int k, const uint8_t *w, size_t ws, int nr, const float *x,
-                   size_t ldx, int nc, float *y, size_t ldy)
+static void dequant(enum tsr_dtype wt, const uint8_t *src, float *dst, int n)
 {
+    dequant_part(wt, src, 0, dst, n);
+}
+
+enum { CHUNK = 256 }; /* weights dequantized at a time (a multiple of the block size) */
+
+static void gemv(enum tsr_dtype wt, int k, const uint8_t *w, size_t ws, int nr, const float *x,
+                 size_t ldx, int nc, float *y, size_t ldy)
+{
+    float wf[CHUNK];
     for (int j = 0; j < nc; j++)
         for (int r = 0; r < nr; r++) {
-            const uint8_t *wr = w + (size_t)r * ws;
             const float *xj = x + (size_t)j * ldx;
             float acc = 0.0f;
-            for (int i = 0; i < k; i++) acc += weight_f(wt, wr, i) * xj[i];
+            for (int i0 = 0; i0 < k; i0 += CHUNK) {
+                int len = k - i0 < CHUNK ? k - i0 : CHUNK;
+                dequant_part(wt, w + (size_t)r * ws, i0, wf, len);
+                for (int i = 0; i < len; i++) acc += wf[i] * xj[i0 + i];
+            }
             y[(size_t)j * ldy + r] = acc;
         }
 }
 
-static void to_f32(enum tsr_dtype wt, const uint8_t *src, float *dst, int n)
+static void gemm_f32(int k, const float *w, size_t ldw, int nr, const float *x, size_t ldx, int nc,
+                     float *y, size_t ldy)
 {
-    tsr_dequantize_row(wt, src, dst, n);
+    for (int j = 0; j < nc; j++)
+        for (int r = 0; r < nr; r++) {
+            const float *wr = w + (size_t)r * ldw, *xj = x + (size_t)j * ldx;
+            float acc = 0.0f;
+            for (int i = 0; i < k; i++) acc += wr[i] * xj[i];
+            y[(size_t)j * ldy + r] = acc;
+        }
 }
 
 static void attn_scores(const float *q, const float *k, size_t ks, int n, int hd, float scale,
@@ -156,8 +203,9 @@ const struct tsr_cpu_kernels tsr_cpu_kernels_scalar = {
     .init = NULL,
     .quantize_q8 = quantize_q8,
     .gemm_q8 = gemm_q8,
-    .gemm_f = gemm_f,
-    .to_f32 = to_f32,
+    .gemv = gemv,
+    .gemm_f32 = gemm_f32,
+    .dequant = dequant,
     .attn_scores = attn_scores,
     .attn_accum = attn_accum,
     .scale = scale,

@@ -1,15 +1,25 @@
 /* y = x · Wᵀ on the CPU, for every weight type.
  *
- * Quantized weights (Q8_0, Q4_0, Q4_1): each activation row is quantized once to a q8 row
- * (cpu_kernels.h), then the ISA's int8 kernel runs over weight rows. Threads split the weight
- * rows (each reads only its share of the matrix: decode is bound by memory bandwidth); for
- * batches, a tile of TILE_ROWS weight rows stays in cache while it meets every activation row.
+ * Exact path (the default; cpu_kernels.h): activations stay f32 and every weight is used at its
+ * f32 value. Up to GEMV_MAX_N activation rows (decode), threads split the weight rows and the
+ * ISA's gemv dequantizes blocks in registers: bound by memory bandwidth, each thread reads only
+ * its share of the matrix once. Larger batches go by tiles of TILE_ROWS weight rows: a thread
+ * dequantizes a tile into its own f32 scratch (TILE_ROWS * cols * 4 bytes, 96 KB at 1536
+ * columns: it stays in L2) and runs the activation rows past it with gemm_f32, F32_CHUNK at a
+ * time, so each weight is dequantized once per chunk, not once per token. F32 weights are used
+ * in place. gemv and gemm_f32 do the same f32 operations per output element, so an element's
+ * value depends on neither n, nor the tiling, nor the thread count: a sequence's tokens do not
+ * change with what else shares its batch.
  *
- * Float weights (F32, F16, BF16): the f32 kernels below SGEMM_MIN_N rows of activations; above,
- * OpenBLAS sgemm on tiles of SGEMM_TILE weight rows (converted to f32 first unless F32), one
- * OpenBLAS thread per tile. Tiles have fixed boundaries, so results do not depend on the number
- * of threads; neither do the quantized kernels', whose per-element arithmetic ignores tiling. */
-#include <cblas.h>
+ * Cost (2-core Zen 4, SmolLM2-135M): batches run near the FMA units' peak (~100 GFLOP/s a
+ * core). Decode is bound by the dequantizing, not by memory: a Q4_1 block takes ~7 vector
+ * operations (about as many cycles) against the q8 path's ~3, so the GEMV reads ~19 GB/s on
+ * two cores where the q8 path reads ~30 and memory gives ~50.
+ *
+ * q8 path (TESSERA_CPU_ACT=q8, quantized weights only): each activation row is quantized once to
+ * a q8 row, then the ISA's int8 kernel runs over weight rows, split between threads as above;
+ * for batches, a tile of TILE_ROWS weight rows stays in cache while it meets every activation
+ * row. Its per-element arithmetic ignores tiling too. */
 #include <limits.h>
 #include <omp.h>
 #include <string.h>
@@ -18,10 +28,10 @@
 #include "kernels/cpu/cpu_internal.h"
 
 enum {
-    TILE_ROWS = 16,   /* weight rows per tile for batched quantized matmul */
-    ACT_CHUNK = 256,  /* activation rows per pass over the weights (keeps them in L2) */
-    SGEMM_MIN_N = 16, /* activation rows from which float weights go to OpenBLAS */
-    SGEMM_TILE = 64,  /* weight rows per sgemm call */
+    GEMV_MAX_N = 4,  /* activation rows up to which the exact path dequantizes in registers */
+    TILE_ROWS = 16,  /* weight rows per tile for batches */
+    ACT_CHUNK = 256, /* activation rows per pass over the weights (q8 path: keeps them in L2) */
+    F32_CHUNK = 128, /* the same for f32 rows: 128 x 1536 floats are 768 KB */
 };
 
 /* [lo, hi) of n items for thread t of nt, in multiples of `align` items. */
@@ -43,10 +53,10 @@ struct mm_job {
     size_t wrow;
     const float *x;
     float *y;
-    uint8_t *qa; /* q8 rows of qrow bytes (quantized weights) */
+    uint8_t *qa; /* q8 rows of qrow bytes (q8 path) */
     size_t qrow;
     int quantized; /* qa already holds x quantized */
-    float *conv;   /* per-thread f32 tiles (sgemm on F16/BF16) */
+    float *conv;   /* per-thread f32 tiles of TILE_ROWS * cols (exact path, batches) */
 };
 
 static void q8_part(const struct mm_job *m, int t, int tn)
@@ -76,31 +86,33 @@ static void q8_part(const struct mm_job *m, int t, int tn)
     }
 }
 
-static void f_part(const struct mm_job *m, int t, int tn)
+static void f32_part(const struct mm_job *m, int t, int tn)
 {
     int lo, hi;
-    split(m->rows, tn, t, 4, &lo, &hi);
-    if (hi > lo)
-        m->k->gemm_f(m->type, m->cols, m->w + (size_t)lo * m->wrow, m->wrow, hi - lo, m->x,
-                     (size_t)m->cols, m->n, m->y + lo, (size_t)m->rows);
-}
-
-static void sgemm_part(const struct mm_job *m, int t, int tn)
-{
-    int ntiles = (m->rows + SGEMM_TILE - 1) / SGEMM_TILE, lo, hi;
+    if (m->n <= GEMV_MAX_N) {
+        split(m->rows, tn, t, 4, &lo, &hi);
+        if (hi > lo)
+            m->k->gemv(m->type, m->cols, m->w + (size_t)lo * m->wrow, m->wrow, hi - lo, m->x,
+                       (size_t)m->cols, m->n, m->y + lo, (size_t)m->rows);
+        return;
+    }
+    int ntiles = (m->rows + TILE_ROWS - 1) / TILE_ROWS;
     split(ntiles, tn, t, 1, &lo, &hi);
-    for (int tile = lo; tile < hi; tile++) {
-        int r0 = tile * SGEMM_TILE, nr = m->rows - r0 < SGEMM_TILE ? m->rows - r0 : SGEMM_TILE;
-        const float *wt = (const float *)(m->w + (size_t)r0 * m->wrow);
-        if (m->conv) {
-            float *mine = m->conv + (size_t)t * SGEMM_TILE * m->cols;
-            for (int r = 0; r < nr; r++)
-                m->k->to_f32(m->type, m->w + (size_t)(r0 + r) * m->wrow, mine + (size_t)r * m->cols,
-                             m->cols);
-            wt = mine;
+    float *mine = m->conv ? m->conv + (size_t)t * TILE_ROWS * m->cols : NULL;
+    for (int j0 = 0; j0 < m->n; j0 += F32_CHUNK) {
+        int nc = m->n - j0 < F32_CHUNK ? m->n - j0 : F32_CHUNK;
+        for (int tile = lo; tile < hi; tile++) {
+            int r0 = tile * TILE_ROWS, nr = m->rows - r0 < TILE_ROWS ? m->rows - r0 : TILE_ROWS;
+            const float *wf = (const float *)(const void *)(m->w + (size_t)r0 * m->wrow);
+            if (mine) {
+                for (int r = 0; r < nr; r++)
+                    m->k->dequant(m->type, m->w + (size_t)(r0 + r) * m->wrow,
+                                  mine + (size_t)r * m->cols, m->cols);
+                wf = mine;
+            }
+            m->k->gemm_f32(m->cols, wf, (size_t)m->cols, nr, m->x + (size_t)j0 * m->cols,
+                           (size_t)m->cols, nc, m->y + (size_t)j0 * m->rows + r0, (size_t)m->rows);
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m->n, nr, m->cols, 1.0f, m->x, m->cols,
-                    wt, m->cols, 0.0f, m->y + r0, m->rows);
     }
 }
 
@@ -153,7 +165,8 @@ int tsr_cpu_matmul(tsr_backend_t *b, tsr_buf_t *y, const struct tsr_weight *w, t
                        .x = x->data,
                        .y = yf};
     int nt = tsr_cpu_threads_for(c, (double)rows * cols * n);
-    if (w->type == TSR_Q8_0 || w->type == TSR_Q4_0 || w->type == TSR_Q4_1) {
+    int quant = w->type == TSR_Q8_0 || w->type == TSR_Q4_0 || w->type == TSR_Q4_1;
+    if (quant && c->act_q8) {
         m.qrow = tsr_cpu_q8_row_bytes(cols);
         if (!(m.qa = tsr_cpu_scratch(c, (size_t)n * m.qrow))) return TSR_ENOMEM;
         if (n <= 4 || nt == 1) { /* too little to split: no barrier */
@@ -162,15 +175,16 @@ int tsr_cpu_matmul(tsr_backend_t *b, tsr_buf_t *y, const struct tsr_weight *w, t
             m.quantized = 1;
         }
         run_parts(q8_part, &m, nt);
-    } else if (n >= SGEMM_MIN_N) {
-        int ntiles = (rows + SGEMM_TILE - 1) / SGEMM_TILE;
-        nt = c->n_threads < ntiles ? c->n_threads : ntiles;
-        if (w->type != TSR_F32 &&
-            !(m.conv = tsr_cpu_scratch(c, (size_t)nt * SGEMM_TILE * cols * sizeof(float))))
-            return TSR_ENOMEM;
-        run_parts(sgemm_part, &m, nt);
     } else {
-        run_parts(f_part, &m, nt);
+        if (n > GEMV_MAX_N) {
+            int ntiles = (rows + TILE_ROWS - 1) / TILE_ROWS;
+            if (nt > ntiles) nt = ntiles;
+            /* F32 weights in place, if aligned as floats (a GGUF tensor is) */
+            if ((w->type != TSR_F32 || (uintptr_t)m.w % sizeof(float)) &&
+                !(m.conv = tsr_cpu_scratch(c, (size_t)nt * TILE_ROWS * cols * sizeof(float))))
+                return TSR_ENOMEM;
+        }
+        run_parts(f32_part, &m, nt);
     }
     if (!bias) return 0;
     const float *bf = bias->buf->data;

@@ -1,11 +1,14 @@
 /* The CPU backend, op by op, against naive double-precision references written here, on random
- * inputs, for every instruction set this CPU has (scalar, AVX2, AVX-512). Outputs are filled
- * with NaN before each run, so an element an op forgets to write fails the comparison.
+ * inputs, for every instruction set this CPU has (scalar, AVX2, AVX-512) and both matmul modes
+ * (exact f32 activations, the default; TESSERA_CPU_ACT=q8). Outputs are filled with NaN before
+ * each run, so an element an op forgets to write fails the comparison.
  *
  * Error measure: NMSE = Σ(out - ref)² / Σ ref². Thresholds (see each test):
- *   f32 ops (rmsnorm, swiglu, RoPE, attention, float-weight matmul)   1e-10: only f32 rounding
- *     of sums of at most a few thousand terms separates them from the double reference (~1e-13);
- *   quantized-weight matmul vs the dequantized weights in double      1e-4 on Gaussian rows:
+ *   f32 ops (rmsnorm, swiglu, RoPE, attention, matmul on any weight type in the default mode)
+ *     1e-10: only f32 rounding of sums of at most a few thousand terms (and, for Q4_1, the one
+ *     rounding of d·q + m) separates them from the double reference on the dequantized weights
+ *     (~1e-13);
+ *   q8 mode, quantized-weight matmul vs the dequantized weights in double: 1e-4 on Gaussian rows:
  *     the activations are quantized to int8 per block of 32 (step d = amax/127), an error of
  *     variance d²/12 per value; for Gaussian rows E[amax] ≈ 2.46σ, so NMSE ≈ (2.46/127)²/12 ≈
  *     3.1e-5 (measured: 2.5e-5..3.7e-5). NMSE is asserted where at least 64 outputs come from
@@ -14,8 +17,11 @@
  *     Σ err² ≤ 5 Σ_outputs Σ_i w_i² d_i²/12 (the ratio is about 1: a chi-square over the
  *     outputs; 12x where there are fewer than 64, whose tail is heavier: 5.7x was seen once in
  *     150 seeds with 6 outputs);
- *   SIMD vs scalar on quantized weights                                1e-10: the int8 products
- *     are exact and the q8 rows byte-identical, only f32 accumulation order differs.
+ *   SIMD vs scalar                                                     1e-10: the same products
+ *     (the dequantized weights, or the int8 products and byte-identical q8 rows, are exact), only
+ *     the f32 accumulation order differs.
+ * Batch invariance is exact: a row's result computed in a batch of any size, on 1 or 2 threads,
+ * equals bitwise its result computed alone.
  * The seed is printed; TSR_TEST_SEED=<n> reruns one. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -72,14 +78,19 @@ static void fill_normal(float *x, size_t n, float scale)
 /* ---- backends, one per instruction set available ---- */
 
 enum { N_ISA = 3 };
-static tsr_backend_t *backends[N_ISA]; /* NULL where this CPU lacks the ISA */
+static tsr_backend_t *backends[N_ISA]; /* default (exact) mode; NULL where the CPU lacks the ISA */
+static tsr_backend_t *backends_q8[N_ISA]; /* TESSERA_CPU_ACT=q8 */
 
-static tsr_backend_t *backend_for(enum tsr_cpu_isa isa, int n_threads)
+/* A backend for isa (NULL if this CPU lacks it), in q8 mode if q8. */
+static tsr_backend_t *backend_for(enum tsr_cpu_isa isa, int n_threads, int q8)
 {
     setenv("TESSERA_CPU_ISA", tsr_cpu_isa_name(isa), 1);
+    if (q8) setenv("TESSERA_CPU_ACT", "q8", 1);
     tsr_backend_t *b = tsr_backend_cpu_new(n_threads);
     unsetenv("TESSERA_CPU_ISA");
+    unsetenv("TESSERA_CPU_ACT");
     assert_non_null(b);
+    assert_int_equal(tsr_cpu_backend_act_q8(b), q8);
     if (tsr_cpu_backend_isa(b) != isa) {
         tsr_backend_free(b);
         return NULL;
@@ -95,8 +106,10 @@ static int setup(void **state)
     rng_state = seed;
     print_message("test_cpu_ops: seed %llu (TSR_TEST_SEED=%llu reproduces)\n",
                   (unsigned long long)seed, (unsigned long long)seed);
+    unsetenv("TESSERA_CPU_ACT"); /* the default mode must be the exact one */
     for (int i = 0; i < N_ISA; i++) {
-        backends[i] = backend_for((enum tsr_cpu_isa)i, 2);
+        backends[i] = backend_for((enum tsr_cpu_isa)i, 2, 0);
+        backends_q8[i] = backend_for((enum tsr_cpu_isa)i, 2, 1);
         print_message("  %s: %s\n", tsr_cpu_isa_name((enum tsr_cpu_isa)i),
                       backends[i] ? "tested" : "not on this CPU, skipped");
     }
@@ -106,7 +119,10 @@ static int setup(void **state)
 
 static int teardown(void **state)
 {
-    for (int i = 0; i < N_ISA; i++) tsr_backend_free(backends[i]);
+    for (int i = 0; i < N_ISA; i++) {
+        tsr_backend_free(backends[i]);
+        tsr_backend_free(backends_q8[i]);
+    }
     return 0;
 }
 
@@ -155,7 +171,7 @@ static void expect_nmse(double e, double limit, const char *what)
 }
 
 /* Largest NMSE seen per op, printed at the end for the record. */
-static double worst_q8, worst_f, worst_simd;
+static double worst_q8, worst_f, worst_simd, worst_exact[2];
 
 /* ---- weights: random blocks and an independent double dequantizer ---- */
 
@@ -378,19 +394,119 @@ static void test_quantize_identical(void **state)
     }
 }
 
+/* dequant gives the same f32 weights on every ISA (cpu_kernels.h), equal to the double
+ * dequantization here (Q4_1 rounded once). */
+static void test_dequant_identical(void **state)
+{
+    const struct tsr_cpu_kernels *ks[N_ISA] = {&tsr_cpu_kernels_scalar, &tsr_cpu_kernels_avx2,
+                                               &tsr_cpu_kernels_avx512};
+    for (size_t ti = 0; ti < sizeof all_types / sizeof all_types[0]; ti++) {
+        enum tsr_dtype t = all_types[ti];
+        int cols = is_quant(t) ? 352 : 333;
+        struct wmat w;
+        make_weight(&w, t, 3, cols);
+        float *ref = malloc(sizeof(float) * cols), *got = malloc(sizeof(float) * cols);
+        for (int r = 0; r < 3; r++) {
+            const uint8_t *row = w.data + (size_t)r * w.row_bytes;
+            for (int i = 0; i < cols; i++) ref[i] = NAN;
+            ks[0]->dequant(t, row, ref, cols);
+            for (int i = 0; i < cols; i++) {
+                float want = (float)w.deq[(size_t)r * cols + i];
+                if (memcmp(&ref[i], &want, sizeof want))
+                    fail_msg("scalar dequant %s: weight %d is %.9g, want %.9g", tsr_dtype_name(t),
+                             i, ref[i], want);
+            }
+            for (int k = 1; k < N_ISA; k++) {
+                if (!backends[k]) continue;
+                for (int i = 0; i < cols; i++) got[i] = NAN;
+                ks[k]->dequant(t, row, got, cols);
+                if (memcmp(ref, got, sizeof(float) * cols))
+                    fail_msg("%s dequantizes %s differently from scalar",
+                             tsr_cpu_isa_name((enum tsr_cpu_isa)k), tsr_dtype_name(t));
+            }
+        }
+        free(ref);
+        free(got);
+        free_weight(&w);
+    }
+}
+
 struct shape {
     int rows, cols, n;
 };
 
-/* Decode shapes of SmolLM2-135M, odd sizes, partial 8-block groups (cols 96, 320), the sgemm
- * path for float weights (n >= 16) and more activation rows than one pass holds (n 300). */
+/* Decode shapes of SmolLM2-135M, odd sizes, partial 8-block groups (cols 96, 320), batches on
+ * both sides of the decode/tile switch (n <= 4, n > 4) with partial tiles and partial groups of
+ * activation rows, and more activation rows than one q8 pass holds (n 300). Float weights get
+ * cols + 13 (not a multiple of any vector width). */
 static const struct shape mm_shapes[] = {
-    {576, 576, 1}, {192, 576, 3}, {1536, 576, 7}, {576, 1536, 1}, {100, 96, 5},
-    {37, 320, 17}, {64, 32, 1},   {70, 256, 33},  {40, 64, 300},  {3, 4096, 2},
+    {576, 576, 1},  {192, 576, 3},  {1536, 576, 7}, {576, 1536, 1}, {100, 96, 5},
+    {37, 320, 17},  {64, 32, 1},    {70, 256, 33},  {40, 64, 300},  {3, 4096, 2},
+    {150, 576, 64}, {45, 160, 200}, {17, 32, 4},    {5, 64, 1},
 };
 
+/* Checks y (n x rows) from ISA i against the double reference, and against the scalar result
+ * when i is not scalar; keeps *scalar for the next ISA. */
+static void check_exact(const float *y, const double *ref, float **scalar, int i, int n, int rows,
+                        const char *what)
+{
+    double e = nmse(y, ref, (size_t)n * rows);
+    expect_nmse(e, 1e-10, what);
+    if (e > worst_f) worst_f = e;
+    if (i == 0) {
+        *scalar = malloc(sizeof(float) * n * rows);
+        memcpy(*scalar, y, sizeof(float) * n * rows);
+        return;
+    }
+    double *sd = malloc(sizeof(double) * n * rows);
+    for (size_t q = 0; q < (size_t)n * rows; q++) sd[q] = (*scalar)[q];
+    double es = nmse(y, sd, (size_t)n * rows);
+    char vs[160];
+    snprintf(vs, sizeof vs, "%s vs scalar", what);
+    expect_nmse(es, 1e-10, vs);
+    if (es > worst_simd) worst_simd = es;
+    free(sd);
+}
+
+/* The default mode: every weight type against the double reference, to f32 rounding. */
 static void test_matmul(void **state)
 {
+    for (size_t ti = 0; ti < sizeof all_types / sizeof all_types[0]; ti++) {
+        enum tsr_dtype t = all_types[ti];
+        for (size_t si = 0; si < sizeof mm_shapes / sizeof mm_shapes[0]; si++) {
+            struct shape sh = mm_shapes[si];
+            if (!is_quant(t)) sh.cols += 13;
+            struct wmat w;
+            make_weight(&w, t, sh.rows, sh.cols);
+            float *x = make_acts(sh.n, sh.cols);
+            double *ref = ref_matmul(&w, x, NULL, sh.n);
+            float *scalar = NULL;
+            for (int i = 0; i < N_ISA; i++) {
+                if (!backends[i]) continue;
+                float *y = run_matmul(backends[i], &w, x, NULL, sh.n);
+                char what[128];
+                snprintf(what, sizeof what, "matmul %s %dx%d n=%d on %s", tsr_dtype_name(t),
+                         sh.rows, sh.cols, sh.n, tsr_cpu_isa_name((enum tsr_cpu_isa)i));
+                check_exact(y, ref, &scalar, i, sh.n, sh.rows, what);
+                double e = nmse(y, ref, (size_t)sh.n * sh.rows);
+                if (e > worst_exact[is_quant(t)]) worst_exact[is_quant(t)] = e;
+                free(y);
+            }
+            free(scalar);
+            free(ref);
+            free(x);
+            free_weight(&w);
+        }
+    }
+    print_message("  matmul worst NMSE: float weights %.3g, quantized weights %.3g (limit 1e-10); "
+                  "SIMD vs scalar %.3g (limit 1e-10)\n",
+                  worst_exact[0], worst_exact[1], worst_simd);
+}
+
+/* TESSERA_CPU_ACT=q8: quantized weights against the int8 rounding model, float weights exact. */
+static void test_matmul_q8(void **state)
+{
+    double worst_simd_q8 = 0;
     for (size_t ti = 0; ti < sizeof all_types / sizeof all_types[0]; ti++) {
         enum tsr_dtype t = all_types[ti];
         for (size_t si = 0; si < sizeof mm_shapes / sizeof mm_shapes[0]; si++) {
@@ -402,19 +518,18 @@ static void test_matmul(void **state)
             double *errvar = is_quant(t) ? ref_q8_errvar(&w, x, sh.n) : NULL;
             float *scalar = NULL;
             for (int i = 0; i < N_ISA; i++) {
-                if (!backends[i]) continue;
-                float *y = run_matmul(backends[i], &w, x, NULL, sh.n);
-                double e = nmse(y, ref, (size_t)sh.n * sh.rows);
+                if (!backends_q8[i]) continue;
+                float *y = run_matmul(backends_q8[i], &w, x, NULL, sh.n);
                 char what[128];
-                snprintf(what, sizeof what, "matmul %s %dx%d n=%d on %s", tsr_dtype_name(t),
+                snprintf(what, sizeof what, "q8 matmul %s %dx%d n=%d on %s", tsr_dtype_name(t),
                          sh.rows, sh.cols, sh.n, tsr_cpu_isa_name((enum tsr_cpu_isa)i));
-                if (is_quant(t)) {
-                    e = check_q8(y, ref, errvar, sh.n, sh.rows, what);
-                    if (e > worst_q8) worst_q8 = e;
-                } else {
-                    expect_nmse(e, 1e-10, what);
-                    if (e > worst_f) worst_f = e;
+                if (!is_quant(t)) {
+                    check_exact(y, ref, &scalar, i, sh.n, sh.rows, what);
+                    free(y);
+                    continue;
                 }
+                double e = check_q8(y, ref, errvar, sh.n, sh.rows, what);
+                if (e > worst_q8) worst_q8 = e;
                 if (i == 0) {
                     scalar = y;
                     continue;
@@ -424,7 +539,7 @@ static void test_matmul(void **state)
                 double es = nmse(y, sd, (size_t)sh.n * sh.rows);
                 strcat(what, " vs scalar");
                 expect_nmse(es, 1e-10, what);
-                if (es > worst_simd) worst_simd = es;
+                if (es > worst_simd_q8) worst_simd_q8 = es;
                 free(sd);
                 free(y);
             }
@@ -435,36 +550,100 @@ static void test_matmul(void **state)
             free_weight(&w);
         }
     }
-    print_message("  matmul worst NMSE: quantized %.3g (limit 1e-4, Gaussian rows), float %.3g "
-                  "(limit 1e-10), "
-                  "SIMD vs scalar %.3g (limit 1e-10)\n",
-                  worst_q8, worst_f, worst_simd);
+    print_message("  q8 matmul worst NMSE: quantized %.3g (limit 1e-4, Gaussian rows), SIMD vs "
+                  "scalar %.3g (limit 1e-10)\n",
+                  worst_q8, worst_simd_q8);
+}
+
+/* Batch invariance: row j of x computed in a batch of n rows (with whatever rows come before and
+ * after it) equals bitwise row j computed alone, for every weight type, ISA, mode and 1 or 2
+ * threads; so do 1 and 2 threads. The batch sizes cross the decode/tile switch, leave partial
+ * groups and span two passes of activation rows (150); 150 weight rows make partial tiles and
+ * enough work for 2 threads even at n = 1. F32 weights
+ * are also run from a misaligned copy (converted, not used in place). */
+static void test_batch_invariance(void **state)
+{
+    enum { ROWS = 150, NMAX = 150 };
+    const int batches[][2] = {{0, 2}, {0, 3}, {1, 4}, {0, 5}, {3, 8}, {2, 17}, {9, 64}, {0, NMAX}};
+    for (int q8 = 0; q8 < 2; q8++)
+        for (int i = 0; i < N_ISA; i++) {
+            if (!backends[i]) continue;
+            tsr_backend_t *bt[2] = {backend_for((enum tsr_cpu_isa)i, 1, q8),
+                                    backend_for((enum tsr_cpu_isa)i, 2, q8)};
+            for (size_t ti = 0; ti < sizeof all_types / sizeof all_types[0]; ti++) {
+                enum tsr_dtype t = all_types[ti];
+                int cols = is_quant(t) ? 320 : 300;
+                struct wmat w;
+                make_weight(&w, t, ROWS, cols);
+                float *x = make_acts(NMAX, cols);
+                float *alone = malloc(sizeof(float) * NMAX * ROWS);
+                for (int j = 0; j < NMAX; j++) {
+                    float *y = run_matmul(bt[0], &w, x + (size_t)j * cols, NULL, 1);
+                    memcpy(alone + (size_t)j * ROWS, y, sizeof(float) * ROWS);
+                    free(y);
+                }
+                for (int th = 0; th < 2; th++)
+                    for (size_t bi = 0; bi < sizeof batches / sizeof batches[0]; bi++) {
+                        int j0 = batches[bi][0], n = batches[bi][1];
+                        float *y = run_matmul(bt[th], &w, x + (size_t)j0 * cols, NULL, n);
+                        for (int j = 0; j < n; j++)
+                            if (memcmp(y + (size_t)j * ROWS, alone + (size_t)(j0 + j) * ROWS,
+                                       sizeof(float) * ROWS))
+                                fail_msg("%s matmul %s on %s, %d thread(s): row %d in a batch of "
+                                         "%d differs from the row alone",
+                                         q8 ? "q8" : "exact", tsr_dtype_name(t),
+                                         tsr_cpu_isa_name((enum tsr_cpu_isa)i), th + 1, j0 + j, n);
+                        free(y);
+                    }
+                if (t == TSR_F32) { /* misaligned weights: converted, the same results */
+                    uint8_t *odd = malloc(w.row_bytes * ROWS + 2);
+                    memcpy(odd + 2, w.data, w.row_bytes * ROWS);
+                    uint8_t *keep = w.data;
+                    w.data = odd + 2;
+                    float *y = run_matmul(bt[1], &w, x, NULL, NMAX);
+                    if (memcmp(y, alone, sizeof(float) * NMAX * ROWS))
+                        fail_msg("misaligned F32 weights on %s give other results",
+                                 tsr_cpu_isa_name((enum tsr_cpu_isa)i));
+                    free(y);
+                    w.data = keep;
+                    free(odd);
+                }
+                free(alone);
+                free(x);
+                free_weight(&w);
+            }
+            tsr_backend_free(bt[0]);
+            tsr_backend_free(bt[1]);
+        }
 }
 
 static void test_matmul_bias(void **state)
 {
-    for (int i = 0; i < N_ISA; i++) {
-        if (!backends[i]) continue;
-        for (int q = 0; q < 2; q++) {
-            struct wmat w;
-            make_weight(&w, q ? TSR_Q4_1 : TSR_F16, 48, 128);
-            float *x = make_acts(20, 128), bias[48];
-            fill_normal(bias, 48, 1.0f);
-            double *ref = ref_matmul(&w, x, bias, 20);
-            float *y = run_matmul(backends[i], &w, x, bias, 20);
-            if (q) {
-                double *errvar = ref_q8_errvar(&w, x, 20);
-                check_q8(y, ref, errvar, 20, 48, "matmul with bias");
-                free(errvar);
-            } else {
-                expect_nmse(nmse(y, ref, 20 * 48), 1e-10, "matmul with bias");
-            }
-            free(y);
-            free(ref);
-            free(x);
-            free_weight(&w);
+    for (int q8 = 0; q8 < 2; q8++)
+        for (int i = 0; i < N_ISA; i++) {
+            tsr_backend_t *b = q8 ? backends_q8[i] : backends[i];
+            if (!b) continue;
+            for (int q = 0; q < 2; q++)
+                for (int n = 1; n <= 20; n += 19) { /* decode and batch */
+                    struct wmat w;
+                    make_weight(&w, q ? TSR_Q4_1 : TSR_F16, 48, 128);
+                    float *x = make_acts(n, 128), bias[48];
+                    fill_normal(bias, 48, 1.0f);
+                    double *ref = ref_matmul(&w, x, bias, n);
+                    float *y = run_matmul(b, &w, x, bias, n);
+                    if (q && q8) {
+                        double *errvar = ref_q8_errvar(&w, x, n);
+                        check_q8(y, ref, errvar, n, 48, "q8 matmul with bias");
+                        free(errvar);
+                    } else {
+                        expect_nmse(nmse(y, ref, (size_t)n * 48), 1e-10, "matmul with bias");
+                    }
+                    free(y);
+                    free(ref);
+                    free(x);
+                    free_weight(&w);
+                }
         }
-    }
 }
 
 static void test_embed(void **state)
@@ -886,8 +1065,8 @@ static void test_threads_bitwise(void **state)
 {
     for (int i = 0; i < N_ISA; i++) {
         if (!backends[i]) continue;
-        tsr_backend_t *b1 = backend_for((enum tsr_cpu_isa)i, 1);
-        tsr_backend_t *b2 = backend_for((enum tsr_cpu_isa)i, 2);
+        tsr_backend_t *b1 = backend_for((enum tsr_cpu_isa)i, 1, 0);
+        tsr_backend_t *b2 = backend_for((enum tsr_cpu_isa)i, 2, 0);
         for (size_t ti = 0; ti < sizeof all_types / sizeof all_types[0]; ti++) {
             const struct shape shapes[] = {{576, 576, 1}, {1536, 576, 7}, {200, 320, 40}};
             for (int si = 0; si < 3; si++) {
@@ -927,7 +1106,10 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_quantize_identical),
+        cmocka_unit_test(test_dequant_identical),
         cmocka_unit_test(test_matmul),
+        cmocka_unit_test(test_matmul_q8),
+        cmocka_unit_test(test_batch_invariance),
         cmocka_unit_test(test_matmul_bias),
         cmocka_unit_test(test_matmul_errors),
         cmocka_unit_test(test_embed),

@@ -1,16 +1,17 @@
 /* Decode GEMV throughput of the CPU backend on SmolLM2-135M's shapes, against the machine's
  * memory bandwidth. Not built by CMake; build by hand from the repository root:
  *
- *   gcc -std=gnu11 -O2 -fopenmp -I. -I/usr/include/x86_64-linux-gnu/openblas-pthread \
- *       kernels/cpu/bench/bench_matmul.c kernels/backend.c common/{dtype,log,status}.c \
+ *   gcc -std=gnu11 -O2 -fopenmp -I. kernels/cpu/bench/bench_matmul.c kernels/backend.c \
+ *       common/{dtype,log,status}.c \
  *       kernels/cpu/{cpu_backend,matmul,attention,kernels_scalar,kernels_avx2,kernels_avx512}.c \
- *       -lopenblas -lm -o /tmp/bench_matmul
- *   /tmp/bench_matmul [n_threads] [n_tokens]
+ *       -lm -o /tmp/bench_matmul
+ *   /tmp/bench_matmul [n_threads] [n_tokens] [f32|q8|both]
  *
  * A "token" runs every matmul of the model once (30 layers x q, k, v, o, gate, up, down in Q4_1,
  * then the 49152 x 576 Q8_0 output), on weights laid out like the model (96 MB, far beyond the
  * caches), so weights stream from DRAM as in real decoding. Reported: GB/s of weight bytes read,
- * per matrix kind and in total, for each instruction set, next to memcpy and a plain read. */
+ * per matrix kind and in total, for each instruction set and activation mode (f32: the exact
+ * default; q8: TESSERA_CPU_ACT=q8), next to memcpy and a plain read. */
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -99,6 +100,7 @@ int main(int argc, char **argv)
 {
     int threads = argc > 1 ? atoi(argv[1]) : 2;
     int n_tok = argc > 2 ? atoi(argv[2]) : 1;
+    const char *acts = argc > 3 ? argv[3] : "both";
     int reps = n_tok == 1 ? 40 : 4;
     size_t big = (size_t)256 << 20;
     printf("memory: memcpy %.1f GB/s (read+write, 1 thread), plain read %.1f GB/s (1 thread), "
@@ -117,8 +119,11 @@ int main(int argc, char **argv)
     printf("model weights: %.1f MB; %d thread(s), %d token(s) per matmul\n", total / 1e6, threads,
            n_tok);
 
-    for (int isa = TSR_CPU_SCALAR; isa <= TSR_CPU_AVX512; isa++) {
+    for (int run = 0; run < 2 * (TSR_CPU_AVX512 + 1); run++) {
+        int isa = run % (TSR_CPU_AVX512 + 1), q8 = run > TSR_CPU_AVX512;
+        if (strcmp(acts, "both") && strcmp(acts, q8 ? "q8" : "f32")) continue;
         setenv("TESSERA_CPU_ISA", tsr_cpu_isa_name((enum tsr_cpu_isa)isa), 1);
+        setenv("TESSERA_CPU_ACT", q8 ? "q8" : "f32", 1);
         tsr_backend_t *b = tsr_backend_cpu_new(threads);
         if (tsr_cpu_backend_isa(b) != (enum tsr_cpu_isa)isa) {
             tsr_backend_free(b);
@@ -154,13 +159,14 @@ int main(int argc, char **argv)
                 }
             if (r) t_all += tsr_now() - t0; /* first pass warms up */
         }
-        printf("%-6s", tsr_cpu_isa_name((enum tsr_cpu_isa)isa));
+        printf("%-6s %-3s", tsr_cpu_isa_name((enum tsr_cpu_isa)isa), q8 ? "q8" : "f32");
         for (int m = 0; m < N_MATS; m++)
             printf("  %s %.1f GB/s", mats[m].name,
                    wbytes[m] * mats[m].per_token * (double)r_eff / tm[m] / 1e9);
-        printf("\n       all matmuls of a token: %.2f ms, %.1f GB/s -> at most %.0f tokens/s%s\n",
-               t_all / r_eff * 1e3, total * (double)r_eff / t_all / 1e9, r_eff * n_tok / t_all,
-               n_tok > 1 ? " (batched)" : "");
+        printf(
+            "\n           all matmuls of a token: %.2f ms, %.1f GB/s -> at most %.0f tokens/s%s\n",
+            t_all / r_eff * 1e3, total * (double)r_eff / t_all / 1e9, r_eff * n_tok / t_all,
+            n_tok > 1 ? " (batched)" : "");
         for (int m = 0; m < N_MATS; m++)
             for (int c = 0; c < mats[m].per_token; c++) tsr_buf_free(wt[m][c].buf);
         tsr_buf_free(x);
