@@ -5,22 +5,23 @@
 # Usage: scripts/bench_cpu.sh [prompt_tokens] [gen_tokens] [repeats]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-# tessera threads its own loops; OpenBLAS's own threads would only compete with them.
-export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 pt=${1:-128} gt=${2:-64} reps=${3:-5} threads=$(nproc)
 "$root/scripts/deps.sh"
 "$root/scripts/build.sh" >/dev/null
 "$root/scripts/fetch_model.sh"
+# LLAMA_CPP_PYTHON: a python that already has llama_cpp, to skip the build.
 venv="$root/.venv-bench"
-if ! "$venv/bin/python" -c 'import llama_cpp' 2>/dev/null; then
+py=${LLAMA_CPP_PYTHON:-$venv/bin/python}
+if ! "$py" -c 'import llama_cpp' 2>/dev/null; then
   echo "building llama-cpp-python into $venv (several minutes, once)..." >&2
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet numpy llama-cpp-python
+  py=$venv/bin/python
 fi
 model="$root/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 ours=$("$root/build/tessera" bench --model "$model" --prompt-tokens "$pt" --gen-tokens "$gt" \
        --repeats "$reps" --threads "$threads")
-peer=$("$venv/bin/python" "$root/tests/reference/bench_llamacpp.py" --model "$model" \
+peer=$("$py" "$root/tests/reference/bench_llamacpp.py" --model "$model" \
        --prompt-tokens "$pt" --gen-tokens "$gt" --threads "$threads" --repeats "$reps")
 echo "$ours"
 echo "$peer"

@@ -3,8 +3,6 @@
 # prompt with it. Usage: scripts/run.sh ["your question"]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-# tessera threads its own loops; OpenBLAS's own threads would only compete with them.
-export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 "$root/scripts/deps.sh"
 "$root/scripts/build.sh"
 "$root/scripts/fetch_model.sh"

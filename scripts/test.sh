@@ -6,8 +6,6 @@
 # Set TESSERA_QUICK=1 to run only step 1.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-# tessera threads its own loops; OpenBLAS's own threads would only compete with them.
-export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 "$root/scripts/deps.sh"
 "$root/scripts/fetch_model.sh"
 jobs=$(nproc)
