@@ -1,0 +1,239 @@
+/* Shared body of the multi-rank tests: a model run sharded tp × pp over the MPI world gives the
+ * single-rank logits within f32 tolerance and the same greedy tokens, and each rank holds only
+ * its share of the weights in memory. Included by tests/mpi/test_shard_np*.c; each program runs
+ * under mpirun with as many ranks as its layouts need. Rank 0 is the group leader: it computes
+ * the single-rank reference itself, then drives the sharded group; failures on any rank abort
+ * the job with a message naming the rank. */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/status.h"
+#include "kernels/backend.h"
+#include "kernels/comm.h"
+#include "model/model.h"
+#include "model/shard_plan.h"
+#include "worker/engine.h"
+#include "worker/forward.h"
+
+#define DEFAULT_MODEL TSR_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+static int world_rank;
+
+static void die(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "rank %d: FAIL: ", world_rank);
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n");
+    va_end(ap);
+    fflush(stderr);
+    abort(); /* mpirun ends the other ranks */
+}
+
+#define CHECK(cond, ...)                                                                           \
+    do {                                                                                           \
+        if (!(cond)) die(__VA_ARGS__);                                                             \
+    } while (0)
+#define OK(call) CHECK((call) == 0, "%s: %s", #call, tsr_last_error())
+
+/* Resident memory of this process in bytes (VmRSS). */
+static double rss_bytes(void)
+{
+    FILE *f = fopen("/proc/self/status", "r");
+    char line[256];
+    double kb = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (!strncmp(line, "VmRSS:", 6)) kb = atof(line + 6);
+    if (f) fclose(f);
+    return kb * 1024;
+}
+
+static int type_of(void *ctx, const char *name)
+{
+    struct tsr_tensor_view v;
+    return tsr_model_tensor(ctx, name, &v) ? -1 : (int)v.type;
+}
+
+/* Bytes of this rank's slices as stored in the file: what it should hold. */
+static double share_bytes(tsr_model_t *m, const struct tsr_rank_plan *rp)
+{
+    double sum = 0;
+    for (int i = 0; i < rp->n_slices; i++) {
+        struct tsr_tensor_view v;
+        struct tsr_slice_bytes sb;
+        if (tsr_model_tensor(m, rp->slices[i].name, &v)) continue;
+        OK(tsr_slice_bytes(&rp->slices[i], v.type, &sb));
+        sum += (double)sb.row_bytes * (double)sb.n_rows;
+    }
+    return sum;
+}
+
+/* Deterministic prompts of n tokens. */
+static void prompt(int32_t *ids, int n, int vocab, uint32_t seed)
+{
+    for (int i = 0; i < n; i++) {
+        seed = seed * 1664525u + 1013904223u;
+        ids[i] = (int32_t)((seed >> 8) % (uint32_t)vocab);
+    }
+}
+
+enum { T_PROMPT = 48, N_GEN = 64, BLOCKS = 16, BS = 16 };
+
+static void teacher_forced(tsr_runner_t *r, const int32_t *ids, float *logits)
+{
+    int32_t pos[T_PROMPT], seq[T_PROMPT] = {0}, bt[BLOCKS];
+    for (int i = 0; i < T_PROMPT; i++) pos[i] = i;
+    for (int i = 0; i < BLOCKS; i++) bt[i] = BLOCKS - 1 - i;
+    struct tsr_step st = {.n_tokens = T_PROMPT,
+                          .ids = ids,
+                          .pos = pos,
+                          .seq = seq,
+                          .n_seqs = 1,
+                          .max_blocks = BLOCKS,
+                          .block_tables = bt,
+                          .n_out = T_PROMPT,
+                          .out_rows = pos};
+    OK(tsr_runner_forward(r, &st, logits));
+}
+
+static void greedy(tsr_model_t *m, tsr_backend_t *b, const struct tsr_runner_shard *sh,
+                   const int32_t *ids, int32_t *out)
+{
+    struct tsr_engine_opts eo = {
+        .n_blocks = BLOCKS, .block_size = BS, .max_step_tokens = 64, .max_seqs = 2, .shard = sh};
+    tsr_engine_t *e;
+    OK(tsr_engine_new(m, b, &eo, &e));
+    struct tsr_request req = {.prompt = ids,
+                              .n_prompt = T_PROMPT,
+                              .sampling = tsr_sampling_default(),
+                              .max_tokens = N_GEN,
+                              .ignore_eos = 1};
+    int64_t id;
+    OK(tsr_engine_add(e, &req, &id));
+    for (int got = 0; got < N_GEN;) {
+        struct tsr_token_event ev[2];
+        int n;
+        OK(tsr_engine_step(e, ev, 2, &n));
+        for (int k = 0; k < n; k++) out[got++] = ev[k].token;
+    }
+    tsr_engine_free(e); /* a sharded leader's runner stops its followers here */
+}
+
+/* Runs one layout on the world; returns after every rank is done with it. */
+static void check_layout(tsr_comm_t *world, const char *spec, int tp, int pp, double nmse_bound)
+{
+    int rank = tsr_comm_rank(world);
+    world_rank = rank;
+    tsr_model_t *m;
+    OK(tsr_model_open(spec, &m));
+    const struct tsr_model_config *c = tsr_model_config(m);
+    struct tsr_shard_plan plan;
+    OK(tsr_shard_plan_make(c, tp, pp, 1.0, 4.0, &plan));
+    OK(tsr_shard_plan_check_types(&plan, type_of, m));
+    const struct tsr_rank_plan *rp = &plan.ranks[rank];
+    tsr_comm_t *tpc;
+    OK(tsr_comm_split(world, rp->pp_stage, rp->tp_rank, &tpc));
+    tsr_backend_t *b = tsr_backend_cpu_new(1);
+    CHECK(b != NULL, "cpu backend");
+    struct tsr_runner_shard sh = {&plan, world, tpc};
+    struct tsr_runner_opts ro = {BLOCKS, BS, 64};
+    int V = c->n_vocab;
+    int32_t ids[T_PROMPT];
+    prompt(ids, T_PROMPT, V, 777);
+    double rss0 = rss_bytes();
+
+    tsr_runner_t *r;
+    OK(tsr_runner_new(m, b, &ro, &sh, &r));
+    float *logits = malloc(sizeof(float) * T_PROMPT * V), *ref = malloc(sizeof *ref * T_PROMPT * V);
+    if (rank == 0) {
+        teacher_forced(r, ids, logits);
+    } else {
+        OK(tsr_runner_follow(r)); /* until the leader frees its runner below */
+    }
+    /* Memory, measured after a step touched every weight this rank uses. */
+    double held = rss_bytes() - rss0, share = share_bytes(m, rp);
+    /* the runner's caches and step buffers, and this test's logits array */
+    double kv_scratch = (double)tsr_runner_kv_bytes(r) + (double)tsr_runner_scratch_bytes(r) +
+                        (rank == 0 ? sizeof(float) * T_PROMPT * (double)V : 0);
+    /* page rounding of ~300 slices, the CPU backend's quantized-activation scratch, MPI's
+     * shared-memory buffers, thread stacks */
+    double overhead = 12.0 * 1024 * 1024;
+    printf("rank %d (tp %d, stage %d): %s tp=%d pp=%d: resident +%.1f MiB for a %.1f MiB share "
+           "(+%.1f MiB KV and scratch, %.1f MiB allowance)\n",
+           rank, rp->tp_rank, rp->pp_stage, spec, tp, pp, held / 1048576, share / 1048576,
+           kv_scratch / 1048576, overhead / 1048576);
+    CHECK(held <= share + kv_scratch + overhead,
+          "holds %.1f MiB, more than its %.1f MiB share + %.1f MiB KV/scratch + %.1f MiB",
+          held / 1048576, share / 1048576, kv_scratch / 1048576, overhead / 1048576);
+
+    if (rank == 0) {
+        tsr_runner_t *whole;
+        OK(tsr_runner_new(m, b, &ro, NULL, &whole));
+        teacher_forced(whole, ids, ref);
+        tsr_runner_free(whole);
+        double num = 0, den = 0;
+        int agree = 0;
+        for (int t = 0; t < T_PROMPT; t++) {
+            int a = 0, bb = 0;
+            for (int v = 0; v < V; v++) {
+                double d = logits[(size_t)t * V + v] - ref[(size_t)t * V + v];
+                num += d * d;
+                den += (double)ref[(size_t)t * V + v] * ref[(size_t)t * V + v];
+                if (logits[(size_t)t * V + v] > logits[(size_t)t * V + a]) a = v;
+                if (ref[(size_t)t * V + v] > ref[(size_t)t * V + bb]) bb = v;
+            }
+            agree += a == bb;
+        }
+        printf("%s tp=%d pp=%d: teacher-forced NMSE vs one rank %.3g (bound %.3g), argmax equal "
+               "at %d/%d positions\n",
+               spec, tp, pp, num / den, nmse_bound, agree, T_PROMPT);
+        CHECK(num / den <= nmse_bound, "NMSE %.3g over %.3g", num / den, nmse_bound);
+        CHECK(agree == T_PROMPT, "argmax differs at %d positions", T_PROMPT - agree);
+    }
+    tsr_runner_free(r); /* the leader's free stops the followers' loop */
+
+    /* Greedy: the engine on the leader drives the group; the followers serve it. */
+    int32_t out_sharded[N_GEN], out_whole[N_GEN];
+    if (rank == 0) {
+        greedy(m, b, &sh, ids, out_sharded);
+        greedy(m, b, NULL, ids, out_whole);
+        CHECK(!memcmp(out_sharded, out_whole, sizeof out_whole),
+              "greedy tokens differ from the single-rank run");
+        printf("%s tp=%d pp=%d: greedy %d tokens equal to one rank's\n", spec, tp, pp, N_GEN);
+    } else {
+        tsr_runner_t *f;
+        struct tsr_runner_opts fo = {BLOCKS, BS, 64};
+        OK(tsr_runner_new(m, b, &fo, &sh, &f));
+        OK(tsr_runner_follow(f));
+        tsr_runner_free(f);
+    }
+    OK(tsr_comm_barrier(world));
+    free(logits);
+    free(ref);
+    tsr_backend_free(b);
+    tsr_comm_free(tpc);
+    tsr_shard_plan_free(&plan);
+    tsr_model_free(m);
+}
+
+struct layout {
+    const char *spec;
+    int tp, pp;
+    double nmse_bound;
+};
+
+/* The whole program of a multi-rank test: every layout on the MPI world, in order. */
+static int shard_main(const struct layout *l, int n)
+{
+    tsr_comm_t *world;
+    if (tsr_comm_mpi_world(&world)) {
+        fprintf(stderr, "%s\n", tsr_last_error());
+        return 1;
+    }
+    for (int i = 0; i < n; i++) check_layout(world, l[i].spec, l[i].tp, l[i].pp, l[i].nmse_bound);
+    tsr_comm_free(world);
+    return 0;
+}

@@ -1,0 +1,9 @@
+/* Two ranks: the default model in two pipeline stages; a 4-KV-head synthetic model at tp = 2. */
+#include "shard_check.h"
+
+int main(void)
+{
+    static const struct layout l[] = {{DEFAULT_MODEL, 1, 2, 1e-12},
+                                      {"synthetic:tiny-gqa4", 2, 1, 1e-9}};
+    return shard_main(l, 2);
+}
