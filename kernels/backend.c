@@ -125,10 +125,43 @@ int tsr_op_rope_kv_write(tsr_backend_t *b, tsr_buf_t *q, tsr_buf_t *k, tsr_buf_t
     return b->i->rope_kv_write(b, q, k, v, kc, vc, s, m);
 }
 
+/* Every block token t reads must lie inside the cache (K and V of n_slots rows each). */
+static int check_blocks(const struct tsr_attn_shape *s, const struct tsr_batch_meta *m,
+                        const tsr_buf_t *kc, const tsr_buf_t *vc)
+{
+    int bs = s->block_size;
+    size_t row = (size_t)s->n_kv_head * s->head_dim * sizeof(float);
+    if (bs <= 0 || s->n_head <= 0 || s->n_kv_head <= 0 || s->n_head % s->n_kv_head ||
+        s->head_dim <= 0 || s->head_dim % 2)
+        return tsr_errorf(TSR_EINVAL,
+                          "attention: unsupported shape (heads %d, kv heads %d, head dim %d, "
+                          "block %d)",
+                          s->n_head, s->n_kv_head, s->head_dim, bs);
+    int64_t n_slots = (int64_t)((kc->size < vc->size ? kc->size : vc->size) / row);
+    for (int t = 0; t < m->n_tokens; t++) {
+        int pos = m->pos[t], seq = m->seq[t];
+        if (seq < 0 || seq >= m->n_seqs)
+            return tsr_errorf(TSR_ERANGE, "attention: token %d: sequence %d of %d", t, seq,
+                              m->n_seqs);
+        if (pos < 0 || pos / bs >= m->max_blocks)
+            return tsr_errorf(TSR_ERANGE, "attention: token %d: position %d beyond %d blocks", t,
+                              pos, m->max_blocks);
+        const int32_t *bt = m->block_tables + (size_t)seq * m->max_blocks;
+        for (int i = 0; i <= pos / bs; i++) {
+            int last = i < pos / bs ? bs - 1 : pos % bs;
+            if (bt[i] < 0 || (int64_t)bt[i] * bs + last >= n_slots)
+                return tsr_errorf(TSR_ERANGE, "attention: block %d outside the %lld-slot cache",
+                                  bt[i], (long long)n_slots);
+        }
+    }
+    return 0;
+}
+
 int tsr_op_attention(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *q, tsr_buf_t *kc, tsr_buf_t *vc,
                      const struct tsr_attn_shape *s, const struct tsr_batch_meta *m)
 {
-    return b->i->attention(b, out, q, kc, vc, s, m);
+    int rc = check_blocks(s, m, kc, vc);
+    return rc ? rc : b->i->attention(b, out, q, kc, vc, s, m);
 }
 
 int tsr_op_swiglu(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *gate, tsr_buf_t *up, int n,

@@ -15,7 +15,9 @@ struct tsr_backend_iface {
     void (*buf_free)(tsr_backend_t *b, tsr_buf_t *buf);
     int (*buf_set)(tsr_backend_t *b, tsr_buf_t *buf, size_t off, const void *src, size_t n);
     int (*buf_get)(tsr_backend_t *b, tsr_buf_t *buf, size_t off, void *dst, size_t n);
-    /* Ops: same contracts as tsr_op_* in backend.h. */
+    /* Ops: same contracts as tsr_op_* in backend.h. backend.c has already checked what every
+     * backend would: token ids against the table (embed), and every block an attention token
+     * reads against the cache (attention). */
     int (*embed)(tsr_backend_t *b, tsr_buf_t *out, const struct tsr_weight *table,
                  const int32_t *ids, int n);
     int (*rmsnorm)(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *x, const struct tsr_weight *w,

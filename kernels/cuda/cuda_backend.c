@@ -567,30 +567,6 @@ static int cuda_rope_kv_write(tsr_backend_t *b, tsr_buf_t *q, tsr_buf_t *k, tsr_
     return launched(tsr_cuda_rope_kv_write(c->stream, &a), "rope_kv_write");
 }
 
-/* Every block token t reads must lie inside the cache. */
-static int check_blocks(const struct tsr_attn_shape *s, const struct tsr_batch_meta *m,
-                        int64_t n_slots)
-{
-    int bs = s->block_size;
-    for (int t = 0; t < m->n_tokens; t++) {
-        int pos = m->pos[t], seq = m->seq[t];
-        if (seq < 0 || seq >= m->n_seqs)
-            return tsr_errorf(TSR_ERANGE, "attention: token %d: sequence %d of %d", t, seq,
-                              m->n_seqs);
-        if (pos < 0 || pos / bs >= m->max_blocks)
-            return tsr_errorf(TSR_ERANGE, "attention: token %d: position %d beyond %d blocks", t,
-                              pos, m->max_blocks);
-        const int32_t *bt = m->block_tables + (size_t)seq * m->max_blocks;
-        for (int i = 0; i <= pos / bs; i++) {
-            int last = i < pos / bs ? bs - 1 : pos % bs;
-            if (bt[i] < 0 || (int64_t)bt[i] * bs + last >= n_slots)
-                return tsr_errorf(TSR_ERANGE, "attention: block %d outside the %lld-slot cache",
-                                  bt[i], (long long)n_slots);
-        }
-    }
-    return 0;
-}
-
 static int cuda_attention(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *q, tsr_buf_t *kc,
                           tsr_buf_t *vc, const struct tsr_attn_shape *s,
                           const struct tsr_batch_meta *m)
@@ -602,7 +578,6 @@ static int cuda_attention(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *q, tsr_bu
     size_t qw = (size_t)s->n_head * s->head_dim;
     rc = check_size(q, nt * qw * sizeof(float), "attention q");
     if (!rc) rc = check_size(out, nt * qw * sizeof(float), "attention output");
-    if (!rc) rc = check_blocks(s, m, cache_slots(kc, vc, s));
     if (rc || nt == 0) return rc;
     int max_pos = 0, max_seq = 0;
     for (int t = 0; t < nt; t++) {
