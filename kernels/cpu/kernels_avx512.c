@@ -419,14 +419,6 @@ TSR_AVX512_INLINE void deq_block_s(const enum tsr_dtype wt, const uint8_t *blk, 
     *hi = _mm512_permutexvar_ps(_mm512_srli_epi32(nib, 4), tab);
 }
 
-TSR_AVX512_INLINE void deq_block(const enum tsr_dtype wt, const uint8_t *blk, __m512 *lo,
-                                 __m512 *hi)
-{
-    float d, m = 0.0f;
-    block_scales(wt, blk, &d, &m);
-    deq_block_s(wt, blk, &d, &m, lo, hi);
-}
-
 /* The fixed horizontal sum of an accumulator. */
 TSR_AVX512_INLINE float reduce16(__m512 v)
 {
