@@ -28,6 +28,12 @@ const char *tsr_strerror(int code)
         return "EINTERNAL";
     case TSR_EEXHAUSTED:
         return "EEXHAUSTED";
+    case TSR_ETIMEDOUT:
+        return "ETIMEDOUT";
+    case TSR_ECANCELLED:
+        return "ECANCELLED";
+    case TSR_EUNAVAILABLE:
+        return "EUNAVAILABLE";
     default:
         return "EUNKNOWN";
     }

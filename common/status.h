@@ -8,15 +8,18 @@
 
 enum {
     TSR_OK = 0,
-    TSR_EINVAL = -1,       /* bad argument or request */
-    TSR_EIO = -2,          /* open/read/mmap failed */
-    TSR_ENOMEM = -3,       /* allocation failed */
-    TSR_EFORMAT = -4,      /* malformed file or message */
-    TSR_EUNSUPPORTED = -5, /* well-formed but not something we handle */
-    TSR_ERANGE = -6,       /* value out of range (context full, index too large) */
-    TSR_ENOTFOUND = -7,    /* key, tensor or file missing */
-    TSR_EINTERNAL = -8,    /* invariant broken: a bug */
-    TSR_EEXHAUSTED = -9,   /* a pool or queue is full */
+    TSR_EINVAL = -1,        /* bad argument or request */
+    TSR_EIO = -2,           /* open/read/mmap failed */
+    TSR_ENOMEM = -3,        /* allocation failed */
+    TSR_EFORMAT = -4,       /* malformed file or message */
+    TSR_EUNSUPPORTED = -5,  /* well-formed but not something we handle */
+    TSR_ERANGE = -6,        /* value out of range (context full, index too large) */
+    TSR_ENOTFOUND = -7,     /* key, tensor or file missing */
+    TSR_EINTERNAL = -8,     /* invariant broken: a bug */
+    TSR_EEXHAUSTED = -9,    /* a pool or queue is full */
+    TSR_ETIMEDOUT = -10,    /* a wait ran out of time */
+    TSR_ECANCELLED = -11,   /* the other side cancelled or went away */
+    TSR_EUNAVAILABLE = -12, /* a peer or service cannot be reached now; retry may work */
 };
 
 /* Short name of a code ("EFORMAT"); never NULL. */

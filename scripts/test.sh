@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The test suite: installs what is missing, fetches the default model, then
-#  1. builds (Release, -Werror) and runs every unit test under ctest;
-#  2. builds with AddressSanitizer + UndefinedBehaviorSanitizer and runs the tests again;
+#  1. builds (Release, -Werror) and runs every test under ctest: unit, CLI, multi-rank (mpirun),
+#     integration (real etcd, coordinator and workers, Python gRPC client), GPU (skipped here);
+#  2. builds with AddressSanitizer + UndefinedBehaviorSanitizer and runs the tests again (the
+#     integration suite's request-handling part: the rest repeats the same code paths slowly);
 #  3. builds the libFuzzer targets with clang and runs each for FUZZ_SECONDS (default 60).
 # Set TESSERA_QUICK=1 to run only step 1.
 set -euo pipefail
@@ -21,7 +23,12 @@ echo "== unit tests under ASan + UBSan"
 cmake -S "$root" -B "$root/build-asan" -DCMAKE_BUILD_TYPE=Debug -DTESSERA_CUDA=OFF \
   -DTESSERA_SANITIZE=address,undefined -DCMAKE_C_FLAGS_DEBUG="-O1 -g" >/dev/null
 cmake --build "$root/build-asan" -j"$jobs"
-(cd "$root/build-asan" && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j"$jobs")
+(cd "$root/build-asan" && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j"$jobs" -E '^integration$')
+echo "-- integration tests under ASan + UBSan: bad requests, cancellation, shutdown"
+(cd "$root" && ASAN_OPTIONS=detect_leaks=1 /usr/bin/python3 -m pytest -q -x -p no:cacheprovider \
+  tests/integration/test_bad_requests.py tests/integration/test_cancel.py \
+  tests/integration/test_strings.py tests/integration/test_lifecycle.py \
+  --tessera="$root/build-asan/tessera")
 
 echo "== fuzzing (${FUZZ_SECONDS:-60} s per target)"
 CC=clang cmake -S "$root" -B "$root/build-fuzz" -DCMAKE_BUILD_TYPE=Debug -DTESSERA_CUDA=OFF \

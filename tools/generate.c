@@ -199,35 +199,6 @@ fail:
     return rc == TSR_EINVAL ? 2 : 1;
 }
 
-/* Re-runs this command under mpirun with n ranks on this machine. Returns only on failure. */
-static int relaunch_mpi(int n, int argc, char **argv)
-{
-    char exe[4096], np[16];
-    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
-    if (len <= 0) {
-        fprintf(stderr, "tessera generate: cannot find my own executable\n");
-        return 1;
-    }
-    exe[len] = 0;
-    snprintf(np, sizeof np, "%d", n);
-    char **args = calloc((size_t)argc + 12, sizeof *args);
-    if (!args) return 1;
-    int k = 0;
-    args[k++] = "mpirun";
-    args[k++] = "-np";
-    args[k++] = np;
-    args[k++] = "--oversubscribe"; /* more ranks than cores is fine for a CPU run */
-    args[k++] = "--bind-to";
-    args[k++] = "none";
-    if (geteuid() == 0) args[k++] = "--allow-run-as-root";
-    args[k++] = exe;
-    for (int i = 0; i < argc; i++) args[k++] = argv[i];
-    execvp("mpirun", args);
-    fprintf(stderr, "tessera generate: --tp/--pp need mpirun (Open MPI): %s\n", strerror(errno));
-    free(args);
-    return 1;
-}
-
 int tsr_cmd_generate(int argc, char **argv)
 {
     struct gen_args a;
@@ -243,7 +214,7 @@ int tsr_cmd_generate(int argc, char **argv)
             return rc == TSR_EINVAL ? 2 : 1;
         }
         tsr_model_free(m);
-        return relaunch_mpi(ranks, argc, argv);
+        return tsr_cli_relaunch_mpi("generate", ranks, argc, argv);
     }
     struct tsr_group group = {0};
     int exit_code = 1;

@@ -13,7 +13,11 @@ static void usage(FILE *f)
                "  generate   run a model in this process and stream its answer to a prompt\n"
                "  bench      prompt and decode tokens/s of a model on this machine\n"
                "  plan       tp x pp x replicas layout of a model on a cluster, per-GPU memory and "
-               "KV room\n\n"
+               "KV room\n"
+               "  serve      a whole cluster on this machine: etcd, a coordinator and workers\n"
+               "  client     talk to a running server: generate, tokenize, list models, status\n"
+               "  worker     one worker unit (a group of tp x pp ranks); registers in etcd\n"
+               "  coordinator  the public gRPC API: validation, routing, the controller\n\n"
                "Run `tessera <command> --help` for a command's options.\n");
 }
 
@@ -65,6 +69,10 @@ int main(int argc, char **argv)
     if (!strcmp(argv[1], "generate")) return tsr_cmd_generate(argc - 1, argv + 1);
     if (!strcmp(argv[1], "bench")) return tsr_cmd_bench(argc - 1, argv + 1);
     if (!strcmp(argv[1], "plan")) return tsr_cmd_plan(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "worker")) return tsr_cmd_worker(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "coordinator")) return tsr_cmd_coordinator(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "serve")) return tsr_cmd_serve(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "client")) return tsr_cmd_client(argc - 1, argv + 1);
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(stdout);
         return 0;

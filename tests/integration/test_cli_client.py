@@ -1,0 +1,38 @@
+"""`tessera client`: the command-line client against the shared serve, and against nothing."""
+
+import subprocess
+import time
+
+import harness
+
+
+def _run(tessera_bin, *args, timeout=60):
+    t = time.monotonic()
+    r = subprocess.run([str(tessera_bin), "client"] + list(args), capture_output=True, timeout=timeout)
+    return r, time.monotonic() - t
+
+
+def test_client_prompt(tessera_bin, served, offline):
+    prompt = harness.PROMPTS[2]
+    ref = offline(prompt=prompt, max_tokens=8)
+    r, _ = _run(tessera_bin, "--address", served.address, "--prompt", prompt, "--max-tokens", "8")
+    out = r.stdout.decode("utf-8", "replace")
+    assert r.returncode == 0, "exit %d\nstdout %r\nstderr %r" % (r.returncode, out, r.stderr.decode(errors="replace"))
+    assert out in (ref.text, ref.text + "\n"), "client printed %r, generate printed %r" % (out, ref.text)
+
+
+def test_client_list_models(tessera_bin, served, model_id):
+    r, _ = _run(tessera_bin, "--address", served.address, "--list-models")
+    out = r.stdout.decode("utf-8", "replace")
+    assert r.returncode == 0, "exit %d: %r %r" % (r.returncode, out, r.stderr)
+    assert model_id in out, "--list-models printed %r, the model is %r" % (out, model_id)
+
+
+def test_client_nothing_listening(tessera_bin):
+    port = harness.free_port()  # bound and closed again: nothing listens there
+    r, took = _run(tessera_bin, "--address", "127.0.0.1:%d" % port, "--prompt", "Hello", "--max-tokens", "4",
+                   timeout=30)
+    both = (r.stdout + r.stderr).decode("utf-8", "replace")
+    assert r.returncode != 0, "exit 0 with nothing listening: %r" % both
+    assert "UNAVAILABLE" in both, "no UNAVAILABLE in %r" % both
+    assert took < 10, "took %.1f s to give up" % took

@@ -1,0 +1,395 @@
+/* `tessera client`: a command-line gRPC client of a coordinator, for people. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/rpc.h"
+#include "common/status.h"
+#include "grpc/health/v1/health.pb-c.h"
+#include "tessera/v1/inference.pb-c.h"
+#include "tools/cli.h"
+
+static void client_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: tessera client [--address HOST:PORT] --prompt TEXT [--chat] [--system TEXT]\n"
+            "                      [--max-tokens N] [--temperature T] [--top-k K] [--top-p P]\n"
+            "                      [--seed S] [--stop TEXT]... [--ignore-eos] [--show-ids]\n"
+            "                      [--logprobs] [--timeout SECONDS]\n"
+            "       tessera client [--address HOST:PORT] --tokenize TEXT\n"
+            "       tessera client [--address HOST:PORT] --list-models | --status | --health\n\n"
+            "  --address   the coordinator (default 127.0.0.1:50051)\n"
+            "  --chat      send the prompt as a user message through the chat template\n"
+            "  --show-ids  print the generated token ids after the text\n"
+            "Exit status: 0 ok, 1 the server answered an error (printed with its gRPC code),\n"
+            "2 a usage error.\n");
+}
+
+struct client_args {
+    const char *address, *prompt, *system, *tokenize;
+    int chat, max_tokens, show_ids, logprobs, ignore_eos, list, status, health;
+    double timeout;
+    Tessera__V1__SamplingParams sp;
+    char *stop[16];
+    int n_stop;
+};
+
+static int fail_status(int code, const char *details)
+{
+    fprintf(stderr, "tessera client: %s: %s\n", tsr_rpc_code_name(code), details);
+    return 1;
+}
+
+static int unary(tsr_rpc_channel_t *ch, const char *method, const ProtobufCMessage *req,
+                 double timeout, void **resp, size_t *len)
+{
+    int code;
+    char *details = NULL;
+    int rc = tsr_rpc_unary(ch, method, req, (int64_t)(timeout * 1000), resp, len, &code, &details);
+    if (rc) {
+        fprintf(stderr, "tessera client: %s\n", tsr_last_error());
+        free(details);
+        return 1;
+    }
+    if (code != TSR_RPC_OK) rc = fail_status(code, details ? details : "");
+    free(details);
+    return rc;
+}
+
+static int do_generate(tsr_rpc_channel_t *ch, struct client_args *a)
+{
+    Tessera__V1__GenerateRequest r = TESSERA__V1__GENERATE_REQUEST__INIT;
+    Tessera__V1__ChatMessages cm = TESSERA__V1__CHAT_MESSAGES__INIT;
+    Tessera__V1__ChatMessage msg[2] = {TESSERA__V1__CHAT_MESSAGE__INIT,
+                                       TESSERA__V1__CHAT_MESSAGE__INIT};
+    Tessera__V1__ChatMessage *mp[2] = {&msg[0], &msg[1]};
+    if (a->chat) {
+        int n = 0;
+        if (a->system) {
+            msg[n].role = "system";
+            msg[n++].content = (char *)a->system;
+        }
+        msg[n].role = "user";
+        msg[n++].content = (char *)a->prompt;
+        cm.n_messages = (size_t)n;
+        cm.messages = mp;
+        r.input_case = TESSERA__V1__GENERATE_REQUEST__INPUT_MESSAGES;
+        r.messages = &cm;
+    } else {
+        r.input_case = TESSERA__V1__GENERATE_REQUEST__INPUT_PROMPT;
+        r.prompt = (char *)a->prompt;
+    }
+    r.sampling = &a->sp;
+    if (a->max_tokens) {
+        r.has_max_tokens = 1;
+        r.max_tokens = a->max_tokens;
+    }
+    r.n_stop = (size_t)a->n_stop;
+    r.stop = a->stop;
+    r.has_logprobs = r.has_ignore_eos = 1;
+    r.logprobs = a->logprobs;
+    r.ignore_eos = a->ignore_eos;
+    tsr_rpc_stream_t *s;
+    if (tsr_rpc_stream_open_pb(ch, "/tessera.v1.Inference/Generate", &r.base,
+                               (int64_t)(a->timeout * 1000), &s)) {
+        fprintf(stderr, "tessera client: %s\n", tsr_last_error());
+        return 1;
+    }
+    int exit_code = 0, rc, cap = 0, n_ids = 0;
+    int32_t *ids = NULL;
+    const void *buf;
+    size_t len;
+    const char *finish = "none";
+    int prompt_tokens = 0, completion_tokens = 0;
+    while ((rc = tsr_rpc_stream_recv(s, &buf, &len, -1)) == 0) {
+        Tessera__V1__GenerateResponse *m = tessera__v1__generate_response__unpack(NULL, len, buf);
+        if (!m) {
+            fprintf(stderr, "tessera client: the server sent a malformed message\n");
+            exit_code = 1;
+            break;
+        }
+        if (m->text) fputs(m->text, stdout);
+        fflush(stdout);
+        for (size_t i = 0; i < m->n_token_ids; i++) {
+            if (n_ids == cap) {
+                cap = cap ? 2 * cap : 64;
+                int32_t *g = realloc(ids, (size_t)cap * sizeof *g);
+                if (!g) break;
+                ids = g;
+            }
+            ids[n_ids++] = m->token_ids[i];
+            if (a->logprobs && i < m->n_logprobs)
+                fprintf(stderr, "[%d %.4f]", m->token_ids[i], m->logprobs[i]);
+        }
+        if (m->has_finish_reason) {
+            const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(
+                &tessera__v1__finish_reason__descriptor, m->finish_reason);
+            finish = v ? v->name + strlen("FINISH_REASON_") : "?";
+        }
+        if (m->usage) {
+            prompt_tokens = m->usage->prompt_tokens;
+            completion_tokens = m->usage->completion_tokens;
+        }
+        tessera__v1__generate_response__free_unpacked(m, NULL);
+    }
+    printf("\n");
+    if (a->show_ids) {
+        for (int i = 0; i < n_ids; i++) printf("%s%d", i ? "," : "", ids[i]);
+        printf("\n");
+    }
+    fflush(stdout);
+    if (rc == 1) {
+        const char *details;
+        int code = tsr_rpc_stream_status(s, &details);
+        if (code != TSR_RPC_OK)
+            exit_code = fail_status(code, details);
+        else
+            fprintf(stderr, "tessera client: finish %s, prompt %d tokens, completion %d tokens\n",
+                    finish, prompt_tokens, completion_tokens);
+    } else if (rc < 0) {
+        fprintf(stderr, "tessera client: %s\n", tsr_last_error());
+        exit_code = 1;
+    }
+    free(ids);
+    tsr_rpc_stream_free(s);
+    return exit_code;
+}
+
+static int do_tokenize(tsr_rpc_channel_t *ch, struct client_args *a)
+{
+    Tessera__V1__TokenizeRequest r = TESSERA__V1__TOKENIZE_REQUEST__INIT;
+    r.input_case = TESSERA__V1__TOKENIZE_REQUEST__INPUT_PROMPT;
+    r.prompt = (char *)a->tokenize;
+    void *resp;
+    size_t len;
+    int rc = unary(ch, "/tessera.v1.Inference/Tokenize", &r.base, a->timeout, &resp, &len);
+    if (rc) return rc;
+    Tessera__V1__TokenizeResponse *m = tessera__v1__tokenize_response__unpack(NULL, len, resp);
+    free(resp);
+    if (!m) return fail_status(TSR_RPC_INTERNAL, "malformed TokenizeResponse");
+    for (size_t i = 0; i < m->n_token_ids; i++)
+        printf("%d\t%s\n", m->token_ids[i], i < m->n_pieces ? m->pieces[i] : "");
+    tessera__v1__tokenize_response__free_unpacked(m, NULL);
+    return 0;
+}
+
+static int do_list(tsr_rpc_channel_t *ch, struct client_args *a)
+{
+    Tessera__V1__ListModelsRequest r = TESSERA__V1__LIST_MODELS_REQUEST__INIT;
+    void *resp;
+    size_t len;
+    int rc = unary(ch, "/tessera.v1.Inference/ListModels", &r.base, a->timeout, &resp, &len);
+    if (rc) return rc;
+    Tessera__V1__ListModelsResponse *m = tessera__v1__list_models_response__unpack(NULL, len, resp);
+    free(resp);
+    if (!m) return fail_status(TSR_RPC_INTERNAL, "malformed ListModelsResponse");
+    for (size_t i = 0; i < m->n_models; i++)
+        printf("%s\tcontext %d\tvocab %d\tready replicas %d\n", m->models[i]->id,
+               m->models[i]->context_length, m->models[i]->vocab_size,
+               m->models[i]->ready_replicas);
+    tessera__v1__list_models_response__free_unpacked(m, NULL);
+    return 0;
+}
+
+static int do_status(tsr_rpc_channel_t *ch, struct client_args *a)
+{
+    Tessera__V1__ClusterStatusRequest r = TESSERA__V1__CLUSTER_STATUS_REQUEST__INIT;
+    void *resp;
+    size_t len;
+    int rc = unary(ch, "/tessera.v1.Inference/ClusterStatus", &r.base, a->timeout, &resp, &len);
+    if (rc) return rc;
+    Tessera__V1__ClusterStatusResponse *m =
+        tessera__v1__cluster_status_response__unpack(NULL, len, resp);
+    free(resp);
+    if (!m) return fail_status(TSR_RPC_INTERNAL, "malformed ClusterStatusResponse");
+    printf("model %s, %lld requests in flight\n", m->model, (long long)m->in_flight);
+    printf("%-16s %-22s %6s %8s %11s %7s %7s %10s %10s %7s\n", "group", "leader", "gen", "load",
+           "free/blocks", "running", "waiting", "prompt", "decode", "preempt");
+    for (size_t i = 0; i < m->n_groups; i++) {
+        const Tessera__V1__GroupStatus *g = m->groups[i];
+        const Tessera__V1__WorkerStats *s = g->stats;
+        char blocks[32] = "?";
+        if (s) snprintf(blocks, sizeof blocks, "%d/%d", s->n_free_blocks, s->n_blocks);
+        printf("%-16s %-22s %6lld %8lld %11s %7d %7d %10llu %10llu %7llu\n", g->group, g->address,
+               (long long)g->generation, (long long)g->outstanding_tokens, blocks,
+               s ? s->n_running : -1, s ? s->n_waiting : -1,
+               s ? (unsigned long long)s->prompt_tokens : 0,
+               s ? (unsigned long long)s->decode_tokens : 0,
+               s ? (unsigned long long)s->preemptions : 0);
+    }
+    tessera__v1__cluster_status_response__free_unpacked(m, NULL);
+    return 0;
+}
+
+static int do_health(tsr_rpc_channel_t *ch, struct client_args *a)
+{
+    Grpc__Health__V1__HealthCheckRequest r = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    r.service = "";
+    void *resp;
+    size_t len;
+    int rc = unary(ch, "/grpc.health.v1.Health/Check", &r.base, a->timeout, &resp, &len);
+    if (rc) return rc;
+    Grpc__Health__V1__HealthCheckResponse *m =
+        grpc__health__v1__health_check_response__unpack(NULL, len, resp);
+    free(resp);
+    if (!m) return fail_status(TSR_RPC_INTERNAL, "malformed HealthCheckResponse");
+    const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(
+        &grpc__health__v1__health_check_response__serving_status__descriptor, m->status);
+    printf("%s\n", v ? v->name : "?");
+    int serving = m->status == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+    grpc__health__v1__health_check_response__free_unpacked(m, NULL);
+    return serving ? 0 : 1;
+}
+
+int tsr_cmd_client(int argc, char **argv)
+{
+    enum {
+        O_SYSTEM = 256,
+        O_TOPK,
+        O_STOP,
+        O_IGNORE,
+        O_SHOW,
+        O_LOGP,
+        O_TOK,
+        O_LIST,
+        O_STATUS,
+        O_HEALTH,
+        O_TIMEOUT
+    };
+    static const struct option opts[] = {{"address", required_argument, 0, 'a'},
+                                         {"prompt", required_argument, 0, 'p'},
+                                         {"chat", no_argument, 0, 'c'},
+                                         {"system", required_argument, 0, O_SYSTEM},
+                                         {"max-tokens", required_argument, 0, 'n'},
+                                         {"temperature", required_argument, 0, 't'},
+                                         {"top-k", required_argument, 0, O_TOPK},
+                                         {"top-p", required_argument, 0, 'P'},
+                                         {"seed", required_argument, 0, 's'},
+                                         {"stop", required_argument, 0, O_STOP},
+                                         {"ignore-eos", no_argument, 0, O_IGNORE},
+                                         {"show-ids", no_argument, 0, O_SHOW},
+                                         {"logprobs", no_argument, 0, O_LOGP},
+                                         {"tokenize", required_argument, 0, O_TOK},
+                                         {"list-models", no_argument, 0, O_LIST},
+                                         {"status", no_argument, 0, O_STATUS},
+                                         {"health", no_argument, 0, O_HEALTH},
+                                         {"timeout", required_argument, 0, O_TIMEOUT},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    struct client_args a;
+    memset(&a, 0, sizeof a);
+    tessera__v1__sampling_params__init(&a.sp);
+    a.address = getenv("TESSERA_ADDRESS") ? getenv("TESSERA_ADDRESS") : "127.0.0.1:50051";
+    a.timeout = 600;
+    long l;
+    double d;
+    int c, rc;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "a:p:cn:t:P:s:h", opts, NULL)) != -1) {
+        rc = 0;
+        switch (c) {
+        case 'a':
+            a.address = optarg;
+            break;
+        case 'p':
+            a.prompt = optarg;
+            break;
+        case 'c':
+            a.chat = 1;
+            break;
+        case O_SYSTEM:
+            a.system = optarg;
+            break;
+        case 'n':
+            if (!(rc = tsr_cli_int("--max-tokens", optarg, 1, 1 << 30, &l))) a.max_tokens = l;
+            break;
+        case 't':
+            if (!(rc = tsr_cli_float("--temperature", optarg, 0, 100, &d))) {
+                a.sp.has_temperature = 1;
+                a.sp.temperature = d;
+            }
+            break;
+        case O_TOPK:
+            if (!(rc = tsr_cli_int("--top-k", optarg, 0, 1 << 30, &l))) {
+                a.sp.has_top_k = 1;
+                a.sp.top_k = l;
+            }
+            break;
+        case 'P':
+            if (!(rc = tsr_cli_float("--top-p", optarg, 1e-9, 1, &d))) {
+                a.sp.has_top_p = 1;
+                a.sp.top_p = d;
+            }
+            break;
+        case 's':
+            if (!(rc = tsr_cli_u64("--seed", optarg, &a.sp.seed))) a.sp.has_seed = 1;
+            break;
+        case O_STOP:
+            if (a.n_stop == 16) {
+                fprintf(stderr, "tessera client: at most 16 --stop strings\n");
+                return 2;
+            }
+            a.stop[a.n_stop++] = optarg;
+            break;
+        case O_IGNORE:
+            a.ignore_eos = 1;
+            break;
+        case O_SHOW:
+            a.show_ids = 1;
+            break;
+        case O_LOGP:
+            a.logprobs = 1;
+            break;
+        case O_TOK:
+            a.tokenize = optarg;
+            break;
+        case O_LIST:
+            a.list = 1;
+            break;
+        case O_STATUS:
+            a.status = 1;
+            break;
+        case O_HEALTH:
+            a.health = 1;
+            break;
+        case O_TIMEOUT:
+            rc = tsr_cli_float("--timeout", optarg, 0.001, 1e6, &a.timeout);
+            break;
+        case 'h':
+            client_usage(stdout);
+            return 0;
+        default:
+            client_usage(stderr);
+            return 2;
+        }
+        if (rc) return rc;
+    }
+    if (optind < argc) {
+        fprintf(stderr, "tessera client: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (!!a.prompt + !!a.tokenize + a.list + a.status + a.health != 1) {
+        fprintf(stderr, "tessera client: give one of --prompt, --tokenize, --list-models, "
+                        "--status and --health\n");
+        client_usage(stderr);
+        return 2;
+    }
+    tsr_rpc_channel_t *ch = tsr_rpc_channel_new(a.address);
+    if (!ch) {
+        fprintf(stderr, "tessera client: %s\n", tsr_last_error());
+        return 2;
+    }
+    if (a.prompt)
+        rc = do_generate(ch, &a);
+    else if (a.tokenize)
+        rc = do_tokenize(ch, &a);
+    else if (a.list)
+        rc = do_list(ch, &a);
+    else if (a.status)
+        rc = do_status(ch, &a);
+    else
+        rc = do_health(ch, &a);
+    tsr_rpc_channel_free(ch);
+    return rc;
+}

@@ -1,0 +1,129 @@
+/* `tessera coordinator`: the public gRPC API (DESIGN §1). It reads the model's tokenizer, chat
+ * template and config (never its weights), follows the ready groups in etcd, and runs for the
+ * controller role. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/etcd.h"
+#include "common/log.h"
+#include "common/status.h"
+#include "coordinator/cluster.h"
+#include "coordinator/service.h"
+#include "model/model.h"
+#include "tools/cli.h"
+
+static void coord_usage(FILE *f)
+{
+    fprintf(
+        f, "usage: tessera coordinator --etcd URL [--model M] [--listen HOST:PORT]\n"
+           "                           [--tp N] [--pp M] [--max-queue N] [--id ID] [--prefix P]\n\n"
+           "  --listen     the public API (default 127.0.0.1:50051)\n"
+           "  --tp, --pp   the layout of every group (the controller assigns worker units of\n"
+           "               this shape)\n"
+           "  --max-queue  requests in flight at once; beyond it RESOURCE_EXHAUSTED (default "
+           "256)\n");
+}
+
+int tsr_cmd_coordinator(int argc, char **argv)
+{
+    enum { O_QUEUE = 256, O_PREFIX, O_TP, O_PP };
+    static const struct option opts[] = {{"model", required_argument, 0, 'm'},
+                                         {"etcd", required_argument, 0, 'e'},
+                                         {"listen", required_argument, 0, 'l'},
+                                         {"id", required_argument, 0, 'i'},
+                                         {"max-queue", required_argument, 0, O_QUEUE},
+                                         {"prefix", required_argument, 0, O_PREFIX},
+                                         {"tp", required_argument, 0, O_TP},
+                                         {"pp", required_argument, 0, O_PP},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    const char *model = getenv("TESSERA_MODEL") ? getenv("TESSERA_MODEL") : TSR_DEFAULT_MODEL;
+    const char *etcd_url = NULL, *listen = "127.0.0.1:50051", *prefix = "/tessera", *id = NULL;
+    int tp = 1, pp = 1, max_queue = 256, c, rc;
+    long l;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "m:e:l:i:h", opts, NULL)) != -1) {
+        rc = 0;
+        switch (c) {
+        case 'm':
+            model = optarg;
+            break;
+        case 'e':
+            etcd_url = optarg;
+            break;
+        case 'l':
+            listen = optarg;
+            break;
+        case 'i':
+            id = optarg;
+            break;
+        case O_QUEUE:
+            if (!(rc = tsr_cli_int("--max-queue", optarg, 1, 1 << 20, &l))) max_queue = l;
+            break;
+        case O_PREFIX:
+            prefix = optarg;
+            break;
+        case O_TP:
+            if (!(rc = tsr_cli_int("--tp", optarg, 1, 1024, &l))) tp = l;
+            break;
+        case O_PP:
+            if (!(rc = tsr_cli_int("--pp", optarg, 1, 1024, &l))) pp = l;
+            break;
+        case 'h':
+            coord_usage(stdout);
+            return 0;
+        default:
+            coord_usage(stderr);
+            return 2;
+        }
+        if (rc) return rc;
+    }
+    if (!etcd_url) {
+        fprintf(stderr, "tessera coordinator: --etcd is required\n");
+        coord_usage(stderr);
+        return 2;
+    }
+    tsr_cli_catch_signals();
+    char idbuf[64];
+    if (!id) {
+        snprintf(idbuf, sizeof idbuf, "coordinator-%d", (int)getpid());
+        id = idbuf;
+    }
+    int exit_code = 1;
+    tsr_model_t *m = NULL;
+    tsr_etcd_t *etcd = NULL;
+    tsr_router_t *r = NULL;
+    tsr_cluster_t *cl = NULL;
+    tsr_coord_t *co = NULL;
+    if ((rc = tsr_model_open(model, &m))) {
+        fprintf(stderr, "tessera coordinator: %s\n", tsr_last_error());
+        exit_code = 2;
+        goto out;
+    }
+    if (!(r = tsr_router_new())) goto out;
+    struct tsr_cluster_opts clo = {.prefix = prefix, .id = id, .tp = tp, .pp = pp, .ttl_s = 3};
+    if ((rc = tsr_etcd_open(etcd_url, &etcd)) || (rc = tsr_cluster_start(etcd, r, &clo, &cl))) {
+        fprintf(stderr, "tessera coordinator: etcd %s: %s\n", etcd_url, tsr_last_error());
+        goto out;
+    }
+    struct tsr_coord_opts co_opts = {.listen = listen, .max_queue = max_queue};
+    int port;
+    if ((rc = tsr_coord_start(m, r, &co_opts, &co, &port))) {
+        fprintf(stderr, "tessera coordinator: %s\n", tsr_last_error());
+        goto out;
+    }
+    tsr_log_info("coordinator %s: serving %s on %s (port %d)", id, tsr_model_name(m), listen, port);
+    while (!tsr_cli_stop_requested()) usleep(100 * 1000);
+    tsr_log_info("coordinator %s: stopping", id);
+    exit_code = 0;
+out:
+    tsr_coord_stop(co); /* first: no request may outlive the router */
+    tsr_cluster_stop(cl);
+    tsr_router_free(r);
+    tsr_etcd_close(etcd);
+    tsr_model_free(m);
+    return exit_code;
+}

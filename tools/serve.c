@@ -1,0 +1,407 @@
+/* `tessera serve`: the whole cluster on one machine (DESIGN §1, launchers). A private etcd (unless
+ * --etcd), one coordinator and R worker units, each a process of its own (mpirun for tp x pp > 1),
+ * supervised: a process that dies is restarted (after 1 s, backing off to 10 s while it keeps
+ * dying young). Logs and serve.json (addresses and pids, rewritten on every restart) are in --dir.
+ * SIGINT/SIGTERM stops everything. */
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "common/etcd.h"
+#include "common/log.h"
+#include "common/rpc.h"
+#include "common/status.h"
+#include "grpc/health/v1/health.pb-c.h"
+#include "tessera/v1/inference.pb-c.h"
+#include "tools/cli.h"
+
+enum { MAX_REPLICAS = 64, MAX_ARGS = 48 };
+
+struct child {
+    char name[32], log[PATH_MAX + 32];
+    char *argv[MAX_ARGS];
+    pid_t pid;
+    double started, restart_at;
+    int backoff_s;
+};
+
+struct serve {
+    char exe[PATH_MAX], dir[PATH_MAX - 64], address[64], etcd[128];
+    struct tsr_etcd_server etcd_srv;
+    struct child coord, workers[MAX_REPLICAS];
+    int replicas, etcd_died;
+};
+
+static void serve_usage(FILE *f)
+{
+    fprintf(
+        f, "usage: tessera serve [--model M] [--tp N] [--pp M] [--replicas R] [--port P]\n"
+           "                     [--etcd URL] [--dir DIR] [--threads T] [--kv-blocks B]\n"
+           "                     [--kv-mem GB] [--max-seqs S] [--step-tokens N] [--max-queue Q]\n\n"
+           "Runs a private etcd (unless --etcd), a coordinator on 127.0.0.1:P (default 50051)\n"
+           "and R worker units of tp x pp ranks each (default 1 x 1 x 1), and supervises them.\n"
+           "Ask it with `tessera client --address 127.0.0.1:P --prompt ...`.\n"
+           "  --dir      logs and serve.json (default a new /tmp/tessera-serve.XXXXXX)\n"
+           "  --threads  CPU threads per worker rank (default: the cores shared out)\n"
+           "Worker options (--kv-blocks, --kv-mem, --max-seqs, --step-tokens) are passed on;\n"
+           "see `tessera worker --help`.\n");
+}
+
+static pid_t spawn(struct child *c)
+{
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGTERM); /* never outlive the supervisor */
+        int fd = open(c->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+        if (fd >= 0) {
+            dup2(fd, 1);
+            dup2(fd, 2);
+            close(fd);
+        }
+        int null = open("/dev/null", O_RDONLY);
+        if (null >= 0) dup2(null, 0);
+        execv(c->argv[0], c->argv);
+        fprintf(stderr, "exec %s: %s\n", c->argv[0], strerror(errno));
+        _exit(127);
+    }
+    c->pid = pid;
+    c->started = tsr_now();
+    return pid;
+}
+
+static void write_state(struct serve *s)
+{
+    json_t *w = json_array();
+    for (int i = 0; i < s->replicas; i++)
+        json_array_append_new(w, json_pack("{s:s, s:i, s:s}", "id", s->workers[i].name, "pid",
+                                           (int)s->workers[i].pid, "log", s->workers[i].log));
+    json_t *j = json_pack("{s:s, s:s, s:i, s:s, s:o}", "address", s->address, "etcd", s->etcd,
+                          "coordinator_pid", (int)s->coord.pid, "dir", s->dir, "workers", w);
+    char tmp[PATH_MAX + 16], path[PATH_MAX + 16];
+    snprintf(tmp, sizeof tmp, "%s/serve.json.tmp", s->dir);
+    snprintf(path, sizeof path, "%s/serve.json", s->dir);
+    if (j && !json_dump_file(j, tmp, JSON_INDENT(2))) rename(tmp, path); /* atomic for readers */
+    json_decref(j);
+}
+
+/* 1 when the coordinator answers SERVING and reports `want` ready replicas. */
+static int cluster_ready(tsr_rpc_channel_t *ch, int want, int *ready)
+{
+    Tessera__V1__ListModelsRequest r = TESSERA__V1__LIST_MODELS_REQUEST__INIT;
+    void *resp = NULL;
+    size_t len;
+    int code = -1;
+    *ready = 0;
+    if (tsr_rpc_unary(ch, "/tessera.v1.Inference/ListModels", &r.base, 1000, &resp, &len, &code,
+                      NULL) ||
+        code != TSR_RPC_OK || !resp) {
+        free(resp);
+        return 0;
+    }
+    Tessera__V1__ListModelsResponse *m = tessera__v1__list_models_response__unpack(NULL, len, resp);
+    free(resp);
+    if (m && m->n_models > 0) *ready = m->models[0]->ready_replicas;
+    if (m) tessera__v1__list_models_response__free_unpacked(m, NULL);
+    return *ready >= want;
+}
+
+static void stop_all(struct serve *s)
+{
+    struct child *all[MAX_REPLICAS + 1];
+    int n = 0;
+    for (int i = 0; i < s->replicas; i++) all[n++] = &s->workers[i];
+    all[n++] = &s->coord;
+    for (int i = 0; i < n; i++)
+        if (all[i]->pid > 0) kill(all[i]->pid, SIGTERM);
+    double t0 = tsr_now();
+    for (;;) {
+        int left = 0;
+        for (int i = 0; i < n; i++) {
+            if (all[i]->pid <= 0) continue;
+            if (waitpid(all[i]->pid, NULL, WNOHANG) == all[i]->pid)
+                all[i]->pid = 0;
+            else
+                left++;
+        }
+        if (!left) break;
+        if (tsr_now() - t0 > 10) {
+            for (int i = 0; i < n; i++)
+                if (all[i]->pid > 0) {
+                    fprintf(stderr, "tessera serve: %s did not stop in 10 s; killing it\n",
+                            all[i]->name);
+                    kill(all[i]->pid, SIGKILL);
+                    waitpid(all[i]->pid, NULL, 0);
+                    all[i]->pid = 0;
+                }
+            break;
+        }
+        usleep(50 * 1000);
+    }
+    tsr_etcd_server_stop(&s->etcd_srv);
+}
+
+/* Reaps children that ended and schedules their restart. */
+static void supervise(struct serve *s)
+{
+    int st;
+    pid_t pid;
+    while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+        if (pid == s->etcd_srv.pid) {
+            fprintf(stderr, "tessera serve: etcd exited (log %s/etcd.log); stopping\n", s->dir);
+            s->etcd_srv.pid = 0;
+            s->etcd_died = 1;
+            continue;
+        }
+        struct child *c = pid == s->coord.pid ? &s->coord : NULL;
+        for (int i = 0; i < s->replicas && !c; i++)
+            if (pid == s->workers[i].pid) c = &s->workers[i];
+        if (!c) continue;
+        double lived = tsr_now() - c->started;
+        c->backoff_s = lived > 30 ? 1 : (c->backoff_s ? 2 * c->backoff_s : 1);
+        if (c->backoff_s > 10) c->backoff_s = 10;
+        c->pid = 0;
+        c->restart_at = tsr_now() + c->backoff_s;
+        if (WIFSIGNALED(st))
+            fprintf(stderr,
+                    "tessera serve: %s was killed by signal %d; restarting in %d s (log %s)\n",
+                    c->name, WTERMSIG(st), c->backoff_s, c->log);
+        else
+            fprintf(stderr,
+                    "tessera serve: %s exited with status %d; restarting in %d s (log %s)\n",
+                    c->name, WEXITSTATUS(st), c->backoff_s, c->log);
+    }
+    struct child *all[MAX_REPLICAS + 1];
+    int n = 0;
+    all[n++] = &s->coord;
+    for (int i = 0; i < s->replicas; i++) all[n++] = &s->workers[i];
+    for (int i = 0; i < n; i++)
+        if (all[i]->pid == 0 && tsr_now() >= all[i]->restart_at) {
+            if (spawn(all[i]) < 0)
+                fprintf(stderr, "tessera serve: cannot restart %s: %s\n", all[i]->name,
+                        strerror(errno));
+            else
+                write_state(s);
+        }
+}
+
+int tsr_cmd_serve(int argc, char **argv)
+{
+    enum { O_REPL = 256, O_ETCD, O_DIR, O_KVB, O_KVM, O_SEQS, O_STEP, O_QUEUE, O_TP, O_PP };
+    static const struct option opts[] = {{"model", required_argument, 0, 'm'},
+                                         {"tp", required_argument, 0, O_TP},
+                                         {"pp", required_argument, 0, O_PP},
+                                         {"replicas", required_argument, 0, O_REPL},
+                                         {"port", required_argument, 0, 'p'},
+                                         {"etcd", required_argument, 0, O_ETCD},
+                                         {"dir", required_argument, 0, O_DIR},
+                                         {"threads", required_argument, 0, 'j'},
+                                         {"kv-blocks", required_argument, 0, O_KVB},
+                                         {"kv-mem", required_argument, 0, O_KVM},
+                                         {"max-seqs", required_argument, 0, O_SEQS},
+                                         {"step-tokens", required_argument, 0, O_STEP},
+                                         {"max-queue", required_argument, 0, O_QUEUE},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    static struct serve s; /* large (paths); one per process */
+    memset(&s, 0, sizeof s);
+    const char *model = getenv("TESSERA_MODEL") ? getenv("TESSERA_MODEL") : TSR_DEFAULT_MODEL;
+    const char *etcd = NULL, *dir = NULL, *kv_blocks = NULL, *kv_mem = NULL, *max_seqs = NULL,
+               *step = NULL, *queue = "256";
+    int tp = 1, pp = 1, port = 50051, threads = 0, c, rc;
+    long l;
+    double d;
+    s.replicas = 1;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "m:p:j:h", opts, NULL)) != -1) {
+        rc = 0;
+        switch (c) {
+        case 'm':
+            model = optarg;
+            break;
+        case O_TP:
+            if (!(rc = tsr_cli_int("--tp", optarg, 1, 1024, &l))) tp = l;
+            break;
+        case O_PP:
+            if (!(rc = tsr_cli_int("--pp", optarg, 1, 1024, &l))) pp = l;
+            break;
+        case O_REPL:
+            if (!(rc = tsr_cli_int("--replicas", optarg, 1, MAX_REPLICAS, &l))) s.replicas = l;
+            break;
+        case 'p':
+            if (!(rc = tsr_cli_int("--port", optarg, 1, 65535, &l))) port = l;
+            break;
+        case O_ETCD:
+            etcd = optarg;
+            break;
+        case O_DIR:
+            dir = optarg;
+            break;
+        case 'j':
+            if (!(rc = tsr_cli_int("--threads", optarg, 1, 1024, &l))) threads = l;
+            break;
+        case O_KVB:
+            if (!(rc = tsr_cli_int("--kv-blocks", optarg, 1, 1 << 24, &l))) kv_blocks = optarg;
+            break;
+        case O_KVM:
+            if (!(rc = tsr_cli_float("--kv-mem", optarg, 1e-3, 1 << 20, &d))) kv_mem = optarg;
+            break;
+        case O_SEQS:
+            if (!(rc = tsr_cli_int("--max-seqs", optarg, 1, 4096, &l))) max_seqs = optarg;
+            break;
+        case O_STEP:
+            if (!(rc = tsr_cli_int("--step-tokens", optarg, 1, 1 << 16, &l))) step = optarg;
+            break;
+        case O_QUEUE:
+            if (!(rc = tsr_cli_int("--max-queue", optarg, 1, 1 << 20, &l))) queue = optarg;
+            break;
+        case 'h':
+            serve_usage(stdout);
+            return 0;
+        default:
+            serve_usage(stderr);
+            return 2;
+        }
+        if (rc) return rc;
+    }
+    if (optind < argc) {
+        fprintf(stderr, "tessera serve: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    /* Children run elsewhere in the tree: give them absolute paths. */
+    char model_abs[PATH_MAX];
+    if (strncmp(model, "synthetic:", 10) && realpath(model, model_abs))
+        model = model_abs;
+    else if (strncmp(model, "synthetic:", 10)) {
+        fprintf(stderr,
+                "tessera serve: model %s: %s (run scripts/fetch_model.sh for the default)\n", model,
+                strerror(errno));
+        return 2;
+    }
+    ssize_t len = readlink("/proc/self/exe", s.exe, sizeof s.exe - 1);
+    if (len <= 0) {
+        fprintf(stderr, "tessera serve: cannot find my own executable\n");
+        return 1;
+    }
+    s.exe[len] = 0;
+    if (dir) {
+        char real[PATH_MAX];
+        mkdir(dir, 0755);
+        if (!realpath(dir, real) || strlen(real) >= sizeof s.dir) {
+            fprintf(stderr, "tessera serve: --dir %s: %s\n", dir,
+                    errno ? strerror(errno) : "path too long");
+            return 2;
+        }
+        memcpy(s.dir, real, strlen(real) + 1);
+    } else {
+        snprintf(s.dir, sizeof s.dir, "/tmp/tessera-serve.XXXXXX");
+        if (!mkdtemp(s.dir)) {
+            fprintf(stderr, "tessera serve: cannot make a directory in /tmp: %s\n",
+                    strerror(errno));
+            return 1;
+        }
+    }
+    tsr_cli_catch_signals();
+    if (etcd)
+        snprintf(s.etcd, sizeof s.etcd, "%s", etcd);
+    else {
+        fprintf(stderr, "tessera serve: starting etcd\n");
+        if (tsr_etcd_server_start(s.dir, &s.etcd_srv)) {
+            fprintf(stderr, "tessera serve: %s\n", tsr_last_error());
+            return 1;
+        }
+        snprintf(s.etcd, sizeof s.etcd, "%s", s.etcd_srv.endpoint);
+    }
+    snprintf(s.address, sizeof s.address, "127.0.0.1:%d", port);
+    if (!threads) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        long ranks = (long)s.replicas * tp * pp;
+        threads = cores > ranks ? (int)(cores / ranks) : 1;
+    }
+    static char tp_s[16], pp_s[16], threads_s[16];
+    snprintf(tp_s, sizeof tp_s, "%d", tp);
+    snprintf(pp_s, sizeof pp_s, "%d", pp);
+    snprintf(threads_s, sizeof threads_s, "%d", threads);
+
+    struct child *co = &s.coord;
+    snprintf(co->name, sizeof co->name, "coordinator");
+    snprintf(co->log, sizeof co->log, "%s/coordinator.log", s.dir);
+    char **a = co->argv;
+    int k = 0;
+    const char *cargs[] = {s.exe,         "coordinator", "--etcd", s.etcd,         "--model", model,
+                           "--listen",    s.address,     "--tp",   tp_s,           "--pp",    pp_s,
+                           "--max-queue", queue,         "--id",   "coordinator-0"};
+    for (size_t i = 0; i < sizeof cargs / sizeof *cargs; i++) a[k++] = (char *)cargs[i];
+    a[k] = NULL;
+    for (int r = 0; r < s.replicas; r++) {
+        struct child *w = &s.workers[r];
+        snprintf(w->name, sizeof w->name, "w%d", r);
+        snprintf(w->log, sizeof w->log, "%s/worker-%d.log", s.dir, r);
+        a = w->argv;
+        k = 0;
+        const char *wargs[] = {s.exe,  "worker", "--etcd",    s.etcd,   "--model",
+                               model,  "--id",   w->name,     "--tp",   tp_s,
+                               "--pp", pp_s,     "--threads", threads_s};
+        for (size_t i = 0; i < sizeof wargs / sizeof *wargs; i++) a[k++] = (char *)wargs[i];
+        if (kv_blocks) a[k++] = "--kv-blocks", a[k++] = (char *)kv_blocks;
+        if (kv_mem) a[k++] = "--kv-mem", a[k++] = (char *)kv_mem;
+        if (max_seqs) a[k++] = "--max-seqs", a[k++] = (char *)max_seqs;
+        if (step) a[k++] = "--step-tokens", a[k++] = (char *)step;
+        a[k] = NULL;
+    }
+    if (spawn(co) < 0) goto fail_spawn;
+    for (int r = 0; r < s.replicas; r++)
+        if (spawn(&s.workers[r]) < 0) goto fail_spawn;
+    write_state(&s);
+
+    /* Wait for every replica, showing progress; a worker that fails to start is restarted. */
+    tsr_rpc_channel_t *ch = tsr_rpc_channel_new(s.address);
+    double t0 = tsr_now(), last_note = 0;
+    int ready = 0, shown = -1;
+    while (!tsr_cli_stop_requested() && !cluster_ready(ch, s.replicas, &ready)) {
+        supervise(&s);
+        if (ready != shown || tsr_now() - last_note > 10) {
+            fprintf(stderr, "tessera serve: %d of %d replicas ready (%.0f s)\n", ready, s.replicas,
+                    tsr_now() - t0);
+            shown = ready;
+            last_note = tsr_now();
+        }
+        if (tsr_now() - t0 > 600) {
+            fprintf(stderr,
+                    "tessera serve: the cluster did not become ready in 10 minutes; "
+                    "see the logs in %s\n",
+                    s.dir);
+            tsr_rpc_channel_free(ch);
+            stop_all(&s);
+            return 1;
+        }
+        usleep(200 * 1000);
+    }
+    tsr_rpc_channel_free(ch);
+    if (!tsr_cli_stop_requested()) {
+        printf("tessera: serving %s on %s with %d replica%s (tp %d x pp %d); etcd %s; logs in %s\n",
+               model, s.address, s.replicas, s.replicas == 1 ? "" : "s", tp, pp, s.etcd, s.dir);
+        fflush(stdout);
+    }
+    while (!tsr_cli_stop_requested() && !s.etcd_died) {
+        supervise(&s);
+        usleep(100 * 1000);
+    }
+    fprintf(stderr, "tessera serve: stopping\n");
+    stop_all(&s);
+    return s.etcd_died ? 1 : 0;
+fail_spawn:
+    fprintf(stderr, "tessera serve: cannot start a process: %s\n", strerror(errno));
+    stop_all(&s);
+    return 1;
+}

@@ -1,0 +1,290 @@
+/* `tessera worker`: one worker unit (DESIGN §1). A unit is the tp x pp ranks of one group,
+ * started together (under mpirun when there are several); rank 0 is the leader: it runs the
+ * engine and the Worker service, registers the unit in etcd and publishes its group as ready once
+ * the controller assigned it. The other ranks follow the leader's steps. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/etcd.h"
+#include "common/log.h"
+#include "common/status.h"
+#include "kernels/backend.h"
+#include "model/model.h"
+#include "tools/cli.h"
+#include "worker/engine.h"
+#include "worker/group.h"
+#include "worker/leader.h"
+#include "worker/member.h"
+
+struct worker_args {
+    const char *model, *etcd, *id, *listen, *prefix;
+    int threads, tp, pp, kv_blocks, max_seqs, step_tokens, ttl;
+    double kv_mem;
+};
+
+static void worker_usage(FILE *f)
+{
+    fprintf(f,
+            "usage: tessera worker [--model M] [--etcd URL] [--id ID] [--listen HOST:PORT]\n"
+            "                      [--tp N] [--pp M] [--threads N] [--kv-blocks N | --kv-mem GB]\n"
+            "                      [--max-seqs N] [--step-tokens N] [--prefix P] [--ttl S]\n\n"
+            "  --etcd         register in this etcd and serve the group the controller assigns;\n"
+            "                 without it the worker just serves its Worker API on --listen\n"
+            "  --id           this unit's name in etcd (default w<pid>)\n"
+            "  --listen       the leader's Worker service (default 127.0.0.1:0, any port)\n"
+            "  --kv-blocks    KV cache size in 16-position blocks (default from --kv-mem)\n"
+            "  --kv-mem       KV cache size in GiB (default 10%% of available memory, at most 2)\n"
+            "  --max-seqs     sequences in the running batch (default 64); more wait\n"
+            "  --step-tokens  token budget of one step (default 256)\n"
+            "  --ttl          etcd lease TTL in seconds (default 3): how long a dead worker\n"
+            "                 can stay in routing\n");
+}
+
+static int parse_args(int argc, char **argv, struct worker_args *a)
+{
+    enum { O_KVB = 256, O_KVM, O_SEQS, O_STEP, O_PREFIX, O_TTL, O_TP, O_PP };
+    static const struct option opts[] = {{"model", required_argument, 0, 'm'},
+                                         {"etcd", required_argument, 0, 'e'},
+                                         {"id", required_argument, 0, 'i'},
+                                         {"listen", required_argument, 0, 'l'},
+                                         {"threads", required_argument, 0, 'j'},
+                                         {"kv-blocks", required_argument, 0, O_KVB},
+                                         {"kv-mem", required_argument, 0, O_KVM},
+                                         {"max-seqs", required_argument, 0, O_SEQS},
+                                         {"step-tokens", required_argument, 0, O_STEP},
+                                         {"prefix", required_argument, 0, O_PREFIX},
+                                         {"ttl", required_argument, 0, O_TTL},
+                                         {"tp", required_argument, 0, O_TP},
+                                         {"pp", required_argument, 0, O_PP},
+                                         {"help", no_argument, 0, 'h'},
+                                         {0, 0, 0, 0}};
+    memset(a, 0, sizeof *a);
+    a->model = getenv("TESSERA_MODEL") ? getenv("TESSERA_MODEL") : TSR_DEFAULT_MODEL;
+    a->listen = "127.0.0.1:0";
+    a->prefix = "/tessera";
+    a->tp = a->pp = 1;
+    a->max_seqs = 64;
+    a->step_tokens = 256;
+    a->ttl = 3;
+    long l;
+    double d;
+    int c, rc;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "m:e:i:l:j:h", opts, NULL)) != -1) {
+        rc = 0;
+        switch (c) {
+        case 'm':
+            a->model = optarg;
+            break;
+        case 'e':
+            a->etcd = optarg;
+            break;
+        case 'i':
+            a->id = optarg;
+            break;
+        case 'l':
+            a->listen = optarg;
+            break;
+        case 'j':
+            if (!(rc = tsr_cli_int("--threads", optarg, 1, 1024, &l))) a->threads = l;
+            break;
+        case O_KVB:
+            if (!(rc = tsr_cli_int("--kv-blocks", optarg, 1, 1 << 24, &l))) a->kv_blocks = l;
+            break;
+        case O_KVM:
+            if (!(rc = tsr_cli_float("--kv-mem", optarg, 1e-3, 1 << 20, &d))) a->kv_mem = d;
+            break;
+        case O_SEQS:
+            if (!(rc = tsr_cli_int("--max-seqs", optarg, 1, 4096, &l))) a->max_seqs = l;
+            break;
+        case O_STEP:
+            if (!(rc = tsr_cli_int("--step-tokens", optarg, 1, 1 << 16, &l))) a->step_tokens = l;
+            break;
+        case O_PREFIX:
+            a->prefix = optarg;
+            break;
+        case O_TTL:
+            if (!(rc = tsr_cli_int("--ttl", optarg, 1, 3600, &l))) a->ttl = l;
+            break;
+        case O_TP:
+            if (!(rc = tsr_cli_int("--tp", optarg, 1, 1024, &l))) a->tp = l;
+            break;
+        case O_PP:
+            if (!(rc = tsr_cli_int("--pp", optarg, 1, 1024, &l))) a->pp = l;
+            break;
+        case 'h':
+            worker_usage(stdout);
+            exit(0);
+        default:
+            worker_usage(stderr);
+            return 2;
+        }
+        if (rc) return rc;
+    }
+    if (optind < argc) {
+        fprintf(stderr, "tessera worker: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    return 0;
+}
+
+/* Bytes of available memory (MemAvailable), or 0 if unknown. */
+static double mem_available(void)
+{
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (!f) return 0;
+    char line[256];
+    double kb = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "MemAvailable: %lf kB", &kb) == 1) break;
+    fclose(f);
+    return kb * 1024;
+}
+
+/* KV blocks: --kv-blocks, or --kv-mem (default 10% of available memory, at most 2 GiB) over the
+ * bytes of one block on this rank (f32 K and V of every layer; KV heads split over tp). */
+static int kv_blocks(const struct worker_args *a, const struct tsr_model_config *c, int block)
+{
+    if (a->kv_blocks) return a->kv_blocks;
+    double mem = a->kv_mem * 1073741824.0;
+    if (mem <= 0) {
+        mem = mem_available() * 0.10;
+        if (mem <= 0 || mem > 2147483648.0) mem = 2147483648.0;
+    }
+    int kv_heads = c->n_kv_head >= a->tp ? c->n_kv_head / a->tp : 1;
+    int layers = (c->n_layer + a->pp - 1) / a->pp;
+    double per_block = 2.0 * layers * kv_heads * c->head_dim * sizeof(float) * block;
+    double n = mem / per_block;
+    return n > 1 << 24 ? 1 << 24 : (int)n;
+}
+
+int tsr_cmd_worker(int argc, char **argv)
+{
+    struct worker_args a;
+    int rc = parse_args(argc, argv, &a);
+    if (rc) return rc;
+    int ranks = a.tp * a.pp;
+    if (ranks > 1 && !tsr_group_under_mpi()) {
+        tsr_model_t *m;
+        if ((rc = tsr_model_open(a.model, &m)) || (rc = tsr_group_check(m, a.tp, a.pp))) {
+            fprintf(stderr, "tessera worker: %s\n", tsr_last_error());
+            tsr_model_free(m);
+            return rc == TSR_EINVAL ? 2 : 1;
+        }
+        tsr_model_free(m);
+        return tsr_cli_relaunch_mpi("worker", ranks, argc, argv);
+    }
+    tsr_cli_catch_signals();
+    char idbuf[64];
+    if (!a.id) {
+        snprintf(idbuf, sizeof idbuf, "w%d", (int)getpid());
+        a.id = idbuf;
+    }
+    struct tsr_group group = {0};
+    int exit_code = 1;
+    tsr_model_t *m = NULL;
+    tsr_backend_t *b = NULL;
+    tsr_engine_t *e = NULL;
+    tsr_leader_t *l = NULL;
+    tsr_etcd_t *etcd = NULL;
+    tsr_member_t *mem = NULL;
+    double t0 = tsr_now();
+    if ((rc = tsr_model_open(a.model, &m))) {
+        fprintf(stderr, "tessera worker: %s\n", tsr_last_error());
+        exit_code = rc == TSR_EINVAL ? 2 : 1;
+        goto out;
+    }
+    if (ranks > 1 && (rc = tsr_group_join_mpi(m, a.tp, a.pp, &group))) {
+        fprintf(stderr, "tessera worker: %s\n", tsr_last_error());
+        exit_code = rc == TSR_EINVAL ? 2 : 1;
+        goto out;
+    }
+    if (!a.threads && ranks > 1) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        a.threads = cores > ranks ? (int)(cores / ranks) : 1;
+    }
+    if (!(b = tsr_backend_cpu_new(a.threads))) {
+        fprintf(stderr, "tessera worker: %s\n", tsr_last_error());
+        goto out;
+    }
+    const struct tsr_model_config *c = tsr_model_config(m);
+    int block = 16;
+    struct tsr_engine_opts eo = {.n_blocks = kv_blocks(&a, c, block),
+                                 .block_size = block,
+                                 .max_step_tokens = a.step_tokens,
+                                 .max_seqs = a.max_seqs,
+                                 .max_context = c->n_ctx_train,
+                                 .shard = ranks > 1 ? &group.shard : NULL};
+    if (ranks > 1 && group.rank != 0) {
+        struct tsr_runner_opts ro = {eo.n_blocks, eo.block_size, eo.max_step_tokens};
+        tsr_runner_t *r = NULL;
+        if ((rc = tsr_runner_new(m, b, &ro, &group.shard, &r)) || (rc = tsr_runner_follow(r)))
+            fprintf(stderr, "tessera worker: rank %d: %s\n", group.rank, tsr_last_error());
+        tsr_runner_free(r);
+        exit_code = rc ? 1 : 0;
+        goto out;
+    }
+    if ((rc = tsr_engine_new(m, b, &eo, &e))) {
+        fprintf(stderr, "tessera worker: %s\n", tsr_last_error());
+        goto out;
+    }
+    int port = 0;
+    if ((rc = tsr_leader_start(e, a.listen, &l, &port))) {
+        fprintf(stderr, "tessera worker: %s\n", tsr_last_error());
+        goto out;
+    }
+    char addr[256];
+    snprintf(addr, sizeof addr, "%s", a.listen);
+    char *colon = strrchr(addr, ':');
+    if (colon) snprintf(colon + 1, sizeof addr - (size_t)(colon + 1 - addr), "%d", port);
+    tsr_log_info("worker %s: %s (tp %d x pp %d) loaded in %.1f s; KV cache %d blocks of %d; "
+                 "Worker service on %s",
+                 a.id, tsr_model_name(m), a.tp, a.pp, tsr_now() - t0, eo.n_blocks, block, addr);
+    if (a.etcd) {
+        struct tsr_member_opts mo = {.prefix = a.prefix,
+                                     .id = a.id,
+                                     .addr = addr,
+                                     .model = tsr_model_name(m),
+                                     .ranks = ranks,
+                                     .tp = a.tp,
+                                     .pp = a.pp,
+                                     .ttl_s = a.ttl};
+        if ((rc = tsr_etcd_open(a.etcd, &etcd)) || (rc = tsr_member_join(etcd, &mo, &mem))) {
+            fprintf(stderr, "tessera worker: etcd %s: %s\n", a.etcd, tsr_last_error());
+            goto out;
+        }
+    }
+    exit_code = 0;
+    while (!tsr_cli_stop_requested()) {
+        if (mem && tsr_member_lost(mem)) {
+            fprintf(stderr, "tessera worker %s: lost the etcd lease; exiting to re-register\n",
+                    a.id);
+            exit_code = 3;
+            break;
+        }
+        if (tsr_leader_failed(l)) {
+            fprintf(stderr, "tessera worker %s: the group failed; exiting\n", a.id);
+            exit_code = 4;
+            break;
+        }
+        usleep(100 * 1000);
+    }
+    tsr_log_info("worker %s: stopping", a.id);
+out:
+    tsr_member_leave(mem); /* leave routing first: nobody sends us more work */
+    tsr_etcd_close(etcd);
+    tsr_leader_stop(l);
+    if (ranks > 1 && exit_code != 0) {
+        /* Leave without finalizing MPI: mpirun then ends the other ranks. */
+        fflush(stdout);
+        _exit(exit_code);
+    }
+    tsr_engine_free(e); /* on the leader of a group, this also stops the followers */
+    tsr_backend_free(b);
+    tsr_group_leave(&group);
+    tsr_model_free(m);
+    return exit_code;
+}

@@ -1,0 +1,440 @@
+#include "worker/leader.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/log.h"
+#include "common/rpc.h"
+#include "common/status.h"
+#include "tessera/v1/worker.pb-c.h"
+
+/* One Worker.Generate call: shared by its handler thread and the engine thread, under l->mu. The
+ * handler frees it once the engine thread has let go (released). */
+struct lreq {
+    struct lreq *next; /* in the waiting list */
+    struct tsr_request r;
+    int32_t *prompt, *stop_ids;
+    int64_t id;    /* the engine's, once admitted */
+    int admitted;  /* in the engine */
+    int cancel;    /* the handler asks the engine thread to end it */
+    int released;  /* the engine thread is done with it: finish is final */
+    int32_t *toks; /* produced, not yet sent: [0, n_toks) */
+    float *lps;
+    int n_toks, cap;
+    enum tsr_finish finish;
+    int err_code; /* a gRPC code when the leader refused or failed it */
+    char err[256];
+    pthread_cond_t cv;
+};
+
+struct tsr_leader {
+    tsr_engine_t *e;
+    tsr_rpc_server_t *srv;
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t work;                  /* the engine thread waits here when idle */
+    struct lreq *waiting, **waiting_tail; /* arrived, not admitted yet: arrival order */
+    struct lreq **live;                   /* admitted, indexed by slot; n_live entries */
+    int n_live, cap_live;
+    int stop, failed;
+    char fail_msg[256];
+    struct tsr_engine_stats stats; /* a copy for Stats, refreshed after each step */
+    int n_waiting;
+    uint64_t max_batch, joined_running;
+};
+
+static void finish_req(struct lreq *q, enum tsr_finish f, int code, const char *msg)
+{
+    q->finish = f;
+    q->err_code = code;
+    if (msg) snprintf(q->err, sizeof q->err, "%s", msg);
+    q->released = 1;
+    pthread_cond_signal(&q->cv);
+}
+
+static int live_add(struct tsr_leader *l, struct lreq *q)
+{
+    if (l->n_live == l->cap_live) {
+        int cap = l->cap_live ? 2 * l->cap_live : 64;
+        struct lreq **g = realloc(l->live, (size_t)cap * sizeof *g);
+        if (!g) return TSR_ENOMEM;
+        l->live = g;
+        l->cap_live = cap;
+    }
+    l->live[l->n_live++] = q;
+    return 0;
+}
+
+static struct lreq *live_take(struct tsr_leader *l, int64_t id, int remove)
+{
+    for (int i = 0; i < l->n_live; i++)
+        if (l->live[i]->id == id) {
+            struct lreq *q = l->live[i];
+            if (remove) l->live[i] = l->live[--l->n_live];
+            return q;
+        }
+    return NULL;
+}
+
+/* Under l->mu: admits waiting requests while the engine takes them (arrival order), and passes
+ * cancellations on. */
+static void admit(struct tsr_leader *l)
+{
+    struct lreq **pp = &l->waiting;
+    while (*pp) {
+        struct lreq *q = *pp;
+        if (q->cancel) {
+            *pp = q->next;
+            l->n_waiting--;
+            finish_req(q, TSR_FINISH_CANCELLED, 0, NULL);
+            continue;
+        }
+        int running = l->stats.n_running > 0 || l->n_live > 0;
+        int rc = tsr_engine_add(l->e, &q->r, &q->id);
+        if (rc == TSR_EEXHAUSTED) break; /* max_seqs running: wait for one to end */
+        *pp = q->next;
+        l->n_waiting--;
+        if (rc == 0 && live_add(l, q) == 0) {
+            q->admitted = 1;
+            if (running) l->joined_running++;
+        } else if (rc == 0) {
+            tsr_engine_cancel(l->e, q->id);
+            finish_req(q, TSR_FINISH_ERROR, TSR_RPC_RESOURCE_EXHAUSTED, "leader out of memory");
+        } else {
+            int code =
+                rc == TSR_EINVAL || rc == TSR_ERANGE ? TSR_RPC_INVALID_ARGUMENT : TSR_RPC_INTERNAL;
+            finish_req(q, TSR_FINISH_ERROR, code, tsr_last_error());
+        }
+    }
+    while (*pp) pp = &(*pp)->next;
+    l->waiting_tail = pp;
+    for (int i = 0; i < l->n_live; i++)
+        if (l->live[i]->cancel) tsr_engine_cancel(l->e, l->live[i]->id);
+}
+
+static int push_token(struct lreq *q, int32_t tok, float lp)
+{
+    if (q->n_toks == q->cap) {
+        int cap = q->cap ? 2 * q->cap : 16;
+        int32_t *t = realloc(q->toks, (size_t)cap * sizeof *t);
+        if (!t) return TSR_ENOMEM;
+        q->toks = t;
+        float *p = realloc(q->lps, (size_t)cap * sizeof *p);
+        if (!p) return TSR_ENOMEM;
+        q->lps = p;
+        q->cap = cap;
+    }
+    q->toks[q->n_toks] = tok;
+    q->lps[q->n_toks++] = lp;
+    return 0;
+}
+
+/* Every request still held by the engine thread ends with code (the group is stopping or broken).
+ */
+static void fail_all(struct tsr_leader *l, int code, const char *msg)
+{
+    for (int i = 0; i < l->n_live; i++) finish_req(l->live[i], TSR_FINISH_ERROR, code, msg);
+    l->n_live = 0;
+    for (struct lreq *q = l->waiting; q;) {
+        struct lreq *n = q->next;
+        finish_req(q, TSR_FINISH_ERROR, code, msg);
+        q = n;
+    }
+    l->waiting = NULL;
+    l->waiting_tail = &l->waiting;
+    l->n_waiting = 0;
+}
+
+static void *engine_main(void *arg)
+{
+    struct tsr_leader *l = arg;
+    int cap = 0;
+    struct tsr_token_event *ev = NULL;
+    pthread_mutex_lock(&l->mu);
+    while (!l->stop) {
+        admit(l);
+        if (l->n_live == 0) {
+            pthread_cond_wait(&l->work, &l->mu);
+            continue;
+        }
+        if (cap < l->n_live + 1) {
+            cap = 2 * (l->n_live + 1);
+            struct tsr_token_event *g = realloc(ev, (size_t)cap * sizeof *g);
+            if (!g) {
+                fail_all(l, TSR_RPC_RESOURCE_EXHAUSTED, "leader out of memory");
+                continue;
+            }
+            ev = g;
+        }
+        if ((uint64_t)l->n_live > l->max_batch) l->max_batch = (uint64_t)l->n_live;
+        pthread_mutex_unlock(&l->mu);
+        int n_ev = 0;
+        int rc = tsr_engine_step(l->e, ev, cap, &n_ev);
+        pthread_mutex_lock(&l->mu);
+        if (rc) {
+            /* A step failed: on a group, a rank is gone or broken; nothing more can run. */
+            l->failed = rc;
+            snprintf(l->fail_msg, sizeof l->fail_msg, "the worker group failed: %s",
+                     tsr_last_error());
+            tsr_log_error("leader: %s", l->fail_msg);
+            fail_all(l, TSR_RPC_UNAVAILABLE, l->fail_msg);
+            break;
+        }
+        for (int i = 0; i < n_ev; i++) {
+            struct lreq *q = live_take(l, ev[i].id, ev[i].finish != TSR_FINISH_NONE);
+            if (!q) continue;
+            if (ev[i].token >= 0 && push_token(q, ev[i].token, ev[i].logprob)) {
+                tsr_engine_cancel(l->e, q->id);
+                finish_req(q, TSR_FINISH_ERROR, TSR_RPC_RESOURCE_EXHAUSTED, "out of memory");
+                live_take(l, ev[i].id, 1);
+                continue;
+            }
+            if (ev[i].finish != TSR_FINISH_NONE)
+                finish_req(q, ev[i].finish, 0, NULL);
+            else
+                pthread_cond_signal(&q->cv);
+        }
+        tsr_engine_get_stats(l->e, &l->stats);
+    }
+    if (l->stop) fail_all(l, TSR_RPC_UNAVAILABLE, "the worker is shutting down");
+    pthread_mutex_unlock(&l->mu);
+    free(ev);
+    return NULL;
+}
+
+static Tessera__V1__FinishReason finish_pb(enum tsr_finish f)
+{
+    switch (f) {
+    case TSR_FINISH_STOP:
+        return TESSERA__V1__FINISH_REASON__FINISH_REASON_STOP;
+    case TSR_FINISH_LENGTH:
+        return TESSERA__V1__FINISH_REASON__FINISH_REASON_LENGTH;
+    case TSR_FINISH_CANCELLED:
+        return TESSERA__V1__FINISH_REASON__FINISH_REASON_CANCELLED;
+    case TSR_FINISH_ERROR:
+        return TESSERA__V1__FINISH_REASON__FINISH_REASON_ERROR;
+    default:
+        return TESSERA__V1__FINISH_REASON__FINISH_REASON_UNSPECIFIED;
+    }
+}
+
+static struct lreq *req_from_pb(const Tessera__V1__WorkerGenerateRequest *m)
+{
+    struct lreq *q = calloc(1, sizeof *q);
+    if (!q) return NULL;
+    pthread_cond_init(&q->cv, NULL);
+    q->prompt = malloc((m->n_prompt_ids ? m->n_prompt_ids : 1) * sizeof *q->prompt);
+    q->stop_ids = malloc((m->n_stop_ids ? m->n_stop_ids : 1) * sizeof *q->stop_ids);
+    if (!q->prompt || !q->stop_ids) {
+        free(q->prompt);
+        free(q->stop_ids);
+        free(q);
+        return NULL;
+    }
+    if (m->n_prompt_ids) memcpy(q->prompt, m->prompt_ids, m->n_prompt_ids * sizeof *q->prompt);
+    if (m->n_stop_ids) memcpy(q->stop_ids, m->stop_ids, m->n_stop_ids * sizeof *q->stop_ids);
+    struct tsr_sampling sp = tsr_sampling_default();
+    if (m->has_temperature) sp.temperature = m->temperature;
+    if (m->has_top_k) sp.top_k = m->top_k;
+    if (m->has_top_p) sp.top_p = m->top_p;
+    if (m->has_min_p) sp.min_p = m->min_p;
+    if (m->has_repetition_penalty) sp.repetition_penalty = m->repetition_penalty;
+    if (m->has_seed) sp.seed = m->seed;
+    q->r = (struct tsr_request){.prompt = q->prompt,
+                                .n_prompt = m->n_prompt_ids > INT32_MAX ? -1 : (int)m->n_prompt_ids,
+                                .sampling = sp,
+                                .max_tokens = m->has_max_tokens ? m->max_tokens : 128,
+                                .ignore_eos = m->has_ignore_eos && m->ignore_eos,
+                                .stop_ids = q->stop_ids,
+                                .n_stop_ids = (int)m->n_stop_ids};
+    return q;
+}
+
+static void req_free(struct lreq *q)
+{
+    pthread_cond_destroy(&q->cv);
+    free(q->prompt);
+    free(q->stop_ids);
+    free(q->toks);
+    free(q->lps);
+    free(q);
+}
+
+/* Sends what the engine produced for q so far; *done when q is over. Called without l->mu. */
+static void stream_req(struct tsr_leader *l, tsr_rpc_call_t *call, struct lreq *q)
+{
+    int32_t *toks = NULL;
+    float *lps = NULL;
+    int cancelled = 0, send_failed = 0;
+    for (;;) {
+        pthread_mutex_lock(&l->mu);
+        while (q->n_toks == 0 && !q->released) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += 20 * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            if (pthread_cond_timedwait(&q->cv, &l->mu, &ts) == ETIMEDOUT) break;
+        }
+        int n = q->n_toks, released = q->released;
+        int32_t *t = n ? realloc(toks, (size_t)n * sizeof *toks) : toks;
+        float *p = n ? realloc(lps, (size_t)n * sizeof *lps) : lps;
+        if (t) toks = t;
+        if (p) lps = p;
+        if (n && t && p) {
+            memcpy(toks, q->toks, (size_t)n * sizeof *toks);
+            memcpy(lps, q->lps, (size_t)n * sizeof *lps);
+            q->n_toks = 0;
+        } else {
+            n = 0;
+        }
+        pthread_mutex_unlock(&l->mu);
+        if (!released && !cancelled && tsr_rpc_call_cancelled(call, 0)) {
+            /* the client (a coordinator) cancelled, went away or its deadline passed */
+            cancelled = 1;
+            pthread_mutex_lock(&l->mu);
+            q->cancel = 1;
+            pthread_cond_signal(&l->work);
+            pthread_mutex_unlock(&l->mu);
+        }
+        if (n || released) {
+            Tessera__V1__WorkerGenerateResponse m = TESSERA__V1__WORKER_GENERATE_RESPONSE__INIT;
+            m.n_token_ids = m.n_logprobs = (size_t)n;
+            m.token_ids = toks;
+            m.logprobs = lps;
+            if (released && !q->err_code) {
+                m.has_finish_reason = 1;
+                m.finish_reason = finish_pb(q->finish);
+            }
+            if (!cancelled && !send_failed && (n || m.has_finish_reason) &&
+                tsr_rpc_call_send_pb(call, &m.base))
+                send_failed = 1;
+        }
+        if (released) break;
+    }
+    if (q->err_code)
+        tsr_rpc_call_finish(call, q->err_code, q->err);
+    else
+        tsr_rpc_call_finish(call, cancelled ? TSR_RPC_CANCELLED : TSR_RPC_OK, NULL);
+    free(toks);
+    free(lps);
+}
+
+static void handle_generate(tsr_rpc_call_t *call, void *arg)
+{
+    struct tsr_leader *l = arg;
+    Tessera__V1__WorkerGenerateRequest *m =
+        (Tessera__V1__WorkerGenerateRequest *)tsr_rpc_call_unpack(
+            call, &tessera__v1__worker_generate_request__descriptor);
+    if (!m) {
+        tsr_rpc_call_finish(call, TSR_RPC_INVALID_ARGUMENT, "malformed WorkerGenerateRequest");
+        return;
+    }
+    struct lreq *q = req_from_pb(m);
+    protobuf_c_message_free_unpacked(&m->base, NULL);
+    if (!q) {
+        tsr_rpc_call_finish(call, TSR_RPC_RESOURCE_EXHAUSTED, "leader out of memory");
+        return;
+    }
+    pthread_mutex_lock(&l->mu);
+    if (l->failed || l->stop) {
+        pthread_mutex_unlock(&l->mu);
+        tsr_rpc_call_finish(call, TSR_RPC_UNAVAILABLE,
+                            l->failed ? l->fail_msg : "the worker is shutting down");
+        req_free(q);
+        return;
+    }
+    *l->waiting_tail = q;
+    l->waiting_tail = &q->next;
+    l->n_waiting++;
+    pthread_cond_signal(&l->work);
+    pthread_mutex_unlock(&l->mu);
+    stream_req(l, call, q);
+    req_free(q);
+}
+
+static void handle_stats(tsr_rpc_call_t *call, void *arg)
+{
+    struct tsr_leader *l = arg;
+    Tessera__V1__WorkerStats s = TESSERA__V1__WORKER_STATS__INIT;
+    pthread_mutex_lock(&l->mu);
+    s.has_n_blocks = s.has_n_free_blocks = s.has_n_running = s.has_n_waiting = 1;
+    s.has_steps = s.has_prompt_tokens = s.has_decode_tokens = s.has_preemptions = 1;
+    s.has_max_batch = s.has_joined_running = 1;
+    s.n_blocks = l->stats.n_blocks;
+    s.n_free_blocks = l->stats.n_free_blocks;
+    s.n_running = l->n_live;
+    s.n_waiting = l->n_waiting;
+    s.steps = l->stats.steps;
+    s.prompt_tokens = l->stats.prompt_tokens;
+    s.decode_tokens = l->stats.decode_tokens;
+    s.preemptions = l->stats.preemptions;
+    s.max_batch = l->max_batch;
+    s.joined_running = l->joined_running;
+    pthread_mutex_unlock(&l->mu);
+    tsr_rpc_call_send_pb(call, &s.base);
+    tsr_rpc_call_finish(call, TSR_RPC_OK, NULL);
+}
+
+int tsr_leader_start(tsr_engine_t *e, const char *listen, tsr_leader_t **out, int *port)
+{
+    struct tsr_leader *l = calloc(1, sizeof *l);
+    if (!l) return tsr_errorf(TSR_ENOMEM, "out of memory");
+    l->e = e;
+    l->waiting_tail = &l->waiting;
+    pthread_mutex_init(&l->mu, NULL);
+    pthread_cond_init(&l->work, NULL);
+    tsr_engine_get_stats(e, &l->stats);
+    int rc;
+    if (pthread_create(&l->thread, NULL, engine_main, l)) {
+        rc = tsr_errorf(TSR_EINTERNAL, "leader: cannot start the engine thread");
+        goto fail_thread;
+    }
+    const struct tsr_rpc_method methods[] = {
+        {"/tessera.v1.Worker/Generate", handle_generate, l},
+        {"/tessera.v1.Worker/Stats", handle_stats, l},
+    };
+    if ((rc = tsr_rpc_server_start(listen, methods, 2, 4096, &l->srv, port))) goto fail_srv;
+    *out = l;
+    return 0;
+fail_srv:
+    pthread_mutex_lock(&l->mu);
+    l->stop = 1;
+    pthread_cond_signal(&l->work);
+    pthread_mutex_unlock(&l->mu);
+    pthread_join(l->thread, NULL);
+fail_thread:
+    pthread_mutex_destroy(&l->mu);
+    pthread_cond_destroy(&l->work);
+    free(l);
+    return rc;
+}
+
+void tsr_leader_stop(tsr_leader_t *l)
+{
+    if (!l) return;
+    pthread_mutex_lock(&l->mu);
+    l->stop = 1;
+    pthread_cond_signal(&l->work);
+    pthread_mutex_unlock(&l->mu);
+    pthread_join(l->thread, NULL); /* ends every request: handlers then finish their calls */
+    tsr_rpc_server_stop(l->srv);
+    pthread_mutex_destroy(&l->mu);
+    pthread_cond_destroy(&l->work);
+    free(l->live);
+    free(l);
+}
+
+int tsr_leader_failed(tsr_leader_t *l)
+{
+    pthread_mutex_lock(&l->mu);
+    int f = l->failed;
+    pthread_mutex_unlock(&l->mu);
+    return f;
+}
