@@ -5,6 +5,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <math.h>
+#include <pthread.h>
+#include <unistd.h>
 #include <jansson.h>
 
 #include "common/status.h"
@@ -317,6 +319,68 @@ static int synthetic_shape(const struct tsr_model_config *c, const char *name, i
     return 1;
 }
 
+/* Rows [r0, r1) of a synthetic tensor: element (r, c) depends only on the seed and r * cols + c,
+ * so rows can be made in any order by any thread. */
+struct gen_job {
+    enum tsr_dtype t;
+    int is_norm;
+    uint64_t seed;
+    float scale;
+    int64_t cols, r0, r1;
+    size_t row_bytes;
+    char *data; /* row 0 of the tensor */
+    int failed;
+};
+
+static void *gen_rows(void *arg)
+{
+    struct gen_job *j = arg;
+    float *tmp = malloc((size_t)j->cols * sizeof *tmp);
+    if (!tmp) {
+        j->failed = 1;
+        return NULL;
+    }
+    for (int64_t r = j->r0; r < j->r1; r++) {
+        for (int64_t c = 0; c < j->cols; c++) {
+            uint64_t u = mix64(j->seed + (uint64_t)(r * j->cols + c));
+            float x = (float)((double)(u >> 11) * (2.0 / 9007199254740992.0) - 1.0) * j->scale;
+            tmp[c] = j->is_norm ? 1.0f + x : x;
+        }
+        tsr_quantize_row(j->t, tmp, j->data + (size_t)r * j->row_bytes, j->cols);
+    }
+    free(tmp);
+    return NULL;
+}
+
+enum { GEN_MAX_THREADS = 32, GEN_ROWS_PER_THREAD = 256 };
+
+/* Generates the rows with up to one thread per core (the 8B shape is 8e9 values: minutes on
+ * one core). Returns 0, or -1 when out of memory. */
+static int gen_tensor(struct gen_job *whole, int64_t rows)
+{
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    int64_t nt = rows / GEN_ROWS_PER_THREAD;
+    if (nt > cores) nt = cores;
+    if (nt > GEN_MAX_THREADS) nt = GEN_MAX_THREADS;
+    if (nt < 1) nt = 1;
+    struct gen_job jobs[GEN_MAX_THREADS];
+    pthread_t th[GEN_MAX_THREADS];
+    int started[GEN_MAX_THREADS] = {0}, failed = 0;
+    for (int64_t i = 0; i < nt; i++) {
+        jobs[i] = *whole;
+        jobs[i].r0 = rows * i / nt;
+        jobs[i].r1 = rows * (i + 1) / nt;
+        started[i] = i > 0 && !pthread_create(&th[i], NULL, gen_rows, &jobs[i]);
+        if (i > 0 && !started[i]) gen_rows(&jobs[i]); /* no thread: do it here */
+    }
+    gen_rows(&jobs[0]);
+    for (int64_t i = 0; i < nt; i++) {
+        if (started[i]) pthread_join(th[i], NULL);
+        failed |= jobs[i].failed;
+    }
+    return failed ? -1 : 0;
+}
+
 static int synthetic_tensor(tsr_model_t *m, const char *name, struct tsr_tensor_view *out)
 {
     for (struct owned_tensor *o = m->owned; o; o = o->next)
@@ -335,26 +399,21 @@ static int synthetic_tensor(tsr_model_t *m, const char *name, struct tsr_tensor_
         return tsr_errorf(TSR_EINVAL, "%s: %lld columns do not divide into %s blocks", m->name,
                           (long long)cols, tsr_dtype_name(t));
     struct owned_tensor *o = calloc(1, sizeof *o);
-    float *tmp = malloc((size_t)cols * sizeof *tmp);
     void *data = malloc(row_bytes * (size_t)rows);
     char *nm = strdup(name);
-    if (!o || !tmp || !data || !nm) {
-        free(o), free(tmp), free(data), free(nm);
+    /* Uniform in ±sqrt(3/cols): unit-variance outputs for unit-variance inputs. */
+    struct gen_job job = {.t = t,
+                          .is_norm = is_norm,
+                          .seed = m->synth_seed ^ name_hash(name),
+                          .scale = is_norm ? 0.1f : sqrtf(3.0f / (float)cols),
+                          .cols = cols,
+                          .row_bytes = row_bytes,
+                          .data = data};
+    if (!o || !data || !nm || gen_tensor(&job, rows)) {
+        free(o), free(data), free(nm);
         return tsr_errorf(TSR_ENOMEM, "%s: out of memory generating '%s' (%zu bytes)", m->name,
                           name, row_bytes * (size_t)rows);
     }
-    /* Uniform in ±sqrt(3/cols): unit-variance outputs for unit-variance inputs. */
-    uint64_t seed = m->synth_seed ^ name_hash(name);
-    float scale = is_norm ? 0.1f : sqrtf(3.0f / (float)cols);
-    for (int64_t r = 0; r < rows; r++) {
-        for (int64_t c = 0; c < cols; c++) {
-            uint64_t u = mix64(seed + (uint64_t)(r * cols + c));
-            float x = (float)((double)(u >> 11) * (2.0 / 9007199254740992.0) - 1.0) * scale;
-            tmp[c] = is_norm ? 1.0f + x : x;
-        }
-        tsr_quantize_row(t, tmp, (char *)data + (size_t)r * row_bytes, cols);
-    }
-    free(tmp);
     o->name = nm;
     o->v = (struct tsr_tensor_view){t, rows, cols, data, row_bytes * (size_t)rows, 0};
     o->next = m->owned;

@@ -1,11 +1,28 @@
-/* `tessera bench`: prompt and decode speed of one sequence on this machine, the numbers a
- * benchmark script sets beside a peer's. Prompt tokens are a fixed pseudo-random sequence (the
- * same ids every run), decoding is greedy and ignores end-of-generation tokens, each repeat
- * starts from an empty cache, and the median of the repeats is reported after one warm-up. */
+/* `tessera bench`: speed and agreement of a model on this machine.
+ *
+ * Three modes:
+ * - default: prompt and decode speed of one sequence through the engine, the numbers a benchmark
+ *   script sets beside a peer's. Prompt tokens are a fixed pseudo-random sequence (the same ids
+ *   every run), decoding is greedy and ignores end-of-generation tokens, each repeat starts from
+ *   an empty cache, and the median of the repeats is reported after one warm-up.
+ * - --batches B,B,...: decode throughput at each batch size (B sequences of --context tokens each,
+ *   one token per sequence per step, greedy on the device) and the prefill rate of one
+ *   --prefill-tokens prompt, driven through the runner. On a GPU each row also gives the fraction
+ *   of the memory roofline (weight and KV bytes a step must read, over the device-to-device copy
+ *   bandwidth measured in the same run) and the prefill its fraction of the bf16 GEMM rate
+ *   measured in the same run.
+ * - --agree: teacher-forced argmax of a fixed token sequence (the model's own text when it has a
+ *   tokenizer, pseudo-random ids otherwise): the first half as one prompt step with logits for
+ *   every position, the rest one decode step per token. Compared with the same on --ref-device,
+ *   or with ids saved by --save-ids in an earlier run (--ref-ids), e.g. TP=1 against TP=4.
+ *   Exits 1 when the agreement is under --min-agree.
+ * --tp N runs the model sharded over N ranks (relaunched under mpirun, one GPU each with cuda). */
 #include <getopt.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/log.h"
 #include "common/status.h"
@@ -13,6 +30,21 @@
 #include "model/model.h"
 #include "tools/cli.h"
 #include "worker/engine.h"
+#include "worker/group.h"
+#if TSR_HAVE_CUDA
+#include "kernels/cuda/cuda_backend.h"
+#endif
+
+enum { MAX_BATCHES = 16, BLOCK = 16 };
+
+struct bench_args {
+    const char *model, *device, *ref_device, *save_ids, *ref_ids;
+    long n_prompt, n_gen, repeats, threads, tp;
+    int n_batches, batches[MAX_BATCHES];
+    long context, steps, prefill_tokens;
+    int agree;
+    double min_agree;
+};
 
 static int cmp_double(const void *a, const void *b)
 {
@@ -20,12 +52,30 @@ static int cmp_double(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+static double median(double *v, long n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+/* The same pseudo-random ids every run. */
+static void fill_ids(int32_t *ids, long n, int vocab, uint32_t seed)
+{
+    uint32_t s = seed;
+    for (long i = 0; i < n; i++) {
+        s = s * 1664525u + 1013904223u;
+        ids[i] = (int32_t)((s >> 8) % (uint32_t)vocab);
+    }
+}
+
+/* ---- default mode: one sequence through the engine ---- */
+
 /* One run: returns prompt and decode seconds. */
 static int run_once(tsr_model_t *m, tsr_backend_t *b, const int32_t *prompt, int n_prompt,
                     int n_gen, double *t_prompt, double *t_decode)
 {
-    struct tsr_engine_opts eo = {.n_blocks = (n_prompt + n_gen + 15) / 16,
-                                 .block_size = 16,
+    struct tsr_engine_opts eo = {.n_blocks = (n_prompt + n_gen + BLOCK - 1) / BLOCK,
+                                 .block_size = BLOCK,
                                  .max_step_tokens = n_prompt,
                                  .max_seqs = 1};
     tsr_engine_t *e;
@@ -53,88 +103,602 @@ out:
     return rc;
 }
 
-int tsr_cmd_bench(int argc, char **argv)
+static int bench_engine(const struct bench_args *a, tsr_model_t *m, tsr_backend_t *b)
 {
+    long n_prompt = a->n_prompt, repeats = a->repeats;
+    int32_t *prompt = malloc((size_t)n_prompt * sizeof *prompt);
+    double *tp = malloc((size_t)repeats * sizeof *tp), *td = malloc((size_t)repeats * sizeof *td);
+    int rc = TSR_ENOMEM;
+    if (!prompt || !tp || !td) goto out;
+    fill_ids(prompt, n_prompt, tsr_model_config(m)->n_vocab, 12345);
+    double w0, w1;
+    if ((rc = run_once(m, b, prompt, (int)n_prompt, (int)a->n_gen, &w0, &w1))) goto out;
+    for (long r = 0; r < repeats; r++)
+        if ((rc = run_once(m, b, prompt, (int)n_prompt, (int)a->n_gen, &tp[r], &td[r]))) goto out;
+    printf("{\"engine\":\"tessera\",\"model\":\"%s\",\"device\":\"%s\",\"threads\":%ld,"
+           "\"prompt_tokens\":%ld,\"gen_tokens\":%ld,\"repeats\":%ld,\"prompt_tps\":%.2f,"
+           "\"decode_tps\":%.2f}\n",
+           a->model, a->device, a->threads, n_prompt, a->n_gen, repeats,
+           n_prompt / median(tp, repeats), 1.0 / median(td, repeats));
+out:
+    free(prompt);
+    free(tp);
+    free(td);
+    return rc;
+}
+
+/* ---- steps over many sequences ---- */
+
+/* n_seqs sequences of up to max_blocks blocks each; sequence s owns blocks s * max_blocks ... */
+struct seqs {
+    int n_seqs, max_blocks;
+    int32_t *block_tables;
+    int32_t *ids, *pos, *seq, *out_rows; /* (max_tokens) step arrays */
+};
+
+static int seqs_init(struct seqs *s, int n_seqs, int max_blocks, int max_tokens)
+{
+    memset(s, 0, sizeof *s);
+    s->n_seqs = n_seqs;
+    s->max_blocks = max_blocks;
+    s->block_tables = malloc((size_t)n_seqs * max_blocks * sizeof(int32_t));
+    s->ids = malloc((size_t)max_tokens * sizeof(int32_t));
+    s->pos = malloc((size_t)max_tokens * sizeof(int32_t));
+    s->seq = malloc((size_t)max_tokens * sizeof(int32_t));
+    s->out_rows = malloc((size_t)max_tokens * sizeof(int32_t));
+    if (!s->block_tables || !s->ids || !s->pos || !s->seq || !s->out_rows)
+        return tsr_errorf(TSR_ENOMEM, "out of memory for step arrays");
+    for (size_t i = 0; i < (size_t)n_seqs * max_blocks; i++) s->block_tables[i] = (int32_t)i;
+    return 0;
+}
+
+static void seqs_free(struct seqs *s)
+{
+    free(s->block_tables);
+    free(s->ids);
+    free(s->pos);
+    free(s->seq);
+    free(s->out_rows);
+}
+
+static struct tsr_step seqs_step(const struct seqs *s, int n_tokens, int n_out)
+{
+    return (struct tsr_step){.n_tokens = n_tokens,
+                             .ids = s->ids,
+                             .pos = s->pos,
+                             .seq = s->seq,
+                             .n_seqs = s->n_seqs,
+                             .max_blocks = s->max_blocks,
+                             .block_tables = s->block_tables,
+                             .n_out = n_out,
+                             .out_rows = s->out_rows};
+}
+
+/* ---- --batches: decode throughput and prefill rate ---- */
+
+struct ceilings {
+    double copy_bps;   /* device-to-device copy, bytes read + written per second; 0: unknown */
+    double gemm_flops; /* bf16 GEMM FLOP/s; 0: unknown */
+};
+
+static int measure_ceilings(tsr_backend_t *b, struct ceilings *c)
+{
+    memset(c, 0, sizeof *c);
+#if TSR_HAVE_CUDA
+    if (!strcmp(tsr_backend_name(b), "cuda")) {
+        int rc = tsr_cuda_measure_copy(b, (size_t)2 << 30, &c->copy_bps);
+        if (!rc) rc = tsr_cuda_measure_gemm(b, 8192, 8192, 8192, &c->gemm_flops);
+        return rc;
+    }
+#endif
+    (void)b;
+    return 0;
+}
+
+/* Bytes of weights a decode step reads: all but the embedding table (B rows of it). */
+static double weight_read_bytes(tsr_model_t *m, tsr_runner_t *r)
+{
+    double w = (double)tsr_runner_weight_bytes(r);
+    struct tsr_tensor_view v;
+    if (!tsr_model_config(m)->tied_embeddings && !tsr_model_tensor(m, "token_embd.weight", &v))
+        w -= (double)v.nbytes;
+    return w;
+}
+
+/* Multiply-adds of the matmuls per token (weights other than the embedding table). */
+static double matmul_params(const struct tsr_model_config *c)
+{
+    double q = (double)c->n_head * c->head_dim, kv = (double)c->n_kv_head * c->head_dim;
+    double layer = c->dim * (q + 2 * kv) + q * c->dim + 3.0 * c->dim * c->ffn_dim;
+    return layer * c->n_layer + (double)c->n_vocab * c->dim;
+}
+
+static int bench_batches(const struct bench_args *a, tsr_model_t *m, tsr_backend_t *b)
+{
+    const struct tsr_model_config *c = tsr_model_config(m);
+    int max_b = 0;
+    for (int i = 0; i < a->n_batches; i++)
+        if (a->batches[i] > max_b) max_b = a->batches[i];
+    int ctx = (int)a->context, steps = (int)a->steps, warm = 3;
+    int seq_len = ctx + warm + steps, pf = (int)a->prefill_tokens;
+    /* Sequence q < max_b owns blocks q * sb ... (sb blocks each); the prefill prompt's sequence,
+     * the last one, the pf_blocks after them. The table is as wide as the longer of the two. */
+    int sb = (seq_len + BLOCK - 1) / BLOCK, pf_blocks = (pf + BLOCK - 1) / BLOCK;
+    int mb = sb > pf_blocks ? sb : pf_blocks;
+    int max_tokens = pf > 2048 ? pf : 2048;
+    if (max_tokens < max_b) max_tokens = max_b;
+    struct tsr_runner_opts ro = {max_b * sb + pf_blocks, BLOCK, max_tokens};
+    struct ceilings lim;
+    struct seqs s;
+    tsr_runner_t *r = NULL;
+    int rc = measure_ceilings(b, &lim);
+    if (rc) return rc;
+    double t0 = tsr_now();
+    if ((rc = tsr_runner_new(m, b, &ro, NULL, &r))) return rc;
+    fprintf(stderr, "tessera bench: weights %.2f GB, KV cache %.2f GB, scratch %.2f GB (%.1f s)\n",
+            tsr_runner_weight_bytes(r) / 1e9, tsr_runner_kv_bytes(r) / 1e9,
+            tsr_runner_scratch_bytes(r) / 1e9, tsr_now() - t0);
+    if ((rc = seqs_init(&s, max_b + 1, mb, max_tokens))) goto out;
+    for (int q = 0; q <= max_b; q++)
+        for (int j = 0; j < mb; j++)
+            s.block_tables[(size_t)q * mb + j] =
+                q < max_b ? (j < sb ? q * sb + j : 0) : (j < pf_blocks ? max_b * sb + j : 0);
+    /* Fill every sequence's first ctx positions, several sequences per step. */
+    t0 = tsr_now();
+    int32_t *prompt = malloc((size_t)ctx * sizeof *prompt);
+    if (!prompt) {
+        rc = tsr_errorf(TSR_ENOMEM, "out of memory");
+        goto out;
+    }
+    int per_step = max_tokens / ctx > 0 ? max_tokens / ctx : 1;
+    for (int s0 = 0; s0 < max_b && !rc; s0 += per_step) {
+        int n = 0;
+        for (int q = s0; q < max_b && q < s0 + per_step; q++) {
+            fill_ids(prompt, ctx, c->n_vocab, 777u + (uint32_t)q);
+            for (int p = 0; p < ctx; p++, n++) {
+                s.ids[n] = prompt[p];
+                s.pos[n] = p;
+                s.seq[n] = q;
+            }
+        }
+        struct tsr_step st = seqs_step(&s, n, 0);
+        rc = tsr_runner_forward_argmax(r, &st, NULL);
+    }
+    free(prompt);
+    if (rc) goto out;
+    fprintf(stderr, "tessera bench: filled %d sequences of %d tokens in %.1f s\n", max_b, ctx,
+            tsr_now() - t0);
+    double kv_row = 2.0 * c->n_layer * c->n_kv_head * c->head_dim * sizeof(float);
+    double w_read = weight_read_bytes(m, r);
+    printf("| batch | context | step ms | tok/s | GB/step | roofline ms | fraction |\n");
+    printf("| ----: | ------: | ------: | ----: | ------: | ----------: | -------: |\n");
+    for (int i = 0; i < a->n_batches; i++) {
+        int B = a->batches[i];
+        double t_start = 0, kv_bytes = 0;
+        for (int q = 0; q < B; q++) s.ids[q] = (int32_t)((q * 7919) % c->n_vocab);
+        for (int k = 0; k < warm + steps && !rc; k++) {
+            if (k == warm) t_start = tsr_now();
+            for (int q = 0; q < B; q++) {
+                s.pos[q] = ctx + k;
+                s.seq[q] = q;
+                s.out_rows[q] = q;
+            }
+            if (k >= warm) kv_bytes += (double)B * (ctx + k + 1) * kv_row;
+            struct tsr_step st = seqs_step(&s, B, B);
+            rc = tsr_runner_forward_argmax(r, &st, s.ids); /* the next step's inputs */
+        }
+        if (rc) goto out;
+        double step = (tsr_now() - t_start) / steps, bytes = w_read + kv_bytes / steps;
+        /* Reading B bytes at the copy's rate (bytes read + written per second) takes B / rate. */
+        double ideal = lim.copy_bps > 0 ? bytes / lim.copy_bps : 0;
+        printf("| %5d | %7d | %7.3f | %5.0f | %7.2f | %11.3f | %8.2f |\n", B, ctx, step * 1e3,
+               B / step, bytes / 1e9, ideal * 1e3, ideal > 0 ? ideal / step : 0.0);
+        fflush(stdout);
+    }
+    /* Prefill: one prompt of pf tokens in one step, logits for its last token. */
+    int32_t *pp = malloc((size_t)pf * sizeof *pp);
+    double *tp = malloc((size_t)a->repeats * sizeof *tp);
+    if (!pp || !tp) {
+        free(pp), free(tp);
+        rc = tsr_errorf(TSR_ENOMEM, "out of memory");
+        goto out;
+    }
+    fill_ids(pp, pf, c->n_vocab, 4242);
+    for (long k = -1; k < a->repeats && !rc; k++) { /* k = -1: warm-up */
+        for (int p = 0; p < pf; p++) {
+            s.ids[p] = pp[p];
+            s.pos[p] = p;
+            s.seq[p] = max_b;
+        }
+        s.out_rows[0] = pf - 1;
+        int32_t next;
+        struct tsr_step st = seqs_step(&s, pf, 1);
+        double t = tsr_now();
+        rc = tsr_runner_forward_argmax(r, &st, &next);
+        if (k >= 0) tp[k] = tsr_now() - t;
+    }
+    free(pp);
+    if (!rc) {
+        double t = median(tp, a->repeats);
+        double flops = 2.0 * matmul_params(c) * pf +
+                       2.0 * 2.0 * c->n_layer * c->n_head * c->head_dim * (double)pf * (pf + 1) / 2;
+        printf("\nprefill %d tokens: %.1f ms, %.0f tok/s, %.1f TFLOP/s", pf, t * 1e3, pf / t,
+               flops / t / 1e12);
+        if (lim.gemm_flops > 0)
+            printf(", %.2f of the bf16 GEMM rate (%.0f TFLOP/s)", flops / t / lim.gemm_flops,
+                   lim.gemm_flops / 1e12);
+        printf("\n");
+        if (lim.copy_bps > 0)
+            printf("device-to-device copy: %.2f TB/s (bytes read + written)\n",
+                   lim.copy_bps / 1e12);
+    }
+    free(tp);
+out:
+    seqs_free(&s);
+    tsr_runner_free(r);
+    return rc;
+}
+
+/* ---- --agree: teacher-forced argmax ---- */
+
+/* The model's own text, for models with a tokenizer: real text makes peaked distributions. */
+static const char agree_text[] =
+    "The history of the printing press begins in the fifteenth century, when Johannes Gutenberg "
+    "combined a screw press with movable metal type, an oil-based ink and a mould for casting "
+    "letters quickly and accurately. Before him, books were copied by hand or printed from carved "
+    "wooden blocks, which made them slow to produce and expensive to buy. Within fifty years, "
+    "presses were working in more than two hundred cities across Europe, and millions of volumes "
+    "had been printed. Scholars could compare identical copies of a text, scientists could share "
+    "their measurements, and ordinary people began to read pamphlets, calendars and news sheets. "
+    "Historians still argue about how much the press changed religion and politics, but few "
+    "doubt that it changed the speed at which ideas could travel from one mind to another.";
+
+static int agree_ids(tsr_model_t *m, long n, int32_t *ids)
+{
+    const tsr_tokenizer_t *tok = tsr_model_tokenizer(m);
+    if (!tok) {
+        fill_ids(ids, n, tsr_model_config(m)->n_vocab, 2024);
+        return 0;
+    }
+    int32_t *t = NULL;
+    size_t nt = 0;
+    int rc = tsr_tokenizer_encode(tok, agree_text, strlen(agree_text), tsr_tokenizer_wants_bos(tok),
+                                  0, &t, &nt);
+    if (rc) return rc;
+    for (long i = 0; i < n; i++) ids[i] = t[(size_t)i % nt];
+    free(t);
+    return 0;
+}
+
+/* argmax[i] = the greedy prediction after tokens 0..i of ids: tokens 0..n/2 in one step, then
+ * one decode step per token. */
+static int teacher_forced(tsr_runner_t *r, const int32_t *ids, int n, int32_t *argmax)
+{
+    struct seqs s;
+    int half = n / 2 > 0 ? n / 2 : 1, rc = seqs_init(&s, 1, (n + BLOCK - 1) / BLOCK, n);
+    for (int p = 0; p < half && !rc; p++) {
+        s.ids[p] = ids[p];
+        s.pos[p] = p;
+        s.seq[p] = 0;
+        s.out_rows[p] = p;
+    }
+    if (!rc) {
+        struct tsr_step st = seqs_step(&s, half, half);
+        rc = tsr_runner_forward_argmax(r, &st, argmax);
+    }
+    for (int p = half; p < n && !rc; p++) {
+        s.ids[0] = ids[p];
+        s.pos[0] = p;
+        s.out_rows[0] = 0;
+        struct tsr_step st = seqs_step(&s, 1, 1);
+        rc = tsr_runner_forward_argmax(r, &st, argmax + p);
+    }
+    seqs_free(&s);
+    return rc;
+}
+
+static struct tsr_runner_opts agree_opts(const struct bench_args *a)
+{
+    return (struct tsr_runner_opts){(int)(a->n_prompt + BLOCK - 1) / BLOCK, BLOCK,
+                                    (int)a->n_prompt};
+}
+
+static int run_agree(const struct bench_args *a, tsr_model_t *m, tsr_backend_t *b,
+                     const struct tsr_runner_shard *sh, const int32_t *ids, int32_t *argmax)
+{
+    struct tsr_runner_opts ro = agree_opts(a);
+    tsr_runner_t *r;
+    double t0 = tsr_now();
+    int rc = tsr_runner_new(m, b, &ro, sh, &r);
+    if (rc) return rc;
+    double t1 = tsr_now();
+    rc = teacher_forced(r, ids, (int)a->n_prompt, argmax);
+    fprintf(stderr, "tessera bench: %s: load %.1f s, %ld teacher-forced positions %.1f s\n",
+            tsr_backend_name(b), t1 - t0, a->n_prompt, tsr_now() - t1);
+    tsr_runner_free(r);
+    return rc;
+}
+
+static int read_ids(const char *path, int32_t *ids, long n)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return tsr_errorf(TSR_EIO, "cannot open %s", path);
+    long i = 0;
+    while (i < n && fscanf(f, "%d", &ids[i]) == 1) i++;
+    fclose(f);
+    return i == n ? 0 : tsr_errorf(TSR_EFORMAT, "%s holds %ld ids, %ld wanted", path, i, n);
+}
+
+static int bench_agree(const struct bench_args *a, tsr_model_t *m, tsr_backend_t *b,
+                       const struct tsr_runner_shard *sh)
+{
+    long n = a->n_prompt;
+    int32_t *ids = malloc((size_t)n * sizeof *ids), *got = malloc((size_t)n * sizeof *got);
+    int32_t *ref = malloc((size_t)n * sizeof *ref);
+    tsr_backend_t *rb = NULL;
+    int rc = TSR_ENOMEM;
+    if (!ids || !got || !ref) goto out;
+    if ((rc = agree_ids(m, n, ids)) || (rc = run_agree(a, m, b, sh, ids, got))) goto out;
+    if (a->save_ids) {
+        FILE *f = fopen(a->save_ids, "w");
+        if (!f) {
+            rc = tsr_errorf(TSR_EIO, "cannot write %s", a->save_ids);
+            goto out;
+        }
+        for (long i = 0; i < n; i++) fprintf(f, "%d\n", got[i]);
+        fclose(f);
+    }
+    const char *against = a->ref_ids ? a->ref_ids : a->ref_device;
+    if (a->ref_ids) {
+        if ((rc = read_ids(a->ref_ids, ref, n))) goto out;
+    } else if (a->ref_device) {
+        if ((rc = tsr_group_backend(NULL, a->ref_device, (int)a->threads, &rb)) ||
+            (rc = run_agree(a, m, rb, NULL, ids, ref)))
+            goto out;
+    } else {
+        printf("{\"model\":\"%s\",\"device\":\"%s\",\"tp\":%ld,\"positions\":%ld}\n", a->model,
+               a->device, a->tp, n);
+        goto out;
+    }
+    long same = 0, same_prompt = 0, half = n / 2 > 0 ? n / 2 : 1;
+    for (long i = 0; i < n; i++) {
+        same += got[i] == ref[i];
+        same_prompt += i < half && got[i] == ref[i];
+    }
+    double agree = (double)same / (double)n;
+    printf("{\"model\":\"%s\",\"device\":\"%s\",\"tp\":%ld,\"against\":\"%s\",\"positions\":%ld,"
+           "\"agree\":%.4f,\"agree_prompt_step\":%.4f,\"agree_decode_steps\":%.4f}\n",
+           a->model, a->device, a->tp, against, n, agree, (double)same_prompt / (double)half,
+           n > half ? (double)(same - same_prompt) / (double)(n - half) : 1.0);
+    if (agree < a->min_agree) {
+        fprintf(stderr, "tessera bench: agreement %.4f is under %.4f\n", agree, a->min_agree);
+        rc = 1;
+    }
+out:
+    tsr_backend_free(rb);
+    free(ids);
+    free(got);
+    free(ref);
+    return rc;
+}
+
+/* ---- arguments ---- */
+
+static void bench_usage(FILE *f)
+{
+    fprintf(f, "usage: tessera bench [--model M] [--device cpu|cuda[:N]] [--threads T] [--tp N]\n"
+               "                     [--prompt-tokens N] [--gen-tokens N] [--repeats R]\n"
+               "                     [--batches 1,8,64,256 [--context C] [--steps S]\n"
+               "                      [--prefill-tokens P]]\n"
+               "                     [--agree [--ref-device D | --ref-ids FILE] [--save-ids FILE]\n"
+               "                      [--min-agree F]]\n\n"
+               "Default: one JSON line, median prompt and decode tokens/s of one sequence.\n"
+               "--batches: decode tokens/s at each batch size (sequences of C tokens, S steps)\n"
+               "  and the prefill rate of one P-token prompt; on a GPU, fractions of the memory\n"
+               "  roofline and of the bf16 GEMM rate measured in the same run.\n"
+               "--agree: teacher-forced argmax over --prompt-tokens positions against another\n"
+               "  device or saved ids; exits 1 under --min-agree (default 0.99).\n");
+}
+
+static int parse_batches(const char *s, struct bench_args *a)
+{
+    a->n_batches = 0;
+    while (*s) {
+        char *end;
+        long v = strtol(s, &end, 10);
+        if (end == s || v < 1 || v > 4096 || a->n_batches == MAX_BATCHES) {
+            fprintf(stderr, "tessera bench: --batches: bad list near '%s'\n", s);
+            return 2;
+        }
+        a->batches[a->n_batches++] = (int)v;
+        s = end;
+        if (*s == ',') s++;
+    }
+    return a->n_batches ? 0 : 2;
+}
+
+static int parse_args(int argc, char **argv, struct bench_args *a)
+{
+    enum {
+        O_DEVICE = 256,
+        O_TP,
+        O_BATCHES,
+        O_CONTEXT,
+        O_STEPS,
+        O_PREFILL,
+        O_AGREE,
+        O_REFDEV,
+        O_REFIDS,
+        O_SAVE,
+        O_MIN
+    };
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                          {"prompt-tokens", required_argument, 0, 'p'},
                                          {"gen-tokens", required_argument, 0, 'n'},
                                          {"repeats", required_argument, 0, 'r'},
                                          {"threads", required_argument, 0, 'j'},
+                                         {"device", required_argument, 0, O_DEVICE},
+                                         {"tp", required_argument, 0, O_TP},
+                                         {"batches", required_argument, 0, O_BATCHES},
+                                         {"context", required_argument, 0, O_CONTEXT},
+                                         {"steps", required_argument, 0, O_STEPS},
+                                         {"prefill-tokens", required_argument, 0, O_PREFILL},
+                                         {"agree", no_argument, 0, O_AGREE},
+                                         {"ref-device", required_argument, 0, O_REFDEV},
+                                         {"ref-ids", required_argument, 0, O_REFIDS},
+                                         {"save-ids", required_argument, 0, O_SAVE},
+                                         {"min-agree", required_argument, 0, O_MIN},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
-    const char *model = getenv("TESSERA_MODEL") ? getenv("TESSERA_MODEL") : TSR_DEFAULT_MODEL;
-    long n_prompt = 128, n_gen = 64, repeats = 5, threads = 0;
+    memset(a, 0, sizeof *a);
+    a->model = getenv("TESSERA_MODEL") ? getenv("TESSERA_MODEL") : TSR_DEFAULT_MODEL;
+    a->device = "cpu";
+    a->n_prompt = 128;
+    a->n_gen = 64;
+    a->repeats = 5;
+    a->tp = 1;
+    a->context = 512;
+    a->steps = 32;
+    a->prefill_tokens = 2048;
+    a->min_agree = 0.99;
     int c, rc;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:p:n:r:j:h", opts, NULL)) != -1) {
         rc = 0;
         switch (c) {
         case 'm':
-            model = optarg;
+            a->model = optarg;
             break;
         case 'p':
-            rc = tsr_cli_int("--prompt-tokens", optarg, 1, 8192, &n_prompt);
+            rc = tsr_cli_int("--prompt-tokens", optarg, 2, 8192, &a->n_prompt);
             break;
         case 'n':
-            rc = tsr_cli_int("--gen-tokens", optarg, 2, 8192, &n_gen);
+            rc = tsr_cli_int("--gen-tokens", optarg, 2, 8192, &a->n_gen);
             break;
         case 'r':
-            rc = tsr_cli_int("--repeats", optarg, 1, 1000, &repeats);
+            rc = tsr_cli_int("--repeats", optarg, 1, 1000, &a->repeats);
             break;
         case 'j':
-            rc = tsr_cli_int("--threads", optarg, 1, 1024, &threads);
+            rc = tsr_cli_int("--threads", optarg, 1, 1024, &a->threads);
+            break;
+        case O_DEVICE:
+            a->device = optarg;
+            break;
+        case O_TP:
+            rc = tsr_cli_int("--tp", optarg, 1, 1024, &a->tp);
+            break;
+        case O_BATCHES:
+            rc = parse_batches(optarg, a);
+            break;
+        case O_CONTEXT:
+            rc = tsr_cli_int("--context", optarg, 1, 1 << 20, &a->context);
+            break;
+        case O_STEPS:
+            rc = tsr_cli_int("--steps", optarg, 1, 1 << 16, &a->steps);
+            break;
+        case O_PREFILL:
+            rc = tsr_cli_int("--prefill-tokens", optarg, 1, 1 << 16, &a->prefill_tokens);
+            break;
+        case O_AGREE:
+            a->agree = 1;
+            break;
+        case O_REFDEV:
+            a->ref_device = optarg;
+            break;
+        case O_REFIDS:
+            a->ref_ids = optarg;
+            break;
+        case O_SAVE:
+            a->save_ids = optarg;
+            break;
+        case O_MIN:
+            rc = tsr_cli_float("--min-agree", optarg, 0, 1, &a->min_agree);
             break;
         case 'h':
-            printf("usage: tessera bench [--model M] [--prompt-tokens N] [--gen-tokens N] "
-                   "[--repeats R] [--threads T]\n"
-                   "Prints one JSON line: median prompt and decode tokens/s.\n");
-            return 0;
+            bench_usage(stdout);
+            exit(0);
         default:
+            bench_usage(stderr);
             return 2;
         }
         if (rc) return rc;
     }
+    if (optind < argc) {
+        fprintf(stderr, "tessera bench: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (a->tp > 1 && !a->agree) {
+        fprintf(stderr, "tessera bench: --tp is for --agree runs\n");
+        return 2;
+    }
+    if (a->agree && a->n_batches) {
+        fprintf(stderr, "tessera bench: give one of --agree and --batches\n");
+        return 2;
+    }
+    if (a->ref_device && (a->ref_ids || a->tp > 1)) {
+        fprintf(stderr, "tessera bench: --ref-device is for one rank without --ref-ids\n");
+        return 2;
+    }
+    return 0;
+}
+
+int tsr_cmd_bench(int argc, char **argv)
+{
+    struct bench_args a;
+    int rc = parse_args(argc, argv, &a);
+    if (rc) return rc;
+    int ranks = (int)a.tp;
+    if (ranks > 1 && !tsr_group_under_mpi()) {
+        tsr_model_t *m;
+        if ((rc = tsr_model_open(a.model, &m)) || (rc = tsr_group_check(m, ranks, 1))) {
+            fprintf(stderr, "tessera bench: %s\n", tsr_last_error());
+            tsr_model_free(m);
+            return rc == TSR_EINVAL ? 2 : 1;
+        }
+        tsr_model_free(m);
+        return tsr_cli_relaunch_mpi("bench", ranks, argc, argv);
+    }
+    struct tsr_group group = {0};
     tsr_model_t *m = NULL;
     tsr_backend_t *b = NULL;
-    int32_t *prompt = NULL;
-    double *tp = NULL, *td = NULL;
     int exit_code = 1;
-    if ((rc = tsr_model_open(model, &m)) || !(b = tsr_backend_cpu_new((int)threads))) {
-        fprintf(stderr, "tessera bench: %s\n", tsr_last_error());
-        goto out;
+    if ((rc = tsr_model_open(a.model, &m))) goto fail;
+    if (ranks > 1 && (rc = tsr_group_join_mpi(m, ranks, 1, &group))) goto fail;
+    if (!a.threads && ranks > 1 && !strcmp(a.device, "cpu")) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        a.threads = cores > ranks ? cores / ranks : 1;
     }
-    int vocab = tsr_model_config(m)->n_vocab;
-    prompt = malloc((size_t)n_prompt * sizeof *prompt);
-    tp = malloc((size_t)repeats * sizeof *tp);
-    td = malloc((size_t)repeats * sizeof *td);
-    if (!prompt || !tp || !td) goto out;
-    uint32_t s = 12345;
-    for (long i = 0; i < n_prompt; i++) {
-        s = s * 1664525u + 1013904223u;
-        prompt[i] = (int32_t)((s >> 8) % (uint32_t)vocab);
-    }
-    double w0, w1;
-    if ((rc = run_once(m, b, prompt, (int)n_prompt, (int)n_gen, &w0, &w1))) { /* warm-up */
-        fprintf(stderr, "tessera bench: %s\n", tsr_last_error());
-        goto out;
-    }
-    for (long r = 0; r < repeats; r++)
-        if ((rc = run_once(m, b, prompt, (int)n_prompt, (int)n_gen, &tp[r], &td[r]))) {
-            fprintf(stderr, "tessera bench: %s\n", tsr_last_error());
-            goto out;
+    if ((rc = tsr_group_backend(ranks > 1 ? &group : NULL, a.device, (int)a.threads, &b)))
+        goto fail;
+    if (ranks > 1 && group.rank != 0) {
+        struct tsr_runner_opts ro = agree_opts(&a);
+        tsr_runner_t *r = NULL;
+        if ((rc = tsr_runner_new(m, b, &ro, &group.shard, &r)) || (rc = tsr_runner_follow(r))) {
+            tsr_runner_free(r);
+            goto fail;
         }
-    qsort(tp, (size_t)repeats, sizeof *tp, cmp_double);
-    qsort(td, (size_t)repeats, sizeof *td, cmp_double);
-    printf("{\"engine\":\"tessera\",\"model\":\"%s\",\"threads\":%ld,\"prompt_tokens\":%ld,"
-           "\"gen_tokens\":%ld,\"repeats\":%ld,\"prompt_tps\":%.2f,\"decode_tps\":%.2f}\n",
-           model, threads, n_prompt, n_gen, repeats, n_prompt / tp[repeats / 2],
-           1.0 / td[repeats / 2]);
+        tsr_runner_free(r);
+    } else if (a.agree) {
+        rc = bench_agree(&a, m, b, ranks > 1 ? &group.shard : NULL);
+        if (rc == 1) goto out; /* under the bar: said already */
+        if (rc) goto fail;
+    } else if (a.n_batches) {
+        if ((rc = bench_batches(&a, m, b))) goto fail;
+    } else if ((rc = bench_engine(&a, m, b))) {
+        goto fail;
+    }
     exit_code = 0;
+    goto out;
+fail:
+    fprintf(stderr, "tessera bench: %s\n", tsr_last_error());
+    exit_code = rc == TSR_EINVAL ? 2 : 1;
 out:
-    free(prompt);
-    free(tp);
-    free(td);
+    if (ranks > 1 && exit_code != 0) {
+        fflush(stdout);
+        exit(exit_code); /* without finalizing MPI: mpirun ends the other ranks */
+    }
     tsr_backend_free(b);
+    tsr_group_leave(&group);
     tsr_model_free(m);
     return exit_code;
 }

@@ -1,6 +1,5 @@
 /* `tessera generate`: one process, one prompt, the answer streamed to stdout and speeds to
  * stderr. The same engine a group leader runs, driven directly. */
-#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,7 +15,7 @@
 #include "worker/group.h"
 
 struct gen_args {
-    const char *model, *prompt, *prompt_ids, *system;
+    const char *model, *prompt, *prompt_ids, *system, *device;
     int chat, max_tokens, threads, ignore_eos, show_ids, tp, pp;
     struct tsr_sampling sp;
 };
@@ -29,7 +28,7 @@ static void gen_usage(FILE *f)
             "                        [--temperature T] [--top-k K] [--top-p P] [--min-p P]\n"
             "                        [--repeat-penalty R] [--seed S] [--threads N]\n"
             "                        [--prompt-ids 1,2,3] [--ignore-eos] [--show-ids]\n"
-            "                        [--tp N] [--pp M]\n\n"
+            "                        [--tp N] [--pp M] [--device cpu|cuda[:N]]\n\n"
             "  --model       a .gguf file, a Hugging Face directory, or a synthetic shape\n"
             "                (%s); default %s\n"
             "  --chat        wrap the prompt in the model's chat template\n"
@@ -37,13 +36,15 @@ static void gen_usage(FILE *f)
             "  --show-ids    print the generated token ids, one line, after the text\n"
             "  --tp, --pp    shard the model over N x M ranks (tensor x pipeline parallel),\n"
             "                launched through mpirun on this machine\n"
+            "  --device      where the model runs: cpu (default) or a GPU, cuda:N; the ranks of\n"
+            "                --tp/--pp take GPUs N, N+1, ... and talk through NCCL\n"
             "Defaults: greedy (temperature 0), max-tokens 128, threads = cores.\n",
             tsr_synthetic_names(), TSR_DEFAULT_MODEL);
 }
 
 static int parse_args(int argc, char **argv, struct gen_args *a)
 {
-    enum { O_SYSTEM = 256, O_TOPK, O_MINP, O_REP, O_IDS, O_IGNORE, O_SHOW, O_TP, O_PP };
+    enum { O_SYSTEM = 256, O_TOPK, O_MINP, O_REP, O_IDS, O_IGNORE, O_SHOW, O_TP, O_PP, O_DEVICE };
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                          {"prompt", required_argument, 0, 'p'},
                                          {"chat", no_argument, 0, 'c'},
@@ -61,11 +62,13 @@ static int parse_args(int argc, char **argv, struct gen_args *a)
                                          {"show-ids", no_argument, 0, O_SHOW},
                                          {"tp", required_argument, 0, O_TP},
                                          {"pp", required_argument, 0, O_PP},
+                                         {"device", required_argument, 0, O_DEVICE},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
     a->model = getenv("TESSERA_MODEL") ? getenv("TESSERA_MODEL") : TSR_DEFAULT_MODEL;
     a->max_tokens = 128;
+    a->device = "cpu";
     a->tp = a->pp = 1;
     a->sp = tsr_sampling_default();
     long l;
@@ -126,6 +129,9 @@ static int parse_args(int argc, char **argv, struct gen_args *a)
             break;
         case O_PP:
             if (!(rc = tsr_cli_int("--pp", optarg, 1, 1024, &l))) a->pp = l;
+            break;
+        case O_DEVICE:
+            a->device = optarg;
             break;
         case 'h':
             gen_usage(stdout);
@@ -239,12 +245,13 @@ int tsr_cmd_generate(int argc, char **argv)
         exit_code = rc;
         goto out;
     }
-    if (!a.threads && ranks > 1) { /* share the cores among the ranks */
+    if (!a.threads && ranks > 1 && !strcmp(a.device, "cpu")) { /* share the cores among ranks */
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
         a.threads = cores > ranks ? (int)(cores / ranks) : 1;
     }
-    if (!(b = tsr_backend_cpu_new(a.threads))) {
+    if ((rc = tsr_group_backend(ranks > 1 ? &group : NULL, a.device, a.threads, &b))) {
         fprintf(stderr, "tessera generate: %s\n", tsr_last_error());
+        exit_code = rc == TSR_EINVAL || rc == TSR_EUNSUPPORTED ? 2 : 1;
         goto out;
     }
     const struct tsr_model_config *c = tsr_model_config(m);

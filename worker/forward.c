@@ -8,6 +8,10 @@
 #include <unistd.h>
 
 #include "common/status.h"
+#include "worker/sampling.h"
+#if TSR_HAVE_CUDA
+#include "kernels/cuda/cuda_backend.h"
+#endif
 
 struct layer {
     struct tsr_weight attn_norm;    /* (dim) */
@@ -69,6 +73,9 @@ struct tsr_runner {
     int32_t *local_ids;   /* (T) host: ids relative to this rank's vocabulary rows, or -1 */
     void *msg;            /* host: the step message */
     size_t msg_cap;
+    float *host_logits; /* (n_out, n_vocab) host: tsr_runner_forward_argmax's when not on the
+                           device */
+    size_t host_logits_cap;
 };
 
 /* Drops the resident pages wholly inside [p, p+n) of a read-only file mapping: a column slice
@@ -133,6 +140,13 @@ static int load(tsr_runner_t *r, tsr_model_t *m, const char *name, int64_t rows,
     }
     w->buf = tsr_buf_weights(r->b, data, nbytes);
     if (!w->buf) return TSR_ENOMEM;
+    if (!tsr_buf_host(w->buf) && r->packed && r->packed->data == data) {
+        /* A device backend copied the packed slice: the host copy is no longer needed. */
+        struct packed *p = r->packed;
+        r->packed = p->next;
+        free(p->data);
+        free(p);
+    }
     w->type = v.type;
     r->weight_bytes += nbytes;
     return 0;
@@ -375,6 +389,7 @@ void tsr_runner_free(tsr_runner_t *r)
     free(r->slot);
     free(r->local_ids);
     free(r->msg);
+    free(r->host_logits);
     free(r);
 }
 
@@ -467,8 +482,21 @@ static int collect_logits(tsr_runner_t *r, int n_out, float *logits)
     return 0;
 }
 
-/* The forward pass of this rank's part. Logits land in `logits` on the last stage's ranks. */
-static int forward_local(tsr_runner_t *r, const struct tsr_step *st, float *logits)
+/* 1 when the argmax of the logits can run on the backend (one CUDA rank holding the whole
+ * vocabulary). */
+static int device_argmax(const tsr_runner_t *r)
+{
+#if TSR_HAVE_CUDA
+    return r->tp_size == 1 && !strcmp(tsr_backend_name(r->b), "cuda");
+#else
+    (void)r;
+    return 0;
+#endif
+}
+
+/* The forward pass of this rank's part. Logits land in `logits` on the last stage's ranks; with
+ * ids instead (device_argmax() only), their argmax per row. */
+static int forward_local(tsr_runner_t *r, const struct tsr_step *st, float *logits, int32_t *ids)
 {
     const struct tsr_model_config *c = &r->cfg;
     tsr_backend_t *b = r->b;
@@ -526,6 +554,9 @@ static int forward_local(tsr_runner_t *r, const struct tsr_step *st, float *logi
     if (st->n_out == 0) return tsr_backend_sync(b);
     TRY(tsr_op_gather_rows(b, r->h_out, r->xn, st->out_rows, st->n_out, D));
     TRY(tsr_op_matmul(b, r->logits, &r->output, r->h_out, NULL, st->n_out));
+#if TSR_HAVE_CUDA
+    if (ids) return tsr_cuda_argmax(b, r->logits, st->n_out, c->n_vocab, ids);
+#endif
     return collect_logits(r, st->n_out, logits);
 }
 
@@ -571,7 +602,7 @@ static int logits_home(const tsr_runner_t *r)
 int tsr_runner_forward(tsr_runner_t *r, const struct tsr_step *st, float *logits)
 {
     TRY(check_step(r, st));
-    if (r->world_size == 1) return forward_local(r, st, logits);
+    if (r->world_size == 1) return forward_local(r, st, logits, NULL);
     if (r->world_rank != 0)
         return tsr_errorf(TSR_EINVAL, "only the group leader (rank 0) drives steps");
     /* One message per step: a fixed header, then the arrays. */
@@ -588,7 +619,7 @@ int tsr_runner_forward(tsr_runner_t *r, const struct tsr_step *st, float *logits
            sizeof *a * (size_t)h.n_out);
     TRY(tsr_comm_broadcast_host(r->world, &h, sizeof h, 0));
     TRY(tsr_comm_broadcast_host(r->world, r->msg, n, 0));
-    TRY(forward_local(r, st, logits));
+    TRY(forward_local(r, st, logits, NULL));
     if (logits_home(r) != 0 && st->n_out > 0)
         TRY(tsr_comm_recv_host(r->world, logits, (size_t)st->n_out * r->cfg.n_vocab * sizeof(float),
                                logits_home(r)));
@@ -615,7 +646,7 @@ int tsr_runner_follow(tsr_runner_t *r)
         step_from_msg(r->msg, &st);
         /* Every rank checked the same step on the leader's side; a follower that disagrees is
          * out of step with its group, and stops. */
-        if ((rc = check_step(r, &st)) || (rc = forward_local(r, &st, logits))) break;
+        if ((rc = check_step(r, &st)) || (rc = forward_local(r, &st, logits, NULL))) break;
         if (r->world_rank == logits_home(r) && st.n_out > 0 &&
             (rc = tsr_comm_send_host(r->world, logits,
                                      (size_t)st.n_out * r->cfg.n_vocab * sizeof(float), 0)))
@@ -623,4 +654,22 @@ int tsr_runner_follow(tsr_runner_t *r)
     }
     free(logits);
     return rc;
+}
+
+int tsr_runner_forward_argmax(tsr_runner_t *r, const struct tsr_step *st, int32_t *ids)
+{
+    if (r->world_size == 1 && device_argmax(r)) {
+        TRY(check_step(r, st));
+        return forward_local(r, st, NULL, ids);
+    }
+    size_t V = (size_t)r->cfg.n_vocab, need = (size_t)(st->n_out > 0 ? st->n_out : 1) * V;
+    if (need > r->host_logits_cap) {
+        float *p = realloc(r->host_logits, need * sizeof *p);
+        if (!p) return tsr_errorf(TSR_ENOMEM, "out of memory for %zu logits", need);
+        r->host_logits = p;
+        r->host_logits_cap = need;
+    }
+    TRY(tsr_runner_forward(r, st, r->host_logits));
+    for (int i = 0; i < st->n_out; i++) ids[i] = tsr_argmax(r->host_logits + (size_t)i * V, (int)V);
+    return 0;
 }

@@ -32,7 +32,10 @@ struct tsr_step {
 
 /* One rank of a sharded group (DESIGN §2): the rank's slice of the plan and its communicators.
  * world holds every rank of the group, rank 0 the leader; tp holds the ranks of this rank's
- * pipeline stage (rank order = tp_rank). The runner keeps pointers: they must outlive it. */
+ * pipeline stage (rank order = tp_rank). tp carries the backend's buffers (all-reduce,
+ * all-gather), world the step, the logits and, with pp > 1, the activations from stage to
+ * stage: on GPUs tp is NCCL, and so is world when pp > 1 (worker/group.h). The runner keeps
+ * pointers: they must outlive it. */
 struct tsr_runner_shard {
     const struct tsr_shard_plan *plan;
     tsr_comm_t *world, *tp;
@@ -51,6 +54,10 @@ void tsr_runner_free(tsr_runner_t *r);
  * TSR_EINVAL for a bad token id, position or block id. In a sharded group only the leader calls
  * this: it sends the step to every rank (one message per step) and gets the logits back. */
 int tsr_runner_forward(tsr_runner_t *r, const struct tsr_step *st, float *logits);
+/* The same step, greedy: ids[i] = the argmax of logit row i (ties to the lowest id), for the n_out
+ * rows. On a single CUDA rank the argmax runs on the device and only the ids come back; otherwise
+ * the logits come to the host first. */
+int tsr_runner_forward_argmax(tsr_runner_t *r, const struct tsr_step *st, int32_t *ids);
 /* A follower's loop: runs every step the leader sends until the leader frees its runner.
  * Returns 0 then, or the first error. */
 int tsr_runner_follow(tsr_runner_t *r);

@@ -4,10 +4,24 @@
 #include <string.h>
 
 #include "common/status.h"
+#if TSR_HAVE_CUDA
+#include "kernels/cuda/cuda_backend.h"
+#endif
 
 int tsr_group_under_mpi(void)
 {
     return getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK");
+}
+
+int tsr_group_local_rank(void)
+{
+    static const char *vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID",
+                                 "PMIX_LOCAL_RANK"};
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        const char *v = getenv(vars[i]);
+        if (v && *v) return atoi(v);
+    }
+    return 0;
 }
 
 static int type_of(void *ctx, const char *name)
@@ -52,8 +66,54 @@ fail:
     return rc;
 }
 
+int tsr_group_use_nccl(struct tsr_group *g, int device, void *cuda_stream)
+{
+    int rc = tsr_comm_nccl_from_mpi(g->tp, device, cuda_stream, &g->nccl_tp);
+    if (!rc && g->plan.pp > 1)
+        rc = tsr_comm_nccl_from_mpi(g->world, device, cuda_stream, &g->nccl_world);
+    if (rc) return rc;
+    g->shard.tp = g->nccl_tp;
+    if (g->nccl_world) g->shard.world = g->nccl_world;
+    return 0;
+}
+
+int tsr_group_backend(struct tsr_group *g, const char *device, int threads, tsr_backend_t **out)
+{
+    *out = NULL;
+    if (!strcmp(device, "cpu")) {
+        if (!(*out = tsr_backend_cpu_new(threads))) return TSR_ENOMEM;
+        return 0;
+    }
+    long dev = 0;
+    if (strncmp(device, "cuda", 4) || (device[4] && device[4] != ':'))
+        return tsr_errorf(TSR_EINVAL, "unknown device '%s' (cpu, cuda, cuda:N)", device);
+    if (device[4]) {
+        char *end;
+        dev = strtol(device + 5, &end, 10);
+        if (end == device + 5 || *end || dev < 0 || dev > 1024)
+            return tsr_errorf(TSR_EINVAL, "bad device '%s' (cuda:N, N a GPU number)", device);
+    }
+#if TSR_HAVE_CUDA
+    int joined = g && g->world && tsr_comm_size(g->world) > 1;
+    if (joined) dev += tsr_group_local_rank();
+    if (!(*out = tsr_backend_cuda_new((int)dev))) return TSR_EIO;
+    int rc = joined ? tsr_group_use_nccl(g, (int)dev, tsr_cuda_backend_stream(*out)) : 0;
+    if (rc) {
+        tsr_backend_free(*out);
+        *out = NULL;
+    }
+    return rc;
+#else
+    (void)g;
+    return tsr_errorf(TSR_EUNSUPPORTED, "device '%s': this tessera was built without CUDA", device);
+#endif
+}
+
 void tsr_group_leave(struct tsr_group *g)
 {
+    /* NCCL first: freeing the last MPI communicator finalizes MPI. */
+    tsr_comm_free(g->nccl_world);
+    tsr_comm_free(g->nccl_tp);
     tsr_comm_free(g->tp);
     tsr_shard_plan_free(&g->plan);
     tsr_comm_free(g->world);

@@ -11,6 +11,7 @@
 
 struct tsr_group {
     tsr_comm_t *world, *tp;
+    tsr_comm_t *nccl_tp, *nccl_world; /* tsr_group_use_nccl()'s; NULL otherwise */
     struct tsr_shard_plan plan;
     struct tsr_runner_shard shard; /* points into this struct: keep it in place */
     int rank;
@@ -19,11 +20,25 @@ struct tsr_group {
 /* Joins the MPI world as one rank of a tp x pp group over model m: the world must have exactly
  * tp * pp ranks; the plan is checked against the model's tensor types. Errors say which. */
 int tsr_group_join_mpi(tsr_model_t *m, int tp, int pp, struct tsr_group *g);
+/* Puts the group's device data on NCCL, for a CUDA backend on `device` whose stream is
+ * `cuda_stream` (tsr_cuda_backend_stream()): the shard's tp becomes an NCCL communicator (the TP
+ * all-reduces and all-gathers), and with pp > 1 so does its world (the activations between
+ * stages; the step and the logits then go through NCCL's host staging). With pp = 1 the world
+ * stays MPI. Collective over the world; call after tsr_group_join_mpi(). */
+int tsr_group_use_nccl(struct tsr_group *g, int device, void *cuda_stream);
+/* This rank's backend from a device spec: "cpu" (threads <= 0: one per core), "cuda" or "cuda:N"
+ * (a group's ranks take GPUs N + their local rank). With g (joined, more than one rank) and a
+ * CUDA device, also puts the group on NCCL (tsr_group_use_nccl). TSR_EINVAL for a bad spec,
+ * TSR_EUNSUPPORTED for cuda in a build without it. Caller frees with tsr_backend_free(). */
+int tsr_group_backend(struct tsr_group *g, const char *device, int threads, tsr_backend_t **out);
 /* The same checks of the layout without MPI: TSR_EINVAL naming what does not divide. */
 int tsr_group_check(tsr_model_t *m, int tp, int pp);
 void tsr_group_leave(struct tsr_group *g);
 
 /* 1 when this process was started by mpirun or srun (an MPI launcher's rank variables are set). */
 int tsr_group_under_mpi(void);
+/* This process's rank among the launcher's ranks on this node (0 when not launched so): which
+ * GPU of the node a rank takes. */
+int tsr_group_local_rank(void);
 
 #endif

@@ -415,10 +415,33 @@ static int cuda_gather_rows(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *x, cons
     return 0;
 }
 
+int tsr_cuda_argmax(tsr_backend_t *b, tsr_buf_t *x, int n, int width, int32_t *out)
+{
+    struct cuda_ctx *c = ctx_of(b);
+    if (n < 0 || width <= 0) return tsr_errorf(TSR_EINVAL, "argmax: n %d, width %d", n, width);
+    int rc = check_size(x, f32_bytes(n, width), "argmax input");
+    if (rc || n == 0) return rc;
+    CK(cudaSetDevice(c->device), "set device");
+    void *ids;
+    if ((rc = scratch(c, (size_t)n * sizeof(int32_t), &ids))) return rc;
+    if ((rc = launched(tsr_cuda_argmax_rows(c->stream, x->data, n, width, (size_t)width, ids),
+                       "argmax")))
+        return rc;
+    CK(cudaMemcpyAsync(out, ids, (size_t)n * sizeof(int32_t), cudaMemcpyDeviceToHost, c->stream),
+       "argmax: copy the ids");
+    CK(cudaStreamSynchronize(c->stream), "argmax: synchronize");
+    return 0;
+}
+
 /* ---- matmul ---- */
 
-/* y = x · Wᵀ through cuBLAS: bf16 operands (the weight decoded tile by tile, x rounded once),
- * f32 accumulation and output; F32 weights stay f32 (no TF32). */
+/* y = x · Wᵀ through cuBLAS with f32 accumulation and output. F32 weights stay f32 (no TF32).
+ * BF16 weights are used in place against x rounded once to bf16: the usual bf16 prefill, whose
+ * error (x to 8 bits) the GEMV path for decode does not have. Weights bf16 cannot hold (F16, the
+ * quantized types) are decoded tile by tile into two bf16 terms, and x too, and three GEMMs sum
+ * wh·xl + wl·xh + wh·xh: about 16 bits of each operand, close to the CPU's exact f32, for three
+ * times the tensor-core work (such models are small; a rounded x and weight moved a trained
+ * model's greedy argmax at 2% of prompt positions). */
 static int gemm(struct cuda_ctx *c, float *y, const struct tsr_weight *w, size_t wrow,
                 const float *x, int n)
 {
@@ -431,34 +454,43 @@ static int gemm(struct cuda_ctx *c, float *y, const struct tsr_weight *w, size_t
             "f32 GEMM");
         return 0;
     }
-    int tile = rows;
-    if (w->type != TSR_BF16) {
-        size_t t = GEMM_TILE_BYTES / ((size_t)cols * 2);
+    int split = w->type != TSR_BF16, terms = split ? 2 : 1, tile = rows;
+    if (split) {
+        size_t t = GEMM_TILE_BYTES / ((size_t)cols * 2 * 2);
         if (t >= 128) t &= ~(size_t)127;
         if (t < 1) t = 1;
         if (t < (size_t)rows) tile = (int)t;
     }
     size_t xb_bytes = align_up((size_t)n * cols * 2);
-    size_t tile_bytes = w->type == TSR_BF16 ? 0 : (size_t)tile * cols * 2;
+    size_t tile_bytes = split ? align_up((size_t)tile * cols * 2) : 0;
     void *mem;
-    if ((rc = scratch(c, xb_bytes + tile_bytes, &mem))) return rc;
-    uint16_t *xb = mem, *wt = (uint16_t *)((char *)mem + xb_bytes);
-    if ((rc = launched(tsr_cuda_f32_to_bf16(c->stream, x, xb, (size_t)n * cols), "matmul")))
-        return rc;
+    if ((rc = scratch(c, terms * (xb_bytes + tile_bytes), &mem))) return rc;
+    uint16_t *xh = mem, *xl = (uint16_t *)((char *)mem + xb_bytes);
+    uint16_t *wh = (uint16_t *)((char *)mem + terms * xb_bytes), *wl = wh + tile_bytes / 2;
+    cudaError_t e = split ? tsr_cuda_f32_to_bf16_split(c->stream, x, xh, xl, (size_t)n * cols)
+                          : tsr_cuda_f32_to_bf16(c->stream, x, xh, (size_t)n * cols);
+    if ((rc = launched(e, "matmul: round x"))) return rc;
     for (int r0 = 0; r0 < rows; r0 += tile) {
         int nr = rows - r0 < tile ? rows - r0 : tile;
-        const void *a = (const uint8_t *)w->buf->data + (size_t)r0 * wrow;
-        if (w->type != TSR_BF16) {
-            if ((rc = launched(tsr_cuda_weight_to_bf16(c->stream, w->type, w->buf->data, wrow, r0,
-                                                       nr, cols, wt),
-                               "matmul: decode weights")))
-                return rc;
-            a = wt;
+        float *yt = y + r0;
+        if (!split) {
+            const void *a = (const uint8_t *)w->buf->data + (size_t)r0 * wrow;
+            CKB(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, nr, n, cols, &one, a, CUDA_R_16BF,
+                             cols, xh, CUDA_R_16BF, cols, &zero, yt, CUDA_R_32F, rows,
+                             CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                "bf16 GEMM");
+            continue;
         }
-        CKB(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, nr, n, cols, &one, a, CUDA_R_16BF, cols,
-                         xb, CUDA_R_16BF, cols, &zero, y + r0, CUDA_R_32F, rows, CUBLAS_COMPUTE_32F,
-                         CUBLAS_GEMM_DEFAULT),
-            "bf16 GEMM");
+        if ((rc = launched(tsr_cuda_weight_to_bf16_split(c->stream, w->type, w->buf->data, wrow, r0,
+                                                         nr, cols, wh, wl),
+                           "matmul: decode weights")))
+            return rc;
+        const void *pa[3] = {wh, wl, wh}, *pb[3] = {xl, xh, xh};
+        for (int k = 0; k < 3; k++)
+            CKB(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, nr, n, cols, &one, pa[k],
+                             CUDA_R_16BF, cols, pb[k], CUDA_R_16BF, cols, k ? &one : &zero, yt,
+                             CUDA_R_32F, rows, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+                "split bf16 GEMM");
     }
     return 0;
 }
@@ -624,6 +656,110 @@ static int cuda_attention(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *q, tsr_bu
     void *part = NULL;
     if (floats && (rc = scratch(c, floats * sizeof(float), &part))) return rc;
     return launched(tsr_cuda_attention(c->stream, &a, splits, part), "attention");
+}
+
+/* ---- ceilings for benchmarks ---- */
+
+enum { MEASURE_WARM = 3, MEASURE_RUNS = 10 };
+
+static int cmp_float(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+/* What one measured operation needs: its buffers, and what to run. */
+struct measure {
+    struct cuda_ctx *c;
+    void *a, *b, *d;
+    size_t bytes;
+    int m, n, k;
+};
+
+static int measure_run(struct measure *ms, int gemm)
+{
+    struct cuda_ctx *c = ms->c;
+    if (!gemm) {
+        CK(cudaMemcpyAsync(ms->d, ms->a, ms->bytes, cudaMemcpyDeviceToDevice, c->stream),
+           "measure: copy");
+        return 0;
+    }
+    const float one = 1.0f, zero = 0.0f;
+    CKB(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, ms->m, ms->n, ms->k, &one, ms->a,
+                     CUDA_R_16BF, ms->k, ms->b, CUDA_R_16BF, ms->k, &zero, ms->d, CUDA_R_16BF,
+                     ms->m, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+        "measure: bf16 GEMM");
+    return 0;
+}
+
+/* Median milliseconds of one run. */
+static int measure_time(struct measure *ms, int gemm, float *ms_out)
+{
+    struct cuda_ctx *c = ms->c;
+    cudaEvent_t ev[2 * MEASURE_RUNS];
+    float t[MEASURE_RUNS];
+    int rc = 0, made = 0;
+    for (; made < 2 * MEASURE_RUNS; made++)
+        if (cudaEventCreate(&ev[made]) != cudaSuccess) {
+            rc = tsr_errorf(TSR_EIO, "cuda: measure: create events");
+            goto out;
+        }
+    for (int i = 0; i < MEASURE_WARM && !rc; i++) rc = measure_run(ms, gemm);
+    for (int i = 0; i < MEASURE_RUNS && !rc; i++) {
+        cudaEventRecord(ev[2 * i], c->stream);
+        rc = measure_run(ms, gemm);
+        cudaEventRecord(ev[2 * i + 1], c->stream);
+    }
+    if (!rc && cudaStreamSynchronize(c->stream) != cudaSuccess)
+        rc = tsr_errorf(TSR_EIO, "cuda: measure: synchronize");
+    for (int i = 0; i < MEASURE_RUNS && !rc; i++)
+        if (cudaEventElapsedTime(&t[i], ev[2 * i], ev[2 * i + 1]) != cudaSuccess)
+            rc = tsr_errorf(TSR_EIO, "cuda: measure: read events");
+    if (!rc) {
+        qsort(t, MEASURE_RUNS, sizeof *t, cmp_float);
+        *ms_out = 0.5f * (t[MEASURE_RUNS / 2 - 1] + t[MEASURE_RUNS / 2]);
+    }
+out:
+    while (made > 0) cudaEventDestroy(ev[--made]);
+    return rc;
+}
+
+static int measure_alloc(struct cuda_ctx *c, void **p, size_t n_bf16, uint64_t seed)
+{
+    CK(cudaMalloc(p, n_bf16 * 2), "measure: allocate");
+    return launched(tsr_cuda_fill_random_bf16(c->stream, *p, n_bf16, seed), "measure: fill");
+}
+
+int tsr_cuda_measure_copy(tsr_backend_t *b, size_t bytes, double *bytes_per_s)
+{
+    struct cuda_ctx *c = ctx_of(b);
+    struct measure ms = {.c = c, .bytes = bytes & ~(size_t)1};
+    CK(cudaSetDevice(c->device), "set device");
+    int rc = measure_alloc(c, &ms.a, ms.bytes / 2, 1);
+    if (!rc) rc = measure_alloc(c, &ms.d, ms.bytes / 2, 2);
+    float t = 0;
+    if (!rc) rc = measure_time(&ms, 0, &t);
+    if (!rc) *bytes_per_s = 2.0 * (double)ms.bytes / (t * 1e-3);
+    cudaFree(ms.a);
+    cudaFree(ms.d);
+    return rc;
+}
+
+int tsr_cuda_measure_gemm(tsr_backend_t *b, int m, int n, int k, double *flops_per_s)
+{
+    struct cuda_ctx *c = ctx_of(b);
+    struct measure ms = {.c = c, .m = m, .n = n, .k = k};
+    CK(cudaSetDevice(c->device), "set device");
+    int rc = measure_alloc(c, &ms.a, (size_t)m * k, 3);
+    if (!rc) rc = measure_alloc(c, &ms.b, (size_t)k * n, 4);
+    if (!rc) rc = measure_alloc(c, &ms.d, (size_t)m * n, 5);
+    float t = 0;
+    if (!rc) rc = measure_time(&ms, 1, &t);
+    if (!rc) *flops_per_s = 2.0 * m * n * (double)k / (t * 1e-3);
+    cudaFree(ms.a);
+    cudaFree(ms.b);
+    cudaFree(ms.d);
+    return rc;
 }
 
 static const struct tsr_backend_iface cuda_iface = {

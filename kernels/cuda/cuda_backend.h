@@ -9,8 +9,9 @@
  *   sum of squares in double, RoPE angles' sin and cos in double);
  * - matmul with at most TSR_CUDA_GEMV_MAX_N activation rows (decode): f32 activations times the
  *   weights decoded to f32, f32 accumulation;
- * - above that (prefill): cuBLAS with bf16 operands and f32 accumulation and output; the weight is
- *   decoded to bf16 tile by tile (F32 weights instead run cuBLAS in plain f32).
+ * - above that (prefill): cuBLAS with f32 accumulation and output: BF16 weights against x rounded
+ *   to bf16; F16 and quantized weights, which bf16 cannot hold, decoded tile by tile into two bf16
+ *   terms (hi + lo), x too, and three GEMMs (about 16-bit operands); F32 weights in plain f32.
  *
  * Ops are queued on the backend's one stream and return; tsr_buf_get() and tsr_backend_sync()
  * wait. Step metadata (token ids, positions, slots, block tables) comes as host arrays: each op
@@ -32,6 +33,18 @@ tsr_backend_t *tsr_backend_cuda_new(int device);
  * from tsr_backend_cuda_new(). */
 void *tsr_cuda_backend_stream(tsr_backend_t *b);
 int tsr_cuda_backend_device(const tsr_backend_t *b);
+
+/* Greedy sampling on the device: out[i] (host) = the index of the largest of the first `width`
+ * floats of row i of x, rows `width` floats apart, for i < n (the lowest index on ties, as
+ * tsr_argmax). Waits for the stream: only the n ids cross to the host. */
+int tsr_cuda_argmax(tsr_backend_t *b, tsr_buf_t *x, int n, int width, int32_t *out);
+
+/* The device's ceilings, measured for benchmarks on random data on the backend's stream, each the
+ * median of 10 timed runs after 3 warm-ups (CUDA events):
+ * copy: a device-to-device cudaMemcpy of `bytes`; *bytes_per_s counts bytes read plus written.
+ * gemm: a cuBLAS bf16 GEMM (m x k) · (k x n), f32 accumulation, bf16 output. */
+int tsr_cuda_measure_copy(tsr_backend_t *b, size_t bytes, double *bytes_per_s);
+int tsr_cuda_measure_gemm(tsr_backend_t *b, int m, int n, int k, double *flops_per_s);
 
 /* Number of CUDA devices, or 0 when there is none or no usable driver (never fails). */
 int tsr_cuda_device_count(void);

@@ -38,11 +38,26 @@ cudaError_t tsr_cuda_gemv(cudaStream_t s, int type, const void *w, size_t row_by
 /* dst[r][0..cols) = weight rows [r0, r0 + nr) as bf16 (round to nearest even). */
 cudaError_t tsr_cuda_weight_to_bf16(cudaStream_t s, int type, const void *w, size_t row_bytes,
                                     int r0, int nr, int cols, uint16_t *dst);
+/* The same as two terms: hi = bf16(w), lo = bf16(w - hi), so hi + lo holds w to about 16 bits
+ * (a weight type bf16 cannot hold exactly: F16, the quantized types). */
+cudaError_t tsr_cuda_weight_to_bf16_split(cudaStream_t s, int type, const void *w, size_t row_bytes,
+                                          int r0, int nr, int cols, uint16_t *hi, uint16_t *lo);
+/* hi[i] = bf16(x[i]), lo[i] = bf16(x[i] - hi[i]) for i < count. */
+cudaError_t tsr_cuda_f32_to_bf16_split(cudaStream_t s, const float *x, uint16_t *hi, uint16_t *lo,
+                                       size_t count);
 /* dst[i] = bf16(x[i]) for i < count. */
 cudaError_t tsr_cuda_f32_to_bf16(cudaStream_t s, const float *x, uint16_t *dst, size_t count);
 /* y[j][r] += bias[r] for j < n, r < rows; bias is `rows` elements of btype. */
 cudaError_t tsr_cuda_add_bias(cudaStream_t s, float *y, const void *bias, int btype, int rows,
                               int n);
+
+/* out[i] = the index of the largest of x[i * ld + 0 .. width) (the lowest index on ties; NaN
+ * never wins), for i < n rows. out is a device array. */
+cudaError_t tsr_cuda_argmax_rows(cudaStream_t s, const float *x, int n, int width, size_t ld,
+                                 int32_t *out);
+
+/* p[i] = uniform in [-1, 1) as bf16, from a counter-based generator (benchmark inputs). */
+cudaError_t tsr_cuda_fill_random_bf16(cudaStream_t s, uint16_t *p, size_t count, uint64_t seed);
 
 /* RoPE of q and k, then k and v rows into the cache at slot[t]. pos and slot are device arrays of
  * n_tokens. */

@@ -279,3 +279,123 @@ extern "C" cudaError_t tsr_cuda_rope_kv_write(cudaStream_t s, const struct tsr_c
     if (a->n_tokens > 0) rope_kv_kernel<<<a->n_tokens, 256, 0, s>>>(*a);
     return cudaGetLastError();
 }
+
+/* ---- greedy sampling ---- */
+
+/* The better of two candidates: the larger value, the lower index on ties; NaN never wins. */
+static __device__ __forceinline__ void arg_better(float &v, int &i, float v2, int i2)
+{
+    if (v2 > v || (v2 == v && i2 < i)) {
+        v = v2;
+        i = i2;
+    }
+}
+
+enum { ARGMAX_THREADS = 1024 };
+
+/* One block per row: out[row] = the index of the row's largest value (the lowest on ties). */
+__global__ void __launch_bounds__(ARGMAX_THREADS)
+    argmax_kernel(const float *__restrict__ x, int width, size_t ld, int32_t *__restrict__ out)
+{
+    __shared__ float sv[ARGMAX_THREADS / 32];
+    __shared__ int si[ARGMAX_THREADS / 32];
+    const float *row = x + (size_t)blockIdx.x * ld;
+    float v = -INFINITY;
+    int i = 0;
+    for (int c = threadIdx.x; c < width; c += blockDim.x) arg_better(v, i, row[c], c);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        arg_better(v, i, __shfl_xor_sync(0xffffffffu, v, o), __shfl_xor_sync(0xffffffffu, i, o));
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) {
+        sv[warp] = v;
+        si[warp] = i;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < (int)(blockDim.x >> 5); w++) arg_better(v, i, sv[w], si[w]);
+        out[blockIdx.x] = i;
+    }
+}
+
+extern "C" cudaError_t tsr_cuda_argmax_rows(cudaStream_t s, const float *x, int n, int width,
+                                            size_t ld, int32_t *out)
+{
+    if (n > 0) argmax_kernel<<<n, ARGMAX_THREADS, 0, s>>>(x, width, ld, out);
+    return cudaGetLastError();
+}
+
+/* ---- benchmark inputs ---- */
+
+__global__ void fill_random_bf16_kernel(__nv_bfloat16 *p, size_t count, uint64_t seed)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count;
+         i += (size_t)gridDim.x * blockDim.x) {
+        uint64_t x = seed + i * 0x9e3779b97f4a7c15ULL; /* splitmix64 */
+        x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+        x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+        x ^= x >> 31;
+        p[i] = __float2bfloat16_rn((float)(x >> 40) * (2.0f / 16777216.0f) - 1.0f);
+    }
+}
+
+extern "C" cudaError_t tsr_cuda_fill_random_bf16(cudaStream_t s, uint16_t *p, size_t count,
+                                                 uint64_t seed)
+{
+    if (count)
+        fill_random_bf16_kernel<<<grid_for(count, EW_THREADS, 65535), EW_THREADS, 0, s>>>(
+            (__nv_bfloat16 *)p, count, seed);
+    return cudaGetLastError();
+}
+
+/* ---- two-term bf16 splits (v = hi + lo to about 16 bits) for precise tensor-core GEMMs ---- */
+
+static __device__ __forceinline__ void split_bf16(float v, __nv_bfloat16 *hi, __nv_bfloat16 *lo)
+{
+    __nv_bfloat16 h = __float2bfloat16_rn(v);
+    *hi = h;
+    *lo = __float2bfloat16_rn(v - __bfloat162float(h));
+}
+
+__global__ void weight_to_bf16_split_kernel(int type, const uint8_t *__restrict__ w,
+                                            size_t row_bytes, int r0, int nr, int cols,
+                                            __nv_bfloat16 *__restrict__ hi,
+                                            __nv_bfloat16 *__restrict__ lo)
+{
+    size_t total = (size_t)nr * cols;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total;
+         i += (size_t)gridDim.x * blockDim.x) {
+        size_t r = i / (size_t)cols, c = i % (size_t)cols;
+        split_bf16(tsr_dev_elem(type, w + (r0 + r) * row_bytes, (int64_t)c), hi + i, lo + i);
+    }
+}
+
+extern "C" cudaError_t tsr_cuda_weight_to_bf16_split(cudaStream_t s, int type, const void *w,
+                                                     size_t row_bytes, int r0, int nr, int cols,
+                                                     uint16_t *hi, uint16_t *lo)
+{
+    size_t total = (size_t)nr * cols;
+    if (total)
+        weight_to_bf16_split_kernel<<<grid_for(total, EW_THREADS, 65535), EW_THREADS, 0, s>>>(
+            type, (const uint8_t *)w, row_bytes, r0, nr, cols, (__nv_bfloat16 *)hi,
+            (__nv_bfloat16 *)lo);
+    return cudaGetLastError();
+}
+
+__global__ void f32_to_bf16_split_kernel(const float *__restrict__ x,
+                                         __nv_bfloat16 *__restrict__ hi,
+                                         __nv_bfloat16 *__restrict__ lo, size_t count)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count;
+         i += (size_t)gridDim.x * blockDim.x)
+        split_bf16(x[i], hi + i, lo + i);
+}
+
+extern "C" cudaError_t tsr_cuda_f32_to_bf16_split(cudaStream_t s, const float *x, uint16_t *hi,
+                                                  uint16_t *lo, size_t count)
+{
+    if (count)
+        f32_to_bf16_split_kernel<<<grid_for(count, EW_THREADS, 65535), EW_THREADS, 0, s>>>(
+            x, (__nv_bfloat16 *)hi, (__nv_bfloat16 *)lo, count);
+    return cudaGetLastError();
+}

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# GPU checks and benchmarks, in parts, each logged, with a summary table last.
+#
+# Usage: scripts/bench_gpu.sh PART...
+#   info      GPUs, driver, libraries, mpirun
+#   ops       tests/gpu/test_cuda_ops (every op against the CPU backend)
+#   e2e       default model and synthetic:llama3-8b: CUDA teacher-forced argmax vs CPU >= 99%
+#   e2e-8b    the llama3-8b half of e2e only; e2e-default the other half
+#   tp3       default model: greedy 64 tokens at TP=3 equal TP=1 (3 GPUs)
+#   tp8b      llama3-8b: teacher-forced argmax at TP=2 and TP=4 vs TP=1 >= 99% (4 GPUs)
+#   generate  `tessera generate --device cuda` on the default model, and its engine speed
+#   bench     the llama3-8b table: decode tok/s at batch 1, 8, 64, 256 with the fraction of the
+#             memory roofline; prefill of a 2048-token prompt as a fraction of the bf16 GEMM rate
+#   peer      the same shapes through PyTorch + transformers (scripts/bench_gpu_peer.py)
+# Environment: BUILD (a build folder holding tessera and tests/; default build/), OUT (where logs
+# go; default /tmp/tessera-gpu), LD_LIBRARY_PATH for libraries the binaries were carried with.
+# NVLink multicast stays off (NCCL_NVLS_ENABLE=0).
+set -uo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=${BUILD:-$root/build}
+out=${OUT:-/tmp/tessera-gpu}
+mkdir -p "$out"
+export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export TESSERA_BIN=$build/tessera TESSERA_SOURCE_DIR=$root
+summary=$out/summary.txt
+: >"$summary"
+cd "$root"
+
+# Libraries a carried build cannot find (CUDA's runtime, cuBLAS, NCCL live in different places on
+# different images): the first folder holding each is added to LD_LIBRARY_PATH.
+for lib in $(ldd "$build/tessera" "$build/tests/test_e2e_agree" 2>/dev/null |
+  awk '/not found/ {print $1}' | sort -u); do
+  hit=$(find /usr/local /usr/lib /opt /usr/lib64 -name "$lib" 2>/dev/null | head -1)
+  [ -n "$hit" ] && export LD_LIBRARY_PATH=$(dirname "$hit")${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+  echo "library $lib: ${hit:-NOT FOUND}"
+done
+
+# part NAME TIMEOUT CMD...: runs CMD with a time limit, logs it, notes PASS/FAIL and seconds.
+part() {
+  local name=$1 limit=$2
+  shift 2
+  local t0=$SECONDS rc
+  echo "=== $name: $*" | tee -a "$out/all.log"
+  timeout --kill-after=10 "$limit" "$@" >"$out/$name.log" 2>&1
+  rc=$?
+  cat "$out/$name.log" >>"$out/all.log"
+  printf '%-12s %-5s rc=%-3s %4ss\n' "$name" "$([ $rc = 0 ] && echo PASS || echo FAIL)" \
+    "$rc" "$((SECONDS - t0))" >>"$summary"
+  tail -n 25 "$out/$name.log"
+  return 0
+}
+
+info() {
+  nvidia-smi -L
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  nproc
+  free -g | head -2
+  command -v mpirun && mpirun --version | head -1
+  ldd "$build/tessera" | grep -E 'not found|cuda|cublas|nccl|mpi' || true
+  ldd "$build/tests/test_e2e_agree" | grep -E 'not found' || true
+}
+
+for p in "$@"; do
+  case $p in
+  info) info 2>&1 | tee "$out/info.log" ;;
+  ops) part ops 600 "$build/tests/test_cuda_ops" ;;
+  e2e) part e2e 900 "$build/tests/test_e2e_agree" default 8b ;;
+  e2e-default) part e2e-default 300 "$build/tests/test_e2e_agree" default ;;
+  e2e-8b) part e2e-8b 600 "$build/tests/test_e2e_agree" 8b ;;
+  tp3) part tp3 300 "$build/tests/test_e2e_agree" tp3 ;;
+  tp8b) part tp8b 900 "$build/tests/test_e2e_agree" tp8b ;;
+  generate)
+    part generate 300 "$build/tessera" generate --device cuda --prompt \
+      'Write one sentence about the sea.' --chat --max-tokens 64
+    part engine 300 "$build/tessera" bench --device cuda --prompt-tokens 128 --gen-tokens 64
+    ;;
+  bench)
+    part bench 900 "$build/tessera" bench --device cuda --model synthetic:llama3-8b \
+      --batches 1,8,64,256 --context 512 --steps 32 --prefill-tokens 2048 --repeats 5
+    ;;
+  peer)
+    part peer 900 env PYTHONUNBUFFERED=1 python3 "$root/scripts/bench_gpu_peer.py" \
+      --batches 1,8,64,256 --context 512 --steps 32 --prefill-tokens 2048
+    ;;
+  *) echo "unknown part '$p'" >&2 ;;
+  esac
+done
+
+echo
+echo "=== results (logs in $out)"
+for f in e2e e2e-default e2e-8b tp8b; do
+  [ -f "$out/$f.log" ] && grep -hE '^\{"model"|PASS|FAIL' "$out/$f.log"
+done
+[ -f "$out/tp3.log" ] && grep -hE 'PASS|FAIL|^tp' "$out/tp3.log"
+[ -f "$out/engine.log" ] && grep -h '^{' "$out/engine.log"
+[ -f "$out/bench.log" ] && grep -hE '^\||^prefill|^device' "$out/bench.log"
+[ -f "$out/peer.log" ] && grep -hE '^\||^prefill|^device|^torch' "$out/peer.log"
+cat "$summary"

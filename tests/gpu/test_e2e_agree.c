@@ -1,0 +1,170 @@
+/* End to end on GPUs: the whole model on the CUDA backend against the CPU backend, and tensor
+ * parallel runs over NCCL against one GPU. Runs the built `tessera` (the runner lives in
+ * tsr_worker, which GPU tests do not link) like a person would:
+ *
+ * 1. default model (SmolLM2-135M Q4_1) and synthetic:llama3-8b (bf16): teacher-forced argmax on
+ *    cuda agrees with the CPU's at >= 99% of positions (`tessera bench --agree`);
+ * 2. with >= 3 GPUs: default model, greedy 64 tokens at TP=3 equal TP=1 (`tessera generate`);
+ * 3. with >= 2 (4) GPUs: llama3-8b teacher-forced argmax at TP=2 (TP=4) agrees with TP=1 at >= 99%.
+ *
+ * Exits 77 (skipped) without a CUDA device. Arguments, each optional: "default", "8b" (part 1),
+ * "tp3" (part 2), "tp8b" (part 3) pick parts (all by default). TESSERA_BIN overrides where
+ * `tessera` is (default: ../tessera beside this program's folder); the source tree (for models/) is
+ * found from this file's path, or TESSERA_SOURCE_DIR. */
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "kernels/cuda/cuda_backend.h"
+
+#define DEFAULT_MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+static char g_bin[PATH_MAX], g_root[PATH_MAX], g_tmp[PATH_MAX];
+static int g_failed;
+
+static int run(const char *cmd)
+{
+    fprintf(stderr, "+ %s\n", cmd);
+    fflush(stderr);
+    int st = system(cmd);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+static void check(int ok, const char *what)
+{
+    fprintf(stderr, "%s: %s\n", ok ? "PASS" : "FAIL", what);
+    if (!ok) g_failed = 1;
+}
+
+/* The last line of a command's stdout (the ids line of `generate --show-ids`). */
+static int last_line(const char *cmd, char *out, size_t cap)
+{
+    fprintf(stderr, "+ %s\n", cmd);
+    FILE *p = popen(cmd, "r");
+    if (!p) return -1;
+    char line[65536];
+    out[0] = 0;
+    while (fgets(line, sizeof line, p))
+        if (line[0] != '\n') snprintf(out, cap, "%s", line);
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+static int find_paths(void)
+{
+    const char *env = getenv("TESSERA_BIN");
+    char exe[PATH_MAX], src[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (env) {
+        snprintf(g_bin, sizeof g_bin, "%s", env);
+    } else {
+        if (n <= 0) return -1;
+        exe[n] = 0;
+        snprintf(g_bin, sizeof g_bin, "%s/../tessera", dirname(exe));
+    }
+    snprintf(src, sizeof src, "%s", __FILE__); /* <root>/tests/gpu/test_e2e_agree.c */
+    snprintf(g_root, sizeof g_root, "%s", dirname(dirname(dirname(src))));
+    if (getenv("TESSERA_SOURCE_DIR")) /* a build carried to another machine */
+        snprintf(g_root, sizeof g_root, "%s", getenv("TESSERA_SOURCE_DIR"));
+    snprintf(g_tmp, sizeof g_tmp, "/tmp/tsr_e2e_XXXXXX");
+    if (!mkdtemp(g_tmp)) return -1;
+    return access(g_bin, X_OK);
+}
+
+static void agree_cpu(const char *model, int positions)
+{
+    char cmd[4 * PATH_MAX], what[256];
+    snprintf(cmd, sizeof cmd,
+             "cd '%s' && '%s' bench --agree --model '%s' --device cuda --ref-device cpu "
+             "--prompt-tokens %d --min-agree 0.99",
+             g_root, g_bin, model, positions);
+    snprintf(what, sizeof what, "%s: cuda teacher-forced argmax agrees with cpu >= 99%%", model);
+    check(run(cmd) == 0, what);
+}
+
+static void greedy_tp3(void)
+{
+    char cmd[4 * PATH_MAX], one[65536], three[65536];
+    const char *fmt = "cd '%s' && '%s' generate --model " DEFAULT_MODEL
+                      " --device cuda --tp %d --prompt 'The capital of France is' "
+                      "--max-tokens 64 --ignore-eos --show-ids";
+    snprintf(cmd, sizeof cmd, fmt, g_root, g_bin, 1);
+    int rc1 = last_line(cmd, one, sizeof one);
+    snprintf(cmd, sizeof cmd, fmt, g_root, g_bin, 3);
+    int rc3 = last_line(cmd, three, sizeof three);
+    fprintf(stderr, "tp1: %stp3: %s", one, three);
+    check(rc1 == 0 && rc3 == 0 && one[0] && !strcmp(one, three),
+          "default model: greedy 64 tokens at TP=3 equal TP=1 on GPUs");
+}
+
+static void agree_tp(int n_gpus)
+{
+    char cmd[4 * PATH_MAX], ref[PATH_MAX + 16], what[128];
+    const char *model = "synthetic:llama3-8b";
+    snprintf(ref, sizeof ref, "%s/tp1.ids", g_tmp);
+    snprintf(cmd, sizeof cmd,
+             "cd '%s' && '%s' bench --agree --model %s --device cuda --prompt-tokens 128 "
+             "--save-ids '%s'",
+             g_root, g_bin, model, ref);
+    if (run(cmd)) {
+        check(0, "llama3-8b: TP=1 reference run");
+        return;
+    }
+    for (int tp = 2; tp <= 4 && tp <= n_gpus; tp *= 2) {
+        snprintf(cmd, sizeof cmd,
+                 "cd '%s' && '%s' bench --agree --model %s --device cuda --tp %d "
+                 "--prompt-tokens 128 --ref-ids '%s' --min-agree 0.99",
+                 g_root, g_bin, model, tp, ref);
+        snprintf(what, sizeof what, "llama3-8b: teacher-forced argmax TP=%d vs TP=1 >= 99%%", tp);
+        check(run(cmd) == 0, what);
+    }
+    unlink(ref);
+}
+
+static int wanted(int argc, char **argv, const char *part)
+{
+    if (argc < 2) return 1;
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], part)) return 1;
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    int n_gpus = tsr_cuda_device_count();
+    if (n_gpus == 0) {
+        fprintf(stderr, "test_e2e_agree: no CUDA device: skipped\n");
+        return 77;
+    }
+    if (find_paths()) {
+        fprintf(stderr, "test_e2e_agree: cannot find tessera at %s (set TESSERA_BIN)\n", g_bin);
+        return 1;
+    }
+    char model[2 * PATH_MAX];
+    snprintf(model, sizeof model, "%s/" DEFAULT_MODEL, g_root);
+    if ((wanted(argc, argv, "default") || wanted(argc, argv, "tp3")) && access(model, R_OK)) {
+        fprintf(stderr, "test_e2e_agree: %s is missing: run scripts/fetch_model.sh\n", model);
+        return 1;
+    }
+    if (wanted(argc, argv, "default")) agree_cpu(DEFAULT_MODEL, 128);
+    if (wanted(argc, argv, "8b")) agree_cpu("synthetic:llama3-8b", 128);
+    if (wanted(argc, argv, "tp3")) {
+        if (n_gpus >= 3)
+            greedy_tp3();
+        else
+            fprintf(stderr, "SKIP: TP=3 greedy needs 3 GPUs, %d here\n", n_gpus);
+    }
+    if (wanted(argc, argv, "tp8b")) {
+        if (n_gpus >= 2)
+            agree_tp(n_gpus);
+        else
+            fprintf(stderr, "SKIP: TP agreement needs 2 GPUs, %d here\n", n_gpus);
+    }
+    rmdir(g_tmp);
+    fprintf(stderr, "test_e2e_agree: %s\n", g_failed ? "FAILED" : "ok");
+    return g_failed;
+}
