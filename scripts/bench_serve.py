@@ -18,6 +18,7 @@ Run with /usr/bin/python3 (Debian's python3-grpcio, grpc_tools). Either starts a
 """
 
 import argparse
+import json
 import os
 import platform
 import shlex
@@ -193,15 +194,33 @@ def main():
         print("requests: %d prompt tokens, %d output tokens (ignore_eos), greedy" % (
             args.prompt_tokens, args.max_tokens))
 
+        # The peer, in the same run: the engine alone in one process (`tessera bench`, one
+        # sequence, the threads one worker has), so each level reads as a multiple of what one
+        # stream gets without the serving layer. Measured while the serve idles.
+        base_tps = None
+        if not args.address:
+            cmd = [str(args.tessera), "bench", "--model", str(args.model), "--prompt-tokens",
+                   str(args.prompt_tokens), "--gen-tokens", str(args.max_tokens), "--repeats", "3"]
+            if args.threads:
+                cmd += ["--threads", str(args.threads)]
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+            try:
+                j = json.loads(out.stdout.strip().splitlines()[-1])
+                base_tps = j["decode_tps"]
+                print("peer: %s -> prompt %.1f tok/s, decode %.1f tok/s (one sequence, no serving)"
+                      % (" ".join(shlex.quote(a) for a in cmd), j["prompt_tps"], base_tps))
+            except (ValueError, KeyError, IndexError):
+                print("peer: `tessera bench` failed: %s" % (out.stderr.strip()[-300:]), file=sys.stderr)
+
         warm, _ = run_level(stub, pb, prompts, 2, 2, min(args.max_tokens, 8), args.timeout)
         errs = [r.error for r in warm if r.error]
         if errs:
             raise SystemExit("bench_serve: warm-up failed: %s" % errs[0])
 
         print()
-        print("| concurrency | requests | output tok/s | req/s | TTFT p50 / p90 / p99 (ms) "
-              "| ITL p50 / p90 / p99 (ms) | e2e p50 (ms) | errors |")
-        print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("| concurrency | requests | output tok/s | × one offline stream | req/s "
+              "| TTFT p50 / p90 / p99 (ms) | ITL p50 / p90 / p99 (ms) | e2e p50 (ms) | errors |")
+        print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         sys.stdout.flush()
         for c in levels:
             n = args.requests_per_level or max(8, 4 * c)
@@ -216,9 +235,10 @@ def main():
             def p3(xs):
                 return " / ".join("%.1f" % percentile(xs, q) for q in (50, 90, 99))
 
-            print("| %d | %d | %.1f | %.2f | %s | %s | %.0f | %d |" % (
-                c, len(results), toks / wall, len(good) / wall, p3(ttft), p3(itl), percentile(e2e, 50),
-                len(errors)))
+            ratio = "%.2f" % (toks / wall / base_tps) if base_tps else "-"
+            print("| %d | %d | %.1f | %s | %.2f | %s | %s | %.0f | %d |" % (
+                c, len(results), toks / wall, ratio, len(good) / wall, p3(ttft), p3(itl),
+                percentile(e2e, 50), len(errors)))
             sys.stdout.flush()
             if errors:
                 print("  errors at concurrency %d (first): %s" % (c, errors[0]), file=sys.stderr)

@@ -23,12 +23,14 @@
 #include "common/status.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "tessera/v1/inference.pb-c.h"
+#include "model/model.h"
 #include "tools/cli.h"
+#include "worker/group.h"
 
 enum { MAX_REPLICAS = 64, MAX_ARGS = 48 };
 
 struct child {
-    char name[32], log[PATH_MAX + 32];
+    char name[32], log[PATH_MAX + 32], device[32];
     char *argv[MAX_ARGS];
     pid_t pid;
     double started, restart_at;
@@ -39,7 +41,7 @@ struct serve {
     char exe[PATH_MAX], dir[PATH_MAX - 64], address[64], etcd[128];
     struct tsr_etcd_server etcd_srv;
     struct child coord, workers[MAX_REPLICAS];
-    int replicas, etcd_died;
+    int replicas, etcd_died, fatal; /* fatal: a child refused its configuration */
 };
 
 static void serve_usage(FILE *f)
@@ -172,6 +174,13 @@ static void supervise(struct serve *s)
         if (c->backoff_s > 10) c->backoff_s = 10;
         c->pid = 0;
         c->restart_at = tsr_now() + c->backoff_s;
+        if (WIFEXITED(st) && WEXITSTATUS(st) == 2) {
+            /* a usage or configuration error: restarting cannot help */
+            fprintf(stderr, "tessera serve: %s refused its configuration (log %s); stopping\n",
+                    c->name, c->log);
+            s->fatal = 1;
+            continue;
+        }
         if (WIFSIGNALED(st))
             fprintf(stderr,
                     "tessera serve: %s was killed by signal %d; restarting in %d s (log %s)\n",
@@ -197,7 +206,7 @@ static void supervise(struct serve *s)
 
 int tsr_cmd_serve(int argc, char **argv)
 {
-    enum { O_REPL = 256, O_ETCD, O_DIR, O_KVB, O_KVM, O_SEQS, O_STEP, O_QUEUE, O_TP, O_PP };
+    enum { O_REPL = 256, O_ETCD, O_DIR, O_KVB, O_KVM, O_SEQS, O_STEP, O_QUEUE, O_TP, O_PP, O_DEV };
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                          {"tp", required_argument, 0, O_TP},
                                          {"pp", required_argument, 0, O_PP},
@@ -211,13 +220,14 @@ int tsr_cmd_serve(int argc, char **argv)
                                          {"max-seqs", required_argument, 0, O_SEQS},
                                          {"step-tokens", required_argument, 0, O_STEP},
                                          {"max-queue", required_argument, 0, O_QUEUE},
+                                         {"device", required_argument, 0, O_DEV},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     static struct serve s; /* large (paths); one per process */
     memset(&s, 0, sizeof s);
     const char *model = getenv("TESSERA_MODEL") ? getenv("TESSERA_MODEL") : TSR_DEFAULT_MODEL;
     const char *etcd = NULL, *dir = NULL, *kv_blocks = NULL, *kv_mem = NULL, *max_seqs = NULL,
-               *step = NULL, *queue = "256";
+               *step = NULL, *queue = "256", *device = "cpu";
     int tp = 1, pp = 1, port = 50051, threads = 0, c, rc;
     long l;
     double d;
@@ -265,6 +275,9 @@ int tsr_cmd_serve(int argc, char **argv)
         case O_QUEUE:
             if (!(rc = tsr_cli_int("--max-queue", optarg, 1, 1 << 20, &l))) queue = optarg;
             break;
+        case O_DEV:
+            device = optarg;
+            break;
         case 'h':
             serve_usage(stdout);
             return 0;
@@ -287,6 +300,17 @@ int tsr_cmd_serve(int argc, char **argv)
                 "tessera serve: model %s: %s (run scripts/fetch_model.sh for the default)\n", model,
                 strerror(errno));
         return 2;
+    }
+    {
+        /* One clear error for a model that will not load or a layout that does not divide,
+         * before any process starts. */
+        tsr_model_t *m = NULL;
+        if ((rc = tsr_model_open(model, &m)) || (rc = tsr_group_check(m, tp, pp))) {
+            fprintf(stderr, "tessera serve: %s\n", tsr_last_error());
+            tsr_model_free(m);
+            return 2;
+        }
+        tsr_model_free(m);
     }
     ssize_t len = readlink("/proc/self/exe", s.exe, sizeof s.exe - 1);
     if (len <= 0) {
@@ -357,6 +381,14 @@ int tsr_cmd_serve(int argc, char **argv)
         if (kv_mem) a[k++] = "--kv-mem", a[k++] = (char *)kv_mem;
         if (max_seqs) a[k++] = "--max-seqs", a[k++] = (char *)max_seqs;
         if (step) a[k++] = "--step-tokens", a[k++] = (char *)step;
+        /* replica r's ranks take GPUs from r * tp * pp on (cuda:N offsets them all by N) */
+        if (strncmp(device, "cuda", 4))
+            a[k++] = "--device", a[k++] = (char *)device;
+        else {
+            int base = device[4] == ':' ? atoi(device + 5) : 0;
+            snprintf(w->device, sizeof w->device, "cuda:%d", base + r * tp * pp);
+            a[k++] = "--device", a[k++] = w->device;
+        }
         a[k] = NULL;
     }
     if (spawn(co) < 0) goto fail_spawn;
@@ -368,7 +400,8 @@ int tsr_cmd_serve(int argc, char **argv)
     tsr_rpc_channel_t *ch = tsr_rpc_channel_new(s.address);
     double t0 = tsr_now(), last_note = 0;
     int ready = 0, shown = -1;
-    while (!tsr_cli_stop_requested() && !cluster_ready(ch, s.replicas, &ready)) {
+    while (!tsr_cli_stop_requested() && !s.fatal && !s.etcd_died &&
+           !cluster_ready(ch, s.replicas, &ready)) {
         supervise(&s);
         if (ready != shown || tsr_now() - last_note > 10) {
             fprintf(stderr, "tessera serve: %d of %d replicas ready (%.0f s)\n", ready, s.replicas,
@@ -388,18 +421,18 @@ int tsr_cmd_serve(int argc, char **argv)
         usleep(200 * 1000);
     }
     tsr_rpc_channel_free(ch);
-    if (!tsr_cli_stop_requested()) {
+    if (!tsr_cli_stop_requested() && !s.fatal && !s.etcd_died) {
         printf("tessera: serving %s on %s with %d replica%s (tp %d x pp %d); etcd %s; logs in %s\n",
                model, s.address, s.replicas, s.replicas == 1 ? "" : "s", tp, pp, s.etcd, s.dir);
         fflush(stdout);
     }
-    while (!tsr_cli_stop_requested() && !s.etcd_died) {
+    while (!tsr_cli_stop_requested() && !s.etcd_died && !s.fatal) {
         supervise(&s);
         usleep(100 * 1000);
     }
     fprintf(stderr, "tessera serve: stopping\n");
     stop_all(&s);
-    return s.etcd_died ? 1 : 0;
+    return s.fatal ? 2 : s.etcd_died ? 1 : 0;
 fail_spawn:
     fprintf(stderr, "tessera serve: cannot start a process: %s\n", strerror(errno));
     stop_all(&s);

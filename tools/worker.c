@@ -20,7 +20,7 @@
 #include "worker/member.h"
 
 struct worker_args {
-    const char *model, *etcd, *id, *listen, *prefix;
+    const char *model, *etcd, *id, *listen, *prefix, *device;
     int threads, tp, pp, kv_blocks, max_seqs, step_tokens, ttl;
     double kv_mem;
 };
@@ -30,7 +30,8 @@ static void worker_usage(FILE *f)
     fprintf(f,
             "usage: tessera worker [--model M] [--etcd URL] [--id ID] [--listen HOST:PORT]\n"
             "                      [--tp N] [--pp M] [--threads N] [--kv-blocks N | --kv-mem GB]\n"
-            "                      [--max-seqs N] [--step-tokens N] [--prefix P] [--ttl S]\n\n"
+            "                      [--max-seqs N] [--step-tokens N] [--prefix P] [--ttl S]\n"
+            "                      [--device cpu|cuda[:N]]\n\n"
             "  --etcd         register in this etcd and serve the group the controller assigns;\n"
             "                 without it the worker just serves its Worker API on --listen\n"
             "  --id           this unit's name in etcd (default w<pid>)\n"
@@ -40,12 +41,14 @@ static void worker_usage(FILE *f)
             "  --max-seqs     sequences in the running batch (default 64); more wait\n"
             "  --step-tokens  token budget of one step (default 256)\n"
             "  --ttl          etcd lease TTL in seconds (default 3): how long a dead worker\n"
-            "                 can stay in routing\n");
+            "                 can stay in routing\n"
+            "  --device       cpu (default) or cuda[:N] (a group's ranks take GPUs N, N+1, ...;\n"
+            "                 tensor-parallel traffic then goes over NCCL)\n");
 }
 
 static int parse_args(int argc, char **argv, struct worker_args *a)
 {
-    enum { O_KVB = 256, O_KVM, O_SEQS, O_STEP, O_PREFIX, O_TTL, O_TP, O_PP };
+    enum { O_KVB = 256, O_KVM, O_SEQS, O_STEP, O_PREFIX, O_TTL, O_TP, O_PP, O_DEVICE };
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                          {"etcd", required_argument, 0, 'e'},
                                          {"id", required_argument, 0, 'i'},
@@ -59,12 +62,14 @@ static int parse_args(int argc, char **argv, struct worker_args *a)
                                          {"ttl", required_argument, 0, O_TTL},
                                          {"tp", required_argument, 0, O_TP},
                                          {"pp", required_argument, 0, O_PP},
+                                         {"device", required_argument, 0, O_DEVICE},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
     a->model = getenv("TESSERA_MODEL") ? getenv("TESSERA_MODEL") : TSR_DEFAULT_MODEL;
     a->listen = "127.0.0.1:0";
     a->prefix = "/tessera";
+    a->device = "cpu";
     a->tp = a->pp = 1;
     a->max_seqs = 64;
     a->step_tokens = 256;
@@ -114,6 +119,9 @@ static int parse_args(int argc, char **argv, struct worker_args *a)
             break;
         case O_PP:
             if (!(rc = tsr_cli_int("--pp", optarg, 1, 1024, &l))) a->pp = l;
+            break;
+        case O_DEVICE:
+            a->device = optarg;
             break;
         case 'h':
             worker_usage(stdout);
@@ -206,8 +214,9 @@ int tsr_cmd_worker(int argc, char **argv)
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
         a.threads = cores > ranks ? (int)(cores / ranks) : 1;
     }
-    if (!(b = tsr_backend_cpu_new(a.threads))) {
+    if ((rc = tsr_group_backend(ranks > 1 ? &group : NULL, a.device, a.threads, &b))) {
         fprintf(stderr, "tessera worker: %s\n", tsr_last_error());
+        exit_code = rc == TSR_EINVAL || rc == TSR_EUNSUPPORTED ? 2 : 1;
         goto out;
     }
     const struct tsr_model_config *c = tsr_model_config(m);

@@ -11,6 +11,7 @@ Run with the Debian interpreter (/usr/bin/python3): it has grpcio and grpc_tools
 """
 
 import atexit
+import contextlib
 import dataclasses
 import json
 import os
@@ -372,6 +373,19 @@ class Serve:
             return wait_for(idle, timeout, interval=0.2, what="all groups idle")
         except AssertionError as e:
             raise AssertionError("%s; last ClusterStatus:\n%s" % (e, self.status(timeout=5))) from None
+
+
+@contextlib.contextmanager
+def running(tessera, model, replicas=1, **kw):
+    """A started Serve with all its replicas ready; stopped and cleaned up on the way out."""
+    s = Serve(tessera, model, replicas=replicas, **kw)
+    s.start()
+    try:
+        s.wait_ready_groups(replicas, timeout=60)
+        yield s
+    finally:
+        s.stop()
+        s.cleanup()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,15 +15,9 @@ QUEUE, SEQS = 4, 2
 
 @pytest.fixture(scope="module")
 def bounded(tessera_bin, model, api):
-    s = harness.Serve(tessera_bin, model, replicas=1, threads=2, name="queue",
-                      extra=["--max-queue", str(QUEUE), "--max-seqs", str(SEQS)])
-    s.start()
-    try:
-        s.wait_ready_groups(1, timeout=60)
+    with harness.running(tessera_bin, model, replicas=1, threads=2, name="queue",
+                         extra=["--max-queue", str(QUEUE), "--max-seqs", str(SEQS)]) as s:
         yield s
-    finally:
-        s.stop()
-        s.cleanup()
 
 
 def test_queue_full(bounded, offline):

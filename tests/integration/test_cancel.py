@@ -49,3 +49,18 @@ def test_cancel(served, offline):
     assert not grew, "decode_tokens still growing after every stream ended: %s" % grew
     print("blocks back %.1f s after the last stream ended: %s" % (
         waited, [(g.group, g.stats.n_free_blocks, g.stats.n_blocks) for g in st.groups]))
+
+
+def test_deadline(served):
+    """A client deadline that passes mid-generation ends the stream DEADLINE_EXCEEDED, and the
+    sequence stops on the replica (its blocks come back, nothing keeps decoding)."""
+    served.wait_idle(timeout=30)
+    s = Stream(served.stub, gen_request(PROMPTS[0], 4000, ignore_eos=True), timeout=1.5).run()
+    assert s.code == grpc.StatusCode.DEADLINE_EXCEEDED, s.describe()
+    assert s.ids, "no token within the deadline: %s" % s.describe()
+    assert s.t_end - s.t_start < 3.0
+    served.wait_idle(timeout=10)
+    a = served.group_stats()
+    time.sleep(1.0)
+    b = served.group_stats()
+    assert all(b[g].decode_tokens == a[g].decode_tokens for g in b if g in a), (a, b)

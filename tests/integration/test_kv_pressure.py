@@ -12,15 +12,9 @@ BLOCKS = 24  # x 16 positions = 384 positions for 12 sequences of ~80-100
 
 @pytest.fixture(scope="module")
 def small_kv(tessera_bin, model, api):
-    s = harness.Serve(tessera_bin, model, replicas=1, threads=2, name="kv",
-                      extra=["--kv-blocks", str(BLOCKS), "--max-seqs", "16"])
-    s.start()
-    try:
-        s.wait_ready_groups(1, timeout=60)
+    with harness.running(tessera_bin, model, replicas=1, threads=2, name="kv",
+                         extra=["--kv-blocks", str(BLOCKS), "--max-seqs", "16"]) as s:
         yield s
-    finally:
-        s.stop()
-        s.cleanup()
 
 
 def test_kv_pressure(small_kv, offline):

@@ -15,14 +15,8 @@ from harness import PROMPTS, Stream, check_against, gen_request, run_parallel
 
 @pytest.fixture(scope="module")
 def fresh(tessera_bin, model, api):
-    s = harness.Serve(tessera_bin, model, replicas=2, threads=1, name="killed")
-    s.start()
-    try:
-        s.wait_ready_groups(2, timeout=60)
+    with harness.running(tessera_bin, model, replicas=2, threads=1, name="killed") as s:
         yield s
-    finally:
-        s.stop()
-        s.cleanup()
 
 
 def test_worker_killed(fresh, offline):
