@@ -201,8 +201,9 @@ def main():
         if not args.address:
             cmd = [str(args.tessera), "bench", "--model", str(args.model), "--prompt-tokens",
                    str(args.prompt_tokens), "--gen-tokens", str(args.max_tokens), "--repeats", "3"]
-            if args.threads:
-                cmd += ["--threads", str(args.threads)]
+            # serve's default: the cores shared out among the replicas' ranks
+            threads = args.threads or max(1, (os.cpu_count() or 1) // args.replicas)
+            cmd += ["--threads", str(threads)]
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
             try:
                 j = json.loads(out.stdout.strip().splitlines()[-1])
