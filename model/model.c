@@ -14,13 +14,6 @@
 
 enum source { SRC_GGUF, SRC_HF, SRC_SYNTHETIC };
 
-/* A tensor generated for a synthetic model, kept until the model is freed. */
-struct owned_tensor {
-    char *name;
-    struct tsr_tensor_view v;
-    struct owned_tensor *next;
-};
-
 struct synthetic_shape {
     const char *name;
     int n_layer, dim, ffn_dim, n_head, n_kv_head, n_vocab, n_ctx;
@@ -48,7 +41,6 @@ struct tsr_model {
     struct tsr_chat chat;
     enum tsr_dtype synth_dtype;
     uint64_t synth_seed;
-    struct owned_tensor *owned;
 };
 
 const char *tsr_synthetic_names(void)
@@ -193,13 +185,6 @@ int tsr_model_open(const char *spec, tsr_model_t **out)
 void tsr_model_free(tsr_model_t *m)
 {
     if (!m) return;
-    while (m->owned) {
-        struct owned_tensor *o = m->owned;
-        m->owned = o->next;
-        free(o->name);
-        free((void *)o->v.data);
-        free(o);
-    }
     tsr_chat_free(&m->chat);
     tsr_tokenizer_free(m->tok);
     tsr_gguf_close(m->gguf);
@@ -319,34 +304,38 @@ static int synthetic_shape(const struct tsr_model_config *c, const char *name, i
     return 1;
 }
 
-/* Rows [r0, r1) of a synthetic tensor: element (r, c) depends only on the seed and r * cols + c,
- * so rows can be made in any order by any thread. */
+/* Rows [r0, r1) of a slice of a synthetic tensor: element (r, c) depends only on the seed and
+ * r * cols + c, so any slice can be made in any order by any thread, and equals those elements of
+ * the whole tensor (block formats quantize each 32-element block alone). */
 struct gen_job {
     enum tsr_dtype t;
     int is_norm;
     uint64_t seed;
     float scale;
-    int64_t cols, r0, r1;
-    size_t row_bytes;
-    char *data; /* row 0 of the tensor */
+    int64_t cols;          /* the whole tensor's */
+    int64_t row0, col0, n; /* the slice: its first row and column, its columns */
+    int64_t r0, r1;        /* this job's rows, relative to row0 */
+    size_t row_bytes;      /* of n columns */
+    char *data;            /* the slice's first row */
     int failed;
 };
 
 static void *gen_rows(void *arg)
 {
     struct gen_job *j = arg;
-    float *tmp = malloc((size_t)j->cols * sizeof *tmp);
+    float *tmp = malloc((size_t)j->n * sizeof *tmp);
     if (!tmp) {
         j->failed = 1;
         return NULL;
     }
-    for (int64_t r = j->r0; r < j->r1; r++) {
-        for (int64_t c = 0; c < j->cols; c++) {
-            uint64_t u = mix64(j->seed + (uint64_t)(r * j->cols + c));
+    for (int64_t i = j->r0; i < j->r1; i++) {
+        uint64_t base = j->seed + (uint64_t)((j->row0 + i) * j->cols + j->col0);
+        for (int64_t c = 0; c < j->n; c++) {
+            uint64_t u = mix64(base + (uint64_t)c);
             float x = (float)((double)(u >> 11) * (2.0 / 9007199254740992.0) - 1.0) * j->scale;
             tmp[c] = j->is_norm ? 1.0f + x : x;
         }
-        tsr_quantize_row(j->t, tmp, j->data + (size_t)r * j->row_bytes, j->cols);
+        tsr_quantize_row(j->t, tmp, j->data + (size_t)i * j->row_bytes, j->n);
     }
     free(tmp);
     return NULL;
@@ -354,8 +343,8 @@ static void *gen_rows(void *arg)
 
 enum { GEN_MAX_THREADS = 32, GEN_ROWS_PER_THREAD = 256 };
 
-/* Generates the rows with up to one thread per core (the 8B shape is 8e9 values: minutes on
- * one core). Returns 0, or -1 when out of memory. */
+/* Generates the rows with up to one thread per core (a TP=4 rank of the 70B shape makes 1.8e10
+ * values: minutes on one core). Returns 0, or -1 when out of memory. */
 static int gen_tensor(struct gen_job *whole, int64_t rows)
 {
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
@@ -381,55 +370,32 @@ static int gen_tensor(struct gen_job *whole, int64_t rows)
     return failed ? -1 : 0;
 }
 
-static int synthetic_tensor(tsr_model_t *m, const char *name, struct tsr_tensor_view *out)
+/* Norms stay f32 (as in every GGUF); matrices take the chosen type. */
+static enum tsr_dtype synthetic_type(const tsr_model_t *m, int is_norm)
 {
-    for (struct owned_tensor *o = m->owned; o; o = o->next)
-        if (!strcmp(o->name, name)) {
-            *out = o->v;
-            return 0;
-        }
+    return is_norm ? TSR_F32 : m->synth_dtype;
+}
+
+static int synthetic_view(tsr_model_t *m, const char *name, struct tsr_tensor_view *out,
+                          int *is_norm)
+{
     int64_t rows, cols;
-    int is_norm;
-    if (!synthetic_shape(&m->cfg, name, &rows, &cols, &is_norm))
+    if (!strcmp(name, "output.weight") && m->cfg.tied_embeddings)
+        return tsr_errorf(TSR_ENOTFOUND, "%s: embeddings are tied", m->name);
+    if (!synthetic_shape(&m->cfg, name, &rows, &cols, is_norm))
         return tsr_errorf(TSR_ENOTFOUND, "%s: no tensor '%s'", m->name, name);
-    /* Norms stay f32 (as in every GGUF); matrices take the chosen type. */
-    enum tsr_dtype t = is_norm ? TSR_F32 : m->synth_dtype;
+    enum tsr_dtype t = synthetic_type(m, *is_norm);
     size_t row_bytes = tsr_dtype_row_bytes(t, cols);
     if (!row_bytes)
         return tsr_errorf(TSR_EINVAL, "%s: %lld columns do not divide into %s blocks", m->name,
                           (long long)cols, tsr_dtype_name(t));
-    struct owned_tensor *o = calloc(1, sizeof *o);
-    void *data = malloc(row_bytes * (size_t)rows);
-    char *nm = strdup(name);
-    /* Uniform in ±sqrt(3/cols): unit-variance outputs for unit-variance inputs. */
-    struct gen_job job = {.t = t,
-                          .is_norm = is_norm,
-                          .seed = m->synth_seed ^ name_hash(name),
-                          .scale = is_norm ? 0.1f : sqrtf(3.0f / (float)cols),
-                          .cols = cols,
-                          .row_bytes = row_bytes,
-                          .data = data};
-    if (!o || !data || !nm || gen_tensor(&job, rows)) {
-        free(o), free(data), free(nm);
-        return tsr_errorf(TSR_ENOMEM, "%s: out of memory generating '%s' (%zu bytes)", m->name,
-                          name, row_bytes * (size_t)rows);
-    }
-    o->name = nm;
-    o->v = (struct tsr_tensor_view){t, rows, cols, data, row_bytes * (size_t)rows, 0};
-    o->next = m->owned;
-    m->owned = o;
-    *out = o->v;
+    *out = (struct tsr_tensor_view){
+        .type = t, .rows = rows, .cols = cols, .nbytes = row_bytes * (size_t)rows, .generated = 1};
     return 0;
 }
 
-int tsr_model_tensor(tsr_model_t *m, const char *name, struct tsr_tensor_view *out)
+static int file_view(tsr_model_t *m, const char *name, struct tsr_tensor_view *out)
 {
-    memset(out, 0, sizeof *out);
-    if (m->src == SRC_SYNTHETIC) {
-        if (!strcmp(name, "output.weight") && m->cfg.tied_embeddings)
-            return tsr_errorf(TSR_ENOTFOUND, "%s: embeddings are tied", m->name);
-        return synthetic_tensor(m, name, out);
-    }
     if (m->src == SRC_GGUF) {
         const struct tsr_gguf_tensor *t = tsr_gguf_find_tensor(m->gguf, name);
         if (!t) return tsr_errorf(TSR_ENOTFOUND, "%s: no tensor '%s'", m->name, name);
@@ -449,5 +415,59 @@ int tsr_model_tensor(tsr_model_t *m, const char *name, struct tsr_tensor_view *o
     out->nbytes = t->nbytes;
     out->mapped = 1;
     view_from_dims(out, t->n_dims ? t->n_dims : 1, t->ne);
+    return 0;
+}
+
+int tsr_model_tensor(tsr_model_t *m, const char *name, struct tsr_tensor_view *out)
+{
+    int is_norm;
+    memset(out, 0, sizeof *out);
+    return m->src == SRC_SYNTHETIC ? synthetic_view(m, name, out, &is_norm)
+                                   : file_view(m, name, out);
+}
+
+int tsr_model_read(tsr_model_t *m, const char *name, int64_t row0, int64_t n_rows, int64_t col0,
+                   int64_t n_cols, void *dst)
+{
+    struct tsr_tensor_view v;
+    int is_norm = 0;
+    memset(&v, 0, sizeof v);
+    int rc =
+        m->src == SRC_SYNTHETIC ? synthetic_view(m, name, &v, &is_norm) : file_view(m, name, &v);
+    if (rc) return rc;
+    if (row0 < 0 || n_rows < 0 || row0 > v.rows - n_rows || col0 < 0 || n_cols < 0 ||
+        col0 > v.cols - n_cols)
+        return tsr_errorf(TSR_EINVAL,
+                          "%s: rows [%lld, +%lld) x columns [%lld, +%lld) are outside "
+                          "'%s' (%lldx%lld)",
+                          m->name, (long long)row0, (long long)n_rows, (long long)col0,
+                          (long long)n_cols, name, (long long)v.rows, (long long)v.cols);
+    if (!n_rows || !n_cols) return 0;
+    size_t row_bytes = tsr_dtype_row_bytes(v.type, n_cols);
+    size_t skip = col0 ? tsr_dtype_row_bytes(v.type, col0) : 0;
+    if (!row_bytes || (col0 && !skip))
+        return tsr_errorf(TSR_EINVAL, "%s: columns [%lld, +%lld) of '%s' are not on %s blocks",
+                          m->name, (long long)col0, (long long)n_cols, name,
+                          tsr_dtype_name(v.type));
+    if (!v.generated) {
+        size_t stride = v.nbytes / (size_t)v.rows;
+        for (int64_t i = 0; i < n_rows; i++)
+            memcpy((char *)dst + (size_t)i * row_bytes,
+                   (const char *)v.data + (size_t)(row0 + i) * stride + skip, row_bytes);
+        return 0;
+    }
+    /* Uniform in ±sqrt(3/cols): unit-variance outputs for unit-variance inputs. */
+    struct gen_job job = {.t = v.type,
+                          .is_norm = is_norm,
+                          .seed = m->synth_seed ^ name_hash(name),
+                          .scale = is_norm ? 0.1f : sqrtf(3.0f / (float)v.cols),
+                          .cols = v.cols,
+                          .row0 = row0,
+                          .col0 = col0,
+                          .n = n_cols,
+                          .row_bytes = row_bytes,
+                          .data = dst};
+    if (gen_tensor(&job, n_rows))
+        return tsr_errorf(TSR_ENOMEM, "%s: out of memory generating '%s'", m->name, name);
     return 0;
 }

@@ -22,7 +22,8 @@ struct tsr_tensor_view {
     int64_t rows, cols; /* a vector has rows = 1 */
     const void *data;   /* into the file mapping, or memory the model owns */
     size_t nbytes;
-    int mapped; /* data is a read-only file mapping: its pages may be dropped (madvise) */
+    int mapped;    /* data is a read-only file mapping: its pages may be dropped (madvise) */
+    int generated; /* data is NULL: a synthetic tensor, made on demand by tsr_model_read() */
 };
 
 /* spec: a .gguf path, a Hugging Face directory, or "synthetic:NAME[:DTYPE]" (tsr_synthetic_names
@@ -39,8 +40,19 @@ const tsr_tokenizer_t *tsr_model_tokenizer(const tsr_model_t *m);
 const struct tsr_chat *tsr_model_chat(const tsr_model_t *m);
 
 /* Looks a tensor up by its GGUF name. TSR_ENOTFOUND if absent (optional tensors: biases,
- * rope_freqs, output when embeddings are tied). Synthetic tensors are generated on first use. */
+ * rope_freqs, output when embeddings are tied). A synthetic tensor's view has its type and shape
+ * but no data (generated = 1): nothing is made until tsr_model_read() asks for a slice, so a rank
+ * of a sharded group makes only its own share. */
 int tsr_model_tensor(tsr_model_t *m, const char *name, struct tsr_tensor_view *out);
+
+/* Writes rows [row0, row0 + n_rows) x columns [col0, col0 + n_cols) of a tensor into dst, row
+ * after row: n_rows pieces of tsr_dtype_row_bytes(type, n_cols) bytes each. For a block type
+ * (Q8_0, Q4_0, Q4_1) col0 and n_cols fall on its 32-element blocks. A synthetic tensor's slice is
+ * generated (the same bytes as those elements of the whole tensor: each element depends only on
+ * the seed, the name and its index); a file's is copied from the mapping. TSR_ENOTFOUND,
+ * TSR_EINVAL for a range outside the tensor or off its blocks. */
+int tsr_model_read(tsr_model_t *m, const char *name, int64_t row0, int64_t n_rows, int64_t col0,
+                   int64_t n_cols, void *dst);
 
 /* Comma-separated synthetic shape names, for help text. */
 const char *tsr_synthetic_names(void);

@@ -12,7 +12,13 @@
 #   bench     the llama3-8b table: decode tok/s at batch 1, 8, 64, 256 with the fraction of the
 #             memory roofline; prefill of a 2048-token prompt as a fraction of the bf16 GEMM rate
 #   peer      the same shapes through PyTorch + transformers (scripts/bench_gpu_peer.py)
-# Environment: BUILD (a build folder holding tessera and tests/; default build/), OUT (where logs
+#   tp70b     synthetic llama3-70b at TP=$TP (default 4; TP GPUs, each rank generating only its
+#             slices): decode at batch 1 and 64 with rank 0's fraction of the memory roofline,
+#             prefill
+#   agree-tp4 teacher-forced argmax at TP=$TP vs TP=1 through `tessera bench --agree`:
+#             synthetic:tiny-gqa4, then synthetic:llama3-8b
+# Environment: TP (the ranks of tp70b and agree-tp4; default 4), BUILD (a build folder holding
+# tessera and tests/; default build/), OUT (where logs
 # go; default /tmp/tessera-gpu), LD_LIBRARY_PATH for libraries the binaries were carried with.
 # NVLink multicast stays off (NCCL_NVLS_ENABLE=0).
 set -uo pipefail
@@ -22,6 +28,7 @@ out=${OUT:-/tmp/tessera-gpu}
 mkdir -p "$out"
 export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 export TESSERA_BIN=$build/tessera TESSERA_SOURCE_DIR=$root
+tp=${TP:-4}
 summary=$out/summary.txt
 : >"$summary"
 cd "$root"
@@ -78,6 +85,18 @@ for p in "$@"; do
     part bench 900 "$build/tessera" bench --device cuda --model synthetic:llama3-8b \
       --batches 1,8,64,256 --context 512 --steps 32 --prefill-tokens 2048 --repeats 5
     ;;
+  tp70b)
+    part tp70b 420 "$build/tessera" bench --device cuda --tp "$tp" --model synthetic:llama3-70b \
+      --batches 1,64 --context 512 --steps 32 --prefill-tokens 2048 --repeats 3
+    ;;
+  agree-tp4)
+    for m in tiny-gqa4 llama3-8b; do
+      part "agree-$m-tp1" 150 "$build/tessera" bench --device cuda --agree \
+        --model synthetic:$m --prompt-tokens 128 --save-ids "$out/ids-$m.txt"
+      part "agree-$m-tp$tp" 150 "$build/tessera" bench --device cuda --agree --tp "$tp" \
+        --model synthetic:$m --prompt-tokens 128 --ref-ids "$out/ids-$m.txt" --min-agree 0
+    done
+    ;;
   peer)
     part peer 900 env PYTHONUNBUFFERED=1 python3 "$root/scripts/bench_gpu_peer.py" \
       --batches 1,8,64,256 --context 512 --steps 32 --prefill-tokens 2048
@@ -94,5 +113,7 @@ done
 [ -f "$out/tp3.log" ] && grep -hE 'PASS|FAIL|^tp' "$out/tp3.log"
 [ -f "$out/engine.log" ] && grep -h '^{' "$out/engine.log"
 [ -f "$out/bench.log" ] && grep -hE '^\||^prefill|^device' "$out/bench.log"
+[ -f "$out/tp70b.log" ] && grep -hE '^\||^tp=|^prefill|^device|weights' "$out/tp70b.log"
+for f in "$out"/agree-*-tp"$tp".log; do [ -f "$f" ] && grep -h '^{' "$f"; done
 [ -f "$out/peer.log" ] && grep -hE '^\||^prefill|^device|^torch' "$out/peer.log"
 cat "$summary"

@@ -16,7 +16,8 @@
  *   every position, the rest one decode step per token. Compared with the same on --ref-device,
  *   or with ids saved by --save-ids in an earlier run (--ref-ids), e.g. TP=1 against TP=4.
  *   Exits 1 when the agreement is under --min-agree.
- * --tp N runs the model sharded over N ranks (relaunched under mpirun, one GPU each with cuda). */
+ * --tp N runs the model sharded over N ranks (relaunched under mpirun, one GPU each with cuda),
+ * for --agree and --batches; --batches then reports rank 0's bytes over its GPU's bandwidth. */
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -195,16 +196,6 @@ static int measure_ceilings(tsr_backend_t *b, struct ceilings *c)
     return 0;
 }
 
-/* Bytes of weights a decode step reads: all but the embedding table (B rows of it). */
-static double weight_read_bytes(tsr_model_t *m, tsr_runner_t *r)
-{
-    double w = (double)tsr_runner_weight_bytes(r);
-    struct tsr_tensor_view v;
-    if (!tsr_model_config(m)->tied_embeddings && !tsr_model_tensor(m, "token_embd.weight", &v))
-        w -= (double)v.nbytes;
-    return w;
-}
-
 /* Multiply-adds of the matmuls per token (weights other than the embedding table). */
 static double matmul_params(const struct tsr_model_config *c)
 {
@@ -213,31 +204,50 @@ static double matmul_params(const struct tsr_model_config *c)
     return layer * c->n_layer + (double)c->n_vocab * c->dim;
 }
 
-static int bench_batches(const struct bench_args *a, tsr_model_t *m, tsr_backend_t *b)
+/* The runner a --batches run needs, the same on every rank of a group: max_b sequences of sb
+ * blocks each, then the prefill prompt's pf_blocks. */
+struct batch_layout {
+    int max_b, ctx, steps, warm, pf;
+    int sb, pf_blocks, mb; /* blocks per sequence, of the prefill, per block-table row */
+    struct tsr_runner_opts ro;
+};
+
+static struct batch_layout batch_layout(const struct bench_args *a)
+{
+    struct batch_layout l = {.ctx = (int)a->context, .steps = (int)a->steps, .warm = 3};
+    for (int i = 0; i < a->n_batches; i++)
+        if (a->batches[i] > l.max_b) l.max_b = a->batches[i];
+    l.pf = (int)a->prefill_tokens;
+    l.sb = (l.ctx + l.warm + l.steps + BLOCK - 1) / BLOCK;
+    l.pf_blocks = (l.pf + BLOCK - 1) / BLOCK;
+    l.mb = l.sb > l.pf_blocks ? l.sb : l.pf_blocks;
+    int max_tokens = l.pf > 2048 ? l.pf : 2048;
+    if (max_tokens < l.max_b) max_tokens = l.max_b;
+    l.ro = (struct tsr_runner_opts){l.max_b * l.sb + l.pf_blocks, BLOCK, max_tokens};
+    return l;
+}
+
+/* With sh, the leader of a TP group: every number is this rank's (its weight and KV bytes, its
+ * GPU's copy bandwidth), which is the roofline of a step when the ranks' shares are equal. */
+static int bench_batches(const struct bench_args *a, tsr_model_t *m, tsr_backend_t *b,
+                         const struct tsr_runner_shard *sh)
 {
     const struct tsr_model_config *c = tsr_model_config(m);
-    int max_b = 0;
-    for (int i = 0; i < a->n_batches; i++)
-        if (a->batches[i] > max_b) max_b = a->batches[i];
-    int ctx = (int)a->context, steps = (int)a->steps, warm = 3;
-    int seq_len = ctx + warm + steps, pf = (int)a->prefill_tokens;
-    /* Sequence q < max_b owns blocks q * sb ... (sb blocks each); the prefill prompt's sequence,
-     * the last one, the pf_blocks after them. The table is as wide as the longer of the two. */
-    int sb = (seq_len + BLOCK - 1) / BLOCK, pf_blocks = (pf + BLOCK - 1) / BLOCK;
-    int mb = sb > pf_blocks ? sb : pf_blocks;
-    int max_tokens = pf > 2048 ? pf : 2048;
-    if (max_tokens < max_b) max_tokens = max_b;
-    struct tsr_runner_opts ro = {max_b * sb + pf_blocks, BLOCK, max_tokens};
+    struct batch_layout l = batch_layout(a);
+    int max_b = l.max_b, ctx = l.ctx, steps = l.steps, warm = l.warm, pf = l.pf;
+    int sb = l.sb, pf_blocks = l.pf_blocks, mb = l.mb, max_tokens = l.ro.max_tokens;
+    struct tsr_runner_opts ro = l.ro;
     struct ceilings lim;
     struct seqs s;
     tsr_runner_t *r = NULL;
     int rc = measure_ceilings(b, &lim);
     if (rc) return rc;
     double t0 = tsr_now();
-    if ((rc = tsr_runner_new(m, b, &ro, NULL, &r))) return rc;
-    fprintf(stderr, "tessera bench: weights %.2f GB, KV cache %.2f GB, scratch %.2f GB (%.1f s)\n",
+    if ((rc = tsr_runner_new(m, b, &ro, sh, &r))) return rc;
+    fprintf(stderr,
+            "tessera bench: weights %.2f GB, KV cache %.2f GB, scratch %.2f GB%s (%.1f s)\n",
             tsr_runner_weight_bytes(r) / 1e9, tsr_runner_kv_bytes(r) / 1e9,
-            tsr_runner_scratch_bytes(r) / 1e9, tsr_now() - t0);
+            tsr_runner_scratch_bytes(r) / 1e9, sh ? " on rank 0" : "", tsr_now() - t0);
     if ((rc = seqs_init(&s, max_b + 1, mb, max_tokens))) goto out;
     for (int q = 0; q <= max_b; q++)
         for (int j = 0; j < mb; j++)
@@ -268,8 +278,12 @@ static int bench_batches(const struct bench_args *a, tsr_model_t *m, tsr_backend
     if (rc) goto out;
     fprintf(stderr, "tessera bench: filled %d sequences of %d tokens in %.1f s\n", max_b, ctx,
             tsr_now() - t0);
-    double kv_row = 2.0 * c->n_layer * c->n_kv_head * c->head_dim * sizeof(float);
-    double w_read = weight_read_bytes(m, r);
+    double kv_row = (double)tsr_runner_kv_bytes_per_pos(r);
+    double w_read = (double)tsr_runner_step_weight_bytes(r);
+    if (sh)
+        printf("tp=%d: GB/step and roofline are one rank's (its weights and K/V over its GPU's "
+               "copy bandwidth)\n\n",
+               sh->plan->tp);
     printf("| batch | context | step ms | tok/s | GB/step | roofline ms | fraction |\n");
     printf("| ----: | ------: | ------: | ----: | ------: | ----------: | -------: |\n");
     for (int i = 0; i < a->n_batches; i++) {
@@ -627,8 +641,8 @@ static int parse_args(int argc, char **argv, struct bench_args *a)
         fprintf(stderr, "tessera bench: unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
-    if (a->tp > 1 && !a->agree) {
-        fprintf(stderr, "tessera bench: --tp is for --agree runs\n");
+    if (a->tp > 1 && !a->agree && !a->n_batches) {
+        fprintf(stderr, "tessera bench: --tp is for --agree and --batches runs\n");
         return 2;
     }
     if (a->agree && a->n_batches) {
@@ -671,7 +685,7 @@ int tsr_cmd_bench(int argc, char **argv)
     if ((rc = tsr_group_backend(ranks > 1 ? &group : NULL, a.device, (int)a.threads, &b)))
         goto fail;
     if (ranks > 1 && group.rank != 0) {
-        struct tsr_runner_opts ro = agree_opts(&a);
+        struct tsr_runner_opts ro = a.agree ? agree_opts(&a) : batch_layout(&a).ro;
         tsr_runner_t *r = NULL;
         if ((rc = tsr_runner_new(m, b, &ro, &group.shard, &r)) || (rc = tsr_runner_follow(r))) {
             tsr_runner_free(r);
@@ -683,7 +697,7 @@ int tsr_cmd_bench(int argc, char **argv)
         if (rc == 1) goto out; /* under the bar: said already */
         if (rc) goto fail;
     } else if (a.n_batches) {
-        if ((rc = bench_batches(&a, m, b))) goto fail;
+        if ((rc = bench_batches(&a, m, b, ranks > 1 ? &group.shard : NULL))) goto fail;
     } else if ((rc = bench_engine(&a, m, b))) {
         goto fail;
     }

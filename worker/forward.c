@@ -25,7 +25,8 @@ struct layer {
     tsr_buf_t *k_cache, *v_cache;   /* (n_blocks*block_size, n_kv_head*head_dim) f32 */
 };
 
-/* Memory a column slice was packed into; the CPU backend's weight buffers alias it. */
+/* Memory a column slice was packed into or a synthetic slice generated into; the CPU backend's
+ * weight buffers alias it. */
 struct packed {
     void *data;
     struct packed *next;
@@ -55,6 +56,7 @@ struct tsr_runner {
     struct layer *layers;          /* layer_end - layer_begin of them */
     struct packed *packed;
     size_t weight_bytes, kv_bytes, scratch_bytes;
+    size_t embd_bytes; /* of weight_bytes, the embedding table when it is not the LM head */
     /* sharding: NULL comms when the runner holds the whole model */
     const struct tsr_rank_plan *rp;
     tsr_comm_t *world, *tp;
@@ -89,6 +91,64 @@ static void drop_pages(const void *p, size_t n)
     if (e > a) madvise((void *)a, e - a, MADV_DONTNEED);
 }
 
+/* Keeps p on the runner's list of host memory it owns; returns p's data, or NULL when out of
+ * memory (data is then freed). */
+static void *keep(tsr_runner_t *r, void *data)
+{
+    struct packed *p = data ? malloc(sizeof *p) : NULL;
+    if (!p) {
+        free(data);
+        return NULL;
+    }
+    p->data = data;
+    p->next = r->packed;
+    r->packed = p;
+    return data;
+}
+
+/* This rank's slice of a synthetic tensor, generated into memory of its own: a rank makes only
+ * its share, one tensor at a time, and a device backend's copy lets it go (load). */
+static int generate_slice(tsr_runner_t *r, tsr_model_t *m, const char *name,
+                          const struct tsr_tensor_view *v, const struct tsr_slice *sl,
+                          const void **data, size_t *nbytes)
+{
+    int64_t r0 = 0, nr = v->rows, c0 = 0, nc = v->cols;
+    if (sl && sl->split == TSR_SPLIT_ROWS) r0 = sl->offset, nr = sl->length;
+    if (sl && sl->split == TSR_SPLIT_COLS) c0 = sl->offset, nc = sl->length;
+    size_t n = tsr_dtype_row_bytes(v->type, nc) * (size_t)nr;
+    char *dst = keep(r, malloc(n ? n : 1));
+    if (!dst) return tsr_errorf(TSR_ENOMEM, "out of memory generating '%s' (%zu bytes)", name, n);
+    int rc = tsr_model_read(m, name, r0, nr, c0, nc, dst);
+    if (rc) return rc;
+    *data = dst;
+    *nbytes = n;
+    return 0;
+}
+
+/* This rank's slice of a tensor in a file mapping: a row range is used in place, a column range
+ * is packed into memory of its own, reading only its bytes. */
+static int map_slice(tsr_runner_t *r, tsr_model_t *m, const char *name,
+                     const struct tsr_tensor_view *v, const struct tsr_slice *sl, const void **data,
+                     size_t *nbytes)
+{
+    struct tsr_slice_bytes sb;
+    int rc = tsr_slice_bytes(sl, v->type, &sb);
+    if (rc) return tsr_errorf(rc, "%s: %s", tsr_model_name(m), tsr_last_error());
+    *nbytes = sb.row_bytes * (size_t)sb.n_rows;
+    if (sl->split == TSR_SPLIT_ROWS || v->rows == 1) {
+        *data = (const char *)v->data + sb.offset; /* contiguous: used in place */
+        return 0;
+    }
+    char *dst = keep(r, malloc(*nbytes));
+    if (!dst) return tsr_errorf(TSR_ENOMEM, "out of memory packing '%s'", name);
+    for (int64_t i = 0; i < sb.n_rows; i++)
+        memcpy(dst + (size_t)i * sb.row_bytes,
+               (const char *)v->data + sb.offset + (size_t)i * sb.stride, sb.row_bytes);
+    if (v->mapped) drop_pages(v->data, v->nbytes);
+    *data = dst;
+    return 0;
+}
+
 /* Loads this rank's part of a tensor of full shape (rows, cols) as a backend weight, checking
  * the file's shape. optional: absent is not an error (w->buf stays NULL). */
 static int load(tsr_runner_t *r, tsr_model_t *m, const char *name, int64_t rows, int64_t cols,
@@ -104,44 +164,20 @@ static int load(tsr_runner_t *r, tsr_model_t *m, const char *name, int64_t rows,
                           tsr_model_name(m), name, (long long)v.rows, (long long)v.cols,
                           (long long)rows, (long long)cols);
     const struct tsr_slice *sl = r->rp ? tsr_rank_plan_find(r->rp, name) : NULL;
+    if (sl && sl->split == TSR_SPLIT_NONE) sl = NULL;
     const void *data = v.data;
     size_t nbytes = v.nbytes;
-    w->rows = rows;
-    w->cols = cols;
-    if (sl && sl->split != TSR_SPLIT_NONE) {
-        struct tsr_slice_bytes sb;
-        if ((rc = tsr_slice_bytes(sl, v.type, &sb)))
-            return tsr_errorf(rc, "%s: %s", tsr_model_name(m), tsr_last_error());
-        if (sl->split == TSR_SPLIT_ROWS || rows == 1) {
-            data = (const char *)v.data + sb.offset; /* contiguous: used in place */
-            nbytes = sb.row_bytes * (size_t)sb.n_rows;
-        } else {
-            /* Column range: gather each row's piece, reading only those bytes. */
-            struct packed *p = malloc(sizeof *p);
-            char *dst = malloc(sb.row_bytes * (size_t)sb.n_rows);
-            if (!p || !dst) {
-                free(p), free(dst);
-                return tsr_errorf(TSR_ENOMEM, "out of memory packing '%s'", name);
-            }
-            for (int64_t i = 0; i < sb.n_rows; i++)
-                memcpy(dst + (size_t)i * sb.row_bytes,
-                       (const char *)v.data + sb.offset + (size_t)i * sb.stride, sb.row_bytes);
-            p->data = dst;
-            p->next = r->packed;
-            r->packed = p;
-            if (v.mapped) drop_pages(v.data, v.nbytes);
-            data = dst;
-            nbytes = sb.row_bytes * (size_t)sb.n_rows;
-        }
-        if (sl->split == TSR_SPLIT_ROWS)
-            w->rows = sl->length;
-        else
-            w->cols = sl->length;
-    }
+    w->rows = sl && sl->split == TSR_SPLIT_ROWS ? sl->length : rows;
+    w->cols = sl && sl->split == TSR_SPLIT_COLS ? sl->length : cols;
+    if (v.generated)
+        rc = generate_slice(r, m, name, &v, sl, &data, &nbytes);
+    else if (sl)
+        rc = map_slice(r, m, name, &v, sl, &data, &nbytes);
+    if (rc) return rc;
     w->buf = tsr_buf_weights(r->b, data, nbytes);
     if (!w->buf) return TSR_ENOMEM;
     if (!tsr_buf_host(w->buf) && r->packed && r->packed->data == data) {
-        /* A device backend copied the packed slice: the host copy is no longer needed. */
+        /* A device backend copied the slice: the host copy is no longer needed. */
         struct packed *p = r->packed;
         r->packed = p->next;
         free(p->data);
@@ -149,6 +185,7 @@ static int load(tsr_runner_t *r, tsr_model_t *m, const char *name, int64_t rows,
     }
     w->type = v.type;
     r->weight_bytes += nbytes;
+    if (!strcmp(name, "token_embd.weight") && !r->cfg.tied_embeddings) r->embd_bytes = nbytes;
     return 0;
 }
 
@@ -322,7 +359,7 @@ int tsr_runner_new(tsr_model_t *m, tsr_backend_t *b, const struct tsr_runner_opt
         goto fail;
     }
     if (!tsr_model_tensor(m, "rope_freqs.weight", &ff)) {
-        if (ff.type != TSR_F32 || ff.cols * ff.rows != half) {
+        if (ff.type != TSR_F32 || ff.cols * ff.rows != half || !ff.data) {
             free(inv);
             rc = tsr_errorf(TSR_EFORMAT, "%s: rope_freqs.weight must be %d F32 values",
                             tsr_model_name(m), half);
@@ -406,6 +443,17 @@ size_t tsr_runner_weight_bytes(const tsr_runner_t *r)
 size_t tsr_runner_kv_bytes(const tsr_runner_t *r)
 {
     return r->kv_bytes;
+}
+
+size_t tsr_runner_step_weight_bytes(const tsr_runner_t *r)
+{
+    return r->weight_bytes - r->embd_bytes;
+}
+
+size_t tsr_runner_kv_bytes_per_pos(const tsr_runner_t *r)
+{
+    return 2 * (size_t)(r->layer_end - r->layer_begin) * (size_t)r->n_kv_head * r->cfg.head_dim *
+           sizeof(float);
 }
 
 size_t tsr_runner_scratch_bytes(const tsr_runner_t *r)

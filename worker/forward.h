@@ -43,7 +43,9 @@ struct tsr_runner_shard {
 
 /* Uploads the weights to the backend, checking every tensor's shape against the config, and
  * allocates the caches. With shard (NULL: the whole model) it reads only this rank's slices:
- * row ranges are used in place in the mapping, column ranges are packed into memory of its own.
+ * row ranges are used in place in the mapping, column ranges are packed into memory of its own,
+ * a synthetic model's slices are generated (tsr_model_read), one tensor at a time; on a device
+ * backend the host copies are freed once uploaded.
  * m and b must outlive the runner. Free with tsr_runner_free(). */
 int tsr_runner_new(tsr_model_t *m, tsr_backend_t *b, const struct tsr_runner_opts *o,
                    const struct tsr_runner_shard *shard, tsr_runner_t **out);
@@ -66,6 +68,11 @@ int tsr_runner_n_vocab(const tsr_runner_t *r);
 /* Bytes of weights and of KV cache the runner holds on its backend. */
 size_t tsr_runner_weight_bytes(const tsr_runner_t *r);
 size_t tsr_runner_kv_bytes(const tsr_runner_t *r);
+/* What one decode step reads on this rank, for rooflines: the weights other than the embedding
+ * table (a row per token of it) unless that table is also the LM head; and the K and V bytes of
+ * one cached position of one sequence (this rank's layers and KV heads). */
+size_t tsr_runner_step_weight_bytes(const tsr_runner_t *r);
+size_t tsr_runner_kv_bytes_per_pos(const tsr_runner_t *r);
 /* Bytes of the step's activation and logit buffers. */
 size_t tsr_runner_scratch_bytes(const tsr_runner_t *r);
 
