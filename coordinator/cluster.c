@@ -114,7 +114,7 @@ static void plan(struct tsr_cluster *c)
     }
     for (size_t i = 0; i < nw; i++) {
         const char *id = w[i].key + strlen(wp);
-        int64_t gen = w[i].create_revision;
+        int64_t gen = w[i].mod_revision; /* a re-registration (same key, new lease) is new */
         int assigned = 0;
         for (size_t k = 0; k < na && !assigned; k++) {
             if (strcmp(a[k].key + strlen(ap), id)) continue;

@@ -9,8 +9,9 @@
  *   P/assign/<id>   a worker's assignment: {"group", "generation"}
  *   P/ready/<gid>   the group's leader serves: {"addr", "generation", "worker"}
  *   P/controller    the elected controller's id (on the coordinator's lease)
- * A generation is the etcd revision that created the worker's registration, so a worker that
- * restarts forms a new generation of its group and stale keys can never be mistaken for it.
+ * A generation is the etcd revision of the worker's registration (its last put: a restarted
+ * worker overwrites its key, possibly before its old lease has expired), so a worker that restarts
+ * forms a new generation of its group and stale keys can never be mistaken for it.
  *
  * The plan: a worker unit is the ranks one launcher started together (mpirun for CPU groups: a
  * world of tp x pp ranks, rank 0 registering for it), and one unit of the model's tp x pp forms one
