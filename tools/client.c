@@ -14,6 +14,7 @@ static void client_usage(FILE *f)
 {
     fprintf(f,
             "usage: tessera client [--address HOST:PORT] --prompt TEXT [--chat] [--system TEXT]\n"
+            "                      | --prompt-ids 1,2,3 (token ids, for synthetic models)\n"
             "                      [--max-tokens N] [--temperature T] [--top-k K] [--top-p P]\n"
             "                      [--seed S] [--stop TEXT]... [--ignore-eos] [--show-ids]\n"
             "                      [--logprobs] [--timeout SECONDS]\n"
@@ -27,7 +28,7 @@ static void client_usage(FILE *f)
 }
 
 struct client_args {
-    const char *address, *prompt, *system, *tokenize;
+    const char *address, *prompt, *system, *tokenize, *prompt_ids;
     int chat, max_tokens, show_ids, logprobs, ignore_eos, list, status, health;
     double timeout;
     Tessera__V1__SamplingParams sp;
@@ -64,7 +65,26 @@ static int do_generate(tsr_rpc_channel_t *ch, struct client_args *a)
     Tessera__V1__ChatMessage msg[2] = {TESSERA__V1__CHAT_MESSAGE__INIT,
                                        TESSERA__V1__CHAT_MESSAGE__INIT};
     Tessera__V1__ChatMessage *mp[2] = {&msg[0], &msg[1]};
-    if (a->chat) {
+    Tessera__V1__TokenIds ti = TESSERA__V1__TOKEN_IDS__INIT;
+    int32_t ids_in[4096];
+    if (a->prompt_ids) {
+        /* "1, 2,3": token ids for models without a tokenizer (synthetic ones) */
+        const char *p = a->prompt_ids;
+        while (*p && ti.n_ids < sizeof ids_in / sizeof *ids_in) {
+            char *end;
+            long v = strtol(p, &end, 10);
+            if (end == p || v < 0 || v > INT32_MAX) {
+                fprintf(stderr, "tessera client: --prompt-ids: bad id near '%s'\n", p);
+                return 2;
+            }
+            ids_in[ti.n_ids++] = (int32_t)v;
+            p = end;
+            while (*p == ',' || *p == ' ') p++;
+        }
+        ti.ids = ids_in;
+        r.input_case = TESSERA__V1__GENERATE_REQUEST__INPUT_TOKEN_IDS;
+        r.token_ids = &ti;
+    } else if (a->chat) {
         int n = 0;
         if (a->system) {
             msg[n].role = "system";
@@ -255,7 +275,8 @@ int tsr_cmd_client(int argc, char **argv)
         O_LIST,
         O_STATUS,
         O_HEALTH,
-        O_TIMEOUT
+        O_TIMEOUT,
+        O_IDS
     };
     static const struct option opts[] = {{"address", required_argument, 0, 'a'},
                                          {"prompt", required_argument, 0, 'p'},
@@ -275,6 +296,7 @@ int tsr_cmd_client(int argc, char **argv)
                                          {"status", no_argument, 0, O_STATUS},
                                          {"health", no_argument, 0, O_HEALTH},
                                          {"timeout", required_argument, 0, O_TIMEOUT},
+                                         {"prompt-ids", required_argument, 0, O_IDS},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     struct client_args a;
@@ -353,6 +375,9 @@ int tsr_cmd_client(int argc, char **argv)
         case O_HEALTH:
             a.health = 1;
             break;
+        case O_IDS:
+            a.prompt_ids = optarg;
+            break;
         case O_TIMEOUT:
             rc = tsr_cli_float("--timeout", optarg, 0.001, 1e6, &a.timeout);
             break;
@@ -369,9 +394,9 @@ int tsr_cmd_client(int argc, char **argv)
         fprintf(stderr, "tessera client: unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
-    if (!!a.prompt + !!a.tokenize + a.list + a.status + a.health != 1) {
-        fprintf(stderr, "tessera client: give one of --prompt, --tokenize, --list-models, "
-                        "--status and --health\n");
+    if (!!a.prompt + !!a.prompt_ids + !!a.tokenize + a.list + a.status + a.health != 1) {
+        fprintf(stderr, "tessera client: give one of --prompt, --prompt-ids, --tokenize, "
+                        "--list-models, --status and --health\n");
         client_usage(stderr);
         return 2;
     }
@@ -380,7 +405,7 @@ int tsr_cmd_client(int argc, char **argv)
         fprintf(stderr, "tessera client: %s\n", tsr_last_error());
         return 2;
     }
-    if (a.prompt)
+    if (a.prompt || a.prompt_ids)
         rc = do_generate(ch, &a);
     else if (a.tokenize)
         rc = do_tokenize(ch, &a);

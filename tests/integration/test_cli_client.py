@@ -36,3 +36,16 @@ def test_client_nothing_listening(tessera_bin):
     assert r.returncode != 0, "exit 0 with nothing listening: %r" % both
     assert "UNAVAILABLE" in both, "no UNAVAILABLE in %r" % both
     assert took < 10, "took %.1f s to give up" % took
+
+
+def test_client_prompt_ids(tessera_bin, served, offline):
+    """--prompt-ids (token ids, as for synthetic models) gives generate --prompt-ids's tokens."""
+    ids = [1, 504, 3458, 282, 4649, 314]
+    ref = offline(prompt_ids=ids, max_tokens=8)
+    r, _ = _run(tessera_bin, "--address", served.address, "--prompt-ids", ",".join(map(str, ids)),
+                "--max-tokens", "8", "--show-ids")
+    lines = r.stdout.decode("utf-8", "replace").rstrip("\n").split("\n")
+    assert r.returncode == 0, "exit %d: %r %r" % (r.returncode, lines, r.stderr)
+    assert lines[-1] == ",".join(map(str, ref.ids)), "client ids %r, generate's %r" % (lines[-1], ref.ids)
+    r, _ = _run(tessera_bin, "--address", served.address, "--prompt-ids", "1,x")
+    assert r.returncode == 2 and b"--prompt-ids" in r.stderr, (r.returncode, r.stderr)
