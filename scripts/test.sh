@@ -17,7 +17,7 @@ cmake -S "$root" -B "$root/build" -DCMAKE_BUILD_TYPE=Release >/dev/null
 cmake --build "$root/build" -j"$jobs"
 (cd "$root/build" && ctest --output-on-failure -j"$jobs")
 # ctest hides a skipped test's output: say why each was skipped
-grep -h -i -B0 "skipped" "$root/build/Testing/Temporary/LastTest.log" | sed 's/^/skip reason: /' || true
+grep -h -i "skipped" "$root/build/Testing/Temporary/LastTest.log" | sed 's/^/skip reason: /' || true
 
 [ "${TESSERA_QUICK:-0}" = 1 ] && exit 0
 
