@@ -2,6 +2,8 @@
  * backend would otherwise repeat. */
 #include "kernels/backend_impl.h"
 
+#include <limits.h>
+#include <stdint.h>
 #include <stdlib.h>
 
 #include "common/status.h"
@@ -112,10 +114,57 @@ int tsr_op_add_rmsnorm(tsr_backend_t *b, tsr_buf_t *resid, tsr_buf_t *delta, tsr
     return b->i->add_rmsnorm(b, resid, delta, out, w, n, dim, eps);
 }
 
+int tsr_buf_check_size(const tsr_buf_t *buf, size_t n, const char *what)
+{
+    if (!buf || buf->size < n)
+        return tsr_errorf(TSR_ERANGE, "%s: needs %zu bytes, buffer holds %zu", what, n,
+                          buf ? buf->size : 0);
+    return 0;
+}
+
+size_t tsr_f32_bytes(int64_t n, int64_t width)
+{
+    if (n < 0 || width < 0) return SIZE_MAX;
+    size_t r;
+    if (__builtin_mul_overflow((size_t)n, (size_t)width, &r) ||
+        __builtin_mul_overflow(r, sizeof(float), &r))
+        return SIZE_MAX;
+    return r;
+}
+
+/* The weight's type and shape, the buffers' sizes and no in-place use: checked once here, so
+ * every backend's matmul can trust its arguments. */
+static int check_matmul(tsr_buf_t *y, const struct tsr_weight *w, tsr_buf_t *x,
+                        const struct tsr_weight *bias, int n)
+{
+    size_t wrow = tsr_dtype_row_bytes(w->type, w->cols);
+    if (!tsr_dtype_valid(w->type) || !wrow || w->rows <= 0 || w->rows > INT_MAX ||
+        w->cols > INT_MAX / 4 || n < 0)
+        return tsr_errorf(TSR_EINVAL, "matmul: bad weight (%s, %lld x %lld) or n %d",
+                          tsr_dtype_name(w->type), (long long)w->rows, (long long)w->cols, n);
+    int rows = (int)w->rows, cols = (int)w->cols;
+    int rc = tsr_buf_check_size(w->buf, wrow * (size_t)rows, "matmul weight");
+    if (!rc) rc = tsr_buf_check_size(x, (size_t)n * cols * sizeof(float), "matmul input");
+    if (!rc) rc = tsr_buf_check_size(y, (size_t)n * rows * sizeof(float), "matmul output");
+    if (rc) return rc;
+    if (n > 0 && y->data == x->data)
+        return tsr_errorf(TSR_EINVAL, "matmul: output and input are the same buffer");
+    if (bias) {
+        size_t brow = tsr_dtype_row_bytes(bias->type, rows);
+        if (!tsr_dtype_valid(bias->type) || !brow || bias->rows * bias->cols != rows)
+            return tsr_errorf(TSR_EINVAL, "matmul: bias (%s, %lld x %lld) is not %d values",
+                              tsr_dtype_name(bias->type), (long long)bias->rows,
+                              (long long)bias->cols, rows);
+        if ((rc = tsr_buf_check_size(bias->buf, brow, "matmul bias"))) return rc;
+    }
+    return 0;
+}
+
 int tsr_op_matmul(tsr_backend_t *b, tsr_buf_t *y, const struct tsr_weight *w, tsr_buf_t *x,
                   const struct tsr_weight *bias, int n)
 {
-    return b->i->matmul(b, y, w, x, bias, n);
+    int rc = check_matmul(y, w, x, bias, n);
+    return rc ? rc : b->i->matmul(b, y, w, x, bias, n);
 }
 
 int tsr_op_rope_kv_write(tsr_backend_t *b, tsr_buf_t *q, tsr_buf_t *k, tsr_buf_t *v, tsr_buf_t *kc,

@@ -50,4 +50,10 @@ struct tsr_buf {
     int owns;   /* 0 when data aliases caller memory */
 };
 
+/* Argument checks shared by the backends. */
+/* 0 when buf holds at least n bytes, else TSR_ERANGE naming what. */
+int tsr_buf_check_size(const tsr_buf_t *buf, size_t n, const char *what);
+/* Bytes of n rows of width floats, or SIZE_MAX when negative or overflowing. */
+size_t tsr_f32_bytes(int64_t n, int64_t width);
+
 #endif

@@ -137,10 +137,10 @@ int tsr_cpu_rope_kv_write(tsr_backend_t *b, tsr_buf_t *q, tsr_buf_t *k, tsr_buf_
     if (rc) return rc;
     int nt = m->n_tokens, hd = s->head_dim, half = hd / 2;
     size_t qw = (size_t)s->n_head * hd, kw = (size_t)s->n_kv_head * hd;
-    rc = tsr_cpu_check_size(q, nt * qw * sizeof(float), "rope q");
-    if (!rc) rc = tsr_cpu_check_size(k, nt * kw * sizeof(float), "rope k");
-    if (!rc) rc = tsr_cpu_check_size(v, nt * kw * sizeof(float), "rope v");
-    if (!rc) rc = tsr_cpu_check_size(s->inv_freq, (size_t)half * sizeof(float), "rope inv_freq");
+    rc = tsr_buf_check_size(q, nt * qw * sizeof(float), "rope q");
+    if (!rc) rc = tsr_buf_check_size(k, nt * kw * sizeof(float), "rope k");
+    if (!rc) rc = tsr_buf_check_size(v, nt * kw * sizeof(float), "rope v");
+    if (!rc) rc = tsr_buf_check_size(s->inv_freq, (size_t)half * sizeof(float), "rope inv_freq");
     if (rc) return rc;
     int64_t n_slots = cache_slots(kc, vc, s);
     int max_pos = -1;
@@ -253,8 +253,8 @@ int tsr_cpu_attention(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *q, tsr_buf_t 
     if (rc) return rc;
     int nt = m->n_tokens, nh = s->n_head;
     size_t qw = (size_t)nh * s->head_dim;
-    rc = tsr_cpu_check_size(q, nt * qw * sizeof(float), "attention q");
-    if (!rc) rc = tsr_cpu_check_size(out, nt * qw * sizeof(float), "attention output");
+    rc = tsr_buf_check_size(q, nt * qw * sizeof(float), "attention q");
+    if (!rc) rc = tsr_buf_check_size(out, nt * qw * sizeof(float), "attention output");
     if (rc) return rc;
     const struct tsr_cpu_kernels *k = c->k;
     int hd = s->head_dim;

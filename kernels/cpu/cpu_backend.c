@@ -126,25 +126,6 @@ int tsr_cpu_threads_for(const struct tsr_cpu_ctx *c, double work)
     return t < c->n_threads ? (t < 1 ? 1 : t) : c->n_threads;
 }
 
-int tsr_cpu_check_size(const tsr_buf_t *buf, size_t n, const char *what)
-{
-    if (!buf || buf->size < n)
-        return tsr_errorf(TSR_ERANGE, "%s: needs %zu bytes, buffer holds %zu", what, n,
-                          buf ? buf->size : 0);
-    return 0;
-}
-
-/* Bytes of n rows of width floats, or SIZE_MAX when negative or overflowing. */
-static size_t f32_bytes(int64_t n, int64_t width)
-{
-    if (n < 0 || width < 0) return SIZE_MAX;
-    size_t r;
-    if (__builtin_mul_overflow((size_t)n, (size_t)width, &r) ||
-        __builtin_mul_overflow(r, sizeof(float), &r))
-        return SIZE_MAX;
-    return r;
-}
-
 /* ---- backend and buffers ---- */
 
 static void cpu_free(tsr_backend_t *b)
@@ -214,8 +195,8 @@ static int cpu_embed(tsr_backend_t *b, tsr_buf_t *out, const struct tsr_weight *
     if (!tsr_dtype_valid(table->type) || !row || table->cols > INT_MAX)
         return tsr_errorf(TSR_EINVAL, "embed: bad table (%s, %lld columns)",
                           tsr_dtype_name(table->type), (long long)table->cols);
-    int rc = tsr_cpu_check_size(table->buf, row * (size_t)table->rows, "embed table");
-    if (!rc) rc = tsr_cpu_check_size(out, f32_bytes(n, table->cols), "embed output");
+    int rc = tsr_buf_check_size(table->buf, row * (size_t)table->rows, "embed table");
+    if (!rc) rc = tsr_buf_check_size(out, tsr_f32_bytes(n, table->cols), "embed output");
     if (rc) return rc;
     const uint8_t *t = table->buf->data;
     float *o = out->data;
@@ -242,7 +223,7 @@ static const float *norm_weight(struct tsr_cpu_ctx *c, const struct tsr_weight *
                          tsr_dtype_name(w->type), (long long)w->rows, (long long)w->cols, dim);
         return NULL;
     }
-    if ((*rc = tsr_cpu_check_size(w->buf, row, "rmsnorm weight"))) return NULL;
+    if ((*rc = tsr_buf_check_size(w->buf, row, "rmsnorm weight"))) return NULL;
     if (w->type == TSR_F32) return w->buf->data;
     float *f = tsr_cpu_scratch(c, (size_t)dim * sizeof(float));
     if (!f) {
@@ -286,10 +267,10 @@ static int norm_checks(int n, int dim, tsr_buf_t *a, const char *an, tsr_buf_t *
                        tsr_buf_t *cc, const char *cn)
 {
     if (n < 0 || dim <= 0) return tsr_errorf(TSR_EINVAL, "rmsnorm: n %d, dim %d", n, dim);
-    size_t need = f32_bytes(n, dim);
-    int rc = tsr_cpu_check_size(a, need, an);
-    if (!rc) rc = tsr_cpu_check_size(bb, need, bn);
-    if (!rc && cc) rc = tsr_cpu_check_size(cc, need, cn);
+    size_t need = tsr_f32_bytes(n, dim);
+    int rc = tsr_buf_check_size(a, need, an);
+    if (!rc) rc = tsr_buf_check_size(bb, need, bn);
+    if (!rc && cc) rc = tsr_buf_check_size(cc, need, cn);
     return rc;
 }
 
@@ -347,10 +328,10 @@ static int cpu_swiglu(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *gate, tsr_buf
 {
     struct tsr_cpu_ctx *c = tsr_cpu_ctx(b);
     if (n < 0 || width <= 0) return tsr_errorf(TSR_EINVAL, "swiglu: n %d, width %d", n, width);
-    size_t need = f32_bytes(n, width);
-    int rc = tsr_cpu_check_size(out, need, "swiglu output");
-    if (!rc) rc = tsr_cpu_check_size(gate, need, "swiglu gate");
-    if (!rc) rc = tsr_cpu_check_size(up, need, "swiglu up");
+    size_t need = tsr_f32_bytes(n, width);
+    int rc = tsr_buf_check_size(out, need, "swiglu output");
+    if (!rc) rc = tsr_buf_check_size(gate, need, "swiglu gate");
+    if (!rc) rc = tsr_buf_check_size(up, need, "swiglu up");
     if (rc) return rc;
     float *o = out->data;
     const float *g = gate->data, *u = up->data;
@@ -373,7 +354,7 @@ static int cpu_gather_rows(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *x, const
     struct tsr_cpu_ctx *c = tsr_cpu_ctx(b);
     if (n < 0 || width <= 0) return tsr_errorf(TSR_EINVAL, "gather_rows: n %d, width %d", n, width);
     size_t rb = (size_t)width * sizeof(float);
-    int rc = tsr_cpu_check_size(out, f32_bytes(n, width), "gather_rows output");
+    int rc = tsr_buf_check_size(out, tsr_f32_bytes(n, width), "gather_rows output");
     for (int i = 0; !rc && i < n; i++)
         if (rows[i] < 0 || (size_t)rows[i] >= x->size / rb)
             rc = tsr_errorf(TSR_ERANGE, "gather_rows: row %d outside the %zu-row input", rows[i],

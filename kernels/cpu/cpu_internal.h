@@ -33,9 +33,6 @@ void *tsr_cpu_scratch(struct tsr_cpu_ctx *c, size_t n);
 /* Threads worth using for `work` multiply-adds (fork/join costs about a microsecond). */
 int tsr_cpu_threads_for(const struct tsr_cpu_ctx *c, double work);
 
-/* 0 if buf holds at least n bytes, else TSR_ERANGE with a message naming what. */
-int tsr_cpu_check_size(const tsr_buf_t *buf, size_t n, const char *what);
-
 int tsr_cpu_matmul(tsr_backend_t *b, tsr_buf_t *y, const struct tsr_weight *w, tsr_buf_t *x,
                    const struct tsr_weight *bias, int n);
 int tsr_cpu_rope_kv_write(tsr_backend_t *b, tsr_buf_t *q, tsr_buf_t *k, tsr_buf_t *v, tsr_buf_t *kc,

@@ -20,7 +20,6 @@
  * a q8 row, then the ISA's int8 kernel runs over weight rows, split between threads as above;
  * for batches, a tile of TILE_ROWS weight rows stays in cache while it meets every activation
  * row. Its per-element arithmetic ignores tiling too. */
-#include <limits.h>
 #include <omp.h>
 #include <string.h>
 
@@ -131,28 +130,10 @@ static void run_parts(void (*part)(const struct mm_job *, int, int), const struc
 int tsr_cpu_matmul(tsr_backend_t *b, tsr_buf_t *y, const struct tsr_weight *w, tsr_buf_t *x,
                    const struct tsr_weight *bias, int n)
 {
+    /* Arguments checked by tsr_op_matmul. */
     struct tsr_cpu_ctx *c = tsr_cpu_ctx(b);
     size_t wrow = tsr_dtype_row_bytes(w->type, w->cols);
-    if (!tsr_dtype_valid(w->type) || !wrow || w->rows <= 0 || w->rows > INT_MAX ||
-        w->cols > INT_MAX / 4 || n < 0)
-        return tsr_errorf(TSR_EINVAL, "matmul: bad weight (%s, %lld x %lld) or n %d",
-                          tsr_dtype_name(w->type), (long long)w->rows, (long long)w->cols, n);
     int rows = (int)w->rows, cols = (int)w->cols;
-    int rc = tsr_cpu_check_size(w->buf, wrow * (size_t)rows, "matmul weight");
-    if (!rc) rc = tsr_cpu_check_size(x, (size_t)n * cols * sizeof(float), "matmul input");
-    if (!rc) rc = tsr_cpu_check_size(y, (size_t)n * rows * sizeof(float), "matmul output");
-    if (rc) return rc;
-    if (n > 0 && y->data == x->data)
-        return tsr_errorf(TSR_EINVAL, "matmul: output and input are the same buffer");
-    size_t brow = 0;
-    if (bias) {
-        brow = tsr_dtype_row_bytes(bias->type, rows);
-        if (!tsr_dtype_valid(bias->type) || !brow || bias->rows * bias->cols != rows)
-            return tsr_errorf(TSR_EINVAL, "matmul: bias (%s, %lld x %lld) is not %d values",
-                              tsr_dtype_name(bias->type), (long long)bias->rows,
-                              (long long)bias->cols, rows);
-        if ((rc = tsr_cpu_check_size(bias->buf, brow, "matmul bias"))) return rc;
-    }
     if (n == 0) return 0;
     float *yf = y->data;
     struct mm_job m = {.k = c->k,

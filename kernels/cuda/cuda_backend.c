@@ -82,24 +82,6 @@ static int cuda_fail(cudaError_t e, const char *what)
                               "cublas: %s: %s", what, cublasGetStatusString(s_));                  \
     } while (0)
 
-static int check_size(const tsr_buf_t *buf, size_t n, const char *what)
-{
-    if (!buf || buf->size < n)
-        return tsr_errorf(TSR_ERANGE, "%s: needs %zu bytes, buffer holds %zu", what, n,
-                          buf ? buf->size : 0);
-    return 0;
-}
-
-/* Bytes of n rows of width floats, or SIZE_MAX when negative or overflowing. */
-static size_t f32_bytes(int64_t n, int64_t width)
-{
-    size_t r;
-    if (n < 0 || width < 0 || __builtin_mul_overflow((size_t)n, (size_t)width, &r) ||
-        __builtin_mul_overflow(r, sizeof(float), &r))
-        return SIZE_MAX;
-    return r;
-}
-
 static size_t align_up(size_t n)
 {
     return (n + SCRATCH_ALIGN - 1) & ~(size_t)(SCRATCH_ALIGN - 1);
@@ -308,8 +290,8 @@ static int cuda_embed(tsr_backend_t *b, tsr_buf_t *out, const struct tsr_weight 
     if (!tsr_dtype_valid(table->type) || !row || table->cols > INT_MAX || n < 0)
         return tsr_errorf(TSR_EINVAL, "embed: bad table (%s, %lld columns) or n %d",
                           tsr_dtype_name(table->type), (long long)table->cols, n);
-    int rc = check_size(table->buf, row * (size_t)table->rows, "embed table");
-    if (!rc) rc = check_size(out, f32_bytes(n, table->cols), "embed output");
+    int rc = tsr_buf_check_size(table->buf, row * (size_t)table->rows, "embed table");
+    if (!rc) rc = tsr_buf_check_size(out, tsr_f32_bytes(n, table->cols), "embed output");
     if (rc || n == 0) return rc;
     CK(cudaSetDevice(c->device), "set device");
     const void *src[1] = {ids};
@@ -328,17 +310,17 @@ static int norm_weight(const struct tsr_weight *w, int dim)
     if (!tsr_dtype_valid(w->type) || !row || w->rows * w->cols < dim)
         return tsr_errorf(TSR_EINVAL, "rmsnorm: weight (%s, %lld x %lld) does not cover dim %d",
                           tsr_dtype_name(w->type), (long long)w->rows, (long long)w->cols, dim);
-    return check_size(w->buf, row, "rmsnorm weight");
+    return tsr_buf_check_size(w->buf, row, "rmsnorm weight");
 }
 
 static int norm_checks(int n, int dim, tsr_buf_t *a, const char *an, tsr_buf_t *bb, const char *bn,
                        tsr_buf_t *cc, const char *cn)
 {
     if (n < 0 || dim <= 0) return tsr_errorf(TSR_EINVAL, "rmsnorm: n %d, dim %d", n, dim);
-    size_t need = f32_bytes(n, dim);
-    int rc = check_size(a, need, an);
-    if (!rc) rc = check_size(bb, need, bn);
-    if (!rc && cc) rc = check_size(cc, need, cn);
+    size_t need = tsr_f32_bytes(n, dim);
+    int rc = tsr_buf_check_size(a, need, an);
+    if (!rc) rc = tsr_buf_check_size(bb, need, bn);
+    if (!rc && cc) rc = tsr_buf_check_size(cc, need, cn);
     return rc;
 }
 
@@ -374,10 +356,10 @@ static int cuda_swiglu(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *gate, tsr_bu
 {
     struct cuda_ctx *c = ctx_of(b);
     if (n < 0 || width <= 0) return tsr_errorf(TSR_EINVAL, "swiglu: n %d, width %d", n, width);
-    size_t need = f32_bytes(n, width);
-    int rc = check_size(out, need, "swiglu output");
-    if (!rc) rc = check_size(gate, need, "swiglu gate");
-    if (!rc) rc = check_size(up, need, "swiglu up");
+    size_t need = tsr_f32_bytes(n, width);
+    int rc = tsr_buf_check_size(out, need, "swiglu output");
+    if (!rc) rc = tsr_buf_check_size(gate, need, "swiglu gate");
+    if (!rc) rc = tsr_buf_check_size(up, need, "swiglu up");
     if (rc) return rc;
     CK(cudaSetDevice(c->device), "set device");
     return launched(tsr_cuda_swiglu(c->stream, out->data, gate->data, up->data, (size_t)n * width),
@@ -390,7 +372,7 @@ static int cuda_gather_rows(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *x, cons
     struct cuda_ctx *c = ctx_of(b);
     if (n < 0 || width <= 0) return tsr_errorf(TSR_EINVAL, "gather_rows: n %d, width %d", n, width);
     size_t rb = (size_t)width * sizeof(float);
-    int rc = check_size(out, f32_bytes(n, width), "gather_rows output");
+    int rc = tsr_buf_check_size(out, tsr_f32_bytes(n, width), "gather_rows output");
     for (int i = 0; !rc && i < n; i++)
         if (rows[i] < 0 || (size_t)rows[i] >= x->size / rb)
             rc = tsr_errorf(TSR_ERANGE, "gather_rows: row %d outside the %zu-row input", rows[i],
@@ -419,7 +401,7 @@ int tsr_cuda_argmax(tsr_backend_t *b, tsr_buf_t *x, int n, int width, int32_t *o
 {
     struct cuda_ctx *c = ctx_of(b);
     if (n < 0 || width <= 0) return tsr_errorf(TSR_EINVAL, "argmax: n %d, width %d", n, width);
-    int rc = check_size(x, f32_bytes(n, width), "argmax input");
+    int rc = tsr_buf_check_size(x, tsr_f32_bytes(n, width), "argmax input");
     if (rc || n == 0) return rc;
     CK(cudaSetDevice(c->device), "set device");
     void *ids;
@@ -498,27 +480,10 @@ static int gemm(struct cuda_ctx *c, float *y, const struct tsr_weight *w, size_t
 static int cuda_matmul(tsr_backend_t *b, tsr_buf_t *y, const struct tsr_weight *w, tsr_buf_t *x,
                        const struct tsr_weight *bias, int n)
 {
+    /* Arguments checked by tsr_op_matmul. */
     struct cuda_ctx *c = ctx_of(b);
     size_t wrow = tsr_dtype_row_bytes(w->type, w->cols);
-    if (!tsr_dtype_valid(w->type) || !wrow || w->rows <= 0 || w->rows > INT_MAX ||
-        w->cols > INT_MAX / 4 || n < 0)
-        return tsr_errorf(TSR_EINVAL, "matmul: bad weight (%s, %lld x %lld) or n %d",
-                          tsr_dtype_name(w->type), (long long)w->rows, (long long)w->cols, n);
-    int rows = (int)w->rows, cols = (int)w->cols;
-    int rc = check_size(w->buf, wrow * (size_t)rows, "matmul weight");
-    if (!rc) rc = check_size(x, (size_t)n * cols * sizeof(float), "matmul input");
-    if (!rc) rc = check_size(y, (size_t)n * rows * sizeof(float), "matmul output");
-    if (rc) return rc;
-    if (n > 0 && y->data == x->data)
-        return tsr_errorf(TSR_EINVAL, "matmul: output and input are the same buffer");
-    if (bias) {
-        size_t brow = tsr_dtype_row_bytes(bias->type, rows);
-        if (!tsr_dtype_valid(bias->type) || !brow || bias->rows * bias->cols != rows)
-            return tsr_errorf(TSR_EINVAL, "matmul: bias (%s, %lld x %lld) is not %d values",
-                              tsr_dtype_name(bias->type), (long long)bias->rows,
-                              (long long)bias->cols, rows);
-        if ((rc = check_size(bias->buf, brow, "matmul bias"))) return rc;
-    }
+    int rows = (int)w->rows, cols = (int)w->cols, rc;
     if (n == 0) return 0;
     CK(cudaSetDevice(c->device), "set device");
     if (n <= TSR_CUDA_GEMV_MAX_N)
@@ -565,10 +530,11 @@ static int cuda_rope_kv_write(tsr_backend_t *b, tsr_buf_t *q, tsr_buf_t *k, tsr_
     if (rc) return rc;
     int nt = m->n_tokens, hd = s->head_dim;
     size_t qw = (size_t)s->n_head * hd, kw = (size_t)s->n_kv_head * hd;
-    rc = check_size(q, nt * qw * sizeof(float), "rope q");
-    if (!rc) rc = check_size(k, nt * kw * sizeof(float), "rope k");
-    if (!rc) rc = check_size(v, nt * kw * sizeof(float), "rope v");
-    if (!rc) rc = check_size(s->inv_freq, (size_t)(hd / 2) * sizeof(float), "rope inv_freq");
+    rc = tsr_buf_check_size(q, nt * qw * sizeof(float), "rope q");
+    if (!rc) rc = tsr_buf_check_size(k, nt * kw * sizeof(float), "rope k");
+    if (!rc) rc = tsr_buf_check_size(v, nt * kw * sizeof(float), "rope v");
+    if (!rc)
+        rc = tsr_buf_check_size(s->inv_freq, (size_t)(hd / 2) * sizeof(float), "rope inv_freq");
     if (rc) return rc;
     int64_t n_slots = cache_slots(kc, vc, s);
     for (int t = 0; t < nt; t++) {
@@ -608,8 +574,8 @@ static int cuda_attention(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *q, tsr_bu
     if (rc) return rc;
     int nt = m->n_tokens;
     size_t qw = (size_t)s->n_head * s->head_dim;
-    rc = check_size(q, nt * qw * sizeof(float), "attention q");
-    if (!rc) rc = check_size(out, nt * qw * sizeof(float), "attention output");
+    rc = tsr_buf_check_size(q, nt * qw * sizeof(float), "attention q");
+    if (!rc) rc = tsr_buf_check_size(out, nt * qw * sizeof(float), "attention output");
     if (rc || nt == 0) return rc;
     int max_pos = 0, max_seq = 0;
     for (int t = 0; t < nt; t++) {
