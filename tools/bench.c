@@ -662,36 +662,19 @@ int tsr_cmd_bench(int argc, char **argv)
     int rc = parse_args(argc, argv, &a);
     if (rc) return rc;
     int ranks = (int)a.tp;
-    if (ranks > 1 && !tsr_group_under_mpi()) {
-        tsr_model_t *m;
-        if ((rc = tsr_model_open(a.model, &m)) || (rc = tsr_group_check(m, ranks, 1))) {
-            fprintf(stderr, "tessera bench: %s\n", tsr_last_error());
-            tsr_model_free(m);
-            return rc == TSR_EINVAL ? 2 : 1;
-        }
-        tsr_model_free(m);
-        return tsr_cli_relaunch_mpi("bench", ranks, argc, argv);
-    }
+    if ((rc = tsr_cli_launch_ranks("bench", a.model, ranks, 1, argc, argv)) >= 0) return rc;
     struct tsr_group group = {0};
     tsr_model_t *m = NULL;
     tsr_backend_t *b = NULL;
     int exit_code = 1;
     if ((rc = tsr_model_open(a.model, &m))) goto fail;
     if (ranks > 1 && (rc = tsr_group_join_mpi(m, ranks, 1, &group))) goto fail;
-    if (!a.threads && ranks > 1 && !strcmp(a.device, "cpu")) {
-        long cores = sysconf(_SC_NPROCESSORS_ONLN);
-        a.threads = cores > ranks ? cores / ranks : 1;
-    }
+    a.threads = tsr_cli_rank_threads((int)a.threads, ranks, a.device);
     if ((rc = tsr_group_backend(ranks > 1 ? &group : NULL, a.device, (int)a.threads, &b)))
         goto fail;
     if (ranks > 1 && group.rank != 0) {
         struct tsr_runner_opts ro = a.agree ? agree_opts(&a) : batch_layout(&a).ro;
-        tsr_runner_t *r = NULL;
-        if ((rc = tsr_runner_new(m, b, &ro, &group.shard, &r)) || (rc = tsr_runner_follow(r))) {
-            tsr_runner_free(r);
-            goto fail;
-        }
-        tsr_runner_free(r);
+        if ((rc = tsr_cli_follow(m, b, &ro, &group))) goto fail;
     } else if (a.agree) {
         rc = bench_agree(&a, m, b, ranks > 1 ? &group.shard : NULL);
         if (rc == 1) goto out; /* under the bar: said already */

@@ -4,6 +4,11 @@
 
 #include <stdint.h>
 
+#include "kernels/backend.h"
+#include "model/model.h"
+#include "worker/forward.h"
+#include "worker/group.h"
+
 #define TSR_DEFAULT_MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 /* Each subcommand returns the process exit code: 0 ok, 1 runtime failure, 2 usage error. */
@@ -20,9 +25,21 @@ int tsr_cli_int(const char *flag, const char *s, long lo, long hi, long *out);
 int tsr_cli_float(const char *flag, const char *s, double lo, double hi, double *out);
 int tsr_cli_u64(const char *flag, const char *s, uint64_t *out);
 
-/* Re-runs this process's command under mpirun with n ranks on this machine. Returns only on
- * failure (the exit code). */
-int tsr_cli_relaunch_mpi(const char *cmd, int n, int argc, char **argv);
+/* Opens the model and checks that tp x pp divides it; prints "tessera <cmd>: <why>" and returns
+ * the code when not. */
+int tsr_cli_check_layout(const char *cmd, const char *model, int tp, int pp);
+/* For a command that shards a model over tp x pp ranks: when there are several and no MPI launcher
+ * started us, checks the layout against the model (one clear error, not one per rank) and re-runs
+ * the command under mpirun on this machine. Returns -1 when this process goes on (one rank, or a
+ * rank already), else the exit code. */
+int tsr_cli_launch_ranks(const char *cmd, const char *model, int tp, int pp, int argc, char **argv);
+/* CPU threads for each of `ranks` ranks sharing this machine: threads when given (non-zero) or
+ * not on the CPU, else the cores shared out (at least 1). */
+int tsr_cli_rank_threads(int threads, int ranks, const char *device);
+/* A follower rank of group g: builds the runner its leader's engine builds (ro) and serves the
+ * leader's steps until the leader stops. 0, or the first error. */
+int tsr_cli_follow(tsr_model_t *m, tsr_backend_t *b, const struct tsr_runner_opts *ro,
+                   struct tsr_group *g);
 /* SIGINT and SIGTERM set a flag instead of killing; SIGPIPE is ignored. */
 void tsr_cli_catch_signals(void);
 /* The signal that asked us to stop, or 0. */

@@ -211,17 +211,7 @@ int tsr_cmd_generate(int argc, char **argv)
     int rc = parse_args(argc, argv, &a);
     if (rc) return rc;
     int ranks = a.tp * a.pp;
-    if (ranks > 1 && !tsr_group_under_mpi()) {
-        /* Check the layout here, so a bad one is one clear error, not one per rank. */
-        tsr_model_t *m;
-        if ((rc = tsr_model_open(a.model, &m)) || (rc = tsr_group_check(m, a.tp, a.pp))) {
-            fprintf(stderr, "tessera generate: %s\n", tsr_last_error());
-            tsr_model_free(m);
-            return rc == TSR_EINVAL ? 2 : 1;
-        }
-        tsr_model_free(m);
-        return tsr_cli_relaunch_mpi("generate", ranks, argc, argv);
-    }
+    if ((rc = tsr_cli_launch_ranks("generate", a.model, a.tp, a.pp, argc, argv)) >= 0) return rc;
     struct tsr_group group = {0};
     int exit_code = 1;
     tsr_model_t *m = NULL;
@@ -245,10 +235,7 @@ int tsr_cmd_generate(int argc, char **argv)
         exit_code = rc;
         goto out;
     }
-    if (!a.threads && ranks > 1 && !strcmp(a.device, "cpu")) { /* share the cores among ranks */
-        long cores = sysconf(_SC_NPROCESSORS_ONLN);
-        a.threads = cores > ranks ? (int)(cores / ranks) : 1;
-    }
+    a.threads = tsr_cli_rank_threads(a.threads, ranks, a.device);
     if ((rc = tsr_group_backend(ranks > 1 ? &group : NULL, a.device, a.threads, &b))) {
         fprintf(stderr, "tessera generate: %s\n", tsr_last_error());
         exit_code = rc == TSR_EINVAL || rc == TSR_EUNSUPPORTED ? 2 : 1;
@@ -265,10 +252,8 @@ int tsr_cmd_generate(int argc, char **argv)
     if (ranks > 1 && group.rank != 0) {
         /* A follower: the same runner the leader's engine builds, serving its steps. */
         struct tsr_runner_opts ro = {eo.n_blocks, eo.block_size, eo.max_step_tokens};
-        tsr_runner_t *r;
-        if ((rc = tsr_runner_new(m, b, &ro, &group.shard, &r)) || (rc = tsr_runner_follow(r)))
+        if ((rc = tsr_cli_follow(m, b, &ro, &group)))
             fprintf(stderr, "tessera generate: rank %d: %s\n", group.rank, tsr_last_error());
-        tsr_runner_free(r);
         exit_code = rc ? 1 : 0;
         goto out;
     }

@@ -1,4 +1,4 @@
-/* Process plumbing shared by the subcommands: re-running under mpirun, waiting for a signal. */
+/* Process plumbing shared by the subcommands: ranks through mpirun, followers, signals. */
 #include <errno.h>
 #include <signal.h>
 #include <stdio.h>
@@ -6,9 +6,12 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/status.h"
 #include "tools/cli.h"
 
-int tsr_cli_relaunch_mpi(const char *cmd, int n, int argc, char **argv)
+/* Re-runs this process's command under mpirun with n ranks on this machine. Returns only on
+ * failure (the exit code). */
+static int relaunch_mpi(const char *cmd, int n, int argc, char **argv)
 {
     char exe[4096], np[16];
     ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
@@ -34,6 +37,42 @@ int tsr_cli_relaunch_mpi(const char *cmd, int n, int argc, char **argv)
     fprintf(stderr, "tessera %s: --tp/--pp need mpirun (Open MPI): %s\n", cmd, strerror(errno));
     free(args);
     return 1;
+}
+
+int tsr_cli_check_layout(const char *cmd, const char *model, int tp, int pp)
+{
+    tsr_model_t *m = NULL;
+    int rc = tsr_model_open(model, &m);
+    if (!rc) rc = tsr_group_check(m, tp, pp);
+    if (rc) fprintf(stderr, "tessera %s: %s\n", cmd, tsr_last_error());
+    tsr_model_free(m);
+    return rc;
+}
+
+int tsr_cli_launch_ranks(const char *cmd, const char *model, int tp, int pp, int argc, char **argv)
+{
+    if (tp * pp <= 1 || tsr_group_under_mpi()) return -1;
+    /* Check the layout here, so a bad one is one clear error, not one per rank. */
+    int rc = tsr_cli_check_layout(cmd, model, tp, pp);
+    if (rc) return rc == TSR_EINVAL ? 2 : 1;
+    return relaunch_mpi(cmd, tp * pp, argc, argv);
+}
+
+int tsr_cli_rank_threads(int threads, int ranks, const char *device)
+{
+    if (threads || ranks <= 1 || strcmp(device, "cpu")) return threads;
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    return cores > ranks ? (int)(cores / ranks) : 1;
+}
+
+int tsr_cli_follow(tsr_model_t *m, tsr_backend_t *b, const struct tsr_runner_opts *ro,
+                   struct tsr_group *g)
+{
+    tsr_runner_t *r = NULL;
+    int rc = tsr_runner_new(m, b, ro, &g->shard, &r);
+    if (!rc) rc = tsr_runner_follow(r);
+    tsr_runner_free(r);
+    return rc;
 }
 
 static volatile sig_atomic_t stop_signal;

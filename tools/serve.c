@@ -23,9 +23,7 @@
 #include "common/status.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "tessera/v1/inference.pb-c.h"
-#include "model/model.h"
 #include "tools/cli.h"
-#include "worker/group.h"
 
 enum { MAX_REPLICAS = 64, MAX_ARGS = 48 };
 
@@ -301,17 +299,9 @@ int tsr_cmd_serve(int argc, char **argv)
                 strerror(errno));
         return 2;
     }
-    {
-        /* One clear error for a model that will not load or a layout that does not divide,
-         * before any process starts. */
-        tsr_model_t *m = NULL;
-        if ((rc = tsr_model_open(model, &m)) || (rc = tsr_group_check(m, tp, pp))) {
-            fprintf(stderr, "tessera serve: %s\n", tsr_last_error());
-            tsr_model_free(m);
-            return 2;
-        }
-        tsr_model_free(m);
-    }
+    /* One clear error for a model that will not load or a layout that does not divide, before
+     * any process starts. */
+    if (tsr_cli_check_layout("serve", model, tp, pp)) return 2;
     ssize_t len = readlink("/proc/self/exe", s.exe, sizeof s.exe - 1);
     if (len <= 0) {
         fprintf(stderr, "tessera serve: cannot find my own executable\n");

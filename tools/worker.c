@@ -175,16 +175,7 @@ int tsr_cmd_worker(int argc, char **argv)
     int rc = parse_args(argc, argv, &a);
     if (rc) return rc;
     int ranks = a.tp * a.pp;
-    if (ranks > 1 && !tsr_group_under_mpi()) {
-        tsr_model_t *m;
-        if ((rc = tsr_model_open(a.model, &m)) || (rc = tsr_group_check(m, a.tp, a.pp))) {
-            fprintf(stderr, "tessera worker: %s\n", tsr_last_error());
-            tsr_model_free(m);
-            return rc == TSR_EINVAL ? 2 : 1;
-        }
-        tsr_model_free(m);
-        return tsr_cli_relaunch_mpi("worker", ranks, argc, argv);
-    }
+    if ((rc = tsr_cli_launch_ranks("worker", a.model, a.tp, a.pp, argc, argv)) >= 0) return rc;
     tsr_cli_catch_signals();
     char idbuf[64];
     if (!a.id) {
@@ -210,10 +201,7 @@ int tsr_cmd_worker(int argc, char **argv)
         exit_code = rc == TSR_EINVAL ? 2 : 1;
         goto out;
     }
-    if (!a.threads && ranks > 1) {
-        long cores = sysconf(_SC_NPROCESSORS_ONLN);
-        a.threads = cores > ranks ? (int)(cores / ranks) : 1;
-    }
+    a.threads = tsr_cli_rank_threads(a.threads, ranks, a.device);
     if ((rc = tsr_group_backend(ranks > 1 ? &group : NULL, a.device, a.threads, &b))) {
         fprintf(stderr, "tessera worker: %s\n", tsr_last_error());
         exit_code = rc == TSR_EINVAL || rc == TSR_EUNSUPPORTED ? 2 : 1;
@@ -229,10 +217,8 @@ int tsr_cmd_worker(int argc, char **argv)
                                  .shard = ranks > 1 ? &group.shard : NULL};
     if (ranks > 1 && group.rank != 0) {
         struct tsr_runner_opts ro = {eo.n_blocks, eo.block_size, eo.max_step_tokens};
-        tsr_runner_t *r = NULL;
-        if ((rc = tsr_runner_new(m, b, &ro, &group.shard, &r)) || (rc = tsr_runner_follow(r)))
+        if ((rc = tsr_cli_follow(m, b, &ro, &group)))
             fprintf(stderr, "tessera worker: rank %d: %s\n", group.rank, tsr_last_error());
-        tsr_runner_free(r);
         exit_code = rc ? 1 : 0;
         goto out;
     }
