@@ -24,6 +24,8 @@ int tsr_cmd_client(int argc, char **argv);
 int tsr_cli_int(const char *flag, const char *s, long lo, long hi, long *out);
 int tsr_cli_float(const char *flag, const char *s, double lo, double hi, double *out);
 int tsr_cli_u64(const char *flag, const char *s, uint64_t *out);
+/* "1, 2,3" -> *ids (malloc'ed, caller frees), *n. 0; 2 after printing a bad id; 1 out of memory. */
+int tsr_cli_ids(const char *cmd, const char *flag, const char *s, int32_t **ids, size_t *n);
 
 /* Opens the model and checks that tp x pp divides it; prints "tessera <cmd>: <why>" and returns
  * the code when not. */

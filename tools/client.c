@@ -66,22 +66,10 @@ static int do_generate(tsr_rpc_channel_t *ch, struct client_args *a)
                                        TESSERA__V1__CHAT_MESSAGE__INIT};
     Tessera__V1__ChatMessage *mp[2] = {&msg[0], &msg[1]};
     Tessera__V1__TokenIds ti = TESSERA__V1__TOKEN_IDS__INIT;
-    int32_t ids_in[4096];
     if (a->prompt_ids) {
-        /* "1, 2,3": token ids for models without a tokenizer (synthetic ones) */
-        const char *p = a->prompt_ids;
-        while (*p && ti.n_ids < sizeof ids_in / sizeof *ids_in) {
-            char *end;
-            long v = strtol(p, &end, 10);
-            if (end == p || v < 0 || v > INT32_MAX) {
-                fprintf(stderr, "tessera client: --prompt-ids: bad id near '%s'\n", p);
-                return 2;
-            }
-            ids_in[ti.n_ids++] = (int32_t)v;
-            p = end;
-            while (*p == ',' || *p == ' ') p++;
-        }
-        ti.ids = ids_in;
+        /* token ids for models without a tokenizer (synthetic ones) */
+        int rc = tsr_cli_ids("client", "--prompt-ids", a->prompt_ids, &ti.ids, &ti.n_ids);
+        if (rc) return rc;
         r.input_case = TESSERA__V1__GENERATE_REQUEST__INPUT_TOKEN_IDS;
         r.token_ids = &ti;
     } else if (a->chat) {
@@ -111,8 +99,10 @@ static int do_generate(tsr_rpc_channel_t *ch, struct client_args *a)
     r.logprobs = a->logprobs;
     r.ignore_eos = a->ignore_eos;
     tsr_rpc_stream_t *s;
-    if (tsr_rpc_stream_open_pb(ch, "/tessera.v1.Inference/Generate", &r.base,
-                               (int64_t)(a->timeout * 1000), &s)) {
+    int open_rc = tsr_rpc_stream_open_pb(ch, "/tessera.v1.Inference/Generate", &r.base,
+                                         (int64_t)(a->timeout * 1000), &s);
+    free(ti.ids); /* packed into the request */
+    if (open_rc) {
         fprintf(stderr, "tessera client: %s\n", tsr_last_error());
         return 1;
     }

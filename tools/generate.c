@@ -154,31 +154,6 @@ static int parse_args(int argc, char **argv, struct gen_args *a)
     return 0;
 }
 
-/* "1, 2,3" → ids. */
-static int parse_ids(const char *s, int32_t **ids, size_t *n)
-{
-    size_t cap = 16;
-    *n = 0;
-    *ids = malloc(cap * sizeof **ids);
-    while (*ids && *s) {
-        char *end;
-        long v = strtol(s, &end, 10);
-        if (end == s || v < 0 || v > INT32_MAX) {
-            fprintf(stderr, "tessera generate: --prompt-ids: bad id near '%s'\n", s);
-            return 2;
-        }
-        if (*n == cap) {
-            int32_t *g = realloc(*ids, (cap *= 2) * sizeof **ids);
-            if (!g) break;
-            *ids = g;
-        }
-        (*ids)[(*n)++] = (int32_t)v;
-        s = end;
-        while (*s == ',' || *s == ' ') s++;
-    }
-    return *ids ? 0 : 1;
-}
-
 static int encode_prompt(const tsr_model_t *m, const struct gen_args *a, int32_t **ids, size_t *n)
 {
     const tsr_tokenizer_t *tok = tsr_model_tokenizer(m);
@@ -230,7 +205,8 @@ int tsr_cmd_generate(int argc, char **argv)
         exit_code = rc == TSR_EINVAL ? 2 : 1;
         goto out;
     }
-    rc = a.prompt_ids ? parse_ids(a.prompt_ids, &ids, &n_ids) : encode_prompt(m, &a, &ids, &n_ids);
+    rc = a.prompt_ids ? tsr_cli_ids("generate", "--prompt-ids", a.prompt_ids, &ids, &n_ids)
+                      : encode_prompt(m, &a, &ids, &n_ids);
     if (rc) {
         exit_code = rc;
         goto out;

@@ -1,4 +1,5 @@
 /* tessera: the command-line entry point. Subcommands live in their own files. */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,6 +59,38 @@ int tsr_cli_u64(const char *flag, const char *s, uint64_t *out)
     }
     *out = v;
     return 0;
+}
+
+int tsr_cli_ids(const char *cmd, const char *flag, const char *s, int32_t **ids, size_t *n)
+{
+    size_t cap = 16;
+    *n = 0;
+    *ids = malloc(cap * sizeof **ids);
+    while (*ids && *s) {
+        char *end;
+        long v = strtol(s, &end, 10);
+        if (end == s || v < 0 || v > INT32_MAX) {
+            fprintf(stderr, "tessera %s: %s: bad id near '%s'\n", cmd, flag, s);
+            free(*ids);
+            *ids = NULL;
+            return 2;
+        }
+        if (*n == cap) {
+            int32_t *g = realloc(*ids, (cap *= 2) * sizeof **ids);
+            if (!g) {
+                free(*ids);
+                *ids = NULL;
+                break;
+            }
+            *ids = g;
+        }
+        (*ids)[(*n)++] = (int32_t)v;
+        s = end;
+        while (*s == ',' || *s == ' ') s++;
+    }
+    if (*ids) return 0;
+    fprintf(stderr, "tessera %s: out of memory for %s\n", cmd, flag);
+    return 1;
 }
 
 int main(int argc, char **argv)
