@@ -224,3 +224,20 @@ int tsr_op_gather_rows(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *x, const int
 {
     return b->i->gather_rows(b, out, x, rows, n, width);
 }
+
+int tsr_op_argmax(tsr_backend_t *b, tsr_buf_t *x, int n, int width, int32_t *out)
+{
+    if (n < 0 || width <= 0) return tsr_errorf(TSR_EINVAL, "argmax: n %d, width %d", n, width);
+    int rc = tsr_buf_check_size(x, tsr_f32_bytes(n, width), "argmax input");
+    if (rc || n == 0) return rc;
+    if (b->i->argmax) return b->i->argmax(b, x, n, width, out);
+    const float *p = tsr_buf_host(x);
+    if (!p) return tsr_errorf(TSR_EUNSUPPORTED, "argmax: %s has no argmax", b->i->name);
+    for (int i = 0; i < n; i++, p += width) {
+        int best = 0;
+        for (int j = 1; j < width; j++)
+            if (p[j] > p[best]) best = j;
+        out[i] = best;
+    }
+    return 0;
+}

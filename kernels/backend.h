@@ -93,5 +93,8 @@ int tsr_op_swiglu(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *gate, tsr_buf_t *
 /* out[i] = x[rows[i]] for i < n; rows of width floats. */
 int tsr_op_gather_rows(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *x, const int32_t *rows, int n,
                        int width);
+/* Greedy sampling where the logits are: out[i] (host) = the index of the largest of row i of x
+ * (n rows of width floats; the lowest index on ties). Only the n ids cross to the host. */
+int tsr_op_argmax(tsr_backend_t *b, tsr_buf_t *x, int n, int width, int32_t *out);
 
 #endif

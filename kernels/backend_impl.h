@@ -35,6 +35,8 @@ struct tsr_backend_iface {
                   int width);
     int (*gather_rows)(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *x, const int32_t *rows, int n,
                        int width);
+    /* Optional (NULL: backend.c scans host-visible buffers itself). Arguments checked. */
+    int (*argmax)(tsr_backend_t *b, tsr_buf_t *x, int n, int width, int32_t *out);
 };
 
 struct tsr_backend {

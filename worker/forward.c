@@ -9,9 +9,6 @@
 
 #include "common/status.h"
 #include "worker/sampling.h"
-#if TSR_HAVE_CUDA
-#include "kernels/cuda/cuda_backend.h"
-#endif
 
 struct layer {
     struct tsr_weight attn_norm;    /* (dim) */
@@ -530,20 +527,8 @@ static int collect_logits(tsr_runner_t *r, int n_out, float *logits)
     return 0;
 }
 
-/* 1 when the argmax of the logits can run on the backend (one CUDA rank holding the whole
- * vocabulary). */
-static int device_argmax(const tsr_runner_t *r)
-{
-#if TSR_HAVE_CUDA
-    return r->tp_size == 1 && !strcmp(tsr_backend_name(r->b), "cuda");
-#else
-    (void)r;
-    return 0;
-#endif
-}
-
 /* The forward pass of this rank's part. Logits land in `logits` on the last stage's ranks; with
- * ids instead (device_argmax() only), their argmax per row. */
+ * ids instead (one rank only), their argmax per row, taken on the backend. */
 static int forward_local(tsr_runner_t *r, const struct tsr_step *st, float *logits, int32_t *ids)
 {
     const struct tsr_model_config *c = &r->cfg;
@@ -602,9 +587,7 @@ static int forward_local(tsr_runner_t *r, const struct tsr_step *st, float *logi
     if (st->n_out == 0) return tsr_backend_sync(b);
     TRY(tsr_op_gather_rows(b, r->h_out, r->xn, st->out_rows, st->n_out, D));
     TRY(tsr_op_matmul(b, r->logits, &r->output, r->h_out, NULL, st->n_out));
-#if TSR_HAVE_CUDA
-    if (ids) return tsr_cuda_argmax(b, r->logits, st->n_out, c->n_vocab, ids);
-#endif
+    if (ids) return tsr_op_argmax(b, r->logits, st->n_out, c->n_vocab, ids);
     return collect_logits(r, st->n_out, logits);
 }
 
@@ -706,7 +689,7 @@ int tsr_runner_follow(tsr_runner_t *r)
 
 int tsr_runner_forward_argmax(tsr_runner_t *r, const struct tsr_step *st, int32_t *ids)
 {
-    if (r->world_size == 1 && device_argmax(r)) {
+    if (r->world_size == 1) { /* the argmax where the logits are: only the ids come back */
         TRY(check_step(r, st));
         return forward_local(r, st, NULL, ids);
     }

@@ -57,8 +57,8 @@ void tsr_runner_free(tsr_runner_t *r);
  * this: it sends the step to every rank (one message per step) and gets the logits back. */
 int tsr_runner_forward(tsr_runner_t *r, const struct tsr_step *st, float *logits);
 /* The same step, greedy: ids[i] = the argmax of logit row i (ties to the lowest id), for the n_out
- * rows. On a single CUDA rank the argmax runs on the device and only the ids come back; otherwise
- * the logits come to the host first. */
+ * rows. On a single rank the argmax runs where the logits are (tsr_op_argmax: on a GPU only the
+ * ids come back); in a sharded group the logits come to the host first. */
 int tsr_runner_forward_argmax(tsr_runner_t *r, const struct tsr_step *st, int32_t *ids);
 /* A follower's loop: runs every step the leader sends until the leader frees its runner.
  * Returns 0 then, or the first error. */

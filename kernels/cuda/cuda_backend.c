@@ -397,12 +397,11 @@ static int cuda_gather_rows(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *x, cons
     return 0;
 }
 
-int tsr_cuda_argmax(tsr_backend_t *b, tsr_buf_t *x, int n, int width, int32_t *out)
+/* Waits for the stream: only the n ids cross to the host. */
+static int cuda_argmax(tsr_backend_t *b, tsr_buf_t *x, int n, int width, int32_t *out)
 {
     struct cuda_ctx *c = ctx_of(b);
-    if (n < 0 || width <= 0) return tsr_errorf(TSR_EINVAL, "argmax: n %d, width %d", n, width);
-    int rc = tsr_buf_check_size(x, tsr_f32_bytes(n, width), "argmax input");
-    if (rc || n == 0) return rc;
+    int rc;
     CK(cudaSetDevice(c->device), "set device");
     void *ids;
     if ((rc = scratch(c, (size_t)n * sizeof(int32_t), &ids))) return rc;
@@ -745,6 +744,7 @@ static const struct tsr_backend_iface cuda_iface = {
     .attention = cuda_attention,
     .swiglu = cuda_swiglu,
     .gather_rows = cuda_gather_rows,
+    .argmax = cuda_argmax,
 };
 
 int tsr_cuda_device_count(void)

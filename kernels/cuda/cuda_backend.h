@@ -34,11 +34,6 @@ tsr_backend_t *tsr_backend_cuda_new(int device);
 void *tsr_cuda_backend_stream(tsr_backend_t *b);
 int tsr_cuda_backend_device(const tsr_backend_t *b);
 
-/* Greedy sampling on the device: out[i] (host) = the index of the largest of the first `width`
- * floats of row i of x, rows `width` floats apart, for i < n (the lowest index on ties, as
- * tsr_argmax). Waits for the stream: only the n ids cross to the host. */
-int tsr_cuda_argmax(tsr_backend_t *b, tsr_buf_t *x, int n, int width, int32_t *out);
-
 /* The device's ceilings, measured for benchmarks on random data on the backend's stream, each the
  * median of 10 timed runs after 3 warm-ups (CUDA events):
  * copy: a device-to-device cudaMemcpy of `bytes`; *bytes_per_s counts bytes read plus written.

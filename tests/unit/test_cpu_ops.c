@@ -1006,6 +1006,27 @@ static void test_rope_attention(void **state)
     }
 }
 
+/* tsr_op_argmax on the CPU (the generic scan in backend.c): each row's largest, the lowest index
+ * on ties, and its argument checks. */
+static void test_argmax(void **state)
+{
+    tsr_backend_t *b = tsr_backend_cpu_new(1);
+    assert_non_null(b);
+    float x[3][5] = {{-3, -1, -2, -1, -9}, {0, 0, 0, 0, 0}, {1, 2, 3, 4, 5}};
+    tsr_buf_t *xb = buf_from(b, x, sizeof x);
+    int32_t ids[3] = {-7, -7, -7};
+    assert_int_equal(tsr_op_argmax(b, xb, 3, 5, ids), 0);
+    assert_int_equal(ids[0], 1);
+    assert_int_equal(ids[1], 0);
+    assert_int_equal(ids[2], 4);
+    assert_int_equal(tsr_op_argmax(b, xb, 0, 5, ids), 0);
+    assert_int_equal(tsr_op_argmax(b, xb, 4, 5, ids), TSR_ERANGE);
+    assert_int_equal(tsr_op_argmax(b, xb, 1, 0, ids), TSR_EINVAL);
+    assert_int_equal(tsr_op_argmax(b, xb, -1, 5, ids), TSR_EINVAL);
+    tsr_buf_free(xb);
+    tsr_backend_free(b);
+}
+
 static void test_attention_errors(void **state)
 {
     tsr_backend_t *b = backends[TSR_CPU_SCALAR];
@@ -1118,6 +1139,7 @@ int main(void)
         cmocka_unit_test(test_gather_rows),
         cmocka_unit_test(test_rope_attention),
         cmocka_unit_test(test_attention_errors),
+        cmocka_unit_test(test_argmax),
         cmocka_unit_test(test_threads_bitwise),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
