@@ -23,6 +23,52 @@ int tsr_backend_sync(tsr_backend_t *b)
     return b->i->sync ? b->i->sync(b) : 0;
 }
 
+struct tsr_graph {
+    tsr_backend_t *b;
+    void *handle;
+};
+
+int tsr_backend_graphs(const tsr_backend_t *b)
+{
+    return b->i->graph_begin != NULL;
+}
+
+int tsr_graph_begin(tsr_backend_t *b)
+{
+    if (!b->i->graph_begin) return tsr_errorf(TSR_EUNSUPPORTED, "%s has no graphs", b->i->name);
+    return b->i->graph_begin(b);
+}
+
+int tsr_graph_end(tsr_backend_t *b, tsr_graph_t **out)
+{
+    *out = NULL;
+    if (!b->i->graph_end) return tsr_errorf(TSR_EUNSUPPORTED, "%s has no graphs", b->i->name);
+    tsr_graph_t *g = calloc(1, sizeof *g);
+    void *h = NULL;
+    int rc = b->i->graph_end(b, &h);
+    if (rc || !g) {
+        if (h) b->i->graph_free(b, h);
+        free(g);
+        return rc ? rc : tsr_errorf(TSR_ENOMEM, "out of memory for a graph");
+    }
+    g->b = b;
+    g->handle = h;
+    *out = g;
+    return 0;
+}
+
+int tsr_graph_launch(tsr_graph_t *g)
+{
+    return g->b->i->graph_launch(g->b, g->handle);
+}
+
+void tsr_graph_free(tsr_graph_t *g)
+{
+    if (!g) return;
+    g->b->i->graph_free(g->b, g->handle);
+    free(g);
+}
+
 static tsr_buf_t *buf_new(tsr_backend_t *b, size_t nbytes)
 {
     tsr_buf_t *buf = calloc(1, sizeof *buf);
@@ -167,6 +213,41 @@ int tsr_op_matmul(tsr_backend_t *b, tsr_buf_t *y, const struct tsr_weight *w, ts
     return rc ? rc : b->i->matmul(b, y, w, x, bias, n);
 }
 
+int tsr_op_matmul_many(tsr_backend_t *b, int count, tsr_buf_t *const *y,
+                       const struct tsr_weight *const *w, const struct tsr_weight *const *bias,
+                       tsr_buf_t *x, int n)
+{
+    if (count < 1 || count > 3)
+        return tsr_errorf(TSR_EINVAL, "matmul_many: %d weights (1..3)", count);
+    for (int i = 0; i < count; i++) {
+        int rc = check_matmul(y[i], w[i], x, bias ? bias[i] : NULL, n);
+        if (rc) return rc;
+    }
+    if (b->i->matmul_many) return b->i->matmul_many(b, count, y, w, bias, x, n);
+    for (int i = 0; i < count; i++) {
+        int rc = b->i->matmul(b, y[i], w[i], x, bias ? bias[i] : NULL, n);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+int tsr_op_matmul_swiglu(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *tmp,
+                         const struct tsr_weight *wg, const struct tsr_weight *wu, tsr_buf_t *x,
+                         int n)
+{
+    int rc = check_matmul(out, wg, x, NULL, n);
+    if (!rc) rc = check_matmul(tmp, wu, x, NULL, n);
+    if (rc) return rc;
+    if (wg->rows != wu->rows || wg->cols != wu->cols || (n > 0 && out->data == tmp->data))
+        return tsr_errorf(
+            TSR_EINVAL, "matmul_swiglu: gate %lld x %lld and up %lld x %lld differ, or out is tmp",
+            (long long)wg->rows, (long long)wg->cols, (long long)wu->rows, (long long)wu->cols);
+    if (b->i->matmul_swiglu) return b->i->matmul_swiglu(b, out, tmp, wg, wu, x, n);
+    if ((rc = b->i->matmul(b, out, wg, x, NULL, n)) || (rc = b->i->matmul(b, tmp, wu, x, NULL, n)))
+        return rc;
+    return b->i->swiglu(b, out, out, tmp, n, (int)wg->rows);
+}
+
 int tsr_op_rope_kv_write(tsr_backend_t *b, tsr_buf_t *q, tsr_buf_t *k, tsr_buf_t *v, tsr_buf_t *kc,
                          tsr_buf_t *vc, const struct tsr_attn_shape *s,
                          const struct tsr_batch_meta *m)
@@ -240,4 +321,21 @@ int tsr_op_argmax(tsr_backend_t *b, tsr_buf_t *x, int n, int width, int32_t *out
         out[i] = best;
     }
     return 0;
+}
+
+int tsr_op_sample(tsr_backend_t *b, tsr_buf_t *x, int n, int width,
+                  const struct tsr_sample_params *p, int32_t *ids, float *logprobs)
+{
+    if (n < 0 || width <= 0) return tsr_errorf(TSR_EINVAL, "sample: n %d, width %d", n, width);
+    for (int i = 0; i < n; i++)
+        if (!(p[i].temperature >= 0) || p[i].top_k < 0 || !(p[i].top_p > 0 && p[i].top_p <= 1) ||
+            !(p[i].min_p >= 0 && p[i].min_p < 1) || !(p[i].u >= 0 && p[i].u < 1))
+            return tsr_errorf(TSR_EINVAL,
+                              "sample: row %d: temperature %g, top_k %d, top_p %g, min_p %g, u %g",
+                              i, p[i].temperature, p[i].top_k, p[i].top_p, p[i].min_p, p[i].u);
+    int rc = tsr_buf_check_size(x, tsr_f32_bytes(n, width), "sample input");
+    if (rc || n == 0) return rc;
+    if (!b->i->sample)
+        return tsr_errorf(TSR_EUNSUPPORTED, "sample: %s samples on the host", b->i->name);
+    return b->i->sample(b, x, n, width, p, ids, logprobs);
 }

@@ -47,6 +47,13 @@ struct tsr_batch_meta {
     const int32_t *seq;          /* (n_tokens) row of block_tables */
     const int32_t *slot;         /* (n_tokens) where token t's K and V go */
     const int32_t *block_tables; /* (n_seqs, max_blocks) block ids */
+    /* Optional, for graphs: dev holds the same pos, seq, slot and block_tables as int32 arrays
+     * back to back from its offset 0 (pos at 0, seq at 4 n_tokens, slot at 8 n_tokens, block
+     * tables at 12 n_tokens bytes), and ops read them there instead of copying the host arrays,
+     * which are still given and checked. pos_bound (> every pos[t]) is what attention plans for,
+     * so that the same plan serves every step a graph replays. NULL and 0 otherwise. */
+    tsr_buf_t *dev;
+    int pos_bound;
 };
 
 /* Backends. NULL on failure (message in tsr_last_error). Free with tsr_backend_free(). */
@@ -54,6 +61,23 @@ tsr_backend_t *tsr_backend_cpu_new(int n_threads); /* n_threads <= 0: one per co
 void tsr_backend_free(tsr_backend_t *b);
 const char *tsr_backend_name(const tsr_backend_t *b);
 int tsr_backend_sync(tsr_backend_t *b);
+
+/* Graphs (CUDA graphs on a GPU): the ops queued between tsr_graph_begin() and tsr_graph_end()
+ * are recorded instead of run, and tsr_graph_launch() runs them again with one launch, on the
+ * buffers' contents at that time. So a recorded op must take what changes from run to run from
+ * buffers: step metadata through tsr_batch_meta.dev (ops refuse host metadata while recording).
+ * Ops that bring data to the host (tsr_buf_get, argmax, sample) and buffer allocation or release
+ * must not be recorded. tsr_backend_graphs() is 0 for a backend without graphs (the CPU's), whose
+ * caller runs the ops directly. A graph holds on to the backend's memory it uses; free graphs
+ * before their backend and their buffers. */
+typedef struct tsr_graph tsr_graph_t;
+int tsr_backend_graphs(const tsr_backend_t *b);
+int tsr_graph_begin(tsr_backend_t *b);
+/* Ends the recording. *out is the graph, or NULL when it could not be made (message recorded). An
+ * op that failed while recording has already returned its error; end the recording anyway. */
+int tsr_graph_end(tsr_backend_t *b, tsr_graph_t **out);
+int tsr_graph_launch(tsr_graph_t *g);
+void tsr_graph_free(tsr_graph_t *g);
 
 /* Buffers. alloc: uninitialized device memory. weights: a buffer holding a copy of host bytes; the
  * CPU backend wraps the pointer without copying, so host must outlive the buffer (an mmap).
@@ -79,6 +103,18 @@ int tsr_op_add_rmsnorm(tsr_backend_t *b, tsr_buf_t *resid, tsr_buf_t *delta, tsr
 /* y[n][w->rows] = x[n][w->cols] · Wᵀ (+ bias[w->rows] when bias != NULL), any weight dtype. */
 int tsr_op_matmul(tsr_backend_t *b, tsr_buf_t *y, const struct tsr_weight *w, tsr_buf_t *x,
                   const struct tsr_weight *bias, int n);
+/* y[i] = x · W[i]ᵀ (+ bias[i] when bias and bias[i] are not NULL) for i < count (1..3): as
+ * tsr_op_matmul each, the same x. A backend may run them together (a GPU streams a layer's Q, K
+ * and V weights in one launch at decode); the results are the same. */
+int tsr_op_matmul_many(tsr_backend_t *b, int count, tsr_buf_t *const *y,
+                       const struct tsr_weight *const *w, const struct tsr_weight *const *bias,
+                       tsr_buf_t *x, int n);
+/* out[n][wg->rows] = silu(x · Wgᵀ) * (x · Wuᵀ), the MLP's first half; Wg and Wu have the same
+ * shape. tmp (as large as out, not out) is where a backend that does not fuse the two keeps
+ * x · Wuᵀ. */
+int tsr_op_matmul_swiglu(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *tmp,
+                         const struct tsr_weight *wg, const struct tsr_weight *wu, tsr_buf_t *x,
+                         int n);
 /* Rotates q [n][n_head*head_dim] and k [n][n_kv_head*head_dim] in place by each token's position,
  * then writes k and v rows into kc/vc at meta->slot. */
 int tsr_op_rope_kv_write(tsr_backend_t *b, tsr_buf_t *q, tsr_buf_t *k, tsr_buf_t *v, tsr_buf_t *kc,
@@ -96,5 +132,22 @@ int tsr_op_gather_rows(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *x, const int
 /* Greedy sampling where the logits are: out[i] (host) = the index of the largest of row i of x
  * (n rows of width floats; the lowest index on ties). Only the n ids cross to the host. */
 int tsr_op_argmax(tsr_backend_t *b, tsr_buf_t *x, int n, int width, int32_t *out);
+
+/* One row's sampling (worker/sampling.h's parameters minus the repetition penalty, which the
+ * caller applies on the host when it wants one): u is the row's draw, uniform in [0, 1), from the
+ * caller's seeded generator, so the same seed gives the same tokens on every backend. */
+struct tsr_sample_params {
+    float temperature; /* 0: greedy */
+    int top_k;         /* 0: off */
+    float top_p;       /* (0, 1]; 1: off */
+    float min_p;       /* [0, 1); 0: off */
+    double u;
+};
+/* Samples row i of x (n rows of width floats) with p[i] where the logits are: ids[i] (host), and
+ * logprobs[i] (host, may be NULL) the log-softmax of the unfiltered row at ids[i]. Only ids and
+ * logprobs cross to the host. TSR_EUNSUPPORTED when the backend has no sampler (the caller then
+ * fetches the logits and samples on the host). */
+int tsr_op_sample(tsr_backend_t *b, tsr_buf_t *x, int n, int width,
+                  const struct tsr_sample_params *p, int32_t *ids, float *logprobs);
 
 #endif

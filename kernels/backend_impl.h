@@ -37,6 +37,21 @@ struct tsr_backend_iface {
                        int width);
     /* Optional (NULL: backend.c scans host-visible buffers itself). Arguments checked. */
     int (*argmax)(tsr_backend_t *b, tsr_buf_t *x, int n, int width, int32_t *out);
+    /* Optional (NULL: backend.c runs matmul, and swiglu, one at a time). Arguments checked. */
+    int (*matmul_many)(tsr_backend_t *b, int count, tsr_buf_t *const *y,
+                       const struct tsr_weight *const *w, const struct tsr_weight *const *bias,
+                       tsr_buf_t *x, int n);
+    int (*matmul_swiglu)(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *tmp,
+                         const struct tsr_weight *wg, const struct tsr_weight *wu, tsr_buf_t *x,
+                         int n);
+    /* Graphs, optional (all NULL: tsr_backend_graphs() is 0). end gives the backend's handle. */
+    int (*graph_begin)(tsr_backend_t *b);
+    int (*graph_end)(tsr_backend_t *b, void **handle);
+    int (*graph_launch)(tsr_backend_t *b, void *handle);
+    void (*graph_free)(tsr_backend_t *b, void *handle);
+    /* Optional (NULL: TSR_EUNSUPPORTED). Arguments checked. */
+    int (*sample)(tsr_backend_t *b, tsr_buf_t *x, int n, int width,
+                  const struct tsr_sample_params *p, int32_t *ids, float *logprobs);
 };
 
 struct tsr_backend {

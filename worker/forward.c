@@ -19,7 +19,19 @@ struct layer {
     struct tsr_weight ffn_norm;     /* (dim) */
     struct tsr_weight w_gate, w_up; /* (ffn_dim, dim) */
     struct tsr_weight w_down;       /* (dim, ffn_dim) */
-    tsr_buf_t *k_cache, *v_cache;   /* (n_blocks*block_size, n_kv_head*head_dim) f32 */
+    tsr_buf_t *k_cache, *v_cache;   /* ((n_blocks+1)*block_size, n_kv_head*head_dim) f32: block
+                                       n_blocks is where a graph's padding rows write */
+};
+
+enum { MAX_GRAPHS = 24 };
+
+/* A recorded decode step: `rows` token rows (the step's tokens padded up to a bucket) against
+ * block-table rows `width` blocks wide. runs counts the steps seen; the first runs directly, to
+ * size the backend's scratch before anything is recorded. */
+struct graph_slot {
+    int rows, width, runs;
+    uint64_t used; /* the step clock when last used: the least recent is evicted */
+    tsr_graph_t *g;
 };
 
 /* Memory a column slice was packed into or a synthetic slice generated into; the CPU backend's
@@ -75,6 +87,13 @@ struct tsr_runner {
     float *host_logits; /* (n_out, n_vocab) host: tsr_runner_forward_argmax's when not on the
                            device */
     size_t host_logits_cap;
+    /* Decode graphs: one rank on a backend with graphs, unless TESSERA_GRAPHS=0. */
+    int graphs;
+    struct graph_slot gslots[MAX_GRAPHS];
+    uint64_t gclock;
+    tsr_buf_t *gmeta; /* the graphed step's pos, seq, slot, block tables (tsr_batch_meta.dev) */
+    int32_t *gpack;   /* host: ids, then what gmeta receives */
+    size_t gpack_cap; /* int32s */
 };
 
 /* Drops the resident pages wholly inside [p, p+n) of a read-only file mapping: a column slice
@@ -222,8 +241,8 @@ static int load_layer(tsr_runner_t *r, tsr_model_t *m, int l, struct layer *L)
         (rc = load(r, m, n[11], c->dim, c->ffn_dim, 0, &L->w_down)))
         return rc;
     /* Biases are vectors: their local length is in cols. */
-    size_t kv = (size_t)r->opts.n_blocks * r->opts.block_size * (size_t)r->n_kv_head * c->head_dim *
-                sizeof(float);
+    size_t kv = (size_t)(r->opts.n_blocks + 1) * r->opts.block_size * (size_t)r->n_kv_head *
+                c->head_dim * sizeof(float);
     L->k_cache = tsr_buf_alloc(r->b, kv);
     L->v_cache = tsr_buf_alloc(r->b, kv);
     if (!L->k_cache || !L->v_cache) return TSR_ENOMEM;
@@ -376,6 +395,8 @@ int tsr_runner_new(tsr_model_t *m, tsr_backend_t *b, const struct tsr_runner_opt
                            : TSR_ENOMEM;
     free(inv);
     if (rc || (rc = alloc_scratch(r))) goto fail;
+    const char *g = getenv("TESSERA_GRAPHS");
+    r->graphs = r->world_size == 1 && tsr_backend_graphs(b) && !(g && !strcmp(g, "0"));
     *out = r;
     return 0;
 fail:
@@ -390,10 +411,21 @@ static void stop_followers(tsr_runner_t *r)
     if (r->world_size > 1 && r->world_rank == 0) tsr_comm_broadcast_host(r->world, &h, sizeof h, 0);
 }
 
+static void free_graphs(tsr_runner_t *r)
+{
+    for (int i = 0; i < MAX_GRAPHS; i++) {
+        tsr_graph_free(r->gslots[i].g);
+        memset(&r->gslots[i], 0, sizeof r->gslots[i]);
+    }
+}
+
 void tsr_runner_free(tsr_runner_t *r)
 {
     if (!r) return;
     stop_followers(r);
+    free_graphs(r); /* before the buffers they use */
+    tsr_buf_free(r->gmeta);
+    free(r->gpack);
     if (r->layers) {
         for (int l = 0; l < r->layer_end - r->layer_begin; l++) {
             struct layer *L = &r->layers[l];
@@ -527,6 +559,52 @@ static int collect_logits(tsr_runner_t *r, int n_out, float *logits)
     return 0;
 }
 
+/* This rank's layers over the T rows of the residual stream x: xn = the first layer's attention
+ * norm of x, then every layer; at the end xn holds the final norm's output (last stage) or the
+ * hand-off norm's, and x the residual stream. */
+static int run_layers(tsr_runner_t *r, const struct tsr_batch_meta *meta, int T)
+{
+    const struct tsr_model_config *c = &r->cfg;
+    tsr_backend_t *b = r->b;
+    int D = c->dim, n_local = r->layer_end - r->layer_begin;
+    float eps = c->norm_eps;
+    size_t hidden = (size_t)T * D;
+    TRY(tsr_op_rmsnorm(b, r->xn, r->x, &r->layers[0].attn_norm, T, D, eps));
+    for (int l = 0; l < n_local; l++) {
+        struct layer *L = &r->layers[l];
+        /* attention block: xn is attn_norm(x); this rank's heads */
+        tsr_buf_t *qkv[3] = {r->q, r->k, r->v};
+        const struct tsr_weight *wqkv[3] = {&L->wq, &L->wk, &L->wv};
+        const struct tsr_weight *bqkv[3] = {opt(&L->bq), opt(&L->bk), opt(&L->bv)};
+        TRY(tsr_op_matmul_many(b, 3, qkv, wqkv, bqkv, r->xn, T));
+        TRY(tsr_op_rope_kv_write(b, r->q, r->k, r->v, L->k_cache, L->v_cache, &r->shape, meta));
+        TRY(tsr_op_attention(b, r->att, r->q, L->k_cache, L->v_cache, &r->shape, meta));
+        TRY(tsr_op_matmul(b, r->o, &L->wo, r->att, NULL, T));
+        TRY(tp_sum(r, r->o, hidden));
+        TRY(tsr_op_add_rmsnorm(b, r->x, r->o, r->xn, &L->ffn_norm, T, D, eps));
+        /* MLP block: xn is ffn_norm(x); this rank's intermediate features */
+        TRY(tsr_op_matmul_swiglu(b, r->gate, r->up, &L->w_gate, &L->w_up, r->xn, T));
+        TRY(tsr_op_matmul(b, r->o, &L->w_down, r->gate, NULL, T));
+        TRY(tp_sum(r, r->o, hidden));
+        /* the residual add fused with the next block's norm (or the final norm) */
+        const struct tsr_weight *next = l + 1 < n_local ? &r->layers[l + 1].attn_norm
+                                        : r->has_head   ? &r->output_norm
+                                                        : &r->next_norm;
+        TRY(tsr_op_add_rmsnorm(b, r->x, r->o, r->xn, next, T, D, eps));
+    }
+    return 0;
+}
+
+/* Whether the logit rows are the step's tokens in order (a decode step): the head then reads xn
+ * as it is, with no gather. */
+static int rows_in_order(const struct tsr_step *st)
+{
+    if (st->n_out != st->n_tokens) return 0;
+    for (int i = 0; i < st->n_out; i++)
+        if (st->out_rows[i] != i) return 0;
+    return 1;
+}
+
 /* The forward pass of this rank's part. Logits land in `logits` on the last stage's ranks; with
  * ids instead (one rank only), their argmax per row, taken on the backend. */
 static int forward_local(tsr_runner_t *r, const struct tsr_step *st, float *logits, int32_t *ids)
@@ -534,9 +612,7 @@ static int forward_local(tsr_runner_t *r, const struct tsr_step *st, float *logi
     const struct tsr_model_config *c = &r->cfg;
     tsr_backend_t *b = r->b;
     int T = st->n_tokens, D = c->dim;
-    float eps = c->norm_eps;
     size_t hidden = (size_t)T * D;
-    int stage = r->rp ? r->rp->pp_stage : 0;
     struct tsr_batch_meta meta = {.n_tokens = T,
                                   .n_seqs = st->n_seqs,
                                   .max_blocks = st->max_blocks,
@@ -556,39 +632,140 @@ static int forward_local(tsr_runner_t *r, const struct tsr_step *st, float *logi
     } else {
         TRY(tsr_comm_recv(r->world, r->x, 0, hidden * sizeof(float), r->world_rank - r->tp_size));
     }
-    int n_local = r->layer_end - r->layer_begin;
-    TRY(tsr_op_rmsnorm(b, r->xn, r->x, &r->layers[0].attn_norm, T, D, eps));
-    for (int l = 0; l < n_local; l++) {
-        struct layer *L = &r->layers[l];
-        /* attention block: xn is attn_norm(x); this rank's heads */
-        TRY(tsr_op_matmul(b, r->q, &L->wq, r->xn, opt(&L->bq), T));
-        TRY(tsr_op_matmul(b, r->k, &L->wk, r->xn, opt(&L->bk), T));
-        TRY(tsr_op_matmul(b, r->v, &L->wv, r->xn, opt(&L->bv), T));
-        TRY(tsr_op_rope_kv_write(b, r->q, r->k, r->v, L->k_cache, L->v_cache, &r->shape, &meta));
-        TRY(tsr_op_attention(b, r->att, r->q, L->k_cache, L->v_cache, &r->shape, &meta));
-        TRY(tsr_op_matmul(b, r->o, &L->wo, r->att, NULL, T));
-        TRY(tp_sum(r, r->o, hidden));
-        TRY(tsr_op_add_rmsnorm(b, r->x, r->o, r->xn, &L->ffn_norm, T, D, eps));
-        /* MLP block: xn is ffn_norm(x); this rank's intermediate features */
-        TRY(tsr_op_matmul(b, r->gate, &L->w_gate, r->xn, NULL, T));
-        TRY(tsr_op_matmul(b, r->up, &L->w_up, r->xn, NULL, T));
-        TRY(tsr_op_swiglu(b, r->gate, r->gate, r->up, T, r->ffn_dim));
-        TRY(tsr_op_matmul(b, r->o, &L->w_down, r->gate, NULL, T));
-        TRY(tp_sum(r, r->o, hidden));
-        /* the residual add fused with the next block's norm (or the final norm) */
-        const struct tsr_weight *next = l + 1 < n_local ? &r->layers[l + 1].attn_norm
-                                        : r->has_head   ? &r->output_norm
-                                                        : &r->next_norm;
-        TRY(tsr_op_add_rmsnorm(b, r->x, r->o, r->xn, next, T, D, eps));
-    }
+    TRY(run_layers(r, &meta, T));
     if (!r->has_head)
         return tsr_comm_send(r->world, r->x, 0, hidden * sizeof(float), r->world_rank + r->tp_size);
-    (void)stage;
     if (st->n_out == 0) return tsr_backend_sync(b);
-    TRY(tsr_op_gather_rows(b, r->h_out, r->xn, st->out_rows, st->n_out, D));
-    TRY(tsr_op_matmul(b, r->logits, &r->output, r->h_out, NULL, st->n_out));
+    tsr_buf_t *h = r->xn;
+    if (!rows_in_order(st)) {
+        TRY(tsr_op_gather_rows(b, r->h_out, r->xn, st->out_rows, st->n_out, D));
+        h = r->h_out;
+    }
+    TRY(tsr_op_matmul(b, r->logits, &r->output, h, NULL, st->n_out));
     if (ids) return tsr_op_argmax(b, r->logits, st->n_out, c->n_vocab, ids);
     return collect_logits(r, st->n_out, logits);
+}
+
+/* ---- decode graphs ---- */
+
+/* Rows a step of T decode tokens is padded to: exact up to 8 (the GEMV kernels' sizes), then
+ * multiples of 16 up to 128 and of 64 beyond, so a few graphs cover every batch. */
+static int graph_rows(int T)
+{
+    if (T <= 8) return T;
+    return T <= 128 ? (T + 15) / 16 * 16 : (T + 63) / 64 * 64;
+}
+
+/* A step the graphs take: one rank with graphs on, and a decode step: one token per sequence (in
+ * sequence order), each token's logits wanted, in order. */
+static int graphable(const tsr_runner_t *r, const struct tsr_step *st)
+{
+    if (!r->graphs || !rows_in_order(st) || graph_rows(st->n_tokens) > r->opts.max_tokens) return 0;
+    for (int t = 1; t < st->n_tokens; t++)
+        if (st->seq[t] <= st->seq[t - 1]) return 0;
+    return 1;
+}
+
+/* The recorded part of a graphed step: the layers and the LM head over all `rows` rows. */
+static int graph_body(tsr_runner_t *r, const struct tsr_batch_meta *meta, int rows)
+{
+    TRY(run_layers(r, meta, rows));
+    return tsr_op_matmul(r->b, r->logits, &r->output, r->xn, NULL, rows);
+}
+
+/* The slot for (rows, width), a free or the least recently used one when new. */
+static struct graph_slot *graph_slot(tsr_runner_t *r, int rows, int width)
+{
+    struct graph_slot *lru = &r->gslots[0];
+    for (int i = 0; i < MAX_GRAPHS; i++) {
+        struct graph_slot *g = &r->gslots[i];
+        if (g->runs && g->rows == rows && g->width == width) return g;
+        if (!g->runs || (lru->runs && g->used < lru->used)) lru = g;
+    }
+    tsr_graph_free(lru->g);
+    *lru = (struct graph_slot){.rows = rows, .width = width};
+    return lru;
+}
+
+/* Records the body into g->g (the stream is released even when an op fails) and launches it. */
+static int graph_record(tsr_runner_t *r, struct graph_slot *g, const struct tsr_batch_meta *meta)
+{
+    TRY(tsr_graph_begin(r->b));
+    int rc = graph_body(r, meta, g->rows);
+    tsr_graph_t *made = NULL;
+    int rc_end = tsr_graph_end(r->b, &made);
+    if (rc || rc_end) {
+        tsr_graph_free(made);
+        return rc ? rc : rc_end;
+    }
+    g->g = made;
+    return tsr_graph_launch(g->g);
+}
+
+/* A decode step through a graph. The T tokens are padded to R rows whose K and V go to the spare
+ * block n_blocks and whose logits are never read; each row gets its own block-table row, W blocks
+ * wide (a power of two covering every token's position). */
+static int forward_graph(tsr_runner_t *r, const struct tsr_step *st, float *logits, int32_t *ids)
+{
+    int T = st->n_tokens, R = graph_rows(T), bs = r->opts.block_size, spare = r->opts.n_blocks;
+    int need = 1, W = 1;
+    for (int t = 0; t < T; t++)
+        if (st->pos[t] / bs + 1 > need) need = st->pos[t] / bs + 1;
+    while (W < need) W *= 2;
+    size_t n_dev = 3 * (size_t)R + (size_t)R * W; /* pos, seq, slot, block tables */
+    if (R + n_dev > r->gpack_cap) {
+        int32_t *p = realloc(r->gpack, (R + n_dev) * sizeof *p);
+        if (!p) return tsr_errorf(TSR_ENOMEM, "out of memory for a decode step");
+        r->gpack = p;
+        r->gpack_cap = R + n_dev;
+    }
+    if (!r->gmeta || tsr_buf_size(r->gmeta) < n_dev * sizeof(int32_t)) {
+        /* The graphs read the old buffer: record them again against the new one. */
+        free_graphs(r);
+        tsr_buf_free(r->gmeta);
+        r->gmeta = tsr_buf_alloc(r->b, 2 * n_dev * sizeof(int32_t));
+        if (!r->gmeta) return TSR_ENOMEM;
+    }
+    int32_t *ids_in = r->gpack, *pos = ids_in + R, *seq = pos + R, *slot = seq + R, *bt = slot + R;
+    for (int t = 0; t < R; t++) {
+        int real = t < T, nb = real ? st->pos[t] / bs + 1 : 0;
+        ids_in[t] = real ? st->ids[t] : 0;
+        pos[t] = real ? st->pos[t] : 0;
+        seq[t] = t;
+        slot[t] = real ? r->slot[t] : spare * bs;
+        int32_t *row = bt + (size_t)t * W;
+        if (real)
+            memcpy(row, st->block_tables + (size_t)st->seq[t] * st->max_blocks,
+                   (size_t)nb * sizeof *row);
+        for (int j = nb; j < W; j++) row[j] = spare;
+    }
+    TRY(tsr_buf_set(r->gmeta, 0, pos, n_dev * sizeof(int32_t)));
+    TRY(tsr_op_embed(r->b, r->x, &r->tok_embd, ids_in, R));
+    struct tsr_batch_meta meta = {.n_tokens = R,
+                                  .n_seqs = R,
+                                  .max_blocks = W,
+                                  .pos = pos,
+                                  .seq = seq,
+                                  .slot = slot,
+                                  .block_tables = bt,
+                                  .dev = r->gmeta,
+                                  .pos_bound = W * bs};
+    struct graph_slot *g = graph_slot(r, R, W);
+    g->used = ++r->gclock;
+    if (g->g)
+        TRY(tsr_graph_launch(g->g));
+    else if (g->runs++ == 0)
+        TRY(graph_body(r, &meta, R));
+    else
+        TRY(graph_record(r, g, &meta));
+    if (ids) return tsr_op_argmax(r->b, r->logits, T, r->cfg.n_vocab, ids);
+    return collect_logits(r, T, logits);
+}
+
+/* One rank's step: through a graph when it can. */
+static int forward_one(tsr_runner_t *r, const struct tsr_step *st, float *logits, int32_t *ids)
+{
+    return graphable(r, st) ? forward_graph(r, st, logits, ids) : forward_local(r, st, logits, ids);
 }
 
 /* The step message: header then ids, pos, seq (n_tokens each), block tables, out_rows. */
@@ -633,7 +810,7 @@ static int logits_home(const tsr_runner_t *r)
 int tsr_runner_forward(tsr_runner_t *r, const struct tsr_step *st, float *logits)
 {
     TRY(check_step(r, st));
-    if (r->world_size == 1) return forward_local(r, st, logits, NULL);
+    if (r->world_size == 1) return forward_one(r, st, logits, NULL);
     if (r->world_rank != 0)
         return tsr_errorf(TSR_EINVAL, "only the group leader (rank 0) drives steps");
     /* One message per step: a fixed header, then the arrays. */
@@ -691,7 +868,7 @@ int tsr_runner_forward_argmax(tsr_runner_t *r, const struct tsr_step *st, int32_
 {
     if (r->world_size == 1) { /* the argmax where the logits are: only the ids come back */
         TRY(check_step(r, st));
-        return forward_local(r, st, NULL, ids);
+        return forward_one(r, st, NULL, ids);
     }
     size_t V = (size_t)r->cfg.n_vocab, need = (size_t)(st->n_out > 0 ? st->n_out : 1) * V;
     if (need > r->host_logits_cap) {

@@ -45,6 +45,11 @@ static uint64_t next_u64(uint64_t s[4])
     return r;
 }
 
+double tsr_sampler_uniform(struct tsr_sampler *s)
+{
+    return (double)(next_u64(s->rng) >> 11) * (1.0 / 9007199254740992.0);
+}
+
 int tsr_sampler_init(struct tsr_sampler *s, const struct tsr_sampling *p, int n_vocab)
 {
     memset(s, 0, sizeof *s);
@@ -181,7 +186,7 @@ int32_t tsr_sample(struct tsr_sampler *s, float *logits, const int32_t *history,
         }
         double mass = 0;
         for (int i = 0; i < k; i++) mass += s->prob[i];
-        double r = (double)(next_u64(s->rng) >> 11) * (1.0 / 9007199254740992.0) * mass;
+        double r = tsr_sampler_uniform(s) * mass;
         pick = s->idx[k - 1];
         for (int i = 0; i < k; i++) {
             r -= s->prob[i];

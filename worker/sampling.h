@@ -34,6 +34,10 @@ struct tsr_sampler {
 int tsr_sampler_init(struct tsr_sampler *s, const struct tsr_sampling *p, int n_vocab);
 void tsr_sampler_free(struct tsr_sampler *s);
 
+/* The sampler's next uniform draw in [0, 1) (53 bits), advancing its generator: the one draw
+ * tsr_sample makes when temperature > 0, for callers that sample elsewhere (tsr_op_sample). */
+double tsr_sampler_uniform(struct tsr_sampler *s);
+
 /* Picks the next token. logits (n_vocab) is modified in place. history is the sequence so far
  * (prompt and generated), for the repetition penalty. If logprob is not NULL it receives the log
  * probability of the chosen token under the unfiltered, untempered softmax of the penalised

@@ -20,6 +20,7 @@ enum {
     META_SLOTS = 16,            /* pinned staging areas in flight (ops the host may run ahead) */
     GEMM_TILE_BYTES = 64 << 20, /* bf16 weight tile for cuBLAS: rows decoded per GEMM call */
     SCRATCH_ALIGN = 256,
+    BLAS_WORKSPACE = 32 << 20, /* what cuBLAS asks for on Hopper */
 };
 
 /* Which op's metadata a device copy holds. Ops of one kind in a step (RoPE or attention in every
@@ -53,6 +54,14 @@ struct cuda_ctx {
     size_t pack_size;
     void *scratch; /* device scratch shared by the ops (one op at a time) */
     size_t scratch_size;
+    /* graphs: while recording, ops must not allocate, wait or stage host metadata; scratch that
+     * a live graph may use is kept (retired) instead of freed when scratch grows */
+    int recording, n_graphs;
+    struct retired {
+        void *p;
+        struct retired *next;
+    } * retired;
+    void *blas_ws; /* cuBLAS workspace of our own: it then allocates nothing while recording */
 };
 
 static struct cuda_ctx *ctx_of(tsr_backend_t *b)
@@ -95,8 +104,21 @@ static int scratch(struct cuda_ctx *c, size_t n, void **out)
 {
     if (n > c->scratch_size) {
         size_t want = align_up(n + n / 4);
+        if (c->recording)
+            return tsr_errorf(TSR_EINTERNAL,
+                              "cuda: an op needs %zu bytes of scratch while recording a graph "
+                              "(%zu held): run the step once before recording it",
+                              n, c->scratch_size);
         CK(cudaStreamSynchronize(c->stream), "scratch: synchronize");
-        if (c->scratch) CK(cudaFree(c->scratch), "scratch: free");
+        if (c->scratch && c->n_graphs) { /* a graph may use it: keep it until the backend goes */
+            struct retired *r = malloc(sizeof *r);
+            if (!r) return tsr_errorf(TSR_ENOMEM, "cuda: out of host memory");
+            r->p = c->scratch;
+            r->next = c->retired;
+            c->retired = r;
+        } else if (c->scratch) {
+            CK(cudaFree(c->scratch), "scratch: free");
+        }
         c->scratch = NULL;
         c->scratch_size = 0;
         CK(cudaMalloc(&c->scratch, want), "scratch: allocate");
@@ -125,6 +147,9 @@ static int grow_host(void **p, size_t *size, size_t n)
 static int stage_meta(struct cuda_ctx *c, enum meta_kind kind, int count, const void *const *src,
                       const size_t *bytes, void **dev)
 {
+    if (c->recording)
+        return tsr_errorf(TSR_EINVAL, "cuda: an op was recorded into a graph with host metadata "
+                                      "(a replay would not see new values): pass meta->dev");
     size_t off[4], total = 0;
     for (int i = 0; i < count; i++) {
         off[i] = total;
@@ -189,7 +214,14 @@ static void cuda_free(tsr_backend_t *b)
         free(c->meta[i].shadow);
     }
     if (c->scratch) cudaFree(c->scratch);
+    while (c->retired) {
+        struct retired *r = c->retired;
+        c->retired = r->next;
+        cudaFree(r->p);
+        free(r);
+    }
     if (c->blas) cublasDestroy(c->blas);
+    if (c->blas_ws) cudaFree(c->blas_ws);
     if (c->stream) cudaStreamDestroy(c->stream);
     free(c->pack);
     free(c);
@@ -476,24 +508,91 @@ static int gemm(struct cuda_ctx *c, float *y, const struct tsr_weight *w, size_t
     return 0;
 }
 
+/* A GEMV launch over `count` weights of w (one type and width: the caller checked). */
+static int gemv(struct cuda_ctx *c, int count, tsr_buf_t *const *y,
+                const struct tsr_weight *const *w, int swiglu, tsr_buf_t *x, int n)
+{
+    struct tsr_cuda_gemv g = {.type = w[0]->type,
+                              .row_bytes = tsr_dtype_row_bytes(w[0]->type, w[0]->cols),
+                              .cols = (int)w[0]->cols,
+                              .n_w = count,
+                              .swiglu = swiglu,
+                              .n = n,
+                              .x = x->data};
+    for (int i = 0; i < count; i++) {
+        g.w[i] = w[i]->buf->data;
+        g.y[i] = y[i]->data;
+        g.rows[i] = (int)w[i]->rows;
+    }
+    return launched(tsr_cuda_gemv(c->stream, &g), "matmul (GEMV)");
+}
+
+static int add_bias(struct cuda_ctx *c, tsr_buf_t *y, const struct tsr_weight *w,
+                    const struct tsr_weight *bias, int n)
+{
+    if (!bias) return 0;
+    return launched(
+        tsr_cuda_add_bias(c->stream, y->data, bias->buf->data, bias->type, (int)w->rows, n),
+        "matmul bias");
+}
+
 static int cuda_matmul(tsr_backend_t *b, tsr_buf_t *y, const struct tsr_weight *w, tsr_buf_t *x,
                        const struct tsr_weight *bias, int n)
 {
     /* Arguments checked by tsr_op_matmul. */
     struct cuda_ctx *c = ctx_of(b);
-    size_t wrow = tsr_dtype_row_bytes(w->type, w->cols);
-    int rows = (int)w->rows, cols = (int)w->cols, rc;
+    int rc;
     if (n == 0) return 0;
     CK(cudaSetDevice(c->device), "set device");
     if (n <= TSR_CUDA_GEMV_MAX_N)
-        rc = launched(
-            tsr_cuda_gemv(c->stream, w->type, w->buf->data, wrow, rows, cols, x->data, y->data, n),
-            "matmul (GEMV)");
+        rc = gemv(c, 1, &y, &w, 0, x, n);
     else
-        rc = gemm(c, y->data, w, wrow, x->data, n);
-    if (rc || !bias) return rc;
-    return launched(tsr_cuda_add_bias(c->stream, y->data, bias->buf->data, bias->type, rows, n),
-                    "matmul bias");
+        rc = gemm(c, y->data, w, tsr_dtype_row_bytes(w->type, w->cols), x->data, n);
+    return rc ? rc : add_bias(c, y, w, bias, n);
+}
+
+/* Weights one GEMV launch can stream together: one type and width. */
+static int same_kind(int count, const struct tsr_weight *const *w)
+{
+    for (int i = 1; i < count; i++)
+        if (w[i]->type != w[0]->type || w[i]->cols != w[0]->cols) return 0;
+    return 1;
+}
+
+static int cuda_matmul_many(tsr_backend_t *b, int count, tsr_buf_t *const *y,
+                            const struct tsr_weight *const *w, const struct tsr_weight *const *bias,
+                            tsr_buf_t *x, int n)
+{
+    struct cuda_ctx *c = ctx_of(b);
+    int rc = 0;
+    if (n == 0) return 0;
+    if (n > TSR_CUDA_GEMV_MAX_N || !same_kind(count, w)) {
+        for (int i = 0; i < count && !rc; i++)
+            rc = cuda_matmul(b, y[i], w[i], x, bias ? bias[i] : NULL, n);
+        return rc;
+    }
+    CK(cudaSetDevice(c->device), "set device");
+    rc = gemv(c, count, y, w, 0, x, n);
+    for (int i = 0; i < count && !rc && bias; i++) rc = add_bias(c, y[i], w[i], bias[i], n);
+    return rc;
+}
+
+static int cuda_matmul_swiglu(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *tmp,
+                              const struct tsr_weight *wg, const struct tsr_weight *wu,
+                              tsr_buf_t *x, int n)
+{
+    struct cuda_ctx *c = ctx_of(b);
+    const struct tsr_weight *w[2] = {wg, wu};
+    tsr_buf_t *y[2] = {out, tmp};
+    int rc;
+    if (n == 0) return 0;
+    if (n <= TSR_CUDA_GEMV_MAX_N && same_kind(2, w)) {
+        CK(cudaSetDevice(c->device), "set device");
+        return gemv(c, 2, y, w, 1, x, n);
+    }
+    if ((rc = cuda_matmul(b, out, wg, x, NULL, n)) || (rc = cuda_matmul(b, tmp, wu, x, NULL, n)))
+        return rc;
+    return cuda_swiglu(b, out, out, tmp, n, (int)wg->rows);
 }
 
 /* ---- RoPE, attention ---- */
@@ -520,6 +619,21 @@ static int64_t cache_slots(const tsr_buf_t *kc, const tsr_buf_t *vc, const struc
     return (int64_t)(n / row);
 }
 
+/* The step's arrays in meta->dev (backend.h's layout): pos, seq, slot and block tables. */
+struct dev_meta {
+    const int32_t *pos, *seq, *slot, *bt;
+};
+
+static int dev_meta(const struct tsr_batch_meta *m, struct dev_meta *d)
+{
+    size_t nt = (size_t)m->n_tokens, n = 3 * nt + (size_t)m->n_seqs * m->max_blocks;
+    int rc = tsr_buf_check_size(m->dev, n * sizeof(int32_t), "step metadata on the device");
+    if (rc) return rc;
+    const int32_t *p = m->dev->data;
+    *d = (struct dev_meta){p, p + nt, p + 2 * nt, p + 3 * nt};
+    return 0;
+}
+
 static int cuda_rope_kv_write(tsr_backend_t *b, tsr_buf_t *q, tsr_buf_t *k, tsr_buf_t *v,
                               tsr_buf_t *kc, tsr_buf_t *vc, const struct tsr_attn_shape *s,
                               const struct tsr_batch_meta *m)
@@ -544,10 +658,17 @@ static int cuda_rope_kv_write(tsr_backend_t *b, tsr_buf_t *q, tsr_buf_t *k, tsr_
     }
     if (nt == 0) return 0;
     CK(cudaSetDevice(c->device), "set device");
-    const void *src[2] = {m->pos, m->slot};
-    size_t bytes[2] = {(size_t)nt * sizeof(int32_t), (size_t)nt * sizeof(int32_t)};
     void *dev[2];
-    if ((rc = stage_meta(c, META_ROPE, 2, src, bytes, dev))) return rc;
+    struct dev_meta dm;
+    if (m->dev) {
+        if ((rc = dev_meta(m, &dm))) return rc;
+        dev[0] = (void *)dm.pos;
+        dev[1] = (void *)dm.slot;
+    } else {
+        const void *src[2] = {m->pos, m->slot};
+        size_t bytes[2] = {(size_t)nt * sizeof(int32_t), (size_t)nt * sizeof(int32_t)};
+        if ((rc = stage_meta(c, META_ROPE, 2, src, bytes, dev))) return rc;
+    }
     struct tsr_cuda_rope_args a = {.q = q->data,
                                    .k = k->data,
                                    .v = v->data,
@@ -562,6 +683,25 @@ static int cuda_rope_kv_write(tsr_backend_t *b, tsr_buf_t *q, tsr_buf_t *k, tsr_
                                    .head_dim = hd,
                                    .neox = s->neox};
     return launched(tsr_cuda_rope_kv_write(c->stream, &a), "rope_kv_write");
+}
+
+/* Splits the step's tokens into runs of consecutive positions of one sequence, at most
+ * TSR_CUDA_PREFILL_TILE long: the prefill kernel's tiles. Returns their number, or 0 when no run
+ * is longer than one token (a decode step: the decode kernel's splits fill the GPU better). */
+static int prefill_tiles(const struct tsr_batch_meta *m, struct tsr_cuda_attn_tile *tiles)
+{
+    int n = 0, longest = 0;
+    for (int t = 0; t < m->n_tokens; t++) {
+        struct tsr_cuda_attn_tile *last = n ? &tiles[n - 1] : NULL;
+        if (last && last->seq == m->seq[t] && last->pos0 + last->len == m->pos[t] &&
+            last->len < TSR_CUDA_PREFILL_TILE) {
+            last->len++;
+            if (last->len > longest) longest = last->len;
+            continue;
+        }
+        tiles[n++] = (struct tsr_cuda_attn_tile){t, 1, m->pos[t], m->seq[t]};
+    }
+    return longest > 1 ? n : 0;
 }
 
 static int cuda_attention(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *q, tsr_buf_t *kc,
@@ -581,26 +721,49 @@ static int cuda_attention(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *q, tsr_bu
         if (m->pos[t] > max_pos) max_pos = m->pos[t];
         if (m->seq[t] > max_seq) max_seq = m->seq[t];
     }
-    /* Upload only the block-table columns and rows this step reads. */
-    int mb = max_pos / s->block_size + 1, ns = max_seq + 1;
-    int32_t *bt = NULL;
-    size_t bt_bytes = (size_t)ns * mb * sizeof(int32_t);
-    const void *bt_src = m->block_tables;
-    if (mb != m->max_blocks) {
-        if (!(bt = malloc(bt_bytes)))
-            return tsr_errorf(TSR_ENOMEM, "attention: out of memory for block tables");
-        for (int i = 0; i < ns; i++)
-            memcpy(bt + (size_t)i * mb, m->block_tables + (size_t)i * m->max_blocks,
-                   (size_t)mb * sizeof(int32_t));
-        bt_src = bt;
-    }
     CK(cudaSetDevice(c->device), "set device");
-    const void *src[3] = {m->pos, m->seq, bt_src};
-    size_t bytes[3] = {(size_t)nt * sizeof(int32_t), (size_t)nt * sizeof(int32_t), bt_bytes};
-    void *dev[3];
-    rc = stage_meta(c, META_ATTN, 3, src, bytes, dev);
-    free(bt);
-    if (rc) return rc;
+    int mb = m->max_blocks, n_tiles = 0;
+    struct tsr_cuda_attn_tile *tiles = NULL;
+    void *dev[4];
+    if (m->dev) { /* a graph's step: plan for the bound, read the arrays where they are */
+        struct dev_meta dm;
+        if (m->pos_bound <= max_pos)
+            return tsr_errorf(TSR_EINVAL, "attention: position %d beyond the bound %d", max_pos,
+                              m->pos_bound);
+        if ((rc = dev_meta(m, &dm))) return rc;
+        max_pos = m->pos_bound - 1;
+        dev[0] = (void *)dm.pos;
+        dev[1] = (void *)dm.seq;
+        dev[2] = (void *)dm.bt;
+    } else {
+        /* Upload only the block-table columns and rows this step reads, and the prefill tiles
+         * when the step has prompt chunks. */
+        int ns = max_seq + 1;
+        mb = max_pos / s->block_size + 1;
+        int32_t *bt = NULL;
+        size_t bt_bytes = (size_t)ns * mb * sizeof(int32_t);
+        const void *bt_src = m->block_tables;
+        tiles =
+            tsr_cuda_attention_prefill_ok(s->head_dim) ? malloc((size_t)nt * sizeof *tiles) : NULL;
+        if (tiles) n_tiles = prefill_tiles(m, tiles);
+        if (mb != m->max_blocks) {
+            if (!(bt = malloc(bt_bytes))) {
+                free(tiles);
+                return tsr_errorf(TSR_ENOMEM, "attention: out of memory for block tables");
+            }
+            for (int i = 0; i < ns; i++)
+                memcpy(bt + (size_t)i * mb, m->block_tables + (size_t)i * m->max_blocks,
+                       (size_t)mb * sizeof(int32_t));
+            bt_src = bt;
+        }
+        const void *src[4] = {m->pos, m->seq, bt_src, tiles};
+        size_t bytes[4] = {(size_t)nt * sizeof(int32_t), (size_t)nt * sizeof(int32_t), bt_bytes,
+                           (size_t)n_tiles * sizeof *tiles};
+        rc = stage_meta(c, META_ATTN, n_tiles ? 4 : 3, src, bytes, dev);
+        free(bt);
+        free(tiles);
+        if (rc) return rc;
+    }
     struct tsr_cuda_attn_args a = {.out = out->data,
                                    .q = q->data,
                                    .kc = kc->data,
@@ -616,6 +779,9 @@ static int cuda_attention(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *q, tsr_bu
                                    .max_blocks = mb,
                                    .scale = s->scale,
                                    .max_pos = max_pos};
+    if (n_tiles)
+        return launched(tsr_cuda_attention_prefill(c->stream, &a, dev[3], n_tiles),
+                        "attention (prefill)");
     int splits;
     size_t floats = tsr_cuda_attention_scratch(&a, c->n_sms, &splits);
     void *part = NULL;
@@ -727,6 +893,55 @@ int tsr_cuda_measure_gemm(tsr_backend_t *b, int m, int n, int k, double *flops_p
     return rc;
 }
 
+/* ---- graphs ---- */
+
+static int cuda_graph_begin(tsr_backend_t *b)
+{
+    struct cuda_ctx *c = ctx_of(b);
+    CK(cudaSetDevice(c->device), "set device");
+    /* Thread-local: this thread may not call what a capture forbids (allocations, waits);
+     * other threads (the gRPC layer's) are not affected. */
+    CK(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal),
+       "graph: begin recording");
+    c->recording = 1;
+    return 0;
+}
+
+static int cuda_graph_end(tsr_backend_t *b, void **handle)
+{
+    struct cuda_ctx *c = ctx_of(b);
+    cudaGraph_t g = NULL;
+    cudaGraphExec_t x = NULL;
+    c->recording = 0;
+    cudaError_t e = cudaStreamEndCapture(c->stream, &g);
+    if (e == cudaSuccess) e = cudaGraphInstantiate(&x, g, 0);
+    if (g) cudaGraphDestroy(g);
+    if (e != cudaSuccess) {
+        cudaGetLastError(); /* a broken capture leaves a sticky-looking error: clear it */
+        return cuda_fail(e, "graph: end recording");
+    }
+    c->n_graphs++;
+    *handle = x;
+    return 0;
+}
+
+static int cuda_graph_launch(tsr_backend_t *b, void *handle)
+{
+    struct cuda_ctx *c = ctx_of(b);
+    CK(cudaSetDevice(c->device), "set device");
+    CK(cudaGraphLaunch((cudaGraphExec_t)handle, c->stream), "graph: launch");
+    return 0;
+}
+
+static void cuda_graph_free(tsr_backend_t *b, void *handle)
+{
+    struct cuda_ctx *c = ctx_of(b);
+    cudaSetDevice(c->device);
+    cudaStreamSynchronize(c->stream); /* a replay may still be running */
+    cudaGraphExecDestroy((cudaGraphExec_t)handle);
+    c->n_graphs--;
+}
+
 static const struct tsr_backend_iface cuda_iface = {
     .name = "cuda",
     .free = cuda_free,
@@ -745,6 +960,12 @@ static const struct tsr_backend_iface cuda_iface = {
     .swiglu = cuda_swiglu,
     .gather_rows = cuda_gather_rows,
     .argmax = cuda_argmax,
+    .matmul_many = cuda_matmul_many,
+    .matmul_swiglu = cuda_matmul_swiglu,
+    .graph_begin = cuda_graph_begin,
+    .graph_end = cuda_graph_end,
+    .graph_launch = cuda_graph_launch,
+    .graph_free = cuda_graph_free,
 };
 
 int tsr_cuda_device_count(void)
@@ -774,6 +995,8 @@ static int init_ctx(struct cuda_ctx *c, int device)
         CK(cudaEventCreateWithFlags(&c->slots[i].done, cudaEventDisableTiming), "create an event");
     CKB(cublasCreate(&c->blas), "create a handle");
     CKB(cublasSetStream(c->blas, c->stream), "set the stream");
+    CK(cudaMalloc(&c->blas_ws, BLAS_WORKSPACE), "allocate the cuBLAS workspace");
+    CKB(cublasSetWorkspace(c->blas, c->blas_ws, BLAS_WORKSPACE), "set the workspace");
     tsr_log_info("cuda backend: device %d, %s, %d SMs, compute %d.%d, %.1f GiB", device, p.name,
                  p.multiProcessorCount, p.major, p.minor,
                  (double)p.totalGlobalMem / (1024.0 * 1024 * 1024));

@@ -57,6 +57,12 @@ static __device__ __forceinline__ float tsr_dev_elem(int t, const uint8_t *row, 
     }
 }
 
+/* SwiGLU's gate activation times up: silu(g) * u, as the CPU backend computes it. */
+static __device__ __forceinline__ float tsr_dev_swiglu(float g, float u)
+{
+    return g / (1.0f + expf(-g)) * u;
+}
+
 static __device__ __forceinline__ float tsr_warp_sum(float v)
 {
 #pragma unroll

@@ -32,9 +32,21 @@ cudaError_t tsr_cuda_swiglu(cudaStream_t s, float *out, const float *gate, const
 cudaError_t tsr_cuda_gather_rows(cudaStream_t s, float *out, const float *x, const int32_t *rows,
                                  int n, int width);
 
-/* y[n][rows] = x[n][cols] · Wᵀ with f32 accumulation, n in 1..TSR_CUDA_GEMV_MAX_N. */
-cudaError_t tsr_cuda_gemv(cudaStream_t s, int type, const void *w, size_t row_bytes, int rows,
-                          int cols, const float *x, float *y, int n);
+/* Decode matmuls in one launch (cuda_matmul.cu): y[i][n][rows[i]] = x[n][cols] · W[i]ᵀ for the
+ * n_w weights (1..TSR_CUDA_GEMV_MAX_W, one type and row size), f32 accumulation, n in
+ * 1..TSR_CUDA_GEMV_MAX_N. With swiglu (n_w = 2, equal rows): y[0] = silu(x · W[0]ᵀ) * (x · W[1]ᵀ),
+ * y[1] unused. */
+#define TSR_CUDA_GEMV_MAX_W 3
+struct tsr_cuda_gemv {
+    int type;
+    size_t row_bytes;
+    int cols, n_w, swiglu, n;
+    const void *w[TSR_CUDA_GEMV_MAX_W];
+    float *y[TSR_CUDA_GEMV_MAX_W];
+    int rows[TSR_CUDA_GEMV_MAX_W];
+    const float *x;
+};
+cudaError_t tsr_cuda_gemv(cudaStream_t s, const struct tsr_cuda_gemv *g);
 /* dst[r][0..cols) = weight rows [r0, r0 + nr) as bf16 (round to nearest even). */
 cudaError_t tsr_cuda_weight_to_bf16(cudaStream_t s, int type, const void *w, size_t row_bytes,
                                     int r0, int nr, int cols, uint16_t *dst);
@@ -88,6 +100,34 @@ struct tsr_cuda_attn_args {
 size_t tsr_cuda_attention_scratch(const struct tsr_cuda_attn_args *a, int n_sms, int *splits);
 cudaError_t tsr_cuda_attention(cudaStream_t s, const struct tsr_cuda_attn_args *a, int splits,
                                float *scratch);
+
+/* Causal attention for prompt chunks on tensor cores (kernels/cuda/cuda_attention_prefill.cu):
+ * a tile is a run of consecutive query tokens of one sequence, tokens t0 .. t0+len-1 at positions
+ * pos0 .. pos0+len-1 (len <= TSR_CUDA_PREFILL_TILE), each attending to positions 0 .. its own of
+ * its sequence through block-table row `seq`. Q, K and V enter the tensor cores as f16 with f32
+ * accumulation and an f32 online softmax. a->pos, a->seq and a->block_tables are device arrays as
+ * for tsr_cuda_attention; tiles is a device array of n_tiles. */
+#define TSR_CUDA_PREFILL_TILE 64
+struct tsr_cuda_attn_tile {
+    int32_t t0, len, pos0, seq;
+};
+/* Nonzero when the prefill kernel takes this head_dim (others use tsr_cuda_attention). */
+int tsr_cuda_attention_prefill_ok(int head_dim);
+cudaError_t tsr_cuda_attention_prefill(cudaStream_t s, const struct tsr_cuda_attn_args *a,
+                                       const struct tsr_cuda_attn_tile *tiles, int n_tiles);
+
+/* Sampling where the logits are (kernels/cuda/cuda_sample.cu), with worker/sampling.c's
+ * transforms in its order except the repetition penalty: top-k, temperature, softmax, top-p,
+ * min-p, then the draw p->u (uniform in [0, 1)) times the kept mass walked in descending order of
+ * probability; temperature 0 is the argmax (lowest index on ties). For rows i < n of x (row
+ * stride ld floats): ids[i], and logprobs[i] (when not NULL) the log-softmax of the unfiltered,
+ * untempered row at ids[i]. params, ids and logprobs are device arrays; scratch holds at least
+ * tsr_cuda_sample_scratch(n, width) bytes. */
+struct tsr_sample_params;
+size_t tsr_cuda_sample_scratch(int n, int width);
+cudaError_t tsr_cuda_sample(cudaStream_t s, const float *x, int n, int width, size_t ld,
+                            const struct tsr_sample_params *params, int32_t *ids, float *logprobs,
+                            void *scratch);
 
 #ifdef __cplusplus
 }

@@ -2,10 +2,17 @@
  * reading each weight byte once from device memory. Decode is bound by weight bandwidth, so the
  * kernels are built around the weight stream:
  *
- * - Each warp computes ROWS output rows for all n activations (the activation values it loads
- *   serve ROWS rows); blocks of WARPS warps, no block-wide synchronization.
+ * - One launch serves up to TSR_CUDA_GEMV_MAX_W weights of one type and width against the same x
+ *   (a layer's Q, K and V projections): their rows form one range, each warp finds its rows'
+ *   matrix, and the small K and V matrices ride in the Q projection's launch instead of paying a
+ *   launch, a ramp-up and a tail of their own. With swiglu, two weights (gate, up) are read row by
+ *   row together and the warp writes silu(gate) * up: the MLP's first half is one pass.
+ * - Each warp computes R weight rows for all n activations (the activation values it loads serve
+ *   R rows; R grows with n, where activation loads would otherwise outnumber weight loads);
+ *   blocks of WARPS warps, no block-wide synchronization.
  * - F32/F16/BF16: each lane loads 16 bytes of a row at a time (4 or 8 weights), consecutive lanes
- *   consecutive 16 bytes, two rows' loads in flight per step.
+ *   consecutive 16 bytes, R rows' loads in flight per step (twice that unrolled), as streaming
+ *   loads that skip L1 and ask L2 for 256-byte sectors.
  * - Q8_0/Q4_0/Q4_1: blocks of 34/18/20 bytes do not align to wide loads lane by lane, so the warp
  *   copies a chunk of 32 quant blocks per row (1,088 bytes for Q8_0) into shared memory with
  *   cp.async, 16 bytes per lane where the row's alignment allows (else 4, else 2), double
@@ -14,13 +21,84 @@
  *   bytes, coalesced across the warp, and each block's scale is a broadcast read.
  * - Rows whose length breaks these alignments (cols not a multiple of 8 or 32) take a plain
  *   per-element kernel.
- * Accumulation is f32 over f32 activations and exactly decoded weights. */
+ * Accumulation is f32 over f32 activations and exactly decoded weights, in the same order whether
+ * a weight shares its launch or not. */
+#include <limits.h>
+
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/cuda_kernels.h"
 
-enum { WARPS = 4, ROWS = 2, THREADS = WARPS * 32 };
-static_assert(ROWS == 2, "gemv_quant's cp.async.wait_group count is ROWS");
+enum { WARPS = 4, THREADS = WARPS * 32 };
+
+/* What one launch computes (tsr_cuda_gemv's arguments, resolved for the device). A unit is one
+ * output row: one weight row, or with swiglu the same row of both weights. */
+struct job {
+    const uint8_t *w[TSR_CUDA_GEMV_MAX_W];
+    float *y[TSR_CUDA_GEMV_MAX_W];
+    int rows[TSR_CUDA_GEMV_MAX_W], end[TSR_CUDA_GEMV_MAX_W]; /* end: cumulative rows */
+    int units;
+    size_t rb;
+    int cols;
+    const float *x;
+};
+
+/* Weight row k (of the warp's R) for the warp whose first unit is u0: with SW, rows 2i and 2i+1
+ * are unit u0+i's gate and up rows; otherwise row k is unit u0+k of the joint range. Units past
+ * the end re-read the last unit's rows; they are never stored. */
+template <bool SW>
+static __device__ __forceinline__ const uint8_t *weight_row(const job &j, int u0, int k)
+{
+    int u = min(u0 + (SW ? k / 2 : k), j.units - 1);
+    if (SW) return (k & 1 ? j.w[1] : j.w[0]) + (size_t)u * j.rb;
+    if (u < j.end[0]) return j.w[0] + (size_t)u * j.rb;
+    if (u < j.end[1]) return j.w[1] + (size_t)(u - j.end[0]) * j.rb;
+    return j.w[2] + (size_t)(u - j.end[1]) * j.rb;
+}
+
+/* Sums acc over the warp and stores the warp's units: y[j][row] of the row's matrix, or with SW
+ * silu(gate) * up into y[0]. */
+template <int N, int U, bool SW, int R>
+static __device__ __forceinline__ void store_units(const job &j, float (&acc)[R][N], int u0,
+                                                   int lane)
+{
+#pragma unroll
+    for (int k = 0; k < R; k++)
+#pragma unroll
+        for (int n = 0; n < N; n++) acc[k][n] = tsr_warp_sum(acc[k][n]);
+    if (lane) return;
+#pragma unroll
+    for (int i = 0; i < U; i++) {
+        int u = u0 + i;
+        if (u >= j.units) break;
+        if (SW) {
+#pragma unroll
+            for (int n = 0; n < N; n++)
+                j.y[0][(size_t)n * j.rows[0] + u] =
+                    tsr_dev_swiglu(acc[2 * i][n], acc[2 * i + 1][n]);
+            continue;
+        }
+        float *y = j.y[0];
+        int rows = j.rows[0], r = u;
+        if (u >= j.end[1]) {
+            y = j.y[2], rows = j.rows[2], r = u - j.end[1];
+        } else if (u >= j.end[0]) {
+            y = j.y[1], rows = j.rows[1], r = u - j.end[0];
+        }
+#pragma unroll
+        for (int n = 0; n < N; n++) y[(size_t)n * rows + r] = acc[i][n];
+    }
+}
+
+/* 16 bytes of weights, read once: no L1 allocation, 256-byte L2 fetches. */
+static __device__ __forceinline__ uint4 ld_stream(const uint4 *p)
+{
+    uint4 r;
+    asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+        : "l"(p));
+    return r;
+}
 
 /* ---- float weights ---- */
 
@@ -62,62 +140,45 @@ template <> struct fvec<TSR_F16> {
     }
 };
 
-/* Sums acc over the warp and writes lane 0's totals: y[j][r0 + r]. */
-template <int N>
-static __device__ __forceinline__ void store_rows(float (&acc)[ROWS][N], float *y, int rows, int r0,
-                                                  int lane)
+/* cols % VEC == 0 and row_bytes % 16 == 0. U units per warp, R weight rows. */
+template <int T, int N, int U, bool SW>
+__global__ void __launch_bounds__(THREADS) gemv_float(const job j)
 {
+    constexpr int VEC = fvec<T>::VEC, R = SW ? 2 * U : U;
+    int lane = threadIdx.x & 31, u0 = (blockIdx.x * WARPS + (threadIdx.x >> 5)) * U;
+    if (u0 >= j.units) return;
+    const uint4 *wr[R];
 #pragma unroll
-    for (int r = 0; r < ROWS; r++)
-#pragma unroll
-        for (int j = 0; j < N; j++) {
-            float v = tsr_warp_sum(acc[r][j]);
-            if (lane == 0 && r0 + r < rows) y[(size_t)j * rows + r0 + r] = v;
-        }
-}
-
-/* cols % VEC == 0 and row_bytes % 16 == 0. */
-template <int T, int N>
-__global__ void __launch_bounds__(THREADS)
-    gemv_float(const uint8_t *__restrict__ w, size_t row_bytes, int rows, int cols,
-               const float *__restrict__ x, float *__restrict__ y)
-{
-    constexpr int VEC = fvec<T>::VEC;
-    int lane = threadIdx.x & 31, r0 = (blockIdx.x * WARPS + (threadIdx.x >> 5)) * ROWS;
-    if (r0 >= rows) return;
-    const uint4 *wr[ROWS];
-#pragma unroll
-    for (int r = 0; r < ROWS; r++) /* rows past the end re-read the last row; never stored */
-        wr[r] = (const uint4 *)(w + (size_t)min(r0 + r, rows - 1) * row_bytes);
-    float acc[ROWS][N] = {};
-    int nv = cols / VEC;
+    for (int k = 0; k < R; k++) wr[k] = (const uint4 *)weight_row<SW>(j, u0, k);
+    float acc[R][N] = {};
+    int nv = j.cols / VEC;
 #pragma unroll 2
     for (int v = lane; v < nv; v += 32) {
-        uint4 raw[ROWS];
+        uint4 raw[R];
 #pragma unroll
-        for (int r = 0; r < ROWS; r++) raw[r] = __ldg(wr[r] + v);
+        for (int k = 0; k < R; k++) raw[k] = ld_stream(wr[k] + v);
         float xv[N][VEC];
 #pragma unroll
-        for (int j = 0; j < N; j++)
+        for (int n = 0; n < N; n++)
 #pragma unroll
             for (int e = 0; e < VEC; e += 4) {
-                float4 f = __ldg((const float4 *)(x + (size_t)j * cols + (size_t)v * VEC + e));
-                xv[j][e] = f.x;
-                xv[j][e + 1] = f.y;
-                xv[j][e + 2] = f.z;
-                xv[j][e + 3] = f.w;
+                float4 f = __ldg((const float4 *)(j.x + (size_t)n * j.cols + (size_t)v * VEC + e));
+                xv[n][e] = f.x;
+                xv[n][e + 1] = f.y;
+                xv[n][e + 2] = f.z;
+                xv[n][e + 3] = f.w;
             }
 #pragma unroll
-        for (int r = 0; r < ROWS; r++) {
+        for (int k = 0; k < R; k++) {
             float wv[VEC];
-            fvec<T>::decode(raw[r], wv);
+            fvec<T>::decode(raw[k], wv);
 #pragma unroll
-            for (int j = 0; j < N; j++)
+            for (int n = 0; n < N; n++)
 #pragma unroll
-                for (int e = 0; e < VEC; e++) acc[r][j] = fmaf(wv[e], xv[j][e], acc[r][j]);
+                for (int e = 0; e < VEC; e++) acc[k][n] = fmaf(wv[e], xv[n][e], acc[k][n]);
         }
     }
-    store_rows<N>(acc, y, rows, r0, lane);
+    store_units<N, U, SW, R>(j, acc, u0, lane);
 }
 
 /* ---- quantized weights ---- */
@@ -192,33 +253,32 @@ static __device__ __forceinline__ void quant4(const uint8_t *b, int p, float *q,
     q[3] = byte_f<3>(u, bias);
 }
 
-/* cols % 32 == 0; W: bytes per staged copy, which divides row_bytes. */
-template <int T, int N, int W>
-__global__ void __launch_bounds__(THREADS)
-    gemv_quant(const uint8_t *__restrict__ w, size_t row_bytes, int rows, int cols,
-               const float *__restrict__ x, float *__restrict__ y)
+/* cols % 32 == 0; W: bytes per staged copy, which divides row_bytes. R = 2 weight rows per warp
+ * (one unit with SW, two without). */
+template <int T, int N, int W, bool SW>
+__global__ void __launch_bounds__(THREADS) gemv_quant(const job j)
 {
     constexpr int BB = qfmt<T>::BYTES, CH = 32 * BB; /* chunk: 32 blocks of a row */
-    constexpr int CHP = (CH + 15) / 16 * 16;
-    __shared__ __align__(16) uint8_t stage[WARPS][2][ROWS][CHP];
-    int lane = threadIdx.x & 31, wi = threadIdx.x >> 5, r0 = (blockIdx.x * WARPS + wi) * ROWS;
-    if (r0 >= rows) return; /* whole warp: only warp-level synchronization below */
-    int nb = cols / TSR_QK, nchunks = (nb + 31) / 32;
-    const uint8_t *wr[ROWS];
+    constexpr int CHP = (CH + 15) / 16 * 16, R = 2, U = SW ? 1 : 2;
+    __shared__ __align__(16) uint8_t stage[WARPS][2][R][CHP];
+    int lane = threadIdx.x & 31, wi = threadIdx.x >> 5, u0 = (blockIdx.x * WARPS + wi) * U;
+    if (u0 >= j.units) return; /* whole warp: only warp-level synchronization below */
+    int nb = j.cols / TSR_QK, nchunks = (nb + 31) / 32;
+    const uint8_t *wr[R];
 #pragma unroll
-    for (int r = 0; r < ROWS; r++) wr[r] = w + (size_t)min(r0 + r, rows - 1) * row_bytes;
+    for (int k = 0; k < R; k++) wr[k] = weight_row<SW>(j, u0, k);
 
-    float acc[ROWS][N] = {};
+    float acc[R][N] = {};
 #pragma unroll
-    for (int r = 0; r < ROWS; r++) stage_bytes<W>(stage[wi][0][r], wr[r], min(32, nb) * BB, lane);
+    for (int k = 0; k < R; k++) stage_bytes<W>(stage[wi][0][k], wr[k], min(32, nb) * BB, lane);
     for (int c = 0; c < nchunks; c++) {
         int buf = c & 1;
         if (c + 1 < nchunks) {
             int bytes = min(32, nb - (c + 1) * 32) * BB;
 #pragma unroll
-            for (int r = 0; r < ROWS; r++)
-                stage_bytes<W>(stage[wi][buf ^ 1][r], wr[r] + (size_t)(c + 1) * CH, bytes, lane);
-            asm volatile("cp.async.wait_group 2;\n" ::); /* the ROWS groups just issued */
+            for (int k = 0; k < R; k++)
+                stage_bytes<W>(stage[wi][buf ^ 1][k], wr[k] + (size_t)(c + 1) * CH, bytes, lane);
+            asm volatile("cp.async.wait_group %0;\n" ::"n"(R)); /* the R groups just issued */
         } else {
             asm volatile("cp.async.wait_group 0;\n" ::);
         }
@@ -232,128 +292,156 @@ __global__ void __launch_bounds__(THREADS)
             size_t col = (size_t)(c * 32 + blk) * TSR_QK + p;
             float xv[N][4], xs[N];
 #pragma unroll
-            for (int j = 0; j < N; j++) {
-                float4 f = __ldg((const float4 *)(x + (size_t)j * cols + col));
-                xv[j][0] = f.x;
-                xv[j][1] = f.y;
-                xv[j][2] = f.z;
-                xv[j][3] = f.w;
-                xs[j] = (f.x + f.y) + (f.z + f.w);
+            for (int n = 0; n < N; n++) {
+                float4 f = __ldg((const float4 *)(j.x + (size_t)n * j.cols + col));
+                xv[n][0] = f.x;
+                xv[n][1] = f.y;
+                xv[n][2] = f.z;
+                xv[n][3] = f.w;
+                xs[n] = (f.x + f.y) + (f.z + f.w);
             }
 #pragma unroll
-            for (int r = 0; r < ROWS; r++) {
+            for (int k = 0; k < R; k++) {
                 float q[4], d, m;
-                quant4<T>(stage[wi][buf][r] + blk * BB, p, q, &d, &m);
+                quant4<T>(stage[wi][buf][k] + blk * BB, p, q, &d, &m);
 #pragma unroll
-                for (int j = 0; j < N; j++) {
-                    float s = q[0] * xv[j][0];
-                    s = fmaf(q[1], xv[j][1], s);
-                    s = fmaf(q[2], xv[j][2], s);
-                    s = fmaf(q[3], xv[j][3], s);
-                    acc[r][j] = fmaf(d, s, acc[r][j]);
-                    if (T == TSR_Q4_1) acc[r][j] = fmaf(m, xs[j], acc[r][j]);
+                for (int n = 0; n < N; n++) {
+                    float s = q[0] * xv[n][0];
+                    s = fmaf(q[1], xv[n][1], s);
+                    s = fmaf(q[2], xv[n][2], s);
+                    s = fmaf(q[3], xv[n][3], s);
+                    acc[k][n] = fmaf(d, s, acc[k][n]);
+                    if (T == TSR_Q4_1) acc[k][n] = fmaf(m, xs[n], acc[k][n]);
                 }
             }
         }
         __syncwarp(); /* the buffer is refilled next iteration */
     }
-    store_rows<N>(acc, y, rows, r0, lane);
+    store_units<N, U, SW, R>(j, acc, u0, lane);
 }
 
 /* ---- any type, any alignment ---- */
 
-template <int N>
-__global__ void __launch_bounds__(THREADS)
-    gemv_generic(int type, const uint8_t *__restrict__ w, size_t row_bytes, int rows, int cols,
-                 const float *__restrict__ x, float *__restrict__ y)
+template <int N, bool SW>
+__global__ void __launch_bounds__(THREADS) gemv_generic(int type, const job j)
 {
-    int lane = threadIdx.x & 31, r0 = (blockIdx.x * WARPS + (threadIdx.x >> 5)) * ROWS;
-    if (r0 >= rows) return;
-    float acc[ROWS][N] = {};
-    for (int c = lane; c < cols; c += 32)
+    constexpr int R = 2, U = SW ? 1 : 2;
+    int lane = threadIdx.x & 31, u0 = (blockIdx.x * WARPS + (threadIdx.x >> 5)) * U;
+    if (u0 >= j.units) return;
+    const uint8_t *wr[R];
 #pragma unroll
-        for (int r = 0; r < ROWS; r++) {
-            float wv = tsr_dev_elem(type, w + (size_t)min(r0 + r, rows - 1) * row_bytes, c);
+    for (int k = 0; k < R; k++) wr[k] = weight_row<SW>(j, u0, k);
+    float acc[R][N] = {};
+    for (int c = lane; c < j.cols; c += 32)
 #pragma unroll
-            for (int j = 0; j < N; j++) acc[r][j] = fmaf(wv, x[(size_t)j * cols + c], acc[r][j]);
+        for (int k = 0; k < R; k++) {
+            float wv = tsr_dev_elem(type, wr[k], c);
+#pragma unroll
+            for (int n = 0; n < N; n++)
+                acc[k][n] = fmaf(wv, j.x[(size_t)n * j.cols + c], acc[k][n]);
         }
-    store_rows<N>(acc, y, rows, r0, lane);
+    store_units<N, U, SW, R>(j, acc, u0, lane);
 }
 
 /* ---- dispatch ---- */
 
-template <int N>
-static void launch_n(cudaStream_t s, int type, const uint8_t *w, size_t rb, int rows, int cols,
-                     const float *x, float *y)
+static unsigned grid_of(int units, int per_warp)
 {
-    unsigned grid = (unsigned)((rows + WARPS * ROWS - 1) / (WARPS * ROWS));
-    int aligned16 = rb % 16 == 0 && ((uintptr_t)w & 15) == 0 && ((uintptr_t)x & 15) == 0;
-    int quant = type == TSR_Q8_0 || type == TSR_Q4_0 || type == TSR_Q4_1;
-    if (quant && cols % TSR_QK == 0 && ((uintptr_t)x & 15) == 0 && ((uintptr_t)w & 15) == 0) {
-        int W = rb % 16 == 0 ? 16 : rb % 4 == 0 ? 4 : 2;
-#define TSR_Q(TT)                                                                                  \
-    if (type == TT) {                                                                              \
-        if (W == 16)                                                                               \
-            gemv_quant<TT, N, 16><<<grid, THREADS, 0, s>>>(w, rb, rows, cols, x, y);               \
-        else if (W == 4)                                                                           \
-            gemv_quant<TT, N, 4><<<grid, THREADS, 0, s>>>(w, rb, rows, cols, x, y);                \
-        else                                                                                       \
-            gemv_quant<TT, N, 2><<<grid, THREADS, 0, s>>>(w, rb, rows, cols, x, y);                \
-        return;                                                                                    \
-    }
-        TSR_Q(TSR_Q8_0)
-        TSR_Q(TSR_Q4_0)
-        TSR_Q(TSR_Q4_1)
-#undef TSR_Q
-    }
-    if (aligned16 && type == TSR_F32 && cols % 4 == 0) {
-        gemv_float<TSR_F32, N><<<grid, THREADS, 0, s>>>(w, rb, rows, cols, x, y);
-        return;
-    }
-    if (aligned16 && type == TSR_BF16 && cols % 8 == 0) {
-        gemv_float<TSR_BF16, N><<<grid, THREADS, 0, s>>>(w, rb, rows, cols, x, y);
-        return;
-    }
-    if (aligned16 && type == TSR_F16 && cols % 8 == 0) {
-        gemv_float<TSR_F16, N><<<grid, THREADS, 0, s>>>(w, rb, rows, cols, x, y);
-        return;
-    }
-    gemv_generic<N><<<grid, THREADS, 0, s>>>(type, w, rb, rows, cols, x, y);
+    return (unsigned)((units + WARPS * per_warp - 1) / (WARPS * per_warp));
 }
 
-static_assert(TSR_CUDA_GEMV_MAX_N == 8, "tsr_cuda_gemv dispatches n = 1..8");
-
-extern "C" cudaError_t tsr_cuda_gemv(cudaStream_t s, int type, const void *w, size_t row_bytes,
-                                     int rows, int cols, const float *x, float *y, int n)
+/* Float weights: units per warp, so that a warp's R weight rows amortize its activation loads
+ * (one row of x per weight row at n = 1; four rows at n >= 2). */
+template <int T, int N, bool SW> static void launch_float(cudaStream_t s, const job &j)
 {
-    const uint8_t *wb = (const uint8_t *)w;
+    constexpr int U = SW ? (N == 1 ? 1 : 2) : (N == 1 ? 2 : 4);
+    gemv_float<T, N, U, SW><<<grid_of(j.units, U), THREADS, 0, s>>>(j);
+}
+
+template <int T, int N, bool SW> static void launch_quant(cudaStream_t s, const job &j)
+{
+    constexpr int U = SW ? 1 : 2;
+    unsigned grid = grid_of(j.units, U);
+    if (j.rb % 16 == 0)
+        gemv_quant<T, N, 16, SW><<<grid, THREADS, 0, s>>>(j);
+    else if (j.rb % 4 == 0)
+        gemv_quant<T, N, 4, SW><<<grid, THREADS, 0, s>>>(j);
+    else
+        gemv_quant<T, N, 2, SW><<<grid, THREADS, 0, s>>>(j);
+}
+
+template <int N, bool SW> static void launch_n(cudaStream_t s, int type, const job &j)
+{
+    int x16 = ((uintptr_t)j.x & 15) == 0, w16 = 1;
+    for (int i = 0; i < TSR_CUDA_GEMV_MAX_W; i++)
+        if (((uintptr_t)j.w[i] & 15) != 0) w16 = 0;
+    int aligned16 = x16 && w16 && j.rb % 16 == 0;
+    if (x16 && w16 && j.cols % TSR_QK == 0) {
+        if (type == TSR_Q8_0) return launch_quant<TSR_Q8_0, N, SW>(s, j);
+        if (type == TSR_Q4_0) return launch_quant<TSR_Q4_0, N, SW>(s, j);
+        if (type == TSR_Q4_1) return launch_quant<TSR_Q4_1, N, SW>(s, j);
+    }
+    if (aligned16 && type == TSR_F32 && j.cols % 4 == 0) return launch_float<TSR_F32, N, SW>(s, j);
+    if (aligned16 && type == TSR_BF16 && j.cols % 8 == 0)
+        return launch_float<TSR_BF16, N, SW>(s, j);
+    if (aligned16 && type == TSR_F16 && j.cols % 8 == 0) return launch_float<TSR_F16, N, SW>(s, j);
+    unsigned grid = grid_of(j.units, SW ? 1 : 2);
+    gemv_generic<N, SW><<<grid, THREADS, 0, s>>>(type, j);
+}
+
+template <bool SW> static cudaError_t launch(cudaStream_t s, int type, const job &j, int n)
+{
     switch (n) {
     case 1:
-        launch_n<1>(s, type, wb, row_bytes, rows, cols, x, y);
+        launch_n<1, SW>(s, type, j);
         break;
     case 2:
-        launch_n<2>(s, type, wb, row_bytes, rows, cols, x, y);
+        launch_n<2, SW>(s, type, j);
         break;
     case 3:
-        launch_n<3>(s, type, wb, row_bytes, rows, cols, x, y);
+        launch_n<3, SW>(s, type, j);
         break;
     case 4:
-        launch_n<4>(s, type, wb, row_bytes, rows, cols, x, y);
+        launch_n<4, SW>(s, type, j);
         break;
     case 5:
-        launch_n<5>(s, type, wb, row_bytes, rows, cols, x, y);
+        launch_n<5, SW>(s, type, j);
         break;
     case 6:
-        launch_n<6>(s, type, wb, row_bytes, rows, cols, x, y);
+        launch_n<6, SW>(s, type, j);
         break;
     case 7:
-        launch_n<7>(s, type, wb, row_bytes, rows, cols, x, y);
+        launch_n<7, SW>(s, type, j);
         break;
     case 8:
-        launch_n<8>(s, type, wb, row_bytes, rows, cols, x, y);
+        launch_n<8, SW>(s, type, j);
         break;
     default:
         return cudaErrorInvalidValue;
     }
     return cudaGetLastError();
+}
+
+static_assert(TSR_CUDA_GEMV_MAX_N == 8, "tsr_cuda_gemv dispatches n = 1..8");
+
+extern "C" cudaError_t tsr_cuda_gemv(cudaStream_t s, const struct tsr_cuda_gemv *g)
+{
+    if (g->n_w < 1 || g->n_w > TSR_CUDA_GEMV_MAX_W || (g->swiglu && g->n_w != 2))
+        return cudaErrorInvalidValue;
+    job j = {};
+    int total = 0;
+    for (int i = 0; i < TSR_CUDA_GEMV_MAX_W; i++) {
+        int k = i < g->n_w ? i : g->n_w - 1; /* unused slots repeat the last weight, never read */
+        j.w[i] = (const uint8_t *)g->w[k];
+        j.y[i] = g->y[k];
+        j.rows[i] = g->rows[k];
+        total += i < g->n_w ? g->rows[i] : 0;
+        j.end[i] = i < g->n_w ? total : INT_MAX;
+    }
+    if (g->swiglu && g->rows[0] != g->rows[1]) return cudaErrorInvalidValue;
+    j.units = g->swiglu ? g->rows[0] : total;
+    j.rb = g->row_bytes;
+    j.cols = g->cols;
+    j.x = g->x;
+    return g->swiglu ? launch<true>(s, g->type, j, g->n) : launch<false>(s, g->type, j, g->n);
 }

@@ -110,8 +110,7 @@ __global__ void swiglu_kernel(float *out, const float *gate, const float *up, si
 {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count;
          i += (size_t)gridDim.x * blockDim.x) {
-        float g = gate[i];
-        out[i] = g / (1.0f + expf(-g)) * up[i];
+        out[i] = tsr_dev_swiglu(gate[i], up[i]);
     }
 }
 

@@ -10,8 +10,21 @@
  *   rmsnorm, add_rmsnorm, swiglu, RoPE      1e-12: same f32 operations in the same order, the
  *     + cache write, attention               norm's sum in double on both sides; only expf's last
  *                                            bits and summation order differ (~1e-15)
- *   attention                               1e-10: f32 online softmax on both sides, different
- *                                            summation order over up to 3,000 positions
+ *   attention, decode-only steps and head   1e-10: f32 online softmax on both sides, different
+ *     dims the prefill kernel doesn't take   summation order over up to 3,000 positions
+ *   attention prefill f16 (steps holding a  5e-6: tensor-core flash attention, Q·scale, K, V and
+ *     run of 2+ consecutive tokens of one    P rounded to f16, f32 accumulation and softmax.
+ *     sequence, head dim 64 or 128)          f16 keeps 11 significant bits: a relative error of
+ *       RMS about 2^-11/sqrt(3)/1.44 = 2.0e-4 per rounding (the spacing over the mean mantissa),
+ *       variance σ² ≈ 3.9e-8 (bf16's 2.5e-6 above, over 2^6). A score s = Σ q_i k_i · scale
+ *       gets δs with variance Σ (q_i k_i scale)² · 2σ² = E[q²] E[k²] · 2σ² = 4 · 2σ² ≈ 3.1e-7
+ *       for these inputs (q of σ 2, K of σ 1); δs perturbs each softmax weight by the relative
+ *       factor δs, so over diffuse attention the output's NMSE ≈ Var(δs) ≈ 3e-7; rounding V
+ *       and P adds about σ² each: ≈ 4e-7 in all (a host emulation of the kernel's fragment
+ *       code measured 1.5e-7..4.2e-7 on these shapes). The limit leaves 12x for the tensor
+ *       cores' accumulation and exp2 approximations, while indexing and mask errors give 1e-3
+ *       and more (in that emulation: V's ldmatrix addresses swapped ~1, one diagonal mask term
+ *       off by one 1e-2)
  *   matmul, n <= 8 (GEMV: f32 activations times exactly decoded weights, f32 accumulation):
  *     vs a double-precision reference on the same decoded weights: 1e-10 (measured ~1e-14);
  *   matmul, n > 8 (cuBLAS: bf16 operands, f32 accumulation), F16/BF16/Q weights:
@@ -27,7 +40,8 @@
  *
  * Usage: test_cuda_ops [--quick] [--bench] [--seed N] [--log FILE]
  *   --quick  small shapes only (for compute-sanitizer);
- *   --bench  also times GEMV, GEMM and decode attention on Llama-3-8B shapes (informational);
+ *   --bench  also times GEMV, GEMM, decode attention and a 2,048-token causal prefill on
+ *            Llama-3-8B shapes (informational);
  *   --log    every comparison's row to FILE (the summary table is printed last either way). */
 #include <math.h>
 #include <stdint.h>
@@ -511,7 +525,13 @@ static struct step make_step(const struct shape *sh, int n_seqs, const int *ctx,
             st.slot[t] = st.bt[(size_t)s * max_blocks + p / bs] * bs + p % bs;
         }
     st.n_slots = n_blocks * bs;
-    st.m = (struct tsr_batch_meta){nt, n_seqs, max_blocks, st.pos, st.seq, st.slot, st.bt};
+    st.m = (struct tsr_batch_meta){.n_tokens = nt,
+                                   .n_seqs = n_seqs,
+                                   .max_blocks = max_blocks,
+                                   .pos = st.pos,
+                                   .seq = st.seq,
+                                   .slot = st.slot,
+                                   .block_tables = st.bt};
     return st;
 }
 
@@ -580,11 +600,23 @@ static void test_rope(const struct shape *sh, int neox, const char *label, int n
     free_step(&st);
 }
 
+/* Whether the CUDA backend runs this step's attention on its f16 tensor-core prefill kernel
+ * (kernels/cuda/cuda_attention_prefill.cu): steps holding a run of 2 or more consecutive tokens
+ * of one sequence, when the kernel takes the head dim (tsr_cuda_attention_prefill_ok: 64, 128).
+ * The rest run on the f32 kernel, with the f32 limit. */
+static int prefill_step(const struct shape *sh, const struct step *st)
+{
+    if (sh->head_dim != 64 && sh->head_dim != 128) return 0;
+    for (int t = 1; t < st->m.n_tokens; t++)
+        if (st->seq[t] == st->seq[t - 1] && st->pos[t] == st->pos[t - 1] + 1) return 1;
+    return 0;
+}
+
 static void test_attention(const struct shape *sh, const char *label, int n_seqs, const int *ctx,
                            const int *newt)
 {
     struct step st = make_step(sh, n_seqs, ctx, newt);
-    int nt = st.m.n_tokens, hd = sh->head_dim;
+    int nt = st.m.n_tokens, hd = sh->head_dim, pf = prefill_step(sh, &st);
     size_t qw = (size_t)sh->n_head * hd, kw = (size_t)sh->n_kv_head * hd;
     float *kf = rand_floats((size_t)st.n_slots * kw, 1.0f),
           *vf = rand_floats((size_t)st.n_slots * kw, 1.0f);
@@ -600,7 +632,8 @@ static void test_attention(const struct shape *sh, const char *label, int n_seqs
                  tsr_op_attention(gpu, out.g, q.g, kc.g, vc.g, &sg, &st.m), "attention");
         char shape[64];
         snprintf(shape, sizeof shape, "%s %s%s", sh->name, label, rep ? " (again)" : "");
-        record("attention", shape, nt, pb_compare(out, out.n), 1e-10, -1, 0);
+        record(pf ? "attention prefill f16" : "attention", shape, nt, pb_compare(out, out.n),
+               pf ? 5e-6 : 1e-10, -1, 0);
         pb_free(q);
         free(qf);
     }
@@ -767,6 +800,35 @@ static void bench(void)
     free(qf);
     free(cf);
     free_step(&st);
+
+    /* Prefill attention: one 2,048-token prompt, causal, the same heads; FLOPs of QKᵀ and PV over
+     * the L(L+1)/2 unmasked (query, key) pairs, 2 each per dim. */
+    enum { L = 2048 };
+    int cp[] = {0}, np[] = {L};
+    struct step sp = make_step(&sh, 1, cp, np);
+    kc = tsr_buf_alloc(gpu, (size_t)sp.n_slots * kw * 4);
+    vc = tsr_buf_alloc(gpu, (size_t)sp.n_slots * kw * 4);
+    q = tsr_buf_alloc(gpu, (size_t)L * qw * 4);
+    out = tsr_buf_alloc(gpu, (size_t)L * qw * 4);
+    if (!kc || !vc || !q || !out) die("bench prefill buffers");
+    qf = rand_floats((size_t)L * qw, 1.0f);
+    cf = rand_floats((size_t)sp.n_slots * kw, 1.0f);
+    if (tsr_buf_set(q, 0, qf, (size_t)L * qw * 4) ||
+        tsr_buf_set(kc, 0, cf, (size_t)sp.n_slots * kw * 4) ||
+        tsr_buf_set(vc, 0, cf, (size_t)sp.n_slots * kw * 4))
+        die("bench prefill data");
+    struct attn_arg parg = {out, q, kc, vc, &s, &sp.m, 5};
+    sec = time_median(run_attn, &parg, 7) / parg.iters;
+    double flops = 4.0 * 32 * 128 * ((double)L * (L + 1) / 2);
+    printf("%-34s %6d %10.1f %10.1f %8s\n", "attention prefill 2048 (causal)", L, sec * 1e6,
+           flops / sec / 1e12, "-");
+    tsr_buf_free(kc);
+    tsr_buf_free(vc);
+    tsr_buf_free(q);
+    tsr_buf_free(out);
+    free(qf);
+    free(cf);
+    free_step(&sp);
 }
 
 /* ---- main ---- */
@@ -860,8 +922,10 @@ int main(int argc, char **argv)
 
     /* RoPE + cache write, attention. */
     static const struct shape shapes[] = {
-        {"smol", 9, 3, 64, 16},   {"llama3-8b", 32, 8, 128, 16}, {"mqa g16", 16, 1, 128, 16},
-        {"hd256", 8, 4, 256, 32}, {"hd80", 10, 2, 80, 16},       {"hd32 bs1", 4, 4, 32, 1},
+        {"smol", 9, 3, 64, 16},       {"llama3-8b", 32, 8, 128, 16},
+        {"mqa g16", 16, 1, 128, 16},  {"mha hd128 bs32", 8, 8, 128, 32},
+        {"g2 hd64 bs7", 4, 2, 64, 7}, {"hd256", 8, 4, 256, 32},
+        {"hd80", 10, 2, 80, 16},      {"hd32 bs1", 4, 4, 32, 1},
     };
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
         const struct shape *sh = &shapes[i];
@@ -885,6 +949,22 @@ int main(int argc, char **argv)
             int cp[] = {0}, np[] = {512};
             test_attention(sh, "prefill 512", 1, cp, np);
         }
+        /* Prompt chunks after cached context (several 64-token tiles per sequence, the last one
+         * short, starting off a 64 boundary), two sequences; runs of 2 and 3 tokens beside
+         * decodes; a chunk that ends past position 3,000. */
+        int cc[] = {1000, 0}, nc[] = {100, 77};
+        int cr[] = {10, 500, 33, 0}, nr[] = {2, 1, 3, 1};
+        int cl[] = {2900}, nl[] = {130};
+        if (quick) {
+            cc[0] = 100;
+            cl[0] = 200;
+        }
+        char label[64];
+        snprintf(label, sizeof label, "chunks %d @%d + %d @%d", nc[0], cc[0], nc[1], cc[1]);
+        test_attention(sh, label, 2, cc, nc);
+        test_attention(sh, "runs 2, 3 + 2 decodes", 4, cr, nr);
+        snprintf(label, sizeof label, "chunk %d @%d", nl[0], cl[0]);
+        test_attention(sh, label, 1, cl, nl);
     }
     double secs = now_s() - t0;
     if (do_bench) bench();

@@ -646,6 +646,96 @@ static void test_matmul_bias(void **state)
         }
 }
 
+/* matmul_many and matmul_swiglu (the backend's generic fallbacks on the CPU): the same numbers as
+ * the ops they stand for, bit for bit, and their argument checks. */
+static void test_fused_matmuls(void **state)
+{
+    tsr_backend_t *b = backends[TSR_CPU_SCALAR];
+    enum { COLS = 96 };
+    static const int rows[3] = {40, 8, 8};
+    for (int n = 1; n <= 20; n += 19) {
+        struct wmat w[3];
+        tsr_buf_t *wb[3], *yb[3];
+        struct tsr_weight wt[3];
+        const struct tsr_weight *wp[3];
+        float *x = make_acts(n, COLS), bias[3][40];
+        tsr_buf_t *xb = buf_from(b, x, sizeof(float) * n * COLS);
+        for (int i = 0; i < 3; i++) {
+            make_weight(&w[i], i ? TSR_Q8_0 : TSR_F16, rows[i], COLS);
+            wb[i] = tsr_buf_weights(b, w[i].data, w[i].row_bytes * w[i].rows);
+            assert_non_null(wb[i]);
+            wt[i] = (struct tsr_weight){wb[i], w[i].type, rows[i], COLS};
+            wp[i] = &wt[i];
+            yb[i] = buf_nan(b, (size_t)n * rows[i]);
+            fill_normal(bias[i], rows[i], 1.0f);
+        }
+        tsr_buf_t *bb = buf_from(b, bias[1], sizeof(float) * rows[1]);
+        struct tsr_weight bt = {bb, TSR_F32, 1, rows[1]};
+        const struct tsr_weight *bp[3] = {NULL, &bt, NULL};
+        assert_int_equal(tsr_op_matmul_many(b, 3, yb, wp, bp, xb, n), 0);
+        for (int i = 0; i < 3; i++) {
+            float *got = get_floats(yb[i], (size_t)n * rows[i]);
+            float *want = run_matmul(b, &w[i], x, i == 1 ? bias[1] : NULL, n);
+            assert_memory_equal(got, want, sizeof(float) * n * rows[i]);
+            free(got);
+            free(want);
+        }
+        /* swiglu over weights 1 and 2 (8 x 96 each): against silu(x·W1ᵀ) * (x·W2ᵀ) in double */
+        tsr_buf_t *out = buf_nan(b, (size_t)n * 8), *tmp = buf_nan(b, (size_t)n * 8);
+        assert_int_equal(tsr_op_matmul_swiglu(b, out, tmp, &wt[1], &wt[2], xb, n), 0);
+        float *got = get_floats(out, (size_t)n * 8);
+        double *g = ref_matmul(&w[1], x, NULL, n), *u = ref_matmul(&w[2], x, NULL, n);
+        for (int i = 0; i < n * 8; i++) g[i] = g[i] / (1.0 + exp(-g[i])) * u[i];
+        expect_nmse(nmse(got, g, (size_t)n * 8), 1e-10, "matmul_swiglu");
+        /* checks: weight count, out aliasing tmp, shapes that differ */
+        assert_int_equal(tsr_op_matmul_many(b, 0, yb, wp, NULL, xb, n), TSR_EINVAL);
+        assert_int_equal(tsr_op_matmul_many(b, 4, yb, wp, NULL, xb, n), TSR_EINVAL);
+        assert_int_equal(tsr_op_matmul_swiglu(b, out, out, &wt[1], &wt[2], xb, n), TSR_EINVAL);
+        assert_int_equal(tsr_op_matmul_swiglu(b, yb[0], tmp, &wt[0], &wt[2], xb, n), TSR_EINVAL);
+        free(got);
+        free(g);
+        free(u);
+        tsr_buf_free(out);
+        tsr_buf_free(tmp);
+        tsr_buf_free(bb);
+        for (int i = 0; i < 3; i++) {
+            tsr_buf_free(wb[i]);
+            tsr_buf_free(yb[i]);
+            free_weight(&w[i]);
+        }
+        tsr_buf_free(xb);
+        free(x);
+    }
+}
+
+/* The CPU backend samples on the host (tsr_op_sample: TSR_EUNSUPPORTED), and bad parameters are
+ * refused before any backend sees them; it has no graphs. */
+static void test_sample_graphs_unsupported(void **state)
+{
+    tsr_backend_t *b = backends[TSR_CPU_SCALAR];
+    float x[4] = {1, 2, 3, 4};
+    tsr_buf_t *xb = buf_from(b, x, sizeof x);
+    int32_t id = -1;
+    struct tsr_sample_params ok = {0.8f, 0, 1.0f, 0.0f, 0.5}, bad = ok;
+    assert_int_equal(tsr_op_sample(b, xb, 1, 4, &ok, &id, NULL), TSR_EUNSUPPORTED);
+    bad.u = 1.0;
+    assert_int_equal(tsr_op_sample(b, xb, 1, 4, &bad, &id, NULL), TSR_EINVAL);
+    bad = ok;
+    bad.top_p = 0;
+    assert_int_equal(tsr_op_sample(b, xb, 1, 4, &bad, &id, NULL), TSR_EINVAL);
+    struct tsr_sample_params two[2] = {ok, ok};
+    two[1].temperature = -1;
+    assert_int_equal(tsr_op_sample(b, xb, 1, 4, two, &id, NULL), TSR_EUNSUPPORTED);
+    assert_int_equal(tsr_op_sample(b, xb, 1, 2 * 4, two, &id, NULL), TSR_ERANGE);
+    float x2[8] = {0};
+    tsr_buf_t *x2b = buf_from(b, x2, sizeof x2);
+    assert_int_equal(tsr_op_sample(b, x2b, 2, 4, two, &id, NULL), TSR_EINVAL);
+    tsr_buf_free(x2b);
+    assert_int_equal(tsr_backend_graphs(b), 0);
+    assert_int_equal(tsr_graph_begin(b), TSR_EUNSUPPORTED);
+    tsr_buf_free(xb);
+}
+
 static void test_embed(void **state)
 {
     for (int i = 0; i < N_ISA; i++) {
@@ -920,7 +1010,8 @@ static float *attn_run(tsr_backend_t *b, const struct attn_case *ac, const struc
     tsr_buf_t *ob = buf_nan(b, nt * qw);
     struct tsr_attn_shape s = {ac->n_head, ac->n_kv_head,           hd, ac->block_size,
                                ac->neox,   (float)(1.0 / sqrt(hd)), fb};
-    struct tsr_batch_meta m = {nt, ac->n_seqs, a->max_blocks, a->pos, a->seq, a->slot, a->bt};
+    struct tsr_batch_meta m = {nt,      ac->n_seqs, a->max_blocks, a->pos, a->seq,
+                               a->slot, a->bt,      NULL,          0};
     assert_int_equal(tsr_op_rope_kv_write(b, qb, kb, vb, kcb, vcb, &s, &m), 0);
     assert_int_equal(tsr_op_attention(b, ob, qb, kcb, vcb, &s, &m), 0);
     float *out = get_floats(ob, nt * qw);
@@ -1041,7 +1132,7 @@ static void test_attention_errors(void **state)
     tsr_buf_t *fb = buf_from(b, a.freq, sizeof(float) * hd / 2);
     tsr_buf_t *ob = buf_nan(b, a.nt * qw);
     struct tsr_attn_shape s = {ac->n_head, ac->n_kv_head, hd, ac->block_size, ac->neox, 0.125f, fb};
-    struct tsr_batch_meta m = {a.nt, ac->n_seqs, a.max_blocks, a.pos, a.seq, a.slot, a.bt};
+    struct tsr_batch_meta m = {a.nt, ac->n_seqs, a.max_blocks, a.pos, a.seq, a.slot, a.bt, NULL, 0};
     a.slot[0] = a.n_slots; /* one past the cache */
     assert_int_equal(tsr_op_rope_kv_write(b, qb, kb, kb, kcb, kcb, &s, &m), TSR_ERANGE);
     a.bt[0] = a.n_blocks; /* a block past the cache */
@@ -1133,6 +1224,8 @@ int main(void)
         cmocka_unit_test(test_batch_invariance),
         cmocka_unit_test(test_matmul_bias),
         cmocka_unit_test(test_matmul_errors),
+        cmocka_unit_test(test_fused_matmuls),
+        cmocka_unit_test(test_sample_graphs_unsupported),
         cmocka_unit_test(test_embed),
         cmocka_unit_test(test_rmsnorm),
         cmocka_unit_test(test_swiglu),
