@@ -323,6 +323,11 @@ int tsr_op_argmax(tsr_backend_t *b, tsr_buf_t *x, int n, int width, int32_t *out
     return 0;
 }
 
+int tsr_backend_can_sample(const tsr_backend_t *b)
+{
+    return b->i->sample != NULL;
+}
+
 int tsr_op_sample(tsr_backend_t *b, tsr_buf_t *x, int n, int width,
                   const struct tsr_sample_params *p, int32_t *ids, float *logprobs)
 {

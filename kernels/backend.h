@@ -145,8 +145,9 @@ struct tsr_sample_params {
 };
 /* Samples row i of x (n rows of width floats) with p[i] where the logits are: ids[i] (host), and
  * logprobs[i] (host, may be NULL) the log-softmax of the unfiltered row at ids[i]. Only ids and
- * logprobs cross to the host. TSR_EUNSUPPORTED when the backend has no sampler (the caller then
- * fetches the logits and samples on the host). */
+ * logprobs cross to the host. TSR_EUNSUPPORTED when the backend has no sampler
+ * (tsr_backend_can_sample() is 0: the caller then fetches the logits and samples on the host). */
+int tsr_backend_can_sample(const tsr_backend_t *b);
 int tsr_op_sample(tsr_backend_t *b, tsr_buf_t *x, int n, int width,
                   const struct tsr_sample_params *p, int32_t *ids, float *logprobs);
 

@@ -4,6 +4,10 @@
 # Usage: scripts/bench_gpu.sh PART...
 #   info      GPUs, driver, libraries, mpirun
 #   ops       tests/gpu/test_cuda_ops (every op against the CPU backend)
+#   opsbench  the same with --bench (GEMV, GEMM and attention timings)
+#   sanitize  compute-sanitizer memcheck over test_cuda_ops --quick
+#   sample    tests/gpu/test_cuda_sample (sampling on the GPU against worker/sampling.c)
+#   graphs    decode through CUDA graphs equals decode op by op (test_e2e_agree graphs)
 #   e2e       default model and synthetic:llama3-8b: CUDA teacher-forced argmax vs CPU >= 99%
 #   e2e-8b    the llama3-8b half of e2e only; e2e-default the other half
 #   tp3       default model: greedy 64 tokens at TP=3 equal TP=1 (3 GPUs)
@@ -11,14 +15,15 @@
 #   generate  `tessera generate --device cuda` on the default model, and its engine speed
 #   bench     the llama3-8b table: decode tok/s at batch 1, 8, 64, 256 with the fraction of the
 #             memory roofline; prefill of a 2048-token prompt as a fraction of the bf16 GEMM rate
+#   eager     the same decode rows with CUDA graphs off (TESSERA_GRAPHS=0), for comparison
 #   peer      the same shapes through PyTorch + transformers (scripts/bench_gpu_peer.py)
 #   tp70b     synthetic llama3-70b at TP=$TP (default 4; TP GPUs, each rank generating only its
 #             slices): decode at batch 1 and 64 with rank 0's fraction of the memory roofline,
 #             prefill
 #   agree-tp4 teacher-forced argmax at TP=$TP vs TP=1 through `tessera bench --agree`:
 #             synthetic:tiny-gqa4, then synthetic:llama3-8b
-# Environment: TP (the ranks of tp70b and agree-tp4; default 4), BUILD (a build folder holding
-# tessera and tests/; default build/), OUT (where logs
+# Environment: PART_LIMIT (seconds: caps every part's time limit), TP (the ranks of tp70b and agree-tp4; default 4), BUILD (a build folder holding
+# tessera and tests/; default build/; one made by scripts/pack_gpu.sh brings lib/), OUT (where logs
 # go; default /tmp/tessera-gpu), LD_LIBRARY_PATH for libraries the binaries were carried with.
 # NVLink multicast stays off (NCCL_NVLS_ENABLE=0).
 set -uo pipefail
@@ -33,6 +38,7 @@ summary=$out/summary.txt
 : >"$summary"
 cd "$root"
 
+[ -d "$build/lib" ] && export LD_LIBRARY_PATH=$build/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 # Libraries a carried build cannot find (CUDA's runtime, cuBLAS, NCCL live in different places on
 # different images): the first folder holding each is added to LD_LIBRARY_PATH.
 for lib in $(ldd "$build/tessera" "$build/tests/test_e2e_agree" 2>/dev/null |
@@ -45,6 +51,7 @@ done
 # part NAME TIMEOUT CMD...: runs CMD with a time limit, logs it, notes PASS/FAIL and seconds.
 part() {
   local name=$1 limit=$2
+  [ -n "${PART_LIMIT:-}" ] && [ "$PART_LIMIT" -lt "$limit" ] && limit=$PART_LIMIT
   shift 2
   local t0=$SECONDS rc
   echo "=== $name: $*" | tee -a "$out/all.log"
@@ -71,6 +78,13 @@ for p in "$@"; do
   case $p in
   info) info 2>&1 | tee "$out/info.log" ;;
   ops) part ops 600 "$build/tests/test_cuda_ops" ;;
+  opsbench) part opsbench 600 "$build/tests/test_cuda_ops" --bench --log "$out/ops-detail.log" ;;
+  sanitize)
+    part sanitize 600 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 1 \
+      "$build/tests/test_cuda_ops" --quick
+    ;;
+  sample) part sample 300 "$build/tests/test_cuda_sample" ;;
+  graphs) part graphs 600 "$build/tests/test_e2e_agree" graphs ;;
   e2e) part e2e 900 "$build/tests/test_e2e_agree" default 8b ;;
   e2e-default) part e2e-default 300 "$build/tests/test_e2e_agree" default ;;
   e2e-8b) part e2e-8b 600 "$build/tests/test_e2e_agree" 8b ;;
@@ -84,6 +98,11 @@ for p in "$@"; do
   bench)
     part bench 900 "$build/tessera" bench --device cuda --model synthetic:llama3-8b \
       --batches 1,8,64,256 --context 512 --steps 32 --prefill-tokens 2048 --repeats 5
+    ;;
+  eager)
+    part eager 600 env TESSERA_GRAPHS=0 "$build/tessera" bench --device cuda \
+      --model synthetic:llama3-8b --batches 1,8,64 --context 512 --steps 32 --prefill-tokens 16 \
+      --repeats 1
     ;;
   tp70b)
     part tp70b 420 "$build/tessera" bench --device cuda --tp "$tp" --model synthetic:llama3-70b \
@@ -113,6 +132,11 @@ done
 [ -f "$out/tp3.log" ] && grep -hE 'PASS|FAIL|^tp' "$out/tp3.log"
 [ -f "$out/engine.log" ] && grep -h '^{' "$out/engine.log"
 [ -f "$out/bench.log" ] && grep -hE '^\||^prefill|^device' "$out/bench.log"
+[ -f "$out/eager.log" ] && echo "graphs off:" && grep -hE '^\||^device' "$out/eager.log"
+for f in ops opsbench sanitize sample; do
+  [ -f "$out/$f.log" ] && grep -hE 'comparisons|checks|ERROR SUMMARY|FAIL|of copy|GB/s|TFLOP' "$out/$f.log" | tail -n 40
+done
+[ -f "$out/graphs.log" ] && grep -hE 'PASS|FAIL' "$out/graphs.log"
 [ -f "$out/tp70b.log" ] && grep -hE '^\||^tp=|^prefill|^device|weights' "$out/tp70b.log"
 for f in "$out"/agree-*-tp"$tp".log; do [ -f "$f" ] && grep -h '^{' "$f"; done
 [ -f "$out/peer.log" ] && grep -hE '^\||^prefill|^device|^torch' "$out/peer.log"

@@ -40,6 +40,12 @@ struct tsr_engine {
     int32_t *ids, *pos, *tseq, *out_rows, *bt;
     struct seq **out_seq;
     float *logits;
+    /* sampling where the logits are (one rank on a GPU): each row's parameters and draw, and
+     * what comes back */
+    int device_sampling;
+    struct tsr_sample_params *sp;
+    int32_t *picked;
+    float *picked_lp;
 };
 
 const char *tsr_finish_name(enum tsr_finish f)
@@ -88,8 +94,12 @@ int tsr_engine_new(tsr_model_t *m, tsr_backend_t *b, const struct tsr_engine_opt
     e->out_seq = malloc(S * sizeof *e->out_seq);
     e->bt = malloc(S * (size_t)e->max_blocks * sizeof *e->bt);
     e->logits = malloc(S * (size_t)e->n_vocab * sizeof *e->logits);
+    e->sp = malloc(S * sizeof *e->sp);
+    e->picked = malloc(S * sizeof *e->picked);
+    e->picked_lp = malloc(S * sizeof *e->picked_lp);
+    e->device_sampling = tsr_runner_samples_on_device(e->runner);
     if (!e->seqs || !e->ids || !e->pos || !e->tseq || !e->out_rows || !e->out_seq || !e->bt ||
-        !e->logits) {
+        !e->logits || !e->sp || !e->picked || !e->picked_lp) {
         rc = tsr_errorf(TSR_ENOMEM, "out of memory for the engine's step buffers");
         goto fail;
     }
@@ -134,6 +144,9 @@ void tsr_engine_free(tsr_engine_t *e)
     free(e->out_seq);
     free(e->bt);
     free(e->logits);
+    free(e->sp);
+    free(e->picked);
+    free(e->picked_lp);
     free(e);
 }
 
@@ -308,7 +321,19 @@ int tsr_engine_step(tsr_engine_t *e, struct tsr_token_event *ev, int cap, int *n
     }
     if (T == 0) return tsr_errorf(TSR_EINTERNAL, "no sequence could be scheduled");
     struct tsr_step st = {T, e->ids, e->pos, e->tseq, S, mb, e->bt, n_out, e->out_rows};
-    int rc = tsr_runner_forward(e->runner, &st, e->logits);
+    /* Sample where the logits are unless a row wants the repetition penalty (host only); each
+     * sequence's generator makes the same draw tsr_sample would. */
+    int device = e->device_sampling;
+    for (int k = 0; k < n_out && device; k++)
+        device = e->out_seq[k]->sampler.p.repetition_penalty == 1.0f;
+    for (int k = 0; k < n_out && device; k++) {
+        struct tsr_sampler *sm = &e->out_seq[k]->sampler;
+        const struct tsr_sampling *p = &sm->p;
+        e->sp[k] = (struct tsr_sample_params){p->temperature, p->top_k, p->top_p, p->min_p,
+                                              p->temperature > 0 ? tsr_sampler_uniform(sm) : 0.0};
+    }
+    int rc = device ? tsr_runner_forward_sample(e->runner, &st, e->sp, e->picked, e->picked_lp)
+                    : tsr_runner_forward(e->runner, &st, e->logits);
     if (rc) return rc;
     e->stats.steps++;
     for (int i = 0; i < e->n_seqs; i++) {
@@ -322,9 +347,10 @@ int tsr_engine_step(tsr_engine_t *e, struct tsr_token_event *ev, int cap, int *n
     }
     for (int k = 0; k < n_out; k++) {
         struct seq *s = e->out_seq[k];
-        float lp;
-        int32_t tok = tsr_sample(&s->sampler, e->logits + (size_t)k * e->n_vocab, s->tokens,
-                                 s->n_tokens, &lp);
+        float lp = device ? e->picked_lp[k] : 0;
+        int32_t tok = device ? e->picked[k]
+                             : tsr_sample(&s->sampler, e->logits + (size_t)k * e->n_vocab,
+                                          s->tokens, s->n_tokens, &lp);
         s->tokens[s->n_tokens++] = tok;
         enum tsr_finish f = finish_of(e, s, tok);
         push_event(ev, cap, n_ev, s->id, tok, lp, f);

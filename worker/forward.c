@@ -605,9 +605,27 @@ static int rows_in_order(const struct tsr_step *st)
     return 1;
 }
 
-/* The forward pass of this rank's part. Logits land in `logits` on the last stage's ranks; with
- * ids instead (one rank only), their argmax per row, taken on the backend. */
-static int forward_local(tsr_runner_t *r, const struct tsr_step *st, float *logits, int32_t *ids)
+/* What a step returns: the logits to the host, or (one rank only) ids taken where the logits
+ * are: the argmax, or with p a sample and its logprob. */
+struct step_out {
+    float *logits;
+    int32_t *ids;
+    const struct tsr_sample_params *p;
+    float *logprobs;
+};
+
+/* The n rows of r->logits delivered as o asks. */
+static int deliver(tsr_runner_t *r, int n, const struct step_out *o)
+{
+    int V = r->cfg.n_vocab;
+    if (o->p) return tsr_op_sample(r->b, r->logits, n, V, o->p, o->ids, o->logprobs);
+    if (o->ids) return tsr_op_argmax(r->b, r->logits, n, V, o->ids);
+    return collect_logits(r, n, o->logits);
+}
+
+/* The forward pass of this rank's part. Logits land in o->logits on the last stage's ranks, or
+ * become ids on the backend (one rank only). */
+static int forward_local(tsr_runner_t *r, const struct tsr_step *st, const struct step_out *o)
 {
     const struct tsr_model_config *c = &r->cfg;
     tsr_backend_t *b = r->b;
@@ -642,8 +660,7 @@ static int forward_local(tsr_runner_t *r, const struct tsr_step *st, float *logi
         h = r->h_out;
     }
     TRY(tsr_op_matmul(b, r->logits, &r->output, h, NULL, st->n_out));
-    if (ids) return tsr_op_argmax(b, r->logits, st->n_out, c->n_vocab, ids);
-    return collect_logits(r, st->n_out, logits);
+    return deliver(r, st->n_out, o);
 }
 
 /* ---- decode graphs ---- */
@@ -705,7 +722,7 @@ static int graph_record(tsr_runner_t *r, struct graph_slot *g, const struct tsr_
 /* A decode step through a graph. The T tokens are padded to R rows whose K and V go to the spare
  * block n_blocks and whose logits are never read; each row gets its own block-table row, W blocks
  * wide (a power of two covering every token's position). */
-static int forward_graph(tsr_runner_t *r, const struct tsr_step *st, float *logits, int32_t *ids)
+static int forward_graph(tsr_runner_t *r, const struct tsr_step *st, const struct step_out *o)
 {
     int T = st->n_tokens, R = graph_rows(T), bs = r->opts.block_size, spare = r->opts.n_blocks;
     int need = 1, W = 1;
@@ -758,14 +775,13 @@ static int forward_graph(tsr_runner_t *r, const struct tsr_step *st, float *logi
         TRY(graph_body(r, &meta, R));
     else
         TRY(graph_record(r, g, &meta));
-    if (ids) return tsr_op_argmax(r->b, r->logits, T, r->cfg.n_vocab, ids);
-    return collect_logits(r, T, logits);
+    return deliver(r, T, o);
 }
 
 /* One rank's step: through a graph when it can. */
-static int forward_one(tsr_runner_t *r, const struct tsr_step *st, float *logits, int32_t *ids)
+static int forward_one(tsr_runner_t *r, const struct tsr_step *st, const struct step_out *o)
 {
-    return graphable(r, st) ? forward_graph(r, st, logits, ids) : forward_local(r, st, logits, ids);
+    return graphable(r, st) ? forward_graph(r, st, o) : forward_local(r, st, o);
 }
 
 /* The step message: header then ids, pos, seq (n_tokens each), block tables, out_rows. */
@@ -810,7 +826,8 @@ static int logits_home(const tsr_runner_t *r)
 int tsr_runner_forward(tsr_runner_t *r, const struct tsr_step *st, float *logits)
 {
     TRY(check_step(r, st));
-    if (r->world_size == 1) return forward_one(r, st, logits, NULL);
+    struct step_out o = {.logits = logits};
+    if (r->world_size == 1) return forward_one(r, st, &o);
     if (r->world_rank != 0)
         return tsr_errorf(TSR_EINVAL, "only the group leader (rank 0) drives steps");
     /* One message per step: a fixed header, then the arrays. */
@@ -827,7 +844,7 @@ int tsr_runner_forward(tsr_runner_t *r, const struct tsr_step *st, float *logits
            sizeof *a * (size_t)h.n_out);
     TRY(tsr_comm_broadcast_host(r->world, &h, sizeof h, 0));
     TRY(tsr_comm_broadcast_host(r->world, r->msg, n, 0));
-    TRY(forward_local(r, st, logits, NULL));
+    TRY(forward_local(r, st, &o));
     if (logits_home(r) != 0 && st->n_out > 0)
         TRY(tsr_comm_recv_host(r->world, logits, (size_t)st->n_out * r->cfg.n_vocab * sizeof(float),
                                logits_home(r)));
@@ -854,7 +871,8 @@ int tsr_runner_follow(tsr_runner_t *r)
         step_from_msg(r->msg, &st);
         /* Every rank checked the same step on the leader's side; a follower that disagrees is
          * out of step with its group, and stops. */
-        if ((rc = check_step(r, &st)) || (rc = forward_local(r, &st, logits, NULL))) break;
+        struct step_out o = {.logits = logits};
+        if ((rc = check_step(r, &st)) || (rc = forward_local(r, &st, &o))) break;
         if (r->world_rank == logits_home(r) && st.n_out > 0 &&
             (rc = tsr_comm_send_host(r->world, logits,
                                      (size_t)st.n_out * r->cfg.n_vocab * sizeof(float), 0)))
@@ -868,7 +886,8 @@ int tsr_runner_forward_argmax(tsr_runner_t *r, const struct tsr_step *st, int32_
 {
     if (r->world_size == 1) { /* the argmax where the logits are: only the ids come back */
         TRY(check_step(r, st));
-        return forward_one(r, st, NULL, ids);
+        struct step_out o = {.ids = ids};
+        return forward_one(r, st, &o);
     }
     size_t V = (size_t)r->cfg.n_vocab, need = (size_t)(st->n_out > 0 ? st->n_out : 1) * V;
     if (need > r->host_logits_cap) {
@@ -880,4 +899,19 @@ int tsr_runner_forward_argmax(tsr_runner_t *r, const struct tsr_step *st, int32_
     TRY(tsr_runner_forward(r, st, r->host_logits));
     for (int i = 0; i < st->n_out; i++) ids[i] = tsr_argmax(r->host_logits + (size_t)i * V, (int)V);
     return 0;
+}
+
+int tsr_runner_samples_on_device(const tsr_runner_t *r)
+{
+    return r->world_size == 1 && tsr_backend_can_sample(r->b);
+}
+
+int tsr_runner_forward_sample(tsr_runner_t *r, const struct tsr_step *st,
+                              const struct tsr_sample_params *p, int32_t *ids, float *logprobs)
+{
+    if (!tsr_runner_samples_on_device(r))
+        return tsr_errorf(TSR_EUNSUPPORTED, "this runner samples on the host");
+    TRY(check_step(r, st));
+    struct step_out o = {.ids = ids, .p = p, .logprobs = logprobs};
+    return forward_one(r, st, &o);
 }

@@ -60,6 +60,13 @@ int tsr_runner_forward(tsr_runner_t *r, const struct tsr_step *st, float *logits
  * rows. On a single rank the argmax runs where the logits are (tsr_op_argmax: on a GPU only the
  * ids come back); in a sharded group the logits come to the host first. */
 int tsr_runner_forward_argmax(tsr_runner_t *r, const struct tsr_step *st, int32_t *ids);
+/* The same step, sampled where the logits are (tsr_op_sample): ids[i] and logprobs[i] (may be
+ * NULL) of the n_out rows, row i with p[i]. Only when tsr_runner_samples_on_device(): one rank
+ * on a backend with a sampler; otherwise TSR_EUNSUPPORTED, nothing run (use tsr_runner_forward
+ * and sample on the host). */
+int tsr_runner_samples_on_device(const tsr_runner_t *r);
+int tsr_runner_forward_sample(tsr_runner_t *r, const struct tsr_step *st,
+                              const struct tsr_sample_params *p, int32_t *ids, float *logprobs);
 /* A follower's loop: runs every step the leader sends until the leader frees its runner.
  * Returns 0 then, or the first error. */
 int tsr_runner_follow(tsr_runner_t *r);

@@ -110,11 +110,12 @@ static int top_candidates(const float *logits, int32_t *idx, int n, int k)
         /* Threshold = k-th largest via a partial quickselect on copies of the indices. */
         int lo = 0, hi = n - 1;
         while (lo < hi) {
-            float pivot = logits[idx[(lo + hi) / 2]];
+            int32_t pivot = idx[(lo + hi) / 2];
             int i = lo, j = hi;
+            /* (logit, lower index) order, so that ties at the k-th place keep the lower ids */
             while (i <= j) {
-                while (logits[idx[i]] > pivot) i++;
-                while (logits[idx[j]] < pivot) j--;
+                while (by_logit_desc(&idx[i], &pivot, (void *)logits) < 0) i++;
+                while (by_logit_desc(&idx[j], &pivot, (void *)logits) > 0) j--;
                 if (i <= j) {
                     int32_t t = idx[i];
                     idx[i++] = idx[j];

@@ -10,10 +10,12 @@
  * context is split across blocks too, like flash-decoding: every split writes its partial state
  * (max, sum, output) to scratch and a second kernel merges them.
  *
- * This is the correctness-first version: scores are computed on CUDA cores in f32, one K row per
- * warp step, and K/V rows are read once per (token, KV head, split), so prefill re-reads the cache
- * once per query token; a tensor-core prefill kernel that scores tiles of queries against tiles of
- * keys is the next step. */
+ * Scores are computed on CUDA cores in f32, one K row per warp step, and K/V rows are read once
+ * per (token, KV head, split): right for decode, where each token reads its own context once.
+ * Prompt chunks go to the tensor-core kernel of cuda_attention_prefill.cu where it takes the head
+ * size; this kernel serves them otherwise (re-reading the cache once per query token). A graph's
+ * steps plan their splits for a bound on the positions (max_pos), not the step's own: splits past
+ * a token's position find nothing to do and are skipped by the merge. */
 #include <math.h>
 
 #include "kernels/cuda/cuda_common.cuh"
@@ -23,8 +25,25 @@ enum {
     WARPS = 4,
     THREADS = WARPS * 32,
     MAX_G = 8,      /* query heads per block */
-    MIN_SPLIT = 64, /* fewest positions worth a split of their own */
+    MIN_SPLIT = 32, /* fewest positions worth a split of their own (8 steps of each warp) */
 };
+
+/* Lane `lane`'s dims (lane + 32 i) of the K and V rows of position p, KV head kvh. */
+template <int D>
+static __device__ __forceinline__ void load_kv(const struct tsr_cuda_attn_args &a,
+                                               const int32_t *bt, int p, int kvh, int lane,
+                                               float (&k)[D], float (&v)[D])
+{
+    int hd = a.head_dim, bs = a.block_size;
+    size_t row = ((size_t)bt[p / bs] * bs + p % bs) * ((size_t)a.n_kv_head * hd) + (size_t)kvh * hd;
+    const float *kr = a.kc + row, *vr = a.vc + row;
+#pragma unroll
+    for (int i = 0; i < D; i++) {
+        int d = lane + 32 * i;
+        k[i] = d < hd ? kr[d] : 0.0f;
+        v[i] = d < hd ? vr[d] : 0.0f;
+    }
+}
 
 /* Dims per lane: head_dim <= 32 * D. */
 template <int D>
@@ -37,10 +56,9 @@ __global__ void __launch_bounds__(THREADS)
     int kvh = blockIdx.y / hchunks, h0 = kvh * group + (blockIdx.y % hchunks) * MAX_G;
     int g = min(MAX_G, (kvh + 1) * group - h0); /* query heads of this block: h0 .. h0+g */
     int split = blockIdx.z, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    int hd = a.head_dim, bs = a.block_size, pos = a.pos[t];
+    int hd = a.head_dim, pos = a.pos[t];
     int lo = split * split_len, hi = min(lo + split_len, pos + 1);
     const int32_t *bt = a.block_tables + (size_t)a.seq[t] * a.max_blocks;
-    size_t kw = (size_t)a.n_kv_head * hd;
 
     float q[MAX_G][D], acc[MAX_G][D], mx[MAX_G], sum[MAX_G];
     const float *qt = a.q + ((size_t)t * a.n_head + h0) * hd;
@@ -55,16 +73,15 @@ __global__ void __launch_bounds__(THREADS)
             acc[h][i] = 0.0f;
         }
     }
+    /* The next position's K and V rows are loaded while this one's are used: a warp's walk is a
+     * chain of dependent steps, and without the prefetch each step waits a memory round trip. */
+    float kn[D], vn[D];
+    if (lo + warp < hi) load_kv<D>(a, bt, lo + warp, kvh, lane, kn, vn);
     for (int p = lo + warp; p < hi; p += WARPS) {
-        size_t row = ((size_t)bt[p / bs] * bs + p % bs) * kw + (size_t)kvh * hd;
-        const float *kr = a.kc + row, *vr = a.vc + row;
         float k[D], v[D];
 #pragma unroll
-        for (int i = 0; i < D; i++) {
-            int d = lane + 32 * i;
-            k[i] = d < hd ? kr[d] : 0.0f;
-            v[i] = d < hd ? vr[d] : 0.0f;
-        }
+        for (int i = 0; i < D; i++) k[i] = kn[i], v[i] = vn[i];
+        if (p + WARPS < hi) load_kv<D>(a, bt, p + WARPS, kvh, lane, kn, vn);
 #pragma unroll
         for (int h = 0; h < MAX_G; h++) {
             if (h >= g) break;

@@ -25,7 +25,7 @@ enum {
 
 /* Which op's metadata a device copy holds. Ops of one kind in a step (RoPE or attention in every
  * layer) see the same arrays, so each kind keeps its last upload and skips identical ones. */
-enum meta_kind { META_EMBED, META_ROPE, META_ATTN, META_GATHER, META_KINDS };
+enum meta_kind { META_EMBED, META_ROPE, META_ATTN, META_GATHER, META_SAMPLE, META_KINDS };
 
 struct meta_slot {
     void *host; /* pinned */
@@ -443,6 +443,35 @@ static int cuda_argmax(tsr_backend_t *b, tsr_buf_t *x, int n, int width, int32_t
     CK(cudaMemcpyAsync(out, ids, (size_t)n * sizeof(int32_t), cudaMemcpyDeviceToHost, c->stream),
        "argmax: copy the ids");
     CK(cudaStreamSynchronize(c->stream), "argmax: synchronize");
+    return 0;
+}
+
+/* Only the ids and logprobs cross to the host; waits for the stream. */
+static int cuda_sample(tsr_backend_t *b, tsr_buf_t *x, int n, int width,
+                       const struct tsr_sample_params *p, int32_t *ids, float *logprobs)
+{
+    struct cuda_ctx *c = ctx_of(b);
+    int rc;
+    CK(cudaSetDevice(c->device), "set device");
+    const void *src[1] = {p};
+    size_t bytes[1] = {(size_t)n * sizeof *p};
+    void *dev[1], *mem;
+    if ((rc = stage_meta(c, META_SAMPLE, 1, src, bytes, dev))) return rc;
+    size_t out_bytes = align_up((size_t)n * (sizeof(int32_t) + sizeof(float)));
+    if ((rc = scratch(c, out_bytes + tsr_cuda_sample_scratch(n, width), &mem))) return rc;
+    int32_t *d_ids = mem;
+    float *d_lp = (float *)(d_ids + n);
+    if ((rc = launched(tsr_cuda_sample(c->stream, x->data, n, width, (size_t)width, dev[0], d_ids,
+                                       logprobs ? d_lp : NULL, (char *)mem + out_bytes),
+                       "sample")))
+        return rc;
+    CK(cudaMemcpyAsync(ids, d_ids, (size_t)n * sizeof *ids, cudaMemcpyDeviceToHost, c->stream),
+       "sample: copy the ids");
+    if (logprobs)
+        CK(cudaMemcpyAsync(logprobs, d_lp, (size_t)n * sizeof *logprobs, cudaMemcpyDeviceToHost,
+                           c->stream),
+           "sample: copy the logprobs");
+    CK(cudaStreamSynchronize(c->stream), "sample: synchronize");
     return 0;
 }
 
@@ -960,6 +989,7 @@ static const struct tsr_backend_iface cuda_iface = {
     .swiglu = cuda_swiglu,
     .gather_rows = cuda_gather_rows,
     .argmax = cuda_argmax,
+    .sample = cuda_sample,
     .matmul_many = cuda_matmul_many,
     .matmul_swiglu = cuda_matmul_swiglu,
     .graph_begin = cuda_graph_begin,

@@ -8,10 +8,21 @@
  * - element-wise ops, norms, RoPE and attention compute in f32 like the CPU backend (the RMS norm's
  *   sum of squares in double, RoPE angles' sin and cos in double);
  * - matmul with at most TSR_CUDA_GEMV_MAX_N activation rows (decode): f32 activations times the
- *   weights decoded to f32, f32 accumulation;
+ *   weights decoded to f32, f32 accumulation; matmul_many (Q, K, V) and matmul_swiglu (gate, up)
+ *   run as one GEMV launch each, equal bit for bit to the matmuls one at a time;
  * - above that (prefill): cuBLAS with f32 accumulation and output: BF16 weights against x rounded
  *   to bf16; F16 and quantized weights, which bf16 cannot hold, decoded tile by tile into two bf16
  *   terms (hi + lo), x too, and three GEMMs (about 16-bit operands); F32 weights in plain f32.
+ *
+ * - attention: decode steps on CUDA cores in f32 (context split across blocks when the batch is
+ *   small); steps with prompt chunks (a run of two or more consecutive positions of a sequence)
+ *   on tensor cores, f16 operands with f32 accumulation and an f32 online softmax
+ *   (cuda_attention_prefill.cu) for head_dim 64 and 128;
+ * - sample: top-k, temperature, top-p, min-p and the draw as worker/sampling.c, on the device.
+ *
+ * Graphs: ops can be recorded into CUDA graphs (tsr_graph_begin); while recording, scratch cannot
+ * grow and step metadata must come through tsr_batch_meta.dev. cuBLAS gets a workspace of its own
+ * so that it allocates nothing while recording.
  *
  * Ops are queued on the backend's one stream and return; tsr_buf_get() and tsr_backend_sync()
  * wait. Step metadata (token ids, positions, slots, block tables) comes as host arrays: each op

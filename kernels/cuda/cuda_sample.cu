@@ -13,22 +13,25 @@
  * Each is a radix select over the key in three levels (digits of 11, 11 and 10 bits): a histogram
  * of the level's digit over the tokens still in play, a suffix scan of it, and the bucket where the
  * threshold falls; a tie on the final key is split by index (the j-th of the tied tokens in index
- * order), as the host's sort splits it. Probabilities are the host's floats, p = (float)(expf((l -
- * max) / T) / sum), summed as 62-bit fixed-point integers (exact for p >= 2^-38) with integer
- * atomics, so a row's result does not depend on the order threads run in; the normalising sum is
- * a 128-bit fixed-point sum for the same reason. The GPU then differs from the host only where
- * expf's last bit or the host's double rounding moves a running total across a threshold.
+ * order), as the host's sort orders them. min-p is a filter on each token's probability. The
+ * probabilities are the host's floats, p = (float)(expf((l - max) / T) / sum), accumulated as
+ * 62-bit fixed-point integers (exact for p >= 2^-38) with integer atomics, and the normalising sum
+ * is a 128-bit fixed-point sum rounded once: a row's result does not depend on the order threads
+ * run in, and differs from the host's only where expf's last bits (CUDA's expf is within 2 ulp)
+ * or the host's double rounding move a running total across a threshold.
  *
  * Passes over the row cost most; a row of 128k logits is 512 KB, read from L2 after the first
  * pass. Once the tokens still in play fit in shared memory (CAP of them: the top-k candidates, a
- * top part of the row under top-p) the next pass copies them there and every later pass reads
- * that list instead: with top_k = 40 a row costs two passes over the row, with top_p alone about
- * four. Histogram updates are aggregated per warp (lanes with the same bucket add once), so a run
- * of equal logits (a masked vocabulary) does not serialise on one shared-memory address.
+ * top part of the row under top-p) the next pass copies them there and later passes read that
+ * list instead: with top_k = 40 a row usually costs two passes over the row, with top_p alone
+ * four, with wide kept sets (flat rows) up to eight. Histogram updates are aggregated per warp
+ * (lanes with the same bucket add once), so a run of equal logits (a masked vocabulary) does not
+ * serialise on one shared-memory address. 512 threads and ~99 KB of shared memory a block, about
+ * 85 registers a thread: one block (one row) per multiprocessor at a time.
  *
- * The log probability is the host's: (x[id] - max) - log(sum exp(x - max)) over the raw row, the
- * sum in double (each thread's running sum rescaled when its running max rises), in the first
- * pass. */
+ * The log probability is the host's, (x[id] - max) - log(sum exp(x - max)) over the raw row, from
+ * the first pass: f32 expf terms summed in double, each thread's running sum rescaled when its
+ * running max rises. */
 #include <limits.h>
 #include <math.h>
 
@@ -37,14 +40,15 @@
 #include "kernels/cuda/cuda_kernels.h"
 
 enum {
-    THREADS = 1024,
+    THREADS = 512,
     WARPS = THREADS / 32,
-    UNROLL = 4,       /* row loads in flight per thread */
-    NBINS = 2048,     /* buckets of an 11-bit digit (levels 0 and 1) */
-    LAST_BINS = 1024, /* buckets of the 10-bit digit (level 2) */
-    CAP = 8192,       /* tokens the shared list holds */
+    UNROLL = 4,                   /* row loads in flight per thread */
+    NBINS = 2048,                 /* buckets of an 11-bit digit (levels 0 and 1) */
+    LAST_BINS = 1024,             /* buckets of the 10-bit digit (level 2) */
+    PER_THREAD = NBINS / THREADS, /* buckets per thread in the scan */
+    CAP = 8192,                   /* tokens the shared list holds */
 };
-static_assert(NBINS == 2 * THREADS, "the scan gives each thread two buckets");
+static_assert(NBINS % THREADS == 0, "the scan gives each thread whole buckets");
 
 static constexpr unsigned ALL_LANES = 0xffffffffu;
 static constexpr double FIX_ONE = 0x1p62; /* probability 1 in the fixed-point weights */
@@ -60,7 +64,8 @@ static __device__ __forceinline__ int digit_bits(int level)
     return level == 2 ? 10 : 11;
 }
 
-/* ~99 KB: under the 99 KB a block may opt into on sm_86/sm_89, which run the sm_80 code. */
+/* ~99 KB: under the 99 KB a block may opt into on sm_86/sm_89, which run the sm_80 code. The
+ * uniform state of a select (st_*) waits here during the passes instead of in registers. */
 struct sample_smem {
     unsigned long long w[NBINS];      /* bucket weights (counts when counting), then suffix sums */
     unsigned c[NBINS];                /* bucket counts, then suffix sums */
@@ -69,6 +74,12 @@ struct sample_smem {
     float part_m[WARPS];
     double part_s[WARPS];
     unsigned mask[WARPS];
+    unsigned long long best; /* the first pass's largest rank */
+    float max;               /* the row's max and sum exp(x - max), for the log probability */
+    double sum_exp;
+    double u;                             /* the row's draw */
+    unsigned long long st_thr, st_base_w; /* a select's threshold and the weight and count of */
+    unsigned st_base_n;                   /* the tokens above its current bucket */
     int sel;       /* the bucket where the threshold falls; -1: not reached */
     int n_list;    /* tokens appended to the list (may pass CAP: then the list is not used) */
     float lv[CAP]; /* the list: the logits and indices of the tokens still in play */
@@ -83,7 +94,7 @@ struct row_ctx {
     int n; /* tokens in the source: the list's count, or width */
     bool list;
     float maxl, temp; /* e = expf((l - maxl) / temp) */
-    double sum;       /* p = e / sum, the sum over the top-k candidates */
+    double inv_sum;   /* p = e / sum, the sum over the top-k candidates */
 };
 
 /* The tokens a select considers: rank >= rmin (a prefix of the order) and p >= floor. */
@@ -112,7 +123,7 @@ static __device__ __forceinline__ uint32_t key_of(float l)
 /* Descending rank order = the host's order: larger logit first, then the lower index. */
 static __device__ __forceinline__ unsigned long long rank_of(uint32_t key, int i)
 {
-    return (unsigned long long)key << 32 | (uint32_t)~(uint32_t)i;
+    return (unsigned long long)key << 32 | (uint32_t) ~(uint32_t)i;
 }
 
 static __device__ __forceinline__ int index_of(unsigned long long rank)
@@ -127,10 +138,12 @@ static __device__ __forceinline__ float weight_e(float l, const row_ctx &c)
     return e == e ? e : 0.0f;
 }
 
-/* The host's probability: the weight over the double sum, rounded to float. */
+/* The host's probability, (float)(e / sum) in double. Times the reciprocal instead (a double
+ * division is long, and its registers spill): the two differ by at most an ulp of double, which
+ * changes the float only about once in 2^29. */
 static __device__ __forceinline__ float prob_of(float l, const row_ctx &c)
 {
-    return (float)((double)weight_e(l, c) / c.sum);
+    return (float)((double)weight_e(l, c) * c.inv_sum);
 }
 
 /* p * 2^62 rounded: exact for p >= 2^-38; a row's total stays below 2^63. */
@@ -187,12 +200,12 @@ static __device__ __forceinline__ unsigned long long peer_sum(unsigned peers, un
 }
 
 /* Adds weight w and count 1 to bucket d for every lane with `in`, once per bucket per warp.
- * Level 2 also keeps each bucket's lowest and highest index; when `ordered` (the row, whose lanes
- * hold consecutive indices) the group's first and last lanes hold those. All lanes call it. */
-template <bool WEIGHTED>
+ * LAST (level 2) also keeps each bucket's lowest and highest index; when `ordered` (the row, whose
+ * lanes hold consecutive indices) the group's first and last lanes hold those. All lanes call
+ * it. */
+template <bool WEIGHTED, bool LAST>
 static __device__ __forceinline__ void bucket_add(sample_smem &sm, bool in, unsigned d,
-                                                  unsigned long long w, int i, bool last,
-                                                  bool ordered)
+                                                  unsigned long long w, int i, bool ordered)
 {
     if (!__any_sync(ALL_LANES, in)) return;
     int lane = threadIdx.x & 31;
@@ -204,7 +217,7 @@ static __device__ __forceinline__ void bucket_add(sample_smem &sm, bool in, unsi
         if (WEIGHTED) atomicAdd(&sm.w[d], w);
         atomicAdd(&sm.c[d], (unsigned)__popc(peers));
     }
-    if (last) {
+    if (LAST) {
         if (!ordered || first) atomicMin(&sm.lo[d], i);
         if (!ordered || lane == 31 - __clz(peers)) atomicMax(&sm.hi[d], i);
     }
@@ -286,15 +299,19 @@ static __device__ void hist_clear(sample_smem &sm, bool last, bool compact)
 }
 
 /* w[b], c[b] <- the sums over buckets >= b (the tokens at or before bucket b in the order).
- * counts: the weights are the counts. The caller synchronises before reading. */
+ * counts: the weights are the counts. Thread t holds PER_THREAD buckets from the top down. The
+ * caller synchronises before reading. */
 static __device__ void suffix_scan(sample_smem &sm, bool counts)
 {
-    int t = threadIdx.x, lane = t & 31, warp = t >> 5;
-    int b1 = NBINS - 1 - 2 * t, b0 = b1 - 1; /* this thread's buckets, the upper first */
-    unsigned c1 = sm.c[b1], c0 = sm.c[b0];
-    unsigned long long w1 = counts ? c1 : sm.w[b1], w0 = counts ? c0 : sm.w[b0];
-    unsigned long long w = w1 + w0;
-    unsigned c = c1 + c0;
+    int t = threadIdx.x, lane = t & 31, warp = t >> 5, top = NBINS - 1 - PER_THREAD * t;
+    unsigned long long w = 0;
+    unsigned c = 0;
+#pragma unroll
+    for (int q = 0; q < PER_THREAD; q++) {
+        unsigned cq = sm.c[top - q];
+        w += counts ? cq : sm.w[top - q];
+        c += cq;
+    }
 #pragma unroll
     for (int o = 1; o < 32; o <<= 1) {
         unsigned long long wo = __shfl_up_sync(ALL_LANES, w, o);
@@ -308,15 +325,21 @@ static __device__ void suffix_scan(sample_smem &sm, bool counts)
         sm.part_a[warp] = w;
         sm.mask[warp] = c;
     }
-    __syncthreads();
+    __syncthreads(); /* also: every thread has read its buckets */
     for (int i = 0; i < warp; i++) {
         w += sm.part_a[i];
         c += sm.mask[i];
     }
-    sm.w[b0] = w;
-    sm.c[b0] = c;
-    sm.w[b1] = w - w0;
-    sm.c[b1] = c - c0;
+    /* w, c: the sums through this thread's lowest bucket; walk back up */
+#pragma unroll
+    for (int q = PER_THREAD - 1; q >= 0; q--) {
+        unsigned cq = sm.c[top - q];
+        unsigned long long wq = counts ? cq : sm.w[top - q];
+        sm.w[top - q] = w;
+        sm.c[top - q] = c;
+        w -= wq;
+        c -= cq;
+    }
 }
 
 /* sel <- the bucket b where base + (the sum over buckets >= b) first reaches thr (base < thr). */
@@ -324,8 +347,8 @@ static __device__ __forceinline__ void find_bucket(sample_smem &sm, unsigned lon
                                                    unsigned long long thr)
 {
 #pragma unroll
-    for (int q = 0; q < 2; q++) {
-        int b = NBINS - 1 - 2 * (int)threadIdx.x - q;
+    for (int q = 0; q < PER_THREAD; q++) {
+        int b = NBINS - 1 - PER_THREAD * (int)threadIdx.x - q;
         unsigned long long above = b + 1 < NBINS ? sm.w[b + 1] : 0;
         if (base + sm.w[b] >= thr && base + above < thr) sm.sel = b;
     }
@@ -337,8 +360,8 @@ static __device__ __forceinline__ unsigned long long draw_threshold(unsigned lon
                                                                     double u)
 {
     if (!mass) return 0;
-    unsigned long long u53 = u > 0 ? (u < 1 ? (unsigned long long)(u * 0x1p53) : (1ull << 53) - 1)
-                                   : 0;
+    unsigned long long u53 =
+        u > 0 ? (u < 1 ? (unsigned long long)(u * 0x1p53) : (1ull << 53) - 1) : 0;
     unsigned long long hi = __umul64hi(u53, mass), lo = u53 * mass;
     return (hi << 11 | lo >> 53) + 1;
 }
@@ -380,15 +403,17 @@ static __device__ int nth_index(sample_smem &sm, const row_ctx &c, uint32_t key,
 /* ---- passes ---- */
 
 /* The level's histogram over the tokens considered whose key bits above the level's digit equal
- * prefix. compact: the source is the row, and every token considered with key >= kbound is also
- * appended to the list. */
-template <bool WEIGHTED>
+ * prefix (LAST: level 2, with each bucket's lowest and highest index). compact (levels 0 and 1):
+ * the source is the row, and every token considered with key >= kbound is also appended to the
+ * list. Two instances, so that each carries only what its levels need. */
+template <bool WEIGHTED, bool LAST>
 static __device__ void hist_pass(sample_smem &sm, const row_ctx &c, const sel_args &a, int level,
                                  uint32_t prefix, bool compact, uint32_t kbound)
 {
     int shift = digit_shift(level), above = level ? digit_shift(level - 1) : 0;
     unsigned dmask = (1u << digit_bits(level)) - 1u;
-    bool last = level == 2, ordered = !c.list;
+    bool ordered = !c.list;
+    compact = compact && !LAST;
     for_each(sm, c, [&](float l, int i, bool ok) {
         uint32_t k = key_of(l);
         bool act = ok && rank_of(k, i) >= a.rmin;
@@ -400,31 +425,37 @@ static __device__ void hist_pass(sample_smem &sm, const row_ctx &c, const sel_ar
             if (p < a.floor) in = take = false;
             w = fixed_of(p);
         }
-        bucket_add<WEIGHTED>(sm, in, k >> shift & dmask, w, i, last, ordered);
+        bucket_add<WEIGHTED, LAST>(sm, in, k >> shift & dmask, w, i, ordered);
         if (compact) list_append(sm, take, l, i);
     });
 }
 
 /* The first token in the order, among those `a` admits, at which the running weight (count when
- * !WEIGHTED) reaches thr; for the draw, thr comes from u and the total weight. level0_done: the
- * level-0 histogram is already in place. bound: at most this many tokens are admitted (when it
- * fits, the first pass over the row copies them to the list). The source may become the list. */
+ * !WEIGHTED) reaches thr; for the draw, thr comes from sm.u and the total weight. level0_done:
+ * the level-0 histogram is already in place. bound: at most this many tokens are admitted (when
+ * it fits, the first pass over the row copies them to the list). The source may become the list. */
 template <bool WEIGHTED>
 static __device__ sel_out select_first(sample_smem &sm, row_ctx &c, const sel_args &a,
-                                       unsigned long long thr, bool draw, double u,
-                                       bool level0_done, unsigned bound)
+                                       unsigned long long thr, bool draw, bool level0_done,
+                                       unsigned bound)
 {
     sel_out out = {-1, 0, 0};
     uint32_t prefix = 0, kbound = 0;
-    unsigned long long base_w = 0; /* weight of the tokens above the current bucket */
-    unsigned base_n = 0;
     bool compact = !c.list && bound <= CAP;
+    if (threadIdx.x == 0) {
+        sm.st_thr = thr;
+        sm.st_base_w = 0;
+        sm.st_base_n = 0;
+    }
     for (int level = 0; level < 3; level++) {
         if (level > 0 || !level0_done) {
-            bool comp = compact && !c.list;
+            bool comp = compact && !c.list && level < 2;
             hist_clear(sm, level == 2, comp);
             __syncthreads();
-            hist_pass<WEIGHTED>(sm, c, a, level, prefix, comp, kbound);
+            if (level == 2)
+                hist_pass<WEIGHTED, true>(sm, c, a, level, prefix, false, kbound);
+            else
+                hist_pass<WEIGHTED, false>(sm, c, a, level, prefix, comp, kbound);
             __syncthreads();
             if (comp && sm.n_list <= CAP) {
                 c.list = true;
@@ -433,8 +464,10 @@ static __device__ sel_out select_first(sample_smem &sm, row_ctx &c, const sel_ar
         }
         suffix_scan(sm, !WEIGHTED);
         __syncthreads();
-        if (draw && level == 0) thr = draw_threshold(sm.w[0], u);
-        find_bucket(sm, base_w, thr);
+        unsigned long long t = draw && level == 0 ? draw_threshold(sm.w[0], sm.u) : sm.st_thr;
+        unsigned long long base_w = sm.st_base_w; /* weight of the tokens above the bucket */
+        unsigned base_n = sm.st_base_n;
+        find_bucket(sm, base_w, t);
         __syncthreads();
         int b = sm.sel;
         if (b < 0) { /* only at level 0: a bucket found holds the rest */
@@ -451,16 +484,24 @@ static __device__ sel_out select_first(sample_smem &sm, row_ctx &c, const sel_ar
         base_n += above_n;
         prefix = prefix << digit_bits(level) | (uint32_t)b;
         if (level < 2) {
-            /* The tokens from this bucket up: copy them to the list on the next pass if they fit. */
-            if (!c.list && base_n + tie_n <= CAP) {
+            if (threadIdx.x == 0) {
+                sm.st_thr = t;
+                sm.st_base_w = base_w;
+                sm.st_base_n = base_n;
+            }
+            /* The tokens from this bucket up: copy them to the list on level 1's pass if they
+             * fit (level 2 reads only the bucket's own tokens; the next select copies what it
+             * needs on its first pass). */
+            if (level == 0 && !c.list && base_n + tie_n <= CAP) {
                 compact = true;
                 kbound = prefix << digit_shift(level);
             }
             continue;
         }
-        /* prefix is the boundary key; its tokens weigh the same, so take the j-th in index order. */
+        /* prefix is the boundary key; its tokens weigh the same, so take the j-th in index order.
+         */
         unsigned long long each = WEIGHTED ? tie_w / tie_n : 1;
-        unsigned j = (unsigned)((thr - base_w + each - 1) / each);
+        unsigned j = (unsigned)((t - base_w + each - 1) / each);
         int idx = j == 1 ? lo : j == tie_n ? hi : nth_index(sm, c, prefix, a.rmin, j);
         out.idx = idx;
         out.rank = rank_of(prefix, idx);
@@ -469,16 +510,10 @@ static __device__ sel_out select_first(sample_smem &sm, row_ctx &c, const sel_ar
     return out;
 }
 
-struct first_out {
-    unsigned long long best; /* the largest rank: the argmax, lowest index on ties */
-    float m;                 /* the row's max, and sum exp(x - m) in double */
-    double s;
-};
-
-/* The first pass over the row: argmax, the log-softmax normaliser when lse, the top-k's level-0
- * histogram when hist, and the whole row into the list when compact. */
-static __device__ first_out first_pass(sample_smem &sm, row_ctx &c, bool lse, bool hist,
-                                       bool compact)
+/* The first pass over the row: returns the argmax (the lowest index on ties); with lse, leaves the
+ * row's max and sum exp(x - max) in sm.max and sm.sum_exp; with hist, the top-k's level-0
+ * histogram; with compact, copies the whole row to the list. */
+static __device__ int first_pass(sample_smem &sm, row_ctx &c, bool lse, bool hist, bool compact)
 {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     if (hist || compact) {
@@ -494,13 +529,13 @@ static __device__ first_out first_pass(sample_smem &sm, row_ctx &c, bool lse, bo
         if (ok && r > best) best = r;
         if (lse && ok) {
             if (l > m) {
-                s = s * exp((double)m - (double)l) + 1.0;
+                s = s * (double)expf(m - l) + 1.0;
                 m = l;
             } else if (l > -INFINITY && m < INFINITY) {
                 s += expf(l - m);
             }
         }
-        if (hist) bucket_add<false>(sm, ok, k >> 21, 1, i, false, true);
+        if (hist) bucket_add<false, false>(sm, ok, k >> 21, 1, i, true);
         if (compact) list_append(sm, ok, l, i);
     });
 #pragma unroll
@@ -523,9 +558,9 @@ static __device__ first_out first_pass(sample_smem &sm, row_ctx &c, bool lse, bo
     }
     __syncthreads();
     if (warp == 0) {
-        best = sm.part_a[lane];
-        m = sm.part_m[lane];
-        s = sm.part_s[lane];
+        best = lane < WARPS ? sm.part_a[lane] : 0;
+        m = lane < WARPS ? sm.part_m[lane] : -INFINITY;
+        s = lane < WARPS ? sm.part_s[lane] : 0;
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) {
             unsigned long long b2 = __shfl_xor_sync(ALL_LANES, best, o);
@@ -537,19 +572,19 @@ static __device__ first_out first_pass(sample_smem &sm, row_ctx &c, bool lse, bo
             }
         }
         if (lane == 0) {
-            sm.part_b[0] = best;
-            sm.part_m[0] = m;
-            sm.part_s[0] = s;
+            sm.best = best;
+            sm.max = m;
+            sm.sum_exp = s;
         }
     }
     __syncthreads();
-    first_out f = {sm.part_b[0], sm.part_m[0], sm.part_s[0]};
-    if (compact && sm.n_list <= CAP) {
+    int top = index_of(sm.best), n_list = sm.n_list;
+    if (compact && n_list <= CAP) {
         c.list = true;
-        c.n = sm.n_list;
+        c.n = n_list;
     }
-    __syncthreads(); /* the partials are reused */
-    return f;
+    __syncthreads(); /* all have read */
+    return top;
 }
 
 /* The sum of the weights of the tokens with rank >= rmin, as the host's double sum but exact
@@ -598,33 +633,38 @@ static __device__ double sum_pass(sample_smem &sm, row_ctx &c, unsigned long lon
 
 /* tsr_sample()'s transforms for a row with temperature > 0 and k > 1 candidates; top is the
  * argmax. */
-static __device__ int sample_row(sample_smem &sm, row_ctx &c, const struct tsr_sample_params &p,
-                                 int k, int top)
+static __device__ int sample_row(sample_smem &sm, row_ctx &c,
+                                 const struct tsr_sample_params *__restrict__ p, int k, int top)
 {
     c.maxl = __ldg(c.row + top);
     /* top-k: the k-th token by count (level 0 came with the first pass) */
     unsigned long long rk = 0;
-    if (k < c.width) rk = select_first<false>(sm, c, {0, 0.0f}, k, false, 0, true, c.width).rank;
+    if (k < c.width) rk = select_first<false>(sm, c, {0, 0.0f}, k, false, true, c.width).rank;
     /* temperature and the softmax over the candidates */
-    c.sum = sum_pass(sm, c, rk, !c.list && k <= CAP);
-    if (!(c.sum > 0)) return top; /* an infinite max: no finite weights */
-    /* top-p: the smallest prefix whose mass reaches top_p */
+    double sum = sum_pass(sm, c, rk, !c.list && k <= CAP);
+    if (!(sum > 0)) return top; /* an infinite max: no finite weights */
+    c.inv_sum = 1.0 / sum;
+    /* top-p (the smallest prefix whose mass reaches top_p), then min-p and the draw over what is
+     * kept: two weighted selects, one loop so that they share one copy of the code */
     unsigned long long rkp = rk;
     unsigned n_kept = (unsigned)k;
-    if (p.top_p < 1) {
-        double t = ceil((double)p.top_p * FIX_ONE);
-        unsigned long long thr = t >= 1 ? (unsigned long long)t : 1;
-        sel_out s = select_first<true>(sm, c, {rk, 0.0f}, thr, false, 0, false, n_kept);
+    float top_p = p->top_p, min_p = p->min_p;
+    float floor = min_p > 0 ? min_p * prob_of(c.maxl, c) : 0.0f;
+    for (int draw = top_p < 1 ? 0 : 1; draw < 2; draw++) {
+        unsigned long long thr = 0;
+        if (!draw) {
+            double t = ceil((double)top_p * FIX_ONE);
+            thr = t >= 1 ? (unsigned long long)t : 1;
+        }
+        sel_out s = select_first<true>(sm, c, {rkp, draw ? floor : 0.0f}, thr, draw, false, n_kept);
+        if (draw) return s.idx >= 0 ? s.idx : top;
         if (s.idx >= 0) {
             rkp = s.rank;
             n_kept = s.n;
         }
+        if (n_kept == 1) return top;
     }
-    if (n_kept == 1) return top;
-    /* min-p, then the draw over what is kept */
-    float floor = p.min_p > 0 ? p.min_p * prob_of(c.maxl, c) : 0.0f;
-    sel_out d = select_first<true>(sm, c, {rkp, floor}, 0, true, p.u, false, n_kept);
-    return d.idx >= 0 ? d.idx : top;
+    return top;
 }
 
 __global__ void __launch_bounds__(THREADS, 1)
@@ -634,24 +674,23 @@ __global__ void __launch_bounds__(THREADS, 1)
 {
     extern __shared__ __align__(16) unsigned char smem_bytes[];
     sample_smem &sm = *reinterpret_cast<sample_smem *>(smem_bytes);
-    const struct tsr_sample_params p = params[blockIdx.x];
+    const struct tsr_sample_params *p = params + blockIdx.x;
     row_ctx c;
     c.row = x + (size_t)blockIdx.x * ld;
     c.width = c.n = width;
     c.list = false;
     c.maxl = 0;
-    c.temp = p.temperature;
-    c.sum = 0;
-    bool greedy = !(p.temperature > 0);
-    int k = p.top_k > 0 && p.top_k < width ? p.top_k : width;
-    bool sampled = !greedy && k > 1;
-    first_out f = first_pass(sm, c, logprobs != NULL, sampled && k < width,
-                             sampled && width <= CAP);
-    int pick = index_of(f.best);
+    c.temp = p->temperature;
+    c.inv_sum = 0;
+    int k = p->top_k > 0 && p->top_k < width ? p->top_k : width;
+    bool sampled = c.temp > 0 && k > 1; /* else greedy: temperature 0, or top_k 1 */
+    if (threadIdx.x == 0) sm.u = p->u;  /* read after the first pass's barriers */
+    int pick = first_pass(sm, c, logprobs != NULL, sampled && k < width, sampled && width <= CAP);
     if (sampled) pick = sample_row(sm, c, p, k, pick);
     if (threadIdx.x == 0) {
         ids[blockIdx.x] = pick;
-        if (logprobs) logprobs[blockIdx.x] = (float)(((double)c.row[pick] - f.m) - log(f.s));
+        if (logprobs)
+            logprobs[blockIdx.x] = (float)(((double)c.row[pick] - sm.max) - log(sm.sum_exp));
     }
 }
 

@@ -472,6 +472,90 @@ static void test_matmul_bias(enum tsr_dtype type, int btype, int rows, int cols)
     free(wf);
 }
 
+/* The fused decode matmuls: matmul_many over Q, K, V-shaped weights and matmul_swiglu over gate
+ * and up, on the GPU against the CPU (the matmul limits) and against the same ops one at a time
+ * on the GPU, which they must equal bit for bit (each row is summed in the same order whichever
+ * rows share its launch). */
+static void test_fused(enum tsr_dtype type, int qrows, int kvrows, int ffn, int cols,
+                       const char *label, const int *ns, int n_ns)
+{
+    if (!tsr_dtype_row_bytes(type, cols)) return;
+    int rows[3] = {qrows, kvrows, kvrows};
+    struct pweight w[3], gu[2];
+    for (int i = 0; i < 3; i++) {
+        float *f = rand_floats((size_t)rows[i] * cols, 1.0f / sqrtf((float)cols));
+        w[i] = pw_from(type, rows[i], cols, f);
+        free(f);
+    }
+    for (int i = 0; i < 2; i++) {
+        float *f = rand_floats((size_t)ffn * cols, 1.0f / sqrtf((float)cols));
+        gu[i] = pw_from(type, ffn, cols, f);
+        free(f);
+    }
+    int gemm_limit = !is_quant(type) && type != TSR_F32; /* bf16 operands above the GEMV sizes */
+    for (int k = 0; k < n_ns; k++) {
+        int n = ns[k];
+        float *xf = rand_floats((size_t)n * cols, 1.0f);
+        struct pbuf x = pb_new((size_t)n * cols, xf), y[3], one = pb_new((size_t)n * qrows, NULL);
+        const struct tsr_weight *wc[3], *wg[3];
+        tsr_buf_t *yc[3], *yg[3];
+        for (int i = 0; i < 3; i++) {
+            y[i] = pb_new((size_t)n * rows[i], NULL);
+            pb_poison(y[i]);
+            wc[i] = &w[i].c, wg[i] = &w[i].g, yc[i] = y[i].c, yg[i] = y[i].g;
+        }
+        check_rc(tsr_op_matmul_many(cpu, 3, yc, wc, NULL, x.c, n),
+                 tsr_op_matmul_many(gpu, 3, yg, wg, NULL, x.g, n), "matmul_many");
+        double lim = is_quant(type) ? 3e-4 : n > TSR_CUDA_GEMV_MAX_N && gemm_limit ? 2e-5 : 1e-10;
+        char shape[64];
+        for (int i = 0; i < 3; i++) {
+            snprintf(shape, sizeof shape, "%s %s w%d %dx%d", label, tsr_dtype_name(type), i,
+                     rows[i], cols);
+            record("matmul_many gpu~cpu", shape, n, pb_compare(y[i], y[i].n), lim, -1, 0);
+            /* the same weight alone, on the GPU: bit for bit */
+            struct pbuf solo = {one.c, one.g, (size_t)n * rows[i]};
+            check_rc(0, tsr_op_matmul(gpu, solo.g, &w[i].g, x.g, NULL, n), "matmul");
+            float *a = xmalloc(solo.n * sizeof(float)), *b = xmalloc(solo.n * sizeof(float));
+            if (tsr_buf_get(solo.g, 0, a, solo.n * 4) || tsr_buf_get(y[i].g, 0, b, solo.n * 4))
+                die("reading");
+            record("matmul_many = one by one", shape, n, memcmp(a, b, solo.n * 4) ? 1.0 : 0.0, 0,
+                   -1, 0);
+            free(a);
+            free(b);
+        }
+        /* gate/up + SwiGLU */
+        struct pbuf out = pb_new((size_t)n * ffn, NULL), tmp = pb_new((size_t)n * ffn, NULL),
+                    g2 = pb_new((size_t)n * ffn, NULL), u2 = pb_new((size_t)n * ffn, NULL);
+        pb_poison(out);
+        check_rc(tsr_op_matmul_swiglu(cpu, out.c, tmp.c, &gu[0].c, &gu[1].c, x.c, n),
+                 tsr_op_matmul_swiglu(gpu, out.g, tmp.g, &gu[0].g, &gu[1].g, x.g, n),
+                 "matmul_swiglu");
+        snprintf(shape, sizeof shape, "%s %s %dx%d", label, tsr_dtype_name(type), ffn, cols);
+        record("matmul_swiglu gpu~cpu", shape, n, pb_compare(out, out.n), lim * 4, -1, 0);
+        check_rc(0,
+                 tsr_op_matmul(gpu, g2.g, &gu[0].g, x.g, NULL, n) ||
+                     tsr_op_matmul(gpu, u2.g, &gu[1].g, x.g, NULL, n) ||
+                     tsr_op_swiglu(gpu, g2.g, g2.g, u2.g, n, ffn),
+                 "matmul + swiglu");
+        float *a = xmalloc(out.n * sizeof(float)), *b = xmalloc(out.n * sizeof(float));
+        if (tsr_buf_get(out.g, 0, a, out.n * 4) || tsr_buf_get(g2.g, 0, b, out.n * 4))
+            die("reading");
+        record("matmul_swiglu = unfused", shape, n, memcmp(a, b, out.n * 4) ? 1.0 : 0.0, 0, -1, 0);
+        free(a);
+        free(b);
+        pb_free(out);
+        pb_free(tmp);
+        pb_free(g2);
+        pb_free(u2);
+        for (int i = 0; i < 3; i++) pb_free(y[i]);
+        pb_free(one);
+        pb_free(x);
+        free(xf);
+    }
+    for (int i = 0; i < 3; i++) pw_free(&w[i]);
+    for (int i = 0; i < 2; i++) pw_free(&gu[i]);
+}
+
 /* ---- RoPE and attention ---- */
 
 struct shape {
@@ -918,6 +1002,14 @@ int main(int argc, char **argv)
         test_matmul_shape(1024, 4096, "llama3 k/v", ns_big, 3, 0);
         test_matmul_shape(14336, 4096, "llama3 gate/up", ns_big, 3, 0);
         test_matmul_shape(4096, 14336, "llama3 down", ns_big, 3, 0);
+    }
+
+    /* The fused decode matmuls. */
+    static const int ns_fused[] = {1, 2, 5, 8, 9, 40};
+    for (int t = 0; t < N_TYPES; t++) {
+        test_fused(all_types[t], 576, 192, 1536, 576, "smol", ns_fused, quick ? 3 : 6);
+        test_fused(all_types[t], 40, 8, 24, 100, "odd", ns_fused, 3);
+        if (!quick) test_fused(all_types[t], 4096, 1024, 14336, 4096, "llama3", ns_fused, 4);
     }
 
     /* RoPE + cache write, attention. */
