@@ -62,6 +62,8 @@ struct cuda_ctx {
         struct retired *next;
     } * retired;
     void *blas_ws; /* cuBLAS workspace of our own: it then allocates nothing while recording */
+    void *tiles;   /* host: attention's prefill tiles, reused from layer to layer */
+    size_t tiles_size;
 };
 
 static struct cuda_ctx *ctx_of(tsr_backend_t *b)
@@ -224,6 +226,7 @@ static void cuda_free(tsr_backend_t *b)
     if (c->blas_ws) cudaFree(c->blas_ws);
     if (c->stream) cudaStreamDestroy(c->stream);
     free(c->pack);
+    free(c->tiles);
     free(c);
     free(b);
 }
@@ -772,14 +775,14 @@ static int cuda_attention(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *q, tsr_bu
         int32_t *bt = NULL;
         size_t bt_bytes = (size_t)ns * mb * sizeof(int32_t);
         const void *bt_src = m->block_tables;
-        tiles =
-            tsr_cuda_attention_prefill_ok(s->head_dim) ? malloc((size_t)nt * sizeof *tiles) : NULL;
-        if (tiles) n_tiles = prefill_tiles(m, tiles);
+        if (tsr_cuda_attention_prefill_ok(s->head_dim)) {
+            if ((rc = grow_host(&c->tiles, &c->tiles_size, (size_t)nt * sizeof *tiles))) return rc;
+            tiles = c->tiles;
+            n_tiles = prefill_tiles(m, tiles);
+        }
         if (mb != m->max_blocks) {
-            if (!(bt = malloc(bt_bytes))) {
-                free(tiles);
+            if (!(bt = malloc(bt_bytes)))
                 return tsr_errorf(TSR_ENOMEM, "attention: out of memory for block tables");
-            }
             for (int i = 0; i < ns; i++)
                 memcpy(bt + (size_t)i * mb, m->block_tables + (size_t)i * m->max_blocks,
                        (size_t)mb * sizeof(int32_t));
@@ -790,7 +793,6 @@ static int cuda_attention(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *q, tsr_bu
                            (size_t)n_tiles * sizeof *tiles};
         rc = stage_meta(c, META_ATTN, n_tiles ? 4 : 3, src, bytes, dev);
         free(bt);
-        free(tiles);
         if (rc) return rc;
     }
     struct tsr_cuda_attn_args a = {.out = out->data,

@@ -56,64 +56,24 @@
 #include "common/status.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "tests/gpu/gpu_test.h"
 
 static tsr_backend_t *cpu, *gpu;
 static int quick;
 static FILE *log_file;
 
-/* ---- random numbers (xorshift64*) ---- */
-
-static uint64_t rng_state;
-
-static uint64_t rng_u64(void)
-{
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return rng_state * 2685821657736338717ull;
-}
-
-static double rng_uniform(void)
-{
-    return (double)(rng_u64() >> 11) * (1.0 / 9007199254740992.0);
-}
+/* ---- random numbers ---- */
 
 static int rng_int(int n)
 {
     return (int)(rng_u64() % (uint64_t)n);
 }
 
-static float rng_gauss(void)
-{
-    double u = rng_uniform(), v = rng_uniform();
-    return (float)(sqrt(-2.0 * log(u + 1e-300)) * cos(6.283185307179586 * v));
-}
-
 static float *rand_floats(size_t n, float scale)
 {
-    float *f = malloc(n * sizeof *f);
-    if (!f) {
-        fprintf(stderr, "out of memory\n");
-        exit(2);
-    }
+    float *f = xmalloc(n * sizeof *f);
     for (size_t i = 0; i < n; i++) f[i] = rng_gauss() * scale;
     return f;
-}
-
-static void *xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    if (!p) {
-        fprintf(stderr, "out of memory\n");
-        exit(2);
-    }
-    return p;
-}
-
-static void die(const char *what)
-{
-    fprintf(stderr, "FATAL: %s: %s\n", what, tsr_last_error());
-    exit(2);
 }
 
 /* ---- results ---- */
@@ -472,6 +432,19 @@ static void test_matmul_bias(enum tsr_dtype type, int btype, int rows, int cols)
     free(wf);
 }
 
+/* 0 when the first n floats of two GPU buffers are the same bits, else 1 (an NMSE-like number
+ * for record() with limit 0). */
+static double differs(tsr_buf_t *a, tsr_buf_t *b, size_t n)
+{
+    float *x = xmalloc(n * sizeof(float)), *y = xmalloc(n * sizeof(float));
+    if (tsr_buf_get(a, 0, x, n * sizeof(float)) || tsr_buf_get(b, 0, y, n * sizeof(float)))
+        die("reading");
+    double d = memcmp(x, y, n * sizeof(float)) ? 1.0 : 0.0;
+    free(x);
+    free(y);
+    return d;
+}
+
 /* The fused decode matmuls: matmul_many over Q, K, V-shaped weights and matmul_swiglu over gate
  * and up, on the GPU against the CPU (the matmul limits) and against the same ops one at a time
  * on the GPU, which they must equal bit for bit (each row is summed in the same order whichever
@@ -515,13 +488,7 @@ static void test_fused(enum tsr_dtype type, int qrows, int kvrows, int ffn, int 
             /* the same weight alone, on the GPU: bit for bit */
             struct pbuf solo = {one.c, one.g, (size_t)n * rows[i]};
             check_rc(0, tsr_op_matmul(gpu, solo.g, &w[i].g, x.g, NULL, n), "matmul");
-            float *a = xmalloc(solo.n * sizeof(float)), *b = xmalloc(solo.n * sizeof(float));
-            if (tsr_buf_get(solo.g, 0, a, solo.n * 4) || tsr_buf_get(y[i].g, 0, b, solo.n * 4))
-                die("reading");
-            record("matmul_many = one by one", shape, n, memcmp(a, b, solo.n * 4) ? 1.0 : 0.0, 0,
-                   -1, 0);
-            free(a);
-            free(b);
+            record("matmul_many = one by one", shape, n, differs(solo.g, y[i].g, solo.n), 0, -1, 0);
         }
         /* gate/up + SwiGLU */
         struct pbuf out = pb_new((size_t)n * ffn, NULL), tmp = pb_new((size_t)n * ffn, NULL),
@@ -537,12 +504,7 @@ static void test_fused(enum tsr_dtype type, int qrows, int kvrows, int ffn, int 
                      tsr_op_matmul(gpu, u2.g, &gu[1].g, x.g, NULL, n) ||
                      tsr_op_swiglu(gpu, g2.g, g2.g, u2.g, n, ffn),
                  "matmul + swiglu");
-        float *a = xmalloc(out.n * sizeof(float)), *b = xmalloc(out.n * sizeof(float));
-        if (tsr_buf_get(out.g, 0, a, out.n * 4) || tsr_buf_get(g2.g, 0, b, out.n * 4))
-            die("reading");
-        record("matmul_swiglu = unfused", shape, n, memcmp(a, b, out.n * 4) ? 1.0 : 0.0, 0, -1, 0);
-        free(a);
-        free(b);
+        record("matmul_swiglu = unfused", shape, n, differs(out.g, g2.g, out.n), 0, -1, 0);
         pb_free(out);
         pb_free(tmp);
         pb_free(g2);
@@ -732,13 +694,6 @@ static void test_attention(const struct shape *sh, const char *label, int n_seqs
 
 /* ---- timings (informational) ---- */
 
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 /* Median seconds of one call of fn over reps, after a warm-up. */
 static double time_median(void (*fn)(void *), void *arg, int reps)
 {
@@ -786,6 +741,40 @@ static void run_attn(void *p)
     struct attn_arg *a = p;
     for (int i = 0; i < a->iters; i++)
         if (tsr_op_attention(gpu, a->out, a->q, a->kc, a->vc, a->s, a->m)) die("attention");
+}
+
+/* Seconds of one tsr_op_attention on the GPU (median of 7 runs of `iters`) for a step of n_seqs
+ * sequences, sequence i with ctx[i] cached tokens and newt[i] new ones, random q and cache. */
+static double time_attention(const struct shape *sh, int n_seqs, const int *ctx, const int *newt,
+                             int iters)
+{
+    struct step st = make_step(sh, n_seqs, ctx, newt);
+    size_t kw = (size_t)sh->n_kv_head * sh->head_dim, qw = (size_t)sh->n_head * sh->head_dim;
+    size_t nt = (size_t)st.m.n_tokens, cache = (size_t)st.n_slots * kw * 4;
+    tsr_buf_t *kc = tsr_buf_alloc(gpu, cache), *vc = tsr_buf_alloc(gpu, cache),
+              *q = tsr_buf_alloc(gpu, nt * qw * 4), *out = tsr_buf_alloc(gpu, nt * qw * 4);
+    if (!kc || !vc || !q || !out) die("bench attention buffers");
+    float *qf = rand_floats(nt * qw, 1.0f), *cf = rand_floats((size_t)st.n_slots * kw, 1.0f);
+    if (tsr_buf_set(q, 0, qf, nt * qw * 4) || tsr_buf_set(kc, 0, cf, cache) ||
+        tsr_buf_set(vc, 0, cf, cache))
+        die("bench attention data");
+    struct tsr_attn_shape s = {sh->n_head,
+                               sh->n_kv_head,
+                               sh->head_dim,
+                               sh->block_size,
+                               0,
+                               1.0f / sqrtf((float)sh->head_dim),
+                               NULL};
+    struct attn_arg arg = {out, q, kc, vc, &s, &st.m, iters};
+    double sec = time_median(run_attn, &arg, 7) / iters;
+    tsr_buf_free(kc);
+    tsr_buf_free(vc);
+    tsr_buf_free(q);
+    tsr_buf_free(out);
+    free(qf);
+    free(cf);
+    free_step(&st);
+    return sec;
 }
 
 static void bench(void)
@@ -857,62 +846,22 @@ static void bench(void)
     /* Decode attention: 32 sequences of 2,048 cached tokens, Llama-3-8B heads. */
     struct shape sh = {"llama3-8b", 32, 8, 128, 16};
     int ctx[32], newt[32];
-    for (int s = 0; s < 32; s++) {
-        ctx[s] = 2047;
-        newt[s] = 1;
+    for (int i = 0; i < 32; i++) {
+        ctx[i] = 2047;
+        newt[i] = 1;
     }
-    struct step st = make_step(&sh, 32, ctx, newt);
-    size_t kw = 8 * 128, qw = 32 * 128;
-    tsr_buf_t *kc = tsr_buf_alloc(gpu, (size_t)st.n_slots * kw * 4),
-              *vc = tsr_buf_alloc(gpu, (size_t)st.n_slots * kw * 4),
-              *q = tsr_buf_alloc(gpu, 32 * qw * 4), *out = tsr_buf_alloc(gpu, 32 * qw * 4);
-    if (!kc || !vc || !q || !out) die("bench attention buffers");
-    float *qf = rand_floats(32 * qw, 1.0f), *cf = rand_floats((size_t)st.n_slots * kw, 1.0f);
-    if (tsr_buf_set(q, 0, qf, 32 * qw * 4) || tsr_buf_set(kc, 0, cf, (size_t)st.n_slots * kw * 4) ||
-        tsr_buf_set(vc, 0, cf, (size_t)st.n_slots * kw * 4))
-        die("bench attention data");
-    struct tsr_attn_shape s = {32, 8, 128, 16, 0, 1.0f / sqrtf(128.0f), NULL};
-    struct attn_arg arg = {out, q, kc, vc, &s, &st.m, 10};
-    double sec = time_median(run_attn, &arg, 7) / arg.iters;
-    double kv_bytes = 2.0 * 32 * 2048 * kw * 4;
+    double sec = time_attention(&sh, 32, ctx, newt, 10);
+    double kv_bytes = 2.0 * 32 * 2048 * 8 * 128 * 4;
     printf("%-34s %6d %10.1f %10.0f %7.0f%%\n", "attention decode 32 x ctx 2048", 32, sec * 1e6,
            kv_bytes / sec / 1e9, 100.0 * kv_bytes / sec / copy_bw);
-    tsr_buf_free(kc);
-    tsr_buf_free(vc);
-    tsr_buf_free(q);
-    tsr_buf_free(out);
-    free(qf);
-    free(cf);
-    free_step(&st);
-
     /* Prefill attention: one 2,048-token prompt, causal, the same heads; FLOPs of QKᵀ and PV over
      * the L(L+1)/2 unmasked (query, key) pairs, 2 each per dim. */
     enum { L = 2048 };
     int cp[] = {0}, np[] = {L};
-    struct step sp = make_step(&sh, 1, cp, np);
-    kc = tsr_buf_alloc(gpu, (size_t)sp.n_slots * kw * 4);
-    vc = tsr_buf_alloc(gpu, (size_t)sp.n_slots * kw * 4);
-    q = tsr_buf_alloc(gpu, (size_t)L * qw * 4);
-    out = tsr_buf_alloc(gpu, (size_t)L * qw * 4);
-    if (!kc || !vc || !q || !out) die("bench prefill buffers");
-    qf = rand_floats((size_t)L * qw, 1.0f);
-    cf = rand_floats((size_t)sp.n_slots * kw, 1.0f);
-    if (tsr_buf_set(q, 0, qf, (size_t)L * qw * 4) ||
-        tsr_buf_set(kc, 0, cf, (size_t)sp.n_slots * kw * 4) ||
-        tsr_buf_set(vc, 0, cf, (size_t)sp.n_slots * kw * 4))
-        die("bench prefill data");
-    struct attn_arg parg = {out, q, kc, vc, &s, &sp.m, 5};
-    sec = time_median(run_attn, &parg, 7) / parg.iters;
+    sec = time_attention(&sh, 1, cp, np, 5);
     double flops = 4.0 * 32 * 128 * ((double)L * (L + 1) / 2);
     printf("%-34s %6d %10.1f %10.1f %8s\n", "attention prefill 2048 (causal)", L, sec * 1e6,
            flops / sec / 1e12, "-");
-    tsr_buf_free(kc);
-    tsr_buf_free(vc);
-    tsr_buf_free(q);
-    tsr_buf_free(out);
-    free(qf);
-    free(cf);
-    free_step(&sp);
 }
 
 /* ---- main ---- */

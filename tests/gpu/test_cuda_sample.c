@@ -38,56 +38,11 @@
 #include "common/status.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "tests/gpu/gpu_test.h"
 #include "worker/sampling.h"
 
 static tsr_backend_t *gpu;
 static int n_checks, n_fails;
-
-/* ---- random numbers (xorshift64*) ---- */
-
-static uint64_t rng_state;
-
-static uint64_t rng_u64(void)
-{
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return rng_state * 2685821657736338717ull;
-}
-
-static double rng_uniform(void)
-{
-    return (double)(rng_u64() >> 11) * (1.0 / 9007199254740992.0);
-}
-
-static float rng_gauss(void)
-{
-    double u = rng_uniform(), v = rng_uniform();
-    return (float)(sqrt(-2.0 * log(u + 1e-300)) * cos(6.283185307179586 * v));
-}
-
-static void *xmalloc(size_t n)
-{
-    void *p = malloc(n ? n : 1);
-    if (!p) {
-        fprintf(stderr, "out of memory\n");
-        exit(2);
-    }
-    return p;
-}
-
-static void die(const char *what)
-{
-    fprintf(stderr, "FATAL: %s: %s\n", what, tsr_last_error());
-    exit(2);
-}
-
-static double now_s(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
 
 /* A check; prints the first few failures. */
 static int check(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
