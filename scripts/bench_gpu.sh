@@ -20,6 +20,8 @@
 #   tp70b     synthetic llama3-70b at TP=$TP (default 4; TP GPUs, each rank generating only its
 #             slices): decode at batch 1 and 64 with rank 0's fraction of the memory roofline,
 #             prefill
+#   profile   Nsight Compute kernel durations of llama3-8b batch-1 decode steps, op by op
+#             (TESSERA_GRAPHS=0), summed per kernel for the last step (scripts/ncu_step_times.py)
 #   agree-tp4 teacher-forced argmax at TP=$TP vs TP=1 through `tessera bench --agree`:
 #             synthetic:tiny-gqa4, then synthetic:llama3-8b
 # Environment: PART_LIMIT (seconds: caps every part's time limit), TP (the ranks of tp70b and agree-tp4; default 4), BUILD (a build folder holding
@@ -108,6 +110,14 @@ for p in "$@"; do
     part tp70b 420 "$build/tessera" bench --device cuda --tp "$tp" --model synthetic:llama3-70b \
       --batches 1,64 --context 512 --steps 32 --prefill-tokens 2048 --repeats 3
     ;;
+  profile)
+    ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+    part profile 300 env TESSERA_GRAPHS=0 "$ncu" --clock-control none --csv \
+      --metrics gpu__time_duration.sum --launch-count 2500 --log-file "$out/profile.ncu.log" \
+      "$build/tessera" bench --device cuda --model synthetic:llama3-8b --batches 1 --context 512 \
+      --steps 3 --prefill-tokens 16 --repeats 1
+    python3 "$root/scripts/ncu_step_times.py" "$out/profile.ncu.log" >"$out/profile-step.txt" 2>&1
+    ;;
   agree-tp4)
     for m in tiny-gqa4 llama3-8b; do
       part "agree-$m-tp1" 150 "$build/tessera" bench --device cuda --agree \
@@ -139,5 +149,6 @@ done
 [ -f "$out/graphs.log" ] && grep -hE 'PASS|FAIL' "$out/graphs.log"
 [ -f "$out/tp70b.log" ] && grep -hE '^\||^tp=|^prefill|^device|weights' "$out/tp70b.log"
 for f in "$out"/agree-*-tp"$tp".log; do [ -f "$f" ] && grep -h '^{' "$f"; done
+[ -f "$out/profile-step.txt" ] && head -n 30 "$out/profile-step.txt"
 [ -f "$out/peer.log" ] && grep -hE '^\||^prefill|^device|^torch' "$out/peer.log"
 cat "$summary"
