@@ -113,7 +113,7 @@ for p in "$@"; do
   profile)
     ncu=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
     part profile 300 env TESSERA_GRAPHS=0 "$ncu" --clock-control none --csv \
-      --metrics gpu__time_duration.sum --launch-count 2500 --log-file "$out/profile.ncu.log" \
+      --metrics gpu__time_duration.sum --launch-count 4000 --log-file "$out/profile.ncu.log" \
       "$build/tessera" bench --device cuda --model synthetic:llama3-8b --batches 1 --context 512 \
       --steps 3 --prefill-tokens 16 --repeats 1
     python3 "$root/scripts/ncu_step_times.py" "$out/profile.ncu.log" >"$out/profile-step.txt" 2>&1
