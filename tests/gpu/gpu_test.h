@@ -1,4 +1,4 @@
-/* Helpers the GPU test programs share: a seeded generator (xorshift64*: set rng_state first),
+/* Helpers the GPU test programs share: a seeded generator (xorshift64*: rng_seed first),
  * allocation that exits on failure, a fatal error with tsr_last_error(), a monotonic clock. One
  * copy per program (static); each program uses what it needs. */
 #ifndef TSR_TESTS_GPU_TEST_H
@@ -13,6 +13,12 @@
 #include "common/status.h"
 
 static uint64_t rng_state;
+
+/* Starts the generator from a test's --seed. */
+static inline void rng_seed(uint64_t seed)
+{
+    rng_state = seed * 2654435761u + 88172645463325252ull;
+}
 
 static inline uint64_t rng_u64(void)
 {

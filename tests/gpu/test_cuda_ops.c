@@ -889,7 +889,7 @@ int main(int argc, char **argv)
         printf("test_cuda_ops: no CUDA device: skipped\n");
         return 77;
     }
-    rng_state = seed * 2654435761u + 88172645463325252ull;
+    rng_seed(seed);
     if (log_path && !(log_file = fopen(log_path, "w"))) {
         perror(log_path);
         return 2;

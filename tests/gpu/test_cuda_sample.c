@@ -424,7 +424,7 @@ int main(int argc, char **argv)
         printf("test_cuda_sample: no CUDA device: skipped\n");
         return 77;
     }
-    rng_state = seed * 2654435761u + 88172645463325252ull;
+    rng_seed(seed);
     gpu = tsr_backend_cuda_new(0);
     if (!gpu) die("creating the CUDA backend");
     printf("test_cuda_sample: seed %llu\n", (unsigned long long)seed);
