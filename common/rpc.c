@@ -111,9 +111,25 @@ static int bb_to_bytes(grpc_byte_buffer *bb, uint8_t **buf, size_t *len)
 
 static uint8_t *pack(const ProtobufCMessage *m, size_t *len)
 {
-    *len = protobuf_c_message_get_packed_size(m);
-    uint8_t *buf = malloc(*len ? *len : 1);
-    if (buf) protobuf_c_message_pack(m, buf);
+    return tsr_pb_pack_with_bytes(m, 0, NULL, 0, len);
+}
+
+uint8_t *tsr_pb_pack_with_bytes(const ProtobufCMessage *m, unsigned field, const void *bytes,
+                                size_t n, size_t *len)
+{
+    size_t base = protobuf_c_message_get_packed_size(m);
+    uint8_t *buf = malloc(base + (field ? 20 + n : 1)); /* key and length: 10 bytes each at most */
+    if (!buf) return NULL;
+    *len = protobuf_c_message_pack(m, buf);
+    if (field) {
+        uint64_t v[2] = {(uint64_t)field << 3 | 2, n}; /* wire type 2: length-delimited */
+        for (int i = 0; i < 2; i++) {
+            for (; v[i] >= 0x80; v[i] >>= 7) buf[(*len)++] = (uint8_t)(v[i] | 0x80);
+            buf[(*len)++] = (uint8_t)v[i];
+        }
+        if (n) memcpy(buf + *len, bytes, n);
+        *len += n;
+    }
     return buf;
 }
 

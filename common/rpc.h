@@ -77,6 +77,11 @@ ProtobufCMessage *tsr_rpc_call_unpack(const tsr_rpc_call_t *c,
  * short silently. 0 if no string field of the message (nested messages included) holds a NUL
  * byte; else TSR_EINVAL naming the field. Malformed wire data is TSR_EFORMAT. */
 int tsr_pb_check_strings(const ProtobufCMessageDescriptor *desc, const void *buf, size_t len);
+/* Packs m, then field `field` (a string or bytes field m leaves unset) with n bytes that may hold
+ * NULs, which a protobuf-c string cannot; parsers take fields in any order. field 0: m alone.
+ * malloc'ed (caller frees), *len bytes; NULL when out of memory. */
+uint8_t *tsr_pb_pack_with_bytes(const ProtobufCMessage *m, unsigned field, const void *bytes,
+                                size_t n, size_t *len);
 /* Sends one response message and waits until the transport took it. TSR_ECANCELLED when the
  * client cancelled, went away or the deadline passed. */
 int tsr_rpc_call_send(tsr_rpc_call_t *c, const void *msg, size_t len);

@@ -7,9 +7,10 @@
 
 #include "common/log.h"
 #include "common/status.h"
+#include "coordinator/request.h"
+#include "coordinator/textstream.h"
 #include "coordinator/validate.h"
 #include "grpc/health/v1/health.pb-c.h"
-#include "model/chat.h"
 #include "model/tokenizer.h"
 #include "tessera/v1/inference.pb-c.h"
 #include "tessera/v1/worker.pb-c.h"
@@ -27,55 +28,6 @@ struct tsr_coord {
 };
 
 enum { RETRIES = 3, POLL_MS = 20 };
-
-/* ---- tokenizing ---- */
-
-/* The prompt's ids, as `tessera generate` makes them: raw text without special-token parsing,
- * chat messages through the template with it. */
-static int encode_input(struct tsr_coord *c, const char *text, int parse_special, int32_t **ids,
-                        size_t *n)
-{
-    if (!c->tok)
-        return tsr_errorf(TSR_EINVAL, "model %s has no tokenizer: send token_ids",
-                          tsr_model_name(c->m));
-    return tsr_tokenizer_encode(c->tok, text, strlen(text), tsr_tokenizer_wants_bos(c->tok),
-                                parse_special, ids, n);
-}
-
-static int render_chat(struct tsr_coord *c, const Tessera__V1__ChatMessages *cm, char **text)
-{
-    struct tsr_chat_msg *msgs = calloc(cm->n_messages, sizeof *msgs);
-    if (!msgs) return tsr_errorf(TSR_ENOMEM, "out of memory");
-    for (size_t i = 0; i < cm->n_messages; i++)
-        msgs[i] = (struct tsr_chat_msg){cm->messages[i]->role ? cm->messages[i]->role : "",
-                                        cm->messages[i]->content ? cm->messages[i]->content : ""};
-    int rc = tsr_chat_render(tsr_model_chat(c->m), msgs, cm->n_messages, 1, text);
-    free(msgs);
-    return rc;
-}
-
-static int tokenize(struct tsr_coord *c, int input_case, const char *prompt,
-                    const Tessera__V1__ChatMessages *cm, const Tessera__V1__TokenIds *ti,
-                    int32_t **ids, size_t *n)
-{
-    if (input_case == TESSERA__V1__GENERATE_REQUEST__INPUT_TOKEN_IDS) {
-        *ids = malloc(ti->n_ids * sizeof **ids);
-        if (!*ids) return tsr_errorf(TSR_ENOMEM, "out of memory");
-        memcpy(*ids, ti->ids, ti->n_ids * sizeof **ids);
-        *n = ti->n_ids;
-        return 0;
-    }
-    if (input_case == TESSERA__V1__GENERATE_REQUEST__INPUT_PROMPT)
-        return encode_input(c, prompt, 0, ids, n);
-    if (!c->tok)
-        return tsr_errorf(TSR_EINVAL, "model %s has no tokenizer: send token_ids",
-                          tsr_model_name(c->m));
-    char *text = NULL;
-    int rc = render_chat(c, cm, &text);
-    if (!rc) rc = encode_input(c, text, 1, ids, n);
-    free(text);
-    return rc;
-}
 
 static int code_of(int rc)
 {
@@ -124,64 +76,6 @@ static int check_model(struct tsr_coord *c, tsr_rpc_call_t *call, const char *mo
 
 /* ---- Generate ---- */
 
-/* The text side of one stream: detokenizer, stop strings, and the bytes held back because they
- * could be the start of a stop string. */
-struct textout {
-    tsr_detok_t *dt;
-    char **stop;
-    size_t n_stop, max_stop;
-    char *pending; /* decoded, not sent yet */
-    size_t n_pending, cap_pending;
-    int stopped; /* a stop string matched: no more text */
-};
-
-static int pending_add(struct textout *t, const char *s, size_t n)
-{
-    if (!n) return 0;
-    if (t->n_pending + n + 1 > t->cap_pending) {
-        size_t cap = (t->n_pending + n + 1) * 2;
-        char *p = realloc(t->pending, cap);
-        if (!p) return TSR_ENOMEM;
-        t->pending = p;
-        t->cap_pending = cap;
-    }
-    memcpy(t->pending + t->n_pending, s, n);
-    t->n_pending += n;
-    t->pending[t->n_pending] = 0;
-    return 0;
-}
-
-/* Moves the text that can be sent now from pending into out (*n_out bytes). final: the stream
- * is over, nothing is held back. Sets t->stopped when a stop string matched. */
-static void text_take(struct textout *t, int final, char **out, size_t *n_out)
-{
-    size_t send = t->n_pending;
-    for (size_t i = 0; i < t->n_stop; i++) {
-        char *hit =
-            t->n_pending ? memmem(t->pending, t->n_pending, t->stop[i], strlen(t->stop[i])) : NULL;
-        if (hit && (size_t)(hit - t->pending) < send) {
-            send = (size_t)(hit - t->pending);
-            t->stopped = 1;
-        }
-    }
-    if (!t->stopped && !final && t->max_stop > 1) {
-        /* hold back what could begin a stop string, cut on a character boundary */
-        size_t keep = t->max_stop - 1;
-        send = t->n_pending > keep ? t->n_pending - keep : 0;
-        while (send > 0 && ((unsigned char)t->pending[send] & 0xC0) == 0x80) send--;
-    }
-    *out = t->pending;
-    *n_out = send;
-}
-
-static void text_consume(struct textout *t, size_t n)
-{
-    memmove(t->pending, t->pending + n, t->n_pending - n);
-    t->n_pending -= n;
-    if (t->pending) t->pending[t->n_pending] = 0;
-    if (t->stopped) t->n_pending = 0;
-}
-
 struct relay {
     struct tsr_coord *c;
     tsr_rpc_call_t *call;
@@ -190,10 +84,7 @@ struct relay {
     int n_prompt;
     int n_done;   /* tokens relayed to the client */
     int sent_any; /* a token reached the client: no retry after this */
-    struct textout text;
-    int32_t *ids;
-    float *lps;
-    size_t cap;
+    tsr_textstream_t *text;
 };
 
 static Tessera__V1__FinishReason worker_finish(const Tessera__V1__WorkerGenerateResponse *w)
@@ -203,81 +94,47 @@ static Tessera__V1__FinishReason worker_finish(const Tessera__V1__WorkerGenerate
 }
 
 /* One message from the leader to the client. Returns 1 when the stream is over (finish reason
- * or stop string), 0 to go on, <0 when the client is gone. */
+ * or stop string), 0 to go on, TSR_ECANCELLED when the client is gone, TSR_EFORMAT (message
+ * set) when the leader's message makes no sense. */
 static int relay_message(struct relay *rl, const Tessera__V1__WorkerGenerateResponse *w)
 {
-    struct tsr_coord *c = rl->c;
-    Tessera__V1__FinishReason fin = worker_finish(w);
-    size_t n_ids = 0;
-    if (rl->cap < w->n_token_ids) {
-        int32_t *i = realloc(rl->ids, w->n_token_ids * sizeof *i);
-        if (i) rl->ids = i;
-        float *p = realloc(rl->lps, w->n_token_ids * sizeof *p);
-        if (p) rl->lps = p;
-        if (!i || !p) return TSR_ENOMEM;
-        rl->cap = w->n_token_ids;
-    }
-    for (size_t k = 0; k < w->n_token_ids && !rl->text.stopped; k++) {
-        int32_t id = w->token_ids[k];
-        rl->ids[n_ids] = id;
-        rl->lps[n_ids++] = k < w->n_logprobs ? w->logprobs[k] : 0;
-        if (!rl->text.dt) continue;
-        int last_eog = fin == TESSERA__V1__FINISH_REASON__FINISH_REASON_STOP &&
-                       k + 1 == w->n_token_ids && tsr_tokenizer_is_eog(c->tok, id);
-        const char *piece;
-        size_t len;
-        if (!last_eog && !tsr_detok_push(rl->text.dt, id, &piece, &len) &&
-            pending_add(&rl->text, piece, len))
-            return TSR_ENOMEM;
-        char *s;
-        size_t n;
-        text_take(&rl->text, 0, &s, &n);
-        if (rl->text.stopped) fin = TESSERA__V1__FINISH_REASON__FINISH_REASON_STOP;
-    }
-    int over = fin != TESSERA__V1__FINISH_REASON__FINISH_REASON_UNSPECIFIED;
-    if (over && rl->text.dt && !rl->text.stopped) {
-        const char *piece;
-        size_t len;
-        if (!tsr_detok_flush(rl->text.dt, &piece, &len) && pending_add(&rl->text, piece, len))
-            return TSR_ENOMEM;
-    }
-    char *s = NULL;
-    size_t n = 0;
-    if (rl->text.dt) text_take(&rl->text, over, &s, &n);
-    if (rl->text.stopped) {
-        over = 1;
-        fin = TESSERA__V1__FINISH_REASON__FINISH_REASON_STOP;
-    }
-    char *text = strndup(s ? s : "", n);
-    if (!text) return TSR_ENOMEM;
-    if (rl->text.dt) text_consume(&rl->text, n);
-    rl->n_done += (int)n_ids;
+    if (rl->logprobs && w->n_logprobs != w->n_token_ids)
+        return tsr_errorf(TSR_EFORMAT, "%zu logprobs for %zu token ids", w->n_logprobs,
+                          w->n_token_ids);
+    struct tsr_text_delta d;
+    int rc = tsr_textstream_push(rl->text, w->token_ids, w->n_token_ids, worker_finish(w), &d);
+    if (rc) return rc == TSR_EINVAL ? TSR_EFORMAT : rc; /* its message stands */
+    rl->n_done += (int)d.n_ids;
+    if (!d.n_ids && !d.n_text && !d.over) return 0;
     Tessera__V1__GenerateResponse m = TESSERA__V1__GENERATE_RESPONSE__INIT;
     Tessera__V1__Usage u = TESSERA__V1__USAGE__INIT;
     m.request_id = (char *)rl->request_id;
-    m.text = text;
-    m.n_token_ids = n_ids;
-    m.token_ids = rl->ids;
+    m.n_token_ids = d.n_ids;
+    m.token_ids = w->token_ids;
     if (rl->logprobs) {
-        m.n_logprobs = n_ids;
-        m.logprobs = rl->lps;
+        m.n_logprobs = d.n_ids;
+        m.logprobs = w->logprobs;
     }
-    if (over) {
+    if (d.over) {
         m.has_finish_reason = 1;
-        m.finish_reason = fin;
+        m.finish_reason = d.finish;
         u.has_prompt_tokens = u.has_completion_tokens = 1;
         u.prompt_tokens = rl->n_prompt;
         u.completion_tokens = rl->n_done;
         m.usage = &u;
     }
-    int rc = 0;
-    if (n_ids || n || over) {
-        rc = tsr_rpc_call_send_pb(rl->call, &m.base);
-        rl->sent_any = 1;
-    }
-    free(text);
+    size_t len;
+    /* the text may hold U+0000, which a protobuf-c string cannot */
+    unsigned text_field = protobuf_c_message_descriptor_get_field_by_name(
+                              &tessera__v1__generate_response__descriptor, "text")
+                              ->id;
+    uint8_t *buf = tsr_pb_pack_with_bytes(&m.base, text_field, d.text, d.n_text, &len);
+    if (!buf) return tsr_errorf(TSR_ENOMEM, "out of memory");
+    rc = tsr_rpc_call_send(rl->call, buf, len);
+    free(buf);
+    rl->sent_any = 1;
     if (rc) return TSR_ECANCELLED;
-    return over;
+    return d.over;
 }
 
 enum upstream_end { UP_DONE, UP_CLIENT_GONE, UP_RETRY, UP_FAILED };
@@ -356,8 +213,18 @@ static enum upstream_end relay_attempt(struct relay *rl, tsr_route_t *g,
         int over = relay_message(rl, w);
         tsr_route_progress(c->r, g, rl->n_done - before);
         tessera__v1__worker_generate_response__free_unpacked(w, NULL);
-        if (over < 0) {
+        if (over == TSR_ECANCELLED) {
             end = UP_CLIENT_GONE;
+            break;
+        }
+        if (over < 0) {
+            if (over == TSR_EFORMAT)
+                snprintf(msg, msg_cap, "replica %s sent a bad message: %s", tsr_route_name(g),
+                         tsr_last_error());
+            else
+                snprintf(msg, msg_cap, "%s", tsr_last_error());
+            *code = over == TSR_EFORMAT ? TSR_RPC_INTERNAL : code_of(over);
+            end = UP_FAILED;
             break;
         }
         if (over) {
@@ -400,11 +267,7 @@ static void relay(struct tsr_coord *c, tsr_rpc_call_t *call, const Tessera__V1__
                        .request_id = request_id,
                        .logprobs = r->has_logprobs && r->logprobs,
                        .n_prompt = (int)n};
-    rl.text.stop = r->stop;
-    rl.text.n_stop = r->n_stop;
-    for (size_t i = 0; i < r->n_stop; i++)
-        if (strlen(r->stop[i]) > rl.text.max_stop) rl.text.max_stop = strlen(r->stop[i]);
-    if (c->tok && !(rl.text.dt = tsr_detok_new(c->tok, 1))) {
+    if (!(rl.text = tsr_textstream_new(c->tok, r->stop, r->n_stop))) {
         tsr_rpc_call_finish(call, TSR_RPC_RESOURCE_EXHAUSTED, "out of memory");
         return;
     }
@@ -443,10 +306,7 @@ static void relay(struct tsr_coord *c, tsr_rpc_call_t *call, const Tessera__V1__
         tsr_rpc_call_finish(call, TSR_RPC_CANCELLED, "cancelled");
     else
         tsr_rpc_call_finish(call, code, msg);
-    tsr_detok_free(rl.text.dt);
-    free(rl.text.pending);
-    free(rl.ids);
-    free(rl.lps);
+    tsr_textstream_free(rl.text);
 }
 
 static void handle_generate(tsr_rpc_call_t *call, void *arg)
@@ -464,13 +324,14 @@ static void handle_generate(tsr_rpc_call_t *call, void *arg)
     size_t n = 0;
     struct tsr_sampling sp;
     int max_tokens, rc, admitted = 0;
-    char request_id[64];
+    char generated_id[32];
     size_t raw_len;
     const void *raw = tsr_rpc_call_request(call, &raw_len);
     if (check_model(c, call, r->model)) goto out;
     if ((rc = tsr_pb_check_strings(&tessera__v1__generate_request__descriptor, raw, raw_len)) ||
         (rc = tsr_validate_generate(r, c->cfg->n_vocab, &sp, &max_tokens)) ||
-        (rc = tokenize(c, r->input_case, r->prompt, r->messages, r->token_ids, &ids, &n)) ||
+        (rc = tsr_request_tokens(c->tok, tsr_model_chat(c->m), tsr_model_name(c->m), r->input_case,
+                                 r->prompt, r->messages, r->token_ids, &ids, &n)) ||
         (rc = tsr_validate_context((int)n, max_tokens, c->cfg->n_ctx_train))) {
         tsr_rpc_call_finish(call, code_of(rc), tsr_last_error());
         goto out;
@@ -489,10 +350,11 @@ static void handle_generate(tsr_rpc_call_t *call, void *arg)
                              (long long)in_flight);
         goto out;
     }
-    if (r->request_id && r->request_id[0])
-        snprintf(request_id, sizeof request_id, "%s", r->request_id);
-    else
-        snprintf(request_id, sizeof request_id, "req-%lld", (long long)seq);
+    const char *request_id = r->request_id;
+    if (!request_id || !request_id[0]) {
+        snprintf(generated_id, sizeof generated_id, "req-%lld", (long long)seq);
+        request_id = generated_id;
+    }
     relay(c, call, r, request_id, ids, n, &sp, max_tokens);
     pthread_mutex_lock(&c->mu);
     c->in_flight--;
@@ -530,7 +392,8 @@ static void handle_tokenize(tsr_rpc_call_t *call, void *arg)
     const void *raw = tsr_rpc_call_request(call, &raw_len);
     if ((rc = tsr_pb_check_strings(&tessera__v1__tokenize_request__descriptor, raw, raw_len)) ||
         (rc = tsr_validate_generate(&g, c->cfg->n_vocab, &sp, &mt)) ||
-        (rc = tokenize(c, g.input_case, g.prompt, g.messages, NULL, &ids, &n))) {
+        (rc = tsr_request_tokens(c->tok, tsr_model_chat(c->m), tsr_model_name(c->m), g.input_case,
+                                 g.prompt, g.messages, NULL, &ids, &n))) {
         tsr_rpc_call_finish(call, code_of(rc), tsr_last_error());
         goto out;
     }

@@ -84,7 +84,9 @@ static int check_text(const char *what, const char *s, size_t *total)
     if (!tsr_utf8_valid(s, n)) return tsr_errorf(TSR_EINVAL, "%s is not valid UTF-8", what);
     *total += n;
     if (*total > TSR_MAX_PROMPT_BYTES)
-        return tsr_errorf(TSR_EINVAL, "the prompt is over %d bytes", TSR_MAX_PROMPT_BYTES);
+        return tsr_errorf(TSR_EINVAL,
+                          "the prompt (prompt, or all messages' contents) is over %d bytes",
+                          TSR_MAX_PROMPT_BYTES);
     return 0;
 }
 
@@ -104,7 +106,7 @@ int tsr_validate_generate(const Tessera__V1__GenerateRequest *r, int n_vocab,
         if (!m || m->n_messages == 0)
             return tsr_errorf(TSR_EINVAL, "messages is empty: give at least one message");
         if (m->n_messages > TSR_MAX_MESSAGES)
-            return tsr_errorf(TSR_EINVAL, "%zu messages; at most %d", m->n_messages,
+            return tsr_errorf(TSR_EINVAL, "messages has %zu entries; at most %d", m->n_messages,
                               TSR_MAX_MESSAGES);
         for (size_t i = 0; i < m->n_messages; i++) {
             const char *role = m->messages[i]->role ? m->messages[i]->role : "";
@@ -135,7 +137,7 @@ int tsr_validate_generate(const Tessera__V1__GenerateRequest *r, int n_vocab,
     if (*max_tokens < 1)
         return tsr_errorf(TSR_EINVAL, "max_tokens must be >= 1; got %d", *max_tokens);
     if (r->n_stop > TSR_MAX_STOP_STRINGS)
-        return tsr_errorf(TSR_EINVAL, "%zu stop strings; at most %d", r->n_stop,
+        return tsr_errorf(TSR_EINVAL, "stop has %zu strings; at most %d", r->n_stop,
                           TSR_MAX_STOP_STRINGS);
     for (size_t i = 0; i < r->n_stop; i++) {
         size_t n = strlen(r->stop[i]);
@@ -146,8 +148,16 @@ int tsr_validate_generate(const Tessera__V1__GenerateRequest *r, int n_vocab,
         if (!tsr_utf8_valid(r->stop[i], n))
             return tsr_errorf(TSR_EINVAL, "stop[%zu] is not valid UTF-8", i);
     }
+    if (r->request_id) {
+        size_t n = strlen(r->request_id);
+        if (n > TSR_MAX_REQUEST_ID_BYTES)
+            return tsr_errorf(TSR_EINVAL, "request_id is %zu bytes; at most %d", n,
+                              TSR_MAX_REQUEST_ID_BYTES);
+        if (!tsr_utf8_valid(r->request_id, n))
+            return tsr_errorf(TSR_EINVAL, "request_id is not valid UTF-8");
+    }
     if (r->n_stop_token_ids > TSR_MAX_STOP_IDS)
-        return tsr_errorf(TSR_EINVAL, "%zu stop_token_ids; at most %d", r->n_stop_token_ids,
+        return tsr_errorf(TSR_EINVAL, "stop_token_ids has %zu ids; at most %d", r->n_stop_token_ids,
                           TSR_MAX_STOP_IDS);
     for (size_t i = 0; i < r->n_stop_token_ids; i++)
         if (r->stop_token_ids[i] < 0 || r->stop_token_ids[i] >= n_vocab)

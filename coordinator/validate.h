@@ -17,6 +17,7 @@ enum {
     TSR_MAX_STOP_BYTES = 256, /* one stop string */
     TSR_MAX_STOP_IDS = 64,
     TSR_MAX_MESSAGES = 1024,
+    TSR_MAX_REQUEST_ID_BYTES = 256, /* echoed in every response, and logged */
     TSR_DEFAULT_MAX_TOKENS = 128,
 };
 
@@ -27,8 +28,8 @@ int tsr_utf8_valid(const char *s, size_t n);
 int tsr_validate_sampling(const Tessera__V1__SamplingParams *p, struct tsr_sampling *out);
 
 /* Everything that does not need the tokenizer: input present and non-empty, UTF-8, sizes, roles,
- * max_tokens >= 1, stop strings and ids; n_vocab bounds the token ids. *max_tokens gets the value
- * with its default. */
+ * max_tokens >= 1, stop strings and ids, request_id; n_vocab bounds the token ids. *max_tokens gets
+ * the value with its default. */
 int tsr_validate_generate(const Tessera__V1__GenerateRequest *r, int n_vocab,
                           struct tsr_sampling *sampling, int *max_tokens);
 

@@ -141,7 +141,7 @@ static void test_stops_and_context(void **state)
     for (int i = 0; i <= TSR_MAX_STOP_STRINGS; i++) stops[i] = "x";
     r.stop = stops;
     r.n_stop = TSR_MAX_STOP_STRINGS + 1;
-    expect_bad(&r, "stop strings");
+    expect_bad(&r, "stop has 17 strings; at most 16");
     r.n_stop = 1;
     stops[0] = "";
     expect_bad(&r, "empty");
@@ -168,13 +168,32 @@ static void test_stops_and_context(void **state)
     assert_int_equal(tsr_validate_context(5, 2147483647, 8192), TSR_EINVAL);
 }
 
+static void test_request_id(void **state)
+{
+    (void)state;
+    Tessera__V1__GenerateRequest r = TESSERA__V1__GENERATE_REQUEST__INIT;
+    r.input_case = TESSERA__V1__GENERATE_REQUEST__INPUT_PROMPT;
+    r.prompt = "hi";
+    char id[TSR_MAX_REQUEST_ID_BYTES + 2];
+    memset(id, 'i', TSR_MAX_REQUEST_ID_BYTES);
+    id[TSR_MAX_REQUEST_ID_BYTES] = 0;
+    r.request_id = id;
+    struct tsr_sampling sp;
+    int mt;
+    assert_int_equal(tsr_validate_generate(&r, 1000, &sp, &mt), 0);
+    id[TSR_MAX_REQUEST_ID_BYTES] = 'i';
+    id[TSR_MAX_REQUEST_ID_BYTES + 1] = 0;
+    expect_bad(&r, "request_id is 257 bytes; at most 256");
+    r.request_id = "ab\xc3";
+    expect_bad(&r, "request_id is not valid UTF-8");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_utf8),
-        cmocka_unit_test(test_sampling_ranges),
-        cmocka_unit_test(test_inputs),
-        cmocka_unit_test(test_stops_and_context),
+        cmocka_unit_test(test_utf8),       cmocka_unit_test(test_sampling_ranges),
+        cmocka_unit_test(test_inputs),     cmocka_unit_test(test_stops_and_context),
+        cmocka_unit_test(test_request_id),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
