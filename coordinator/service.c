@@ -25,6 +25,7 @@ struct tsr_coord {
     char model_id[256]; /* the file's name without .gguf, or the synthetic spec */
     pthread_mutex_t mu;
     int64_t in_flight, next_id;
+    int draining;
 };
 
 enum { RETRIES = 3, POLL_MS = 20 };
@@ -337,12 +338,19 @@ static void handle_generate(tsr_rpc_call_t *call, void *arg)
         goto out;
     }
     pthread_mutex_lock(&c->mu);
-    if (c->in_flight < c->o.max_queue) {
+    int draining = c->draining;
+    if (!draining && c->in_flight < c->o.max_queue) {
         c->in_flight++;
         admitted = 1;
     }
     int64_t seq = ++c->next_id, in_flight = c->in_flight;
     pthread_mutex_unlock(&c->mu);
+    if (draining) {
+        tsr_rpc_call_finish(call, TSR_RPC_UNAVAILABLE,
+                            "this coordinator is shutting down (draining): send the request to "
+                            "another coordinator, or retry once it is back");
+        goto out;
+    }
     if (!admitted) {
         tsr_rpc_call_finishf(call, TSR_RPC_RESOURCE_EXHAUSTED,
                              "the server is full: %lld requests in flight (its --max-queue); "
@@ -498,7 +506,10 @@ out:
 static int health_status(struct tsr_coord *c, const char *service)
 {
     if (service && service[0] && strcmp(service, "tessera.v1.Inference")) return -1;
-    return tsr_router_n_ready(c->r) > 0
+    pthread_mutex_lock(&c->mu);
+    int draining = c->draining;
+    pthread_mutex_unlock(&c->mu);
+    return !draining && tsr_router_n_ready(c->r) > 0
                ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
                : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
 }
@@ -575,6 +586,15 @@ int tsr_coord_start(const tsr_model_t *m, tsr_router_t *r, const struct tsr_coor
     }
     *out = c;
     return 0;
+}
+
+int64_t tsr_coord_drain(tsr_coord_t *c)
+{
+    pthread_mutex_lock(&c->mu);
+    c->draining = 1;
+    int64_t n = c->in_flight;
+    pthread_mutex_unlock(&c->mu);
+    return n;
 }
 
 void tsr_coord_stop(tsr_coord_t *c)

@@ -25,6 +25,10 @@ typedef struct tsr_coord tsr_coord_t;
  * outlive the service. */
 int tsr_coord_start(const tsr_model_t *m, tsr_router_t *r, const struct tsr_coord_opts *o,
                     tsr_coord_t **out, int *port);
+/* Draining, for a clean stop: from the first call on, new Generate calls end UNAVAILABLE (the
+ * client retries elsewhere) and Health says NOT_SERVING; requests in flight go on. Returns how
+ * many are in flight: call until 0 (or a deadline), then tsr_coord_stop(). */
+int64_t tsr_coord_drain(tsr_coord_t *c);
 void tsr_coord_stop(tsr_coord_t *c);
 
 #endif

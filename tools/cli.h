@@ -46,5 +46,7 @@ int tsr_cli_follow(tsr_model_t *m, tsr_backend_t *b, const struct tsr_runner_opt
 void tsr_cli_catch_signals(void);
 /* The signal that asked us to stop, or 0. */
 int tsr_cli_stop_requested(void);
+/* 1 once a second stop signal came: stop now, skip draining. */
+int tsr_cli_stop_insisted(void);
 
 #endif

@@ -24,12 +24,15 @@ static void coord_usage(FILE *f)
            "  --tp, --pp   the layout of every group (the controller assigns worker units of\n"
            "               this shape)\n"
            "  --max-queue  requests in flight at once; beyond it RESOURCE_EXHAUSTED (default "
-           "256)\n");
+           "256)\n"
+           "  --drain-timeout S  on SIGTERM/SIGINT, refuse new requests (UNAVAILABLE) and let\n"
+           "               those in flight finish for up to S seconds (default 30; 0: stop at\n"
+           "               once); a second signal stops at once\n");
 }
 
 int tsr_cmd_coordinator(int argc, char **argv)
 {
-    enum { O_QUEUE = 256, O_PREFIX, O_TP, O_PP };
+    enum { O_QUEUE = 256, O_PREFIX, O_TP, O_PP, O_DRAIN };
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                          {"etcd", required_argument, 0, 'e'},
                                          {"listen", required_argument, 0, 'l'},
@@ -38,11 +41,12 @@ int tsr_cmd_coordinator(int argc, char **argv)
                                          {"prefix", required_argument, 0, O_PREFIX},
                                          {"tp", required_argument, 0, O_TP},
                                          {"pp", required_argument, 0, O_PP},
+                                         {"drain-timeout", required_argument, 0, O_DRAIN},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *model = getenv("TESSERA_MODEL") ? getenv("TESSERA_MODEL") : TSR_DEFAULT_MODEL;
     const char *etcd_url = NULL, *listen = "127.0.0.1:50051", *prefix = "/tessera", *id = NULL;
-    int tp = 1, pp = 1, max_queue = 256, c, rc;
+    int tp = 1, pp = 1, max_queue = 256, drain_s = 30, c, rc;
     long l;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:e:l:i:h", opts, NULL)) != -1) {
@@ -71,6 +75,9 @@ int tsr_cmd_coordinator(int argc, char **argv)
             break;
         case O_PP:
             if (!(rc = tsr_cli_int("--pp", optarg, 1, 1024, &l))) pp = l;
+            break;
+        case O_DRAIN:
+            if (!(rc = tsr_cli_int("--drain-timeout", optarg, 0, 3600, &l))) drain_s = l;
             break;
         case 'h':
             coord_usage(stdout);
@@ -117,6 +124,18 @@ int tsr_cmd_coordinator(int argc, char **argv)
     }
     tsr_log_info("coordinator %s: serving %s on %s (port %d)", id, tsr_model_name(m), listen, port);
     while (!tsr_cli_stop_requested()) usleep(100 * 1000);
+    int64_t left = tsr_coord_drain(co);
+    if (left > 0 && drain_s > 0) {
+        tsr_log_info("coordinator %s: draining: %lld requests in flight, up to %d s", id,
+                     (long long)left, drain_s);
+        double t0 = tsr_now();
+        while ((left = tsr_coord_drain(co)) > 0 && tsr_now() - t0 < drain_s &&
+               !tsr_cli_stop_insisted())
+            usleep(50 * 1000);
+        if (left > 0)
+            tsr_log_warn("coordinator %s: %lld requests still in flight; ending them", id,
+                         (long long)left);
+    }
     tsr_log_info("coordinator %s: stopping", id);
     exit_code = 0;
 out:

@@ -75,11 +75,12 @@ int tsr_cli_follow(tsr_model_t *m, tsr_backend_t *b, const struct tsr_runner_opt
     return rc;
 }
 
-static volatile sig_atomic_t stop_signal;
+static volatile sig_atomic_t stop_signal, n_signals;
 
 static void on_signal(int sig)
 {
     stop_signal = sig;
+    n_signals++;
 }
 
 void tsr_cli_catch_signals(void)
@@ -96,4 +97,9 @@ void tsr_cli_catch_signals(void)
 int tsr_cli_stop_requested(void)
 {
     return stop_signal;
+}
+
+int tsr_cli_stop_insisted(void)
+{
+    return n_signals > 1;
 }

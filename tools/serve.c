@@ -2,7 +2,9 @@
  * --etcd), one coordinator and R worker units, each a process of its own (mpirun for tp x pp > 1),
  * supervised: a process that dies is restarted (after 1 s, backing off to 10 s while it keeps
  * dying young). Logs and serve.json (addresses and pids, rewritten on every restart) are in --dir.
- * SIGINT/SIGTERM stops everything. */
+ * SIGINT/SIGTERM stops everything, draining first: the coordinator refuses new requests and lets
+ * those in flight finish (up to --drain-timeout) while the workers still serve; then the workers
+ * stop. A second signal skips the drain. */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -40,21 +42,25 @@ struct serve {
     struct tsr_etcd_server etcd_srv;
     struct child coord, workers[MAX_REPLICAS];
     int replicas, etcd_died, fatal; /* fatal: a child refused its configuration */
+    int drain_s;
 };
 
 static void serve_usage(FILE *f)
 {
-    fprintf(
-        f, "usage: tessera serve [--model M] [--tp N] [--pp M] [--replicas R] [--port P]\n"
-           "                     [--etcd URL] [--dir DIR] [--threads T] [--kv-blocks B]\n"
-           "                     [--kv-mem GB] [--max-seqs S] [--step-tokens N] [--max-queue Q]\n\n"
-           "Runs a private etcd (unless --etcd), a coordinator on 127.0.0.1:P (default 50051)\n"
-           "and R worker units of tp x pp ranks each (default 1 x 1 x 1), and supervises them.\n"
-           "Ask it with `tessera client --address 127.0.0.1:P --prompt ...`.\n"
-           "  --dir      logs and serve.json (default a new /tmp/tessera-serve.XXXXXX)\n"
-           "  --threads  CPU threads per worker rank (default: the cores shared out)\n"
-           "Worker options (--kv-blocks, --kv-mem, --max-seqs, --step-tokens) are passed on;\n"
-           "see `tessera worker --help`.\n");
+    fprintf(f,
+            "usage: tessera serve [--model M] [--tp N] [--pp M] [--replicas R] [--port P]\n"
+            "                     [--etcd URL] [--dir DIR] [--threads T] [--kv-blocks B]\n"
+            "                     [--kv-mem GB] [--max-seqs S] [--step-tokens N] [--max-queue Q]\n"
+            "                     [--drain-timeout S]\n\n"
+            "Runs a private etcd (unless --etcd), a coordinator on 127.0.0.1:P (default 50051)\n"
+            "and R worker units of tp x pp ranks each (default 1 x 1 x 1), and supervises them.\n"
+            "Ask it with `tessera client --address 127.0.0.1:P --prompt ...`.\n"
+            "  --dir      logs and serve.json (default a new /tmp/tessera-serve.XXXXXX)\n"
+            "  --threads  CPU threads per worker rank (default: the cores shared out)\n"
+            "  --drain-timeout  on SIGTERM/SIGINT, how long requests in flight may take to\n"
+            "             finish before everything stops (default 30 s; 0: stop at once)\n"
+            "Worker options (--kv-blocks, --kv-mem, --max-seqs, --step-tokens) are passed on;\n"
+            "see `tessera worker --help`.\n");
 }
 
 static pid_t spawn(struct child *c)
@@ -63,6 +69,7 @@ static pid_t spawn(struct child *c)
     if (pid < 0) return -1;
     if (pid == 0) {
         prctl(PR_SET_PDEATHSIG, SIGTERM); /* never outlive the supervisor */
+        setpgid(0, 0); /* a terminal's Ctrl-C reaches serve alone, which drains, then stops us */
         int fd = open(c->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
         if (fd >= 0) {
             dup2(fd, 1);
@@ -116,12 +123,9 @@ static int cluster_ready(tsr_rpc_channel_t *ch, int want, int *ready)
     return *ready >= want;
 }
 
-static void stop_all(struct serve *s)
+/* SIGTERM to each child in all[0, n), then SIGKILL to those still there after grace_s. */
+static void stop_children(struct child **all, int n, double grace_s)
 {
-    struct child *all[MAX_REPLICAS + 1];
-    int n = 0;
-    for (int i = 0; i < s->replicas; i++) all[n++] = &s->workers[i];
-    all[n++] = &s->coord;
     for (int i = 0; i < n; i++)
         if (all[i]->pid > 0) kill(all[i]->pid, SIGTERM);
     double t0 = tsr_now();
@@ -135,11 +139,11 @@ static void stop_all(struct serve *s)
                 left++;
         }
         if (!left) break;
-        if (tsr_now() - t0 > 10) {
+        if (tsr_now() - t0 > grace_s) {
             for (int i = 0; i < n; i++)
                 if (all[i]->pid > 0) {
-                    fprintf(stderr, "tessera serve: %s did not stop in 10 s; killing it\n",
-                            all[i]->name);
+                    fprintf(stderr, "tessera serve: %s did not stop in %.0f s; killing it\n",
+                            all[i]->name, grace_s);
                     kill(all[i]->pid, SIGKILL);
                     waitpid(all[i]->pid, NULL, 0);
                     all[i]->pid = 0;
@@ -148,6 +152,16 @@ static void stop_all(struct serve *s)
         }
         usleep(50 * 1000);
     }
+}
+
+/* The coordinator first, given the drain time to let requests in flight finish while the workers
+ * still serve them; then the workers; then etcd. */
+static void stop_all(struct serve *s)
+{
+    struct child *coord = &s->coord, *workers[MAX_REPLICAS];
+    for (int i = 0; i < s->replicas; i++) workers[i] = &s->workers[i];
+    stop_children(&coord, 1, s->drain_s + 10);
+    stop_children(workers, s->replicas, 10);
     tsr_etcd_server_stop(&s->etcd_srv);
 }
 
@@ -204,7 +218,20 @@ static void supervise(struct serve *s)
 
 int tsr_cmd_serve(int argc, char **argv)
 {
-    enum { O_REPL = 256, O_ETCD, O_DIR, O_KVB, O_KVM, O_SEQS, O_STEP, O_QUEUE, O_TP, O_PP, O_DEV };
+    enum {
+        O_REPL = 256,
+        O_ETCD,
+        O_DIR,
+        O_KVB,
+        O_KVM,
+        O_SEQS,
+        O_STEP,
+        O_QUEUE,
+        O_TP,
+        O_PP,
+        O_DEV,
+        O_DRAIN
+    };
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                          {"tp", required_argument, 0, O_TP},
                                          {"pp", required_argument, 0, O_PP},
@@ -219,6 +246,7 @@ int tsr_cmd_serve(int argc, char **argv)
                                          {"step-tokens", required_argument, 0, O_STEP},
                                          {"max-queue", required_argument, 0, O_QUEUE},
                                          {"device", required_argument, 0, O_DEV},
+                                         {"drain-timeout", required_argument, 0, O_DRAIN},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     static struct serve s; /* large (paths); one per process */
@@ -230,6 +258,7 @@ int tsr_cmd_serve(int argc, char **argv)
     long l;
     double d;
     s.replicas = 1;
+    s.drain_s = 30;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:p:j:h", opts, NULL)) != -1) {
         rc = 0;
@@ -275,6 +304,9 @@ int tsr_cmd_serve(int argc, char **argv)
             break;
         case O_DEV:
             device = optarg;
+            break;
+        case O_DRAIN:
+            if (!(rc = tsr_cli_int("--drain-timeout", optarg, 0, 3600, &l))) s.drain_s = l;
             break;
         case 'h':
             serve_usage(stdout);
@@ -342,7 +374,8 @@ int tsr_cmd_serve(int argc, char **argv)
         long ranks = (long)s.replicas * tp * pp;
         threads = cores > ranks ? (int)(cores / ranks) : 1;
     }
-    static char tp_s[16], pp_s[16], threads_s[16];
+    static char tp_s[16], pp_s[16], threads_s[16], drain_s[16];
+    snprintf(drain_s, sizeof drain_s, "%d", s.drain_s);
     snprintf(tp_s, sizeof tp_s, "%d", tp);
     snprintf(pp_s, sizeof pp_s, "%d", pp);
     snprintf(threads_s, sizeof threads_s, "%d", threads);
@@ -352,9 +385,24 @@ int tsr_cmd_serve(int argc, char **argv)
     snprintf(co->log, sizeof co->log, "%s/coordinator.log", s.dir);
     char **a = co->argv;
     int k = 0;
-    const char *cargs[] = {s.exe,         "coordinator", "--etcd", s.etcd,         "--model", model,
-                           "--listen",    s.address,     "--tp",   tp_s,           "--pp",    pp_s,
-                           "--max-queue", queue,         "--id",   "coordinator-0"};
+    const char *cargs[] = {s.exe,
+                           "coordinator",
+                           "--etcd",
+                           s.etcd,
+                           "--model",
+                           model,
+                           "--listen",
+                           s.address,
+                           "--tp",
+                           tp_s,
+                           "--pp",
+                           pp_s,
+                           "--max-queue",
+                           queue,
+                           "--id",
+                           "coordinator-0",
+                           "--drain-timeout",
+                           drain_s};
     for (size_t i = 0; i < sizeof cargs / sizeof *cargs; i++) a[k++] = (char *)cargs[i];
     a[k] = NULL;
     for (int r = 0; r < s.replicas; r++) {
