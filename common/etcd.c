@@ -1592,11 +1592,11 @@ int tsr_etcd_server_start(const char *dir, struct tsr_etcd_server *s)
         return tsr_errorf(TSR_EINVAL, "etcd server: bad directory \"%s\"", dir ? dir : "(null)");
     snprintf(s->dir, sizeof s->dir, "%s", dir);
     if (mkdir_p(dir)) return tsr_errorf(TSR_EIO, "etcd server: mkdir %s: %s", dir, strerror(errno));
-    const char *bin = getenv("TESSERA_ETCD");
+    const char *bin = getenv("TESSERA_ETCD_BIN");
     if (!bin || !bin[0]) bin = "/usr/bin/etcd";
     if (access(bin, X_OK))
         return tsr_errorf(TSR_ENOTFOUND,
-                          "etcd server: %s: %s (install etcd-server or set TESSERA_ETCD)", bin,
+                          "etcd server: %s: %s (install etcd-server or set TESSERA_ETCD_BIN)", bin,
                           strerror(errno));
     int rc = TSR_EIO, port_taken = 1;
     for (int attempt = 0; attempt < 3 && port_taken; attempt++)

@@ -125,7 +125,7 @@ int tsr_etcd_watch_start(tsr_etcd_t *e, const char *prefix, int64_t start_revisi
 void tsr_etcd_watch_stop(tsr_etcd_watch_t *w);
 
 /* A private single-member etcd: on two free loopback ports, data in <dir>/etcd-data, output to
- * <dir>/etcd.log (dir is created if missing). The binary is $TESSERA_ETCD or /usr/bin/etcd.
+ * <dir>/etcd.log (dir is created if missing). The binary is $TESSERA_ETCD_BIN or /usr/bin/etcd.
  * tsr_etcd_server_start returns once etcd answers at s->endpoint (or fails within ~15 s with a
  * message naming the log). The child gets SIGKILL if the thread that started it exits, so start
  * it from a thread that outlives it (the main thread). Stop with tsr_etcd_server_stop(), which

@@ -10,7 +10,7 @@ export NCCL_NVLS_ENABLE=0
 OUT=${OUT:-/tmp/serve-gpu}; mkdir -p "$OUT"
 if [ -f build-gpu/serve.tar.xz ]; then
   T=/tmp/t; mkdir -p $T && tar xJf build-gpu/serve.tar.xz -C $T
-  export LD_LIBRARY_PATH=$T/lib TESSERA_ETCD=$T/etcd
+  export LD_LIBRARY_PATH=$T/lib TESSERA_ETCD_BIN=$T/etcd
 else
   T=build
 fi

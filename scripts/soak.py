@@ -107,7 +107,7 @@ class Cluster:
             addr = "127.0.0.1:%d" % harness.free_port()
             self.coord_addrs.append(addr)
             self.procs["c%d" % i] = Proc("c%d" % i, [
-                tessera, "coordinator", "--etcd", eps, "--model", model, "--listen", addr, "--id", "c%d" % i,
+                tessera, "coordinator", "--etcd", eps, "--model", model, "--port", addr.split(":")[1], "--id", "c%d" % i,
                 "--drain-timeout", "5"], str(self.out / ("coordinator%d.log" % i)))
         for i in range(3):
             self.procs["w%d" % i] = Proc("w%d" % i, [

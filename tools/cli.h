@@ -27,6 +27,33 @@ int tsr_cli_u64(const char *flag, const char *s, uint64_t *out);
 /* "1, 2,3" -> *ids (malloc'ed, caller frees), *n. 0; 2 after printing a bad id; 1 out of memory. */
 int tsr_cli_ids(const char *cmd, const char *flag, const char *s, int32_t **ids, size_t *n);
 
+/* The listener flags of serve, coordinator and worker (DESIGN §1: a bind address and an
+ * advertised one; common/net.h says how the advertised one is found). */
+enum { TSR_O_HOST = 1000, TSR_O_PORT, TSR_O_ADVERTISE };
+#define TSR_CLI_LISTEN_OPTIONS                                                                     \
+    {"host", required_argument, 0, TSR_O_HOST}, {"port", required_argument, 0, TSR_O_PORT},        \
+    {                                                                                              \
+        "advertise-address", required_argument, 0, TSR_O_ADVERTISE                                 \
+    }
+#define TSR_CLI_LISTEN_HELP                                                                        \
+    "  --host H     bind address (default 127.0.0.1; 0.0.0.0 for every interface)\n"               \
+    "  --advertise-address A\n"                                                                    \
+    "               the address others reach this process at: one of this host's\n"                \
+    "               (default: --host, or for 0.0.0.0 the first non-loopback address)\n"
+struct tsr_cli_listen {
+    const char *host, *advertise;
+    int port;
+};
+/* Takes getopt's c when it is a listener option: 1 taken, 2 after printing a bad value, 0 not
+ * one of them. */
+int tsr_cli_listen_opt(int c, const char *arg, struct tsr_cli_listen *l);
+/* The bind address ("host:port") and the advertised host, checked; 2 after printing why not. */
+int tsr_cli_listen_resolve(const char *cmd, const struct tsr_cli_listen *l, char *bind,
+                           size_t bind_cap, char *adv_host, size_t adv_cap);
+/* The etcd endpoints: --etcd's value when given, else $ETCDCTL_ENDPOINTS (etcdctl's
+ * convention: a comma-separated list), else NULL. */
+const char *tsr_cli_etcd(const char *flag_value);
+
 /* Opens the model and checks that tp x pp divides it; prints "tessera <cmd>: <why>" and returns
  * the code when not. */
 int tsr_cli_check_layout(const char *cmd, const char *model, int tp, int pp);

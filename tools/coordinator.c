@@ -9,6 +9,7 @@
 
 #include "common/etcd.h"
 #include "common/log.h"
+#include "common/net.h"
 #include "common/status.h"
 #include "coordinator/cluster.h"
 #include "coordinator/service.h"
@@ -17,17 +18,19 @@
 
 static void coord_usage(FILE *f)
 {
-    fprintf(
-        f, "usage: tessera coordinator --etcd URL [--model M] [--listen HOST:PORT]\n"
-           "                           [--tp N] [--pp M] [--max-queue N] [--id ID] [--prefix P]\n\n"
-           "  --listen     the public API (default 127.0.0.1:50051)\n"
-           "  --tp, --pp   the layout of every group (the controller assigns worker units of\n"
-           "               this shape)\n"
-           "  --max-queue  requests in flight at once; beyond it RESOURCE_EXHAUSTED (default "
-           "256)\n"
-           "  --drain-timeout S  on SIGTERM/SIGINT, refuse new requests (UNAVAILABLE) and let\n"
-           "               those in flight finish for up to S seconds (default 30; 0: stop at\n"
-           "               once); a second signal stops at once\n");
+    fprintf(f,
+            "usage: tessera coordinator [--etcd URLS] [--model M] [--host H] [--port P]\n"
+            "                           [--advertise-address A] [--tp N] [--pp M] [--max-queue N]\n"
+            "                           [--id ID] [--prefix P] [--drain-timeout S]\n\n"
+            "  --etcd       etcd endpoints, comma-separated (default $ETCDCTL_ENDPOINTS)\n"
+            "  --port P     the public API (default 50051)\n" TSR_CLI_LISTEN_HELP
+            "  --tp, --pp   the layout of every group (the controller assigns worker units of\n"
+            "               this shape)\n"
+            "  --max-queue  requests in flight at once; beyond it RESOURCE_EXHAUSTED (default "
+            "256)\n"
+            "  --drain-timeout S  on SIGTERM/SIGINT, refuse new requests (UNAVAILABLE) and let\n"
+            "               those in flight finish for up to S seconds (default 30; 0: stop at\n"
+            "               once); a second signal stops at once\n");
 }
 
 int tsr_cmd_coordinator(int argc, char **argv)
@@ -35,7 +38,7 @@ int tsr_cmd_coordinator(int argc, char **argv)
     enum { O_QUEUE = 256, O_PREFIX, O_TP, O_PP, O_DRAIN };
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                          {"etcd", required_argument, 0, 'e'},
-                                         {"listen", required_argument, 0, 'l'},
+                                         TSR_CLI_LISTEN_OPTIONS,
                                          {"id", required_argument, 0, 'i'},
                                          {"max-queue", required_argument, 0, O_QUEUE},
                                          {"prefix", required_argument, 0, O_PREFIX},
@@ -45,21 +48,22 @@ int tsr_cmd_coordinator(int argc, char **argv)
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *model = getenv("TESSERA_MODEL") ? getenv("TESSERA_MODEL") : TSR_DEFAULT_MODEL;
-    const char *etcd_url = NULL, *listen = "127.0.0.1:50051", *prefix = "/tessera", *id = NULL;
+    const char *etcd_url = NULL, *prefix = "/tessera", *id = NULL;
+    struct tsr_cli_listen listen = {.host = "127.0.0.1", .port = 50051};
     int tp = 1, pp = 1, max_queue = 256, drain_s = 30, c, rc;
     long l;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "m:e:l:i:h", opts, NULL)) != -1) {
-        rc = 0;
+    while ((c = getopt_long(argc, argv, "m:e:i:h", opts, NULL)) != -1) {
+        if ((rc = tsr_cli_listen_opt(c, optarg, &listen))) {
+            if (rc == 2) return 2;
+            continue;
+        }
         switch (c) {
         case 'm':
             model = optarg;
             break;
         case 'e':
             etcd_url = optarg;
-            break;
-        case 'l':
-            listen = optarg;
             break;
         case 'i':
             id = optarg;
@@ -88,11 +92,14 @@ int tsr_cmd_coordinator(int argc, char **argv)
         }
         if (rc) return rc;
     }
-    if (!etcd_url) {
-        fprintf(stderr, "tessera coordinator: --etcd is required\n");
+    if (!(etcd_url = tsr_cli_etcd(etcd_url))) {
+        fprintf(stderr, "tessera coordinator: --etcd (or ETCDCTL_ENDPOINTS) is required\n");
         coord_usage(stderr);
         return 2;
     }
+    char bind[TSR_HOST_MAX + 8], adv[TSR_HOST_MAX];
+    if ((rc = tsr_cli_listen_resolve("coordinator", &listen, bind, sizeof bind, adv, sizeof adv)))
+        return rc;
     tsr_cli_catch_signals();
     char idbuf[64];
     if (!id) {
@@ -116,13 +123,16 @@ int tsr_cmd_coordinator(int argc, char **argv)
         fprintf(stderr, "tessera coordinator: etcd %s: %s\n", etcd_url, tsr_last_error());
         goto out;
     }
-    struct tsr_coord_opts co_opts = {.listen = listen, .max_queue = max_queue};
+    struct tsr_coord_opts co_opts = {.listen = bind, .max_queue = max_queue};
     int port;
     if ((rc = tsr_coord_start(m, r, &co_opts, &co, &port))) {
         fprintf(stderr, "tessera coordinator: %s\n", tsr_last_error());
         goto out;
     }
-    tsr_log_info("coordinator %s: serving %s on %s (port %d)", id, tsr_model_name(m), listen, port);
+    char where[TSR_HOST_MAX + 8];
+    tsr_net_join(adv, port, where, sizeof where);
+    tsr_log_info("coordinator %s: serving %s on %s (bound to %s)", id, tsr_model_name(m), where,
+                 bind);
     while (!tsr_cli_stop_requested()) usleep(100 * 1000);
     int64_t left = tsr_coord_drain(co);
     if (left > 0 && drain_s > 0) {

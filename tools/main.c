@@ -5,6 +5,8 @@
 #include <string.h>
 #include <errno.h>
 
+#include "common/net.h"
+#include "common/status.h"
 #include "tools/cli.h"
 
 static void usage(FILE *f)
@@ -33,6 +35,43 @@ int tsr_cli_int(const char *flag, const char *s, long lo, long hi, long *out)
     }
     *out = v;
     return 0;
+}
+
+int tsr_cli_listen_opt(int c, const char *arg, struct tsr_cli_listen *l)
+{
+    long v;
+    switch (c) {
+    case TSR_O_HOST:
+        l->host = arg;
+        return 1;
+    case TSR_O_ADVERTISE:
+        l->advertise = arg;
+        return 1;
+    case TSR_O_PORT:
+        if (tsr_cli_int("--port", arg, 0, 65535, &v)) return 2;
+        l->port = (int)v;
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+int tsr_cli_listen_resolve(const char *cmd, const struct tsr_cli_listen *l, char *bind,
+                           size_t bind_cap, char *adv_host, size_t adv_cap)
+{
+    if (tsr_net_advertise(l->host, l->advertise, adv_host, adv_cap)) {
+        fprintf(stderr, "tessera %s: %s\n", cmd, tsr_last_error());
+        return 2;
+    }
+    tsr_net_join(l->host, l->port, bind, bind_cap);
+    return 0;
+}
+
+const char *tsr_cli_etcd(const char *flag_value)
+{
+    if (flag_value && flag_value[0]) return flag_value;
+    const char *env = getenv("ETCDCTL_ENDPOINTS");
+    return env && env[0] ? env : NULL;
 }
 
 int tsr_cli_float(const char *flag, const char *s, double lo, double hi, double *out)

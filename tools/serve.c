@@ -21,6 +21,7 @@
 
 #include "common/etcd.h"
 #include "common/log.h"
+#include "common/net.h"
 #include "common/rpc.h"
 #include "common/status.h"
 #include "grpc/health/v1/health.pb-c.h"
@@ -38,7 +39,7 @@ struct child {
 };
 
 struct serve {
-    char exe[PATH_MAX], dir[PATH_MAX - 64], address[64], etcd[128];
+    char exe[PATH_MAX], dir[PATH_MAX - 64], address[TSR_HOST_MAX + 8], etcd[1024];
     struct tsr_etcd_server etcd_srv;
     struct child coord, workers[MAX_REPLICAS];
     int replicas, etcd_died, fatal; /* fatal: a child refused its configuration */
@@ -47,20 +48,20 @@ struct serve {
 
 static void serve_usage(FILE *f)
 {
-    fprintf(f,
-            "usage: tessera serve [--model M] [--tp N] [--pp M] [--replicas R] [--port P]\n"
-            "                     [--etcd URL] [--dir DIR] [--threads T] [--kv-blocks B]\n"
-            "                     [--kv-mem GB] [--max-seqs S] [--step-tokens N] [--max-queue Q]\n"
-            "                     [--drain-timeout S]\n\n"
-            "Runs a private etcd (unless --etcd), a coordinator on 127.0.0.1:P (default 50051)\n"
-            "and R worker units of tp x pp ranks each (default 1 x 1 x 1), and supervises them.\n"
-            "Ask it with `tessera client --address 127.0.0.1:P --prompt ...`.\n"
-            "  --dir      logs and serve.json (default a new /tmp/tessera-serve.XXXXXX)\n"
-            "  --threads  CPU threads per worker rank (default: the cores shared out)\n"
-            "  --drain-timeout  on SIGTERM/SIGINT, how long requests in flight may take to\n"
-            "             finish before everything stops (default 30 s; 0: stop at once)\n"
-            "Worker options (--kv-blocks, --kv-mem, --max-seqs, --step-tokens) are passed on;\n"
-            "see `tessera worker --help`.\n");
+    fprintf(f, "usage: tessera serve [--model M] [--tp N] [--pp M] [--replicas R] [--port P]\n"
+               "                     [--host H] [--advertise-address A] [--etcd URLS] [--dir DIR]\n"
+               "                     [--threads T] [--kv-blocks B] [--kv-mem GB] [--max-seqs S]\n"
+               "                     [--step-tokens N] [--max-queue Q] [--drain-timeout S]\n\n"
+               "Runs a private etcd (unless --etcd or $ETCDCTL_ENDPOINTS), a coordinator on\n"
+               "H:P (default 127.0.0.1:50051) and R worker units of tp x pp ranks each (default\n"
+               "1 x 1 x 1, their Worker services on H, any port), and supervises them.\n"
+               "Ask it with `tessera client --address A:P --prompt ...`.\n" TSR_CLI_LISTEN_HELP
+               "  --dir      logs and serve.json (default a new /tmp/tessera-serve.XXXXXX)\n"
+               "  --threads  CPU threads per worker rank (default: the cores shared out)\n"
+               "  --drain-timeout  on SIGTERM/SIGINT, how long requests in flight may take to\n"
+               "             finish before everything stops (default 30 s; 0: stop at once)\n"
+               "Worker options (--kv-blocks, --kv-mem, --max-seqs, --step-tokens) are passed on;\n"
+               "see `tessera worker --help`.\n");
 }
 
 static pid_t spawn(struct child *c)
@@ -236,7 +237,7 @@ int tsr_cmd_serve(int argc, char **argv)
                                          {"tp", required_argument, 0, O_TP},
                                          {"pp", required_argument, 0, O_PP},
                                          {"replicas", required_argument, 0, O_REPL},
-                                         {"port", required_argument, 0, 'p'},
+                                         TSR_CLI_LISTEN_OPTIONS,
                                          {"etcd", required_argument, 0, O_ETCD},
                                          {"dir", required_argument, 0, O_DIR},
                                          {"threads", required_argument, 0, 'j'},
@@ -254,14 +255,18 @@ int tsr_cmd_serve(int argc, char **argv)
     const char *model = getenv("TESSERA_MODEL") ? getenv("TESSERA_MODEL") : TSR_DEFAULT_MODEL;
     const char *etcd = NULL, *dir = NULL, *kv_blocks = NULL, *kv_mem = NULL, *max_seqs = NULL,
                *step = NULL, *queue = "256", *device = "cpu";
-    int tp = 1, pp = 1, port = 50051, threads = 0, c, rc;
+    int tp = 1, pp = 1, threads = 0, c, rc;
+    struct tsr_cli_listen listen = {.host = "127.0.0.1", .port = 50051};
     long l;
     double d;
     s.replicas = 1;
     s.drain_s = 30;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "m:p:j:h", opts, NULL)) != -1) {
-        rc = 0;
+    while ((c = getopt_long(argc, argv, "m:j:h", opts, NULL)) != -1) {
+        if ((rc = tsr_cli_listen_opt(c, optarg, &listen))) {
+            if (rc == 2) return 2;
+            continue;
+        }
         switch (c) {
         case 'm':
             model = optarg;
@@ -274,9 +279,6 @@ int tsr_cmd_serve(int argc, char **argv)
             break;
         case O_REPL:
             if (!(rc = tsr_cli_int("--replicas", optarg, 1, MAX_REPLICAS, &l))) s.replicas = l;
-            break;
-        case 'p':
-            if (!(rc = tsr_cli_int("--port", optarg, 1, 65535, &l))) port = l;
             break;
         case O_ETCD:
             etcd = optarg;
@@ -334,6 +336,14 @@ int tsr_cmd_serve(int argc, char **argv)
     /* One clear error for a model that will not load or a layout that does not divide, before
      * any process starts. */
     if (tsr_cli_check_layout("serve", model, tp, pp)) return 2;
+    etcd = tsr_cli_etcd(etcd);
+    char bind[TSR_HOST_MAX + 8], adv[TSR_HOST_MAX], port_s[16];
+    if (tsr_cli_listen_resolve("serve", &listen, bind, sizeof bind, adv, sizeof adv)) return 2;
+    if (listen.port == 0) {
+        fprintf(stderr, "tessera serve: --port 0: give the coordinator a port clients can find\n");
+        return 2;
+    }
+    snprintf(port_s, sizeof port_s, "%d", listen.port);
     ssize_t len = readlink("/proc/self/exe", s.exe, sizeof s.exe - 1);
     if (len <= 0) {
         fprintf(stderr, "tessera serve: cannot find my own executable\n");
@@ -368,7 +378,7 @@ int tsr_cmd_serve(int argc, char **argv)
         }
         snprintf(s.etcd, sizeof s.etcd, "%s", s.etcd_srv.endpoint);
     }
-    snprintf(s.address, sizeof s.address, "127.0.0.1:%d", port);
+    tsr_net_join(adv, listen.port, s.address, sizeof s.address);
     if (!threads) {
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
         long ranks = (long)s.replicas * tp * pp;
@@ -391,8 +401,12 @@ int tsr_cmd_serve(int argc, char **argv)
                            s.etcd,
                            "--model",
                            model,
-                           "--listen",
-                           s.address,
+                           "--host",
+                           listen.host,
+                           "--port",
+                           port_s,
+                           "--advertise-address",
+                           adv,
                            "--tp",
                            tp_s,
                            "--pp",
@@ -411,9 +425,24 @@ int tsr_cmd_serve(int argc, char **argv)
         snprintf(w->log, sizeof w->log, "%s/worker-%d.log", s.dir, r);
         a = w->argv;
         k = 0;
-        const char *wargs[] = {s.exe,  "worker", "--etcd",    s.etcd,   "--model",
-                               model,  "--id",   w->name,     "--tp",   tp_s,
-                               "--pp", pp_s,     "--threads", threads_s};
+        const char *wargs[] = {s.exe,
+                               "worker",
+                               "--etcd",
+                               s.etcd,
+                               "--model",
+                               model,
+                               "--id",
+                               w->name,
+                               "--tp",
+                               tp_s,
+                               "--pp",
+                               pp_s,
+                               "--threads",
+                               threads_s,
+                               "--host",
+                               listen.host,
+                               "--advertise-address",
+                               adv};
         for (size_t i = 0; i < sizeof wargs / sizeof *wargs; i++) a[k++] = (char *)wargs[i];
         if (kv_blocks) a[k++] = "--kv-blocks", a[k++] = (char *)kv_blocks;
         if (kv_mem) a[k++] = "--kv-mem", a[k++] = (char *)kv_mem;

@@ -10,6 +10,7 @@
 
 #include "common/etcd.h"
 #include "common/log.h"
+#include "common/net.h"
 #include "common/status.h"
 #include "kernels/backend.h"
 #include "model/model.h"
@@ -20,7 +21,8 @@
 #include "worker/member.h"
 
 struct worker_args {
-    const char *model, *etcd, *id, *listen, *prefix, *device;
+    const char *model, *etcd, *id, *prefix, *device;
+    struct tsr_cli_listen listen;
     int threads, tp, pp, kv_blocks, max_seqs, step_tokens, ttl;
     double kv_mem;
 };
@@ -28,14 +30,17 @@ struct worker_args {
 static void worker_usage(FILE *f)
 {
     fprintf(f,
-            "usage: tessera worker [--model M] [--etcd URL] [--id ID] [--listen HOST:PORT]\n"
+            "usage: tessera worker [--model M] [--etcd URLS] [--id ID] [--host H] [--port P]\n"
+            "                      [--advertise-address A]\n"
             "                      [--tp N] [--pp M] [--threads N] [--kv-blocks N | --kv-mem GB]\n"
             "                      [--max-seqs N] [--step-tokens N] [--prefix P] [--ttl S]\n"
             "                      [--device cpu|cuda[:N]]\n\n"
-            "  --etcd         register in this etcd and serve the group the controller assigns;\n"
-            "                 without it the worker just serves its Worker API on --listen\n"
+            "  --etcd         register in this etcd (endpoints, comma-separated; default\n"
+            "                 $ETCDCTL_ENDPOINTS) and serve the group the controller assigns;\n"
+            "                 without it the worker just serves its Worker API\n"
             "  --id           this unit's name in etcd (default w<pid>)\n"
-            "  --listen       the leader's Worker service (default 127.0.0.1:0, any port)\n"
+            "  --port P     the leader's Worker service (default 0: any free "
+            "port)\n" TSR_CLI_LISTEN_HELP
             "  --kv-blocks    KV cache size in 16-position blocks (default from --kv-mem)\n"
             "  --kv-mem       KV cache size in GiB (default 10%% of available memory, at most 2)\n"
             "  --max-seqs     sequences in the running batch (default 64); more wait\n"
@@ -52,7 +57,7 @@ static int parse_args(int argc, char **argv, struct worker_args *a)
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                          {"etcd", required_argument, 0, 'e'},
                                          {"id", required_argument, 0, 'i'},
-                                         {"listen", required_argument, 0, 'l'},
+                                         TSR_CLI_LISTEN_OPTIONS,
                                          {"threads", required_argument, 0, 'j'},
                                          {"kv-blocks", required_argument, 0, O_KVB},
                                          {"kv-mem", required_argument, 0, O_KVM},
@@ -67,7 +72,7 @@ static int parse_args(int argc, char **argv, struct worker_args *a)
                                          {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
     a->model = getenv("TESSERA_MODEL") ? getenv("TESSERA_MODEL") : TSR_DEFAULT_MODEL;
-    a->listen = "127.0.0.1:0";
+    a->listen.host = "127.0.0.1";
     a->prefix = "/tessera";
     a->device = "cpu";
     a->tp = a->pp = 1;
@@ -78,8 +83,11 @@ static int parse_args(int argc, char **argv, struct worker_args *a)
     double d;
     int c, rc;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "m:e:i:l:j:h", opts, NULL)) != -1) {
-        rc = 0;
+    while ((c = getopt_long(argc, argv, "m:e:i:j:h", opts, NULL)) != -1) {
+        if ((rc = tsr_cli_listen_opt(c, optarg, &a->listen))) {
+            if (rc == 2) return 2;
+            continue;
+        }
         switch (c) {
         case 'm':
             a->model = optarg;
@@ -89,9 +97,6 @@ static int parse_args(int argc, char **argv, struct worker_args *a)
             break;
         case 'i':
             a->id = optarg;
-            break;
-        case 'l':
-            a->listen = optarg;
             break;
         case 'j':
             if (!(rc = tsr_cli_int("--threads", optarg, 1, 1024, &l))) a->threads = l;
@@ -136,6 +141,7 @@ static int parse_args(int argc, char **argv, struct worker_args *a)
         fprintf(stderr, "tessera worker: unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
+    a->etcd = tsr_cli_etcd(a->etcd);
     return 0;
 }
 
@@ -175,6 +181,9 @@ int tsr_cmd_worker(int argc, char **argv)
     int rc = parse_args(argc, argv, &a);
     if (rc) return rc;
     int ranks = a.tp * a.pp;
+    char bind[TSR_HOST_MAX + 8], adv[TSR_HOST_MAX];
+    if ((rc = tsr_cli_listen_resolve("worker", &a.listen, bind, sizeof bind, adv, sizeof adv)))
+        return rc;
     if ((rc = tsr_cli_launch_ranks("worker", a.model, a.tp, a.pp, argc, argv)) >= 0) return rc;
     tsr_cli_catch_signals();
     char idbuf[64];
@@ -227,14 +236,12 @@ int tsr_cmd_worker(int argc, char **argv)
         goto out;
     }
     int port = 0;
-    if ((rc = tsr_leader_start(e, a.listen, &l, &port))) {
+    if ((rc = tsr_leader_start(e, bind, &l, &port))) {
         fprintf(stderr, "tessera worker: %s\n", tsr_last_error());
         goto out;
     }
-    char addr[256];
-    snprintf(addr, sizeof addr, "%s", a.listen);
-    char *colon = strrchr(addr, ':');
-    if (colon) snprintf(colon + 1, sizeof addr - (size_t)(colon + 1 - addr), "%d", port);
+    char addr[TSR_HOST_MAX + 8]; /* what the coordinators dial */
+    tsr_net_join(adv, port, addr, sizeof addr);
     tsr_log_info("worker %s: %s (tp %d x pp %d) loaded in %.1f s; KV cache %d blocks of %d; "
                  "Worker service on %s",
                  a.id, tsr_model_name(m), a.tp, a.pp, tsr_now() - t0, eo.n_blocks, block, addr);
