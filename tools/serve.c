@@ -336,7 +336,10 @@ int tsr_cmd_serve(int argc, char **argv)
     /* One clear error for a model that will not load or a layout that does not divide, before
      * any process starts. */
     if (tsr_cli_check_layout("serve", model, tp, pp)) return 2;
-    etcd = tsr_cli_etcd(etcd);
+    if ((etcd = tsr_cli_etcd(etcd)) && strlen(etcd) >= sizeof s.etcd) {
+        fprintf(stderr, "tessera serve: --etcd: over %zu bytes of endpoints\n", sizeof s.etcd - 1);
+        return 2;
+    }
     char bind[TSR_HOST_MAX + 8], adv[TSR_HOST_MAX], port_s[16];
     if (tsr_cli_listen_resolve("serve", &listen, bind, sizeof bind, adv, sizeof adv)) return 2;
     if (listen.port == 0) {

@@ -181,8 +181,11 @@ int tsr_cmd_worker(int argc, char **argv)
     int rc = parse_args(argc, argv, &a);
     if (rc) return rc;
     int ranks = a.tp * a.pp;
+    /* Only the leader (rank 0) listens: under a launcher that spans hosts, the other ranks' hosts
+     * need not own its address. */
     char bind[TSR_HOST_MAX + 8], adv[TSR_HOST_MAX];
-    if ((rc = tsr_cli_listen_resolve("worker", &a.listen, bind, sizeof bind, adv, sizeof adv)))
+    if (tsr_group_world_rank() == 0 &&
+        (rc = tsr_cli_listen_resolve("worker", &a.listen, bind, sizeof bind, adv, sizeof adv)))
         return rc;
     if ((rc = tsr_cli_launch_ranks("worker", a.model, a.tp, a.pp, argc, argv)) >= 0) return rc;
     tsr_cli_catch_signals();

@@ -13,15 +13,28 @@ int tsr_group_under_mpi(void)
     return getenv("OMPI_COMM_WORLD_SIZE") || getenv("PMI_SIZE") || getenv("PMIX_RANK");
 }
 
-int tsr_group_local_rank(void)
+/* The first of vars set, as a number; 0 when none is. */
+static int env_rank(const char *const *vars, size_t n)
 {
-    static const char *vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID",
-                                 "PMIX_LOCAL_RANK"};
-    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+    for (size_t i = 0; i < n; i++) {
         const char *v = getenv(vars[i]);
         if (v && *v) return atoi(v);
     }
     return 0;
+}
+
+int tsr_group_local_rank(void)
+{
+    static const char *const vars[] = {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID",
+                                       "SLURM_LOCALID", "PMIX_LOCAL_RANK"};
+    return env_rank(vars, sizeof vars / sizeof *vars);
+}
+
+int tsr_group_world_rank(void)
+{
+    static const char *const vars[] = {"OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK",
+                                       "SLURM_PROCID"};
+    return env_rank(vars, sizeof vars / sizeof *vars);
 }
 
 static int type_of(void *ctx, const char *name)

@@ -40,5 +40,8 @@ int tsr_group_under_mpi(void);
 /* This process's rank among the launcher's ranks on this node (0 when not launched so): which
  * GPU of the node a rank takes. */
 int tsr_group_local_rank(void);
+/* This process's rank among all of the launcher's ranks, read before MPI starts (0 when not
+ * launched so). */
+int tsr_group_world_rank(void);
 
 #endif
