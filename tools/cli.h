@@ -53,6 +53,9 @@ int tsr_cli_listen_resolve(const char *cmd, const struct tsr_cli_listen *l, char
 /* The etcd endpoints: --etcd's value when given, else $ETCDCTL_ENDPOINTS (etcdctl's
  * convention: a comma-separated list), else NULL. */
 const char *tsr_cli_etcd(const char *flag_value);
+/* One clear error before anything starts: 0 when an etcd at endpoints answers (within 3 s each);
+ * else prints "tessera <cmd>: etcd <endpoints> cannot be reached: <why>" and returns 2. */
+int tsr_cli_etcd_reachable(const char *cmd, const char *endpoints);
 
 /* Opens the model and checks that tp x pp divides it; prints "tessera <cmd>: <why>" and returns
  * the code when not. */

@@ -98,7 +98,8 @@ int tsr_cmd_coordinator(int argc, char **argv)
         return 2;
     }
     char bind[TSR_HOST_MAX + 8], adv[TSR_HOST_MAX];
-    if ((rc = tsr_cli_listen_resolve("coordinator", &listen, bind, sizeof bind, adv, sizeof adv)))
+    if ((rc = tsr_cli_listen_resolve("coordinator", &listen, bind, sizeof bind, adv, sizeof adv)) ||
+        (rc = tsr_cli_etcd_reachable("coordinator", etcd_url)))
         return rc;
     tsr_cli_catch_signals();
     char idbuf[64];

@@ -5,6 +5,7 @@
 #include <string.h>
 #include <errno.h>
 
+#include "common/etcd.h"
 #include "common/net.h"
 #include "common/status.h"
 #include "tools/cli.h"
@@ -72,6 +73,22 @@ const char *tsr_cli_etcd(const char *flag_value)
     if (flag_value && flag_value[0]) return flag_value;
     const char *env = getenv("ETCDCTL_ENDPOINTS");
     return env && env[0] ? env : NULL;
+}
+
+int tsr_cli_etcd_reachable(const char *cmd, const char *endpoints)
+{
+    tsr_etcd_t *e;
+    int rc = tsr_etcd_open(endpoints, &e);
+    if (!rc) {
+        tsr_etcd_set_timeout_ms(e, 3000);
+        rc = tsr_etcd_get(e, "/tessera-reachability-check", NULL, NULL, NULL);
+        if (rc == TSR_ENOTFOUND) rc = 0;
+        tsr_etcd_close(e);
+    }
+    if (!rc) return 0;
+    fprintf(stderr, "tessera %s: etcd %s cannot be reached: %s\n", cmd, endpoints,
+            tsr_last_error());
+    return 2;
 }
 
 int tsr_cli_float(const char *flag, const char *s, double lo, double hi, double *out)

@@ -341,7 +341,9 @@ int tsr_cmd_serve(int argc, char **argv)
         return 2;
     }
     char bind[TSR_HOST_MAX + 8], adv[TSR_HOST_MAX], port_s[16];
-    if (tsr_cli_listen_resolve("serve", &listen, bind, sizeof bind, adv, sizeof adv)) return 2;
+    if (tsr_cli_listen_resolve("serve", &listen, bind, sizeof bind, adv, sizeof adv) ||
+        (etcd && tsr_cli_etcd_reachable("serve", etcd)))
+        return 2;
     if (listen.port == 0) {
         fprintf(stderr, "tessera serve: --port 0: give the coordinator a port clients can find\n");
         return 2;

@@ -185,7 +185,8 @@ int tsr_cmd_worker(int argc, char **argv)
      * need not own its address. */
     char bind[TSR_HOST_MAX + 8], adv[TSR_HOST_MAX];
     if (tsr_group_world_rank() == 0 &&
-        (rc = tsr_cli_listen_resolve("worker", &a.listen, bind, sizeof bind, adv, sizeof adv)))
+        ((rc = tsr_cli_listen_resolve("worker", &a.listen, bind, sizeof bind, adv, sizeof adv)) ||
+         (a.etcd && (rc = tsr_cli_etcd_reachable("worker", a.etcd)))))
         return rc;
     if ((rc = tsr_cli_launch_ranks("worker", a.model, a.tp, a.pp, argc, argv)) >= 0) return rc;
     tsr_cli_catch_signals();
