@@ -1,0 +1,84 @@
+#include "worker/rendezvous.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/log.h"
+#include "common/status.h"
+
+enum { POLL_MS = 50 };
+
+static void rdv_key(char *key, size_t cap, const char *prefix, const char *group,
+                    int64_t generation)
+{
+    snprintf(key, cap, "%s/rendezvous/%s/%lld", prefix, group, (long long)generation);
+}
+
+int tsr_rdv_publish(tsr_etcd_t *e, const char *prefix, const char *group, int64_t generation,
+                    int64_t lease, const void *blob, size_t len)
+{
+    if (len > TSR_RDV_MAX_BLOB)
+        return tsr_errorf(TSR_EINVAL, "rendezvous: a %zu-byte blob; at most %d", len,
+                          TSR_RDV_MAX_BLOB);
+    char key[512];
+    uint8_t val[8 + TSR_RDV_MAX_BLOB];
+    rdv_key(key, sizeof key, prefix, group, generation);
+    for (int i = 0; i < 8; i++) val[i] = (uint8_t)((uint64_t)generation >> (8 * i));
+    memcpy(val + 8, blob, len);
+    int created = 0, rc = tsr_etcd_put_if_absent(e, key, val, 8 + len, lease, &created);
+    if (rc) return rc;
+    if (!created)
+        return tsr_errorf(TSR_EINVAL,
+                          "rendezvous: group %s generation %lld already has an id: two ranks 0?",
+                          group, (long long)generation);
+    return 0;
+}
+
+int tsr_rdv_wait(tsr_etcd_t *e, const char *prefix, const char *group, int64_t generation,
+                 int timeout_ms, void *blob, size_t len)
+{
+    char key[512];
+    rdv_key(key, sizeof key, prefix, group, generation);
+    double deadline = tsr_now() + timeout_ms / 1000.0;
+    for (;;) {
+        char *val = NULL;
+        size_t n = 0;
+        int rc = tsr_etcd_get(e, key, &val, &n, NULL);
+        if (!rc) {
+            int64_t g = 0;
+            for (int i = 0; i < 8 && n >= 8; i++)
+                g |= (int64_t)((uint64_t)(uint8_t)val[i] << (8 * i));
+            if (n != 8 + len || g != generation) {
+                free(val);
+                return tsr_errorf(TSR_EFORMAT,
+                                  "rendezvous: %s holds %zu bytes of generation %lld; want %zu "
+                                  "of generation %lld (stale or foreign)",
+                                  key, n, (long long)g, 8 + len, (long long)generation);
+            }
+            memcpy(blob, val + 8, len);
+            free(val);
+            return 0;
+        }
+        if (rc != TSR_ENOTFOUND) return rc;
+        if (tsr_now() >= deadline)
+            return tsr_errorf(TSR_ETIMEDOUT,
+                              "rendezvous: rank 0 of group %s did not publish generation %lld's "
+                              "id within %d ms",
+                              group, (long long)generation, timeout_ms);
+        usleep(POLL_MS * 1000);
+    }
+}
+
+int tsr_rdv_nccl(tsr_etcd_t *e, const char *prefix, const char *group, int64_t generation,
+                 int64_t lease, int rank, int size, int device, void *cuda_stream, int timeout_ms,
+                 tsr_comm_t **out)
+{
+    uint8_t id[TSR_COMM_NCCL_ID_BYTES];
+    int rc = rank == 0 ? tsr_comm_nccl_unique_id(id) : 0;
+    if (!rc)
+        rc = rank == 0 ? tsr_rdv_publish(e, prefix, group, generation, lease, id, sizeof id)
+                       : tsr_rdv_wait(e, prefix, group, generation, timeout_ms, id, sizeof id);
+    return rc ? rc : tsr_comm_nccl_from_id(id, rank, size, device, cuda_stream, out);
+}

@@ -1,0 +1,38 @@
+/* A group's ranks meeting through etcd instead of MPI (DESIGN §1, §4: on Kubernetes each pod of
+ * a LeaderWorkerSet starts on its own, with no MPI launcher): rank 0 publishes a blob (the NCCL
+ * unique id) under the group's key and generation, the other ranks wait for it.
+ *
+ * Key: <prefix>/rendezvous/<group>/<generation>, attached to rank 0's lease, so it goes when rank
+ * 0 does. Value: the generation (8 bytes, little-endian) and the blob. A new generation of the
+ * group (a rank restarted) has a key of its own: a rank of generation G never takes the id of
+ * G - 1, and a value whose own generation is not the key's is refused as stale. */
+#ifndef TSR_WORKER_RENDEZVOUS_H
+#define TSR_WORKER_RENDEZVOUS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/etcd.h"
+#include "kernels/comm.h"
+
+enum { TSR_RDV_MAX_BLOB = 1024 };
+
+/* Rank 0: publishes blob[0, len) for (group, generation). TSR_EINVAL if one is there already
+ * (two rank 0s of one generation: a configuration error). lease 0: none. */
+int tsr_rdv_publish(tsr_etcd_t *e, const char *prefix, const char *group, int64_t generation,
+                    int64_t lease, const void *blob, size_t len);
+
+/* The other ranks: waits up to timeout_ms for (group, generation)'s blob of exactly len bytes.
+ * TSR_ETIMEDOUT naming the group and generation when rank 0 did not publish in time; TSR_EFORMAT
+ * when what is there is stale or of the wrong size. */
+int tsr_rdv_wait(tsr_etcd_t *e, const char *prefix, const char *group, int64_t generation,
+                 int timeout_ms, void *blob, size_t len);
+
+/* A group's NCCL communicator through etcd (tsr_comm_nccl_from_id): rank 0 makes the unique id
+ * and publishes it; the other ranks wait for it (timeout_ms); then all join. Without CUDA:
+ * TSR_EUNSUPPORTED. */
+int tsr_rdv_nccl(tsr_etcd_t *e, const char *prefix, const char *group, int64_t generation,
+                 int64_t lease, int rank, int size, int device, void *cuda_stream, int timeout_ms,
+                 tsr_comm_t **out);
+
+#endif
