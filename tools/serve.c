@@ -60,7 +60,8 @@ static void serve_usage(FILE *f)
                "  --threads  CPU threads per worker rank (default: the cores shared out)\n"
                "  --drain-timeout  on SIGTERM/SIGINT, how long requests in flight may take to\n"
                "             finish before everything stops (default 30 s; 0: stop at once)\n"
-               "Worker options (--kv-blocks, --kv-mem, --max-seqs, --step-tokens) are passed on;\n"
+               "Worker options (--kv-blocks, --kv-mem, --max-seqs, --step-tokens, --step-timeout)\n"
+               "are passed on;\n"
                "see `tessera worker --help`.\n");
 }
 
@@ -226,6 +227,7 @@ int tsr_cmd_serve(int argc, char **argv)
         O_KVB,
         O_KVM,
         O_SEQS,
+        O_STIME,
         O_STEP,
         O_QUEUE,
         O_TP,
@@ -244,6 +246,7 @@ int tsr_cmd_serve(int argc, char **argv)
                                          {"kv-blocks", required_argument, 0, O_KVB},
                                          {"kv-mem", required_argument, 0, O_KVM},
                                          {"max-seqs", required_argument, 0, O_SEQS},
+                                         {"step-timeout", required_argument, 0, O_STIME},
                                          {"step-tokens", required_argument, 0, O_STEP},
                                          {"max-queue", required_argument, 0, O_QUEUE},
                                          {"device", required_argument, 0, O_DEV},
@@ -254,7 +257,7 @@ int tsr_cmd_serve(int argc, char **argv)
     memset(&s, 0, sizeof s);
     const char *model = getenv("TESSERA_MODEL") ? getenv("TESSERA_MODEL") : TSR_DEFAULT_MODEL;
     const char *etcd = NULL, *dir = NULL, *kv_blocks = NULL, *kv_mem = NULL, *max_seqs = NULL,
-               *step = NULL, *queue = "256", *device = "cpu";
+               *step_timeout = NULL, *step = NULL, *queue = "256", *device = "cpu";
     int tp = 1, pp = 1, threads = 0, c, rc;
     struct tsr_cli_listen listen = {.host = "127.0.0.1", .port = 50051};
     long l;
@@ -294,6 +297,9 @@ int tsr_cmd_serve(int argc, char **argv)
             break;
         case O_KVM:
             if (!(rc = tsr_cli_float("--kv-mem", optarg, 1e-3, 1 << 20, &d))) kv_mem = optarg;
+            break;
+        case O_STIME:
+            if (!(rc = tsr_cli_int("--step-timeout", optarg, 0, 86400, &l))) step_timeout = optarg;
             break;
         case O_SEQS:
             if (!(rc = tsr_cli_int("--max-seqs", optarg, 1, 4096, &l))) max_seqs = optarg;
@@ -452,6 +458,7 @@ int tsr_cmd_serve(int argc, char **argv)
         if (kv_blocks) a[k++] = "--kv-blocks", a[k++] = (char *)kv_blocks;
         if (kv_mem) a[k++] = "--kv-mem", a[k++] = (char *)kv_mem;
         if (max_seqs) a[k++] = "--max-seqs", a[k++] = (char *)max_seqs;
+        if (step_timeout) a[k++] = "--step-timeout", a[k++] = (char *)step_timeout;
         if (step) a[k++] = "--step-tokens", a[k++] = (char *)step;
         /* replica r's ranks take GPUs from r * tp * pp on (cuda:N offsets them all by N) */
         if (strncmp(device, "cuda", 4))

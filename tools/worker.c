@@ -23,7 +23,7 @@
 struct worker_args {
     const char *model, *etcd, *id, *prefix, *device;
     struct tsr_cli_listen listen;
-    int threads, tp, pp, kv_blocks, max_seqs, step_tokens, ttl;
+    int threads, tp, pp, kv_blocks, max_seqs, step_tokens, ttl, step_timeout;
     double kv_mem;
 };
 
@@ -47,13 +47,16 @@ static void worker_usage(FILE *f)
             "  --step-tokens  token budget of one step (default 256)\n"
             "  --ttl          etcd lease TTL in seconds (default 3): how long a dead worker\n"
             "                 can stay in routing\n"
+            "  --step-timeout S  a group whose step runs longer (a rank hung or unreachable)\n"
+            "                 leaves routing and exits, so its requests end UNAVAILABLE and its\n"
+            "                 supervisor restarts it (default 30; 0: never)\n"
             "  --device       cpu (default) or cuda[:N] (a group's ranks take GPUs N, N+1, ...;\n"
             "                 tensor-parallel traffic then goes over NCCL)\n");
 }
 
 static int parse_args(int argc, char **argv, struct worker_args *a)
 {
-    enum { O_KVB = 256, O_KVM, O_SEQS, O_STEP, O_PREFIX, O_TTL, O_TP, O_PP, O_DEVICE };
+    enum { O_KVB = 256, O_KVM, O_SEQS, O_STEP, O_PREFIX, O_TTL, O_TP, O_PP, O_DEVICE, O_STIME };
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                          {"etcd", required_argument, 0, 'e'},
                                          {"id", required_argument, 0, 'i'},
@@ -65,6 +68,7 @@ static int parse_args(int argc, char **argv, struct worker_args *a)
                                          {"step-tokens", required_argument, 0, O_STEP},
                                          {"prefix", required_argument, 0, O_PREFIX},
                                          {"ttl", required_argument, 0, O_TTL},
+                                         {"step-timeout", required_argument, 0, O_STIME},
                                          {"tp", required_argument, 0, O_TP},
                                          {"pp", required_argument, 0, O_PP},
                                          {"device", required_argument, 0, O_DEVICE},
@@ -79,6 +83,7 @@ static int parse_args(int argc, char **argv, struct worker_args *a)
     a->max_seqs = 64;
     a->step_tokens = 256;
     a->ttl = 3;
+    a->step_timeout = 30;
     long l;
     double d;
     int c, rc;
@@ -118,6 +123,9 @@ static int parse_args(int argc, char **argv, struct worker_args *a)
             break;
         case O_TTL:
             if (!(rc = tsr_cli_int("--ttl", optarg, 1, 3600, &l))) a->ttl = l;
+            break;
+        case O_STIME:
+            if (!(rc = tsr_cli_int("--step-timeout", optarg, 0, 86400, &l))) a->step_timeout = l;
             break;
         case O_TP:
             if (!(rc = tsr_cli_int("--tp", optarg, 1, 1024, &l))) a->tp = l;
@@ -275,6 +283,19 @@ int tsr_cmd_worker(int argc, char **argv)
             fprintf(stderr, "tessera worker %s: the group failed; exiting\n", a.id);
             exit_code = 4;
             break;
+        }
+        double step_s = ranks > 1 && a.step_timeout ? tsr_leader_step_seconds(l) : 0;
+        if (step_s > a.step_timeout) {
+            /* The engine thread waits in a collective that will not end: leave routing (the
+             * coordinators end or retry our requests) and exit without joining it; mpirun then
+             * ends the other ranks. */
+            fprintf(stderr,
+                    "tessera worker %s: a step has run for %.0f s (--step-timeout %d): a rank of "
+                    "the group is hung or unreachable; exiting\n",
+                    a.id, step_s, a.step_timeout);
+            tsr_member_leave(mem);
+            fflush(NULL);
+            _exit(4);
         }
         usleep(100 * 1000);
     }

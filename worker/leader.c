@@ -41,6 +41,7 @@ struct tsr_leader {
     struct lreq **live;                   /* admitted, indexed by slot; n_live entries */
     int n_live, cap_live;
     int stop, failed;
+    double step_started; /* tsr_now() when the running step began; 0 between steps */
     char fail_msg[256];
     struct tsr_engine_stats stats; /* a copy for Stats, refreshed after each step */
     int n_waiting;
@@ -171,10 +172,12 @@ static void *engine_main(void *arg)
             ev = g;
         }
         if ((uint64_t)l->n_live > l->max_batch) l->max_batch = (uint64_t)l->n_live;
+        l->step_started = tsr_now();
         pthread_mutex_unlock(&l->mu);
         int n_ev = 0;
         int rc = tsr_engine_step(l->e, ev, cap, &n_ev);
         pthread_mutex_lock(&l->mu);
+        l->step_started = 0;
         if (rc) {
             /* A step failed: on a group, a rank is gone or broken; nothing more can run. */
             l->failed = rc;
@@ -429,6 +432,14 @@ void tsr_leader_stop(tsr_leader_t *l)
     pthread_cond_destroy(&l->work);
     free(l->live);
     free(l);
+}
+
+double tsr_leader_step_seconds(tsr_leader_t *l)
+{
+    pthread_mutex_lock(&l->mu);
+    double t = l->step_started > 0 ? tsr_now() - l->step_started : 0;
+    pthread_mutex_unlock(&l->mu);
+    return t;
 }
 
 int tsr_leader_failed(tsr_leader_t *l)

@@ -27,5 +27,8 @@ void tsr_leader_stop(tsr_leader_t *l);
 /* 0 while healthy; the first engine error once a step failed (the group is broken: every request
  * then ends UNAVAILABLE and the process should exit so its supervisor restarts it). */
 int tsr_leader_failed(tsr_leader_t *l);
+/* How long the step running now has run, in seconds (0 between steps): in a group, a step that
+ * never ends means a rank is hung or cannot be reached (the leader waits in a collective). */
+double tsr_leader_step_seconds(tsr_leader_t *l);
 
 #endif
