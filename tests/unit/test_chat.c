@@ -15,7 +15,7 @@
 #include "model/chat.h"
 #include "model/gguf.h"
 
-#include "skip.h"
+#include "unit.h"
 
 #define GOLDEN TSR_SOURCE_DIR "/tests/reference/chat_golden.json"
 #define MODEL  TSR_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf"

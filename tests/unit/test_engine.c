@@ -15,7 +15,7 @@
 #include "model/model.h"
 #include "worker/engine.h"
 
-#include "skip.h"
+#include "unit.h"
 
 #define MODEL TSR_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -26,22 +26,13 @@
 #include "model/model.h"
 #include "worker/engine.h"
 
-#include "skip.h"
+#include "unit.h"
 
 #define MODEL      TSR_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 #define GOLDEN     TSR_SOURCE_DIR "/tests/reference/forward_exact_smollm2.json"
 #define ROWS       TSR_SOURCE_DIR "/tests/reference/forward_exact_smollm2_rows.bin"
 #define N_SAMPLERS 4
 #define TOL        2e-3
-
-static double log_softmax_at(const float *x, int n, int t)
-{
-    double m = x[0], sum = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > m) m = x[i];
-    for (int i = 0; i < n; i++) sum += exp((double)x[i] - m);
-    return (double)x[t] - m - log(sum);
-}
 
 static float *read_rows(size_t *n_floats)
 {
@@ -115,7 +106,8 @@ static void test_logprobs_vs_float64(void **state)
                 while (k < N_SAMPLERS && ids[k] != ev[j].id) k++;
                 assert_true(k < N_SAMPLERS);
                 done++;
-                double want = log_softmax_at(row, V, ev[j].token), err = fabs(ev[j].logprob - want);
+                double want = tsr_test_log_softmax(row, V, ev[j].token),
+                       err = fabs(ev[j].logprob - want);
                 if (err > TOL)
                     fail_msg("prompt %zu position %d sampler %d token %d: logprob %.5f, float64 "
                              "log-softmax of the oracle's logits %.5f",

@@ -16,6 +16,8 @@
 #include "common/status.h"
 #include "worker/sampling.h"
 
+#include "unit.h"
+
 #define V 1000
 
 static void fill_logits(float *l, uint32_t seed)
@@ -49,16 +51,6 @@ static void test_greedy_is_argmax(void **state)
     tsr_sampler_free(&s);
 }
 
-/* log softmax(x)[t] in float64, the reference for every logprob. */
-static double log_softmax_at(const float *x, int n, int t)
-{
-    double m = x[0], sum = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > m) m = x[i];
-    for (int i = 0; i < n; i++) sum += exp((double)x[i] - m);
-    return (double)x[t] - m - log(sum);
-}
-
 /* The logprob of the picked token is its log-softmax over the whole penalised row, untempered and
  * unfiltered, for greedy and sampled picks alike. Tolerance: float rounding of the result. */
 static void test_logprob_exact(void **state)
@@ -83,7 +75,7 @@ static void test_logprob_exact(void **state)
             }
             float lp;
             int32_t t = tsr_sample(&s, l, hist, 5, &lp);
-            double want = log_softmax_at(pen, V, t), err = fabs(lp - want);
+            double want = tsr_test_log_softmax(pen, V, t), err = fabs(lp - want);
             if (err > 1e-5 + 1e-6 * fabs(want))
                 fail_msg("sampler %d draw %u token %d: logprob %.7f, float64 log-softmax %.7f", k,
                          it, t, lp, want);

@@ -19,7 +19,7 @@
 #include "model/gguf.h"
 #include "model/tokenizer.h"
 
-#include "skip.h"
+#include "unit.h"
 
 #define REF   TSR_SOURCE_DIR "/tests/reference/"
 #define MODEL TSR_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
