@@ -27,13 +27,16 @@
 # Environment: PART_LIMIT (seconds: caps every part's time limit), TP (the ranks of tp70b and agree-tp4; default 4), BUILD (a build folder holding
 # tessera and tests/; default build/; one made by scripts/pack_gpu.sh brings lib/), OUT (where logs
 # go; default /tmp/tessera-gpu), LD_LIBRARY_PATH for libraries the binaries were carried with.
-# NVLink multicast stays off (NCCL_NVLS_ENABLE=0).
+# NVLink multicast stays off (NCCL_NVLS_ENABLE=0). TESSERA_REQUIRE_GPU=1: a GPU test that finds no
+# device (or a failing driver) fails instead of skipping; a part that exits 77 (e.g. tp3 with
+# fewer than 3 GPUs) shows as SKIP.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 build=${BUILD:-$root/build}
 out=${OUT:-/tmp/tessera-gpu}
 mkdir -p "$out"
 export NCCL_NVLS_ENABLE=0 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+export TESSERA_REQUIRE_GPU=1
 export TESSERA_BIN=$build/tessera TESSERA_SOURCE_DIR=$root
 tp=${TP:-4}
 summary=$out/summary.txt
@@ -50,7 +53,7 @@ for lib in $(ldd "$build/tessera" "$build/tests/test_e2e_agree" 2>/dev/null |
   echo "library $lib: ${hit:-NOT FOUND}"
 done
 
-# part NAME TIMEOUT CMD...: runs CMD with a time limit, logs it, notes PASS/FAIL and seconds.
+# part NAME TIMEOUT CMD...: runs CMD with a time limit, logs it, notes PASS/SKIP/FAIL and seconds.
 part() {
   local name=$1 limit=$2
   [ -n "${PART_LIMIT:-}" ] && [ "$PART_LIMIT" -lt "$limit" ] && limit=$PART_LIMIT
@@ -60,7 +63,7 @@ part() {
   timeout --kill-after=10 "$limit" "$@" >"$out/$name.log" 2>&1
   rc=$?
   cat "$out/$name.log" >>"$out/all.log"
-  printf '%-12s %-5s rc=%-3s %4ss\n' "$name" "$([ $rc = 0 ] && echo PASS || echo FAIL)" \
+  printf '%-12s %-5s rc=%-3s %4ss\n' "$name" "$(case $rc in 0) echo PASS ;; 77) echo SKIP ;; *) echo FAIL ;; esac)" \
     "$rc" "$((SECONDS - t0))" >>"$summary"
   tail -n 25 "$out/$name.log"
   return 0

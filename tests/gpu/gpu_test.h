@@ -1,6 +1,7 @@
-/* Helpers the GPU test programs share: a seeded generator (xorshift64*: rng_seed first),
- * allocation that exits on failure, a fatal error with tsr_last_error(), a monotonic clock. One
- * copy per program (static); each program uses what it needs. */
+/* Helpers the GPU test programs share: the device count or the exit that says why there is none
+ * (gpu_count_or_exit), a seeded generator (xorshift64*: rng_seed first), allocation that exits on
+ * failure, a fatal error with tsr_last_error(), a monotonic clock. One copy per program (static);
+ * each program uses what it needs. */
 #ifndef TSR_TESTS_GPU_TEST_H
 #define TSR_TESTS_GPU_TEST_H
 
@@ -8,9 +9,43 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
+#include <unistd.h>
+
+#include <cuda_runtime_api.h>
 
 #include "common/status.h"
+
+/* The number of CUDA devices (>= 1), or the program ends: with no device, exit 77 (ctest:
+ * skipped) and the reason, unless TESSERA_REQUIRE_GPU=1 (scripts/bench_gpu.sh sets it), where no
+ * device is a failure (exit 1). No device means cudaErrorNoDevice, a count of 0, or no NVIDIA
+ * kernel driver at all (/proc/driver/nvidia absent: the runtime then says "insufficient driver").
+ * Any other failure of cudaGetDeviceCount (a broken or mismatched driver on a GPU machine) is a
+ * failure, never a skip. */
+static inline int gpu_count_or_exit(const char *prog)
+{
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    int no_driver = access("/proc/driver/nvidia", F_OK) != 0;
+    int none = (e == cudaSuccess && n == 0) || e == cudaErrorNoDevice ||
+               (e == cudaErrorInsufficientDriver && no_driver);
+    if (e != cudaSuccess && !none) {
+        fprintf(stderr, "%s: FAILED: cudaGetDeviceCount: %s (%s)\n", prog, cudaGetErrorName(e),
+                cudaGetErrorString(e));
+        exit(1);
+    }
+    if (none) {
+        const char *req = getenv("TESSERA_REQUIRE_GPU");
+        int required = req && *req && strcmp(req, "0") != 0;
+        printf("%s: no CUDA device (%s): %s\n", prog,
+               e == cudaSuccess ? "count 0" : cudaGetErrorName(e),
+               required ? "FAILED (TESSERA_REQUIRE_GPU is set)" : "skipped");
+        fflush(stdout);
+        exit(required ? 1 : 77);
+    }
+    return n;
+}
 
 static uint64_t rng_state;
 

@@ -2,8 +2,8 @@
  * shapes: the default model's (dim 576, 9 heads, 3 KV heads, head dim 64, FFN 1536, vocab 49152),
  * Llama-3-8B's (4096, 32, 8, 128, 14336) and odd ones that reach every kernel's fallback path.
  * Every output is filled with NaN on both backends before each run, so an element an op forgets to
- * write fails (NaN never passes). Without a CUDA device it prints "test_cuda_ops: no CUDA device:
- * skipped" and exits 77 (ctest: SKIP_RETURN_CODE 77).
+ * write fails (NaN never passes). Without a CUDA device it prints why and exits 77 (ctest:
+ * SKIP_RETURN_CODE 77), or 1 under TESSERA_REQUIRE_GPU=1 (gpu_count_or_exit in gpu_test.h).
  *
  * Error measure: NMSE = Σ(gpu - ref)² / Σ ref². Limits:
  *   embed, gather_rows                      0 (copies and exact decoding: bit for bit)
@@ -885,10 +885,7 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (tsr_cuda_device_count() == 0) {
-        printf("test_cuda_ops: no CUDA device: skipped\n");
-        return 77;
-    }
+    gpu_count_or_exit("test_cuda_ops");
     rng_seed(seed);
     if (log_path && !(log_file = fopen(log_path, "w"))) {
         perror(log_path);

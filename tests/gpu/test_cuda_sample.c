@@ -24,7 +24,7 @@
  * - the same call twice gives the same ids and log probabilities, bit for bit, and a call without
  *   log probabilities the same ids.
  * Outputs are poisoned (ids -7, log probabilities NaN) before every call. Without a CUDA device it
- * prints "test_cuda_sample: no CUDA device: skipped" and exits 77.
+ * prints why and exits 77, or 1 under TESSERA_REQUIRE_GPU=1 (gpu_count_or_exit in gpu_test.h).
  *
  * Usage: test_cuda_sample [--seed N] */
 #include <math.h>
@@ -420,10 +420,7 @@ int main(int argc, char **argv)
             return 2;
         }
     }
-    if (tsr_cuda_device_count() == 0) {
-        printf("test_cuda_sample: no CUDA device: skipped\n");
-        return 77;
-    }
+    gpu_count_or_exit("test_cuda_sample");
     rng_seed(seed);
     gpu = tsr_backend_cuda_new(0);
     if (!gpu) die("creating the CUDA backend");

@@ -8,7 +8,9 @@
  * 3. with >= 2 (4) GPUs: llama3-8b teacher-forced argmax at TP=2 (TP=4) agrees with TP=1 at >= 99%;
  * 4. decode through CUDA graphs equals decode op by op (graphs_vs_eager).
  *
- * Exits 77 (skipped) without a CUDA device. Arguments, each optional: "default", "8b" (part 1),
+ * Exits 77 (skipped) without a CUDA device (1 under TESSERA_REQUIRE_GPU=1: gpu_test.h), and 77
+ * when every part asked for needs more GPUs than there are (a part skipped beside parts that ran
+ * is a SKIP line, not a failure). Arguments, each optional: "default", "8b" (part 1),
  * "tp3" (part 2), "tp8b" (part 3), "graphs" (part 4) pick parts (all by default). TESSERA_BIN
  * overrides where `tessera` is (default: ../tessera beside this program's folder); the source tree
  * (for models/) is found from this file's path, or TESSERA_SOURCE_DIR. */
@@ -21,6 +23,7 @@
 #include <unistd.h>
 
 #include "kernels/cuda/cuda_backend.h"
+#include "tests/gpu/gpu_test.h"
 
 #define DEFAULT_MODEL "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -170,11 +173,7 @@ static int wanted(int argc, char **argv, const char *part)
 
 int main(int argc, char **argv)
 {
-    int n_gpus = tsr_cuda_device_count();
-    if (n_gpus == 0) {
-        fprintf(stderr, "test_e2e_agree: no CUDA device: skipped\n");
-        return 77;
-    }
+    int n_gpus = gpu_count_or_exit("test_e2e_agree"), ran = 0, skipped = 0;
     if (find_paths()) {
         fprintf(stderr, "test_e2e_agree: cannot find tessera at %s (set TESSERA_BIN)\n", g_bin);
         return 1;
@@ -185,22 +184,37 @@ int main(int argc, char **argv)
         fprintf(stderr, "test_e2e_agree: %s is missing: run scripts/fetch_model.sh\n", model);
         return 1;
     }
-    if (wanted(argc, argv, "default")) agree_cpu(DEFAULT_MODEL, 128);
-    if (wanted(argc, argv, "8b")) agree_cpu("synthetic:llama3-8b", 128);
-    if (wanted(argc, argv, "graphs")) graphs_vs_eager();
+    if (wanted(argc, argv, "default")) agree_cpu(DEFAULT_MODEL, 128), ran++;
+    if (wanted(argc, argv, "8b")) agree_cpu("synthetic:llama3-8b", 128), ran++;
+    if (wanted(argc, argv, "graphs")) graphs_vs_eager(), ran++;
     if (wanted(argc, argv, "tp3")) {
-        if (n_gpus >= 3)
+        if (n_gpus >= 3) {
             greedy_tp3();
-        else
+            ran++;
+        } else {
             fprintf(stderr, "SKIP: TP=3 greedy needs 3 GPUs, %d here\n", n_gpus);
+            skipped++;
+        }
     }
     if (wanted(argc, argv, "tp8b")) {
-        if (n_gpus >= 2)
+        if (n_gpus >= 2) {
             agree_tp(n_gpus);
-        else
+            ran++;
+        } else {
             fprintf(stderr, "SKIP: TP agreement needs 2 GPUs, %d here\n", n_gpus);
+            skipped++;
+        }
     }
     rmdir(g_tmp);
-    fprintf(stderr, "test_e2e_agree: %s\n", g_failed ? "FAILED" : "ok");
-    return g_failed;
+    if (g_failed) {
+        fprintf(stderr, "test_e2e_agree: FAILED\n");
+        return 1;
+    }
+    if (!ran) {
+        fprintf(stderr, "test_e2e_agree: nothing ran (%d parts need more GPUs): skipped\n",
+                skipped);
+        return 77;
+    }
+    fprintf(stderr, "test_e2e_agree: ok (%d parts ran, %d skipped)\n", ran, skipped);
+    return 0;
 }

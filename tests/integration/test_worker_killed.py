@@ -1,5 +1,9 @@
 """A worker killed mid-generation: its streams end (UNAVAILABLE) instead of hanging, the other
-replica keeps serving, and serve restarts the worker, which then takes work again."""
+replica keeps serving, and serve restarts the worker, which then takes work again.
+
+Every stream has streamed a token when the worker dies, so none may be retried elsewhere: exactly
+the streams on the killed replica end UNAVAILABLE (at least one), every other one completes with
+the offline tokens."""
 
 import os
 import signal
@@ -44,6 +48,9 @@ def test_worker_killed(fresh, offline):
         t.start()
     for i, e in enumerate(got_one):
         assert e.wait(60), "stream %d got no token in 60 s: %s" % (i, streams[i].describe())
+    # Where the 8 run. The controller names a one-unit group after its worker (g-<id>).
+    running = {g: st.n_running for g, st in s.group_stats().items()}
+    victim_group = "g-" + victim["id"]
     os.kill(old_pid, signal.SIGKILL)
     t_kill = time.monotonic()
 
@@ -72,7 +79,16 @@ def test_worker_killed(fresh, offline):
             problems = check_against(st, long_refs[long_prompts[i % 2]], long_n)
             assert not problems, "stream %d neither completed correctly nor failed UNAVAILABLE: %s" % (i, problems)
             outcome["completed"] += 1
-    print("after the kill:", outcome)
+    print("after the kill:", outcome, "running per group at the kill:", running)
+    assert len(running) == 2 and sum(running.values()) == n and all(running.values()), \
+        "the %d streams were not in flight on both replicas when the worker was killed: %s" % (n, running)
+    assert outcome["unavailable"] >= 1, \
+        "no stream failed although %s were running on the killed replica" % running
+    assert victim_group in running, "no group %s in %s" % (victim_group, running)
+    assert outcome["unavailable"] == running[victim_group], \
+        "%d streams ended UNAVAILABLE, but %s was running %d of them (%s): streams that had " \
+        "tokens fail exactly when their replica dies, and are not retried" % (
+            outcome["unavailable"], victim_group, running[victim_group], running)
 
     # serve restarts the worker (a new pid in serve.json) and the group becomes ready again.
     def restarted():

@@ -15,6 +15,8 @@
 #include "model/chat.h"
 #include "model/gguf.h"
 
+#include "unit.h"
+
 #define GOLDEN TSR_SOURCE_DIR "/tests/reference/chat_golden.json"
 #define MODEL  TSR_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -82,10 +84,8 @@ static void test_model_template(void **state)
 {
     (void)state;
     tsr_gguf_t *g;
-    if (tsr_gguf_open(MODEL, &g)) {
-        fprintf(stderr, "%s missing: skipped\n", MODEL);
-        skip();
-    }
+    if (tsr_test_missing(MODEL, "run scripts/fetch_model.sh")) return;
+    assert_int_equal(tsr_gguf_open(MODEL, &g), 0);
     struct tsr_str s;
     assert_int_equal(tsr_gguf_get_str(g, "tokenizer.chat_template", &s), 0);
     char *tpl = strndup(s.p, s.n);
@@ -178,5 +178,5 @@ int main(void)
         cmocka_unit_test(test_detect),
         cmocka_unit_test(test_render_errors),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return tsr_test_exit(cmocka_run_group_tests(tests, NULL, NULL));
 }

@@ -1,5 +1,5 @@
 /* The engine over the CPU backend: batching, chunked prefill, late joiners and preemption change
- * no greedy token; cancellation frees blocks; bad requests get clear errors. */
+ * no greedy token; cancellation frees exactly its blocks; bad requests get clear errors. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -14,6 +14,10 @@
 #include "kernels/backend.h"
 #include "model/model.h"
 #include "worker/engine.h"
+
+#include "unit.h"
+
+#define MODEL TSR_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 #define MAX_REQ 8
 #define MAX_GEN 48
@@ -135,7 +139,8 @@ static void test_batching_synthetic(void **state)
 
 static void test_batching_default_model(void **state)
 {
-    check_batching(TSR_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf", 6);
+    if (tsr_test_missing(MODEL, "run scripts/fetch_model.sh")) return;
+    check_batching(MODEL, 6);
 }
 
 static void test_preemption_keeps_results(void **state)
@@ -163,32 +168,67 @@ static void test_preemption_keeps_results(void **state)
     tsr_model_free(m);
 }
 
+/* Blocks a running sequence holds: those covering its computed positions, which are all its
+ * tokens but the last sampled one (computed in the next step). No preemption here (64 blocks). */
+static int blocks_held(const struct req *r)
+{
+    return (r->n_prompt + r->n_out - 1 + 15) / 16;
+}
+
+/* Steps once, appending each request's tokens; returns the events. */
+static int step_collect(tsr_engine_t *e, struct req *rs, int n, struct tsr_token_event *ev)
+{
+    int n_ev;
+    assert_int_equal(tsr_engine_step(e, ev, MAX_REQ, &n_ev), 0);
+    for (int k = 0; k < n_ev; k++)
+        for (int i = 0; i < n; i++)
+            if (rs[i].id == ev[k].id) {
+                if (ev[k].token >= 0) rs[i].out[rs[i].n_out++] = ev[k].token;
+                if (ev[k].finish) rs[i].finish = ev[k].finish;
+            }
+    return n_ev;
+}
+
+/* The cancelled sequence's blocks all come back, at once: the free count is exact, before the
+ * cancel, after it, and when the others have finished. */
 static void test_cancel_frees_blocks(void **state)
 {
     tsr_model_t *m;
     assert_int_equal(tsr_model_open("synthetic:tiny", &m), 0);
     tsr_engine_t *e = engine(m, 64, 64);
     struct req rs[3];
-    make_prompts(rs, 3, 256, 5);
+    make_prompts(rs, 3, 256, 5); /* prompts of 5, 37 and 1 tokens: 43 <= 64, one prefill step */
     for (int i = 0; i < 3; i++) add(e, &rs[i]);
     struct tsr_token_event ev[MAX_REQ];
-    int n_ev;
-    for (int s = 0; s < 4; s++) assert_int_equal(tsr_engine_step(e, ev, MAX_REQ, &n_ev), 0);
+    for (int s = 0; s < 4; s++) step_collect(e, rs, 3, ev);
     struct tsr_engine_stats before, after;
     tsr_engine_get_stats(e, &before);
+    for (int i = 0; i < 3; i++) assert_int_equal(rs[i].n_out, 4);
+    assert_int_equal(before.n_free_blocks,
+                     64 - blocks_held(&rs[0]) - blocks_held(&rs[1]) - blocks_held(&rs[2]));
+    assert_int_equal(blocks_held(&rs[1]), 3); /* 40 positions */
     assert_int_equal(tsr_engine_cancel(e, rs[1].id), 0);
     assert_int_equal(tsr_engine_cancel(e, 12345), TSR_ENOTFOUND);
-    assert_int_equal(tsr_engine_step(e, ev, MAX_REQ, &n_ev), 0);
+    int n_ev = step_collect(e, rs, 3, ev);
     int saw = 0;
     for (int k = 0; k < n_ev; k++)
         if (ev[k].id == rs[1].id) {
             assert_int_equal(ev[k].finish, TSR_FINISH_CANCELLED);
+            assert_int_equal(ev[k].token, -1);
             saw = 1;
         }
     assert_true(saw);
     tsr_engine_get_stats(e, &after);
     assert_int_equal(after.n_running, 2);
-    assert_true(after.n_free_blocks > before.n_free_blocks - 2);
+    assert_int_equal(rs[1].n_out, 4);
+    assert_int_equal(after.n_free_blocks, 64 - blocks_held(&rs[0]) - blocks_held(&rs[2]));
+    /* the rest run to their end: the pool is whole again */
+    for (int s = 0; s < 100 && (!rs[0].finish || !rs[2].finish); s++) step_collect(e, rs, 3, ev);
+    assert_int_equal(rs[0].finish, TSR_FINISH_LENGTH);
+    assert_int_equal(rs[2].finish, TSR_FINISH_LENGTH);
+    tsr_engine_get_stats(e, &after);
+    assert_int_equal(after.n_running, 0);
+    assert_int_equal(after.n_free_blocks, 64);
     tsr_engine_free(e);
     tsr_model_free(m);
 }
@@ -242,5 +282,5 @@ int main(void)
         cmocka_unit_test(test_cancel_frees_blocks),
         cmocka_unit_test(test_bad_requests),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return tsr_test_exit(cmocka_run_group_tests(tests, setup, teardown));
 }

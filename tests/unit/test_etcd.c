@@ -216,7 +216,8 @@ static void fake_stop(struct fake *f)
 
 struct proxy {
     int lfd, port, upstream;
-    atomic_int stop, cut, down;
+    atomic_int stop, cut, down; /* cut: set by the test, cleared once the connections are closed */
+    atomic_int accepted, refused; /* connections passed through, and hung up while down */
     pthread_t th;
 };
 
@@ -225,9 +226,10 @@ static void *proxy_main(void *p)
     struct proxy *px = p;
     int a[32], b[32], n = 0; /* pairs: client, upstream */
     while (!atomic_load(&px->stop)) {
-        if (atomic_exchange(&px->cut, 0)) {
+        if (atomic_load(&px->cut)) {
             for (int i = 0; i < n; i++) close(a[i]), close(b[i]);
             n = 0;
+            atomic_store(&px->cut, 0); /* after the closes: proxy_cut waits for this */
         }
         struct pollfd pfd[65];
         pfd[0] = (struct pollfd){.fd = px->lfd, .events = POLLIN};
@@ -256,6 +258,7 @@ static void *proxy_main(void *p)
             if (c < 0) continue;
             if (atomic_load(&px->down) || n == 32) {
                 close(c);
+                atomic_fetch_add(&px->refused, 1);
                 continue;
             }
             int u = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -270,6 +273,7 @@ static void *proxy_main(void *p)
             a[n] = c;
             b[n] = u;
             n++;
+            atomic_fetch_add(&px->accepted, 1);
         }
     }
     for (int i = 0; i < n; i++) close(a[i]), close(b[i]);
@@ -560,6 +564,23 @@ static void proxy_start(struct proxy *px)
     assert_int_equal(pthread_create(&px->th, NULL, proxy_main, px), 0);
 }
 
+/* Waits (up to 10 s) until *v >= want: the events the timed checks wait on instead of sleeps. */
+static int wait_atomic(atomic_int *v, int want)
+{
+    double end = tsr_now() + 10;
+    while (atomic_load(v) < want && tsr_now() < end) usleep(2 * 1000);
+    return atomic_load(v);
+}
+
+/* Cuts every connection through the proxy and returns once they are closed. */
+static void proxy_cut(struct proxy *px)
+{
+    atomic_store(&px->cut, 1);
+    double end = tsr_now() + 10;
+    while (atomic_load(&px->cut) && tsr_now() < end) usleep(2 * 1000);
+    assert_int_equal(atomic_load(&px->cut), 0);
+}
+
 static void proxy_stop(struct proxy *px)
 {
     atomic_store(&px->stop, 1);
@@ -706,12 +727,13 @@ static void test_watch_reconnect(void **state)
     assert_int_equal(rec_wait(&r, 1, 5), 1);
 
     atomic_store(&px.down, 1);
-    atomic_store(&px.cut, 1);
-    sleep_s(0.1);
+    proxy_cut(&px);
     assert_int_equal(put_str("rc/b", "2", 0, &r2), 0);
     assert_int_equal(tsr_etcd_delete(etcd, "rc/a", 0), 0);
-    sleep_s(0.5); /* the watch retries against a proxy that hangs up */
+    /* the watch retries against a proxy that hangs up: twice, then it may come through */
+    assert_true(wait_atomic(&px.refused, 2) >= 2);
     assert_int_equal(r.n, 1);
+    int accepted = atomic_load(&px.accepted);
     atomic_store(&px.down, 0);
     assert_int_equal(rec_wait(&r, 3, 5), 3);
     assert_int_equal(put_str("rc/c", "4", 0, &r4), 0);
@@ -723,10 +745,19 @@ static void test_watch_reconnect(void **state)
     expect_event(&r, 2, TSR_ETCD_DELETE, "rc/a", "", r2 + 1);
     expect_event(&r, 3, TSR_ETCD_PUT, "rc/c", "4", r4);
 
-    /* cut again while idle, without downtime: nothing repeats */
-    atomic_store(&px.cut, 1);
-    sleep_s(0.5);
-    assert_int_equal(r.n, 4);
+    assert_true(atomic_load(&px.accepted) > accepted);
+
+    /* cut again while idle, without downtime: once the watch is through again, the next event
+     * is the next change, nothing repeated */
+    accepted = atomic_load(&px.accepted);
+    proxy_cut(&px);
+    assert_true(wait_atomic(&px.accepted, accepted + 1) > accepted);
+    int64_t r5;
+    assert_int_equal(put_str("rc/d", "5", 0, &r5), 0);
+    assert_int_equal(rec_wait(&r, 5, 5), 5);
+    sleep_s(0.2);
+    assert_int_equal(r.n, 5);
+    expect_event(&r, 4, TSR_ETCD_PUT, "rc/d", "5", r5);
     double t0 = tsr_now();
     tsr_etcd_watch_stop(w);
     assert_true(tsr_now() - t0 < 1.0);
@@ -884,12 +915,11 @@ static void test_garbage_server(void **state)
                          "[{\"kv\": {\"key\": \"!!\"}}]}}\nnonsense\n"));
     int served = atomic_load(&f.served);
     assert_int_equal(tsr_etcd_watch_start(e, "w/", 3, rec_cb, &r, &w), 0);
-    sleep_s(0.5);
+    assert_true(wait_atomic(&f.served, served + 2) >= served + 2); /* it keeps trying */
     double t0 = tsr_now();
     tsr_etcd_watch_stop(w);
     assert_true(tsr_now() - t0 < 1.0);
     assert_int_equal(r.n, 0);
-    assert_true(atomic_load(&f.served) >= served + 2); /* it kept trying */
     rec_destroy(&r);
 
     tsr_etcd_close(e);

@@ -1,4 +1,8 @@
-/* Sampling: greedy, seeded reproducibility, each filter's effect, validation. */
+/* Sampling: greedy, seeded reproducibility, each filter's effect, validation, and the exact
+ * quantities: logprobs against a float64 log-softmax, temperature against the draw frequencies it
+ * implies (a stated binomial bound, seeded so the run is deterministic), the repetition penalty on
+ * positive and negative logits. tests/mutation/run.sh shows each of these fails under the bug it
+ * is for. */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -11,6 +15,8 @@
 
 #include "common/status.h"
 #include "worker/sampling.h"
+
+#include "unit.h"
 
 #define V 1000
 
@@ -40,11 +46,89 @@ static void test_greedy_is_argmax(void **state)
         int32_t want = 0;
         for (int i = 1; i < V; i++)
             if (l[i] > l[want]) want = i;
-        float lp;
-        assert_int_equal(tsr_sample(&s, l, NULL, 0, &lp), want);
-        assert_true(lp <= 0 && lp > -20);
+        assert_int_equal(tsr_sample(&s, l, NULL, 0, NULL), want);
     }
     tsr_sampler_free(&s);
+}
+
+/* The logprob of the picked token is its log-softmax over the whole penalised row, untempered and
+ * unfiltered, for greedy and sampled picks alike. Tolerance: float rounding of the result. */
+static void test_logprob_exact(void **state)
+{
+    struct tsr_sampling ps[3] = {tsr_sampling_default(), tsr_sampling_default(),
+                                 tsr_sampling_default()};
+    ps[1].temperature = 0.7f, ps[1].top_k = 40, ps[1].seed = 3;
+    ps[2].temperature = 1.5f, ps[2].top_p = 0.9f, ps[2].repetition_penalty = 1.3f, ps[2].seed = 4;
+    int32_t hist[] = {3, 17, 17, 250, 999};
+    double worst = 0, highest = -1e30;
+    for (int k = 0; k < 3; k++) {
+        struct tsr_sampler s;
+        assert_int_equal(tsr_sampler_init(&s, &ps[k], V), 0);
+        for (uint32_t it = 0; it < 50; it++) {
+            float l[V], pen[V];
+            fill_logits(l, 100 + it);
+            memcpy(pen, l, sizeof pen);
+            for (int j = 0; j < 5 && ps[k].repetition_penalty != 1.0f; j++) {
+                float *x = &pen[hist[j]];
+                if (j != 2) /* 17 twice: penalised once */
+                    *x = *x > 0 ? *x / ps[k].repetition_penalty : *x * ps[k].repetition_penalty;
+            }
+            float lp;
+            int32_t t = tsr_sample(&s, l, hist, 5, &lp);
+            double want = tsr_test_log_softmax(pen, V, t), err = fabs(lp - want);
+            if (err > 1e-5 + 1e-6 * fabs(want))
+                fail_msg("sampler %d draw %u token %d: logprob %.7f, float64 log-softmax %.7f", k,
+                         it, t, lp, want);
+            if (err > worst) worst = err;
+            if (want > highest) highest = want;
+        }
+        tsr_sampler_free(&s);
+    }
+    /* Rows of logits in [-4, 4] over 1000 tokens put every logprob, the argmax's included, well
+     * below 0: a value that forgot the log-sum-exp term is off by more than 1. */
+    print_message("logprob vs float64 log-softmax: worst error %.2g, highest logprob %.2f\n", worst,
+                  highest);
+    assert_true(highest < -1);
+}
+
+/* Two tokens a, b with logits differing by d, every other token at -100 (weight e^-100): at
+ * temperature T, a is drawn with p = 1 / (1 + exp(-d/T)), so the frequency ratio n_a/n_b estimates
+ * exp(d/T). Bound: n_a is binomial(N, p); |n_a - N p| <= 5 sqrt(N p (1-p)) fails a correct
+ * sampler with probability 6e-7 per case, and the seed makes the run deterministic anyway. With
+ * N = 20000 the bound is at most 0.018 in p, while a sampler that ignores T (uses T = 1) is off
+ * by at least 0.1 in every case with T != 1. */
+static void test_temperature_ratio(void **state)
+{
+    static const struct {
+        float d, t;
+    } cases[] = {{1.0f, 0.5f}, {1.0f, 2.0f}, {2.0f, 4.0f}, {0.5f, 0.25f}, {3.0f, 1.0f}};
+    const int N = 20000;
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        struct tsr_sampling p = tsr_sampling_default();
+        p.temperature = cases[c].t;
+        p.seed = 1000 + c;
+        struct tsr_sampler s;
+        assert_int_equal(tsr_sampler_init(&s, &p, V), 0);
+        int n_a = 0, n_b = 0;
+        for (int it = 0; it < N; it++) {
+            float l[V];
+            for (int i = 0; i < V; i++) l[i] = -100.0f;
+            l[11] = 1.0f + cases[c].d; /* a */
+            l[500] = 1.0f;             /* b */
+            int32_t t = tsr_sample(&s, l, NULL, 0, NULL);
+            assert_true(t == 11 || t == 500);
+            n_a += t == 11, n_b += t == 500;
+        }
+        tsr_sampler_free(&s);
+        double pa = 1.0 / (1.0 + exp(-(double)cases[c].d / cases[c].t));
+        double bound = 5 * sqrt(N * pa * (1 - pa));
+        print_message("d %.2f T %.2f: ratio %.3f, exp(d/T) %.3f; n_a %d, expected %.0f +- %.0f\n",
+                      cases[c].d, cases[c].t, (double)n_a / n_b, exp(cases[c].d / cases[c].t), n_a,
+                      N * pa, bound);
+        if (fabs(n_a - N * pa) > bound)
+            fail_msg("d %.2f T %.2f: %d of %d draws were the higher token, expected %.0f +- %.0f",
+                     cases[c].d, cases[c].t, n_a, N, N * pa, bound);
+    }
 }
 
 static void test_same_seed_same_tokens(void **state)
@@ -155,6 +239,25 @@ static void test_repetition_penalty(void **state)
     tsr_sampler_free(&s);
 }
 
+/* On a negative logit the penalty multiplies: it must push the token further down, never up. */
+static void test_repetition_penalty_negative(void **state)
+{
+    struct tsr_sampling p = tsr_sampling_default();
+    p.repetition_penalty = 2.0f;
+    struct tsr_sampler s;
+    assert_int_equal(tsr_sampler_init(&s, &p, V), 0);
+    float l[V];
+    for (int i = 0; i < V; i++) l[i] = -5.0f;
+    l[3] = -1.0f;
+    l[4] = -1.5f;
+    int32_t hist[] = {3, 3};
+    /* -1 * 2 = -2 < -1.5: token 4 wins; dividing (-0.5) would keep 3 on top. */
+    assert_int_equal(tsr_sample(&s, l, hist, 2, NULL), 4);
+    assert_true(l[3] == -2.0f);
+    assert_true(l[4] == -1.5f);
+    tsr_sampler_free(&s);
+}
+
 static void test_validation(void **state)
 {
     struct tsr_sampling p = tsr_sampling_default();
@@ -180,9 +283,15 @@ static void test_validation(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_greedy_is_argmax),   cmocka_unit_test(test_same_seed_same_tokens),
-        cmocka_unit_test(test_top_k_restricts),    cmocka_unit_test(test_top_p_and_min_p),
-        cmocka_unit_test(test_repetition_penalty), cmocka_unit_test(test_validation),
+        cmocka_unit_test(test_greedy_is_argmax),
+        cmocka_unit_test(test_logprob_exact),
+        cmocka_unit_test(test_temperature_ratio),
+        cmocka_unit_test(test_same_seed_same_tokens),
+        cmocka_unit_test(test_top_k_restricts),
+        cmocka_unit_test(test_top_p_and_min_p),
+        cmocka_unit_test(test_repetition_penalty),
+        cmocka_unit_test(test_repetition_penalty_negative),
+        cmocka_unit_test(test_validation),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

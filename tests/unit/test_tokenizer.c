@@ -19,6 +19,8 @@
 #include "model/gguf.h"
 #include "model/tokenizer.h"
 
+#include "unit.h"
+
 #define REF   TSR_SOURCE_DIR "/tests/reference/"
 #define MODEL TSR_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -243,21 +245,10 @@ static void encode_ok(tsr_tokenizer_t *t, const char *s, int bos, int special, i
 
 /* ---- the tokenizers ------------------------------------------------------------------- */
 
-static int have_model(void)
-{
-    FILE *f = fopen(MODEL, "rb");
-    if (!f) return 0;
-    fclose(f);
-    return 1;
-}
-
 static void test_smollm2_gguf(void **state)
 {
     (void)state;
-    if (!have_model()) {
-        fprintf(stderr, "%s missing (scripts/fetch_model.sh): skipped\n", MODEL);
-        skip();
-    }
+    if (tsr_test_missing(MODEL, "run scripts/fetch_model.sh")) return;
     tsr_tokenizer_t *t = load_gguf(MODEL);
     assert_int_equal(tsr_tokenizer_n_vocab(t), 49152);
     assert_int_equal(check_golden(t, REF "tokenizer_golden_smollm2.json", "smollm2 gguf", NULL), 0);
@@ -411,7 +402,7 @@ static void test_smollm2_specials(void **state)
     tsr_tokenizer_t *t = load_json(REF "smollm2_tokenizer.json");
     check_smollm2_specials(t, 0);
     tsr_tokenizer_free(t);
-    if (have_model()) {
+    if (!tsr_test_missing(MODEL, "run scripts/fetch_model.sh")) {
         t = load_gguf(MODEL);
         check_smollm2_specials(t, 1);
         tsr_tokenizer_free(t);
@@ -707,5 +698,5 @@ int main(void)
         cmocka_unit_test(test_invalid_utf8),     cmocka_unit_test(test_lossy_decode),
         cmocka_unit_test(test_bad_files),        cmocka_unit_test(test_speed),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return tsr_test_exit(cmocka_run_group_tests(tests, NULL, NULL));
 }

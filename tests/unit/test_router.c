@@ -1,0 +1,224 @@
+/* The coordinator's router as a unit (coordinator/router.c): least-loaded picks with loads that
+ * follow progress and release, the avoided group, groups that leave (remove, retain, a new
+ * generation) while requests still hold them, waiting for a ready group, and the snapshot list.
+ * Channels are gRPC's, created lazily: no server needs to listen at the addresses. */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "common/log.h"
+#include "coordinator/router.h"
+
+/* The outstanding load of a group, from the snapshot; -1 if it is not ready. */
+static int64_t load_of(tsr_router_t *r, const char *group)
+{
+    struct tsr_route_info info[8];
+    int n = tsr_router_list(r, info, 8);
+    for (int i = 0; i < n && i < 8; i++)
+        if (!strcmp(info[i].group, group)) return info[i].outstanding;
+    return -1;
+}
+
+static void test_empty(void **state)
+{
+    tsr_router_t *r = tsr_router_new();
+    assert_non_null(r);
+    assert_null(tsr_router_pick(r, 10, NULL));
+    assert_int_equal(tsr_router_n_ready(r), 0);
+    double t0 = tsr_now();
+    assert_int_equal(tsr_router_wait_ready(r, 100), 0);
+    assert_true(tsr_now() - t0 >= 0.09); /* it waited */
+    tsr_router_remove(r, "nobody");      /* unknown: no-op */
+    tsr_router_free(r);
+}
+
+static void test_least_loaded(void **state)
+{
+    tsr_router_t *r = tsr_router_new();
+    assert_int_equal(tsr_router_upsert(r, "a", "127.0.0.1:1", 1), 0);
+    assert_int_equal(tsr_router_upsert(r, "b", "127.0.0.1:2", 1), 0);
+    assert_int_equal(tsr_router_n_ready(r), 2);
+    tsr_route_t *x = tsr_router_pick(r, 100, NULL);
+    assert_non_null(x);
+    const char *first = tsr_route_name(x), *other = strcmp(first, "a") ? "a" : "b";
+    assert_string_equal(tsr_route_addr(x), strcmp(first, "a") ? "127.0.0.1:2" : "127.0.0.1:1");
+    assert_non_null(tsr_route_channel(x));
+    /* the other group has nothing: it takes the next two, until its load passes 100 */
+    tsr_route_t *y = tsr_router_pick(r, 60, NULL);
+    assert_string_equal(tsr_route_name(y), other);
+    tsr_route_t *z = tsr_router_pick(r, 60, NULL);
+    assert_string_equal(tsr_route_name(z), other);
+    assert_int_equal(load_of(r, first), 100);
+    assert_int_equal(load_of(r, other), 120);
+    tsr_route_t *w = tsr_router_pick(r, 1, NULL); /* 100 < 120 */
+    assert_string_equal(tsr_route_name(w), first);
+    /* tokens arrive: progress takes them off; release drops what is left */
+    tsr_route_progress(r, y, 50);
+    assert_int_equal(load_of(r, other), 70);
+    tsr_route_release(r, y, 10);
+    tsr_route_release(r, z, 60);
+    assert_int_equal(load_of(r, other), 0);
+    tsr_route_release(r, x, 100);
+    tsr_route_release(r, w, 1);
+    assert_int_equal(load_of(r, first), 0);
+    tsr_route_release(r, NULL, 5); /* no route: no-op */
+    tsr_router_free(r);
+}
+
+static void test_avoid(void **state)
+{
+    tsr_router_t *r = tsr_router_new();
+    assert_int_equal(tsr_router_upsert(r, "a", "127.0.0.1:1", 1), 0);
+    tsr_route_t *x = tsr_router_pick(r, 5, NULL);
+    assert_null(tsr_router_pick(r, 5, x)); /* the only group is the avoided one */
+    assert_int_equal(load_of(r, "a"), 5);  /* and a failed pick adds no load */
+    assert_int_equal(tsr_router_upsert(r, "b", "127.0.0.1:2", 1), 0);
+    tsr_route_t *y = tsr_router_pick(r, 1000, NULL); /* b: the least loaded */
+    assert_string_equal(tsr_route_name(y), "b");
+    tsr_route_t *z = tsr_router_pick(r, 1, y); /* a anyway, as b is avoided */
+    assert_string_equal(tsr_route_name(z), "a");
+    tsr_route_release(r, z, 1);
+    z = tsr_router_pick(r, 1, x); /* b, though more loaded, as a is avoided */
+    assert_string_equal(tsr_route_name(z), "b");
+    tsr_route_release(r, z, 1);
+    tsr_route_release(r, y, 1000);
+    tsr_route_release(r, x, 5);
+    tsr_router_free(r);
+}
+
+/* A group that leaves routing is dead to the requests that hold it, which can still read it and
+ * release it (the route lives until its last reference: ASan checks the frees). */
+static void test_groups_leave(void **state)
+{
+    tsr_router_t *r = tsr_router_new();
+    assert_int_equal(tsr_router_upsert(r, "a", "127.0.0.1:1", 1), 0);
+    assert_int_equal(tsr_router_upsert(r, "b", "127.0.0.1:2", 1), 0);
+    assert_int_equal(tsr_router_upsert(r, "c", "127.0.0.1:3", 1), 0);
+    tsr_route_t *held[3];
+    for (int i = 0; i < 3; i++) held[i] = tsr_router_pick(r, 10, NULL);
+    tsr_route_t *a = NULL, *b = NULL, *c = NULL;
+    for (int i = 0; i < 3; i++) {
+        const char *n = tsr_route_name(held[i]);
+        if (!strcmp(n, "a")) a = held[i];
+        if (!strcmp(n, "b")) b = held[i];
+        if (!strcmp(n, "c")) c = held[i];
+    }
+    assert_true(a && b && c); /* equal loads spread over all three */
+
+    /* the same generation and address again: nothing changes */
+    assert_int_equal(tsr_router_upsert(r, "a", "127.0.0.1:1", 1), 0);
+    assert_true(tsr_route_alive(r, a));
+    assert_int_equal(load_of(r, "a"), 10);
+
+    /* a new generation replaces the group: requests on the old one see it dead */
+    assert_int_equal(tsr_router_upsert(r, "a", "127.0.0.1:11", 2), 0);
+    assert_false(tsr_route_alive(r, a));
+    assert_string_equal(tsr_route_addr(a), "127.0.0.1:1");
+    assert_int_equal(load_of(r, "a"), 0);
+    struct tsr_route_info info[4];
+    assert_int_equal(tsr_router_list(r, info, 4), 3);
+    /* so does a new address in the same generation */
+    tsr_route_t *a2 = tsr_router_pick(r, 1, NULL);
+    assert_string_equal(tsr_route_name(a2), "a");
+    assert_string_equal(tsr_route_addr(a2), "127.0.0.1:11");
+    assert_int_equal(tsr_router_upsert(r, "a", "127.0.0.1:12", 2), 0);
+    assert_false(tsr_route_alive(r, a2));
+
+    tsr_router_remove(r, "b");
+    assert_false(tsr_route_alive(r, b));
+    assert_true(tsr_route_alive(r, c));
+    assert_int_equal(tsr_router_n_ready(r), 2);
+    assert_int_equal(load_of(r, "b"), -1);
+
+    /* after a re-listing only "a" is left */
+    const char *keep[] = {"a", "zz"};
+    tsr_router_retain(r, keep, 2);
+    assert_false(tsr_route_alive(r, c));
+    assert_int_equal(tsr_router_n_ready(r), 1);
+    for (int k = 0; k < 5; k++) {
+        tsr_route_t *g = tsr_router_pick(r, 1, NULL);
+        assert_string_equal(tsr_route_name(g), "a");
+        assert_true(tsr_route_alive(r, g));
+        tsr_route_release(r, g, 1);
+    }
+    /* the dead routes are still readable until released */
+    assert_string_equal(tsr_route_name(b), "b");
+    for (int i = 0; i < 3; i++) tsr_route_release(r, held[i], 10);
+    tsr_route_release(r, a2, 1);
+    tsr_router_retain(r, NULL, 0);
+    assert_int_equal(tsr_router_n_ready(r), 0);
+    assert_null(tsr_router_pick(r, 1, NULL));
+    tsr_router_free(r);
+}
+
+static void test_snapshot(void **state)
+{
+    tsr_router_t *r = tsr_router_new();
+    char name[8], addr[32];
+    for (int i = 0; i < 5; i++) {
+        snprintf(name, sizeof name, "g%d", i);
+        snprintf(addr, sizeof addr, "10.0.0.%d:50051", i);
+        assert_int_equal(tsr_router_upsert(r, name, addr, 100 + i), 0);
+    }
+    struct tsr_route_info info[5];
+    assert_int_equal(tsr_router_list(r, info, 2), 5); /* how many there are, cap or not */
+    assert_int_equal(tsr_router_list(r, info, 5), 5);
+    int seen = 0;
+    for (int i = 0; i < 5; i++) {
+        int k = info[i].group[1] - '0';
+        assert_true(k >= 0 && k < 5);
+        seen |= 1 << k;
+        snprintf(addr, sizeof addr, "10.0.0.%d:50051", k);
+        assert_string_equal(info[i].addr, addr);
+        assert_int_equal(info[i].generation, 100 + k);
+        assert_int_equal(info[i].outstanding, 0);
+    }
+    assert_int_equal(seen, 31);
+    tsr_router_free(r);
+}
+
+struct later {
+    tsr_router_t *r;
+    int delay_ms;
+};
+
+static void *upsert_later(void *p)
+{
+    struct later *l = p;
+    usleep((useconds_t)l->delay_ms * 1000);
+    tsr_router_upsert(l->r, "late", "127.0.0.1:9", 1);
+    return NULL;
+}
+
+/* A waiter wakes when a group becomes ready, not at its deadline. */
+static void test_wait_ready_wakes(void **state)
+{
+    tsr_router_t *r = tsr_router_new();
+    struct later l = {r, 100};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, upsert_later, &l), 0);
+    double t0 = tsr_now();
+    assert_int_equal(tsr_router_wait_ready(r, 20000), 1);
+    double dt = tsr_now() - t0;
+    pthread_join(th, NULL);
+    assert_true(dt >= 0.09 && dt < 10);
+    assert_int_equal(tsr_router_wait_ready(r, 0), 1); /* ready already: no wait */
+    tsr_router_free(r);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_empty),    cmocka_unit_test(test_least_loaded),
+        cmocka_unit_test(test_avoid),    cmocka_unit_test(test_groups_leave),
+        cmocka_unit_test(test_snapshot), cmocka_unit_test(test_wait_ready_wakes),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,42 @@
+/* Helpers the unit test programs share (static: one copy per program, each uses what it needs).
+ *
+ * Skips that ctest can see. cmocka's skip() lets the program exit 0, which ctest counts as a
+ * pass; a test whose input (the default model, an oracle's golden) is missing instead says why on
+ * stderr, returns, and main ends with tsr_test_exit(): 77 when something was skipped and nothing
+ * failed, which tests/CMakeLists.txt declares as SKIP_RETURN_CODE. scripts/test.sh prints the
+ * reasons (the lines with "skipped"). One copy per test program. */
+#ifndef TSR_TESTS_UNIT_UNIT_H
+#define TSR_TESTS_UNIT_UNIT_H
+
+#include <math.h>
+#include <stdio.h>
+#include <unistd.h>
+
+static int tsr_test_n_skipped;
+
+/* 1 (and the reason printed) when path cannot be read; how says what makes it. */
+static inline int tsr_test_missing(const char *path, const char *how)
+{
+    if (access(path, R_OK) == 0) return 0;
+    fprintf(stderr, "skipped: %s is missing (%s)\n", path, how);
+    tsr_test_n_skipped++;
+    return 1;
+}
+
+/* main's exit status from cmocka_run_group_tests' result. */
+static inline int tsr_test_exit(int failed)
+{
+    return failed ? failed : tsr_test_n_skipped ? 77 : 0;
+}
+
+/* log softmax(x)[t] in float64: the reference for every logprob. */
+static inline double tsr_test_log_softmax(const float *x, int n, int t)
+{
+    double m = x[0], sum = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > m) m = x[i];
+    for (int i = 0; i < n; i++) sum += exp((double)x[i] - m);
+    return (double)x[t] - m - log(sum);
+}
+
+#endif
