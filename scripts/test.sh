@@ -26,10 +26,11 @@ cmake -S "$root" -B "$root/build-asan" -DCMAKE_BUILD_TYPE=Debug -DTESSERA_CUDA=O
   -DTESSERA_SANITIZE=address,undefined -DCMAKE_C_FLAGS_DEBUG="-O1 -g" >/dev/null
 cmake --build "$root/build-asan" -j"$jobs"
 (cd "$root/build-asan" && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j"$jobs" -E '^integration$')
-echo "-- integration tests under ASan + UBSan: bad requests, cancellation, shutdown"
-(cd "$root" && ASAN_OPTIONS=detect_leaks=1 /usr/bin/python3 -m pytest -q -x -p no:cacheprovider \
-  tests/integration/test_bad_requests.py tests/integration/test_cancel.py \
+echo "-- integration tests under ASan + UBSan: bad requests, the response path, cancellation, drain, shutdown"
+(cd "$root" && ASAN_OPTIONS=detect_leaks=1 TSR_RANDOM_PROMPTS=64 /usr/bin/python3 -m pytest -q -x \
+  -p no:cacheprovider tests/integration/test_bad_requests.py tests/integration/test_cancel.py \
   tests/integration/test_strings.py tests/integration/test_lifecycle.py \
+  tests/integration/test_response_path.py tests/integration/test_drain.py \
   --tessera="$root/build-asan/tessera")
 
 echo "== fuzzing (${FUZZ_SECONDS:-60} s per target)"
