@@ -80,5 +80,12 @@ int tsr_rdv_nccl(tsr_etcd_t *e, const char *prefix, const char *group, int64_t g
     if (!rc)
         rc = rank == 0 ? tsr_rdv_publish(e, prefix, group, generation, lease, id, sizeof id)
                        : tsr_rdv_wait(e, prefix, group, generation, timeout_ms, id, sizeof id);
-    return rc ? rc : tsr_comm_nccl_from_id(id, rank, size, device, cuda_stream, out);
+    if (rc || !(rc = tsr_comm_nccl_from_id(id, rank, size, device, cuda_stream, out)) || rank)
+        return rc;
+    /* rank 0 cannot join: take the id back, so the others time out with a message naming the
+     * group instead of waiting in NCCL for a rank that will not come */
+    char key[512];
+    rdv_key(key, sizeof key, prefix, group, generation);
+    tsr_etcd_delete(e, key, 0);
+    return rc;
 }

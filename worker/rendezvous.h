@@ -29,8 +29,8 @@ int tsr_rdv_wait(tsr_etcd_t *e, const char *prefix, const char *group, int64_t g
                  int timeout_ms, void *blob, size_t len);
 
 /* A group's NCCL communicator through etcd (tsr_comm_nccl_from_id): rank 0 makes the unique id
- * and publishes it; the other ranks wait for it (timeout_ms); then all join. Without CUDA:
- * TSR_EUNSUPPORTED. */
+ * and publishes it; the other ranks wait for it (timeout_ms); then all join. A rank 0 that cannot
+ * join takes its id back. Without CUDA: TSR_EUNSUPPORTED. */
 int tsr_rdv_nccl(tsr_etcd_t *e, const char *prefix, const char *group, int64_t generation,
                  int64_t lease, int rank, int size, int device, void *cuda_stream, int timeout_ms,
                  tsr_comm_t **out);
