@@ -209,6 +209,8 @@ MUST_FAIL = [
     (["--set", "coordinator.drainTimeoutSeconds=60", "--set", "coordinator.terminationGracePeriodSeconds=30"],
      "must exceed"),
     (["--set", "model.hostPath=/m", "--set", "model.existingClaim=c"], "not both"),
+    (["--set", "workers.replica=2"], "replica"),  # a misspelled value is refused, not ignored
+    (["--set", "workers.leaderWorkerSet.restartPolicy=RecreateGroupOnRestart"], "restartPolicy"),
 ]
 
 LWS_SCHEMA_PATH = ""
