@@ -10,6 +10,7 @@
 #include "common/log.h"
 #include "common/rpc.h"
 #include "common/status.h"
+#include "grpc/health/v1/health.pb-c.h"
 #include "tessera/v1/worker.pb-c.h"
 
 /* One Worker.Generate call: shared by its handler thread and the engine thread, under l->mu. The
@@ -385,6 +386,34 @@ static void handle_stats(tsr_rpc_call_t *call, void *arg)
     tsr_rpc_call_finish(call, TSR_RPC_OK, NULL);
 }
 
+/* grpc.health.v1.Health/Check, for probes (Kubernetes' gRPC probe): SERVING while the engine
+ * runs, NOT_SERVING once the group failed or the leader is stopping. Services other than "" and
+ * tessera.v1.Worker are NOT_FOUND. */
+static void handle_health(tsr_rpc_call_t *call, void *arg)
+{
+    struct tsr_leader *l = arg;
+    Grpc__Health__V1__HealthCheckRequest *r =
+        (Grpc__Health__V1__HealthCheckRequest *)tsr_rpc_call_unpack(
+            call, &grpc__health__v1__health_check_request__descriptor);
+    if (!r) {
+        tsr_rpc_call_finish(call, TSR_RPC_INVALID_ARGUMENT, "malformed HealthCheckRequest");
+        return;
+    }
+    if (r->service && r->service[0] && strcmp(r->service, "tessera.v1.Worker")) {
+        tsr_rpc_call_finishf(call, TSR_RPC_NOT_FOUND, "unknown service '%s'", r->service);
+    } else {
+        Grpc__Health__V1__HealthCheckResponse resp = GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__INIT;
+        pthread_mutex_lock(&l->mu);
+        int ok = !l->failed && !l->stop;
+        pthread_mutex_unlock(&l->mu);
+        resp.status = ok ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
+                         : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;
+        tsr_rpc_call_send_pb(call, &resp.base);
+        tsr_rpc_call_finish(call, TSR_RPC_OK, NULL);
+    }
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+}
+
 int tsr_leader_start(tsr_engine_t *e, const char *listen, tsr_leader_t **out, int *port)
 {
     struct tsr_leader *l = calloc(1, sizeof *l);
@@ -402,8 +431,11 @@ int tsr_leader_start(tsr_engine_t *e, const char *listen, tsr_leader_t **out, in
     const struct tsr_rpc_method methods[] = {
         {"/tessera.v1.Worker/Generate", handle_generate, l},
         {"/tessera.v1.Worker/Stats", handle_stats, l},
+        {"/grpc.health.v1.Health/Check", handle_health, l},
     };
-    if ((rc = tsr_rpc_server_start(listen, methods, 2, 4096, &l->srv, port))) goto fail_srv;
+    if ((rc = tsr_rpc_server_start(listen, methods, (int)(sizeof methods / sizeof *methods), 4096,
+                                   &l->srv, port)))
+        goto fail_srv;
     *out = l;
     return 0;
 fail_srv:
