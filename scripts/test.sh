@@ -5,6 +5,7 @@
 #  2. builds with AddressSanitizer + UndefinedBehaviorSanitizer and runs the tests again (the
 #     integration suite's request-handling part: the rest repeats the same code paths slowly);
 #  3. builds the libFuzzer targets with clang and runs each for FUZZ_SECONDS (default 60).
+# Between 1 and 2, the Helm chart's offline checks (scripts/check_k8s.sh).
 # Set TESSERA_QUICK=1 to run only step 1.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -20,6 +21,9 @@ cmake --build "$root/build" -j"$jobs"
 grep -h -i "skipped" "$root/build/Testing/Temporary/LastTest.log" | sed 's/^/skip reason: /' || true
 
 [ "${TESSERA_QUICK:-0}" = 1 ] && exit 0
+
+echo "== deploy/k8s: helm lint, rendered objects against Kubernetes schemas"
+bash "$root/scripts/check_k8s.sh"
 
 echo "== unit tests under ASan + UBSan"
 cmake -S "$root" -B "$root/build-asan" -DCMAKE_BUILD_TYPE=Debug -DTESSERA_CUDA=OFF \
