@@ -30,6 +30,7 @@
 #include "kernels/backend.h"
 #include "model/model.h"
 #include "tools/cli.h"
+#include "worker/step.h"
 #include "worker/engine.h"
 #include "worker/group.h"
 #if TSR_HAVE_CUDA
@@ -674,7 +675,7 @@ int tsr_cmd_bench(int argc, char **argv)
         goto fail;
     if (ranks > 1 && group.rank != 0) {
         struct tsr_runner_opts ro = a.agree ? agree_opts(&a) : batch_layout(&a).ro;
-        if ((rc = tsr_cli_follow(m, b, &ro, &group))) goto fail;
+        if ((rc = tsr_step_follow(m, b, &ro, &group))) goto fail;
     } else if (a.agree) {
         rc = bench_agree(&a, m, b, ranks > 1 ? &group.shard : NULL);
         if (rc == 1) goto out; /* under the bar: said already */

@@ -68,10 +68,6 @@ int tsr_cli_launch_ranks(const char *cmd, const char *model, int tp, int pp, int
 /* CPU threads for each of `ranks` ranks sharing this machine: threads when given (non-zero) or
  * not on the CPU, else the cores shared out (at least 1). */
 int tsr_cli_rank_threads(int threads, int ranks, const char *device);
-/* A follower rank of group g: builds the runner its leader's engine builds (ro) and serves the
- * leader's steps until the leader stops. 0, or the first error. */
-int tsr_cli_follow(tsr_model_t *m, tsr_backend_t *b, const struct tsr_runner_opts *ro,
-                   struct tsr_group *g);
 /* SIGINT and SIGTERM set a flag instead of killing; SIGPIPE is ignored. */
 void tsr_cli_catch_signals(void);
 /* The signal that asked us to stop, or 0. */

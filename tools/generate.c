@@ -11,6 +11,7 @@
 #include "kernels/backend.h"
 #include "model/model.h"
 #include "tools/cli.h"
+#include "worker/step.h"
 #include "worker/engine.h"
 #include "worker/group.h"
 
@@ -227,8 +228,8 @@ int tsr_cmd_generate(int argc, char **argv)
                                  .shard = ranks > 1 ? &group.shard : NULL};
     if (ranks > 1 && group.rank != 0) {
         /* A follower: the same runner the leader's engine builds, serving its steps. */
-        struct tsr_runner_opts ro = {eo.n_blocks, eo.block_size, eo.max_step_tokens};
-        if ((rc = tsr_cli_follow(m, b, &ro, &group)))
+        struct tsr_runner_opts ro = tsr_engine_runner_opts(&eo);
+        if ((rc = tsr_step_follow(m, b, &ro, &group)))
             fprintf(stderr, "tessera generate: rank %d: %s\n", group.rank, tsr_last_error());
         exit_code = rc ? 1 : 0;
         goto out;

@@ -65,16 +65,6 @@ int tsr_cli_rank_threads(int threads, int ranks, const char *device)
     return cores > ranks ? (int)(cores / ranks) : 1;
 }
 
-int tsr_cli_follow(tsr_model_t *m, tsr_backend_t *b, const struct tsr_runner_opts *ro,
-                   struct tsr_group *g)
-{
-    tsr_runner_t *r = NULL;
-    int rc = tsr_runner_new(m, b, ro, &g->shard, &r);
-    if (!rc) rc = tsr_runner_follow(r);
-    tsr_runner_free(r);
-    return rc;
-}
-
 static volatile sig_atomic_t stop_signal, n_signals;
 
 static void on_signal(int sig)

@@ -15,6 +15,7 @@
 #include "kernels/backend.h"
 #include "model/model.h"
 #include "tools/cli.h"
+#include "worker/step.h"
 #include "worker/engine.h"
 #include "worker/group.h"
 #include "worker/leader.h"
@@ -237,8 +238,8 @@ int tsr_cmd_worker(int argc, char **argv)
                                  .max_context = c->n_ctx_train,
                                  .shard = ranks > 1 ? &group.shard : NULL};
     if (ranks > 1 && group.rank != 0) {
-        struct tsr_runner_opts ro = {eo.n_blocks, eo.block_size, eo.max_step_tokens};
-        if ((rc = tsr_cli_follow(m, b, &ro, &group)))
+        struct tsr_runner_opts ro = tsr_engine_runner_opts(&eo);
+        if ((rc = tsr_step_follow(m, b, &ro, &group)))
             fprintf(stderr, "tessera worker: rank %d: %s\n", group.rank, tsr_last_error());
         exit_code = rc ? 1 : 0;
         goto out;

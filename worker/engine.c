@@ -65,6 +65,11 @@ const char *tsr_finish_name(enum tsr_finish f)
     return "unknown";
 }
 
+struct tsr_runner_opts tsr_engine_runner_opts(const struct tsr_engine_opts *o)
+{
+    return (struct tsr_runner_opts){o->n_blocks, o->block_size, o->max_step_tokens};
+}
+
 int tsr_engine_new(tsr_model_t *m, tsr_backend_t *b, const struct tsr_engine_opts *o,
                    tsr_engine_t **out)
 {
@@ -81,7 +86,7 @@ int tsr_engine_new(tsr_model_t *m, tsr_backend_t *b, const struct tsr_engine_opt
         e->o.max_context = c->n_ctx_train;
     e->n_vocab = c->n_vocab;
     e->max_blocks = (e->o.max_context + o->block_size - 1) / o->block_size;
-    struct tsr_runner_opts ro = {o->n_blocks, o->block_size, o->max_step_tokens};
+    struct tsr_runner_opts ro = tsr_engine_runner_opts(o);
     int rc = tsr_runner_new(m, b, &ro, o->shard, &e->runner);
     if (!rc) rc = tsr_kv_pool_init(&e->pool, o->n_blocks, o->block_size);
     if (rc) goto fail;

@@ -35,6 +35,10 @@ struct tsr_engine_opts {
     const struct tsr_runner_shard *shard; /* this leader's group, or NULL for one process */
 };
 
+/* The runner options of an engine with options o: what its group's followers must build theirs
+ * from too (worker/step.h). */
+struct tsr_runner_opts tsr_engine_runner_opts(const struct tsr_engine_opts *o);
+
 struct tsr_request {
     const int32_t *prompt; /* copied by tsr_engine_add */
     int n_prompt;

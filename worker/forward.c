@@ -9,6 +9,7 @@
 
 #include "common/status.h"
 #include "worker/sampling.h"
+#include "worker/step.h"
 
 struct layer {
     struct tsr_weight attn_norm;    /* (dim) */
@@ -41,11 +42,6 @@ struct packed {
     struct packed *next;
 };
 
-/* The step as the leader sends it: this header, then the arrays in tsr_step's order. */
-struct step_header {
-    int32_t n_tokens, n_seqs, max_blocks, n_out; /* n_tokens == 0: stop */
-};
-
 struct tsr_runner {
     tsr_backend_t *b;
     struct tsr_model_config cfg; /* the whole model's */
@@ -71,21 +67,20 @@ struct tsr_runner {
     tsr_comm_t *world, *tp;
     int world_rank, world_size, tp_size, pp_size;
     /* step scratch, sized for opts.max_tokens rows */
-    tsr_buf_t *x;         /* (T, dim) residual stream */
-    tsr_buf_t *xn;        /* (T, dim) normed input of the next block */
-    tsr_buf_t *q, *att;   /* (T, n_head*head_dim) */
-    tsr_buf_t *k, *v;     /* (T, n_kv_head*head_dim) */
-    tsr_buf_t *o;         /* (T, dim) block output before the residual add */
-    tsr_buf_t *gate, *up; /* (T, ffn_dim) */
-    tsr_buf_t *h_out;     /* (T, dim) rows whose logits are wanted */
-    tsr_buf_t *logits;    /* (T, vocab_stride) this rank's logits */
-    tsr_buf_t *gathered;  /* (tp, T, vocab_stride) every TP rank's logits; NULL when tp = 1 */
-    int32_t *slot;        /* (T) host */
-    int32_t *local_ids;   /* (T) host: ids relative to this rank's vocabulary rows, or -1 */
-    void *msg;            /* host: the step message */
-    size_t msg_cap;
-    float *host_logits; /* (n_out, n_vocab) host: tsr_runner_forward_argmax's when not on the
-                           device */
+    tsr_buf_t *x;            /* (T, dim) residual stream */
+    tsr_buf_t *xn;           /* (T, dim) normed input of the next block */
+    tsr_buf_t *q, *att;      /* (T, n_head*head_dim) */
+    tsr_buf_t *k, *v;        /* (T, n_kv_head*head_dim) */
+    tsr_buf_t *o;            /* (T, dim) block output before the residual add */
+    tsr_buf_t *gate, *up;    /* (T, ffn_dim) */
+    tsr_buf_t *h_out;        /* (T, dim) rows whose logits are wanted */
+    tsr_buf_t *logits;       /* (T, vocab_stride) this rank's logits */
+    tsr_buf_t *gathered;     /* (tp, T, vocab_stride) every TP rank's logits; NULL when tp = 1 */
+    int32_t *slot;           /* (T) host */
+    int32_t *local_ids;      /* (T) host: ids relative to this rank's vocabulary rows, or -1 */
+    struct tsr_step_msg msg; /* the step as sent to or received from the group */
+    float *host_logits;      /* (n_out, n_vocab) host: tsr_runner_forward_argmax's when not on the
+                                device */
     size_t host_logits_cap;
     /* Decode graphs: one rank on a backend with graphs, unless TESSERA_GRAPHS=0. */
     int graphs;
@@ -407,8 +402,7 @@ fail:
 
 static void stop_followers(tsr_runner_t *r)
 {
-    struct step_header h = {0, 0, 0, 0};
-    if (r->world_size > 1 && r->world_rank == 0) tsr_comm_broadcast_host(r->world, &h, sizeof h, 0);
+    if (r->world_size > 1 && r->world_rank == 0) tsr_step_send_stop(r->world);
 }
 
 static void free_graphs(tsr_runner_t *r)
@@ -454,7 +448,7 @@ void tsr_runner_free(tsr_runner_t *r)
     }
     free(r->slot);
     free(r->local_ids);
-    free(r->msg);
+    tsr_step_msg_free(&r->msg);
     free(r->host_logits);
     free(r);
 }
@@ -784,39 +778,6 @@ static int forward_one(tsr_runner_t *r, const struct tsr_step *st, const struct 
     return graphable(r, st) ? forward_graph(r, st, o) : forward_local(r, st, o);
 }
 
-/* The step message: header then ids, pos, seq (n_tokens each), block tables, out_rows. */
-static size_t step_bytes(const struct step_header *h)
-{
-    return sizeof *h + sizeof(int32_t) *
-                           (3 * (size_t)h->n_tokens + (size_t)h->n_seqs * h->max_blocks + h->n_out);
-}
-
-static int ensure_msg(tsr_runner_t *r, size_t n)
-{
-    if (n <= r->msg_cap) return 0;
-    void *p = realloc(r->msg, n);
-    if (!p) return tsr_errorf(TSR_ENOMEM, "out of memory for a %zu-byte step", n);
-    r->msg = p;
-    r->msg_cap = n;
-    return 0;
-}
-
-/* Points st's arrays into the message after its header. */
-static void step_from_msg(void *msg, struct tsr_step *st)
-{
-    const struct step_header *h = msg;
-    int32_t *a = (int32_t *)((char *)msg + sizeof *h);
-    st->n_tokens = h->n_tokens;
-    st->n_seqs = h->n_seqs;
-    st->max_blocks = h->max_blocks;
-    st->n_out = h->n_out;
-    st->ids = a;
-    st->pos = a + h->n_tokens;
-    st->seq = a + 2 * h->n_tokens;
-    st->block_tables = a + 3 * h->n_tokens;
-    st->out_rows = st->block_tables + (size_t)h->n_seqs * h->max_blocks;
-}
-
 /* The last stage's first TP rank sends the logits to the leader when they are not one rank. */
 static int logits_home(const tsr_runner_t *r)
 {
@@ -830,20 +791,7 @@ int tsr_runner_forward(tsr_runner_t *r, const struct tsr_step *st, float *logits
     if (r->world_size == 1) return forward_one(r, st, &o);
     if (r->world_rank != 0)
         return tsr_errorf(TSR_EINVAL, "only the group leader (rank 0) drives steps");
-    /* One message per step: a fixed header, then the arrays. */
-    struct step_header h = {st->n_tokens, st->n_seqs, st->max_blocks, st->n_out};
-    size_t n = step_bytes(&h);
-    TRY(ensure_msg(r, n));
-    int32_t *a = (int32_t *)((char *)r->msg + sizeof h);
-    memcpy(r->msg, &h, sizeof h);
-    memcpy(a, st->ids, sizeof *a * (size_t)h.n_tokens);
-    memcpy(a + h.n_tokens, st->pos, sizeof *a * (size_t)h.n_tokens);
-    memcpy(a + 2 * h.n_tokens, st->seq, sizeof *a * (size_t)h.n_tokens);
-    memcpy(a + 3 * h.n_tokens, st->block_tables, sizeof *a * (size_t)h.n_seqs * h.max_blocks);
-    memcpy(a + 3 * h.n_tokens + (size_t)h.n_seqs * h.max_blocks, st->out_rows,
-           sizeof *a * (size_t)h.n_out);
-    TRY(tsr_comm_broadcast_host(r->world, &h, sizeof h, 0));
-    TRY(tsr_comm_broadcast_host(r->world, r->msg, n, 0));
+    TRY(tsr_step_send(r->world, st, &r->msg));
     TRY(forward_local(r, st, &o));
     if (logits_home(r) != 0 && st->n_out > 0)
         TRY(tsr_comm_recv_host(r->world, logits, (size_t)st->n_out * r->cfg.n_vocab * sizeof(float),
@@ -861,14 +809,9 @@ int tsr_runner_follow(tsr_runner_t *r)
         !(logits = malloc((size_t)r->opts.max_tokens * r->cfg.n_vocab * sizeof(float))))
         return tsr_errorf(TSR_ENOMEM, "out of memory for logits");
     for (;;) {
-        struct step_header h;
-        if ((rc = tsr_comm_broadcast_host(r->world, &h, sizeof h, 0))) break;
-        if (h.n_tokens == 0) break; /* the leader stopped */
-        size_t n = step_bytes(&h);
-        if ((rc = ensure_msg(r, n)) || (rc = tsr_comm_broadcast_host(r->world, r->msg, n, 0)))
-            break;
         struct tsr_step st;
-        step_from_msg(r->msg, &st);
+        int stop;
+        if ((rc = tsr_step_recv(r->world, &r->msg, &st, &stop)) || stop) break;
         /* Every rank checked the same step on the leader's side; a follower that disagrees is
          * out of step with its group, and stops. */
         struct step_out o = {.logits = logits};

@@ -1,0 +1,94 @@
+#include "worker/step.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/status.h"
+
+/* The message: this header, then ids, pos, seq (n_tokens each), block tables, out_rows. */
+struct step_header {
+    int32_t n_tokens, n_seqs, max_blocks, n_out; /* n_tokens == 0: stop */
+};
+
+static size_t step_bytes(const struct step_header *h)
+{
+    return sizeof *h + sizeof(int32_t) *
+                           (3 * (size_t)h->n_tokens + (size_t)h->n_seqs * h->max_blocks + h->n_out);
+}
+
+static int ensure(struct tsr_step_msg *m, size_t n)
+{
+    if (n <= m->cap) return 0;
+    void *p = realloc(m->buf, n);
+    if (!p) return tsr_errorf(TSR_ENOMEM, "out of memory for a %zu-byte step", n);
+    m->buf = p;
+    m->cap = n;
+    return 0;
+}
+
+void tsr_step_msg_free(struct tsr_step_msg *m)
+{
+    free(m->buf);
+    m->buf = NULL;
+    m->cap = 0;
+}
+
+int tsr_step_send(tsr_comm_t *world, const struct tsr_step *st, struct tsr_step_msg *m)
+{
+    struct step_header h = {st->n_tokens, st->n_seqs, st->max_blocks, st->n_out};
+    size_t n = step_bytes(&h);
+    int rc = ensure(m, n);
+    if (rc) return rc;
+    int32_t *a = (int32_t *)((char *)m->buf + sizeof h);
+    size_t T = (size_t)h.n_tokens, B = (size_t)h.n_seqs * h.max_blocks;
+    memcpy(m->buf, &h, sizeof h);
+    memcpy(a, st->ids, sizeof *a * T);
+    memcpy(a + T, st->pos, sizeof *a * T);
+    memcpy(a + 2 * T, st->seq, sizeof *a * T);
+    memcpy(a + 3 * T, st->block_tables, sizeof *a * B);
+    memcpy(a + 3 * T + B, st->out_rows, sizeof *a * (size_t)h.n_out);
+    /* the header first, so a follower knows how much follows */
+    if ((rc = tsr_comm_broadcast_host(world, &h, sizeof h, 0))) return rc;
+    return tsr_comm_broadcast_host(world, m->buf, n, 0);
+}
+
+int tsr_step_send_stop(tsr_comm_t *world)
+{
+    struct step_header h = {0, 0, 0, 0};
+    return tsr_comm_broadcast_host(world, &h, sizeof h, 0);
+}
+
+int tsr_step_recv(tsr_comm_t *world, struct tsr_step_msg *m, struct tsr_step *st, int *stop)
+{
+    struct step_header h;
+    int rc = tsr_comm_broadcast_host(world, &h, sizeof h, 0);
+    if (rc) return rc;
+    *stop = h.n_tokens == 0;
+    if (*stop) return 0;
+    if (h.n_tokens < 0 || h.n_seqs < 0 || h.max_blocks < 0 || h.n_out < 0)
+        return tsr_errorf(TSR_EFORMAT, "a step header with negative counts: out of step");
+    size_t n = step_bytes(&h);
+    if ((rc = ensure(m, n)) || (rc = tsr_comm_broadcast_host(world, m->buf, n, 0))) return rc;
+    int32_t *a = (int32_t *)((char *)m->buf + sizeof h);
+    st->n_tokens = h.n_tokens;
+    st->n_seqs = h.n_seqs;
+    st->max_blocks = h.max_blocks;
+    st->n_out = h.n_out;
+    st->ids = a;
+    st->pos = a + h.n_tokens;
+    st->seq = a + 2 * h.n_tokens;
+    st->block_tables = a + 3 * h.n_tokens;
+    st->out_rows = st->block_tables + (size_t)h.n_seqs * h.max_blocks;
+    return 0;
+}
+
+int tsr_step_follow(tsr_model_t *m, tsr_backend_t *b, const struct tsr_runner_opts *ro,
+                    struct tsr_group *g)
+{
+    tsr_runner_t *r = NULL;
+    int rc = tsr_runner_new(m, b, ro, &g->shard, &r);
+    if (!rc) rc = tsr_runner_follow(r);
+    tsr_runner_free(r);
+    return rc;
+}
