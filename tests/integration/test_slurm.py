@@ -11,6 +11,7 @@ Every daemon is stopped by the pid it wrote, even when a test fails.
   - `scancel --batch --signal=TERM` during a load of streams drains the job: new requests get
     UNAVAILABLE, every stream completes correctly or ends UNAVAILABLE, the job ends COMPLETED or
     CANCELLED (jobcomp/filetxt), and no process of the job is left.
+  - #SBATCH --signal=B:TERM@N (here @100 with --time=2) drains the job before its time limit.
   - A rank killed (SIGKILL, the one on n2): srun ends the step and the script starts the replica
     again; it answers correctly.
   - A bad configuration (too few tasks for replicas x tp x pp; a tp that does not divide the heads)
@@ -278,9 +279,11 @@ def job_logs(cwd, job, n=30):
     return "\n".join("---- %s\n%s" % (p.name, harness.tail(p, n)) for p in files)
 
 
-def job_processes(job):
-    """(pid, command line) of every live process of the job (each carries SLURM_JOB_ID)."""
-    return [(p, cmdline_of(p)) for p in pids_with_env("SLURM_JOB_ID", str(job))]
+def job_processes(slurm, job):
+    """(pid, command line) of every live process of the job (each carries SLURM_JOB_ID and our
+    SLURM_CONF: job ids start at 1 in every test's Slurm)."""
+    return [(p, cmdline_of(p)) for p in pids_with_env("SLURM_JOB_ID", str(job))
+            if environ_of(p).get("SLURM_CONF") == str(slurm.conf)]
 
 
 def test_serves_and_drains(slurm, tessera_bin, model, api, offline):
@@ -323,9 +326,9 @@ def test_serves_and_drains(slurm, tessera_bin, model, api, offline):
 
         # the pp 2 group: one rank on each node
         assert (run_dir / "replica-0.hosts").read_text().split() == ["n1", "n2"]
-        ranks = [p for p, c in job_processes(job) if c.split()[:2] == [str(tessera_bin), "worker"]]
+        ranks = [p for p, c in job_processes(slurm, job) if c.split()[:2] == [str(tessera_bin), "worker"]]
         nodes = sorted(environ_of(p).get("SLURMD_NODENAME", "?") for p in ranks)
-        assert nodes == ["n1", "n2"], "worker ranks on %s: %s" % (nodes, job_processes(job))
+        assert nodes == ["n1", "n2"], "worker ranks on %s: %s" % (nodes, job_processes(slurm, job))
 
         # (a) a correct greedy answer
         s = Stream(stub, gen_request(prompt, 16), timeout=60).run()
@@ -378,8 +381,8 @@ def test_serves_and_drains(slurm, tessera_bin, model, api, offline):
         rec = slurm.wait_done(job, DRAIN_S + 60)
         t_end = time.monotonic()
         assert rec["JobState"] in ("COMPLETED", "CANCELLED"), "%s\n%s" % (rec, job_logs(cwd, job))
-        harness.wait_for(lambda: not job_processes(job), 15, interval=0.2,
-                         what="no process of job %d left (%s)" % (job, job_processes(job)))
+        harness.wait_for(lambda: not job_processes(slurm, job), 15, interval=0.2,
+                         what="no process of job %d left (%s)" % (job, job_processes(slurm, job)))
         for port in (env["TESSERA_PORT"], env["TESSERA_ETCD_PORT"]):
             assert not harness.port_open("127.0.0.1", int(port)), "port %s still open" % port
         out = (cwd / ("tessera-%d.out" % job)).read_text()
@@ -396,7 +399,7 @@ def test_serves_and_drains(slurm, tessera_bin, model, api, offline):
                 slurm.wait_done(job, 30)
             except AssertionError:
                 pass
-        for pid, _ in job_processes(job):
+        for pid, _ in job_processes(slurm, job):
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
@@ -410,6 +413,8 @@ def test_serves_and_drains(slurm, tessera_bin, model, api, offline):
      "this allocation has 2 task(s); 2 replica(s) of tp 1 x pp 2 need 4"),
     ("tp does not divide the heads", ["-N", "2", "-n", "2"], {"TESSERA_TP": 2},
      "tp=2 does not divide 9 attention heads"),
+    ("cuda without GPUs", ["-N", "2", "-n", "2"], {"TESSERA_PP": 2, "TESSERA_DEVICE": "cuda"},
+     "TESSERA_DEVICE=cuda but this job has no GPUs"),
 ])
 def test_bad_configuration(slurm, tessera_bin, model, case, args, extra, message):
     cwd = slurm.st / "jobs" / re.sub(r"\W+", "-", case)
@@ -425,5 +430,54 @@ def test_bad_configuration(slurm, tessera_bin, model, case, args, extra, message
     errors = [l for l in out.splitlines() if "error" in l]
     assert len(errors) == 1 and message in errors[0], "%s: want one error with %r:\n%s" % (case, message, out)
     assert not (cwd / ("tessera-%d" % job)).exists(), "%s: the job started something:\n%s" % (case, out)
-    assert not job_processes(job)
+    assert not job_processes(slurm, job)
     print("%s: job %d FAILED (exit 2), script ran %d s, %.1f s after sbatch: %s" % (case, job, ran, took, errors[0]))
+
+
+def test_worker_refuses_configuration(slurm, tessera_bin, model):
+    """A configuration only the workers can refuse (here cuda on a CPU build, with Slurm's GPU
+    options off): the replica is not started again and again, the job ends with exit 2 and
+    leaves nothing running."""
+    cwd = slurm.st / "jobs" / "refused"
+    cwd.mkdir()
+    job = slurm.sbatch(["-N", "2", "-n", "2", "--ntasks-per-node=1"],
+                       job_env(tessera_bin, model, TESSERA_PP=2, TESSERA_DEVICE="cuda", TESSERA_GPU_SRUN_ARGS=""), cwd)
+    rec = slurm.wait_done(job, 90)
+    out = (cwd / ("tessera-%d.out" % job)).read_text()
+    if "stopped (exit 0)" in out or rec["ExitCode"] == "0:0":
+        pytest.skip("this tessera was built with CUDA and found a GPU")
+    assert rec["JobState"] == "FAILED" and rec["ExitCode"] == "2:0", "%s\n%s" % (rec, job_logs(cwd, job))
+    assert "replica-0 exited 2 (bad configuration)" in out and "starting it again" not in out, out
+    assert "without CUDA" in out, out
+    harness.wait_for(lambda: not job_processes(slurm, job), 15, interval=0.2, what="no process of job %d left" % job)
+    print("cuda on a CPU build: job %d FAILED (exit 2) %d s after it started" % (
+        job, seconds(rec["EndTime"]) - seconds(rec["StartTime"])))
+
+
+def test_time_limit_drains(slurm, tessera_bin, model, api, offline):
+    """#SBATCH --signal=B:TERM@N: before the time limit Slurm signals the batch script, which
+    drains and ends the job COMPLETED before the limit. (Slurm checks about once a minute, so the
+    signal comes 20 to 80 s into this 2-minute job.)"""
+    cwd = slurm.st / "jobs" / "time-limit"
+    cwd.mkdir()
+    ref = offline(prompt=PROMPTS[3], max_tokens=8)
+    job = slurm.sbatch(["-N", "2", "-n", "2", "--ntasks-per-node=1", "--time=2", "--signal=B:TERM@100"],
+                       job_env(tessera_bin, model, TESSERA_PP=2, TESSERA_DRAIN_S=20), cwd)
+    try:
+        addr_file = cwd / ("tessera-%d" % job) / "address"
+        harness.wait_for(lambda: addr_file.exists() or not slurm.queued(job), 60, interval=0.2, what=str(addr_file))
+        with grpc.insecure_channel(addr_file.read_text().strip()) as channel:
+            stub = api.rpc.InferenceStub(channel)
+            st = harness.wait_for(lambda: (lambda st: st.code is None and st)(
+                Stream(stub, gen_request(PROMPTS[3], 8), timeout=30).run()), 60, interval=0.5, what="an answer")
+            assert not check_against(st, ref, 8), check_against(st, ref, 8)
+        rec = slurm.wait_done(job, 150)
+        out = (cwd / ("tessera-%d.out" % job)).read_text()
+        ran = seconds(rec["EndTime"]) - seconds(rec["StartTime"])
+        assert rec["JobState"] == "COMPLETED" and ran < 120, "%s (ran %d s)\n%s" % (rec, ran, job_logs(cwd, job))
+        assert "draining" in out and "stopped (exit 0)" in out, out
+        harness.wait_for(lambda: not job_processes(slurm, job), 15, interval=0.2, what="no process of job %d left" % job)
+        print("time limit 2 min, --signal=B:TERM@100: drained and COMPLETED %d s into the job" % ran)
+    finally:
+        if slurm.queued(job):
+            run(["scancel", str(job)], env=slurm.env, check=False)
