@@ -5,7 +5,7 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config python3 python3-pip clang libclang-rt-14-dev
       libpcre2-dev libjansson-dev libcmocka-dev libopenmpi-dev openmpi-bin
       libgrpc-dev libprotobuf-c-dev protobuf-c-compiler libcurl4-openssl-dev etcd-server etcd-client
-      python3-grpcio python3-grpc-tools python3-pytest)
+      python3-grpcio python3-grpc-tools python3-pytest slurm-wlm munge)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
