@@ -161,7 +161,7 @@ static void test_groups_leave(void **state)
 static void test_snapshot(void **state)
 {
     tsr_router_t *r = tsr_router_new();
-    char name[8], addr[32];
+    char name[16], addr[32];
     for (int i = 0; i < 5; i++) {
         snprintf(name, sizeof name, "g%d", i);
         snprintf(addr, sizeof addr, "10.0.0.%d:50051", i);
