@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "common/status.h"
+#include "model/files.h"
 
 /* Reads "<arch>.<suffix>" as an int; missing → dflt if dflt >= 0, else an error. */
 static int gguf_arch_int(const tsr_gguf_t *g, const char *arch, const char *suffix, int dflt,
@@ -110,11 +111,10 @@ static float json_float(json_t *root, const char *key, float dflt)
 
 int tsr_config_from_json(const char *path, struct tsr_model_config *c)
 {
-    json_error_t err;
-    int rc;
+    json_t *root;
     memset(c, 0, sizeof *c);
-    json_t *root = json_load_file(path, 0, &err);
-    if (!root) return tsr_errorf(TSR_EFORMAT, "%s: line %d: %s", path, err.line, err.text);
+    int rc = tsr_json_load(path, "config.json", TSR_MAX_CONFIG_JSON_BYTES, 0, &root);
+    if (rc) return rc;
     if (!json_is_object(root)) {
         rc = tsr_errorf(TSR_EFORMAT, "%s: not a JSON object", path);
         goto out;

@@ -12,6 +12,7 @@
 
 #include "common/checked.h"
 #include "common/status.h"
+#include "model/files.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "the GGUF reader assumes a little-endian host"
@@ -568,25 +569,17 @@ int tsr_gguf_open_mem(const void *buf, size_t len, const char *name, tsr_gguf_t 
 int tsr_gguf_open(const char *path, tsr_gguf_t **out)
 {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return tsr_errorf(TSR_EIO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-        int e = errno;
-        close(fd);
-        return tsr_errorf(TSR_EIO, "%s: cannot stat: %s", path, strerror(e));
-    }
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
-        return tsr_errorf(TSR_EIO, "%s: not a regular file", path);
-    }
+    int fd;
+    size_t size;
+    int rc = tsr_file_open(path, "model file", 0, &fd, &size);
+    if (rc) return rc;
     tsr_gguf_t *g = calloc(1, sizeof *g);
     if (!g || !(g->name = strdup(path))) {
         free(g);
         close(fd);
         return tsr_errorf(TSR_ENOMEM, "%s: out of memory", path);
     }
-    g->len = (size_t)st.st_size;
+    g->len = size;
     g->buf = (const uint8_t *)"";
     if (g->len) {
         void *m = mmap(NULL, g->len, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -594,8 +587,7 @@ int tsr_gguf_open(const char *path, tsr_gguf_t **out)
             int e = errno;
             close(fd);
             gguf_free(g);
-            return tsr_errorf(TSR_EIO, "%s: mmap of %lld bytes failed: %s", path,
-                              (long long)st.st_size, strerror(e));
+            return tsr_errorf(TSR_EIO, "%s: mmap of %zu bytes failed: %s", path, size, strerror(e));
         }
         g->map = m;
         g->buf = m;

@@ -14,6 +14,7 @@
 
 #include "common/checked.h"
 #include "common/status.h"
+#include "model/files.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "the safetensors reader assumes a little-endian host"
@@ -302,16 +303,9 @@ static int add_file(tsr_st_t *st, const char *path)
     if (!(sh->path = strdup(path))) return tsr_errorf(TSR_ENOMEM, "%s: out of memory", path);
     st->n_shards++;
 
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return tsr_errorf(errno == ENOENT ? TSR_ENOTFOUND : TSR_EIO, "%s: cannot open: %s", path,
-                          strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return tsr_errorf(TSR_EIO, "%s: not a readable regular file", path);
-    }
-    sh->len = (size_t)sb.st_size;
+    int fd;
+    int rc = tsr_file_open(path, "safetensors file", 0, &fd, &sh->len);
+    if (rc) return rc;
     if (sh->len) {
         void *m = mmap(NULL, sh->len, PROT_READ, MAP_PRIVATE, fd, 0);
         if (m == MAP_FAILED) {
@@ -376,12 +370,10 @@ static int cmp_cstr(const void *a, const void *b)
  * that every tensor the index names is in the shard it names. */
 static int open_index(tsr_st_t *st, const char *dir, const char *index_path)
 {
-    json_error_t jerr;
-    json_t *root = json_load_file(index_path, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root)
-        return tsr_errorf(TSR_EFORMAT, "%s: not valid JSON: %s (line %d, column %d)", index_path,
-                          jerr.text, jerr.line, jerr.column);
-    int rc = 0;
+    json_t *root;
+    int rc = tsr_json_load(index_path, "shard index", TSR_MAX_INDEX_JSON_BYTES,
+                           JSON_REJECT_DUPLICATES, &root);
+    if (rc) return rc;
     const char **files = NULL;
     json_t *wm = json_is_object(root) ? json_object_get(root, "weight_map") : NULL;
     if (!json_is_object(wm)) {
