@@ -10,6 +10,7 @@
 #include <jansson.h>
 
 #include "common/status.h"
+#include "model/files.h"
 #include "model/safetensors.h"
 
 enum source { SRC_GGUF, SRC_HF, SRC_SYNTHETIC };
@@ -39,6 +40,7 @@ struct tsr_model {
     tsr_st_t *st;
     tsr_tokenizer_t *tok;
     struct tsr_chat chat;
+    const char *chat_family; /* of an unrecognised template, else NULL */
     enum tsr_dtype synth_dtype;
     uint64_t synth_seed;
 };
@@ -54,11 +56,13 @@ static int is_dir(const char *p)
     return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
+/* An unrecognised template leaves the model serving raw prompts; it is marked so that rendering
+ * a conversation with it is an error, never a silent plain-text prompt. */
 static int load_chat(tsr_model_t *m, const char *template_text)
 {
     if (tsr_chat_detect(template_text, m->cfg.arch, &m->chat)) {
-        /* An unrecognised template still serves raw prompts; chat requests get plain text. */
-        memset(&m->chat, 0, sizeof m->chat);
+        m->chat.kind = TSR_CHAT_UNRECOGNISED;
+        m->chat_family = tsr_chat_family(template_text);
     }
     return 0;
 }
@@ -89,13 +93,25 @@ static int open_hf(tsr_model_t *m, const char *dir)
     snprintf(path, sizeof path, "%s/config.json", dir);
     if ((rc = tsr_config_from_json(path, &m->cfg))) return rc;
     if ((rc = tsr_st_open_dir(dir, &m->st))) return rc;
-    if (!tsr_st_find_tensor(m->st, "lm_head.weight")) m->cfg.tied_embeddings = 1;
+    /* An untied model computes logits with its own head: falling back to the embeddings would
+     * silently run a different model. */
+    if (!m->cfg.tied_embeddings && !tsr_st_find_tensor(m->st, "lm_head.weight"))
+        return tsr_errorf(TSR_EFORMAT,
+                          "%s: tie_word_embeddings is false but there is no lm_head.weight", dir);
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
     if ((rc = tsr_tokenizer_from_json(path, &m->tok))) return rc;
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
-    json_error_t err;
-    json_t *tc = json_load_file(path, 0, &err); /* optional */
-    rc = load_chat(m, tc ? json_string_value(json_object_get(tc, "chat_template")) : NULL);
+    json_t *tc = NULL;
+    rc = tsr_json_load(path, "tokenizer_config.json", TSR_MAX_TOKCONFIG_JSON_BYTES, 0, &tc);
+    if (rc && rc != TSR_ENOTFOUND) return rc; /* optional, but not when broken */
+    json_t *tpl = json_object_get(tc, "chat_template");
+    if (tpl && !json_is_string(tpl) && !json_is_null(tpl)) {
+        json_decref(tc);
+        return tsr_errorf(TSR_EUNSUPPORTED,
+                          "%s: chat_template is not a string (named templates are not supported)",
+                          path);
+    }
+    rc = load_chat(m, json_string_value(tpl));
     json_decref(tc);
     return rc;
 }
@@ -194,6 +210,11 @@ void tsr_model_free(tsr_model_t *m)
 const struct tsr_model_config *tsr_model_config(const tsr_model_t *m)
 {
     return &m->cfg;
+}
+
+const char *tsr_model_chat_family(const tsr_model_t *m)
+{
+    return m->chat_family;
 }
 
 const char *tsr_model_name(const tsr_model_t *m)
