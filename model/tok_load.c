@@ -11,11 +11,13 @@
 #include <string.h>
 
 #include "common/status.h"
+#include "model/config.h"
 #include "model/files.h"
 #include "model/gguf.h"
 #include "model/tok_internal.h"
 
-#define TOK_MAX_VOCAB (1 << 24)
+/* The model config's bound (model/config.h): the largest real vocabulary is 262,144 tokens. */
+#define TOK_MAX_VOCAB TSR_MAX_VOCAB
 
 struct pool {
     char *p;
@@ -36,9 +38,12 @@ static struct tsr_tokenizer *tok_new(void)
 /* Allocates per-token tables for n tokens; every token starts as "" (pool offset 0). */
 static int alloc_tables(struct tsr_tokenizer *t, struct pool *pl, size_t n)
 {
-    if (n == 0 || n > TOK_MAX_VOCAB)
-        return tsr_errorf(TSR_EFORMAT, "tokenizer: vocabulary of %zu tokens (1..%d allowed)", n,
-                          TOK_MAX_VOCAB);
+    if (n == 0) return tsr_errorf(TSR_EFORMAT, "tokenizer: empty vocabulary");
+    if (n > TOK_MAX_VOCAB)
+        return tsr_errorf(TSR_EINVAL,
+                          "tokenizer: vocabulary of %zu tokens is over the limit of %d (Gemma 3 "
+                          "has 262144)",
+                          n, TOK_MAX_VOCAB);
     t->n_vocab = (int32_t)n;
     t->off = calloc(n, sizeof *t->off);
     t->len = calloc(n, sizeof *t->len);
@@ -754,8 +759,13 @@ static int json_post(struct tsr_tokenizer *t, const char *path, json_t *p)
 
 static int json_token_id(const struct jctx *c, json_t *v, const char *what, int32_t *id)
 {
-    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= TOK_MAX_VOCAB)
+    if (!json_is_integer(v) || json_integer_value(v) < 0)
         return tsr_errorf(TSR_EFORMAT, "%s: %s has no valid id", c->path, what);
+    if (json_integer_value(v) >= TOK_MAX_VOCAB)
+        return tsr_errorf(TSR_EINVAL,
+                          "%s: %s has id %lld, over the vocabulary limit of %d tokens (Gemma 3 "
+                          "has 262144)",
+                          c->path, what, (long long)json_integer_value(v), TOK_MAX_VOCAB);
     *id = (int32_t)json_integer_value(v);
     return 0;
 }
