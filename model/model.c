@@ -172,6 +172,71 @@ static int open_synthetic(tsr_model_t *m, const char *spec)
     return tsr_config_validate(c);
 }
 
+/* Small tensors whose values steer every token, checked once at open: a NaN or zero here is no
+ * crash, just a model that silently computes garbage (a rope_freqs of zeros made every token 0).
+ * Norm weights: a float type, (1, dim), finite. rope_freqs.weight (optional): F32, head_dim / 2,
+ * finite and positive (it divides the frequencies). O(n_layer * dim) reads of the mapping. */
+static int check_vector(tsr_model_t *m, const char *name, int64_t n, int positive, int optional)
+{
+    struct tsr_tensor_view v;
+    int rc = tsr_model_tensor(m, name, &v);
+    if (rc == TSR_ENOTFOUND && optional) return 0;
+    if (rc) return rc;
+    if (v.type != TSR_F32 && v.type != TSR_F16 && v.type != TSR_BF16)
+        return tsr_errorf(TSR_EFORMAT, "%s: '%s' is %s; it must be F32, F16 or BF16", m->name, name,
+                          tsr_dtype_name(v.type));
+    if (v.rows != 1 || v.cols != n)
+        return tsr_errorf(TSR_EFORMAT, "%s: '%s' is %lldx%lld; it must be a vector of %lld",
+                          m->name, name, (long long)v.rows, (long long)v.cols, (long long)n);
+    float x[256];
+    size_t eb = tsr_dtype_row_bytes(v.type, 1);
+    for (int64_t i = 0; i < n; i += 256) {
+        int64_t k = n - i < 256 ? n - i : 256;
+        tsr_dequantize_row(v.type, (const char *)v.data + (size_t)i * eb, x, k);
+        for (int64_t j = 0; j < k; j++)
+            if (!isfinite(x[j]) || (positive && !(x[j] > 0)))
+                return tsr_errorf(TSR_EFORMAT, "%s: '%s'[%lld] = %g; it must be finite%s", m->name,
+                                  name, (long long)(i + j), (double)x[j],
+                                  positive ? " and positive" : "");
+    }
+    return 0;
+}
+
+static int check_tensors(tsr_model_t *m)
+{
+    const struct tsr_model_config *c = &m->cfg;
+    char name[64];
+    int rc;
+    if ((rc = check_vector(m, "output_norm.weight", c->dim, 0, 0))) return rc;
+    for (int l = 0; l < c->n_layer; l++) {
+        snprintf(name, sizeof name, "blk.%d.attn_norm.weight", l);
+        if ((rc = check_vector(m, name, c->dim, 0, 0))) return rc;
+        snprintf(name, sizeof name, "blk.%d.ffn_norm.weight", l);
+        if ((rc = check_vector(m, name, c->dim, 0, 0))) return rc;
+    }
+    struct tsr_tensor_view v;
+    if (!tsr_model_tensor(m, "rope_freqs.weight", &v) && v.type != TSR_F32)
+        return tsr_errorf(TSR_EFORMAT, "%s: 'rope_freqs.weight' is %s; it must be F32", m->name,
+                          tsr_dtype_name(v.type));
+    return check_vector(m, "rope_freqs.weight", c->head_dim / 2, 1, 1);
+}
+
+int tsr_config_load(const char *spec, struct tsr_model_config *c)
+{
+    char path[4096];
+    struct stat st;
+    size_t n = strlen(spec);
+    if (n > 5 && !strcmp(spec + n - 5, ".json")) return tsr_config_from_json(spec, c);
+    snprintf(path, sizeof path, "%s/config.json", spec);
+    if (is_dir(spec) && stat(path, &st) == 0) return tsr_config_from_json(path, c);
+    tsr_model_t *m;
+    int rc = tsr_model_open(spec, &m);
+    if (rc) return rc;
+    *c = m->cfg;
+    tsr_model_free(m);
+    return 0;
+}
+
 int tsr_model_open(const char *spec, tsr_model_t **out)
 {
     *out = NULL;
@@ -189,6 +254,7 @@ int tsr_model_open(const char *spec, tsr_model_t **out)
         m->src = SRC_GGUF;
         rc = open_gguf(m, spec);
     }
+    if (!rc && m->src != SRC_SYNTHETIC) rc = check_tensors(m);
     if (rc) {
         tsr_model_free(m);
         return rc;
