@@ -228,12 +228,40 @@ static int json_rope_scaling(json_t *rs, struct tsr_model_config *c, const char 
     return 0;
 }
 
+static int config_from_root(json_t *root, const char *path, struct tsr_model_config *c);
+
 int tsr_config_from_json(const char *path, struct tsr_model_config *c)
 {
     json_t *root;
     memset(c, 0, sizeof *c);
     int rc = tsr_json_load(path, "config.json", TSR_MAX_CONFIG_JSON_BYTES, 0, &root);
     if (rc) return rc;
+    rc = config_from_root(root, path, c);
+    json_decref(root);
+    return rc;
+}
+
+int tsr_config_from_json_text(const char *text, size_t len, const char *name,
+                              struct tsr_model_config *c)
+{
+    json_error_t err;
+    memset(c, 0, sizeof *c);
+    if (len > TSR_MAX_CONFIG_JSON_BYTES)
+        return tsr_errorf(TSR_EINVAL, "%s: config.json is %zu bytes, over the limit of %u", name,
+                          len, TSR_MAX_CONFIG_JSON_BYTES);
+    json_t *root = json_loadb(text, len, 0, &err);
+    if (!root)
+        return tsr_errorf(TSR_EFORMAT, "%s: not valid JSON: %s (line %d, column %d)", name,
+                          err.text, err.line, err.column);
+    int rc = config_from_root(root, name, c);
+    json_decref(root);
+    return rc;
+}
+
+/* The fields of a parsed config.json; path names it in messages. */
+static int config_from_root(json_t *root, const char *path, struct tsr_model_config *c)
+{
+    int rc;
     if (!json_is_object(root)) {
         rc = tsr_errorf(TSR_EFORMAT, "%s: not a JSON object", path);
         goto out;
@@ -284,7 +312,6 @@ int tsr_config_from_json(const char *path, struct tsr_model_config *c)
     if ((rc = json_rope_scaling(json_object_get(root, "rope_scaling"), c, path))) goto out;
     if ((rc = tsr_config_validate(c))) rc = tsr_error_prefix(rc, "%s", path);
 out:
-    json_decref(root);
     return rc;
 }
 

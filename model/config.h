@@ -50,6 +50,9 @@ struct tsr_model_config {
  * is taken as 4096 with a warning on stderr. */
 int tsr_config_from_gguf(const tsr_gguf_t *g, struct tsr_model_config *c);
 int tsr_config_from_json(const char *config_json_path, struct tsr_model_config *c);
+/* The same over config.json's text (len bytes; tests, fuzzing); name is used in messages. */
+int tsr_config_from_json_text(const char *text, size_t len, const char *name,
+                              struct tsr_model_config *c);
 /* Every config tessera reads, from any source: a path ending in .json is a config.json; a
  * directory holding a config.json is read through it; anything else is opened as a model
  * (tsr_model_open: a GGUF reads only its header). `plan` and `generate` both see a model through
