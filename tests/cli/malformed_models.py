@@ -201,6 +201,7 @@ def write_safetensors(path, tensors, header_len=None):
         blobs.append(data)
         off += len(data)
     h = json.dumps(header).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)  # as the reference writer pads: tensor data stays aligned
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(h) if header_len is None else header_len) + h)
         for b in blobs:
