@@ -24,29 +24,18 @@ RSS_LIMIT_MB = 300
 
 # ---- a GGUF writer ---------------------------------------------------------------------------
 
-U8, I8, U16, I16, U32, I32, F32, BOOL, STRING, ARRAY, U64, I64, F64 = range(13)
+# The value encoders of the fuzz seeds' writer; this one adds tensor data and lying counts.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fuzz"))
+from make_seeds import (ARRAY, BOOL, F32, I32, STRING, U8, U32, U64, gstr,  # noqa: E402
+                        gval)
+
 GGML_F32, GGML_F16, GGML_Q4_0 = 0, 1, 2
 
 
-def gguf_str(s):
-    b = s.encode() if isinstance(s, str) else s
-    return struct.pack("<Q", len(b)) + b
-
-
 def gguf_value(vtype, v):
-    if vtype == STRING:
-        return gguf_str(v)
-    if vtype == ARRAY:
-        et, items = v
-        out = struct.pack("<IQ", et, len(items))
-        if et == STRING:
-            return out + b"".join(gguf_str(x) for x in items)
-        if et == U8 and isinstance(items, (bytes, bytearray)):
-            return out + bytes(items)
-        return out + b"".join(gguf_value(et, x) for x in items)
-    fmt = {U8: "B", I8: "b", U16: "H", I16: "h", U32: "I", I32: "i", F32: "f", BOOL: "?",
-           U64: "Q", I64: "q", F64: "d"}[vtype]
-    return struct.pack("<" + fmt, v)
+    if vtype == ARRAY and v[0] == U8 and isinstance(v[1], bytes):  # millions of bytes: no loop
+        return struct.pack("<IQ", U8, len(v[1])) + v[1]
+    return gval(vtype, v)
 
 
 def write_gguf(path, kvs, tensors, n_kv=None, n_tensors=None):
@@ -55,10 +44,10 @@ def write_gguf(path, kvs, tensors, n_kv=None, n_tensors=None):
     out += struct.pack("<QQ", len(tensors) if n_tensors is None else n_tensors,
                        len(kvs) if n_kv is None else n_kv)
     for key, vtype, value in kvs:
-        out += gguf_str(key) + struct.pack("<I", vtype) + gguf_value(vtype, value)
+        out += gstr(key) + struct.pack("<I", vtype) + gguf_value(vtype, value)
     offset = 0
     for name, dims, gtype, data in tensors:
-        out += gguf_str(name) + struct.pack("<I", len(dims))
+        out += gstr(name) + struct.pack("<I", len(dims))
         out += b"".join(struct.pack("<Q", d) for d in dims)
         out += struct.pack("<IQ", gtype, offset)
         offset += (len(data) + 31) // 32 * 32
