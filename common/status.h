@@ -29,6 +29,12 @@ const char *tsr_strerror(int code);
  * `return tsr_errorf(TSR_EFORMAT, "%s: bad magic", path);`. */
 int tsr_errorf(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Puts context in front of this thread's last message ("<context>: <last message>") and returns
+ * code: `return tsr_error_prefix(rc, "%s", path);`. The context is formatted into a buffer of its
+ * own before the message is rewritten, so its arguments may point into the last message (never
+ * write tsr_errorf(rc, "%s: %s", path, tsr_last_error()): that formats a buffer into itself). */
+int tsr_error_prefix(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 /* The last message recorded on this thread ("" if none). Valid until the next tsr_errorf(). */
 const char *tsr_last_error(void);
 

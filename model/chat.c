@@ -114,6 +114,33 @@ static char *chatml_default_system(const char *tpl)
     return NULL;
 }
 
+/* Enough to tell the user what they have and which --chat-template might stand in for it. */
+const char *tsr_chat_family(const char *tpl)
+{
+    static const struct {
+        const char *marker, *family;
+    } families[] = {
+        {"<|im_start|>", "ChatML"},
+        {"<|start_header_id|>", "Llama 3"},
+        {"[INST]", "Llama 2"},
+        {"<start_of_turn>", "Gemma"},
+        {"<|START_OF_TURN_TOKEN|>", "Command R"},
+        {"<\xef\xbd\x9cUser\xef\xbd\x9c>", "DeepSeek"}, /* <｜User｜> */
+        {"<|end|>", "Phi-3"},
+        {"<|user|>", "Zephyr"},
+        {"<|User|>", "DeepSeek"},
+        {"[SYSTEM_PROMPT]", "Mistral v7"},
+        {"GPT4 Correct User", "OpenChat"},
+        {"### Instruction", "Alpaca"},
+        {"USER:", "Vicuna"},
+        {"<|system|>", "Zephyr"},
+        {"<|channel|>", "Harmony (gpt-oss)"},
+    };
+    for (size_t i = 0; i < sizeof families / sizeof families[0]; i++)
+        if (strstr(tpl, families[i].marker)) return families[i].family;
+    return "unknown";
+}
+
 int tsr_chat_detect(const char *template_text, const char *arch, struct tsr_chat *c)
 {
     memset(c, 0, sizeof *c);
@@ -135,8 +162,31 @@ int tsr_chat_detect(const char *template_text, const char *arch, struct tsr_chat
         return 0;
     }
     return tsr_errorf(TSR_EUNSUPPORTED,
-                      "chat template not recognised (not ChatML, Llama 3 or Llama 2): \"%.60s...\"",
-                      template_text);
+                      "chat template not recognised: of the %s family, not one tessera renders "
+                      "(ChatML, Llama 3, Llama 2): \"%.60s...\"",
+                      tsr_chat_family(template_text), template_text);
+}
+
+int tsr_chat_named(const char *name, const struct tsr_chat *model, struct tsr_chat *c)
+{
+    static const struct {
+        const char *name;
+        enum tsr_chat_kind kind;
+    } names[] = {{"chatml", TSR_CHAT_CHATML},
+                 {"llama3", TSR_CHAT_LLAMA3},
+                 {"llama2", TSR_CHAT_LLAMA2},
+                 {"none", TSR_CHAT_NONE}};
+    memset(c, 0, sizeof *c);
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        if (strcmp(name, names[i].name)) continue;
+        c->kind = names[i].kind;
+        if (model && model->kind == c->kind && model->default_system &&
+            !(c->default_system = strdup(model->default_system)))
+            return tsr_errorf(TSR_ENOMEM, "chat: out of memory");
+        return 0;
+    }
+    return tsr_errorf(TSR_EINVAL, "unknown chat template '%s' (chatml, llama3, llama2, none)",
+                      name);
 }
 
 void tsr_chat_free(struct tsr_chat *c)
@@ -200,6 +250,9 @@ int tsr_chat_render(const struct tsr_chat *c, const struct tsr_chat_msg *msgs, s
                               i, msgs[i].role ? msgs[i].role : "(null)");
         if (!msgs[i].content) return tsr_errorf(TSR_EINVAL, "chat: message %zu has no content", i);
     }
+    if (c->kind == TSR_CHAT_UNRECOGNISED)
+        return tsr_errorf(TSR_EUNSUPPORTED, "chat: the model's chat template is not one tessera "
+                                            "renders (ChatML, Llama 3, Llama 2)");
     struct sbuf b = {0};
     put(&b, "", 0);
     switch (c->kind) {

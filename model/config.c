@@ -5,35 +5,83 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "common/log.h"
 #include "common/status.h"
+#include "model/files.h"
 
-/* Reads "<arch>.<suffix>" as an int; missing → dflt if dflt >= 0, else an error. */
+/* What the largest real models have, for messages about a bound. */
+struct bound {
+    int max;
+    const char *real;
+};
+static const struct bound B_LAYERS = {TSR_MAX_LAYERS, "Llama 3.1 405B has 126"};
+static const struct bound B_DIM = {TSR_MAX_DIM, "Llama 3.1 405B has 16384"};
+static const struct bound B_FFN = {TSR_MAX_FFN_DIM, "PaLM 540B has 73728"};
+static const struct bound B_HEADS = {TSR_MAX_HEADS, "Llama 3.1 405B has 128"};
+static const struct bound B_HEAD_DIM = {4 * TSR_MAX_HEAD_DIM, "real models use 64-256"};
+static const struct bound B_VOCAB = {TSR_MAX_VOCAB, "Gemma 3 has 262144"};
+static const struct bound B_CTX = {TSR_MAX_CONTEXT, "Llama 4 Scout has 10M"};
+static const struct bound B_EXPERTS = {TSR_MAX_EXPERTS, "Kimi K2 has 384"};
+
+#define CONTEXT_DEFAULT 4096
+
+/* v read from field of src: 1..b->max, else an error naming all three. */
+static int check_size(const char *src, const char *field, long long v, const struct bound *b,
+                      int *out)
+{
+    if (v < 1) return tsr_errorf(TSR_EFORMAT, "%s: %s = %lld must be at least 1", src, field, v);
+    if (v > b->max)
+        return tsr_errorf(TSR_EINVAL, "%s: %s = %lld is over the limit of %d (%s)", src, field, v,
+                          b->max, b->real);
+    *out = (int)v;
+    return 0;
+}
+
+/* Reads "<arch>.<suffix>" as a size within b; missing → dflt if dflt > 0, else an error. */
 static int gguf_arch_int(const tsr_gguf_t *g, const char *arch, const char *suffix, int dflt,
-                         int *out)
+                         const struct bound *b, int *out)
 {
     char key[128];
     int64_t v;
     snprintf(key, sizeof key, "%s.%s", arch, suffix);
     int rc = tsr_gguf_get_int(g, key, &v);
-    if (rc == TSR_ENOTFOUND && dflt >= 0) {
+    if (rc == TSR_ENOTFOUND && dflt > 0) {
         *out = dflt;
         return 0;
     }
     if (rc)
         return tsr_errorf(rc == TSR_ENOTFOUND ? TSR_EFORMAT : rc, "GGUF: %s %s", key,
                           rc == TSR_ENOTFOUND ? "missing" : "is not an integer");
-    if (v < 0 || v > 0x7fffffff)
-        return tsr_errorf(TSR_EFORMAT, "GGUF: %s = %lld is out of range", key, (long long)v);
-    *out = (int)v;
-    return 0;
+    return check_size("GGUF", key, (long long)v, b, out);
 }
 
-static float gguf_arch_float(const tsr_gguf_t *g, const char *arch, const char *suffix, float dflt)
+/* Reads "<arch>.<suffix>" as a float; missing → dflt, another type → an error. */
+static int gguf_arch_float(const tsr_gguf_t *g, const char *arch, const char *suffix, float dflt,
+                           float *out)
 {
     char key[128];
     double v;
     snprintf(key, sizeof key, "%s.%s", arch, suffix);
-    return tsr_gguf_get_float(g, key, &v) ? dflt : (float)v;
+    int rc = tsr_gguf_get_float(g, key, &v);
+    *out = rc ? dflt : (float)v;
+    if (rc == TSR_ENOTFOUND) return 0;
+    if (rc) return tsr_errorf(TSR_EFORMAT, "GGUF: %s is not a number", key);
+    return 0;
+}
+
+static void warn_default_context(const char *src, const char *field)
+{
+    tsr_log_warn("%s: no %s: assuming a context of %d tokens", src, field, CONTEXT_DEFAULT);
+}
+
+/* Experts: a mixture-of-experts model read as a dense one would compute something else. */
+static int no_experts(const char *src, const char *field, int n)
+{
+    if (n > 0)
+        return tsr_errorf(TSR_EUNSUPPORTED,
+                          "%s: %s = %d: mixture-of-experts models are not supported yet", src,
+                          field, n);
+    return 0;
 }
 
 int tsr_config_from_gguf(const tsr_gguf_t *g, struct tsr_model_config *c)
@@ -51,70 +99,169 @@ int tsr_config_from_gguf(const tsr_gguf_t *g, struct tsr_model_config *c)
                           "GGUF: architecture '%s' is not supported (llama, qwen2, mistral)",
                           c->arch);
     const char *a = c->arch;
-    if ((rc = gguf_arch_int(g, a, "block_count", -1, &c->n_layer)) ||
-        (rc = gguf_arch_int(g, a, "embedding_length", -1, &c->dim)) ||
-        (rc = gguf_arch_int(g, a, "feed_forward_length", -1, &c->ffn_dim)) ||
-        (rc = gguf_arch_int(g, a, "attention.head_count", -1, &c->n_head)) ||
-        (rc = gguf_arch_int(g, a, "attention.head_count_kv", c->n_head, &c->n_kv_head)) ||
-        (rc = gguf_arch_int(g, a, "context_length", 4096, &c->n_ctx_train)))
+    char key[128];
+    snprintf(key, sizeof key, "%s.context_length", a);
+    if (tsr_gguf_find_kv(g, key) < 0) warn_default_context("GGUF", key);
+    int n_expert = 0;
+    if ((rc = gguf_arch_int(g, a, "block_count", -1, &B_LAYERS, &c->n_layer)) ||
+        (rc = gguf_arch_int(g, a, "embedding_length", -1, &B_DIM, &c->dim)) ||
+        (rc = gguf_arch_int(g, a, "feed_forward_length", -1, &B_FFN, &c->ffn_dim)) ||
+        (rc = gguf_arch_int(g, a, "attention.head_count", -1, &B_HEADS, &c->n_head)) ||
+        (rc = gguf_arch_int(g, a, "attention.head_count_kv", c->n_head, &B_HEADS, &c->n_kv_head)) ||
+        (rc = gguf_arch_int(g, a, "context_length", CONTEXT_DEFAULT, &B_CTX, &c->n_ctx_train)))
+        return rc;
+    snprintf(key, sizeof key, "%s.expert_count", a);
+    if (tsr_gguf_find_kv(g, key) >= 0 &&
+        ((rc = gguf_arch_int(g, a, "expert_count", -1, &B_EXPERTS, &n_expert)) ||
+         (rc = no_experts("GGUF", key, n_expert))))
         return rc;
     int rot = 0;
-    if (c->n_head && (rc = gguf_arch_int(g, a, "rope.dimension_count", c->dim / c->n_head, &rot)))
+    if ((rc = gguf_arch_int(g, a, "rope.dimension_count", c->dim / c->n_head, &B_HEAD_DIM, &rot)))
         return rc;
-    if ((rc = gguf_arch_int(g, a, "attention.key_length", rot, &c->head_dim))) return rc;
+    if ((rc = gguf_arch_int(g, a, "attention.key_length", rot, &B_HEAD_DIM, &c->head_dim)))
+        return rc;
     if (rot != c->head_dim)
         return tsr_errorf(TSR_EUNSUPPORTED, "GGUF: partial rotary (%d of %d dims) not supported",
                           rot, c->head_dim);
-    c->norm_eps = gguf_arch_float(g, a, "attention.layer_norm_rms_epsilon", 1e-5f);
-    c->rope_theta = gguf_arch_float(g, a, "rope.freq_base", 10000.0f);
+    if ((rc = gguf_arch_float(g, a, "attention.layer_norm_rms_epsilon", 1e-5f, &c->norm_eps)) ||
+        (rc = gguf_arch_float(g, a, "rope.freq_base", 10000.0f, &c->rope_theta)))
+        return rc;
     c->rope_neox = !strcmp(a, "qwen2"); /* llama.cpp's rope type per architecture */
-    char key[128];
+    /* RoPE scaling: none or linear here; llama3 scaling arrives as the rope_freqs.weight tensor,
+     * applied by the caller. Anything else (yarn, longrope) would be silently ignored. */
     snprintf(key, sizeof key, "%s.rope.scaling.type", a);
-    if (!tsr_gguf_get_str(g, key, &s) && s.n == 6 && !memcmp(s.p, "linear", 6)) {
+    rc = tsr_gguf_get_str(g, key, &s);
+    if (rc && rc != TSR_ENOTFOUND) return tsr_errorf(TSR_EFORMAT, "GGUF: %s is not a string", key);
+    if (!rc && s.n == 6 && !memcmp(s.p, "linear", 6)) {
         c->rope_scaling = TSR_ROPE_LINEAR;
-        c->rope_factor = gguf_arch_float(g, a, "rope.scaling.factor", 1.0f);
+        if ((rc = gguf_arch_float(g, a, "rope.scaling.factor", 1.0f, &c->rope_factor))) return rc;
+    } else if (!rc && !(s.n == 4 && !memcmp(s.p, "none", 4))) {
+        return tsr_errorf(TSR_EUNSUPPORTED,
+                          "GGUF: %s '%.*s' is not supported (none, linear; llama3 scaling comes "
+                          "as rope_freqs.weight)",
+                          key, (int)(s.n < 64 ? s.n : 64), s.p);
     }
-    /* llama3 scaling arrives in GGUF as the rope_freqs.weight tensor, applied by the caller. */
     int64_t v;
     uint64_t n;
     enum tsr_gguf_vtype et;
     snprintf(key, sizeof key, "%s.vocab_size", a);
-    if (!tsr_gguf_get_int(g, key, &v))
-        c->n_vocab = (int)v;
-    else if (!tsr_gguf_get_arr(g, "tokenizer.ggml.tokens", &et, &n))
-        c->n_vocab = (int)n;
+    rc = tsr_gguf_get_int(g, key, &v);
+    if (rc == TSR_ENOTFOUND && !tsr_gguf_get_arr(g, "tokenizer.ggml.tokens", &et, &n)) {
+        snprintf(key, sizeof key, "the tokenizer.ggml.tokens count");
+        v = n > INT64_MAX ? INT64_MAX : (int64_t)n;
+        rc = 0;
+    }
+    if (rc && rc != TSR_ENOTFOUND) return tsr_errorf(rc, "GGUF: %s is not an integer", key);
+    if (!rc && (rc = check_size("GGUF", key, (long long)v, &B_VOCAB, &c->n_vocab))) return rc;
     c->tied_embeddings = tsr_gguf_find_tensor(g, "output.weight") == NULL;
     c->qkv_bias = tsr_gguf_find_tensor(g, "blk.0.attn_q.bias") != NULL;
     return tsr_config_validate(c);
 }
 
-static int json_int(json_t *root, const char *key, int dflt, int *out, const char *path)
+/* A size from config.json within b; missing or null → dflt if dflt > 0, else an error. */
+static int json_int(json_t *root, const char *key, int dflt, const struct bound *b, int *out,
+                    const char *path)
 {
     json_t *v = json_object_get(root, key);
     if (!v || json_is_null(v)) {
-        if (dflt < 0) return tsr_errorf(TSR_EFORMAT, "%s: \"%s\" missing", path, key);
+        if (dflt <= 0) return tsr_errorf(TSR_EFORMAT, "%s: \"%s\" missing", path, key);
         *out = dflt;
         return 0;
     }
-    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 0x7fffffff)
+    if (!json_is_integer(v) || json_integer_value(v) < 0)
         return tsr_errorf(TSR_EFORMAT, "%s: \"%s\" must be a non-negative integer", path, key);
-    *out = (int)json_integer_value(v);
+    return check_size(path, key, (long long)json_integer_value(v), b, out);
+}
+
+/* A float from config.json; missing or null → dflt, another type → an error. */
+static int json_float(json_t *root, const char *key, float dflt, float *out, const char *path)
+{
+    json_t *v = json_object_get(root, key);
+    *out = dflt;
+    if (!v || json_is_null(v)) return 0;
+    if (!json_is_number(v))
+        return tsr_errorf(TSR_EFORMAT, "%s: \"%s\" must be a number", path, key);
+    *out = (float)json_number_value(v);
     return 0;
 }
 
-static float json_float(json_t *root, const char *key, float dflt)
+/* rope_scaling: null, or an object whose type (rope_type, or the older type) is default, linear
+ * or llama3, each with the parameters Hugging Face requires of it. Any other type or shape is an
+ * error: ignoring it would run the model with other positions than it was trained for. */
+static int json_rope_scaling(json_t *rs, struct tsr_model_config *c, const char *path)
 {
-    json_t *v = json_object_get(root, key);
-    return json_is_number(v) ? (float)json_number_value(v) : dflt;
+    int rc;
+    if (!rs || json_is_null(rs)) return 0;
+    if (!json_is_object(rs))
+        return tsr_errorf(TSR_EFORMAT, "%s: \"rope_scaling\" must be an object or null", path);
+    json_t *tv = json_object_get(rs, "rope_type");
+    if (!tv) tv = json_object_get(rs, "type");
+    const char *t = json_string_value(tv);
+    if (!t) return tsr_errorf(TSR_EFORMAT, "%s: \"rope_scaling\" has no rope_type", path);
+    if (!strcmp(t, "default")) return 0;
+    const char *need[] = {"factor", "low_freq_factor", "high_freq_factor",
+                          "original_max_position_embeddings"};
+    size_t n_need;
+    if (!strcmp(t, "linear")) {
+        c->rope_scaling = TSR_ROPE_LINEAR;
+        n_need = 1;
+    } else if (!strcmp(t, "llama3")) {
+        c->rope_scaling = TSR_ROPE_LLAMA3;
+        n_need = 4;
+    } else {
+        return tsr_errorf(TSR_EUNSUPPORTED,
+                          "%s: rope_scaling type '%.64s' is not supported (default, linear, "
+                          "llama3)",
+                          path, t);
+    }
+    for (size_t i = 0; i < n_need; i++)
+        if (!json_is_number(json_object_get(rs, need[i])))
+            return tsr_errorf(TSR_EFORMAT, "%s: rope_scaling '%s' needs a number \"%s\"", path, t,
+                              need[i]);
+    if ((rc = json_float(rs, "factor", 1.0f, &c->rope_factor, path))) return rc;
+    if (c->rope_scaling != TSR_ROPE_LLAMA3) return 0;
+    if ((rc = json_float(rs, "low_freq_factor", 1.0f, &c->rope_low_freq_factor, path)) ||
+        (rc = json_float(rs, "high_freq_factor", 4.0f, &c->rope_high_freq_factor, path)) ||
+        (rc =
+             json_int(rs, "original_max_position_embeddings", -1, &B_CTX, &c->rope_orig_ctx, path)))
+        return rc;
+    return 0;
 }
+
+static int config_from_root(json_t *root, const char *path, struct tsr_model_config *c);
 
 int tsr_config_from_json(const char *path, struct tsr_model_config *c)
 {
-    json_error_t err;
-    int rc;
+    json_t *root;
     memset(c, 0, sizeof *c);
-    json_t *root = json_load_file(path, 0, &err);
-    if (!root) return tsr_errorf(TSR_EFORMAT, "%s: line %d: %s", path, err.line, err.text);
+    int rc = tsr_json_load(path, "config.json", TSR_MAX_CONFIG_JSON_BYTES, 0, &root);
+    if (rc) return rc;
+    rc = config_from_root(root, path, c);
+    json_decref(root);
+    return rc;
+}
+
+int tsr_config_from_json_text(const char *text, size_t len, const char *name,
+                              struct tsr_model_config *c)
+{
+    json_error_t err;
+    memset(c, 0, sizeof *c);
+    if (len > TSR_MAX_CONFIG_JSON_BYTES)
+        return tsr_errorf(TSR_EINVAL, "%s: config.json is %zu bytes, over the limit of %u", name,
+                          len, TSR_MAX_CONFIG_JSON_BYTES);
+    json_t *root = json_loadb(text, len, 0, &err);
+    if (!root)
+        return tsr_errorf(TSR_EFORMAT, "%s: not valid JSON: %s (line %d, column %d)", name,
+                          err.text, err.line, err.column);
+    int rc = config_from_root(root, name, c);
+    json_decref(root);
+    return rc;
+}
+
+/* The fields of a parsed config.json; path names it in messages. */
+static int config_from_root(json_t *root, const char *path, struct tsr_model_config *c)
+{
+    int rc;
     if (!json_is_object(root)) {
         rc = tsr_errorf(TSR_EFORMAT, "%s: not a JSON object", path);
         goto out;
@@ -124,73 +271,96 @@ int tsr_config_from_json(const char *path, struct tsr_model_config *c)
     if (!strcmp(mt, "llama") || !strcmp(mt, "mistral") || !strcmp(mt, "qwen2")) {
         snprintf(c->arch, sizeof c->arch, "%s", mt);
     } else {
-        rc = tsr_errorf(TSR_EUNSUPPORTED,
-                        "%s: model_type '%s' is not supported (llama, mistral, qwen2)", path, mt);
+        rc =
+            tsr_errorf(TSR_EUNSUPPORTED,
+                       "%s: model_type '%.64s' is not supported (llama, mistral, qwen2)", path, mt);
         goto out;
     }
-    if ((rc = json_int(root, "num_hidden_layers", -1, &c->n_layer, path)) ||
-        (rc = json_int(root, "hidden_size", -1, &c->dim, path)) ||
-        (rc = json_int(root, "intermediate_size", -1, &c->ffn_dim, path)) ||
-        (rc = json_int(root, "num_attention_heads", -1, &c->n_head, path)) ||
-        (rc = json_int(root, "num_key_value_heads", c->n_head, &c->n_kv_head, path)) ||
-        (rc = json_int(root, "vocab_size", -1, &c->n_vocab, path)) ||
-        (rc = json_int(root, "max_position_embeddings", 4096, &c->n_ctx_train, path)))
+    json_t *ctx = json_object_get(root, "max_position_embeddings");
+    if (!ctx || json_is_null(ctx)) warn_default_context(path, "max_position_embeddings");
+    if ((rc = json_int(root, "num_hidden_layers", -1, &B_LAYERS, &c->n_layer, path)) ||
+        (rc = json_int(root, "hidden_size", -1, &B_DIM, &c->dim, path)) ||
+        (rc = json_int(root, "intermediate_size", -1, &B_FFN, &c->ffn_dim, path)) ||
+        (rc = json_int(root, "num_attention_heads", -1, &B_HEADS, &c->n_head, path)) ||
+        (rc = json_int(root, "num_key_value_heads", c->n_head, &B_HEADS, &c->n_kv_head, path)) ||
+        (rc = json_int(root, "vocab_size", -1, &B_VOCAB, &c->n_vocab, path)) ||
+        (rc = json_int(root, "max_position_embeddings", CONTEXT_DEFAULT, &B_CTX, &c->n_ctx_train,
+                       path)) ||
+        (rc = json_int(root, "head_dim", c->dim / c->n_head, &B_HEAD_DIM, &c->head_dim, path)))
         goto out;
-    if (c->n_head == 0) {
-        rc = tsr_errorf(TSR_EFORMAT, "%s: num_attention_heads must be positive", path);
-        goto out;
-    }
-    if ((rc = json_int(root, "head_dim", c->dim / c->n_head, &c->head_dim, path))) goto out;
-    c->norm_eps = json_float(root, "rms_norm_eps", 1e-5f);
-    c->rope_theta = json_float(root, "rope_theta", 10000.0f);
-    c->rope_neox = 1; /* HF checkpoints keep q/k in rotate-half order */
-    c->tied_embeddings = json_is_true(json_object_get(root, "tie_word_embeddings"));
-    c->qkv_bias = !strcmp(mt, "qwen2") || json_is_true(json_object_get(root, "attention_bias"));
-    json_t *rs = json_object_get(root, "rope_scaling");
-    if (json_is_object(rs)) {
-        const char *t = json_string_value(json_object_get(rs, "rope_type"));
-        if (!t) t = json_string_value(json_object_get(rs, "type"));
-        c->rope_factor = json_float(rs, "factor", 1.0f);
-        if (t && !strcmp(t, "llama3")) {
-            c->rope_scaling = TSR_ROPE_LLAMA3;
-            c->rope_low_freq_factor = json_float(rs, "low_freq_factor", 1.0f);
-            c->rope_high_freq_factor = json_float(rs, "high_freq_factor", 4.0f);
-            if ((rc = json_int(rs, "original_max_position_embeddings", 8192, &c->rope_orig_ctx,
-                               path)))
-                goto out;
-        } else if (t && !strcmp(t, "linear")) {
-            c->rope_scaling = TSR_ROPE_LINEAR;
-        } else if (t && strcmp(t, "default")) {
-            rc = tsr_errorf(TSR_EUNSUPPORTED, "%s: rope_scaling type '%s' is not supported", path,
-                            t);
+    static const char *const expert_keys[] = {"num_local_experts", "num_experts",
+                                              "n_routed_experts"};
+    for (size_t i = 0; i < sizeof expert_keys / sizeof expert_keys[0]; i++) {
+        int n_expert = 0;
+        json_t *e = json_object_get(root, expert_keys[i]);
+        if (!e || json_is_null(e) || (json_is_integer(e) && json_integer_value(e) == 0)) continue;
+        if ((rc = json_int(root, expert_keys[i], -1, &B_EXPERTS, &n_expert, path)) ||
+            (rc = no_experts(path, expert_keys[i], n_expert)))
             goto out;
-        }
     }
-    rc = tsr_config_validate(c);
+    if ((rc = json_float(root, "rms_norm_eps", 1e-5f, &c->norm_eps, path)) ||
+        (rc = json_float(root, "rope_theta", 10000.0f, &c->rope_theta, path)))
+        goto out;
+    c->rope_neox = 1; /* HF checkpoints keep q/k in rotate-half order */
+    json_t *tie = json_object_get(root, "tie_word_embeddings");
+    if (tie && !json_is_boolean(tie) && !json_is_null(tie)) {
+        rc = tsr_errorf(TSR_EFORMAT, "%s: \"tie_word_embeddings\" must be true or false", path);
+        goto out;
+    }
+    c->tied_embeddings = json_is_true(tie);
+    c->qkv_bias = !strcmp(mt, "qwen2") || json_is_true(json_object_get(root, "attention_bias"));
+    if ((rc = json_rope_scaling(json_object_get(root, "rope_scaling"), c, path))) goto out;
+    if ((rc = tsr_config_validate(c))) rc = tsr_error_prefix(rc, "%s", path);
 out:
-    json_decref(root);
     return rc;
 }
 
 int tsr_config_validate(const struct tsr_model_config *c)
 {
     if (c->n_layer <= 0 || c->dim <= 0 || c->ffn_dim <= 0 || c->n_head <= 0 || c->n_kv_head <= 0 ||
-        c->head_dim <= 0 || c->n_vocab <= 0)
+        c->head_dim <= 0 || c->n_vocab <= 0 || c->n_ctx_train <= 0)
         return tsr_errorf(TSR_EFORMAT,
                           "config: sizes must be positive (layers %d, dim %d, ffn %d, heads %d, "
-                          "kv heads %d, head dim %d, vocab %d)",
+                          "kv heads %d, head dim %d, vocab %d, context %d)",
                           c->n_layer, c->dim, c->ffn_dim, c->n_head, c->n_kv_head, c->head_dim,
-                          c->n_vocab);
+                          c->n_vocab, c->n_ctx_train);
+    const struct {
+        const char *what;
+        int v;
+        const struct bound *b;
+    } sizes[] = {{"layers", c->n_layer, &B_LAYERS},    {"hidden size", c->dim, &B_DIM},
+                 {"FFN size", c->ffn_dim, &B_FFN},     {"heads", c->n_head, &B_HEADS},
+                 {"KV heads", c->n_kv_head, &B_HEADS}, {"vocabulary", c->n_vocab, &B_VOCAB},
+                 {"context", c->n_ctx_train, &B_CTX}};
+    for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++)
+        if (sizes[i].v > sizes[i].b->max)
+            return tsr_errorf(TSR_EINVAL, "config: %s = %d is over the limit of %d (%s)",
+                              sizes[i].what, sizes[i].v, sizes[i].b->max, sizes[i].b->real);
     if (c->n_head % c->n_kv_head)
         return tsr_errorf(TSR_EFORMAT, "config: %d heads do not divide into %d KV heads", c->n_head,
                           c->n_kv_head);
     if (c->head_dim % 2) return tsr_errorf(TSR_EFORMAT, "config: head dim %d is odd", c->head_dim);
-    if (c->head_dim > 512)
-        return tsr_errorf(TSR_EUNSUPPORTED, "config: head dim %d is over 512", c->head_dim);
-    if (!(c->norm_eps > 0) || !(c->rope_theta > 0))
-        return tsr_errorf(TSR_EFORMAT, "config: rms epsilon and rope theta must be positive");
-    if (c->rope_scaling != TSR_ROPE_NONE && !(c->rope_factor > 0))
-        return tsr_errorf(TSR_EFORMAT, "config: rope scaling factor must be positive");
+    if (c->head_dim > TSR_MAX_HEAD_DIM)
+        return tsr_errorf(TSR_EUNSUPPORTED, "config: head dim %d is over %d", c->head_dim,
+                          TSR_MAX_HEAD_DIM);
+    if (!(c->norm_eps > 0) || !isfinite(c->norm_eps) || !(c->rope_theta > 0) ||
+        !isfinite(c->rope_theta))
+        return tsr_errorf(TSR_EFORMAT,
+                          "config: rms epsilon (%g) and rope theta (%g) must be finite and "
+                          "positive",
+                          (double)c->norm_eps, (double)c->rope_theta);
+    if (c->rope_scaling != TSR_ROPE_NONE && (!(c->rope_factor > 0) || !isfinite(c->rope_factor)))
+        return tsr_errorf(TSR_EFORMAT, "config: rope scaling factor %g must be finite and positive",
+                          (double)c->rope_factor);
+    /* llama3 blends between the two wavelengths: (high - low) divides, and both scale a length. */
+    if (c->rope_scaling == TSR_ROPE_LLAMA3 &&
+        (!(c->rope_low_freq_factor > 0) || !isfinite(c->rope_high_freq_factor) ||
+         !(c->rope_high_freq_factor > c->rope_low_freq_factor) || c->rope_orig_ctx <= 0))
+        return tsr_errorf(TSR_EFORMAT,
+                          "config: llama3 rope scaling needs 0 < low_freq_factor (%g) < "
+                          "high_freq_factor (%g) and original_max_position_embeddings > 0 (%d)",
+                          (double)c->rope_low_freq_factor, (double)c->rope_high_freq_factor,
+                          c->rope_orig_ctx);
     return 0;
 }
 

@@ -7,6 +7,22 @@
 
 enum tsr_rope_scaling { TSR_ROPE_NONE, TSR_ROPE_LINEAR, TSR_ROPE_LLAMA3 };
 
+/* Upper bounds on the sizes a config may declare, from the largest real models with 4x or more of
+ * headroom. They are checked as the config is read, before anything is allocated from it (the
+ * shard plan's memory grows with layers x ranks, a tokenizer's with the vocabulary), and exceeding
+ * one is TSR_EINVAL naming the field, its value and the bound. Largest known: layers 126 (Llama
+ * 3.1 405B; our 1T planning shape has 160), hidden 16384 (405B; 20480 in the 1T shape), FFN 53248
+ * (405B; 73728 PaLM 540B; 86016 in the 1T shape), heads 128 (405B, DeepSeek V3; 160 in the 1T
+ * shape), vocabulary 262144 (Gemma 3), context 10M (Llama 4 Scout), experts 384 (Kimi K2). */
+#define TSR_MAX_LAYERS   1024
+#define TSR_MAX_DIM      65536
+#define TSR_MAX_FFN_DIM  (1 << 18)
+#define TSR_MAX_HEADS    1024
+#define TSR_MAX_HEAD_DIM 512 /* the attention kernels' limit; real models use 64-256 */
+#define TSR_MAX_VOCAB    (1 << 20)
+#define TSR_MAX_CONTEXT  (1 << 24)
+#define TSR_MAX_EXPERTS  4096
+
 struct tsr_model_config {
     char arch[32]; /* "llama", "qwen2", "mistral" */
     int n_layer;   /* transformer blocks */
@@ -28,10 +44,22 @@ struct tsr_model_config {
 };
 
 /* Read the config; the tokenizer's vocabulary size is the fallback for n_vocab. Both validate
- * (tsr_config_validate) before returning. Errors name the missing or bad field. */
+ * (tsr_config_validate) before returning. Errors name the missing or bad field: TSR_EFORMAT for a
+ * missing, mistyped or zero one, TSR_EINVAL for one over its bound (TSR_MAX_*), TSR_EUNSUPPORTED
+ * for what tessera does not compute (an unknown rope_scaling, experts). A missing context length
+ * is taken as 4096 with a warning on stderr. */
 int tsr_config_from_gguf(const tsr_gguf_t *g, struct tsr_model_config *c);
 int tsr_config_from_json(const char *config_json_path, struct tsr_model_config *c);
-/* Checks sizes are positive and consistent (n_head % n_kv_head == 0, head_dim even, ...). */
+/* The same over config.json's text (len bytes; tests, fuzzing); name is used in messages. */
+int tsr_config_from_json_text(const char *text, size_t len, const char *name,
+                              struct tsr_model_config *c);
+/* Every config tessera reads, from any source: a path ending in .json is a config.json; a
+ * directory holding a config.json is read through it; anything else is opened as a model
+ * (tsr_model_open: a GGUF reads only its header). `plan` and `generate` both see a model through
+ * this one reading. Defined in model.c. */
+int tsr_config_load(const char *spec, struct tsr_model_config *c);
+/* Checks sizes are positive, within the bounds and consistent (n_head % n_kv_head == 0, head_dim
+ * even, ...), and that the floats are finite and positive. */
 int tsr_config_validate(const struct tsr_model_config *c);
 
 /* RoPE inverse frequencies, head_dim/2 of them, with the configured scaling applied.

@@ -12,6 +12,7 @@
 
 #include "common/checked.h"
 #include "common/status.h"
+#include "model/files.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "the GGUF reader assumes a little-endian host"
@@ -28,6 +29,18 @@
 #define GGUF_MIN_KV_BYTES     13
 #define GGUF_MIN_TENSOR_BYTES 32
 #define GGUF_MIN_ARRAY_BYTES  12
+/* Upper bounds from what real GGUF files hold, with 8x or more of headroom. Each is checked after
+ * the count is known to fit in the file and before anything is allocated for it; over one is
+ * TSR_EINVAL naming the field, the value and the bound. Real files: 30-60 metadata keys; 1,138
+ * tensors in Llama 3.1 405B, about 2,000 in per-expert MoE files; arrays as long as a vocabulary
+ * or its merges (Gemma 3: 262,144 tokens); keys and tensor names under 100 bytes (llama.cpp caps
+ * names at 63); chat templates under 50 KB; tokens and merges a few hundred bytes at most. */
+#define GGUF_MAX_KV        4096
+#define GGUF_MAX_TENSORS   65536
+#define GGUF_MAX_ARRAY     (1u << 22)
+#define GGUF_MAX_NAME      256
+#define GGUF_MAX_STRING    (1u << 20)
+#define GGUF_MAX_ARRAY_STR (1u << 16)
 
 struct kv {
     char *key; /* NUL-terminated copy */
@@ -100,8 +113,9 @@ static int rd_u64(struct cur *c, uint64_t *v, const char *what)
     return 0;
 }
 
-/* A string: u64 length + bytes. *s points at the bytes (inside the buffer). */
-static int rd_str(struct cur *c, struct tsr_str *s, const char *what)
+/* A string of at most max bytes: u64 length + bytes. *s points at the bytes (inside the
+ * buffer). */
+static int rd_str(struct cur *c, struct tsr_str *s, const char *what, uint64_t max)
 {
     uint64_t n;
     int rc = rd_u64(c, &n, what);
@@ -111,6 +125,11 @@ static int rd_str(struct cur *c, struct tsr_str *s, const char *what)
                           "%s: %s: string length %" PRIu64 " at offset %zu runs past end of file "
                           "(%zu bytes)",
                           c->name, what, n, c->pos - 8, c->len);
+    if (n > max)
+        return tsr_errorf(TSR_EINVAL,
+                          "%s: %s at offset %zu: string length %" PRIu64 " is over the limit of "
+                          "%" PRIu64 " bytes",
+                          c->name, what, c->pos - 8, n, max);
     s->p = (const char *)c->p + c->pos;
     s->n = (size_t)n;
     c->pos += (size_t)n;
@@ -123,7 +142,7 @@ static int rd_cstr(struct cur *c, char **out, const char *what)
 {
     struct tsr_str s;
     size_t at = c->pos;
-    int rc = rd_str(c, &s, what);
+    int rc = rd_str(c, &s, what, GGUF_MAX_NAME);
     if (rc) return rc;
     if (memchr(s.p, 0, s.n))
         return tsr_errorf(TSR_EFORMAT, "%s: %s at offset %zu contains a NUL byte", c->name, what,
@@ -155,6 +174,18 @@ static int vtype_valid(uint32_t t)
     return t <= TSR_GGUF_F64;
 }
 
+/* Checked once an array's length is known to fit the file (else it is malformed), before its
+ * string index is allocated. */
+static int array_bound(const struct cur *c, const char *key, uint64_t n)
+{
+    if (n > GGUF_MAX_ARRAY)
+        return tsr_errorf(TSR_EINVAL,
+                          "%s: key '%s': array length %" PRIu64 " is over the limit of %u "
+                          "elements (the largest vocabularies have 262,144)",
+                          c->name, key, n, GGUF_MAX_ARRAY);
+    return 0;
+}
+
 /* Parses the body of an array value (element type, count, elements) at c. When kv is given (a
  * top-level array) its array fields are filled in; nested arrays are only checked. Every element
  * consumes at least one byte of the file, so the work is linear in the file size. */
@@ -183,6 +214,7 @@ static int parse_array(struct cur *c, const char *key, struct kv *kv, int depth)
                               "%s: key '%s': array of %" PRIu64 " strings at offset %zu cannot "
                               "fit in the %zu bytes left in the file",
                               c->name, key, n, at, remaining(c));
+        if ((rc = array_bound(c, key, n))) return rc;
         if (kv && n) {
             kv->strings = malloc((size_t)n * sizeof *kv->strings);
             if (!kv->strings)
@@ -192,7 +224,7 @@ static int parse_array(struct cur *c, const char *key, struct kv *kv, int depth)
         for (uint64_t i = 0; i < n; i++) {
             struct tsr_str s;
             if (kv) kv->strings[i] = c->p + c->pos;
-            if ((rc = rd_str(c, &s, "array string"))) return rc;
+            if ((rc = rd_str(c, &s, "array string", GGUF_MAX_ARRAY_STR))) return rc;
         }
         return 0;
     }
@@ -202,6 +234,7 @@ static int parse_array(struct cur *c, const char *key, struct kv *kv, int depth)
                               "%s: key '%s': array of %" PRIu64 " arrays at offset %zu cannot "
                               "fit in the %zu bytes left in the file",
                               c->name, key, n, at, remaining(c));
+        if ((rc = array_bound(c, key, n))) return rc;
         for (uint64_t i = 0; i < n; i++)
             if ((rc = parse_array(c, key, NULL, depth + 1))) return rc;
         return 0;
@@ -212,6 +245,7 @@ static int parse_array(struct cur *c, const char *key, struct kv *kv, int depth)
                           "%s: key '%s': array of %" PRIu64 " %s at offset %zu runs past end of "
                           "file (%zu bytes)",
                           c->name, key, n, vtype_name(et), at, c->len);
+    if ((rc = array_bound(c, key, n))) return rc;
     c->pos += (size_t)bytes;
     return 0;
 }
@@ -230,7 +264,7 @@ static int parse_kv(struct cur *c, struct kv *kv)
     if (t == TSR_GGUF_ARRAY) return parse_array(c, kv->key, kv, 1);
     if (t == TSR_GGUF_STRING) {
         struct tsr_str s;
-        return rd_str(c, &s, "metadata string value");
+        return rd_str(c, &s, "metadata string value", GGUF_MAX_STRING);
     }
     if ((rc = need(c, scalar_size(t), "metadata value"))) return rc;
     c->pos += scalar_size(t);
@@ -470,6 +504,16 @@ static int parse(tsr_gguf_t *g)
                           "%s: tensor count %" PRIu64 " is absurd: cannot fit in the %zu bytes "
                           "after the header",
                           g->name, n_tensors, remaining(&c));
+    if (n_kv > GGUF_MAX_KV)
+        return tsr_errorf(TSR_EINVAL,
+                          "%s: kv count %" PRIu64 " is over the limit of %d (real files have "
+                          "under 100)",
+                          g->name, n_kv, GGUF_MAX_KV);
+    if (n_tensors > GGUF_MAX_TENSORS)
+        return tsr_errorf(TSR_EINVAL,
+                          "%s: tensor count %" PRIu64 " is over the limit of %d (Llama 3.1 405B "
+                          "has 1,138)",
+                          g->name, n_tensors, GGUF_MAX_TENSORS);
 
     g->kv = calloc(n_kv ? (size_t)n_kv : 1, sizeof *g->kv);
     g->kv_sorted = malloc((n_kv ? (size_t)n_kv : 1) * sizeof *g->kv_sorted);
@@ -568,25 +612,17 @@ int tsr_gguf_open_mem(const void *buf, size_t len, const char *name, tsr_gguf_t 
 int tsr_gguf_open(const char *path, tsr_gguf_t **out)
 {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return tsr_errorf(TSR_EIO, "%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0) {
-        int e = errno;
-        close(fd);
-        return tsr_errorf(TSR_EIO, "%s: cannot stat: %s", path, strerror(e));
-    }
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
-        return tsr_errorf(TSR_EIO, "%s: not a regular file", path);
-    }
+    int fd;
+    size_t size;
+    int rc = tsr_file_open(path, "model file", 0, &fd, &size);
+    if (rc) return rc;
     tsr_gguf_t *g = calloc(1, sizeof *g);
     if (!g || !(g->name = strdup(path))) {
         free(g);
         close(fd);
         return tsr_errorf(TSR_ENOMEM, "%s: out of memory", path);
     }
-    g->len = (size_t)st.st_size;
+    g->len = size;
     g->buf = (const uint8_t *)"";
     if (g->len) {
         void *m = mmap(NULL, g->len, PROT_READ, MAP_PRIVATE, fd, 0);
@@ -594,8 +630,7 @@ int tsr_gguf_open(const char *path, tsr_gguf_t **out)
             int e = errno;
             close(fd);
             gguf_free(g);
-            return tsr_errorf(TSR_EIO, "%s: mmap of %lld bytes failed: %s", path,
-                              (long long)st.st_size, strerror(e));
+            return tsr_errorf(TSR_EIO, "%s: mmap of %zu bytes failed: %s", path, size, strerror(e));
         }
         g->map = m;
         g->buf = m;

@@ -10,6 +10,7 @@
 #include <jansson.h>
 
 #include "common/status.h"
+#include "model/files.h"
 #include "model/safetensors.h"
 
 enum source { SRC_GGUF, SRC_HF, SRC_SYNTHETIC };
@@ -39,6 +40,7 @@ struct tsr_model {
     tsr_st_t *st;
     tsr_tokenizer_t *tok;
     struct tsr_chat chat;
+    const char *chat_family; /* of an unrecognised template, else NULL */
     enum tsr_dtype synth_dtype;
     uint64_t synth_seed;
 };
@@ -54,11 +56,13 @@ static int is_dir(const char *p)
     return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
+/* An unrecognised template leaves the model serving raw prompts; it is marked so that rendering
+ * a conversation with it is an error, never a silent plain-text prompt. */
 static int load_chat(tsr_model_t *m, const char *template_text)
 {
     if (tsr_chat_detect(template_text, m->cfg.arch, &m->chat)) {
-        /* An unrecognised template still serves raw prompts; chat requests get plain text. */
-        memset(&m->chat, 0, sizeof m->chat);
+        m->chat.kind = TSR_CHAT_UNRECOGNISED;
+        m->chat_family = tsr_chat_family(template_text);
     }
     return 0;
 }
@@ -67,8 +71,7 @@ static int open_gguf(tsr_model_t *m, const char *path)
 {
     int rc = tsr_gguf_open(path, &m->gguf);
     if (rc) return rc;
-    if ((rc = tsr_config_from_gguf(m->gguf, &m->cfg)))
-        return tsr_errorf(rc, "%s: %s", path, tsr_last_error());
+    if ((rc = tsr_config_from_gguf(m->gguf, &m->cfg))) return tsr_error_prefix(rc, "%s", path);
     if ((rc = tsr_tokenizer_from_gguf(m->gguf, &m->tok))) return rc;
     struct tsr_str tmpl;
     char *t = NULL;
@@ -90,13 +93,25 @@ static int open_hf(tsr_model_t *m, const char *dir)
     snprintf(path, sizeof path, "%s/config.json", dir);
     if ((rc = tsr_config_from_json(path, &m->cfg))) return rc;
     if ((rc = tsr_st_open_dir(dir, &m->st))) return rc;
-    if (!tsr_st_find_tensor(m->st, "lm_head.weight")) m->cfg.tied_embeddings = 1;
+    /* An untied model computes logits with its own head: falling back to the embeddings would
+     * silently run a different model. */
+    if (!m->cfg.tied_embeddings && !tsr_st_find_tensor(m->st, "lm_head.weight"))
+        return tsr_errorf(TSR_EFORMAT,
+                          "%s: tie_word_embeddings is false but there is no lm_head.weight", dir);
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
     if ((rc = tsr_tokenizer_from_json(path, &m->tok))) return rc;
     snprintf(path, sizeof path, "%s/tokenizer_config.json", dir);
-    json_error_t err;
-    json_t *tc = json_load_file(path, 0, &err); /* optional */
-    rc = load_chat(m, tc ? json_string_value(json_object_get(tc, "chat_template")) : NULL);
+    json_t *tc = NULL;
+    rc = tsr_json_load(path, "tokenizer_config.json", TSR_MAX_TOKCONFIG_JSON_BYTES, 0, &tc);
+    if (rc && rc != TSR_ENOTFOUND) return rc; /* optional, but not when broken */
+    json_t *tpl = json_object_get(tc, "chat_template");
+    if (tpl && !json_is_string(tpl) && !json_is_null(tpl)) {
+        json_decref(tc);
+        return tsr_errorf(TSR_EUNSUPPORTED,
+                          "%s: chat_template is not a string (named templates are not supported)",
+                          path);
+    }
+    rc = load_chat(m, json_string_value(tpl));
     json_decref(tc);
     return rc;
 }
@@ -157,6 +172,71 @@ static int open_synthetic(tsr_model_t *m, const char *spec)
     return tsr_config_validate(c);
 }
 
+/* Small tensors whose values steer every token, checked once at open: a NaN or zero here is no
+ * crash, just a model that silently computes garbage (a rope_freqs of zeros made every token 0).
+ * Norm weights: a float type, (1, dim), finite. rope_freqs.weight (optional): F32, head_dim / 2,
+ * finite and positive (it divides the frequencies). O(n_layer * dim) reads of the mapping. */
+static int check_vector(tsr_model_t *m, const char *name, int64_t n, int positive, int optional)
+{
+    struct tsr_tensor_view v;
+    int rc = tsr_model_tensor(m, name, &v);
+    if (rc == TSR_ENOTFOUND && optional) return 0;
+    if (rc) return rc;
+    if (v.type != TSR_F32 && v.type != TSR_F16 && v.type != TSR_BF16)
+        return tsr_errorf(TSR_EFORMAT, "%s: '%s' is %s; it must be F32, F16 or BF16", m->name, name,
+                          tsr_dtype_name(v.type));
+    if (v.rows != 1 || v.cols != n)
+        return tsr_errorf(TSR_EFORMAT, "%s: '%s' is %lldx%lld; it must be a vector of %lld",
+                          m->name, name, (long long)v.rows, (long long)v.cols, (long long)n);
+    float x[256];
+    size_t eb = tsr_dtype_row_bytes(v.type, 1);
+    for (int64_t i = 0; i < n; i += 256) {
+        int64_t k = n - i < 256 ? n - i : 256;
+        tsr_dequantize_row(v.type, (const char *)v.data + (size_t)i * eb, x, k);
+        for (int64_t j = 0; j < k; j++)
+            if (!isfinite(x[j]) || (positive && !(x[j] > 0)))
+                return tsr_errorf(TSR_EFORMAT, "%s: '%s'[%lld] = %g; it must be finite%s", m->name,
+                                  name, (long long)(i + j), (double)x[j],
+                                  positive ? " and positive" : "");
+    }
+    return 0;
+}
+
+static int check_tensors(tsr_model_t *m)
+{
+    const struct tsr_model_config *c = &m->cfg;
+    char name[64];
+    int rc;
+    if ((rc = check_vector(m, "output_norm.weight", c->dim, 0, 0))) return rc;
+    for (int l = 0; l < c->n_layer; l++) {
+        snprintf(name, sizeof name, "blk.%d.attn_norm.weight", l);
+        if ((rc = check_vector(m, name, c->dim, 0, 0))) return rc;
+        snprintf(name, sizeof name, "blk.%d.ffn_norm.weight", l);
+        if ((rc = check_vector(m, name, c->dim, 0, 0))) return rc;
+    }
+    struct tsr_tensor_view v;
+    if (!tsr_model_tensor(m, "rope_freqs.weight", &v) && v.type != TSR_F32)
+        return tsr_errorf(TSR_EFORMAT, "%s: 'rope_freqs.weight' is %s; it must be F32", m->name,
+                          tsr_dtype_name(v.type));
+    return check_vector(m, "rope_freqs.weight", c->head_dim / 2, 1, 1);
+}
+
+int tsr_config_load(const char *spec, struct tsr_model_config *c)
+{
+    char path[4096];
+    struct stat st;
+    size_t n = strlen(spec);
+    if (n > 5 && !strcmp(spec + n - 5, ".json")) return tsr_config_from_json(spec, c);
+    snprintf(path, sizeof path, "%s/config.json", spec);
+    if (is_dir(spec) && stat(path, &st) == 0) return tsr_config_from_json(path, c);
+    tsr_model_t *m;
+    int rc = tsr_model_open(spec, &m);
+    if (rc) return rc;
+    *c = m->cfg;
+    tsr_model_free(m);
+    return 0;
+}
+
 int tsr_model_open(const char *spec, tsr_model_t **out)
 {
     *out = NULL;
@@ -174,6 +254,7 @@ int tsr_model_open(const char *spec, tsr_model_t **out)
         m->src = SRC_GGUF;
         rc = open_gguf(m, spec);
     }
+    if (!rc && m->src != SRC_SYNTHETIC) rc = check_tensors(m);
     if (rc) {
         tsr_model_free(m);
         return rc;
@@ -195,6 +276,11 @@ void tsr_model_free(tsr_model_t *m)
 const struct tsr_model_config *tsr_model_config(const tsr_model_t *m)
 {
     return &m->cfg;
+}
+
+const char *tsr_model_chat_family(const tsr_model_t *m)
+{
+    return m->chat_family;
 }
 
 const char *tsr_model_name(const tsr_model_t *m)

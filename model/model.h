@@ -38,6 +38,9 @@ const char *tsr_model_name(const tsr_model_t *m);
 const tsr_tokenizer_t *tsr_model_tokenizer(const tsr_model_t *m);
 /* The chat template family; TSR_CHAT_NONE when the model has none. Owned by the model. */
 const struct tsr_chat *tsr_model_chat(const tsr_model_t *m);
+/* When the model's chat is TSR_CHAT_UNRECOGNISED: its template's family ("Gemma", "unknown", ...,
+ * see tsr_chat_family); NULL otherwise. */
+const char *tsr_model_chat_family(const tsr_model_t *m);
 
 /* Looks a tensor up by its GGUF name. TSR_ENOTFOUND if absent (optional tensors: biases,
  * rope_freqs, output when embeddings are tied). A synthetic tensor's view has its type and shape

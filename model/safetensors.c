@@ -14,14 +14,21 @@
 
 #include "common/checked.h"
 #include "common/status.h"
+#include "model/files.h"
 
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "the safetensors reader assumes a little-endian host"
 #endif
 
-/* A header is a JSON object of a few hundred entries; 100 MB is the limit the reference
- * implementation uses, and it keeps a corrupt length from making us parse the whole file. */
-#define ST_MAX_HEADER (100u << 20)
+/* Upper bounds from real checkpoints. A shard's header is a JSON object of a few hundred entries
+ * of about 130 bytes (DeepSeek V3: ~570 tensors a shard, under 100 KB; an unsharded Mixtral:
+ * 995 tensors, 130 KB). Parsing costs about 18 bytes of memory per header byte, so the reference
+ * implementation's 100 MB limit let one header cost 2 GiB; 8 MiB (60,000 entries) costs at most
+ * ~150 MB. A model has at most ~140k tensors (Kimi K2 with its FP8 scales) in at most ~200 shards
+ * (Llama 3.1 405B: 191). Over a bound is TSR_EINVAL, checked before the entries are stored. */
+#define ST_MAX_HEADER  (8u << 20)
+#define ST_MAX_TENSORS (1u << 19)
+#define ST_MAX_SHARDS  4096
 
 struct shard {
     char *path;
@@ -168,8 +175,10 @@ static int parse_file(tsr_st_t *st, uint32_t shard, const uint8_t *buf, size_t l
         return tsr_errorf(TSR_EFORMAT,
                           "%s: header length %" PRIu64 " runs past end of file (%zu bytes)", file,
                           hlen, len);
-    if (hlen >= ST_MAX_HEADER)
-        return tsr_errorf(TSR_EFORMAT, "%s: header length %" PRIu64 " exceeds the %u-byte limit",
+    if (hlen > ST_MAX_HEADER)
+        return tsr_errorf(TSR_EINVAL,
+                          "%s: header length %" PRIu64 " is over the limit of %u bytes (real "
+                          "shards have under 1 MB)",
                           file, hlen, ST_MAX_HEADER);
 
     json_error_t jerr;
@@ -180,6 +189,13 @@ static int parse_file(tsr_st_t *st, uint32_t shard, const uint8_t *buf, size_t l
     int rc = 0;
     if (!json_is_object(root)) {
         rc = tsr_errorf(TSR_EFORMAT, "%s: header is not a JSON object", file);
+        goto out;
+    }
+    if (json_object_size(root) > ST_MAX_TENSORS - st->n) {
+        rc = tsr_errorf(TSR_EINVAL,
+                        "%s: %zu tensors (%zu before this file) are over the limit of %u tensors "
+                        "in a model",
+                        file, json_object_size(root), st->n, ST_MAX_TENSORS);
         goto out;
     }
     const uint8_t *data = buf + 8 + hlen;
@@ -294,6 +310,9 @@ int tsr_st_open_mem(const void *buf, size_t len, const char *name, tsr_st_t **ou
 /* Maps path as a new shard of st and parses it. */
 static int add_file(tsr_st_t *st, const char *path)
 {
+    if (st->n_shards >= ST_MAX_SHARDS)
+        return tsr_errorf(TSR_EINVAL, "%s: more than %d shards (Llama 3.1 405B has 191)", st->name,
+                          ST_MAX_SHARDS);
     struct shard *ns = realloc(st->shards, (st->n_shards + 1) * sizeof *ns);
     if (!ns) return tsr_errorf(TSR_ENOMEM, "%s: out of memory", path);
     st->shards = ns;
@@ -302,16 +321,9 @@ static int add_file(tsr_st_t *st, const char *path)
     if (!(sh->path = strdup(path))) return tsr_errorf(TSR_ENOMEM, "%s: out of memory", path);
     st->n_shards++;
 
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return tsr_errorf(errno == ENOENT ? TSR_ENOTFOUND : TSR_EIO, "%s: cannot open: %s", path,
-                          strerror(errno));
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        close(fd);
-        return tsr_errorf(TSR_EIO, "%s: not a readable regular file", path);
-    }
-    sh->len = (size_t)sb.st_size;
+    int fd;
+    int rc = tsr_file_open(path, "safetensors file", 0, &fd, &sh->len);
+    if (rc) return rc;
     if (sh->len) {
         void *m = mmap(NULL, sh->len, PROT_READ, MAP_PRIVATE, fd, 0);
         if (m == MAP_FAILED) {
@@ -376,12 +388,10 @@ static int cmp_cstr(const void *a, const void *b)
  * that every tensor the index names is in the shard it names. */
 static int open_index(tsr_st_t *st, const char *dir, const char *index_path)
 {
-    json_error_t jerr;
-    json_t *root = json_load_file(index_path, JSON_REJECT_DUPLICATES, &jerr);
-    if (!root)
-        return tsr_errorf(TSR_EFORMAT, "%s: not valid JSON: %s (line %d, column %d)", index_path,
-                          jerr.text, jerr.line, jerr.column);
-    int rc = 0;
+    json_t *root;
+    int rc = tsr_json_load(index_path, "shard index", TSR_MAX_INDEX_JSON_BYTES,
+                           JSON_REJECT_DUPLICATES, &root);
+    if (rc) return rc;
     const char **files = NULL;
     json_t *wm = json_is_object(root) ? json_object_get(root, "weight_map") : NULL;
     if (!json_is_object(wm)) {
@@ -389,6 +399,11 @@ static int open_index(tsr_st_t *st, const char *dir, const char *index_path)
         goto out;
     }
     size_t n = json_object_size(wm), nf = 0;
+    if (n > ST_MAX_TENSORS) {
+        rc = tsr_errorf(TSR_EINVAL, "%s: weight_map lists %zu tensors, over the limit of %u",
+                        index_path, n, ST_MAX_TENSORS);
+        goto out;
+    }
     files = malloc((n ? n : 1) * sizeof *files);
     if (!files) {
         rc = tsr_errorf(TSR_ENOMEM, "%s: out of memory", index_path);

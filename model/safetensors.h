@@ -2,8 +2,8 @@
  *
  * A .safetensors file: u64 header length N (little endian), N bytes of JSON mapping tensor names to
  * {"dtype", "shape", "data_offsets": [begin, end]} (offsets relative to the byte after the header)
- * plus an optional "__metadata__" object. Files are mmap'ed; every offset, shape and size is checked
- * against the file with overflow-safe arithmetic (shape product × element size must equal
+ * plus an optional "__metadata__" object. Files are mmap'ed; every offset, shape and size is
+ * checked against the file with overflow-safe arithmetic (shape product × element size must equal
  * end - begin; ranges inside the data section). Supported dtypes: F32, F16, BF16; others give
  * TSR_EUNSUPPORTED naming the tensor. A malformed file is TSR_EFORMAT with a message naming the
  * file and what is wrong, never a crash.
@@ -21,9 +21,9 @@
 typedef struct tsr_st tsr_st_t; /* one file or a whole directory's shards */
 
 struct tsr_st_tensor {
-    char *name;       /* NUL-terminated, owned by the reader */
-    uint32_t n_dims;  /* 0..4 (0 = scalar) */
-    int64_t ne[4];    /* ne[0] innermost: the reverse of the JSON "shape"; unused = 1 */
+    char *name;      /* NUL-terminated, owned by the reader */
+    uint32_t n_dims; /* 0..4 (0 = scalar) */
+    int64_t ne[4];   /* ne[0] innermost: the reverse of the JSON "shape"; unused = 1 */
     enum tsr_dtype type;
     uint64_t nbytes;
     const void *data; /* into the mapping */

@@ -383,7 +383,7 @@ int tsr_cluster_plan_make(const struct tsr_model_config *c, const struct tsr_clu
     if (cl->context < 0) return tsr_errorf(TSR_EINVAL, "context must not be negative");
     out->gpus = cl->nodes * cl->gpus_per_node;
     out->reserve = cl->reserve < 0 ? TSR_PLAN_RESERVE : cl->reserve;
-    out->context = cl->context ? cl->context : c->n_ctx_train > 0 ? c->n_ctx_train : 4096;
+    out->context = cl->context ? cl->context : c->n_ctx_train; /* validated: >= 1 */
 
     int tp = cl->tp;
     if (tp) {

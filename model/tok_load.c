@@ -11,10 +11,13 @@
 #include <string.h>
 
 #include "common/status.h"
+#include "model/config.h"
+#include "model/files.h"
 #include "model/gguf.h"
 #include "model/tok_internal.h"
 
-#define TOK_MAX_VOCAB (1 << 24)
+/* The model config's bound (model/config.h): the largest real vocabulary is 262,144 tokens. */
+#define TOK_MAX_VOCAB TSR_MAX_VOCAB
 
 struct pool {
     char *p;
@@ -35,9 +38,12 @@ static struct tsr_tokenizer *tok_new(void)
 /* Allocates per-token tables for n tokens; every token starts as "" (pool offset 0). */
 static int alloc_tables(struct tsr_tokenizer *t, struct pool *pl, size_t n)
 {
-    if (n == 0 || n > TOK_MAX_VOCAB)
-        return tsr_errorf(TSR_EFORMAT, "tokenizer: vocabulary of %zu tokens (1..%d allowed)", n,
-                          TOK_MAX_VOCAB);
+    if (n == 0) return tsr_errorf(TSR_EFORMAT, "tokenizer: empty vocabulary");
+    if (n > TOK_MAX_VOCAB)
+        return tsr_errorf(TSR_EINVAL,
+                          "tokenizer: vocabulary of %zu tokens is over the limit of %d (Gemma 3 "
+                          "has 262144)",
+                          n, TOK_MAX_VOCAB);
     t->n_vocab = (int32_t)n;
     t->off = calloc(n, sizeof *t->off);
     t->len = calloc(n, sizeof *t->len);
@@ -418,6 +424,11 @@ int tsr_tokenizer_from_gguf(const tsr_gguf_t *g, tsr_tokenizer_t **out)
         (rc = gguf_flag(g, "tokenizer.ggml.add_space_prefix", 1, &space_prefix)))
         goto fail;
     t->wants_bos = add_bos;
+    if (add_bos && t->bos < 0 && tsr_gguf_find_kv(g, "tokenizer.ggml.add_bos_token") >= 0) {
+        rc = tsr_errorf(TSR_EFORMAT, "tokenizer: tokenizer.ggml.add_bos_token is set but "
+                                     "tokenizer.ggml.bos_token_id is missing");
+        goto fail;
+    }
 
     if (t->kind == TOK_BYTE_BPE) {
         rc = gguf_cstr(g, "tokenizer.ggml.pre", pre, sizeof pre);
@@ -660,59 +671,101 @@ static const char *token_name(json_t *v)
     return jstr(v, "content");
 }
 
-static void json_config(struct tsr_tokenizer *t, const char *path)
+/* The id of a special token a config names, or -1 if it names none. A name that is not in the
+ * vocabulary is an error: the caller decides whether the token is used. */
+static int config_token(struct tsr_tokenizer *t, const char *cfg, json_t *root, const char *key,
+                        int32_t *id)
+{
+    const char *name = token_name(json_object_get(root, key));
+    *id = -1;
+    if (!name) return 0;
+    *id = tok_str_map_get(&t->vocab, name, strlen(name));
+    if (*id < 0)
+        return tsr_errorf(TSR_EFORMAT, "%s: %s \"%.64s\" is not in the vocabulary (%d tokens)", cfg,
+                          key, name, (int)t->n_vocab);
+    return 0;
+}
+
+/* tokenizer_config.json beside tokenizer.json (optional): BOS, EOS and add_bos_token. A BOS or
+ * EOS it names must exist when used: EOS always (it ends generation), BOS when prompts start
+ * with it. */
+static int json_config(struct tsr_tokenizer *t, const char *path)
 {
     const char *slash = strrchr(path, '/');
     size_t dir = slash ? (size_t)(slash - path + 1) : 0;
-    if (strcmp(path + dir, "tokenizer.json")) return; /* not a Hugging Face model directory */
+    if (strcmp(path + dir, "tokenizer.json")) return 0; /* not a Hugging Face model directory */
     char *cfg = malloc(dir + sizeof "tokenizer_config.json");
-    if (!cfg) return;
+    if (!cfg) return tsr_errorf(TSR_ENOMEM, "tokenizer: out of memory");
     memcpy(cfg, path, dir);
     strcpy(cfg + dir, "tokenizer_config.json");
-    json_t *root = json_load_file(cfg, 0, NULL);
-    free(cfg);
-    if (!root) return; /* optional */
-    const char *bos = token_name(json_object_get(root, "bos_token"));
-    const char *eos = token_name(json_object_get(root, "eos_token"));
-    if (bos && tok_str_map_get(&t->vocab, bos, strlen(bos)) >= 0)
-        t->bos = tok_str_map_get(&t->vocab, bos, strlen(bos));
-    if (eos && tok_str_map_get(&t->vocab, eos, strlen(eos)) >= 0)
-        t->eos = tok_str_map_get(&t->vocab, eos, strlen(eos));
+    json_t *root;
+    int rc = tsr_json_load(cfg, "tokenizer_config.json", TSR_MAX_TOKCONFIG_JSON_BYTES, 0, &root);
+    if (rc == TSR_ENOTFOUND) {
+        free(cfg);
+        return 0; /* optional */
+    }
+    if (rc) goto out;
     json_t *ab = json_object_get(root, "add_bos_token");
     if (json_is_boolean(ab)) t->wants_bos = json_is_true(ab);
+    int32_t bos, eos;
+    int bos_rc = config_token(t, cfg, root, "bos_token", &bos);
+    if (bos_rc && t->wants_bos) {
+        rc = tsr_error_prefix(bos_rc, "add_bos_token asks for BOS");
+        goto out;
+    }
+    if (bos >= 0) t->bos = bos;
+    if ((rc = config_token(t, cfg, root, "eos_token", &eos))) goto out;
+    if (eos >= 0) t->eos = eos;
+out:
     json_decref(root);
+    free(cfg);
+    return rc;
 }
 
-/* TemplateProcessing whose single-sequence template starts with a special token: that is BOS. */
-static void json_post(struct tsr_tokenizer *t, json_t *p)
+/* TemplateProcessing whose single-sequence template starts with a special token: that is BOS,
+ * and prompts start with it, so it must be a token of the vocabulary. */
+static int json_post(struct tsr_tokenizer *t, const char *path, json_t *p)
 {
     const char *type = jstr(p, "type");
-    if (!type) return;
+    if (!type) return 0;
     if (!strcmp(type, "Sequence")) {
         size_t i;
         json_t *v;
-        json_array_foreach(json_object_get(p, "processors"), i, v) json_post(t, v);
-        return;
+        int rc;
+        json_array_foreach(json_object_get(p, "processors"), i, v)
+        {
+            if ((rc = json_post(t, path, v))) return rc;
+        }
+        return 0;
     }
-    if (strcmp(type, "TemplateProcessing")) return;
+    if (strcmp(type, "TemplateProcessing")) return 0;
     json_t *first = json_array_get(json_object_get(p, "single"), 0);
     const char *name = jstr(json_object_get(first, "SpecialToken"), "id");
-    if (!name) return;
+    if (!name) return 0;
     json_t *ids =
         json_object_get(json_object_get(json_object_get(p, "special_tokens"), name), "ids");
     json_t *id = json_array_get(ids, 0);
-    int32_t bos = json_is_integer(id) ? (int32_t)json_integer_value(id)
-                                      : tok_str_map_get(&t->vocab, name, strlen(name));
-    if (bos >= 0 && bos < t->n_vocab) {
-        t->bos = bos;
-        t->wants_bos = 1;
-    }
+    json_int_t bos = json_is_integer(id) ? json_integer_value(id)
+                                         : tok_str_map_get(&t->vocab, name, strlen(name));
+    if (bos < 0 || bos >= t->n_vocab)
+        return tsr_errorf(TSR_EFORMAT,
+                          "%s: the post-processor starts prompts with \"%.64s\" (id %lld), which "
+                          "is not in the vocabulary (%d tokens)",
+                          path, name, (long long)bos, (int)t->n_vocab);
+    t->bos = (int32_t)bos;
+    t->wants_bos = 1;
+    return 0;
 }
 
 static int json_token_id(const struct jctx *c, json_t *v, const char *what, int32_t *id)
 {
-    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) >= TOK_MAX_VOCAB)
+    if (!json_is_integer(v) || json_integer_value(v) < 0)
         return tsr_errorf(TSR_EFORMAT, "%s: %s has no valid id", c->path, what);
+    if (json_integer_value(v) >= TOK_MAX_VOCAB)
+        return tsr_errorf(TSR_EINVAL,
+                          "%s: %s has id %lld, over the vocabulary limit of %d tokens (Gemma 3 "
+                          "has 262144)",
+                          c->path, what, (long long)json_integer_value(v), TOK_MAX_VOCAB);
     *id = (int32_t)json_integer_value(v);
     return 0;
 }
@@ -720,7 +773,6 @@ static int json_token_id(const struct jctx *c, json_t *v, const char *what, int3
 int tsr_tokenizer_from_json(const char *path, tsr_tokenizer_t **out)
 {
     int rc;
-    json_error_t jerr;
     struct pool pl = {0};
     char *mbuf = NULL;
     size_t mcap = 0;
@@ -728,14 +780,10 @@ int tsr_tokenizer_from_json(const char *path, tsr_tokenizer_t **out)
     struct jctx c = {path, 0, 0};
     *out = NULL;
 
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return tsr_errorf(errno == ENOENT ? TSR_ENOTFOUND : TSR_EIO, "%s: %s", path,
-                          strerror(errno));
-    json_t *root = json_loadf(f, JSON_ALLOW_NUL, &jerr);
-    fclose(f);
-    if (!root)
-        return tsr_errorf(TSR_EFORMAT, "%s:%d:%d: %s", path, jerr.line, jerr.column, jerr.text);
+    json_t *root;
+    if ((rc = tsr_json_load(path, "tokenizer.json", TSR_MAX_TOKENIZER_JSON_BYTES, JSON_ALLOW_NUL,
+                            &root)))
+        return rc;
 
     json_t *model = json_object_get(root, "model");
     json_t *vocab = json_object_get(model, "vocab");
@@ -839,8 +887,9 @@ int tsr_tokenizer_from_json(const char *path, tsr_tokenizer_t **out)
 
     /* BOS/EOS: tokenizer.json does not name them; the post-processor and tokenizer_config.json
      * beside it do. Failing those, the usual names. */
-    json_post(t, json_object_get(root, "post_processor"));
-    json_config(t, path);
+    if ((rc = json_post(t, path, json_object_get(root, "post_processor"))) ||
+        (rc = json_config(t, path)))
+        goto fail;
     static const char *const bos_names[] = {"<s>", "<|begin_of_text|>", "<|startoftext|>"};
     static const char *const eos_names[] = {"</s>", "<|end_of_text|>", "<|endoftext|>",
                                             "<|im_end|>"};
@@ -853,6 +902,10 @@ int tsr_tokenizer_from_json(const char *path, tsr_tokenizer_t **out)
         if (e >= 0 && (t->attr[e] & TOK_ATTR_SPECIAL)) t->eos = e;
     }
     if (t->eos >= 0) t->attr[t->eos] |= TOK_ATTR_EOG;
+    if (t->wants_bos && t->bos < 0) {
+        rc = tsr_errorf(TSR_EFORMAT, "%s: add_bos_token is set but no BOS token is named", path);
+        goto fail;
+    }
 
     free(mbuf);
     json_decref(root);

@@ -46,10 +46,12 @@ for src in "$root"/tests/fuzz/fuzz_*.c; do
   name=$(basename "$src" .c)
   corpus=$(mktemp -d)
   cp -r "$root/tests/fuzz/corpus/$name/." "$corpus/" 2>/dev/null || true
+  dict=()
+  [ -f "$root/tests/fuzz/$name.dict" ] && dict=(-dict="$root/tests/fuzz/$name.dict")
   echo "-- $name"
   rc=0
-  "$root/build-fuzz/tests/$name" -max_total_time="${FUZZ_SECONDS:-60}" -print_final_stats=1 \
-    -rss_limit_mb=4096 "$corpus" >"$corpus.log" 2>&1 || rc=$?
+  "$root/build-fuzz/tests/$name" ${dict[@]+"${dict[@]}"} -max_total_time="${FUZZ_SECONDS:-60}" \
+    -print_final_stats=1 -rss_limit_mb=4096 "$corpus" >"$corpus.log" 2>&1 || rc=$?
   grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|SUMMARY)' "$corpus.log" || true
   if [ "$rc" != 0 ]; then
     tail -n 40 "$corpus.log"

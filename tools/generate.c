@@ -16,7 +16,7 @@
 #include "worker/group.h"
 
 struct gen_args {
-    const char *model, *prompt, *prompt_ids, *system, *device;
+    const char *model, *prompt, *prompt_ids, *system, *device, *chat_template;
     int chat, max_tokens, threads, ignore_eos, show_ids, tp, pp;
     struct tsr_sampling sp;
 };
@@ -25,7 +25,8 @@ static void gen_usage(FILE *f)
 {
     fprintf(f,
             "usage: tessera generate [--model PATH|DIR|synthetic:NAME[:DTYPE]] --prompt TEXT\n"
-            "                        [--chat] [--system TEXT] [--max-tokens N]\n"
+            "                        [--chat] [--chat-template NAME] [--system TEXT]\n"
+            "                        [--max-tokens N]\n"
             "                        [--temperature T] [--top-k K] [--top-p P] [--min-p P]\n"
             "                        [--repeat-penalty R] [--seed S] [--threads N]\n"
             "                        [--prompt-ids 1,2,3] [--ignore-eos] [--show-ids]\n"
@@ -33,6 +34,9 @@ static void gen_usage(FILE *f)
             "  --model       a .gguf file, a Hugging Face directory, or a synthetic shape\n"
             "                (%s); default %s\n"
             "  --chat        wrap the prompt in the model's chat template\n"
+            "  --chat-template chatml|llama3|llama2|none\n"
+            "                the template to use instead of the model's (implies --chat): for a\n"
+            "                model whose template tessera does not recognise, or has none\n"
             "  --prompt-ids  token ids instead of text (synthetic models have no tokenizer)\n"
             "  --show-ids    print the generated token ids, one line, after the text\n"
             "  --tp, --pp    shard the model over N x M ranks (tensor x pipeline parallel),\n"
@@ -45,10 +49,23 @@ static void gen_usage(FILE *f)
 
 static int parse_args(int argc, char **argv, struct gen_args *a)
 {
-    enum { O_SYSTEM = 256, O_TOPK, O_MINP, O_REP, O_IDS, O_IGNORE, O_SHOW, O_TP, O_PP, O_DEVICE };
+    enum {
+        O_SYSTEM = 256,
+        O_TOPK,
+        O_MINP,
+        O_REP,
+        O_IDS,
+        O_IGNORE,
+        O_SHOW,
+        O_TP,
+        O_PP,
+        O_DEVICE,
+        O_TEMPLATE
+    };
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                          {"prompt", required_argument, 0, 'p'},
                                          {"chat", no_argument, 0, 'c'},
+                                         {"chat-template", required_argument, 0, O_TEMPLATE},
                                          {"system", required_argument, 0, O_SYSTEM},
                                          {"max-tokens", required_argument, 0, 'n'},
                                          {"temperature", required_argument, 0, 't'},
@@ -88,6 +105,17 @@ static int parse_args(int argc, char **argv, struct gen_args *a)
         case 'c':
             a->chat = 1;
             break;
+        case O_TEMPLATE: {
+            struct tsr_chat probe;
+            if (tsr_chat_named(optarg, NULL, &probe)) {
+                fprintf(stderr, "tessera: --chat-template: %s\n", tsr_last_error());
+                return 2;
+            }
+            tsr_chat_free(&probe);
+            a->chat_template = optarg;
+            a->chat = 1;
+            break;
+        }
         case O_SYSTEM:
             a->system = optarg;
             break;
@@ -166,11 +194,33 @@ static int encode_prompt(const tsr_model_t *m, const struct gen_args *a, int32_t
     char *text = NULL;
     int rc;
     if (a->chat) {
+        const struct tsr_chat *chat = tsr_model_chat(m);
+        struct tsr_chat named;
+        if (!a->chat_template &&
+            (chat->kind == TSR_CHAT_UNRECOGNISED || chat->kind == TSR_CHAT_NONE)) {
+            /* A chat asked for and a completion given would be a silent change of meaning. */
+            if (chat->kind == TSR_CHAT_UNRECOGNISED)
+                fprintf(stderr,
+                        "tessera generate: --chat: %s has a chat template of the %s family, "
+                        "which tessera does not render;",
+                        tsr_model_name(m), tsr_model_chat_family(m));
+            else
+                fprintf(stderr, "tessera generate: --chat: %s has no chat template;",
+                        tsr_model_name(m));
+            fprintf(stderr, " pick one with --chat-template chatml|llama3|llama2|none\n");
+            return 2;
+        }
+        if (a->chat_template) {
+            if ((rc = tsr_chat_named(a->chat_template, chat, &named))) goto fail;
+            chat = &named;
+        }
         struct tsr_chat_msg msgs[2];
         size_t nm = 0;
         if (a->system) msgs[nm++] = (struct tsr_chat_msg){"system", a->system};
         msgs[nm++] = (struct tsr_chat_msg){"user", a->prompt};
-        if ((rc = tsr_chat_render(tsr_model_chat(m), msgs, nm, 1, &text))) goto fail;
+        rc = tsr_chat_render(chat, msgs, nm, 1, &text);
+        if (a->chat_template) tsr_chat_free(&named);
+        if (rc) goto fail;
     }
     const char *p = text ? text : a->prompt;
     rc = tsr_tokenizer_encode(tok, p, strlen(p), tsr_tokenizer_wants_bos(tok), a->chat, ids, n);

@@ -5,7 +5,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "common/status.h"
 #include "model/gguf.h"
@@ -137,24 +136,6 @@ static int parse_args(int argc, char **argv, struct plan_args *a)
     return 0;
 }
 
-/* A config.json (or a directory holding one) is read alone; anything else is opened as a model,
- * which for a GGUF reads only its header and maps the file. */
-static int load_config(const char *spec, struct tsr_model_config *c)
-{
-    char path[4096];
-    struct stat st;
-    size_t n = strlen(spec);
-    if (n > 5 && !strcmp(spec + n - 5, ".json")) return tsr_config_from_json(spec, c);
-    snprintf(path, sizeof path, "%s/config.json", spec);
-    if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) return tsr_config_from_json(path, c);
-    tsr_model_t *m;
-    int rc = tsr_model_open(spec, &m);
-    if (rc) return rc;
-    *c = *tsr_model_config(m);
-    tsr_model_free(m);
-    return 0;
-}
-
 static int gguf_type(void *ctx, const char *name)
 {
     const struct tsr_gguf_tensor *t = tsr_gguf_find_tensor(ctx, name);
@@ -258,7 +239,7 @@ int tsr_cmd_plan(int argc, char **argv)
     int rc = parse_args(argc, argv, &a);
     if (rc) return rc;
     struct tsr_model_config c;
-    if ((rc = load_config(a.config, &c))) {
+    if ((rc = tsr_config_load(a.config, &c))) {
         fprintf(stderr, "tessera plan: %s\n", tsr_last_error());
         return 1;
     }

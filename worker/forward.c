@@ -144,7 +144,7 @@ static int map_slice(tsr_runner_t *r, tsr_model_t *m, const char *name,
 {
     struct tsr_slice_bytes sb;
     int rc = tsr_slice_bytes(sl, v->type, &sb);
-    if (rc) return tsr_errorf(rc, "%s: %s", tsr_model_name(m), tsr_last_error());
+    if (rc) return tsr_error_prefix(rc, "%s", tsr_model_name(m));
     *nbytes = sb.row_bytes * (size_t)sb.n_rows;
     if (sl->split == TSR_SPLIT_ROWS || v->rows == 1) {
         *data = (const char *)v->data + sb.offset; /* contiguous: used in place */

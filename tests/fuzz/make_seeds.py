@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
-"""Writes the seed corpora for fuzz_gguf and fuzz_safetensors: small valid files that reach every
-branch of the parsers (all metadata types, nested arrays, every tensor type, alignments, GGUF v2
-and v3; safetensors with metadata, scalars, empty tensors, every supported dtype). Deterministic;
+"""Writes the seed corpora for fuzz_gguf, fuzz_safetensors, fuzz_gguf_config and fuzz_config_json:
+small valid files that reach every branch of the parsers (all metadata types, nested arrays, every
+tensor type, alignments, GGUF v2 and v3; safetensors with metadata, scalars, empty tensors, every
+supported dtype; configs of small and planning shapes). Deterministic;
 run from anywhere: python3 tests/fuzz/make_seeds.py"""
 import json
 import os
@@ -125,5 +126,47 @@ def main():
           safetensors([("x", "F16", [3])], pad=1))
 
 
+def config_seeds():
+    """fuzz_gguf_config: metadata-only GGUF files of small llama and qwen2 shapes (what
+    tsr_config_from_gguf reads); fuzz_config_json: config.json files of the same shapes and the
+    planning shapes in tests/reference/configs."""
+    def llama_kvs(arch, extra=()):
+        return [("general.architecture", STRING, arch),
+                (arch + ".block_count", U32, 2), (arch + ".embedding_length", U32, 64),
+                (arch + ".feed_forward_length", U32, 128),
+                (arch + ".attention.head_count", U32, 4),
+                (arch + ".attention.head_count_kv", U32, 2),
+                (arch + ".context_length", U32, 256),
+                (arch + ".rope.freq_base", F32, 10000.0),
+                (arch + ".attention.layer_norm_rms_epsilon", F32, 1e-5),
+                (arch + ".vocab_size", U32, 300)] + list(extra)
+    write("fuzz_gguf_config", "llama.gguf", gguf(llama_kvs("llama"), []))
+    write("fuzz_gguf_config", "qwen2.gguf", gguf(llama_kvs("qwen2"), []))
+    write("fuzz_gguf_config", "linear_rope.gguf", gguf(llama_kvs("llama", [
+        ("llama.rope.scaling.type", STRING, "linear"), ("llama.rope.scaling.factor", F32, 4.0),
+        ("llama.rope.dimension_count", U32, 16), ("llama.attention.key_length", U32, 16)]), []))
+    write("fuzz_gguf_config", "tokens_vocab.gguf", gguf(
+        [kv for kv in llama_kvs("mistral") if not kv[0].endswith("vocab_size")] +
+        [("tokenizer.ggml.tokens", ARRAY, (STRING, ["a", "b", "c"]))], []))
+    base = {"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 64,
+            "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "vocab_size": 300, "max_position_embeddings": 256, "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0, "tie_word_embeddings": True}
+    seeds = {"llama.json": base,
+             "qwen2.json": dict(base, model_type="qwen2", tie_word_embeddings=False),
+             "linear.json": dict(base, rope_scaling={"type": "linear", "factor": 2.0}),
+             "llama3.json": dict(base, rope_scaling={
+                 "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                 "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
+             "head_dim.json": dict(base, head_dim=32)}
+    for name, cfg in seeds.items():
+        write("fuzz_config_json", name, json.dumps(cfg, indent=1).encode())
+    ref = os.path.join(HERE, "..", "reference", "configs")
+    for name in sorted(os.listdir(ref)):
+        with open(os.path.join(ref, name), "rb") as f:
+            write("fuzz_config_json", name, f.read())
+
+
 if __name__ == "__main__":
     main()
+    config_seeds()

@@ -117,7 +117,7 @@ static void test_bad_configs(void **state)
     assert_int_equal(tsr_config_from_json(p, &c), TSR_EFORMAT);
     p = write_json("neg.json", "{\"num_hidden_layers\":-2,\"hidden_size\":64}");
     assert_int_equal(tsr_config_from_json(p, &c), TSR_EFORMAT);
-    assert_int_equal(tsr_config_from_json("/nonexistent/config.json", &c), TSR_EFORMAT);
+    assert_int_equal(tsr_config_from_json("/nonexistent/config.json", &c), TSR_ENOTFOUND);
 }
 
 static int setup(void **state)

@@ -344,7 +344,7 @@ static void test_v2_default_alignment_and_file(void **state)
     tsr_gguf_close(g);
     unlink(path);
 
-    EXPECT_ERR(tsr_gguf_open("/nonexistent/x.gguf", &g), TSR_EIO, "/nonexistent/x.gguf");
+    EXPECT_ERR(tsr_gguf_open("/nonexistent/x.gguf", &g), TSR_ENOTFOUND, "/nonexistent/x.gguf");
     assert_null(g);
     EXPECT_ERR(tsr_gguf_open("/tmp", &g), TSR_EIO, "/tmp");
     wb_free(&f);
