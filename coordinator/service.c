@@ -42,6 +42,8 @@ static int code_of(int rc)
         return TSR_RPC_RESOURCE_EXHAUSTED;
     case TSR_ENOTFOUND:
         return TSR_RPC_NOT_FOUND;
+    case TSR_EUNSUPPORTED: /* e.g. chat messages for a model whose template tessera cannot render */
+        return TSR_RPC_UNIMPLEMENTED;
     case TSR_EUNAVAILABLE:
     case TSR_EIO:
         return TSR_RPC_UNAVAILABLE;
