@@ -26,8 +26,9 @@ TOPK = 16
 N_GEN = 64
 
 
-def main():
-    r = GGUFReader(MODEL)
+def load_model(path=MODEL):
+    """The model in float64: returns forward(ids, cache) -> logits of ids, and new_cache()."""
+    r = GGUFReader(path)
     f = {k: v.contents() for k, v in r.fields.items()
          if k.startswith("llama.") and not isinstance(v.contents(), list)}
     n_layer, n_head = f["llama.block_count"], f["llama.attention.head_count"]
@@ -86,6 +87,12 @@ def main():
 
     def new_cache():
         return [[np.zeros((0, n_kv, hd)), np.zeros((0, n_kv, hd))] for _ in layers]
+
+    return forward, new_cache
+
+
+def main():
+    forward, new_cache = load_model()
 
     def summary(row):
         top = np.argsort(-row, kind="stable")[:TOPK]
