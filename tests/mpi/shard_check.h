@@ -19,7 +19,8 @@
 #include "worker/engine.h"
 #include "worker/forward.h"
 
-#define DEFAULT_MODEL TSR_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+#define DEFAULT_MODEL    TSR_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+#define QWEN2_BIAS_MODEL TSR_SOURCE_DIR "/tests/reference/qwen2_tiny.gguf"
 
 static int world_rank;
 
