@@ -19,7 +19,9 @@ passed=0
 failed=0
 ok() { passed=$((passed + 1)); echo "ok   $*"; }
 bad() { failed=$((failed + 1)); echo "FAIL $*"; }
-finish() {
+finish() { # stops dockerd and removes what it made first, so the closing line is the last one
+  cleanup
+  trap - EXIT
   echo "docker checks: $passed passed, $failed failed ($((SECONDS - start_s)) s)"
   [ "$failed" = 0 ] && [ "$passed" -gt 0 ]
 }
@@ -42,6 +44,7 @@ docker() { /usr/bin/docker -H "$sock" "$@"; }
 dockerd_pid=""
 cname="tessera-ci-$$"
 cleanup() {
+  [ -n "$st" ] || return 0
   set +e
   if [ -n "$dockerd_pid" ]; then
     docker rm -f "$cname" >/dev/null 2>&1
@@ -55,6 +58,8 @@ cleanup() {
     umount -l "$m"
   done
   if [ "${KEEP:-0}" = 1 ]; then echo "kept $st" >&2; else rm -rf "$st"; fi
+  st=""
+  set -e
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
