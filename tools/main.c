@@ -10,6 +10,19 @@
 #include "common/status.h"
 #include "tools/cli.h"
 
+/* Set by CMake for this file: project(VERSION) and the commit configured at. */
+#ifndef TSR_VERSION
+#define TSR_VERSION "unknown"
+#endif
+#ifndef TSR_GIT_COMMIT
+#define TSR_GIT_COMMIT "unknown"
+#endif
+#ifdef TSR_HAVE_CUDA
+#define TSR_BUILT_WITH "CUDA built in"
+#else
+#define TSR_BUILT_WITH "CPU only, built without CUDA"
+#endif
+
 static void usage(FILE *f)
 {
     fprintf(f, "usage: tessera <command> [options]\n\n"
@@ -22,7 +35,8 @@ static void usage(FILE *f)
                "  client     talk to a running server: generate, tokenize, list models, status\n"
                "  worker     one worker unit (a group of tp x pp ranks); registers in etcd\n"
                "  coordinator  the public gRPC API: validation, routing, the controller\n\n"
-               "Run `tessera <command> --help` for a command's options.\n");
+               "Run `tessera <command> --help` for a command's options; `tessera --version` for\n"
+               "the version, commit and whether CUDA is built in.\n");
 }
 
 int tsr_cli_int(const char *flag, const char *s, long lo, long hi, long *out)
@@ -162,6 +176,10 @@ int main(int argc, char **argv)
     if (!strcmp(argv[1], "coordinator")) return tsr_cmd_coordinator(argc - 1, argv + 1);
     if (!strcmp(argv[1], "serve")) return tsr_cmd_serve(argc - 1, argv + 1);
     if (!strcmp(argv[1], "client")) return tsr_cmd_client(argc - 1, argv + 1);
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+        printf("tessera %s (commit %s, %s)\n", TSR_VERSION, TSR_GIT_COMMIT, TSR_BUILT_WITH);
+        return 0;
+    }
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(stdout);
         return 0;
