@@ -5,7 +5,8 @@
 #  2. builds with AddressSanitizer + UndefinedBehaviorSanitizer and runs the tests again (the
 #     integration suite's request-handling part: the rest repeats the same code paths slowly);
 #  3. builds the libFuzzer targets with clang and runs each for FUZZ_SECONDS (default 60).
-# Between 1 and 2, the Helm chart's offline checks (scripts/check_k8s.sh).
+# Between 1 and 2, the Helm chart's offline checks (scripts/check_k8s.sh) and the container image
+# (scripts/check_docker.sh).
 # Set TESSERA_QUICK=1 to run only step 1.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,6 +25,8 @@ grep -h -i "skipped" "$root/build/Testing/Temporary/LastTest.log" | sed 's/^/ski
 
 echo "== deploy/k8s: helm lint, rendered objects against Kubernetes schemas"
 bash "$root/scripts/check_k8s.sh"
+echo "== deploy/docker: the CPU image built on a debootstrapped Debian 12, serving a prompt"
+bash "$root/scripts/check_docker.sh"
 
 echo "== unit tests under ASan + UBSan"
 cmake -S "$root" -B "$root/build-asan" -DCMAKE_BUILD_TYPE=Debug -DTESSERA_CUDA=OFF \
