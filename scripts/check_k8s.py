@@ -167,7 +167,7 @@ def check_semantics(checks, docs, values, where):
             if d["kind"] == "LeaderWorkerSet":
                 checks.expect(arg_after(args, "--group-rank") == "$(LWS_WORKER_INDEX)"
                               and arg_after(args, "--group-size") == "$(LWS_GROUP_SIZE)"
-                              and arg_after(args, "--group-leader") == "$(LWS_LEADER_ADDRESS)",
+                              and arg_after(args, "--group") == "$(LWS_LEADER_ADDRESS)",
                               f"{what} group flags from LWS", " ".join(args))
             gpus = ((c.get("resources") or {}).get("limits") or {}).get("nvidia.com/gpu")
             want = (1 if d["kind"] == "LeaderWorkerSet" else tp * pp) if device == "cuda" else None
@@ -176,8 +176,12 @@ def check_semantics(checks, docs, values, where):
             mounts = [m for m in c.get("volumeMounts", []) if m.get("mountPath") == "/dev/shm"]
             checks.expect(len(shm) == 1 and len(mounts) == 1 and mounts[0]["name"] == shm[0]["name"],
                           f"{what} /dev/shm is a memory emptyDir")
-            checks.expect((c.get("readinessProbe") or {}).get("grpc", {}).get("port") == int(arg_after(args, "--port")),
-                          f"{what} readiness is a gRPC health probe on its port")
+            if label == "workerTemplate":  # ranks 1.. of a LeaderWorkerSet group: they serve nothing
+                checks.expect(not any(c.get(k) for k in ("ports", "readinessProbe", "livenessProbe", "startupProbe")),
+                              f"{what} (a following rank) has no port or probes", str(sorted(c)))
+            else:
+                checks.expect((c.get("readinessProbe") or {}).get("grpc", {}).get("port") == int(arg_after(args, "--port")),
+                              f"{what} readiness is a gRPC health probe on its port")
         if d["kind"] == "LeaderWorkerSet":
             lwt = d["spec"]["leaderWorkerTemplate"]
             checks.expect(lwt.get("size") == tp * pp, f"{where}: LWS size = tp*pp = {tp * pp}",

@@ -1,5 +1,6 @@
-/* `tessera worker`: one worker unit (DESIGN §1). A unit is the tp x pp ranks of one group,
- * started together (under mpirun when there are several); rank 0 is the leader: it runs the
+/* `tessera worker`: one worker unit (DESIGN §1). A unit is the tp x pp ranks of one group, started
+ * together (under mpirun or srun when there are several), or one by one with --group (each pod of
+ * a LeaderWorkerSet: the ranks meet through etcd and NCCL). Rank 0 is the leader: it runs the
  * engine and the Worker service, registers the unit in etcd and publishes its group as ready once
  * the controller assigned it. The other ranks follow the leader's steps. */
 #include <getopt.h>
@@ -20,11 +21,14 @@
 #include "worker/group.h"
 #include "worker/leader.h"
 #include "worker/member.h"
+#include "worker/rendezvous.h"
 
 struct worker_args {
     const char *model, *etcd, *id, *prefix, *device;
+    const char *group; /* --group: started without MPI, meeting through etcd */
     struct tsr_cli_listen listen;
     int threads, tp, pp, kv_blocks, max_seqs, step_tokens, ttl, step_timeout;
+    int group_rank, group_size, group_timeout;
     double kv_mem;
 };
 
@@ -35,7 +39,8 @@ static void worker_usage(FILE *f)
             "                      [--advertise-address A]\n"
             "                      [--tp N] [--pp M] [--threads N] [--kv-blocks N | --kv-mem GB]\n"
             "                      [--max-seqs N] [--step-tokens N] [--prefix P] [--ttl S]\n"
-            "                      [--device cpu|cuda[:N]]\n\n"
+            "                      [--device cpu|cuda[:N]]\n"
+            "                      [--group NAME --group-rank R [--group-size N]]\n\n"
             "  --etcd         register in this etcd (endpoints, comma-separated; default\n"
             "                 $ETCDCTL_ENDPOINTS) and serve the group the controller assigns;\n"
             "                 without it the worker just serves its Worker API\n"
@@ -52,12 +57,76 @@ static void worker_usage(FILE *f)
             "                 leaves routing and exits, so its requests end UNAVAILABLE and its\n"
             "                 supervisor restarts it (default 30; 0: never)\n"
             "  --device       cpu (default) or cuda[:N] (a group's ranks take GPUs N, N+1, ...;\n"
-            "                 tensor-parallel traffic then goes over NCCL)\n");
+            "                 tensor-parallel traffic then goes over NCCL)\n"
+            "  --group NAME   this process is one rank of group NAME, whose tp x pp ranks start\n"
+            "                 on their own (no mpirun: a LeaderWorkerSet's pods) and meet\n"
+            "                 through --etcd and NCCL; needs --device cuda. Every rank passes\n"
+            "                 the same NAME, --tp and --pp; rank 0 serves\n"
+            "  --group-rank R this rank's number, 0 to tp x pp - 1\n"
+            "  --group-size N the ranks the launcher started: must be tp x pp\n"
+            "  --group-timeout S  how long a rank waits for the others (default 300)\n");
+}
+
+/* --group and its companions, against the layout: 2 after printing what is wrong. */
+static int check_group_args(const struct worker_args *a)
+{
+    int ranks = a->tp * a->pp;
+    const char *why = NULL;
+    if (!a->group) {
+        if (a->group_rank >= 0 || a->group_size >= 0)
+            why = "--group-rank and --group-size need --group";
+    } else if (a->group_rank < 0) {
+        why = "--group needs --group-rank";
+    } else if (!a->etcd) {
+        why = "--group: the ranks meet through etcd; give --etcd (or set ETCDCTL_ENDPOINTS)";
+    } else if (!strcmp(a->device, "cpu")) {
+        why = "--group: ranks started without MPI meet through NCCL and need --device cuda; CPU "
+              "groups start under mpirun or srun";
+    } else if (tsr_group_under_mpi()) {
+        why = "--group is for ranks started one by one; under mpirun or srun the launcher already "
+              "makes the group (leave --group out)";
+    }
+    if (why) {
+        fprintf(stderr, "tessera worker: %s\n", why);
+        return 2;
+    }
+    if (a->group && tsr_rdv_check_group(a->group)) {
+        fprintf(stderr, "tessera worker: --group: %s\n", tsr_last_error());
+        return 2;
+    }
+    if (a->group && a->group_size >= 0 && a->group_size != ranks) {
+        fprintf(stderr,
+                "tessera worker: tp %d x pp %d needs %d ranks; the launcher started %d "
+                "(--group-size)\n",
+                a->tp, a->pp, ranks, a->group_size);
+        return 2;
+    }
+    if (a->group && a->group_rank >= ranks) {
+        fprintf(stderr, "tessera worker: --group-rank %d: tp %d x pp %d has ranks 0 to %d\n",
+                a->group_rank, a->tp, a->pp, ranks - 1);
+        return 2;
+    }
+    return 0;
 }
 
 static int parse_args(int argc, char **argv, struct worker_args *a)
 {
-    enum { O_KVB = 256, O_KVM, O_SEQS, O_STEP, O_PREFIX, O_TTL, O_TP, O_PP, O_DEVICE, O_STIME };
+    enum {
+        O_KVB = 256,
+        O_KVM,
+        O_SEQS,
+        O_STEP,
+        O_PREFIX,
+        O_TTL,
+        O_TP,
+        O_PP,
+        O_DEVICE,
+        O_STIME,
+        O_GROUP,
+        O_GRANK,
+        O_GSIZE,
+        O_GTIME
+    };
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                          {"etcd", required_argument, 0, 'e'},
                                          {"id", required_argument, 0, 'i'},
@@ -73,6 +142,10 @@ static int parse_args(int argc, char **argv, struct worker_args *a)
                                          {"tp", required_argument, 0, O_TP},
                                          {"pp", required_argument, 0, O_PP},
                                          {"device", required_argument, 0, O_DEVICE},
+                                         {"group", required_argument, 0, O_GROUP},
+                                         {"group-rank", required_argument, 0, O_GRANK},
+                                         {"group-size", required_argument, 0, O_GSIZE},
+                                         {"group-timeout", required_argument, 0, O_GTIME},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
@@ -85,6 +158,8 @@ static int parse_args(int argc, char **argv, struct worker_args *a)
     a->step_tokens = 256;
     a->ttl = 3;
     a->step_timeout = 30;
+    a->group_rank = a->group_size = -1;
+    a->group_timeout = 300;
     long l;
     double d;
     int c, rc;
@@ -137,6 +212,18 @@ static int parse_args(int argc, char **argv, struct worker_args *a)
         case O_DEVICE:
             a->device = optarg;
             break;
+        case O_GROUP:
+            a->group = optarg;
+            break;
+        case O_GRANK:
+            if (!(rc = tsr_cli_int("--group-rank", optarg, 0, 65535, &l))) a->group_rank = l;
+            break;
+        case O_GSIZE:
+            if (!(rc = tsr_cli_int("--group-size", optarg, 1, 65536, &l))) a->group_size = l;
+            break;
+        case O_GTIME:
+            if (!(rc = tsr_cli_int("--group-timeout", optarg, 1, 86400, &l))) a->group_timeout = l;
+            break;
         case 'h':
             worker_usage(stdout);
             exit(0);
@@ -151,7 +238,7 @@ static int parse_args(int argc, char **argv, struct worker_args *a)
         return 2;
     }
     a->etcd = tsr_cli_etcd(a->etcd);
-    return 0;
+    return check_group_args(a);
 }
 
 /* Bytes of available memory (MemAvailable), or 0 if unknown. */
@@ -190,14 +277,17 @@ int tsr_cmd_worker(int argc, char **argv)
     int rc = parse_args(argc, argv, &a);
     if (rc) return rc;
     int ranks = a.tp * a.pp;
+    int by_etcd = a.group && ranks > 1; /* ranks started one by one, meeting through etcd */
+    int leader = a.group ? a.group_rank == 0 : tsr_group_world_rank() == 0;
     /* Only the leader (rank 0) listens: under a launcher that spans hosts, the other ranks' hosts
      * need not own its address. */
     char bind[TSR_HOST_MAX + 8], adv[TSR_HOST_MAX];
-    if (tsr_group_world_rank() == 0 &&
-        ((rc = tsr_cli_listen_resolve("worker", &a.listen, bind, sizeof bind, adv, sizeof adv)) ||
-         (a.etcd && (rc = tsr_cli_etcd_reachable("worker", a.etcd)))))
+    if ((leader &&
+         (rc = tsr_cli_listen_resolve("worker", &a.listen, bind, sizeof bind, adv, sizeof adv))) ||
+        ((leader || by_etcd) && a.etcd && (rc = tsr_cli_etcd_reachable("worker", a.etcd))))
         return rc;
-    if ((rc = tsr_cli_launch_ranks("worker", a.model, a.tp, a.pp, argc, argv)) >= 0) return rc;
+    if (!a.group && (rc = tsr_cli_launch_ranks("worker", a.model, a.tp, a.pp, argc, argv)) >= 0)
+        return rc;
     tsr_cli_catch_signals();
     char idbuf[64];
     if (!a.id) {
@@ -212,22 +302,44 @@ int tsr_cmd_worker(int argc, char **argv)
     tsr_leader_t *l = NULL;
     tsr_etcd_t *etcd = NULL;
     tsr_member_t *mem = NULL;
+    int64_t rdv_lease = 0; /* by_etcd: holds this rank's key in the group's rendezvous */
+    tsr_etcd_keepalive_t *rdv_keep = NULL;
     double t0 = tsr_now();
     if ((rc = tsr_model_open(a.model, &m))) {
         fprintf(stderr, "tessera worker: %s\n", tsr_last_error());
         exit_code = rc == TSR_EINVAL ? 2 : 1;
         goto out;
     }
-    if (ranks > 1 && (rc = tsr_group_join_mpi(m, a.tp, a.pp, &group))) {
+    if (ranks > 1 && !by_etcd && (rc = tsr_group_join_mpi(m, a.tp, a.pp, &group))) {
         fprintf(stderr, "tessera worker: %s\n", tsr_last_error());
         exit_code = rc == TSR_EINVAL ? 2 : 1;
         goto out;
     }
     a.threads = tsr_cli_rank_threads(a.threads, ranks, a.device);
-    if ((rc = tsr_group_backend(ranks > 1 ? &group : NULL, a.device, a.threads, &b))) {
+    if ((rc = tsr_group_backend(ranks > 1 && !by_etcd ? &group : NULL, a.device, a.threads, &b))) {
         fprintf(stderr, "tessera worker: %s\n", tsr_last_error());
         exit_code = rc == TSR_EINVAL || rc == TSR_EUNSUPPORTED ? 2 : 1;
         goto out;
+    }
+    if (by_etcd) {
+        struct tsr_group_rdv r = {.prefix = a.prefix,
+                                  .name = a.group,
+                                  .rank = a.group_rank,
+                                  .timeout_ms = a.group_timeout * 1000};
+        if ((rc = tsr_etcd_open(a.etcd, &etcd)) ||
+            (rc = tsr_etcd_lease_grant(etcd, a.ttl, &rdv_lease)) ||
+            (rc = tsr_etcd_keepalive_start(etcd, rdv_lease, a.ttl, NULL, NULL, &rdv_keep))) {
+            fprintf(stderr, "tessera worker: etcd %s: %s\n", a.etcd, tsr_last_error());
+            goto out;
+        }
+        r.etcd = etcd;
+        r.lease = rdv_lease;
+        if ((rc = tsr_group_join_etcd(m, a.tp, a.pp, &r, b, &group))) {
+            fprintf(stderr, "tessera worker: group %s, rank %d: %s\n", a.group, a.group_rank,
+                    tsr_last_error());
+            exit_code = rc == TSR_EINVAL || rc == TSR_EUNSUPPORTED ? 2 : 1;
+            goto out;
+        }
     }
     const struct tsr_model_config *c = tsr_model_config(m);
     int block = 16;
@@ -267,7 +379,8 @@ int tsr_cmd_worker(int argc, char **argv)
                                      .tp = a.tp,
                                      .pp = a.pp,
                                      .ttl_s = a.ttl};
-        if ((rc = tsr_etcd_open(a.etcd, &etcd)) || (rc = tsr_member_join(etcd, &mo, &mem))) {
+        if ((!etcd && (rc = tsr_etcd_open(a.etcd, &etcd))) ||
+            (rc = tsr_member_join(etcd, &mo, &mem))) {
             fprintf(stderr, "tessera worker: etcd %s: %s\n", a.etcd, tsr_last_error());
             goto out;
         }
@@ -303,6 +416,8 @@ int tsr_cmd_worker(int argc, char **argv)
     tsr_log_info("worker %s: stopping", a.id);
 out:
     tsr_member_leave(mem); /* leave routing first: nobody sends us more work */
+    tsr_etcd_keepalive_stop(rdv_keep);
+    if (rdv_lease) tsr_etcd_lease_revoke(etcd, rdv_lease); /* the next start need not wait */
     tsr_etcd_close(etcd);
     tsr_leader_stop(l);
     if (ranks > 1 && exit_code != 0) {

@@ -271,6 +271,11 @@ static void push_event(struct tsr_token_event *ev, int cap, int *n, int64_t id, 
     if (*n < cap) ev[(*n)++] = (struct tsr_token_event){id, tok, lp, f};
 }
 
+int tsr_engine_idle(tsr_engine_t *e)
+{
+    return tsr_runner_idle(e->runner);
+}
+
 int tsr_engine_step(tsr_engine_t *e, struct tsr_token_event *ev, int cap, int *n_ev)
 {
     *n_ev = 0;

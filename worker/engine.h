@@ -76,6 +76,9 @@ int tsr_engine_cancel(tsr_engine_t *e, int64_t id);
 /* Runs one step. Writes at most cap events (cap >= max_seqs guarantees none is dropped). With no
  * sequences it returns 0 and no events. */
 int tsr_engine_step(tsr_engine_t *e, struct tsr_token_event *ev, int cap, int *n_ev);
+/* Nothing to run for a while: on the leader of a group, tells the followers it is alive
+ * (tsr_runner_idle), at least every TSR_STEP_IDLE_S seconds. Same thread as tsr_engine_step. */
+int tsr_engine_idle(tsr_engine_t *e);
 void tsr_engine_get_stats(const tsr_engine_t *e, struct tsr_engine_stats *s);
 
 #endif

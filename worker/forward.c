@@ -400,6 +400,11 @@ fail:
     return rc;
 }
 
+int tsr_runner_idle(tsr_runner_t *r)
+{
+    return r->world_size > 1 && r->world_rank == 0 ? tsr_step_send_idle(r->world) : 0;
+}
+
 static void stop_followers(tsr_runner_t *r)
 {
     if (r->world_size > 1 && r->world_rank == 0) tsr_step_send_stop(r->world);

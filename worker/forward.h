@@ -67,6 +67,9 @@ int tsr_runner_forward_argmax(tsr_runner_t *r, const struct tsr_step *st, int32_
 int tsr_runner_samples_on_device(const tsr_runner_t *r);
 int tsr_runner_forward_sample(tsr_runner_t *r, const struct tsr_step *st,
                               const struct tsr_sample_params *p, int32_t *ids, float *logprobs);
+/* The leader of a sharded group with nothing to run: tells the followers it is alive
+ * (tsr_step_send_idle). Does nothing on one rank. */
+int tsr_runner_idle(tsr_runner_t *r);
 /* A follower's loop: runs every step the leader sends until the leader frees its runner.
  * Returns 0 then, or the first error. */
 int tsr_runner_follow(tsr_runner_t *r);

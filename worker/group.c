@@ -3,7 +3,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/log.h"
 #include "common/status.h"
+#include "worker/rendezvous.h"
 #if TSR_HAVE_CUDA
 #include "kernels/cuda/cuda_backend.h"
 #endif
@@ -58,25 +60,67 @@ int tsr_group_check(tsr_model_t *m, int tp, int pp)
     return rc;
 }
 
-int tsr_group_join_mpi(tsr_model_t *m, int tp, int pp, struct tsr_group *g)
+/* Joins world (taken over: tsr_group_leave frees it, also after a failure here) as one rank of
+ * tp x pp; started_by names who started the ranks, for the error. */
+static int join_world(tsr_model_t *m, int tp, int pp, tsr_comm_t *world, const char *started_by,
+                      struct tsr_group *g)
 {
-    memset(g, 0, sizeof *g);
-    int rc = tsr_comm_mpi_world(&g->world);
-    if (rc) return rc;
-    g->rank = tsr_comm_rank(g->world);
-    if (tsr_comm_size(g->world) != tp * pp) {
-        rc = tsr_errorf(TSR_EINVAL, "tp %d x pp %d needs %d ranks; mpirun started %d", tp, pp,
-                        tp * pp, tsr_comm_size(g->world));
+    g->world = world;
+    g->rank = tsr_comm_rank(world);
+    int rc;
+    if (tsr_comm_size(world) != tp * pp) {
+        rc = tsr_errorf(TSR_EINVAL, "tp %d x pp %d needs %d ranks; %s started %d", tp, pp, tp * pp,
+                        started_by, tsr_comm_size(world));
         goto fail;
     }
     if ((rc = make_plan(m, tp, pp, &g->plan))) goto fail;
     const struct tsr_rank_plan *rp = &g->plan.ranks[g->rank];
-    if ((rc = tsr_comm_split(g->world, rp->pp_stage, rp->tp_rank, &g->tp))) goto fail;
+    if ((rc = tsr_comm_split(world, rp->pp_stage, rp->tp_rank, &g->tp))) goto fail;
     g->shard = (struct tsr_runner_shard){&g->plan, g->world, g->tp};
     return 0;
 fail:
     tsr_group_leave(g);
     return rc;
+}
+
+int tsr_group_join_mpi(tsr_model_t *m, int tp, int pp, struct tsr_group *g)
+{
+    memset(g, 0, sizeof *g);
+    tsr_comm_t *world;
+    int rc = tsr_comm_mpi_world(&world);
+    return rc ? rc : join_world(m, tp, pp, world, "mpirun", g);
+}
+
+int tsr_group_join_etcd(tsr_model_t *m, int tp, int pp, const struct tsr_group_rdv *r,
+                        tsr_backend_t *b, struct tsr_group *g)
+{
+    memset(g, 0, sizeof *g);
+#if TSR_HAVE_CUDA
+    if (strncmp(tsr_backend_name(b), "cuda", 4))
+        return tsr_errorf(TSR_EUNSUPPORTED,
+                          "a group started without MPI meets through NCCL: it needs a CUDA device, "
+                          "not %s",
+                          tsr_backend_name(b));
+    int64_t gen = 0;
+    tsr_comm_t *world = NULL;
+    int rc = tsr_group_check(m, tp, pp);
+    if (!rc)
+        rc = tsr_rdv_join(r->etcd, r->prefix, r->name, r->rank, tp * pp, r->lease, r->timeout_ms,
+                          &gen);
+    if (!rc)
+        rc = tsr_rdv_nccl(r->etcd, r->prefix, r->name, gen, r->lease, r->rank, tp * pp,
+                          tsr_cuda_backend_device(b), tsr_cuda_backend_stream(b), r->timeout_ms,
+                          &world);
+    if (rc) return rc;
+    tsr_log_info("group %s, generation %lld: rank %d of %d joined over NCCL", r->name,
+                 (long long)gen, r->rank, tp * pp);
+    return join_world(m, tp, pp, world, "the group's etcd rendezvous", g);
+#else
+    (void)m, (void)tp, (void)pp, (void)r, (void)b;
+    return tsr_errorf(TSR_EUNSUPPORTED,
+                      "a group started without MPI meets through NCCL: this tessera was built "
+                      "without CUDA");
+#endif
 }
 
 int tsr_group_use_nccl(struct tsr_group *g, int device, void *cuda_stream)

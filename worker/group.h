@@ -1,9 +1,11 @@
-/* A worker group under MPI (DESIGN §1-2): the ranks mpirun or srun started, one replica of the
- * model sharded tp x pp. Every rank builds the same shard plan; rank 0 is the leader, which runs
- * the engine; the others follow its steps (tsr_runner_follow). */
+/* A worker group (DESIGN §1-2): one replica of the model sharded tp x pp over the ranks mpirun or
+ * srun started, or over ranks started one by one that meet through etcd. Every rank builds the same
+ * shard plan; rank 0 is the leader, which runs the engine; the others follow its steps
+ * (tsr_runner_follow). */
 #ifndef TSR_WORKER_GROUP_H
 #define TSR_WORKER_GROUP_H
 
+#include "common/etcd.h"
 #include "kernels/comm.h"
 #include "model/model.h"
 #include "model/shard_plan.h"
@@ -20,6 +22,23 @@ struct tsr_group {
 /* Joins the MPI world as one rank of a tp x pp group over model m: the world must have exactly
  * tp * pp ranks; the plan is checked against the model's tensor types. Errors say which. */
 int tsr_group_join_mpi(tsr_model_t *m, int tp, int pp, struct tsr_group *g);
+/* How a rank of a group started without an MPI launcher (a LeaderWorkerSet's pods) meets its
+ * group through etcd (worker/rendezvous.h): the group's name, the same on every rank, and this
+ * rank's number; lease: this rank's etcd lease, which must outlive the group (it holds the rank's
+ * key, and on rank 0 the NCCL id). */
+struct tsr_group_rdv {
+    tsr_etcd_t *etcd;
+    const char *prefix, *name;
+    int rank;
+    int64_t lease;
+    int timeout_ms;
+};
+/* Joins such a group as rank r->rank of tp x pp over model m, on a CUDA backend b (made with
+ * tsr_group_backend(NULL, ...)): the ranks agree on a generation (tsr_rdv_join), the world is one
+ * NCCL communicator through etcd (tsr_rdv_nccl), and tp its split. Everything, the step messages
+ * included, then goes through NCCL. TSR_EUNSUPPORTED without CUDA or on another backend. */
+int tsr_group_join_etcd(tsr_model_t *m, int tp, int pp, const struct tsr_group_rdv *r,
+                        tsr_backend_t *b, struct tsr_group *g);
 /* Puts the group's device data on NCCL, for a CUDA backend on `device` whose stream is
  * `cuda_stream` (tsr_cuda_backend_stream()): the shard's tp becomes an NCCL communicator (the TP
  * all-reduces and all-gathers), and with pp > 1 so does its world (the activations between

@@ -12,6 +12,7 @@
 #include "common/status.h"
 #include "grpc/health/v1/health.pb-c.h"
 #include "tessera/v1/worker.pb-c.h"
+#include "worker/step.h"
 
 /* One Worker.Generate call: shared by its handler thread and the engine thread, under l->mu. The
  * handler frees it once the engine thread has let go (released). */
@@ -151,6 +152,16 @@ static void fail_all(struct tsr_leader *l, int code, const char *msg)
     l->n_waiting = 0;
 }
 
+/* A step (or an idle message) failed: on a group, a rank is gone or broken; nothing more can run.
+ */
+static void group_failed(struct tsr_leader *l, int rc)
+{
+    l->failed = rc;
+    snprintf(l->fail_msg, sizeof l->fail_msg, "the worker group failed: %s", tsr_last_error());
+    tsr_log_error("leader: %s", l->fail_msg);
+    fail_all(l, TSR_RPC_UNAVAILABLE, l->fail_msg);
+}
+
 static void *engine_main(void *arg)
 {
     struct tsr_leader *l = arg;
@@ -160,7 +171,20 @@ static void *engine_main(void *arg)
     while (!l->stop) {
         admit(l);
         if (l->n_live == 0) {
-            pthread_cond_wait(&l->work, &l->mu);
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_sec += TSR_STEP_IDLE_S;
+            if (pthread_cond_timedwait(&l->work, &l->mu, &ts) != ETIMEDOUT) continue;
+            /* idle: the group's followers hear from us, or theirs time out waiting */
+            l->step_started = tsr_now();
+            pthread_mutex_unlock(&l->mu);
+            int rc = tsr_engine_idle(l->e);
+            pthread_mutex_lock(&l->mu);
+            l->step_started = 0;
+            if (rc) {
+                group_failed(l, rc);
+                break;
+            }
             continue;
         }
         if (cap < l->n_live + 1) {
@@ -180,12 +204,7 @@ static void *engine_main(void *arg)
         pthread_mutex_lock(&l->mu);
         l->step_started = 0;
         if (rc) {
-            /* A step failed: on a group, a rank is gone or broken; nothing more can run. */
-            l->failed = rc;
-            snprintf(l->fail_msg, sizeof l->fail_msg, "the worker group failed: %s",
-                     tsr_last_error());
-            tsr_log_error("leader: %s", l->fail_msg);
-            fail_all(l, TSR_RPC_UNAVAILABLE, l->fail_msg);
+            group_failed(l, rc);
             break;
         }
         for (int i = 0; i < n_ev; i++) {

@@ -71,6 +71,89 @@ int tsr_rdv_wait(tsr_etcd_t *e, const char *prefix, const char *group, int64_t g
     }
 }
 
+/* A group name is one path segment of a key: printable, no '/', not empty. */
+int tsr_rdv_check_group(const char *group)
+{
+    size_t n = strlen(group);
+    int ok = n > 0 && n <= 200;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = group[i] != '/' && (unsigned char)group[i] > ' ' && group[i] != 0x7f;
+    return ok ? 0
+              : tsr_errorf(TSR_EINVAL,
+                           "rendezvous: bad group name '%.64s' (1 to 200 printable characters, "
+                           "no '/' or spaces)",
+                           group);
+}
+
+/* Of the keys under base (base + a rank number), which ranks below size are held (seen[r]) and
+ * the newest create revision among them. */
+static int held_ranks(const struct tsr_etcd_kv *kvs, size_t n, size_t base_len, int size,
+                      unsigned char *seen, int64_t *newest)
+{
+    int held = 0;
+    memset(seen, 0, (size_t)size);
+    *newest = 0;
+    for (size_t i = 0; i < n; i++) {
+        char *end;
+        long r = strtol(kvs[i].key + base_len, &end, 10);
+        if (*end || end == kvs[i].key + base_len || r < 0 || r >= size || seen[r]) continue;
+        seen[r] = 1;
+        held++;
+        if (kvs[i].create_revision > *newest) *newest = kvs[i].create_revision;
+    }
+    return held;
+}
+
+int tsr_rdv_join(tsr_etcd_t *e, const char *prefix, const char *group, int rank, int size,
+                 int64_t lease, int timeout_ms, int64_t *generation)
+{
+    if (size < 1 || size > 65536 || rank < 0 || rank >= size)
+        return tsr_errorf(TSR_EINVAL, "rendezvous: rank %d of a group of %d", rank, size);
+    int rc = tsr_rdv_check_group(group);
+    if (rc) return rc;
+    char base[512], key[560], val[32];
+    snprintf(base, sizeof base, "%s/rendezvous/%s/ranks/", prefix, group);
+    snprintf(key, sizeof key, "%s%d", base, rank);
+    snprintf(val, sizeof val, "pid %d", (int)getpid());
+    double deadline = tsr_now() + timeout_ms / 1000.0;
+    for (int created = 0; !created;) {
+        if ((rc = tsr_etcd_put_if_absent(e, key, val, strlen(val), lease, &created))) return rc;
+        if (created) break;
+        if (tsr_now() >= deadline)
+            return tsr_errorf(TSR_ETIMEDOUT,
+                              "rendezvous: rank %d of group %s stayed held by another process for "
+                              "%d ms (two ranks %d, or its lease has not ended yet)",
+                              rank, group, timeout_ms, rank);
+        usleep(POLL_MS * 1000);
+    }
+    unsigned char *seen = malloc((size_t)size);
+    if (!seen) return tsr_errorf(TSR_ENOMEM, "rendezvous: out of memory");
+    for (;;) {
+        struct tsr_etcd_kv *kvs = NULL;
+        size_t n = 0;
+        int64_t newest = 0;
+        if ((rc = tsr_etcd_get_prefix(e, base, &kvs, &n, NULL))) break;
+        int held = held_ranks(kvs, n, strlen(base), size, seen, &newest);
+        tsr_etcd_kvs_free(kvs, n);
+        if (held == size) {
+            *generation = newest;
+            break;
+        }
+        if (tsr_now() >= deadline) {
+            int missing = 0;
+            while (seen[missing]) missing++;
+            rc = tsr_errorf(TSR_ETIMEDOUT,
+                            "rendezvous: group %s has %d of its %d ranks after %d ms (rank %d is "
+                            "missing)",
+                            group, held, size, timeout_ms, missing);
+            break;
+        }
+        usleep(POLL_MS * 1000);
+    }
+    free(seen);
+    return rc;
+}
+
 int tsr_rdv_nccl(tsr_etcd_t *e, const char *prefix, const char *group, int64_t generation,
                  int64_t lease, int rank, int size, int device, void *cuda_stream, int timeout_ms,
                  tsr_comm_t **out)

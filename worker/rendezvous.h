@@ -28,6 +28,20 @@ int tsr_rdv_publish(tsr_etcd_t *e, const char *prefix, const char *group, int64_
 int tsr_rdv_wait(tsr_etcd_t *e, const char *prefix, const char *group, int64_t generation,
                  int timeout_ms, void *blob, size_t len);
 
+/* TSR_EINVAL, saying why, unless group can name a group: 1 to 200 printable characters, no '/'
+ * or spaces (it is one segment of a key). */
+int tsr_rdv_check_group(const char *group);
+
+/* A group whose ranks start on their own, in any order (a LeaderWorkerSet's pods), agreeing on a
+ * generation: rank `rank` of `size` creates <prefix>/rendezvous/<group>/ranks/<rank> on its lease
+ * (while an older process of that rank still holds the key, it waits for that lease to end), then
+ * waits until all size ranks hold theirs. *generation is the newest of their create revisions:
+ * the same on every rank of one start of the group, and new whenever any rank restarts, so ranks
+ * of different starts never take each other's id. TSR_ETIMEDOUT after timeout_ms, naming the
+ * ranks missing; TSR_EINVAL for a bad rank, size or group name. */
+int tsr_rdv_join(tsr_etcd_t *e, const char *prefix, const char *group, int rank, int size,
+                 int64_t lease, int timeout_ms, int64_t *generation);
+
 /* A group's NCCL communicator through etcd (tsr_comm_nccl_from_id): rank 0 makes the unique id
  * and publishes it; the other ranks wait for it (timeout_ms); then all join. A rank 0 that cannot
  * join takes its id back. Without CUDA: TSR_EUNSUPPORTED. */

@@ -6,9 +6,11 @@
 
 #include "common/status.h"
 
-/* The message: this header, then ids, pos, seq (n_tokens each), block tables, out_rows. */
+/* The message: this header, then (for STEP_RUN) ids, pos, seq (n_tokens each), block tables,
+ * out_rows. */
+enum { STEP_STOP, STEP_RUN, STEP_IDLE };
 struct step_header {
-    int32_t n_tokens, n_seqs, max_blocks, n_out; /* n_tokens == 0: stop */
+    int32_t kind, n_tokens, n_seqs, max_blocks, n_out;
 };
 
 static size_t step_bytes(const struct step_header *h)
@@ -36,7 +38,7 @@ void tsr_step_msg_free(struct tsr_step_msg *m)
 
 int tsr_step_send(tsr_comm_t *world, const struct tsr_step *st, struct tsr_step_msg *m)
 {
-    struct step_header h = {st->n_tokens, st->n_seqs, st->max_blocks, st->n_out};
+    struct step_header h = {STEP_RUN, st->n_tokens, st->n_seqs, st->max_blocks, st->n_out};
     size_t n = step_bytes(&h);
     int rc = ensure(m, n);
     if (rc) return rc;
@@ -55,19 +57,28 @@ int tsr_step_send(tsr_comm_t *world, const struct tsr_step *st, struct tsr_step_
 
 int tsr_step_send_stop(tsr_comm_t *world)
 {
-    struct step_header h = {0, 0, 0, 0};
+    struct step_header h = {.kind = STEP_STOP};
+    return tsr_comm_broadcast_host(world, &h, sizeof h, 0);
+}
+
+int tsr_step_send_idle(tsr_comm_t *world)
+{
+    struct step_header h = {.kind = STEP_IDLE};
     return tsr_comm_broadcast_host(world, &h, sizeof h, 0);
 }
 
 int tsr_step_recv(tsr_comm_t *world, struct tsr_step_msg *m, struct tsr_step *st, int *stop)
 {
     struct step_header h;
-    int rc = tsr_comm_broadcast_host(world, &h, sizeof h, 0);
-    if (rc) return rc;
-    *stop = h.n_tokens == 0;
+    int rc;
+    do {
+        if ((rc = tsr_comm_broadcast_host(world, &h, sizeof h, 0))) return rc;
+    } while (h.kind == STEP_IDLE);
+    *stop = h.kind == STEP_STOP;
     if (*stop) return 0;
-    if (h.n_tokens < 0 || h.n_seqs < 0 || h.max_blocks < 0 || h.n_out < 0)
-        return tsr_errorf(TSR_EFORMAT, "a step header with negative counts: out of step");
+    if (h.kind != STEP_RUN || h.n_tokens <= 0 || h.n_seqs < 0 || h.max_blocks < 0 || h.n_out < 0)
+        return tsr_errorf(TSR_EFORMAT, "a step header of kind %d with %d tokens: out of step",
+                          (int)h.kind, (int)h.n_tokens);
     size_t n = step_bytes(&h);
     if ((rc = ensure(m, n)) || (rc = tsr_comm_broadcast_host(world, m->buf, n, 0))) return rc;
     int32_t *a = (int32_t *)((char *)m->buf + sizeof h);

@@ -23,8 +23,14 @@ void tsr_step_msg_free(struct tsr_step_msg *m);
 int tsr_step_send(tsr_comm_t *world, const struct tsr_step *st, struct tsr_step_msg *m);
 /* Leader: tells the followers to stop. */
 int tsr_step_send_stop(tsr_comm_t *world);
-/* Follower: the next step, its arrays pointing into m (valid until the next receive). *stop is 1
- * when the leader stopped (st is then untouched). */
+/* Leader, while it has nothing to run: tells the followers it is alive. A follower waits for the
+ * next message only as long as its communicator's timeout (NCCL's; MPI waits forever), so an idle
+ * group's leader sends this every TSR_STEP_IDLE_S seconds, and a follower's timeout then bounds how
+ * long it outlives a leader that died. */
+enum { TSR_STEP_IDLE_S = 5 };
+int tsr_step_send_idle(tsr_comm_t *world);
+/* Follower: the next step, its arrays pointing into m (valid until the next receive); idle
+ * messages are consumed here. *stop is 1 when the leader stopped (st is then untouched). */
 int tsr_step_recv(tsr_comm_t *world, struct tsr_step_msg *m, struct tsr_step *st, int *stop);
 
 /* A follower rank of group g: builds the runner its leader's engine builds (ro: from

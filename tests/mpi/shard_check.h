@@ -99,6 +99,9 @@ static void teacher_forced(tsr_runner_t *r, const int32_t *ids, float *logits)
                           .block_tables = bt,
                           .n_out = T_PROMPT,
                           .out_rows = pos};
+    /* an idle leader's messages first (tsr_runner_idle): the followers take them and wait on */
+    OK(tsr_runner_idle(r));
+    OK(tsr_runner_idle(r));
     OK(tsr_runner_forward(r, &st, logits));
 }
 

@@ -1,6 +1,9 @@
 /* worker/rendezvous against a real etcd: an id published by rank 0 reaches the other ranks,
  * keyed by generation; a stale or foreign id is refused; waiting ends in time; two ranks 0 of one
- * generation are an error; the id goes with rank 0's lease. */
+ * generation are an error; the id goes with rank 0's lease. Ranks started one by one agree on a
+ * generation, a new one whenever a rank restarts; a rank whose older self still holds its key
+ * waits for it; a missing rank or a bad name is a clear error. */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -8,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -123,12 +127,109 @@ static void test_nccl_rank0(void **state)
     }
 }
 
+struct joiner {
+    const char *prefix;
+    int rank, size, timeout_ms, rc;
+    int64_t lease, generation;
+    pthread_t thread;
+};
+
+static void *join_main(void *arg)
+{
+    struct joiner *j = arg;
+    j->rc = tsr_rdv_join(etcd, j->prefix, "grp.ns", j->rank, j->size, j->lease, j->timeout_ms,
+                         &j->generation);
+    return NULL;
+}
+
+/* Ranks 0..n-1 of a group of n, each on a lease of its own, joining at once from threads. */
+static void join_all(struct joiner *j, int n, const char *prefix)
+{
+    for (int r = 0; r < n; r++) {
+        j[r] = (struct joiner){.prefix = prefix, .rank = r, .size = n, .timeout_ms = 5000};
+        assert_int_equal(tsr_etcd_lease_grant(etcd, 10, &j[r].lease), 0);
+        assert_int_equal(pthread_create(&j[r].thread, NULL, join_main, &j[r]), 0);
+    }
+    for (int r = 0; r < n; r++) {
+        pthread_join(j[r].thread, NULL);
+        assert_int_equal(j[r].rc, 0);
+        assert_true(j[r].generation > 0);
+        assert_true(j[r].generation == j[0].generation);
+    }
+}
+
+static void test_join_generations(void **state)
+{
+    (void)state;
+    struct joiner j[3];
+    join_all(j, 3, "/t6");
+    int64_t first = j[0].generation;
+    /* rank 2 restarts: its key goes with its lease, the new process takes it, and the group's
+     * generation moves on, so nobody of the new start takes the old start's id */
+    assert_int_equal(tsr_etcd_lease_revoke(etcd, j[2].lease), 0);
+    assert_int_equal(tsr_etcd_lease_grant(etcd, 10, &j[2].lease), 0);
+    int64_t gen = 0;
+    assert_int_equal(tsr_rdv_join(etcd, "/t6", "grp.ns", 2, 3, j[2].lease, 2000, &gen), 0);
+    assert_true(gen > first);
+    for (int r = 0; r < 3; r++) tsr_etcd_lease_revoke(etcd, j[r].lease);
+    /* the whole group again (a LeaderWorkerSet recreating it): a newer generation still */
+    join_all(j, 3, "/t6");
+    assert_true(j[0].generation > gen);
+    for (int r = 0; r < 3; r++) tsr_etcd_lease_revoke(etcd, j[r].lease);
+}
+
+static void test_join_waits_for_old_self(void **state)
+{
+    (void)state;
+    int64_t old, lease, gen = 0;
+    assert_int_equal(tsr_etcd_lease_grant(etcd, 10, &old), 0);
+    assert_int_equal(tsr_etcd_lease_grant(etcd, 10, &lease), 0);
+    assert_int_equal(tsr_rdv_join(etcd, "/t7", "g", 0, 1, old, 1000, &gen), 0);
+    /* a second rank 0 while the first lives: refused in time, naming the rank */
+    double t0 = tsr_now();
+    assert_int_equal(tsr_rdv_join(etcd, "/t7", "g", 0, 1, lease, 300, &gen), TSR_ETIMEDOUT);
+    assert_true(tsr_now() - t0 < 3);
+    assert_non_null(strstr(tsr_last_error(), "rank 0 of group g stayed held"));
+    /* the old process ends while the new one waits: the new one takes the key */
+    struct joiner j = {.prefix = "/t7", .rank = 0, .size = 1, .timeout_ms = 5000, .lease = lease};
+    assert_int_equal(pthread_create(&j.thread, NULL, join_main, &j), 0);
+    usleep(300 * 1000);
+    assert_int_equal(tsr_etcd_lease_revoke(etcd, old), 0);
+    pthread_join(j.thread, NULL);
+    assert_int_equal(j.rc, 0);
+    assert_true(j.generation > gen);
+    tsr_etcd_lease_revoke(etcd, lease);
+}
+
+static void test_join_errors(void **state)
+{
+    (void)state;
+    int64_t lease, gen = 0;
+    assert_int_equal(tsr_etcd_lease_grant(etcd, 10, &lease), 0);
+    /* ranks 0 and 2 of 3 come, rank 1 never does */
+    assert_int_equal(tsr_rdv_join(etcd, "/t8", "g", 2, 3, lease, 100, &gen), TSR_ETIMEDOUT);
+    assert_non_null(strstr(tsr_last_error(), "has 1 of its 3 ranks"));
+    assert_non_null(strstr(tsr_last_error(), "rank 0 is missing"));
+    assert_int_equal(tsr_rdv_join(etcd, "/t8", "g", 0, 3, lease, 200, &gen), TSR_ETIMEDOUT);
+    assert_non_null(strstr(tsr_last_error(), "rank 1 is missing"));
+    assert_int_equal(tsr_rdv_join(etcd, "/t8", "g", 3, 3, lease, 100, &gen), TSR_EINVAL);
+    assert_int_equal(tsr_rdv_join(etcd, "/t8", "a/b", 0, 1, lease, 100, &gen), TSR_EINVAL);
+    assert_int_equal(tsr_rdv_join(etcd, "/t8", "", 0, 1, lease, 100, &gen), TSR_EINVAL);
+    assert_int_equal(tsr_rdv_join(etcd, "/t8", "a b", 0, 1, lease, 100, &gen), TSR_EINVAL);
+    tsr_etcd_lease_revoke(etcd, lease);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_publish_wait),      cmocka_unit_test(test_generations),
-        cmocka_unit_test(test_stale_refused),     cmocka_unit_test(test_goes_with_lease),
+        cmocka_unit_test(test_publish_wait),
+        cmocka_unit_test(test_generations),
+        cmocka_unit_test(test_stale_refused),
+        cmocka_unit_test(test_goes_with_lease),
         cmocka_unit_test(test_nccl_rank0),
+        cmocka_unit_test(test_join_generations),
+        cmocka_unit_test(test_join_waits_for_old_self),
+        cmocka_unit_test(test_join_errors),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

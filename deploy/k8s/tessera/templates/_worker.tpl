@@ -4,7 +4,8 @@ LeaderWorkerSet's leaderTemplate and workerTemplate.
 Pass (dict "ctx" $ "role" "group|leader|rank"):
   group:  one pod holds a whole group (tp*pp ranks; tessera worker starts them with mpirun)
   leader, rank: one pod is one rank of a group spanning pods; LWS sets LWS_WORKER_INDEX (0 on
-          the leader), LWS_GROUP_SIZE and LWS_LEADER_ADDRESS in every container
+          the leader), LWS_GROUP_SIZE and LWS_LEADER_ADDRESS in every container. The ranks
+          meet through etcd (tessera worker --group: the leader's address names the group)
 */}}
 {{- define "tessera.workerPodTemplate" -}}
 {{- $ := .ctx -}}
@@ -54,12 +55,12 @@ spec:
         - --device
         - {{ $.Values.device | quote }}
         {{- if ne .role "group" }}
+        - --group
+        - "$(LWS_LEADER_ADDRESS)"
         - --group-rank
         - "$(LWS_WORKER_INDEX)"
         - --group-size
         - "$(LWS_GROUP_SIZE)"
-        - --group-leader
-        - "$(LWS_LEADER_ADDRESS)"
         {{- end }}
         {{- range $w.extraArgs }}
         - {{ . | quote }}
@@ -69,6 +70,9 @@ spec:
         {{- with $w.extraEnv }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
+      {{- if ne .role "rank" }}
+      {{- /* only rank 0 serves; the others follow its steps. A rank that dies or hangs fails its
+      leader's next step (--step-timeout), the leader exits, and LWS recreates the group. */}}
       ports:
         - name: grpc
           containerPort: {{ $port }}
@@ -85,6 +89,7 @@ spec:
         tcpSocket:
           port: grpc
         {{- toYaml $w.livenessProbe | nindent 8 }}
+      {{- end }}
       {{- $res := include "tessera.workerResources" $ | fromYaml }}
       {{- with $res }}
       resources:
