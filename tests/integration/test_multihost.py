@@ -3,15 +3,15 @@ through a router namespace (a Linux bridge does not forward here: ../shared/note
 with no loopback between them. Addresses come from 198.18.0.0/15, the range set aside for network
 benchmarks, and exist only inside this test's namespaces.
 
-  host A  198.18.1.1   etcd, the coordinator (groups of pp 2)
-  host B  198.18.2.1   rank 0 of replica g1 (its leader), and replica g2 (both ranks)
-  host C  198.18.3.1   rank 1 of replica g1
+  host A  198.18.1.1   etcd, the coordinator (groups of tp 3)
+  host B  198.18.2.1   ranks 0 (the leader) and 1 of replica g1, and replica g2 (all three ranks)
+  host C  198.18.3.1   rank 2 of replica g1
   client  198.18.4.1   this test, in the root namespace, outside all three
 
 Replica g1 is one MPI world across B and C (mpirun with a hostfile and an rsh agent that enters
-the other namespace; TCP between them): a pipeline of two stages, one per host, as DESIGN §1 lays
-groups over nodes. (Tensor parallelism of 2 cannot shard the default model: 9 heads.) Checks: 16 concurrent greedy prompts equal `tessera
-generate` on one process; no tessera process listens on loopback only; SIGKILL of the rank on C
+the other namespace; TCP between them): one tensor-parallel group whose every layer's all-reduces
+cross the hosts. (The issue asks for tp 2; the default model's 9 heads and 3 KV heads divide by 3,
+not 2.) Checks: 16 concurrent greedy prompts equal `tessera generate` on one process; no tessera process listens on loopback only; SIGKILL of the rank on C
 ends the requests on g1 within 10 s (UNAVAILABLE, or completed on g2 where nothing was streamed
 yet), none hangs, and once g1 is started again the cluster serves both replicas within 30 s."""
 
@@ -123,7 +123,7 @@ def test_multihost(hosts, tessera_bin, model, api, offline, tmp_path):
                              "--initial-advertise-peer-urls", "http://%s:2380" % addr("a"),
                              "--initial-cluster", "a=http://%s:2380" % addr("a")], tmp_path / "etcd.log"))
     procs.append(in_ns("a", [tessera, "coordinator", "--etcd", etcd_url, "--model", model, "--host", "0.0.0.0",
-                             "--port", "50051", "--pp", "2", "--drain-timeout", "0"], tmp_path / "coordinator.log"))
+                             "--port", "50051", "--tp", "3", "--drain-timeout", "0"], tmp_path / "coordinator.log"))
     # g1: one MPI world over B and C
     agent = tmp_path / "netns-rsh"
     agent.write_text("#!/bin/sh\n# stands in for ssh: skips options, enters the named host's namespace\n"
@@ -131,18 +131,18 @@ def test_multihost(hosts, tessera_bin, model, api, offline, tmp_path):
                      "exec ip netns exec \"%s$host\" sh -c \"$*\"\n" % ("tsr%s-" % SUFFIX))
     agent.chmod(0o755)
     hostfile = tmp_path / "hostfile"
-    hostfile.write_text("b slots=1\nc slots=1\n")
-    mpi = ["mpirun", "-np", "2", "--hostfile", str(hostfile), "--allow-run-as-root", "--bind-to", "none",
+    hostfile.write_text("b slots=2\nc slots=1\n")
+    mpi = ["mpirun", "-np", "3", "--hostfile", str(hostfile), "--allow-run-as-root", "--bind-to", "none",
            "--mca", "plm_rsh_agent", str(agent), "--mca", "btl", "self,tcp",
            "--mca", "btl_tcp_if_include", NET, "--mca", "oob_tcp_if_include", NET,
-           tessera, "worker", "--etcd", etcd_url, "--model", model, "--id", "g1", "--pp", "2",
+           tessera, "worker", "--etcd", etcd_url, "--model", model, "--id", "g1", "--tp", "3",
            "--threads", "1", "--host", "0.0.0.0", "--kv-blocks", "256"]
 
     def start_g1():
         return in_ns("b", mpi, tmp_path / "g1.log")
 
     g1 = start_g1()
-    procs.append(in_ns("b", [tessera, "worker", "--etcd", etcd_url, "--model", model, "--id", "g2", "--pp", "2",
+    procs.append(in_ns("b", [tessera, "worker", "--etcd", etcd_url, "--model", model, "--id", "g2", "--tp", "3",
                              "--threads", "1", "--host", "0.0.0.0", "--kv-blocks", "256"], tmp_path / "g2.log"))
     logs = lambda: "\n".join("---- %s\n%s" % (p.name, harness.tail(p, 30)) for p in sorted(tmp_path.glob("*.log")))
     try:
