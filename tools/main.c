@@ -6,6 +6,7 @@
 #include <errno.h>
 
 #include "common/etcd.h"
+#include "common/log.h"
 #include "common/net.h"
 #include "common/status.h"
 #include "tools/cli.h"
@@ -169,6 +170,7 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
+    tsr_log_set_component(argv[1]); /* every log line names the subcommand */
     if (!strcmp(argv[1], "generate")) return tsr_cmd_generate(argc - 1, argv + 1);
     if (!strcmp(argv[1], "bench")) return tsr_cmd_bench(argc - 1, argv + 1);
     if (!strcmp(argv[1], "plan")) return tsr_cmd_plan(argc - 1, argv + 1);
