@@ -7,6 +7,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "common/log.h"
 #include "common/status.h"
 #include "worker/sampling.h"
 #include "worker/step.h"
@@ -337,6 +338,8 @@ static int load_ends(tsr_runner_t *r, tsr_model_t *m)
     return rc;
 }
 
+enum { LOAD_PROGRESS_S = 3 }; /* seconds between progress lines while loading weights */
+
 int tsr_runner_new(tsr_model_t *m, tsr_backend_t *b, const struct tsr_runner_opts *o,
                    const struct tsr_runner_shard *shard, tsr_runner_t **out)
 {
@@ -358,8 +361,20 @@ int tsr_runner_new(tsr_model_t *m, tsr_backend_t *b, const struct tsr_runner_opt
         goto fail;
     }
     if ((rc = load_ends(r, m))) goto fail;
-    for (int l = r->layer_begin; l < r->layer_end; l++)
+    double t_shown = tsr_now();
+    for (int l = r->layer_begin; l < r->layer_end; l++) {
         if ((rc = load_layer(r, m, l, &r->layers[l - r->layer_begin]))) goto fail;
+        /* progress on long loads: a line every few seconds (every layer at debug level) */
+        int done = l + 1 - r->layer_begin;
+        int last = l + 1 == r->layer_end, due = tsr_now() - t_shown >= LOAD_PROGRESS_S;
+        if (due && !last)
+            tsr_log_info("loading weights: %.2f GB, layer %d of %d (%d%%)", r->weight_bytes / 1e9,
+                         done, n_local, 100 * done / n_local);
+        else
+            tsr_log_debug("loading weights: %.2f GB, layer %d of %d (%d%%)", r->weight_bytes / 1e9,
+                          done, n_local, 100 * done / n_local);
+        if (due) t_shown = tsr_now();
+    }
     /* RoPE frequencies, with GGUF's llama3 frequency factors when the file has them. */
     int half = c->head_dim / 2;
     float *inv = malloc((size_t)half * sizeof *inv);

@@ -16,6 +16,10 @@ out=$("$bin" generate --model "$model" --chat --prompt "What is the capital of F
       --max-tokens 32 2>"$tmp/err")
 check "chat answer mentions Paris (got: $out)" "$(grep -q Paris <<<"$out"; echo $?)"
 check "speeds on stderr" "$(grep -q 'decode .* tok/s' "$tmp/err"; echo $?)"
+TESSERA_LOG=debug "$bin" generate --model "$model" --prompt hi --max-tokens 1 >/dev/null 2>"$tmp/err"
+check "weight-loading progress, layer by layer at debug, as timed log lines" "$(grep -Eq \
+  '^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:]{8}\.[0-9]{3}Z generate\[[0-9]+\] debug: loading weights: [0-9.]+ GB, layer 30 of 30 \(100%\)$' \
+  "$tmp/err"; echo $?)"
 
 a=$("$bin" generate --model "$model" --prompt "Once upon a time" --max-tokens 24 \
     --temperature 0.9 --top-p 0.9 --seed 7 --ignore-eos 2>/dev/null)
