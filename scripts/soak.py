@@ -30,6 +30,7 @@ import argparse
 import collections
 import json
 import os
+import re
 import random
 import signal
 import subprocess
@@ -298,13 +299,19 @@ def main():
     for line in left:
         os.kill(int(line.split(":")[0]), signal.SIGKILL)
 
+    # the workers logged their periodic stats lines (RFC 3339 time, component, pid) under load; a
+    # worker the faults restart every few seconds may never run the 10 s a line needs
+    stats_re = re.compile(r"^\d{4}-\d\d-\d\dT[\d:.]+Z worker\[\d+\] info: stats: ([\d.]+) tok/s generated, "
+                          r"[\d.]+ tok/s prompt; \d+ running, \d+ waiting; KV cache [\d.]+% used", re.M)
+    stats_ok = any(float(m.group(1)) > 0 for i in range(3) for m in stats_re.finditer(
+        Path(out, "worker%d.log" % i).read_text(errors="replace")))
     errors = sum(v for k, v in ledger.items() if k.startswith("error"))
     balanced = ledger["sent"] == ledger["completed"] + errors
     faults_ok = all(faults_done[k] >= 1 for k in FAULTS)
     checks = [("ledger balances (sent = completed + errors)", balanced),
               ("no hung stream", not hung), ("no wrong answer", not wrong),
               ("every fault kind injected", faults_ok), ("KV pools full when idle", kv_full),
-              ("no process left behind", not left),
+              ("no process left behind", not left), ("workers logged stats lines", stats_ok),
               ("most requests completed", ledger["completed"] >= 0.5 * ledger["sent"] > 0)]
     print("\nsoak ledger (%.1f min, %d clients, seed %d)" % (args.minutes, args.clients, args.seed))
     for k in sorted(ledger):

@@ -271,6 +271,31 @@ static int kv_blocks(const struct worker_args *a, const struct tsr_model_config 
     return n > 1 << 24 ? 1 << 24 : (int)n;
 }
 
+/* A stats line every STATS_S seconds while the worker has work: token rates since the last line,
+ * requests running and waiting, the KV cache in use. */
+enum { STATS_S = 10 };
+struct stats_line {
+    double t;
+    uint64_t prompt, decode;
+};
+
+static void log_stats(tsr_leader_t *l, struct stats_line *last)
+{
+    double now = tsr_now(), dt = now - last->t;
+    if (dt < STATS_S) return;
+    struct tsr_engine_stats s;
+    int waiting;
+    tsr_leader_stats(l, &s, &waiting);
+    uint64_t dp = s.prompt_tokens - last->prompt, dd = s.decode_tokens - last->decode;
+    if (dp || dd || s.n_running || waiting)
+        tsr_log_info("stats: %.1f tok/s generated, %.1f tok/s prompt; %d running, %d waiting; "
+                     "KV cache %.1f%% used (%d of %d blocks); %llu preemptions",
+                     dd / dt, dp / dt, s.n_running, waiting,
+                     s.n_blocks ? 100.0 * (s.n_blocks - s.n_free_blocks) / s.n_blocks : 0.0,
+                     s.n_blocks - s.n_free_blocks, s.n_blocks, (unsigned long long)s.preemptions);
+    *last = (struct stats_line){now, s.prompt_tokens, s.decode_tokens};
+}
+
 int tsr_cmd_worker(int argc, char **argv)
 {
     struct worker_args a;
@@ -386,7 +411,9 @@ int tsr_cmd_worker(int argc, char **argv)
         }
     }
     exit_code = 0;
+    struct stats_line sl = {.t = tsr_now()};
     while (!tsr_cli_stop_requested()) {
+        log_stats(l, &sl);
         if (mem && tsr_member_lost(mem)) {
             fprintf(stderr, "tessera worker %s: lost the etcd lease; exiting to re-register\n",
                     a.id);

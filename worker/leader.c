@@ -382,6 +382,15 @@ static void handle_generate(tsr_rpc_call_t *call, void *arg)
     req_free(q);
 }
 
+void tsr_leader_stats(tsr_leader_t *l, struct tsr_engine_stats *s, int *n_waiting)
+{
+    pthread_mutex_lock(&l->mu);
+    *s = l->stats;
+    s->n_running = l->n_live;
+    *n_waiting = l->n_waiting;
+    pthread_mutex_unlock(&l->mu);
+}
+
 static void handle_stats(tsr_rpc_call_t *call, void *arg)
 {
     struct tsr_leader *l = arg;
