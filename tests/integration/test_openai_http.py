@@ -39,7 +39,14 @@ def srv(tessera_bin, model, api):
     s.model_id = s.client.models.list().data[0].id
     yield s
     s.stop()
+    # the coordinator ran every request above: under the sanitizers (scripts/test.sh), a report
+    # in its log (it lives on, restarted by serve, after one) fails the module
+    log = (s.dir / "coordinator.log").read_text(errors="replace")
+    reports = [line for line in log.splitlines() if "Sanitizer" in line or "runtime error:" in line]
+    err = (s.base / "serve.stderr").read_text(errors="replace")
+    restarts = err.count("coordinator was killed") + err.count("coordinator exited")
     s.cleanup()
+    assert not reports and not restarts, "coordinator: %s; %d restarts" % (reports[:5], restarts)
 
 
 def grpc_text(srv, **kw):
