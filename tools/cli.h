@@ -40,6 +40,10 @@ enum { TSR_O_HOST = 1000, TSR_O_PORT, TSR_O_ADVERTISE };
     "  --advertise-address A\n"                                                                    \
     "               the address others reach this process at: one of this host's\n"                \
     "               (default: --host, or for 0.0.0.0 the first non-loopback address)\n"
+/* The OpenAI HTTP API's port (serve and coordinator): on --host, off unless given. */
+#define TSR_CLI_HTTP_HELP                                                                          \
+    "  --http-port P  also serve OpenAI's HTTP API (/v1/chat/completions, /v1/completions,\n"      \
+    "               /v1/models) on H:P (default: off)\n"
 struct tsr_cli_listen {
     const char *host, *advertise;
     int port;

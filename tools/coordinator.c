@@ -1,6 +1,6 @@
-/* `tessera coordinator`: the public gRPC API (DESIGN §1). It reads the model's tokenizer, chat
- * template and config (never its weights), follows the ready groups in etcd, and runs for the
- * controller role. */
+/* `tessera coordinator`: the public gRPC API, and OpenAI's HTTP API with --http-port (DESIGN §1).
+ * It reads the model's tokenizer, chat template and config (never its weights), follows the ready
+ * groups in etcd, and runs for the controller role. */
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -12,30 +12,32 @@
 #include "common/net.h"
 #include "common/status.h"
 #include "coordinator/cluster.h"
+#include "coordinator/http.h"
 #include "coordinator/service.h"
 #include "model/model.h"
 #include "tools/cli.h"
 
 static void coord_usage(FILE *f)
 {
-    fprintf(f,
-            "usage: tessera coordinator [--etcd URLS] [--model M] [--host H] [--port P]\n"
-            "                           [--advertise-address A] [--tp N] [--pp M] [--max-queue N]\n"
-            "                           [--id ID] [--prefix P] [--drain-timeout S]\n\n"
-            "  --etcd       etcd endpoints, comma-separated (default $ETCDCTL_ENDPOINTS)\n"
-            "  --port P     the public API (default 50051)\n" TSR_CLI_LISTEN_HELP
-            "  --tp, --pp   the layout of every group (the controller assigns worker units of\n"
-            "               this shape)\n"
-            "  --max-queue  requests in flight at once; beyond it RESOURCE_EXHAUSTED (default "
-            "256)\n"
-            "  --drain-timeout S  on SIGTERM/SIGINT, refuse new requests (UNAVAILABLE) and let\n"
-            "               those in flight finish for up to S seconds (default 30; 0: stop at\n"
-            "               once); a second signal stops at once\n");
+    fprintf(
+        f,
+        "usage: tessera coordinator [--etcd URLS] [--model M] [--host H] [--port P]\n"
+        "                           [--advertise-address A] [--tp N] [--pp M] [--max-queue N]\n"
+        "                           [--id ID] [--prefix P] [--drain-timeout S] [--http-port P]\n\n"
+        "  --etcd       etcd endpoints, comma-separated (default $ETCDCTL_ENDPOINTS)\n"
+        "  --port P     the public gRPC API (default 50051)\n" TSR_CLI_HTTP_HELP TSR_CLI_LISTEN_HELP
+        "  --tp, --pp   the layout of every group (the controller assigns worker units of\n"
+        "               this shape)\n"
+        "  --max-queue  requests in flight at once; beyond it RESOURCE_EXHAUSTED (default "
+        "256)\n"
+        "  --drain-timeout S  on SIGTERM/SIGINT, refuse new requests (UNAVAILABLE) and let\n"
+        "               those in flight finish for up to S seconds (default 30; 0: stop at\n"
+        "               once); a second signal stops at once\n");
 }
 
 int tsr_cmd_coordinator(int argc, char **argv)
 {
-    enum { O_QUEUE = 256, O_PREFIX, O_TP, O_PP, O_DRAIN };
+    enum { O_QUEUE = 256, O_PREFIX, O_TP, O_PP, O_DRAIN, O_HTTP };
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                          {"etcd", required_argument, 0, 'e'},
                                          TSR_CLI_LISTEN_OPTIONS,
@@ -45,12 +47,13 @@ int tsr_cmd_coordinator(int argc, char **argv)
                                          {"tp", required_argument, 0, O_TP},
                                          {"pp", required_argument, 0, O_PP},
                                          {"drain-timeout", required_argument, 0, O_DRAIN},
+                                         {"http-port", required_argument, 0, O_HTTP},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *model = getenv("TESSERA_MODEL") ? getenv("TESSERA_MODEL") : TSR_DEFAULT_MODEL;
     const char *etcd_url = NULL, *prefix = "/tessera", *id = NULL;
     struct tsr_cli_listen listen = {.host = "127.0.0.1", .port = 50051};
-    int tp = 1, pp = 1, max_queue = 256, drain_s = 30, c, rc;
+    int tp = 1, pp = 1, max_queue = 256, drain_s = 30, http_port = -1, c, rc;
     long l;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:e:i:h", opts, NULL)) != -1) {
@@ -83,6 +86,9 @@ int tsr_cmd_coordinator(int argc, char **argv)
         case O_DRAIN:
             if (!(rc = tsr_cli_int("--drain-timeout", optarg, 0, 3600, &l))) drain_s = l;
             break;
+        case O_HTTP:
+            if (!(rc = tsr_cli_int("--http-port", optarg, 0, 65535, &l))) http_port = l;
+            break;
         case 'h':
             coord_usage(stdout);
             return 0;
@@ -112,7 +118,9 @@ int tsr_cmd_coordinator(int argc, char **argv)
     tsr_etcd_t *etcd = NULL;
     tsr_router_t *r = NULL;
     tsr_cluster_t *cl = NULL;
+    tsr_sessions_t *ss = NULL;
     tsr_coord_t *co = NULL;
+    tsr_http_t *http = NULL;
     if ((rc = tsr_model_open(model, &m))) {
         fprintf(stderr, "tessera coordinator: %s\n", tsr_last_error());
         exit_code = 2;
@@ -124,9 +132,12 @@ int tsr_cmd_coordinator(int argc, char **argv)
         fprintf(stderr, "tessera coordinator: etcd %s: %s\n", etcd_url, tsr_last_error());
         goto out;
     }
-    struct tsr_coord_opts co_opts = {.listen = bind, .max_queue = max_queue};
+    struct tsr_session_opts so = {.max_queue = max_queue};
+    /* Calls beyond the queue bound still get a thread, to be told RESOURCE_EXHAUSTED. */
+    struct tsr_coord_opts co_opts = {.listen = bind, .max_calls = max_queue + 256};
     int port;
-    if ((rc = tsr_coord_start(m, r, &co_opts, &co, &port))) {
+    if (!(ss = tsr_sessions_new(m, r, &so))) goto out;
+    if ((rc = tsr_coord_start(ss, &co_opts, &co, &port))) {
         fprintf(stderr, "tessera coordinator: %s\n", tsr_last_error());
         goto out;
     }
@@ -134,13 +145,24 @@ int tsr_cmd_coordinator(int argc, char **argv)
     tsr_net_join(adv, port, where, sizeof where);
     tsr_log_info("coordinator %s: serving %s on %s (bound to %s)", id, tsr_model_name(m), where,
                  bind);
+    if (http_port >= 0) {
+        char http_bind[TSR_HOST_MAX + 8];
+        tsr_net_join(listen.host, http_port, http_bind, sizeof http_bind);
+        struct tsr_http_opts ho = {.listen = http_bind, .max_connections = max_queue + 256};
+        if ((rc = tsr_http_start(ss, &ho, &http, &http_port))) {
+            fprintf(stderr, "tessera coordinator: --http-port: %s\n", tsr_last_error());
+            goto out;
+        }
+        tsr_net_join(adv, http_port, where, sizeof where);
+        tsr_log_info("coordinator %s: OpenAI HTTP API on http://%s/v1", id, where);
+    }
     while (!tsr_cli_stop_requested()) usleep(100 * 1000);
-    int64_t left = tsr_coord_drain(co);
+    int64_t left = tsr_sessions_drain(ss);
     if (left > 0 && drain_s > 0) {
         tsr_log_info("coordinator %s: draining: %lld requests in flight, up to %d s", id,
                      (long long)left, drain_s);
         double t0 = tsr_now();
-        while ((left = tsr_coord_drain(co)) > 0 && tsr_now() - t0 < drain_s &&
+        while ((left = tsr_sessions_drain(ss)) > 0 && tsr_now() - t0 < drain_s &&
                !tsr_cli_stop_insisted())
             usleep(50 * 1000);
         if (left > 0)
@@ -150,7 +172,9 @@ int tsr_cmd_coordinator(int argc, char **argv)
     tsr_log_info("coordinator %s: stopping", id);
     exit_code = 0;
 out:
-    tsr_coord_stop(co); /* first: no request may outlive the router */
+    tsr_http_stop(http); /* first: no request may outlive the sessions or the router */
+    tsr_coord_stop(co);
+    tsr_sessions_free(ss);
     tsr_cluster_stop(cl);
     tsr_router_free(r);
     tsr_etcd_close(etcd);

@@ -40,6 +40,7 @@ struct child {
 
 struct serve {
     char exe[PATH_MAX], dir[PATH_MAX - 64], address[TSR_HOST_MAX + 8], etcd[1024];
+    char http_address[TSR_HOST_MAX + 8]; /* "" without --http-port */
     struct tsr_etcd_server etcd_srv;
     struct child coord, workers[MAX_REPLICAS];
     int replicas, etcd_died, fatal; /* fatal: a child refused its configuration */
@@ -51,11 +52,13 @@ static void serve_usage(FILE *f)
     fprintf(f, "usage: tessera serve [--model M] [--tp N] [--pp M] [--replicas R] [--port P]\n"
                "                     [--host H] [--advertise-address A] [--etcd URLS] [--dir DIR]\n"
                "                     [--threads T] [--kv-blocks B] [--kv-mem GB] [--max-seqs S]\n"
-               "                     [--step-tokens N] [--max-queue Q] [--drain-timeout S]\n\n"
+               "                     [--step-tokens N] [--max-queue Q] [--drain-timeout S]\n"
+               "                     [--http-port P]\n\n"
                "Runs a private etcd (unless --etcd or $ETCDCTL_ENDPOINTS), a coordinator on\n"
                "H:P (default 127.0.0.1:50051) and R worker units of tp x pp ranks each (default\n"
                "1 x 1 x 1, their Worker services on H, any port), and supervises them.\n"
-               "Ask it with `tessera client --address A:P --prompt ...`.\n" TSR_CLI_LISTEN_HELP
+               "Ask it with `tessera client --address A:P --prompt ...`.\n" TSR_CLI_HTTP_HELP
+                   TSR_CLI_LISTEN_HELP
                "  --dir      logs and serve.json (default a new /tmp/tessera-serve.XXXXXX)\n"
                "  --threads  CPU threads per worker rank (default: the cores shared out)\n"
                "  --drain-timeout  on SIGTERM/SIGINT, how long requests in flight may take to\n"
@@ -97,6 +100,8 @@ static void write_state(struct serve *s)
                                            (int)s->workers[i].pid, "log", s->workers[i].log));
     json_t *j = json_pack("{s:s, s:s, s:i, s:s, s:o}", "address", s->address, "etcd", s->etcd,
                           "coordinator_pid", (int)s->coord.pid, "dir", s->dir, "workers", w);
+    if (j && s->http_address[0])
+        json_object_set_new(j, "http_address", json_string(s->http_address));
     char tmp[PATH_MAX + 16], path[PATH_MAX + 16];
     snprintf(tmp, sizeof tmp, "%s/serve.json.tmp", s->dir);
     snprintf(path, sizeof path, "%s/serve.json", s->dir);
@@ -233,7 +238,8 @@ int tsr_cmd_serve(int argc, char **argv)
         O_TP,
         O_PP,
         O_DEV,
-        O_DRAIN
+        O_DRAIN,
+        O_HTTP
     };
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                          {"tp", required_argument, 0, O_TP},
@@ -251,6 +257,7 @@ int tsr_cmd_serve(int argc, char **argv)
                                          {"max-queue", required_argument, 0, O_QUEUE},
                                          {"device", required_argument, 0, O_DEV},
                                          {"drain-timeout", required_argument, 0, O_DRAIN},
+                                         {"http-port", required_argument, 0, O_HTTP},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     static struct serve s; /* large (paths); one per process */
@@ -258,7 +265,7 @@ int tsr_cmd_serve(int argc, char **argv)
     const char *model = getenv("TESSERA_MODEL") ? getenv("TESSERA_MODEL") : TSR_DEFAULT_MODEL;
     const char *etcd = NULL, *dir = NULL, *kv_blocks = NULL, *kv_mem = NULL, *max_seqs = NULL,
                *step_timeout = NULL, *step = NULL, *queue = "256", *device = "cpu";
-    int tp = 1, pp = 1, threads = 0, c, rc;
+    int tp = 1, pp = 1, threads = 0, http_port = -1, c, rc;
     struct tsr_cli_listen listen = {.host = "127.0.0.1", .port = 50051};
     long l;
     double d;
@@ -315,6 +322,9 @@ int tsr_cmd_serve(int argc, char **argv)
             break;
         case O_DRAIN:
             if (!(rc = tsr_cli_int("--drain-timeout", optarg, 0, 3600, &l))) s.drain_s = l;
+            break;
+        case O_HTTP:
+            if (!(rc = tsr_cli_int("--http-port", optarg, 1, 65535, &l))) http_port = l;
             break;
         case 'h':
             serve_usage(stdout);
@@ -395,7 +405,9 @@ int tsr_cmd_serve(int argc, char **argv)
         long ranks = (long)s.replicas * tp * pp;
         threads = cores > ranks ? (int)(cores / ranks) : 1;
     }
-    static char tp_s[16], pp_s[16], threads_s[16], drain_s[16];
+    static char tp_s[16], pp_s[16], threads_s[16], drain_s[16], http_s[16];
+    snprintf(http_s, sizeof http_s, "%d", http_port);
+    if (http_port > 0) tsr_net_join(adv, http_port, s.http_address, sizeof s.http_address);
     snprintf(drain_s, sizeof drain_s, "%d", s.drain_s);
     snprintf(tp_s, sizeof tp_s, "%d", tp);
     snprintf(pp_s, sizeof pp_s, "%d", pp);
@@ -429,6 +441,7 @@ int tsr_cmd_serve(int argc, char **argv)
                            "--drain-timeout",
                            drain_s};
     for (size_t i = 0; i < sizeof cargs / sizeof *cargs; i++) a[k++] = (char *)cargs[i];
+    if (http_port > 0) a[k++] = "--http-port", a[k++] = http_s;
     a[k] = NULL;
     for (int r = 0; r < s.replicas; r++) {
         struct child *w = &s.workers[r];
@@ -503,6 +516,7 @@ int tsr_cmd_serve(int argc, char **argv)
     if (!tsr_cli_stop_requested() && !s.fatal && !s.etcd_died) {
         printf("tessera: serving %s on %s with %d replica%s (tp %d x pp %d); etcd %s; logs in %s\n",
                model, s.address, s.replicas, s.replicas == 1 ? "" : "s", tp, pp, s.etcd, s.dir);
+        if (s.http_address[0]) printf("tessera: OpenAI HTTP API on http://%s/v1\n", s.http_address);
         fflush(stdout);
     }
     while (!tsr_cli_stop_requested() && !s.etcd_died && !s.fatal) {

@@ -1,0 +1,459 @@
+#include "coordinator/openai.h"
+
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/rpc.h"
+#include "common/status.h"
+
+static int bad(struct tsr_openai_request *r, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int bad(struct tsr_openai_request *r, const char *param, const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    snprintf(r->param, sizeof r->param, "%s", param ? param : "");
+    return tsr_errorf(TSR_EINVAL, "%s", msg);
+}
+
+/* Field readers: 0 with the value, or TSR_EINVAL naming the field. JSON null reads as unset
+ * (*has = 0). */
+static int get_number(struct tsr_openai_request *r, const char *key, const json_t *v, double *out,
+                      int *has)
+{
+    *has = 0;
+    if (json_is_null(v)) return 0;
+    if (!json_is_number(v)) return bad(r, key, "'%s' must be a number", key);
+    *out = json_number_value(v);
+    *has = 1;
+    return 0;
+}
+
+static int get_int(struct tsr_openai_request *r, const char *key, const json_t *v, long long lo,
+                   long long hi, long long *out, int *has)
+{
+    *has = 0;
+    if (json_is_null(v)) return 0;
+    if (!json_is_integer(v)) return bad(r, key, "'%s' must be an integer", key);
+    *out = json_integer_value(v);
+    if (*out < lo || *out > hi)
+        return bad(r, key, "'%s' must be in [%lld, %lld]; got %lld", key, lo, hi, *out);
+    *has = 1;
+    return 0;
+}
+
+static int get_bool(struct tsr_openai_request *r, const char *key, const json_t *v, int *out)
+{
+    if (json_is_null(v)) return 0;
+    if (!json_is_boolean(v)) return bad(r, key, "'%s' must be true or false", key);
+    *out = json_is_true(v);
+    return 0;
+}
+
+static int unsupported(struct tsr_openai_request *r, const char *key, const char *what)
+{
+    return bad(r, key, "'%s' is not supported here: %s", key, what);
+}
+
+static int read_stop(struct tsr_openai_request *r, const json_t *v)
+{
+    if (json_is_null(v)) return 0;
+    if (json_is_string(v)) {
+        if (!(r->stop = malloc(sizeof *r->stop))) return tsr_errorf(TSR_ENOMEM, "out of memory");
+        r->stop[0] = (char *)json_string_value(v);
+        r->g.n_stop = 1;
+    } else if (json_is_array(v)) {
+        size_t n = json_array_size(v);
+        if (!(r->stop = malloc((n ? n : 1) * sizeof *r->stop)))
+            return tsr_errorf(TSR_ENOMEM, "out of memory");
+        for (size_t i = 0; i < n; i++) {
+            const json_t *s = json_array_get(v, i);
+            if (!json_is_string(s)) return bad(r, "stop", "stop[%zu] must be a string", i);
+            r->stop[i] = (char *)json_string_value(s);
+        }
+        r->g.n_stop = n;
+    } else {
+        return bad(r, "stop", "'stop' must be a string or a list of strings");
+    }
+    r->g.stop = r->stop;
+    return 0;
+}
+
+static int read_ids(struct tsr_openai_request *r, const json_t *a)
+{
+    size_t n = json_array_size(a);
+    if (!(r->ids = malloc((n ? n : 1) * sizeof *r->ids)))
+        return tsr_errorf(TSR_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        const json_t *t = json_array_get(a, i);
+        if (!json_is_integer(t))
+            return bad(r, "prompt", "prompt[%zu] must be a token id (an integer)", i);
+        json_int_t id = json_integer_value(t);
+        if (id < 0 || id > INT32_MAX)
+            return bad(r, "prompt", "prompt[%zu] = %lld is not a token id", i, (long long)id);
+        r->ids[i] = (int32_t)id;
+    }
+    tessera__v1__token_ids__init(&r->tokens);
+    r->tokens.n_ids = n;
+    r->tokens.ids = r->ids;
+    r->g.input_case = TESSERA__V1__GENERATE_REQUEST__INPUT_TOKEN_IDS;
+    r->g.token_ids = &r->tokens;
+    return 0;
+}
+
+/* A string, token ids, or a list of exactly one of those (the SDK's batch form). */
+static int read_prompt(struct tsr_openai_request *r, const json_t *v)
+{
+    if (json_is_string(v)) {
+        r->g.input_case = TESSERA__V1__GENERATE_REQUEST__INPUT_PROMPT;
+        r->g.prompt = (char *)json_string_value(v);
+        return 0;
+    }
+    if (!json_is_array(v))
+        return bad(r, "prompt",
+                   "'prompt' must be a string, a list of token ids, or a list of one "
+                   "of those");
+    size_t n = json_array_size(v);
+    if (n == 0) return bad(r, "prompt", "'prompt' is empty");
+    const json_t *first = json_array_get(v, 0);
+    if (json_is_integer(first)) return read_ids(r, v);
+    if (n > 1)
+        return unsupported(r, "prompt", "one prompt per request (a list of several is a batch)");
+    if (json_is_string(first) || json_is_array(first)) return read_prompt(r, first);
+    return bad(r, "prompt",
+               "'prompt' must be a string, a list of token ids, or a list of one "
+               "of those");
+}
+
+/* content: a string, null, or a list of {"type": "text", "text": ...} parts (joined by "\n"). */
+static int read_content(struct tsr_openai_request *r, size_t i, const json_t *c, char **out)
+{
+    char param[48];
+    snprintf(param, sizeof param, "messages[%zu].content", i);
+    if (json_is_null(c) || !c) {
+        *out = "";
+        return 0;
+    }
+    if (json_is_string(c)) {
+        *out = (char *)json_string_value(c);
+        return 0;
+    }
+    if (!json_is_array(c))
+        return bad(r, param, "%s must be a string or a list of text parts", param);
+    size_t total = 1;
+    for (size_t k = 0; k < json_array_size(c); k++) {
+        const json_t *p = json_array_get(c, k);
+        const char *type = json_string_value(json_object_get(p, "type"));
+        const json_t *text = json_object_get(p, "text");
+        if (!json_is_object(p) || !type || strcmp(type, "text") || !json_is_string(text))
+            return unsupported(r, param, "only parts of type \"text\" with a string \"text\"");
+        total += json_string_length(text) + 1;
+    }
+    char *s = malloc(total);
+    if (!s) return tsr_errorf(TSR_ENOMEM, "out of memory");
+    r->parts[r->n_parts++] = s;
+    size_t at = 0;
+    for (size_t k = 0; k < json_array_size(c); k++) {
+        const json_t *text = json_object_get(json_array_get(c, k), "text");
+        if (k) s[at++] = '\n';
+        memcpy(s + at, json_string_value(text), json_string_length(text));
+        at += json_string_length(text);
+    }
+    s[at] = 0;
+    *out = s;
+    return 0;
+}
+
+static int read_messages(struct tsr_openai_request *r, const json_t *v)
+{
+    if (!json_is_array(v)) return bad(r, "messages", "'messages' must be a list of messages");
+    size_t n = json_array_size(v);
+    r->msgs = calloc(n ? n : 1, sizeof *r->msgs);
+    r->msgp = calloc(n ? n : 1, sizeof *r->msgp);
+    r->parts = calloc(n ? n : 1, sizeof *r->parts);
+    if (!r->msgs || !r->msgp || !r->parts) return tsr_errorf(TSR_ENOMEM, "out of memory");
+    for (size_t i = 0; i < n; i++) {
+        const json_t *m = json_array_get(v, i);
+        char param[48];
+        snprintf(param, sizeof param, "messages[%zu]", i);
+        if (!json_is_object(m)) return bad(r, param, "%s must be an object", param);
+        const char *key;
+        const json_t *f;
+        json_object_foreach((json_t *)m, key, f)
+        {
+            if (strcmp(key, "role") && strcmp(key, "content") && strcmp(key, "name"))
+                return bad(r, param, "%s.%s is not supported here", param, key);
+            if (!strcmp(key, "name") && !json_is_null(f))
+                return unsupported(r, param,
+                                   "a message's name (the chat template has no place "
+                                   "for it)");
+        }
+        const json_t *role = json_object_get(m, "role");
+        if (!json_is_string(role)) return bad(r, param, "%s.role must be a string", param);
+        tessera__v1__chat_message__init(&r->msgs[i]);
+        const char *rs = json_string_value(role);
+        r->msgs[i].role = (char *)(!strcmp(rs, "developer") ? "system" : rs);
+        int rc = read_content(r, i, json_object_get(m, "content"), &r->msgs[i].content);
+        if (rc) return rc;
+        r->msgp[i] = &r->msgs[i];
+    }
+    tessera__v1__chat_messages__init(&r->chat);
+    r->chat.n_messages = n;
+    r->chat.messages = r->msgp;
+    r->g.input_case = TESSERA__V1__GENERATE_REQUEST__INPUT_MESSAGES;
+    r->g.messages = &r->chat;
+    return 0;
+}
+
+/* A field that changes nothing at its default value, and is refused at any other. */
+static int read_noop(struct tsr_openai_request *r, const char *key, const json_t *v)
+{
+    if (json_is_null(v)) return 0;
+    if (!strcmp(key, "n") || !strcmp(key, "best_of")) {
+        if (json_is_integer(v) && json_integer_value(v) == 1) return 0;
+        return unsupported(r, key, "one choice per request (it must be 1)");
+    }
+    if (!strcmp(key, "logprobs") || !strcmp(key, "top_logprobs") || !strcmp(key, "echo")) {
+        if (json_is_false(v)) return 0;
+        if (!strcmp(key, "top_logprobs") && json_is_integer(v) && json_integer_value(v) == 0)
+            return 0;
+        return unsupported(r, key, "log-probabilities and echo are not returned over HTTP yet");
+    }
+    if (!strcmp(key, "presence_penalty") || !strcmp(key, "frequency_penalty")) {
+        if (json_is_number(v) && json_number_value(v) == 0) return 0;
+        return unsupported(r, key, "presence and frequency penalties (use repetition_penalty)");
+    }
+    if (!strcmp(key, "logit_bias")) {
+        if (json_is_object(v) && json_object_size(v) == 0) return 0;
+        return unsupported(r, key, "logit biases");
+    }
+    if (!strcmp(key, "suffix")) {
+        if (json_is_string(v) && !json_string_length(v)) return 0;
+        return unsupported(r, key, "a suffix (insertion)");
+    }
+    if (!strcmp(key, "response_format")) {
+        const char *t = json_string_value(json_object_get(v, "type"));
+        if (json_is_object(v) && t && !strcmp(t, "text") && json_object_size(v) == 1) return 0;
+        return unsupported(r, key, "structured output (only {\"type\": \"text\"})");
+    }
+    if (!strcmp(key, "tools") || !strcmp(key, "functions")) {
+        if (json_is_array(v) && json_array_size(v) == 0) return 0;
+        return unsupported(r, key, "tools and function calling");
+    }
+    if (!strcmp(key, "tool_choice") || !strcmp(key, "function_call")) {
+        const char *s = json_string_value(v);
+        if (s && (!strcmp(s, "none") || !strcmp(s, "auto"))) return 0;
+        return unsupported(r, key, "tools and function calling");
+    }
+    return 1; /* not one of these */
+}
+
+/* Fields that never change the answer. */
+static int ignorable(const char *key)
+{
+    static const char *const keys[] = {"user",
+                                       "metadata",
+                                       "store",
+                                       "service_tier",
+                                       "parallel_tool_calls",
+                                       "prompt_cache_key",
+                                       "safety_identifier"};
+    for (size_t i = 0; i < sizeof keys / sizeof *keys; i++)
+        if (!strcmp(key, keys[i])) return 1;
+    return 0;
+}
+
+static int read_field(struct tsr_openai_request *r, enum tsr_openai_kind kind, const char *key,
+                      const json_t *v, long long *max_tokens, int *has_max, int *has_input)
+{
+    double d;
+    long long ll;
+    int has, rc;
+    if (!strcmp(key, "model")) {
+        if (json_is_null(v)) return 0;
+        if (!json_is_string(v)) return bad(r, key, "'model' must be a string");
+        r->g.model = (char *)json_string_value(v);
+        return 0;
+    }
+    if (kind == TSR_OPENAI_COMPLETION && !strcmp(key, "prompt")) {
+        *has_input = 1;
+        return read_prompt(r, v);
+    }
+    if (kind == TSR_OPENAI_CHAT && !strcmp(key, "messages")) {
+        *has_input = 1;
+        return read_messages(r, v);
+    }
+    if (!strcmp(key, "max_tokens") || !strcmp(key, "max_completion_tokens")) {
+        if ((rc = get_int(r, key, v, INT32_MIN, INT32_MAX, &ll, &has))) return rc;
+        /* max_completion_tokens (the newer name) wins over max_tokens */
+        if (has && (!*has_max || !strcmp(key, "max_completion_tokens"))) {
+            *max_tokens = ll;
+            *has_max = 1;
+        }
+        return 0;
+    }
+    Tessera__V1__SamplingParams *sp = &r->sampling;
+    if (!strcmp(key, "temperature") || !strcmp(key, "top_p") || !strcmp(key, "min_p") ||
+        !strcmp(key, "repetition_penalty")) {
+        if ((rc = get_number(r, key, v, &d, &has)) || !has) return rc;
+        /* the session's validation checks the range; here only what a float cannot hold */
+        if (fabs(d) > 3.4e38) return bad(r, key, "'%s' = %g is out of range", key, d);
+        if (!strcmp(key, "temperature"))
+            sp->has_temperature = 1, sp->temperature = (float)d;
+        else if (!strcmp(key, "top_p"))
+            sp->has_top_p = 1, sp->top_p = (float)d;
+        else if (!strcmp(key, "min_p"))
+            sp->has_min_p = 1, sp->min_p = (float)d;
+        else
+            sp->has_repetition_penalty = 1, sp->repetition_penalty = (float)d;
+        r->g.sampling = sp;
+        return 0;
+    }
+    if (!strcmp(key, "top_k")) {
+        if ((rc = get_int(r, key, v, -1, INT32_MAX, &ll, &has)) || !has) return rc;
+        sp->has_top_k = 1;
+        sp->top_k = ll < 0 ? 0 : (int32_t)ll; /* vLLM's -1: off */
+        r->g.sampling = sp;
+        return 0;
+    }
+    if (!strcmp(key, "seed")) {
+        if ((rc = get_int(r, key, v, LLONG_MIN, LLONG_MAX, &ll, &has)) || !has) return rc;
+        sp->has_seed = 1;
+        sp->seed = (uint64_t)ll;
+        r->g.sampling = sp;
+        return 0;
+    }
+    if (!strcmp(key, "stop")) return read_stop(r, v);
+    if (!strcmp(key, "ignore_eos")) {
+        int b = 0;
+        if ((rc = get_bool(r, key, v, &b))) return rc;
+        r->g.has_ignore_eos = 1;
+        r->g.ignore_eos = b;
+        return 0;
+    }
+    if (!strcmp(key, "stream")) return get_bool(r, key, v, &r->stream);
+    if (!strcmp(key, "stream_options")) {
+        if (json_is_null(v)) return 0;
+        if (!json_is_object(v)) return bad(r, key, "'stream_options' must be an object");
+        const char *k;
+        const json_t *f;
+        json_object_foreach((json_t *)v, k, f)
+        {
+            if (strcmp(k, "include_usage"))
+                return bad(r, "stream_options", "stream_options.%s is not supported here", k);
+            if ((rc = get_bool(r, "stream_options", f, &r->include_usage))) return rc;
+        }
+        return 0;
+    }
+    if (!strcmp(key, "user")) {
+        if (!json_is_null(v) && !json_is_string(v)) return bad(r, key, "'user' must be a string");
+        return 0;
+    }
+    if (ignorable(key)) return 0;
+    if ((rc = read_noop(r, key, v)) <= 0) return rc;
+    return bad(r, key, "unknown field '%s'", key);
+}
+
+int tsr_openai_parse(enum tsr_openai_kind kind, const char *body, size_t len,
+                     struct tsr_openai_request *r)
+{
+    memset(r, 0, sizeof *r);
+    tessera__v1__generate_request__init(&r->g);
+    tessera__v1__sampling_params__init(&r->sampling);
+    json_error_t err;
+    /* jansson refuses invalid UTF-8 and, without JSON_ALLOW_NUL, "\u0000" in strings (which a
+     * C string, and so the request, cannot carry) */
+    r->root = json_loadb(body, len, JSON_REJECT_DUPLICATES, &err);
+    if (!r->root)
+        return bad(r, NULL, "the body is not valid JSON: %s (at byte %d)", err.text, err.position);
+    if (!json_is_object(r->root)) return bad(r, NULL, "the body must be a JSON object");
+    long long max_tokens = 0;
+    int has_max = 0, has_input = 0, rc;
+    const char *key;
+    json_t *v;
+    json_object_foreach(r->root, key, v)
+    {
+        if ((rc = read_field(r, kind, key, v, &max_tokens, &has_max, &has_input))) return rc;
+    }
+    if (!has_input)
+        return kind == TSR_OPENAI_CHAT ? bad(r, "messages", "'messages' is required")
+                                       : bad(r, "prompt", "'prompt' is required");
+    if (has_max) {
+        r->g.has_max_tokens = 1;
+        r->g.max_tokens = (int32_t)max_tokens;
+    }
+    return 0;
+}
+
+void tsr_openai_request_free(struct tsr_openai_request *r)
+{
+    for (size_t i = 0; i < r->n_parts; i++) free(r->parts[i]);
+    free(r->parts);
+    free(r->msgs);
+    free(r->msgp);
+    free(r->ids);
+    free(r->stop);
+    json_decref(r->root);
+    memset(r, 0, sizeof *r);
+}
+
+int tsr_openai_http_status(int rpc_code)
+{
+    switch (rpc_code) {
+    case TSR_RPC_OK:
+        return 200;
+    case TSR_RPC_INVALID_ARGUMENT:
+    case TSR_RPC_UNIMPLEMENTED: /* e.g. chat for a model whose template tessera cannot render */
+    case TSR_RPC_FAILED_PRECONDITION:
+        return 400;
+    case TSR_RPC_NOT_FOUND:
+        return 404;
+    case TSR_RPC_RESOURCE_EXHAUSTED:
+        return 429;
+    case TSR_RPC_CANCELLED:
+        return 499; /* nginx's "client closed request": nobody reads it */
+    case TSR_RPC_UNAVAILABLE:
+        return 503;
+    case TSR_RPC_DEADLINE_EXCEEDED:
+        return 504;
+    default:
+        return 500;
+    }
+}
+
+char *tsr_openai_error_json(int status, const char *message, const char *param)
+{
+    const char *type = status == 429   ? "rate_limit_error"
+                       : status >= 500 ? "server_error"
+                                       : "invalid_request_error";
+    const char *code = status == 400                                       ? "invalid_request"
+                       : status == 404 && param && !strcmp(param, "model") ? "model_not_found"
+                       : status == 404                                     ? "not_found"
+                       : status == 405                                     ? "method_not_allowed"
+                       : status == 413                                     ? "request_too_large"
+                       : status == 429                                     ? "rate_limit_exceeded"
+                       : status == 503                                     ? "service_unavailable"
+                                                                           : "internal_error";
+    json_t *e = json_object();
+    json_t *m = json_string(message ? message : "");
+    json_object_set_new(e, "message", m ? m : json_string("(the message is not UTF-8)"));
+    json_object_set_new(e, "type", json_string(type));
+    json_object_set_new(e, "param", param && param[0] ? json_string(param) : json_null());
+    json_object_set_new(e, "code", json_string(code));
+    json_t *j = json_pack("{s:o}", "error", e);
+    char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    return s;
+}
+
+const char *tsr_openai_finish(Tessera__V1__FinishReason f)
+{
+    return f == TESSERA__V1__FINISH_REASON__FINISH_REASON_LENGTH ? "length" : "stop";
+}

@@ -1,0 +1,439 @@
+#include "coordinator/session.h"
+
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "common/rpc.h"
+#include "common/status.h"
+#include "coordinator/request.h"
+#include "coordinator/textstream.h"
+#include "coordinator/validate.h"
+#include "model/tokenizer.h"
+#include "tessera/v1/worker.pb-c.h"
+
+struct tsr_sessions {
+    const tsr_model_t *m;
+    const tsr_tokenizer_t *tok; /* NULL for synthetic models: token ids only */
+    const struct tsr_model_config *cfg;
+    tsr_router_t *r;
+    struct tsr_session_opts o;
+    char model_id[256];
+    pthread_mutex_t mu;
+    int64_t in_flight, next_id;
+    int draining;
+};
+
+enum { RETRIES = 3, POLL_MS = 20 };
+
+static int code_of(int rc)
+{
+    switch (rc) {
+    case TSR_EINVAL:
+    case TSR_ERANGE:
+    case TSR_EFORMAT:
+        return TSR_RPC_INVALID_ARGUMENT;
+    case TSR_ENOMEM:
+    case TSR_EEXHAUSTED:
+        return TSR_RPC_RESOURCE_EXHAUSTED;
+    case TSR_ENOTFOUND:
+        return TSR_RPC_NOT_FOUND;
+    case TSR_EUNSUPPORTED: /* e.g. chat messages for a model whose template tessera cannot render */
+        return TSR_RPC_UNIMPLEMENTED;
+    case TSR_EUNAVAILABLE:
+    case TSR_EIO:
+        return TSR_RPC_UNAVAILABLE;
+    default:
+        return TSR_RPC_INTERNAL;
+    }
+}
+
+static int set_status(struct tsr_session_status *st, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int set_status(struct tsr_session_status *st, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(st->msg, sizeof st->msg, fmt, ap);
+    va_end(ap);
+    st->code = code;
+    return code;
+}
+
+/* "models/SmolLM2-135M-Instruct.Q4_1.gguf" → "SmolLM2-135M-Instruct.Q4_1"; a directory's last
+ * name; a synthetic spec as it is. */
+static void make_model_id(const char *name, char *out, size_t cap)
+{
+    size_t n = strlen(name);
+    while (n > 1 && name[n - 1] == '/') n--;
+    const char *base = name;
+    if (strncmp(name, "synthetic:", 10))
+        for (size_t i = 0; i < n; i++)
+            if (name[i] == '/') base = name + i + 1;
+    size_t len = (size_t)(name + n - base);
+    if (len > 5 && !strncmp(base + len - 5, ".gguf", 5)) len -= 5;
+    snprintf(out, cap, "%.*s", (int)len, base);
+}
+
+tsr_sessions_t *tsr_sessions_new(const tsr_model_t *m, tsr_router_t *r,
+                                 const struct tsr_session_opts *o)
+{
+    struct tsr_sessions *s = calloc(1, sizeof *s);
+    if (!s) return NULL;
+    s->m = m;
+    s->tok = tsr_model_tokenizer(m);
+    s->cfg = tsr_model_config(m);
+    s->r = r;
+    s->o = *o;
+    if (s->o.max_queue <= 0) s->o.max_queue = 256;
+    if (s->o.ready_wait_ms <= 0) s->o.ready_wait_ms = 5000;
+    make_model_id(tsr_model_name(m), s->model_id, sizeof s->model_id);
+    pthread_mutex_init(&s->mu, NULL);
+    return s;
+}
+
+void tsr_sessions_free(tsr_sessions_t *s)
+{
+    if (!s) return;
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}
+
+int64_t tsr_sessions_drain(tsr_sessions_t *s)
+{
+    pthread_mutex_lock(&s->mu);
+    s->draining = 1;
+    int64_t n = s->in_flight;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+int64_t tsr_sessions_in_flight(tsr_sessions_t *s)
+{
+    pthread_mutex_lock(&s->mu);
+    int64_t n = s->in_flight;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+int tsr_sessions_serving(tsr_sessions_t *s)
+{
+    pthread_mutex_lock(&s->mu);
+    int draining = s->draining;
+    pthread_mutex_unlock(&s->mu);
+    return !draining && tsr_router_n_ready(s->r) > 0;
+}
+
+const char *tsr_sessions_model_id(const tsr_sessions_t *s)
+{
+    return s->model_id;
+}
+const tsr_model_t *tsr_sessions_model(const tsr_sessions_t *s)
+{
+    return s->m;
+}
+tsr_router_t *tsr_sessions_router(const tsr_sessions_t *s)
+{
+    return s->r;
+}
+
+int tsr_session_check_model(tsr_sessions_t *s, const char *model, struct tsr_session_status *st)
+{
+    if (!model || !model[0] || !strcmp(model, s->model_id) || !strcmp(model, tsr_model_name(s->m)))
+        return 0;
+    return set_status(st, TSR_RPC_NOT_FOUND,
+                      "model '%s' is not served here; this server serves '%s' (ListModels)", model,
+                      s->model_id);
+}
+
+/* The checks and the tokens of a request; *max_tokens and *sp with their defaults. */
+static int prepare(tsr_sessions_t *s, const Tessera__V1__GenerateRequest *r, int32_t **ids,
+                   size_t *n, struct tsr_sampling *sp, int *max_tokens,
+                   struct tsr_session_status *st)
+{
+    int rc;
+    *ids = NULL;
+    *n = 0;
+    if (tsr_session_check_model(s, r->model, st)) return st->code;
+    if ((rc = tsr_validate_generate(r, s->cfg->n_vocab, sp, max_tokens)) ||
+        (rc = tsr_request_tokens(s->tok, tsr_model_chat(s->m), tsr_model_name(s->m), r->input_case,
+                                 r->prompt, r->messages, r->token_ids, ids, n))) {
+        free(*ids);
+        *ids = NULL;
+        return set_status(st, code_of(rc), "%s", tsr_last_error());
+    }
+    return 0;
+}
+
+int tsr_session_tokens(tsr_sessions_t *s, const Tessera__V1__GenerateRequest *r, int32_t **ids,
+                       size_t *n, struct tsr_session_status *st)
+{
+    struct tsr_sampling sp;
+    int max_tokens;
+    return prepare(s, r, ids, n, &sp, &max_tokens, st);
+}
+
+/* ---- relaying one request ---- */
+
+struct relay {
+    struct tsr_sessions *s;
+    const struct tsr_session_io *io;
+    const char *request_id;
+    int logprobs;
+    int n_prompt;
+    int n_done;   /* tokens relayed to the client */
+    int sent_any; /* a chunk reached the client: no retry after this */
+    tsr_textstream_t *text;
+};
+
+static Tessera__V1__FinishReason worker_finish(const Tessera__V1__WorkerGenerateResponse *w)
+{
+    return w->has_finish_reason ? w->finish_reason
+                                : TESSERA__V1__FINISH_REASON__FINISH_REASON_UNSPECIFIED;
+}
+
+/* One message from the leader to the client. Returns 1 when the stream is over (finish reason
+ * or stop string), 0 to go on, TSR_ECANCELLED when the client is gone, TSR_EFORMAT (message
+ * set) when the leader's message makes no sense. */
+static int relay_message(struct relay *rl, const Tessera__V1__WorkerGenerateResponse *w)
+{
+    if (rl->logprobs && w->n_logprobs != w->n_token_ids)
+        return tsr_errorf(TSR_EFORMAT, "%zu logprobs for %zu token ids", w->n_logprobs,
+                          w->n_token_ids);
+    struct tsr_text_delta d;
+    int rc = tsr_textstream_push(rl->text, w->token_ids, w->n_token_ids, worker_finish(w), &d);
+    if (rc) return rc == TSR_EINVAL ? TSR_EFORMAT : rc; /* its message stands */
+    rl->n_done += (int)d.n_ids;
+    if (!d.n_ids && !d.n_text && !d.over) return 0;
+    struct tsr_session_chunk c = {.request_id = rl->request_id,
+                                  .ids = w->token_ids,
+                                  .n_ids = d.n_ids,
+                                  .logprobs = rl->logprobs ? w->logprobs : NULL,
+                                  .text = d.text,
+                                  .n_text = d.n_text,
+                                  .over = d.over,
+                                  .finish = d.finish,
+                                  .prompt_tokens = rl->n_prompt,
+                                  .completion_tokens = rl->n_done};
+    rc = rl->io->chunk(rl->io->arg, &c);
+    rl->sent_any = 1;
+    if (rc) return TSR_ECANCELLED;
+    return d.over;
+}
+
+static int client_gone(const struct relay *rl)
+{
+    return rl->io->cancelled && rl->io->cancelled(rl->io->arg);
+}
+
+enum upstream_end { UP_DONE, UP_CLIENT_GONE, UP_RETRY, UP_FAILED };
+
+/* Streams one attempt from group g. */
+static enum upstream_end relay_attempt(struct relay *rl, tsr_route_t *g,
+                                       const Tessera__V1__WorkerGenerateRequest *wr,
+                                       struct tsr_session_status *st)
+{
+    struct tsr_sessions *s = rl->s;
+    int64_t left = rl->io->time_left_ms ? rl->io->time_left_ms(rl->io->arg) : INT64_MAX;
+    tsr_rpc_stream_t *up;
+    if (tsr_rpc_stream_open_pb(tsr_route_channel(g), "/tessera.v1.Worker/Generate", &wr->base,
+                               left == INT64_MAX ? 0 : (left > 0 ? left : 1), &up)) {
+        set_status(st, TSR_RPC_INTERNAL, "%s", tsr_last_error());
+        return UP_FAILED;
+    }
+    enum upstream_end end = UP_DONE;
+    for (;;) {
+        const void *buf;
+        size_t len;
+        int rc = tsr_rpc_stream_recv(up, &buf, &len, POLL_MS);
+        if (rc == TSR_ETIMEDOUT) {
+            if (client_gone(rl)) {
+                end = UP_CLIENT_GONE;
+                break;
+            }
+            if (!tsr_route_alive(s->r, g)) {
+                /* etcd says the group is gone (a rank died, its lease expired) */
+                set_status(st, TSR_RPC_UNAVAILABLE, "replica %s left the cluster mid-request",
+                           tsr_route_name(g));
+                end = rl->sent_any ? UP_FAILED : UP_RETRY;
+                break;
+            }
+            continue;
+        }
+        if (rc == 1) {
+            const char *d;
+            int code = tsr_rpc_stream_status(up, &d);
+            if (code == TSR_RPC_OK) {
+                /* the leader ended without a finish reason: count it as a failure */
+                set_status(st, TSR_RPC_UNAVAILABLE, "replica %s ended the stream early",
+                           tsr_route_name(g));
+                end = rl->sent_any ? UP_FAILED : UP_RETRY;
+            } else if (code == TSR_RPC_UNAVAILABLE || code == TSR_RPC_CANCELLED ||
+                       code == TSR_RPC_UNKNOWN || code == TSR_RPC_INTERNAL) {
+                set_status(st, TSR_RPC_UNAVAILABLE, "replica %s (%s) failed: %s: %s",
+                           tsr_route_name(g), tsr_route_addr(g), tsr_rpc_code_name(code), d);
+                end = rl->sent_any ? UP_FAILED : UP_RETRY;
+            } else {
+                set_status(st, code, "%s", d);
+                end = UP_FAILED;
+            }
+            break;
+        }
+        if (rc) {
+            set_status(st, TSR_RPC_INTERNAL, "reading from replica %s: %s", tsr_route_name(g),
+                       tsr_last_error());
+            end = UP_FAILED;
+            break;
+        }
+        Tessera__V1__WorkerGenerateResponse *w =
+            tessera__v1__worker_generate_response__unpack(NULL, len, buf);
+        if (!w) {
+            set_status(st, TSR_RPC_INTERNAL, "replica %s sent a malformed message",
+                       tsr_route_name(g));
+            end = UP_FAILED;
+            break;
+        }
+        int before = rl->n_done;
+        int over = relay_message(rl, w);
+        tsr_route_progress(s->r, g, rl->n_done - before);
+        tessera__v1__worker_generate_response__free_unpacked(w, NULL);
+        if (over == TSR_ECANCELLED) {
+            end = UP_CLIENT_GONE;
+            break;
+        }
+        if (over < 0) {
+            if (over == TSR_EFORMAT)
+                set_status(st, TSR_RPC_INTERNAL, "replica %s sent a bad message: %s",
+                           tsr_route_name(g), tsr_last_error());
+            else
+                set_status(st, code_of(over), "%s", tsr_last_error());
+            end = UP_FAILED;
+            break;
+        }
+        if (over) {
+            end = UP_DONE;
+            break;
+        }
+    }
+    tsr_rpc_stream_cancel(up); /* a no-op when the stream already ended */
+    tsr_rpc_stream_free(up);
+    return end;
+}
+
+static void fill_worker_request(Tessera__V1__WorkerGenerateRequest *wr, const char *request_id,
+                                int32_t *ids, size_t n, const struct tsr_sampling *sp,
+                                int max_tokens, const Tessera__V1__GenerateRequest *r)
+{
+    wr->request_id = (char *)request_id;
+    wr->n_prompt_ids = n;
+    wr->prompt_ids = ids;
+    wr->has_temperature = wr->has_top_k = wr->has_top_p = wr->has_min_p = 1;
+    wr->has_repetition_penalty = wr->has_seed = wr->has_max_tokens = wr->has_ignore_eos = 1;
+    wr->temperature = sp->temperature;
+    wr->top_k = sp->top_k;
+    wr->top_p = sp->top_p;
+    wr->min_p = sp->min_p;
+    wr->repetition_penalty = sp->repetition_penalty;
+    wr->seed = sp->seed;
+    wr->max_tokens = max_tokens;
+    wr->n_stop_ids = r->n_stop_token_ids;
+    wr->stop_ids = r->stop_token_ids;
+    wr->ignore_eos = r->has_ignore_eos && r->ignore_eos;
+}
+
+static int relay(struct tsr_sessions *s, const struct tsr_session_io *io,
+                 const Tessera__V1__GenerateRequest *r, const char *request_id, int32_t *ids,
+                 size_t n, const struct tsr_sampling *sp, int max_tokens,
+                 struct tsr_session_status *st)
+{
+    struct relay rl = {.s = s,
+                       .io = io,
+                       .request_id = request_id,
+                       .logprobs = r->has_logprobs && r->logprobs,
+                       .n_prompt = (int)n};
+    if (!(rl.text = tsr_textstream_new(s->tok, r->stop, r->n_stop)))
+        return set_status(st, TSR_RPC_RESOURCE_EXHAUSTED, "out of memory");
+    Tessera__V1__WorkerGenerateRequest wr = TESSERA__V1__WORKER_GENERATE_REQUEST__INIT;
+    fill_worker_request(&wr, request_id, ids, n, sp, max_tokens, r);
+    int64_t load = (int64_t)n + max_tokens;
+    tsr_route_t *avoid = NULL;
+    set_status(st, TSR_RPC_UNAVAILABLE, "no replica is ready to serve");
+    enum upstream_end end = UP_FAILED;
+    for (int attempt = 0; attempt < RETRIES; attempt++) {
+        tsr_route_t *g = tsr_router_pick(s->r, load, avoid);
+        if (!g && tsr_router_wait_ready(s->r, s->o.ready_wait_ms) > 0)
+            g = tsr_router_pick(s->r, load, avoid);
+        if (!g) {
+            size_t k = strlen(st->msg);
+            if (avoid) snprintf(st->msg + k, sizeof st->msg - k, "; no other replica");
+            end = UP_FAILED;
+            break;
+        }
+        int done_before = rl.n_done;
+        end = relay_attempt(&rl, g, &wr, st);
+        /* what this group was booked for and did not stream */
+        tsr_route_progress(s->r, g, load - (rl.n_done - done_before));
+        if (end != UP_RETRY) {
+            tsr_route_release(s->r, g, 0);
+            break;
+        }
+        tsr_log_warn("coordinator: %s: %s; retrying on another replica", request_id, st->msg);
+        tsr_route_release(s->r, avoid, 0);
+        avoid = g; /* keeps its reference, so the identity stays valid */
+    }
+    tsr_route_release(s->r, avoid, 0);
+    tsr_textstream_free(rl.text);
+    if (end == UP_DONE) return set_status(st, TSR_RPC_OK, "ok");
+    if (end == UP_CLIENT_GONE) return set_status(st, TSR_RPC_CANCELLED, "cancelled");
+    return st->code;
+}
+
+int tsr_session_run(tsr_sessions_t *s, const Tessera__V1__GenerateRequest *r,
+                    const struct tsr_session_io *io, struct tsr_session_status *st)
+{
+    int32_t *ids = NULL;
+    size_t n = 0;
+    struct tsr_sampling sp;
+    int max_tokens, rc, admitted = 0;
+    char generated_id[32];
+    if (prepare(s, r, &ids, &n, &sp, &max_tokens, st)) goto out;
+    if ((rc = tsr_validate_context((int)n, max_tokens, s->cfg->n_ctx_train))) {
+        set_status(st, code_of(rc), "%s", tsr_last_error());
+        goto out;
+    }
+    pthread_mutex_lock(&s->mu);
+    int draining = s->draining;
+    if (!draining && s->in_flight < s->o.max_queue) {
+        s->in_flight++;
+        admitted = 1;
+    }
+    int64_t seq = ++s->next_id, in_flight = s->in_flight;
+    pthread_mutex_unlock(&s->mu);
+    if (draining) {
+        set_status(st, TSR_RPC_UNAVAILABLE,
+                   "this coordinator is shutting down (draining): send the request to "
+                   "another coordinator, or retry once it is back");
+        goto out;
+    }
+    if (!admitted) {
+        set_status(st, TSR_RPC_RESOURCE_EXHAUSTED,
+                   "the server is full: %lld requests in flight (its --max-queue); retry later",
+                   (long long)in_flight);
+        goto out;
+    }
+    const char *request_id = r->request_id;
+    if (!request_id || !request_id[0]) {
+        snprintf(generated_id, sizeof generated_id, "req-%lld", (long long)seq);
+        request_id = generated_id;
+    }
+    relay(s, io, r, request_id, ids, n, &sp, max_tokens, st);
+    pthread_mutex_lock(&s->mu);
+    s->in_flight--;
+    pthread_mutex_unlock(&s->mu);
+out:
+    free(ids);
+    return st->code;
+}
