@@ -391,14 +391,42 @@ static int relay(struct tsr_sessions *s, const struct tsr_session_io *io,
     return st->code;
 }
 
-int tsr_session_run(tsr_sessions_t *s, const Tessera__V1__GenerateRequest *r,
-                    const struct tsr_session_io *io, struct tsr_session_status *st)
+/* The access line's view of a request: the client's io, and what its chunks carried. */
+struct access {
+    const struct tsr_session_io *io;
+    int prompt_tokens, completion_tokens;
+};
+
+static int access_chunk(void *arg, const struct tsr_session_chunk *c)
+{
+    struct access *a = arg;
+    if (c->over) {
+        a->prompt_tokens = c->prompt_tokens;
+        a->completion_tokens = c->completion_tokens;
+    }
+    return a->io->chunk(a->io->arg, c);
+}
+
+static int access_cancelled(void *arg)
+{
+    const struct access *a = arg;
+    return a->io->cancelled(a->io->arg);
+}
+
+static int64_t access_time_left(void *arg)
+{
+    const struct access *a = arg;
+    return a->io->time_left_ms(a->io->arg);
+}
+
+static int run(tsr_sessions_t *s, const Tessera__V1__GenerateRequest *r,
+               const struct tsr_session_io *io, struct tsr_session_status *st,
+               const char **request_id_out, char *generated_id, size_t id_cap)
 {
     int32_t *ids = NULL;
     size_t n = 0;
     struct tsr_sampling sp;
     int max_tokens, rc, admitted = 0;
-    char generated_id[32];
     if (prepare(s, r, &ids, &n, &sp, &max_tokens, st)) goto out;
     if ((rc = tsr_validate_context((int)n, max_tokens, s->cfg->n_ctx_train))) {
         set_status(st, code_of(rc), "%s", tsr_last_error());
@@ -426,9 +454,10 @@ int tsr_session_run(tsr_sessions_t *s, const Tessera__V1__GenerateRequest *r,
     }
     const char *request_id = r->request_id;
     if (!request_id || !request_id[0]) {
-        snprintf(generated_id, sizeof generated_id, "req-%lld", (long long)seq);
+        snprintf(generated_id, id_cap, "req-%lld", (long long)seq);
         request_id = generated_id;
     }
+    *request_id_out = request_id;
     relay(s, io, r, request_id, ids, n, &sp, max_tokens, st);
     pthread_mutex_lock(&s->mu);
     s->in_flight--;
@@ -436,4 +465,24 @@ int tsr_session_run(tsr_sessions_t *s, const Tessera__V1__GenerateRequest *r,
 out:
     free(ids);
     return st->code;
+}
+
+int tsr_session_run(tsr_sessions_t *s, const Tessera__V1__GenerateRequest *r,
+                    const struct tsr_session_io *io, struct tsr_session_status *st)
+{
+    /* one access line per request: who, how it ended, how much, how long */
+    struct access a = {.io = io};
+    struct tsr_session_io wrapped = {.chunk = access_chunk,
+                                     .cancelled = io->cancelled ? access_cancelled : NULL,
+                                     .arg = &a,
+                                     .time_left_ms = io->time_left_ms ? access_time_left : NULL};
+    char generated_id[32] = "";
+    const char *request_id = r->request_id;
+    double t0 = tsr_now();
+    int code = run(s, r, &wrapped, st, &request_id, generated_id, sizeof generated_id);
+    tsr_log_req(TSR_LOG_INFO, request_id,
+                "access: %s in %.0f ms; prompt %d, completion %d tokens%s%s",
+                tsr_rpc_code_name(code), (tsr_now() - t0) * 1e3, a.prompt_tokens,
+                a.completion_tokens, code ? ": " : "", code ? st->msg : "");
+    return code;
 }

@@ -7,6 +7,7 @@ what the SDK will not send (malformed JSON, invalid UTF-8, a huge body, an unkno
 
 import http.client
 import json
+import re
 import threading
 import time
 
@@ -281,3 +282,21 @@ def test_disconnect_cancels(srv):
     decoded = sum(s.decode_tokens for s in srv.group_stats().values()) - before
     assert decoded < 3000, "the worker went on for %d tokens after the client left" % decoded
     assert time.monotonic() - t0 < 20
+
+
+def test_access_log(srv):
+    # one access line per request in the coordinator's log, under the request's id: the id an
+    # HTTP answer carries (chatcmpl-<request id>) finds its line, with its status and usage
+    r = srv.client.chat.completions.create(model=srv.model_id, messages=chat_messages(), max_tokens=5,
+                                           temperature=0)
+    rid = r.id.split("-", 1)[1]
+    with pytest.raises(openai.BadRequestError):
+        srv.client.completions.create(model=srv.model_id, prompt=PROMPT, max_tokens=4, temperature=-1)
+    line = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z coordinator\[\d+\] info: \[req ([^\]]+)\] "
+                      r"access: ([A-Z_]+) in \d+ ms; prompt (\d+), completion (\d+) tokens(.*)$", re.M)
+
+    def lines():
+        return line.findall((srv.dir / "coordinator.log").read_text(errors="replace"))
+    mine = harness.wait_for(lambda: [m for m in lines() if m[0] == rid], 10, what="the access line")
+    assert mine == [(rid, "OK", str(r.usage.prompt_tokens), str(r.usage.completion_tokens), "")], mine
+    assert any(m[1] == "INVALID_ARGUMENT" and "temperature" in m[4] for m in lines())
