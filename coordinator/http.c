@@ -404,10 +404,9 @@ static enum MHD_Result handle_generate(struct tsr_http *h, struct MHD_Connection
 
 static json_t *model_json(struct tsr_http *h)
 {
-    const struct tsr_model_config *cfg = tsr_model_config(tsr_sessions_model(h->ss));
     return json_pack("{s:s, s:s, s:I, s:s, s:i}", "id", tsr_sessions_model_id(h->ss), "object",
                      "model", "created", h->started, "owned_by", "tessera", "max_model_len",
-                     cfg->n_ctx_train);
+                     tsr_sessions_max_model_len(h->ss));
 }
 
 static enum MHD_Result route(struct tsr_http *h, struct MHD_Connection *conn, const char *url,

@@ -156,7 +156,7 @@ static void handle_list_models(tsr_rpc_call_t *call, void *arg)
     Tessera__V1__ModelInfo mi = TESSERA__V1__MODEL_INFO__INIT;
     mi.id = (char *)tsr_sessions_model_id(c->ss);
     mi.has_context_length = mi.has_vocab_size = mi.has_ready_replicas = 1;
-    mi.context_length = c->cfg->n_ctx_train;
+    mi.context_length = tsr_sessions_max_model_len(c->ss);
     mi.vocab_size = c->cfg->n_vocab;
     mi.ready_replicas = tsr_router_n_ready(tsr_sessions_router(c->ss));
     Tessera__V1__ModelInfo *list[1] = {&mi};

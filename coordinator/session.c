@@ -90,7 +90,12 @@ tsr_sessions_t *tsr_sessions_new(const tsr_model_t *m, tsr_router_t *r,
     s->o = *o;
     if (s->o.max_queue <= 0) s->o.max_queue = 256;
     if (s->o.ready_wait_ms <= 0) s->o.ready_wait_ms = 5000;
-    make_model_id(tsr_model_name(m), s->model_id, sizeof s->model_id);
+    if (s->o.served_name)
+        snprintf(s->model_id, sizeof s->model_id, "%s", s->o.served_name);
+    else
+        make_model_id(tsr_model_name(m), s->model_id, sizeof s->model_id);
+    if (s->o.max_model_len <= 0 || s->o.max_model_len > s->cfg->n_ctx_train)
+        s->o.max_model_len = s->cfg->n_ctx_train;
     pthread_mutex_init(&s->mu, NULL);
     return s;
 }
@@ -131,6 +136,10 @@ const char *tsr_sessions_model_id(const tsr_sessions_t *s)
 {
     return s->model_id;
 }
+int tsr_sessions_max_model_len(const tsr_sessions_t *s)
+{
+    return s->o.max_model_len;
+}
 const tsr_model_t *tsr_sessions_model(const tsr_sessions_t *s)
 {
     return s->m;
@@ -142,7 +151,8 @@ tsr_router_t *tsr_sessions_router(const tsr_sessions_t *s)
 
 int tsr_session_check_model(tsr_sessions_t *s, const char *model, struct tsr_session_status *st)
 {
-    if (!model || !model[0] || !strcmp(model, s->model_id) || !strcmp(model, tsr_model_name(s->m)))
+    if (!model || !model[0] || !strcmp(model, s->model_id) ||
+        (!s->o.served_name && !strcmp(model, tsr_model_name(s->m))))
         return 0;
     return set_status(st, TSR_RPC_NOT_FOUND,
                       "model '%s' is not served here; this server serves '%s' (ListModels)", model,
@@ -428,7 +438,7 @@ static int run(tsr_sessions_t *s, const Tessera__V1__GenerateRequest *r,
     struct tsr_sampling sp;
     int max_tokens, rc, admitted = 0;
     if (prepare(s, r, &ids, &n, &sp, &max_tokens, st)) goto out;
-    if ((rc = tsr_validate_context((int)n, max_tokens, s->cfg->n_ctx_train))) {
+    if ((rc = tsr_validate_context((int)n, max_tokens, s->o.max_model_len))) {
         set_status(st, code_of(rc), "%s", tsr_last_error());
         goto out;
     }

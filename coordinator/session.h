@@ -26,8 +26,10 @@
 typedef struct tsr_sessions tsr_sessions_t;
 
 struct tsr_session_opts {
-    int max_queue;     /* requests in flight and queued at once; more: RESOURCE_EXHAUSTED */
-    int ready_wait_ms; /* how long a request waits for a ready group before UNAVAILABLE */
+    int max_queue;           /* requests in flight and queued at once; more: RESOURCE_EXHAUSTED */
+    int ready_wait_ms;       /* how long a request waits for a ready group before UNAVAILABLE */
+    const char *served_name; /* the model's id for clients; NULL: from its file (model_id) */
+    int max_model_len;       /* prompt plus max_tokens at most; 0: the model's context */
 };
 
 /* m gives the tokenizer, chat template and context (its weights are never read); m and r must
@@ -43,9 +45,11 @@ int64_t tsr_sessions_drain(tsr_sessions_t *s);
 int64_t tsr_sessions_in_flight(tsr_sessions_t *s);
 /* 1 when not draining and at least one group is ready. */
 int tsr_sessions_serving(tsr_sessions_t *s);
-/* The served model's id: the file's name without .gguf, a directory's last name, or the
- * synthetic spec. */
+/* The served model's id: served_name, or the file's name without .gguf, a directory's last
+ * name, or the synthetic spec. */
 const char *tsr_sessions_model_id(const tsr_sessions_t *s);
+/* The longest request (prompt plus max_tokens) served: max_model_len, or the model's context. */
+int tsr_sessions_max_model_len(const tsr_sessions_t *s);
 const tsr_model_t *tsr_sessions_model(const tsr_sessions_t *s);
 tsr_router_t *tsr_sessions_router(const tsr_sessions_t *s);
 
@@ -55,7 +59,8 @@ struct tsr_session_status {
     char msg[512];
 };
 
-/* 0 when model is unset, empty, or names the served model; else NOT_FOUND in *st. */
+/* 0 when model is unset, empty, or names the served model (its id; without a served_name also
+ * the model's path); else NOT_FOUND in *st. */
 int tsr_session_check_model(tsr_sessions_t *s, const char *model, struct tsr_session_status *st);
 
 /* The request's prompt as token ids, after the same checks as a Generate (model name included);

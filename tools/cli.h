@@ -41,6 +41,13 @@ enum { TSR_O_HOST = 1000, TSR_O_PORT, TSR_O_ADVERTISE };
     "               the address others reach this process at: one of this host's\n"                \
     "               (default: --host, or for 0.0.0.0 the first non-loopback address)\n"
 /* The OpenAI HTTP API's port (serve and coordinator): on --host, off unless given. */
+#define TSR_CLI_MODEL_LEN_HELP                                                                     \
+    "  --max-model-len N  the longest request served, prompt plus max_tokens (default:\n"          \
+    "               the model's context); longer ones are refused\n"
+/* --max-model-len N against the model m: 0 when N (> 0) fits its context, or N is 0 (unset); 2
+ * after printing why not. */
+int tsr_cli_check_model_len(const char *cmd, const tsr_model_t *m, int n);
+
 #define TSR_CLI_HTTP_HELP                                                                          \
     "  --http-port P  also serve OpenAI's HTTP API (/v1/chat/completions, /v1/completions,\n"      \
     "               /v1/models) on H:P (default: off)\n"

@@ -23,7 +23,8 @@ static void coord_usage(FILE *f)
         f,
         "usage: tessera coordinator [--etcd URLS] [--model M] [--host H] [--port P]\n"
         "                           [--advertise-address A] [--tp N] [--pp M] [--max-queue N]\n"
-        "                           [--id ID] [--prefix P] [--drain-timeout S] [--http-port P]\n\n"
+        "                           [--id ID] [--prefix P] [--drain-timeout S] [--http-port P]\n"
+        "                           [--served-model-name NAME] [--max-model-len N]\n\n"
         "  --etcd       etcd endpoints, comma-separated (default $ETCDCTL_ENDPOINTS)\n"
         "  --port P     the public gRPC API (default 50051)\n" TSR_CLI_HTTP_HELP TSR_CLI_LISTEN_HELP
         "  --tp, --pp   the layout of every group (the controller assigns worker units of\n"
@@ -32,12 +33,28 @@ static void coord_usage(FILE *f)
         "256)\n"
         "  --drain-timeout S  on SIGTERM/SIGINT, refuse new requests (UNAVAILABLE) and let\n"
         "               those in flight finish for up to S seconds (default 30; 0: stop at\n"
-        "               once); a second signal stops at once\n");
+        "               once); a second signal stops at once\n"
+        "  --served-model-name NAME  the model's id in ListModels, /v1/models and requests\n"
+        "               (default: the file's name without .gguf)\n" TSR_CLI_MODEL_LEN_HELP);
+}
+
+/* A served model name: 1 to 200 printable characters, no spaces (it goes in URLs and logs). */
+static int check_served_name(const char *s)
+{
+    size_t n = strlen(s);
+    int ok = n > 0 && n <= 200;
+    for (size_t i = 0; ok && i < n; i++) ok = (unsigned char)s[i] > ' ' && s[i] != 0x7f;
+    if (ok) return 0;
+    fprintf(stderr,
+            "tessera coordinator: --served-model-name '%.64s': 1 to 200 printable "
+            "characters, no spaces\n",
+            s);
+    return 2;
 }
 
 int tsr_cmd_coordinator(int argc, char **argv)
 {
-    enum { O_QUEUE = 256, O_PREFIX, O_TP, O_PP, O_DRAIN, O_HTTP };
+    enum { O_QUEUE = 256, O_PREFIX, O_TP, O_PP, O_DRAIN, O_HTTP, O_NAME, O_MLEN };
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                          {"etcd", required_argument, 0, 'e'},
                                          TSR_CLI_LISTEN_OPTIONS,
@@ -48,12 +65,14 @@ int tsr_cmd_coordinator(int argc, char **argv)
                                          {"pp", required_argument, 0, O_PP},
                                          {"drain-timeout", required_argument, 0, O_DRAIN},
                                          {"http-port", required_argument, 0, O_HTTP},
+                                         {"served-model-name", required_argument, 0, O_NAME},
+                                         {"max-model-len", required_argument, 0, O_MLEN},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *model = getenv("TESSERA_MODEL") ? getenv("TESSERA_MODEL") : TSR_DEFAULT_MODEL;
-    const char *etcd_url = NULL, *prefix = "/tessera", *id = NULL;
+    const char *etcd_url = NULL, *prefix = "/tessera", *id = NULL, *served_name = NULL;
     struct tsr_cli_listen listen = {.host = "127.0.0.1", .port = 50051};
-    int tp = 1, pp = 1, max_queue = 256, drain_s = 30, http_port = -1, c, rc;
+    int tp = 1, pp = 1, max_queue = 256, drain_s = 30, http_port = -1, max_len = 0, c, rc;
     long l;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:e:i:h", opts, NULL)) != -1) {
@@ -88,6 +107,13 @@ int tsr_cmd_coordinator(int argc, char **argv)
             break;
         case O_HTTP:
             if (!(rc = tsr_cli_int("--http-port", optarg, 0, 65535, &l))) http_port = l;
+            break;
+        case O_NAME:
+            if ((rc = check_served_name(optarg))) break;
+            served_name = optarg;
+            break;
+        case O_MLEN:
+            if (!(rc = tsr_cli_int("--max-model-len", optarg, 1, 1 << 30, &l))) max_len = l;
             break;
         case 'h':
             coord_usage(stdout);
@@ -126,13 +152,18 @@ int tsr_cmd_coordinator(int argc, char **argv)
         exit_code = 2;
         goto out;
     }
+    if (tsr_cli_check_model_len("coordinator", m, max_len)) {
+        exit_code = 2;
+        goto out;
+    }
     if (!(r = tsr_router_new())) goto out;
     struct tsr_cluster_opts clo = {.prefix = prefix, .id = id, .tp = tp, .pp = pp, .ttl_s = 3};
     if ((rc = tsr_etcd_open(etcd_url, &etcd)) || (rc = tsr_cluster_start(etcd, r, &clo, &cl))) {
         fprintf(stderr, "tessera coordinator: etcd %s: %s\n", etcd_url, tsr_last_error());
         goto out;
     }
-    struct tsr_session_opts so = {.max_queue = max_queue};
+    struct tsr_session_opts so = {
+        .max_queue = max_queue, .served_name = served_name, .max_model_len = max_len};
     /* Calls beyond the queue bound still get a thread, to be told RESOURCE_EXHAUSTED. */
     struct tsr_coord_opts co_opts = {.listen = bind, .max_calls = max_queue + 256};
     int port;

@@ -39,6 +39,15 @@ static int relaunch_mpi(const char *cmd, int n, int argc, char **argv)
     return 1;
 }
 
+int tsr_cli_check_model_len(const char *cmd, const tsr_model_t *m, int n)
+{
+    int ctx = tsr_model_config(m)->n_ctx_train;
+    if (n <= ctx) return 0;
+    fprintf(stderr, "tessera %s: --max-model-len %d is over %s's context of %d tokens\n", cmd, n,
+            tsr_model_name(m), ctx);
+    return 2;
+}
+
 int tsr_cli_check_layout(const char *cmd, const char *model, int tp, int pp)
 {
     tsr_model_t *m = NULL;

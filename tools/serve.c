@@ -53,7 +53,8 @@ static void serve_usage(FILE *f)
                "                     [--host H] [--advertise-address A] [--etcd URLS] [--dir DIR]\n"
                "                     [--threads T] [--kv-blocks B] [--kv-mem GB] [--max-seqs S]\n"
                "                     [--step-tokens N] [--max-queue Q] [--drain-timeout S]\n"
-               "                     [--http-port P]\n\n"
+               "                     [--http-port P] [--served-model-name NAME]\n"
+               "                     [--max-model-len N]\n\n"
                "Runs a private etcd (unless --etcd or $ETCDCTL_ENDPOINTS), a coordinator on\n"
                "H:P (default 127.0.0.1:50051) and R worker units of tp x pp ranks each (default\n"
                "1 x 1 x 1, their Worker services on H, any port), and supervises them.\n"
@@ -64,8 +65,9 @@ static void serve_usage(FILE *f)
                "  --drain-timeout  on SIGTERM/SIGINT, how long requests in flight may take to\n"
                "             finish before everything stops (default 30 s; 0: stop at once)\n"
                "Worker options (--kv-blocks, --kv-mem, --max-seqs, --step-tokens, --step-timeout)\n"
-               "are passed on;\n"
-               "see `tessera worker --help`.\n");
+               "are passed on, and so are --served-model-name (to the coordinator) and\n"
+               "--max-model-len (to both); see `tessera worker --help` and\n"
+               "`tessera coordinator --help`.\n");
 }
 
 static pid_t spawn(struct child *c)
@@ -239,7 +241,9 @@ int tsr_cmd_serve(int argc, char **argv)
         O_PP,
         O_DEV,
         O_DRAIN,
-        O_HTTP
+        O_HTTP,
+        O_NAME,
+        O_MLEN
     };
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                          {"tp", required_argument, 0, O_TP},
@@ -258,13 +262,16 @@ int tsr_cmd_serve(int argc, char **argv)
                                          {"device", required_argument, 0, O_DEV},
                                          {"drain-timeout", required_argument, 0, O_DRAIN},
                                          {"http-port", required_argument, 0, O_HTTP},
+                                         {"served-model-name", required_argument, 0, O_NAME},
+                                         {"max-model-len", required_argument, 0, O_MLEN},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     static struct serve s; /* large (paths); one per process */
     memset(&s, 0, sizeof s);
     const char *model = getenv("TESSERA_MODEL") ? getenv("TESSERA_MODEL") : TSR_DEFAULT_MODEL;
     const char *etcd = NULL, *dir = NULL, *kv_blocks = NULL, *kv_mem = NULL, *max_seqs = NULL,
-               *step_timeout = NULL, *step = NULL, *queue = "256", *device = "cpu";
+               *step_timeout = NULL, *step = NULL, *queue = "256", *device = "cpu",
+               *served_name = NULL, *max_len = NULL;
     int tp = 1, pp = 1, threads = 0, http_port = -1, c, rc;
     struct tsr_cli_listen listen = {.host = "127.0.0.1", .port = 50051};
     long l;
@@ -325,6 +332,12 @@ int tsr_cmd_serve(int argc, char **argv)
             break;
         case O_HTTP:
             if (!(rc = tsr_cli_int("--http-port", optarg, 1, 65535, &l))) http_port = l;
+            break;
+        case O_NAME:
+            served_name = optarg; /* the coordinator checks it */
+            break;
+        case O_MLEN:
+            if (!(rc = tsr_cli_int("--max-model-len", optarg, 1, 1 << 30, &l))) max_len = optarg;
             break;
         case 'h':
             serve_usage(stdout);
@@ -442,6 +455,8 @@ int tsr_cmd_serve(int argc, char **argv)
                            drain_s};
     for (size_t i = 0; i < sizeof cargs / sizeof *cargs; i++) a[k++] = (char *)cargs[i];
     if (http_port > 0) a[k++] = "--http-port", a[k++] = http_s;
+    if (served_name) a[k++] = "--served-model-name", a[k++] = (char *)served_name;
+    if (max_len) a[k++] = "--max-model-len", a[k++] = (char *)max_len;
     a[k] = NULL;
     for (int r = 0; r < s.replicas; r++) {
         struct child *w = &s.workers[r];
@@ -473,6 +488,7 @@ int tsr_cmd_serve(int argc, char **argv)
         if (max_seqs) a[k++] = "--max-seqs", a[k++] = (char *)max_seqs;
         if (step_timeout) a[k++] = "--step-timeout", a[k++] = (char *)step_timeout;
         if (step) a[k++] = "--step-tokens", a[k++] = (char *)step;
+        if (max_len) a[k++] = "--max-model-len", a[k++] = (char *)max_len;
         /* replica r's ranks take GPUs from r * tp * pp on (cuda:N offsets them all by N) */
         if (strncmp(device, "cuda", 4))
             a[k++] = "--device", a[k++] = (char *)device;

@@ -28,7 +28,7 @@ struct worker_args {
     const char *group; /* --group: started without MPI, meeting through etcd */
     struct tsr_cli_listen listen;
     int threads, tp, pp, kv_blocks, max_seqs, step_tokens, ttl, step_timeout;
-    int group_rank, group_size, group_timeout;
+    int group_rank, group_size, group_timeout, max_len;
     double kv_mem;
 };
 
@@ -38,7 +38,8 @@ static void worker_usage(FILE *f)
             "usage: tessera worker [--model M] [--etcd URLS] [--id ID] [--host H] [--port P]\n"
             "                      [--advertise-address A]\n"
             "                      [--tp N] [--pp M] [--threads N] [--kv-blocks N | --kv-mem GB]\n"
-            "                      [--max-seqs N] [--step-tokens N] [--prefix P] [--ttl S]\n"
+            "                      [--max-seqs N] [--step-tokens N] [--max-model-len N]\n"
+            "                      [--prefix P] [--ttl S]\n"
             "                      [--device cpu|cuda[:N]]\n"
             "                      [--group NAME --group-rank R [--group-size N]]\n\n"
             "  --etcd         register in this etcd (endpoints, comma-separated; default\n"
@@ -50,7 +51,7 @@ static void worker_usage(FILE *f)
             "  --kv-blocks    KV cache size in 16-position blocks (default from --kv-mem)\n"
             "  --kv-mem       KV cache size in GiB (default 10%% of available memory, at most 2)\n"
             "  --max-seqs     sequences in the running batch (default 64); more wait\n"
-            "  --step-tokens  token budget of one step (default 256)\n"
+            "  --step-tokens  token budget of one step (default 256)\n" TSR_CLI_MODEL_LEN_HELP
             "  --ttl          etcd lease TTL in seconds (default 3): how long a dead worker\n"
             "                 can stay in routing\n"
             "  --step-timeout S  a group whose step runs longer (a rank hung or unreachable)\n"
@@ -125,7 +126,8 @@ static int parse_args(int argc, char **argv, struct worker_args *a)
         O_GROUP,
         O_GRANK,
         O_GSIZE,
-        O_GTIME
+        O_GTIME,
+        O_MLEN
     };
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                          {"etcd", required_argument, 0, 'e'},
@@ -146,6 +148,7 @@ static int parse_args(int argc, char **argv, struct worker_args *a)
                                          {"group-rank", required_argument, 0, O_GRANK},
                                          {"group-size", required_argument, 0, O_GSIZE},
                                          {"group-timeout", required_argument, 0, O_GTIME},
+                                         {"max-model-len", required_argument, 0, O_MLEN},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
@@ -223,6 +226,9 @@ static int parse_args(int argc, char **argv, struct worker_args *a)
             break;
         case O_GTIME:
             if (!(rc = tsr_cli_int("--group-timeout", optarg, 1, 86400, &l))) a->group_timeout = l;
+            break;
+        case O_MLEN:
+            if (!(rc = tsr_cli_int("--max-model-len", optarg, 1, 1 << 30, &l))) a->max_len = l;
             break;
         case 'h':
             worker_usage(stdout);
@@ -335,6 +341,10 @@ int tsr_cmd_worker(int argc, char **argv)
         exit_code = rc == TSR_EINVAL ? 2 : 1;
         goto out;
     }
+    if (tsr_cli_check_model_len("worker", m, a.max_len)) {
+        exit_code = 2;
+        goto out;
+    }
     if (ranks > 1 && !by_etcd && (rc = tsr_group_join_mpi(m, a.tp, a.pp, &group))) {
         fprintf(stderr, "tessera worker: %s\n", tsr_last_error());
         exit_code = rc == TSR_EINVAL ? 2 : 1;
@@ -372,7 +382,7 @@ int tsr_cmd_worker(int argc, char **argv)
                                  .block_size = block,
                                  .max_step_tokens = a.step_tokens,
                                  .max_seqs = a.max_seqs,
-                                 .max_context = c->n_ctx_train,
+                                 .max_context = a.max_len ? a.max_len : c->n_ctx_train,
                                  .shard = ranks > 1 ? &group.shard : NULL};
     if (ranks > 1 && group.rank != 0) {
         struct tsr_runner_opts ro = tsr_engine_runner_opts(&eo);

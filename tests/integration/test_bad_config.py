@@ -32,6 +32,8 @@ def test_bad_config(tessera_bin, model, tmp_path):
         ([t, "worker", "--model", model, "--advertise-address", "0.0.0.0"], "is a wildcard"),
         ([t, "serve", "--model", model, "--tp", "2", "--dir", str(tmp_path / "s3")], "tp=2 does not divide"),
         ([t, "coordinator", "--model", model], "--etcd (or ETCDCTL_ENDPOINTS) is required"),
+        ([t, "worker", "--model", model, "--max-model-len", "9999999"], "--max-model-len 9999999 is over"),
+        ([t, "coordinator", "--model", model, "--served-model-name", "a b"], "--served-model-name 'a b'"),
     ]
     # a rank started on its own (--group: a LeaderWorkerSet's pod)
     w = [t, "worker", "--model", model, "--tp", "2", "--group", "g"]
