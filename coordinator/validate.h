@@ -24,7 +24,8 @@ enum {
 /* 1 if s[0, n) is well-formed UTF-8 (no overlongs, no surrogates, nothing above U+10FFFF). */
 int tsr_utf8_valid(const char *s, size_t n);
 
-/* The sampling fields, with defaults for those unset (NULL: all defaults). */
+/* The sampling fields, with defaults for those unset (NULL: all defaults); an unset seed is a
+ * random one, so unseeded requests differ (OpenAI's and vLLM's meaning). */
 int tsr_validate_sampling(const Tessera__V1__SamplingParams *p, struct tsr_sampling *out);
 
 /* Everything that does not need the tokenizer: input present and non-empty, UTF-8, sizes, roles,

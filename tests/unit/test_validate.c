@@ -50,6 +50,16 @@ static void test_sampling_ranges(void **state)
     assert_int_equal(tsr_validate_generate(&r, 1000, &sp, &mt), 0);
     assert_true(sp.temperature == 0 && sp.top_p == 1 && sp.top_k == 0);
     assert_int_equal(mt, TSR_DEFAULT_MAX_TOKENS);
+    /* an unset seed is drawn at random each time (equal twice: a 2^-64 chance); a set one is kept
+     */
+    struct tsr_sampling sp2;
+    assert_int_equal(tsr_validate_generate(&r, 1000, &sp2, &mt), 0);
+    assert_true(sp.seed != sp2.seed);
+    p.has_seed = 1;
+    p.seed = 0;
+    assert_int_equal(tsr_validate_generate(&r, 1000, &sp, &mt), 0);
+    assert_int_equal(sp.seed, 0);
+    p.has_seed = 0;
     p.has_temperature = 1;
     p.temperature = -0.5f;
     expect_bad(&r, "temperature");
