@@ -115,12 +115,12 @@ static int setup(void **state)
     snprintf(cmd, sizeof cmd, "%s '%s' '%s' '%s'", py, CONVERTER, MODEL, dir);
     printf("converting: %s\n", cmd);
     if (system(cmd) != 0) {
-        fprintf(stderr, "the converter failed\n");
+        fprintf(stderr, "ERROR: the converter failed\n");
         return -1;
     }
     if (!(backend = tsr_backend_cpu_new(2))) return -1;
     if (tsr_model_open(dir, &model)) {
-        fprintf(stderr, "%s: %s\n", dir, tsr_last_error());
+        fprintf(stderr, "ERROR: %s: %s\n", dir, tsr_last_error());
         return -1;
     }
     return 0;
