@@ -33,9 +33,10 @@ cmake -S "$root" -B "$root/build-asan" -DCMAKE_BUILD_TYPE=Debug -DTESSERA_CUDA=O
   -DTESSERA_SANITIZE=address,undefined -DCMAKE_C_FLAGS_DEBUG="-O1 -g" >/dev/null
 cmake --build "$root/build-asan" -j"$jobs"
 # test_forward_long repeats test_forward_golden's code paths over 4,096 positions (minutes under
-# ASan); the malformed-model suite's 1 s per error case is a Release bound (5 s here).
+# ASan), test_forward_golden_q8 them with the q8 kernels test_cpu_ops runs here already; the
+# malformed-model suite's 1 s per error case is a Release bound (5 s here).
 (cd "$root/build-asan" && ASAN_OPTIONS=detect_leaks=1 TSR_MALFORMED_TIME_LIMIT=5 \
-  ctest --output-on-failure -j"$jobs" -E '^(integration|test_forward_long)$')
+  ctest --output-on-failure -j"$jobs" -E '^(integration|test_forward_long|test_forward_golden_q8)$')
 echo "-- integration tests under ASan + UBSan: bad requests, the response path, cancellation, drain, shutdown, OpenAI HTTP"
 (cd "$root" && ASAN_OPTIONS=detect_leaks=1 TSR_RANDOM_PROMPTS=64 /usr/bin/python3 -m pytest -q -x \
   -p no:cacheprovider tests/integration/test_bad_requests.py tests/integration/test_cancel.py \

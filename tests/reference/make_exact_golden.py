@@ -26,8 +26,10 @@ TOPK = 16
 N_GEN = 64
 
 
-def load_model(path=MODEL):
-    """The model in float64: returns forward(ids, cache) -> logits of ids, and new_cache()."""
+def load_model(path=MODEL, transform=None):
+    """The model in float64: returns forward(ids, cache) -> logits of ids, and new_cache().
+    transform, if given, maps each dequantized float32 tensor first (make_hf_bf16_golden.py
+    rounds them to bf16)."""
     r = GGUFReader(path)
     f = {k: v.contents() for k, v in r.fields.items()
          if k.startswith("llama.") and not isinstance(v.contents(), list)}
@@ -39,7 +41,8 @@ def load_model(path=MODEL):
 
     def W(name):
         t = tensors[name]
-        a = dequantize(t.data, t.tensor_type).astype(np.float64)
+        a = dequantize(t.data, t.tensor_type).astype(np.float32)
+        a = (transform(a) if transform else a).astype(np.float64)
         return a.reshape([int(x) for x in reversed(t.shape)]) if len(t.shape) > 1 else a.ravel()
 
     emb = W("token_embd.weight")

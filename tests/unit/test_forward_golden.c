@@ -15,7 +15,13 @@
  *    1.9e-2), the same argmax wherever llama.cpp's margin is at least 0.5 (its argmax differs
  *    from the exact one at margins up to 0.41), and the same greedy tokens up to llama.cpp's
  *    first step with a margin under 0.5.
- * Near-ties under those margins are printed with both logits. */
+ * Near-ties under those margins are printed with both logits.
+ *
+ * With TESSERA_CPU_ACT=q8 in the environment (ctest's test_forward_golden_q8) the backend rounds
+ * activations to 8 bits as llama.cpp does, and the same references are held to the q8 bounds
+ * below: it lands about as far from the exact answer as llama.cpp does, and as far from
+ * llama.cpp as llama.cpp is from the exact answer. The program checks the backend really is in
+ * q8 mode, and that its distance from the exact answer is beyond f32 rounding. */
 #include <jansson.h>
 #include <math.h>
 #include <setjmp.h>
@@ -29,150 +35,47 @@
 #include <cmocka.h>
 
 #include "common/status.h"
+#include "forward_check.h"
 #include "kernels/backend.h"
+#include "kernels/cpu/cpu_backend.h"
 #include "model/model.h"
+#include "unit.h"
 #include "worker/engine.h"
 #include "worker/forward.h"
 
-struct golden {
-    const char *name, *json, *rows;
-    double max_tol;  /* max |ours - reference| over each position's reference top-16 */
-    double mean_tol; /* mean of the same */
-    double tie;      /* argmax must agree where the reference's margin is at least this */
-    double row_nmse; /* full-row NMSE bound */
-    json_t *root;
-    float *rows_data;
-    size_t n_rows_floats;
-};
+#define MODEL         TSR_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+#define REF(f)        TSR_SOURCE_DIR "/tests/reference/" f
+#define EXACT_JSON    REF("forward_exact_smollm2.json"), REF("forward_exact_smollm2_rows.bin")
+#define LLAMACPP_JSON REF("forward_golden_smollm2.json"), REF("forward_golden_smollm2_rows.bin")
 
-#define REF(f) TSR_SOURCE_DIR "/tests/reference/" f
-static struct golden goldens[] = {
-    {"exact", REF("forward_exact_smollm2.json"), REF("forward_exact_smollm2_rows.bin"), 5e-4, 1e-4,
-     1e-3, 1e-9, NULL, NULL, 0},
-    {"llama.cpp", REF("forward_golden_smollm2.json"), REF("forward_golden_smollm2_rows.bin"), 3.0,
-     0.35, 0.5, 3e-2, NULL, NULL, 0},
+/* f32 activations (the default): bounds as the header says. */
+static struct golden goldens_f32[] = {
+    {"exact", EXACT_JSON, 5e-4, 1e-4, 1e-3, 1e-9, NULL, NULL, 0},
+    {"llama.cpp", LLAMACPP_JSON, 3.0, 0.35, 0.5, 3e-2, NULL, NULL, 0},
 };
+/* q8 activations, measured on the AVX-512 / AVX2 / scalar kernels (docs/correctness.md; they
+ * make the same q8 bytes, their f32 sums differ in order, and 30 layers of requantization amplify
+ * that at a few positions). Against exact: top-16 max 1.73 / 2.61 / 1.55, mean 0.165 / 0.171 /
+ * 0.171, rows NMSE 5.2e-3 / 7.0e-3 / 5.9e-3, argmax different at exact margins up to 0.57;
+ * llama.cpp's own distance from exact is 1.91, 0.169, 1.9e-2, its argmax different up to 0.41.
+ * Against llama.cpp: max 2.08 / 1.67 / 2.12, mean 0.173 / 0.174 / 0.175, NMSE 2.2e-2 / 2.6e-2 /
+ * 1.2e-2, argmax different up to 0.55. Bounds: max 4 (a tail statistic), mean 0.25, NMSE 2e-2
+ * and 4e-2, the argmax where the margin is at least 0.75 (441 positions of 633). */
+static struct golden goldens_q8[] = {
+    {"exact", EXACT_JSON, 4.0, 0.25, 0.75, 2e-2, NULL, NULL, 0},
+    {"llama.cpp", LLAMACPP_JSON, 4.0, 0.25, 0.75, 4e-2, NULL, NULL, 0},
+};
+/* q8's distance from the exact top-16 must exceed this: f32 rounding stays under 5e-4, so a
+ * backend that ignored TESSERA_CPU_ACT would pass the wide q8 bounds but not this. */
+#define Q8_MIN_FROM_EXACT 1e-2
 
+static struct golden *goldens = goldens_f32;
+static int act_q8;
 static tsr_backend_t *backend;
 static tsr_model_t *model;
 
-static int32_t *ids_of(json_t *arr, int *n)
-{
-    *n = (int)json_array_size(arr);
-    int32_t *ids = malloc(sizeof *ids * (size_t)*n);
-    for (int i = 0; i < *n; i++) ids[i] = (int32_t)json_integer_value(json_array_get(arr, i));
-    return ids;
-}
-
-/* Teacher-forced logits of all n positions, one step, blocks scattered in reverse order. */
-static float *teacher_forced_logits(const int32_t *ids, int n)
-{
-    int V = tsr_model_config(model)->n_vocab;
-    struct tsr_runner_opts o = {.n_blocks = (n + 15) / 16, .block_size = 16, .max_tokens = n};
-    tsr_runner_t *r;
-    assert_int_equal(tsr_runner_new(model, backend, &o, NULL, &r), 0);
-    int32_t *pos = malloc(sizeof *pos * n), *seq = calloc((size_t)n, sizeof *seq),
-            *bt = malloc(sizeof *bt * (size_t)o.n_blocks);
-    for (int i = 0; i < n; i++) pos[i] = i;
-    for (int i = 0; i < o.n_blocks; i++) bt[i] = o.n_blocks - 1 - i;
-    struct tsr_step st = {.n_tokens = n,
-                          .ids = ids,
-                          .pos = pos,
-                          .seq = seq,
-                          .n_seqs = 1,
-                          .max_blocks = o.n_blocks,
-                          .block_tables = bt,
-                          .n_out = n,
-                          .out_rows = pos};
-    float *logits = malloc(sizeof(float) * (size_t)n * V);
-    assert_int_equal(tsr_runner_forward(r, &st, logits), 0);
-    free(pos), free(seq), free(bt);
-    tsr_runner_free(r);
-    return logits;
-}
-
-/* Checks one position against a reference entry {argmax, margin, topk}; returns the largest
- * top-16 difference and adds to *sum. */
-static double check_position(const struct golden *gd, const char *what, size_t p, int i,
-                             const float *l, int V, json_t *e, double *sum, int *ties)
-{
-    int want = (int)json_integer_value(json_object_get(e, "argmax"));
-    double margin = json_number_value(json_object_get(e, "margin")), worst = 0;
-    json_t *top = json_object_get(e, "topk");
-    int got = 0;
-    for (int v = 1; v < V; v++)
-        if (l[v] > l[got]) got = v;
-    for (size_t k = 0; k < json_array_size(top); k++) {
-        json_t *pair = json_array_get(top, k);
-        int id = (int)json_integer_value(json_array_get(pair, 0));
-        double d = fabs(l[id] - json_number_value(json_array_get(pair, 1)));
-        *sum += d;
-        if (d > worst) worst = d;
-    }
-    if (margin < gd->tie) {
-        int second = (int)json_integer_value(json_array_get(json_array_get(top, 1), 0));
-        (*ties)++;
-        printf("  %s %s near-tie: prompt %zu position %d, margin %.5f: reference %d then %d; "
-               "ours %d (%.4f vs %.4f)\n",
-               gd->name, what, p, i, margin, want, second, got, l[want], l[second]);
-    } else if (got != want) {
-        fail_msg("%s %s: prompt %zu position %d: argmax %d, reference %d (margin %.4f)", gd->name,
-                 what, p, i, got, want, margin);
-    }
-    return worst;
-}
-
-static void teacher_forced(const struct golden *gd)
-{
-    int V = tsr_model_config(model)->n_vocab;
-    json_t *prompts = json_object_get(gd->root, "prompts"),
-           *rows_index = json_object_get(gd->root, "rows_index");
-    double worst = 0, worst_nmse = 0, sum = 0;
-    int positions = 0, ties = 0, rows_checked = 0;
-    for (size_t p = 0; p < json_array_size(prompts); p++) {
-        json_t *pr = json_array_get(prompts, p), *tf = json_object_get(pr, "teacher_forced");
-        int n;
-        int32_t *ids = ids_of(json_object_get(pr, "tokens"), &n);
-        float *logits = teacher_forced_logits(ids, n);
-        for (int i = 0; i < n; i++) {
-            double w = check_position(gd, "teacher-forced", p, i, logits + (size_t)i * V, V,
-                                      json_array_get(tf, (size_t)i), &sum, &ties);
-            if (w > worst) worst = w;
-            positions++;
-        }
-        size_t off = 0;
-        for (size_t k = 0; k < json_array_size(rows_index); k++, off += (size_t)V) {
-            json_t *ri = json_array_get(rows_index, k);
-            if ((size_t)json_integer_value(json_object_get(ri, "prompt")) != p) continue;
-            int at = (int)json_integer_value(json_object_get(ri, "pos"));
-            assert_true(off + (size_t)V <= gd->n_rows_floats);
-            double num = 0, den = 0;
-            for (int v = 0; v < V; v++) {
-                double d = logits[(size_t)at * V + v] - gd->rows_data[off + v];
-                num += d * d;
-                den += (double)gd->rows_data[off + v] * gd->rows_data[off + v];
-            }
-            if (num / den > worst_nmse) worst_nmse = num / den;
-            rows_checked++;
-        }
-        free(logits);
-        free(ids);
-    }
-    double mean = sum / (positions * 16.0);
-    printf("teacher-forced vs %s: %d positions, %d under margin %.3g; top-16 |diff| max %.5f "
-           "(bound %.3g) mean %.5f (bound %.3g); %d full rows, worst NMSE %.3g (bound %.3g)\n",
-           gd->name, positions, ties, gd->tie, worst, gd->max_tol, mean, gd->mean_tol, rows_checked,
-           worst_nmse, gd->row_nmse);
-    assert_true(positions >= 5 * 20);
-    assert_true(rows_checked >= 15);
-    assert_true(worst <= gd->max_tol);
-    assert_true(mean <= gd->mean_tol);
-    assert_true(worst_nmse <= gd->row_nmse);
-}
-
 static void greedy(const struct golden *gd)
 {
-    int V = tsr_model_config(model)->n_vocab;
     json_t *prompts = json_object_get(gd->root, "prompts");
     struct tsr_engine_opts eo = {
         .n_blocks = 32, .block_size = 16, .max_step_tokens = 512, .max_seqs = 1};
@@ -219,63 +122,52 @@ static void greedy(const struct golden *gd)
     }
     printf("greedy vs %s: %d of %zu prompts give the reference's 64 tokens exactly\n", gd->name,
            equal_runs, json_array_size(prompts));
-    (void)V;
 }
 
 static void test_teacher_forced_exact(void **state)
 {
-    teacher_forced(&goldens[0]);
+    if (!model) return; /* skipped: setup said why */
+    struct forward_stats st = teacher_forced(model, backend, &goldens[0], 5 * 20, 15);
+    if (act_q8) assert_true(st.worst > Q8_MIN_FROM_EXACT);
 }
 
 static void test_teacher_forced_llamacpp(void **state)
 {
-    teacher_forced(&goldens[1]);
+    if (model) teacher_forced(model, backend, &goldens[1], 5 * 20, 15);
 }
 
 static void test_greedy_exact(void **state)
 {
-    greedy(&goldens[0]);
+    if (model) greedy(&goldens[0]);
 }
 
 static void test_greedy_llamacpp(void **state)
 {
-    greedy(&goldens[1]);
-}
-
-static int load_golden(struct golden *gd)
-{
-    json_error_t err;
-    if (!(gd->root = json_load_file(gd->json, 0, &err))) return -1;
-    FILE *f = fopen(gd->rows, "rb");
-    if (!f) return -1;
-    fseek(f, 0, SEEK_END);
-    gd->n_rows_floats = (size_t)ftell(f) / 4;
-    fseek(f, 0, SEEK_SET);
-    gd->rows_data = malloc(gd->n_rows_floats * 4);
-    size_t got = fread(gd->rows_data, 4, gd->n_rows_floats, f);
-    fclose(f);
-    return got == gd->n_rows_floats ? 0 : -1;
+    if (model) greedy(&goldens[1]);
 }
 
 static int setup(void **state)
 {
-    for (size_t i = 0; i < sizeof goldens / sizeof goldens[0]; i++)
+    const char *act = getenv("TESSERA_CPU_ACT");
+    act_q8 = act && !strcmp(act, "q8");
+    goldens = act_q8 ? goldens_q8 : goldens_f32;
+    printf("activations: %s\n", act_q8 ? "q8 (TESSERA_CPU_ACT=q8)" : "f32");
+    if (tsr_test_missing(MODEL, "run scripts/fetch_model.sh")) return 0;
+    for (int i = 0; i < 2; i++)
         if (load_golden(&goldens[i])) return -1;
-    backend = tsr_backend_cpu_new(2);
-    return backend &&
-                   !tsr_model_open(TSR_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf", &model)
-               ? 0
-               : -1;
+    if (!(backend = tsr_backend_cpu_new(2))) return -1;
+    if (tsr_cpu_backend_act_q8(backend) != act_q8) {
+        fprintf(stderr, "the CPU backend's activation mode is not the one TESSERA_CPU_ACT asks\n");
+        return -1;
+    }
+    return tsr_model_open(MODEL, &model) ? -1 : 0;
 }
 
 static int teardown(void **state)
 {
     tsr_model_free(model);
     tsr_backend_free(backend);
-    for (size_t i = 0; i < sizeof goldens / sizeof goldens[0]; i++) {
-        json_decref(goldens[i].root);
-        free(goldens[i].rows_data);
-    }
+    for (int i = 0; i < 2; i++) free_golden(&goldens[i]);
     return 0;
 }
 
@@ -288,5 +180,5 @@ int main(void)
         cmocka_unit_test(test_greedy_exact),
         cmocka_unit_test(test_greedy_llamacpp),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    return tsr_test_exit(cmocka_run_group_tests(tests, setup, teardown));
 }

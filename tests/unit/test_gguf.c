@@ -14,6 +14,7 @@
 
 #include "common/status.h"
 #include "model/gguf.h"
+#include "unit.h"
 
 /* ---- a small GGUF writer ---------------------------------------------------------------- */
 
@@ -371,7 +372,7 @@ static void test_no_tensors(void **state)
 static void test_real_model(void **state)
 {
     const char *path = TSR_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
-    if (access(path, R_OK) != 0) fail_msg("%s missing: run scripts/fetch_model.sh", path);
+    if (tsr_test_missing(path, "run scripts/fetch_model.sh")) return;
     tsr_gguf_t *g;
     int rc = tsr_gguf_open(path, &g);
     if (rc) fail_msg("open: %s", tsr_last_error());
@@ -683,5 +684,5 @@ int main(void)
         cmocka_unit_test(test_bad_tensors),    cmocka_unit_test(test_duplicate_tensor),
         cmocka_unit_test(test_minimal_file),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return tsr_test_exit(cmocka_run_group_tests(tests, NULL, NULL));
 }
