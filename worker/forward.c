@@ -205,10 +205,22 @@ static int load_norm(tsr_runner_t *r, tsr_model_t *m, const char *name, int64_t 
                      struct tsr_weight *w)
 {
     int rc = load(r, m, name, 1, n, 0, w);
-    if (!rc && w->type != TSR_F32)
-        return tsr_errorf(TSR_EUNSUPPORTED, "%s: norm weight '%s' is %s, expected F32",
+    if (rc || w->type == TSR_F32) return rc;
+    if (w->type != TSR_F16 && w->type != TSR_BF16)
+        return tsr_errorf(TSR_EUNSUPPORTED, "%s: norm weight '%s' is %s, expected F32, F16 or BF16",
                           tsr_model_name(m), name, tsr_dtype_name(w->type));
-    return rc;
+    /* Hugging Face bf16 and f16 checkpoints keep their norms in that type; the ops take f32
+     * (n floats a norm: a few KB a layer). Norms are never sliced: the view is the tensor. */
+    struct tsr_tensor_view v;
+    float *f;
+    if ((rc = tsr_model_tensor(m, name, &v))) return rc;
+    if (!(f = keep(r, malloc(sizeof *f * (size_t)n)))) return TSR_ENOMEM;
+    tsr_dequantize_row(v.type, v.data, f, n);
+    tsr_buf_free(w->buf);
+    if (!(w->buf = tsr_buf_weights(r->b, f, sizeof *f * (size_t)n))) return TSR_ENOMEM;
+    w->type = TSR_F32;
+    r->weight_bytes += sizeof *f * (size_t)n - v.nbytes;
+    return 0;
 }
 
 static int load_layer(tsr_runner_t *r, tsr_model_t *m, int l, struct layer *L)
