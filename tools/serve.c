@@ -1,10 +1,11 @@
 /* `tessera serve`: the whole cluster on one machine (DESIGN §1, launchers). A private etcd (unless
  * --etcd), one coordinator and R worker units, each a process of its own (mpirun for tp x pp > 1),
  * supervised: a process that dies is restarted (after 1 s, backing off to 10 s while it keeps
- * dying young). Logs and serve.json (addresses and pids, rewritten on every restart) are in --dir.
- * SIGINT/SIGTERM stops everything, draining first: the coordinator refuses new requests and lets
- * those in flight finish (up to --drain-timeout) while the workers still serve; then the workers
- * stop. A second signal skips the drain. */
+ * dying young); one that exits 2 (a configuration error) on its first start stops serve, while a 2
+ * on a restart (etcd unreachable for now) is retried. Logs and serve.json (addresses and pids,
+ * rewritten on every restart) are in --dir. SIGINT/SIGTERM stops everything, draining first: the
+ * coordinator refuses new requests and lets those in flight finish (up to --drain-timeout) while
+ * the workers still serve; then the workers stop. A second signal skips the drain. */
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -35,7 +36,7 @@ struct child {
     char *argv[MAX_ARGS];
     pid_t pid;
     double started, restart_at;
-    int backoff_s;
+    int backoff_s, runs; /* runs: how many times it was started */
 };
 
 struct serve {
@@ -91,6 +92,7 @@ static pid_t spawn(struct child *c)
     }
     c->pid = pid;
     c->started = tsr_now();
+    c->runs++;
     return pid;
 }
 
@@ -195,8 +197,10 @@ static void supervise(struct serve *s)
         if (c->backoff_s > 10) c->backoff_s = 10;
         c->pid = 0;
         c->restart_at = tsr_now() + c->backoff_s;
-        if (WIFEXITED(st) && WEXITSTATUS(st) == 2) {
-            /* a usage or configuration error: restarting cannot help */
+        if (WIFEXITED(st) && WEXITSTATUS(st) == 2 && c->runs == 1) {
+            /* a usage or configuration error: restarting cannot help. Only on a first run: the
+             * same arguments were accepted before, so a 2 on a restart is something outside that
+             * went away for now (etcd unreachable while it restarts), and restarting does help. */
             fprintf(stderr, "tessera serve: %s refused its configuration (log %s); stopping\n",
                     c->name, c->log);
             s->fatal = 1;
