@@ -22,6 +22,7 @@ the restart), a controller is elected again, and the cluster serves correctly wi
 RECOVER_BOUND_S of the restart.
 """
 
+import base64
 import json
 import os
 import signal
@@ -103,9 +104,8 @@ class Etcd:
         return r.stdout
 
     def get(self, key):
-        """{key: kv} (etcdctl's JSON, base64 decoded) for key or, ending in '/', its prefix."""
+        """({key: kv}, revision): etcdctl's JSON, base64 decoded, for key or, ending in "/", its prefix."""
         out = self.ctl("get", key, "-w", "json", *(["--prefix"] if key.endswith("/") else []))
-        import base64
         j = json.loads(out)
         return {base64.b64decode(kv["key"]).decode(): dict(kv, value=base64.b64decode(kv["value"]).decode())
                 for kv in j.get("kvs", [])}, int(j["header"]["revision"])
