@@ -7,7 +7,7 @@
 #include "kernels/cuda/cuda_common.cuh"
 #include "kernels/cuda/cuda_kernels.h"
 
-enum { NORM_THREADS = 256, EW_THREADS = 256 };
+enum { NORM_THREADS = 1024, EW_THREADS = 256 };
 
 static unsigned grid_for(size_t count, int threads, unsigned cap)
 {
@@ -51,8 +51,48 @@ static __device__ double block_sum_d(double v, double *sh)
     return t;
 }
 
-/* One block per row. x and out may be the same row: each thread reads its elements before it
- * writes them, and only after the reduction. */
+/* One block per row; four elements a thread at a time where the row allows (dim % 4 == 0 and
+ * 16-byte aligned rows), so that a 4,096-wide row at batch 1 is one load and one store per
+ * thread, not a chain of 16 dependent ones: with one block the whole GPU waits on it. x and out
+ * may be the same row: each thread reads its elements before it writes them, and only after the
+ * reduction. */
+template <int V> static __device__ __forceinline__ float4 load_v(const float *p, int j)
+{
+    if (V == 4) return reinterpret_cast<const float4 *>(p)[j];
+    return make_float4(p[j], 0.0f, 0.0f, 0.0f);
+}
+
+template <int V> static __device__ __forceinline__ void store_v(float *p, int j, float4 v)
+{
+    if (V == 4)
+        reinterpret_cast<float4 *>(p)[j] = v;
+    else
+        p[j] = v.x;
+}
+
+template <int V> static __device__ __forceinline__ double sum_sq(float4 v)
+{
+    double s = (double)v.x * v.x;
+    if (V == 4) s += (double)v.y * v.y + (double)v.z * v.z + (double)v.w * v.w;
+    return s;
+}
+
+/* out[j..j+V) = v · scale · w[j..j+V) for the V elements of vector j */
+template <int V>
+static __device__ __forceinline__ void store_scaled(float *out, int j, float4 v, float scale,
+                                                    const uint8_t *__restrict__ w, int wtype)
+{
+    int e = j * V;
+    v.x = v.x * scale * tsr_dev_elem(wtype, w, e);
+    if (V == 4) {
+        v.y = v.y * scale * tsr_dev_elem(wtype, w, e + 1);
+        v.z = v.z * scale * tsr_dev_elem(wtype, w, e + 2);
+        v.w = v.w * scale * tsr_dev_elem(wtype, w, e + 3);
+    }
+    store_v<V>(out, j, v);
+}
+
+template <int V>
 __global__ void __launch_bounds__(NORM_THREADS)
     rmsnorm_kernel(float *out, const float *x, const uint8_t *__restrict__ w, int wtype, int dim,
                    float eps)
@@ -61,36 +101,52 @@ __global__ void __launch_bounds__(NORM_THREADS)
     const float *xr = x + (size_t)blockIdx.x * dim;
     float *orow = out + (size_t)blockIdx.x * dim;
     double ss = 0;
-    for (int j = threadIdx.x; j < dim; j += blockDim.x) ss += (double)xr[j] * xr[j];
+    for (int j = threadIdx.x; j < dim / V; j += blockDim.x) ss += sum_sq<V>(load_v<V>(xr, j));
     ss = block_sum_d(ss, sh);
     float scale = (float)(1.0 / sqrt(ss / dim + (double)eps));
-    for (int j = threadIdx.x; j < dim; j += blockDim.x)
-        orow[j] = xr[j] * scale * tsr_dev_elem(wtype, w, j);
+    for (int j = threadIdx.x; j < dim / V; j += blockDim.x)
+        store_scaled<V>(orow, j, load_v<V>(xr, j), scale, w, wtype);
 }
 
+template <int V>
 __global__ void __launch_bounds__(NORM_THREADS)
     add_rmsnorm_kernel(float *resid, const float *delta, float *out, const uint8_t *__restrict__ w,
                        int wtype, int dim, float eps)
 {
     __shared__ double sh[NORM_THREADS / 32];
     size_t off = (size_t)blockIdx.x * dim;
+    float *rr = resid + off, *orow = out + off;
+    const float *dr = delta + off;
     double ss = 0;
-    for (int j = threadIdx.x; j < dim; j += blockDim.x) {
-        float r = resid[off + j] + delta[off + j];
-        resid[off + j] = r;
-        ss += (double)r * r;
+    for (int j = threadIdx.x; j < dim / V; j += blockDim.x) {
+        float4 r = load_v<V>(rr, j), d = load_v<V>(dr, j);
+        r.x += d.x;
+        r.y += d.y;
+        r.z += d.z;
+        r.w += d.w;
+        store_v<V>(rr, j, r);
+        ss += sum_sq<V>(r);
     }
     ss = block_sum_d(ss, sh);
     float scale = (float)(1.0 / sqrt(ss / dim + (double)eps));
-    for (int j = threadIdx.x; j < dim; j += blockDim.x)
-        out[off + j] = resid[off + j] * scale * tsr_dev_elem(wtype, w, j);
+    for (int j = threadIdx.x; j < dim / V; j += blockDim.x)
+        store_scaled<V>(orow, j, load_v<V>(rr, j), scale, w, wtype);
+}
+
+/* Rows of dim floats from these pointers can be read four at a time. */
+static int rows_by4(int dim, const void *a, const void *b, const void *c)
+{
+    return dim % 4 == 0 && (((uintptr_t)a | (uintptr_t)b | (uintptr_t)c) & 15) == 0;
 }
 
 extern "C" cudaError_t tsr_cuda_rmsnorm(cudaStream_t s, float *out, const float *x, const void *w,
                                         int wtype, int n, int dim, float eps)
 {
-    if (n > 0)
-        rmsnorm_kernel<<<n, NORM_THREADS, 0, s>>>(out, x, (const uint8_t *)w, wtype, dim, eps);
+    if (n <= 0) return cudaGetLastError();
+    if (rows_by4(dim, out, x, x))
+        rmsnorm_kernel<4><<<n, NORM_THREADS, 0, s>>>(out, x, (const uint8_t *)w, wtype, dim, eps);
+    else
+        rmsnorm_kernel<1><<<n, NORM_THREADS, 0, s>>>(out, x, (const uint8_t *)w, wtype, dim, eps);
     return cudaGetLastError();
 }
 
@@ -98,9 +154,13 @@ extern "C" cudaError_t tsr_cuda_add_rmsnorm(cudaStream_t s, float *resid, const 
                                             float *out, const void *w, int wtype, int n, int dim,
                                             float eps)
 {
-    if (n > 0)
-        add_rmsnorm_kernel<<<n, NORM_THREADS, 0, s>>>(resid, delta, out, (const uint8_t *)w, wtype,
-                                                      dim, eps);
+    if (n <= 0) return cudaGetLastError();
+    if (rows_by4(dim, resid, delta, out))
+        add_rmsnorm_kernel<4>
+            <<<n, NORM_THREADS, 0, s>>>(resid, delta, out, (const uint8_t *)w, wtype, dim, eps);
+    else
+        add_rmsnorm_kernel<1>
+            <<<n, NORM_THREADS, 0, s>>>(resid, delta, out, (const uint8_t *)w, wtype, dim, eps);
     return cudaGetLastError();
 }
 
@@ -245,20 +305,29 @@ extern "C" cudaError_t tsr_cuda_add_bias(cudaStream_t s, float *y, const void *b
 
 /* ---- RoPE and the KV-cache write ---- */
 
-/* One block per token: rotate its q and k heads (angles pos * inv_freq in double, as the CPU
- * backend's table), then copy the rotated k row and the v row to the cache slot. */
-__global__ void rope_kv_kernel(struct tsr_cuda_rope_args a)
+/* One block per token: the token's half head_dim angles (pos * inv_freq, sin and cos in double,
+ * as the CPU backend's table) once into shared memory, then every q and k head rotated with them,
+ * then the rotated k row and the v row copied to the cache slot. */
+enum { ROPE_THREADS = 1024 };
+
+__global__ void __launch_bounds__(ROPE_THREADS) rope_kv_kernel(struct tsr_cuda_rope_args a)
 {
+    __shared__ float cs_sh[TSR_CUDA_ATTN_MAX_HEAD_DIM / 2], sn_sh[TSR_CUDA_ATTN_MAX_HEAD_DIM / 2];
     int t = blockIdx.x, hd = a.head_dim, half = hd / 2, pos = a.pos[t];
     size_t qw = (size_t)a.n_head * hd, kw = (size_t)a.n_kv_head * hd;
     float *qt = a.q + t * qw, *kt = a.k + t * kw;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        double sd, cd;
+        sincos((double)pos * (double)a.inv_freq[i], &sd, &cd);
+        cs_sh[i] = (float)cd;
+        sn_sh[i] = (float)sd;
+    }
+    __syncthreads();
     int pairs = (a.n_head + a.n_kv_head) * half;
     for (int idx = threadIdx.x; idx < pairs; idx += blockDim.x) {
         int h = idx / half, i = idx % half;
         float *x = h < a.n_head ? qt + (size_t)h * hd : kt + (size_t)(h - a.n_head) * hd;
-        double sd, cd;
-        sincos((double)pos * (double)a.inv_freq[i], &sd, &cd);
-        float cs = (float)cd, sn = (float)sd;
+        float cs = cs_sh[i], sn = sn_sh[i];
         int i0 = a.neox ? i : 2 * i, i1 = a.neox ? i + half : 2 * i + 1;
         float x0 = x[i0], x1 = x[i1];
         x[i0] = __fsub_rn(__fmul_rn(x0, cs), __fmul_rn(x1, sn));
@@ -275,7 +344,8 @@ __global__ void rope_kv_kernel(struct tsr_cuda_rope_args a)
 
 extern "C" cudaError_t tsr_cuda_rope_kv_write(cudaStream_t s, const struct tsr_cuda_rope_args *a)
 {
-    if (a->n_tokens > 0) rope_kv_kernel<<<a->n_tokens, 256, 0, s>>>(*a);
+    if (a->head_dim > TSR_CUDA_ATTN_MAX_HEAD_DIM || a->head_dim % 2) return cudaErrorInvalidValue;
+    if (a->n_tokens > 0) rope_kv_kernel<<<a->n_tokens, ROPE_THREADS, 0, s>>>(*a);
     return cudaGetLastError();
 }
 
