@@ -14,16 +14,9 @@
 #include "common/status.h"
 #include "coordinator/validate.h"
 #include "model/chat.h"
+#include "tests/fuzz/fuzz_check.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "fuzz_chat: %s:%d: %s\n", __FILE__, __LINE__, #cond);                  \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
 
 enum { MAX_MSGS = 64, OVERHEAD = 96 /* template bytes around one message, generously */ };
 

@@ -22,18 +22,10 @@
 #include "coordinator/request.h"
 #include "coordinator/validate.h"
 #include "model/tokenizer.h"
+#include "tests/fuzz/fuzz_check.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "fuzz_http_request: %s:%d: %s (%s)\n", __FILE__, __LINE__, #cond,      \
-                    tsr_last_error());                                                             \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
 
 enum { N_VOCAB = 49152, N_CTX = 8192 };
 

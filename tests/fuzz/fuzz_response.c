@@ -26,6 +26,7 @@
 #include "coordinator/textstream.h"
 #include "coordinator/validate.h"
 #include "model/tokenizer.h"
+#include "tests/fuzz/fuzz_check.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -57,14 +58,6 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     }
     return 0;
 }
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "fuzz_response: %s:%d: %s\n", __FILE__, __LINE__, #cond);              \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
 
 struct text {
     char *p;
