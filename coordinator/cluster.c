@@ -41,8 +41,14 @@ static int ready_apply(struct tsr_cluster *c, const char *key, const char *val)
         tsr_log_warn("cluster: ignoring malformed %s: %s", key, val);
         rc = TSR_EFORMAT;
     } else {
+        int draining = json_is_true(json_object_get(j, "draining"));
         rc = tsr_router_upsert(c->r, group, addr, json_integer_value(gen));
-        if (!rc) tsr_log_info("cluster: group %s ready at %s", group, addr);
+        if (!rc && draining) {
+            tsr_router_drain(c->r, group, json_integer_value(gen));
+            tsr_log_info("cluster: group %s at %s drains: no new requests", group, addr);
+        } else if (!rc) {
+            tsr_log_info("cluster: group %s ready at %s", group, addr);
+        }
     }
     json_decref(j);
     return rc;

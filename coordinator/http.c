@@ -11,6 +11,7 @@
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <jansson.h>
 #include <microhttpd.h>
@@ -26,6 +27,7 @@ struct tsr_http {
     struct MHD_Daemon *d;
     json_int_t started; /* "created" of the model */
     atomic_int stopping;
+    atomic_int in_flight; /* requests begun and not yet answered to their last byte */
 };
 
 /* What arrives of one request's body. */
@@ -159,6 +161,16 @@ static int gen_cancelled(void *arg)
     return atomic_load(&g->gone);
 }
 
+/* A request the server's stop ended (not its client) ends UNAVAILABLE: HTTP 503, or in a stream
+ * that began, an error event of its own, then [DONE]. */
+static void stopped_status(struct gen *g)
+{
+    if (g->st.code == TSR_RPC_CANCELLED && atomic_load(&g->h->stopping) && !atomic_load(&g->gone)) {
+        g->st.code = TSR_RPC_UNAVAILABLE;
+        snprintf(g->st.msg, sizeof g->st.msg, "the server is stopping");
+    }
+}
+
 static int collect_chunk(void *arg, const struct tsr_session_chunk *c)
 {
     struct gen *g = arg;
@@ -227,6 +239,7 @@ static void *stream_main(void *arg)
     struct gen *g = arg;
     const struct tsr_session_io io = {.chunk = stream_chunk, .cancelled = gen_cancelled, .arg = g};
     tsr_session_run(g->h->ss, &g->oa.g, &io, &g->st);
+    stopped_status(g);
     pthread_mutex_lock(&g->mu);
     if (g->n_events) {
         /* a stream that broke after it began can only say so in an event of its own */
@@ -265,7 +278,8 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
     struct gen *g = cls;
     pthread_mutex_lock(&g->mu);
     while (g->out_off == g->out_len && !g->done) {
-        if (peer_gone(g->fd) || atomic_load(&g->h->stopping)) {
+        /* the server's stop ends the producer's session: its last events still go out */
+        if (peer_gone(g->fd)) {
             atomic_store(&g->gone, 1);
             pthread_mutex_unlock(&g->mu);
             return MHD_CONTENT_READER_END_WITH_ERROR;
@@ -305,8 +319,10 @@ static enum MHD_Result reply_status(struct MHD_Connection *conn,
 static enum MHD_Result whole_answer(struct MHD_Connection *conn, struct gen *g)
 {
     const struct tsr_session_io io = {.chunk = collect_chunk, .cancelled = gen_cancelled, .arg = g};
-    if (tsr_session_run(g->h->ss, &g->oa.g, &io, &g->st) != TSR_RPC_OK)
+    if (tsr_session_run(g->h->ss, &g->oa.g, &io, &g->st) != TSR_RPC_OK) {
+        stopped_status(g);
         return reply_status(conn, &g->st);
+    }
     const char *finish = tsr_openai_finish(g->finish);
     json_t *choice;
     if (g->kind == TSR_OPENAI_CHAT)
@@ -459,6 +475,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
     if (!b) {
         if (!(b = calloc(1, sizeof *b))) return MHD_NO;
         *con_cls = b;
+        atomic_fetch_add(&h->in_flight, 1);
         const char *cl =
             MHD_lookup_connection_value(conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl && strtoull(cl, NULL, 10) > TSR_OPENAI_MAX_BODY) b->too_big = 1;
@@ -481,8 +498,10 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *conn, const 
 static void on_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
                          enum MHD_RequestTerminationCode toe)
 {
+    struct tsr_http *h = cls;
     struct body *b = *con_cls;
     if (!b) return;
+    atomic_fetch_sub(&h->in_flight, 1);
     free(b->data);
     free(b);
     *con_cls = NULL;
@@ -532,6 +551,9 @@ void tsr_http_stop(tsr_http_t *h)
 {
     if (!h) return;
     atomic_store(&h->stopping, 1);
+    /* Every session now ends (UNAVAILABLE): give their answers, 503s and streams' last events,
+     * up to 3 s to reach the clients before the sockets close. */
+    for (int i = 0; i < 300 && atomic_load(&h->in_flight) > 0; i++) usleep(10 * 1000);
     MHD_stop_daemon(h->d); /* joins every connection's thread */
     free(h);
 }

@@ -13,8 +13,9 @@ struct tsr_route {
     char group[64], addr[128];
     int64_t generation, outstanding;
     tsr_rpc_channel_t *ch;
-    int refs;  /* the table's (while alive) and each request's */
-    int alive; /* in routing */
+    int refs;     /* the table's (while alive) and each request's */
+    int alive;    /* in routing */
+    int draining; /* its leader finishes what it runs and takes nothing new: not picked */
 };
 
 struct tsr_router {
@@ -127,7 +128,7 @@ tsr_route_t *tsr_router_pick(tsr_router_t *r, int64_t load, const tsr_route_t *a
     struct tsr_route *best = NULL;
     /* O(groups) scan: a coordinator routes to tens of groups, not thousands. */
     for (struct tsr_route *g = r->routes; g; g = g->next)
-        if (g != avoid && (!best || g->outstanding < best->outstanding)) best = g;
+        if (g != avoid && !g->draining && (!best || g->outstanding < best->outstanding)) best = g;
     if (best) {
         best->refs++;
         best->outstanding += load;
@@ -136,13 +137,29 @@ tsr_route_t *tsr_router_pick(tsr_router_t *r, int64_t load, const tsr_route_t *a
     return best;
 }
 
+/* Under r->mu: the groups a request can be routed to. */
+static int n_ready(const struct tsr_router *r)
+{
+    int n = 0;
+    for (const struct tsr_route *g = r->routes; g; g = g->next) n += !g->draining;
+    return n;
+}
+
 int tsr_router_n_ready(tsr_router_t *r)
 {
     pthread_mutex_lock(&r->mu);
-    int n = 0;
-    for (struct tsr_route *g = r->routes; g; g = g->next) n++;
+    int n = n_ready(r);
     pthread_mutex_unlock(&r->mu);
     return n;
+}
+
+void tsr_router_drain(tsr_router_t *r, const char *group, int64_t generation)
+{
+    pthread_mutex_lock(&r->mu);
+    struct tsr_route *g = find(r, group);
+    if (g && g->generation == generation) g->draining = 1;
+    pthread_cond_broadcast(&r->changed);
+    pthread_mutex_unlock(&r->mu);
 }
 
 int tsr_router_wait_ready(tsr_router_t *r, int wait_ms)
@@ -156,10 +173,9 @@ int tsr_router_wait_ready(tsr_router_t *r, int wait_ms)
         ts.tv_nsec -= 1000000000L;
     }
     pthread_mutex_lock(&r->mu);
-    while (!r->routes)
+    while (!n_ready(r))
         if (pthread_cond_timedwait(&r->changed, &r->mu, &ts)) break;
-    int n = 0;
-    for (struct tsr_route *g = r->routes; g; g = g->next) n++;
+    int n = n_ready(r);
     pthread_mutex_unlock(&r->mu);
     return n;
 }
@@ -205,13 +221,16 @@ int tsr_router_list(tsr_router_t *r, struct tsr_route_info *out, int cap)
 {
     pthread_mutex_lock(&r->mu);
     int n = 0;
-    for (struct tsr_route *g = r->routes; g; g = g->next, n++)
+    for (struct tsr_route *g = r->routes; g; g = g->next) {
+        if (g->draining) continue;
         if (n < cap) {
             memcpy(out[n].group, g->group, sizeof out[n].group);
             memcpy(out[n].addr, g->addr, sizeof out[n].addr);
             out[n].generation = g->generation;
             out[n].outstanding = g->outstanding;
         }
+        n++;
+    }
     pthread_mutex_unlock(&r->mu);
     return n;
 }

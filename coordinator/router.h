@@ -21,6 +21,9 @@ void tsr_router_free(tsr_router_t *r);
 /* A group is ready at addr in this generation. A new generation of a known group replaces it
  * (requests on the old one see it dead). */
 int tsr_router_upsert(tsr_router_t *r, const char *group, const char *addr, int64_t generation);
+/* The group's leader drains (a clean stop): it is no longer picked nor counted ready, and its
+ * requests go on (tsr_route_alive stays 1) until it leaves. No-op for another generation. */
+void tsr_router_drain(tsr_router_t *r, const char *group, int64_t generation);
 /* The group left: its requests see it dead. No-op for an unknown group. */
 void tsr_router_remove(tsr_router_t *r, const char *group);
 /* Removes every group not in names[0, n) (after re-listing etcd). */
@@ -43,7 +46,7 @@ const char *tsr_route_addr(const tsr_route_t *g);
 /* The channel to the group's leader (owned by the route). */
 tsr_rpc_channel_t *tsr_route_channel(const tsr_route_t *g);
 
-/* A snapshot of the ready groups, for status pages. */
+/* A snapshot of the ready groups (not draining ones), for status pages. */
 struct tsr_route_info {
     char group[64], addr[128];
     int64_t generation, outstanding;

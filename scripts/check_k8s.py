@@ -158,6 +158,9 @@ def check_semantics(checks, docs, values, where):
             c = pod["containers"][0]
             args = c["args"]
             what = f"{where}: worker {label}"
+            drain = int(arg_after(args, "--drain-timeout") or -1)
+            grace = pod.get("terminationGracePeriodSeconds", 30)
+            checks.expect(grace > drain >= 0, f"{what}: grace {grace}s > drain {drain}s")
             checks.expect(args[0] == "worker" and arg_after(args, "--tp") == str(tp)
                           and arg_after(args, "--pp") == str(pp)
                           and arg_after(args, "--device") == device
@@ -212,6 +215,7 @@ MUST_FAIL = [
     (["--set", "device=gpu"], "device"),
     (["--set", "coordinator.drainTimeoutSeconds=60", "--set", "coordinator.terminationGracePeriodSeconds=30"],
      "must exceed"),
+    (["--set", "workers.drainTimeoutSeconds=60"], "kills a worker mid-drain"),
     (["--set", "model.hostPath=/m", "--set", "model.existingClaim=c"], "not both"),
     (["--set", "workers.replica=2"], "replica"),  # a misspelled value is refused, not ignored
     (["--set", "workers.leaderWorkerSet.restartPolicy=RecreateGroupOnRestart"], "restartPolicy"),

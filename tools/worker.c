@@ -28,7 +28,7 @@ struct worker_args {
     const char *group; /* --group: started without MPI, meeting through etcd */
     struct tsr_cli_listen listen;
     int threads, tp, pp, kv_blocks, max_seqs, step_tokens, ttl, step_timeout;
-    int group_rank, group_size, group_timeout, max_len;
+    int group_rank, group_size, group_timeout, max_len, drain_s;
     double kv_mem;
 };
 
@@ -39,7 +39,7 @@ static void worker_usage(FILE *f)
             "                      [--advertise-address A]\n"
             "                      [--tp N] [--pp M] [--threads N] [--kv-blocks N | --kv-mem GB]\n"
             "                      [--max-seqs N] [--step-tokens N] [--max-model-len N]\n"
-            "                      [--prefix P] [--ttl S]\n"
+            "                      [--prefix P] [--ttl S] [--drain-timeout S]\n"
             "                      [--device cpu|cuda[:N]]\n"
             "                      [--group NAME --group-rank R [--group-size N]]\n\n"
             "  --etcd         register in this etcd (endpoints, comma-separated; default\n"
@@ -54,6 +54,9 @@ static void worker_usage(FILE *f)
             "  --step-tokens  token budget of one step (default 256)\n" TSR_CLI_MODEL_LEN_HELP
             "  --ttl          etcd lease TTL in seconds (default 3): how long a dead worker\n"
             "                 can stay in routing\n"
+            "  --drain-timeout S  on SIGTERM/SIGINT, leave routing at once and let requests in\n"
+            "                 flight finish, up to S seconds (default 30; 0: end them now);\n"
+            "                 a second signal ends them now\n"
             "  --step-timeout S  a group whose step runs longer (a rank hung or unreachable)\n"
             "                 leaves routing and exits, so its requests end UNAVAILABLE and its\n"
             "                 supervisor restarts it (default 30; 0: never)\n"
@@ -127,7 +130,8 @@ static int parse_args(int argc, char **argv, struct worker_args *a)
         O_GRANK,
         O_GSIZE,
         O_GTIME,
-        O_MLEN
+        O_MLEN,
+        O_DRAIN
     };
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                          {"etcd", required_argument, 0, 'e'},
@@ -149,6 +153,7 @@ static int parse_args(int argc, char **argv, struct worker_args *a)
                                          {"group-size", required_argument, 0, O_GSIZE},
                                          {"group-timeout", required_argument, 0, O_GTIME},
                                          {"max-model-len", required_argument, 0, O_MLEN},
+                                         {"drain-timeout", required_argument, 0, O_DRAIN},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
@@ -163,6 +168,7 @@ static int parse_args(int argc, char **argv, struct worker_args *a)
     a->step_timeout = 30;
     a->group_rank = a->group_size = -1;
     a->group_timeout = 300;
+    a->drain_s = 30;
     long l;
     double d;
     int c, rc;
@@ -229,6 +235,9 @@ static int parse_args(int argc, char **argv, struct worker_args *a)
             break;
         case O_MLEN:
             if (!(rc = tsr_cli_int("--max-model-len", optarg, 1, 1 << 30, &l))) a->max_len = l;
+            break;
+        case O_DRAIN:
+            if (!(rc = tsr_cli_int("--drain-timeout", optarg, 0, 3600, &l))) a->drain_s = l;
             break;
         case 'h':
             worker_usage(stdout);
@@ -300,6 +309,24 @@ static void log_stats(tsr_leader_t *l, struct stats_line *last)
                      s.n_blocks ? 100.0 * (s.n_blocks - s.n_free_blocks) / s.n_blocks : 0.0,
                      s.n_blocks - s.n_free_blocks, s.n_blocks, (unsigned long long)s.preemptions);
     *last = (struct stats_line){now, s.prompt_tokens, s.decode_tokens};
+}
+
+/* A clean stop: out of routing first (coordinators send nothing new; one that already picked us
+ * is still served), then the requests running and waiting finish, up to drain_s seconds or a
+ * second signal; then the caller leaves. A rolling restart then loses nothing. */
+static void drain(tsr_leader_t *l, tsr_member_t *mem, const char *id, int drain_s)
+{
+    if (mem && tsr_member_drain(mem))
+        tsr_log_warn("worker %s: cannot say in etcd that it drains: %s", id, tsr_last_error());
+    int n = tsr_leader_calls(l);
+    if (n == 0 || drain_s == 0) return;
+    tsr_log_info("worker %s: draining: %d requests in flight, up to %d s", id, n, drain_s);
+    double t0 = tsr_now();
+    while (tsr_now() - t0 < drain_s && !tsr_cli_stop_insisted() && !tsr_leader_failed(l)) {
+        usleep(50 * 1000);
+        if ((n = tsr_leader_calls(l)) == 0) return;
+    }
+    tsr_log_warn("worker %s: %d requests still in flight; ending them", id, n);
 }
 
 int tsr_cmd_worker(int argc, char **argv)
@@ -450,6 +477,7 @@ int tsr_cmd_worker(int argc, char **argv)
         }
         usleep(100 * 1000);
     }
+    if (exit_code == 0) drain(l, mem, a.id, a.drain_s);
     tsr_log_info("worker %s: stopping", a.id);
 out:
     tsr_member_leave(mem); /* leave routing first: nobody sends us more work */

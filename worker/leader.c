@@ -48,6 +48,8 @@ struct tsr_leader {
     struct tsr_engine_stats stats; /* a copy for Stats, refreshed after each step */
     int n_waiting;
     uint64_t max_batch, joined_running;
+    int n_calls; /* Generate calls in flight: waiting, running, or still sending their last tokens
+                  */
 };
 
 static void finish_req(struct lreq *q, enum tsr_finish f, int code, const char *msg)
@@ -349,9 +351,22 @@ static void stream_req(struct tsr_leader *l, tsr_rpc_call_t *call, struct lreq *
     free(lps);
 }
 
+static void serve_generate(tsr_rpc_call_t *call, struct tsr_leader *l);
+
 static void handle_generate(tsr_rpc_call_t *call, void *arg)
 {
     struct tsr_leader *l = arg;
+    pthread_mutex_lock(&l->mu);
+    l->n_calls++;
+    pthread_mutex_unlock(&l->mu);
+    serve_generate(call, l);
+    pthread_mutex_lock(&l->mu);
+    l->n_calls--;
+    pthread_mutex_unlock(&l->mu);
+}
+
+static void serve_generate(tsr_rpc_call_t *call, struct tsr_leader *l)
+{
     Tessera__V1__WorkerGenerateRequest *m =
         (Tessera__V1__WorkerGenerateRequest *)tsr_rpc_call_unpack(
             call, &tessera__v1__worker_generate_request__descriptor);
@@ -380,6 +395,14 @@ static void handle_generate(tsr_rpc_call_t *call, void *arg)
     pthread_mutex_unlock(&l->mu);
     stream_req(l, call, q);
     req_free(q);
+}
+
+int tsr_leader_calls(tsr_leader_t *l)
+{
+    pthread_mutex_lock(&l->mu);
+    int n = l->n_calls;
+    pthread_mutex_unlock(&l->mu);
+    return n;
 }
 
 void tsr_leader_stats(tsr_leader_t *l, struct tsr_engine_stats *s, int *n_waiting)

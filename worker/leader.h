@@ -30,6 +30,9 @@ int tsr_leader_failed(tsr_leader_t *l);
 /* How long the step running now has run, in seconds (0 between steps): in a group, a step that
  * never ends means a rank is hung or cannot be reached (the leader waits in a collective). */
 double tsr_leader_step_seconds(tsr_leader_t *l);
+/* Generate calls in flight: waiting, running, or sending their last tokens (what a drain waits
+ * for). */
+int tsr_leader_calls(tsr_leader_t *l);
 /* The engine's counters as of the last step, with the requests running (admitted and not done)
  * and waiting in the leader (what the Worker service's Stats returns). */
 void tsr_leader_stats(tsr_leader_t *l, struct tsr_engine_stats *s, int *n_waiting);

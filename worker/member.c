@@ -19,7 +19,9 @@ struct tsr_member {
     pthread_t thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    int stop, lost, ready;
+    int stop, lost, ready, draining;
+    char group[200]; /* the group published ready, and its generation */
+    int64_t generation;
 };
 
 static void on_lost(void *arg)
@@ -30,6 +32,17 @@ static void on_lost(void *arg)
     m->ready = 0;
     pthread_mutex_unlock(&m->mu);
     tsr_log_error("worker %s: lost its etcd lease", m->id);
+}
+
+/* Puts <prefix>/ready/<group> on the lease: the leader's address and generation, and whether it
+ * drains. */
+static int publish(struct tsr_member *m, const char *group, int64_t gen, int draining)
+{
+    char rk[400], rv[600];
+    snprintf(rk, sizeof rk, "%s/ready/%s", m->prefix, group);
+    snprintf(rv, sizeof rv, "{\"addr\":\"%s\",\"generation\":%lld,\"worker\":\"%s\"%s}", m->addr,
+             (long long)gen, m->id, draining ? ",\"draining\":true" : "");
+    return tsr_etcd_put(m->e, rk, rv, strlen(rv), m->lease, NULL);
 }
 
 /* Polls the assignment key (a few keys, every 200 ms) and publishes readiness for each new one. */
@@ -49,19 +62,19 @@ static void *member_main(void *arg)
             const char *group = j ? json_string_value(json_object_get(j, "group")) : NULL;
             json_t *g = j ? json_object_get(j, "generation") : NULL;
             if (group && json_is_integer(g) && json_integer_value(g) != published) {
-                char rk[400], rv[600];
                 int64_t gen = json_integer_value(g);
-                snprintf(rk, sizeof rk, "%s/ready/%s", m->prefix, group);
-                snprintf(rv, sizeof rv, "{\"addr\":\"%s\",\"generation\":%lld,\"worker\":\"%s\"}",
-                         m->addr, (long long)gen, m->id);
-                if (!tsr_etcd_put(m->e, rk, rv, strlen(rv), m->lease, NULL)) {
+                pthread_mutex_lock(&m->mu);
+                int ok = !m->draining && !publish(m, group, gen, 0);
+                if (ok) {
                     published = gen;
+                    m->ready = 1;
+                    snprintf(m->group, sizeof m->group, "%s", group);
+                    m->generation = gen;
+                }
+                pthread_mutex_unlock(&m->mu);
+                if (ok)
                     tsr_log_info("worker %s: serving group %s (generation %lld) at %s", m->id,
                                  group, (long long)gen, m->addr);
-                    pthread_mutex_lock(&m->mu);
-                    m->ready = 1;
-                    pthread_mutex_unlock(&m->mu);
-                }
             }
             json_decref(j);
             free(val);
@@ -122,6 +135,17 @@ fail:
     pthread_mutex_destroy(&m->mu);
     pthread_cond_destroy(&m->cv);
     free(m);
+    return rc;
+}
+
+int tsr_member_drain(tsr_member_t *m)
+{
+    if (!m) return 0;
+    pthread_mutex_lock(&m->mu);
+    m->draining = 1;
+    m->ready = 0;
+    int rc = m->group[0] ? publish(m, m->group, m->generation, 1) : 0;
+    pthread_mutex_unlock(&m->mu);
     return rc;
 }
 

@@ -25,6 +25,9 @@ int tsr_member_join(tsr_etcd_t *e, const struct tsr_member_opts *o, tsr_member_t
 int tsr_member_ready(tsr_member_t *m);
 /* 1 once the lease is lost. */
 int tsr_member_lost(tsr_member_t *m);
+/* A clean stop begins: says in etcd that this unit's group drains (coordinators route nothing new
+ * to it, and let its requests in flight finish) and publishes no new assignment. */
+int tsr_member_drain(tsr_member_t *m);
 /* Revokes the lease (the worker leaves routing at once) and frees m. */
 void tsr_member_leave(tsr_member_t *m);
 

@@ -540,6 +540,21 @@ class Stream:
         return s
 
 
+def start_streams(stub, reqs, timeout=120, first_within=60):
+    """Starts one Stream per request, each on a daemon thread, and returns (streams, threads) once
+    every stream has its first token (AssertionError naming the first that has none within
+    first_within seconds)."""
+    got = [threading.Event() for _ in reqs]
+    streams = [Stream(stub, r, timeout=timeout, on_msg=(lambda e: lambda st, m: st.ids and e.set())(e))
+               for r, e in zip(reqs, got)]
+    threads = [threading.Thread(target=st.run, daemon=True) for st in streams]
+    for t in threads:
+        t.start()
+    for i, e in enumerate(got):
+        assert e.wait(first_within), "stream %d got no token: %s" % (i, streams[i].describe())
+    return streams, threads
+
+
 def run_parallel(fns, timeout, start_together=True):
     """Runs each fn() on its own daemon thread; returns their results in order.
 

@@ -213,12 +213,49 @@ static void test_wait_ready_wakes(void **state)
     tsr_router_free(r);
 }
 
+/* A draining group keeps its requests (alive) but takes no new ones and is not counted ready; a
+ * drain for another generation changes nothing. */
+static void test_group_drains(void **state)
+{
+    (void)state;
+    tsr_router_t *r = tsr_router_new();
+    assert_int_equal(tsr_router_upsert(r, "a", "127.0.0.1:1", 1), 0);
+    assert_int_equal(tsr_router_upsert(r, "b", "127.0.0.1:2", 1), 0);
+    tsr_route_t *held = tsr_router_pick(r, 5, NULL);
+    const char *name = tsr_route_name(held);
+    tsr_router_drain(r, name, 2); /* another generation */
+    assert_int_equal(tsr_router_n_ready(r), 2);
+    tsr_router_drain(r, name, 1);
+    assert_true(tsr_route_alive(r, held));
+    assert_int_equal(tsr_router_n_ready(r), 1);
+    assert_int_equal(tsr_router_wait_ready(r, 0), 1);
+    struct tsr_route_info info[4];
+    assert_int_equal(tsr_router_list(r, info, 4), 1);
+    assert_string_not_equal(info[0].group, name);
+    for (int i = 0; i < 4; i++) { /* the least loaded is the draining one: never picked */
+        tsr_route_t *g = tsr_router_pick(r, 1, NULL);
+        assert_string_not_equal(tsr_route_name(g), name);
+        tsr_route_release(r, g, 1);
+    }
+    tsr_router_drain(r, info[0].group, 1); /* both drain: nothing to pick */
+    assert_null(tsr_router_pick(r, 1, NULL));
+    assert_int_equal(tsr_router_n_ready(r), 0);
+    tsr_router_remove(r, name); /* then it leaves: its request sees it dead */
+    assert_false(tsr_route_alive(r, held));
+    tsr_route_release(r, held, 5);
+    tsr_router_free(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_empty),    cmocka_unit_test(test_least_loaded),
-        cmocka_unit_test(test_avoid),    cmocka_unit_test(test_groups_leave),
-        cmocka_unit_test(test_snapshot), cmocka_unit_test(test_wait_ready_wakes),
+        cmocka_unit_test(test_empty),
+        cmocka_unit_test(test_least_loaded),
+        cmocka_unit_test(test_avoid),
+        cmocka_unit_test(test_groups_leave),
+        cmocka_unit_test(test_group_drains),
+        cmocka_unit_test(test_snapshot),
+        cmocka_unit_test(test_wait_ready_wakes),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -56,6 +56,9 @@ app.kubernetes.io/part-of: tessera
 {{- if and (gt $grace 0) (le $grace $need) -}}
 {{- fail (printf "coordinator.terminationGracePeriodSeconds (%d) must exceed drainTimeoutSeconds + preStopSleepSeconds (%d), or the kubelet kills a coordinator mid-drain" $grace $need) -}}
 {{- end -}}
+{{- if le (int .Values.workers.terminationGracePeriodSeconds) (int .Values.workers.drainTimeoutSeconds) -}}
+{{- fail (printf "workers.terminationGracePeriodSeconds (%d) must exceed workers.drainTimeoutSeconds (%d), or the kubelet kills a worker mid-drain" (int .Values.workers.terminationGracePeriodSeconds) (int .Values.workers.drainTimeoutSeconds)) -}}
+{{- end -}}
 {{- end -}}
 
 {{/* The coordinator's grace period: the value, or drain + preStop + 15 s. */}}

@@ -54,6 +54,8 @@ spec:
         - {{ int $.Values.pp | quote }}
         - --device
         - {{ $.Values.device | quote }}
+        - --drain-timeout
+        - {{ int $w.drainTimeoutSeconds | quote }}
         {{- if ne .role "group" }}
         - --group
         - "$(LWS_LEADER_ADDRESS)"
