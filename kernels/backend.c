@@ -23,6 +23,14 @@ int tsr_backend_sync(tsr_backend_t *b)
     return b->i->sync ? b->i->sync(b) : 0;
 }
 
+int tsr_backend_memory(tsr_backend_t *b, size_t *free_bytes, size_t *total_bytes)
+{
+    if (!b->i->memory)
+        return tsr_errorf(TSR_EUNSUPPORTED, "the %s backend does not measure its memory",
+                          b->i->name);
+    return b->i->memory(b, free_bytes, total_bytes);
+}
+
 struct tsr_graph {
     tsr_backend_t *b;
     void *handle;

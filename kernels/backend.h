@@ -61,6 +61,9 @@ tsr_backend_t *tsr_backend_cpu_new(int n_threads); /* n_threads <= 0: one per co
 void tsr_backend_free(tsr_backend_t *b);
 const char *tsr_backend_name(const tsr_backend_t *b);
 int tsr_backend_sync(tsr_backend_t *b);
+/* The device's free and total memory in bytes, after the work queued so far (a GPU's, as
+ * cudaMemGetInfo says); TSR_EUNSUPPORTED on the CPU, whose memory the OS shares out. */
+int tsr_backend_memory(tsr_backend_t *b, size_t *free_bytes, size_t *total_bytes);
 
 /* Graphs (CUDA graphs on a GPU): the ops queued between tsr_graph_begin() and tsr_graph_end()
  * are recorded instead of run, and tsr_graph_launch() runs them again with one launch, on the

@@ -9,6 +9,8 @@ struct tsr_backend_iface {
     const char *name;
     void (*free)(tsr_backend_t *b);
     int (*sync)(tsr_backend_t *b);
+    /* Optional (NULL: TSR_EUNSUPPORTED): the device's free and total bytes. */
+    int (*memory)(tsr_backend_t *b, size_t *free_bytes, size_t *total_bytes);
     /* Buffers: alloc fills buf->data (device address) or fails; weights may alias host. */
     int (*buf_alloc)(tsr_backend_t *b, tsr_buf_t *buf);
     int (*buf_weights)(tsr_backend_t *b, tsr_buf_t *buf, const void *host);

@@ -224,7 +224,8 @@ static struct batch_layout batch_layout(const struct bench_args *a)
     l.mb = l.sb > l.pf_blocks ? l.sb : l.pf_blocks;
     int max_tokens = l.pf > 2048 ? l.pf : 2048;
     if (max_tokens < l.max_b) max_tokens = l.max_b;
-    l.ro = (struct tsr_runner_opts){l.max_b * l.sb + l.pf_blocks, BLOCK, max_tokens};
+    l.ro = (struct tsr_runner_opts){
+        .n_blocks = l.max_b * l.sb + l.pf_blocks, .block_size = BLOCK, .max_tokens = max_tokens};
     return l;
 }
 
@@ -414,8 +415,9 @@ static int teacher_forced(tsr_runner_t *r, const int32_t *ids, int n, int32_t *a
 
 static struct tsr_runner_opts agree_opts(const struct bench_args *a)
 {
-    return (struct tsr_runner_opts){(int)(a->n_prompt + BLOCK - 1) / BLOCK, BLOCK,
-                                    (int)a->n_prompt};
+    return (struct tsr_runner_opts){.n_blocks = (int)(a->n_prompt + BLOCK - 1) / BLOCK,
+                                    .block_size = BLOCK,
+                                    .max_tokens = (int)a->n_prompt};
 }
 
 static int run_agree(const struct bench_args *a, tsr_model_t *m, tsr_backend_t *b,

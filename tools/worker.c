@@ -29,7 +29,7 @@ struct worker_args {
     struct tsr_cli_listen listen;
     int threads, tp, pp, kv_blocks, max_seqs, step_tokens, ttl, step_timeout;
     int group_rank, group_size, group_timeout, max_len, drain_s;
-    double kv_mem;
+    double kv_mem, mem_util;
 };
 
 static void worker_usage(FILE *f)
@@ -37,7 +37,8 @@ static void worker_usage(FILE *f)
     fprintf(f,
             "usage: tessera worker [--model M] [--etcd URLS] [--id ID] [--host H] [--port P]\n"
             "                      [--advertise-address A]\n"
-            "                      [--tp N] [--pp M] [--threads N] [--kv-blocks N | --kv-mem GB]\n"
+            "                      [--tp N] [--pp M] [--threads N]\n"
+            "                      [--kv-blocks N | --kv-mem GB | --gpu-memory-utilization F]\n"
             "                      [--max-seqs N] [--step-tokens N] [--max-model-len N]\n"
             "                      [--prefix P] [--ttl S] [--drain-timeout S]\n"
             "                      [--device cpu|cuda[:N]]\n"
@@ -49,7 +50,11 @@ static void worker_usage(FILE *f)
             "  --port P     the leader's Worker service (default 0: any free "
             "port)\n" TSR_CLI_LISTEN_HELP
             "  --kv-blocks    KV cache size in 16-position blocks (default from --kv-mem)\n"
-            "  --kv-mem       KV cache size in GiB (default 10%% of available memory, at most 2)\n"
+            "  --kv-mem       KV cache size in GiB (default on the CPU: 10%% of available memory,\n"
+            "                 at most 2)\n"
+            "  --gpu-memory-utilization F  on a GPU, the fraction of its memory to use (default\n"
+            "                 0.9): the KV cache gets what is free once the weights are in, less\n"
+            "                 1 - F of the whole GPU (default there unless --kv-blocks/--kv-mem)\n"
             "  --max-seqs     sequences in the running batch (default 64); more wait\n"
             "  --step-tokens  token budget of one step (default 256)\n" TSR_CLI_MODEL_LEN_HELP
             "  --ttl          etcd lease TTL in seconds (default 3): how long a dead worker\n"
@@ -131,7 +136,8 @@ static int parse_args(int argc, char **argv, struct worker_args *a)
         O_GSIZE,
         O_GTIME,
         O_MLEN,
-        O_DRAIN
+        O_DRAIN,
+        O_MEMU
     };
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                          {"etcd", required_argument, 0, 'e'},
@@ -154,6 +160,7 @@ static int parse_args(int argc, char **argv, struct worker_args *a)
                                          {"group-timeout", required_argument, 0, O_GTIME},
                                          {"max-model-len", required_argument, 0, O_MLEN},
                                          {"drain-timeout", required_argument, 0, O_DRAIN},
+                                         {"gpu-memory-utilization", required_argument, 0, O_MEMU},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
@@ -236,6 +243,10 @@ static int parse_args(int argc, char **argv, struct worker_args *a)
         case O_MLEN:
             if (!(rc = tsr_cli_int("--max-model-len", optarg, 1, 1 << 30, &l))) a->max_len = l;
             break;
+        case O_MEMU:
+            if (!(rc = tsr_cli_float("--gpu-memory-utilization", optarg, 0.01, 1, &d)))
+                a->mem_util = d;
+            break;
         case O_DRAIN:
             if (!(rc = tsr_cli_int("--drain-timeout", optarg, 0, 3600, &l))) a->drain_s = l;
             break;
@@ -253,6 +264,11 @@ static int parse_args(int argc, char **argv, struct worker_args *a)
         return 2;
     }
     a->etcd = tsr_cli_etcd(a->etcd);
+    if (a->mem_util > 0 && (a->kv_blocks || a->kv_mem > 0 || !strcmp(a->device, "cpu"))) {
+        fprintf(stderr, "tessera worker: --gpu-memory-utilization sizes the KV cache on a GPU "
+                        "(--device cuda), without --kv-blocks or --kv-mem\n");
+        return 2;
+    }
     return check_group_args(a);
 }
 
@@ -269,11 +285,18 @@ static double mem_available(void)
     return kb * 1024;
 }
 
-/* KV blocks: --kv-blocks, or --kv-mem (default 10% of available memory, at most 2 GiB) over the
- * bytes of one block on this rank (f32 K and V of every layer; KV heads split over tp). */
-static int kv_blocks(const struct worker_args *a, const struct tsr_model_config *c, int block)
+/* KV blocks: --kv-blocks, or --kv-mem (default on the CPU 10% of available memory, at most 2 GiB)
+ * over the bytes of one block on this rank (f32 K and V of every layer; KV heads split over tp).
+ * 0 on a GPU without either: the runner sizes it from the GPU's free memory (*mem_util). */
+static int kv_blocks(const struct worker_args *a, const struct tsr_model_config *c, int block,
+                     double *mem_util)
 {
+    *mem_util = 0;
     if (a->kv_blocks) return a->kv_blocks;
+    if (a->kv_mem <= 0 && strcmp(a->device, "cpu")) {
+        *mem_util = a->mem_util > 0 ? a->mem_util : 0.9;
+        return 0;
+    }
     double mem = a->kv_mem * 1073741824.0;
     if (mem <= 0) {
         mem = mem_available() * 0.10;
@@ -405,7 +428,9 @@ int tsr_cmd_worker(int argc, char **argv)
     }
     const struct tsr_model_config *c = tsr_model_config(m);
     int block = 16;
-    struct tsr_engine_opts eo = {.n_blocks = kv_blocks(&a, c, block),
+    double mem_util;
+    struct tsr_engine_opts eo = {.n_blocks = kv_blocks(&a, c, block, &mem_util),
+                                 .mem_util = mem_util,
                                  .block_size = block,
                                  .max_step_tokens = a.step_tokens,
                                  .max_seqs = a.max_seqs,
@@ -431,7 +456,8 @@ int tsr_cmd_worker(int argc, char **argv)
     tsr_net_join(adv, port, addr, sizeof addr);
     tsr_log_info("worker %s: %s (tp %d x pp %d) loaded in %.1f s; KV cache %d blocks of %d; "
                  "Worker service on %s",
-                 a.id, tsr_model_name(m), a.tp, a.pp, tsr_now() - t0, eo.n_blocks, block, addr);
+                 a.id, tsr_model_name(m), a.tp, a.pp, tsr_now() - t0, tsr_engine_n_blocks(e), block,
+                 addr);
     if (a.etcd) {
         struct tsr_member_opts mo = {.prefix = a.prefix,
                                      .id = a.id,

@@ -67,14 +67,14 @@ const char *tsr_finish_name(enum tsr_finish f)
 
 struct tsr_runner_opts tsr_engine_runner_opts(const struct tsr_engine_opts *o)
 {
-    return (struct tsr_runner_opts){o->n_blocks, o->block_size, o->max_step_tokens};
+    return (struct tsr_runner_opts){o->n_blocks, o->block_size, o->max_step_tokens, o->mem_util};
 }
 
 int tsr_engine_new(tsr_model_t *m, tsr_backend_t *b, const struct tsr_engine_opts *o,
                    tsr_engine_t **out)
 {
     *out = NULL;
-    if (o->n_blocks <= 0 || o->block_size <= 0 || o->max_step_tokens <= 0 || o->max_seqs <= 0)
+    if (o->n_blocks < 0 || o->block_size <= 0 || o->max_step_tokens <= 0 || o->max_seqs <= 0)
         return tsr_errorf(TSR_EINVAL, "engine options must be positive");
     tsr_engine_t *e = calloc(1, sizeof *e);
     if (!e) return tsr_errorf(TSR_ENOMEM, "out of memory");
@@ -88,7 +88,8 @@ int tsr_engine_new(tsr_model_t *m, tsr_backend_t *b, const struct tsr_engine_opt
     e->max_blocks = (e->o.max_context + o->block_size - 1) / o->block_size;
     struct tsr_runner_opts ro = tsr_engine_runner_opts(o);
     int rc = tsr_runner_new(m, b, &ro, o->shard, &e->runner);
-    if (!rc) rc = tsr_kv_pool_init(&e->pool, o->n_blocks, o->block_size);
+    if (!rc) e->o.n_blocks = tsr_runner_n_blocks(e->runner); /* from device memory if 0 */
+    if (!rc) rc = tsr_kv_pool_init(&e->pool, e->o.n_blocks, o->block_size);
     if (rc) goto fail;
     size_t T = (size_t)o->max_step_tokens, S = (size_t)o->max_seqs;
     e->seqs = calloc(S, sizeof *e->seqs);
@@ -108,7 +109,7 @@ int tsr_engine_new(tsr_model_t *m, tsr_backend_t *b, const struct tsr_engine_opt
         rc = tsr_errorf(TSR_ENOMEM, "out of memory for the engine's step buffers");
         goto fail;
     }
-    e->stats.n_blocks = o->n_blocks;
+    e->stats.n_blocks = e->o.n_blocks;
     *out = e;
     return 0;
 fail:
@@ -372,6 +373,11 @@ int tsr_engine_step(tsr_engine_t *e, struct tsr_token_event *ev, int cap, int *n
         else
             i++;
     return 0;
+}
+
+int tsr_engine_n_blocks(const tsr_engine_t *e)
+{
+    return e->o.n_blocks;
 }
 
 void tsr_engine_get_stats(const tsr_engine_t *e, struct tsr_engine_stats *s)

@@ -27,12 +27,13 @@ enum tsr_finish {
 const char *tsr_finish_name(enum tsr_finish f); /* "stop", "length", ... */
 
 struct tsr_engine_opts {
-    int n_blocks;                         /* KV blocks in the pool */
+    int n_blocks;                         /* KV blocks in the pool; 0: from device memory */
     int block_size;                       /* positions per block */
     int max_step_tokens;                  /* token budget of one step */
     int max_seqs;                         /* sequences admitted at once */
     int max_context;                      /* longest sequence; 0 = the model's training context */
     const struct tsr_runner_shard *shard; /* this leader's group, or NULL for one process */
+    double mem_util; /* with n_blocks 0: the device memory fraction (tsr_runner_opts) */
 };
 
 /* The runner options of an engine with options o: what its group's followers must build theirs
@@ -80,5 +81,7 @@ int tsr_engine_step(tsr_engine_t *e, struct tsr_token_event *ev, int cap, int *n
  * (tsr_runner_idle), at least every TSR_STEP_IDLE_S seconds. Same thread as tsr_engine_step. */
 int tsr_engine_idle(tsr_engine_t *e);
 void tsr_engine_get_stats(const tsr_engine_t *e, struct tsr_engine_stats *s);
+/* The KV cache's blocks (the option, or what device memory gave). */
+int tsr_engine_n_blocks(const tsr_engine_t *e);
 
 #endif

@@ -249,12 +249,76 @@ static int load_layer(tsr_runner_t *r, tsr_model_t *m, int l, struct layer *L)
         (rc = load(r, m, n[11], c->dim, c->ffn_dim, 0, &L->w_down)))
         return rc;
     /* Biases are vectors: their local length is in cols. */
-    size_t kv = (size_t)(r->opts.n_blocks + 1) * r->opts.block_size * (size_t)r->n_kv_head *
-                c->head_dim * sizeof(float);
-    L->k_cache = tsr_buf_alloc(r->b, kv);
-    L->v_cache = tsr_buf_alloc(r->b, kv);
-    if (!L->k_cache || !L->v_cache) return TSR_ENOMEM;
-    r->kv_bytes += 2 * kv;
+    return 0;
+}
+
+/* Bytes of one KV block of one layer's K (or V) on this rank. */
+static size_t kv_block_bytes(const tsr_runner_t *r)
+{
+    return (size_t)r->opts.block_size * (size_t)r->n_kv_head * r->cfg.head_dim * sizeof(float);
+}
+
+/* The KV cache of every layer: n_blocks plus the padding block. */
+static int alloc_kv(tsr_runner_t *r)
+{
+    size_t kv = (size_t)(r->opts.n_blocks + 1) * kv_block_bytes(r);
+    for (int l = 0; l < r->layer_end - r->layer_begin; l++) {
+        struct layer *L = &r->layers[l];
+        L->k_cache = tsr_buf_alloc(r->b, kv);
+        L->v_cache = tsr_buf_alloc(r->b, kv);
+        if (!L->k_cache || !L->v_cache)
+            return tsr_errorf(TSR_ENOMEM, "no memory for the KV cache (%d blocks, %.2f GB)",
+                              r->opts.n_blocks, 2.0 * kv * (r->layer_end - r->layer_begin) / 1e9);
+        r->kv_bytes += 2 * kv;
+    }
+    return 0;
+}
+
+/* opts.n_blocks from the device's memory once the weights and scratch are in (opts.mem_util);
+ * in a group, every rank takes the smallest of their counts (the leader's block tables index
+ * every rank's cache). Collective over the world. */
+static int size_kv(tsr_runner_t *r)
+{
+    size_t free_b = 0, total_b = 0;
+    int rc = tsr_backend_memory(r->b, &free_b, &total_b);
+    if (rc) {
+        char why[256];
+        snprintf(why, sizeof why, "%s", tsr_last_error());
+        return tsr_errorf(rc, "sizing the KV cache from device memory: %s (give the block count)",
+                          why);
+    }
+    double keep = (1.0 - r->opts.mem_util) * (double)total_b;
+    double per = 2.0 * (r->layer_end - r->layer_begin) * (double)kv_block_bytes(r);
+    double n = ((double)free_b - keep) / per - 1; /* less the padding block */
+    int64_t blocks = n < 0 ? 0 : n > (1 << 24) ? (1 << 24) : (int64_t)n;
+    if (r->world_size > 1) {
+        if (r->world_rank == 0) {
+            for (int i = 1; i < r->world_size && !rc; i++) {
+                int64_t theirs;
+                rc = tsr_comm_recv_host(r->world, &theirs, sizeof theirs, i);
+                if (!rc && theirs < blocks) blocks = theirs;
+            }
+        } else {
+            rc = tsr_comm_send_host(r->world, &blocks, sizeof blocks, 0);
+        }
+        if (!rc) rc = tsr_comm_broadcast_host(r->world, &blocks, sizeof blocks, 0);
+        if (rc) return rc;
+    }
+    int need = (r->opts.max_tokens + r->opts.block_size - 1) / r->opts.block_size;
+    if (blocks < need)
+        return tsr_errorf(TSR_ENOMEM,
+                          "the KV cache would get %lld blocks of %d positions, fewer than one "
+                          "step's %d tokens need: %.2f of %.2f GB free after the weights (%.2f "
+                          "GB), and %.0f%% of the device's memory is the most to use (GPU memory "
+                          "utilization %.2f)",
+                          (long long)blocks, r->opts.block_size, r->opts.max_tokens, free_b / 1e9,
+                          total_b / 1e9, r->weight_bytes / 1e9, 100 * r->opts.mem_util,
+                          r->opts.mem_util);
+    r->opts.n_blocks = (int)blocks;
+    tsr_log_info("KV cache: %d blocks of %d positions (%.2f GB) from %.2f GB free of %.2f GB, "
+                 "GPU memory utilization %.2f",
+                 r->opts.n_blocks, r->opts.block_size, (r->opts.n_blocks + 1) * per / 1e9,
+                 free_b / 1e9, total_b / 1e9, r->opts.mem_util);
     return 0;
 }
 
@@ -356,8 +420,10 @@ int tsr_runner_new(tsr_model_t *m, tsr_backend_t *b, const struct tsr_runner_opt
                    const struct tsr_runner_shard *shard, tsr_runner_t **out)
 {
     *out = NULL;
-    if (o->n_blocks <= 0 || o->block_size <= 0 || o->max_tokens <= 0)
-        return tsr_errorf(TSR_EINVAL, "runner needs positive blocks, block size and step tokens");
+    if (o->n_blocks < 0 || (o->n_blocks == 0 && !(o->mem_util > 0 && o->mem_util <= 1)) ||
+        o->block_size <= 0 || o->max_tokens <= 0)
+        return tsr_errorf(TSR_EINVAL, "runner needs positive blocks (or a memory fraction in (0, "
+                                      "1]), block size and step tokens");
     tsr_runner_t *r = calloc(1, sizeof *r);
     if (!r) return tsr_errorf(TSR_ENOMEM, "out of memory");
     r->b = b;
@@ -417,6 +483,7 @@ int tsr_runner_new(tsr_model_t *m, tsr_backend_t *b, const struct tsr_runner_opt
                            : TSR_ENOMEM;
     free(inv);
     if (rc || (rc = alloc_scratch(r))) goto fail;
+    if ((r->opts.n_blocks == 0 && (rc = size_kv(r))) || (rc = alloc_kv(r))) goto fail;
     const char *g = getenv("TESSERA_GRAPHS");
     r->graphs = r->world_size == 1 && tsr_backend_graphs(b) && !(g && !strcmp(g, "0"));
     *out = r;
@@ -488,6 +555,11 @@ void tsr_runner_free(tsr_runner_t *r)
 int tsr_runner_n_vocab(const tsr_runner_t *r)
 {
     return r->cfg.n_vocab;
+}
+
+int tsr_runner_n_blocks(const tsr_runner_t *r)
+{
+    return r->opts.n_blocks;
 }
 
 size_t tsr_runner_weight_bytes(const tsr_runner_t *r)

@@ -14,9 +14,13 @@
 typedef struct tsr_runner tsr_runner_t;
 
 struct tsr_runner_opts {
-    int n_blocks;   /* KV cache blocks in the pool */
+    int n_blocks;   /* KV cache blocks in the pool; 0: from the device's memory (mem_util) */
     int block_size; /* positions per block */
     int max_tokens; /* most tokens in one step (the scheduler's budget) */
+    /* With n_blocks 0: the fraction of the device's memory this process may use. The KV cache
+     * gets what is free once the weights and the step's buffers are in, less the (1 - mem_util)
+     * of the whole device that stays free; a group's ranks agree on the smallest count. */
+    double mem_util;
 };
 
 /* One step. Token t is ids[t] at position pos[t] of sequence seq[t]; sequence s owns blocks
@@ -49,6 +53,8 @@ struct tsr_runner_shard {
  * m and b must outlive the runner. Free with tsr_runner_free(). */
 int tsr_runner_new(tsr_model_t *m, tsr_backend_t *b, const struct tsr_runner_opts *o,
                    const struct tsr_runner_shard *shard, tsr_runner_t **out);
+/* The KV cache's blocks: opts.n_blocks, or what the device's memory gave. */
+int tsr_runner_n_blocks(const tsr_runner_t *r);
 /* On the leader of a sharded group this also tells the followers to stop. */
 void tsr_runner_free(tsr_runner_t *r);
 

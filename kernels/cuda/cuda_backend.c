@@ -202,6 +202,15 @@ static int stage_meta(struct cuda_ctx *c, enum meta_kind kind, int count, const 
 
 /* ---- backend and buffers ---- */
 
+static int cuda_memory(tsr_backend_t *b, size_t *free_bytes, size_t *total_bytes)
+{
+    struct cuda_ctx *c = ctx_of(b);
+    CK(cudaSetDevice(c->device), "set device");
+    CK(cudaStreamSynchronize(c->stream), "synchronize"); /* frees queued so far are done */
+    CK(cudaMemGetInfo(free_bytes, total_bytes), "cudaMemGetInfo");
+    return 0;
+}
+
 static void cuda_free(tsr_backend_t *b)
 {
     struct cuda_ctx *c = ctx_of(b);
@@ -977,6 +986,7 @@ static const struct tsr_backend_iface cuda_iface = {
     .name = "cuda",
     .free = cuda_free,
     .sync = cuda_sync,
+    .memory = cuda_memory,
     .buf_alloc = cuda_buf_alloc,
     .buf_weights = cuda_buf_weights,
     .buf_free = cuda_buf_free,

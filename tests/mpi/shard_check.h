@@ -160,7 +160,7 @@ static void check_layout(tsr_comm_t *world, const char *spec, int tp, int pp, do
     tsr_backend_t *b = tsr_backend_cpu_new(1);
     CHECK(b != NULL, "cpu backend");
     struct tsr_runner_shard sh = {&plan, world, tpc};
-    struct tsr_runner_opts ro = {BLOCKS, BS, 64};
+    struct tsr_runner_opts ro = {.n_blocks = BLOCKS, .block_size = BS, .max_tokens = 64};
     int V = c->n_vocab;
     int32_t ids[T_PROMPT];
     prompt(ids, T_PROMPT, V, 777);
@@ -232,7 +232,7 @@ static void check_layout(tsr_comm_t *world, const char *spec, int tp, int pp, do
         printf("%s tp=%d pp=%d: greedy %d tokens equal to one rank's\n", spec, tp, pp, N_GEN);
     } else {
         tsr_runner_t *f;
-        struct tsr_runner_opts fo = {BLOCKS, BS, 64};
+        struct tsr_runner_opts fo = {.n_blocks = BLOCKS, .block_size = BS, .max_tokens = 64};
         OK(tsr_runner_new(m, b, &fo, &sh, &f));
         OK(tsr_runner_follow(f));
         tsr_runner_free(f);

@@ -223,6 +223,23 @@ static void test_bad_specs(void **state)
     assert_null(m);
 }
 
+/* A KV cache sized from device memory (n_blocks 0) needs a backend that measures it: the CPU's
+ * does not, and says so; without a fraction either, the options are refused. */
+static void test_kv_from_memory_needs_a_device(void **state)
+{
+    tsr_model_t *m;
+    assert_int_equal(tsr_model_open("synthetic:tiny", &m), 0);
+    tsr_runner_t *r = NULL;
+    struct tsr_runner_opts o = {.n_blocks = 0, .block_size = 16, .max_tokens = 8, .mem_util = 0.5};
+    assert_int_equal(tsr_runner_new(m, backend, &o, NULL, &r), TSR_EUNSUPPORTED);
+    assert_non_null(strstr(tsr_last_error(), "does not measure its memory"));
+    assert_null(r);
+    o.mem_util = 0;
+    assert_int_equal(tsr_runner_new(m, backend, &o, NULL, &r), TSR_EINVAL);
+    assert_null(r);
+    tsr_model_free(m);
+}
+
 static int setup(void **state)
 {
     backend = tsr_backend_cpu_new(2);
@@ -243,6 +260,7 @@ int main(void)
         cmocka_unit_test(test_hf_dir_matches_gguf_layout),
         cmocka_unit_test(test_synthetic_deterministic),
         cmocka_unit_test(test_bad_specs),
+        cmocka_unit_test(test_kv_from_memory_needs_a_device),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
