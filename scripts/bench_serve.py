@@ -10,7 +10,9 @@ gRPC `Generate` with `token_ids`, and HTTP `POST /v1/completions` with the same 
 the script checks that HTTP produced max_tokens tokens). The transports are interleaved: each
 round runs every level once per transport, alternating which goes first, and the table shows
 the median of the rounds' output tok/s (so a drift in the machine's load hits both alike) and
-latency percentiles over the samples of all rounds.
+latency percentiles over the samples of all rounds. On a machine too noisy for that, --mixed runs
+both transports at once at each level (C clients of each), so both see the same batches and the
+same load, and compares their rates within one run.
 
     /usr/bin/python3 scripts/bench_serve.py --concurrency 1,2,4,8,16,32,64 --rounds 3
 
@@ -329,6 +331,47 @@ def run_level(client, prompts, concurrency, n_requests, timeout, max_tokens=None
     }
 
 
+def run_mixed(clients, prompts, concurrency, n_requests, timeout):
+    """Both transports at once: concurrency threads of each, n_requests each, so that both see
+    the same batches and the same machine load. Returns {transport: run} (no CPU split)."""
+    lock = threading.Lock()
+    state = {t: {"results": [], "counter": iter(range(n_requests))} for t in clients}
+
+    def body(t):
+        one = clients[t].worker()
+        st = state[t]
+        while True:
+            with lock:
+                i = next(st["counter"], None)
+            if i is None:
+                return
+            res = one(prompts[i % len(prompts)])
+            with lock:
+                st["results"].append(res)
+
+    threads = [threading.Thread(target=body, args=(t,), daemon=True) for _ in range(concurrency) for t in clients]
+    t0 = time.monotonic()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(timeout * (n_requests // concurrency + 2))
+    if any(th.is_alive() for th in threads):
+        raise SystemExit("bench_serve: clients still running at concurrency %d (mixed); giving up" % concurrency)
+    out = {}
+    for t, st in state.items():
+        good = [r for r in st["results"] if r.error is None]
+        toks = sum(r.n_tokens for r in good)
+        wall = max((r.t_end for r in st["results"]), default=t0) - t0
+        out[t] = {"results": st["results"], "wall": wall, "tokens": toks, "tps": toks / wall if wall > 0 else 0.0,
+                  "client_cpu": None, "client_ms_per_tok": None, "coord_ms_per_tok": None}
+    return out
+
+
+def median_or_none(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
 def summarize(concurrency, transport, runs):
     """The rounds of one (level, transport): median tok/s, percentiles over all samples."""
     results = [r for run in runs for r in run["results"]]
@@ -349,9 +392,8 @@ def summarize(concurrency, transport, runs):
         "ttft_p50": percentile(ttft, 50), "ttft_p99": percentile(ttft, 99),
         "itl_p50": percentile(itl, 50), "itl_p99": percentile(itl, 99),
         "e2e_p50": percentile(e2e, 50), "e2e_p99": percentile(e2e, 99),
-        "client_cpu": statistics.median(run["client_cpu"] for run in runs),
-        "client_ms_per_tok": statistics.median(run["client_ms_per_tok"] for run in runs
-                                               if run["client_ms_per_tok"] is not None) if good else None,
+        "client_cpu": median_or_none(run["client_cpu"] for run in runs),
+        "client_ms_per_tok": median_or_none(run["client_ms_per_tok"] for run in runs),
         "coord_ms_per_tok": statistics.median(coord) if coord else None,
     }
 
@@ -378,6 +420,9 @@ def main():
     ap.add_argument("--timeout", type=float, default=600, help="per-request deadline, seconds")
     ap.add_argument("--peer", action="store_true",
                     help="also time `tessera bench` (the engine alone, one sequence) while the serve idles")
+    ap.add_argument("--mixed", action="store_true",
+                    help="run both transports at once at each level (C clients of each): the same batches "
+                         "and machine load for both, for a noisy machine; no per-transport CPU")
     ap.add_argument("--json", help="write the summary rows to this file too")
     args = ap.parse_args()
     levels = [int(x) for x in args.concurrency.split(",") if x.strip()]
@@ -476,6 +521,12 @@ def main():
         for rnd in range(args.rounds):
             for c in levels:
                 n = args.requests_per_level or max(8, 2 * c)
+                if args.mixed:
+                    for t, run in run_mixed(clients, prompts, c, n, args.timeout).items():
+                        runs[(c, t)].append(run)
+                        print("  round %d, concurrency %d (mixed), %s: %.1f output tok/s" % (rnd + 1, c, t, run["tps"]))
+                    sys.stdout.flush()
+                    continue
                 for t in (order if (rnd + levels.index(c)) % 2 == 0 else order[::-1]):
                     run = run_level(clients[t], prompts, c, n, args.timeout, coord_pid=coord_pid)
                     runs[(c, t)].append(run)
@@ -507,9 +558,10 @@ def main():
                 ratio = "%.3f" % r["http_over_grpc"]
             coord = "%.3f" % r["coord_ms_per_tok"] if r["coord_ms_per_tok"] is not None else "-"
             cms = "%.3f" % r["client_ms_per_tok"] if r["client_ms_per_tok"] is not None else "-"
-            print("| %d | %s | %d | %.1f | %s | %.1f / %.1f | %.1f / %.1f | %.0f / %.0f | %.1f | %.3f | %s | %s | %d |" % (
+            ccpu = "%.3f" % r["client_cpu"] if r["client_cpu"] is not None else "-"
+            print("| %d | %s | %d | %.1f | %s | %.1f / %.1f | %.1f / %.1f | %.0f / %.0f | %.1f | %s | %s | %s | %d |" % (
                 r["concurrency"], r["transport"], r["requests"], r["tps"], ratio, r["ttft_p50"], r["ttft_p99"],
-                r["itl_p50"], r["itl_p99"], r["e2e_p50"], r["e2e_p99"], r["msgs_per_request"], r["client_cpu"],
+                r["itl_p50"], r["itl_p99"], r["e2e_p50"], r["e2e_p99"], r["msgs_per_request"], ccpu,
                 cms, coord, r["errors"]))
         print()
         print("per-round output tok/s: " + "; ".join(
