@@ -394,9 +394,12 @@ static struct curl_slist *request_headers(const tsr_etcd_t *e, const char *token
     /* the gateway hands "Authorization" to etcd as the token (etcd's TokenFieldNameSwagger) */
     size_t len = strlen(token) + 16;
     char *line = malloc(len);
-    struct curl_slist *n =
-        line ? curl_slist_append(h, (snprintf(line, len, "Authorization: %s", token), line)) : NULL;
-    free(line);
+    struct curl_slist *n = NULL;
+    if (line) {
+        snprintf(line, len, "Authorization: %s", token);
+        n = curl_slist_append(h, line); /* copies line */
+        free(line);
+    }
     if (!n) {
         curl_slist_free_all(h);
         return NULL;
