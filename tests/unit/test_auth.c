@@ -1,5 +1,6 @@
-/* common/auth: the API key's sources and checks, and the Bearer comparison. The TLS files are
- * checked with real certificates in tests/integration/test_security.py. */
+/* common/auth: the API key's sources and checks, the Bearer comparison, the TLS files; and
+ * common/rpc over TLS with certificates openssl makes here (skipped, exit 77, without openssl):
+ * a CA, a pinned certificate, mutual TLS, the key in metadata. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,7 +11,9 @@
 #include <cmocka.h>
 
 #include "common/auth.h"
+#include "common/rpc.h"
 #include "common/status.h"
+#include "unit.h"
 
 static char dir[] = "/tmp/tsr-auth-XXXXXX";
 
@@ -98,18 +101,150 @@ static void test_tls_pairs(void **state)
     assert_null(t.cert_pem);
 }
 
+/* ---- common/rpc over TLS ---- */
+
+static int have_certs;
+
+static int sh(const char *cmd)
+{
+    char full[1024];
+    snprintf(full, sizeof full, "cd %s && (%s) >/dev/null 2>&1", dir, cmd);
+    return system(full);
+}
+
+static void make_certs(void)
+{
+    if (system("command -v openssl >/dev/null 2>&1")) return;
+    const char *ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    char cmd[512];
+    int rc = 0;
+    for (int i = 0; i < 2; i++) {
+        const char *ca = i ? "other" : "ca";
+        snprintf(cmd, sizeof cmd,
+                 "openssl req -x509 %s -keyout %s.key -out %s.pem -days 1 -subj /CN=%s", ec, ca, ca,
+                 ca);
+        rc |= sh(cmd);
+    }
+    rc |= sh("echo subjectAltName=IP:127.0.0.1 > san.ext");
+    for (int i = 0; i < 2; i++) {
+        const char *n = i ? "client" : "server";
+        snprintf(
+            cmd, sizeof cmd,
+            "openssl req %s -keyout %s.key -out %s.csr -subj /O=%s && openssl x509 -req -in "
+            "%s.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out %s.pem -days 1 -extfile san.ext",
+            ec, n, n, n, n, n);
+        rc |= sh(cmd);
+    }
+    have_certs = rc == 0;
+}
+
+static char *pem(const char *name)
+{
+    char path[128];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    char *out = NULL;
+    assert_int_equal(tsr_tls_read_certs(name, path, &out), 0);
+    return out;
+}
+
+static void keyed_echo(tsr_rpc_call_t *call, void *arg)
+{
+    const char *v;
+    size_t n;
+    int ok = tsr_rpc_call_metadata(call, "authorization", &v, &n) && tsr_auth_bearer_ok("k", v, n);
+    tsr_rpc_call_finish(call, ok ? TSR_RPC_OK : TSR_RPC_UNAUTHENTICATED, NULL);
+}
+
+/* The status of one call to port over a channel made with o. */
+static int call_with(int port, const struct tsr_rpc_channel_opts *o)
+{
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+    tsr_rpc_channel_t *ch = tsr_rpc_channel_new_opts(addr, o);
+    assert_non_null(ch);
+    tsr_rpc_stream_t *s;
+    assert_int_equal(tsr_rpc_stream_open(ch, "/t.T/Echo", "x", 1, 5000, &s), 0);
+    const void *m;
+    size_t len;
+    while (tsr_rpc_stream_recv(s, &m, &len, -1) == 0) {
+    }
+    const char *det;
+    int code = tsr_rpc_stream_status(s, &det);
+    if (getenv("TSR_TEST_VERBOSE")) fprintf(stderr, "call: %d %s\n", code, det);
+    tsr_rpc_stream_free(s);
+    tsr_rpc_channel_free(ch);
+    return code;
+}
+
+static void test_rpc_tls(void **state)
+{
+    if (!have_certs) {
+        fprintf(stderr, "skipped: openssl could not make test certificates\n");
+        tsr_test_n_skipped++;
+        return;
+    }
+    char cert[128], key[128], ca_path[128], ckey[128];
+    snprintf(cert, sizeof cert, "%s/server.pem", dir);
+    snprintf(key, sizeof key, "%s/server.key", dir);
+    snprintf(ca_path, sizeof ca_path, "%s/ca.pem", dir);
+    snprintf(ckey, sizeof ckey, "%s/client.key", dir);
+    struct tsr_tls_files t;
+    assert_int_equal(tsr_tls_files_load(cert, ckey, NULL, &t), TSR_EINVAL);
+    assert_non_null(strstr(tsr_last_error(), "is not the key of"));
+    char *ca = pem("ca.pem"), *other = pem("other.pem"), *server = pem("server.pem"),
+         *client = pem("client.pem");
+    struct tsr_tls_files cl;
+    char ccert[128];
+    snprintf(ccert, sizeof ccert, "%s/client.pem", dir);
+    assert_int_equal(tsr_tls_files_load(ccert, ckey, NULL, &cl), 0);
+    const struct tsr_rpc_method m[] = {{"/t.T/Echo", keyed_echo, NULL}};
+    for (int mutual = 0; mutual < 2; mutual++) {
+        assert_int_equal(tsr_tls_files_load(cert, key, mutual ? ca_path : NULL, &t), 0);
+        tsr_rpc_server_t *srv;
+        int port;
+        assert_int_equal(tsr_rpc_server_start_tls("127.0.0.1:0", m, 1, 8, &t, &srv, &port), 0);
+        const char *cc = mutual ? cl.cert_pem : NULL, *ck = mutual ? cl.key_pem : NULL;
+        struct tsr_rpc_channel_opts o = {
+            .ca_pem = ca, .cert_pem = cc, .key_pem = ck, .api_key = "k"};
+        assert_int_equal(call_with(port, &o), TSR_RPC_OK);
+        o.api_key = "wrong";
+        assert_int_equal(call_with(port, &o), TSR_RPC_UNAUTHENTICATED);
+        o.api_key = NULL;
+        assert_int_equal(call_with(port, &o), TSR_RPC_UNAUTHENTICATED);
+        o = (struct tsr_rpc_channel_opts){.ca_pem = other, .cert_pem = cc, .key_pem = ck};
+        assert_int_equal(call_with(port, &o), TSR_RPC_UNAVAILABLE);   /* another CA */
+        assert_int_equal(call_with(port, NULL), TSR_RPC_UNAVAILABLE); /* plain text */
+        o = (struct tsr_rpc_channel_opts){
+            .pin_pem = server, .cert_pem = cc, .key_pem = ck, .api_key = "k"};
+        assert_int_equal(call_with(port, &o), TSR_RPC_OK);
+        o.pin_pem = client; /* the CA signed it too, but it is not the server's */
+        assert_int_equal(call_with(port, &o), TSR_RPC_UNAVAILABLE);
+        if (mutual) { /* no client certificate: refused at the handshake */
+            o = (struct tsr_rpc_channel_opts){.ca_pem = ca, .api_key = "k"};
+            assert_int_equal(call_with(port, &o), TSR_RPC_UNAVAILABLE);
+        }
+        tsr_rpc_server_stop(srv);
+        tsr_tls_files_free(&t);
+    }
+    tsr_tls_files_free(&cl);
+    free(ca);
+    free(other);
+    free(server);
+    free(client);
+}
+
 int main(void)
 {
     if (!mkdtemp(dir)) return 1;
+    make_certs();
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_bearer),
-        cmocka_unit_test(test_key_sources),
-        cmocka_unit_test(test_bad_keys),
-        cmocka_unit_test(test_tls_pairs),
+        cmocka_unit_test(test_bearer),   cmocka_unit_test(test_key_sources),
+        cmocka_unit_test(test_bad_keys), cmocka_unit_test(test_tls_pairs),
+        cmocka_unit_test(test_rpc_tls),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     char cmd[64];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (system(cmd)) return 1;
-    return failed;
+    return tsr_test_exit(failed);
 }
