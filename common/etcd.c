@@ -44,7 +44,10 @@ struct tsr_etcd {
     atomic_int preferred; /* the endpoint that answered last */
     atomic_long timeout_ms;
     struct curl_slist *headers; /* read-only once open: shared by all calls */
-    pthread_mutex_t mu;         /* guards pool */
+    /* etcdctl's environment (tsr_etcd_open): TLS files and a user; NULL when unset */
+    char *cacert, *cert, *key, *user, *password;
+    pthread_mutex_t mu; /* guards pool and token */
+    char *token;        /* from Auth/Authenticate; NULL until asked for, or after it went stale */
     CURL *pool[ETCD_POOL_MAX];
     int n_pool;
 };
@@ -307,6 +310,103 @@ static int add_endpoint(tsr_etcd_t *e, const char *tok, size_t n, const char *al
     return 0;
 }
 
+/* $name when set and not empty, else NULL. */
+static const char *env(const char *name)
+{
+    const char *v = getenv(name);
+    return v && v[0] ? v : NULL;
+}
+
+/* A file named by $var: copied, after checking it can be read (one clear error at open, not a
+ * TLS failure on every call). */
+static int env_file(const char *var, char **out)
+{
+    const char *v = env(var);
+    if (!v) return 0;
+    if (access(v, R_OK)) return tsr_errorf(TSR_EINVAL, "etcd: $%s %s: %s", var, v, strerror(errno));
+    return (*out = strdup(v)) ? 0 : tsr_errorf(TSR_ENOMEM, "etcd: out of memory");
+}
+
+/* etcdctl's conventions, so operators reuse what they have: https:// endpoints speak TLS,
+ * verified against $ETCDCTL_CACERT (else the system's CAs), with the client certificate
+ * $ETCDCTL_CERT and key $ETCDCTL_KEY; $ETCDCTL_USER "user:password" (or "user" and
+ * $ETCDCTL_PASSWORD) authenticates and every call carries the token. */
+static int security_from_env(tsr_etcd_t *e)
+{
+    int rc;
+    if ((rc = env_file("ETCDCTL_CACERT", &e->cacert)) ||
+        (rc = env_file("ETCDCTL_CERT", &e->cert)) || (rc = env_file("ETCDCTL_KEY", &e->key)))
+        return rc;
+    if (!e->cert != !e->key)
+        return tsr_errorf(TSR_EINVAL, "etcd: $ETCDCTL_CERT and $ETCDCTL_KEY go together");
+    const char *u = env("ETCDCTL_USER");
+    if (!u) return 0;
+    const char *colon = strchr(u, ':');
+    const char *pw = colon ? colon + 1 : env("ETCDCTL_PASSWORD");
+    if (colon && env("ETCDCTL_PASSWORD"))
+        return tsr_errorf(TSR_EINVAL, "etcd: $ETCDCTL_USER holds a password and "
+                                      "$ETCDCTL_PASSWORD is set too: give one");
+    if (!pw)
+        return tsr_errorf(TSR_EINVAL, "etcd: $ETCDCTL_USER without a password "
+                                      "(\"user:password\", or $ETCDCTL_PASSWORD)");
+    e->user = colon ? strndup(u, (size_t)(colon - u)) : strdup(u);
+    e->password = strdup(pw);
+    if (!e->user || !e->password) return tsr_errorf(TSR_ENOMEM, "etcd: out of memory");
+    if (!e->user[0]) return tsr_errorf(TSR_EINVAL, "etcd: $ETCDCTL_USER: empty user name");
+    return 0;
+}
+
+static void security_clear(tsr_etcd_t *e)
+{
+    free(e->cacert);
+    free(e->cert);
+    free(e->key);
+    free(e->user);
+    if (e->password) memset(e->password, 0, strlen(e->password));
+    free(e->password);
+    e->cacert = e->cert = e->key = e->user = e->password = NULL;
+}
+
+/* The TLS and auth settings of every request (the pool's handles and the watches' alike). */
+static void set_security(const tsr_etcd_t *e, CURL *c)
+{
+    if (e->cacert) curl_easy_setopt(c, CURLOPT_CAINFO, e->cacert);
+    if (e->cert) {
+        curl_easy_setopt(c, CURLOPT_SSLCERT, e->cert);
+        curl_easy_setopt(c, CURLOPT_SSLKEY, e->key);
+    }
+}
+
+/* The headers of one request: the shared ones, plus the token when there is one. Caller frees
+ * what is returned when it is not e->headers. */
+static struct curl_slist *request_headers(const tsr_etcd_t *e, const char *token)
+{
+    if (!token) return e->headers;
+    struct curl_slist *h = NULL;
+    for (const struct curl_slist *p = e->headers; p; p = p->next) {
+        struct curl_slist *n = curl_slist_append(h, p->data);
+        if (!n) {
+            curl_slist_free_all(h);
+            return NULL;
+        }
+        h = n;
+    }
+    /* the gateway hands "Authorization" to etcd as the token (etcd's TokenFieldNameSwagger) */
+    size_t len = strlen(token) + 16;
+    char *line = malloc(len);
+    struct curl_slist *n = NULL;
+    if (line) {
+        snprintf(line, len, "Authorization: %s", token);
+        n = curl_slist_append(h, line); /* copies line */
+        free(line);
+    }
+    if (!n) {
+        curl_slist_free_all(h);
+        return NULL;
+    }
+    return n;
+}
+
 int tsr_etcd_open(const char *endpoints, tsr_etcd_t **out)
 {
     int rc;
@@ -340,6 +440,7 @@ int tsr_etcd_open(const char *endpoints, tsr_etcd_t **out)
         goto fail;
     }
     e->headers = h2;
+    if ((rc = security_from_env(e))) goto fail;
     *out = e;
     return 0;
 fail:
@@ -353,6 +454,8 @@ void tsr_etcd_close(tsr_etcd_t *e)
     for (int i = 0; i < e->n_pool; i++) curl_easy_cleanup(e->pool[i]);
     for (int i = 0; i < e->n_endpoints; i++) free(e->endpoints[i]);
     curl_slist_free_all(e->headers);
+    security_clear(e);
+    free(e->token);
     pthread_mutex_destroy(&e->mu);
     free(e);
 }
@@ -461,6 +564,11 @@ static void gateway_error(const char *body, size_t n, char *msg, size_t cap, int
     *grpc_code = -1;
     msg[0] = 0;
     json_t *root = json_loadb(body, n, 0, NULL);
+    if (!root) { /* plain text, e.g. the gateway refusing a client certificate */
+        while (n && (body[n - 1] == '\n' || body[n - 1] == ' ')) n--;
+        sanitize(msg, cap, body, n);
+        return;
+    }
     json_t *o = root;
     if (json_is_object(o) && json_is_object(json_object_get(o, "error")))
         o = json_object_get(o, "error");
@@ -477,23 +585,33 @@ static void gateway_error(const char *body, size_t n, char *msg, size_t cap, int
     json_decref(root);
 }
 
+/* 1 when etcd refused the call's token: invalid, expired, or from an older auth revision (as
+ * clientv3 retries after re-authenticating). */
+static int token_stale(int64_t code, const char *msg)
+{
+    return code == 16 || strstr(msg, "invalid auth token") || strstr(msg, "auth store is old");
+}
+
 /* POSTs req (consumed) to path, trying each endpoint in turn while they cannot be reached. On 0,
  * *r holds the response (free r->root with json_decref), whose header has been checked. stream:
  * the endpoint is a gRPC stream and its one message is wrapped in "result". abort_flag (may be
  * NULL) cancels the call within ~1 s when it becomes non-zero. */
-static int etcd_post(tsr_etcd_t *e, const char *path, json_t *req, int stream, long timeout_ms,
-                     atomic_int *abort_flag, struct reply *r)
+static int etcd_post_try(tsr_etcd_t *e, const char *path, json_t *req, int stream, long timeout_ms,
+                         atomic_int *abort_flag, const char *token, int *unauth, struct reply *r)
 {
     int rc;
     memset(r, 0, sizeof *r);
     r->path = path;
+    *unauth = 0;
     if (!req) return tsr_errorf(TSR_ENOMEM, "etcd %s: out of memory", path);
     char *body = json_dumps(req, JSON_COMPACT);
     json_decref(req);
     if (!body) return tsr_errorf(TSR_ENOMEM, "etcd %s: out of memory", path);
-    CURL *c = pool_get(e);
+    struct curl_slist *headers = request_headers(e, token);
+    CURL *c = headers ? pool_get(e) : NULL;
     if (!c) {
         free(body);
+        if (headers != e->headers) curl_slist_free_all(headers);
         return tsr_errorf(TSR_ENOMEM, "etcd %s: curl_easy_init failed", path);
     }
     if (timeout_ms <= 0) timeout_ms = atomic_load(&e->timeout_ms);
@@ -513,7 +631,8 @@ static int etcd_post(tsr_etcd_t *e, const char *path, json_t *req, int stream, l
         curl_easy_setopt(c, CURLOPT_URL, url);
         curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
         curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(body));
-        curl_easy_setopt(c, CURLOPT_HTTPHEADER, e->headers);
+        curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
+        set_security(e, c);
         curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, buf_write);
         curl_easy_setopt(c, CURLOPT_WRITEDATA, &b);
         curl_easy_setopt(c, CURLOPT_ERRORBUFFER, cerr);
@@ -563,6 +682,7 @@ static int etcd_post(tsr_etcd_t *e, const char *path, json_t *req, int stream, l
         } else {
             rc = tsr_errorf(grpc_code_to_tsr(code), "etcd %s%s: %s (gRPC code %" PRId64 ")", ep,
                             path, msg, code);
+            *unauth = token_stale(code, msg);
         }
         if (code != 14) goto done; /* UNAVAILABLE (e.g. no leader): another member may serve */
     }
@@ -606,7 +726,83 @@ done:
     free(b.p);
     free(body);
     pool_put(e, c);
+    if (headers != e->headers) curl_slist_free_all(headers);
     return rc;
+}
+
+/* A copy of the token to send (caller frees), authenticating first when there is none yet; NULL
+ * with *rc 0 when no user is set. */
+static char *current_token(tsr_etcd_t *e, int *rc)
+{
+    *rc = 0;
+    if (!e->user) return NULL;
+    pthread_mutex_lock(&e->mu);
+    char *t = e->token ? strdup(e->token) : NULL;
+    pthread_mutex_unlock(&e->mu);
+    if (t) return t;
+    struct reply r;
+    int unauth;
+    *rc = etcd_post_try(e, "/v3/auth/authenticate",
+                        json_pack("{s:s, s:s}", "name", e->user, "password", e->password), 0, 0,
+                        NULL, NULL, &unauth, &r);
+    if (*rc) {
+        *rc = tsr_error_prefix(*rc, "etcd: authenticating as %s", e->user);
+        return NULL;
+    }
+    json_t *tok = json_object_get(r.obj, "token");
+    if (!json_is_string(tok) || !json_string_length(tok)) {
+        *rc = reply_bad(&r, TSR_EFORMAT, "token");
+        json_decref(r.root);
+        return NULL;
+    }
+    t = strdup(json_string_value(tok));
+    json_decref(r.root);
+    if (!t) {
+        *rc = tsr_errorf(TSR_ENOMEM, "etcd: out of memory");
+        return NULL;
+    }
+    pthread_mutex_lock(&e->mu);
+    free(e->token);
+    e->token = strdup(t);
+    pthread_mutex_unlock(&e->mu);
+    return t;
+}
+
+/* Forgets the token if it is still stale (another thread may have replaced it already). */
+static void drop_token(tsr_etcd_t *e, const char *stale)
+{
+    pthread_mutex_lock(&e->mu);
+    if (e->token && stale && !strcmp(e->token, stale)) {
+        free(e->token);
+        e->token = NULL;
+    }
+    pthread_mutex_unlock(&e->mu);
+}
+
+/* POSTs req (consumed) as etcd_post_try does, with the token when a user is set; a token etcd
+ * calls invalid or expired (its TTL is 5 minutes by default) is replaced once and the call
+ * retried. */
+static int etcd_post(tsr_etcd_t *e, const char *path, json_t *req, int stream, long timeout_ms,
+                     atomic_int *abort_flag, struct reply *r)
+{
+    for (int attempt = 0;; attempt++) {
+        int rc, unauth = 0;
+        char *token = current_token(e, &rc);
+        if (rc) {
+            json_decref(req);
+            memset(r, 0, sizeof *r);
+            return rc;
+        }
+        int last = attempt == 1 || !e->user;
+        if (!last) json_incref(req); /* a reference kept for the retry */
+        rc = etcd_post_try(e, path, req, stream, timeout_ms, abort_flag, token, &unauth, r);
+        if (unauth && token) drop_token(e, token);
+        free(token);
+        if (last || !unauth) {
+            if (!last) json_decref(req);
+            return rc;
+        }
+    }
 }
 
 /* ---- KV ---------------------------------------------------------------------------------- */
@@ -1077,9 +1273,9 @@ static void deliver(struct tsr_etcd_watch *w, enum tsr_etcd_event_type type,
     w->cb(w->arg, &ev);
 }
 
-/* Handles one WatchResponse line. Returns -1 to end the stream (w->err says why, or compaction),
- * 0 to go on. Events are all parsed before any is delivered, so a malformed message delivers
- * nothing and the resumed stream sends it again. */
+/* Handles one WatchResponse line. Returns -1 to end the stream (w->err says why, or
+ * compaction), 0 to go on. Events are all parsed before any is delivered, so a malformed
+ * message delivers nothing and the resumed stream sends it again. */
 static int watch_line(struct tsr_etcd_watch *w, const char *line, size_t n, int *compacted)
 {
     size_t i = 0;
@@ -1233,7 +1429,18 @@ static int watch_stream(struct tsr_etcd_watch *w, const char *ep)
     curl_easy_setopt(c, CURLOPT_URL, url);
     curl_easy_setopt(c, CURLOPT_POSTFIELDS, body);
     curl_easy_setopt(c, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)strlen(body));
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, w->e->headers);
+    int trc;
+    char *token = current_token(w->e, &trc);
+    struct curl_slist *headers = trc ? NULL : request_headers(w->e, token);
+    if (!headers) {
+        watch_fail(w, "%s", trc ? tsr_last_error() : "out of memory");
+        free(token);
+        curl_easy_cleanup(c);
+        free(body);
+        return STREAM_FAILED;
+    }
+    curl_easy_setopt(c, CURLOPT_HTTPHEADER, headers);
+    set_security(w->e, c);
     curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, buf_write);
     curl_easy_setopt(c, CURLOPT_WRITEDATA, &w->in);
     curl_easy_setopt(c, CURLOPT_ERRORBUFFER, cerr);
@@ -1246,6 +1453,8 @@ static int watch_stream(struct tsr_etcd_watch *w, const char *ep)
     if (curl_multi_add_handle(w->multi, c) != CURLM_OK) {
         curl_easy_cleanup(c);
         free(body);
+        if (headers != w->e->headers) curl_slist_free_all(headers);
+        free(token);
         watch_fail(w, "%s", "curl_multi_add_handle failed");
         return STREAM_FAILED;
     }
@@ -1286,6 +1495,7 @@ static int watch_stream(struct tsr_etcd_watch *w, const char *ep)
             int64_t code;
             gateway_error(w->in.p ? w->in.p : "", w->in.n, msg, sizeof msg, &code);
             snprintf(w->err, sizeof w->err, "HTTP %ld%s%s", status, msg[0] ? ": " : "", msg);
+            if (token && token_stale(code, msg)) drop_token(w->e, token); /* next try: a new one */
         } else if (cc != CURLE_OK) {
             watch_fail(w, "%s", cerr[0] ? cerr : curl_easy_strerror(cc));
         } else {
@@ -1295,6 +1505,8 @@ static int watch_stream(struct tsr_etcd_watch *w, const char *ep)
     curl_multi_remove_handle(w->multi, c);
     curl_easy_cleanup(c);
     free(body);
+    if (headers != w->e->headers) curl_slist_free_all(headers);
+    free(token);
     return end;
 }
 
@@ -1316,8 +1528,8 @@ static void *watch_main(void *p)
             tsr_log_warn("etcd watch on \"%s\" via %s: %s; reconnecting from revision %" PRId64,
                          w->prefix, e->endpoints[ep], w->err, w->next_rev);
         w->failing = 1;
-        /* A stream that worked and then broke is retried soon; failures in a row, and peers that
-         * send what etcd does not, back off. */
+        /* A stream that worked and then broke is retried soon; failures in a row, and peers
+         * that send what etcd does not, back off. */
         if (w->created && !w->bad_data)
             backoff = ETCD_WATCH_BACKOFF_MIN_MS;
         else if (!backoff)
@@ -1364,7 +1576,8 @@ int tsr_etcd_watch_start(tsr_etcd_t *e, const char *prefix, int64_t start_revisi
     }
     w->next_rev = start_revision;
     if (start_revision == 0) {
-        /* "From now" pinned to a revision, so a reconnect cannot skip what happened meanwhile. */
+        /* "From now" pinned to a revision, so a reconnect cannot skip what happened meanwhile.
+         */
         struct reply r;
         json_t *req = json_pack("{s:s, s:b}", "key", w->key_b64, "count_only", 1);
         if ((rc = etcd_post(e, "/v3/kv/range", req, 0, 0, NULL, &r))) goto fail_alloc;
@@ -1545,6 +1758,7 @@ static int server_try(const char *bin, struct tsr_etcd_server *s, int *port_take
 
     tsr_etcd_t *cl;
     if ((rc = tsr_etcd_open(s->endpoint, &cl))) goto fail_child;
+    security_clear(cl); /* our own etcd is plain, whatever the environment says of others */
     tsr_etcd_set_timeout_ms(cl, 1000);
     double deadline = tsr_now() + ETCD_SERVER_WAIT_MS / 1000.0;
     for (;;) {

@@ -4,6 +4,7 @@
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
 #include <grpc/grpc_security.h>
+#include <grpc/support/string_util.h>
 #include <grpc/support/time.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -338,6 +339,20 @@ int tsr_rpc_call_finishf(tsr_rpc_call_t *c, int code, const char *fmt, ...)
     return tsr_rpc_call_finish(c, code, msg);
 }
 
+int tsr_rpc_call_metadata(const tsr_rpc_call_t *c, const char *key, const char **val, size_t *len)
+{
+    size_t kl = strlen(key);
+    for (size_t i = 0; i < c->md.count; i++) {
+        const grpc_metadata *m = &c->md.metadata[i];
+        if (GRPC_SLICE_LENGTH(m->key) != kl || memcmp(GRPC_SLICE_START_PTR(m->key), key, kl))
+            continue;
+        *val = (const char *)GRPC_SLICE_START_PTR(m->value);
+        *len = GRPC_SLICE_LENGTH(m->value);
+        return 1;
+    }
+    return 0;
+}
+
 int tsr_rpc_call_cancelled(tsr_rpc_call_t *c, int wait_ms)
 {
     if (!c->close_op.done) wait_op(c->cq, &c->close_op, after_ms(wait_ms));
@@ -466,6 +481,24 @@ static void *acceptor_main(void *arg)
 int tsr_rpc_server_start(const char *addr, const struct tsr_rpc_method *methods, int n_methods,
                          int max_calls, tsr_rpc_server_t **out, int *port)
 {
+    return tsr_rpc_server_start_tls(addr, methods, n_methods, max_calls, NULL, out, port);
+}
+
+static grpc_server_credentials *server_credentials(const struct tsr_tls_files *tls)
+{
+    if (!tls || !tls->cert_pem) return grpc_insecure_server_credentials_create();
+    grpc_ssl_pem_key_cert_pair pair = {.private_key = tls->key_pem, .cert_chain = tls->cert_pem};
+    return grpc_ssl_server_credentials_create_ex(
+        tls->client_ca_pem, &pair, 1,
+        tls->client_ca_pem ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                           : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE,
+        NULL);
+}
+
+int tsr_rpc_server_start_tls(const char *addr, const struct tsr_rpc_method *methods, int n_methods,
+                             int max_calls, const struct tsr_tls_files *tls, tsr_rpc_server_t **out,
+                             int *port)
+{
     struct tsr_rpc_server *s = calloc(1, sizeof *s);
     if (!s) return TSR_ENOMEM;
     s->methods = calloc((size_t)n_methods + 1, sizeof *s->methods);
@@ -486,16 +519,17 @@ int tsr_rpc_server_start(const char *addr, const struct tsr_rpc_method *methods,
     s->server = grpc_server_create(&args, NULL);
     s->cq = grpc_completion_queue_create_for_next(NULL);
     grpc_server_register_completion_queue(s->server, s->cq, NULL);
-    grpc_server_credentials *cred = grpc_insecure_server_credentials_create();
-    int p = grpc_server_add_http2_port(s->server, addr, cred);
-    grpc_server_credentials_release(cred);
+    grpc_server_credentials *cred = server_credentials(tls);
+    int p = cred ? grpc_server_add_http2_port(s->server, addr, cred) : 0;
+    if (cred) grpc_server_credentials_release(cred);
     if (p <= 0) {
         grpc_server_destroy(s->server);
         destroy_cq(s->cq);
         tsr_rpc_shutdown();
         free(s->methods);
         free(s);
-        return tsr_errorf(TSR_EIO, "rpc: cannot listen on %s (address in use or invalid)", addr);
+        return tsr_errorf(TSR_EIO, "rpc: cannot listen on %s (address in use or invalid%s)", addr,
+                          tls && tls->cert_pem ? ", or the TLS files refused" : "");
     }
     grpc_server_start(s->server);
     for (int i = 0; i < N_REQUESTED; i++)
@@ -531,7 +565,89 @@ void tsr_rpc_server_stop(tsr_rpc_server_t *s)
 
 struct tsr_rpc_channel {
     grpc_channel *ch;
+    char *authorization; /* "Bearer KEY", sent on every call; NULL for none */
 };
+
+/* The first certificate of a PEM text, its base64 alone (no armour, no whitespace), so two copies
+ * compare equal however their lines were wrapped. malloc'ed; NULL when there is none. */
+static char *first_cert_b64(const char *pem)
+{
+    const char *b = pem ? strstr(pem, "-----BEGIN CERTIFICATE-----") : NULL;
+    const char *e = b ? strstr(b, "-----END CERTIFICATE-----") : NULL;
+    if (!e) return NULL;
+    b += strlen("-----BEGIN CERTIFICATE-----");
+    char *o = malloc((size_t)(e - b) + 1), *p = o;
+    if (!o) return NULL;
+    for (; b < e; b++)
+        if (*b != '\n' && *b != '\r' && *b != ' ' && *b != '\t') *p++ = *b;
+    *p = 0;
+    return o;
+}
+
+/* The pinning verifier: the server's leaf certificate must be the pinned one. gRPC owns it once
+ * made and calls destruct, which frees it whole. */
+struct pin {
+    grpc_tls_certificate_verifier_external ext;
+    char *b64;
+};
+
+static int pin_verify(void *user_data, grpc_tls_custom_verification_check_request *request,
+                      grpc_tls_on_custom_verification_check_done_cb callback, void *callback_arg,
+                      grpc_status_code *sync_status, char **sync_error_details)
+{
+    char *got = first_cert_b64(request->peer_info.peer_cert);
+    int ok = got && !strcmp(got, ((struct pin *)user_data)->b64);
+    free(got);
+    *sync_status = ok ? GRPC_STATUS_OK : GRPC_STATUS_UNAUTHENTICATED;
+    if (!ok) *sync_error_details = gpr_strdup("the server's certificate is not the pinned one");
+    return 1;
+}
+
+static void pin_destruct(void *user_data)
+{
+    struct pin *p = user_data;
+    free(p->b64);
+    free(p);
+}
+
+static grpc_channel_credentials *pinned_credentials(const struct tsr_rpc_channel_opts *o)
+{
+    struct pin *pin = calloc(1, sizeof *pin);
+    if (!pin || !(pin->b64 = first_cert_b64(o->pin_pem))) {
+        free(pin);
+        return NULL;
+    }
+    pin->ext = (grpc_tls_certificate_verifier_external){
+        .user_data = pin, .verify = pin_verify, .destruct = pin_destruct};
+    grpc_tls_credentials_options *opts = grpc_tls_credentials_options_create();
+    grpc_tls_identity_pairs *pairs = NULL;
+    if (o->cert_pem && o->key_pem) {
+        pairs = grpc_tls_identity_pairs_create();
+        grpc_tls_identity_pairs_add_pair(pairs, o->key_pem, o->cert_pem);
+    }
+    if (pairs) {
+        grpc_tls_certificate_provider *prov =
+            grpc_tls_certificate_provider_static_data_create(NULL, pairs);
+        grpc_tls_credentials_options_set_certificate_provider(opts, prov);
+        grpc_tls_credentials_options_watch_identity_key_cert_pairs(opts);
+        grpc_tls_certificate_provider_release(prov);
+    }
+    grpc_tls_credentials_options_set_verify_server_cert(opts, 0);
+    grpc_tls_credentials_options_set_check_call_host(opts, 0);
+    grpc_tls_certificate_verifier *v = grpc_tls_certificate_verifier_external_create(&pin->ext);
+    grpc_tls_credentials_options_set_certificate_verifier(opts, v);
+    grpc_tls_certificate_verifier_release(v);
+    return grpc_tls_credentials_create(opts);
+}
+
+static grpc_channel_credentials *channel_credentials(const struct tsr_rpc_channel_opts *o)
+{
+    if (!o || (!o->ca_pem && !o->pin_pem)) return grpc_insecure_credentials_create();
+    if (o->pin_pem) return pinned_credentials(o);
+    grpc_ssl_pem_key_cert_pair pair = {.private_key = o->key_pem, .cert_chain = o->cert_pem};
+    return grpc_ssl_credentials_create_ex(o->ca_pem, o->cert_pem && o->key_pem ? &pair : NULL, NULL,
+                                          NULL);
+}
 
 struct tsr_rpc_stream {
     grpc_call *call;
@@ -549,6 +665,12 @@ struct tsr_rpc_stream {
 
 tsr_rpc_channel_t *tsr_rpc_channel_new(const char *target)
 {
+    return tsr_rpc_channel_new_opts(target, NULL);
+}
+
+tsr_rpc_channel_t *tsr_rpc_channel_new_opts(const char *target,
+                                            const struct tsr_rpc_channel_opts *o)
+{
     struct tsr_rpc_channel *c = calloc(1, sizeof *c);
     if (!c) return NULL;
     tsr_rpc_init();
@@ -560,13 +682,20 @@ tsr_rpc_channel_t *tsr_rpc_channel_new(const char *target)
          .value.integer = 100},
     };
     grpc_channel_args ca = {2, args};
-    grpc_channel_credentials *cred = grpc_insecure_credentials_create();
-    c->ch = grpc_channel_create(target, cred, &ca);
-    grpc_channel_credentials_release(cred);
-    if (!c->ch) {
+    if (o && o->api_key) {
+        size_t n = strlen(o->api_key) + 8;
+        c->authorization = malloc(n);
+        if (c->authorization) snprintf(c->authorization, n, "Bearer %s", o->api_key);
+    }
+    grpc_channel_credentials *cred = channel_credentials(o);
+    c->ch = cred ? grpc_channel_create(target, cred, &ca) : NULL;
+    if (cred) grpc_channel_credentials_release(cred);
+    if (!c->ch || (o && o->api_key && !c->authorization)) {
+        if (c->ch) grpc_channel_destroy(c->ch);
+        free(c->authorization);
         free(c);
         tsr_rpc_shutdown();
-        tsr_errorf(TSR_EINVAL, "rpc: bad target %s", target);
+        tsr_errorf(TSR_EINVAL, "rpc: bad target %s, or TLS files gRPC refused", target);
         return NULL;
     }
     return c;
@@ -576,6 +705,7 @@ void tsr_rpc_channel_free(tsr_rpc_channel_t *c)
 {
     if (!c) return;
     grpc_channel_destroy(c->ch);
+    free(c->authorization);
     free(c);
     tsr_rpc_shutdown();
 }
@@ -604,12 +734,19 @@ int tsr_rpc_stream_open(tsr_rpc_channel_t *ch, const char *method, const void *r
     grpc_byte_buffer *bb = bytes_to_bb(req, len);
     grpc_op ops[3];
     memset(ops, 0, sizeof ops);
+    grpc_metadata auth = {.key = grpc_slice_from_static_string("authorization")};
     ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
+    if (ch->authorization) {
+        auth.value = grpc_slice_from_copied_string(ch->authorization);
+        ops[0].data.send_initial_metadata.count = 1;
+        ops[0].data.send_initial_metadata.metadata = &auth;
+    }
     ops[1].op = GRPC_OP_SEND_MESSAGE;
     ops[1].data.send_message.send_message = bb;
     ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
     grpc_call_start_batch(s->call, ops, 3, &s->start_op, NULL);
-    grpc_byte_buffer_destroy(bb); /* the call holds its own reference */
+    grpc_byte_buffer_destroy(bb);                        /* the call holds its own reference */
+    if (ch->authorization) grpc_slice_unref(auth.value); /* copied by start_batch */
     memset(ops, 0, sizeof ops);
     ops[0].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
     ops[0].data.recv_status_on_client.trailing_metadata = &s->trailing_md;

@@ -22,6 +22,8 @@
 
 #include <protobuf-c/protobuf-c.h>
 
+#include "common/auth.h"
+
 enum tsr_rpc_code {
     TSR_RPC_OK = 0,
     TSR_RPC_CANCELLED = 1,
@@ -34,6 +36,7 @@ enum tsr_rpc_code {
     TSR_RPC_UNIMPLEMENTED = 12,
     TSR_RPC_INTERNAL = 13,
     TSR_RPC_UNAVAILABLE = 14,
+    TSR_RPC_UNAUTHENTICATED = 16,
 };
 
 const char *tsr_rpc_code_name(int code); /* "INVALID_ARGUMENT" */
@@ -63,6 +66,12 @@ struct tsr_rpc_method {
  * table is copied. */
 int tsr_rpc_server_start(const char *addr, const struct tsr_rpc_method *methods, int n_methods,
                          int max_calls, tsr_rpc_server_t **out, int *port);
+/* The same over TLS when tls is not NULL and holds a certificate (common/auth.h): a client that
+ * speaks plain text, or (with tls->client_ca_pem) shows no certificate that CA signed, fails its
+ * handshake and never reaches a handler; the server goes on serving the others. */
+int tsr_rpc_server_start_tls(const char *addr, const struct tsr_rpc_method *methods, int n_methods,
+                             int max_calls, const struct tsr_tls_files *tls, tsr_rpc_server_t **out,
+                             int *port);
 /* Stops listening, cancels the calls in flight (their handlers see tsr_rpc_call_cancelled()),
  * waits for every handler to return, and frees the server. */
 void tsr_rpc_server_stop(tsr_rpc_server_t *s);
@@ -96,6 +105,9 @@ int tsr_rpc_call_cancelled(tsr_rpc_call_t *c, int wait_ms);
 /* Milliseconds left before the client's deadline; INT64_MAX when it set none. */
 int64_t tsr_rpc_call_time_left_ms(const tsr_rpc_call_t *c);
 const char *tsr_rpc_call_method(const tsr_rpc_call_t *c);
+/* The value of the request's metadata entry key (lower case, "authorization"): 1 with *val and
+ * *len (not NUL-terminated, valid for the call's life) when the client sent it, else 0. */
+int tsr_rpc_call_metadata(const tsr_rpc_call_t *c, const char *key, const char **val, size_t *len);
 
 /* ---- client ---- */
 
@@ -106,6 +118,19 @@ typedef struct tsr_rpc_stream tsr_rpc_stream_t;
  * failure. Thread-safe: many calls may share one channel. */
 tsr_rpc_channel_t *tsr_rpc_channel_new(const char *target);
 void tsr_rpc_channel_free(tsr_rpc_channel_t *ch);
+
+/* How a channel reaches a server that wants TLS or a key. Every field may be NULL. */
+struct tsr_rpc_channel_opts {
+    const char *ca_pem; /* TLS, verifying the server's chain against these roots */
+    /* TLS accepting exactly this server certificate (PEM, its first one), whoever signed it: a
+     * process checking on a server it started with that certificate (tessera serve). */
+    const char *pin_pem;
+    const char *cert_pem, *key_pem; /* a client certificate, for servers that want one */
+    const char *api_key;            /* sent as "authorization: Bearer KEY" on every call */
+};
+/* As tsr_rpc_channel_new; plain text when neither ca_pem nor pin_pem is set. */
+tsr_rpc_channel_t *tsr_rpc_channel_new_opts(const char *target,
+                                            const struct tsr_rpc_channel_opts *o);
 
 /* Starts a call: sends the one request and half-closes. timeout_ms <= 0: no deadline. A server
  * that cannot be reached shows up as status UNAVAILABLE at the first tsr_rpc_stream_recv(). */

@@ -13,9 +13,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <gnutls/gnutls.h>
 #include <jansson.h>
 #include <microhttpd.h>
 
+#include "common/auth.h"
 #include "common/log.h"
 #include "common/net.h"
 #include "common/rpc.h"
@@ -24,6 +26,8 @@
 
 struct tsr_http {
     tsr_sessions_t *ss;
+    char *api_key; /* NULL: open */
+    int mtls;      /* client certificates are required (--tls-client-ca) */
     struct MHD_Daemon *d;
     json_int_t started; /* "created" of the model */
     atomic_int stopping;
@@ -68,6 +72,61 @@ static enum MHD_Result reply_error(struct MHD_Connection *conn, int status, cons
                                    const char *param)
 {
     return reply_text(conn, status, tsr_openai_error_json(status, msg, param), "application/json");
+}
+
+/* 1 when the request carries the API key (or none is set). Every route but the probes' goes
+ * through here (common/auth.h compares in constant time). */
+static int authorized(const struct tsr_http *h, struct MHD_Connection *conn)
+{
+    const char *v = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization");
+    return tsr_auth_bearer_ok(h->api_key, v, v ? strlen(v) : 0);
+}
+
+/* Under mutual TLS, 1 when the client showed a certificate the client CA signed. MHD has GnuTLS
+ * ask for one (MHD_OPTION_HTTPS_MEM_TRUST) but leaves checking it to us: a connection without
+ * one is dropped at its first request, for every path, as gRPC refuses the handshake. */
+static int client_cert_ok(const struct tsr_http *h, struct MHD_Connection *conn)
+{
+    if (!h->mtls) return 1;
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(conn, MHD_CONNECTION_INFO_GNUTLS_SESSION);
+    unsigned status = 0;
+    if (!ci || !ci->tls_session ||
+        gnutls_certificate_verify_peers2((gnutls_session_t)ci->tls_session, &status) < 0)
+        return 0;
+    return status == 0;
+}
+
+/* 401 as OpenAI answers a bad key: its error object with code "invalid_api_key", naming nothing
+ * of ours (no model, no address, not the key sent), and the challenge RFC 6750 asks for. */
+static enum MHD_Result reply_unauthorized(struct MHD_Connection *conn)
+{
+    int sent = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization") != NULL;
+    char *e = tsr_openai_error_json(
+        401,
+        sent ? "Incorrect API key provided."
+             : "You didn't provide an API key. You need to provide your API key in an "
+               "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+        NULL);
+    json_t *j = e ? json_loads(e, 0, NULL) : NULL;
+    free(e);
+    json_t *err = json_object_get(j, "error");
+    if (err) json_object_set_new(err, "code", json_string("invalid_api_key"));
+    char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    if (!text) return MHD_NO;
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
+    if (!r) {
+        free(text);
+        return MHD_NO;
+    }
+    MHD_add_response_header(r, "Content-Type", "application/json");
+    MHD_add_response_header(r, "WWW-Authenticate",
+                            sent ? "Bearer error=\"invalid_token\"" : "Bearer");
+    enum MHD_Result rc = MHD_queue_response(conn, 401, r);
+    MHD_destroy_response(r);
+    return rc;
 }
 
 /* 1 when the peer closed its end (or the socket broke). Only on the connection's own thread, or
@@ -429,6 +488,10 @@ static enum MHD_Result route(struct tsr_http *h, struct MHD_Connection *conn, co
                              const char *method, const struct body *b)
 {
     int get = !strcmp(method, "GET") || !strcmp(method, "HEAD"), post = !strcmp(method, "POST");
+    if (!client_cert_ok(h, conn)) return MHD_NO;
+    /* the probes stay open; everything else, unknown paths too, needs the key */
+    if (strcmp(url, "/health") && strcmp(url, "/ready") && !authorized(h, conn))
+        return reply_unauthorized(conn);
     if (!strcmp(url, "/v1/completions") || !strcmp(url, "/v1/chat/completions")) {
         if (!post) return reply_error(conn, 405, "use POST", NULL);
         if (b->too_big) {
@@ -528,15 +591,38 @@ int tsr_http_start(tsr_sessions_t *ss, const struct tsr_http_opts *o, tsr_http_t
     }
     h->ss = ss;
     h->started = (json_int_t)time(NULL);
+    const struct tsr_tls_files *tls = o->tls && o->tls->cert_pem ? o->tls : NULL;
+    if ((o->api_key && !(h->api_key = strdup(o->api_key))) ||
+        (tls && !MHD_is_feature_supported(MHD_FEATURE_TLS))) {
+        freeaddrinfo(ai);
+        free(h);
+        return tls ? tsr_errorf(TSR_EUNSUPPORTED, "HTTP: this libmicrohttpd has no TLS")
+                   : tsr_errorf(TSR_ENOMEM, "out of memory");
+    }
+    h->mtls = tls && tls->client_ca_pem;
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_THREAD_PER_CONNECTION |
-                     MHD_USE_POLL | (ai->ai_family == AF_INET6 ? MHD_USE_IPv6 : 0);
-    h->d = MHD_start_daemon(flags, (uint16_t)p, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR,
-                            ai->ai_addr, MHD_OPTION_CONNECTION_LIMIT,
-                            (unsigned)(o->max_connections > 0 ? o->max_connections : 512),
-                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
-                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, h, MHD_OPTION_END);
+                     MHD_USE_POLL | (ai->ai_family == AF_INET6 ? MHD_USE_IPv6 : 0) |
+                     (tls ? MHD_USE_TLS : 0);
+    /* TLS options come last and only with TLS: MHD refuses them on a plain daemon. With a client
+     * CA, GnuTLS asks for a client certificate and the handshake fails without one it signed. */
+    struct MHD_OptionItem tls_opts[4] = {{MHD_OPTION_END, 0, NULL}};
+    int k = 0;
+    if (tls) {
+        tls_opts[k++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_CERT, 0, tls->cert_pem};
+        tls_opts[k++] = (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_KEY, 0, tls->key_pem};
+        if (tls->client_ca_pem)
+            tls_opts[k++] =
+                (struct MHD_OptionItem){MHD_OPTION_HTTPS_MEM_TRUST, 0, tls->client_ca_pem};
+    }
+    tls_opts[k] = (struct MHD_OptionItem){MHD_OPTION_END, 0, NULL};
+    h->d = MHD_start_daemon(
+        flags, (uint16_t)p, NULL, NULL, on_request, h, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+        MHD_OPTION_CONNECTION_LIMIT, (unsigned)(o->max_connections > 0 ? o->max_connections : 512),
+        MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120, MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+        MHD_OPTION_ARRAY, tls_opts, MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!h->d) {
+        free(h->api_key);
         free(h);
         return tsr_errorf(TSR_EIO, "HTTP: cannot listen on %s (in use, or not this host's)",
                           o->listen);
@@ -555,5 +641,6 @@ void tsr_http_stop(tsr_http_t *h)
      * up to 3 s to reach the clients before the sockets close. */
     for (int i = 0; i < 300 && atomic_load(&h->in_flight) > 0; i++) usleep(10 * 1000);
     MHD_stop_daemon(h->d); /* joins every connection's thread */
+    free(h->api_key);
     free(h);
 }

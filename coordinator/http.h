@@ -14,11 +14,16 @@
 #ifndef TSR_COORDINATOR_HTTP_H
 #define TSR_COORDINATOR_HTTP_H
 
+#include "common/auth.h"
 #include "coordinator/session.h"
 
 struct tsr_http_opts {
     const char *listen;  /* "127.0.0.1:8000", "[::]:8000"; port 0 picks a free one */
     int max_connections; /* at once; more are refused */
+    /* Every path but /health and /ready needs "Authorization: Bearer KEY", else 401 with
+     * OpenAI's invalid_api_key error. NULL: no key. Copied. */
+    const char *api_key;
+    const struct tsr_tls_files *tls; /* NULL or no cert: plain HTTP (common/auth.h) */
 };
 
 typedef struct tsr_http tsr_http_t;

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/auth.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "grpc/health/v1/health.pb-c.h"
@@ -11,10 +12,18 @@
 #include "tessera/v1/inference.pb-c.h"
 #include "tessera/v1/worker.pb-c.h"
 
+/* A public method behind the API key. */
+struct guarded {
+    struct tsr_coord *c;
+    tsr_rpc_handler_fn fn;
+};
+
 struct tsr_coord {
     tsr_sessions_t *ss;
     const struct tsr_model_config *cfg;
     tsr_rpc_server_t *srv;
+    char *api_key; /* NULL: open */
+    struct guarded guarded[4];
 };
 
 static void finish_status(tsr_rpc_call_t *call, const struct tsr_session_status *st)
@@ -273,6 +282,25 @@ static void handle_health_watch(tsr_rpc_call_t *call, void *arg)
     handle_health(call, arg, 1);
 }
 
+/* Every method of tessera.v1.Inference needs the key; a call without it is told only that (no
+ * model name, no address: the caller has proved nothing yet). grpc.health.v1 stays open so load
+ * balancers and Kubernetes probes need no secret; it tells SERVING or not, nothing else. */
+static void handle_guarded(tsr_rpc_call_t *call, void *arg)
+{
+    const struct guarded *g = arg;
+    const char *v = NULL;
+    size_t n = 0;
+    if (!tsr_rpc_call_metadata(call, "authorization", &v, &n)) v = NULL;
+    if (!tsr_auth_bearer_ok(g->c->api_key, v, n)) {
+        tsr_rpc_call_finish(call, TSR_RPC_UNAUTHENTICATED,
+                            v ? "invalid API key"
+                              : "missing API key: send the metadata "
+                                "'authorization: Bearer <key>'");
+        return;
+    }
+    g->fn(call, g->c);
+}
+
 int tsr_coord_start(tsr_sessions_t *ss, const struct tsr_coord_opts *o, tsr_coord_t **out,
                     int *port)
 {
@@ -280,18 +308,26 @@ int tsr_coord_start(tsr_sessions_t *ss, const struct tsr_coord_opts *o, tsr_coor
     if (!c) return tsr_errorf(TSR_ENOMEM, "out of memory");
     c->ss = ss;
     c->cfg = tsr_model_config(tsr_sessions_model(ss));
+    if (o->api_key && !(c->api_key = strdup(o->api_key))) {
+        free(c);
+        return tsr_errorf(TSR_ENOMEM, "out of memory");
+    }
+    const tsr_rpc_handler_fn public_fns[4] = {handle_generate, handle_tokenize, handle_list_models,
+                                              handle_cluster_status};
+    for (int i = 0; i < 4; i++) c->guarded[i] = (struct guarded){c, public_fns[i]};
     const struct tsr_rpc_method methods[] = {
-        {"/tessera.v1.Inference/Generate", handle_generate, c},
-        {"/tessera.v1.Inference/Tokenize", handle_tokenize, c},
-        {"/tessera.v1.Inference/ListModels", handle_list_models, c},
-        {"/tessera.v1.Inference/ClusterStatus", handle_cluster_status, c},
+        {"/tessera.v1.Inference/Generate", handle_guarded, &c->guarded[0]},
+        {"/tessera.v1.Inference/Tokenize", handle_guarded, &c->guarded[1]},
+        {"/tessera.v1.Inference/ListModels", handle_guarded, &c->guarded[2]},
+        {"/tessera.v1.Inference/ClusterStatus", handle_guarded, &c->guarded[3]},
         {"/grpc.health.v1.Health/Check", handle_health_check, c},
         {"/grpc.health.v1.Health/Watch", handle_health_watch, c},
     };
     /* Calls beyond the queue bound still get a thread, to be told RESOURCE_EXHAUSTED. */
-    int rc = tsr_rpc_server_start(o->listen, methods, (int)(sizeof methods / sizeof *methods),
-                                  o->max_calls, &c->srv, port);
+    int rc = tsr_rpc_server_start_tls(o->listen, methods, (int)(sizeof methods / sizeof *methods),
+                                      o->max_calls, o->tls, &c->srv, port);
     if (rc) {
+        free(c->api_key);
         free(c);
         return rc;
     }
@@ -303,5 +339,6 @@ void tsr_coord_stop(tsr_coord_t *c)
 {
     if (!c) return;
     tsr_rpc_server_stop(c->srv);
+    free(c->api_key);
     free(c);
 }

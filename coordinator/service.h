@@ -6,11 +6,16 @@
 #ifndef TSR_COORDINATOR_SERVICE_H
 #define TSR_COORDINATOR_SERVICE_H
 
+#include "common/auth.h"
 #include "coordinator/session.h"
 
 struct tsr_coord_opts {
     const char *listen; /* "127.0.0.1:50051" */
     int max_calls;      /* calls at once (the sessions' max_queue plus room to refuse the rest) */
+    /* The API key every tessera.v1.Inference call must send as "authorization: Bearer KEY"
+     * (else UNAUTHENTICATED); grpc.health.v1 stays open for probes. NULL: no key. Copied. */
+    const char *api_key;
+    const struct tsr_tls_files *tls; /* NULL or no cert: plain text (common/auth.h) */
 };
 
 typedef struct tsr_coord tsr_coord_t;

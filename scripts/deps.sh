@@ -6,6 +6,7 @@ set -euo pipefail
 pkgs=(build-essential cmake pkg-config python3 python3-pip clang libclang-rt-14-dev
       libpcre2-dev libjansson-dev libcmocka-dev libopenmpi-dev openmpi-bin
       libgrpc-dev libprotobuf-c-dev protobuf-c-compiler libcurl4-openssl-dev libmicrohttpd-dev
+      libssl-dev libgnutls28-dev openssl
       etcd-server etcd-client
       python3-grpcio python3-grpc-tools python3-pytest slurm-wlm munge
       python3-numpy python3-yaml)

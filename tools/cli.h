@@ -4,6 +4,7 @@
 
 #include <stdint.h>
 
+#include "common/auth.h"
 #include "kernels/backend.h"
 #include "model/model.h"
 #include "worker/forward.h"
@@ -67,6 +68,43 @@ const char *tsr_cli_etcd(const char *flag_value);
 /* One clear error before anything starts: 0 when an etcd at endpoints answers (within 3 s each);
  * else prints "tessera <cmd>: etcd <endpoints> cannot be reached: <why>" and returns 2. */
 int tsr_cli_etcd_reachable(const char *cmd, const char *endpoints);
+
+/* The security flags of serve and coordinator (docs/operations.md, Security): an API key for the
+ * public gRPC and HTTP ports, and TLS on both. */
+enum {
+    TSR_O_API_KEY = 1100,
+    TSR_O_API_KEY_FILE,
+    TSR_O_TLS_CERT,
+    TSR_O_TLS_KEY,
+    TSR_O_TLS_CLIENT_CA
+};
+#define TSR_CLI_SECURITY_OPTIONS                                                                   \
+    {"api-key", required_argument, 0, TSR_O_API_KEY},                                              \
+        {"api-key-file", required_argument, 0, TSR_O_API_KEY_FILE},                                \
+        {"tls-cert", required_argument, 0, TSR_O_TLS_CERT},                                        \
+        {"tls-key", required_argument, 0, TSR_O_TLS_KEY},                                          \
+    {                                                                                              \
+        "tls-client-ca", required_argument, 0, TSR_O_TLS_CLIENT_CA                                 \
+    }
+#define TSR_CLI_SECURITY_HELP                                                                      \
+    "  --api-key-file F  every call to the public API (gRPC tessera.v1.Inference, HTTP /v1/*)\n"   \
+    "               must send \"authorization: Bearer KEY\", KEY being F's first line;\n"          \
+    "               grpc.health.v1, /health and /ready stay open (default: $TESSERA_API_KEY;\n"    \
+    "               unset: no key)\n"                                                              \
+    "  --api-key KEY  the same, from the command line, where `ps` shows it to every user of\n"     \
+    "               the machine: prefer --api-key-file or $TESSERA_API_KEY\n"                      \
+    "  --tls-cert F --tls-key F  TLS on the gRPC and HTTP ports (PEM: the certificate chain\n"     \
+    "               and its private key); plain-text clients are refused\n"                        \
+    "  --tls-client-ca F  mutual TLS: clients must show a certificate this CA (PEM) signed\n"
+struct tsr_cli_security {
+    const char *api_key, *api_key_file, *tls_cert, *tls_key, *tls_client_ca;
+};
+/* Takes getopt's c when it is a security option: 1 taken, 0 not one of them. */
+int tsr_cli_security_opt(int c, const char *arg, struct tsr_cli_security *s);
+/* Loads the key (*key, NULL for none; caller frees) and the TLS files (free with
+ * tsr_tls_files_free()); 2 after printing "tessera <cmd>: <why>". */
+int tsr_cli_security_load(const char *cmd, const struct tsr_cli_security *s, char **key,
+                          struct tsr_tls_files *tls);
 
 /* Opens the model and checks that tp x pp divides it; prints "tessera <cmd>: <why>" and returns
  * the code when not. */

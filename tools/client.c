@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/auth.h"
 #include "common/rpc.h"
 #include "common/status.h"
 #include "grpc/health/v1/health.pb-c.h"
@@ -19,8 +20,14 @@ static void client_usage(FILE *f)
             "                      [--seed S] [--stop TEXT]... [--ignore-eos] [--show-ids]\n"
             "                      [--logprobs] [--timeout SECONDS]\n"
             "       tessera client [--address HOST:PORT] --tokenize TEXT\n"
-            "       tessera client [--address HOST:PORT] --list-models | --status | --health\n\n"
+            "       tessera client [--address HOST:PORT] --list-models | --status | --health\n"
+            "       any of them with [--tls-ca F [--tls-cert F --tls-key F]]\n"
+            "                        [--api-key-file F | --api-key KEY]\n\n"
             "  --address   the coordinator (default 127.0.0.1:50051)\n"
+            "  --tls-ca F  speak TLS, trusting the server certificates this CA (PEM) signed\n"
+            "  --tls-cert F --tls-key F  a client certificate, for a server with mutual TLS\n"
+            "  --api-key-file F  send F's first line as the API key (default $TESSERA_API_KEY);\n"
+            "              --api-key KEY does too, but `ps` shows it to every user\n"
             "  --chat      send the prompt as a user message through the chat template\n"
             "  --show-ids  print the generated token ids after the text\n"
             "Exit status: 0 ok, 1 the server answered an error (printed with its gRPC code),\n"
@@ -31,6 +38,7 @@ struct client_args {
     const char *address, *prompt, *system, *tokenize, *prompt_ids;
     int chat, max_tokens, show_ids, logprobs, ignore_eos, list, status, health;
     double timeout;
+    const char *tls_ca, *tls_cert, *tls_key, *api_key, *api_key_file;
     Tessera__V1__SamplingParams sp;
     char *stop[16];
     int n_stop;
@@ -266,7 +274,12 @@ int tsr_cmd_client(int argc, char **argv)
         O_STATUS,
         O_HEALTH,
         O_TIMEOUT,
-        O_IDS
+        O_IDS,
+        O_CA,
+        O_CERT,
+        O_KEY,
+        O_APIKEY,
+        O_APIKEYF
     };
     static const struct option opts[] = {{"address", required_argument, 0, 'a'},
                                          {"prompt", required_argument, 0, 'p'},
@@ -287,6 +300,11 @@ int tsr_cmd_client(int argc, char **argv)
                                          {"health", no_argument, 0, O_HEALTH},
                                          {"timeout", required_argument, 0, O_TIMEOUT},
                                          {"prompt-ids", required_argument, 0, O_IDS},
+                                         {"tls-ca", required_argument, 0, O_CA},
+                                         {"tls-cert", required_argument, 0, O_CERT},
+                                         {"tls-key", required_argument, 0, O_KEY},
+                                         {"api-key", required_argument, 0, O_APIKEY},
+                                         {"api-key-file", required_argument, 0, O_APIKEYF},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     struct client_args a;
@@ -368,6 +386,21 @@ int tsr_cmd_client(int argc, char **argv)
         case O_IDS:
             a.prompt_ids = optarg;
             break;
+        case O_CA:
+            a.tls_ca = optarg;
+            break;
+        case O_CERT:
+            a.tls_cert = optarg;
+            break;
+        case O_KEY:
+            a.tls_key = optarg;
+            break;
+        case O_APIKEY:
+            a.api_key = optarg;
+            break;
+        case O_APIKEYF:
+            a.api_key_file = optarg;
+            break;
         case O_TIMEOUT:
             rc = tsr_cli_float("--timeout", optarg, 0.001, 1e6, &a.timeout);
             break;
@@ -390,7 +423,25 @@ int tsr_cmd_client(int argc, char **argv)
         client_usage(stderr);
         return 2;
     }
-    tsr_rpc_channel_t *ch = tsr_rpc_channel_new(a.address);
+    char *key = NULL;
+    struct tsr_tls_files id = {0};
+    char *ca = NULL;
+    if (tsr_auth_key_load(a.api_key_file, a.api_key, &key) ||
+        ((a.tls_cert || a.tls_key) && !a.tls_ca &&
+         tsr_errorf(TSR_EINVAL, "--tls-cert and --tls-key need --tls-ca")) ||
+        tsr_tls_files_load(a.tls_cert, a.tls_key, NULL, &id) ||
+        (a.tls_ca && tsr_tls_read_certs("--tls-ca", a.tls_ca, &ca))) {
+        fprintf(stderr, "tessera client: %s\n", tsr_last_error());
+        free(key);
+        tsr_tls_files_free(&id);
+        return 2;
+    }
+    const struct tsr_rpc_channel_opts co = {
+        .ca_pem = ca, .cert_pem = id.cert_pem, .key_pem = id.key_pem, .api_key = key};
+    tsr_rpc_channel_t *ch = tsr_rpc_channel_new_opts(a.address, &co);
+    free(key);
+    free(ca);
+    tsr_tls_files_free(&id);
     if (!ch) {
         fprintf(stderr, "tessera client: %s\n", tsr_last_error());
         return 2;

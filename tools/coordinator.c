@@ -24,7 +24,9 @@ static void coord_usage(FILE *f)
         "usage: tessera coordinator [--etcd URLS] [--model M] [--host H] [--port P]\n"
         "                           [--advertise-address A] [--tp N] [--pp M] [--max-queue N]\n"
         "                           [--id ID] [--prefix P] [--drain-timeout S] [--http-port P]\n"
-        "                           [--served-model-name NAME] [--max-model-len N]\n\n"
+        "                           [--served-model-name NAME] [--max-model-len N]\n"
+        "                           [--api-key-file F] [--tls-cert F --tls-key F]\n"
+        "                           [--tls-client-ca F]\n\n"
         "  --etcd       etcd endpoints, comma-separated (default $ETCDCTL_ENDPOINTS)\n"
         "  --port P     the public gRPC API (default 50051)\n" TSR_CLI_HTTP_HELP TSR_CLI_LISTEN_HELP
         "  --tp, --pp   the layout of every group (the controller assigns worker units of\n"
@@ -35,7 +37,8 @@ static void coord_usage(FILE *f)
         "               those in flight finish for up to S seconds (default 30; 0: stop at\n"
         "               once); a second signal stops at once\n"
         "  --served-model-name NAME  the model's id in ListModels, /v1/models and requests\n"
-        "               (default: the file's name without .gguf)\n" TSR_CLI_MODEL_LEN_HELP);
+        "               (default: the file's name without .gguf)\n" TSR_CLI_MODEL_LEN_HELP
+            TSR_CLI_SECURITY_HELP);
 }
 
 /* A served model name: 1 to 200 printable characters, no spaces (it goes in URLs and logs). */
@@ -58,6 +61,7 @@ int tsr_cmd_coordinator(int argc, char **argv)
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                          {"etcd", required_argument, 0, 'e'},
                                          TSR_CLI_LISTEN_OPTIONS,
+                                         TSR_CLI_SECURITY_OPTIONS,
                                          {"id", required_argument, 0, 'i'},
                                          {"max-queue", required_argument, 0, O_QUEUE},
                                          {"prefix", required_argument, 0, O_PREFIX},
@@ -72,6 +76,7 @@ int tsr_cmd_coordinator(int argc, char **argv)
     const char *model = getenv("TESSERA_MODEL") ? getenv("TESSERA_MODEL") : TSR_DEFAULT_MODEL;
     const char *etcd_url = NULL, *prefix = "/tessera", *id = NULL, *served_name = NULL;
     struct tsr_cli_listen listen = {.host = "127.0.0.1", .port = 50051};
+    struct tsr_cli_security sec = {0};
     int tp = 1, pp = 1, max_queue = 256, drain_s = 30, http_port = -1, max_len = 0, c, rc;
     long l;
     optind = 1;
@@ -80,6 +85,7 @@ int tsr_cmd_coordinator(int argc, char **argv)
             if (rc == 2) return 2;
             continue;
         }
+        if (tsr_cli_security_opt(c, optarg, &sec)) continue;
         switch (c) {
         case 'm':
             model = optarg;
@@ -130,9 +136,16 @@ int tsr_cmd_coordinator(int argc, char **argv)
         return 2;
     }
     char bind[TSR_HOST_MAX + 8], adv[TSR_HOST_MAX];
-    if ((rc = tsr_cli_listen_resolve("coordinator", &listen, bind, sizeof bind, adv, sizeof adv)) ||
-        (rc = tsr_cli_etcd_reachable("coordinator", etcd_url)))
+    if ((rc = tsr_cli_listen_resolve("coordinator", &listen, bind, sizeof bind, adv, sizeof adv)))
         return rc;
+    char *api_key = NULL;
+    struct tsr_tls_files tls;
+    if ((rc = tsr_cli_security_load("coordinator", &sec, &api_key, &tls))) return rc;
+    if ((rc = tsr_cli_etcd_reachable("coordinator", etcd_url))) {
+        free(api_key);
+        tsr_tls_files_free(&tls);
+        return rc;
+    }
     tsr_cli_catch_signals();
     char idbuf[64];
     if (!id) {
@@ -165,7 +178,8 @@ int tsr_cmd_coordinator(int argc, char **argv)
     struct tsr_session_opts so = {
         .max_queue = max_queue, .served_name = served_name, .max_model_len = max_len};
     /* Calls beyond the queue bound still get a thread, to be told RESOURCE_EXHAUSTED. */
-    struct tsr_coord_opts co_opts = {.listen = bind, .max_calls = max_queue + 256};
+    struct tsr_coord_opts co_opts = {
+        .listen = bind, .max_calls = max_queue + 256, .api_key = api_key, .tls = &tls};
     int port;
     if (!(ss = tsr_sessions_new(m, r, &so))) goto out;
     if ((rc = tsr_coord_start(ss, &co_opts, &co, &port))) {
@@ -174,18 +188,24 @@ int tsr_cmd_coordinator(int argc, char **argv)
     }
     char where[TSR_HOST_MAX + 8];
     tsr_net_join(adv, port, where, sizeof where);
-    tsr_log_info("coordinator %s: serving %s on %s (bound to %s)", id, tsr_model_name(m), where,
-                 bind);
+    tsr_log_info("coordinator %s: serving %s on %s (bound to %s; %s, %s)", id, tsr_model_name(m),
+                 where, bind,
+                 tls.cert_pem ? (tls.client_ca_pem ? "mutual TLS" : "TLS") : "plain text",
+                 api_key ? "API key required" : "no API key");
     if (http_port >= 0) {
         char http_bind[TSR_HOST_MAX + 8];
         tsr_net_join(listen.host, http_port, http_bind, sizeof http_bind);
-        struct tsr_http_opts ho = {.listen = http_bind, .max_connections = max_queue + 256};
+        struct tsr_http_opts ho = {.listen = http_bind,
+                                   .max_connections = max_queue + 256,
+                                   .api_key = api_key,
+                                   .tls = &tls};
         if ((rc = tsr_http_start(ss, &ho, &http, &http_port))) {
             fprintf(stderr, "tessera coordinator: --http-port: %s\n", tsr_last_error());
             goto out;
         }
         tsr_net_join(adv, http_port, where, sizeof where);
-        tsr_log_info("coordinator %s: OpenAI HTTP API on http://%s/v1", id, where);
+        tsr_log_info("coordinator %s: OpenAI HTTP API on %s://%s/v1", id,
+                     tls.cert_pem ? "https" : "http", where);
     }
     while (!tsr_cli_stop_requested()) usleep(100 * 1000);
     int64_t left = tsr_sessions_drain(ss);
@@ -210,5 +230,7 @@ out:
     tsr_router_free(r);
     tsr_etcd_close(etcd);
     tsr_model_free(m);
+    tsr_tls_files_free(&tls);
+    free(api_key);
     return exit_code;
 }

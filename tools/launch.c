@@ -102,3 +102,40 @@ int tsr_cli_stop_insisted(void)
 {
     return n_signals > 1;
 }
+
+int tsr_cli_security_opt(int c, const char *arg, struct tsr_cli_security *s)
+{
+    switch (c) {
+    case TSR_O_API_KEY:
+        s->api_key = arg;
+        return 1;
+    case TSR_O_API_KEY_FILE:
+        s->api_key_file = arg;
+        return 1;
+    case TSR_O_TLS_CERT:
+        s->tls_cert = arg;
+        return 1;
+    case TSR_O_TLS_KEY:
+        s->tls_key = arg;
+        return 1;
+    case TSR_O_TLS_CLIENT_CA:
+        s->tls_client_ca = arg;
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+int tsr_cli_security_load(const char *cmd, const struct tsr_cli_security *s, char **key,
+                          struct tsr_tls_files *tls)
+{
+    memset(tls, 0, sizeof *tls);
+    if (tsr_auth_key_load(s->api_key_file, s->api_key, key) ||
+        tsr_tls_files_load(s->tls_cert, s->tls_key, s->tls_client_ca, tls)) {
+        fprintf(stderr, "tessera %s: %s\n", cmd, tsr_last_error());
+        free(*key);
+        *key = NULL;
+        return 2;
+    }
+    return 0;
+}

@@ -55,7 +55,8 @@ static void serve_usage(FILE *f)
                "                     [--threads T] [--kv-blocks B] [--kv-mem GB] [--max-seqs S]\n"
                "                     [--step-tokens N] [--max-queue Q] [--drain-timeout S]\n"
                "                     [--http-port P] [--served-model-name NAME]\n"
-               "                     [--max-model-len N]\n\n"
+               "                     [--max-model-len N] [--api-key-file F]\n"
+               "                     [--tls-cert F --tls-key F] [--tls-client-ca F]\n\n"
                "Runs a private etcd (unless --etcd or $ETCDCTL_ENDPOINTS), a coordinator on\n"
                "H:P (default 127.0.0.1:50051) and R worker units of tp x pp ranks each (default\n"
                "1 x 1 x 1, their Worker services on H, any port), and supervises them.\n"
@@ -68,7 +69,10 @@ static void serve_usage(FILE *f)
                "Worker options (--kv-blocks, --kv-mem, --max-seqs, --step-tokens, --step-timeout)\n"
                "are passed on, and so are --served-model-name (to the coordinator) and\n"
                "--max-model-len (to both); see `tessera worker --help` and\n"
-               "`tessera coordinator --help`.\n");
+               "`tessera coordinator --help`.\n" TSR_CLI_SECURITY_HELP
+               "The key and the TLS files go to the coordinator (the key through its environment,\n"
+               "never its command line); serve checks on it with them, pinning --tls-cert (and\n"
+               "showing it as its client certificate under --tls-client-ca).\n");
 }
 
 static pid_t spawn(struct child *c)
@@ -254,6 +258,7 @@ int tsr_cmd_serve(int argc, char **argv)
                                          {"pp", required_argument, 0, O_PP},
                                          {"replicas", required_argument, 0, O_REPL},
                                          TSR_CLI_LISTEN_OPTIONS,
+                                         TSR_CLI_SECURITY_OPTIONS,
                                          {"etcd", required_argument, 0, O_ETCD},
                                          {"dir", required_argument, 0, O_DIR},
                                          {"threads", required_argument, 0, 'j'},
@@ -278,6 +283,7 @@ int tsr_cmd_serve(int argc, char **argv)
                *served_name = NULL, *max_len = NULL;
     int tp = 1, pp = 1, threads = 0, http_port = -1, c, rc;
     struct tsr_cli_listen listen = {.host = "127.0.0.1", .port = 50051};
+    struct tsr_cli_security sec = {0};
     long l;
     double d;
     s.replicas = 1;
@@ -288,6 +294,7 @@ int tsr_cmd_serve(int argc, char **argv)
             if (rc == 2) return 2;
             continue;
         }
+        if (tsr_cli_security_opt(c, optarg, &sec)) continue;
         switch (c) {
         case 'm':
             model = optarg;
@@ -369,6 +376,21 @@ int tsr_cmd_serve(int argc, char **argv)
     /* One clear error for a model that will not load or a layout that does not divide, before
      * any process starts. */
     if (tsr_cli_check_layout("serve", model, tp, pp)) return 2;
+    /* The key and the TLS files, checked here: one clear error before any process starts. The
+     * coordinator gets absolute paths (it runs elsewhere in the tree). */
+    static char *api_key;
+    static struct tsr_tls_files tls;
+    static char key_file_abs[PATH_MAX], cert_abs[PATH_MAX], key_abs[PATH_MAX], ca_abs[PATH_MAX];
+    if (tsr_cli_security_load("serve", &sec, &api_key, &tls)) return 2;
+    if ((sec.api_key_file && !realpath(sec.api_key_file, key_file_abs)) ||
+        (sec.tls_cert && !realpath(sec.tls_cert, cert_abs)) ||
+        (sec.tls_key && !realpath(sec.tls_key, key_abs)) ||
+        (sec.tls_client_ca && !realpath(sec.tls_client_ca, ca_abs))) {
+        fprintf(stderr, "tessera serve: a TLS or key file: %s\n", strerror(errno));
+        return 2;
+    }
+    /* a key from the command line or the environment reaches the coordinator by its environment */
+    if (api_key && !sec.api_key_file) setenv("TESSERA_API_KEY", api_key, 1);
     if ((etcd = tsr_cli_etcd(etcd)) && strlen(etcd) >= sizeof s.etcd) {
         fprintf(stderr, "tessera serve: --etcd: over %zu bytes of endpoints\n", sizeof s.etcd - 1);
         return 2;
@@ -415,6 +437,11 @@ int tsr_cmd_serve(int argc, char **argv)
             return 1;
         }
         snprintf(s.etcd, sizeof s.etcd, "%s", s.etcd_srv.endpoint);
+        /* the private etcd is plain and open: etcdctl's TLS and user settings are for others */
+        const char *etcdctl_env[] = {"ETCDCTL_CACERT", "ETCDCTL_CERT", "ETCDCTL_KEY",
+                                     "ETCDCTL_USER", "ETCDCTL_PASSWORD"};
+        for (size_t i = 0; i < sizeof etcdctl_env / sizeof *etcdctl_env; i++)
+            unsetenv(etcdctl_env[i]);
     }
     tsr_net_join(adv, listen.port, s.address, sizeof s.address);
     if (!threads) {
@@ -461,6 +488,10 @@ int tsr_cmd_serve(int argc, char **argv)
     if (http_port > 0) a[k++] = "--http-port", a[k++] = http_s;
     if (served_name) a[k++] = "--served-model-name", a[k++] = (char *)served_name;
     if (max_len) a[k++] = "--max-model-len", a[k++] = (char *)max_len;
+    if (sec.api_key_file) a[k++] = "--api-key-file", a[k++] = key_file_abs;
+    if (sec.tls_cert)
+        a[k++] = "--tls-cert", a[k++] = cert_abs, a[k++] = "--tls-key", a[k++] = key_abs;
+    if (sec.tls_client_ca) a[k++] = "--tls-client-ca", a[k++] = ca_abs;
     a[k] = NULL;
     for (int r = 0; r < s.replicas; r++) {
         struct child *w = &s.workers[r];
@@ -509,7 +540,16 @@ int tsr_cmd_serve(int argc, char **argv)
     write_state(&s);
 
     /* Wait for every replica, showing progress; a worker that fails to start is restarted. */
-    tsr_rpc_channel_t *ch = tsr_rpc_channel_new(s.address);
+    const struct tsr_rpc_channel_opts probe = {.pin_pem = tls.cert_pem,
+                                               .cert_pem = tls.client_ca_pem ? tls.cert_pem : NULL,
+                                               .key_pem = tls.client_ca_pem ? tls.key_pem : NULL,
+                                               .api_key = api_key};
+    tsr_rpc_channel_t *ch = tsr_rpc_channel_new_opts(s.address, &probe);
+    if (!ch) {
+        fprintf(stderr, "tessera serve: %s\n", tsr_last_error());
+        stop_all(&s);
+        return 1;
+    }
     double t0 = tsr_now(), last_note = 0;
     int ready = 0, shown = -1;
     while (!tsr_cli_stop_requested() && !s.fatal && !s.etcd_died &&
@@ -536,7 +576,9 @@ int tsr_cmd_serve(int argc, char **argv)
     if (!tsr_cli_stop_requested() && !s.fatal && !s.etcd_died) {
         printf("tessera: serving %s on %s with %d replica%s (tp %d x pp %d); etcd %s; logs in %s\n",
                model, s.address, s.replicas, s.replicas == 1 ? "" : "s", tp, pp, s.etcd, s.dir);
-        if (s.http_address[0]) printf("tessera: OpenAI HTTP API on http://%s/v1\n", s.http_address);
+        if (s.http_address[0])
+            printf("tessera: OpenAI HTTP API on %s://%s/v1\n", tls.cert_pem ? "https" : "http",
+                   s.http_address);
         fflush(stdout);
     }
     while (!tsr_cli_stop_requested() && !s.etcd_died && !s.fatal) {
