@@ -38,6 +38,16 @@ struct tsr_metrics {
     struct tsr_metric *families, **families_tail;
 };
 
+const double tsr_vllm_request_latency_buckets[TSR_VLLM_REQUEST_LATENCY_N] = {
+    0.3,  0.5,  0.8,  1.0,  1.5,   2.0,   2.5,   5.0,   10.0,   15.0,  20.0,
+    30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0};
+const double tsr_vllm_ttft_buckets[TSR_VLLM_TTFT_N] = {
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1,  0.25,  0.5,   0.75,
+    1.0,   2.5,   5.0,  7.5,  10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0};
+const double tsr_vllm_tpot_buckets[TSR_VLLM_TPOT_N] = {0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2,
+                                                       0.3,  0.4,   0.5,  0.75,  1.0, 2.5,  5.0,
+                                                       7.5,  10.0,  20.0, 40.0,  80.0};
+
 /* ---- text ---- */
 
 static int text_reserve(struct tsr_metrics_text *t, size_t more)

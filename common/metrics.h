@@ -70,6 +70,14 @@ void tsr_metric_observe(tsr_metric_t *m, const char *const *values, double v);
 int tsr_metrics_render(tsr_metrics_t *r, const char *const *const_labels,
                        struct tsr_metrics_text *out);
 
+/* vLLM's bucket bounds (vllm/v1/metrics/loggers.py), so that panels made for vLLM read ours:
+ * request latencies (e2e, queue time), time to first token, and time per output token (also
+ * inter-token latency). */
+enum { TSR_VLLM_REQUEST_LATENCY_N = 21, TSR_VLLM_TTFT_N = 22, TSR_VLLM_TPOT_N = 19 };
+extern const double tsr_vllm_request_latency_buckets[TSR_VLLM_REQUEST_LATENCY_N];
+extern const double tsr_vllm_ttft_buckets[TSR_VLLM_TTFT_N];
+extern const double tsr_vllm_tpot_buckets[TSR_VLLM_TPOT_N];
+
 /* The content type of what tsr_metrics_render writes, for an HTTP reply. */
 #define TSR_METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
 
