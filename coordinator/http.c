@@ -22,6 +22,7 @@
 #include "common/net.h"
 #include "common/rpc.h"
 #include "common/status.h"
+#include "coordinator/metrics.h"
 #include "coordinator/openai.h"
 
 struct tsr_http {
@@ -517,6 +518,15 @@ static enum MHD_Result route(struct tsr_http *h, struct MHD_Connection *conn, co
             return reply_error(conn, 404, msg, "model");
         }
         return reply_json(conn, 200, model_json(h));
+    }
+    if (!strcmp(url, "/metrics")) {
+        if (!get) return reply_error(conn, 405, "use GET", NULL);
+        struct tsr_metrics_text t = {0};
+        if (tsr_coordinator_metrics_render(h->ss, &t)) {
+            free(t.data);
+            return reply_error(conn, 500, "cannot render the metrics", NULL);
+        }
+        return reply_text(conn, 200, t.data, TSR_METRICS_CONTENT_TYPE);
     }
     if (!strcmp(url, "/health")) return reply_json(conn, 200, json_pack("{s:s}", "status", "ok"));
     if (!strcmp(url, "/ready")) {

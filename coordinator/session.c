@@ -9,6 +9,7 @@
 #include "common/log.h"
 #include "common/rpc.h"
 #include "common/status.h"
+#include "coordinator/metrics.h"
 #include "coordinator/request.h"
 #include "coordinator/textstream.h"
 #include "coordinator/validate.h"
@@ -401,18 +402,31 @@ static int relay(struct tsr_sessions *s, const struct tsr_session_io *io,
     return st->code;
 }
 
-/* The access line's view of a request: the client's io, and what its chunks carried. */
+/* The access line's and the metrics' view of a request: the client's io, what its chunks
+ * carried and when. */
 struct access {
+    tsr_sessions_t *s;
     const struct tsr_session_io *io;
     int prompt_tokens, completion_tokens;
+    Tessera__V1__FinishReason finish;
+    double t0, t_last; /* arrival; the last chunk with tokens */
+    int any_tokens;
 };
 
 static int access_chunk(void *arg, const struct tsr_session_chunk *c)
 {
     struct access *a = arg;
+    if (c->n_ids) {
+        double now = tsr_now();
+        tsr_coordinator_metrics_tokens(a->s, !a->any_tokens,
+                                       now - (a->any_tokens ? a->t_last : a->t0), (int)c->n_ids);
+        a->t_last = now;
+        a->any_tokens = 1;
+    }
     if (c->over) {
         a->prompt_tokens = c->prompt_tokens;
         a->completion_tokens = c->completion_tokens;
+        a->finish = c->finish;
     }
     return a->io->chunk(a->io->arg, c);
 }
@@ -481,18 +495,20 @@ int tsr_session_run(tsr_sessions_t *s, const Tessera__V1__GenerateRequest *r,
                     const struct tsr_session_io *io, struct tsr_session_status *st)
 {
     /* one access line per request: who, how it ended, how much, how long */
-    struct access a = {.io = io};
+    struct access a = {.s = s, .io = io, .t0 = tsr_now()};
     struct tsr_session_io wrapped = {.chunk = access_chunk,
                                      .cancelled = io->cancelled ? access_cancelled : NULL,
                                      .arg = &a,
                                      .time_left_ms = io->time_left_ms ? access_time_left : NULL};
     char generated_id[32] = "";
     const char *request_id = r->request_id;
-    double t0 = tsr_now();
     int code = run(s, r, &wrapped, st, &request_id, generated_id, sizeof generated_id);
+    struct tsr_request_end end = {code, a.finish, tsr_now() - a.t0, a.prompt_tokens,
+                                  a.completion_tokens};
+    tsr_coordinator_metrics_end(s, &end);
     tsr_log_req(TSR_LOG_INFO, request_id,
                 "access: %s in %.0f ms; prompt %d, completion %d tokens%s%s",
-                tsr_rpc_code_name(code), (tsr_now() - t0) * 1e3, a.prompt_tokens,
-                a.completion_tokens, code ? ": " : "", code ? st->msg : "");
+                tsr_rpc_code_name(code), end.e2e_s * 1e3, a.prompt_tokens, a.completion_tokens,
+                code ? ": " : "", code ? st->msg : "");
     return code;
 }

@@ -288,6 +288,19 @@ const char *tsr_model_name(const tsr_model_t *m)
     return m->name;
 }
 
+void tsr_model_id(const char *spec, char *out, size_t cap)
+{
+    size_t n = strlen(spec);
+    while (n > 1 && spec[n - 1] == '/') n--;
+    const char *base = spec;
+    if (strncmp(spec, "synthetic:", 10))
+        for (size_t i = 0; i < n; i++)
+            if (spec[i] == '/') base = spec + i + 1;
+    size_t len = (size_t)(spec + n - base);
+    if (len > 5 && !strncmp(base + len - 5, ".gguf", 5)) len -= 5;
+    snprintf(out, cap, "%.*s", (int)len, base);
+}
+
 const tsr_tokenizer_t *tsr_model_tokenizer(const tsr_model_t *m)
 {
     return m->tok;

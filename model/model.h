@@ -34,6 +34,10 @@ void tsr_model_free(tsr_model_t *m);
 
 const struct tsr_model_config *tsr_model_config(const tsr_model_t *m);
 const char *tsr_model_name(const tsr_model_t *m);
+/* The model's id for people and dashboards, from its spec: "models/SmolLM2-135M.Q4_1.gguf" →
+ * "SmolLM2-135M.Q4_1", a directory's last name, a synthetic spec as it is (what the coordinator
+ * calls the model without --served-model-name). At most cap bytes with the NUL. */
+void tsr_model_id(const char *spec, char *out, size_t cap);
 /* The tokenizer, or NULL for synthetic models (they take token ids). Owned by the model. */
 const tsr_tokenizer_t *tsr_model_tokenizer(const tsr_model_t *m);
 /* The chat template family; TSR_CHAT_NONE when the model has none. Owned by the model. */

@@ -11,6 +11,7 @@
 
 #include "common/etcd.h"
 #include "common/log.h"
+#include "common/metrics_http.h"
 #include "common/net.h"
 #include "common/status.h"
 #include "kernels/backend.h"
@@ -29,6 +30,7 @@ struct worker_args {
     struct tsr_cli_listen listen;
     int threads, tp, pp, kv_blocks, max_seqs, step_tokens, ttl, step_timeout;
     int group_rank, group_size, group_timeout, max_len, drain_s;
+    int metrics_port; /* 0: no /metrics */
     double kv_mem, mem_util;
 };
 
@@ -41,6 +43,7 @@ static void worker_usage(FILE *f)
             "                      [--kv-blocks N | --kv-mem GB | --gpu-memory-utilization F]\n"
             "                      [--max-seqs N] [--step-tokens N] [--max-model-len N]\n"
             "                      [--prefix P] [--ttl S] [--drain-timeout S]\n"
+            "                      [--metrics-port P]\n"
             "                      [--device cpu|cuda[:N]]\n"
             "                      [--group NAME --group-rank R [--group-size N]]\n\n"
             "  --etcd         register in this etcd (endpoints, comma-separated; default\n"
@@ -57,6 +60,8 @@ static void worker_usage(FILE *f)
             "                 1 - F of the whole GPU (default there unless --kv-blocks/--kv-mem)\n"
             "  --max-seqs     sequences in the running batch (default 64); more wait\n"
             "  --step-tokens  token budget of one step (default 256)\n" TSR_CLI_MODEL_LEN_HELP
+            "  --metrics-port P  serve Prometheus metrics at http://HOST:P/metrics (the leader,\n"
+            "                 rank 0, only; on --host; default: off)\n"
             "  --ttl          etcd lease TTL in seconds (default 3): how long a dead worker\n"
             "                 can stay in routing\n"
             "  --drain-timeout S  on SIGTERM/SIGINT, leave routing at once and let requests in\n"
@@ -137,7 +142,8 @@ static int parse_args(int argc, char **argv, struct worker_args *a)
         O_GTIME,
         O_MLEN,
         O_DRAIN,
-        O_MEMU
+        O_MEMU,
+        O_METRICS
     };
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                          {"etcd", required_argument, 0, 'e'},
@@ -161,6 +167,7 @@ static int parse_args(int argc, char **argv, struct worker_args *a)
                                          {"max-model-len", required_argument, 0, O_MLEN},
                                          {"drain-timeout", required_argument, 0, O_DRAIN},
                                          {"gpu-memory-utilization", required_argument, 0, O_MEMU},
+                                         {"metrics-port", required_argument, 0, O_METRICS},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
@@ -249,6 +256,9 @@ static int parse_args(int argc, char **argv, struct worker_args *a)
             break;
         case O_DRAIN:
             if (!(rc = tsr_cli_int("--drain-timeout", optarg, 0, 3600, &l))) a->drain_s = l;
+            break;
+        case O_METRICS:
+            if (!(rc = tsr_cli_int("--metrics-port", optarg, 1, 65535, &l))) a->metrics_port = l;
             break;
         case 'h':
             worker_usage(stdout);
@@ -352,6 +362,18 @@ static void drain(tsr_leader_t *l, tsr_member_t *mem, const char *id, int drain_
     tsr_log_warn("worker %s: %d requests still in flight; ending them", id, n);
 }
 
+/* What /metrics renders: the leader's families, labelled with the model's id. */
+struct metrics_src {
+    tsr_leader_t *l;
+    char model_id[256];
+};
+
+static int render_metrics(void *arg, struct tsr_metrics_text *out)
+{
+    const struct metrics_src *m = arg;
+    return tsr_leader_metrics_render(m->l, m->model_id, out);
+}
+
 int tsr_cmd_worker(int argc, char **argv)
 {
     struct worker_args a;
@@ -381,6 +403,8 @@ int tsr_cmd_worker(int argc, char **argv)
     tsr_backend_t *b = NULL;
     tsr_engine_t *e = NULL;
     tsr_leader_t *l = NULL;
+    tsr_metrics_http_t *metrics = NULL;
+    struct metrics_src msrc = {0};
     tsr_etcd_t *etcd = NULL;
     tsr_member_t *mem = NULL;
     int64_t rdv_lease = 0; /* by_etcd: holds this rank's key in the group's rendezvous */
@@ -452,6 +476,18 @@ int tsr_cmd_worker(int argc, char **argv)
         fprintf(stderr, "tessera worker: %s\n", tsr_last_error());
         goto out;
     }
+    if (a.metrics_port) {
+        char mbind[TSR_HOST_MAX + 8];
+        int mport = 0;
+        msrc.l = l;
+        tsr_model_id(a.model, msrc.model_id, sizeof msrc.model_id);
+        tsr_net_join(a.listen.host, a.metrics_port, mbind, sizeof mbind);
+        if ((rc = tsr_metrics_http_start(mbind, render_metrics, &msrc, &metrics, &mport))) {
+            fprintf(stderr, "tessera worker: --metrics-port: %s\n", tsr_last_error());
+            goto out;
+        }
+        tsr_log_info("worker %s: Prometheus metrics on http://%s/metrics", a.id, mbind);
+    }
     char addr[TSR_HOST_MAX + 8]; /* what the coordinators dial */
     tsr_net_join(adv, port, addr, sizeof addr);
     tsr_log_info("worker %s: %s (tp %d x pp %d) loaded in %.1f s; KV cache %d blocks of %d; "
@@ -510,6 +546,7 @@ out:
     tsr_etcd_keepalive_stop(rdv_keep);
     if (rdv_lease) tsr_etcd_lease_revoke(etcd, rdv_lease); /* the next start need not wait */
     tsr_etcd_close(etcd);
+    tsr_metrics_http_stop(metrics);
     tsr_leader_stop(l);
     if (ranks > 1 && exit_code != 0) {
         /* Leave without finalizing MPI: mpirun then ends the other ranks. */

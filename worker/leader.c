@@ -31,6 +31,7 @@ struct lreq {
     int err_code; /* a gRPC code when the leader refused or failed it */
     char err[256];
     pthread_cond_t cv;
+    double t_arrival; /* tsr_now() when it reached the inbox: its queue time ends at admission */
 };
 
 struct tsr_leader {
@@ -50,6 +51,16 @@ struct tsr_leader {
     uint64_t max_batch, joined_running;
     int n_calls; /* Generate calls in flight: waiting, running, or still sending their last tokens
                   */
+    struct leader_metrics *metrics; /* /metrics (tsr_leader_metrics_render) */
+};
+
+/* The leader's Prometheus families (docs/operations.md, Metrics): vLLM's names for what a vLLM
+ * engine reports, so its dashboards read a tessera group. Gauges and mirrored totals are set from
+ * the leader's state at each scrape; the rest is counted as it happens. */
+struct leader_metrics {
+    tsr_metrics_t *r;
+    tsr_series_t *running, *waiting, *kv_usage, *gpu_cache_usage, *preemptions, *steps;
+    tsr_series_t *prompt_tokens, *generation_tokens, *queue_time;
 };
 
 static void finish_req(struct lreq *q, enum tsr_finish f, int code, const char *msg)
@@ -106,6 +117,8 @@ static void admit(struct tsr_leader *l)
         if (rc == 0 && live_add(l, q) == 0) {
             q->admitted = 1;
             if (running) l->joined_running++;
+            tsr_series_observe(l->metrics->queue_time, tsr_now() - q->t_arrival);
+            tsr_series_add(l->metrics->prompt_tokens, q->r.n_prompt);
         } else if (rc == 0) {
             tsr_engine_cancel(l->e, q->id);
             finish_req(q, TSR_FINISH_ERROR, TSR_RPC_RESOURCE_EXHAUSTED, "leader out of memory");
@@ -209,6 +222,9 @@ static void *engine_main(void *arg)
             group_failed(l, rc);
             break;
         }
+        int n_generated = 0;
+        for (int i = 0; i < n_ev; i++) n_generated += ev[i].token >= 0;
+        tsr_series_add(l->metrics->generation_tokens, n_generated);
         for (int i = 0; i < n_ev; i++) {
             struct lreq *q = live_take(l, ev[i].id, ev[i].finish != TSR_FINISH_NONE);
             if (!q) continue;
@@ -388,6 +404,7 @@ static void serve_generate(tsr_rpc_call_t *call, struct tsr_leader *l)
         req_free(q);
         return;
     }
+    q->t_arrival = tsr_now();
     *l->waiting_tail = q;
     l->waiting_tail = &q->next;
     l->n_waiting++;
@@ -465,6 +482,65 @@ static void handle_health(tsr_rpc_call_t *call, void *arg)
     protobuf_c_message_free_unpacked(&r->base, NULL);
 }
 
+static void leader_metrics_free(struct leader_metrics *lm)
+{
+    if (!lm) return;
+    tsr_metrics_free(lm->r);
+    free(lm);
+}
+
+static struct leader_metrics *leader_metrics_new(void)
+{
+    struct leader_metrics *lm = calloc(1, sizeof *lm);
+    if (!lm || !(lm->r = tsr_metrics_new())) {
+        free(lm);
+        return NULL;
+    }
+    tsr_metrics_t *r = lm->r;
+    struct {
+        tsr_series_t **s;
+        tsr_metric_t *m;
+    } f[] = {
+        {&lm->running, tsr_metrics_gauge(r, "vllm:num_requests_running",
+                                         "Requests in the running batch (admitted into the engine, "
+                                         "not finished).",
+                                         NULL)},
+        {&lm->waiting, tsr_metrics_gauge(r, "vllm:num_requests_waiting",
+                                         "Requests waiting in the leader for a place in the "
+                                         "running batch (--max-seqs).",
+                                         NULL)},
+        {&lm->kv_usage, tsr_metrics_gauge(r, "vllm:kv_cache_usage_perc",
+                                          "KV-cache usage: the fraction of KV blocks in use, 0 to "
+                                          "1.",
+                                          NULL)},
+        {&lm->gpu_cache_usage, tsr_metrics_gauge(r, "vllm:gpu_cache_usage_perc",
+                                                 "KV-cache usage, 0 to 1. DEPRECATED: vLLM's older "
+                                                 "name of vllm:kv_cache_usage_perc.",
+                                                 NULL)},
+        {&lm->preemptions, tsr_metrics_counter(r, "vllm:num_preemptions_total",
+                                               "Sequences preempted (KV blocks freed, recomputed "
+                                               "later) since the leader started.",
+                                               NULL)},
+        {&lm->prompt_tokens, tsr_metrics_counter(r, "vllm:prompt_tokens_total",
+                                                 "Prompt tokens of the requests admitted.", NULL)},
+        {&lm->generation_tokens,
+         tsr_metrics_counter(r, "vllm:generation_tokens_total", "Tokens generated.", NULL)},
+        {&lm->queue_time,
+         tsr_metrics_histogram(r, "vllm:request_queue_time_seconds",
+                               "Time from a request's arrival at the leader to its admission into "
+                               "the running batch, in seconds.",
+                               NULL, tsr_vllm_request_latency_buckets, TSR_VLLM_REQUEST_LATENCY_N)},
+        {&lm->steps,
+         tsr_metrics_counter(r, "tessera:engine_steps_total", "Engine steps the group ran.", NULL)},
+    };
+    for (size_t i = 0; i < sizeof f / sizeof *f; i++)
+        if (!(*f[i].s = tsr_metric_with(f[i].m, NULL))) {
+            leader_metrics_free(lm);
+            return NULL;
+        }
+    return lm;
+}
+
 int tsr_leader_start(tsr_engine_t *e, const char *listen, tsr_leader_t **out, int *port)
 {
     struct tsr_leader *l = calloc(1, sizeof *l);
@@ -475,6 +551,10 @@ int tsr_leader_start(tsr_engine_t *e, const char *listen, tsr_leader_t **out, in
     pthread_cond_init(&l->work, NULL);
     tsr_engine_get_stats(e, &l->stats);
     int rc;
+    if (!(l->metrics = leader_metrics_new())) {
+        rc = tsr_errorf(TSR_ENOMEM, "leader: out of memory for its metrics");
+        goto fail_thread;
+    }
     if (pthread_create(&l->thread, NULL, engine_main, l)) {
         rc = tsr_errorf(TSR_EINTERNAL, "leader: cannot start the engine thread");
         goto fail_thread;
@@ -496,6 +576,7 @@ fail_srv:
     pthread_mutex_unlock(&l->mu);
     pthread_join(l->thread, NULL);
 fail_thread:
+    leader_metrics_free(l->metrics);
     pthread_mutex_destroy(&l->mu);
     pthread_cond_destroy(&l->work);
     free(l);
@@ -513,6 +594,7 @@ void tsr_leader_stop(tsr_leader_t *l)
     tsr_rpc_server_stop(l->srv);
     pthread_mutex_destroy(&l->mu);
     pthread_cond_destroy(&l->work);
+    leader_metrics_free(l->metrics);
     free(l->live);
     free(l);
 }
@@ -531,4 +613,21 @@ int tsr_leader_failed(tsr_leader_t *l)
     int f = l->failed;
     pthread_mutex_unlock(&l->mu);
     return f;
+}
+
+int tsr_leader_metrics_render(tsr_leader_t *l, const char *model_name, struct tsr_metrics_text *out)
+{
+    struct leader_metrics *lm = l->metrics;
+    pthread_mutex_lock(&l->mu);
+    struct tsr_engine_stats s = l->stats;
+    int running = l->n_live, waiting = l->n_waiting;
+    pthread_mutex_unlock(&l->mu);
+    double kv = s.n_blocks ? (double)(s.n_blocks - s.n_free_blocks) / s.n_blocks : 0;
+    tsr_series_set(lm->running, running);
+    tsr_series_set(lm->waiting, waiting);
+    tsr_series_set(lm->kv_usage, kv);
+    tsr_series_set(lm->gpu_cache_usage, kv);
+    tsr_series_set(lm->preemptions, (double)s.preemptions);
+    tsr_series_set(lm->steps, (double)s.steps);
+    return tsr_metrics_render(lm->r, (const char *[]){"model_name", model_name, NULL}, out);
 }

@@ -14,6 +14,7 @@
 #ifndef TSR_WORKER_LEADER_H
 #define TSR_WORKER_LEADER_H
 
+#include "common/metrics.h"
 #include "worker/engine.h"
 
 typedef struct tsr_leader tsr_leader_t;
@@ -36,5 +37,10 @@ int tsr_leader_calls(tsr_leader_t *l);
 /* The engine's counters as of the last step, with the requests running (admitted and not done)
  * and waiting in the leader (what the Worker service's Stats returns). */
 void tsr_leader_stats(tsr_leader_t *l, struct tsr_engine_stats *s, int *n_waiting);
+/* Appends the leader's Prometheus metrics (docs/operations.md, Metrics: running and waiting
+ * requests, KV-cache usage, preemptions, queue time, prompt and generated tokens), each sample
+ * labelled model_name. 0 or TSR_ENOMEM. Any thread. */
+int tsr_leader_metrics_render(tsr_leader_t *l, const char *model_name,
+                              struct tsr_metrics_text *out);
 
 #endif
