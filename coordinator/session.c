@@ -192,7 +192,7 @@ struct relay {
     struct tsr_sessions *s;
     const struct tsr_session_io *io;
     const char *request_id;
-    int logprobs;
+    int logprobs, top_logprobs;
     int n_prompt;
     int n_done;   /* tokens relayed to the client */
     int sent_any; /* a chunk reached the client: no retry after this */
@@ -213,6 +213,15 @@ static int relay_message(struct relay *rl, const Tessera__V1__WorkerGenerateResp
     if (rl->logprobs && w->n_logprobs != w->n_token_ids)
         return tsr_errorf(TSR_EFORMAT, "%zu logprobs for %zu token ids", w->n_logprobs,
                           w->n_token_ids);
+    if (rl->top_logprobs && w->n_top_logprobs != w->n_token_ids)
+        return tsr_errorf(TSR_EFORMAT, "%zu top logprobs for %zu token ids", w->n_top_logprobs,
+                          w->n_token_ids);
+    for (size_t i = 0; rl->top_logprobs && i < w->n_top_logprobs; i++)
+        if (w->top_logprobs[i]->n_token_ids != w->top_logprobs[i]->n_logprobs ||
+            w->top_logprobs[i]->n_token_ids > (size_t)rl->top_logprobs)
+            return tsr_errorf(TSR_EFORMAT, "token %zu: %zu top ids, %zu logprobs (asked %d)", i,
+                              w->top_logprobs[i]->n_token_ids, w->top_logprobs[i]->n_logprobs,
+                              rl->top_logprobs);
     struct tsr_text_delta d;
     int rc = tsr_textstream_push(rl->text, w->token_ids, w->n_token_ids, worker_finish(w), &d);
     if (rc) return rc == TSR_EINVAL ? TSR_EFORMAT : rc; /* its message stands */
@@ -222,6 +231,7 @@ static int relay_message(struct relay *rl, const Tessera__V1__WorkerGenerateResp
                                   .ids = w->token_ids,
                                   .n_ids = d.n_ids,
                                   .logprobs = rl->logprobs ? w->logprobs : NULL,
+                                  .top_logprobs = rl->top_logprobs ? w->top_logprobs : NULL,
                                   .text = d.text,
                                   .n_text = d.n_text,
                                   .over = d.over,
@@ -352,6 +362,14 @@ static void fill_worker_request(Tessera__V1__WorkerGenerateRequest *wr, const ch
     wr->n_stop_ids = r->n_stop_token_ids;
     wr->stop_ids = r->stop_token_ids;
     wr->ignore_eos = r->has_ignore_eos && r->ignore_eos;
+    wr->has_presence_penalty = wr->has_frequency_penalty = wr->has_top_logprobs = 1;
+    wr->presence_penalty = sp->presence_penalty;
+    wr->frequency_penalty = sp->frequency_penalty;
+    wr->top_logprobs = sp->top_logprobs;
+    if (r->sampling) { /* validated, and not copied by it (tsr_validate_sampling) */
+        wr->n_logit_bias = r->sampling->n_logit_bias;
+        wr->logit_bias = r->sampling->logit_bias;
+    }
 }
 
 static int relay(struct tsr_sessions *s, const struct tsr_session_io *io,
@@ -362,7 +380,8 @@ static int relay(struct tsr_sessions *s, const struct tsr_session_io *io,
     struct relay rl = {.s = s,
                        .io = io,
                        .request_id = request_id,
-                       .logprobs = r->has_logprobs && r->logprobs,
+                       .logprobs = (r->has_logprobs && r->logprobs) || sp->top_logprobs > 0,
+                       .top_logprobs = sp->top_logprobs,
                        .n_prompt = (int)n};
     if (!(rl.text = tsr_textstream_new(s->tok, r->stop, r->n_stop)))
         return set_status(st, TSR_RPC_RESOURCE_EXHAUSTED, "out of memory");

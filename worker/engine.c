@@ -185,6 +185,7 @@ int tsr_engine_add(tsr_engine_t *e, const struct tsr_request *req, int64_t *id)
         free(s);
         return rc;
     }
+    s->sampler.n_prompt = req->n_prompt;
     s->cap = (int)total;
     s->tokens = malloc((size_t)s->cap * sizeof *s->tokens);
     s->blocks = malloc((size_t)e->max_blocks * sizeof *s->blocks);
@@ -268,7 +269,8 @@ static void remove_seq(tsr_engine_t *e, int i)
 static void push_event(struct tsr_token_event *ev, int cap, int *n, int64_t id, int32_t tok,
                        float lp, enum tsr_finish f)
 {
-    if (*n < cap) ev[(*n)++] = (struct tsr_token_event){id, tok, lp, f};
+    if (*n < cap)
+        ev[(*n)++] = (struct tsr_token_event){.id = id, .token = tok, .logprob = lp, .finish = f};
 }
 
 int tsr_engine_idle(tsr_engine_t *e)
@@ -331,11 +333,13 @@ int tsr_engine_step(tsr_engine_t *e, struct tsr_token_event *ev, int cap, int *n
     }
     if (T == 0) return tsr_errorf(TSR_EINTERNAL, "no sequence could be scheduled");
     struct tsr_step st = {T, e->ids, e->pos, e->tseq, S, mb, e->bt, n_out, e->out_rows};
-    /* Sample where the logits are unless a row wants the repetition penalty (host only); each
-     * sequence's generator makes the same draw tsr_sample would. */
+    /* Sample where the logits are unless a row wants a penalty, a logit bias or top logprobs
+     * (host only: the row's logits come over); each sequence's generator makes the same draw
+     * tsr_sample would. */
     int device = e->device_sampling;
     for (int k = 0; k < n_out && device; k++)
-        device = e->out_seq[k]->sampler.p.repetition_penalty == 1.0f;
+        device = !tsr_sampler_penalises(&e->out_seq[k]->sampler) &&
+                 e->out_seq[k]->sampler.p.top_logprobs == 0;
     for (int k = 0; k < n_out && device; k++) {
         struct tsr_sampler *sm = &e->out_seq[k]->sampler;
         const struct tsr_sampling *p = &sm->p;
@@ -357,13 +361,18 @@ int tsr_engine_step(tsr_engine_t *e, struct tsr_token_event *ev, int cap, int *n
     }
     for (int k = 0; k < n_out; k++) {
         struct seq *s = e->out_seq[k];
-        float lp = device ? e->picked_lp[k] : 0;
-        int32_t tok = device ? e->picked[k]
-                             : tsr_sample(&s->sampler, e->logits + (size_t)k * e->n_vocab,
-                                          s->tokens, s->n_tokens, &lp);
+        float lp = device ? e->picked_lp[k] : 0, *row = e->logits + (size_t)k * e->n_vocab;
+        int32_t tok =
+            device ? e->picked[k] : tsr_sample(&s->sampler, row, s->tokens, s->n_tokens, &lp);
         s->tokens[s->n_tokens++] = tok;
         enum tsr_finish f = finish_of(e, s, tok);
+        int before = *n_ev;
         push_event(ev, cap, n_ev, s->id, tok, lp, f);
+        if (!device && s->sampler.p.top_logprobs && *n_ev > before) {
+            struct tsr_token_event *t = &ev[*n_ev - 1];
+            t->n_top = tsr_top_logprobs(row, e->n_vocab, s->sampler.p.top_logprobs, t->top_ids,
+                                        t->top_logprobs);
+        }
         if (f) s->cancelled = -1; /* finished: removed below */
     }
     for (int i = 0; i < e->n_seqs;)

@@ -215,9 +215,12 @@ static void run_call(struct summary *sm, int width, int n, int off)
         fill_row(x + (size_t)r * width, width, (int)(rng_u64() % N_KINDS));
         const struct combo *cb = &combos[(off + r) % n_combos];
         seeds[r] = rng_u64();
-        struct tsr_sampling sp = {
-            cb->temperature, cb->top_k < 0 ? width + 5 : cb->top_k, cb->top_p, cb->min_p, 1,
-            seeds[r]};
+        struct tsr_sampling sp = {.temperature = cb->temperature,
+                                  .top_k = cb->top_k < 0 ? width + 5 : cb->top_k,
+                                  .top_p = cb->top_p,
+                                  .min_p = cb->min_p,
+                                  .repetition_penalty = 1,
+                                  .seed = seeds[r]};
         struct tsr_sampler s;
         if (tsr_sampler_init(&s, &sp, width)) die("sampler");
         prm[r] = (struct tsr_sample_params){sp.temperature, sp.top_k, sp.top_p, sp.min_p,
@@ -245,8 +248,12 @@ static void run_call(struct summary *sm, int width, int n, int off)
             continue;
         }
         /* the host */
-        struct tsr_sampling sp = {
-            prm[r].temperature, prm[r].top_k, prm[r].top_p, prm[r].min_p, 1, seeds[r]};
+        struct tsr_sampling sp = {.temperature = prm[r].temperature,
+                                  .top_k = prm[r].top_k,
+                                  .top_p = prm[r].top_p,
+                                  .min_p = prm[r].min_p,
+                                  .repetition_penalty = 1,
+                                  .seed = seeds[r]};
         struct tsr_sampler s;
         if (tsr_sampler_init(&s, &sp, width)) die("sampler");
         memcpy(copy, row, (size_t)width * sizeof *copy);
@@ -329,7 +336,12 @@ static void distribution(const char *name, const struct combo *cb)
     float *x = xmalloc((size_t)N * W * sizeof *x);
     struct tsr_sample_params *prm = xmalloc((size_t)N * sizeof *prm);
     int32_t *ids = xmalloc((size_t)N * sizeof *ids);
-    struct tsr_sampling sp = {cb->temperature, cb->top_k, cb->top_p, cb->min_p, 1, 1};
+    struct tsr_sampling sp = {.temperature = cb->temperature,
+                              .top_k = cb->top_k,
+                              .top_p = cb->top_p,
+                              .min_p = cb->min_p,
+                              .repetition_penalty = 1,
+                              .seed = 1};
     struct tsr_sampler s, t;
     if (tsr_sampler_init(&s, &sp, W)) die("sampler");
     for (int i = 0; i < N; i++) {
