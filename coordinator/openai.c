@@ -11,7 +11,7 @@
 
 #include "common/rpc.h"
 #include "common/status.h"
-#include "worker/sampling.h"
+#include "model/sampling.h"
 
 static int bad(struct tsr_openai_request *r, const char *param, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));

@@ -1,6 +1,5 @@
 #include "coordinator/validate.h"
 
-#include <math.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/random.h>
@@ -55,40 +54,11 @@ int tsr_validate_sampling(const Tessera__V1__SamplingParams *p, struct tsr_sampl
     *out = tsr_sampling_default();
     out->seed = random_seed(); /* unless the request sets one */
     if (!p) return 0;
-    if (p->has_temperature) {
-        if (!(p->temperature >= 0) || isinf(p->temperature))
-            return tsr_errorf(TSR_EINVAL,
-                              "sampling.temperature must be a finite number >= 0 (0 = greedy); "
-                              "got %g",
-                              p->temperature);
-        out->temperature = p->temperature;
-    }
-    if (p->has_top_k) {
-        if (p->top_k < 0)
-            return tsr_errorf(TSR_EINVAL, "sampling.top_k must be >= 0 (0 = off); got %d",
-                              p->top_k);
-        out->top_k = p->top_k;
-    }
-    if (p->has_top_p) {
-        if (!(p->top_p > 0 && p->top_p <= 1))
-            return tsr_errorf(TSR_EINVAL, "sampling.top_p must be in (0, 1] (1 = off); got %g",
-                              p->top_p);
-        out->top_p = p->top_p;
-    }
-    if (p->has_min_p) {
-        if (!(p->min_p >= 0 && p->min_p < 1))
-            return tsr_errorf(TSR_EINVAL, "sampling.min_p must be in [0, 1) (0 = off); got %g",
-                              p->min_p);
-        out->min_p = p->min_p;
-    }
-    if (p->has_repetition_penalty) {
-        if (!(p->repetition_penalty > 0) || isinf(p->repetition_penalty))
-            return tsr_errorf(TSR_EINVAL,
-                              "sampling.repetition_penalty must be a finite number > 0 (1 = off); "
-                              "got %g",
-                              p->repetition_penalty);
-        out->repetition_penalty = p->repetition_penalty;
-    }
+    if (p->has_temperature) out->temperature = p->temperature;
+    if (p->has_top_k) out->top_k = p->top_k;
+    if (p->has_top_p) out->top_p = p->top_p;
+    if (p->has_min_p) out->min_p = p->min_p;
+    if (p->has_repetition_penalty) out->repetition_penalty = p->repetition_penalty;
     if (p->has_seed) out->seed = p->seed;
     if (p->has_presence_penalty) out->presence_penalty = p->presence_penalty;
     if (p->has_frequency_penalty) out->frequency_penalty = p->frequency_penalty;
@@ -100,7 +70,7 @@ int tsr_validate_sampling(const Tessera__V1__SamplingParams *p, struct tsr_sampl
         bias[i] = (struct tsr_logit_bias){p->logit_bias[i]->token_id, p->logit_bias[i]->bias};
     out->logit_bias = bias;
     out->n_logit_bias = (int)p->n_logit_bias;
-    int rc = tsr_sampling_validate(out); /* the sampler's own checks of the newer fields */
+    int rc = tsr_sampling_validate(out); /* the one validation (model/sampling.h) */
     /* checked, not kept: the request's own entries travel on to the leader */
     out->logit_bias = NULL;
     out->n_logit_bias = 0;

@@ -276,7 +276,9 @@ static struct lreq *req_from_pb(const Tessera__V1__WorkerGenerateRequest *m)
     pthread_cond_init(&q->cv, NULL);
     q->prompt = malloc((m->n_prompt_ids ? m->n_prompt_ids : 1) * sizeof *q->prompt);
     q->stop_ids = malloc((m->n_stop_ids ? m->n_stop_ids : 1) * sizeof *q->stop_ids);
-    q->bias = malloc((m->n_logit_bias ? m->n_logit_bias : 1) * sizeof *q->bias);
+    const Tessera__V1__SamplingParams *w = m->sampling;
+    size_t n_bias = w ? w->n_logit_bias : 0;
+    q->bias = malloc((n_bias ? n_bias : 1) * sizeof *q->bias);
     if (!q->prompt || !q->stop_ids || !q->bias) {
         free(q->prompt);
         free(q->stop_ids);
@@ -286,21 +288,22 @@ static struct lreq *req_from_pb(const Tessera__V1__WorkerGenerateRequest *m)
     }
     if (m->n_prompt_ids) memcpy(q->prompt, m->prompt_ids, m->n_prompt_ids * sizeof *q->prompt);
     if (m->n_stop_ids) memcpy(q->stop_ids, m->stop_ids, m->n_stop_ids * sizeof *q->stop_ids);
+    /* the engine's sampler validates (model/sampling.h) */
     struct tsr_sampling sp = tsr_sampling_default();
-    if (m->has_temperature) sp.temperature = m->temperature;
-    if (m->has_top_k) sp.top_k = m->top_k;
-    if (m->has_top_p) sp.top_p = m->top_p;
-    if (m->has_min_p) sp.min_p = m->min_p;
-    if (m->has_repetition_penalty) sp.repetition_penalty = m->repetition_penalty;
-    if (m->has_seed) sp.seed = m->seed;
-    if (m->has_presence_penalty) sp.presence_penalty = m->presence_penalty;
-    if (m->has_frequency_penalty) sp.frequency_penalty = m->frequency_penalty;
-    if (m->has_top_logprobs) sp.top_logprobs = m->top_logprobs;
-    for (size_t i = 0; i < m->n_logit_bias; i++)
-        q->bias[i] = (struct tsr_logit_bias){m->logit_bias[i]->token_id, m->logit_bias[i]->bias};
-    /* more than the limit: the engine's validation refuses it */
-    sp.n_logit_bias = m->n_logit_bias > INT32_MAX ? INT32_MAX : (int)m->n_logit_bias;
+    if (w && w->has_temperature) sp.temperature = w->temperature;
+    if (w && w->has_top_k) sp.top_k = w->top_k;
+    if (w && w->has_top_p) sp.top_p = w->top_p;
+    if (w && w->has_min_p) sp.min_p = w->min_p;
+    if (w && w->has_repetition_penalty) sp.repetition_penalty = w->repetition_penalty;
+    if (w && w->has_seed) sp.seed = w->seed;
+    if (w && w->has_presence_penalty) sp.presence_penalty = w->presence_penalty;
+    if (w && w->has_frequency_penalty) sp.frequency_penalty = w->frequency_penalty;
+    for (size_t i = 0; i < n_bias; i++)
+        q->bias[i] = (struct tsr_logit_bias){w->logit_bias[i]->token_id, w->logit_bias[i]->bias};
+    /* more than the limit: the validation refuses it */
+    sp.n_logit_bias = n_bias > INT32_MAX ? INT32_MAX : (int)n_bias;
     sp.logit_bias = q->bias;
+    if (m->has_top_logprobs) sp.top_logprobs = m->top_logprobs;
     q->r = (struct tsr_request){.prompt = q->prompt,
                                 .n_prompt = m->n_prompt_ids > INT32_MAX ? -1 : (int)m->n_prompt_ids,
                                 .sampling = sp,
