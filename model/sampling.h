@@ -17,7 +17,8 @@ struct tsr_logit_bias {
     float bias;
 };
 
-/* Zero in every field added after seed means off, so positional initialisers stay valid. */
+/* Zero in every field after seed means off: a designated initialiser that leaves them out asks
+ * for nothing new. */
 struct tsr_sampling {
     float temperature;        /* >= 0; 0 = greedy */
     int top_k;                /* 0 = off */
