@@ -103,18 +103,12 @@ static int client_cert_ok(const struct tsr_http *h, struct MHD_Connection *conn)
 static enum MHD_Result reply_unauthorized(struct MHD_Connection *conn)
 {
     int sent = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization") != NULL;
-    char *e = tsr_openai_error_json(
+    char *text = tsr_openai_error_json(
         401,
         sent ? "Incorrect API key provided."
              : "You didn't provide an API key. You need to provide your API key in an "
                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
         NULL);
-    json_t *j = e ? json_loads(e, 0, NULL) : NULL;
-    free(e);
-    json_t *err = json_object_get(j, "error");
-    if (err) json_object_set_new(err, "code", json_string("invalid_api_key"));
-    char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
-    json_decref(j);
     if (!text) return MHD_NO;
     struct MHD_Response *r =
         MHD_create_response_from_buffer(strlen(text), text, MHD_RESPMEM_MUST_FREE);
@@ -161,11 +155,7 @@ struct gen {
     json_int_t created;
     int fd; /* the client's socket: read (peeked) only on the connection's thread */
     struct tsr_session_status st;
-    /* whole answers */
-    char *text;
-    size_t n_text, cap_text;
-    Tessera__V1__FinishReason finish;
-    int prompt_tokens, completion_tokens;
+    struct tsr_openai_answer ans; /* the choices: whole, or what streams have sent */
     /* streams: the producer appends events to out, MHD's reader takes them */
     pthread_t thread;
     int has_thread;
@@ -176,19 +166,6 @@ struct gen {
     int n_events, done;
     atomic_int gone; /* the client went away, or the server stops */
 };
-
-static json_t *usage_json(int prompt, int completion)
-{
-    return json_pack("{s:i, s:i, s:i}", "prompt_tokens", prompt, "completion_tokens", completion,
-                     "total_tokens", prompt + completion);
-}
-
-/* The answer's text as a JSON string (the session's text is whole UTF-8 characters). */
-static json_t *text_json(const char *s, size_t n)
-{
-    json_t *t = json_stringn(s ? s : "", n);
-    return t ? t : json_string("");
-}
 
 static json_t *envelope(const struct gen *g, const char *object)
 {
@@ -234,13 +211,7 @@ static void stopped_status(struct gen *g)
 static int collect_chunk(void *arg, const struct tsr_session_chunk *c)
 {
     struct gen *g = arg;
-    if (append(&g->text, &g->n_text, &g->cap_text, c->text ? c->text : "", c->n_text))
-        return TSR_ENOMEM;
-    if (c->over) {
-        g->finish = c->finish;
-        g->prompt_tokens = c->prompt_tokens;
-        g->completion_tokens = c->completion_tokens;
-    }
+    if (tsr_openai_answer_add(&g->ans, c)) return TSR_ENOMEM;
     return gen_cancelled(g);
 }
 
@@ -262,34 +233,17 @@ static int push_event(struct gen *g, json_t *j)
 static int stream_chunk(void *arg, const struct tsr_session_chunk *c)
 {
     struct gen *g = arg;
-    if (!c->n_text && !c->over && g->n_events) return gen_cancelled(g); /* ids, no text yet */
-    json_t *choice;
-    const char *finish = c->over ? tsr_openai_finish(c->finish) : NULL;
-    if (g->kind == TSR_OPENAI_CHAT) {
-        json_t *delta = json_object();
-        if (!g->n_events) json_object_set_new(delta, "role", json_string("assistant"));
-        json_object_set_new(delta, "content", text_json(c->text, c->n_text));
-        choice = json_pack("{s:i, s:o, s:n, s:s?}", "index", 0, "delta", delta, "logprobs",
-                           "finish_reason", finish);
-    } else {
-        choice = json_pack("{s:i, s:o, s:n, s:s?}", "index", 0, "text",
-                           text_json(c->text, c->n_text), "logprobs", "finish_reason", finish);
-    }
+    json_t *choice = tsr_openai_stream_choice(&g->ans, c);
+    if (!choice) return gen_cancelled(g); /* ids, no text yet */
     json_t *j =
         envelope(g, g->kind == TSR_OPENAI_CHAT ? "chat.completion.chunk" : "text_completion");
-    if (j && choice) json_object_set_new(j, "choices", json_pack("[o]", choice));
+    if (j)
+        json_object_set_new(j, "choices", json_pack("[o]", choice));
+    else
+        json_decref(choice);
     if (j && g->oa.include_usage) json_object_set_new(j, "usage", json_null());
     pthread_mutex_lock(&g->mu);
     int rc = push_event(g, j);
-    if (!rc && c->over && g->oa.include_usage) {
-        json_t *u =
-            envelope(g, g->kind == TSR_OPENAI_CHAT ? "chat.completion.chunk" : "text_completion");
-        if (u) {
-            json_object_set_new(u, "choices", json_array());
-            json_object_set_new(u, "usage", usage_json(c->prompt_tokens, c->completion_tokens));
-        }
-        rc = push_event(g, u);
-    }
     pthread_mutex_unlock(&g->mu);
     return rc ? rc : gen_cancelled(g);
 }
@@ -298,9 +252,19 @@ static void *stream_main(void *arg)
 {
     struct gen *g = arg;
     const struct tsr_session_io io = {.chunk = stream_chunk, .cancelled = gen_cancelled, .arg = g};
-    tsr_session_run(g->h->ss, &g->oa.g, &io, &g->st);
+    tsr_openai_run(g->h->ss, &g->oa, &io, &g->st);
     stopped_status(g);
     pthread_mutex_lock(&g->mu);
+    if (g->n_events && g->st.code == TSR_RPC_OK && g->oa.include_usage) {
+        /* usage once every choice is over: the prompt once, the completions summed */
+        json_t *u =
+            envelope(g, g->kind == TSR_OPENAI_CHAT ? "chat.completion.chunk" : "text_completion");
+        if (u) {
+            json_object_set_new(u, "choices", json_array());
+            json_object_set_new(u, "usage", tsr_openai_answer_usage(&g->ans));
+        }
+        push_event(g, u);
+    }
     if (g->n_events) {
         /* a stream that broke after it began can only say so in an event of its own */
         if (g->st.code != TSR_RPC_OK) {
@@ -326,8 +290,8 @@ static void gen_free(struct gen *g)
         pthread_cond_destroy(&g->cv);
         pthread_mutex_destroy(&g->mu);
     }
+    tsr_openai_answer_free(&g->ans);
     tsr_openai_request_free(&g->oa);
-    free(g->text);
     free(g->out);
     free(g);
 }
@@ -379,27 +343,19 @@ static enum MHD_Result reply_status(struct MHD_Connection *conn,
 static enum MHD_Result whole_answer(struct MHD_Connection *conn, struct gen *g)
 {
     const struct tsr_session_io io = {.chunk = collect_chunk, .cancelled = gen_cancelled, .arg = g};
-    if (tsr_session_run(g->h->ss, &g->oa.g, &io, &g->st) != TSR_RPC_OK) {
+    if (tsr_openai_run(g->h->ss, &g->oa, &io, &g->st) != TSR_RPC_OK) {
         stopped_status(g);
         return reply_status(conn, &g->st);
     }
-    const char *finish = tsr_openai_finish(g->finish);
-    json_t *choice;
-    if (g->kind == TSR_OPENAI_CHAT)
-        choice = json_pack("{s:i, s:{s:s, s:o}, s:n, s:s}", "index", 0, "message", "role",
-                           "assistant", "content", text_json(g->text, g->n_text), "logprobs",
-                           "finish_reason", finish);
-    else
-        choice = json_pack("{s:i, s:o, s:n, s:s}", "index", 0, "text",
-                           text_json(g->text, g->n_text), "logprobs", "finish_reason", finish);
+    json_t *choices = tsr_openai_answer_choices(&g->ans);
     json_t *j = envelope(g, g->kind == TSR_OPENAI_CHAT ? "chat.completion" : "text_completion");
-    if (!j || !choice) {
+    if (!j || !choices) {
         json_decref(j);
-        json_decref(choice);
+        json_decref(choices);
         return reply_error(conn, 500, "out of memory", NULL);
     }
-    json_object_set_new(j, "choices", json_pack("[o]", choice));
-    json_object_set_new(j, "usage", usage_json(g->prompt_tokens, g->completion_tokens));
+    json_object_set_new(j, "choices", choices);
+    json_object_set_new(j, "usage", tsr_openai_answer_usage(&g->ans));
     return reply_json(conn, 200, j);
 }
 
@@ -470,6 +426,7 @@ static enum MHD_Result handle_generate(struct tsr_http *h, struct MHD_Connection
     snprintf(g->id, sizeof g->id, "%s-%s", kind == TSR_OPENAI_CHAT ? "chatcmpl" : "cmpl",
              g->request_id);
     g->oa.g.request_id = g->request_id;
+    tsr_openai_answer_init(&g->ans, kind, &g->oa, tsr_model_tokenizer(tsr_sessions_model(h->ss)));
     if (g->oa.stream) return stream_answer(conn, g);
     enum MHD_Result rc = whole_answer(conn, g);
     gen_free(g);

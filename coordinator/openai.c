@@ -1,7 +1,9 @@
 #include "coordinator/openai.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -9,6 +11,7 @@
 
 #include "common/rpc.h"
 #include "common/status.h"
+#include "model/sampling.h"
 
 static int bad(struct tsr_openai_request *r, const char *param, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
@@ -212,27 +215,56 @@ static int read_messages(struct tsr_openai_request *r, const json_t *v)
     return 0;
 }
 
+/* {"token id": bias, ...}; the range and the count are the session's validation's. */
+static int read_logit_bias(struct tsr_openai_request *r, const json_t *v)
+{
+    if (json_is_null(v)) return 0;
+    if (!json_is_object(v))
+        return bad(r, "logit_bias", "'logit_bias' must be an object of token id: bias");
+    size_t n = json_object_size(v), i = 0;
+    if (n > TSR_SAMPLING_MAX_LOGIT_BIAS)
+        return bad(r, "logit_bias", "'logit_bias' has %zu entries; at most %d", n,
+                   TSR_SAMPLING_MAX_LOGIT_BIAS);
+    r->bias = calloc(n ? n : 1, sizeof *r->bias);
+    r->biasp = calloc(n ? n : 1, sizeof *r->biasp);
+    if (!r->bias || !r->biasp) return tsr_errorf(TSR_ENOMEM, "out of memory");
+    const char *k;
+    const json_t *b;
+    json_object_foreach((json_t *)v, k, b)
+    {
+        char *end;
+        errno = 0;
+        long id = strtol(k, &end, 10);
+        if (!k[0] || *end || errno || id < 0 || id > INT32_MAX)
+            return bad(r, "logit_bias", "logit_bias: '%s' is not a token id", k);
+        if (!json_is_number(b)) return bad(r, "logit_bias", "logit_bias['%s'] must be a number", k);
+        double d = json_number_value(b);
+        if (!(d >= -100 && d <= 100))
+            return bad(r, "logit_bias", "logit_bias['%s'] must be in [-100, 100]; got %g", k, d);
+        tessera__v1__logit_bias__init(&r->bias[i]);
+        r->bias[i].has_token_id = r->bias[i].has_bias = 1;
+        r->bias[i].token_id = (int32_t)id;
+        r->bias[i].bias = (float)d;
+        r->biasp[i] = &r->bias[i];
+        i++;
+    }
+    r->sampling.n_logit_bias = n;
+    r->sampling.logit_bias = r->biasp;
+    r->g.sampling = &r->sampling;
+    return 0;
+}
+
 /* A field that changes nothing at its default value, and is refused at any other. */
 static int read_noop(struct tsr_openai_request *r, const char *key, const json_t *v)
 {
     if (json_is_null(v)) return 0;
-    if (!strcmp(key, "n") || !strcmp(key, "best_of")) {
+    if (!strcmp(key, "best_of")) {
         if (json_is_integer(v) && json_integer_value(v) == 1) return 0;
-        return unsupported(r, key, "one choice per request (it must be 1)");
+        return unsupported(r, key, "best_of (it must be 1; n gives several choices)");
     }
-    if (!strcmp(key, "logprobs") || !strcmp(key, "top_logprobs") || !strcmp(key, "echo")) {
+    if (!strcmp(key, "echo")) {
         if (json_is_false(v)) return 0;
-        if (!strcmp(key, "top_logprobs") && json_is_integer(v) && json_integer_value(v) == 0)
-            return 0;
-        return unsupported(r, key, "log-probabilities and echo are not returned over HTTP yet");
-    }
-    if (!strcmp(key, "presence_penalty") || !strcmp(key, "frequency_penalty")) {
-        if (json_is_number(v) && json_number_value(v) == 0) return 0;
-        return unsupported(r, key, "presence and frequency penalties (use repetition_penalty)");
-    }
-    if (!strcmp(key, "logit_bias")) {
-        if (json_is_object(v) && json_object_size(v) == 0) return 0;
-        return unsupported(r, key, "logit biases");
+        return unsupported(r, key, "echo (the prompt is not returned)");
     }
     if (!strcmp(key, "suffix")) {
         if (json_is_string(v) && !json_string_length(v)) return 0;
@@ -330,6 +362,42 @@ static int read_field(struct tsr_openai_request *r, enum tsr_openai_kind kind, c
         r->g.sampling = sp;
         return 0;
     }
+    if (!strcmp(key, "presence_penalty") || !strcmp(key, "frequency_penalty")) {
+        if ((rc = get_number(r, key, v, &d, &has)) || !has) return rc;
+        if (!(d >= -2 && d <= 2)) return bad(r, key, "'%s' must be in [-2, 2]; got %g", key, d);
+        if (!strcmp(key, "presence_penalty"))
+            sp->has_presence_penalty = 1, sp->presence_penalty = (float)d;
+        else
+            sp->has_frequency_penalty = 1, sp->frequency_penalty = (float)d;
+        r->g.sampling = sp;
+        return 0;
+    }
+    if (!strcmp(key, "logit_bias")) return read_logit_bias(r, v);
+    if (!strcmp(key, "n")) {
+        if ((rc = get_int(r, key, v, 1, TSR_OPENAI_MAX_N, &ll, &has)) || !has) return rc;
+        r->n = (int)ll;
+        return 0;
+    }
+    if (!strcmp(key, "logprobs") && kind == TSR_OPENAI_CHAT) {
+        int b = 0;
+        if ((rc = get_bool(r, key, v, &b))) return rc;
+        r->logprobs = b;
+        return 0;
+    }
+    if (!strcmp(key, "logprobs")) { /* completions: how many alternatives, 0 = only the token's */
+        if ((rc = get_int(r, key, v, 0, TSR_SAMPLING_MAX_TOP_LOGPROBS, &ll, &has)) || !has)
+            return rc;
+        r->logprobs = 1;
+        r->top_logprobs = (int)ll;
+        return 0;
+    }
+    if (!strcmp(key, "top_logprobs") && kind == TSR_OPENAI_CHAT) {
+        if ((rc = get_int(r, key, v, 0, TSR_SAMPLING_MAX_TOP_LOGPROBS, &ll, &has)) || !has)
+            return rc;
+        r->top_logprobs = (int)ll;
+        r->has_top_logprobs = 1;
+        return 0;
+    }
     if (!strcmp(key, "stop")) return read_stop(r, v);
     if (!strcmp(key, "ignore_eos")) {
         int b = 0;
@@ -389,6 +457,14 @@ int tsr_openai_parse(enum tsr_openai_kind kind, const char *body, size_t len,
         r->g.has_max_tokens = 1;
         r->g.max_tokens = (int32_t)max_tokens;
     }
+    if (r->has_top_logprobs && r->top_logprobs > 0 && !r->logprobs)
+        return bad(r, "top_logprobs", "'top_logprobs' needs 'logprobs': true");
+    if (r->logprobs) {
+        r->g.has_logprobs = r->g.logprobs = 1;
+        r->g.has_top_logprobs = 1;
+        r->g.top_logprobs = r->top_logprobs;
+    }
+    if (!r->n) r->n = 1;
     return 0;
 }
 
@@ -400,6 +476,8 @@ void tsr_openai_request_free(struct tsr_openai_request *r)
     free(r->msgp);
     free(r->ids);
     free(r->stop);
+    free(r->bias);
+    free(r->biasp);
     json_decref(r->root);
     memset(r, 0, sizeof *r);
 }
@@ -434,6 +512,7 @@ char *tsr_openai_error_json(int status, const char *message, const char *param)
                        : status >= 500 ? "server_error"
                                        : "invalid_request_error";
     const char *code = status == 400                                       ? "invalid_request"
+                       : status == 401                                     ? "invalid_api_key"
                        : status == 404 && param && !strcmp(param, "model") ? "model_not_found"
                        : status == 404                                     ? "not_found"
                        : status == 405                                     ? "method_not_allowed"
@@ -456,4 +535,356 @@ char *tsr_openai_error_json(int status, const char *message, const char *param)
 const char *tsr_openai_finish(Tessera__V1__FinishReason f)
 {
     return f == TESSERA__V1__FINISH_REASON__FINISH_REASON_LENGTH ? "length" : "stop";
+}
+
+/* ---- n choices ---- */
+
+struct nrun {
+    tsr_sessions_t *ss;
+    const struct tsr_session_io *io;
+    pthread_mutex_t mu;
+    int failed; /* a choice failed: the others stop (under mu) */
+    struct one {
+        struct nrun *nr;
+        int index;
+        Tessera__V1__GenerateRequest g;
+        Tessera__V1__SamplingParams sp;
+        char request_id[320];
+        struct tsr_session_io io;
+        struct tsr_session_status st;
+        pthread_t thread;
+        int has_thread;
+    } one[TSR_OPENAI_MAX_N];
+};
+
+static int one_chunk(void *arg, const struct tsr_session_chunk *c)
+{
+    struct one *o = arg;
+    struct nrun *nr = o->nr;
+    struct tsr_session_chunk mine = *c;
+    mine.index = o->index;
+    pthread_mutex_lock(&nr->mu);
+    int rc = nr->failed ? TSR_ECANCELLED : nr->io->chunk(nr->io->arg, &mine);
+    pthread_mutex_unlock(&nr->mu);
+    return rc;
+}
+
+static int one_cancelled(void *arg)
+{
+    struct one *o = arg;
+    struct nrun *nr = o->nr;
+    pthread_mutex_lock(&nr->mu);
+    int gone = nr->failed || (nr->io->cancelled && nr->io->cancelled(nr->io->arg));
+    pthread_mutex_unlock(&nr->mu);
+    return gone;
+}
+
+static int64_t one_time_left(void *arg)
+{
+    struct one *o = arg;
+    pthread_mutex_lock(&o->nr->mu);
+    int64_t left = o->nr->io->time_left_ms(o->nr->io->arg);
+    pthread_mutex_unlock(&o->nr->mu);
+    return left;
+}
+
+static void *one_main(void *arg)
+{
+    struct one *o = arg;
+    if (tsr_session_run(o->nr->ss, &o->g, &o->io, &o->st) != TSR_RPC_OK) {
+        pthread_mutex_lock(&o->nr->mu);
+        o->nr->failed = 1;
+        pthread_mutex_unlock(&o->nr->mu);
+    }
+    return NULL;
+}
+
+int tsr_openai_run(tsr_sessions_t *ss, const struct tsr_openai_request *r,
+                   const struct tsr_session_io *io, struct tsr_session_status *st)
+{
+    int n = r->n >= 1 && r->n <= TSR_OPENAI_MAX_N ? r->n : 1;
+    if (n == 1) {
+        struct tsr_session_io one = *io; /* chunks carry index 0 already */
+        return tsr_session_run(ss, &r->g, &one, st);
+    }
+    struct nrun *nr = calloc(1, sizeof *nr);
+    if (!nr) {
+        st->code = TSR_RPC_RESOURCE_EXHAUSTED;
+        snprintf(st->msg, sizeof st->msg, "out of memory");
+        return st->code;
+    }
+    nr->ss = ss;
+    nr->io = io;
+    pthread_mutex_init(&nr->mu, NULL);
+    for (int i = 0; i < n; i++) {
+        struct one *o = &nr->one[i];
+        o->nr = nr;
+        o->index = i;
+        o->g = r->g;
+        if (r->g.sampling)
+            o->sp = *r->g.sampling;
+        else
+            tessera__v1__sampling_params__init(&o->sp);
+        if (o->sp.has_seed) o->sp.seed += (uint64_t)i; /* unseeded: each draws its own */
+        o->g.sampling = &o->sp;
+        if (r->g.request_id && r->g.request_id[0]) {
+            snprintf(o->request_id, sizeof o->request_id, i ? "%s-%d" : "%s", r->g.request_id, i);
+            o->g.request_id = o->request_id;
+        }
+        o->io = (struct tsr_session_io){.chunk = one_chunk,
+                                        .cancelled = one_cancelled,
+                                        .arg = o,
+                                        .time_left_ms = io->time_left_ms ? one_time_left : NULL};
+        if (i > 0) o->has_thread = !pthread_create(&o->thread, NULL, one_main, o);
+        if (i > 0 && !o->has_thread) {
+            o->st.code = TSR_RPC_RESOURCE_EXHAUSTED;
+            snprintf(o->st.msg, sizeof o->st.msg, "cannot start a thread for choice %d", i);
+            pthread_mutex_lock(&nr->mu);
+            nr->failed = 1;
+            pthread_mutex_unlock(&nr->mu);
+        }
+    }
+    one_main(&nr->one[0]);
+    for (int i = 1; i < n; i++)
+        if (nr->one[i].has_thread) pthread_join(nr->one[i].thread, NULL);
+    /* the first failure that was not a choice cancelled because another failed */
+    st->code = TSR_RPC_OK;
+    snprintf(st->msg, sizeof st->msg, "ok");
+    for (int pass = 0; pass < 2 && st->code == TSR_RPC_OK; pass++)
+        for (int i = 0; i < n; i++)
+            if (nr->one[i].st.code != TSR_RPC_OK &&
+                (pass || nr->one[i].st.code != TSR_RPC_CANCELLED)) {
+                *st = nr->one[i].st;
+                break;
+            }
+    pthread_mutex_destroy(&nr->mu);
+    free(nr);
+    return st->code;
+}
+
+/* ---- answers ---- */
+
+void tsr_openai_answer_init(struct tsr_openai_answer *a, enum tsr_openai_kind kind,
+                            const struct tsr_openai_request *r, const tsr_tokenizer_t *tok)
+{
+    memset(a, 0, sizeof *a);
+    a->kind = kind;
+    a->r = r;
+    a->tok = tok;
+}
+
+void tsr_openai_answer_free(struct tsr_openai_answer *a)
+{
+    for (int i = 0; i < TSR_OPENAI_MAX_N; i++) {
+        free(a->c[i].text);
+        json_decref(a->c[i].lp);
+    }
+    memset(a, 0, sizeof *a);
+}
+
+/* A token's text: its own decode (partial UTF-8 becomes U+FFFD), as vLLM reports it. */
+static json_t *token_text(const struct tsr_openai_answer *a, int32_t id, json_t **bytes)
+{
+    char *s = NULL, buf[32];
+    size_t n = 0;
+    if (!a->tok || tsr_tokenizer_decode(a->tok, &id, 1, 0, &s, &n)) {
+        free(s);
+        snprintf(buf, sizeof buf, "token_id:%d", (int)id);
+        s = strdup(buf);
+        n = s ? strlen(s) : 0;
+    }
+    if (bytes) {
+        *bytes = json_array();
+        for (size_t i = 0; i < n; i++)
+            json_array_append_new(*bytes, json_integer((unsigned char)s[i]));
+    }
+    json_t *t = json_stringn(s ? s : "", n);
+    free(s);
+    return t ? t : json_string("");
+}
+
+/* OpenAI's float for a logprob: -inf (a token no sampler could pick) as a large negative. */
+static json_t *lp_json(float lp)
+{
+    return json_real(isfinite(lp) ? lp : -9999.0);
+}
+
+/* The logprobs object of a chunk's tokens; text_offset the choice's text length before them. */
+static json_t *chunk_logprobs(const struct tsr_openai_answer *a, const struct tsr_session_chunk *c,
+                              size_t text_offset)
+{
+    if (!a->r->logprobs || !c->logprobs) return NULL;
+    int chat = a->kind == TSR_OPENAI_CHAT;
+    json_t *content = json_array(), *tokens = json_array(), *tlps = json_array(),
+           *tops = json_array(), *offs = json_array();
+    size_t off = text_offset;
+    for (size_t i = 0; i < c->n_ids; i++) {
+        json_t *bytes = NULL;
+        json_t *tok = token_text(a, c->ids[i], chat ? &bytes : NULL);
+        const Tessera__V1__TopLogprobs *t = c->top_logprobs ? c->top_logprobs[i] : NULL;
+        if (chat) {
+            json_t *alts = json_array();
+            for (size_t k = 0; t && k < t->n_token_ids; k++) {
+                json_t *b = NULL, *at = token_text(a, t->token_ids[k], &b);
+                json_array_append_new(alts, json_pack("{s:o, s:o, s:o}", "token", at, "logprob",
+                                                      lp_json(t->logprobs[k]), "bytes", b));
+            }
+            json_array_append_new(content, json_pack("{s:o, s:o, s:o, s:o}", "token", tok,
+                                                     "logprob", lp_json(c->logprobs[i]), "bytes",
+                                                     bytes, "top_logprobs", alts));
+        } else {
+            size_t len = json_string_length(tok);
+            json_array_append_new(offs, json_integer((json_int_t)off));
+            off += len;
+            json_array_append_new(tokens, tok);
+            json_array_append_new(tlps, lp_json(c->logprobs[i]));
+            if (a->r->top_logprobs > 0) {
+                json_t *alts = json_object();
+                for (size_t k = 0; t && k < t->n_token_ids; k++) {
+                    json_t *at = token_text(a, t->token_ids[k], NULL);
+                    /* a dict keyed by text: two ids of one text keep the likelier (the first) */
+                    if (!json_object_get(alts, json_string_value(at)))
+                        json_object_set_new(alts, json_string_value(at), lp_json(t->logprobs[k]));
+                    json_decref(at);
+                }
+                json_array_append_new(tops, alts);
+            } else {
+                json_array_append_new(tops, json_null());
+            }
+        }
+    }
+    json_t *lp;
+    if (chat) {
+        lp = json_pack("{s:o, s:n}", "content", content, "refusal");
+        json_decref(tokens);
+        json_decref(tlps);
+        json_decref(tops);
+        json_decref(offs);
+    } else {
+        lp = json_pack("{s:o, s:o, s:o, s:o}", "tokens", tokens, "token_logprobs", tlps,
+                       "top_logprobs", tops, "text_offset", offs);
+        json_decref(content);
+    }
+    return lp;
+}
+
+/* Appends src's arrays to dst's (same keys). */
+static void merge_logprobs(json_t *dst, json_t *src)
+{
+    const char *k;
+    json_t *v;
+    json_object_foreach(src, k, v)
+    {
+        json_t *d = json_object_get(dst, k);
+        if (json_is_array(d) && json_is_array(v)) json_array_extend(d, v);
+    }
+}
+
+static void note_over(struct tsr_openai_answer *a, struct tsr_openai_choice *ch,
+                      const struct tsr_session_chunk *c)
+{
+    if (!c->over) return;
+    ch->over = 1;
+    ch->finish = c->finish;
+    ch->completion_tokens = c->completion_tokens;
+    a->prompt_tokens = c->prompt_tokens;
+}
+
+int tsr_openai_answer_add(struct tsr_openai_answer *a, const struct tsr_session_chunk *c)
+{
+    if (c->index < 0 || c->index >= TSR_OPENAI_MAX_N) return TSR_EINVAL;
+    struct tsr_openai_choice *ch = &a->c[c->index];
+    json_t *lp = chunk_logprobs(a, c, ch->n_text);
+    if (lp) {
+        if (ch->lp)
+            merge_logprobs(ch->lp, lp), json_decref(lp);
+        else
+            ch->lp = lp;
+    }
+    if (ch->n_text + c->n_text + 1 > ch->cap_text) {
+        size_t want = ch->cap_text ? 2 * ch->cap_text : 256;
+        while (want < ch->n_text + c->n_text + 1) want *= 2;
+        char *p = realloc(ch->text, want);
+        if (!p) return TSR_ENOMEM;
+        ch->text = p;
+        ch->cap_text = want;
+    }
+    if (c->n_text) memcpy(ch->text + ch->n_text, c->text, c->n_text);
+    ch->n_text += c->n_text;
+    ch->text[ch->n_text] = 0;
+    note_over(a, ch, c);
+    return 0;
+}
+
+static json_t *text_of(const char *s, size_t n)
+{
+    json_t *t = json_stringn(s ? s : "", n);
+    return t ? t : json_string("");
+}
+
+/* choice's logprobs: a new reference, or JSON null when not asked */
+static json_t *lp_or_null(const struct tsr_openai_answer *a, json_t *lp)
+{
+    if (lp) return json_incref(lp);
+    if (!a->r->logprobs) return json_null();
+    /* asked, no tokens: the empty object */
+    return a->kind == TSR_OPENAI_CHAT ? json_pack("{s:[], s:n}", "content", "refusal")
+                                      : json_pack("{s:[], s:[], s:[], s:[]}", "tokens",
+                                                  "token_logprobs", "top_logprobs", "text_offset");
+}
+
+json_t *tsr_openai_answer_choices(const struct tsr_openai_answer *a)
+{
+    json_t *arr = json_array();
+    int n = a->r->n >= 1 ? a->r->n : 1;
+    for (int i = 0; i < n && arr; i++) {
+        const struct tsr_openai_choice *ch = &a->c[i];
+        const char *finish = tsr_openai_finish(ch->finish);
+        json_t *choice =
+            a->kind == TSR_OPENAI_CHAT
+                ? json_pack("{s:i, s:{s:s, s:o}, s:o, s:s}", "index", i, "message", "role",
+                            "assistant", "content", text_of(ch->text, ch->n_text), "logprobs",
+                            lp_or_null(a, ch->lp), "finish_reason", finish)
+                : json_pack("{s:i, s:o, s:o, s:s}", "index", i, "text",
+                            text_of(ch->text, ch->n_text), "logprobs", lp_or_null(a, ch->lp),
+                            "finish_reason", finish);
+        if (!choice || json_array_append_new(arr, choice)) {
+            json_decref(arr);
+            return NULL;
+        }
+    }
+    return arr;
+}
+
+json_t *tsr_openai_answer_usage(const struct tsr_openai_answer *a)
+{
+    int completion = 0;
+    for (int i = 0; i < TSR_OPENAI_MAX_N; i++) completion += a->c[i].completion_tokens;
+    return json_pack("{s:i, s:i, s:i}", "prompt_tokens", a->prompt_tokens, "completion_tokens",
+                     completion, "total_tokens", a->prompt_tokens + completion);
+}
+
+json_t *tsr_openai_stream_choice(struct tsr_openai_answer *a, const struct tsr_session_chunk *c)
+{
+    if (c->index < 0 || c->index >= TSR_OPENAI_MAX_N) return NULL;
+    struct tsr_openai_choice *ch = &a->c[c->index];
+    json_t *lp = chunk_logprobs(a, c, ch->n_text);
+    note_over(a, ch, c);
+    ch->n_text += c->n_text; /* the offset of the next chunk's tokens; the text is not kept */
+    if (!c->n_text && !c->over && !lp && ch->started) return NULL;
+    const char *finish = c->over ? tsr_openai_finish(c->finish) : NULL;
+    json_t *choice;
+    if (a->kind == TSR_OPENAI_CHAT) {
+        json_t *delta = json_object();
+        if (!ch->started) json_object_set_new(delta, "role", json_string("assistant"));
+        json_object_set_new(delta, "content", text_of(c->text, c->n_text));
+        choice = json_pack("{s:i, s:o, s:o, s:s?}", "index", c->index, "delta", delta, "logprobs",
+                           lp ? lp : json_null(), "finish_reason", finish);
+    } else {
+        choice = json_pack("{s:i, s:o, s:o, s:s?}", "index", c->index, "text",
+                           text_of(c->text, c->n_text), "logprobs", lp ? lp : json_null(),
+                           "finish_reason", finish);
+    }
+    ch->started = 1;
+    return choice;
 }

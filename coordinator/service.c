@@ -46,6 +46,10 @@ static int send_chunk(void *arg, const struct tsr_session_chunk *ch)
         m.n_logprobs = ch->n_ids;
         m.logprobs = (float *)ch->logprobs;
     }
+    if (ch->top_logprobs) {
+        m.n_top_logprobs = ch->n_ids;
+        m.top_logprobs = (Tessera__V1__TopLogprobs **)ch->top_logprobs;
+    }
     if (ch->over) {
         m.has_finish_reason = 1;
         m.finish_reason = ch->finish;

@@ -193,7 +193,7 @@ struct relay {
     struct tsr_sessions *s;
     const struct tsr_session_io *io;
     const char *request_id;
-    int logprobs;
+    int logprobs, top_logprobs;
     int n_prompt;
     int n_done;   /* tokens relayed to the client */
     int sent_any; /* a chunk reached the client: no retry after this */
@@ -214,6 +214,15 @@ static int relay_message(struct relay *rl, const Tessera__V1__WorkerGenerateResp
     if (rl->logprobs && w->n_logprobs != w->n_token_ids)
         return tsr_errorf(TSR_EFORMAT, "%zu logprobs for %zu token ids", w->n_logprobs,
                           w->n_token_ids);
+    if (rl->top_logprobs && w->n_top_logprobs != w->n_token_ids)
+        return tsr_errorf(TSR_EFORMAT, "%zu top logprobs for %zu token ids", w->n_top_logprobs,
+                          w->n_token_ids);
+    for (size_t i = 0; rl->top_logprobs && i < w->n_top_logprobs; i++)
+        if (w->top_logprobs[i]->n_token_ids != w->top_logprobs[i]->n_logprobs ||
+            w->top_logprobs[i]->n_token_ids > (size_t)rl->top_logprobs)
+            return tsr_errorf(TSR_EFORMAT, "token %zu: %zu top ids, %zu logprobs (asked %d)", i,
+                              w->top_logprobs[i]->n_token_ids, w->top_logprobs[i]->n_logprobs,
+                              rl->top_logprobs);
     struct tsr_text_delta d;
     int rc = tsr_textstream_push(rl->text, w->token_ids, w->n_token_ids, worker_finish(w), &d);
     if (rc) return rc == TSR_EINVAL ? TSR_EFORMAT : rc; /* its message stands */
@@ -223,6 +232,7 @@ static int relay_message(struct relay *rl, const Tessera__V1__WorkerGenerateResp
                                   .ids = w->token_ids,
                                   .n_ids = d.n_ids,
                                   .logprobs = rl->logprobs ? w->logprobs : NULL,
+                                  .top_logprobs = rl->top_logprobs ? w->top_logprobs : NULL,
                                   .text = d.text,
                                   .n_text = d.n_text,
                                   .over = d.over,
@@ -334,25 +344,38 @@ static enum upstream_end relay_attempt(struct relay *rl, tsr_route_t *g,
     return end;
 }
 
-static void fill_worker_request(Tessera__V1__WorkerGenerateRequest *wr, const char *request_id,
+/* wr's sampling: the validated values, every field set (the seed the coordinator drew too), and
+ * the request's own logit_bias entries. */
+static void fill_worker_request(Tessera__V1__WorkerGenerateRequest *wr,
+                                Tessera__V1__SamplingParams *wsp, const char *request_id,
                                 int32_t *ids, size_t n, const struct tsr_sampling *sp,
                                 int max_tokens, const Tessera__V1__GenerateRequest *r)
 {
     wr->request_id = (char *)request_id;
     wr->n_prompt_ids = n;
     wr->prompt_ids = ids;
-    wr->has_temperature = wr->has_top_k = wr->has_top_p = wr->has_min_p = 1;
-    wr->has_repetition_penalty = wr->has_seed = wr->has_max_tokens = wr->has_ignore_eos = 1;
-    wr->temperature = sp->temperature;
-    wr->top_k = sp->top_k;
-    wr->top_p = sp->top_p;
-    wr->min_p = sp->min_p;
-    wr->repetition_penalty = sp->repetition_penalty;
-    wr->seed = sp->seed;
+    wsp->has_temperature = wsp->has_top_k = wsp->has_top_p = wsp->has_min_p = 1;
+    wsp->has_repetition_penalty = wsp->has_seed = 1;
+    wsp->has_presence_penalty = wsp->has_frequency_penalty = 1;
+    wsp->temperature = sp->temperature;
+    wsp->top_k = sp->top_k;
+    wsp->top_p = sp->top_p;
+    wsp->min_p = sp->min_p;
+    wsp->repetition_penalty = sp->repetition_penalty;
+    wsp->seed = sp->seed;
+    wsp->presence_penalty = sp->presence_penalty;
+    wsp->frequency_penalty = sp->frequency_penalty;
+    if (r->sampling) { /* validated, and not copied by it (tsr_validate_sampling) */
+        wsp->n_logit_bias = r->sampling->n_logit_bias;
+        wsp->logit_bias = r->sampling->logit_bias;
+    }
+    wr->sampling = wsp;
+    wr->has_max_tokens = wr->has_ignore_eos = wr->has_top_logprobs = 1;
     wr->max_tokens = max_tokens;
     wr->n_stop_ids = r->n_stop_token_ids;
     wr->stop_ids = r->stop_token_ids;
     wr->ignore_eos = r->has_ignore_eos && r->ignore_eos;
+    wr->top_logprobs = sp->top_logprobs;
 }
 
 static int relay(struct tsr_sessions *s, const struct tsr_session_io *io,
@@ -363,12 +386,14 @@ static int relay(struct tsr_sessions *s, const struct tsr_session_io *io,
     struct relay rl = {.s = s,
                        .io = io,
                        .request_id = request_id,
-                       .logprobs = r->has_logprobs && r->logprobs,
+                       .logprobs = (r->has_logprobs && r->logprobs) || sp->top_logprobs > 0,
+                       .top_logprobs = sp->top_logprobs,
                        .n_prompt = (int)n};
     if (!(rl.text = tsr_textstream_new(s->tok, r->stop, r->n_stop)))
         return set_status(st, TSR_RPC_RESOURCE_EXHAUSTED, "out of memory");
     Tessera__V1__WorkerGenerateRequest wr = TESSERA__V1__WORKER_GENERATE_REQUEST__INIT;
-    fill_worker_request(&wr, request_id, ids, n, sp, max_tokens, r);
+    Tessera__V1__SamplingParams wsp = TESSERA__V1__SAMPLING_PARAMS__INIT;
+    fill_worker_request(&wr, &wsp, request_id, ids, n, sp, max_tokens, r);
     int64_t load = (int64_t)n + max_tokens;
     tsr_route_t *avoid = NULL;
     set_status(st, TSR_RPC_UNAVAILABLE, "no replica is ready to serve");

@@ -74,11 +74,14 @@ struct tsr_session_chunk {
     const int32_t *ids; /* the token ids this chunk relays */
     size_t n_ids;
     const float *logprobs; /* one per id when the request asked for them, else NULL */
-    const char *text;      /* the text they add: whole UTF-8 characters, may hold U+0000 */
+    /* one per id when the request asked for top_logprobs > 0, else NULL */
+    Tessera__V1__TopLogprobs *const *top_logprobs;
+    const char *text; /* the text they add: whole UTF-8 characters, may hold U+0000 */
     size_t n_text;
     int over;                             /* the last chunk */
     Tessera__V1__FinishReason finish;     /* set when over */
     int prompt_tokens, completion_tokens; /* usage, set when over */
+    int index; /* the choice this chunk belongs to: 0, or 0..n-1 under tsr_session_run_n */
 };
 
 struct tsr_session_io {

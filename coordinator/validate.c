@@ -1,6 +1,6 @@
 #include "coordinator/validate.h"
 
-#include <math.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/random.h>
 #include <time.h>
@@ -54,41 +54,31 @@ int tsr_validate_sampling(const Tessera__V1__SamplingParams *p, struct tsr_sampl
     *out = tsr_sampling_default();
     out->seed = random_seed(); /* unless the request sets one */
     if (!p) return 0;
-    if (p->has_temperature) {
-        if (!(p->temperature >= 0) || isinf(p->temperature))
-            return tsr_errorf(TSR_EINVAL,
-                              "sampling.temperature must be a finite number >= 0 (0 = greedy); "
-                              "got %g",
-                              p->temperature);
-        out->temperature = p->temperature;
-    }
-    if (p->has_top_k) {
-        if (p->top_k < 0)
-            return tsr_errorf(TSR_EINVAL, "sampling.top_k must be >= 0 (0 = off); got %d",
-                              p->top_k);
-        out->top_k = p->top_k;
-    }
-    if (p->has_top_p) {
-        if (!(p->top_p > 0 && p->top_p <= 1))
-            return tsr_errorf(TSR_EINVAL, "sampling.top_p must be in (0, 1] (1 = off); got %g",
-                              p->top_p);
-        out->top_p = p->top_p;
-    }
-    if (p->has_min_p) {
-        if (!(p->min_p >= 0 && p->min_p < 1))
-            return tsr_errorf(TSR_EINVAL, "sampling.min_p must be in [0, 1) (0 = off); got %g",
-                              p->min_p);
-        out->min_p = p->min_p;
-    }
-    if (p->has_repetition_penalty) {
-        if (!(p->repetition_penalty > 0) || isinf(p->repetition_penalty))
-            return tsr_errorf(TSR_EINVAL,
-                              "sampling.repetition_penalty must be a finite number > 0 (1 = off); "
-                              "got %g",
-                              p->repetition_penalty);
-        out->repetition_penalty = p->repetition_penalty;
-    }
+    if (p->has_temperature) out->temperature = p->temperature;
+    if (p->has_top_k) out->top_k = p->top_k;
+    if (p->has_top_p) out->top_p = p->top_p;
+    if (p->has_min_p) out->min_p = p->min_p;
+    if (p->has_repetition_penalty) out->repetition_penalty = p->repetition_penalty;
     if (p->has_seed) out->seed = p->seed;
+    if (p->has_presence_penalty) out->presence_penalty = p->presence_penalty;
+    if (p->has_frequency_penalty) out->frequency_penalty = p->frequency_penalty;
+    if (p->n_logit_bias > TSR_SAMPLING_MAX_LOGIT_BIAS)
+        return tsr_errorf(TSR_EINVAL, "sampling.logit_bias has %zu entries; at most %d",
+                          p->n_logit_bias, TSR_SAMPLING_MAX_LOGIT_BIAS);
+    struct tsr_logit_bias bias[TSR_SAMPLING_MAX_LOGIT_BIAS];
+    for (size_t i = 0; i < p->n_logit_bias; i++)
+        bias[i] = (struct tsr_logit_bias){p->logit_bias[i]->token_id, p->logit_bias[i]->bias};
+    out->logit_bias = bias;
+    out->n_logit_bias = (int)p->n_logit_bias;
+    int rc = tsr_sampling_validate(out); /* the one validation (model/sampling.h) */
+    /* checked, not kept: the request's own entries travel on to the leader */
+    out->logit_bias = NULL;
+    out->n_logit_bias = 0;
+    if (rc) {
+        char m[256];
+        snprintf(m, sizeof m, "%s", tsr_last_error());
+        return tsr_errorf(TSR_EINVAL, "sampling.%s", m);
+    }
     return 0;
 }
 
@@ -147,6 +137,17 @@ int tsr_validate_generate(const Tessera__V1__GenerateRequest *r, int n_vocab,
         return tsr_errorf(TSR_EINVAL, "no input: set prompt, messages or token_ids");
     }
     if ((rc = tsr_validate_sampling(r->sampling, sampling))) return rc;
+    for (size_t i = 0; r->sampling && i < r->sampling->n_logit_bias; i++)
+        if (r->sampling->logit_bias[i]->token_id >= n_vocab)
+            return tsr_errorf(TSR_EINVAL,
+                              "sampling.logit_bias: %d is outside the vocabulary (0..%d)",
+                              r->sampling->logit_bias[i]->token_id, n_vocab - 1);
+    if (r->has_top_logprobs) {
+        if (r->top_logprobs < 0 || r->top_logprobs > TSR_SAMPLING_MAX_TOP_LOGPROBS)
+            return tsr_errorf(TSR_EINVAL, "top_logprobs must be in [0, %d]; got %d",
+                              TSR_SAMPLING_MAX_TOP_LOGPROBS, r->top_logprobs);
+        sampling->top_logprobs = r->top_logprobs;
+    }
     *max_tokens = r->has_max_tokens ? r->max_tokens : TSR_DEFAULT_MAX_TOKENS;
     if (*max_tokens < 1)
         return tsr_errorf(TSR_EINVAL, "max_tokens must be >= 1; got %d", *max_tokens);

@@ -8,7 +8,7 @@
 #include <stdint.h>
 
 #include "tessera/v1/inference.pb-c.h"
-#include "worker/sampling.h"
+#include "model/sampling.h"
 
 /* Size limits of one request. */
 enum {

@@ -336,6 +336,24 @@ int tsr_backend_can_sample(const tsr_backend_t *b)
     return b->i->sample != NULL;
 }
 
+int tsr_backend_can_top_logprobs(const tsr_backend_t *b)
+{
+    return b->i->top_logprobs != NULL;
+}
+
+int tsr_op_top_logprobs(tsr_backend_t *b, tsr_buf_t *x, int n, int width, int k, int32_t *ids,
+                        float *logprobs)
+{
+    if (n < 0 || width <= 0 || k < 1 || k > 20)
+        return tsr_errorf(TSR_EINVAL, "top_logprobs: n %d, width %d, k %d", n, width, k);
+    int rc = tsr_buf_check_size(x, tsr_f32_bytes(n, width), "top_logprobs input");
+    if (rc || n == 0) return rc;
+    if (!b->i->top_logprobs)
+        return tsr_errorf(TSR_EUNSUPPORTED, "top_logprobs: %s computes them on the host",
+                          b->i->name);
+    return b->i->top_logprobs(b, x, n, width, k, ids, logprobs);
+}
+
 int tsr_op_sample(tsr_backend_t *b, tsr_buf_t *x, int n, int width,
                   const struct tsr_sample_params *p, int32_t *ids, float *logprobs)
 {

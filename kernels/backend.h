@@ -153,5 +153,13 @@ struct tsr_sample_params {
 int tsr_backend_can_sample(const tsr_backend_t *b);
 int tsr_op_sample(tsr_backend_t *b, tsr_buf_t *x, int n, int width,
                   const struct tsr_sample_params *p, int32_t *ids, float *logprobs);
+/* OpenAI's top_logprobs where the logits are: the k (1..20) most likely tokens of each of the n
+ * rows of x (width floats) under the log-softmax of the raw row, ids[i*k + j] and
+ * logprobs[i*k + j] (host) in descending order, the lower id first on ties (worker/sampling.c
+ * tsr_top_logprobs is the reference); -1 and -inf past a row's non-NaN tokens. Only those cross
+ * to the host. TSR_EUNSUPPORTED where tsr_backend_can_top_logprobs() is 0. */
+int tsr_backend_can_top_logprobs(const tsr_backend_t *b);
+int tsr_op_top_logprobs(tsr_backend_t *b, tsr_buf_t *x, int n, int width, int k, int32_t *ids,
+                        float *logprobs);
 
 #endif

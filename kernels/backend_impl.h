@@ -54,6 +54,9 @@ struct tsr_backend_iface {
     /* Optional (NULL: TSR_EUNSUPPORTED). Arguments checked. */
     int (*sample)(tsr_backend_t *b, tsr_buf_t *x, int n, int width,
                   const struct tsr_sample_params *p, int32_t *ids, float *logprobs);
+    /* Optional (NULL: TSR_EUNSUPPORTED). Arguments checked. */
+    int (*top_logprobs)(tsr_backend_t *b, tsr_buf_t *x, int n, int width, int k, int32_t *ids,
+                        float *logprobs);
 };
 
 struct tsr_backend {

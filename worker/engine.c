@@ -46,6 +46,10 @@ struct tsr_engine {
     struct tsr_sample_params *sp;
     int32_t *picked;
     float *picked_lp;
+    /* top logprobs where the logits are: (max_seqs, TSR_SAMPLING_MAX_TOP_LOGPROBS) */
+    int device_top;
+    int32_t *top_ids;
+    float *top_lps;
 };
 
 const char *tsr_finish_name(enum tsr_finish f)
@@ -104,8 +108,11 @@ int tsr_engine_new(tsr_model_t *m, tsr_backend_t *b, const struct tsr_engine_opt
     e->picked = malloc(S * sizeof *e->picked);
     e->picked_lp = malloc(S * sizeof *e->picked_lp);
     e->device_sampling = tsr_runner_samples_on_device(e->runner);
+    e->device_top = tsr_runner_top_logprobs_on_device(e->runner);
+    e->top_ids = malloc(S * TSR_SAMPLING_MAX_TOP_LOGPROBS * sizeof *e->top_ids);
+    e->top_lps = malloc(S * TSR_SAMPLING_MAX_TOP_LOGPROBS * sizeof *e->top_lps);
     if (!e->seqs || !e->ids || !e->pos || !e->tseq || !e->out_rows || !e->out_seq || !e->bt ||
-        !e->logits || !e->sp || !e->picked || !e->picked_lp) {
+        !e->logits || !e->sp || !e->picked || !e->picked_lp || !e->top_ids || !e->top_lps) {
         rc = tsr_errorf(TSR_ENOMEM, "out of memory for the engine's step buffers");
         goto fail;
     }
@@ -153,6 +160,8 @@ void tsr_engine_free(tsr_engine_t *e)
     free(e->sp);
     free(e->picked);
     free(e->picked_lp);
+    free(e->top_ids);
+    free(e->top_lps);
     free(e);
 }
 
@@ -186,6 +195,7 @@ int tsr_engine_add(tsr_engine_t *e, const struct tsr_request *req, int64_t *id)
         free(s);
         return rc;
     }
+    s->sampler.n_prompt = req->n_prompt;
     s->cap = (int)total;
     s->tokens = malloc((size_t)s->cap * sizeof *s->tokens);
     s->blocks = malloc((size_t)e->max_blocks * sizeof *s->blocks);
@@ -269,7 +279,8 @@ static void remove_seq(tsr_engine_t *e, int i)
 static void push_event(struct tsr_token_event *ev, int cap, int *n, int64_t id, int32_t tok,
                        float lp, enum tsr_finish f)
 {
-    if (*n < cap) ev[(*n)++] = (struct tsr_token_event){id, tok, lp, f};
+    if (*n < cap)
+        ev[(*n)++] = (struct tsr_token_event){.id = id, .token = tok, .logprob = lp, .finish = f};
 }
 
 int tsr_engine_idle(tsr_engine_t *e)
@@ -332,18 +343,24 @@ int tsr_engine_step(tsr_engine_t *e, struct tsr_token_event *ev, int cap, int *n
     }
     if (T == 0) return tsr_errorf(TSR_EINTERNAL, "no sequence could be scheduled");
     struct tsr_step st = {T, e->ids, e->pos, e->tseq, S, mb, e->bt, n_out, e->out_rows};
-    /* Sample where the logits are unless a row wants the repetition penalty (host only); each
-     * sequence's generator makes the same draw tsr_sample would. */
-    int device = e->device_sampling;
-    for (int k = 0; k < n_out && device; k++)
-        device = e->out_seq[k]->sampler.p.repetition_penalty == 1.0f;
+    /* Sample where the logits are unless a row wants a penalty or a logit bias (host only: the
+     * row's logits come over), or top logprobs the backend cannot give; each sequence's
+     * generator makes the same draw tsr_sample would. One top count for all rows: the most any
+     * asks. */
+    int device = e->device_sampling, top = 0;
+    for (int k = 0; k < n_out && device; k++) {
+        const struct tsr_sampler *sm = &e->out_seq[k]->sampler;
+        if (tsr_sampler_penalises(sm) || (sm->p.top_logprobs && !e->device_top)) device = 0;
+        if (sm->p.top_logprobs > top) top = sm->p.top_logprobs;
+    }
     for (int k = 0; k < n_out && device; k++) {
         struct tsr_sampler *sm = &e->out_seq[k]->sampler;
         const struct tsr_sampling *p = &sm->p;
         e->sp[k] = (struct tsr_sample_params){p->temperature, p->top_k, p->top_p, p->min_p,
                                               p->temperature > 0 ? tsr_sampler_uniform(sm) : 0.0};
     }
-    int rc = device ? tsr_runner_forward_sample(e->runner, &st, e->sp, e->picked, e->picked_lp)
+    int rc = device ? tsr_runner_forward_sample(e->runner, &st, e->sp, e->picked, e->picked_lp, top,
+                                                e->top_ids, e->top_lps)
                     : tsr_runner_forward(e->runner, &st, e->logits);
     if (rc) return rc;
     e->stats.steps++;
@@ -358,13 +375,27 @@ int tsr_engine_step(tsr_engine_t *e, struct tsr_token_event *ev, int cap, int *n
     }
     for (int k = 0; k < n_out; k++) {
         struct seq *s = e->out_seq[k];
-        float lp = device ? e->picked_lp[k] : 0;
-        int32_t tok = device ? e->picked[k]
-                             : tsr_sample(&s->sampler, e->logits + (size_t)k * e->n_vocab,
-                                          s->tokens, s->n_tokens, &lp);
+        float lp = device ? e->picked_lp[k] : 0, *row = e->logits + (size_t)k * e->n_vocab;
+        int32_t tok =
+            device ? e->picked[k] : tsr_sample(&s->sampler, row, s->tokens, s->n_tokens, &lp);
         s->tokens[s->n_tokens++] = tok;
         enum tsr_finish f = finish_of(e, s, tok);
+        int before = *n_ev;
         push_event(ev, cap, n_ev, s->id, tok, lp, f);
+        int want = s->sampler.p.top_logprobs;
+        if (want && *n_ev > before) {
+            struct tsr_token_event *t = &ev[*n_ev - 1];
+            if (!device) {
+                t->n_top = tsr_top_logprobs(row, e->n_vocab, want, t->top_ids, t->top_logprobs);
+            } else { /* the row's first `want` of the device's `top` */
+                const int32_t *ti = e->top_ids + (size_t)k * top;
+                const float *tl = e->top_lps + (size_t)k * top;
+                for (t->n_top = 0; t->n_top < want && ti[t->n_top] >= 0; t->n_top++) {
+                    t->top_ids[t->n_top] = ti[t->n_top];
+                    t->top_logprobs[t->n_top] = tl[t->n_top];
+                }
+            }
+        }
         if (f) s->cancelled = -1; /* finished: removed below */
     }
     for (int i = 0; i < e->n_seqs;)

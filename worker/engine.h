@@ -56,6 +56,10 @@ struct tsr_token_event {
     int32_t token;
     float logprob;
     enum tsr_finish finish; /* TSR_FINISH_NONE while running */
+    /* the sampling's top_logprobs most likely tokens at this step (tsr_top_logprobs) */
+    int n_top;
+    int32_t top_ids[TSR_SAMPLING_MAX_TOP_LOGPROBS];
+    float top_logprobs[TSR_SAMPLING_MAX_TOP_LOGPROBS];
 };
 
 struct tsr_engine_stats {

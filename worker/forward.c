@@ -710,12 +710,19 @@ struct step_out {
     int32_t *ids;
     const struct tsr_sample_params *p;
     float *logprobs;
+    int top; /* with p: also each row's top most likely tokens */
+    int32_t *top_ids;
+    float *top_lps;
 };
 
 /* The n rows of r->logits delivered as o asks. */
 static int deliver(tsr_runner_t *r, int n, const struct step_out *o)
 {
     int V = r->cfg.n_vocab;
+    if (o->p && o->top > 0) {
+        int rc = tsr_op_top_logprobs(r->b, r->logits, n, V, o->top, o->top_ids, o->top_lps);
+        if (rc) return rc;
+    }
     if (o->p) return tsr_op_sample(r->b, r->logits, n, V, o->p, o->ids, o->logprobs);
     if (o->ids) return tsr_op_argmax(r->b, r->logits, n, V, o->ids);
     return collect_logits(r, n, o->logits);
@@ -953,12 +960,25 @@ int tsr_runner_samples_on_device(const tsr_runner_t *r)
     return r->world_size == 1 && tsr_backend_can_sample(r->b);
 }
 
+int tsr_runner_top_logprobs_on_device(const tsr_runner_t *r)
+{
+    return tsr_runner_samples_on_device(r) && tsr_backend_can_top_logprobs(r->b);
+}
+
 int tsr_runner_forward_sample(tsr_runner_t *r, const struct tsr_step *st,
-                              const struct tsr_sample_params *p, int32_t *ids, float *logprobs)
+                              const struct tsr_sample_params *p, int32_t *ids, float *logprobs,
+                              int top, int32_t *top_ids, float *top_lps)
 {
     if (!tsr_runner_samples_on_device(r))
         return tsr_errorf(TSR_EUNSUPPORTED, "this runner samples on the host");
+    if (top > 0 && !tsr_runner_top_logprobs_on_device(r))
+        return tsr_errorf(TSR_EUNSUPPORTED, "this runner gives top logprobs on the host");
     TRY(check_step(r, st));
-    struct step_out o = {.ids = ids, .p = p, .logprobs = logprobs};
+    struct step_out o = {.ids = ids,
+                         .p = p,
+                         .logprobs = logprobs,
+                         .top = top,
+                         .top_ids = top_ids,
+                         .top_lps = top_lps};
     return forward_one(r, st, &o);
 }

@@ -71,8 +71,12 @@ int tsr_runner_forward_argmax(tsr_runner_t *r, const struct tsr_step *st, int32_
  * on a backend with a sampler; otherwise TSR_EUNSUPPORTED, nothing run (use tsr_runner_forward
  * and sample on the host). */
 int tsr_runner_samples_on_device(const tsr_runner_t *r);
+/* With top > 0 (only when tsr_runner_top_logprobs_on_device()), also the top most likely tokens
+ * of each row (tsr_op_top_logprobs): top_ids[i*top + j], top_lps[i*top + j]. */
 int tsr_runner_forward_sample(tsr_runner_t *r, const struct tsr_step *st,
-                              const struct tsr_sample_params *p, int32_t *ids, float *logprobs);
+                              const struct tsr_sample_params *p, int32_t *ids, float *logprobs,
+                              int top, int32_t *top_ids, float *top_lps);
+int tsr_runner_top_logprobs_on_device(const tsr_runner_t *r);
 /* The leader of a sharded group with nothing to run: tells the followers it is alive
  * (tsr_step_send_idle). Does nothing on one rank. */
 int tsr_runner_idle(tsr_runner_t *r);

@@ -27,6 +27,11 @@ struct lreq {
     int32_t *toks; /* produced, not yet sent: [0, n_toks) */
     float *lps;
     int n_toks, cap;
+    struct tsr_logit_bias *bias; /* the sampling's logit_bias */
+    /* with top_logprobs = K: token i's alternatives at [i*K, i*K + n_top[i]) */
+    int32_t *top_ids;
+    float *top_lps;
+    int *n_top;
     enum tsr_finish finish;
     int err_code; /* a gRPC code when the leader refused or failed it */
     char err[256];
@@ -134,8 +139,9 @@ static void admit(struct tsr_leader *l)
         if (l->live[i]->cancel) tsr_engine_cancel(l->e, l->live[i]->id);
 }
 
-static int push_token(struct lreq *q, int32_t tok, float lp)
+static int push_token(struct lreq *q, const struct tsr_token_event *ev)
 {
+    size_t K = (size_t)q->r.sampling.top_logprobs;
     if (q->n_toks == q->cap) {
         int cap = q->cap ? 2 * q->cap : 16;
         int32_t *t = realloc(q->toks, (size_t)cap * sizeof *t);
@@ -144,10 +150,28 @@ static int push_token(struct lreq *q, int32_t tok, float lp)
         float *p = realloc(q->lps, (size_t)cap * sizeof *p);
         if (!p) return TSR_ENOMEM;
         q->lps = p;
+        if (K) {
+            int32_t *ti = realloc(q->top_ids, (size_t)cap * K * sizeof *ti);
+            if (!ti) return TSR_ENOMEM;
+            q->top_ids = ti;
+            float *tl = realloc(q->top_lps, (size_t)cap * K * sizeof *tl);
+            if (!tl) return TSR_ENOMEM;
+            q->top_lps = tl;
+            int *nt = realloc(q->n_top, (size_t)cap * sizeof *nt);
+            if (!nt) return TSR_ENOMEM;
+            q->n_top = nt;
+        }
         q->cap = cap;
     }
-    q->toks[q->n_toks] = tok;
-    q->lps[q->n_toks++] = lp;
+    if (K) {
+        int n = ev->n_top < (int)K ? ev->n_top : (int)K;
+        memcpy(q->top_ids + (size_t)q->n_toks * K, ev->top_ids, (size_t)n * sizeof *q->top_ids);
+        memcpy(q->top_lps + (size_t)q->n_toks * K, ev->top_logprobs,
+               (size_t)n * sizeof *q->top_lps);
+        q->n_top[q->n_toks] = n;
+    }
+    q->toks[q->n_toks] = ev->token;
+    q->lps[q->n_toks++] = ev->logprob;
     return 0;
 }
 
@@ -228,7 +252,7 @@ static void *engine_main(void *arg)
         for (int i = 0; i < n_ev; i++) {
             struct lreq *q = live_take(l, ev[i].id, ev[i].finish != TSR_FINISH_NONE);
             if (!q) continue;
-            if (ev[i].token >= 0 && push_token(q, ev[i].token, ev[i].logprob)) {
+            if (ev[i].token >= 0 && push_token(q, &ev[i])) {
                 tsr_engine_cancel(l->e, q->id);
                 finish_req(q, TSR_FINISH_ERROR, TSR_RPC_RESOURCE_EXHAUSTED, "out of memory");
                 live_take(l, ev[i].id, 1);
@@ -270,21 +294,34 @@ static struct lreq *req_from_pb(const Tessera__V1__WorkerGenerateRequest *m)
     pthread_cond_init(&q->cv, NULL);
     q->prompt = malloc((m->n_prompt_ids ? m->n_prompt_ids : 1) * sizeof *q->prompt);
     q->stop_ids = malloc((m->n_stop_ids ? m->n_stop_ids : 1) * sizeof *q->stop_ids);
-    if (!q->prompt || !q->stop_ids) {
+    const Tessera__V1__SamplingParams *w = m->sampling;
+    size_t n_bias = w ? w->n_logit_bias : 0;
+    q->bias = malloc((n_bias ? n_bias : 1) * sizeof *q->bias);
+    if (!q->prompt || !q->stop_ids || !q->bias) {
         free(q->prompt);
         free(q->stop_ids);
+        free(q->bias);
         free(q);
         return NULL;
     }
     if (m->n_prompt_ids) memcpy(q->prompt, m->prompt_ids, m->n_prompt_ids * sizeof *q->prompt);
     if (m->n_stop_ids) memcpy(q->stop_ids, m->stop_ids, m->n_stop_ids * sizeof *q->stop_ids);
+    /* the engine's sampler validates (model/sampling.h) */
     struct tsr_sampling sp = tsr_sampling_default();
-    if (m->has_temperature) sp.temperature = m->temperature;
-    if (m->has_top_k) sp.top_k = m->top_k;
-    if (m->has_top_p) sp.top_p = m->top_p;
-    if (m->has_min_p) sp.min_p = m->min_p;
-    if (m->has_repetition_penalty) sp.repetition_penalty = m->repetition_penalty;
-    if (m->has_seed) sp.seed = m->seed;
+    if (w && w->has_temperature) sp.temperature = w->temperature;
+    if (w && w->has_top_k) sp.top_k = w->top_k;
+    if (w && w->has_top_p) sp.top_p = w->top_p;
+    if (w && w->has_min_p) sp.min_p = w->min_p;
+    if (w && w->has_repetition_penalty) sp.repetition_penalty = w->repetition_penalty;
+    if (w && w->has_seed) sp.seed = w->seed;
+    if (w && w->has_presence_penalty) sp.presence_penalty = w->presence_penalty;
+    if (w && w->has_frequency_penalty) sp.frequency_penalty = w->frequency_penalty;
+    for (size_t i = 0; i < n_bias; i++)
+        q->bias[i] = (struct tsr_logit_bias){w->logit_bias[i]->token_id, w->logit_bias[i]->bias};
+    /* more than the limit: the validation refuses it */
+    sp.n_logit_bias = n_bias > INT32_MAX ? INT32_MAX : (int)n_bias;
+    sp.logit_bias = q->bias;
+    if (m->has_top_logprobs) sp.top_logprobs = m->top_logprobs;
     q->r = (struct tsr_request){.prompt = q->prompt,
                                 .n_prompt = m->n_prompt_ids > INT32_MAX ? -1 : (int)m->n_prompt_ids,
                                 .sampling = sp,
@@ -302,14 +339,21 @@ static void req_free(struct lreq *q)
     free(q->stop_ids);
     free(q->toks);
     free(q->lps);
+    free(q->bias);
+    free(q->top_ids);
+    free(q->top_lps);
+    free(q->n_top);
     free(q);
 }
 
 /* Sends what the engine produced for q so far; *done when q is over. Called without l->mu. */
 static void stream_req(struct tsr_leader *l, tsr_rpc_call_t *call, struct lreq *q)
 {
-    int32_t *toks = NULL;
-    float *lps = NULL;
+    int32_t *toks = NULL, *top_ids = NULL;
+    float *lps = NULL, *top_lps = NULL;
+    int *n_top = NULL;
+    size_t K = (size_t)q->r.sampling.top_logprobs;
+    Tessera__V1__TopLogprobs *tops = NULL, **topp = NULL;
     int cancelled = 0, send_failed = 0;
     for (;;) {
         pthread_mutex_lock(&l->mu);
@@ -328,9 +372,28 @@ static void stream_req(struct tsr_leader *l, tsr_rpc_call_t *call, struct lreq *
         float *p = n ? realloc(lps, (size_t)n * sizeof *lps) : lps;
         if (t) toks = t;
         if (p) lps = p;
-        if (n && t && p) {
+        int tops_ok = 1;
+        if (n && K) {
+            int32_t *ti = realloc(top_ids, (size_t)n * K * sizeof *ti);
+            if (ti) top_ids = ti;
+            float *tl = realloc(top_lps, (size_t)n * K * sizeof *tl);
+            if (tl) top_lps = tl;
+            int *nt = realloc(n_top, (size_t)n * sizeof *nt);
+            if (nt) n_top = nt;
+            Tessera__V1__TopLogprobs *tm = realloc(tops, (size_t)n * sizeof *tm);
+            if (tm) tops = tm;
+            Tessera__V1__TopLogprobs **tp = realloc(topp, (size_t)n * sizeof *tp);
+            if (tp) topp = tp;
+            tops_ok = ti && tl && nt && tm && tp;
+        }
+        if (n && t && p && tops_ok) {
             memcpy(toks, q->toks, (size_t)n * sizeof *toks);
             memcpy(lps, q->lps, (size_t)n * sizeof *lps);
+            if (K) {
+                memcpy(top_ids, q->top_ids, (size_t)n * K * sizeof *top_ids);
+                memcpy(top_lps, q->top_lps, (size_t)n * K * sizeof *top_lps);
+                memcpy(n_top, q->n_top, (size_t)n * sizeof *n_top);
+            }
             q->n_toks = 0;
         } else {
             n = 0;
@@ -349,6 +412,17 @@ static void stream_req(struct tsr_leader *l, tsr_rpc_call_t *call, struct lreq *
             m.n_token_ids = m.n_logprobs = (size_t)n;
             m.token_ids = toks;
             m.logprobs = lps;
+            if (K && n) {
+                for (int i = 0; i < n; i++) {
+                    tessera__v1__top_logprobs__init(&tops[i]);
+                    tops[i].n_token_ids = tops[i].n_logprobs = (size_t)n_top[i];
+                    tops[i].token_ids = top_ids + (size_t)i * K;
+                    tops[i].logprobs = top_lps + (size_t)i * K;
+                    topp[i] = &tops[i];
+                }
+                m.n_top_logprobs = (size_t)n;
+                m.top_logprobs = topp;
+            }
             if (released && !q->err_code) {
                 m.has_finish_reason = 1;
                 m.finish_reason = finish_pb(q->finish);
@@ -365,6 +439,11 @@ static void stream_req(struct tsr_leader *l, tsr_rpc_call_t *call, struct lreq *
         tsr_rpc_call_finish(call, cancelled ? TSR_RPC_CANCELLED : TSR_RPC_OK, NULL);
     free(toks);
     free(lps);
+    free(top_ids);
+    free(top_lps);
+    free(n_top);
+    free(tops);
+    free(topp);
 }
 
 static void serve_generate(tsr_rpc_call_t *call, struct tsr_leader *l);

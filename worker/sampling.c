@@ -6,28 +6,6 @@
 
 #include "common/status.h"
 
-struct tsr_sampling tsr_sampling_default(void)
-{
-    return (struct tsr_sampling){
-        .temperature = 0, .top_k = 0, .top_p = 1, .min_p = 0, .repetition_penalty = 1, .seed = 0};
-}
-
-int tsr_sampling_validate(const struct tsr_sampling *s)
-{
-    if (!(s->temperature >= 0) || isinf(s->temperature))
-        return tsr_errorf(TSR_EINVAL, "temperature must be a finite number >= 0 (got %g)",
-                          s->temperature);
-    if (s->top_k < 0) return tsr_errorf(TSR_EINVAL, "top_k must be >= 0 (got %d)", s->top_k);
-    if (!(s->top_p > 0 && s->top_p <= 1))
-        return tsr_errorf(TSR_EINVAL, "top_p must be in (0, 1] (got %g)", s->top_p);
-    if (!(s->min_p >= 0 && s->min_p < 1))
-        return tsr_errorf(TSR_EINVAL, "min_p must be in [0, 1) (got %g)", s->min_p);
-    if (!(s->repetition_penalty > 0) || isinf(s->repetition_penalty))
-        return tsr_errorf(TSR_EINVAL, "repetition_penalty must be > 0 (got %g)",
-                          s->repetition_penalty);
-    return 0;
-}
-
 static uint64_t rotl(uint64_t x, int k)
 {
     return (x << k) | (x >> (64 - k));
@@ -57,6 +35,24 @@ int tsr_sampler_init(struct tsr_sampler *s, const struct tsr_sampling *p, int n_
     if (rc) return rc;
     s->p = *p;
     s->n_vocab = n_vocab;
+    for (int i = 0; i < p->n_logit_bias; i++)
+        if (p->logit_bias[i].id >= n_vocab)
+            return tsr_errorf(TSR_EINVAL,
+                              "logit_bias: %d is not a token id (the vocabulary has %d)",
+                              (int)p->logit_bias[i].id, n_vocab);
+    s->p.logit_bias = NULL;
+    if (p->n_logit_bias) {
+        if (!(s->bias = malloc((size_t)p->n_logit_bias * sizeof *s->bias)))
+            return tsr_errorf(TSR_ENOMEM, "out of memory for a sampler");
+        memcpy(s->bias, p->logit_bias, (size_t)p->n_logit_bias * sizeof *s->bias);
+        s->p.logit_bias = s->bias;
+    }
+    if (p->presence_penalty != 0 || p->frequency_penalty != 0) {
+        if (!(s->counts = calloc((size_t)n_vocab, sizeof *s->counts))) {
+            tsr_sampler_free(s);
+            return tsr_errorf(TSR_ENOMEM, "out of memory for a sampler");
+        }
+    }
     /* Seed xoshiro with splitmix64, the generator's recommended seeding. */
     uint64_t x = p->seed;
     for (int i = 0; i < 4; i++) {
@@ -80,8 +76,14 @@ void tsr_sampler_free(struct tsr_sampler *s)
 {
     free(s->idx);
     free(s->prob);
+    free(s->bias);
+    free(s->counts);
     s->idx = NULL;
     s->prob = NULL;
+    s->bias = NULL;
+    s->counts = NULL;
+    s->p.logit_bias = NULL;
+    s->p.n_logit_bias = 0;
 }
 
 int32_t tsr_argmax(const float *x, int n)
@@ -134,8 +136,13 @@ static int top_candidates(const float *logits, int32_t *idx, int n, int k)
     return k;
 }
 
-int32_t tsr_sample(struct tsr_sampler *s, float *logits, const int32_t *history, int n_history,
-                   float *logprob)
+int tsr_sampler_penalises(const struct tsr_sampler *s)
+{
+    return s->p.repetition_penalty != 1.0f || s->p.presence_penalty != 0 ||
+           s->p.frequency_penalty != 0 || s->p.n_logit_bias > 0;
+}
+
+static void penalise(struct tsr_sampler *s, float *logits, const int32_t *history, int n_history)
 {
     int n = s->n_vocab;
     float pen = s->p.repetition_penalty;
@@ -151,6 +158,28 @@ int32_t tsr_sample(struct tsr_sampler *s, float *logits, const int32_t *history,
             if (!seen) *l = *l > 0 ? *l / pen : *l * pen;
         }
     }
+    if (s->counts) {
+        /* OpenAI's: l[t] -= count[t] * frequency + (count[t] > 0) * presence, counting the
+         * generated tokens only; counts back to zero after, O(generated) a call */
+        int from = s->n_prompt < n_history ? s->n_prompt : n_history;
+        if (from < 0) from = 0;
+        for (int i = from; i < n_history; i++)
+            if (history[i] >= 0 && history[i] < n) s->counts[history[i]]++;
+        for (int i = from; i < n_history; i++) {
+            int32_t t = history[i];
+            if (t < 0 || t >= n || !s->counts[t]) continue;
+            logits[t] -= (float)s->counts[t] * s->p.frequency_penalty + s->p.presence_penalty;
+            s->counts[t] = 0;
+        }
+    }
+    for (int i = 0; i < s->p.n_logit_bias; i++) logits[s->bias[i].id] += s->bias[i].bias;
+}
+
+int32_t tsr_sample(struct tsr_sampler *s, float *logits, const int32_t *history, int n_history,
+                   float *logprob)
+{
+    int n = s->n_vocab;
+    penalise(s, logits, history, n_history);
     int32_t pick;
     if (s->p.temperature == 0) {
         pick = tsr_argmax(logits, n);
@@ -204,4 +233,31 @@ int32_t tsr_sample(struct tsr_sampler *s, float *logits, const int32_t *history,
         *logprob = (float)((double)logits[pick] - maxl - log(sum));
     }
     return pick;
+}
+
+int tsr_top_logprobs(const float *logits, int n, int top, int32_t *ids, float *lps)
+{
+    int k = top < n ? top : n;
+    if (k > TSR_SAMPLING_MAX_TOP_LOGPROBS) k = TSR_SAMPLING_MAX_TOP_LOGPROBS;
+    if (k <= 0) return 0;
+    /* insertion into a sorted list of k: a row's values mostly fall below the k-th at once */
+    int have = 0;
+    for (int i = 0; i < n; i++) {
+        float v = logits[i];
+        if (isnan(v)) continue;
+        if (have == k && !(v > logits[ids[k - 1]])) continue; /* ties: the lower id stays */
+        int j = have < k ? have++ : k - 1;
+        while (j > 0 && v > logits[ids[j - 1]]) {
+            ids[j] = ids[j - 1];
+            j--;
+        }
+        ids[j] = i;
+    }
+    float maxl = have ? logits[ids[0]] : 0;
+    double sum = 0;
+    for (int i = 0; i < n; i++)
+        if (!isnan(logits[i])) sum += exp((double)logits[i] - maxl);
+    double lse = log(sum);
+    for (int j = 0; j < have; j++) lps[j] = (float)((double)logits[ids[j]] - maxl - lse);
+    return have;
 }

@@ -1,5 +1,6 @@
 /* Token sampling from one row of logits. Order of the transforms (as llama.cpp's default chain
- * minus the ones we lack): repetition penalty over the sequence so far, then top-k, then
+ * minus the ones we lack): the penalties (repetition over the sequence so far, then OpenAI's
+ * presence and frequency over the generated tokens, then the logit biases), then top-k, then
  * temperature, then top-p (nucleus), then min-p, then a draw from the remaining distribution.
  * temperature == 0 is greedy (argmax after the penalty; ties to the lowest id). The generator is
  * per sequence and seeded, so the same seed and inputs give the same tokens. */
@@ -8,22 +9,14 @@
 
 #include <stdint.h>
 
-struct tsr_sampling {
-    float temperature;        /* >= 0; 0 = greedy */
-    int top_k;                /* 0 = off */
-    float top_p;              /* (0, 1]; 1 = off */
-    float min_p;              /* [0, 1); 0 = off */
-    float repetition_penalty; /* 1 = off; > 1 discourages tokens already in the sequence */
-    uint64_t seed;
-};
-
-/* Defaults: greedy, no filters. */
-struct tsr_sampling tsr_sampling_default(void);
-/* 0, or TSR_EINVAL with a message naming the bad field. */
-int tsr_sampling_validate(const struct tsr_sampling *s);
+#include "model/sampling.h"
 
 struct tsr_sampler {
-    struct tsr_sampling p;
+    struct tsr_sampling p; /* p.logit_bias points to bias */
+    struct tsr_logit_bias *bias;
+    int n_prompt;    /* history[0, n_prompt) is the prompt: presence and frequency penalties count
+                      * only the tokens after it. 0 after init (the caller sets it). */
+    int32_t *counts; /* (n_vocab) zero between calls; only with a presence/frequency penalty */
     uint64_t rng[4]; /* xoshiro256** state */
     /* scratch sized to the vocabulary, reused across calls */
     int n_vocab;
@@ -31,6 +24,7 @@ struct tsr_sampler {
     float *prob;
 };
 
+/* Validates p (logit_bias ids < n_vocab too) and copies it. 0, TSR_EINVAL or TSR_ENOMEM. */
 int tsr_sampler_init(struct tsr_sampler *s, const struct tsr_sampling *p, int n_vocab);
 void tsr_sampler_free(struct tsr_sampler *s);
 
@@ -44,6 +38,16 @@ double tsr_sampler_uniform(struct tsr_sampler *s);
  * logits. */
 int32_t tsr_sample(struct tsr_sampler *s, float *logits, const int32_t *history, int n_history,
                    float *logprob);
+
+/* 1 when the sampler changes the logits before sampling (a penalty or a bias): what a device
+ * sampler (tsr_op_sample) does not do. */
+int tsr_sampler_penalises(const struct tsr_sampler *s);
+
+/* The k most likely tokens of a row under the same distribution as tsr_sample's logprob (the
+ * unfiltered, untempered softmax; pass the row tsr_sample left, penalised): ids[0, k) and
+ * lps[0, k) in descending order (the lower id first on ties), k = min(top, n). Returns k.
+ * O(n·k) worst case, O(n) typically; k <= TSR_SAMPLING_MAX_TOP_LOGPROBS. */
+int tsr_top_logprobs(const float *logits, int n, int top, int32_t *ids, float *lps);
 
 /* Index of the largest value (lowest index on ties). */
 int32_t tsr_argmax(const float *x, int n);

@@ -487,6 +487,31 @@ static int cuda_sample(tsr_backend_t *b, tsr_buf_t *x, int n, int width,
     return 0;
 }
 
+/* Only the n*k ids and logprobs cross to the host; waits for the stream. */
+static int cuda_top_logprobs(tsr_backend_t *b, tsr_buf_t *x, int n, int width, int k, int32_t *ids,
+                             float *logprobs)
+{
+    struct cuda_ctx *c = ctx_of(b);
+    int rc;
+    CK(cudaSetDevice(c->device), "set device");
+    size_t count = (size_t)n * (size_t)k;
+    void *mem;
+    if ((rc = scratch(c, align_up(count * sizeof(int32_t)) + count * sizeof(float), &mem)))
+        return rc;
+    int32_t *d_ids = mem;
+    float *d_lp = (float *)((char *)mem + align_up(count * sizeof(int32_t)));
+    if ((rc = launched(
+             tsr_cuda_top_logprobs(c->stream, x->data, n, width, (size_t)width, k, d_ids, d_lp),
+             "top_logprobs")))
+        return rc;
+    CK(cudaMemcpyAsync(ids, d_ids, count * sizeof *ids, cudaMemcpyDeviceToHost, c->stream),
+       "top_logprobs: copy the ids");
+    CK(cudaMemcpyAsync(logprobs, d_lp, count * sizeof *logprobs, cudaMemcpyDeviceToHost, c->stream),
+       "top_logprobs: copy the logprobs");
+    CK(cudaStreamSynchronize(c->stream), "top_logprobs: synchronize");
+    return 0;
+}
+
 /* ---- matmul ---- */
 
 /* y = x · Wᵀ through cuBLAS with f32 accumulation and output. F32 weights stay f32 (no TF32).
@@ -1002,6 +1027,7 @@ static const struct tsr_backend_iface cuda_iface = {
     .gather_rows = cuda_gather_rows,
     .argmax = cuda_argmax,
     .sample = cuda_sample,
+    .top_logprobs = cuda_top_logprobs,
     .matmul_many = cuda_matmul_many,
     .matmul_swiglu = cuda_matmul_swiglu,
     .graph_begin = cuda_graph_begin,

@@ -129,6 +129,13 @@ cudaError_t tsr_cuda_sample(cudaStream_t s, const float *x, int n, int width, si
                             const struct tsr_sample_params *params, int32_t *ids, float *logprobs,
                             void *scratch);
 
+/* The k most likely tokens of rows i < n of x (row stride ld floats) under the log-softmax of the
+ * raw row (worker/sampling.c tsr_top_logprobs): ids[i*k + j] and lps[i*k + j] for j < k, in
+ * descending order (the lower index first on ties); -1 and -inf past the row's non-NaN tokens.
+ * ids and lps are device arrays. */
+cudaError_t tsr_cuda_top_logprobs(cudaStream_t s, const float *x, int n, int width, size_t ld,
+                                  int k, int32_t *ids, float *lps);
+
 #ifdef __cplusplus
 }
 #endif

@@ -23,6 +23,12 @@
  *   token's share is its probability to 2/20000;
  * - the same call twice gives the same ids and log probabilities, bit for bit, and a call without
  *   log probabilities the same ids.
+ * - top logprobs (tsr_op_top_logprobs, kernels/cuda/cuda_top_logprobs.cu) against the host's
+ *   tsr_top_logprobs on the same rows (every kind; widths 7, 1000, 49152, 128256; k 1, 5, 20):
+ *   the same ids in the same order, exactly (both order logit descending, lower id first, on the
+ *   same floats), log probabilities within 1e-5 (both sum exp in double; -inf where both are), -1
+ *   past a row narrower than k, the first equal to the greedy sample (id, and log probability
+ *   within 1e-4 of tsr_op_sample's), descending, mass <= 1.
  * Outputs are poisoned (ids -7, log probabilities NaN) before every call. Without a CUDA device it
  * prints why and exits 77, or 1 under TESSERA_REQUIRE_GPU=1 (gpu_count_or_exit in gpu_test.h).
  *
@@ -215,9 +221,12 @@ static void run_call(struct summary *sm, int width, int n, int off)
         fill_row(x + (size_t)r * width, width, (int)(rng_u64() % N_KINDS));
         const struct combo *cb = &combos[(off + r) % n_combos];
         seeds[r] = rng_u64();
-        struct tsr_sampling sp = {
-            cb->temperature, cb->top_k < 0 ? width + 5 : cb->top_k, cb->top_p, cb->min_p, 1,
-            seeds[r]};
+        struct tsr_sampling sp = {.temperature = cb->temperature,
+                                  .top_k = cb->top_k < 0 ? width + 5 : cb->top_k,
+                                  .top_p = cb->top_p,
+                                  .min_p = cb->min_p,
+                                  .repetition_penalty = 1,
+                                  .seed = seeds[r]};
         struct tsr_sampler s;
         if (tsr_sampler_init(&s, &sp, width)) die("sampler");
         prm[r] = (struct tsr_sample_params){sp.temperature, sp.top_k, sp.top_p, sp.min_p,
@@ -245,8 +254,12 @@ static void run_call(struct summary *sm, int width, int n, int off)
             continue;
         }
         /* the host */
-        struct tsr_sampling sp = {
-            prm[r].temperature, prm[r].top_k, prm[r].top_p, prm[r].min_p, 1, seeds[r]};
+        struct tsr_sampling sp = {.temperature = prm[r].temperature,
+                                  .top_k = prm[r].top_k,
+                                  .top_p = prm[r].top_p,
+                                  .min_p = prm[r].min_p,
+                                  .repetition_penalty = 1,
+                                  .seed = seeds[r]};
         struct tsr_sampler s;
         if (tsr_sampler_init(&s, &sp, width)) die("sampler");
         memcpy(copy, row, (size_t)width * sizeof *copy);
@@ -329,7 +342,12 @@ static void distribution(const char *name, const struct combo *cb)
     float *x = xmalloc((size_t)N * W * sizeof *x);
     struct tsr_sample_params *prm = xmalloc((size_t)N * sizeof *prm);
     int32_t *ids = xmalloc((size_t)N * sizeof *ids);
-    struct tsr_sampling sp = {cb->temperature, cb->top_k, cb->top_p, cb->min_p, 1, 1};
+    struct tsr_sampling sp = {.temperature = cb->temperature,
+                              .top_k = cb->top_k,
+                              .top_p = cb->top_p,
+                              .min_p = cb->min_p,
+                              .repetition_penalty = 1,
+                              .seed = 1};
     struct tsr_sampler s, t;
     if (tsr_sampler_init(&s, &sp, W)) die("sampler");
     for (int i = 0; i < N; i++) {
@@ -409,6 +427,67 @@ static void determinism(int width, int n)
     free(prm);
 }
 
+/* ---- top logprobs ---- */
+
+static double worst_top_lp;
+
+static void top_logprobs_call(int width, int n, int k)
+{
+    size_t count = (size_t)n * width, nk = (size_t)n * k;
+    float *x = xmalloc(count * sizeof *x), *glp = xmalloc(nk * sizeof *glp);
+    int32_t *gid = xmalloc(nk * sizeof *gid), *pick = xmalloc((size_t)n * sizeof *pick);
+    float *pick_lp = xmalloc((size_t)n * sizeof *pick_lp);
+    struct tsr_sample_params *prm = xmalloc((size_t)n * sizeof *prm);
+    for (int r = 0; r < n; r++) {
+        fill_row(x + (size_t)r * width, width, r % N_KINDS);
+        prm[r] = (struct tsr_sample_params){.temperature = 0, .top_k = 0, .top_p = 1, .min_p = 0};
+    }
+    tsr_buf_t *xb = tsr_buf_alloc(gpu, count * sizeof *x);
+    if (!xb || tsr_buf_set(xb, 0, x, count * sizeof *x)) die("upload");
+    for (size_t i = 0; i < nk; i++) gid[i] = -7, glp[i] = NAN;
+    if (tsr_op_top_logprobs(gpu, xb, n, width, k, gid, glp)) die("tsr_op_top_logprobs");
+    if (tsr_op_sample(gpu, xb, n, width, prm, pick, pick_lp)) die("tsr_op_sample");
+    for (int r = 0; r < n; r++) {
+        const float *row = x + (size_t)r * width;
+        const int32_t *g = gid + (size_t)r * k;
+        const float *gl = glp + (size_t)r * k;
+        int32_t hid[TSR_SAMPLING_MAX_TOP_LOGPROBS];
+        float hlp[TSR_SAMPLING_MAX_TOP_LOGPROBS];
+        int hn = tsr_top_logprobs(row, width, k, hid, hlp);
+        double mass = 0;
+        for (int j = 0; j < k; j++) {
+            if (j >= hn) {
+                check(g[j] == -1, "top w=%d k=%d row %d: entry %d is %d past the row's %d tokens",
+                      width, k, r, j, g[j], hn);
+                continue;
+            }
+            check(g[j] == hid[j], "top w=%d k=%d row %d kind %d: entry %d is token %d, host %d",
+                  width, k, r, r % N_KINDS, j, g[j], hid[j]);
+            int both_inf = isinf(gl[j]) && isinf(hlp[j]) && gl[j] < 0 && hlp[j] < 0;
+            double d = both_inf ? 0 : fabs((double)gl[j] - hlp[j]);
+            if (!(d <= worst_top_lp)) worst_top_lp = d;
+            check(d <= 1e-5, "top w=%d k=%d row %d: entry %d logprob %.7g, host %.7g", width, k, r,
+                  j, gl[j], hlp[j]);
+            if (j)
+                check(!(gl[j] > gl[j - 1]), "top w=%d row %d: not descending at %d", width, r, j);
+            mass += exp(gl[j]);
+        }
+        check(mass <= 1 + 1e-5, "top w=%d k=%d row %d: mass %.7g", width, k, r, mass);
+        check(g[0] == pick[r], "top w=%d row %d: first %d, greedy sample %d", width, r, g[0],
+              pick[r]);
+        check(fabs((double)gl[0] - pick_lp[r]) <= 1e-4 || (isinf(gl[0]) && isinf(pick_lp[r])),
+              "top w=%d row %d: first's logprob %.7g, the sample's %.7g", width, r, gl[0],
+              pick_lp[r]);
+    }
+    tsr_buf_free(xb);
+    free(x);
+    free(glp);
+    free(gid);
+    free(pick);
+    free(pick_lp);
+    free(prm);
+}
+
 int main(int argc, char **argv)
 {
     uint64_t seed = (uint64_t)time(NULL);
@@ -454,6 +533,10 @@ int main(int argc, char **argv)
     distribution("width 7, T .7 k5 p.9 m.05", &filtered);
     determinism(128256, 64);
     determinism(1000, 17);
+    static const int top_widths[] = {7, 1000, 49152, 128256}, top_ks[] = {1, 5, 20};
+    for (int w = 0; w < 4; w++)
+        for (int j = 0; j < 3; j++) top_logprobs_call(top_widths[w], 2 * N_KINDS, top_ks[j]);
+    printf("top logprobs vs the host: worst |dlp| %.2e\n", worst_top_lp);
 
     printf("\n%-16s %5s %7s %9s %8s %9s %7s %12s\n", "case", "rows", "greedy", "sampled", "agree",
            "ambiguous", "strict", "worst |dlp|");

@@ -7,6 +7,7 @@ what the SDK will not send (malformed JSON, invalid UTF-8, a huge body, an unkno
 
 import http.client
 import json
+import math
 import re
 import threading
 import time
@@ -179,9 +180,12 @@ def test_seed(srv):
 
 
 @pytest.mark.parametrize("kw,param", [
-    ({"n": 3}, "n"),
-    ({"logprobs": True}, "logprobs"),
-    ({"presence_penalty": 0.5}, "presence_penalty"),
+    ({"n": 9}, "n"),
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ({"top_logprobs": 3}, "top_logprobs"),
+    ({"presence_penalty": 2.5}, "presence_penalty"),
+    ({"logit_bias": {"x": 1}}, "logit_bias"),
+    ({"extra_body": {"best_of": 2}}, "best_of"),
     ({"extra_body": {"frobnicate": 1}}, "frobnicate"),
     ({"temperature": "hot"}, "temperature"),
     ({"max_tokens": 1.5}, "max_tokens"),
@@ -194,6 +198,153 @@ def test_bad_field(srv, kw, param):
     assert e.value.status_code == 400
     err = e.value.body
     assert err["param"] == param and param in err["message"], err
+
+
+def _grpc_logprobs(srv, top, **kw):
+    r = gen_request(**kw)
+    r.logprobs = True
+    r.top_logprobs = top
+    st = Stream(srv.stub, r, timeout=120).run()
+    assert st.code is None and st.error is None, st.describe()
+    tops = [t for m in st.msgs for t in m.top_logprobs]
+    assert len(tops) == len(st.ids) == len(st.logprobs), st.describe()
+    return st, tops
+
+
+def _check_top(lp, tops, greedy):
+    """One token: its alternatives sorted descending, their mass at most 1, the greedy pick first
+    with the same logprob."""
+    vals = [t[1] for t in tops]
+    assert vals == sorted(vals, reverse=True), vals
+    assert sum(math.exp(v) for v in vals) <= 1 + 1e-5, vals
+    assert all(v <= 1e-6 for v in vals)
+    if greedy:
+        assert vals[0] == lp, (vals, lp)
+
+
+def test_chat_logprobs_top5(srv):
+    r = srv.client.chat.completions.create(model=srv.model_id, messages=chat_messages(), max_tokens=12,
+                                           temperature=0, logprobs=True, top_logprobs=5)
+    content = r.choices[0].logprobs.content
+    assert len(content) == r.usage.completion_tokens == 12
+    for c in content:
+        assert len(c.top_logprobs) == 5
+        _check_top(c.logprob, [(t.token, t.logprob) for t in c.top_logprobs], greedy=True)
+        assert c.token == c.top_logprobs[0].token
+        assert c.bytes == list(c.token.encode()), c
+    # the same numbers over gRPC
+    g, tops = _grpc_logprobs(srv, 5, messages=CHAT, max_tokens=12, temperature=0.0)
+    assert [c.logprob for c in content] == list(g.logprobs)
+    assert [[t.logprob for t in c.top_logprobs] for c in content] == [list(t.logprobs) for t in tops]
+    assert all(t.token_ids[0] == i for t, i in zip(tops, g.ids))
+    assert "".join(c.token for c in content) == r.choices[0].message.content
+    # sampled: the chosen token need not be the first, but is among the alternatives' distribution
+    s = srv.client.chat.completions.create(model=srv.model_id, messages=chat_messages(), max_tokens=12,
+                                           temperature=1.5, seed=3, logprobs=True, top_logprobs=3)
+    for c in s.choices[0].logprobs.content:
+        _check_top(c.logprob, [(t.token, t.logprob) for t in c.top_logprobs], greedy=False)
+        assert c.logprob <= c.top_logprobs[0].logprob
+    # streamed: the same logprobs, chunk by chunk
+    chunks = list(srv.client.chat.completions.create(model=srv.model_id, messages=chat_messages(),
+                                                     max_tokens=12, temperature=0, logprobs=True,
+                                                     top_logprobs=5, stream=True))
+    streamed = [c for ch in chunks if ch.choices and ch.choices[0].logprobs
+                for c in ch.choices[0].logprobs.content]
+    assert [c.logprob for c in streamed] == [c.logprob for c in content]
+
+
+def test_completion_logprobs(srv):
+    r = srv.client.completions.create(model=srv.model_id, prompt=PROMPT, max_tokens=10, temperature=0,
+                                      logprobs=5)
+    lp = r.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == len(lp.top_logprobs) == len(lp.text_offset) == 10
+    assert "".join(lp.tokens) == r.choices[0].text
+    assert lp.text_offset == [sum(len(t) for t in lp.tokens[:i]) for i in range(10)]
+    for tok, l, top in zip(lp.tokens, lp.token_logprobs, lp.top_logprobs):
+        assert 1 <= len(top) <= 5 and top[tok] == l
+        _check_top(l, sorted(top.items(), key=lambda kv: -kv[1]), greedy=True)
+    g, tops = _grpc_logprobs(srv, 5, prompt=PROMPT, max_tokens=10, temperature=0.0)
+    assert lp.token_logprobs == list(g.logprobs)
+
+
+def test_n_choices(srv):
+    def ask(n, seed, **kw):
+        return srv.client.chat.completions.create(model=srv.model_id, messages=chat_messages(),
+                                                  max_tokens=10, temperature=1.2, seed=seed, n=n,
+                                                  logprobs=True, **kw)
+    r = ask(3, 42)
+    assert [c.index for c in r.choices] == [0, 1, 2]
+    # usage: the prompt once, the completions summed
+    assert r.usage.completion_tokens == sum(len(c.logprobs.content) for c in r.choices)
+    assert r.usage.prompt_tokens == ask(1, 42).usage.prompt_tokens
+    # choice i is the request seeded seed + i
+    for i, c in enumerate(r.choices):
+        assert c.message.content == ask(1, 42 + i).choices[0].message.content
+    assert len({c.message.content for c in r.choices}) > 1, "three identical choices"
+    # streamed: every chunk names its choice; each choice's text as in the whole answer
+    texts, finishes = {}, {}
+    chunks = list(srv.client.chat.completions.create(model=srv.model_id, messages=chat_messages(),
+                                                     max_tokens=10, temperature=1.2, seed=42, n=3,
+                                                     stream=True, stream_options={"include_usage": True}))
+    for ch in chunks:
+        for c in ch.choices:
+            texts[c.index] = texts.get(c.index, "") + (c.delta.content or "")
+            if c.finish_reason:
+                finishes[c.index] = c.finish_reason
+    assert texts == {i: c.message.content for i, c in enumerate(r.choices)}
+    assert sorted(finishes) == [0, 1, 2]
+    assert chunks[-1].usage.completion_tokens == r.usage.completion_tokens
+    # completions too
+    cr = srv.client.completions.create(model=srv.model_id, prompt=PROMPT, max_tokens=6, temperature=0, n=2)
+    assert [c.index for c in cr.choices] == [0, 1] and cr.choices[0].text == cr.choices[1].text
+    assert cr.usage.completion_tokens == 12
+
+
+def test_penalties(srv):
+    prompt = "one two one two one two"
+
+    def ask(**kw):
+        text = srv.client.completions.create(model=srv.model_id, prompt=prompt, max_tokens=24,
+                                             temperature=0, extra_body={"ignore_eos": True},
+                                             **kw).choices[0].text
+        g = grpc_text(srv, prompt=prompt, max_tokens=24, temperature=0.0, ignore_eos=True, **kw)
+        assert g.text == text
+        return len(g.ids) - len(set(g.ids))  # tokens that repeat an earlier one of the answer
+
+    plain = ask()
+    assert plain >= 8  # the prompt invites repeating
+    for kw in ({"frequency_penalty": 2.0}, {"presence_penalty": 2.0}):
+        assert ask(**kw) < plain / 2, kw
+    # a negative penalty encourages repeating
+    assert ask(presence_penalty=-2.0, frequency_penalty=-2.0) >= plain
+
+
+def test_logit_bias(srv):
+    base = srv.client.completions.create(model=srv.model_id, prompt=PROMPT, max_tokens=6, temperature=0,
+                                         logprobs=0)
+    g0 = grpc_text(srv, prompt=PROMPT, max_tokens=6, temperature=0.0)
+    first = g0.ids[0]
+    banned = srv.client.completions.create(model=srv.model_id, prompt=PROMPT, max_tokens=6,
+                                           temperature=0, logit_bias={str(first): -100})
+    gb = Stream(srv.stub, _with_bias(gen_request(prompt=PROMPT, max_tokens=6, temperature=0.0),
+                                     {first: -100.0}), timeout=60).run()
+    assert gb.ids[0] != first and first not in gb.ids, gb.describe()
+    assert banned.choices[0].text == gb.text != base.choices[0].text
+    # +100 forces one token at every step; its logprob (of the biased row) is ~0
+    forced = srv.client.completions.create(model=srv.model_id, prompt=PROMPT, max_tokens=4,
+                                           temperature=0.8, seed=1, logit_bias={"1000": 100},
+                                           logprobs=1)
+    lp = forced.choices[0].logprobs
+    assert len(set(lp.tokens)) == 1 and all(x > -1e-3 for x in lp.token_logprobs), lp
+    gf = Stream(srv.stub, _with_bias(gen_request(prompt=PROMPT, max_tokens=4, temperature=0.8, seed=1),
+                                     {1000: 100.0}), timeout=60).run()
+    assert gf.ids == [1000] * 4 and gf.text == forced.choices[0].text
+
+
+def _with_bias(r, bias):
+    for t, b in bias.items():
+        r.sampling.logit_bias.add(token_id=t, bias=b)
+    return r
 
 
 def test_validation_is_the_grpc_one(srv):

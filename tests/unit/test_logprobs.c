@@ -9,7 +9,11 @@
  * our logits are within 5e-4 of the oracle's over each position's top 16 (test_forward_golden)
  * and a log-softmax moves by at most twice the largest logit error, so 1e-3; measured: printed.
  * A logprob without its log-sum-exp term (0 for every greedy pick) is off by the pick's whole
- * -logprob, which the test requires to exceed 0.1 at several greedy picks. */
+ * -logprob, which the test requires to exceed 0.1 at several greedy picks.
+ *
+ * Every sampler also asks for the top 5 alternatives: each must carry the oracle's log-softmax
+ * at its id, and the j-th the oracle's j-th largest (both within the same bound, which near-ties
+ * at the fifth place cannot break); the greedy pick is the first of them. */
 #include <jansson.h>
 #include <math.h>
 #include <setjmp.h>
@@ -33,6 +37,7 @@
 #define ROWS       TSR_SOURCE_DIR "/tests/reference/forward_exact_smollm2_rows.bin"
 #define N_SAMPLERS 4
 #define TOL        2e-3
+#define TOP        5
 
 static float *read_rows(size_t *n_floats)
 {
@@ -70,7 +75,7 @@ static void test_logprobs_vs_float64(void **state)
 
     json_t *prompts = json_object_get(root, "prompts"),
            *index = json_object_get(root, "rows_index");
-    double worst = 0;
+    double worst = 0, worst_top = 0;
     int checked = 0, not_argmax = 0, greedy_far = 0;
     for (size_t r = 0; r < json_array_size(index); r++) {
         json_t *ri = json_array_get(index, r);
@@ -84,6 +89,20 @@ static void test_logprobs_vs_float64(void **state)
         int32_t prompt[256];
         for (int i = 0; i <= pos; i++)
             prompt[i] = (int32_t)json_integer_value(json_array_get(toks, (size_t)i));
+        /* the oracle's five largest log-softmax values, descending */
+        double otop[TOP];
+        for (int j = 0; j < TOP; j++) otop[j] = -INFINITY;
+        for (int i = 0; i < V; i++) {
+            double v = row[i];
+            for (int j = 0; j < TOP; j++)
+                if (v > otop[j]) {
+                    for (int q = TOP - 1; q > j; q--) otop[q] = otop[q - 1];
+                    otop[j] = v;
+                    break;
+                }
+        }
+        double olse = row[0] - tsr_test_log_softmax(row, V, 0);
+        for (int j = 0; j < TOP; j++) otop[j] -= olse;
         int64_t ids[N_SAMPLERS];
         for (int k = 0; k < N_SAMPLERS; k++) {
             struct tsr_request q = {.prompt = prompt,
@@ -92,6 +111,7 @@ static void test_logprobs_vs_float64(void **state)
                                     .max_tokens = 1,
                                     .ignore_eos = 1};
             if (k) q.sampling.temperature = 1.2f, q.sampling.seed = 7 * r + k;
+            q.sampling.top_logprobs = TOP;
             assert_int_equal(tsr_engine_add(e, &q, &ids[k]), 0);
         }
         int done = 0;
@@ -113,6 +133,23 @@ static void test_logprobs_vs_float64(void **state)
                              "log-softmax of the oracle's logits %.5f",
                              p, pos, k, ev[j].token, ev[j].logprob, want);
                 if (err > worst) worst = err;
+                assert_int_equal(ev[j].n_top, TOP);
+                if (k == 0) {
+                    assert_int_equal(ev[j].top_ids[0], ev[j].token);
+                    assert_true(ev[j].top_logprobs[0] == ev[j].logprob);
+                }
+                for (int t = 0; t < TOP; t++) {
+                    double at = tsr_test_log_softmax(row, V, ev[j].top_ids[t]);
+                    double e1 = fabs(ev[j].top_logprobs[t] - at),
+                           e2 = fabs(ev[j].top_logprobs[t] - otop[t]);
+                    if (e1 > TOL || e2 > TOL)
+                        fail_msg("prompt %zu position %d: top %d is token %d at %.5f; the "
+                                 "oracle has %.5f there and %.5f as its top %d",
+                                 p, pos, t, ev[j].top_ids[t], ev[j].top_logprobs[t], at, otop[t],
+                                 t);
+                    if (e1 > worst_top) worst_top = e1;
+                    if (e2 > worst_top) worst_top = e2;
+                }
                 checked++;
                 not_argmax += want < -0.1;
                 greedy_far += k == 0 && want < -0.1;
@@ -122,6 +159,7 @@ static void test_logprobs_vs_float64(void **state)
     printf("logprobs vs float64 log-softmax: %d picks, worst |diff| %.2g (bound %.1g); %d picks "
            "with logprob < -0.1, %d of them greedy\n",
            checked, worst, TOL, not_argmax, greedy_far);
+    printf("top %d logprobs vs float64: worst |diff| %.2g\n", TOP, worst_top);
     assert_int_equal(checked, (int)json_array_size(index) * N_SAMPLERS);
     assert_true(checked >= 80);
     assert_true(greedy_far >= 3);

@@ -107,13 +107,24 @@ static void test_refusals(void **state)
     expect_bad(H, "{\"prompt\": \"hi\"}", "prompt", "unknown field");
     expect_bad(C, "{\"messages\": []}", "messages", "unknown field");
     expect_bad(C, "{\"prompt\": \"hi\", \"frobnicate\": 1}", "frobnicate", "frobnicate");
-    expect_bad(C, "{\"prompt\": \"hi\", \"n\": 2}", "n", "'n'");
+    expect_bad(C, "{\"prompt\": \"hi\", \"n\": 9}", "n", "'n'");
+    expect_bad(C, "{\"prompt\": \"hi\", \"n\": 0}", "n", "'n'");
     expect_bad(C, "{\"prompt\": \"hi\", \"best_of\": 3}", "best_of", "best_of");
-    expect_bad(H, "{\"messages\": [], \"logprobs\": true}", "logprobs", "logprobs");
+    expect_bad(H, "{\"messages\": [], \"logprobs\": 3}", "logprobs", "true or false");
+    expect_bad(C, "{\"prompt\": \"hi\", \"logprobs\": 21}", "logprobs", "logprobs");
+    expect_bad(H, "{\"messages\": [], \"logprobs\": true, \"top_logprobs\": 21}", "top_logprobs",
+               "top_logprobs");
     expect_bad(H, "{\"messages\": [], \"top_logprobs\": 5}", "top_logprobs", "top_logprobs");
     expect_bad(C, "{\"prompt\": \"hi\", \"echo\": true}", "echo", "echo");
-    expect_bad(C, "{\"prompt\": \"hi\", \"frequency_penalty\": 1}", "frequency_penalty", "penalt");
-    expect_bad(C, "{\"prompt\": \"hi\", \"logit_bias\": {\"5\": 1}}", "logit_bias", "logit");
+    expect_bad(C, "{\"prompt\": \"hi\", \"frequency_penalty\": 2.5}", "frequency_penalty",
+               "[-2, 2]");
+    expect_bad(C, "{\"prompt\": \"hi\", \"presence_penalty\": \"x\"}", "presence_penalty",
+               "number");
+    expect_bad(C, "{\"prompt\": \"hi\", \"logit_bias\": {\"x\": 1}}", "logit_bias",
+               "not a token id");
+    expect_bad(C, "{\"prompt\": \"hi\", \"logit_bias\": {\"5\": 101}}", "logit_bias",
+               "[-100, 100]");
+    expect_bad(C, "{\"prompt\": \"hi\", \"logit_bias\": [1]}", "logit_bias", "object");
     expect_bad(H, "{\"messages\": [], \"tools\": [{}]}", "tools", "tools");
     expect_bad(H, "{\"messages\": [], \"response_format\": {\"type\": \"json_object\"}}",
                "response_format", "structured");
@@ -150,6 +161,111 @@ static void test_refusals(void **state)
                "messages[0]", "name");
 }
 
+/* n, logprobs, top_logprobs, penalties and logit_bias reach the GenerateRequest. */
+static void test_sampling_fields(void **state)
+{
+    (void)state;
+    struct tsr_openai_request r;
+    assert_int_equal(
+        tsr_openai_parse(TSR_OPENAI_CHAT,
+                         "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], \"n\": 3, "
+                         "\"logprobs\": true, \"top_logprobs\": 5, \"presence_penalty\": 0.5, "
+                         "\"frequency_penalty\": -1.5, \"logit_bias\": {\"5\": -100, \"17\": 2.5}, "
+                         "\"seed\": 7}",
+                         strlen("{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}], "
+                                "\"n\": 3, \"logprobs\": true, \"top_logprobs\": 5, "
+                                "\"presence_penalty\": 0.5, \"frequency_penalty\": -1.5, "
+                                "\"logit_bias\": {\"5\": -100, \"17\": 2.5}, \"seed\": 7}"),
+                         &r),
+        0);
+    assert_int_equal(r.n, 3);
+    assert_true(r.g.has_logprobs && r.g.logprobs);
+    assert_true(r.g.has_top_logprobs);
+    assert_int_equal(r.g.top_logprobs, 5);
+    const Tessera__V1__SamplingParams *sp = r.g.sampling;
+    assert_true(sp && sp->has_presence_penalty && sp->has_frequency_penalty);
+    assert_float_equal(sp->presence_penalty, 0.5, 1e-6);
+    assert_float_equal(sp->frequency_penalty, -1.5, 1e-6);
+    assert_int_equal(sp->n_logit_bias, 2);
+    int saw5 = 0, saw17 = 0;
+    for (size_t i = 0; i < sp->n_logit_bias; i++) {
+        if (sp->logit_bias[i]->token_id == 5)
+            saw5 = sp->logit_bias[i]->bias == -100.0f;
+        else if (sp->logit_bias[i]->token_id == 17)
+            saw17 = sp->logit_bias[i]->bias == 2.5f;
+    }
+    assert_true(saw5 && saw17);
+    tsr_openai_request_free(&r);
+    /* completions: logprobs is the number of alternatives */
+    const char *c = "{\"prompt\": \"hi\", \"logprobs\": 4}";
+    assert_int_equal(tsr_openai_parse(TSR_OPENAI_COMPLETION, c, strlen(c), &r), 0);
+    assert_int_equal(r.n, 1);
+    assert_true(r.g.logprobs && r.g.top_logprobs == 4);
+    tsr_openai_request_free(&r);
+    /* logprobs false: none asked, even with top_logprobs 0 */
+    c = "{\"messages\": [], \"logprobs\": false, \"top_logprobs\": 0}";
+    assert_int_equal(tsr_openai_parse(TSR_OPENAI_CHAT, c, strlen(c), &r), 0);
+    assert_false(r.g.has_logprobs && r.g.logprobs);
+    tsr_openai_request_free(&r);
+}
+
+/* Two choices' chunks into OpenAI's choices, logprobs objects and usage (no tokenizer: tokens
+ * read "token_id:<id>"). */
+static void test_answer_json(void **state)
+{
+    (void)state;
+    struct tsr_openai_request r;
+    const char *b = "{\"prompt\": \"hi\", \"n\": 2, \"logprobs\": 2}";
+    assert_int_equal(tsr_openai_parse(TSR_OPENAI_COMPLETION, b, strlen(b), &r), 0);
+    struct tsr_openai_answer a;
+    tsr_openai_answer_init(&a, TSR_OPENAI_COMPLETION, &r, NULL);
+    int32_t ids[2] = {7, 9}, alt_ids[2][2] = {{7, 3}, {9, 4}};
+    float lps[2] = {-0.25f, -0.5f}, alt_lps[2][2] = {{-0.25f, -2}, {-0.5f, -1}};
+    Tessera__V1__TopLogprobs tops[2], *topp[2];
+    for (int i = 0; i < 2; i++) {
+        tessera__v1__top_logprobs__init(&tops[i]);
+        tops[i].n_token_ids = tops[i].n_logprobs = 2;
+        tops[i].token_ids = alt_ids[i];
+        tops[i].logprobs = alt_lps[i];
+        topp[i] = &tops[i];
+    }
+    struct tsr_session_chunk c = {.ids = ids,
+                                  .n_ids = 2,
+                                  .logprobs = lps,
+                                  .top_logprobs = topp,
+                                  .text = "ab",
+                                  .n_text = 2,
+                                  .over = 1,
+                                  .finish = TESSERA__V1__FINISH_REASON__FINISH_REASON_LENGTH,
+                                  .prompt_tokens = 5,
+                                  .completion_tokens = 2,
+                                  .index = 1};
+    assert_int_equal(tsr_openai_answer_add(&a, &c), 0);
+    c.index = 0;
+    c.n_ids = 1;
+    c.n_text = 1;
+    c.completion_tokens = 1;
+    c.finish = TESSERA__V1__FINISH_REASON__FINISH_REASON_STOP;
+    assert_int_equal(tsr_openai_answer_add(&a, &c), 0);
+    json_t *ch = tsr_openai_answer_choices(&a), *u = tsr_openai_answer_usage(&a);
+    char *s = json_dumps(ch, JSON_COMPACT | JSON_SORT_KEYS), *us = json_dumps(u, JSON_COMPACT);
+    assert_string_equal(
+        s, "[{\"finish_reason\":\"stop\",\"index\":0,\"logprobs\":{\"text_offset\":[0],"
+           "\"token_logprobs\":[-0.25],\"tokens\":[\"token_id:7\"],\"top_logprobs\":[{"
+           "\"token_id:3\":-2.0,\"token_id:7\":-0.25}]},\"text\":\"a\"},{\"finish_reason\":"
+           "\"length\",\"index\":1,\"logprobs\":{\"text_offset\":[0,10],\"token_logprobs\":["
+           "-0.25,-0.5],\"tokens\":[\"token_id:7\",\"token_id:9\"],\"top_logprobs\":[{"
+           "\"token_id:3\":-2.0,\"token_id:7\":-0.25},{\"token_id:4\":-1.0,\"token_id:9\":"
+           "-0.5}]},\"text\":\"ab\"}]");
+    assert_string_equal(us, "{\"prompt_tokens\":5,\"completion_tokens\":3,\"total_tokens\":8}");
+    free(s);
+    free(us);
+    json_decref(ch);
+    json_decref(u);
+    tsr_openai_answer_free(&a);
+    tsr_openai_request_free(&r);
+}
+
 static void test_error_object(void **state)
 {
     char *e = tsr_openai_error_json(400, "bad 'n'", "n");
@@ -170,10 +286,9 @@ static void test_error_object(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_chat_fields),
-        cmocka_unit_test(test_prompt_forms),
-        cmocka_unit_test(test_refusals),
-        cmocka_unit_test(test_error_object),
+        cmocka_unit_test(test_chat_fields), cmocka_unit_test(test_prompt_forms),
+        cmocka_unit_test(test_refusals),    cmocka_unit_test(test_sampling_fields),
+        cmocka_unit_test(test_answer_json), cmocka_unit_test(test_error_object),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -280,6 +280,160 @@ static void test_validation(void **state)
     assert_int_equal(tsr_sampling_validate(&p), TSR_EINVAL);
 }
 
+/* The top alternatives: the k largest of the row in descending order (lower id first on ties),
+ * each with its float64 log-softmax; the greedy pick is the first with the same logprob; their
+ * probabilities sum to at most 1. Tolerance: float rounding of the result. */
+static void test_top_logprobs(void **state)
+{
+    struct tsr_sampling p = tsr_sampling_default();
+    p.top_logprobs = 5;
+    struct tsr_sampler s;
+    assert_int_equal(tsr_sampler_init(&s, &p, V), 0);
+    double worst = 0;
+    for (uint32_t k = 0; k < 50; k++) {
+        float l[V];
+        fill_logits(l, 100 + k);
+        if (k == 7) l[11] = l[12] = 9.0f; /* a tie at the top: id 11 first */
+        float lp;
+        int32_t pick = tsr_sample(&s, l, NULL, 0, &lp);
+        int32_t ids[TSR_SAMPLING_MAX_TOP_LOGPROBS];
+        float lps[TSR_SAMPLING_MAX_TOP_LOGPROBS];
+        int n = tsr_top_logprobs(l, V, p.top_logprobs, ids, lps);
+        assert_int_equal(n, 5);
+        assert_int_equal(ids[0], pick);
+        assert_true(lps[0] == lp);
+        if (k == 7) assert_true(ids[0] == 11 && ids[1] == 12);
+        double mass = 0;
+        for (int j = 0; j < n; j++) {
+            double want = tsr_test_log_softmax(l, V, ids[j]);
+            if (fabs(lps[j] - want) > worst) worst = fabs(lps[j] - want);
+            if (j) assert_true(lps[j] <= lps[j - 1]);
+            mass += exp(lps[j]);
+            /* nothing outside the list beats its last */
+            for (int i = 0; i < V; i++) {
+                int in = 0;
+                for (int q = 0; q < n; q++) in |= ids[q] == i;
+                if (!in) assert_true(l[i] <= l[ids[n - 1]]);
+            }
+        }
+        assert_true(mass <= 1.0 + 1e-6);
+    }
+    assert_true(worst < 1e-5);
+    /* k larger than the row, and k = 0 */
+    float tiny[3] = {1, 3, 2};
+    int32_t ids[TSR_SAMPLING_MAX_TOP_LOGPROBS];
+    float lps[TSR_SAMPLING_MAX_TOP_LOGPROBS];
+    assert_int_equal(tsr_top_logprobs(tiny, 3, 20, ids, lps), 3);
+    assert_true(ids[0] == 1 && ids[1] == 2 && ids[2] == 0);
+    assert_true(fabs(exp(lps[0]) + exp(lps[1]) + exp(lps[2]) - 1) < 1e-6);
+    assert_int_equal(tsr_top_logprobs(tiny, 3, 0, ids, lps), 0);
+    tsr_sampler_free(&s);
+}
+
+/* OpenAI's presence and frequency penalties: l[t] -= count[t] * frequency + presence over the
+ * generated tokens only (the prompt's do not count). */
+static void test_presence_frequency(void **state)
+{
+    struct tsr_sampling p = tsr_sampling_default();
+    p.presence_penalty = 0.5f;
+    p.frequency_penalty = 0.25f;
+    struct tsr_sampler s;
+    assert_int_equal(tsr_sampler_init(&s, &p, V), 0);
+    s.n_prompt = 2;
+    float l[V];
+    for (int i = 0; i < V; i++) l[i] = 0;
+    l[1] = 1.0f; /* in the prompt only: untouched, and the greedy pick */
+    int32_t hist[] = {1, 3, 3, 3, 4};
+    float lp;
+    assert_int_equal(tsr_sample(&s, l, hist, 5, &lp), 1);
+    assert_true(l[1] == 1.0f);
+    assert_true(fabsf(l[3] - -1.0f) < 1e-6f); /* 2 * 0.25 + 0.5: hist[1] is the prompt's */
+    assert_true(fabsf(l[4] - -0.75f) < 1e-6f);
+    assert_true(l[5] == 0.0f);
+    /* the counts start again from zero at the next call */
+    for (int i = 0; i < V; i++) l[i] = 0;
+    assert_int_equal(tsr_sample(&s, l, hist, 5, NULL), 0);
+    assert_true(fabsf(l[3] - -1.0f) < 1e-6f);
+    /* a negative presence penalty encourages: token 4 wins */
+    tsr_sampler_free(&s);
+    p.presence_penalty = -2;
+    p.frequency_penalty = 0;
+    assert_int_equal(tsr_sampler_init(&s, &p, V), 0);
+    s.n_prompt = 4;
+    for (int i = 0; i < V; i++) l[i] = 0;
+    l[1] = 1.0f;
+    assert_int_equal(tsr_sample(&s, l, hist, 5, NULL), 4);
+    tsr_sampler_free(&s);
+}
+
+/* logit_bias: -100 bans the argmax, +100 forces a low token; logprobs see the biased row. */
+static void test_logit_bias(void **state)
+{
+    float l[V];
+    fill_logits(l, 5);
+    int32_t top = tsr_argmax(l, V);
+    int32_t low = top == 0 ? 1 : 0;
+    struct tsr_logit_bias b[2] = {{top, -100}, {low, 100}};
+    struct tsr_sampling p = tsr_sampling_default();
+    p.logit_bias = b;
+    p.n_logit_bias = 1;
+    struct tsr_sampler s;
+    assert_int_equal(tsr_sampler_init(&s, &p, V), 0);
+    b[0].bias = 0; /* the sampler kept its own copy */
+    float row[V];
+    memcpy(row, l, sizeof row);
+    int32_t t = tsr_sample(&s, row, NULL, 0, NULL);
+    assert_true(t != top);
+    assert_true(row[top] == l[top] - 100);
+    tsr_sampler_free(&s);
+    b[0].bias = -100;
+    p.n_logit_bias = 2;
+    p.temperature = 0.8f;
+    assert_int_equal(tsr_sampler_init(&s, &p, V), 0);
+    for (int k = 0; k < 20; k++) {
+        memcpy(row, l, sizeof row);
+        float lp;
+        assert_int_equal(tsr_sample(&s, row, NULL, 0, &lp), low);
+        assert_true(fabs(lp - tsr_test_log_softmax(row, V, low)) < 1e-5);
+    }
+    tsr_sampler_free(&s);
+}
+
+static void test_validation_new_fields(void **state)
+{
+    struct tsr_sampling p = tsr_sampling_default();
+    p.presence_penalty = 2.5f;
+    assert_int_equal(tsr_sampling_validate(&p), TSR_EINVAL);
+    assert_non_null(strstr(tsr_last_error(), "presence_penalty"));
+    p = tsr_sampling_default();
+    p.frequency_penalty = NAN;
+    assert_int_equal(tsr_sampling_validate(&p), TSR_EINVAL);
+    assert_non_null(strstr(tsr_last_error(), "frequency_penalty"));
+    p = tsr_sampling_default();
+    p.top_logprobs = 21;
+    assert_int_equal(tsr_sampling_validate(&p), TSR_EINVAL);
+    p.top_logprobs = 20;
+    assert_int_equal(tsr_sampling_validate(&p), 0);
+    struct tsr_logit_bias b[2] = {{3, 101}, {3, 1}};
+    p = tsr_sampling_default();
+    p.logit_bias = b;
+    p.n_logit_bias = 1;
+    assert_int_equal(tsr_sampling_validate(&p), TSR_EINVAL);
+    assert_non_null(strstr(tsr_last_error(), "[-100, 100]"));
+    b[0].bias = 1;
+    p.n_logit_bias = 2;
+    assert_int_equal(tsr_sampling_validate(&p), TSR_EINVAL);
+    assert_non_null(strstr(tsr_last_error(), "twice"));
+    p.n_logit_bias = TSR_SAMPLING_MAX_LOGIT_BIAS + 1;
+    assert_int_equal(tsr_sampling_validate(&p), TSR_EINVAL);
+    b[0].id = V;
+    p.n_logit_bias = 1;
+    assert_int_equal(tsr_sampling_validate(&p), 0);
+    struct tsr_sampler s;
+    assert_int_equal(tsr_sampler_init(&s, &p, V), TSR_EINVAL); /* outside the vocabulary */
+    assert_non_null(strstr(tsr_last_error(), "not a token id"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -292,6 +446,10 @@ int main(void)
         cmocka_unit_test(test_repetition_penalty),
         cmocka_unit_test(test_repetition_penalty_negative),
         cmocka_unit_test(test_validation),
+        cmocka_unit_test(test_top_logprobs),
+        cmocka_unit_test(test_presence_frequency),
+        cmocka_unit_test(test_logit_bias),
+        cmocka_unit_test(test_validation_new_fields),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
