@@ -53,7 +53,9 @@ static void serve_usage(FILE *f)
     fprintf(f, "usage: tessera serve [--model M] [--tp N] [--pp M] [--replicas R] [--port P]\n"
                "                     [--host H] [--advertise-address A] [--etcd URLS] [--dir DIR]\n"
                "                     [--threads T] [--kv-blocks B] [--kv-mem GB] [--max-seqs S]\n"
-               "                     [--step-tokens N] [--max-queue Q] [--drain-timeout S]\n"
+               "                     [--gpu-memory-utilization F] [--device cpu|cuda[:N]]\n"
+               "                     [--step-tokens N] [--step-timeout S] [--max-queue Q]\n"
+               "                     [--drain-timeout S]\n"
                "                     [--http-port P] [--served-model-name NAME]\n"
                "                     [--max-model-len N] [--api-key-file F]\n"
                "                     [--tls-cert F --tls-key F] [--tls-client-ca F]\n\n"
@@ -66,10 +68,13 @@ static void serve_usage(FILE *f)
                "  --threads  CPU threads per worker rank (default: the cores shared out)\n"
                "  --drain-timeout  on SIGTERM/SIGINT, how long requests in flight may take to\n"
                "             finish before everything stops (default 30 s; 0: stop at once)\n"
-               "Worker options (--kv-blocks, --kv-mem, --max-seqs, --step-tokens, --step-timeout)\n"
-               "are passed on, and so are --served-model-name (to the coordinator) and\n"
-               "--max-model-len (to both); see `tessera worker --help` and\n"
-               "`tessera coordinator --help`.\n" TSR_CLI_SECURITY_HELP
+               "  --device   cpu (default) or cuda[:N]: replica r takes GPUs N + r x tp x pp on\n"
+               "             (tp x pp of them each)\n"
+               "  --max-queue  requests in flight and queued at the coordinator (default 256)\n"
+               "Worker options (--kv-blocks, --kv-mem, --gpu-memory-utilization, --max-seqs,\n"
+               "--step-tokens, --step-timeout) are passed on, and so are --served-model-name\n"
+               "(to the coordinator) and --max-model-len (to both); see `tessera worker --help`\n"
+               "and `tessera coordinator --help`.\n" TSR_CLI_SECURITY_HELP
                "The key and the TLS files go to the coordinator (the key through its environment,\n"
                "never its command line); serve checks on it with them, pinning --tls-cert (and\n"
                "showing it as its client certificate under --tls-client-ca).\n");
@@ -251,7 +256,8 @@ int tsr_cmd_serve(int argc, char **argv)
         O_DRAIN,
         O_HTTP,
         O_NAME,
-        O_MLEN
+        O_MLEN,
+        O_MEMU
     };
     static const struct option opts[] = {{"model", required_argument, 0, 'm'},
                                          {"tp", required_argument, 0, O_TP},
@@ -273,6 +279,7 @@ int tsr_cmd_serve(int argc, char **argv)
                                          {"http-port", required_argument, 0, O_HTTP},
                                          {"served-model-name", required_argument, 0, O_NAME},
                                          {"max-model-len", required_argument, 0, O_MLEN},
+                                         {"gpu-memory-utilization", required_argument, 0, O_MEMU},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     static struct serve s; /* large (paths); one per process */
@@ -280,7 +287,7 @@ int tsr_cmd_serve(int argc, char **argv)
     const char *model = getenv("TESSERA_MODEL") ? getenv("TESSERA_MODEL") : TSR_DEFAULT_MODEL;
     const char *etcd = NULL, *dir = NULL, *kv_blocks = NULL, *kv_mem = NULL, *max_seqs = NULL,
                *step_timeout = NULL, *step = NULL, *queue = "256", *device = "cpu",
-               *served_name = NULL, *max_len = NULL;
+               *served_name = NULL, *max_len = NULL, *mem_util = NULL;
     int tp = 1, pp = 1, threads = 0, http_port = -1, c, rc;
     struct tsr_cli_listen listen = {.host = "127.0.0.1", .port = 50051};
     struct tsr_cli_security sec = {0};
@@ -319,6 +326,10 @@ int tsr_cmd_serve(int argc, char **argv)
             break;
         case O_KVB:
             if (!(rc = tsr_cli_int("--kv-blocks", optarg, 1, 1 << 24, &l))) kv_blocks = optarg;
+            break;
+        case O_MEMU:
+            if (!(rc = tsr_cli_float("--gpu-memory-utilization", optarg, 0.01, 1, &d)))
+                mem_util = optarg;
             break;
         case O_KVM:
             if (!(rc = tsr_cli_float("--kv-mem", optarg, 1e-3, 1 << 20, &d))) kv_mem = optarg;
@@ -520,6 +531,7 @@ int tsr_cmd_serve(int argc, char **argv)
         for (size_t i = 0; i < sizeof wargs / sizeof *wargs; i++) a[k++] = (char *)wargs[i];
         if (kv_blocks) a[k++] = "--kv-blocks", a[k++] = (char *)kv_blocks;
         if (kv_mem) a[k++] = "--kv-mem", a[k++] = (char *)kv_mem;
+        if (mem_util) a[k++] = "--gpu-memory-utilization", a[k++] = (char *)mem_util;
         if (max_seqs) a[k++] = "--max-seqs", a[k++] = (char *)max_seqs;
         if (step_timeout) a[k++] = "--step-timeout", a[k++] = (char *)step_timeout;
         if (step) a[k++] = "--step-tokens", a[k++] = (char *)step;

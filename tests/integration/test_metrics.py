@@ -195,7 +195,7 @@ class Worker:
 
 def worker_request(api, prompt_ids, max_tokens):
     r = api.worker_pb.WorkerGenerateRequest(request_id="m", prompt_ids=prompt_ids, max_tokens=max_tokens,
-                                            ignore_eos=True, temperature=0.0)
+                                            ignore_eos=True, sampling=api.pb.SamplingParams(temperature=0.0))
     return r
 
 
