@@ -19,6 +19,10 @@ static void client_usage(FILE *f)
             "                      [--max-tokens N] [--temperature T] [--top-k K] [--top-p P]\n"
             "                      [--seed S] [--stop TEXT]... [--ignore-eos] [--show-ids]\n"
             "                      [--logprobs] [--timeout SECONDS]\n"
+            "                      [--min-p P] [--repetition-penalty R] [--presence-penalty P]\n"
+            "                      [--frequency-penalty F] [--logit-bias ID:BIAS,...]\n"
+            "                      [--top-logprobs K] [--stop-ids 1,2] [--model NAME]\n"
+            "                      [--request-id ID]\n"
             "       tessera client [--address HOST:PORT] --tokenize TEXT\n"
             "       tessera client [--address HOST:PORT] --list-models | --status | --health\n"
             "       any of them with [--tls-ca F [--tls-cert F --tls-key F]]\n"
@@ -30,12 +34,18 @@ static void client_usage(FILE *f)
             "              --api-key KEY does too, but `ps` shows it to every user\n"
             "  --chat      send the prompt as a user message through the chat template\n"
             "  --show-ids  print the generated token ids after the text\n"
+            "  --logprobs  print [id logprob] per token on stderr; --top-logprobs K adds the K\n"
+            "              likeliest ids with theirs ([id logprob | id:lp ...])\n"
+            "Every field is the public API's (proto/tessera/v1/inference.proto; docs/api.md\n"
+            "gives defaults and limits, which the server checks).\n"
             "Exit status: 0 ok, 1 the server answered an error (printed with its gRPC code),\n"
             "2 a usage error.\n");
 }
 
 struct client_args {
-    const char *address, *prompt, *system, *tokenize, *prompt_ids;
+    const char *address, *prompt, *system, *tokenize, *prompt_ids, *model, *request_id;
+    const char *stop_ids, *logit_bias;
+    int top_logprobs;
     int chat, max_tokens, show_ids, logprobs, ignore_eos, list, status, health;
     double timeout;
     const char *tls_ca, *tls_cert, *tls_key, *api_key, *api_key_file;
@@ -96,6 +106,51 @@ static int do_generate(tsr_rpc_channel_t *ch, struct client_args *a)
         r.input_case = TESSERA__V1__GENERATE_REQUEST__INPUT_PROMPT;
         r.prompt = (char *)a->prompt;
     }
+    Tessera__V1__LogitBias lb[300], *lbp[300];
+    if (a->logit_bias) {
+        /* "ID:BIAS,ID:BIAS": the server checks ids and ranges */
+        const char *p = a->logit_bias;
+        while (*p) {
+            char *end;
+            long id = strtol(p, &end, 10);
+            char *colon = end;
+            double bias = *colon == ':' ? strtod(colon + 1, &end) : 0;
+            if (end == p || *colon != ':' || end == colon + 1 || (*end && *end != ',') ||
+                a->sp.n_logit_bias == 300) {
+                fprintf(stderr,
+                        "tessera client: --logit-bias: want ID:BIAS,... (at most 300), "
+                        "not '%s'\n",
+                        a->logit_bias);
+                free(ti.ids);
+                return 2;
+            }
+            Tessera__V1__LogitBias *b = &lb[a->sp.n_logit_bias];
+            *b = (Tessera__V1__LogitBias)TESSERA__V1__LOGIT_BIAS__INIT;
+            b->has_token_id = b->has_bias = 1;
+            b->token_id = (int32_t)id;
+            b->bias = (float)bias;
+            lbp[a->sp.n_logit_bias++] = b;
+            p = *end ? end + 1 : end;
+        }
+        a->sp.logit_bias = lbp;
+    }
+    int32_t *stop_ids = NULL;
+    size_t n_stop_ids = 0;
+    if (a->stop_ids) {
+        int rc = tsr_cli_ids("client", "--stop-ids", a->stop_ids, &stop_ids, &n_stop_ids);
+        if (rc) {
+            free(ti.ids);
+            return rc;
+        }
+        r.stop_token_ids = stop_ids;
+        r.n_stop_token_ids = n_stop_ids;
+    }
+    r.model = (char *)a->model;
+    r.request_id = (char *)a->request_id;
+    if (a->top_logprobs) {
+        r.has_top_logprobs = 1;
+        r.top_logprobs = a->top_logprobs;
+    }
     r.sampling = &a->sp;
     if (a->max_tokens) {
         r.has_max_tokens = 1;
@@ -110,6 +165,7 @@ static int do_generate(tsr_rpc_channel_t *ch, struct client_args *a)
     int open_rc = tsr_rpc_stream_open_pb(ch, "/tessera.v1.Inference/Generate", &r.base,
                                          (int64_t)(a->timeout * 1000), &s);
     free(ti.ids); /* packed into the request */
+    free(stop_ids);
     if (open_rc) {
         fprintf(stderr, "tessera client: %s\n", tsr_last_error());
         return 1;
@@ -137,8 +193,14 @@ static int do_generate(tsr_rpc_channel_t *ch, struct client_args *a)
                 ids = g;
             }
             ids[n_ids++] = m->token_ids[i];
-            if (a->logprobs && i < m->n_logprobs)
-                fprintf(stderr, "[%d %.4f]", m->token_ids[i], m->logprobs[i]);
+            if (a->logprobs && i < m->n_logprobs) {
+                fprintf(stderr, "[%d %.4f", m->token_ids[i], m->logprobs[i]);
+                const Tessera__V1__TopLogprobs *t =
+                    i < m->n_top_logprobs ? m->top_logprobs[i] : NULL;
+                for (size_t j = 0; t && j < t->n_token_ids && j < t->n_logprobs; j++)
+                    fprintf(stderr, "%s%d:%.4f", j ? " " : " | ", t->token_ids[j], t->logprobs[j]);
+                fprintf(stderr, "]");
+            }
         }
         if (m->has_finish_reason) {
             const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(
@@ -279,7 +341,16 @@ int tsr_cmd_client(int argc, char **argv)
         O_CERT,
         O_KEY,
         O_APIKEY,
-        O_APIKEYF
+        O_APIKEYF,
+        O_MINP,
+        O_REP,
+        O_PRES,
+        O_FREQ,
+        O_BIAS,
+        O_TOPLP,
+        O_STOPIDS,
+        O_MODEL,
+        O_REQID
     };
     static const struct option opts[] = {{"address", required_argument, 0, 'a'},
                                          {"prompt", required_argument, 0, 'p'},
@@ -305,6 +376,15 @@ int tsr_cmd_client(int argc, char **argv)
                                          {"tls-key", required_argument, 0, O_KEY},
                                          {"api-key", required_argument, 0, O_APIKEY},
                                          {"api-key-file", required_argument, 0, O_APIKEYF},
+                                         {"min-p", required_argument, 0, O_MINP},
+                                         {"repetition-penalty", required_argument, 0, O_REP},
+                                         {"presence-penalty", required_argument, 0, O_PRES},
+                                         {"frequency-penalty", required_argument, 0, O_FREQ},
+                                         {"logit-bias", required_argument, 0, O_BIAS},
+                                         {"top-logprobs", required_argument, 0, O_TOPLP},
+                                         {"stop-ids", required_argument, 0, O_STOPIDS},
+                                         {"model", required_argument, 0, O_MODEL},
+                                         {"request-id", required_argument, 0, O_REQID},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     struct client_args a;
@@ -339,6 +419,38 @@ int tsr_cmd_client(int argc, char **argv)
                 a.sp.has_temperature = 1;
                 a.sp.temperature = d;
             }
+            break;
+        case O_MINP:
+            if (!(rc = tsr_cli_float("--min-p", optarg, -1e9, 1e9, &d)))
+                a.sp.has_min_p = 1, a.sp.min_p = d;
+            break;
+        case O_REP:
+            if (!(rc = tsr_cli_float("--repetition-penalty", optarg, -1e9, 1e9, &d)))
+                a.sp.has_repetition_penalty = 1, a.sp.repetition_penalty = d;
+            break;
+        case O_PRES:
+            if (!(rc = tsr_cli_float("--presence-penalty", optarg, -1e9, 1e9, &d)))
+                a.sp.has_presence_penalty = 1, a.sp.presence_penalty = d;
+            break;
+        case O_FREQ:
+            if (!(rc = tsr_cli_float("--frequency-penalty", optarg, -1e9, 1e9, &d)))
+                a.sp.has_frequency_penalty = 1, a.sp.frequency_penalty = d;
+            break;
+        case O_BIAS:
+            a.logit_bias = optarg;
+            break;
+        case O_TOPLP:
+            if (!(rc = tsr_cli_int("--top-logprobs", optarg, 0, 1 << 20, &l)))
+                a.top_logprobs = l, a.logprobs = 1;
+            break;
+        case O_STOPIDS:
+            a.stop_ids = optarg;
+            break;
+        case O_MODEL:
+            a.model = optarg;
+            break;
+        case O_REQID:
+            a.request_id = optarg;
             break;
         case O_TOPK:
             if (!(rc = tsr_cli_int("--top-k", optarg, 0, 1 << 30, &l))) {

@@ -49,3 +49,29 @@ def test_client_prompt_ids(tessera_bin, served, offline):
     assert lines[-1] == ",".join(map(str, ref.ids)), "client ids %r, generate's %r" % (lines[-1], ref.ids)
     r, _ = _run(tessera_bin, "--address", served.address, "--prompt-ids", "1,x")
     assert r.returncode == 2 and b"--prompt-ids" in r.stderr, (r.returncode, r.stderr)
+
+
+def test_client_sampling_fields(tessera_bin, served):
+    """The API's newer fields reach the server from the command line: a +100 logit bias forces its
+    token at every step, --top-logprobs prints that many alternatives per token, --stop-ids ends at a stop id, and the server's checks answer a bad value."""
+    forced = 504
+    r, _ = _run(tessera_bin, "--address", served.address, "--prompt", "Hello", "--max-tokens", "4",
+                "--ignore-eos", "--logit-bias", "%d:100" % forced, "--top-logprobs", "3", "--show-ids",
+                "--presence-penalty", "0.5", "--frequency-penalty", "0.5", "--request-id", "cli-1")
+    out, err = r.stdout.decode("utf-8", "replace"), r.stderr.decode("utf-8", "replace")
+    assert r.returncode == 0, "exit %d: %r %r" % (r.returncode, out, err)
+    assert out.rstrip("\n").split("\n")[-1] == ",".join([str(forced)] * 4), out
+    tokens = [t for t in err.split("[")[1:]]
+    assert len(tokens) == 4, err
+    for t in tokens:
+        head, _, alts = t.partition(" | ")
+        alts = alts.split("]")[0].split()
+        assert head.split()[0] == str(forced) and len(alts) == 3, t
+        assert all(int(a.split(":")[0]) >= 0 and float(a.split(":")[1]) <= 0 for a in alts), t
+    r, _ = _run(tessera_bin, "--address", served.address, "--prompt", "Hello", "--max-tokens", "8",
+                "--logit-bias", "%d:100" % forced, "--stop-ids", str(forced), "--show-ids")
+    assert r.returncode == 0 and r.stdout.decode().rstrip("\n").split("\n")[-1] == str(forced), r
+    r, _ = _run(tessera_bin, "--address", served.address, "--prompt", "Hello", "--presence-penalty", "3")
+    assert r.returncode == 1 and b"INVALID_ARGUMENT" in r.stderr and b"presence_penalty" in r.stderr, r
+    r, _ = _run(tessera_bin, "--address", served.address, "--prompt", "Hello", "--logit-bias", "5")
+    assert r.returncode == 2 and b"--logit-bias" in r.stderr, r

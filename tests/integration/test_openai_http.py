@@ -1,6 +1,6 @@
 """OpenAI's HTTP API (`--http-port`), driven by the official `openai` Python package as its users
 drive it: chat, completions, streaming, stop, seed, refusals of what tessera does not do, unknown
-models; the same answer as gRPC for the same request; 16 concurrent streams each equal to the same
+models; the same answer as gRPC for the same request; 64 concurrent streams each equal to the same
 request sent alone; a client that disconnects cancels its request on the worker. Raw HTTP for
 what the SDK will not send (malformed JSON, invalid UTF-8, a huge body, an unknown path).
 """
@@ -396,7 +396,8 @@ def test_bad_http_input(srv):
 
 
 def test_concurrent_streams_equal_alone(srv):
-    prompts = ["The capital of France is", "Once upon a time", "def fibonacci(n):", "The three primary colors are"]
+    prompts = ["The capital of France is", "Once upon a time", "def fibonacci(n):", "The three primary colors are",
+               "Hi", "Translate to French: I like apples.", "1, 2, 3, 4,", "The lighthouse keeper had lived"]
     alone = {p: srv.client.completions.create(model=srv.model_id, prompt=p, max_tokens=16, temperature=0)
              .choices[0].text for p in prompts}
 
@@ -408,7 +409,8 @@ def test_concurrent_streams_equal_alone(srv):
             return p, "".join(c.choices[0].text for c in s if c.choices)
         return go
 
-    got = harness.run_parallel([one(i) for i in range(16)], timeout=300)
+    got = harness.run_parallel([one(i) for i in range(64)], timeout=600)
+    assert len(got) == 64
     bad = [(p, t, alone[p]) for p, t in got if t != alone[p]]
     assert not bad, bad
 
