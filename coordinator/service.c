@@ -238,9 +238,16 @@ out:
 
 /* ---- grpc.health.v1.Health ---- */
 
+/* Liveness and readiness apart (docs/api.md): "liveness" is SERVING while the process answers,
+ * draining or not; "", "readiness" and "tessera.v1.Inference" once it serves (a ready group, not
+ * draining). */
 static int health_status(struct tsr_coord *c, const char *service)
 {
-    if (service && service[0] && strcmp(service, "tessera.v1.Inference")) return -1;
+    if (service && !strcmp(service, "liveness"))
+        return GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+    if (service && service[0] && strcmp(service, "readiness") &&
+        strcmp(service, "tessera.v1.Inference"))
+        return -1;
     return tsr_sessions_serving(c->ss)
                ? GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING
                : GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__NOT_SERVING;

@@ -36,6 +36,12 @@ def test_sigterm_drains(tessera_bin, model, api, offline):
             return late.code == grpc.StatusCode.UNAVAILABLE and late
         late = harness.wait_for(refused, 10, interval=0.05, what="a new request to be refused")
         assert "draining" in late.details or "connect" in late.details.lower(), late.describe()
+        # readiness says NOT_SERVING at once, liveness SERVING while it drains
+        hp = api.health_pb.HealthCheckRequest
+        serving = api.health_pb.HealthCheckResponse.SERVING
+        if s.proc.poll() is None and "connect" not in late.details.lower():
+            assert s.health.Check(hp(service="readiness"), timeout=5).status != serving
+            assert s.health.Check(hp(service="liveness"), timeout=5).status == serving
 
         for t in threads:
             t.join(max(0.0, t_term + 90 - time.monotonic()))
