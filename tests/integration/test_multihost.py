@@ -135,6 +135,9 @@ def test_multihost(hosts, tessera_bin, model, api, offline, tmp_path):
     mpi = ["mpirun", "-np", "3", "--hostfile", str(hostfile), "--allow-run-as-root", "--bind-to", "none",
            "--mca", "plm_rsh_agent", str(agent), "--mca", "btl", "self,tcp",
            "--mca", "btl_tcp_if_include", NET, "--mca", "oob_tcp_if_include", NET,
+           # every daemon reports to mpirun itself: once in CI, the default tree routing sent a
+           # message through host b's daemon before it was up ("ORTE does not know how to route")
+           "--mca", "routed", "direct",
            tessera, "worker", "--etcd", etcd_url, "--model", model, "--id", "g1", "--tp", "3",
            "--threads", "1", "--host", "0.0.0.0", "--kv-blocks", "256"]
 
