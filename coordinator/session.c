@@ -64,21 +64,6 @@ static int set_status(struct tsr_session_status *st, int code, const char *fmt, 
     return code;
 }
 
-/* "models/SmolLM2-135M-Instruct.Q4_1.gguf" → "SmolLM2-135M-Instruct.Q4_1"; a directory's last
- * name; a synthetic spec as it is. */
-static void make_model_id(const char *name, char *out, size_t cap)
-{
-    size_t n = strlen(name);
-    while (n > 1 && name[n - 1] == '/') n--;
-    const char *base = name;
-    if (strncmp(name, "synthetic:", 10))
-        for (size_t i = 0; i < n; i++)
-            if (name[i] == '/') base = name + i + 1;
-    size_t len = (size_t)(name + n - base);
-    if (len > 5 && !strncmp(base + len - 5, ".gguf", 5)) len -= 5;
-    snprintf(out, cap, "%.*s", (int)len, base);
-}
-
 tsr_sessions_t *tsr_sessions_new(const tsr_model_t *m, tsr_router_t *r,
                                  const struct tsr_session_opts *o)
 {
@@ -94,7 +79,7 @@ tsr_sessions_t *tsr_sessions_new(const tsr_model_t *m, tsr_router_t *r,
     if (s->o.served_name)
         snprintf(s->model_id, sizeof s->model_id, "%s", s->o.served_name);
     else
-        make_model_id(tsr_model_name(m), s->model_id, sizeof s->model_id);
+        tsr_model_id(tsr_model_name(m), s->model_id, sizeof s->model_id);
     if (s->o.max_model_len <= 0 || s->o.max_model_len > s->cfg->n_ctx_train)
         s->o.max_model_len = s->cfg->n_ctx_train;
     pthread_mutex_init(&s->mu, NULL);
