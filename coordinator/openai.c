@@ -788,6 +788,7 @@ static void note_over(struct tsr_openai_answer *a, struct tsr_openai_choice *ch,
     ch->finish = c->finish;
     ch->completion_tokens = c->completion_tokens;
     a->prompt_tokens = c->prompt_tokens;
+    a->cached_tokens = c->cached_tokens;
 }
 
 int tsr_openai_answer_add(struct tsr_openai_answer *a, const struct tsr_session_chunk *c)
@@ -860,8 +861,9 @@ json_t *tsr_openai_answer_usage(const struct tsr_openai_answer *a)
 {
     int completion = 0;
     for (int i = 0; i < TSR_OPENAI_MAX_N; i++) completion += a->c[i].completion_tokens;
-    return json_pack("{s:i, s:i, s:i}", "prompt_tokens", a->prompt_tokens, "completion_tokens",
-                     completion, "total_tokens", a->prompt_tokens + completion);
+    return json_pack("{s:i, s:i, s:i, s:{s:i}}", "prompt_tokens", a->prompt_tokens,
+                     "completion_tokens", completion, "total_tokens", a->prompt_tokens + completion,
+                     "prompt_tokens_details", "cached_tokens", a->cached_tokens);
 }
 
 json_t *tsr_openai_stream_choice(struct tsr_openai_answer *a, const struct tsr_session_chunk *c)

@@ -83,6 +83,7 @@ struct tsr_openai_answer {
         int completion_tokens;
     } c[TSR_OPENAI_MAX_N];
     int prompt_tokens;
+    int cached_tokens; /* of prompt_tokens, found in the worker's cache (the last choice over) */
 };
 
 void tsr_openai_answer_init(struct tsr_openai_answer *a, enum tsr_openai_kind kind,

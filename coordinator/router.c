@@ -6,19 +6,26 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/hash.h"
 #include "common/status.h"
+
+/* Entries of a group's prefix index: direct-mapped, a newer block overwriting an older one in
+ * its slot (an approximation of the group's LRU cache; 2^15 blocks of 16 = 512k positions). */
+enum { INDEX_SLOTS = 1 << 15 };
 
 struct tsr_route {
     struct tsr_route *next;
     char group[64], addr[128];
     int64_t generation, outstanding;
     tsr_rpc_channel_t *ch;
-    int refs;     /* the table's (while alive) and each request's */
-    int alive;    /* in routing */
-    int draining; /* its leader finishes what it runs and takes nothing new: not picked */
+    int refs;        /* the table's (while alive) and each request's */
+    int alive;       /* in routing */
+    int draining;    /* its leader finishes what it runs and takes nothing new: not picked */
+    uint64_t *index; /* (INDEX_SLOTS) chain hashes of prompt blocks routed here; 0: empty */
 };
 
 struct tsr_router {
+    enum tsr_routing routing;
     pthread_mutex_t mu;
     pthread_cond_t changed;
     struct tsr_route *routes; /* alive ones; dead ones live on until their last release */
@@ -37,6 +44,7 @@ static void unref(struct tsr_route *g)
 {
     if (--g->refs == 0) {
         tsr_rpc_channel_free(g->ch);
+        free(g->index);
         free(g);
     }
 }
@@ -85,9 +93,13 @@ int tsr_router_upsert(tsr_router_t *r, const char *group, const char *addr, int6
     snprintf(n->addr, sizeof n->addr, "%s", addr);
     n->generation = generation;
     n->ch = tsr_rpc_channel_new(addr);
-    if (!n->ch) {
+    n->index = calloc(INDEX_SLOTS, sizeof *n->index); /* a new generation starts cold */
+    if (!n->ch || !n->index) {
+        int rc = n->ch ? tsr_errorf(TSR_ENOMEM, "out of memory") : TSR_EINVAL;
+        tsr_rpc_channel_free(n->ch);
+        free(n->index);
         free(n);
-        return TSR_EINVAL;
+        return rc;
     }
     n->refs = 1;
     n->alive = 1;
@@ -122,18 +134,76 @@ void tsr_router_retain(tsr_router_t *r, const char *const *names, int n)
     pthread_mutex_unlock(&r->mu);
 }
 
-tsr_route_t *tsr_router_pick(tsr_router_t *r, int64_t load, const tsr_route_t *avoid)
+void tsr_router_set_routing(tsr_router_t *r, enum tsr_routing routing)
 {
     pthread_mutex_lock(&r->mu);
-    struct tsr_route *best = NULL;
-    /* O(groups) scan: a coordinator routes to tens of groups, not thousands. */
-    for (struct tsr_route *g = r->routes; g; g = g->next)
-        if (g != avoid && !g->draining && (!best || g->outstanding < best->outstanding)) best = g;
+    r->routing = routing;
+    pthread_mutex_unlock(&r->mu);
+}
+
+int tsr_routing_parse(const char *s, enum tsr_routing *out)
+{
+    if (!strcmp(s, "cache"))
+        *out = TSR_ROUTING_CACHE;
+    else if (!strcmp(s, "load"))
+        *out = TSR_ROUTING_LOAD;
+    else
+        return tsr_errorf(TSR_EINVAL, "routing '%.32s': want cache or load", s);
+    return 0;
+}
+
+static uint64_t *slot(const struct tsr_route *g, uint64_t h)
+{
+    return &g->index[(h ^ (h >> 29)) & (INDEX_SLOTS - 1)];
+}
+
+/* The prompt blocks g likely holds: the leading ones in its index. */
+static int64_t cached_tokens(const struct tsr_route *g, const struct tsr_route_prompt *p)
+{
+    int i = 0;
+    while (p && i < p->n_blocks && p->blocks[i] && *slot(g, p->blocks[i]) == p->blocks[i]) i++;
+    return (int64_t)i * TSR_KV_BLOCK;
+}
+
+/* Requests holding g (the table holds one reference while g is in routing). */
+static int requests(const struct tsr_route *g)
+{
+    return g->refs - 1;
+}
+
+tsr_route_t *tsr_router_pick(tsr_router_t *r, int64_t load, const struct tsr_route_prompt *p,
+                             const tsr_route_t *avoid, int64_t *booked)
+{
+    pthread_mutex_lock(&r->mu);
+    struct tsr_route *least = NULL, *holder = NULL;
+    int64_t holder_hit = 0;
+    if (r->routing == TSR_ROUTING_LOAD) p = NULL;
+    /* O(groups x leading blocks) under the lock: a coordinator routes to tens of groups, not
+     * thousands, and the scan stops at a group's first miss. */
+    for (struct tsr_route *g = r->routes; g; g = g->next) {
+        if (g == avoid || g->draining) continue;
+        if (!least || g->outstanding < least->outstanding) least = g;
+        int64_t hit = cached_tokens(g, p);
+        if (hit > holder_hit ||
+            (hit && hit == holder_hit && g->outstanding < holder->outstanding)) {
+            holder = g;
+            holder_hit = hit;
+        }
+    }
+    /* The group holding the longest part of the prompt, unless it runs more than SPILL requests
+     * more than the least loaded one: then a hot prefix spreads to it (which then holds it too). */
+    enum { SPILL = 4 };
+    struct tsr_route *best = least;
+    if (holder && holder != least && requests(holder) <= requests(least) + SPILL) best = holder;
+    int64_t hit = best ? cached_tokens(best, p) : 0;
     if (best) {
         best->refs++;
-        best->outstanding += load;
+        best->outstanding += load - hit;
+        for (int i = 0; p && i < p->n_blocks; i++)
+            if (p->blocks[i]) *slot(best, p->blocks[i]) = p->blocks[i];
     }
     pthread_mutex_unlock(&r->mu);
+    if (booked) *booked = load - hit;
     return best;
 }
 

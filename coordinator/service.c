@@ -53,9 +53,10 @@ static int send_chunk(void *arg, const struct tsr_session_chunk *ch)
     if (ch->over) {
         m.has_finish_reason = 1;
         m.finish_reason = ch->finish;
-        u.has_prompt_tokens = u.has_completion_tokens = 1;
+        u.has_prompt_tokens = u.has_completion_tokens = u.has_cached_tokens = 1;
         u.prompt_tokens = ch->prompt_tokens;
         u.completion_tokens = ch->completion_tokens;
+        u.cached_tokens = ch->cached_tokens;
         m.usage = &u;
     }
     size_t len;

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/hash.h"
 #include "common/log.h"
 #include "common/rpc.h"
 #include "common/status.h"
@@ -181,6 +182,7 @@ struct relay {
     int logprobs, top_logprobs;
     int n_prompt;
     int n_done;   /* tokens relayed to the client */
+    int n_cached; /* of n_prompt, found in the worker's cache (its last message says) */
     int sent_any; /* a chunk reached the client: no retry after this */
     tsr_textstream_t *text;
 };
@@ -208,6 +210,8 @@ static int relay_message(struct relay *rl, const Tessera__V1__WorkerGenerateResp
             return tsr_errorf(TSR_EFORMAT, "token %zu: %zu top ids, %zu logprobs (asked %d)", i,
                               w->top_logprobs[i]->n_token_ids, w->top_logprobs[i]->n_logprobs,
                               rl->top_logprobs);
+    if (w->has_cached_tokens && w->cached_tokens >= 0 && w->cached_tokens <= rl->n_prompt)
+        rl->n_cached = w->cached_tokens;
     struct tsr_text_delta d;
     int rc = tsr_textstream_push(rl->text, w->token_ids, w->n_token_ids, worker_finish(w), &d);
     if (rc) return rc == TSR_EINVAL ? TSR_EFORMAT : rc; /* its message stands */
@@ -223,7 +227,8 @@ static int relay_message(struct relay *rl, const Tessera__V1__WorkerGenerateResp
                                   .over = d.over,
                                   .finish = d.finish,
                                   .prompt_tokens = rl->n_prompt,
-                                  .completion_tokens = rl->n_done};
+                                  .completion_tokens = rl->n_done,
+                                  .cached_tokens = rl->n_cached};
     rc = rl->io->chunk(rl->io->arg, &c);
     rl->sent_any = 1;
     if (rc) return TSR_ECANCELLED;
@@ -379,14 +384,22 @@ static int relay(struct tsr_sessions *s, const struct tsr_session_io *io,
     Tessera__V1__WorkerGenerateRequest wr = TESSERA__V1__WORKER_GENERATE_REQUEST__INIT;
     Tessera__V1__SamplingParams wsp = TESSERA__V1__SAMPLING_PARAMS__INIT;
     fill_worker_request(&wr, &wsp, request_id, ids, n, sp, max_tokens, r);
-    int64_t load = (int64_t)n + max_tokens;
+    int64_t load = (int64_t)n + max_tokens, booked = load;
+    /* the prompt's blocks a worker could take from its prefix cache, for the router's index */
+    struct tsr_route_prompt rp = {.n_blocks = n > 1 ? (int)((n - 1) / TSR_KV_BLOCK) : 0};
+    uint64_t *blocks = rp.n_blocks ? malloc((size_t)rp.n_blocks * sizeof *blocks) : NULL;
+    for (int i = 0; blocks && i < rp.n_blocks; i++)
+        blocks[i] =
+            tsr_chain_hash(i ? blocks[i - 1] : 0, ids + (size_t)i * TSR_KV_BLOCK, TSR_KV_BLOCK);
+    rp.blocks = blocks;
+    if (!blocks) rp.n_blocks = 0; /* out of memory: routed by load alone */
     tsr_route_t *avoid = NULL;
     set_status(st, TSR_RPC_UNAVAILABLE, "no replica is ready to serve");
     enum upstream_end end = UP_FAILED;
     for (int attempt = 0; attempt < RETRIES; attempt++) {
-        tsr_route_t *g = tsr_router_pick(s->r, load, avoid);
+        tsr_route_t *g = tsr_router_pick(s->r, load, &rp, avoid, &booked);
         if (!g && tsr_router_wait_ready(s->r, s->o.ready_wait_ms) > 0)
-            g = tsr_router_pick(s->r, load, avoid);
+            g = tsr_router_pick(s->r, load, &rp, avoid, &booked);
         if (!g) {
             size_t k = strlen(st->msg);
             if (avoid) snprintf(st->msg + k, sizeof st->msg - k, "; no other replica");
@@ -396,7 +409,7 @@ static int relay(struct tsr_sessions *s, const struct tsr_session_io *io,
         int done_before = rl.n_done;
         end = relay_attempt(&rl, g, &wr, st);
         /* what this group was booked for and did not stream */
-        tsr_route_progress(s->r, g, load - (rl.n_done - done_before));
+        tsr_route_progress(s->r, g, booked - (rl.n_done - done_before));
         if (end != UP_RETRY) {
             tsr_route_release(s->r, g, 0);
             break;
@@ -407,6 +420,7 @@ static int relay(struct tsr_sessions *s, const struct tsr_session_io *io,
     }
     tsr_route_release(s->r, avoid, 0);
     tsr_textstream_free(rl.text);
+    free(blocks);
     if (end == UP_DONE) return set_status(st, TSR_RPC_OK, "ok");
     if (end == UP_CLIENT_GONE) return set_status(st, TSR_RPC_CANCELLED, "cancelled");
     return st->code;

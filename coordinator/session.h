@@ -81,7 +81,8 @@ struct tsr_session_chunk {
     int over;                             /* the last chunk */
     Tessera__V1__FinishReason finish;     /* set when over */
     int prompt_tokens, completion_tokens; /* usage, set when over */
-    int index; /* the choice this chunk belongs to: 0, or 0..n-1 under tsr_session_run_n */
+    int cached_tokens; /* usage: of prompt_tokens, those the worker found in its cache */
+    int index;         /* the choice this chunk belongs to: 0, or 0..n-1 under tsr_session_run_n */
 };
 
 struct tsr_session_io {

@@ -2,9 +2,6 @@
 
 #include <stdio.h>
 #include <string.h>
-#include <sys/random.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "common/status.h"
 
@@ -39,20 +36,10 @@ int tsr_utf8_valid(const char *str, size_t n)
     return 1;
 }
 
-/* A seed nobody chose: 64 random bits (OpenAI's and vLLM's meaning of an unset seed). */
-static uint64_t random_seed(void)
-{
-    uint64_t v;
-    if (getrandom(&v, sizeof v, 0) == (ssize_t)sizeof v) return v;
-    struct timespec ts; /* no entropy source: time and pid still differ between requests */
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return ((uint64_t)ts.tv_sec * 1000000007u) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 32);
-}
-
 int tsr_validate_sampling(const Tessera__V1__SamplingParams *p, struct tsr_sampling *out)
 {
     *out = tsr_sampling_default();
-    out->seed = random_seed(); /* unless the request sets one */
+    out->seed = tsr_sampling_random_seed(); /* unless the request sets one */
     if (!p) return 0;
     if (p->has_temperature) out->temperature = p->temperature;
     if (p->has_top_k) out->top_k = p->top_k;

@@ -1,6 +1,9 @@
 #include "model/sampling.h"
 
 #include <math.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "common/status.h"
 
@@ -8,6 +11,16 @@ struct tsr_sampling tsr_sampling_default(void)
 {
     return (struct tsr_sampling){
         .temperature = 0, .top_k = 0, .top_p = 1, .min_p = 0, .repetition_penalty = 1, .seed = 0};
+}
+
+/* A seed nobody chose: 64 random bits (OpenAI's and vLLM's meaning of an unset seed). */
+uint64_t tsr_sampling_random_seed(void)
+{
+    uint64_t v;
+    if (getrandom(&v, sizeof v, 0) == (ssize_t)sizeof v) return v;
+    struct timespec ts; /* no entropy source: time and pid still differ between requests */
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return ((uint64_t)ts.tv_sec * 1000000007u) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 32);
 }
 
 int tsr_sampling_validate(const struct tsr_sampling *s)

@@ -36,6 +36,8 @@ struct tsr_sampling {
 
 /* Defaults: greedy, no filters. */
 struct tsr_sampling tsr_sampling_default(void);
+/* A seed nobody chose: 64 random bits (OpenAI's and vLLM's meaning of an unset seed). */
+uint64_t tsr_sampling_random_seed(void);
 /* 0, or TSR_EINVAL with a message naming the bad field. */
 int tsr_sampling_validate(const struct tsr_sampling *s);
 

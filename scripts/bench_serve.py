@@ -417,6 +417,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=3, help="repetitions of every (level, transport) [3]")
     ap.add_argument("--max-tokens", type=int, default=64)
     ap.add_argument("--prompt-tokens", type=int, default=64)
+    ap.add_argument("--shared-prefix", type=int, default=0,
+                    help="put the same N tokens before every prompt (a system prompt), for the prefix "
+                         "cache: compare a serve with --serve-arg=--no-prefix-caching [0]")
     ap.add_argument("--timeout", type=float, default=600, help="per-request deadline, seconds")
     ap.add_argument("--peer", action="store_true",
                     help="also time `tessera bench` (the engine alone, one sequence) while the serve idles")
@@ -475,10 +478,20 @@ def main():
         base = list(stub.Tokenize(pb.TokenizeRequest(prompt=text), timeout=60).token_ids)
         while len(base) < args.prompt_tokens + 64:
             base += base
+        # Each window starts at another token, so no two share a prefix, unless --shared-prefix
+        # (more than 64 requests a level reuse them, and the prefix cache finds the repeats).
         prompts = [base[i:i + args.prompt_tokens] for i in range(64)]
-        print("requests: %d prompt tokens (ids), %d output tokens (ignore_eos), greedy, streaming; "
-              "HTTP client: %s" % (args.prompt_tokens, args.max_tokens,
-                                   args.http_client if "http" in transports else "-"))
+        if args.shared_prefix:
+            words = ("%s %s" % (harness._STORY, text[::-1])).split()
+            prefix = []
+            while len(prefix) < args.shared_prefix:
+                prefix += list(stub.Tokenize(pb.TokenizeRequest(prompt=" ".join(words)), timeout=60).token_ids)
+                words = words[1:] + words[:1]
+            prompts = [prefix[:args.shared_prefix] + p for p in prompts]
+        print("requests: %d prompt tokens (ids; the first %d shared by all), %d output tokens (ignore_eos), "
+              "greedy, streaming; HTTP client: %s" % (args.shared_prefix + args.prompt_tokens, args.shared_prefix,
+                                                       args.max_tokens,
+                                                       args.http_client if "http" in transports else "-"))
 
         if args.peer and not attach:
             cmd = [str(args.tessera), "bench", "--model", str(args.model), "--prompt-tokens",

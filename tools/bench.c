@@ -25,6 +25,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/hash.h"
 #include "common/log.h"
 #include "common/status.h"
 #include "kernels/backend.h"
@@ -37,11 +38,13 @@
 #include "kernels/cuda/cuda_backend.h"
 #endif
 
-enum { MAX_BATCHES = 16, BLOCK = 16 };
+enum { MAX_BATCHES = 16, BLOCK = TSR_KV_BLOCK };
 
 struct bench_args {
-    const char *model, *device, *ref_device, *save_ids, *ref_ids;
-    long n_prompt, n_gen, repeats, threads, tp;
+    struct tsr_cli_model mdl;
+    struct tsr_cli_device dev;
+    const char *ref_device, *save_ids, *ref_ids;
+    long n_prompt, n_gen, repeats;
     int n_batches, batches[MAX_BATCHES];
     long context, steps, prefill_tokens;
     int agree;
@@ -117,10 +120,10 @@ static int bench_engine(const struct bench_args *a, tsr_model_t *m, tsr_backend_
     if ((rc = run_once(m, b, prompt, (int)n_prompt, (int)a->n_gen, &w0, &w1))) goto out;
     for (long r = 0; r < repeats; r++)
         if ((rc = run_once(m, b, prompt, (int)n_prompt, (int)a->n_gen, &tp[r], &td[r]))) goto out;
-    printf("{\"engine\":\"tessera\",\"model\":\"%s\",\"device\":\"%s\",\"threads\":%ld,"
+    printf("{\"engine\":\"tessera\",\"model\":\"%s\",\"device\":\"%s\",\"threads\":%d,"
            "\"prompt_tokens\":%ld,\"gen_tokens\":%ld,\"repeats\":%ld,\"prompt_tps\":%.2f,"
            "\"decode_tps\":%.2f}\n",
-           a->model, a->device, a->threads, n_prompt, a->n_gen, repeats,
+           a->mdl.model, a->dev.device, a->dev.threads, n_prompt, a->n_gen, repeats,
            n_prompt / median(tp, repeats), 1.0 / median(td, repeats));
 out:
     free(prompt);
@@ -469,12 +472,12 @@ static int bench_agree(const struct bench_args *a, tsr_model_t *m, tsr_backend_t
     if (a->ref_ids) {
         if ((rc = read_ids(a->ref_ids, ref, n))) goto out;
     } else if (a->ref_device) {
-        if ((rc = tsr_group_backend(NULL, a->ref_device, (int)a->threads, &rb)) ||
+        if ((rc = tsr_group_backend(NULL, a->ref_device, a->dev.threads, &rb)) ||
             (rc = run_agree(a, m, rb, NULL, ids, ref)))
             goto out;
     } else {
-        printf("{\"model\":\"%s\",\"device\":\"%s\",\"tp\":%ld,\"positions\":%ld}\n", a->model,
-               a->device, a->tp, n);
+        printf("{\"model\":\"%s\",\"device\":\"%s\",\"tp\":%d,\"positions\":%ld}\n", a->mdl.model,
+               a->dev.device, a->mdl.tp, n);
         goto out;
     }
     long same = 0, same_prompt = 0, half = n / 2 > 0 ? n / 2 : 1;
@@ -483,9 +486,10 @@ static int bench_agree(const struct bench_args *a, tsr_model_t *m, tsr_backend_t
         same_prompt += i < half && got[i] == ref[i];
     }
     double agree = (double)same / (double)n;
-    printf("{\"model\":\"%s\",\"device\":\"%s\",\"tp\":%ld,\"against\":\"%s\",\"positions\":%ld,"
+    printf("{\"model\":\"%s\",\"device\":\"%s\",\"tp\":%d,\"against\":\"%s\",\"positions\":%ld,"
            "\"agree\":%.4f,\"agree_prompt_step\":%.4f,\"agree_decode_steps\":%.4f}\n",
-           a->model, a->device, a->tp, against, n, agree, (double)same_prompt / (double)half,
+           a->mdl.model, a->dev.device, a->mdl.tp, against, n, agree,
+           (double)same_prompt / (double)half,
            n > half ? (double)(same - same_prompt) / (double)(n - half) : 1.0);
     if (agree < a->min_agree) {
         fprintf(stderr, "tessera bench: agreement %.4f is under %.4f\n", agree, a->min_agree);
@@ -537,9 +541,7 @@ static int parse_batches(const char *s, struct bench_args *a)
 static int parse_args(int argc, char **argv, struct bench_args *a)
 {
     enum {
-        O_DEVICE = 256,
-        O_TP,
-        O_BATCHES,
+        O_BATCHES = 256,
         O_CONTEXT,
         O_STEPS,
         O_PREFILL,
@@ -549,13 +551,11 @@ static int parse_args(int argc, char **argv, struct bench_args *a)
         O_SAVE,
         O_MIN
     };
-    static const struct option opts[] = {{"model", required_argument, 0, 'm'},
+    static const struct option opts[] = {TSR_CLI_MODEL_OPTIONS,
+                                         TSR_CLI_DEVICE_OPTIONS,
                                          {"prompt-tokens", required_argument, 0, 'p'},
                                          {"gen-tokens", required_argument, 0, 'n'},
                                          {"repeats", required_argument, 0, 'r'},
-                                         {"threads", required_argument, 0, 'j'},
-                                         {"device", required_argument, 0, O_DEVICE},
-                                         {"tp", required_argument, 0, O_TP},
                                          {"batches", required_argument, 0, O_BATCHES},
                                          {"context", required_argument, 0, O_CONTEXT},
                                          {"steps", required_argument, 0, O_STEPS},
@@ -568,12 +568,11 @@ static int parse_args(int argc, char **argv, struct bench_args *a)
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
-    a->model = getenv("TESSERA_MODEL") ? getenv("TESSERA_MODEL") : TSR_DEFAULT_MODEL;
-    a->device = "cpu";
+    tsr_cli_model_init(&a->mdl);
+    tsr_cli_device_init(&a->dev);
     a->n_prompt = 128;
     a->n_gen = 64;
     a->repeats = 5;
-    a->tp = 1;
     a->context = 512;
     a->steps = 32;
     a->prefill_tokens = 2048;
@@ -581,11 +580,12 @@ static int parse_args(int argc, char **argv, struct bench_args *a)
     int c, rc;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:p:n:r:j:h", opts, NULL)) != -1) {
-        rc = 0;
+        if ((rc = tsr_cli_model_opt(c, optarg, &a->mdl)) ||
+            (rc = tsr_cli_device_opt(c, optarg, &a->dev))) {
+            if (rc == 2) return 2;
+            continue;
+        }
         switch (c) {
-        case 'm':
-            a->model = optarg;
-            break;
         case 'p':
             rc = tsr_cli_int("--prompt-tokens", optarg, 2, 8192, &a->n_prompt);
             break;
@@ -594,15 +594,6 @@ static int parse_args(int argc, char **argv, struct bench_args *a)
             break;
         case 'r':
             rc = tsr_cli_int("--repeats", optarg, 1, 1000, &a->repeats);
-            break;
-        case 'j':
-            rc = tsr_cli_int("--threads", optarg, 1, 1024, &a->threads);
-            break;
-        case O_DEVICE:
-            a->device = optarg;
-            break;
-        case O_TP:
-            rc = tsr_cli_int("--tp", optarg, 1, 1024, &a->tp);
             break;
         case O_BATCHES:
             rc = parse_batches(optarg, a);
@@ -644,7 +635,11 @@ static int parse_args(int argc, char **argv, struct bench_args *a)
         fprintf(stderr, "tessera bench: unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
-    if (a->tp > 1 && !a->agree && !a->n_batches) {
+    if (a->mdl.pp > 1) {
+        fprintf(stderr, "tessera bench: --pp: the benchmark shards by --tp only\n");
+        return 2;
+    }
+    if (a->mdl.tp > 1 && !a->agree && !a->n_batches) {
         fprintf(stderr, "tessera bench: --tp is for --agree and --batches runs\n");
         return 2;
     }
@@ -652,7 +647,7 @@ static int parse_args(int argc, char **argv, struct bench_args *a)
         fprintf(stderr, "tessera bench: give one of --agree and --batches\n");
         return 2;
     }
-    if (a->ref_device && (a->ref_ids || a->tp > 1)) {
+    if (a->ref_device && (a->ref_ids || a->mdl.tp > 1)) {
         fprintf(stderr, "tessera bench: --ref-device is for one rank without --ref-ids\n");
         return 2;
     }
@@ -664,16 +659,16 @@ int tsr_cmd_bench(int argc, char **argv)
     struct bench_args a;
     int rc = parse_args(argc, argv, &a);
     if (rc) return rc;
-    int ranks = (int)a.tp;
-    if ((rc = tsr_cli_launch_ranks("bench", a.model, ranks, 1, argc, argv)) >= 0) return rc;
+    int ranks = a.mdl.tp;
+    if ((rc = tsr_cli_launch_ranks("bench", a.mdl.model, ranks, 1, argc, argv)) >= 0) return rc;
     struct tsr_group group = {0};
     tsr_model_t *m = NULL;
     tsr_backend_t *b = NULL;
     int exit_code = 1;
-    if ((rc = tsr_model_open(a.model, &m))) goto fail;
+    if ((rc = tsr_model_open(a.mdl.model, &m))) goto fail;
     if (ranks > 1 && (rc = tsr_group_join_mpi(m, ranks, 1, &group))) goto fail;
-    a.threads = tsr_cli_rank_threads((int)a.threads, ranks, a.device);
-    if ((rc = tsr_group_backend(ranks > 1 ? &group : NULL, a.device, (int)a.threads, &b)))
+    a.dev.threads = tsr_cli_rank_threads(a.dev.threads, ranks, a.dev.device);
+    if ((rc = tsr_group_backend(ranks > 1 ? &group : NULL, a.dev.device, a.dev.threads, &b)))
         goto fail;
     if (ranks > 1 && group.rank != 0) {
         struct tsr_runner_opts ro = a.agree ? agree_opts(&a) : batch_layout(&a).ro;

@@ -32,10 +32,15 @@ static void client_usage(FILE *f)
             "  --tls-cert F --tls-key F  a client certificate, for a server with mutual TLS\n"
             "  --api-key-file F  send F's first line as the API key (default $TESSERA_API_KEY);\n"
             "              --api-key KEY does too, but `ps` shows it to every user\n"
-            "  --chat      send the prompt as a user message through the chat template\n"
-            "  --show-ids  print the generated token ids after the text\n"
-            "  --logprobs  print [id logprob] per token on stderr; --top-logprobs K adds the K\n"
-            "              likeliest ids with theirs ([id logprob | id:lp ...])\n"
+            "  --timeout S  the call's deadline in seconds (default 600)\n" TSR_CLI_PROMPT_HELP
+                TSR_CLI_SAMPLING_HELP "  --stop TEXT  end before this text (up to 16 of them)\n"
+            "  --stop-ids 1,2  end at these token ids\n"
+            "  --logprobs   print [id logprob] per token on stderr; --top-logprobs K adds the K\n"
+            "               likeliest ids with theirs ([id logprob | id:lp ...])\n"
+            "  --model NAME  the served model to ask (default: the one served)\n"
+            "  --request-id ID  the request's id in the server's logs (default: one it makes)\n"
+            "  --tokenize TEXT  print the token ids of TEXT\n"
+            "  --list-models, --status, --health  the served models, the cluster, its health\n"
             "Every field is the public API's (proto/tessera/v1/inference.proto; docs/api.md\n"
             "gives defaults and limits, which the server checks).\n"
             "Exit status: 0 ok, 1 the server answered an error (printed with its gRPC code),\n"
@@ -43,16 +48,44 @@ static void client_usage(FILE *f)
 }
 
 struct client_args {
-    const char *address, *prompt, *system, *tokenize, *prompt_ids, *model, *request_id;
-    const char *stop_ids, *logit_bias;
-    int top_logprobs;
-    int chat, max_tokens, show_ids, logprobs, ignore_eos, list, status, health;
+    struct tsr_cli_prompt in;
+    struct tsr_cli_sampling smp;
+    const char *address, *tokenize, *model, *request_id, *stop_ids;
+    int top_logprobs, logprobs, list, status, health;
     double timeout;
     const char *tls_ca, *tls_cert, *tls_key, *api_key, *api_key_file;
-    Tessera__V1__SamplingParams sp;
     char *stop[16];
     int n_stop;
 };
+
+/* The request's sampling message: the fields a flag gave, no others (the server's defaults). */
+static void sampling_message(const struct tsr_cli_sampling *smp, Tessera__V1__SamplingParams *p,
+                             Tessera__V1__LogitBias *lb, Tessera__V1__LogitBias **lbp)
+{
+    const struct tsr_sampling *v = &smp->sp;
+    unsigned g = smp->given;
+    tessera__v1__sampling_params__init(p);
+    p->has_temperature = !!(g & TSR_CLI_GIVEN_TEMPERATURE), p->temperature = v->temperature;
+    p->has_top_k = !!(g & TSR_CLI_GIVEN_TOP_K), p->top_k = v->top_k;
+    p->has_top_p = !!(g & TSR_CLI_GIVEN_TOP_P), p->top_p = v->top_p;
+    p->has_min_p = !!(g & TSR_CLI_GIVEN_MIN_P), p->min_p = v->min_p;
+    p->has_repetition_penalty = !!(g & TSR_CLI_GIVEN_REPETITION);
+    p->repetition_penalty = v->repetition_penalty;
+    p->has_presence_penalty = !!(g & TSR_CLI_GIVEN_PRESENCE);
+    p->presence_penalty = v->presence_penalty;
+    p->has_frequency_penalty = !!(g & TSR_CLI_GIVEN_FREQUENCY);
+    p->frequency_penalty = v->frequency_penalty;
+    p->has_seed = !!(g & TSR_CLI_GIVEN_SEED), p->seed = v->seed;
+    for (int i = 0; i < v->n_logit_bias; i++) {
+        lb[i] = (Tessera__V1__LogitBias)TESSERA__V1__LOGIT_BIAS__INIT;
+        lb[i].has_token_id = lb[i].has_bias = 1;
+        lb[i].token_id = v->logit_bias[i].id;
+        lb[i].bias = v->logit_bias[i].bias;
+        lbp[i] = &lb[i];
+    }
+    p->n_logit_bias = (size_t)v->n_logit_bias;
+    p->logit_bias = lbp;
+}
 
 static int fail_status(int code, const char *details)
 {
@@ -84,56 +117,31 @@ static int do_generate(tsr_rpc_channel_t *ch, struct client_args *a)
                                        TESSERA__V1__CHAT_MESSAGE__INIT};
     Tessera__V1__ChatMessage *mp[2] = {&msg[0], &msg[1]};
     Tessera__V1__TokenIds ti = TESSERA__V1__TOKEN_IDS__INIT;
-    if (a->prompt_ids) {
+    if (a->in.prompt_ids) {
         /* token ids for models without a tokenizer (synthetic ones) */
-        int rc = tsr_cli_ids("client", "--prompt-ids", a->prompt_ids, &ti.ids, &ti.n_ids);
+        int rc = tsr_cli_ids("client", "--prompt-ids", a->in.prompt_ids, &ti.ids, &ti.n_ids);
         if (rc) return rc;
         r.input_case = TESSERA__V1__GENERATE_REQUEST__INPUT_TOKEN_IDS;
         r.token_ids = &ti;
-    } else if (a->chat) {
+    } else if (a->in.chat) {
         int n = 0;
-        if (a->system) {
+        if (a->in.system) {
             msg[n].role = "system";
-            msg[n++].content = (char *)a->system;
+            msg[n++].content = (char *)a->in.system;
         }
         msg[n].role = "user";
-        msg[n++].content = (char *)a->prompt;
+        msg[n++].content = (char *)a->in.prompt;
         cm.n_messages = (size_t)n;
         cm.messages = mp;
         r.input_case = TESSERA__V1__GENERATE_REQUEST__INPUT_MESSAGES;
         r.messages = &cm;
     } else {
         r.input_case = TESSERA__V1__GENERATE_REQUEST__INPUT_PROMPT;
-        r.prompt = (char *)a->prompt;
+        r.prompt = (char *)a->in.prompt;
     }
-    Tessera__V1__LogitBias lb[300], *lbp[300];
-    if (a->logit_bias) {
-        /* "ID:BIAS,ID:BIAS": the server checks ids and ranges */
-        const char *p = a->logit_bias;
-        while (*p) {
-            char *end;
-            long id = strtol(p, &end, 10);
-            char *colon = end;
-            double bias = *colon == ':' ? strtod(colon + 1, &end) : 0;
-            if (end == p || *colon != ':' || end == colon + 1 || (*end && *end != ',') ||
-                a->sp.n_logit_bias == 300) {
-                fprintf(stderr,
-                        "tessera client: --logit-bias: want ID:BIAS,... (at most 300), "
-                        "not '%s'\n",
-                        a->logit_bias);
-                free(ti.ids);
-                return 2;
-            }
-            Tessera__V1__LogitBias *b = &lb[a->sp.n_logit_bias];
-            *b = (Tessera__V1__LogitBias)TESSERA__V1__LOGIT_BIAS__INIT;
-            b->has_token_id = b->has_bias = 1;
-            b->token_id = (int32_t)id;
-            b->bias = (float)bias;
-            lbp[a->sp.n_logit_bias++] = b;
-            p = *end ? end + 1 : end;
-        }
-        a->sp.logit_bias = lbp;
-    }
+    Tessera__V1__SamplingParams sp;
+    Tessera__V1__LogitBias lb[TSR_SAMPLING_MAX_LOGIT_BIAS], *lbp[TSR_SAMPLING_MAX_LOGIT_BIAS];
+    sampling_message(&a->smp, &sp, lb, lbp);
     int32_t *stop_ids = NULL;
     size_t n_stop_ids = 0;
     if (a->stop_ids) {
@@ -151,16 +159,16 @@ static int do_generate(tsr_rpc_channel_t *ch, struct client_args *a)
         r.has_top_logprobs = 1;
         r.top_logprobs = a->top_logprobs;
     }
-    r.sampling = &a->sp;
-    if (a->max_tokens) {
+    r.sampling = &sp;
+    if (a->smp.max_tokens) {
         r.has_max_tokens = 1;
-        r.max_tokens = a->max_tokens;
+        r.max_tokens = a->smp.max_tokens;
     }
     r.n_stop = (size_t)a->n_stop;
     r.stop = a->stop;
     r.has_logprobs = r.has_ignore_eos = 1;
     r.logprobs = a->logprobs;
-    r.ignore_eos = a->ignore_eos;
+    r.ignore_eos = a->smp.ignore_eos;
     tsr_rpc_stream_t *s;
     int open_rc = tsr_rpc_stream_open_pb(ch, "/tessera.v1.Inference/Generate", &r.base,
                                          (int64_t)(a->timeout * 1000), &s);
@@ -214,7 +222,7 @@ static int do_generate(tsr_rpc_channel_t *ch, struct client_args *a)
         tessera__v1__generate_response__free_unpacked(m, NULL);
     }
     printf("\n");
-    if (a->show_ids) {
+    if (a->in.show_ids) {
         for (int i = 0; i < n_ids; i++) printf("%s%d", i ? "," : "", ids[i]);
         printf("\n");
     }
@@ -325,119 +333,62 @@ static int do_health(tsr_rpc_channel_t *ch, struct client_args *a)
 int tsr_cmd_client(int argc, char **argv)
 {
     enum {
-        O_SYSTEM = 256,
-        O_TOPK,
-        O_STOP,
-        O_IGNORE,
-        O_SHOW,
+        O_STOP = 256,
         O_LOGP,
         O_TOK,
         O_LIST,
         O_STATUS,
         O_HEALTH,
         O_TIMEOUT,
-        O_IDS,
         O_CA,
         O_CERT,
         O_KEY,
         O_APIKEY,
         O_APIKEYF,
-        O_MINP,
-        O_REP,
-        O_PRES,
-        O_FREQ,
-        O_BIAS,
         O_TOPLP,
         O_STOPIDS,
         O_MODEL,
         O_REQID
     };
-    static const struct option opts[] = {{"address", required_argument, 0, 'a'},
-                                         {"prompt", required_argument, 0, 'p'},
-                                         {"chat", no_argument, 0, 'c'},
-                                         {"system", required_argument, 0, O_SYSTEM},
-                                         {"max-tokens", required_argument, 0, 'n'},
-                                         {"temperature", required_argument, 0, 't'},
-                                         {"top-k", required_argument, 0, O_TOPK},
-                                         {"top-p", required_argument, 0, 'P'},
-                                         {"seed", required_argument, 0, 's'},
+    static const struct option opts[] = {TSR_CLI_PROMPT_OPTIONS,
+                                         TSR_CLI_SAMPLING_OPTIONS,
+                                         {"address", required_argument, 0, 'a'},
                                          {"stop", required_argument, 0, O_STOP},
-                                         {"ignore-eos", no_argument, 0, O_IGNORE},
-                                         {"show-ids", no_argument, 0, O_SHOW},
                                          {"logprobs", no_argument, 0, O_LOGP},
+                                         {"top-logprobs", required_argument, 0, O_TOPLP},
+                                         {"stop-ids", required_argument, 0, O_STOPIDS},
+                                         {"model", required_argument, 0, O_MODEL},
+                                         {"request-id", required_argument, 0, O_REQID},
                                          {"tokenize", required_argument, 0, O_TOK},
                                          {"list-models", no_argument, 0, O_LIST},
                                          {"status", no_argument, 0, O_STATUS},
                                          {"health", no_argument, 0, O_HEALTH},
                                          {"timeout", required_argument, 0, O_TIMEOUT},
-                                         {"prompt-ids", required_argument, 0, O_IDS},
                                          {"tls-ca", required_argument, 0, O_CA},
                                          {"tls-cert", required_argument, 0, O_CERT},
                                          {"tls-key", required_argument, 0, O_KEY},
                                          {"api-key", required_argument, 0, O_APIKEY},
                                          {"api-key-file", required_argument, 0, O_APIKEYF},
-                                         {"min-p", required_argument, 0, O_MINP},
-                                         {"repetition-penalty", required_argument, 0, O_REP},
-                                         {"presence-penalty", required_argument, 0, O_PRES},
-                                         {"frequency-penalty", required_argument, 0, O_FREQ},
-                                         {"logit-bias", required_argument, 0, O_BIAS},
-                                         {"top-logprobs", required_argument, 0, O_TOPLP},
-                                         {"stop-ids", required_argument, 0, O_STOPIDS},
-                                         {"model", required_argument, 0, O_MODEL},
-                                         {"request-id", required_argument, 0, O_REQID},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     struct client_args a;
     memset(&a, 0, sizeof a);
-    tessera__v1__sampling_params__init(&a.sp);
+    tsr_cli_sampling_init(&a.smp);
     a.address = getenv("TESSERA_ADDRESS") ? getenv("TESSERA_ADDRESS") : "127.0.0.1:50051";
     a.timeout = 600;
     long l;
-    double d;
     int c, rc;
     optind = 1;
     while ((c = getopt_long(argc, argv, "a:p:cn:t:P:s:h", opts, NULL)) != -1) {
+        if ((rc = tsr_cli_prompt_opt(c, optarg, &a.in)) ||
+            (rc = tsr_cli_sampling_opt(c, optarg, &a.smp))) {
+            if (rc == 2) return 2;
+            continue;
+        }
         rc = 0;
         switch (c) {
         case 'a':
             a.address = optarg;
-            break;
-        case 'p':
-            a.prompt = optarg;
-            break;
-        case 'c':
-            a.chat = 1;
-            break;
-        case O_SYSTEM:
-            a.system = optarg;
-            break;
-        case 'n':
-            if (!(rc = tsr_cli_int("--max-tokens", optarg, 1, 1 << 30, &l))) a.max_tokens = l;
-            break;
-        case 't':
-            if (!(rc = tsr_cli_float("--temperature", optarg, 0, 100, &d))) {
-                a.sp.has_temperature = 1;
-                a.sp.temperature = d;
-            }
-            break;
-        case O_MINP:
-            if (!(rc = tsr_cli_float("--min-p", optarg, -1e9, 1e9, &d)))
-                a.sp.has_min_p = 1, a.sp.min_p = d;
-            break;
-        case O_REP:
-            if (!(rc = tsr_cli_float("--repetition-penalty", optarg, -1e9, 1e9, &d)))
-                a.sp.has_repetition_penalty = 1, a.sp.repetition_penalty = d;
-            break;
-        case O_PRES:
-            if (!(rc = tsr_cli_float("--presence-penalty", optarg, -1e9, 1e9, &d)))
-                a.sp.has_presence_penalty = 1, a.sp.presence_penalty = d;
-            break;
-        case O_FREQ:
-            if (!(rc = tsr_cli_float("--frequency-penalty", optarg, -1e9, 1e9, &d)))
-                a.sp.has_frequency_penalty = 1, a.sp.frequency_penalty = d;
-            break;
-        case O_BIAS:
-            a.logit_bias = optarg;
             break;
         case O_TOPLP:
             if (!(rc = tsr_cli_int("--top-logprobs", optarg, 0, 1 << 20, &l)))
@@ -452,33 +403,12 @@ int tsr_cmd_client(int argc, char **argv)
         case O_REQID:
             a.request_id = optarg;
             break;
-        case O_TOPK:
-            if (!(rc = tsr_cli_int("--top-k", optarg, 0, 1 << 30, &l))) {
-                a.sp.has_top_k = 1;
-                a.sp.top_k = l;
-            }
-            break;
-        case 'P':
-            if (!(rc = tsr_cli_float("--top-p", optarg, 1e-9, 1, &d))) {
-                a.sp.has_top_p = 1;
-                a.sp.top_p = d;
-            }
-            break;
-        case 's':
-            if (!(rc = tsr_cli_u64("--seed", optarg, &a.sp.seed))) a.sp.has_seed = 1;
-            break;
         case O_STOP:
             if (a.n_stop == 16) {
                 fprintf(stderr, "tessera client: at most 16 --stop strings\n");
                 return 2;
             }
             a.stop[a.n_stop++] = optarg;
-            break;
-        case O_IGNORE:
-            a.ignore_eos = 1;
-            break;
-        case O_SHOW:
-            a.show_ids = 1;
             break;
         case O_LOGP:
             a.logprobs = 1;
@@ -494,9 +424,6 @@ int tsr_cmd_client(int argc, char **argv)
             break;
         case O_HEALTH:
             a.health = 1;
-            break;
-        case O_IDS:
-            a.prompt_ids = optarg;
             break;
         case O_CA:
             a.tls_ca = optarg;
@@ -529,7 +456,7 @@ int tsr_cmd_client(int argc, char **argv)
         fprintf(stderr, "tessera client: unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
-    if (!!a.prompt + !!a.prompt_ids + !!a.tokenize + a.list + a.status + a.health != 1) {
+    if (!!a.in.prompt + !!a.in.prompt_ids + !!a.tokenize + a.list + a.status + a.health != 1) {
         fprintf(stderr, "tessera client: give one of --prompt, --prompt-ids, --tokenize, "
                         "--list-models, --status and --health\n");
         client_usage(stderr);
@@ -558,7 +485,7 @@ int tsr_cmd_client(int argc, char **argv)
         fprintf(stderr, "tessera client: %s\n", tsr_last_error());
         return 2;
     }
-    if (a.prompt || a.prompt_ids)
+    if (a.in.prompt || a.in.prompt_ids)
         rc = do_generate(ch, &a);
     else if (a.tokenize)
         rc = do_tokenize(ch, &a);

@@ -26,18 +26,22 @@ static void coord_usage(FILE *f)
         "                           [--id ID] [--prefix P] [--drain-timeout S] [--http-port P]\n"
         "                           [--served-model-name NAME] [--max-model-len N]\n"
         "                           [--api-key-file F] [--tls-cert F --tls-key F]\n"
-        "                           [--tls-client-ca F]\n\n"
+        "                           [--tls-client-ca F] [--routing cache|load]\n\n"
         "  --etcd       etcd endpoints, comma-separated (default $ETCDCTL_ENDPOINTS)\n"
         "  --port P     the public gRPC API (default 50051)\n" TSR_CLI_HTTP_HELP TSR_CLI_LISTEN_HELP
+        "  --model M    where the tokenizer, chat template and config come from\n"
+        "               (default $TESSERA_MODEL, else " TSR_DEFAULT_MODEL ")\n"
         "  --tp, --pp   the layout of every group (the controller assigns worker units of\n"
         "               this shape)\n"
         "  --max-queue  requests in flight at once; beyond it RESOURCE_EXHAUSTED (default "
         "256)\n"
-        "  --drain-timeout S  on SIGTERM/SIGINT, refuse new requests (UNAVAILABLE) and let\n"
-        "               those in flight finish for up to S seconds (default 30; 0: stop at\n"
-        "               once); a second signal stops at once\n"
+        "  --id ID      this coordinator's name in etcd (default coordinator-<pid>)\n"
+        "  --prefix P   the etcd key prefix of this cluster (default /tessera)\n"
+        "  --routing cache|load  cache (default): send a request where its work ends soonest,\n"
+        "               counting the prompt blocks a group likely holds in its prefix cache\n"
+        "               (from what was sent there); load: the least loaded group alone\n"
         "  --served-model-name NAME  the model's id in ListModels, /v1/models and requests\n"
-        "               (default: the file's name without .gguf)\n" TSR_CLI_MODEL_LEN_HELP
+        "               (default: the file's name without .gguf)\n" TSR_CLI_SERVING_HELP
             TSR_CLI_SECURITY_HELP);
 }
 
@@ -57,39 +61,40 @@ static int check_served_name(const char *s)
 
 int tsr_cmd_coordinator(int argc, char **argv)
 {
-    enum { O_QUEUE = 256, O_PREFIX, O_TP, O_PP, O_DRAIN, O_HTTP, O_NAME, O_MLEN };
-    static const struct option opts[] = {{"model", required_argument, 0, 'm'},
+    enum { O_QUEUE = 256, O_PREFIX, O_HTTP, O_NAME, O_ROUTING };
+    static const struct option opts[] = {TSR_CLI_MODEL_OPTIONS,
+                                         TSR_CLI_SERVING_OPTIONS,
                                          {"etcd", required_argument, 0, 'e'},
                                          TSR_CLI_LISTEN_OPTIONS,
                                          TSR_CLI_SECURITY_OPTIONS,
                                          {"id", required_argument, 0, 'i'},
                                          {"max-queue", required_argument, 0, O_QUEUE},
                                          {"prefix", required_argument, 0, O_PREFIX},
-                                         {"tp", required_argument, 0, O_TP},
-                                         {"pp", required_argument, 0, O_PP},
-                                         {"drain-timeout", required_argument, 0, O_DRAIN},
                                          {"http-port", required_argument, 0, O_HTTP},
                                          {"served-model-name", required_argument, 0, O_NAME},
-                                         {"max-model-len", required_argument, 0, O_MLEN},
+                                         {"routing", required_argument, 0, O_ROUTING},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
-    const char *model = getenv("TESSERA_MODEL") ? getenv("TESSERA_MODEL") : TSR_DEFAULT_MODEL;
+    struct tsr_cli_model mdl;
+    struct tsr_cli_serving srv;
+    tsr_cli_model_init(&mdl);
+    tsr_cli_serving_init(&srv);
     const char *etcd_url = NULL, *prefix = "/tessera", *id = NULL, *served_name = NULL;
     struct tsr_cli_listen listen = {.host = "127.0.0.1", .port = 50051};
     struct tsr_cli_security sec = {0};
-    int tp = 1, pp = 1, max_queue = 256, drain_s = 30, http_port = -1, max_len = 0, c, rc;
+    int max_queue = 256, http_port = -1, c, rc;
+    enum tsr_routing routing = TSR_ROUTING_CACHE;
     long l;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:e:i:h", opts, NULL)) != -1) {
-        if ((rc = tsr_cli_listen_opt(c, optarg, &listen))) {
+        if ((rc = tsr_cli_listen_opt(c, optarg, &listen)) ||
+            (rc = tsr_cli_model_opt(c, optarg, &mdl)) ||
+            (rc = tsr_cli_serving_opt(c, optarg, &srv))) {
             if (rc == 2) return 2;
             continue;
         }
         if (tsr_cli_security_opt(c, optarg, &sec)) continue;
         switch (c) {
-        case 'm':
-            model = optarg;
-            break;
         case 'e':
             etcd_url = optarg;
             break;
@@ -102,15 +107,6 @@ int tsr_cmd_coordinator(int argc, char **argv)
         case O_PREFIX:
             prefix = optarg;
             break;
-        case O_TP:
-            if (!(rc = tsr_cli_int("--tp", optarg, 1, 1024, &l))) tp = l;
-            break;
-        case O_PP:
-            if (!(rc = tsr_cli_int("--pp", optarg, 1, 1024, &l))) pp = l;
-            break;
-        case O_DRAIN:
-            if (!(rc = tsr_cli_int("--drain-timeout", optarg, 0, 3600, &l))) drain_s = l;
-            break;
         case O_HTTP:
             if (!(rc = tsr_cli_int("--http-port", optarg, 0, 65535, &l))) http_port = l;
             break;
@@ -118,8 +114,11 @@ int tsr_cmd_coordinator(int argc, char **argv)
             if ((rc = check_served_name(optarg))) break;
             served_name = optarg;
             break;
-        case O_MLEN:
-            if (!(rc = tsr_cli_int("--max-model-len", optarg, 1, 1 << 30, &l))) max_len = l;
+        case O_ROUTING:
+            if (tsr_routing_parse(optarg, &routing)) {
+                fprintf(stderr, "tessera coordinator: --routing: %s\n", tsr_last_error());
+                rc = 2;
+            }
             break;
         case 'h':
             coord_usage(stdout);
@@ -160,23 +159,25 @@ int tsr_cmd_coordinator(int argc, char **argv)
     tsr_sessions_t *ss = NULL;
     tsr_coord_t *co = NULL;
     tsr_http_t *http = NULL;
-    if ((rc = tsr_model_open(model, &m))) {
+    if ((rc = tsr_model_open(mdl.model, &m))) {
         fprintf(stderr, "tessera coordinator: %s\n", tsr_last_error());
         exit_code = 2;
         goto out;
     }
-    if (tsr_cli_check_model_len("coordinator", m, max_len)) {
+    if (tsr_cli_check_model_len("coordinator", m, srv.max_len)) {
         exit_code = 2;
         goto out;
     }
     if (!(r = tsr_router_new())) goto out;
-    struct tsr_cluster_opts clo = {.prefix = prefix, .id = id, .tp = tp, .pp = pp, .ttl_s = 3};
+    tsr_router_set_routing(r, routing);
+    struct tsr_cluster_opts clo = {
+        .prefix = prefix, .id = id, .tp = mdl.tp, .pp = mdl.pp, .ttl_s = 3};
     if ((rc = tsr_etcd_open(etcd_url, &etcd)) || (rc = tsr_cluster_start(etcd, r, &clo, &cl))) {
         fprintf(stderr, "tessera coordinator: etcd %s: %s\n", etcd_url, tsr_last_error());
         goto out;
     }
     struct tsr_session_opts so = {
-        .max_queue = max_queue, .served_name = served_name, .max_model_len = max_len};
+        .max_queue = max_queue, .served_name = served_name, .max_model_len = srv.max_len};
     /* Calls beyond the queue bound still get a thread, to be told RESOURCE_EXHAUSTED. */
     struct tsr_coord_opts co_opts = {
         .listen = bind, .max_calls = max_queue + 256, .api_key = api_key, .tls = &tls};
@@ -209,11 +210,11 @@ int tsr_cmd_coordinator(int argc, char **argv)
     }
     while (!tsr_cli_stop_requested()) usleep(100 * 1000);
     int64_t left = tsr_sessions_drain(ss);
-    if (left > 0 && drain_s > 0) {
+    if (left > 0 && srv.drain_s > 0) {
         tsr_log_info("coordinator %s: draining: %lld requests in flight, up to %d s", id,
-                     (long long)left, drain_s);
+                     (long long)left, srv.drain_s);
         double t0 = tsr_now();
-        while ((left = tsr_sessions_drain(ss)) > 0 && tsr_now() - t0 < drain_s &&
+        while ((left = tsr_sessions_drain(ss)) > 0 && tsr_now() - t0 < srv.drain_s &&
                !tsr_cli_stop_insisted())
             usleep(50 * 1000);
         if (left > 0)

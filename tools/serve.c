@@ -50,34 +50,38 @@ struct serve {
 
 static void serve_usage(FILE *f)
 {
-    fprintf(f, "usage: tessera serve [--model M] [--tp N] [--pp M] [--replicas R] [--port P]\n"
-               "                     [--host H] [--advertise-address A] [--etcd URLS] [--dir DIR]\n"
-               "                     [--threads T] [--kv-blocks B] [--kv-mem GB] [--max-seqs S]\n"
-               "                     [--gpu-memory-utilization F] [--device cpu|cuda[:N]]\n"
-               "                     [--step-tokens N] [--step-timeout S] [--max-queue Q]\n"
-               "                     [--drain-timeout S]\n"
-               "                     [--http-port P] [--served-model-name NAME]\n"
-               "                     [--max-model-len N] [--api-key-file F]\n"
-               "                     [--tls-cert F --tls-key F] [--tls-client-ca F]\n\n"
-               "Runs a private etcd (unless --etcd or $ETCDCTL_ENDPOINTS), a coordinator on\n"
-               "H:P (default 127.0.0.1:50051) and R worker units of tp x pp ranks each (default\n"
-               "1 x 1 x 1, their Worker services on H, any port), and supervises them.\n"
-               "Ask it with `tessera client --address A:P --prompt ...`.\n" TSR_CLI_HTTP_HELP
-                   TSR_CLI_LISTEN_HELP
-               "  --dir      logs and serve.json (default a new /tmp/tessera-serve.XXXXXX)\n"
-               "  --threads  CPU threads per worker rank (default: the cores shared out)\n"
-               "  --drain-timeout  on SIGTERM/SIGINT, how long requests in flight may take to\n"
-               "             finish before everything stops (default 30 s; 0: stop at once)\n"
-               "  --device   cpu (default) or cuda[:N]: replica r takes GPUs N + r x tp x pp on\n"
-               "             (tp x pp of them each)\n"
-               "  --max-queue  requests in flight and queued at the coordinator (default 256)\n"
-               "Worker options (--kv-blocks, --kv-mem, --gpu-memory-utilization, --max-seqs,\n"
-               "--step-tokens, --step-timeout) are passed on, and so are --served-model-name\n"
-               "(to the coordinator) and --max-model-len (to both); see `tessera worker --help`\n"
-               "and `tessera coordinator --help`.\n" TSR_CLI_SECURITY_HELP
-               "The key and the TLS files go to the coordinator (the key through its environment,\n"
-               "never its command line); serve checks on it with them, pinning --tls-cert (and\n"
-               "showing it as its client certificate under --tls-client-ca).\n");
+    fprintf(f,
+            "usage: tessera serve [--model M] [--tp N] [--pp M] [--replicas R] [--port P]\n"
+            "                     [--host H] [--advertise-address A] [--etcd URLS] [--dir DIR]\n"
+            "                     [--threads T] [--kv-blocks B] [--kv-mem GB] [--max-seqs S]\n"
+            "                     [--gpu-memory-utilization F] [--device cpu|cuda[:N]]\n"
+            "                     [--step-tokens N] [--step-timeout S] [--max-queue Q]\n"
+            "                     [--drain-timeout S] [--no-prefix-caching]\n"
+            "                     [--http-port P] [--served-model-name NAME]\n"
+            "                     [--max-model-len N] [--api-key-file F]\n"
+            "                     [--tls-cert F --tls-key F] [--tls-client-ca F]\n"
+            "                     [--routing cache|load]\n\n"
+            "Runs a private etcd (unless --etcd or $ETCDCTL_ENDPOINTS), a coordinator on\n"
+            "H:P (default 127.0.0.1:50051) and R worker units of tp x pp ranks each (default\n"
+            "1 x 1 x 1, their Worker services on H, any port), and supervises them.\n"
+            "Ask it with `tessera client --address A:P --prompt ...`.\n"
+            "  --port P     the coordinator's public gRPC API (default 50051)\n" TSR_CLI_HTTP_HELP
+                TSR_CLI_LISTEN_HELP
+            "  --replicas R  worker units, each a whole copy of the model (default 1)\n"
+            "  --etcd URLS  use this etcd (endpoints, comma-separated) instead of a private one\n"
+            "  --dir DIR    logs and serve.json (default a new /tmp/tessera-serve.XXXXXX)\n"
+            "  --max-queue Q  requests in flight and queued at the coordinator (default 256)\n"
+            "  --routing cache|load  how the coordinator picks a replica: counting the prompt\n"
+            "               blocks each likely holds in its prefix cache (default), or by load\n"
+            "  --served-model-name NAME  the model's id in ListModels, /v1/models and requests\n"
+            "               (default: the file's name without .gguf)\n" TSR_CLI_MODEL_HELP
+                TSR_CLI_DEVICE_HELP "               (replica r takes GPUs N + r x tp x pp on, tp x "
+            "pp of them each)\n" TSR_CLI_ENGINE_HELP TSR_CLI_SERVING_HELP
+            "               (the coordinator drains first, while the workers still "
+            "serve)\n" TSR_CLI_SECURITY_HELP
+            "The key and the TLS files go to the coordinator (the key through its environment,\n"
+            "never its command line); serve checks on it with them, pinning --tls-cert (and\n"
+            "showing it as its client certificate under --tls-client-ca).\n");
 }
 
 static pid_t spawn(struct child *c)
@@ -240,78 +244,50 @@ static void supervise(struct serve *s)
 
 int tsr_cmd_serve(int argc, char **argv)
 {
-    enum {
-        O_REPL = 256,
-        O_ETCD,
-        O_DIR,
-        O_KVB,
-        O_KVM,
-        O_SEQS,
-        O_STIME,
-        O_STEP,
-        O_QUEUE,
-        O_TP,
-        O_PP,
-        O_DEV,
-        O_DRAIN,
-        O_HTTP,
-        O_NAME,
-        O_MLEN,
-        O_MEMU
-    };
-    static const struct option opts[] = {{"model", required_argument, 0, 'm'},
-                                         {"tp", required_argument, 0, O_TP},
-                                         {"pp", required_argument, 0, O_PP},
-                                         {"replicas", required_argument, 0, O_REPL},
+    enum { O_REPL = 256, O_ETCD, O_DIR, O_QUEUE, O_HTTP, O_NAME, O_ROUTING };
+    static const struct option opts[] = {TSR_CLI_MODEL_OPTIONS,
+                                         TSR_CLI_DEVICE_OPTIONS,
+                                         TSR_CLI_ENGINE_OPTIONS,
+                                         TSR_CLI_SERVING_OPTIONS,
                                          TSR_CLI_LISTEN_OPTIONS,
                                          TSR_CLI_SECURITY_OPTIONS,
+                                         {"replicas", required_argument, 0, O_REPL},
                                          {"etcd", required_argument, 0, O_ETCD},
                                          {"dir", required_argument, 0, O_DIR},
-                                         {"threads", required_argument, 0, 'j'},
-                                         {"kv-blocks", required_argument, 0, O_KVB},
-                                         {"kv-mem", required_argument, 0, O_KVM},
-                                         {"max-seqs", required_argument, 0, O_SEQS},
-                                         {"step-timeout", required_argument, 0, O_STIME},
-                                         {"step-tokens", required_argument, 0, O_STEP},
                                          {"max-queue", required_argument, 0, O_QUEUE},
-                                         {"device", required_argument, 0, O_DEV},
-                                         {"drain-timeout", required_argument, 0, O_DRAIN},
                                          {"http-port", required_argument, 0, O_HTTP},
                                          {"served-model-name", required_argument, 0, O_NAME},
-                                         {"max-model-len", required_argument, 0, O_MLEN},
-                                         {"gpu-memory-utilization", required_argument, 0, O_MEMU},
+                                         {"routing", required_argument, 0, O_ROUTING},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     static struct serve s; /* large (paths); one per process */
     memset(&s, 0, sizeof s);
-    const char *model = getenv("TESSERA_MODEL") ? getenv("TESSERA_MODEL") : TSR_DEFAULT_MODEL;
-    const char *etcd = NULL, *dir = NULL, *kv_blocks = NULL, *kv_mem = NULL, *max_seqs = NULL,
-               *step_timeout = NULL, *step = NULL, *queue = "256", *device = "cpu",
-               *served_name = NULL, *max_len = NULL, *mem_util = NULL;
-    int tp = 1, pp = 1, threads = 0, http_port = -1, c, rc;
+    struct tsr_cli_model mdl;
+    struct tsr_cli_device dev;
+    struct tsr_cli_engine eng;
+    struct tsr_cli_serving srv;
+    tsr_cli_model_init(&mdl);
+    tsr_cli_device_init(&dev);
+    tsr_cli_engine_init(&eng);
+    tsr_cli_serving_init(&srv);
+    const char *etcd = NULL, *dir = NULL, *queue = "256", *served_name = NULL, *routing = NULL;
+    int http_port = -1, c, rc;
     struct tsr_cli_listen listen = {.host = "127.0.0.1", .port = 50051};
     struct tsr_cli_security sec = {0};
     long l;
-    double d;
     s.replicas = 1;
-    s.drain_s = 30;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:j:h", opts, NULL)) != -1) {
-        if ((rc = tsr_cli_listen_opt(c, optarg, &listen))) {
+        if ((rc = tsr_cli_listen_opt(c, optarg, &listen)) ||
+            (rc = tsr_cli_model_opt(c, optarg, &mdl)) ||
+            (rc = tsr_cli_device_opt(c, optarg, &dev)) ||
+            (rc = tsr_cli_engine_opt(c, optarg, &eng)) ||
+            (rc = tsr_cli_serving_opt(c, optarg, &srv))) {
             if (rc == 2) return 2;
             continue;
         }
         if (tsr_cli_security_opt(c, optarg, &sec)) continue;
         switch (c) {
-        case 'm':
-            model = optarg;
-            break;
-        case O_TP:
-            if (!(rc = tsr_cli_int("--tp", optarg, 1, 1024, &l))) tp = l;
-            break;
-        case O_PP:
-            if (!(rc = tsr_cli_int("--pp", optarg, 1, 1024, &l))) pp = l;
-            break;
         case O_REPL:
             if (!(rc = tsr_cli_int("--replicas", optarg, 1, MAX_REPLICAS, &l))) s.replicas = l;
             break;
@@ -321,36 +297,8 @@ int tsr_cmd_serve(int argc, char **argv)
         case O_DIR:
             dir = optarg;
             break;
-        case 'j':
-            if (!(rc = tsr_cli_int("--threads", optarg, 1, 1024, &l))) threads = l;
-            break;
-        case O_KVB:
-            if (!(rc = tsr_cli_int("--kv-blocks", optarg, 1, 1 << 24, &l))) kv_blocks = optarg;
-            break;
-        case O_MEMU:
-            if (!(rc = tsr_cli_float("--gpu-memory-utilization", optarg, 0.01, 1, &d)))
-                mem_util = optarg;
-            break;
-        case O_KVM:
-            if (!(rc = tsr_cli_float("--kv-mem", optarg, 1e-3, 1 << 20, &d))) kv_mem = optarg;
-            break;
-        case O_STIME:
-            if (!(rc = tsr_cli_int("--step-timeout", optarg, 0, 86400, &l))) step_timeout = optarg;
-            break;
-        case O_SEQS:
-            if (!(rc = tsr_cli_int("--max-seqs", optarg, 1, 4096, &l))) max_seqs = optarg;
-            break;
-        case O_STEP:
-            if (!(rc = tsr_cli_int("--step-tokens", optarg, 1, 1 << 16, &l))) step = optarg;
-            break;
         case O_QUEUE:
             if (!(rc = tsr_cli_int("--max-queue", optarg, 1, 1 << 20, &l))) queue = optarg;
-            break;
-        case O_DEV:
-            device = optarg;
-            break;
-        case O_DRAIN:
-            if (!(rc = tsr_cli_int("--drain-timeout", optarg, 0, 3600, &l))) s.drain_s = l;
             break;
         case O_HTTP:
             if (!(rc = tsr_cli_int("--http-port", optarg, 1, 65535, &l))) http_port = l;
@@ -358,8 +306,8 @@ int tsr_cmd_serve(int argc, char **argv)
         case O_NAME:
             served_name = optarg; /* the coordinator checks it */
             break;
-        case O_MLEN:
-            if (!(rc = tsr_cli_int("--max-model-len", optarg, 1, 1 << 30, &l))) max_len = optarg;
+        case O_ROUTING:
+            routing = optarg; /* the coordinator checks it */
             break;
         case 'h':
             serve_usage(stdout);
@@ -370,6 +318,9 @@ int tsr_cmd_serve(int argc, char **argv)
         }
         if (rc) return rc;
     }
+    s.drain_s = srv.drain_s;
+    const char *model = mdl.model, *device = dev.device, *max_len = srv.max_len_given;
+    int tp = mdl.tp, pp = mdl.pp, threads = dev.threads;
     if (optind < argc) {
         fprintf(stderr, "tessera serve: unexpected argument '%s'\n", argv[optind]);
         return 2;
@@ -498,6 +449,7 @@ int tsr_cmd_serve(int argc, char **argv)
     for (size_t i = 0; i < sizeof cargs / sizeof *cargs; i++) a[k++] = (char *)cargs[i];
     if (http_port > 0) a[k++] = "--http-port", a[k++] = http_s;
     if (served_name) a[k++] = "--served-model-name", a[k++] = (char *)served_name;
+    if (routing) a[k++] = "--routing", a[k++] = (char *)routing;
     if (max_len) a[k++] = "--max-model-len", a[k++] = (char *)max_len;
     if (sec.api_key_file) a[k++] = "--api-key-file", a[k++] = key_file_abs;
     if (sec.tls_cert)
@@ -529,12 +481,7 @@ int tsr_cmd_serve(int argc, char **argv)
                                "--advertise-address",
                                adv};
         for (size_t i = 0; i < sizeof wargs / sizeof *wargs; i++) a[k++] = (char *)wargs[i];
-        if (kv_blocks) a[k++] = "--kv-blocks", a[k++] = (char *)kv_blocks;
-        if (kv_mem) a[k++] = "--kv-mem", a[k++] = (char *)kv_mem;
-        if (mem_util) a[k++] = "--gpu-memory-utilization", a[k++] = (char *)mem_util;
-        if (max_seqs) a[k++] = "--max-seqs", a[k++] = (char *)max_seqs;
-        if (step_timeout) a[k++] = "--step-timeout", a[k++] = (char *)step_timeout;
-        if (step) a[k++] = "--step-tokens", a[k++] = (char *)step;
+        tsr_cli_engine_argv(&eng, a, &k);
         if (max_len) a[k++] = "--max-model-len", a[k++] = (char *)max_len;
         /* replica r's ranks take GPUs from r * tp * pp on (cuda:N offsets them all by N) */
         if (strncmp(device, "cuda", 4))

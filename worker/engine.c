@@ -12,9 +12,18 @@ struct seq {
     int32_t *tokens; /* prompt then generated, capacity cap */
     int n_tokens, cap;
     int n_prompt;
-    int n_computed;  /* positions whose K/V are in the cache */
+    int n_computed; /* positions whose K/V are in the cache */
+    /* prompt positions this sequence ran through the model (a recomputation after preemption
+     * not counted again) and the furthest one run: n_prompt less it were found in the cache */
+    int prompt_run, prompt_hw;
     int32_t *blocks; /* (max_blocks) */
     int n_blocks;
+    /* prefix caching: the chain hashes of the first n_hashed blocks (max_blocks); blocks
+     * [0, n_registered) are findable by later sequences; reg_stop: an equal block was there
+     * first, so this sequence's later blocks (whose parent is private) are not registered */
+    uint64_t *bhash;
+    int n_hashed, n_registered, reg_stop;
+    int looked_up; /* its lookup is counted in the stats (until it is preempted) */
     int max_tokens, ignore_eos;
     int32_t *stop_ids;
     int n_stop_ids;
@@ -130,6 +139,7 @@ static void seq_free(struct seq *s)
     tsr_sampler_free(&s->sampler);
     free(s->tokens);
     free(s->blocks);
+    free(s->bhash);
     free(s->stop_ids);
     free(s);
 }
@@ -199,8 +209,9 @@ int tsr_engine_add(tsr_engine_t *e, const struct tsr_request *req, int64_t *id)
     s->cap = (int)total;
     s->tokens = malloc((size_t)s->cap * sizeof *s->tokens);
     s->blocks = malloc((size_t)e->max_blocks * sizeof *s->blocks);
+    s->bhash = malloc((size_t)e->max_blocks * sizeof *s->bhash);
     s->stop_ids = req->n_stop_ids ? malloc((size_t)req->n_stop_ids * sizeof *s->stop_ids) : NULL;
-    if (!s->tokens || !s->blocks || (req->n_stop_ids && !s->stop_ids)) {
+    if (!s->tokens || !s->blocks || !s->bhash || (req->n_stop_ids && !s->stop_ids)) {
         seq_free(s);
         return tsr_errorf(TSR_ENOMEM, "out of memory");
     }
@@ -234,12 +245,54 @@ static int preempt_youngest(tsr_engine_t *e, int than)
         struct seq *v = e->seqs[i];
         if (v->n_blocks > 0 && v->chunk == 0) {
             release_blocks(e, v);
-            v->n_computed = 0; /* recomputed from its tokens later */
+            v->n_computed = 0; /* recomputed from its tokens later, or found in the cache */
+            v->n_registered = v->reg_stop = v->looked_up = 0;
             e->stats.preemptions++;
             return 1;
         }
     }
     return 0;
+}
+
+/* The chain hash of s's block i (its tokens known). */
+static uint64_t block_hash(const tsr_engine_t *e, struct seq *s, int i)
+{
+    int bs = e->pool.block_size;
+    for (; s->n_hashed <= i; s->n_hashed++) {
+        int k = s->n_hashed;
+        s->bhash[k] = tsr_chain_hash(k ? s->bhash[k - 1] : 0, s->tokens + (size_t)k * bs, bs);
+    }
+    return s->bhash[i];
+}
+
+/* A sequence with no K/V yet (new, or preempted) starts from the longest chain of cached blocks
+ * its tokens begin with, leaving at least its last token to compute (its logits are needed). */
+static void attach_prefix(tsr_engine_t *e, struct seq *s)
+{
+    int bs = e->pool.block_size, most = (s->n_tokens - 1) / bs;
+    while (s->n_blocks < most) {
+        int i = s->n_blocks;
+        int32_t b = tsr_kv_cached(&e->pool, block_hash(e, s, i), i ? s->blocks[i - 1] : -1,
+                                  s->tokens + (size_t)i * bs);
+        if (b < 0) break;
+        s->blocks[s->n_blocks++] = b;
+    }
+    s->n_computed = s->n_blocks * bs;
+    s->n_registered = s->n_blocks;
+}
+
+/* Registers s's blocks that its computed positions filled. */
+static void register_full(tsr_engine_t *e, struct seq *s)
+{
+    int bs = e->pool.block_size, full = s->n_computed / bs;
+    while (!s->reg_stop && s->n_registered < full) {
+        int i = s->n_registered;
+        if (!tsr_kv_register(&e->pool, s->blocks[i], block_hash(e, s, i), i ? s->blocks[i - 1] : -1,
+                             s->tokens + (size_t)i * bs))
+            s->reg_stop = 1;
+        else
+            s->n_registered++;
+    }
 }
 
 /* Grows s's block list to cover positions < upto. Preempts younger sequences if needed. Returns
@@ -308,11 +361,18 @@ int tsr_engine_step(tsr_engine_t *e, struct tsr_token_event *ev, int cap, int *n
     for (int pass = 0; pass < 2; pass++) {
         for (int i = 0; i < e->n_seqs && budget > 0; i++) {
             struct seq *s = e->seqs[i];
+            if (pass == 1 && !s->n_blocks && !s->n_computed && !e->o.no_prefix_cache)
+                attach_prefix(e, s);
             int pending = s->n_tokens - s->n_computed;
             if (s->chunk || (pass == 0) != (pending == 1)) continue;
             int want = pending < budget ? pending : budget;
             int covered = reserve(e, i, s->n_computed + want) - s->n_computed;
             if (covered <= 0) continue;
+            if (!s->looked_up) { /* its first chunk since it had no K/V */
+                s->looked_up = 1;
+                e->stats.prefix_queries += (uint64_t)s->n_tokens;
+                e->stats.prefix_hits += (uint64_t)s->n_computed;
+            }
             s->chunk = covered;
             s->want_logits = s->n_computed + covered == s->n_tokens;
             budget -= covered;
@@ -367,7 +427,13 @@ int tsr_engine_step(tsr_engine_t *e, struct tsr_token_event *ev, int cap, int *n
     for (int i = 0; i < e->n_seqs; i++) {
         struct seq *s = e->seqs[i];
         if (!s->chunk) continue;
+        int hw = s->n_computed + s->chunk < s->n_prompt ? s->n_computed + s->chunk : s->n_prompt;
+        if (hw > s->prompt_hw) {
+            s->prompt_run += hw - (s->n_computed > s->prompt_hw ? s->n_computed : s->prompt_hw);
+            s->prompt_hw = hw;
+        }
         s->n_computed += s->chunk;
+        if (!e->o.no_prefix_cache) register_full(e, s);
         if (s->chunk > 1 || !s->want_logits)
             e->stats.prompt_tokens += (uint64_t)s->chunk;
         else
@@ -382,6 +448,7 @@ int tsr_engine_step(tsr_engine_t *e, struct tsr_token_event *ev, int cap, int *n
         enum tsr_finish f = finish_of(e, s, tok);
         int before = *n_ev;
         push_event(ev, cap, n_ev, s->id, tok, lp, f);
+        if (f && *n_ev > before) ev[*n_ev - 1].n_cached = s->n_prompt - s->prompt_run;
         int want = s->sampler.p.top_logprobs;
         if (want && *n_ev > before) {
             struct tsr_token_event *t = &ev[*n_ev - 1];
@@ -415,5 +482,6 @@ void tsr_engine_get_stats(const tsr_engine_t *e, struct tsr_engine_stats *s)
 {
     *s = e->stats;
     s->n_free_blocks = e->pool.n_free;
+    s->n_cached_blocks = e->pool.n_free - e->pool.n_list;
     s->n_running = e->n_seqs;
 }

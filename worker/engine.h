@@ -34,6 +34,9 @@ struct tsr_engine_opts {
     int max_context;                      /* longest sequence; 0 = the model's training context */
     const struct tsr_runner_shard *shard; /* this leader's group, or NULL for one process */
     double mem_util; /* with n_blocks 0: the device memory fraction (tsr_runner_opts) */
+    /* 1: no prefix caching. Otherwise (the default) full blocks of computed K/V are kept and
+     * shared by later sequences that begin with the same tokens (worker/kv_pool.h) */
+    int no_prefix_cache;
 };
 
 /* The runner options of an engine with options o: what its group's followers must build theirs
@@ -56,6 +59,8 @@ struct tsr_token_event {
     int32_t token;
     float logprob;
     enum tsr_finish finish; /* TSR_FINISH_NONE while running */
+    int n_cached; /* with a finish: prompt tokens whose K/V the sequence found in the cache
+                   * instead of computing them (0 until prompts share a prefix: issue 15) */
     /* the sampling's top_logprobs most likely tokens at this step (tsr_top_logprobs) */
     int n_top;
     int32_t top_ids[TSR_SAMPLING_MAX_TOP_LOGPROBS];
@@ -66,6 +71,10 @@ struct tsr_engine_stats {
     int n_blocks, n_free_blocks;
     int n_running; /* sequences admitted and not finished */
     uint64_t steps, prompt_tokens, decode_tokens, preemptions;
+    /* prefix caching: prompt positions looked up, those found; blocks kept for reuse (part of
+     * n_free_blocks) */
+    uint64_t prefix_queries, prefix_hits;
+    int n_cached_blocks;
 };
 
 int tsr_engine_new(tsr_model_t *m, tsr_backend_t *b, const struct tsr_engine_opts *o,

@@ -33,6 +33,7 @@ struct lreq {
     float *top_lps;
     int *n_top;
     enum tsr_finish finish;
+    int n_cached; /* with finish: the prompt tokens the engine found in its cache */
     int err_code; /* a gRPC code when the leader refused or failed it */
     char err[256];
     pthread_cond_t cv;
@@ -53,7 +54,7 @@ struct tsr_leader {
     char fail_msg[256];
     struct tsr_engine_stats stats; /* a copy for Stats, refreshed after each step */
     int n_waiting;
-    uint64_t max_batch, joined_running;
+    uint64_t max_batch, joined_running, admitted;
     int n_calls; /* Generate calls in flight: waiting, running, or still sending their last tokens
                   */
     struct leader_metrics *metrics; /* /metrics (tsr_leader_metrics_render) */
@@ -65,6 +66,7 @@ struct tsr_leader {
 struct leader_metrics {
     tsr_metrics_t *r;
     tsr_series_t *running, *waiting, *kv_usage, *gpu_cache_usage, *preemptions, *steps;
+    tsr_series_t *prefix_queries, *prefix_hits;
     tsr_series_t *prompt_tokens, *generation_tokens, *queue_time;
 };
 
@@ -121,6 +123,7 @@ static void admit(struct tsr_leader *l)
         l->n_waiting--;
         if (rc == 0 && live_add(l, q) == 0) {
             q->admitted = 1;
+            l->admitted++;
             if (running) l->joined_running++;
             tsr_series_observe(l->metrics->queue_time, tsr_now() - q->t_arrival);
             tsr_series_add(l->metrics->prompt_tokens, q->r.n_prompt);
@@ -258,9 +261,10 @@ static void *engine_main(void *arg)
                 live_take(l, ev[i].id, 1);
                 continue;
             }
-            if (ev[i].finish != TSR_FINISH_NONE)
+            if (ev[i].finish != TSR_FINISH_NONE) {
+                q->n_cached = ev[i].n_cached;
                 finish_req(q, ev[i].finish, 0, NULL);
-            else
+            } else
                 pthread_cond_signal(&q->cv);
         }
         tsr_engine_get_stats(l->e, &l->stats);
@@ -424,8 +428,9 @@ static void stream_req(struct tsr_leader *l, tsr_rpc_call_t *call, struct lreq *
                 m.top_logprobs = topp;
             }
             if (released && !q->err_code) {
-                m.has_finish_reason = 1;
+                m.has_finish_reason = m.has_cached_tokens = 1;
                 m.finish_reason = finish_pb(q->finish);
+                m.cached_tokens = q->n_cached;
             }
             if (!cancelled && !send_failed && (n || m.has_finish_reason) &&
                 tsr_rpc_call_send_pb(call, &m.base))
@@ -517,7 +522,8 @@ static void handle_stats(tsr_rpc_call_t *call, void *arg)
     pthread_mutex_lock(&l->mu);
     s.has_n_blocks = s.has_n_free_blocks = s.has_n_running = s.has_n_waiting = 1;
     s.has_steps = s.has_prompt_tokens = s.has_decode_tokens = s.has_preemptions = 1;
-    s.has_max_batch = s.has_joined_running = 1;
+    s.has_max_batch = s.has_joined_running = s.has_admitted = 1;
+    s.has_prefix_cache_queries = s.has_prefix_cache_hits = 1;
     s.n_blocks = l->stats.n_blocks;
     s.n_free_blocks = l->stats.n_free_blocks;
     s.n_running = l->n_live;
@@ -528,6 +534,9 @@ static void handle_stats(tsr_rpc_call_t *call, void *arg)
     s.preemptions = l->stats.preemptions;
     s.max_batch = l->max_batch;
     s.joined_running = l->joined_running;
+    s.admitted = l->admitted;
+    s.prefix_cache_queries = l->stats.prefix_queries;
+    s.prefix_cache_hits = l->stats.prefix_hits;
     pthread_mutex_unlock(&l->mu);
     tsr_rpc_call_send_pb(call, &s.base);
     tsr_rpc_call_finish(call, TSR_RPC_OK, NULL);
@@ -611,6 +620,15 @@ static struct leader_metrics *leader_metrics_new(void)
                                NULL, tsr_vllm_request_latency_buckets, TSR_VLLM_REQUEST_LATENCY_N)},
         {&lm->steps,
          tsr_metrics_counter(r, "tessera:engine_steps_total", "Engine steps the group ran.", NULL)},
+        {&lm->prefix_queries,
+         tsr_metrics_counter(r, "vllm:prefix_cache_queries_total",
+                             "Prompt tokens looked up in the prefix cache (a sequence's tokens "
+                             "each time it starts with no K/V: admitted, or preempted).",
+                             NULL)},
+        {&lm->prefix_hits, tsr_metrics_counter(r, "vllm:prefix_cache_hits_total",
+                                               "Of vllm:prefix_cache_queries_total, the tokens "
+                                               "found in the cache (not computed).",
+                                               NULL)},
     };
     for (size_t i = 0; i < sizeof f / sizeof *f; i++)
         if (!(*f[i].s = tsr_metric_with(f[i].m, NULL))) {
@@ -708,5 +726,7 @@ int tsr_leader_metrics_render(tsr_leader_t *l, const char *model_name, struct ts
     tsr_series_set(lm->gpu_cache_usage, kv);
     tsr_series_set(lm->preemptions, (double)s.preemptions);
     tsr_series_set(lm->steps, (double)s.steps);
+    tsr_series_set(lm->prefix_queries, (double)s.prefix_queries);
+    tsr_series_set(lm->prefix_hits, (double)s.prefix_hits);
     return tsr_metrics_render(lm->r, (const char *[]){"model_name", model_name, NULL}, out);
 }

@@ -39,6 +39,34 @@ check "synthetic model prints ids" "$([ $? = 0 ] && grep -Eq '^[0-9]+(,[0-9]+){3
 "$bin" generate --model synthetic:tiny --prompt-ids 1,2,999 >/dev/null 2>"$tmp/err"
 check "token id outside vocab exits 2" "$([ $? = 2 ] && grep -q vocabulary "$tmp/err"; echo $?)"
 
+# the sampling flags are tessera client's (tools/flags.c): a +100 bias forces its token, the
+# penalties reach the one validation, llama.cpp's --repeat-penalty still names the same field
+"$bin" generate --model synthetic:tiny --prompt-ids 1,2,3 --max-tokens 4 --ignore-eos \
+  --logit-bias 7:100 --presence-penalty 0.5 --frequency-penalty 0.5 --repetition-penalty 1.1 \
+  --seed 3 --temperature 0.7 >"$tmp/out" 2>/dev/null
+check "--logit-bias 7:100 gives 7,7,7,7 ($(tail -n 1 "$tmp/out"))" \
+  "$([ $? = 0 ] && [ "$(tail -n 1 "$tmp/out")" = 7,7,7,7 ]; echo $?)"
+"$bin" generate --model synthetic:tiny --prompt-ids 1,2,3 --presence-penalty 3 >/dev/null 2>"$tmp/err"
+check "--presence-penalty 3: exit 2 naming presence_penalty" \
+  "$([ $? = 2 ] && grep -q presence_penalty "$tmp/err"; echo $?)"
+"$bin" generate --model synthetic:tiny --prompt-ids 1,2,3 --repeat-penalty 0 >/dev/null 2>"$tmp/err"
+check "--repeat-penalty 0: exit 2 naming repetition_penalty" \
+  "$([ $? = 2 ] && grep -q repetition_penalty "$tmp/err"; echo $?)"
+"$bin" generate --model synthetic:tiny --prompt-ids 1,2,3 --logit-bias 5 >/dev/null 2>"$tmp/err"
+check "--logit-bias 5: exit 2 naming the flag" "$([ $? = 2 ] && grep -q -- --logit-bias "$tmp/err"; echo $?)"
+# one set of definitions: every option serve passes to a worker or a coordinator is in serve's
+# help, and generate and client list the same sampling and prompt flags
+serve_help=$("$bin" serve --help)
+for cmd in worker coordinator; do
+  for f in $("$bin" $cmd --help | grep -oE -- '--[a-z][a-z-]+' | sort -u); do
+    case $f in --etcd|--id|--prefix|--ttl|--group*|--metrics-port|--help) continue ;; esac
+    grep -q -- "$f\b" <<<"$serve_help" || check "serve --help lists $cmd's $f" 1
+  done
+done
+flags() { "$bin" "$1" --help >"$tmp/help"; grep -oE -- '--(temperature|top-[kp]|min-p|[a-z]+-penalty|seed|max-tokens|ignore-eos|logit-bias|prompt|prompt-ids|chat|system|show-ids)\b' "$tmp/help" | sort -u; }
+check "generate and client share their sampling and prompt flags" \
+  "$([ "$(flags generate)" = "$(flags client)" ] && [ "$(flags generate | wc -l)" -ge 16 ]; echo $?)"
+
 one=$("$bin" generate --model "$model" --prompt "A mosaic is" --max-tokens 16 --ignore-eos \
       --show-ids 2>/dev/null | tail -n 1)
 sharded=$("$bin" generate --model "$model" --prompt "A mosaic is" --max-tokens 16 --ignore-eos \

@@ -98,6 +98,15 @@ def test_chat_equals_grpc(srv):
     assert r.usage.prompt_tokens == g.last.usage.prompt_tokens
     assert r.usage.completion_tokens == g.last.usage.completion_tokens
     assert r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    # the same prompt again finds its whole blocks in the worker's prefix cache, all but the
+    # last token's (computed for its logits), and says so on both transports; the answer is the same
+    whole = (r.usage.prompt_tokens - 1) // 16 * 16
+    assert whole > 0 and g.last.usage.HasField("cached_tokens")
+    assert g.last.usage.cached_tokens == whole
+    again = srv.client.chat.completions.create(model=srv.model_id, messages=chat_messages(),
+                                               max_tokens=24, temperature=0)
+    assert again.usage.prompt_tokens_details.cached_tokens == whole
+    assert again.choices[0].message.content == g.text
 
 
 def test_completion_equals_grpc(srv):

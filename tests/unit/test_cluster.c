@@ -95,7 +95,7 @@ static void test_router_feed(void **state)
     tsr_route_t *held = NULL;
     for (int i = 0; i < 2 && !(held && !strcmp(tsr_route_name(held), "g1")); i++) {
         if (held) tsr_route_release(r, held, 0);
-        held = tsr_router_pick(r, i ? 0 : 1000, NULL);
+        held = tsr_router_pick(r, i ? 0 : 1000, NULL, NULL, NULL);
     }
     assert_string_equal(tsr_route_name(held), "g1");
     put("/rf/ready/g1", "{\"addr\": \"127.0.0.1:11\", \"generation\": 6, \"worker\": \"w1\"}", 0);

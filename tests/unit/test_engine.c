@@ -29,6 +29,7 @@ struct req {
     int n_out;
     int64_t id;
     enum tsr_finish finish;
+    int cached; /* the finish event's n_cached */
 };
 
 static tsr_backend_t *backend;
@@ -54,6 +55,7 @@ static void add(tsr_engine_t *e, struct req *r)
                             .ignore_eos = 1};
     r->n_out = 0;
     r->finish = TSR_FINISH_NONE;
+    r->cached = -1;
     assert_int_equal(tsr_engine_add(e, &q, &r->id), 0);
 }
 
@@ -76,7 +78,8 @@ static int run(tsr_engine_t *e, struct req *rs, int n, const int *late)
             for (int i = 0; i < n; i++) {
                 if (!admitted[i] || rs[i].id != ev[k].id || rs[i].finish) continue;
                 if (ev[k].token >= 0) rs[i].out[rs[i].n_out++] = ev[k].token;
-                if (ev[k].finish) rs[i].finish = ev[k].finish, done++;
+                if (ev[k].finish)
+                    rs[i].finish = ev[k].finish, rs[i].cached = ev[k].n_cached, done++;
             }
     }
     return steps;
@@ -125,6 +128,9 @@ static void check_batching(const char *spec, int n)
     run(e, late_rs, n, late);
     tsr_engine_free(e);
     for (int i = 0; i < n; i++) {
+        /* nothing is shared between these prompts: every prompt position was computed */
+        assert_int_equal(alone[i].cached, 0);
+        assert_int_equal(batch[i].cached, 0);
         assert_int_equal(batch[i].n_out, alone[i].n_out);
         assert_memory_equal(batch[i].out, alone[i].out, sizeof(int32_t) * (size_t)alone[i].n_out);
         assert_memory_equal(late_rs[i].out, alone[i].out, sizeof(int32_t) * (size_t)alone[i].n_out);
@@ -163,8 +169,11 @@ static void test_preemption_keeps_results(void **state)
     assert_true(st.preemptions > 0);
     assert_int_equal(st.n_free_blocks, 12);
     tsr_engine_free(e);
-    for (int i = 0; i < 6; i++)
+    for (int i = 0; i < 6; i++) {
         assert_memory_equal(tight[i].out, alone[i].out, sizeof(int32_t) * (size_t)alone[i].n_out);
+        /* a preempted prompt computed twice is not a cached one, nor counted twice */
+        assert_int_equal(tight[i].cached, 0);
+    }
     tsr_model_free(m);
 }
 
@@ -233,6 +242,141 @@ static void test_cancel_frees_blocks(void **state)
     tsr_model_free(m);
 }
 
+/* ---- prefix caching ---- */
+
+enum { PC_MAX_PROMPT = 1100, PC_GEN = 24, PC_MAX_REQ = 32 };
+
+struct pc_req {
+    int32_t prompt[PC_MAX_PROMPT];
+    int n_prompt, arrive; /* admitted at step `arrive` */
+    struct tsr_sampling sp;
+    int32_t out[PC_GEN];
+    int n_out, cached;
+    int64_t id;
+    enum tsr_finish finish;
+};
+
+/* n requests sharing a prefix of `prefix` tokens, each with a suffix of its own (5 to 40
+ * tokens); odd ones sampled with a seed of their own, even ones greedy; arriving a few steps
+ * apart. */
+static void pc_requests(struct pc_req *rs, int n, int prefix, int vocab)
+{
+    uint32_t seed = 77;
+#define NEXT() (seed = seed * 1664525u + 1013904223u, (seed >> 8) % (uint32_t)vocab)
+    for (int i = 0; i < n; i++) {
+        memset(&rs[i], 0, sizeof rs[i]);
+        rs[i].n_prompt = prefix + 5 + (i * 7) % 36;
+        for (int j = 0; j < rs[i].n_prompt; j++) {
+            uint32_t t = NEXT();
+            rs[i].prompt[j] = j < prefix ? rs[0].prompt[j] : (int32_t)t;
+            if (i == 0) rs[i].prompt[j] = (int32_t)t;
+        }
+        rs[i].arrive = 2 * i;
+        rs[i].sp = tsr_sampling_default();
+        if (i % 2) rs[i].sp.temperature = 0.8f, rs[i].sp.top_k = 40, rs[i].sp.seed = 1000 + i;
+    }
+#undef NEXT
+}
+
+/* Runs them all on one engine; returns its stats. */
+static struct tsr_engine_stats pc_run(tsr_model_t *m, struct pc_req *rs, int n, int n_blocks,
+                                      int step_tokens, int no_cache)
+{
+    struct tsr_engine_opts o = {.n_blocks = n_blocks,
+                                .block_size = 16,
+                                .max_step_tokens = step_tokens,
+                                .max_seqs = PC_MAX_REQ,
+                                .max_context = 2048,
+                                .no_prefix_cache = no_cache};
+    tsr_engine_t *e;
+    assert_int_equal(tsr_engine_new(m, backend, &o, &e), 0);
+    int done = 0;
+    for (int step = 0; done < n; step++) {
+        assert_true(step < 100000);
+        for (int i = 0; i < n; i++)
+            if (rs[i].arrive == step) {
+                struct tsr_request q = {.prompt = rs[i].prompt,
+                                        .n_prompt = rs[i].n_prompt,
+                                        .sampling = rs[i].sp,
+                                        .max_tokens = PC_GEN,
+                                        .ignore_eos = 1};
+                rs[i].cached = -1;
+                assert_int_equal(tsr_engine_add(e, &q, &rs[i].id), 0);
+            }
+        struct tsr_token_event ev[PC_MAX_REQ];
+        int n_ev;
+        assert_int_equal(tsr_engine_step(e, ev, PC_MAX_REQ, &n_ev), 0);
+        for (int k = 0; k < n_ev; k++)
+            for (int i = 0; i < n; i++) {
+                if (rs[i].arrive > step || rs[i].id != ev[k].id || rs[i].finish) continue;
+                if (ev[k].token >= 0) rs[i].out[rs[i].n_out++] = ev[k].token;
+                if (ev[k].finish)
+                    rs[i].finish = ev[k].finish, rs[i].cached = ev[k].n_cached, done++;
+            }
+    }
+    struct tsr_engine_stats st;
+    tsr_engine_get_stats(e, &st);
+    assert_int_equal(st.n_free_blocks, n_blocks); /* every block back: free or cached */
+    tsr_engine_free(e);
+    return st;
+}
+
+/* Caching changes no token, greedy or seeded: the requests with it on, chunked prefill (a
+ * 128-token budget) and a pool too small for them (preemption), equal the same requests with
+ * it off; later requests find the prefix, and usage counts what they found. */
+static void check_prefix_cache(const char *spec, int n, int prefix, int n_blocks)
+{
+    tsr_model_t *m;
+    assert_int_equal(tsr_model_open(spec, &m), 0);
+    int vocab = tsr_model_config(m)->n_vocab;
+    struct pc_req *off = malloc(sizeof *off * PC_MAX_REQ), *on = malloc(sizeof *on * PC_MAX_REQ);
+    assert_non_null(off);
+    assert_non_null(on);
+    pc_requests(off, n, prefix, vocab);
+    memcpy(on, off, sizeof *on * (size_t)n);
+    struct tsr_engine_stats st_off = pc_run(m, off, n, n_blocks, 128, 1);
+    struct tsr_engine_stats st_on = pc_run(m, on, n, n_blocks, 128, 0);
+    int hits = 0;
+    for (int i = 0; i < n; i++) {
+        assert_int_equal(on[i].finish, TSR_FINISH_LENGTH);
+        assert_int_equal(on[i].n_out, PC_GEN);
+        if (memcmp(on[i].out, off[i].out, sizeof on[i].out))
+            fail_msg("request %d (%s): tokens differ with the prefix cache on", i,
+                     i % 2 ? "seeded" : "greedy");
+        assert_int_equal(off[i].cached, 0);
+        assert_true(on[i].cached >= 0 && on[i].cached <= prefix && on[i].cached % 16 == 0);
+        hits += on[i].cached > 0;
+    }
+    /* the test is not vacuous: the small pool preempted, and most requests found the prefix */
+    assert_true(st_off.preemptions > 0);
+    assert_true(st_on.preemptions > 0);
+    assert_true(hits >= n / 2);
+    assert_true(st_on.prefix_hits > 0 && st_on.prefix_hits <= st_on.prefix_queries);
+    assert_int_equal(st_off.prefix_hits, 0);
+    assert_true(st_on.prompt_tokens < st_off.prompt_tokens); /* less computed */
+    free(off);
+    free(on);
+    tsr_model_free(m);
+}
+
+static void test_prefix_cache_synthetic(void **state)
+{
+    /* 32 requests sharing a 1,000-token prefix (~66 blocks each): 100 blocks hold one and a half */
+    check_prefix_cache("synthetic:tiny-4k", 32, 1000, 100);
+}
+
+static void test_prefix_cache_default_model(void **state)
+{
+    if (tsr_test_missing(MODEL, "run scripts/fetch_model.sh")) return;
+        /* the same on the real model, shorter: 8 requests sharing 500 tokens (~35 blocks each), 40
+         * blocks (4 under the sanitizers, CI's second pass, where a prompt costs ten times more) */
+#if defined(__SANITIZE_ADDRESS__)
+    check_prefix_cache(MODEL, 4, 500, 40);
+#else
+    check_prefix_cache(MODEL, 8, 500, 40);
+#endif
+}
+
 static void test_bad_requests(void **state)
 {
     tsr_model_t *m;
@@ -280,6 +424,8 @@ int main(void)
         cmocka_unit_test(test_batching_default_model),
         cmocka_unit_test(test_preemption_keeps_results),
         cmocka_unit_test(test_cancel_frees_blocks),
+        cmocka_unit_test(test_prefix_cache_synthetic),
+        cmocka_unit_test(test_prefix_cache_default_model),
         cmocka_unit_test(test_bad_requests),
     };
     return tsr_test_exit(cmocka_run_group_tests(tests, setup, teardown));

@@ -239,6 +239,7 @@ static void test_answer_json(void **state)
                                   .finish = TESSERA__V1__FINISH_REASON__FINISH_REASON_LENGTH,
                                   .prompt_tokens = 5,
                                   .completion_tokens = 2,
+                                  .cached_tokens = 0,
                                   .index = 1};
     assert_int_equal(tsr_openai_answer_add(&a, &c), 0);
     c.index = 0;
@@ -257,7 +258,18 @@ static void test_answer_json(void **state)
            "-0.25,-0.5],\"tokens\":[\"token_id:7\",\"token_id:9\"],\"top_logprobs\":[{"
            "\"token_id:3\":-2.0,\"token_id:7\":-0.25},{\"token_id:4\":-1.0,\"token_id:9\":"
            "-0.5}]},\"text\":\"ab\"}]");
-    assert_string_equal(us, "{\"prompt_tokens\":5,\"completion_tokens\":3,\"total_tokens\":8}");
+    c.cached_tokens = 4; /* the last choice over says what the worker found */
+    c.index = 1;
+    c.completion_tokens = 2;
+    c.n_ids = 0;
+    c.n_text = 0;
+    assert_int_equal(tsr_openai_answer_add(&a, &c), 0);
+    json_decref(u);
+    u = tsr_openai_answer_usage(&a);
+    free(us);
+    us = json_dumps(u, JSON_COMPACT);
+    assert_string_equal(us, "{\"prompt_tokens\":5,\"completion_tokens\":3,\"total_tokens\":8,"
+                            "\"prompt_tokens_details\":{\"cached_tokens\":4}}");
     free(s);
     free(us);
     json_decref(ch);
