@@ -22,7 +22,14 @@ static int bad(struct tsr_openai_request *r, const char *param, const char *fmt,
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    snprintf(r->param, sizeof r->param, "%s", param ? param : "");
+    size_t n = (size_t)snprintf(r->param, sizeof r->param, "%s", param ? param : "");
+    if (n >= sizeof r->param) { /* cut: not in the middle of a UTF-8 character (a JSON string) */
+        size_t k = sizeof r->param - 1, lead = k;
+        while (lead > 0 && ((unsigned char)r->param[lead - 1] & 0xc0) == 0x80) lead--;
+        unsigned char c = lead > 0 ? (unsigned char)r->param[lead - 1] : 0;
+        size_t want = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 1;
+        if (lead > 0 && c >= 0xc0 && k - (lead - 1) < want) r->param[lead - 1] = 0;
+    }
     return tsr_errorf(TSR_EINVAL, "%s", msg);
 }
 
