@@ -11,6 +11,7 @@
 
 #include "common/rpc.h"
 #include "common/status.h"
+#include "coordinator/validate.h"
 #include "model/sampling.h"
 
 static int bad(struct tsr_openai_request *r, const char *param, const char *fmt, ...)
@@ -23,13 +24,9 @@ static int bad(struct tsr_openai_request *r, const char *param, const char *fmt,
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
     size_t n = (size_t)snprintf(r->param, sizeof r->param, "%s", param ? param : "");
-    if (n >= sizeof r->param) { /* cut: not in the middle of a UTF-8 character (a JSON string) */
-        size_t k = sizeof r->param - 1, lead = k;
-        while (lead > 0 && ((unsigned char)r->param[lead - 1] & 0xc0) == 0x80) lead--;
-        unsigned char c = lead > 0 ? (unsigned char)r->param[lead - 1] : 0;
-        size_t want = c >= 0xf0 ? 4 : c >= 0xe0 ? 3 : c >= 0xc0 ? 2 : 1;
-        if (lead > 0 && c >= 0xc0 && k - (lead - 1) < want) r->param[lead - 1] = 0;
-    }
+    /* cut (a JSON key, valid UTF-8): not in the middle of a character, or it is no JSON string */
+    for (n = n < sizeof r->param ? n : sizeof r->param - 1; !tsr_utf8_valid(r->param, n); n--)
+        r->param[n - 1] = 0;
     return tsr_errorf(TSR_EINVAL, "%s", msg);
 }
 

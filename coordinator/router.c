@@ -195,7 +195,7 @@ tsr_route_t *tsr_router_pick(tsr_router_t *r, int64_t load, const struct tsr_rou
     enum { SPILL = 4 };
     struct tsr_route *best = least;
     if (holder && holder != least && requests(holder) <= requests(least) + SPILL) best = holder;
-    int64_t hit = best ? cached_tokens(best, p) : 0;
+    int64_t hit = best == holder ? holder_hit : best ? cached_tokens(best, p) : 0;
     if (best) {
         best->refs++;
         best->outstanding += load - hit;
