@@ -10,7 +10,7 @@
 struct coord_metrics {
     tsr_metrics_t *r;
     tsr_series_t *ttft, *itl, *tpot, *e2e, *req_prompt, *req_gen;
-    tsr_series_t *prompt_tokens, *gen_tokens, *groups_ready, *in_flight;
+    tsr_series_t *prompt_tokens, *gen_tokens, *groups_ready, *in_flight, *retries, *migrations;
     tsr_metric_t *success, *requests;
 };
 
@@ -76,6 +76,15 @@ static struct coord_metrics *make(int max_model_len)
                                              "Tokens returned to clients by the requests that "
                                              "finished (their usage).",
                                              NULL)},
+        {&m->retries, tsr_metrics_counter(r, "tessera:request_retries_total",
+                                          "Requests sent to another replica after theirs failed "
+                                          "before streaming a token.",
+                                          NULL)},
+        {&m->migrations, tsr_metrics_counter(r, "tessera:request_migrations_total",
+                                             "Requests resumed on another replica after theirs "
+                                             "failed or drained mid-stream (prompt plus the tokens "
+                                             "sent; the stream goes on).",
+                                             NULL)},
         {&m->groups_ready, tsr_metrics_gauge(r, "tessera:groups_ready",
                                              "Worker groups ready to take requests.", NULL)},
         {&m->in_flight, tsr_metrics_gauge(r, "tessera:requests_in_flight",
@@ -136,6 +145,12 @@ void tsr_coordinator_metrics_tokens(tsr_sessions_t *s, int first, double gap_s, 
         tsr_series_observe(m->itl, per);
         tsr_series_observe(m->tpot, per);
     }
+}
+
+void tsr_coordinator_metrics_moved(tsr_sessions_t *s, int resumed)
+{
+    struct coord_metrics *m = get(s);
+    if (m) tsr_series_add(resumed ? m->migrations : m->retries, 1);
 }
 
 static const char *reason_name(Tessera__V1__FinishReason f)

@@ -19,6 +19,10 @@
  * a first chunk of several). */
 void tsr_coordinator_metrics_tokens(tsr_sessions_t *s, int first, double gap_s, int n);
 
+/* A request moved to another replica after its own failed: resumed (a migration) when it had
+ * streamed tokens, else a retry. */
+void tsr_coordinator_metrics_moved(tsr_sessions_t *s, int resumed);
+
 /* How one request ended, as tsr_session_run returns it. */
 struct tsr_request_end {
     int code;                             /* enum tsr_rpc_code */

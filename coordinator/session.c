@@ -181,9 +181,12 @@ struct relay {
     const char *request_id;
     int logprobs, top_logprobs;
     int n_prompt;
-    int n_done;   /* tokens relayed to the client */
+    int n_done;    /* tokens relayed to the client: sent[0, n_done) */
+    int32_t *sent; /* (cap_sent) */
+    int cap_sent;
     int n_cached; /* of n_prompt, found in the worker's cache (its last message says) */
-    int sent_any; /* a chunk reached the client: no retry after this */
+    int sent_any; /* a chunk reached the client: only a migration resumes it elsewhere */
+    int migrate;  /* a stream cut after it sent tokens may move to another replica */
     tsr_textstream_t *text;
 };
 
@@ -210,11 +213,20 @@ static int relay_message(struct relay *rl, const Tessera__V1__WorkerGenerateResp
             return tsr_errorf(TSR_EFORMAT, "token %zu: %zu top ids, %zu logprobs (asked %d)", i,
                               w->top_logprobs[i]->n_token_ids, w->top_logprobs[i]->n_logprobs,
                               rl->top_logprobs);
-    if (w->has_cached_tokens && w->cached_tokens >= 0 && w->cached_tokens <= rl->n_prompt)
-        rl->n_cached = w->cached_tokens;
+    /* a resumed attempt's prompt holds the tokens sent before: of the client's, at most all */
+    if (w->has_cached_tokens && w->cached_tokens >= 0)
+        rl->n_cached = w->cached_tokens < rl->n_prompt ? w->cached_tokens : rl->n_prompt;
     struct tsr_text_delta d;
     int rc = tsr_textstream_push(rl->text, w->token_ids, w->n_token_ids, worker_finish(w), &d);
     if (rc) return rc == TSR_EINVAL ? TSR_EFORMAT : rc; /* its message stands */
+    if (rl->n_done + (int64_t)d.n_ids > rl->cap_sent) {
+        int cap = rl->n_done + (int)d.n_ids + 64;
+        int32_t *g = realloc(rl->sent, (size_t)cap * sizeof *g);
+        if (!g) return tsr_errorf(TSR_ENOMEM, "out of memory");
+        rl->sent = g;
+        rl->cap_sent = cap;
+    }
+    if (d.n_ids) memcpy(rl->sent + rl->n_done, w->token_ids, d.n_ids * sizeof *rl->sent);
     rl->n_done += (int)d.n_ids;
     if (!d.n_ids && !d.n_text && !d.over) return 0;
     struct tsr_session_chunk c = {.request_id = rl->request_id,
@@ -241,6 +253,13 @@ static int client_gone(const struct relay *rl)
 }
 
 enum upstream_end { UP_DONE, UP_CLIENT_GONE, UP_RETRY, UP_FAILED };
+
+/* A replica failed (died, left, broke the stream): another may take the request over, unless it
+ * already sent tokens and migration is off. */
+static enum upstream_end replica_lost(const struct relay *rl)
+{
+    return rl->sent_any && !rl->migrate ? UP_FAILED : UP_RETRY;
+}
 
 /* Streams one attempt from group g. */
 static enum upstream_end relay_attempt(struct relay *rl, tsr_route_t *g,
@@ -269,7 +288,7 @@ static enum upstream_end relay_attempt(struct relay *rl, tsr_route_t *g,
                 /* etcd says the group is gone (a rank died, its lease expired) */
                 set_status(st, TSR_RPC_UNAVAILABLE, "replica %s left the cluster mid-request",
                            tsr_route_name(g));
-                end = rl->sent_any ? UP_FAILED : UP_RETRY;
+                end = replica_lost(rl);
                 break;
             }
             continue;
@@ -281,12 +300,12 @@ static enum upstream_end relay_attempt(struct relay *rl, tsr_route_t *g,
                 /* the leader ended without a finish reason: count it as a failure */
                 set_status(st, TSR_RPC_UNAVAILABLE, "replica %s ended the stream early",
                            tsr_route_name(g));
-                end = rl->sent_any ? UP_FAILED : UP_RETRY;
+                end = replica_lost(rl);
             } else if (code == TSR_RPC_UNAVAILABLE || code == TSR_RPC_CANCELLED ||
                        code == TSR_RPC_UNKNOWN || code == TSR_RPC_INTERNAL) {
                 set_status(st, TSR_RPC_UNAVAILABLE, "replica %s (%s) failed: %s: %s",
                            tsr_route_name(g), tsr_route_addr(g), tsr_rpc_code_name(code), d);
-                end = rl->sent_any ? UP_FAILED : UP_RETRY;
+                end = replica_lost(rl);
             } else {
                 set_status(st, code, "%s", d);
                 end = UP_FAILED;
@@ -334,6 +353,42 @@ static enum upstream_end relay_attempt(struct relay *rl, tsr_route_t *g,
     return end;
 }
 
+/* How the tokens already sent end the request, when they do (UNSPECIFIED when not): its replica
+ * failed after sending the last token it was allowed, an end-of-generation token or a stop id, and
+ * before its finish reason came. */
+static Tessera__V1__FinishReason ended_by(const struct relay *rl,
+                                          const Tessera__V1__GenerateRequest *r, int max_tokens)
+{
+    int32_t last = rl->sent[rl->n_done - 1];
+    int ignore_eos = r->has_ignore_eos && r->ignore_eos;
+    int stop = !ignore_eos && rl->s->tok && tsr_tokenizer_is_eog(rl->s->tok, last);
+    for (size_t i = 0; i < r->n_stop_token_ids; i++) stop |= r->stop_token_ids[i] == last;
+    if (stop) return TESSERA__V1__FINISH_REASON__FINISH_REASON_STOP;
+    if (rl->n_done >= max_tokens) return TESSERA__V1__FINISH_REASON__FINISH_REASON_LENGTH;
+    return TESSERA__V1__FINISH_REASON__FINISH_REASON_UNSPECIFIED;
+}
+
+/* wr for the rest of a request whose replica failed after sending rl->n_done tokens: the prompt
+ * then those tokens (in *buf, the caller's to free), marked as generated, and what is left of
+ * max_tokens. The sampler's draws depend on the seed and the position alone
+ * (worker/sampling.h), so the next replica goes on exactly as this one would have. 0 or
+ * TSR_ENOMEM. */
+static int resume_request(const struct relay *rl, Tessera__V1__WorkerGenerateRequest *wr,
+                          const int32_t *ids, size_t n, int max_tokens, int32_t **buf)
+{
+    int32_t *p = realloc(*buf, (n + (size_t)rl->n_done) * sizeof *p);
+    if (!p) return tsr_errorf(TSR_ENOMEM, "out of memory");
+    memcpy(p, ids, n * sizeof *p);
+    memcpy(p + n, rl->sent, (size_t)rl->n_done * sizeof *p);
+    *buf = p;
+    wr->prompt_ids = p;
+    wr->n_prompt_ids = n + (size_t)rl->n_done;
+    wr->has_resumed_tokens = 1;
+    wr->resumed_tokens = rl->n_done;
+    wr->max_tokens = max_tokens - rl->n_done;
+    return 0;
+}
+
 /* wr's sampling: the validated values, every field set (the seed the coordinator drew too), and
  * the request's own logit_bias entries. */
 static void fill_worker_request(Tessera__V1__WorkerGenerateRequest *wr,
@@ -378,7 +433,8 @@ static int relay(struct tsr_sessions *s, const struct tsr_session_io *io,
                        .request_id = request_id,
                        .logprobs = (r->has_logprobs && r->logprobs) || sp->top_logprobs > 0,
                        .top_logprobs = sp->top_logprobs,
-                       .n_prompt = (int)n};
+                       .n_prompt = (int)n,
+                       .migrate = !s->o.no_migration};
     if (!(rl.text = tsr_textstream_new(s->tok, r->stop, r->n_stop)))
         return set_status(st, TSR_RPC_RESOURCE_EXHAUSTED, "out of memory");
     Tessera__V1__WorkerGenerateRequest wr = TESSERA__V1__WORKER_GENERATE_REQUEST__INIT;
@@ -394,11 +450,13 @@ static int relay(struct tsr_sessions *s, const struct tsr_session_io *io,
     rp.blocks = blocks;
     if (!blocks) rp.n_blocks = 0; /* out of memory: routed by load alone */
     tsr_route_t *avoid = NULL;
+    int32_t *resumed = NULL; /* the prompt of a resumed attempt */
     set_status(st, TSR_RPC_UNAVAILABLE, "no replica is ready to serve");
     enum upstream_end end = UP_FAILED;
     for (int attempt = 0; attempt < RETRIES; attempt++) {
         tsr_route_t *g = tsr_router_pick(s->r, load, &rp, avoid, &booked);
-        if (!g && tsr_router_wait_ready(s->r, s->o.ready_wait_ms) > 0)
+        /* a stream under way moves only to a replica ready now: it does not stall waiting */
+        if (!g && !rl.n_done && tsr_router_wait_ready(s->r, s->o.ready_wait_ms) > 0)
             g = tsr_router_pick(s->r, load, &rp, avoid, &booked);
         if (!g) {
             size_t k = strlen(st->msg);
@@ -410,16 +468,36 @@ static int relay(struct tsr_sessions *s, const struct tsr_session_io *io,
         end = relay_attempt(&rl, g, &wr, st);
         /* what this group was booked for and did not stream */
         tsr_route_progress(s->r, g, booked - (rl.n_done - done_before));
+        if (end == UP_RETRY && rl.n_done) {
+            Tessera__V1__FinishReason f = ended_by(&rl, r, max_tokens);
+            if (f) { /* nothing left to run: end the stream here */
+                Tessera__V1__WorkerGenerateResponse fin =
+                    TESSERA__V1__WORKER_GENERATE_RESPONSE__INIT;
+                fin.has_finish_reason = 1;
+                fin.finish_reason = f;
+                end = relay_message(&rl, &fin) == TSR_ECANCELLED ? UP_CLIENT_GONE : UP_DONE;
+            } else if (resume_request(&rl, &wr, ids, n, max_tokens, &resumed)) {
+                set_status(st, TSR_RPC_RESOURCE_EXHAUSTED, "%s", tsr_last_error());
+                end = UP_FAILED;
+            }
+        }
         if (end != UP_RETRY) {
             tsr_route_release(s->r, g, 0);
             break;
         }
-        tsr_log_warn("coordinator: %s: %s; retrying on another replica", request_id, st->msg);
+        tsr_coordinator_metrics_moved(s, rl.n_done > 0);
+        if (rl.n_done)
+            tsr_log_warn("coordinator: %s: %s; resuming on another replica after %d tokens",
+                         request_id, st->msg, rl.n_done);
+        else
+            tsr_log_warn("coordinator: %s: %s; retrying on another replica", request_id, st->msg);
         tsr_route_release(s->r, avoid, 0);
         avoid = g; /* keeps its reference, so the identity stays valid */
     }
     tsr_route_release(s->r, avoid, 0);
     tsr_textstream_free(rl.text);
+    free(rl.sent);
+    free(resumed);
     free(blocks);
     if (end == UP_DONE) return set_status(st, TSR_RPC_OK, "ok");
     if (end == UP_CLIENT_GONE) return set_status(st, TSR_RPC_CANCELLED, "cancelled");

@@ -30,6 +30,8 @@ struct tsr_session_opts {
     int ready_wait_ms;       /* how long a request waits for a ready group before UNAVAILABLE */
     const char *served_name; /* the model's id for clients; NULL: from its file (model_id) */
     int max_model_len;       /* prompt plus max_tokens at most; 0: the model's context */
+    int no_migration;        /* a stream whose replica fails after it sent tokens ends UNAVAILABLE,
+                              * instead of going on from another replica (coordinator/session.c) */
 };
 
 /* m gives the tokenizer, chat template and context (its weights are never read); m and r must

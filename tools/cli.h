@@ -46,6 +46,10 @@ enum { TSR_O_HOST = 1000, TSR_O_PORT, TSR_O_ADVERTISE };
  * after printing why not. */
 int tsr_cli_check_model_len(const char *cmd, const tsr_model_t *m, int n);
 
+/* --served-model-name NAME: 0 when it is 1 to 200 printable characters with no spaces (it goes
+ * in URLs, logs and metrics labels); 2 after printing why not. */
+int tsr_cli_served_name(const char *cmd, const char *name);
+
 /* The OpenAI HTTP API's port (serve and coordinator): on --host, off unless given. */
 #define TSR_CLI_HTTP_HELP                                                                          \
     "  --http-port P  also serve OpenAI's HTTP API (/v1/chat/completions, /v1/completions,\n"      \

@@ -26,7 +26,8 @@ static void coord_usage(FILE *f)
         "                           [--id ID] [--prefix P] [--drain-timeout S] [--http-port P]\n"
         "                           [--served-model-name NAME] [--max-model-len N]\n"
         "                           [--api-key-file F] [--tls-cert F --tls-key F]\n"
-        "                           [--tls-client-ca F] [--routing cache|load]\n\n"
+        "                           [--tls-client-ca F] [--routing cache|load]\n"
+        "                           [--no-migration]\n\n"
         "  --etcd       etcd endpoints, comma-separated (default $ETCDCTL_ENDPOINTS)\n"
         "  --port P     the public gRPC API (default 50051)\n" TSR_CLI_HTTP_HELP TSR_CLI_LISTEN_HELP
         "  --model M    where the tokenizer, chat template and config come from\n"
@@ -40,28 +41,17 @@ static void coord_usage(FILE *f)
         "  --routing cache|load  cache (default): send a request where its work ends soonest,\n"
         "               counting the prompt blocks a group likely holds in its prefix cache\n"
         "               (from what was sent there); load: the least loaded group alone\n"
+        "  --no-migration  a stream whose replica dies or drains after it sent tokens ends\n"
+        "               UNAVAILABLE (default: it goes on from another replica, exactly as it\n"
+        "               would have, the tokens sent becoming part of its prompt there)\n"
         "  --served-model-name NAME  the model's id in ListModels, /v1/models and requests\n"
         "               (default: the file's name without .gguf)\n" TSR_CLI_SERVING_HELP
             TSR_CLI_SECURITY_HELP);
 }
 
-/* A served model name: 1 to 200 printable characters, no spaces (it goes in URLs and logs). */
-static int check_served_name(const char *s)
-{
-    size_t n = strlen(s);
-    int ok = n > 0 && n <= 200;
-    for (size_t i = 0; ok && i < n; i++) ok = (unsigned char)s[i] > ' ' && s[i] != 0x7f;
-    if (ok) return 0;
-    fprintf(stderr,
-            "tessera coordinator: --served-model-name '%.64s': 1 to 200 printable "
-            "characters, no spaces\n",
-            s);
-    return 2;
-}
-
 int tsr_cmd_coordinator(int argc, char **argv)
 {
-    enum { O_QUEUE = 256, O_PREFIX, O_HTTP, O_NAME, O_ROUTING };
+    enum { O_QUEUE = 256, O_PREFIX, O_HTTP, O_NAME, O_ROUTING, O_NO_MIGRATION };
     static const struct option opts[] = {TSR_CLI_MODEL_OPTIONS,
                                          TSR_CLI_SERVING_OPTIONS,
                                          {"etcd", required_argument, 0, 'e'},
@@ -73,6 +63,7 @@ int tsr_cmd_coordinator(int argc, char **argv)
                                          {"http-port", required_argument, 0, O_HTTP},
                                          {"served-model-name", required_argument, 0, O_NAME},
                                          {"routing", required_argument, 0, O_ROUTING},
+                                         {"no-migration", no_argument, 0, O_NO_MIGRATION},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     struct tsr_cli_model mdl;
@@ -82,7 +73,7 @@ int tsr_cmd_coordinator(int argc, char **argv)
     const char *etcd_url = NULL, *prefix = "/tessera", *id = NULL, *served_name = NULL;
     struct tsr_cli_listen listen = {.host = "127.0.0.1", .port = 50051};
     struct tsr_cli_security sec = {0};
-    int max_queue = 256, http_port = -1, c, rc;
+    int max_queue = 256, http_port = -1, no_migration = 0, c, rc;
     enum tsr_routing routing = TSR_ROUTING_CACHE;
     long l;
     optind = 1;
@@ -111,7 +102,7 @@ int tsr_cmd_coordinator(int argc, char **argv)
             if (!(rc = tsr_cli_int("--http-port", optarg, 0, 65535, &l))) http_port = l;
             break;
         case O_NAME:
-            if ((rc = check_served_name(optarg))) break;
+            if ((rc = tsr_cli_served_name("coordinator", optarg))) break;
             served_name = optarg;
             break;
         case O_ROUTING:
@@ -119,6 +110,9 @@ int tsr_cmd_coordinator(int argc, char **argv)
                 fprintf(stderr, "tessera coordinator: --routing: %s\n", tsr_last_error());
                 rc = 2;
             }
+            break;
+        case O_NO_MIGRATION:
+            no_migration = 1;
             break;
         case 'h':
             coord_usage(stdout);
@@ -176,8 +170,10 @@ int tsr_cmd_coordinator(int argc, char **argv)
         fprintf(stderr, "tessera coordinator: etcd %s: %s\n", etcd_url, tsr_last_error());
         goto out;
     }
-    struct tsr_session_opts so = {
-        .max_queue = max_queue, .served_name = served_name, .max_model_len = srv.max_len};
+    struct tsr_session_opts so = {.max_queue = max_queue,
+                                  .served_name = served_name,
+                                  .max_model_len = srv.max_len,
+                                  .no_migration = no_migration};
     /* Calls beyond the queue bound still get a thread, to be told RESOURCE_EXHAUSTED. */
     struct tsr_coord_opts co_opts = {
         .listen = bind, .max_calls = max_queue + 256, .api_key = api_key, .tls = &tls};

@@ -48,6 +48,18 @@ int tsr_cli_check_model_len(const char *cmd, const tsr_model_t *m, int n)
     return 2;
 }
 
+int tsr_cli_served_name(const char *cmd, const char *name)
+{
+    size_t n = strlen(name);
+    int ok = n > 0 && n <= 200;
+    for (size_t i = 0; ok && i < n; i++) ok = (unsigned char)name[i] > ' ' && name[i] != 0x7f;
+    if (ok) return 0;
+    fprintf(stderr,
+            "tessera %s: --served-model-name '%.64s': 1 to 200 printable characters, no spaces\n",
+            cmd, name);
+    return 2;
+}
+
 int tsr_cli_check_layout(const char *cmd, const char *model, int tp, int pp)
 {
     tsr_model_t *m = NULL;

@@ -33,6 +33,7 @@ enum { MAX_REPLICAS = 64, MAX_ARGS = 48 };
 
 struct child {
     char name[32], log[PATH_MAX + 32], device[32];
+    char metrics_port[8], metrics[TSR_HOST_MAX + 8]; /* a worker's /metrics: "" without */
     char *argv[MAX_ARGS];
     pid_t pid;
     double started, restart_at;
@@ -60,7 +61,7 @@ static void serve_usage(FILE *f)
             "                     [--http-port P] [--served-model-name NAME]\n"
             "                     [--max-model-len N] [--api-key-file F]\n"
             "                     [--tls-cert F --tls-key F] [--tls-client-ca F]\n"
-            "                     [--routing cache|load]\n\n"
+            "                     [--routing cache|load] [--no-migration] [--metrics-port P]\n\n"
             "Runs a private etcd (unless --etcd or $ETCDCTL_ENDPOINTS), a coordinator on\n"
             "H:P (default 127.0.0.1:50051) and R worker units of tp x pp ranks each (default\n"
             "1 x 1 x 1, their Worker services on H, any port), and supervises them.\n"
@@ -73,6 +74,10 @@ static void serve_usage(FILE *f)
             "  --max-queue Q  requests in flight and queued at the coordinator (default 256)\n"
             "  --routing cache|load  how the coordinator picks a replica: counting the prompt\n"
             "               blocks each likely holds in its prefix cache (default), or by load\n"
+            "  --metrics-port P  replica r's leader serves Prometheus metrics on H:P+r/metrics\n"
+            "               (serve.json lists them; the coordinator's are on --http-port)\n"
+            "  --no-migration  a stream whose replica dies or drains after it sent tokens ends\n"
+            "               UNAVAILABLE (default: it goes on from another replica, exactly)\n"
             "  --served-model-name NAME  the model's id in ListModels, /v1/models and requests\n"
             "               (default: the file's name without .gguf)\n" TSR_CLI_MODEL_HELP
                 TSR_CLI_DEVICE_HELP "               (replica r takes GPUs N + r x tp x pp on, tp x "
@@ -112,9 +117,12 @@ static pid_t spawn(struct child *c)
 static void write_state(struct serve *s)
 {
     json_t *w = json_array();
-    for (int i = 0; i < s->replicas; i++)
-        json_array_append_new(w, json_pack("{s:s, s:i, s:s}", "id", s->workers[i].name, "pid",
-                                           (int)s->workers[i].pid, "log", s->workers[i].log));
+    for (int i = 0; i < s->replicas; i++) {
+        const struct child *c = &s->workers[i];
+        json_t *o = json_pack("{s:s, s:i, s:s}", "id", c->name, "pid", (int)c->pid, "log", c->log);
+        if (o && c->metrics[0]) json_object_set_new(o, "metrics_address", json_string(c->metrics));
+        json_array_append_new(w, o);
+    }
     json_t *j = json_pack("{s:s, s:s, s:i, s:s, s:o}", "address", s->address, "etcd", s->etcd,
                           "coordinator_pid", (int)s->coord.pid, "dir", s->dir, "workers", w);
     if (j && s->http_address[0])
@@ -244,7 +252,17 @@ static void supervise(struct serve *s)
 
 int tsr_cmd_serve(int argc, char **argv)
 {
-    enum { O_REPL = 256, O_ETCD, O_DIR, O_QUEUE, O_HTTP, O_NAME, O_ROUTING };
+    enum {
+        O_REPL = 256,
+        O_ETCD,
+        O_DIR,
+        O_QUEUE,
+        O_HTTP,
+        O_NAME,
+        O_ROUTING,
+        O_NO_MIGRATION,
+        O_METRICS
+    };
     static const struct option opts[] = {TSR_CLI_MODEL_OPTIONS,
                                          TSR_CLI_DEVICE_OPTIONS,
                                          TSR_CLI_ENGINE_OPTIONS,
@@ -258,6 +276,8 @@ int tsr_cmd_serve(int argc, char **argv)
                                          {"http-port", required_argument, 0, O_HTTP},
                                          {"served-model-name", required_argument, 0, O_NAME},
                                          {"routing", required_argument, 0, O_ROUTING},
+                                         {"no-migration", no_argument, 0, O_NO_MIGRATION},
+                                         {"metrics-port", required_argument, 0, O_METRICS},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     static struct serve s; /* large (paths); one per process */
@@ -271,7 +291,7 @@ int tsr_cmd_serve(int argc, char **argv)
     tsr_cli_engine_init(&eng);
     tsr_cli_serving_init(&srv);
     const char *etcd = NULL, *dir = NULL, *queue = "256", *served_name = NULL, *routing = NULL;
-    int http_port = -1, c, rc;
+    int http_port = -1, metrics_port = 0, no_migration = 0, c, rc;
     struct tsr_cli_listen listen = {.host = "127.0.0.1", .port = 50051};
     struct tsr_cli_security sec = {0};
     long l;
@@ -304,10 +324,16 @@ int tsr_cmd_serve(int argc, char **argv)
             if (!(rc = tsr_cli_int("--http-port", optarg, 1, 65535, &l))) http_port = l;
             break;
         case O_NAME:
-            served_name = optarg; /* the coordinator checks it */
+            if (!(rc = tsr_cli_served_name("serve", optarg))) served_name = optarg;
             break;
         case O_ROUTING:
             routing = optarg; /* the coordinator checks it */
+            break;
+        case O_NO_MIGRATION:
+            no_migration = 1;
+            break;
+        case O_METRICS:
+            if (!(rc = tsr_cli_int("--metrics-port", optarg, 1, 65535, &l))) metrics_port = l;
             break;
         case 'h':
             serve_usage(stdout);
@@ -323,6 +349,11 @@ int tsr_cmd_serve(int argc, char **argv)
     int tp = mdl.tp, pp = mdl.pp, threads = dev.threads;
     if (optind < argc) {
         fprintf(stderr, "tessera serve: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    if (metrics_port && metrics_port + s.replicas - 1 > 65535) {
+        fprintf(stderr, "tessera serve: --metrics-port %d: %d replicas need ports up to %d\n",
+                metrics_port, s.replicas, metrics_port + s.replicas - 1);
         return 2;
     }
     /* Children run elsewhere in the tree: give them absolute paths. */
@@ -450,6 +481,7 @@ int tsr_cmd_serve(int argc, char **argv)
     if (http_port > 0) a[k++] = "--http-port", a[k++] = http_s;
     if (served_name) a[k++] = "--served-model-name", a[k++] = (char *)served_name;
     if (routing) a[k++] = "--routing", a[k++] = (char *)routing;
+    if (no_migration) a[k++] = "--no-migration";
     if (max_len) a[k++] = "--max-model-len", a[k++] = (char *)max_len;
     if (sec.api_key_file) a[k++] = "--api-key-file", a[k++] = key_file_abs;
     if (sec.tls_cert)
@@ -483,6 +515,12 @@ int tsr_cmd_serve(int argc, char **argv)
         for (size_t i = 0; i < sizeof wargs / sizeof *wargs; i++) a[k++] = (char *)wargs[i];
         tsr_cli_engine_argv(&eng, a, &k);
         if (max_len) a[k++] = "--max-model-len", a[k++] = (char *)max_len;
+        if (served_name) a[k++] = "--served-model-name", a[k++] = (char *)served_name;
+        if (metrics_port) {
+            snprintf(w->metrics_port, sizeof w->metrics_port, "%d", metrics_port + r);
+            tsr_net_join(adv, metrics_port + r, w->metrics, sizeof w->metrics);
+            a[k++] = "--metrics-port", a[k++] = w->metrics_port;
+        }
         /* replica r's ranks take GPUs from r * tp * pp on (cuda:N offsets them all by N) */
         if (strncmp(device, "cuda", 4))
             a[k++] = "--device", a[k++] = (char *)device;

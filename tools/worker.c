@@ -34,7 +34,8 @@ struct worker_args {
     const char *group; /* --group: started without MPI, meeting through etcd */
     struct tsr_cli_listen listen;
     int ttl, group_rank, group_size, group_timeout;
-    int metrics_port; /* 0: no /metrics */
+    int metrics_port;        /* 0: no /metrics */
+    const char *served_name; /* the model_name label of the metrics; NULL: the file's */
 };
 
 static void worker_usage(FILE *f)
@@ -46,7 +47,8 @@ static void worker_usage(FILE *f)
             "                      [--kv-blocks N | --kv-mem GB | --gpu-memory-utilization F]\n"
             "                      [--max-seqs N] [--step-tokens N] [--step-timeout S]\n"
             "                      [--max-model-len N] [--prefix P] [--ttl S] [--drain-timeout S]\n"
-            "                      [--metrics-port P] [--no-prefix-caching]\n"
+            "                      [--metrics-port P] [--served-model-name NAME]\n"
+            "                      [--no-prefix-caching]\n"
             "                      [--device cpu|cuda[:N]]\n"
             "                      [--group NAME --group-rank R [--group-size N]]\n\n"
             "  --etcd         register in this etcd (endpoints, comma-separated; default\n"
@@ -58,6 +60,8 @@ static void worker_usage(FILE *f)
                 TSR_CLI_SERVING_HELP
             "  --metrics-port P  serve Prometheus metrics at http://HOST:P/metrics (the leader,\n"
             "                 rank 0, only; on --host; default: off)\n"
+            "  --served-model-name NAME  the model_name label of those metrics (pass the\n"
+            "                 coordinator's; default: the file's name without .gguf)\n"
             "  --ttl          etcd lease TTL in seconds (default 3): how long a dead worker\n"
             "                 can stay in routing\n"
             "                 (a leader that drains leaves routing at once)\n"
@@ -114,7 +118,7 @@ static int check_group_args(const struct worker_args *a)
 
 static int parse_args(int argc, char **argv, struct worker_args *a)
 {
-    enum { O_PREFIX = 256, O_TTL, O_GROUP, O_GRANK, O_GSIZE, O_GTIME, O_METRICS };
+    enum { O_PREFIX = 256, O_TTL, O_GROUP, O_GRANK, O_GSIZE, O_GTIME, O_METRICS, O_NAME };
     static const struct option opts[] = {TSR_CLI_MODEL_OPTIONS,
                                          TSR_CLI_DEVICE_OPTIONS,
                                          TSR_CLI_ENGINE_OPTIONS,
@@ -129,6 +133,7 @@ static int parse_args(int argc, char **argv, struct worker_args *a)
                                          {"group-size", required_argument, 0, O_GSIZE},
                                          {"group-timeout", required_argument, 0, O_GTIME},
                                          {"metrics-port", required_argument, 0, O_METRICS},
+                                         {"served-model-name", required_argument, 0, O_NAME},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
@@ -180,6 +185,9 @@ static int parse_args(int argc, char **argv, struct worker_args *a)
             break;
         case O_METRICS:
             if (!(rc = tsr_cli_int("--metrics-port", optarg, 1, 65535, &l))) a->metrics_port = l;
+            break;
+        case O_NAME:
+            if (!(rc = tsr_cli_served_name("worker", optarg))) a->served_name = optarg;
             break;
         case 'h':
             worker_usage(stdout);
@@ -405,7 +413,10 @@ int tsr_cmd_worker(int argc, char **argv)
         char mbind[TSR_HOST_MAX + 8];
         int mport = 0;
         msrc.l = l;
-        tsr_model_id(a.mdl.model, msrc.model_id, sizeof msrc.model_id);
+        if (a.served_name)
+            snprintf(msrc.model_id, sizeof msrc.model_id, "%s", a.served_name);
+        else
+            tsr_model_id(a.mdl.model, msrc.model_id, sizeof msrc.model_id);
         tsr_net_join(a.listen.host, a.metrics_port, mbind, sizeof mbind);
         if ((rc = tsr_metrics_http_start(mbind, render_metrics, &msrc, &metrics, &mport))) {
             fprintf(stderr, "tessera worker: --metrics-port: %s\n", tsr_last_error());

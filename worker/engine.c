@@ -186,6 +186,9 @@ int tsr_engine_add(tsr_engine_t *e, const struct tsr_request *req, int64_t *id)
                               "prompt token %d at index %d is outside the vocabulary "
                               "(0..%d)",
                               req->prompt[i], i, e->n_vocab - 1);
+    if (req->n_generated < 0 || req->n_generated >= req->n_prompt)
+        return tsr_errorf(TSR_EINVAL, "%d resumed tokens of a %d-token prompt", req->n_generated,
+                          req->n_prompt);
     int64_t total = (int64_t)req->n_prompt + req->max_tokens;
     if (total > e->o.max_context)
         return tsr_errorf(TSR_ERANGE,
@@ -205,7 +208,7 @@ int tsr_engine_add(tsr_engine_t *e, const struct tsr_request *req, int64_t *id)
         free(s);
         return rc;
     }
-    s->sampler.n_prompt = req->n_prompt;
+    s->sampler.n_prompt = req->n_prompt - req->n_generated;
     s->cap = (int)total;
     s->tokens = malloc((size_t)s->cap * sizeof *s->tokens);
     s->blocks = malloc((size_t)e->max_blocks * sizeof *s->blocks);
@@ -416,8 +419,9 @@ int tsr_engine_step(tsr_engine_t *e, struct tsr_token_event *ev, int cap, int *n
     for (int k = 0; k < n_out && device; k++) {
         struct tsr_sampler *sm = &e->out_seq[k]->sampler;
         const struct tsr_sampling *p = &sm->p;
-        e->sp[k] = (struct tsr_sample_params){p->temperature, p->top_k, p->top_p, p->min_p,
-                                              p->temperature > 0 ? tsr_sampler_uniform(sm) : 0.0};
+        e->sp[k] = (struct tsr_sample_params){
+            p->temperature, p->top_k, p->top_p, p->min_p,
+            p->temperature > 0 ? tsr_sampler_uniform(sm, e->out_seq[k]->n_tokens) : 0.0};
     }
     int rc = device ? tsr_runner_forward_sample(e->runner, &st, e->sp, e->picked, e->picked_lp, top,
                                                 e->top_ids, e->top_lps)
@@ -442,8 +446,9 @@ int tsr_engine_step(tsr_engine_t *e, struct tsr_token_event *ev, int cap, int *n
     for (int k = 0; k < n_out; k++) {
         struct seq *s = e->out_seq[k];
         float lp = device ? e->picked_lp[k] : 0, *row = e->logits + (size_t)k * e->n_vocab;
-        int32_t tok =
-            device ? e->picked[k] : tsr_sample(&s->sampler, row, s->tokens, s->n_tokens, &lp);
+        int32_t tok = device ? e->picked[k]
+                             : tsr_sample(&s->sampler, row, s->tokens, s->n_tokens,
+                                          tsr_sampler_uniform(&s->sampler, s->n_tokens), &lp);
         s->tokens[s->n_tokens++] = tok;
         enum tsr_finish f = finish_of(e, s, tok);
         int before = *n_ev;

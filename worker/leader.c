@@ -328,6 +328,7 @@ static struct lreq *req_from_pb(const Tessera__V1__WorkerGenerateRequest *m)
     if (m->has_top_logprobs) sp.top_logprobs = m->top_logprobs;
     q->r = (struct tsr_request){.prompt = q->prompt,
                                 .n_prompt = m->n_prompt_ids > INT32_MAX ? -1 : (int)m->n_prompt_ids,
+                                .n_generated = m->has_resumed_tokens ? m->resumed_tokens : 0,
                                 .sampling = sp,
                                 .max_tokens = m->has_max_tokens ? m->max_tokens : 128,
                                 .ignore_eos = m->has_ignore_eos && m->ignore_eos,

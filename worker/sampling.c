@@ -6,26 +6,22 @@
 
 #include "common/status.h"
 
-static uint64_t rotl(uint64_t x, int k)
+/* splitmix64's output function: a bijection of 64 bits whose every output bit depends on every
+ * input bit */
+static uint64_t mix64(uint64_t z)
 {
-    return (x << k) | (x >> (64 - k));
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
 }
 
-static uint64_t next_u64(uint64_t s[4])
+double tsr_sampler_uniform(const struct tsr_sampler *s, int64_t pos)
 {
-    uint64_t r = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl(s[3], 45);
-    return r;
-}
-
-double tsr_sampler_uniform(struct tsr_sampler *s)
-{
-    return (double)(next_u64(s->rng) >> 11) * (1.0 / 9007199254740992.0);
+    /* splitmix64 at index pos of the stream the mixed seed starts: no state carried from one
+     * draw to the next */
+    const uint64_t gamma = 0x9e3779b97f4a7c15ULL;
+    uint64_t z = mix64(mix64(s->p.seed + gamma) + ((uint64_t)pos + 1) * gamma);
+    return (double)(z >> 11) * (1.0 / 9007199254740992.0);
 }
 
 int tsr_sampler_init(struct tsr_sampler *s, const struct tsr_sampling *p, int n_vocab)
@@ -52,14 +48,6 @@ int tsr_sampler_init(struct tsr_sampler *s, const struct tsr_sampling *p, int n_
             tsr_sampler_free(s);
             return tsr_errorf(TSR_ENOMEM, "out of memory for a sampler");
         }
-    }
-    /* Seed xoshiro with splitmix64, the generator's recommended seeding. */
-    uint64_t x = p->seed;
-    for (int i = 0; i < 4; i++) {
-        uint64_t z = (x += 0x9e3779b97f4a7c15ULL);
-        z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-        z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-        s->rng[i] = z ^ (z >> 31);
     }
     if (p->temperature > 0) {
         s->idx = malloc((size_t)n_vocab * sizeof *s->idx);
@@ -176,7 +164,7 @@ static void penalise(struct tsr_sampler *s, float *logits, const int32_t *histor
 }
 
 int32_t tsr_sample(struct tsr_sampler *s, float *logits, const int32_t *history, int n_history,
-                   float *logprob)
+                   double u, float *logprob)
 {
     int n = s->n_vocab;
     penalise(s, logits, history, n_history);
@@ -216,7 +204,7 @@ int32_t tsr_sample(struct tsr_sampler *s, float *logits, const int32_t *history,
         }
         double mass = 0;
         for (int i = 0; i < k; i++) mass += s->prob[i];
-        double r = tsr_sampler_uniform(s) * mass;
+        double r = u * mass;
         pick = s->idx[k - 1];
         for (int i = 0; i < k; i++) {
             r -= s->prob[i];

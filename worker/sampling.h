@@ -2,8 +2,10 @@
  * minus the ones we lack): the penalties (repetition over the sequence so far, then OpenAI's
  * presence and frequency over the generated tokens, then the logit biases), then top-k, then
  * temperature, then top-p (nucleus), then min-p, then a draw from the remaining distribution.
- * temperature == 0 is greedy (argmax after the penalty; ties to the lowest id). The generator is
- * per sequence and seeded, so the same seed and inputs give the same tokens. */
+ * temperature == 0 is greedy (argmax after the penalty; ties to the lowest id). The draw is a
+ * function of the seed and the position alone (counter-based), so the same seed and inputs give
+ * the same tokens, and a sequence resumed on another replica from its tokens so far goes on
+ * exactly as it would have. */
 #ifndef TSR_WORKER_SAMPLING_H
 #define TSR_WORKER_SAMPLING_H
 
@@ -17,7 +19,6 @@ struct tsr_sampler {
     int n_prompt;    /* history[0, n_prompt) is the prompt: presence and frequency penalties count
                       * only the tokens after it. 0 after init (the caller sets it). */
     int32_t *counts; /* (n_vocab) zero between calls; only with a presence/frequency penalty */
-    uint64_t rng[4]; /* xoshiro256** state */
     /* scratch sized to the vocabulary, reused across calls */
     int n_vocab;
     int32_t *idx;
@@ -28,16 +29,17 @@ struct tsr_sampler {
 int tsr_sampler_init(struct tsr_sampler *s, const struct tsr_sampling *p, int n_vocab);
 void tsr_sampler_free(struct tsr_sampler *s);
 
-/* The sampler's next uniform draw in [0, 1) (53 bits), advancing its generator: the one draw
- * tsr_sample makes when temperature > 0, for callers that sample elsewhere (tsr_op_sample). */
-double tsr_sampler_uniform(struct tsr_sampler *s);
+/* The uniform draw in [0, 1) (53 bits) for the token at position pos of a sequence (its index
+ * among prompt and generated tokens): a function of the seed and pos alone. The u to pass
+ * tsr_sample, or a device sampler (tsr_op_sample). */
+double tsr_sampler_uniform(const struct tsr_sampler *s, int64_t pos);
 
-/* Picks the next token. logits (n_vocab) is modified in place. history is the sequence so far
- * (prompt and generated), for the repetition penalty. If logprob is not NULL it receives the log
- * probability of the chosen token under the unfiltered, untempered softmax of the penalised
- * logits. */
+/* Picks the next token with draw u (tsr_sampler_uniform at position n_history; unused when
+ * greedy). logits (n_vocab) is modified in place. history is the sequence so far (prompt and
+ * generated), for the penalties. If logprob is not NULL it receives the log probability of the
+ * chosen token under the unfiltered, untempered softmax of the penalised logits. */
 int32_t tsr_sample(struct tsr_sampler *s, float *logits, const int32_t *history, int n_history,
-                   float *logprob);
+                   double u, float *logprob);
 
 /* 1 when the sampler changes the logits before sampling (a penalty or a bias): what a device
  * sampler (tsr_op_sample) does not do. */

@@ -4,8 +4,8 @@
  * entries -inf (a masked vocabulary), rows with only five finite entries, and rows with one
  * outlier; widths 7, 1000, 49152 and 128256 (Llama 3), 1, 3 and 64 rows a call, every row its own
  * parameters out of temperature {0, 0.7, 1.3} x top_k {0, 1, 40, width + 5} x top_p {1, 0.9, 0.5}
- * x min_p {0, 0.05}. Each row's draw u is what tsr_sample would draw: tsr_sampler_uniform() on a
- * second sampler with the same seed.
+ * x min_p {0, 0.05}. Each row's draw u is tsr_sampler_uniform() of its seed at position 0, and
+ * the host samples with the same u.
  *
  * Checks:
  * - strict, not open to rounding: the id is in [0, width); greedy rows (temperature 0) equal the
@@ -230,7 +230,7 @@ static void run_call(struct summary *sm, int width, int n, int off)
         struct tsr_sampler s;
         if (tsr_sampler_init(&s, &sp, width)) die("sampler");
         prm[r] = (struct tsr_sample_params){sp.temperature, sp.top_k, sp.top_p, sp.min_p,
-                                            tsr_sampler_uniform(&s)};
+                                            tsr_sampler_uniform(&s, 0)};
         tsr_sampler_free(&s);
     }
     tsr_buf_t *xb = tsr_buf_alloc(gpu, count * sizeof *x);
@@ -264,7 +264,7 @@ static void run_call(struct summary *sm, int width, int n, int off)
         if (tsr_sampler_init(&s, &sp, width)) die("sampler");
         memcpy(copy, row, (size_t)width * sizeof *copy);
         float lp_host;
-        int32_t host = tsr_sample(&s, copy, NULL, 0, &lp_host);
+        int32_t host = tsr_sample(&s, copy, NULL, 0, prm[r].u, &lp_host);
         tsr_sampler_free(&s);
         /* log probability */
         double ref = log_softmax_at(row, width, g);
@@ -315,26 +315,6 @@ static void run_call(struct summary *sm, int width, int n, int off)
 
 /* ---- a known distribution, 20,000 draws ---- */
 
-static uint64_t inverse64(uint64_t a) /* a odd: a * inverse64(a) == 1 mod 2^64 */
-{
-    uint64_t x = a;
-    for (int i = 0; i < 6; i++) x *= 2 - a * x;
-    return x;
-}
-
-/* Sets the sampler's generator so that its next draw is u53 / 2^53: xoshiro256** returns
- * rotl(s[1] * 5, 7) * 9 from its state before the step, and 5 and 9 are odd, so s[1] follows
- * from the output. Returns 0 when the draw does not come out (the generator changed). */
-static int force_draw(const struct tsr_sampler *s, struct tsr_sampler *t, uint64_t u53)
-{
-    uint64_t y = (u53 << 11) * inverse64(9);
-    y = y >> 7 | y << 57;
-    *t = *s;
-    t->rng[1] = y * inverse64(5);
-    struct tsr_sampler probe = *t;
-    return tsr_sampler_uniform(&probe) == (double)u53 / 9007199254740992.0;
-}
-
 static void distribution(const char *name, const struct combo *cb)
 {
     enum { W = 7, N = 20000 };
@@ -348,7 +328,7 @@ static void distribution(const char *name, const struct combo *cb)
                               .min_p = cb->min_p,
                               .repetition_penalty = 1,
                               .seed = 1};
-    struct tsr_sampler s, t;
+    struct tsr_sampler s;
     if (tsr_sampler_init(&s, &sp, W)) die("sampler");
     for (int i = 0; i < N; i++) {
         memcpy(x + (size_t)i * W, logits, sizeof logits);
@@ -360,17 +340,14 @@ static void distribution(const char *name, const struct combo *cb)
     tsr_buf_t *xb = tsr_buf_alloc(gpu, (size_t)N * W * sizeof *x);
     if (!xb || tsr_buf_set(xb, 0, x, (size_t)N * W * sizeof *x)) die("upload");
     if (tsr_op_sample(gpu, xb, N, W, prm, ids, NULL)) die("tsr_op_sample");
-    int agree = 0, forced = 1, counts[W] = {0};
+    int agree = 0, counts[W] = {0};
     for (int i = 0; i < N; i++) {
-        uint64_t u53 = (uint64_t)(prm[i].u * 9007199254740992.0);
         float row[W];
         memcpy(row, logits, sizeof row);
-        forced &= force_draw(&s, &t, u53);
-        int host = tsr_sample(&t, row, NULL, 0, NULL);
+        int host = tsr_sample(&s, row, NULL, 0, prm[i].u, NULL);
         agree += ids[i] == host;
         if (ids[i] >= 0 && ids[i] < W) counts[ids[i]]++;
     }
-    check(forced, "%s: could not set the host generator's draw (did xoshiro256** change?)", name);
     check(agree >= N - N / 1000, "%s: %d of %d picks equal the host's", name, agree, N);
     /* shares: the unfiltered softmax at T when no filter is on */
     double worst = 0;

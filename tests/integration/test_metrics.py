@@ -6,7 +6,9 @@ histogram counts one per request, the running/waiting gauges and KV usage follow
 every scrape passes a strict parser of the text format 0.0.4.
 
 Coordinator: the same bar on http://host:--http-port/metrics (request_success, requests by status
-code, prompt and generation tokens, TTFT, inter-token latency and e2e histograms)."""
+code, prompt and generation tokens, TTFT, inter-token latency and e2e histograms), through
+`tessera serve --metrics-port --served-model-name`, whose worker's /metrics (listed in serve.json)
+moves by the same tokens, both under the served name as model_name."""
 
 import math
 import re
@@ -289,11 +291,16 @@ def test_leader_metrics(tessera_bin, model, api, tmp_path):
 
 
 def test_coordinator_metrics(tessera_bin, model, api):
-    http_port = free_port()
+    http_port, metrics_port, name = free_port(), free_port(), "smol-test"
     with harness.Serve(tessera_bin, model, replicas=1, threads=1, name="metrics",
-                       extra=["--http-port", str(http_port)]) as s:
+                       extra=["--http-port", str(http_port), "--metrics-port", str(metrics_port),
+                              "--served-model-name", name]) as s:
         s.wait_ready_groups(1, timeout=60)
         url = "http://127.0.0.1:%d/metrics" % http_port
+        wurl = "http://%s/metrics" % s.read_json()["workers"][0]["metrics_address"]
+        assert wurl == "http://127.0.0.1:%d/metrics" % metrics_port, wurl
+        w0 = wait_for(lambda: port_open("127.0.0.1", metrics_port) and scrape(wurl), 30,
+                      what="the worker's /metrics")
         m0 = scrape(url)
         assert m0.get("tessera:groups_ready") == 1, m0.text
 
@@ -325,4 +332,7 @@ def test_coordinator_metrics(tessera_bin, model, api):
         assert d("vllm:request_generation_tokens_sum") == gen, m1.text
         assert d("vllm:e2e_request_latency_seconds_sum") >= d("vllm:time_to_first_token_seconds_sum") > 0
         assert m1.get("tessera:requests_in_flight") == 0 and m1.get("tessera:groups_ready") == 1, m1.text
-        assert all(dict(ls).get("model_name") == "SmolLM2-135M-Instruct.Q4_1" for (_, ls) in m1.samples)
+        assert all(dict(ls).get("model_name") == name for (_, ls) in m1.samples), m1.text
+        w1 = scrape(wurl)
+        assert w1.get("vllm:generation_tokens_total") - w0.get("vllm:generation_tokens_total") == gen, w1.text
+        assert all(dict(ls).get("model_name") == name for (_, ls) in w1.samples), w1.text

@@ -1,9 +1,10 @@
-"""A worker killed mid-generation: its streams end (UNAVAILABLE) instead of hanging, the other
-replica keeps serving, and serve restarts the worker, which then takes work again.
+"""A worker killed mid-generation under `--no-migration`: its streams end (UNAVAILABLE) instead of
+hanging, the other replica keeps serving, and serve restarts the worker, which then takes work
+again.
 
-Every stream has streamed a token when the worker dies, so none may be retried elsewhere: exactly
-the streams on the killed replica end UNAVAILABLE (at least one), every other one completes with
-the offline tokens."""
+Every stream has streamed a token when the worker dies, and migration is off, so none may go on
+elsewhere: exactly the streams on the killed replica end UNAVAILABLE (at least one), every other
+one completes with the offline tokens. (With migration on, the default, they go on: test_migration.)"""
 
 import os
 import signal
@@ -19,7 +20,8 @@ from harness import PROMPTS, Stream, check_against, gen_request, run_parallel
 
 @pytest.fixture(scope="module")
 def fresh(tessera_bin, model, api):
-    with harness.running(tessera_bin, model, replicas=2, threads=1, name="killed") as s:
+    with harness.running(tessera_bin, model, replicas=2, threads=1, name="killed",
+                         extra=("--no-migration",)) as s:
         yield s
 
 

@@ -1,15 +1,15 @@
 """A hung leader (SIGSTOP: alive, holding its sockets, answering nothing) must not hang its
-requests: its etcd lease runs out, the coordinator sees the group leave, and the streams on it end
-UNAVAILABLE within the lease TTL plus a margin (docs/reliability.md), while the other replica keeps
-serving. After SIGCONT the worker finds its lease gone, exits, and serve brings it back: both
-replicas serve again."""
+requests: its etcd lease runs out, the coordinator sees the group leave, and the streams on it move
+to the other replica (request migration: prompt plus the tokens sent, the sampler at the same
+position), so no stream pauses longer than the lease TTL plus a margin (docs/reliability.md) and
+every one completes with the offline tokens. After SIGCONT the worker finds its lease gone, exits,
+and serve brings it back: both replicas serve again."""
 
 import os
 import signal
 import threading
 import time
 
-import grpc
 import pytest
 
 import harness
@@ -58,24 +58,21 @@ def test_worker_stopped(fresh, offline):
             assert not problems, "request %.1f s into the hang: %s" % (st.t_start - t_stop, problems)
 
         for t in threads:
-            t.join(max(0.0, t_stop + BOUND_S + 2 - time.monotonic()))
+            t.join(max(0.0, t_stop + BOUND_S + 90 - time.monotonic()))
         hung = [i for i, t in enumerate(threads) if t.is_alive()]
-        assert not hung, "streams %s still open %d s after the leader hung" % (hung, BOUND_S + 2)
-        failed, slowest = 0, 0.0
+        assert not hung, "streams %s still open %d s after the leader hung" % (hung, BOUND_S + 90)
+        slowest = 0.0
         for i, st in enumerate(streams):
-            if st.code is not None:
-                assert st.code == grpc.StatusCode.UNAVAILABLE and st.details.strip(), st.describe()
-                took = st.t_end - t_stop
-                assert took <= BOUND_S, "stream %d ended %.1f s after the hang (bound %d s)" % (i, took, BOUND_S)
-                failed += 1
-                slowest = max(slowest, took)
-            else:
-                problems = check_against(st, refs[prompts[i % 2]], long_n)
-                assert not problems, "stream %d: %s" % (i, problems)
-        # The router balanced 8 streams over 2 replicas: the hung one had some.
-        assert failed >= 1, "no stream failed: was nothing on the hung replica? %s" % s.status()
-        print("hang: %d streams ended UNAVAILABLE, the last %.1f s after SIGSTOP (bound %d s); %d completed" % (
-            failed, slowest, BOUND_S, n - failed))
+            problems = check_against(st, refs[prompts[i % 2]], long_n)
+            assert not problems, "stream %d: %s" % (i, problems)
+            pause = max(b - a for a, b in zip(st.times, st.times[1:]))
+            assert pause <= BOUND_S, "stream %d paused %.1f s (bound %d s)" % (i, pause, BOUND_S)
+            slowest = max(slowest, pause)
+        # The router balanced 8 streams over 2 replicas: the hung one had some, and they moved.
+        moved = harness.tail(s.dir / "coordinator.log", 400).count("resuming on another replica")
+        assert moved >= 1, "no stream moved: was nothing on the hung replica? %s" % s.status()
+        print("hang: %d streams resumed on the other replica, the longest pause %.1f s (bound %d s); "
+              "all 8 completed" % (moved, slowest, BOUND_S))
         assert victim_group not in {g.group for g in s.status().groups}, "the hung group is still routed"
     finally:
         os.kill(pid, signal.SIGCONT)

@@ -32,7 +32,7 @@ static int32_t draw(struct tsr_sampler *s, uint32_t seed)
 {
     float l[V];
     fill_logits(l, seed);
-    return tsr_sample(s, l, NULL, 0, NULL);
+    return tsr_sample(s, l, NULL, 0, tsr_sampler_uniform(s, seed), NULL);
 }
 
 static void test_greedy_is_argmax(void **state)
@@ -46,7 +46,7 @@ static void test_greedy_is_argmax(void **state)
         int32_t want = 0;
         for (int i = 1; i < V; i++)
             if (l[i] > l[want]) want = i;
-        assert_int_equal(tsr_sample(&s, l, NULL, 0, NULL), want);
+        assert_int_equal(tsr_sample(&s, l, NULL, 0, 0, NULL), want);
     }
     tsr_sampler_free(&s);
 }
@@ -74,7 +74,7 @@ static void test_logprob_exact(void **state)
                     *x = *x > 0 ? *x / ps[k].repetition_penalty : *x * ps[k].repetition_penalty;
             }
             float lp;
-            int32_t t = tsr_sample(&s, l, hist, 5, &lp);
+            int32_t t = tsr_sample(&s, l, hist, 5, tsr_sampler_uniform(&s, it), &lp);
             double want = tsr_test_log_softmax(pen, V, t), err = fabs(lp - want);
             if (err > 1e-5 + 1e-6 * fabs(want))
                 fail_msg("sampler %d draw %u token %d: logprob %.7f, float64 log-softmax %.7f", k,
@@ -115,7 +115,7 @@ static void test_temperature_ratio(void **state)
             for (int i = 0; i < V; i++) l[i] = -100.0f;
             l[11] = 1.0f + cases[c].d; /* a */
             l[500] = 1.0f;             /* b */
-            int32_t t = tsr_sample(&s, l, NULL, 0, NULL);
+            int32_t t = tsr_sample(&s, l, NULL, 0, tsr_sampler_uniform(&s, it), NULL);
             assert_true(t == 11 || t == 500);
             n_a += t == 11, n_b += t == 500;
         }
@@ -153,6 +153,44 @@ static void test_same_seed_same_tokens(void **state)
     tsr_sampler_free(&c);
 }
 
+/* The draw is a function of the seed and the position alone (what lets a request resume on
+ * another replica): drawn in any order, or by another sampler with the same seed, position i
+ * gives the same value; positions and seeds give different values, spread over [0, 1). */
+static void test_draw_by_position(void **state)
+{
+    enum { N = 4096 };
+    struct tsr_sampling p = tsr_sampling_default();
+    p.temperature = 1.0f;
+    p.seed = 7;
+    struct tsr_sampler a, b, c;
+    assert_int_equal(tsr_sampler_init(&a, &p, V), 0);
+    assert_int_equal(tsr_sampler_init(&b, &p, V), 0);
+    p.seed = 8;
+    assert_int_equal(tsr_sampler_init(&c, &p, V), 0);
+    static double fwd[N];
+    for (int i = 0; i < N; i++) fwd[i] = tsr_sampler_uniform(&a, i);
+    int same_seed_other = 0, repeats = 0, bins[16] = {0};
+    double sum = 0;
+    for (int i = N - 1; i >= 0; i--) {
+        assert_true(tsr_sampler_uniform(&b, i) == fwd[i]);
+        assert_true(fwd[i] >= 0 && fwd[i] < 1);
+        same_seed_other += tsr_sampler_uniform(&c, i) == fwd[i];
+        repeats += i && fwd[i] == fwd[i - 1];
+        bins[(int)(fwd[i] * 16)]++;
+        sum += fwd[i];
+    }
+    assert_int_equal(same_seed_other, 0);
+    assert_int_equal(repeats, 0);
+    /* each sixteenth holds 256 +- 5 sd (sd ~ 15.5) */
+    for (int k = 0; k < 16; k++)
+        if (bins[k] < 256 - 78 || bins[k] > 256 + 78)
+            fail_msg("[%d/16, %d/16) holds %d of %d draws", k, k + 1, bins[k], N);
+    assert_true(fabs(sum / N - 0.5) < 0.03);
+    tsr_sampler_free(&a);
+    tsr_sampler_free(&b);
+    tsr_sampler_free(&c);
+}
+
 static void test_top_k_restricts(void **state)
 {
     struct tsr_sampling p = tsr_sampling_default();
@@ -176,7 +214,7 @@ static void test_top_k_restricts(void **state)
     for (int it = 0; it < 300; it++) {
         float l[V];
         memcpy(l, base, sizeof l);
-        int32_t t = tsr_sample(&s, l, NULL, 0, NULL);
+        int32_t t = tsr_sample(&s, l, NULL, 0, tsr_sampler_uniform(&s, it), NULL);
         assert_true(t == top[0] || t == top[1] || t == top[2]);
         for (int j = 0; j < 3; j++) seen[j] += t == top[j];
     }
@@ -198,7 +236,7 @@ static void test_top_p_and_min_p(void **state)
         float l[V];
         for (int i = 0; i < V; i++) l[i] = -100.0f;
         for (int i = 0; i < 4; i++) l[i] = logf(probs[i]);
-        int32_t t = tsr_sample(&s, l, NULL, 0, NULL);
+        int32_t t = tsr_sample(&s, l, NULL, 0, tsr_sampler_uniform(&s, it), NULL);
         assert_true(t >= 0 && t < 2);
         count[t]++;
     }
@@ -214,7 +252,7 @@ static void test_top_p_and_min_p(void **state)
         float l[V];
         for (int i = 0; i < V; i++) l[i] = -100.0f;
         for (int i = 0; i < 4; i++) l[i] = logf(probs[i]);
-        int32_t t = tsr_sample(&s, l, NULL, 0, NULL);
+        int32_t t = tsr_sample(&s, l, NULL, 0, tsr_sampler_uniform(&s, it), NULL);
         assert_true(t >= 0 && t < 3);
         got2 += t == 2;
     }
@@ -234,7 +272,7 @@ static void test_repetition_penalty(void **state)
     l[9] = 2.0f;
     int32_t hist[] = {5, 5, 5};
     /* 3 / 2 = 1.5 < 2: token 9 wins; the penalty applies once however often 5 was seen. */
-    assert_int_equal(tsr_sample(&s, l, hist, 3, NULL), 9);
+    assert_int_equal(tsr_sample(&s, l, hist, 3, 0, NULL), 9);
     assert_true(fabsf(l[5] - 1.5f) < 1e-6f);
     tsr_sampler_free(&s);
 }
@@ -252,7 +290,7 @@ static void test_repetition_penalty_negative(void **state)
     l[4] = -1.5f;
     int32_t hist[] = {3, 3};
     /* -1 * 2 = -2 < -1.5: token 4 wins; dividing (-0.5) would keep 3 on top. */
-    assert_int_equal(tsr_sample(&s, l, hist, 2, NULL), 4);
+    assert_int_equal(tsr_sample(&s, l, hist, 2, 0, NULL), 4);
     assert_true(l[3] == -2.0f);
     assert_true(l[4] == -1.5f);
     tsr_sampler_free(&s);
@@ -295,7 +333,7 @@ static void test_top_logprobs(void **state)
         fill_logits(l, 100 + k);
         if (k == 7) l[11] = l[12] = 9.0f; /* a tie at the top: id 11 first */
         float lp;
-        int32_t pick = tsr_sample(&s, l, NULL, 0, &lp);
+        int32_t pick = tsr_sample(&s, l, NULL, 0, tsr_sampler_uniform(&s, k), &lp);
         int32_t ids[TSR_SAMPLING_MAX_TOP_LOGPROBS];
         float lps[TSR_SAMPLING_MAX_TOP_LOGPROBS];
         int n = tsr_top_logprobs(l, V, p.top_logprobs, ids, lps);
@@ -345,14 +383,14 @@ static void test_presence_frequency(void **state)
     l[1] = 1.0f; /* in the prompt only: untouched, and the greedy pick */
     int32_t hist[] = {1, 3, 3, 3, 4};
     float lp;
-    assert_int_equal(tsr_sample(&s, l, hist, 5, &lp), 1);
+    assert_int_equal(tsr_sample(&s, l, hist, 5, 0, &lp), 1);
     assert_true(l[1] == 1.0f);
     assert_true(fabsf(l[3] - -1.0f) < 1e-6f); /* 2 * 0.25 + 0.5: hist[1] is the prompt's */
     assert_true(fabsf(l[4] - -0.75f) < 1e-6f);
     assert_true(l[5] == 0.0f);
     /* the counts start again from zero at the next call */
     for (int i = 0; i < V; i++) l[i] = 0;
-    assert_int_equal(tsr_sample(&s, l, hist, 5, NULL), 0);
+    assert_int_equal(tsr_sample(&s, l, hist, 5, 0, NULL), 0);
     assert_true(fabsf(l[3] - -1.0f) < 1e-6f);
     /* a negative presence penalty encourages: token 4 wins */
     tsr_sampler_free(&s);
@@ -362,7 +400,7 @@ static void test_presence_frequency(void **state)
     s.n_prompt = 4;
     for (int i = 0; i < V; i++) l[i] = 0;
     l[1] = 1.0f;
-    assert_int_equal(tsr_sample(&s, l, hist, 5, NULL), 4);
+    assert_int_equal(tsr_sample(&s, l, hist, 5, 0, NULL), 4);
     tsr_sampler_free(&s);
 }
 
@@ -382,7 +420,7 @@ static void test_logit_bias(void **state)
     b[0].bias = 0; /* the sampler kept its own copy */
     float row[V];
     memcpy(row, l, sizeof row);
-    int32_t t = tsr_sample(&s, row, NULL, 0, NULL);
+    int32_t t = tsr_sample(&s, row, NULL, 0, 0, NULL);
     assert_true(t != top);
     assert_true(row[top] == l[top] - 100);
     tsr_sampler_free(&s);
@@ -393,7 +431,7 @@ static void test_logit_bias(void **state)
     for (int k = 0; k < 20; k++) {
         memcpy(row, l, sizeof row);
         float lp;
-        assert_int_equal(tsr_sample(&s, row, NULL, 0, &lp), low);
+        assert_int_equal(tsr_sample(&s, row, NULL, 0, tsr_sampler_uniform(&s, k), &lp), low);
         assert_true(fabs(lp - tsr_test_log_softmax(row, V, low)) < 1e-5);
     }
     tsr_sampler_free(&s);
@@ -441,6 +479,7 @@ int main(void)
         cmocka_unit_test(test_logprob_exact),
         cmocka_unit_test(test_temperature_ratio),
         cmocka_unit_test(test_same_seed_same_tokens),
+        cmocka_unit_test(test_draw_by_position),
         cmocka_unit_test(test_top_k_restricts),
         cmocka_unit_test(test_top_p_and_min_p),
         cmocka_unit_test(test_repetition_penalty),
