@@ -405,7 +405,15 @@ int tsr_engine_step(tsr_engine_t *e, struct tsr_token_event *ev, int cap, int *n
         S++;
     }
     if (T == 0) return tsr_errorf(TSR_EINTERNAL, "no sequence could be scheduled");
-    struct tsr_step st = {T, e->ids, e->pos, e->tseq, S, mb, e->bt, n_out, e->out_rows};
+    struct tsr_step st = {.n_tokens = T,
+                          .ids = e->ids,
+                          .pos = e->pos,
+                          .seq = e->tseq,
+                          .n_seqs = S,
+                          .max_blocks = mb,
+                          .block_tables = e->bt,
+                          .n_out = n_out,
+                          .out_rows = e->out_rows};
     /* Sample where the logits are unless a row wants a penalty or a logit bias (host only: the
      * row's logits come over), or top logprobs the backend cannot give; each sequence's
      * generator makes the same draw tsr_sample would. One top count for all rows: the most any
@@ -489,4 +497,5 @@ void tsr_engine_get_stats(const tsr_engine_t *e, struct tsr_engine_stats *s)
     s->n_free_blocks = e->pool.n_free;
     s->n_cached_blocks = e->pool.n_free - e->pool.n_list;
     s->n_running = e->n_seqs;
+    s->bytes_back = tsr_runner_bytes_back(e->runner);
 }

@@ -77,6 +77,7 @@ struct tsr_engine_stats {
      * n_free_blocks) */
     uint64_t prefix_queries, prefix_hits;
     int n_cached_blocks;
+    uint64_t bytes_back; /* a group's leader: received from its last stage (picks or logits) */
 };
 
 int tsr_engine_new(tsr_model_t *m, tsr_backend_t *b, const struct tsr_engine_opts *o,

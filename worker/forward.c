@@ -81,8 +81,14 @@ struct tsr_runner {
     int32_t *local_ids;      /* (T) host: ids relative to this rank's vocabulary rows, or -1 */
     struct tsr_step_msg msg; /* the step as sent to or received from the group */
     float *host_logits;      /* (n_out, n_vocab) host: tsr_runner_forward_argmax's when not on the
-                                device */
+                                device, and a sampled step's on the rank that samples it */
     size_t host_logits_cap;
+    /* a group's sampled steps (tsr_step.sample) */
+    struct tsr_step_msg params; /* a follower's copy of the step's parameters */
+    struct tsr_step_msg picks;  /* what the last stage sends back (picks_bytes) */
+    int32_t *idx;               /* (n_vocab) host sampling scratch */
+    float *prob;                /* (n_vocab) */
+    uint64_t bytes_back;        /* leader: received from the last stage */
     /* Decode graphs: one rank on a backend with graphs, unless TESSERA_GRAPHS=0. */
     int graphs;
     struct graph_slot gslots[MAX_GRAPHS];
@@ -548,6 +554,10 @@ void tsr_runner_free(tsr_runner_t *r)
     free(r->slot);
     free(r->local_ids);
     tsr_step_msg_free(&r->msg);
+    tsr_step_msg_free(&r->params);
+    tsr_step_msg_free(&r->picks);
+    free(r->idx);
+    free(r->prob);
     free(r->host_logits);
     free(r);
 }
@@ -895,19 +905,98 @@ static int logits_home(const tsr_runner_t *r)
     return (r->pp_size - 1) * r->tp_size;
 }
 
+/* A sampled step's picks, as the logits home sends them: n ids, their n logprobs, then top ids
+ * and top logprobs per row (all 4-byte values). */
+static size_t picks_bytes(int n, int top)
+{
+    return (size_t)n * (2 + 2 * (size_t)top) * sizeof(int32_t);
+}
+
+/* r->picks of at least nb bytes. */
+static int picks_room(tsr_runner_t *r, size_t nb)
+{
+    if (nb <= r->picks.cap) return 0;
+    void *p = realloc(r->picks.buf, nb);
+    if (!p) return tsr_errorf(TSR_ENOMEM, "out of memory for %zu bytes of picks", nb);
+    r->picks.buf = p;
+    r->picks.cap = nb;
+    return 0;
+}
+
+/* (n_out, n_vocab) floats of host scratch. */
+static float *host_logits(tsr_runner_t *r, int n_out)
+{
+    size_t need = (size_t)(n_out > 0 ? n_out : 1) * r->cfg.n_vocab;
+    if (need > r->host_logits_cap) {
+        float *p = realloc(r->host_logits, need * sizeof *p);
+        if (!p) {
+            tsr_errorf(TSR_ENOMEM, "out of memory for %zu logits", need);
+            return NULL;
+        }
+        r->host_logits = p;
+        r->host_logits_cap = need;
+    }
+    return r->host_logits;
+}
+
+/* The logits home of a group: samples st's n_out rows of host logits with st->sample, as the
+ * device sampler would (tsr_sample_row, tsr_top_logprobs; -1 and -inf past a row's tokens), into
+ * r->picks. */
+static int sample_host(tsr_runner_t *r, const struct tsr_step *st, const float *logits)
+{
+    int n = st->n_out, top = st->top, V = r->cfg.n_vocab;
+    if (!r->idx && (!(r->idx = malloc((size_t)V * sizeof *r->idx)) ||
+                    !(r->prob = malloc((size_t)V * sizeof *r->prob))))
+        return tsr_errorf(TSR_ENOMEM, "out of memory for a sampler");
+    TRY(picks_room(r, picks_bytes(n, top)));
+    int32_t *ids = r->picks.buf, *tids = ids + 2 * (size_t)n;
+    float *lps = (float *)(ids + n), *tlps = (float *)(tids + (size_t)n * top);
+    for (int i = 0; i < n; i++) {
+        const float *row = logits + (size_t)i * V;
+        ids[i] = tsr_sample_row(&st->sample[i], row, V, r->idx, r->prob, &lps[i]);
+        int k =
+            top ? tsr_top_logprobs(row, V, top, tids + (size_t)i * top, tlps + (size_t)i * top) : 0;
+        for (int j = k; j < top; j++) {
+            tids[(size_t)i * top + j] = -1;
+            tlps[(size_t)i * top + j] = -INFINITY;
+        }
+    }
+    return 0;
+}
+
+/* A group's step from the leader: sent to every rank, this rank's part run, and what the logits
+ * home gives back (the logits, or with st->sample the picks in r->picks). */
+static int group_step(tsr_runner_t *r, const struct tsr_step *st, float *logits)
+{
+    if (r->world_rank != 0)
+        return tsr_errorf(TSR_EINVAL, "only the group leader (rank 0) drives steps");
+    TRY(tsr_step_send(r->world, st, &r->msg));
+    int home = logits_home(r);
+    if (st->sample && home == 0) { /* one stage: the leader holds the logits too */
+        float *host = host_logits(r, st->n_out);
+        if (!host) return TSR_ENOMEM;
+        TRY(forward_local(r, st, &(struct step_out){.logits = host}));
+        return st->n_out > 0 ? sample_host(r, st, host) : 0;
+    }
+    TRY(forward_local(r, st, &(struct step_out){.logits = logits}));
+    if (home == 0 || st->n_out == 0) return 0;
+    size_t nb = st->sample ? picks_bytes(st->n_out, st->top)
+                           : (size_t)st->n_out * r->cfg.n_vocab * sizeof(float);
+    if (st->sample) TRY(picks_room(r, nb));
+    void *dst = st->sample ? r->picks.buf : logits;
+    TRY(tsr_comm_recv_host(r->world, dst, nb, home));
+    r->bytes_back += nb;
+    return 0;
+}
+
 int tsr_runner_forward(tsr_runner_t *r, const struct tsr_step *st, float *logits)
 {
     TRY(check_step(r, st));
     struct step_out o = {.logits = logits};
     if (r->world_size == 1) return forward_one(r, st, &o);
-    if (r->world_rank != 0)
-        return tsr_errorf(TSR_EINVAL, "only the group leader (rank 0) drives steps");
-    TRY(tsr_step_send(r->world, st, &r->msg));
-    TRY(forward_local(r, st, &o));
-    if (logits_home(r) != 0 && st->n_out > 0)
-        TRY(tsr_comm_recv_host(r->world, logits, (size_t)st->n_out * r->cfg.n_vocab * sizeof(float),
-                               logits_home(r)));
-    return 0;
+    struct tsr_step plain = *st;
+    plain.sample = NULL;
+    return group_step(r, &plain, logits);
 }
 
 int tsr_runner_follow(tsr_runner_t *r)
@@ -922,15 +1011,20 @@ int tsr_runner_follow(tsr_runner_t *r)
     for (;;) {
         struct tsr_step st;
         int stop;
-        if ((rc = tsr_step_recv(r->world, &r->msg, &st, &stop)) || stop) break;
+        if ((rc = tsr_step_recv(r->world, &r->msg, &r->params, &st, &stop)) || stop) break;
         /* Every rank checked the same step on the leader's side; a follower that disagrees is
          * out of step with its group, and stops. */
         struct step_out o = {.logits = logits};
         if ((rc = check_step(r, &st)) || (rc = forward_local(r, &st, &o))) break;
-        if (r->world_rank == logits_home(r) && st.n_out > 0 &&
-            (rc = tsr_comm_send_host(r->world, logits,
-                                     (size_t)st.n_out * r->cfg.n_vocab * sizeof(float), 0)))
+        if (r->world_rank != logits_home(r) || st.n_out == 0) continue;
+        if (st.sample) { /* the picks alone go back */
+            if ((rc = sample_host(r, &st, logits)) ||
+                (rc = tsr_comm_send_host(r->world, r->picks.buf, picks_bytes(st.n_out, st.top), 0)))
+                break;
+        } else if ((rc = tsr_comm_send_host(
+                        r->world, logits, (size_t)st.n_out * r->cfg.n_vocab * sizeof(float), 0))) {
             break;
+        }
     }
     free(logits);
     return rc;
@@ -943,13 +1037,8 @@ int tsr_runner_forward_argmax(tsr_runner_t *r, const struct tsr_step *st, int32_
         struct step_out o = {.ids = ids};
         return forward_one(r, st, &o);
     }
-    size_t V = (size_t)r->cfg.n_vocab, need = (size_t)(st->n_out > 0 ? st->n_out : 1) * V;
-    if (need > r->host_logits_cap) {
-        float *p = realloc(r->host_logits, need * sizeof *p);
-        if (!p) return tsr_errorf(TSR_ENOMEM, "out of memory for %zu logits", need);
-        r->host_logits = p;
-        r->host_logits_cap = need;
-    }
+    size_t V = (size_t)r->cfg.n_vocab;
+    if (!host_logits(r, st->n_out)) return TSR_ENOMEM;
     TRY(tsr_runner_forward(r, st, r->host_logits));
     for (int i = 0; i < st->n_out; i++) ids[i] = tsr_argmax(r->host_logits + (size_t)i * V, (int)V);
     return 0;
@@ -957,12 +1046,18 @@ int tsr_runner_forward_argmax(tsr_runner_t *r, const struct tsr_step *st, int32_
 
 int tsr_runner_samples_on_device(const tsr_runner_t *r)
 {
-    return r->world_size == 1 && tsr_backend_can_sample(r->b);
+    return r->world_size > 1 || tsr_backend_can_sample(r->b);
 }
 
 int tsr_runner_top_logprobs_on_device(const tsr_runner_t *r)
 {
-    return tsr_runner_samples_on_device(r) && tsr_backend_can_top_logprobs(r->b);
+    return r->world_size > 1 ||
+           (tsr_backend_can_sample(r->b) && tsr_backend_can_top_logprobs(r->b));
+}
+
+uint64_t tsr_runner_bytes_back(const tsr_runner_t *r)
+{
+    return r->bytes_back;
 }
 
 int tsr_runner_forward_sample(tsr_runner_t *r, const struct tsr_step *st,
@@ -974,6 +1069,22 @@ int tsr_runner_forward_sample(tsr_runner_t *r, const struct tsr_step *st,
     if (top > 0 && !tsr_runner_top_logprobs_on_device(r))
         return tsr_errorf(TSR_EUNSUPPORTED, "this runner gives top logprobs on the host");
     TRY(check_step(r, st));
+    if (r->world_size > 1) {
+        struct tsr_step s2 = *st;
+        s2.sample = p;
+        s2.top = top;
+        TRY(group_step(r, &s2, NULL));
+        int n = st->n_out;
+        const int32_t *pi = r->picks.buf, *ti = pi + 2 * (size_t)n;
+        const float *pl = (const float *)(pi + n), *tl = (const float *)(ti + (size_t)n * top);
+        if (n) memcpy(ids, pi, (size_t)n * sizeof *ids);
+        if (n && logprobs) memcpy(logprobs, pl, (size_t)n * sizeof *logprobs);
+        if (n && top) {
+            memcpy(top_ids, ti, (size_t)n * top * sizeof *top_ids);
+            memcpy(top_lps, tl, (size_t)n * top * sizeof *top_lps);
+        }
+        return 0;
+    }
     struct step_out o = {.ids = ids,
                          .p = p,
                          .logprobs = logprobs,

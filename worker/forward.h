@@ -32,6 +32,11 @@ struct tsr_step {
     const int32_t *block_tables;
     int n_out;
     const int32_t *out_rows;
+    /* Set by tsr_runner_forward_sample on a group's step (NULL otherwise): the rows are sampled
+     * on the last stage with these (n_out of them), each reporting its top most likely tokens,
+     * and only what they pick travels back to the leader. */
+    const struct tsr_sample_params *sample;
+    int top;
 };
 
 /* One rank of a sharded group (DESIGN §2): the rank's slice of the plan and its communicators.
@@ -66,17 +71,24 @@ int tsr_runner_forward(tsr_runner_t *r, const struct tsr_step *st, float *logits
  * rows. On a single rank the argmax runs where the logits are (tsr_op_argmax: on a GPU only the
  * ids come back); in a sharded group the logits come to the host first. */
 int tsr_runner_forward_argmax(tsr_runner_t *r, const struct tsr_step *st, int32_t *ids);
-/* The same step, sampled where the logits are (tsr_op_sample): ids[i] and logprobs[i] (may be
- * NULL) of the n_out rows, row i with p[i]. Only when tsr_runner_samples_on_device(): one rank
+/* The same step, sampled where the logits are: ids[i] and logprobs[i] (may be NULL) of the n_out
+ * rows, row i with p[i] (no penalty, no bias: those need the logits, tsr_runner_forward). One
+ * rank samples on its backend (tsr_op_sample); a sharded group on its last stage (on the host,
+ * worker/sampling.h tsr_sample_row), which sends the leader the ids, their logprobs and the top
+ * tokens alone, never the logits. Only when tsr_runner_samples_on_device(): a group, or one rank
  * on a backend with a sampler; otherwise TSR_EUNSUPPORTED, nothing run (use tsr_runner_forward
  * and sample on the host). */
 int tsr_runner_samples_on_device(const tsr_runner_t *r);
 /* With top > 0 (only when tsr_runner_top_logprobs_on_device()), also the top most likely tokens
- * of each row (tsr_op_top_logprobs): top_ids[i*top + j], top_lps[i*top + j]. */
+ * of each row (tsr_op_top_logprobs; tsr_top_logprobs on a last stage): top_ids[i*top + j],
+ * top_lps[i*top + j]. */
 int tsr_runner_forward_sample(tsr_runner_t *r, const struct tsr_step *st,
                               const struct tsr_sample_params *p, int32_t *ids, float *logprobs,
                               int top, int32_t *top_ids, float *top_lps);
 int tsr_runner_top_logprobs_on_device(const tsr_runner_t *r);
+/* Bytes the leader of a group received from its last stage since the runner was made: the logits
+ * of tsr_runner_forward's steps, the picks of tsr_runner_forward_sample's. 0 on one rank. */
+uint64_t tsr_runner_bytes_back(const tsr_runner_t *r);
 /* The leader of a sharded group with nothing to run: tells the followers it is alive
  * (tsr_step_send_idle). Does nothing on one rank. */
 int tsr_runner_idle(tsr_runner_t *r);

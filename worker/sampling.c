@@ -163,32 +163,32 @@ static void penalise(struct tsr_sampler *s, float *logits, const int32_t *histor
     for (int i = 0; i < s->p.n_logit_bias; i++) logits[s->bias[i].id] += s->bias[i].bias;
 }
 
-int32_t tsr_sample(struct tsr_sampler *s, float *logits, const int32_t *history, int n_history,
-                   double u, float *logprob)
+/* The pick after the penalties: greedy, or top-k, temperature, top-p, min-p and the draw u, with
+ * idx and prob (n entries) as scratch; the logprob from the unfiltered, untempered row. */
+static int32_t pick(float temperature, int top_k, float top_p, float min_p, double u,
+                    const float *logits, int n, int32_t *idx, float *prob, float *logprob)
 {
-    int n = s->n_vocab;
-    penalise(s, logits, history, n_history);
-    int32_t pick;
-    if (s->p.temperature == 0) {
-        pick = tsr_argmax(logits, n);
+    int32_t choice;
+    if (temperature == 0) {
+        choice = tsr_argmax(logits, n);
     } else {
         /* top-k */
-        int k = top_candidates(logits, s->idx, n, s->p.top_k);
+        int k = top_candidates(logits, idx, n, top_k);
         /* temperature and softmax over the candidates */
-        float maxl = logits[s->idx[0]];
+        float maxl = logits[idx[0]];
         double sum = 0;
         for (int i = 0; i < k; i++) {
-            s->prob[i] = expf((logits[s->idx[i]] - maxl) / s->p.temperature);
-            sum += s->prob[i];
+            prob[i] = expf((logits[idx[i]] - maxl) / temperature);
+            sum += prob[i];
         }
-        for (int i = 0; i < k; i++) s->prob[i] = (float)(s->prob[i] / sum);
+        for (int i = 0; i < k; i++) prob[i] = (float)(prob[i] / sum);
         /* top-p: the smallest prefix whose mass reaches p (at least one token) */
-        if (s->p.top_p < 1) {
+        if (top_p < 1) {
             double cum = 0;
             int keep = k;
             for (int i = 0; i < k; i++) {
-                cum += s->prob[i];
-                if (cum >= s->p.top_p) {
+                cum += prob[i];
+                if (cum >= top_p) {
                     keep = i + 1;
                     break;
                 }
@@ -196,20 +196,20 @@ int32_t tsr_sample(struct tsr_sampler *s, float *logits, const int32_t *history,
             k = keep;
         }
         /* min-p: drop tokens below min_p times the top probability */
-        if (s->p.min_p > 0) {
-            float floor = s->p.min_p * s->prob[0];
+        if (min_p > 0) {
+            float floor = min_p * prob[0];
             int keep = 1;
-            while (keep < k && s->prob[keep] >= floor) keep++;
+            while (keep < k && prob[keep] >= floor) keep++;
             k = keep;
         }
         double mass = 0;
-        for (int i = 0; i < k; i++) mass += s->prob[i];
+        for (int i = 0; i < k; i++) mass += prob[i];
         double r = u * mass;
-        pick = s->idx[k - 1];
+        choice = idx[k - 1];
         for (int i = 0; i < k; i++) {
-            r -= s->prob[i];
+            r -= prob[i];
             if (r < 0) {
-                pick = s->idx[i];
+                choice = idx[i];
                 break;
             }
         }
@@ -218,9 +218,24 @@ int32_t tsr_sample(struct tsr_sampler *s, float *logits, const int32_t *history,
         float maxl = logits[tsr_argmax(logits, n)];
         double sum = 0;
         for (int i = 0; i < n; i++) sum += exp((double)logits[i] - maxl);
-        *logprob = (float)((double)logits[pick] - maxl - log(sum));
+        *logprob = (float)((double)logits[choice] - maxl - log(sum));
     }
-    return pick;
+    return choice;
+}
+
+int32_t tsr_sample(struct tsr_sampler *s, float *logits, const int32_t *history, int n_history,
+                   double u, float *logprob)
+{
+    penalise(s, logits, history, n_history);
+    const struct tsr_sampling *p = &s->p;
+    return pick(p->temperature, p->top_k, p->top_p, p->min_p, u, logits, s->n_vocab, s->idx,
+                s->prob, logprob);
+}
+
+int32_t tsr_sample_row(const struct tsr_sample_params *p, const float *logits, int n, int32_t *idx,
+                       float *prob, float *logprob)
+{
+    return pick(p->temperature, p->top_k, p->top_p, p->min_p, p->u, logits, n, idx, prob, logprob);
 }
 
 int tsr_top_logprobs(const float *logits, int n, int top, int32_t *ids, float *lps)

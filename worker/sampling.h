@@ -11,6 +11,7 @@
 
 #include <stdint.h>
 
+#include "kernels/backend.h"
 #include "model/sampling.h"
 
 struct tsr_sampler {
@@ -40,6 +41,11 @@ double tsr_sampler_uniform(const struct tsr_sampler *s, int64_t pos);
  * chosen token under the unfiltered, untempered softmax of the penalised logits. */
 int32_t tsr_sample(struct tsr_sampler *s, float *logits, const int32_t *history, int n_history,
                    double u, float *logprob);
+
+/* The same pick for a row a device sampler takes (tsr_op_sample: no penalty, no bias), where the
+ * logits are on the host: p's filters and draw, idx and prob n entries of scratch. */
+int32_t tsr_sample_row(const struct tsr_sample_params *p, const float *logits, int n, int32_t *idx,
+                       float *prob, float *logprob);
 
 /* 1 when the sampler changes the logits before sampling (a penalty or a bias): what a device
  * sampler (tsr_op_sample) does not do. */

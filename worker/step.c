@@ -5,18 +5,25 @@
 #include <string.h>
 
 #include "common/status.h"
+#include "model/sampling.h"
 
 /* The message: this header, then (for STEP_RUN) ids, pos, seq (n_tokens each), block tables,
- * out_rows. */
+ * out_rows, and with sample set n_out tsr_sample_params. */
 enum { STEP_STOP, STEP_RUN, STEP_IDLE };
 struct step_header {
-    int32_t kind, n_tokens, n_seqs, max_blocks, n_out;
+    int32_t kind, n_tokens, n_seqs, max_blocks, n_out, sample, top;
 };
+
+static size_t ints_bytes(const struct step_header *h)
+{
+    return sizeof(int32_t) *
+           (3 * (size_t)h->n_tokens + (size_t)h->n_seqs * h->max_blocks + h->n_out);
+}
 
 static size_t step_bytes(const struct step_header *h)
 {
-    return sizeof *h + sizeof(int32_t) *
-                           (3 * (size_t)h->n_tokens + (size_t)h->n_seqs * h->max_blocks + h->n_out);
+    return sizeof *h + ints_bytes(h) +
+           (h->sample ? (size_t)h->n_out * sizeof(struct tsr_sample_params) : 0);
 }
 
 static int ensure(struct tsr_step_msg *m, size_t n)
@@ -38,7 +45,13 @@ void tsr_step_msg_free(struct tsr_step_msg *m)
 
 int tsr_step_send(tsr_comm_t *world, const struct tsr_step *st, struct tsr_step_msg *m)
 {
-    struct step_header h = {STEP_RUN, st->n_tokens, st->n_seqs, st->max_blocks, st->n_out};
+    struct step_header h = {STEP_RUN,
+                            st->n_tokens,
+                            st->n_seqs,
+                            st->max_blocks,
+                            st->n_out,
+                            st->sample != NULL,
+                            st->sample ? st->top : 0};
     size_t n = step_bytes(&h);
     int rc = ensure(m, n);
     if (rc) return rc;
@@ -50,6 +63,9 @@ int tsr_step_send(tsr_comm_t *world, const struct tsr_step *st, struct tsr_step_
     memcpy(a + 2 * T, st->seq, sizeof *a * T);
     memcpy(a + 3 * T, st->block_tables, sizeof *a * B);
     memcpy(a + 3 * T + B, st->out_rows, sizeof *a * (size_t)h.n_out);
+    if (st->sample)
+        memcpy((char *)a + ints_bytes(&h), st->sample,
+               (size_t)h.n_out * sizeof(struct tsr_sample_params));
     /* the header first, so a follower knows how much follows */
     if ((rc = tsr_comm_broadcast_host(world, &h, sizeof h, 0))) return rc;
     return tsr_comm_broadcast_host(world, m->buf, n, 0);
@@ -67,7 +83,8 @@ int tsr_step_send_idle(tsr_comm_t *world)
     return tsr_comm_broadcast_host(world, &h, sizeof h, 0);
 }
 
-int tsr_step_recv(tsr_comm_t *world, struct tsr_step_msg *m, struct tsr_step *st, int *stop)
+int tsr_step_recv(tsr_comm_t *world, struct tsr_step_msg *m, struct tsr_step_msg *params,
+                  struct tsr_step *st, int *stop)
 {
     struct step_header h;
     int rc;
@@ -76,7 +93,8 @@ int tsr_step_recv(tsr_comm_t *world, struct tsr_step_msg *m, struct tsr_step *st
     } while (h.kind == STEP_IDLE);
     *stop = h.kind == STEP_STOP;
     if (*stop) return 0;
-    if (h.kind != STEP_RUN || h.n_tokens <= 0 || h.n_seqs < 0 || h.max_blocks < 0 || h.n_out < 0)
+    if (h.kind != STEP_RUN || h.n_tokens <= 0 || h.n_seqs < 0 || h.max_blocks < 0 || h.n_out < 0 ||
+        h.top < 0 || h.top > TSR_SAMPLING_MAX_TOP_LOGPROBS)
         return tsr_errorf(TSR_EFORMAT, "a step header of kind %d with %d tokens: out of step",
                           (int)h.kind, (int)h.n_tokens);
     size_t n = step_bytes(&h);
@@ -91,6 +109,15 @@ int tsr_step_recv(tsr_comm_t *world, struct tsr_step_msg *m, struct tsr_step *st
     st->seq = a + 2 * h.n_tokens;
     st->block_tables = a + 3 * h.n_tokens;
     st->out_rows = st->block_tables + (size_t)h.n_seqs * h.max_blocks;
+    /* the parameters sit after the ints, maybe not aligned for their doubles: copied out */
+    st->sample = NULL;
+    st->top = h.top;
+    if (h.sample) {
+        size_t pb = (size_t)h.n_out * sizeof(struct tsr_sample_params);
+        if ((rc = ensure(params, pb))) return rc;
+        memcpy(params->buf, (char *)a + ints_bytes(&h), pb);
+        st->sample = params->buf;
+    }
     return 0;
 }
 

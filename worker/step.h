@@ -29,9 +29,11 @@ int tsr_step_send_stop(tsr_comm_t *world);
  * long it outlives a leader that died. */
 enum { TSR_STEP_IDLE_S = 5 };
 int tsr_step_send_idle(tsr_comm_t *world);
-/* Follower: the next step, its arrays pointing into m (valid until the next receive); idle
- * messages are consumed here. *stop is 1 when the leader stopped (st is then untouched). */
-int tsr_step_recv(tsr_comm_t *world, struct tsr_step_msg *m, struct tsr_step *st, int *stop);
+/* Follower: the next step, its arrays pointing into m and its sampling parameters (if any) into
+ * params (valid until the next receive); idle messages are consumed here. *stop is 1 when the
+ * leader stopped (st is then untouched). */
+int tsr_step_recv(tsr_comm_t *world, struct tsr_step_msg *m, struct tsr_step_msg *params,
+                  struct tsr_step *st, int *stop);
 
 /* A follower rank of group g: builds the runner its leader's engine builds (ro: from
  * tsr_engine_runner_opts of the same engine options) and serves the leader's steps until it

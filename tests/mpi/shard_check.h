@@ -105,26 +105,53 @@ static void teacher_forced(tsr_runner_t *r, const int32_t *ids, float *logits)
     OK(tsr_runner_forward(r, &st, logits));
 }
 
-static void greedy(tsr_model_t *m, tsr_backend_t *b, const struct tsr_runner_shard *sh,
-                   const int32_t *ids, int32_t *out)
+enum { N_SEQS = 4, GEN_BLOCKS = 32 };
+
+/* The engine over 4 sequences of one prompt at once: greedy, greedy with 5 top logprobs, and two
+ * seeded samplers; out[s * N_GEN + i] is sequence s's token i. With sh, the leader drives the group
+ * (the rows are sampled on its last stage), and *back is what came back from there. */
+static void generate(tsr_model_t *m, tsr_backend_t *b, const struct tsr_runner_shard *sh,
+                     const int32_t *ids, int32_t *out, uint64_t *back, uint64_t *steps)
 {
-    struct tsr_engine_opts eo = {
-        .n_blocks = BLOCKS, .block_size = BS, .max_step_tokens = 64, .max_seqs = 2, .shard = sh};
+    struct tsr_engine_opts eo = {.n_blocks = GEN_BLOCKS,
+                                 .block_size = BS,
+                                 .max_step_tokens = 64,
+                                 .max_seqs = N_SEQS,
+                                 .shard = sh};
     tsr_engine_t *e;
     OK(tsr_engine_new(m, b, &eo, &e));
-    struct tsr_request req = {.prompt = ids,
-                              .n_prompt = T_PROMPT,
-                              .sampling = tsr_sampling_default(),
-                              .max_tokens = N_GEN,
-                              .ignore_eos = 1};
-    int64_t id;
-    OK(tsr_engine_add(e, &req, &id));
-    for (int got = 0; got < N_GEN;) {
-        struct tsr_token_event ev[2];
-        int n;
-        OK(tsr_engine_step(e, ev, 2, &n));
-        for (int k = 0; k < n; k++) out[got++] = ev[k].token;
+    struct tsr_sampling sp[N_SEQS] = {tsr_sampling_default(), tsr_sampling_default(),
+                                      tsr_sampling_default(), tsr_sampling_default()};
+    sp[1].top_logprobs = 5;
+    sp[2].temperature = 0.8f, sp[2].top_p = 0.9f, sp[2].seed = 11;
+    sp[3].temperature = 1.0f, sp[3].top_k = 40, sp[3].seed = 12;
+    int64_t id[N_SEQS];
+    for (int s = 0; s < N_SEQS; s++) {
+        struct tsr_request req = {.prompt = ids,
+                                  .n_prompt = T_PROMPT,
+                                  .sampling = sp[s],
+                                  .max_tokens = N_GEN,
+                                  .ignore_eos = 1};
+        OK(tsr_engine_add(e, &req, &id[s]));
     }
+    int got[N_SEQS] = {0}, left = N_SEQS * N_GEN;
+    while (left > 0) {
+        struct tsr_token_event ev[N_SEQS];
+        int n;
+        OK(tsr_engine_step(e, ev, N_SEQS, &n));
+        for (int k = 0; k < n; k++)
+            for (int s = 0; s < N_SEQS; s++)
+                if (ev[k].id == id[s] && ev[k].token >= 0) {
+                    CHECK(got[s] < N_GEN, "sequence %d: more than %d tokens", s, N_GEN);
+                    CHECK(s != 1 || ev[k].n_top == 5, "sequence 1: %d top logprobs", ev[k].n_top);
+                    out[s * N_GEN + got[s]++] = ev[k].token;
+                    left--;
+                }
+    }
+    struct tsr_engine_stats st;
+    tsr_engine_get_stats(e, &st);
+    *back = st.bytes_back;
+    *steps = st.steps;
     tsr_engine_free(e); /* a sharded leader's runner stops its followers here */
 }
 
@@ -222,17 +249,27 @@ static void check_layout(tsr_comm_t *world, const char *spec, int tp, int pp, do
     }
     tsr_runner_free(r); /* the leader's free stops the followers' loop */
 
-    /* Greedy: the engine on the leader drives the group; the followers serve it. */
-    int32_t out_sharded[N_GEN], out_whole[N_GEN];
+    /* The engine on the leader drives the group; the followers serve it. The sharded tokens equal
+     * one rank's, greedy and seeded; from a last stage that is not the leader only the picks come
+     * back: per row an id and its logprob, and for the rows that ask, 5 top ids and logprobs. */
+    int32_t out_sharded[N_SEQS * N_GEN], out_whole[N_SEQS * N_GEN];
     if (rank == 0) {
-        greedy(m, b, &sh, ids, out_sharded);
-        greedy(m, b, NULL, ids, out_whole);
-        CHECK(!memcmp(out_sharded, out_whole, sizeof out_whole),
-              "greedy tokens differ from the single-rank run");
-        printf("%s tp=%d pp=%d: greedy %d tokens equal to one rank's\n", spec, tp, pp, N_GEN);
+        uint64_t back, steps, back1, steps1;
+        generate(m, b, &sh, ids, out_sharded, &back, &steps);
+        generate(m, b, NULL, ids, out_whole, &back1, &steps1);
+        for (int s = 0; s < N_SEQS; s++)
+            CHECK(!memcmp(out_sharded + s * N_GEN, out_whole + s * N_GEN, sizeof(int32_t) * N_GEN),
+                  "sequence %d: tokens differ from the single-rank run", s);
+        size_t pick_max = (size_t)N_SEQS * (2 + 2 * 5) * sizeof(int32_t);
+        CHECK(pp == 1 ? back == 0 : back > 0 && back <= steps * pick_max,
+              "%llu bytes back in %llu steps (picks: at most %zu a step)", (unsigned long long)back,
+              (unsigned long long)steps, pick_max);
+        printf("%s tp=%d pp=%d: %d sequences x %d tokens (greedy, top logprobs, 2 seeded) equal to "
+               "one rank's; %.0f bytes back a step (a logit row is %d)\n",
+               spec, tp, pp, N_SEQS, N_GEN, steps ? (double)back / steps : 0.0, V * 4);
     } else {
         tsr_runner_t *f;
-        struct tsr_runner_opts fo = {.n_blocks = BLOCKS, .block_size = BS, .max_tokens = 64};
+        struct tsr_runner_opts fo = {.n_blocks = GEN_BLOCKS, .block_size = BS, .max_tokens = 64};
         OK(tsr_runner_new(m, b, &fo, &sh, &f));
         OK(tsr_runner_follow(f));
         tsr_runner_free(f);
