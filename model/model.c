@@ -24,11 +24,14 @@ struct synthetic_shape {
 };
 
 /* Public shapes (Llama 3 8B/70B as published) and tiny ones for tests. tiny-gqa4 has 4 KV heads
- * so tp = 2 and 4 divide it; tiny-4k is tiny with a context of 4,096 (long prompts, quickly). */
+ * so tp = 2 and 4 divide it; tiny-4k is tiny with a context of 4,096 (long prompts, quickly);
+ * stages has layers that outweigh its small head and vocabulary, for pipeline benchmarks on CPU
+ * (a step's time grows with its rows). */
 static const struct synthetic_shape synthetic_shapes[] = {
     {"tiny", 2, 64, 128, 4, 2, 256, 512, 10000.0f, 0, TSR_F32},
     {"tiny-gqa4", 4, 128, 256, 8, 4, 512, 1024, 10000.0f, 0, TSR_F32},
     {"tiny-4k", 2, 64, 128, 4, 2, 256, 4096, 10000.0f, 0, TSR_F32},
+    {"stages", 8, 256, 1024, 8, 4, 512, 1024, 10000.0f, 0, TSR_Q8_0},
     {"llama3-8b", 32, 4096, 14336, 32, 8, 128256, 8192, 500000.0f, 1, TSR_BF16},
     {"llama3-70b", 80, 8192, 28672, 64, 8, 128256, 8192, 500000.0f, 1, TSR_BF16},
 };
@@ -48,7 +51,7 @@ struct tsr_model {
 
 const char *tsr_synthetic_names(void)
 {
-    return "tiny, tiny-gqa4, tiny-4k, llama3-8b, llama3-70b";
+    return "tiny, tiny-gqa4, tiny-4k, stages, llama3-8b, llama3-70b";
 }
 
 static int is_dir(const char *p)

@@ -16,9 +16,14 @@
  *   every position, the rest one decode step per token. Compared with the same on --ref-device,
  *   or with ids saved by --save-ids in an earlier run (--ref-ids), e.g. TP=1 against TP=4.
  *   Exits 1 when the agreement is under --min-agree.
+ * - --pipeline B: decode throughput of B sequences through the engine of a group of --tp x --pp
+ *   ranks, one step at a time and then with pp micro-batches in flight (worker/engine.h), in one
+ *   run on the same ranks; --pin binds each rank to core rank mod cores.
  * --tp N runs the model sharded over N ranks (relaunched under mpirun, one GPU each with cuda),
- * for --agree and --batches; --batches then reports rank 0's bytes over its GPU's bandwidth. */
+ * for --agree, --batches and --pipeline; --batches then reports rank 0's bytes over its GPU's
+ * bandwidth. */
 #include <getopt.h>
+#include <sched.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -49,6 +54,8 @@ struct bench_args {
     long context, steps, prefill_tokens;
     int agree;
     double min_agree;
+    long pipeline; /* --pipeline B: sequences; 0: off */
+    int pin;
 };
 
 static int cmp_double(const void *a, const void *b)
@@ -503,6 +510,116 @@ out:
     return rc;
 }
 
+/* ---- --pipeline: a group's decode throughput, one step at a time and pipelined ---- */
+
+/* The engine options of a --pipeline run with micro-batches mb; the followers build their runners
+ * from the same (tsr_engine_runner_opts). */
+static struct tsr_engine_opts pipeline_opts(const struct bench_args *a,
+                                            const struct tsr_runner_shard *sh, int mb)
+{
+    int per = (int)((a->context + a->steps + 8 + BLOCK - 1) / BLOCK);
+    return (struct tsr_engine_opts){.n_blocks = (int)a->pipeline * per + 1,
+                                    .block_size = BLOCK,
+                                    .max_step_tokens = 2048,
+                                    .max_seqs = (int)a->pipeline,
+                                    .shard = sh,
+                                    .no_prefix_cache = 1,
+                                    .micro_batches = mb};
+}
+
+/* One run: B sequences of --context prompt tokens, then --steps tokens each; decode tokens/s
+ * from the moment every sequence has its first token. */
+static int pipeline_run(const struct bench_args *a, tsr_model_t *m, tsr_backend_t *b,
+                        const struct tsr_runner_shard *sh, int mb, double *tps, double *steps_per_s)
+{
+    struct tsr_engine_opts eo = pipeline_opts(a, sh, mb);
+    int B = (int)a->pipeline, n_vocab = tsr_model_config(m)->n_vocab, rc;
+    tsr_engine_t *e = NULL;
+    int32_t *prompt = malloc((size_t)a->context * sizeof *prompt);
+    struct tsr_token_event *ev = malloc((size_t)B * sizeof *ev);
+    int *got = calloc((size_t)B, sizeof *got);
+    if (!prompt || !ev || !got) {
+        rc = tsr_errorf(TSR_ENOMEM, "out of memory");
+        goto out;
+    }
+    if ((rc = tsr_engine_new(m, b, &eo, &e))) goto out;
+    for (int q = 0; q < B; q++) {
+        fill_ids(prompt, a->context, n_vocab, 991u + (uint32_t)q);
+        struct tsr_request req = {.prompt = prompt,
+                                  .n_prompt = (int)a->context,
+                                  .sampling = tsr_sampling_default(),
+                                  .max_tokens = (int)a->steps + 1,
+                                  .ignore_eos = 1};
+        int64_t id;
+        if ((rc = tsr_engine_add(e, &req, &id))) goto out;
+    }
+    int started = 0, left = B * ((int)a->steps + 1);
+    double t0 = 0;
+    uint64_t steps0 = 0;
+    while (left > 0) {
+        int n = 0;
+        if ((rc = tsr_engine_step(e, ev, B, &n))) goto out;
+        for (int k = 0; k < n; k++) {
+            if (ev[k].token < 0) continue;
+            left--;
+            if (!got[ev[k].id]++ && ++started == B) { /* every prompt done: decode from here */
+                struct tsr_engine_stats st;
+                tsr_engine_get_stats(e, &st);
+                t0 = tsr_now();
+                steps0 = st.steps;
+            }
+        }
+    }
+    double dt = tsr_now() - t0;
+    struct tsr_engine_stats st;
+    tsr_engine_get_stats(e, &st);
+    *tps = (double)B * a->steps / dt;
+    *steps_per_s = (double)(st.steps - steps0) / dt;
+out:
+    tsr_engine_free(e); /* a group's leader stops its followers here */
+    free(prompt);
+    free(ev);
+    free(got);
+    return rc;
+}
+
+static int bench_pipeline(const struct bench_args *a, tsr_model_t *m, tsr_backend_t *b,
+                          const struct tsr_runner_shard *sh)
+{
+    enum { MAX_REP = 1000 };
+    int pp = a->mdl.pp, modes[2] = {1, pp}, reps = (int)a->repeats;
+    static double runs[2][2][MAX_REP]; /* mode, (tok/s, steps/s), repeat */
+    double tps[2], sps[2];
+    for (int r = 0; r < reps; r++) /* alternating, so that both see the same machine */
+        for (int i = 0; i < 2; i++) {
+            int rc = pipeline_run(a, m, b, sh, modes[i], &runs[i][0][r], &runs[i][1][r]);
+            if (rc) return rc;
+        }
+    for (int i = 0; i < 2; i++) {
+        tps[i] = median(runs[i][0], reps);
+        sps[i] = median(runs[i][1], reps);
+    }
+    printf("%s tp=%d pp=%d, %d threads a rank%s: %ld sequences, %ld prompt + %ld decode "
+           "tokens each; medians of %d runs each, alternating\n\n",
+           a->mdl.model, a->mdl.tp, pp, a->dev.threads, a->pin ? ", pinned" : "", a->pipeline,
+           a->context, a->steps, reps);
+    printf("| steps in flight | decode tok/s | steps/s |\n| --: | --: | --: |\n");
+    for (int i = 0; i < 2; i++) printf("| %d | %.1f | %.1f |\n", modes[i], tps[i], sps[i]);
+    printf("\npipelined / one at a time: %.2fx\n", tps[1] / tps[0]);
+    return 0;
+}
+
+/* Binds this process (and the threads it starts later) to core rank mod cores. */
+static void pin_rank(int rank)
+{
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET((int)(rank % (cores > 0 ? cores : 1)), &set);
+    if (sched_setaffinity(0, sizeof set, &set))
+        fprintf(stderr, "tessera bench: rank %d: cannot pin to a core\n", rank);
+}
+
 /* ---- arguments ---- */
 
 static void bench_usage(FILE *f)
@@ -512,13 +629,17 @@ static void bench_usage(FILE *f)
                "                     [--batches 1,8,64,256 [--context C] [--steps S]\n"
                "                      [--prefill-tokens P]]\n"
                "                     [--agree [--ref-device D | --ref-ids FILE] [--save-ids FILE]\n"
-               "                      [--min-agree F]]\n\n"
+               "                      [--min-agree F]]\n"
+               "                     [--pipeline B --pp N [--context C] [--steps S] [--pin]]\n\n"
                "Default: one JSON line, median prompt and decode tokens/s of one sequence.\n"
                "--batches: decode tokens/s at each batch size (sequences of C tokens, S steps)\n"
                "  and the prefill rate of one P-token prompt; on a GPU, fractions of the memory\n"
                "  roofline and of the bf16 GEMM rate measured in the same run.\n"
                "--agree: teacher-forced argmax over --prompt-tokens positions against another\n"
-               "  device or saved ids; exits 1 under --min-agree (default 0.99).\n");
+               "  device or saved ids; exits 1 under --min-agree (default 0.99).\n"
+               "--pipeline: decode tokens/s of B sequences (C prompt tokens, S steps) through a\n"
+               "  group's engine, one step at a time and pp steps in flight, medians of R runs\n"
+               "  each; --pin binds rank r to core r mod cores.\n");
 }
 
 static int parse_batches(const char *s, struct bench_args *a)
@@ -549,7 +670,9 @@ static int parse_args(int argc, char **argv, struct bench_args *a)
         O_REFDEV,
         O_REFIDS,
         O_SAVE,
-        O_MIN
+        O_MIN,
+        O_PIPELINE,
+        O_PIN
     };
     static const struct option opts[] = {TSR_CLI_MODEL_OPTIONS,
                                          TSR_CLI_DEVICE_OPTIONS,
@@ -565,6 +688,8 @@ static int parse_args(int argc, char **argv, struct bench_args *a)
                                          {"ref-ids", required_argument, 0, O_REFIDS},
                                          {"save-ids", required_argument, 0, O_SAVE},
                                          {"min-agree", required_argument, 0, O_MIN},
+                                         {"pipeline", required_argument, 0, O_PIPELINE},
+                                         {"pin", no_argument, 0, O_PIN},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
@@ -622,6 +747,12 @@ static int parse_args(int argc, char **argv, struct bench_args *a)
         case O_MIN:
             rc = tsr_cli_float("--min-agree", optarg, 0, 1, &a->min_agree);
             break;
+        case O_PIPELINE:
+            rc = tsr_cli_int("--pipeline", optarg, 1, 1024, &a->pipeline);
+            break;
+        case O_PIN:
+            a->pin = 1;
+            break;
         case 'h':
             bench_usage(stdout);
             exit(0);
@@ -635,12 +766,17 @@ static int parse_args(int argc, char **argv, struct bench_args *a)
         fprintf(stderr, "tessera bench: unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
-    if (a->mdl.pp > 1) {
-        fprintf(stderr, "tessera bench: --pp: the benchmark shards by --tp only\n");
+    if (a->mdl.pp > 1 && !a->pipeline) {
+        fprintf(stderr, "tessera bench: --pp is for --pipeline runs\n");
         return 2;
     }
-    if (a->mdl.tp > 1 && !a->agree && !a->n_batches) {
-        fprintf(stderr, "tessera bench: --tp is for --agree and --batches runs\n");
+    if (a->pipeline && (a->mdl.pp < 2 || a->agree || a->n_batches)) {
+        fprintf(stderr, "tessera bench: --pipeline needs --pp 2 or more, and no --agree or "
+                        "--batches\n");
+        return 2;
+    }
+    if (a->mdl.tp > 1 && !a->agree && !a->n_batches && !a->pipeline) {
+        fprintf(stderr, "tessera bench: --tp is for --agree, --batches and --pipeline runs\n");
         return 2;
     }
     if (a->agree && a->n_batches) {
@@ -659,20 +795,29 @@ int tsr_cmd_bench(int argc, char **argv)
     struct bench_args a;
     int rc = parse_args(argc, argv, &a);
     if (rc) return rc;
-    int ranks = a.mdl.tp;
-    if ((rc = tsr_cli_launch_ranks("bench", a.mdl.model, ranks, 1, argc, argv)) >= 0) return rc;
+    int ranks = a.mdl.tp * a.mdl.pp;
+    if ((rc = tsr_cli_launch_ranks("bench", a.mdl.model, a.mdl.tp, a.mdl.pp, argc, argv)) >= 0)
+        return rc;
     struct tsr_group group = {0};
     tsr_model_t *m = NULL;
     tsr_backend_t *b = NULL;
     int exit_code = 1;
     if ((rc = tsr_model_open(a.mdl.model, &m))) goto fail;
-    if (ranks > 1 && (rc = tsr_group_join_mpi(m, ranks, 1, &group))) goto fail;
+    if (ranks > 1 && (rc = tsr_group_join_mpi(m, a.mdl.tp, a.mdl.pp, &group))) goto fail;
+    if (a.pin) pin_rank(ranks > 1 ? group.rank : 0);
     a.dev.threads = tsr_cli_rank_threads(a.dev.threads, ranks, a.dev.device);
     if ((rc = tsr_group_backend(ranks > 1 ? &group : NULL, a.dev.device, a.dev.threads, &b)))
         goto fail;
-    if (ranks > 1 && group.rank != 0) {
+    if (ranks > 1 && group.rank != 0 && a.pipeline) { /* two runs: one at a time, pipelined */
+        struct tsr_engine_opts eo = pipeline_opts(&a, NULL, 0);
+        struct tsr_runner_opts ro = tsr_engine_runner_opts(&eo);
+        for (long i = 0; i < 2 * a.repeats && !rc; i++) rc = tsr_step_follow(m, b, &ro, &group);
+        if (rc) goto fail;
+    } else if (ranks > 1 && group.rank != 0) {
         struct tsr_runner_opts ro = a.agree ? agree_opts(&a) : batch_layout(&a).ro;
         if ((rc = tsr_step_follow(m, b, &ro, &group))) goto fail;
+    } else if (a.pipeline) {
+        if ((rc = bench_pipeline(&a, m, b, &group.shard))) goto fail;
     } else if (a.agree) {
         rc = bench_agree(&a, m, b, ranks > 1 ? &group.shard : NULL);
         if (rc == 1) goto out; /* under the bar: said already */

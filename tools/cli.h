@@ -160,6 +160,7 @@ enum {
     TSR_O_STEP_TOKENS,
     TSR_O_STEP_TIMEOUT,
     TSR_O_NO_PREFIX_CACHE,
+    TSR_O_MICRO_BATCHES,
     TSR_O_ENGINE_END
 };
 #define TSR_CLI_ENGINE_OPTIONS                                                                     \
@@ -169,8 +170,9 @@ enum {
         {"max-seqs", required_argument, 0, TSR_O_MAX_SEQS},                                        \
         {"step-tokens", required_argument, 0, TSR_O_STEP_TOKENS},                                  \
         {"step-timeout", required_argument, 0, TSR_O_STEP_TIMEOUT},                                \
+        {"no-prefix-caching", no_argument, 0, TSR_O_NO_PREFIX_CACHE},                              \
     {                                                                                              \
-        "no-prefix-caching", no_argument, 0, TSR_O_NO_PREFIX_CACHE                                 \
+        "micro-batches", required_argument, 0, TSR_O_MICRO_BATCHES                                 \
     }
 #define TSR_CLI_ENGINE_HELP                                                                        \
     "  --kv-blocks N  KV cache size in 16-position blocks (default from --kv-mem)\n"               \
@@ -185,9 +187,12 @@ enum {
     "               leaves routing and exits, so its requests end UNAVAILABLE and its\n"           \
     "               supervisor restarts it (default 30; 0: never)\n"                               \
     "  --no-prefix-caching  compute every prompt whole; by default full blocks of K/V stay\n"      \
-    "               cached and requests that begin with the same tokens reuse them\n"
+    "               cached and requests that begin with the same tokens reuse them\n"              \
+    "  --micro-batches N  with --pp > 1, steps in flight at once, the batch split between\n"       \
+    "               them so that every stage works (default: pp; 1: one step at a time)\n"
 struct tsr_cli_engine {
     int kv_blocks, max_seqs, step_tokens, step_timeout, no_prefix_cache;
+    int micro_batches;                                     /* 0: pp */
     double kv_mem, mem_util;                               /* 0: not given */
     const char *given[TSR_O_ENGINE_END - TSR_O_KV_BLOCKS]; /* each flag's value as given */
 };

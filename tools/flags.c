@@ -84,6 +84,9 @@ int tsr_cli_engine_opt(int c, const char *arg, struct tsr_cli_engine *e)
     case TSR_O_STEP_TIMEOUT:
         if (!(rc = tsr_cli_int("--step-timeout", arg, 0, 86400, &v))) e->step_timeout = (int)v;
         break;
+    case TSR_O_MICRO_BATCHES:
+        if (!(rc = tsr_cli_int("--micro-batches", arg, 1, 64, &v))) e->micro_batches = (int)v;
+        break;
     case TSR_O_NO_PREFIX_CACHE:
         e->no_prefix_cache = 1;
         rc = 0;

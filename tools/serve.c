@@ -57,7 +57,7 @@ static void serve_usage(FILE *f)
             "                     [--threads T] [--kv-blocks B] [--kv-mem GB] [--max-seqs S]\n"
             "                     [--gpu-memory-utilization F] [--device cpu|cuda[:N]]\n"
             "                     [--step-tokens N] [--step-timeout S] [--max-queue Q]\n"
-            "                     [--drain-timeout S] [--no-prefix-caching]\n"
+            "                     [--drain-timeout S] [--no-prefix-caching] [--micro-batches N]\n"
             "                     [--http-port P] [--served-model-name NAME]\n"
             "                     [--max-model-len N] [--api-key-file F]\n"
             "                     [--tls-cert F --tls-key F] [--tls-client-ca F]\n"

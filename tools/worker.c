@@ -48,7 +48,7 @@ static void worker_usage(FILE *f)
             "                      [--max-seqs N] [--step-tokens N] [--step-timeout S]\n"
             "                      [--max-model-len N] [--prefix P] [--ttl S] [--drain-timeout S]\n"
             "                      [--metrics-port P] [--served-model-name NAME]\n"
-            "                      [--no-prefix-caching]\n"
+            "                      [--no-prefix-caching] [--micro-batches N]\n"
             "                      [--device cpu|cuda[:N]]\n"
             "                      [--group NAME --group-rank R [--group-size N]]\n\n"
             "  --etcd         register in this etcd (endpoints, comma-separated; default\n"
@@ -391,6 +391,7 @@ int tsr_cmd_worker(int argc, char **argv)
                                  .max_step_tokens = a.eng.step_tokens,
                                  .max_seqs = a.eng.max_seqs,
                                  .no_prefix_cache = a.eng.no_prefix_cache,
+                                 .micro_batches = a.eng.micro_batches,
                                  .max_context = a.srv.max_len ? a.srv.max_len : c->n_ctx_train,
                                  .shard = ranks > 1 ? &group.shard : NULL};
     if (ranks > 1 && group.rank != 0) {

@@ -29,8 +29,16 @@ struct seq {
     int n_stop_ids;
     int cancelled;
     struct tsr_sampler sampler;
-    /* this step */
+    /* its next step: what it runs; flight: the tag of the step in flight it is in (0: none) */
     int chunk, want_logits;
+    uint32_t flight;
+};
+
+/* A step launched and not yet applied: the sequences whose rows come back, in row order. */
+struct flight {
+    struct seq **out_seq; /* (max_seqs) */
+    int n_out, device, top;
+    uint32_t tag;
 };
 
 struct tsr_engine {
@@ -47,7 +55,10 @@ struct tsr_engine {
     struct tsr_engine_stats stats;
     /* step scratch */
     int32_t *ids, *pos, *tseq, *out_rows, *bt;
-    struct seq **out_seq;
+    /* steps in flight, oldest first: at most depth (a group's stages each run one at once) */
+    struct flight *fl;
+    int n_fl, depth, pipelined;
+    uint32_t flight_tag;
     float *logits;
     /* sampling where the logits are (one rank on a GPU): each row's parameters and draw, and
      * what comes back */
@@ -110,7 +121,12 @@ int tsr_engine_new(tsr_model_t *m, tsr_backend_t *b, const struct tsr_engine_opt
     e->pos = malloc(T * sizeof *e->pos);
     e->tseq = malloc(T * sizeof *e->tseq);
     e->out_rows = malloc(S * sizeof *e->out_rows);
-    e->out_seq = malloc(S * sizeof *e->out_seq);
+    e->pipelined = o->shard != NULL; /* a group: its steps go through launch and collect */
+    e->depth = tsr_runner_depth(e->runner);
+    if (o->micro_batches > 0 && o->micro_batches < e->depth) e->depth = o->micro_batches;
+    int fl_ok = !!(e->fl = calloc((size_t)e->depth, sizeof *e->fl));
+    for (int i = 0; fl_ok && i < e->depth; i++)
+        fl_ok = !!(e->fl[i].out_seq = malloc(S * sizeof *e->fl[i].out_seq));
     e->bt = malloc(S * (size_t)e->max_blocks * sizeof *e->bt);
     e->logits = malloc(S * (size_t)e->n_vocab * sizeof *e->logits);
     e->sp = malloc(S * sizeof *e->sp);
@@ -120,7 +136,7 @@ int tsr_engine_new(tsr_model_t *m, tsr_backend_t *b, const struct tsr_engine_opt
     e->device_top = tsr_runner_top_logprobs_on_device(e->runner);
     e->top_ids = malloc(S * TSR_SAMPLING_MAX_TOP_LOGPROBS * sizeof *e->top_ids);
     e->top_lps = malloc(S * TSR_SAMPLING_MAX_TOP_LOGPROBS * sizeof *e->top_lps);
-    if (!e->seqs || !e->ids || !e->pos || !e->tseq || !e->out_rows || !e->out_seq || !e->bt ||
+    if (!e->seqs || !e->ids || !e->pos || !e->tseq || !e->out_rows || !fl_ok || !e->bt ||
         !e->logits || !e->sp || !e->picked || !e->picked_lp || !e->top_ids || !e->top_lps) {
         rc = tsr_errorf(TSR_ENOMEM, "out of memory for the engine's step buffers");
         goto fail;
@@ -164,7 +180,8 @@ void tsr_engine_free(tsr_engine_t *e)
     free(e->pos);
     free(e->tseq);
     free(e->out_rows);
-    free(e->out_seq);
+    for (int i = 0; e->fl && i < e->depth; i++) free(e->fl[i].out_seq);
+    free(e->fl);
     free(e->bt);
     free(e->logits);
     free(e->sp);
@@ -339,31 +356,20 @@ static void push_event(struct tsr_token_event *ev, int cap, int *n, int64_t id, 
         ev[(*n)++] = (struct tsr_token_event){.id = id, .token = tok, .logprob = lp, .finish = f};
 }
 
-int tsr_engine_idle(tsr_engine_t *e)
+/* Schedules the sequences not in flight into the next step, up to the token budget and, when
+ * steps are pipelined, ceil(running / depth) sequences, so that the steps in flight split the
+ * batch evenly. Returns the step's token count (0: nothing to run now). */
+static int schedule(tsr_engine_t *e)
 {
-    return tsr_runner_idle(e->runner);
-}
-
-int tsr_engine_step(tsr_engine_t *e, struct tsr_token_event *ev, int cap, int *n_ev)
-{
-    *n_ev = 0;
-    /* Cancelled sequences leave first, freeing their blocks for this step. */
-    for (int i = 0; i < e->n_seqs;) {
-        if (e->seqs[i]->cancelled) {
-            push_event(ev, cap, n_ev, e->seqs[i]->id, -1, 0, TSR_FINISH_CANCELLED);
-            remove_seq(e, i);
-        } else {
-            i++;
-        }
-    }
-    if (e->n_seqs == 0) return 0;
-    for (int i = 0; i < e->n_seqs; i++) e->seqs[i]->chunk = e->seqs[i]->want_logits = 0;
-
+    for (int i = 0; i < e->n_seqs; i++)
+        if (!e->seqs[i]->flight) e->seqs[i]->chunk = e->seqs[i]->want_logits = 0;
+    int budget = e->o.max_step_tokens, n_sched = 0;
+    int most = e->depth > 1 ? (e->n_seqs + e->depth - 1) / e->depth : e->n_seqs;
     /* Pass 0: decodes (one pending token), oldest first. Pass 1: prompt chunks. */
-    int budget = e->o.max_step_tokens;
     for (int pass = 0; pass < 2; pass++) {
-        for (int i = 0; i < e->n_seqs && budget > 0; i++) {
+        for (int i = 0; i < e->n_seqs && budget > 0 && n_sched < most; i++) {
             struct seq *s = e->seqs[i];
+            if (s->flight || s->cancelled) continue;
             if (pass == 1 && !s->n_blocks && !s->n_computed && !e->o.no_prefix_cache)
                 attach_prefix(e, s);
             int pending = s->n_tokens - s->n_computed;
@@ -379,16 +385,28 @@ int tsr_engine_step(tsr_engine_t *e, struct tsr_token_event *ev, int cap, int *n
             s->chunk = covered;
             s->want_logits = s->n_computed + covered == s->n_tokens;
             budget -= covered;
+            n_sched++;
         }
     }
+    return e->o.max_step_tokens - budget;
+}
 
-    /* Lay out the step: tokens of each scheduled sequence, contiguous. */
+/* Lays out the scheduled sequences (chunk > 0, not in flight) as a step, and launches it: run
+ * now on one rank, or started down a group's stages. The step's sequences are in flight until
+ * collect() applies what it gave. */
+static int launch(tsr_engine_t *e)
+{
+    struct flight *f = &e->fl[e->n_fl];
+    uint32_t tag = ++e->flight_tag ? e->flight_tag : ++e->flight_tag; /* never 0 */
     int T = 0, S = 0, n_out = 0, mb = 1;
-    for (int i = 0; i < e->n_seqs; i++)
-        if (e->seqs[i]->chunk && e->seqs[i]->n_blocks > mb) mb = e->seqs[i]->n_blocks;
     for (int i = 0; i < e->n_seqs; i++) {
         struct seq *s = e->seqs[i];
-        if (!s->chunk) continue;
+        if (s->chunk && !s->flight && s->n_blocks > mb) mb = s->n_blocks;
+    }
+    for (int i = 0; i < e->n_seqs; i++) {
+        struct seq *s = e->seqs[i];
+        if (!s->chunk || s->flight) continue;
+        s->flight = tag;
         for (int j = 0; j < s->chunk; j++) {
             e->ids[T] = s->tokens[s->n_computed + j];
             e->pos[T] = s->n_computed + j;
@@ -400,11 +418,10 @@ int tsr_engine_step(tsr_engine_t *e, struct tsr_token_event *ev, int cap, int *n
         for (int j = s->n_blocks; j < mb; j++) row[j] = -1;
         if (s->want_logits) {
             e->out_rows[n_out] = T - 1;
-            e->out_seq[n_out++] = s;
+            f->out_seq[n_out++] = s;
         }
         S++;
     }
-    if (T == 0) return tsr_errorf(TSR_EINTERNAL, "no sequence could be scheduled");
     struct tsr_step st = {.n_tokens = T,
                           .ids = e->ids,
                           .pos = e->pos,
@@ -415,30 +432,56 @@ int tsr_engine_step(tsr_engine_t *e, struct tsr_token_event *ev, int cap, int *n
                           .n_out = n_out,
                           .out_rows = e->out_rows};
     /* Sample where the logits are unless a row wants a penalty or a logit bias (host only: the
-     * row's logits come over), or top logprobs the backend cannot give; each sequence's
-     * generator makes the same draw tsr_sample would. One top count for all rows: the most any
-     * asks. */
+     * row's logits come over), or top logprobs the backend cannot give; the draw is the one
+     * tsr_sample would make. One top count for all rows: the most any asks. */
     int device = e->device_sampling, top = 0;
     for (int k = 0; k < n_out && device; k++) {
-        const struct tsr_sampler *sm = &e->out_seq[k]->sampler;
+        const struct tsr_sampler *sm = &f->out_seq[k]->sampler;
         if (tsr_sampler_penalises(sm) || (sm->p.top_logprobs && !e->device_top)) device = 0;
         if (sm->p.top_logprobs > top) top = sm->p.top_logprobs;
     }
     for (int k = 0; k < n_out && device; k++) {
-        struct tsr_sampler *sm = &e->out_seq[k]->sampler;
+        struct tsr_sampler *sm = &f->out_seq[k]->sampler;
         const struct tsr_sampling *p = &sm->p;
         e->sp[k] = (struct tsr_sample_params){
             p->temperature, p->top_k, p->top_p, p->min_p,
-            p->temperature > 0 ? tsr_sampler_uniform(sm, e->out_seq[k]->n_tokens) : 0.0};
+            p->temperature > 0 ? tsr_sampler_uniform(sm, f->out_seq[k]->n_tokens) : 0.0};
     }
-    int rc = device ? tsr_runner_forward_sample(e->runner, &st, e->sp, e->picked, e->picked_lp, top,
+    *f = (struct flight){.out_seq = f->out_seq,
+                         .n_out = n_out,
+                         .device = device,
+                         .top = device ? top : 0,
+                         .tag = tag};
+    e->n_fl++;
+    int rc;
+    if (e->pipelined) {
+        if (device) st.sample = e->sp, st.top = top;
+        rc = tsr_runner_launch(e->runner, &st);
+    } else {
+        rc = device ? tsr_runner_forward_sample(e->runner, &st, e->sp, e->picked, e->picked_lp, top,
                                                 e->top_ids, e->top_lps)
                     : tsr_runner_forward(e->runner, &st, e->logits);
-    if (rc) return rc;
-    e->stats.steps++;
+    }
+    if (!rc) e->stats.steps++;
+    return rc;
+}
+
+/* Applies what the oldest step in flight gave: positions computed, tokens picked. */
+static int collect(tsr_engine_t *e, struct tsr_token_event *ev, int cap, int *n_ev)
+{
+    struct flight f = e->fl[0];
+    if (e->pipelined) {
+        int rc = tsr_runner_collect(e->runner, e->logits, e->picked, e->picked_lp, e->top_ids,
+                                    e->top_lps);
+        if (rc) return rc;
+    }
+    /* the oldest leaves the queue; its out_seq array goes to the back, reused */
+    memmove(e->fl, e->fl + 1, (size_t)(e->n_fl - 1) * sizeof *e->fl);
+    e->fl[--e->n_fl].out_seq = f.out_seq;
     for (int i = 0; i < e->n_seqs; i++) {
         struct seq *s = e->seqs[i];
-        if (!s->chunk) continue;
+        if (s->flight != f.tag) continue;
+        s->flight = 0;
         int hw = s->n_computed + s->chunk < s->n_prompt ? s->n_computed + s->chunk : s->n_prompt;
         if (hw > s->prompt_hw) {
             s->prompt_run += hw - (s->n_computed > s->prompt_hw ? s->n_computed : s->prompt_hw);
@@ -450,39 +493,76 @@ int tsr_engine_step(tsr_engine_t *e, struct tsr_token_event *ev, int cap, int *n
             e->stats.prompt_tokens += (uint64_t)s->chunk;
         else
             e->stats.decode_tokens++;
+        s->chunk = s->want_logits = 0;
     }
-    for (int k = 0; k < n_out; k++) {
-        struct seq *s = e->out_seq[k];
-        float lp = device ? e->picked_lp[k] : 0, *row = e->logits + (size_t)k * e->n_vocab;
-        int32_t tok = device ? e->picked[k]
-                             : tsr_sample(&s->sampler, row, s->tokens, s->n_tokens,
-                                          tsr_sampler_uniform(&s->sampler, s->n_tokens), &lp);
+    for (int k = 0; k < f.n_out; k++) {
+        struct seq *s = f.out_seq[k];
+        float lp = f.device ? e->picked_lp[k] : 0, *row = e->logits + (size_t)k * e->n_vocab;
+        int32_t tok = f.device ? e->picked[k]
+                               : tsr_sample(&s->sampler, row, s->tokens, s->n_tokens,
+                                            tsr_sampler_uniform(&s->sampler, s->n_tokens), &lp);
         s->tokens[s->n_tokens++] = tok;
-        enum tsr_finish f = finish_of(e, s, tok);
+        enum tsr_finish fin = finish_of(e, s, tok);
         int before = *n_ev;
-        push_event(ev, cap, n_ev, s->id, tok, lp, f);
-        if (f && *n_ev > before) ev[*n_ev - 1].n_cached = s->n_prompt - s->prompt_run;
+        push_event(ev, cap, n_ev, s->id, tok, lp, fin);
+        if (fin && *n_ev > before) ev[*n_ev - 1].n_cached = s->n_prompt - s->prompt_run;
         int want = s->sampler.p.top_logprobs;
         if (want && *n_ev > before) {
             struct tsr_token_event *t = &ev[*n_ev - 1];
-            if (!device) {
+            if (!f.device) {
                 t->n_top = tsr_top_logprobs(row, e->n_vocab, want, t->top_ids, t->top_logprobs);
-            } else { /* the row's first `want` of the device's `top` */
-                const int32_t *ti = e->top_ids + (size_t)k * top;
-                const float *tl = e->top_lps + (size_t)k * top;
+            } else { /* the row's first `want` of the step's `top` */
+                const int32_t *ti = e->top_ids + (size_t)k * f.top;
+                const float *tl = e->top_lps + (size_t)k * f.top;
                 for (t->n_top = 0; t->n_top < want && ti[t->n_top] >= 0; t->n_top++) {
                     t->top_ids[t->n_top] = ti[t->n_top];
                     t->top_logprobs[t->n_top] = tl[t->n_top];
                 }
             }
         }
-        if (f) s->cancelled = -1; /* finished: removed below */
+        if (fin) s->cancelled = -1; /* finished: removed below */
     }
     for (int i = 0; i < e->n_seqs;)
         if (e->seqs[i]->cancelled == -1)
             remove_seq(e, i);
         else
             i++;
+    return 0;
+}
+
+int tsr_engine_idle(tsr_engine_t *e)
+{
+    /* steps still in flight (their requests all gone) come back first; no events */
+    while (e->n_fl) {
+        int n = 0, rc = collect(e, NULL, 0, &n);
+        if (rc) return rc;
+    }
+    return tsr_runner_idle(e->runner);
+}
+
+int tsr_engine_step(tsr_engine_t *e, struct tsr_token_event *ev, int cap, int *n_ev)
+{
+    *n_ev = 0;
+    /* Cancelled sequences leave first, freeing their blocks for this step (one in flight once
+     * its step is back). */
+    for (int i = 0; i < e->n_seqs;) {
+        if (e->seqs[i]->cancelled > 0 && !e->seqs[i]->flight) {
+            push_event(ev, cap, n_ev, e->seqs[i]->id, -1, 0, TSR_FINISH_CANCELLED);
+            remove_seq(e, i);
+        } else {
+            i++;
+        }
+    }
+    if (e->n_seqs == 0) return 0;
+    int launched = 0;
+    if (e->n_fl < e->depth && schedule(e) > 0) {
+        int rc = launch(e);
+        if (rc) return rc;
+        launched = 1;
+    }
+    if (!e->n_fl) return tsr_errorf(TSR_EINTERNAL, "no sequence could be scheduled");
+    /* the oldest comes back once depth steps are in flight, or when no other could start */
+    if (e->n_fl == e->depth || !launched) return collect(e, ev, cap, n_ev);
     return 0;
 }
 

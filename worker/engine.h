@@ -37,6 +37,9 @@ struct tsr_engine_opts {
     /* 1: no prefix caching. Otherwise (the default) full blocks of computed K/V are kept and
      * shared by later sequences that begin with the same tokens (worker/kv_pool.h) */
     int no_prefix_cache;
+    /* A group of pp > 1 stages keeps up to pp steps in flight, each on a stage, the batch split
+     * between them (pipelining). micro_batches > 0 caps that (1: one step at a time); 0: pp. */
+    int micro_batches;
 };
 
 /* The runner options of an engine with options o: what its group's followers must build theirs

@@ -12,6 +12,12 @@
 #include "worker/sampling.h"
 #include "worker/step.h"
 
+#define TRY(call)                                                                                  \
+    do {                                                                                           \
+        int rc_ = (call);                                                                          \
+        if (rc_) return rc_;                                                                       \
+    } while (0)
+
 struct layer {
     struct tsr_weight attn_norm;    /* (dim) */
     struct tsr_weight wq;           /* (n_head*head_dim, dim), this rank's heads */
@@ -89,6 +95,13 @@ struct tsr_runner {
     int32_t *idx;               /* (n_vocab) host sampling scratch */
     float *prob;                /* (n_vocab) */
     uint64_t bytes_back;        /* leader: received from the last stage */
+    /* the leader's steps in flight, oldest first (at most pp); only the newest may be not yet
+     * handed to the next stage */
+    struct flight {
+        int n_tokens, n_out, sample, top;
+        int handed; /* sent down to the next stage (or run whole here: no next stage) */
+    } * fl;
+    int n_fl;
     /* Decode graphs: one rank on a backend with graphs, unless TESSERA_GRAPHS=0. */
     int graphs;
     struct graph_slot gslots[MAX_GRAPHS];
@@ -488,6 +501,8 @@ int tsr_runner_new(tsr_model_t *m, tsr_backend_t *b, const struct tsr_runner_opt
     rc = r->shape.inv_freq ? tsr_buf_set(r->shape.inv_freq, 0, inv, (size_t)half * sizeof *inv)
                            : TSR_ENOMEM;
     free(inv);
+    if (!rc && !(r->fl = calloc((size_t)r->pp_size, sizeof *r->fl)))
+        rc = tsr_errorf(TSR_ENOMEM, "out of memory");
     if (rc || (rc = alloc_scratch(r))) goto fail;
     if ((r->opts.n_blocks == 0 && (rc = size_kv(r))) || (rc = alloc_kv(r))) goto fail;
     const char *g = getenv("TESSERA_GRAPHS");
@@ -500,14 +515,42 @@ fail:
     return rc;
 }
 
+/* The rank this one's step messages come from: the leader for its own stage, else the same TP
+ * rank of the previous stage. */
+static int step_source(const tsr_runner_t *r)
+{
+    return r->world_rank < r->tp_size ? 0 : r->world_rank - r->tp_size;
+}
+
+/* The rank this one passes steps on to (the same TP rank of the next stage), or -1 on the last
+ * stage. */
+static int step_next(const tsr_runner_t *r)
+{
+    return r->world_rank / r->tp_size < r->pp_size - 1 ? r->world_rank + r->tp_size : -1;
+}
+
+/* The leader: a control message to its stage's other ranks and down the stages. */
+static int send_control(tsr_runner_t *r, enum tsr_step_kind kind)
+{
+    TRY(tsr_step_pack_control(kind, &r->msg));
+    for (int p = 1; p < r->tp_size; p++) TRY(tsr_step_send(r->world, &r->msg, p));
+    return step_next(r) < 0 ? 0 : tsr_step_send(r->world, &r->msg, step_next(r));
+}
+
 int tsr_runner_idle(tsr_runner_t *r)
 {
-    return r->world_size > 1 && r->world_rank == 0 ? tsr_step_send_idle(r->world) : 0;
+    if (r->world_size == 1 || r->world_rank != 0) return 0;
+    if (r->n_fl) return tsr_errorf(TSR_EINVAL, "%d steps still in flight", r->n_fl);
+    return send_control(r, TSR_STEP_IDLE);
 }
 
 static void stop_followers(tsr_runner_t *r)
 {
-    if (r->world_size > 1 && r->world_rank == 0) tsr_step_send_stop(r->world);
+    if (r->world_size == 1 || r->world_rank != 0) return;
+    /* what is in flight comes back first, or the chain would be out of step */
+    while (r->n_fl && !tsr_runner_collect(r, NULL, NULL, NULL, NULL, NULL)) {
+    }
+    send_control(r, TSR_STEP_STOP);
 }
 
 static void free_graphs(tsr_runner_t *r)
@@ -555,6 +598,7 @@ void tsr_runner_free(tsr_runner_t *r)
     free(r->local_ids);
     tsr_step_msg_free(&r->msg);
     tsr_step_msg_free(&r->params);
+    free(r->fl);
     tsr_step_msg_free(&r->picks);
     free(r->idx);
     free(r->prob);
@@ -631,12 +675,6 @@ static int check_step(tsr_runner_t *r, const struct tsr_step *st)
             return tsr_errorf(TSR_EINVAL, "logit row %d outside the step", st->out_rows[i]);
     return 0;
 }
-
-#define TRY(call)                                                                                  \
-    do {                                                                                           \
-        int rc_ = (call);                                                                          \
-        if (rc_) return rc_;                                                                       \
-    } while (0)
 
 static const struct tsr_weight *opt(const struct tsr_weight *w)
 {
@@ -766,8 +804,7 @@ static int forward_local(tsr_runner_t *r, const struct tsr_step *st, const struc
         TRY(tsr_comm_recv(r->world, r->x, 0, hidden * sizeof(float), r->world_rank - r->tp_size));
     }
     TRY(run_layers(r, &meta, T));
-    if (!r->has_head)
-        return tsr_comm_send(r->world, r->x, 0, hidden * sizeof(float), r->world_rank + r->tp_size);
+    if (!r->has_head) return 0; /* the caller hands x on to the next stage (handoff) */
     if (st->n_out == 0) return tsr_backend_sync(b);
     tsr_buf_t *h = r->xn;
     if (!rows_in_order(st)) {
@@ -964,28 +1001,78 @@ static int sample_host(tsr_runner_t *r, const struct tsr_step *st, const float *
     return 0;
 }
 
-/* A group's step from the leader: sent to every rank, this rank's part run, and what the logits
- * home gives back (the logits, or with st->sample the picks in r->picks). */
-static int group_step(tsr_runner_t *r, const struct tsr_step *st, float *logits)
+/* Passes the step in r->msg and its n_tokens rows of activations in x on to the next stage. */
+static int handoff(tsr_runner_t *r, int n_tokens)
 {
-    if (r->world_rank != 0)
-        return tsr_errorf(TSR_EINVAL, "only the group leader (rank 0) drives steps");
-    TRY(tsr_step_send(r->world, st, &r->msg));
-    int home = logits_home(r);
-    if (st->sample && home == 0) { /* one stage: the leader holds the logits too */
+    int next = step_next(r);
+    TRY(tsr_step_send(r->world, &r->msg, next));
+    return tsr_comm_send(r->world, r->x, 0, (size_t)n_tokens * r->cfg.dim * sizeof(float), next);
+}
+
+int tsr_runner_depth(const tsr_runner_t *r)
+{
+    return r->world_size > 1 ? r->pp_size : 1;
+}
+
+int tsr_runner_launch(tsr_runner_t *r, const struct tsr_step *st)
+{
+    if (r->world_size == 1 || r->world_rank != 0)
+        return tsr_errorf(TSR_EINVAL, "only a group's leader launches steps");
+    if (r->n_fl == r->pp_size || (r->n_fl && !r->fl[r->n_fl - 1].handed))
+        return tsr_errorf(TSR_EINVAL, "%d steps in flight: collect one first", r->n_fl);
+    TRY(check_step(r, st));
+    TRY(tsr_step_pack(st, &r->msg));
+    for (int p = 1; p < r->tp_size; p++) TRY(tsr_step_send(r->world, &r->msg, p));
+    struct flight *f = &r->fl[r->n_fl];
+    *f = (struct flight){st->n_tokens, st->n_out, st->sample != NULL, st->sample ? st->top : 0, 1};
+    if (logits_home(r) == 0) { /* one stage: the leader holds the logits too */
         float *host = host_logits(r, st->n_out);
         if (!host) return TSR_ENOMEM;
         TRY(forward_local(r, st, &(struct step_out){.logits = host}));
-        return st->n_out > 0 ? sample_host(r, st, host) : 0;
+        if (st->sample && st->n_out > 0) TRY(sample_host(r, st, host));
+        r->n_fl++;
+        return 0;
     }
-    TRY(forward_local(r, st, &(struct step_out){.logits = logits}));
-    if (home == 0 || st->n_out == 0) return 0;
-    size_t nb = st->sample ? picks_bytes(st->n_out, st->top)
-                           : (size_t)st->n_out * r->cfg.n_vocab * sizeof(float);
-    if (st->sample) TRY(picks_room(r, nb));
-    void *dst = st->sample ? r->picks.buf : logits;
-    TRY(tsr_comm_recv_host(r->world, dst, nb, home));
-    r->bytes_back += nb;
+    TRY(forward_local(r, st, &(struct step_out){0}));
+    /* down the stages at once while one stage ahead is free; else after the oldest comes back
+     * (tsr_runner_collect), so that the last stage's answer is never waiting on this send */
+    f->handed = r->n_fl < r->pp_size - 1;
+    r->n_fl++;
+    return f->handed ? handoff(r, st->n_tokens) : 0;
+}
+
+int tsr_runner_collect(tsr_runner_t *r, float *logits, int32_t *ids, float *logprobs,
+                       int32_t *top_ids, float *top_lps)
+{
+    if (!r->n_fl) return tsr_errorf(TSR_EINVAL, "no step in flight");
+    struct flight f = r->fl[0];
+    int home = logits_home(r), V = r->cfg.n_vocab;
+    if (!f.handed) TRY(handoff(r, f.n_tokens));
+    if (home != 0 && f.n_out > 0) {
+        size_t nb = f.sample ? picks_bytes(f.n_out, f.top) : (size_t)f.n_out * V * sizeof(float);
+        if (f.sample || !logits) TRY(picks_room(r, nb));
+        TRY(tsr_comm_recv_host(r->world, f.sample || !logits ? r->picks.buf : (void *)logits, nb,
+                               home));
+        r->bytes_back += nb;
+    } else if (home == 0 && !f.sample && f.n_out > 0 && logits) {
+        memcpy(logits, r->host_logits, (size_t)f.n_out * V * sizeof *logits);
+    }
+    memmove(r->fl, r->fl + 1, (size_t)(r->n_fl - 1) * sizeof *r->fl);
+    r->n_fl--;
+    if (r->n_fl && !r->fl[r->n_fl - 1].handed) { /* room ahead now */
+        r->fl[r->n_fl - 1].handed = 1;
+        TRY(handoff(r, r->fl[r->n_fl - 1].n_tokens));
+    }
+    if (!f.sample || !f.n_out || !ids) return 0;
+    const int32_t *pi = r->picks.buf, *ti = pi + 2 * (size_t)f.n_out;
+    const float *pl = (const float *)(pi + f.n_out),
+                *tl = (const float *)(ti + (size_t)f.n_out * f.top);
+    memcpy(ids, pi, (size_t)f.n_out * sizeof *ids);
+    if (logprobs) memcpy(logprobs, pl, (size_t)f.n_out * sizeof *logprobs);
+    if (f.top && top_ids) {
+        memcpy(top_ids, ti, (size_t)f.n_out * f.top * sizeof *top_ids);
+        memcpy(top_lps, tl, (size_t)f.n_out * f.top * sizeof *top_lps);
+    }
     return 0;
 }
 
@@ -996,7 +1083,8 @@ int tsr_runner_forward(tsr_runner_t *r, const struct tsr_step *st, float *logits
     if (r->world_size == 1) return forward_one(r, st, &o);
     struct tsr_step plain = *st;
     plain.sample = NULL;
-    return group_step(r, &plain, logits);
+    TRY(tsr_runner_launch(r, &plain));
+    return tsr_runner_collect(r, logits, NULL, NULL, NULL, NULL);
 }
 
 int tsr_runner_follow(tsr_runner_t *r)
@@ -1004,18 +1092,27 @@ int tsr_runner_follow(tsr_runner_t *r)
     if (r->world_size == 1 || r->world_rank == 0)
         return tsr_errorf(TSR_EINVAL, "tsr_runner_follow is for the followers of a group");
     float *logits = NULL;
-    int rc = 0;
+    int rc = 0, src = step_source(r), next = step_next(r);
     if (r->has_head &&
         !(logits = malloc((size_t)r->opts.max_tokens * r->cfg.n_vocab * sizeof(float))))
         return tsr_errorf(TSR_ENOMEM, "out of memory for logits");
     for (;;) {
         struct tsr_step st;
-        int stop;
-        if ((rc = tsr_step_recv(r->world, &r->msg, &r->params, &st, &stop)) || stop) break;
+        enum tsr_step_kind kind;
+        if ((rc = tsr_step_recv(r->world, src, &r->msg, &r->params, &st, &kind))) break;
+        if (kind != TSR_STEP_RUN) { /* stop or idle: passed on down the stages */
+            if (next >= 0 && (rc = tsr_step_send(r->world, &r->msg, next))) break;
+            if (kind == TSR_STEP_STOP) break;
+            continue;
+        }
         /* Every rank checked the same step on the leader's side; a follower that disagrees is
          * out of step with its group, and stops. */
         struct step_out o = {.logits = logits};
         if ((rc = check_step(r, &st)) || (rc = forward_local(r, &st, &o))) break;
+        if (next >= 0) {
+            if ((rc = handoff(r, st.n_tokens))) break;
+            continue;
+        }
         if (r->world_rank != logits_home(r) || st.n_out == 0) continue;
         if (st.sample) { /* the picks alone go back */
             if ((rc = sample_host(r, &st, logits)) ||
@@ -1073,17 +1170,8 @@ int tsr_runner_forward_sample(tsr_runner_t *r, const struct tsr_step *st,
         struct tsr_step s2 = *st;
         s2.sample = p;
         s2.top = top;
-        TRY(group_step(r, &s2, NULL));
-        int n = st->n_out;
-        const int32_t *pi = r->picks.buf, *ti = pi + 2 * (size_t)n;
-        const float *pl = (const float *)(pi + n), *tl = (const float *)(ti + (size_t)n * top);
-        if (n) memcpy(ids, pi, (size_t)n * sizeof *ids);
-        if (n && logprobs) memcpy(logprobs, pl, (size_t)n * sizeof *logprobs);
-        if (n && top) {
-            memcpy(top_ids, ti, (size_t)n * top * sizeof *top_ids);
-            memcpy(top_lps, tl, (size_t)n * top * sizeof *top_lps);
-        }
-        return 0;
+        TRY(tsr_runner_launch(r, &s2));
+        return tsr_runner_collect(r, NULL, ids, logprobs, top_ids, top_lps);
     }
     struct step_out o = {.ids = ids,
                          .p = p,

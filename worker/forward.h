@@ -86,6 +86,19 @@ int tsr_runner_forward_sample(tsr_runner_t *r, const struct tsr_step *st,
                               const struct tsr_sample_params *p, int32_t *ids, float *logprobs,
                               int top, int32_t *top_ids, float *top_lps);
 int tsr_runner_top_logprobs_on_device(const tsr_runner_t *r);
+/* Pipelining, on a group's leader: up to tsr_runner_depth() steps in flight (pp: one a stage; 1
+ * on one rank or one stage), so that every stage works on a different one at once. Launch runs
+ * the leader's stage of st and sends it on down (st->sample set: sampled on the last stage);
+ * collect waits for the oldest step in flight and gives what came back: its n_out rows of
+ * logits, or its picks (ids, logprobs, top ids and logprobs as tsr_runner_forward_sample gives
+ * them). Launch is refused while depth steps are in flight, or while the newest has not gone down
+ * (collect first). A sequence must be in one step in flight at most. tsr_runner_forward and
+ * tsr_runner_forward_sample are a launch and a collect. */
+int tsr_runner_depth(const tsr_runner_t *r);
+int tsr_runner_launch(tsr_runner_t *r, const struct tsr_step *st);
+int tsr_runner_collect(tsr_runner_t *r, float *logits, int32_t *ids, float *logprobs,
+                       int32_t *top_ids, float *top_lps);
+
 /* Bytes the leader of a group received from its last stage since the runner was made: the logits
  * of tsr_runner_forward's steps, the picks of tsr_runner_forward_sample's. 0 on one rank. */
 uint64_t tsr_runner_bytes_back(const tsr_runner_t *r);

@@ -9,7 +9,6 @@
 
 /* The message: this header, then (for STEP_RUN) ids, pos, seq (n_tokens each), block tables,
  * out_rows, and with sample set n_out tsr_sample_params. */
-enum { STEP_STOP, STEP_RUN, STEP_IDLE };
 struct step_header {
     int32_t kind, n_tokens, n_seqs, max_blocks, n_out, sample, top;
 };
@@ -40,12 +39,12 @@ void tsr_step_msg_free(struct tsr_step_msg *m)
 {
     free(m->buf);
     m->buf = NULL;
-    m->cap = 0;
+    m->cap = m->len = 0;
 }
 
-int tsr_step_send(tsr_comm_t *world, const struct tsr_step *st, struct tsr_step_msg *m)
+int tsr_step_pack(const struct tsr_step *st, struct tsr_step_msg *m)
 {
-    struct step_header h = {STEP_RUN,
+    struct step_header h = {TSR_STEP_RUN,
                             st->n_tokens,
                             st->n_seqs,
                             st->max_blocks,
@@ -66,39 +65,50 @@ int tsr_step_send(tsr_comm_t *world, const struct tsr_step *st, struct tsr_step_
     if (st->sample)
         memcpy((char *)a + ints_bytes(&h), st->sample,
                (size_t)h.n_out * sizeof(struct tsr_sample_params));
-    /* the header first, so a follower knows how much follows */
-    if ((rc = tsr_comm_broadcast_host(world, &h, sizeof h, 0))) return rc;
-    return tsr_comm_broadcast_host(world, m->buf, n, 0);
+    m->len = n;
+    return 0;
 }
 
-int tsr_step_send_stop(tsr_comm_t *world)
+int tsr_step_pack_control(enum tsr_step_kind kind, struct tsr_step_msg *m)
 {
-    struct step_header h = {.kind = STEP_STOP};
-    return tsr_comm_broadcast_host(world, &h, sizeof h, 0);
+    struct step_header h = {.kind = kind};
+    int rc = ensure(m, sizeof h);
+    if (rc) return rc;
+    memcpy(m->buf, &h, sizeof h);
+    m->len = sizeof h;
+    return 0;
 }
 
-int tsr_step_send_idle(tsr_comm_t *world)
+int tsr_step_send(tsr_comm_t *world, const struct tsr_step_msg *m, int peer)
 {
-    struct step_header h = {.kind = STEP_IDLE};
-    return tsr_comm_broadcast_host(world, &h, sizeof h, 0);
+    /* the header first, so the receiver knows how much follows */
+    const size_t hb = sizeof(struct step_header);
+    int rc = tsr_comm_send_host(world, m->buf, hb, peer);
+    if (!rc && m->len > hb) rc = tsr_comm_send_host(world, (char *)m->buf + hb, m->len - hb, peer);
+    return rc;
 }
 
-int tsr_step_recv(tsr_comm_t *world, struct tsr_step_msg *m, struct tsr_step_msg *params,
-                  struct tsr_step *st, int *stop)
+int tsr_step_recv(tsr_comm_t *world, int peer, struct tsr_step_msg *m, struct tsr_step_msg *params,
+                  struct tsr_step *st, enum tsr_step_kind *kind)
 {
     struct step_header h;
-    int rc;
-    do {
-        if ((rc = tsr_comm_broadcast_host(world, &h, sizeof h, 0))) return rc;
-    } while (h.kind == STEP_IDLE);
-    *stop = h.kind == STEP_STOP;
-    if (*stop) return 0;
-    if (h.kind != STEP_RUN || h.n_tokens <= 0 || h.n_seqs < 0 || h.max_blocks < 0 || h.n_out < 0 ||
-        h.top < 0 || h.top > TSR_SAMPLING_MAX_TOP_LOGPROBS)
+    int rc = tsr_comm_recv_host(world, &h, sizeof h, peer);
+    if (rc) return rc;
+    if (h.kind == TSR_STEP_STOP || h.kind == TSR_STEP_IDLE) {
+        *kind = h.kind;
+        return tsr_step_pack_control(h.kind, m); /* to pass on */
+    }
+    if (h.kind != TSR_STEP_RUN || h.n_tokens <= 0 || h.n_seqs < 0 || h.max_blocks < 0 ||
+        h.n_out < 0 || h.top < 0 || h.top > TSR_SAMPLING_MAX_TOP_LOGPROBS)
         return tsr_errorf(TSR_EFORMAT, "a step header of kind %d with %d tokens: out of step",
                           (int)h.kind, (int)h.n_tokens);
+    *kind = TSR_STEP_RUN;
     size_t n = step_bytes(&h);
-    if ((rc = ensure(m, n)) || (rc = tsr_comm_broadcast_host(world, m->buf, n, 0))) return rc;
+    if ((rc = ensure(m, n)) ||
+        (rc = tsr_comm_recv_host(world, (char *)m->buf + sizeof h, n - sizeof h, peer)))
+        return rc;
+    memcpy(m->buf, &h, sizeof h);
+    m->len = n;
     int32_t *a = (int32_t *)((char *)m->buf + sizeof h);
     st->n_tokens = h.n_tokens;
     st->n_seqs = h.n_seqs;

@@ -1,8 +1,8 @@
-/* The group's SPMD step protocol (DESIGN §2), both sides of it in one place: the leader sends each
- * step to every rank as one message (a header, then the step's arrays), the followers receive it,
- * run it and send the logits home, until the leader sends a stop. A group's ranks must build their
- * runners from the same options, or they disagree about the step and hang: both sides take them
- * from tsr_engine_runner_opts(). */
+/* The group's step protocol (DESIGN §2), both sides of it in one place: the leader sends each step
+ * (a header, then the step's arrays) down the chain of stages, each rank runs its part, the last
+ * stage sends the logits or the picks home, until the leader sends a stop. A group's ranks must
+ * build their runners from the same options, or they disagree about the step and hang: both sides
+ * take them from tsr_engine_runner_opts(). */
 #ifndef TSR_WORKER_STEP_H
 #define TSR_WORKER_STEP_H
 
@@ -12,28 +12,34 @@
 #include "worker/forward.h"
 #include "worker/group.h"
 
-/* A reusable message buffer. */
+/* A reusable message buffer: a packed message of len bytes. */
 struct tsr_step_msg {
     void *buf;
-    size_t cap;
+    size_t cap, len;
 };
 void tsr_step_msg_free(struct tsr_step_msg *m);
 
-/* Leader: broadcasts st to every rank of world (rank 0 is the leader). */
-int tsr_step_send(tsr_comm_t *world, const struct tsr_step *st, struct tsr_step_msg *m);
-/* Leader: tells the followers to stop. */
-int tsr_step_send_stop(tsr_comm_t *world);
-/* Leader, while it has nothing to run: tells the followers it is alive. A follower waits for the
- * next message only as long as its communicator's timeout (NCCL's; MPI waits forever), so an idle
- * group's leader sends this every TSR_STEP_IDLE_S seconds, and a follower's timeout then bounds how
- * long it outlives a leader that died. */
+/* The messages travel down a chain: the leader sends each one to the other ranks of its stage and
+ * to its successor in the next stage (rank + tp), and every rank of a stage but the last passes
+ * it on to its successor, a step with the activations it made, once it has run its part. So each
+ * stage may work on a different step at once (the leader keeps up to pp in flight). The last
+ * stage's first rank answers the leader (worker/forward.c). */
+enum tsr_step_kind { TSR_STEP_STOP, TSR_STEP_RUN, TSR_STEP_IDLE };
+/* Packs st into m. */
+int tsr_step_pack(const struct tsr_step *st, struct tsr_step_msg *m);
+/* Packs a stop (the followers end) or an idle message. A follower waits for the next message only
+ * as long as its communicator's timeout (NCCL's; MPI waits forever), so an idle group's leader
+ * sends one every TSR_STEP_IDLE_S seconds, and a follower's timeout then bounds how long it
+ * outlives a leader that died. */
 enum { TSR_STEP_IDLE_S = 5 };
-int tsr_step_send_idle(tsr_comm_t *world);
-/* Follower: the next step, its arrays pointing into m and its sampling parameters (if any) into
- * params (valid until the next receive); idle messages are consumed here. *stop is 1 when the
- * leader stopped (st is then untouched). */
-int tsr_step_recv(tsr_comm_t *world, struct tsr_step_msg *m, struct tsr_step_msg *params,
-                  struct tsr_step *st, int *stop);
+int tsr_step_pack_control(enum tsr_step_kind kind, struct tsr_step_msg *m);
+/* Sends the packed m to peer. */
+int tsr_step_send(tsr_comm_t *world, const struct tsr_step_msg *m, int peer);
+/* Receives the next message from peer into m (packed as it came, to pass on): *kind, and for a
+ * step st, its arrays pointing into m and its sampling parameters (if any) into params (valid
+ * until the next receive). */
+int tsr_step_recv(tsr_comm_t *world, int peer, struct tsr_step_msg *m, struct tsr_step_msg *params,
+                  struct tsr_step *st, enum tsr_step_kind *kind);
 
 /* A follower rank of group g: builds the runner its leader's engine builds (ro: from
  * tsr_engine_runner_opts of the same engine options) and serves the leader's steps until it

@@ -264,6 +264,10 @@ static void check_layout(tsr_comm_t *world, const char *spec, int tp, int pp, do
         CHECK(pp == 1 ? back == 0 : back > 0 && back <= steps * pick_max,
               "%llu bytes back in %llu steps (picks: at most %zu a step)", (unsigned long long)back,
               (unsigned long long)steps, pick_max);
+        /* pp steps in flight split the 4 sequences: each decode round takes more than one step */
+        CHECK(pp == 1 || steps >= 2 * (uint64_t)N_GEN,
+              "%llu steps for %d tokens a sequence: the stages were not pipelined",
+              (unsigned long long)steps, N_GEN);
         printf("%s tp=%d pp=%d: %d sequences x %d tokens (greedy, top logprobs, 2 seeded) equal to "
                "one rank's; %.0f bytes back a step (a logit row is %d)\n",
                spec, tp, pp, N_SEQS, N_GEN, steps ? (double)back / steps : 0.0, V * 4);
