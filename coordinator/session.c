@@ -187,6 +187,7 @@ struct relay {
     int n_cached; /* of n_prompt, found in the worker's cache (its last message says) */
     int sent_any; /* a chunk reached the client: only a migration resumes it elsewhere */
     int migrate;  /* a stream cut after it sent tokens may move to another replica */
+    int resumed;  /* this attempt resumes the request: its cached count is not the client's */
     tsr_textstream_t *text;
 };
 
@@ -213,9 +214,10 @@ static int relay_message(struct relay *rl, const Tessera__V1__WorkerGenerateResp
             return tsr_errorf(TSR_EFORMAT, "token %zu: %zu top ids, %zu logprobs (asked %d)", i,
                               w->top_logprobs[i]->n_token_ids, w->top_logprobs[i]->n_logprobs,
                               rl->top_logprobs);
-    /* a resumed attempt's prompt holds the tokens sent before: of the client's, at most all */
-    if (w->has_cached_tokens && w->cached_tokens >= 0)
-        rl->n_cached = w->cached_tokens < rl->n_prompt ? w->cached_tokens : rl->n_prompt;
+    /* a resumed attempt's prompt holds the tokens sent before: the first attempt's count stands */
+    if (w->has_cached_tokens && w->cached_tokens >= 0 && w->cached_tokens <= rl->n_prompt &&
+        !rl->resumed)
+        rl->n_cached = w->cached_tokens;
     struct tsr_text_delta d;
     int rc = tsr_textstream_push(rl->text, w->token_ids, w->n_token_ids, worker_finish(w), &d);
     if (rc) return rc == TSR_EINVAL ? TSR_EFORMAT : rc; /* its message stands */
@@ -475,10 +477,14 @@ static int relay(struct tsr_sessions *s, const struct tsr_session_io *io,
                     TESSERA__V1__WORKER_GENERATE_RESPONSE__INIT;
                 fin.has_finish_reason = 1;
                 fin.finish_reason = f;
-                end = relay_message(&rl, &fin) == TSR_ECANCELLED ? UP_CLIENT_GONE : UP_DONE;
+                int rc = relay_message(&rl, &fin);
+                end = rc == TSR_ECANCELLED ? UP_CLIENT_GONE : rc < 0 ? UP_FAILED : UP_DONE;
+                if (end == UP_FAILED) set_status(st, code_of(rc), "%s", tsr_last_error());
             } else if (resume_request(&rl, &wr, ids, n, max_tokens, &resumed)) {
                 set_status(st, TSR_RPC_RESOURCE_EXHAUSTED, "%s", tsr_last_error());
                 end = UP_FAILED;
+            } else {
+                rl.resumed = 1;
             }
         }
         if (end != UP_RETRY) {

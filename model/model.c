@@ -9,6 +9,7 @@
 #include <unistd.h>
 #include <jansson.h>
 
+#include "common/hash.h"
 #include "common/status.h"
 #include "model/files.h"
 #include "model/safetensors.h"
@@ -355,10 +356,7 @@ static void view_from_dims(struct tsr_tensor_view *v, uint32_t n_dims, const int
 /* splitmix64: a counter-based generator, so any rank can make any slice of a tensor alone. */
 static uint64_t mix64(uint64_t x)
 {
-    x += 0x9e3779b97f4a7c15ULL;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
-    return x ^ (x >> 31);
+    return tsr_mix64(x + TSR_GOLDEN64);
 }
 
 static uint64_t name_hash(const char *s)

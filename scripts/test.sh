@@ -32,11 +32,14 @@ echo "== unit tests under ASan + UBSan"
 cmake -S "$root" -B "$root/build-asan" -DCMAKE_BUILD_TYPE=Debug -DTESSERA_CUDA=OFF \
   -DTESSERA_SANITIZE=address,undefined -DCMAKE_C_FLAGS_DEBUG="-O1 -g" >/dev/null
 cmake --build "$root/build-asan" -j"$jobs"
-# test_forward_long repeats test_forward_golden's code paths over 4,096 positions (minutes under
-# ASan), test_forward_golden_q8 them with the q8 kernels test_cpu_ops runs here already; the
-# malformed-model suite's 1 s per error case is a Release bound (5 s here).
+# test_forward_golden checks the default model's numbers against llama.cpp's (8 minutes under
+# ASan): its forward pass, kernels and model run under the sanitizers in the integration pass
+# below (test_response_path serves that model); test_forward_long repeats the same code paths over
+# 4,096 positions, test_forward_golden_q8 them with the q8 kernels test_cpu_ops runs here
+# already; the malformed-model suite's 1 s per error case is a Release bound (5 s here).
 (cd "$root/build-asan" && ASAN_OPTIONS=detect_leaks=1 TSR_MALFORMED_TIME_LIMIT=5 \
-  ctest --output-on-failure -j"$jobs" -E '^(integration|test_forward_long|test_forward_golden_q8)$')
+  ctest --output-on-failure -j"$jobs" \
+    -E '^(integration|test_forward_golden|test_forward_long|test_forward_golden_q8)$')
 # (the drain's rolling restart and its all-finish case repeat the Release run's paths slowly: the
 # cut case keeps the drain's own code under the sanitizers)
 echo "-- integration tests under ASan + UBSan: bad requests, the response path, cancellation, drain, shutdown, OpenAI HTTP, metrics, security"

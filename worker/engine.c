@@ -121,7 +121,7 @@ int tsr_engine_new(tsr_model_t *m, tsr_backend_t *b, const struct tsr_engine_opt
     e->pos = malloc(T * sizeof *e->pos);
     e->tseq = malloc(T * sizeof *e->tseq);
     e->out_rows = malloc(S * sizeof *e->out_rows);
-    e->pipelined = o->shard != NULL; /* a group: its steps go through launch and collect */
+    e->pipelined = tsr_runner_depth(e->runner) > 1; /* steps through launch and collect */
     e->depth = tsr_runner_depth(e->runner);
     if (o->micro_batches > 0 && o->micro_batches < e->depth) e->depth = o->micro_batches;
     int fl_ok = !!(e->fl = calloc((size_t)e->depth, sizeof *e->fl));
@@ -497,6 +497,9 @@ static int collect(tsr_engine_t *e, struct tsr_token_event *ev, int cap, int *n_
     }
     for (int k = 0; k < f.n_out; k++) {
         struct seq *s = f.out_seq[k];
+        if (s->cancelled > 0)
+            continue; /* cancelled while in flight: no token; the next step
+                       * ends it CANCELLED */
         float lp = f.device ? e->picked_lp[k] : 0, *row = e->logits + (size_t)k * e->n_vocab;
         int32_t tok = f.device ? e->picked[k]
                                : tsr_sample(&s->sampler, row, s->tokens, s->n_tokens,

@@ -49,6 +49,12 @@ struct packed {
     struct packed *next;
 };
 
+/* A step the leader launched and has not collected. */
+struct flight {
+    int n_tokens, n_out, sample, top;
+    int handed; /* sent down to the next stage (or run whole here: no next stage) */
+};
+
 struct tsr_runner {
     tsr_backend_t *b;
     struct tsr_model_config cfg; /* the whole model's */
@@ -97,11 +103,9 @@ struct tsr_runner {
     uint64_t bytes_back;        /* leader: received from the last stage */
     /* the leader's steps in flight, oldest first (at most pp); only the newest may be not yet
      * handed to the next stage */
-    struct flight {
-        int n_tokens, n_out, sample, top;
-        int handed; /* sent down to the next stage (or run whole here: no next stage) */
-    } * fl;
+    struct flight *fl;
     int n_fl;
+    int failed; /* a launch or collect failed: the chain is out of step, nothing is drained */
     /* Decode graphs: one rank on a backend with graphs, unless TESSERA_GRAPHS=0. */
     int graphs;
     struct graph_slot gslots[MAX_GRAPHS];
@@ -547,10 +551,11 @@ int tsr_runner_idle(tsr_runner_t *r)
 static void stop_followers(tsr_runner_t *r)
 {
     if (r->world_size == 1 || r->world_rank != 0) return;
-    /* what is in flight comes back first, or the chain would be out of step */
-    while (r->n_fl && !tsr_runner_collect(r, NULL, NULL, NULL, NULL, NULL)) {
+    /* what is in flight comes back first, or the chain would be out of step; after a failure a
+     * rank may be gone, and waiting for its answer would never end */
+    while (r->n_fl && !r->failed && !tsr_runner_collect(r, NULL, NULL, NULL, NULL, NULL)) {
     }
-    send_control(r, TSR_STEP_STOP);
+    if (!r->failed) send_control(r, TSR_STEP_STOP);
 }
 
 static void free_graphs(tsr_runner_t *r)
@@ -982,9 +987,9 @@ static float *host_logits(tsr_runner_t *r, int n_out)
 static int sample_host(tsr_runner_t *r, const struct tsr_step *st, const float *logits)
 {
     int n = st->n_out, top = st->top, V = r->cfg.n_vocab;
-    if (!r->idx && (!(r->idx = malloc((size_t)V * sizeof *r->idx)) ||
-                    !(r->prob = malloc((size_t)V * sizeof *r->prob))))
-        return tsr_errorf(TSR_ENOMEM, "out of memory for a sampler");
+    if (!r->idx) r->idx = malloc((size_t)V * sizeof *r->idx);
+    if (!r->prob) r->prob = malloc((size_t)V * sizeof *r->prob);
+    if (!r->idx || !r->prob) return tsr_errorf(TSR_ENOMEM, "out of memory for a sampler");
     TRY(picks_room(r, picks_bytes(n, top)));
     int32_t *ids = r->picks.buf, *tids = ids + 2 * (size_t)n;
     float *lps = (float *)(ids + n), *tlps = (float *)(tids + (size_t)n * top);
@@ -1014,7 +1019,7 @@ int tsr_runner_depth(const tsr_runner_t *r)
     return r->world_size > 1 ? r->pp_size : 1;
 }
 
-int tsr_runner_launch(tsr_runner_t *r, const struct tsr_step *st)
+static int launch_step(tsr_runner_t *r, const struct tsr_step *st)
 {
     if (r->world_size == 1 || r->world_rank != 0)
         return tsr_errorf(TSR_EINVAL, "only a group's leader launches steps");
@@ -1041,8 +1046,8 @@ int tsr_runner_launch(tsr_runner_t *r, const struct tsr_step *st)
     return f->handed ? handoff(r, st->n_tokens) : 0;
 }
 
-int tsr_runner_collect(tsr_runner_t *r, float *logits, int32_t *ids, float *logprobs,
-                       int32_t *top_ids, float *top_lps)
+static int collect_step(tsr_runner_t *r, float *logits, int32_t *ids, float *logprobs,
+                        int32_t *top_ids, float *top_lps)
 {
     if (!r->n_fl) return tsr_errorf(TSR_EINVAL, "no step in flight");
     struct flight f = r->fl[0];
@@ -1074,6 +1079,23 @@ int tsr_runner_collect(tsr_runner_t *r, float *logits, int32_t *ids, float *logp
         memcpy(top_lps, tl, (size_t)f.n_out * f.top * sizeof *top_lps);
     }
     return 0;
+}
+
+int tsr_runner_launch(tsr_runner_t *r, const struct tsr_step *st)
+{
+    if (r->failed) return tsr_errorf(TSR_EUNAVAILABLE, "the group failed at an earlier step");
+    int rc = launch_step(r, st);
+    if (rc && r->world_size > 1 && r->world_rank == 0) r->failed = 1;
+    return rc;
+}
+
+int tsr_runner_collect(tsr_runner_t *r, float *logits, int32_t *ids, float *logprobs,
+                       int32_t *top_ids, float *top_lps)
+{
+    if (r->failed) return tsr_errorf(TSR_EUNAVAILABLE, "the group failed at an earlier step");
+    int rc = collect_step(r, logits, ids, logprobs, top_ids, top_lps);
+    if (rc && r->n_fl) r->failed = 1;
+    return rc;
 }
 
 int tsr_runner_forward(tsr_runner_t *r, const struct tsr_step *st, float *logits)

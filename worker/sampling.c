@@ -4,23 +4,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/hash.h"
 #include "common/status.h"
-
-/* splitmix64's output function: a bijection of 64 bits whose every output bit depends on every
- * input bit */
-static uint64_t mix64(uint64_t z)
-{
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-    return z ^ (z >> 31);
-}
 
 double tsr_sampler_uniform(const struct tsr_sampler *s, int64_t pos)
 {
     /* splitmix64 at index pos of the stream the mixed seed starts: no state carried from one
      * draw to the next */
-    const uint64_t gamma = 0x9e3779b97f4a7c15ULL;
-    uint64_t z = mix64(mix64(s->p.seed + gamma) + ((uint64_t)pos + 1) * gamma);
+    uint64_t z =
+        tsr_mix64(tsr_mix64(s->p.seed + TSR_GOLDEN64) + ((uint64_t)pos + 1) * TSR_GOLDEN64);
     return (double)(z >> 11) * (1.0 / 9007199254740992.0);
 }
 
