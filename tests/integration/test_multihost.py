@@ -12,11 +12,10 @@ Replica g1 is one MPI world across B and C (mpirun with a hostfile and an rsh ag
 the other namespace; TCP between them): one tensor-parallel group whose every layer's all-reduces
 cross the hosts. (The issue asks for tp 2; the default model's 9 heads and 3 KV heads divide by 3,
 not 2.) Checks: 16 concurrent greedy prompts equal `tessera generate` on one process; no tessera process listens on loopback only; SIGKILL of the rank on C
-ends the requests on g1 within 10 s (UNAVAILABLE, or completed on g2 where nothing was streamed
-yet), none hangs, and once g1 is started again the cluster serves both replicas within 30 s."""
+ends the requests on g1 within 10 s (UNAVAILABLE, or completed with the same tokens on g2, where
+request migration resumes them), none hangs, and once g1 is started again the cluster serves both replicas within 30 s."""
 
 import os
-import re
 import signal
 import subprocess
 import threading
@@ -144,7 +143,19 @@ def test_multihost(hosts, tessera_bin, model, api, offline, tmp_path):
     def start_g1():
         return in_ns("b", mpi, tmp_path / "g1.log")
 
+    # mpirun across the namespaces now and then fails before any rank runs (its daemons' TCP
+    # connections back: "ORTE does not know how to route", "unable to complete a TCP
+    # connection", once in 10 CI runs); a supervisor starts it again, and so does this test while
+    # it waits for the group, at most twice, saying so
     g1 = start_g1()
+    launches = [0]
+
+    def supervise():
+        nonlocal g1
+        if g1.poll() is not None and launches[0] < 2:
+            launches[0] += 1
+            print("g1's mpirun exited %d while starting; started again (%d)" % (g1.returncode, launches[0]))
+            g1 = start_g1()
     procs.append(in_ns("b", [tessera, "worker", "--etcd", etcd_url, "--model", model, "--id", "g2", "--tp", "3",
                              "--threads", "1", "--host", "0.0.0.0", "--kv-blocks", "256"], tmp_path / "g2.log"))
     logs = lambda: "\n".join("---- %s\n%s" % (p.name, harness.tail(p, 30)) for p in sorted(tmp_path.glob("*.log")))
@@ -157,8 +168,8 @@ def test_multihost(hosts, tessera_bin, model, api, offline, tmp_path):
             return {g.group: g.address for g in st.groups if g.ready}
 
         try:
-            ready = harness.wait_for(lambda: len(groups()) == 2 and groups(), 120, interval=0.5,
-                                     what="2 ready groups")
+            ready = harness.wait_for(lambda: supervise() or (len(groups()) == 2 and groups()), 120,
+                                     interval=0.5, what="2 ready groups")
         except AssertionError:
             raise AssertionError("cluster never became ready\n" + logs()) from None
         # each leader advertises its host's address, never loopback or a wildcard
@@ -213,8 +224,10 @@ def test_multihost(hosts, tessera_bin, model, api, offline, tmp_path):
         # the group ends cleanly (mpirun takes its other rank down); started again, it serves
         g1.wait(30)
         g1 = start_g1()
+        launches[0] = 0
         t0 = time.monotonic()
-        harness.wait_for(lambda: len(groups()) == 2, 30, interval=0.5, what="both replicas ready again")
+        harness.wait_for(lambda: supervise() or len(groups()) == 2, 30, interval=0.5,
+                         what="both replicas ready again")
         again = [Stream(stub, gen_request(p, 8), timeout=60) for p in prompts[:4]]
         run_parallel([s.run for s in again], timeout=120)
         for s, ref in zip(again, refs[:4]):
