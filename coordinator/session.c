@@ -466,6 +466,7 @@ static int relay(struct tsr_sessions *s, const struct tsr_session_io *io,
             end = UP_FAILED;
             break;
         }
+        if (avoid) tsr_coordinator_metrics_moved(s, rl.n_done > 0); /* it goes on here */
         int done_before = rl.n_done;
         end = relay_attempt(&rl, g, &wr, st);
         /* what this group was booked for and did not stream */
@@ -491,7 +492,6 @@ static int relay(struct tsr_sessions *s, const struct tsr_session_io *io,
             tsr_route_release(s->r, g, 0);
             break;
         }
-        tsr_coordinator_metrics_moved(s, rl.n_done > 0);
         if (rl.n_done)
             tsr_log_warn("coordinator: %s: %s; resuming on another replica after %d tokens",
                          request_id, st->msg, rl.n_done);
