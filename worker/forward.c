@@ -954,17 +954,6 @@ static size_t picks_bytes(int n, int top)
     return (size_t)n * (2 + 2 * (size_t)top) * sizeof(int32_t);
 }
 
-/* r->picks of at least nb bytes. */
-static int picks_room(tsr_runner_t *r, size_t nb)
-{
-    if (nb <= r->picks.cap) return 0;
-    void *p = realloc(r->picks.buf, nb);
-    if (!p) return tsr_errorf(TSR_ENOMEM, "out of memory for %zu bytes of picks", nb);
-    r->picks.buf = p;
-    r->picks.cap = nb;
-    return 0;
-}
-
 /* (n_out, n_vocab) floats of host scratch. */
 static float *host_logits(tsr_runner_t *r, int n_out)
 {
@@ -990,7 +979,7 @@ static int sample_host(tsr_runner_t *r, const struct tsr_step *st, const float *
     if (!r->idx) r->idx = malloc((size_t)V * sizeof *r->idx);
     if (!r->prob) r->prob = malloc((size_t)V * sizeof *r->prob);
     if (!r->idx || !r->prob) return tsr_errorf(TSR_ENOMEM, "out of memory for a sampler");
-    TRY(picks_room(r, picks_bytes(n, top)));
+    TRY(tsr_step_msg_reserve(&r->picks, picks_bytes(n, top)));
     int32_t *ids = r->picks.buf, *tids = ids + 2 * (size_t)n;
     float *lps = (float *)(ids + n), *tlps = (float *)(tids + (size_t)n * top);
     for (int i = 0; i < n; i++) {
@@ -1055,7 +1044,7 @@ static int collect_step(tsr_runner_t *r, float *logits, int32_t *ids, float *log
     if (!f.handed) TRY(handoff(r, f.n_tokens));
     if (home != 0 && f.n_out > 0) {
         size_t nb = f.sample ? picks_bytes(f.n_out, f.top) : (size_t)f.n_out * V * sizeof(float);
-        if (f.sample || !logits) TRY(picks_room(r, nb));
+        if (f.sample || !logits) TRY(tsr_step_msg_reserve(&r->picks, nb));
         TRY(tsr_comm_recv_host(r->world, f.sample || !logits ? r->picks.buf : (void *)logits, nb,
                                home));
         r->bytes_back += nb;
@@ -1100,10 +1089,11 @@ int tsr_runner_collect(tsr_runner_t *r, float *logits, int32_t *ids, float *logp
 
 int tsr_runner_forward(tsr_runner_t *r, const struct tsr_step *st, float *logits)
 {
-    TRY(check_step(r, st));
-    struct step_out o = {.logits = logits};
-    if (r->world_size == 1) return forward_one(r, st, &o);
-    struct tsr_step plain = *st;
+    if (r->world_size == 1) {
+        TRY(check_step(r, st));
+        return forward_one(r, st, &(struct step_out){.logits = logits});
+    }
+    struct tsr_step plain = *st; /* checked by the launch */
     plain.sample = NULL;
     TRY(tsr_runner_launch(r, &plain));
     return tsr_runner_collect(r, logits, NULL, NULL, NULL, NULL);
@@ -1187,14 +1177,14 @@ int tsr_runner_forward_sample(tsr_runner_t *r, const struct tsr_step *st,
         return tsr_errorf(TSR_EUNSUPPORTED, "this runner samples on the host");
     if (top > 0 && !tsr_runner_top_logprobs_on_device(r))
         return tsr_errorf(TSR_EUNSUPPORTED, "this runner gives top logprobs on the host");
-    TRY(check_step(r, st));
-    if (r->world_size > 1) {
+    if (r->world_size > 1) { /* checked by the launch */
         struct tsr_step s2 = *st;
         s2.sample = p;
         s2.top = top;
         TRY(tsr_runner_launch(r, &s2));
         return tsr_runner_collect(r, NULL, ids, logprobs, top_ids, top_lps);
     }
+    TRY(check_step(r, st));
     struct step_out o = {.ids = ids,
                          .p = p,
                          .logprobs = logprobs,

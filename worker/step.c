@@ -25,11 +25,11 @@ static size_t step_bytes(const struct step_header *h)
            (h->sample ? (size_t)h->n_out * sizeof(struct tsr_sample_params) : 0);
 }
 
-static int ensure(struct tsr_step_msg *m, size_t n)
+int tsr_step_msg_reserve(struct tsr_step_msg *m, size_t n)
 {
     if (n <= m->cap) return 0;
     void *p = realloc(m->buf, n);
-    if (!p) return tsr_errorf(TSR_ENOMEM, "out of memory for a %zu-byte step", n);
+    if (!p) return tsr_errorf(TSR_ENOMEM, "out of memory for a %zu-byte message", n);
     m->buf = p;
     m->cap = n;
     return 0;
@@ -52,7 +52,7 @@ int tsr_step_pack(const struct tsr_step *st, struct tsr_step_msg *m)
                             st->sample != NULL,
                             st->sample ? st->top : 0};
     size_t n = step_bytes(&h);
-    int rc = ensure(m, n);
+    int rc = tsr_step_msg_reserve(m, n);
     if (rc) return rc;
     int32_t *a = (int32_t *)((char *)m->buf + sizeof h);
     size_t T = (size_t)h.n_tokens, B = (size_t)h.n_seqs * h.max_blocks;
@@ -72,7 +72,7 @@ int tsr_step_pack(const struct tsr_step *st, struct tsr_step_msg *m)
 int tsr_step_pack_control(enum tsr_step_kind kind, struct tsr_step_msg *m)
 {
     struct step_header h = {.kind = kind};
-    int rc = ensure(m, sizeof h);
+    int rc = tsr_step_msg_reserve(m, sizeof h);
     if (rc) return rc;
     memcpy(m->buf, &h, sizeof h);
     m->len = sizeof h;
@@ -104,7 +104,7 @@ int tsr_step_recv(tsr_comm_t *world, int peer, struct tsr_step_msg *m, struct ts
                           (int)h.kind, (int)h.n_tokens);
     *kind = TSR_STEP_RUN;
     size_t n = step_bytes(&h);
-    if ((rc = ensure(m, n)) ||
+    if ((rc = tsr_step_msg_reserve(m, n)) ||
         (rc = tsr_comm_recv_host(world, (char *)m->buf + sizeof h, n - sizeof h, peer)))
         return rc;
     memcpy(m->buf, &h, sizeof h);
@@ -124,7 +124,7 @@ int tsr_step_recv(tsr_comm_t *world, int peer, struct tsr_step_msg *m, struct ts
     st->top = h.top;
     if (h.sample) {
         size_t pb = (size_t)h.n_out * sizeof(struct tsr_sample_params);
-        if ((rc = ensure(params, pb))) return rc;
+        if ((rc = tsr_step_msg_reserve(params, pb))) return rc;
         memcpy(params->buf, (char *)a + ints_bytes(&h), pb);
         st->sample = params->buf;
     }

@@ -18,6 +18,8 @@ struct tsr_step_msg {
     size_t cap, len;
 };
 void tsr_step_msg_free(struct tsr_step_msg *m);
+/* m->buf of at least n bytes (its contents kept). 0 or TSR_ENOMEM. */
+int tsr_step_msg_reserve(struct tsr_step_msg *m, size_t n);
 
 /* The messages travel down a chain: the leader sends each one to the other ranks of its stage and
  * to its successor in the next stage (rank + tp), and every rank of a stage but the last passes
