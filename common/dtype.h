@@ -5,7 +5,26 @@
  *   Q8_0: 32 weights, { f16 d; int8 q[32]; }                 w = d * q
  *   Q4_0: 32 weights, { f16 d; uint8 qs[16]; }               w = d * (nibble - 8)
  *   Q4_1: 32 weights, { f16 d; f16 m; uint8 qs[16]; }        w = d * nibble + m
- * In Q4_0/Q4_1, byte j holds weight j in its low nibble and weight j+16 in its high nibble. */
+ * In Q4_0/Q4_1, byte j holds weight j in its low nibble and weight j+16 in its high nibble.
+ *
+ * k-quants: super-blocks of TSR_QK_K = 256 weights, in sub-blocks with their own integer scales:
+ *   Q4_K: { f16 d; f16 dmin; uint8 scales[12]; uint8 qs[128]; }             144 bytes
+ *   Q5_K: { f16 d; f16 dmin; uint8 scales[12]; uint8 qh[32]; uint8 qs[128]; } 176 bytes
+ *         8 sub-blocks of 32, each with a 6-bit scale sc_s and a 6-bit min m_s:
+ *         w = (d * sc_s) * q - dmin * m_s. scales[] packs them: for s < 4, sc_s = scales[s] & 63
+ *         and m_s = scales[s + 4] & 63; for s >= 4, sc_s = (scales[s + 4] & 15) | (scales[s - 4]
+ *         >> 6) << 4 and m_s = (scales[s + 4] >> 4) | (scales[s] >> 6) << 4. Sub-blocks 2p and
+ *         2p + 1 share qs[32p .. 32p + 32): the low nibbles are 2p's weights, the high ones 2p+1's.
+ *         Q5_K adds a fifth bit: bit s of qh[l] is weight l of sub-block s, worth 16.
+ *   Q6_K: { uint8 ql[128]; uint8 qh[64]; int8 scales[16]; f16 d; }          210 bytes
+ *         16 sub-blocks of 16, w = (d * scales[i / 16]) * (q - 32) with q 6 bits: weight
+ *         i = 128h + 32t + l (h < 2, t < 4, l < 32) has its low 4 bits in ql[64h + 32(t & 1) + l]
+ *         (the low nibble for t < 2, the high one otherwise) and its top 2 bits at bit 2t of
+ *         qh[32h + l].
+ * Every product above is exact in f32 (at most 23 significant bits), so a k-quant weight is one
+ * rounding of its real value in Q4_K/Q5_K (the subtraction) and none in Q6_K: any order of the
+ * operations, fused or not, gives the same bits. The layouts and arithmetic are ggml's
+ * (ggml-quants.c, dequantize_row_q4_K/q5_K/q6_K). */
 #ifndef TSR_COMMON_DTYPE_H
 #define TSR_COMMON_DTYPE_H
 
@@ -19,10 +38,14 @@ enum tsr_dtype {
     TSR_Q4_0 = 2,
     TSR_Q4_1 = 3,
     TSR_Q8_0 = 8,
+    TSR_Q4_K = 12,
+    TSR_Q5_K = 13,
+    TSR_Q6_K = 14,
     TSR_BF16 = 30,
 };
 
-#define TSR_QK 32 /* weights per block in Q8_0, Q4_0, Q4_1 */
+#define TSR_QK   32  /* weights per block in Q8_0, Q4_0, Q4_1 */
+#define TSR_QK_K 256 /* weights per super-block in Q4_K, Q5_K, Q6_K */
 
 struct tsr_block_q8_0 {
     uint16_t d;
@@ -36,6 +59,30 @@ struct tsr_block_q4_1 {
     uint16_t d, m;
     uint8_t qs[TSR_QK / 2];
 };
+/* The k-quant layouts (above); code reads them through byte offsets, these give their sizes. */
+struct tsr_block_q4_k {
+    uint16_t d, dmin;
+    uint8_t scales[12];
+    uint8_t qs[TSR_QK_K / 2];
+};
+struct tsr_block_q5_k {
+    uint16_t d, dmin;
+    uint8_t scales[12];
+    uint8_t qh[TSR_QK_K / 8];
+    uint8_t qs[TSR_QK_K / 2];
+};
+struct tsr_block_q6_k {
+    uint8_t ql[TSR_QK_K / 2];
+    uint8_t qh[TSR_QK_K / 4];
+    int8_t scales[TSR_QK_K / 16];
+    uint16_t d;
+};
+
+/* 1 for Q4_K, Q5_K, Q6_K. */
+static inline int tsr_dtype_is_kquant(int t)
+{
+    return t == TSR_Q4_K || t == TSR_Q5_K || t == TSR_Q6_K;
+}
 
 /* 1 if t is one of the types above. */
 int tsr_dtype_valid(int t);
@@ -49,8 +96,9 @@ size_t tsr_dtype_row_bytes(enum tsr_dtype t, int64_t n);
 
 /* Converts n elements of a row of type t to f32 (used for embeddings, tests and loading). */
 void tsr_dequantize_row(enum tsr_dtype t, const void *src, float *dst, int64_t n);
-/* The reverse, GGML's reference rounding: n f32 values to a row of type t (n a multiple of the
- * block size). Used to build synthetic models and test data. */
+/* The reverse: n f32 values to a row of type t (n a multiple of the block size). Used to build
+ * synthetic models and test data. GGML's reference rounding for Q8_0/Q4_0/Q4_1; for the k-quants
+ * a plain min/max fit per sub-block (valid blocks, not llama.cpp's error-minimizing search). */
 void tsr_quantize_row(enum tsr_dtype t, const float *src, void *dst, int64_t n);
 
 static inline float tsr_f16_to_f32(uint16_t h)

@@ -127,13 +127,16 @@ static int parse_dtype(const char *s, enum tsr_dtype *out)
         const char *name;
         enum tsr_dtype t;
     } names[] = {{"f32", TSR_F32},   {"f16", TSR_F16},   {"bf16", TSR_BF16},
-                 {"q8_0", TSR_Q8_0}, {"q4_0", TSR_Q4_0}, {"q4_1", TSR_Q4_1}};
+                 {"q8_0", TSR_Q8_0}, {"q4_0", TSR_Q4_0}, {"q4_1", TSR_Q4_1},
+                 {"q4_k", TSR_Q4_K}, {"q5_k", TSR_Q5_K}, {"q6_k", TSR_Q6_K}};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (!strcmp(s, names[i].name)) {
             *out = names[i].t;
             return 0;
         }
-    return tsr_errorf(TSR_EINVAL, "unknown weight type '%s' (f32, f16, bf16, q8_0, q4_0, q4_1)", s);
+    return tsr_errorf(
+        TSR_EINVAL, "unknown weight type '%s' (f32, f16, bf16, q8_0, q4_0, q4_1, q4_k, q5_k, q6_k)",
+        s);
 }
 
 static int open_synthetic(tsr_model_t *m, const char *spec)
@@ -174,6 +177,12 @@ static int open_synthetic(tsr_model_t *m, const char *spec)
         c->rope_orig_ctx = 8192;
     }
     m->synth_seed = 0x7e55e7a5eedULL;
+    int be = tsr_dtype_block_elems(m->synth_dtype); /* every matrix's columns: dim or ffn_dim */
+    if (c->dim % be || c->ffn_dim % be)
+        return tsr_errorf(TSR_EINVAL,
+                          "synthetic:%s: %s weights need widths that are multiples of %d (dim %d, "
+                          "ffn %d)",
+                          spec, tsr_dtype_name(m->synth_dtype), be, c->dim, c->ffn_dim);
     return tsr_config_validate(c);
 }
 

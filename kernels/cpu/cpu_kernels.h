@@ -5,7 +5,9 @@
  *
  * Exact (the default): f32 activations against the weights' f32 values. Every weight type is
  * read as the values tsr_cpu_kernels.dequant gives: F32, F16, BF16 and Q8_0 (d·q), Q4_0
- * (d·(q − 8)) exactly, Q4_1 as fl(d·q + m), one rounding; every ISA gives the same bits. An
+ * (d·(q − 8)) exactly, Q4_1 as fl(d·q + m), one rounding, the k-quants as common/dtype.h
+ * says (every ISA decodes them with tsr_dequantize_row, a super-block of 256 at a time, into
+ * a stack buffer the accumulators then read); every ISA gives the same bits. An
  * output element W[r]·x_j is then one fixed sequence of f32 operations per ISA: an accumulator
  * of L lanes (scalar 1, AVX2 8, AVX-512 16) adds w[c..c+L)·x[c..c+L) lane by lane (a fused
  * multiply-add in SIMD, multiply then add in scalar) for c = 0, L, 2L, ... in order (a last
@@ -67,7 +69,7 @@ struct tsr_cpu_kernels {
     void (*gemm_q8)(enum tsr_dtype wt, int k, const uint8_t *w, size_t ws, int nr, const uint8_t *a,
                     size_t as, int nc, float *y, size_t ldy);
     /* Exact path (see the top). y[j*ldy + r] = W[r]·x_j for r < nr, j < nc: W of any type with
-     * rows at w + r*ws, k values each (a multiple of 32 for quantized types), x_j at x + j*ldx,
+     * rows at w + r*ws, k values each (whole blocks for quantized types), x_j at x + j*ldx,
      * blocks dequantized in registers. For few activation rows (decode). */
     void (*gemv)(enum tsr_dtype wt, int k, const uint8_t *w, size_t ws, int nr, const float *x,
                  size_t ldx, int nc, float *y, size_t ldy);

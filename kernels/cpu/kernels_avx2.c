@@ -246,9 +246,9 @@ static inline float weight_f(enum tsr_dtype wt, const uint8_t *w, int i)
 /* ---- f32 activations: the exact path ----
  *
  * One 8-lane accumulator per output element, fed 8 weights at a time in k order (cpu_kernels.h);
- * a quantized block is four such chunks. Q4 nibbles are widened to int32 and converted, then
- * scaled: fma(q, d, m) for Q4_1, (q - 8)·d for Q4_0. A last partial chunk (float weights) is
- * loaded zero-padded. */
+ * a quantized block is four such chunks (a k-quant super-block 32). Q4 nibbles are widened to int32
+ * and converted, then scaled: fma(q, d, m) for Q4_1, (q - 8)·d for Q4_0. A last partial chunk
+ * (float weights) is loaded zero-padded. */
 
 TSR_AVX2_INLINE int is_quant(const enum tsr_dtype wt)
 {
@@ -337,7 +337,27 @@ TSR_AVX2_INLINE void gv_tile(const enum tsr_dtype wt, const int nr, const int nc
     for (int r = 0; r < nr; r++)
 #pragma GCC unroll 2
         for (int j = 0; j < nc; j++) acc[r][j] = _mm256_setzero_ps();
-    if (is_quant(wt)) {
+    if (tsr_dtype_is_kquant(wt)) {
+        /* k-quants: each row's next super-block is decoded to f32 on the stack by common/dtype.c
+         * (no SIMD decoder yet), then fed in k order like float weights */
+        const size_t bs = tsr_dtype_block_bytes(wt);
+        float wf[4][TSR_QK_K];
+        for (int b = 0; b < k / TSR_QK_K; b++) {
+#pragma GCC unroll 4
+            for (int r = 0; r < nr; r++)
+                tsr_dequantize_row(wt, w + (size_t)r * ws + (size_t)b * bs, wf[r], TSR_QK_K);
+            for (int i = 0; i < TSR_QK_K; i += 8)
+#pragma GCC unroll 4
+                for (int r = 0; r < nr; r++) {
+                    __m256 wv = _mm256_loadu_ps(wf[r] + i);
+#pragma GCC unroll 2
+                    for (int j = 0; j < nc; j++)
+                        acc[r][j] = _mm256_fmadd_ps(
+                            wv, _mm256_loadu_ps(x + (size_t)j * ldx + (size_t)b * TSR_QK_K + i),
+                            acc[r][j]);
+                }
+        }
+    } else if (is_quant(wt)) {
         /* prefetch PF bytes ahead in each row, as in the AVX-512 file */
         enum { PF = 4096 };
         const size_t bs = block_size(wt);
@@ -411,6 +431,15 @@ TSR_AVX2 static void gemv(enum tsr_dtype wt, int k, const uint8_t *w, size_t ws,
                           const float *x, size_t ldx, int nc, float *y, size_t ldy)
 {
     switch (wt) {
+    case TSR_Q4_K:
+        gv_type(TSR_Q4_K, k, w, ws, nr, x, ldx, nc, y, ldy);
+        break;
+    case TSR_Q5_K:
+        gv_type(TSR_Q5_K, k, w, ws, nr, x, ldx, nc, y, ldy);
+        break;
+    case TSR_Q6_K:
+        gv_type(TSR_Q6_K, k, w, ws, nr, x, ldx, nc, y, ldy);
+        break;
     case TSR_Q4_1:
         gv_type(TSR_Q4_1, k, w, ws, nr, x, ldx, nc, y, ldy);
         break;
@@ -496,6 +525,10 @@ TSR_AVX2 static void gemm_f32(int k, const float *w, size_t ldw, int nr, const f
 
 TSR_AVX2 static void dequant(enum tsr_dtype wt, const uint8_t *src, float *dst, int n)
 {
+    if (tsr_dtype_is_kquant(wt)) {
+        tsr_dequantize_row(wt, src, dst, n);
+        return;
+    }
     if (is_quant(wt)) {
         const size_t bs = block_size(wt);
         for (int b = 0; b < n / TSR_QK; b++) {

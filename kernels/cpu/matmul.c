@@ -16,7 +16,12 @@
  * operations (about as many cycles) against the q8 path's ~3, so the GEMV reads ~19 GB/s on
  * two cores where the q8 path reads ~30 and memory gives ~50.
  *
- * q8 path (TESSERA_CPU_ACT=q8, quantized weights only): each activation row is quantized once to
+ * k-quants (Q4_K, Q5_K, Q6_K) take the exact path in either mode: the ISA's gemv decodes each
+ * row's 256-weight super-blocks into a small stack buffer (common/dtype.c, scalar code) and the
+ * batch path dequantizes tiles as for the other types; nothing is expanded at load. Not tuned:
+ * the decode, not memory, bounds it.
+ *
+ * q8 path (TESSERA_CPU_ACT=q8, Q8_0/Q4_0/Q4_1 weights): each activation row is quantized once to
  * a q8 row, then the ISA's int8 kernel runs over weight rows, split between threads as above;
  * for batches, a tile of TILE_ROWS weight rows stays in cache while it meets every activation
  * row. Its per-element arithmetic ignores tiling too. */
@@ -146,6 +151,7 @@ int tsr_cpu_matmul(tsr_backend_t *b, tsr_buf_t *y, const struct tsr_weight *w, t
                        .x = x->data,
                        .y = yf};
     int nt = tsr_cpu_threads_for(c, (double)rows * cols * n);
+    /* the q8 kernels know these three; the k-quants go the exact way */
     int quant = w->type == TSR_Q8_0 || w->type == TSR_Q4_0 || w->type == TSR_Q4_1;
     if (quant && c->act_q8) {
         m.qrow = tsr_cpu_q8_row_bytes(cols);

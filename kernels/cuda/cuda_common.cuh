@@ -13,6 +13,10 @@
 #define TSR_Q8_0_BYTES 34
 #define TSR_Q4_0_BYTES 18
 #define TSR_Q4_1_BYTES 20
+/* Bytes per 256-weight super-block (layouts in common/dtype.h). */
+#define TSR_Q4_K_BYTES 144
+#define TSR_Q5_K_BYTES 176
+#define TSR_Q6_K_BYTES 210
 
 static __device__ __forceinline__ float tsr_dev_bf16(uint16_t h)
 {
@@ -24,8 +28,40 @@ static __device__ __forceinline__ float tsr_dev_f16(uint16_t h)
     return __half2float(__ushort_as_half(h));
 }
 
+/* Weight j (< 256) of a Q4_K (five = 0) or Q5_K block: (d * sc) * q - dmin * m, the products
+ * exact, as common/dtype.c computes it (so the same bits). */
+static __device__ __forceinline__ float tsr_dev_q45_k(const uint8_t *b, int j, bool five)
+{
+    const uint8_t *q = b + 4; /* the 12 scale bytes */
+    int s = j / 32, l = j % 32, sc, m;
+    if (s < 4) {
+        sc = q[s] & 63;
+        m = q[s + 4] & 63;
+    } else {
+        sc = (q[s + 4] & 15) | (q[s - 4] >> 6) << 4;
+        m = (q[s + 4] >> 4) | (q[s] >> 6) << 4;
+    }
+    int v = (b[(five ? 48 : 16) + 32 * (s / 2) + l] >> (4 * (s & 1))) & 15;
+    if (five) v |= ((b[16 + l] >> s) & 1) << 4;
+    float d1 = tsr_dev_f16(*(const uint16_t *)b) * (float)sc;
+    float m1 = tsr_dev_f16(((const uint16_t *)b)[1]) * (float)m;
+    return d1 * (float)v - m1;
+}
+
+/* Weight j (< 256) of a Q6_K block: (d * scales[j / 16]) * (q - 32), exact. */
+static __device__ __forceinline__ float tsr_dev_q6_k(const uint8_t *b, int j)
+{
+    int h = j / 128, t = j % 128 / 32, l = j % 32;
+    int v = (b[64 * h + 32 * (t & 1) + l] >> (4 * (t >> 1))) & 15;
+    v |= ((b[128 + 32 * h + l] >> (2 * t)) & 3) << 4;
+    float d = tsr_dev_f16(*(const uint16_t *)(b + 208)) * (float)(int8_t)b[192 + j / 16];
+    return d * (float)(v - 32);
+}
+
 /* Element i of a row of type t (any type; 2-byte aligned rows). One element at a time: for the
- * small ops (embeddings, norm weights, biases, dequantizing tiles), not for GEMV. */
+ * small ops (embeddings, norm weights, biases, dequantizing tiles), not for GEMV (the k-quants
+ * meet it there: tsr_cuda_gemv has no kernel of its own for them yet, so its generic one decodes
+ * them here, a super-block's scales once per weight: correct, not fast). */
 static __device__ __forceinline__ float tsr_dev_elem(int t, const uint8_t *row, int64_t i)
 {
     switch (t) {
@@ -52,6 +88,12 @@ static __device__ __forceinline__ float tsr_dev_elem(int t, const uint8_t *row, 
         return tsr_dev_f16(((const uint16_t *)b)[0]) * (float)q +
                tsr_dev_f16(((const uint16_t *)b)[1]);
     }
+    case TSR_Q4_K:
+        return tsr_dev_q45_k(row + (i / TSR_QK_K) * TSR_Q4_K_BYTES, (int)(i % TSR_QK_K), false);
+    case TSR_Q5_K:
+        return tsr_dev_q45_k(row + (i / TSR_QK_K) * TSR_Q5_K_BYTES, (int)(i % TSR_QK_K), true);
+    case TSR_Q6_K:
+        return tsr_dev_q6_k(row + (i / TSR_QK_K) * TSR_Q6_K_BYTES, (int)(i % TSR_QK_K));
     default:
         return __int_as_float(0x7fc00000); /* NaN: the host checked types */
     }

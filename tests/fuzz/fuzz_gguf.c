@@ -1,8 +1,10 @@
 /* libFuzzer target for the GGUF reader: open any bytes, then walk every kv and tensor through the
- * getters and touch every tensor byte, so an out-of-bounds pointer shows up under ASan. */
+ * getters, touch every tensor byte and decode the start of each k-quant tensor, so an
+ * out-of-bounds pointer shows up under ASan. */
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/dtype.h"
 #include "model/gguf.h"
 
 static volatile uint64_t sink;
@@ -40,6 +42,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (tsr_gguf_find_tensor(g, t->name) != t) __builtin_trap();
         const uint8_t *p = t->data;
         for (uint64_t k = 0; k < t->nbytes; k++) acc += p[k];
+        /* k-quants: decode the first super-blocks of the first row, whatever the bytes (their
+         * decoders read through byte offsets, so any alignment will do; the older types' read
+         * through typed pointers and assume the loader's alignment) */
+        float row[1024];
+        int64_t n = t->ne[0] < 1024 ? t->ne[0] : 1024;
+        n -= n % TSR_QK_K;
+        if (tsr_dtype_is_kquant(t->type) && n > 0 && t->nbytes >= tsr_dtype_row_bytes(t->type, n)) {
+            tsr_dequantize_row(t->type, p, row, n);
+            acc += row[0] == row[0];
+        }
     }
     if (tsr_gguf_tensor(g, tsr_gguf_n_tensors(g)) != NULL) __builtin_trap();
     acc += tsr_gguf_find_tensor(g, "token_embd.weight") != NULL;

@@ -41,6 +41,7 @@
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/cpu_kernels.h"
+#include "unit.h"
 
 /* ---- random numbers (xorshift64*), seeded once per run ---- */
 
@@ -151,18 +152,6 @@ static float *get_floats(tsr_buf_t *buf, size_t n)
     assert_non_null(out);
     assert_int_equal(tsr_buf_get(buf, 0, out, n * sizeof(float)), 0);
     return out;
-}
-
-static double nmse(const float *out, const double *ref, size_t n)
-{
-    double num = 0, den = 0;
-    for (size_t i = 0; i < n; i++) {
-        double d = (double)out[i] - ref[i];
-        num += d * d;
-        den += ref[i] * ref[i];
-    }
-    if (isnan(num)) return INFINITY;
-    return den > 0 ? num / den : num;
 }
 
 static void expect_nmse(double e, double limit, const char *what)
@@ -450,7 +439,7 @@ static const struct shape mm_shapes[] = {
 static void check_exact(const float *y, const double *ref, float **scalar, int i, int n, int rows,
                         const char *what)
 {
-    double e = nmse(y, ref, (size_t)n * rows);
+    double e = tsr_test_nmse(y, ref, (size_t)n * rows);
     expect_nmse(e, 1e-10, what);
     if (e > worst_f) worst_f = e;
     if (i == 0) {
@@ -460,7 +449,7 @@ static void check_exact(const float *y, const double *ref, float **scalar, int i
     }
     double *sd = malloc(sizeof(double) * n * rows);
     for (size_t q = 0; q < (size_t)n * rows; q++) sd[q] = (*scalar)[q];
-    double es = nmse(y, sd, (size_t)n * rows);
+    double es = tsr_test_nmse(y, sd, (size_t)n * rows);
     char vs[160];
     snprintf(vs, sizeof vs, "%s vs scalar", what);
     expect_nmse(es, 1e-10, vs);
@@ -488,7 +477,7 @@ static void test_matmul(void **state)
                 snprintf(what, sizeof what, "matmul %s %dx%d n=%d on %s", tsr_dtype_name(t),
                          sh.rows, sh.cols, sh.n, tsr_cpu_isa_name((enum tsr_cpu_isa)i));
                 check_exact(y, ref, &scalar, i, sh.n, sh.rows, what);
-                double e = nmse(y, ref, (size_t)sh.n * sh.rows);
+                double e = tsr_test_nmse(y, ref, (size_t)sh.n * sh.rows);
                 if (e > worst_exact[is_quant(t)]) worst_exact[is_quant(t)] = e;
                 free(y);
             }
@@ -536,7 +525,7 @@ static void test_matmul_q8(void **state)
                 }
                 double *sd = malloc(sizeof(double) * sh.n * sh.rows);
                 for (size_t q = 0; q < (size_t)sh.n * sh.rows; q++) sd[q] = scalar[q];
-                double es = nmse(y, sd, (size_t)sh.n * sh.rows);
+                double es = tsr_test_nmse(y, sd, (size_t)sh.n * sh.rows);
                 strcat(what, " vs scalar");
                 expect_nmse(es, 1e-10, what);
                 if (es > worst_simd_q8) worst_simd_q8 = es;
@@ -636,7 +625,8 @@ static void test_matmul_bias(void **state)
                         check_q8(y, ref, errvar, n, 48, "q8 matmul with bias");
                         free(errvar);
                     } else {
-                        expect_nmse(nmse(y, ref, (size_t)n * 48), 1e-10, "matmul with bias");
+                        expect_nmse(tsr_test_nmse(y, ref, (size_t)n * 48), 1e-10,
+                                    "matmul with bias");
                     }
                     free(y);
                     free(ref);
@@ -686,7 +676,7 @@ static void test_fused_matmuls(void **state)
         float *got = get_floats(out, (size_t)n * 8);
         double *g = ref_matmul(&w[1], x, NULL, n), *u = ref_matmul(&w[2], x, NULL, n);
         for (int i = 0; i < n * 8; i++) g[i] = g[i] / (1.0 + exp(-g[i])) * u[i];
-        expect_nmse(nmse(got, g, (size_t)n * 8), 1e-10, "matmul_swiglu");
+        expect_nmse(tsr_test_nmse(got, g, (size_t)n * 8), 1e-10, "matmul_swiglu");
         /* checks: weight count, out aliasing tmp, shapes that differ */
         assert_int_equal(tsr_op_matmul_many(b, 0, yb, wp, NULL, xb, n), TSR_EINVAL);
         assert_int_equal(tsr_op_matmul_many(b, 4, yb, wp, NULL, xb, n), TSR_EINVAL);
@@ -753,7 +743,7 @@ static void test_embed(void **state)
             double ref[7 * 96];
             for (int r = 0; r < 7; r++)
                 for (int c = 0; c < 96; c++) ref[r * 96 + c] = w.deq[(size_t)ids[r] * 96 + c];
-            expect_nmse(nmse(o, ref, 7 * 96), 0.0, "embed");
+            expect_nmse(tsr_test_nmse(o, ref, 7 * 96), 0.0, "embed");
             int32_t bad = 50;
             assert_int_equal(tsr_op_embed(b, ob, &wt, &bad, 1), TSR_ERANGE);
             free(o);
@@ -797,13 +787,13 @@ static void test_rmsnorm(void **state)
             for (int r = 0; r < n; r++)
                 ref_rmsnorm(x + (size_t)r * dim, wv, dim, eps, ref + (size_t)r * dim);
             float *o = get_floats(ob, (size_t)n * dim);
-            expect_nmse(nmse(o, ref, (size_t)n * dim), 1e-10, "rmsnorm");
+            expect_nmse(tsr_test_nmse(o, ref, (size_t)n * dim), 1e-10, "rmsnorm");
             free(o);
 
             /* in place */
             assert_int_equal(tsr_op_rmsnorm(b, xb, xb, &wt, n, dim, eps), 0);
             o = get_floats(xb, (size_t)n * dim);
-            expect_nmse(nmse(o, ref, (size_t)n * dim), 1e-10, "rmsnorm in place");
+            expect_nmse(tsr_test_nmse(o, ref, (size_t)n * dim), 1e-10, "rmsnorm in place");
             free(o);
 
             /* fused residual add */
@@ -820,7 +810,7 @@ static void test_rmsnorm(void **state)
             for (int r = 0; r < n; r++)
                 ref_rmsnorm(res + (size_t)r * dim, wv, dim, eps, ref + (size_t)r * dim);
             o = get_floats(ob, (size_t)n * dim);
-            expect_nmse(nmse(o, ref, (size_t)n * dim), 1e-10, "add_rmsnorm");
+            expect_nmse(tsr_test_nmse(o, ref, (size_t)n * dim), 1e-10, "add_rmsnorm");
             free(o);
             free(res);
             tsr_buf_free(db);
@@ -857,11 +847,11 @@ static void test_swiglu(void **state)
             tsr_buf_t *ob = buf_nan(b, len);
             assert_int_equal(tsr_op_swiglu(b, ob, gb, ub, n, wd), 0);
             float *o = get_floats(ob, len);
-            expect_nmse(nmse(o, ref, len), 1e-10, "swiglu");
+            expect_nmse(tsr_test_nmse(o, ref, len), 1e-10, "swiglu");
             free(o);
             assert_int_equal(tsr_op_swiglu(b, gb, gb, ub, n, wd), 0); /* out == gate */
             o = get_floats(gb, len);
-            expect_nmse(nmse(o, ref, len), 1e-10, "swiglu in place");
+            expect_nmse(tsr_test_nmse(o, ref, len), 1e-10, "swiglu in place");
             free(o);
             tsr_buf_free(gb);
             tsr_buf_free(ub);
@@ -1028,7 +1018,7 @@ static float *attn_run(tsr_backend_t *b, const struct attn_case *ac, const struc
         }
         float *gq = get_floats(qb, nt * qw), *gkc = get_floats(kcb, a->n_slots * kw);
         float *gvc = get_floats(vcb, a->n_slots * kw);
-        expect_nmse(nmse(gq, rq, nt * qw), 1e-10, "rope q");
+        expect_nmse(tsr_test_nmse(gq, rq, nt * qw), 1e-10, "rope q");
         double *ck = malloc(sizeof(double) * a->n_slots * kw);
         float *cv = malloc(sizeof(float) * a->n_slots * kw);
         for (size_t i = 0; i < a->n_slots * kw; i++) ck[i] = a->kc[i];
@@ -1037,7 +1027,7 @@ static float *attn_run(tsr_backend_t *b, const struct attn_case *ac, const struc
             for (size_t i = 0; i < kw; i++) ck[(size_t)a->slot[t] * kw + i] = rk[t * kw + i];
             memcpy(cv + (size_t)a->slot[t] * kw, a->v + t * kw, sizeof(float) * kw);
         }
-        expect_nmse(nmse(gkc, ck, a->n_slots * kw), 1e-10, "rope k into the cache");
+        expect_nmse(tsr_test_nmse(gkc, ck, a->n_slots * kw), 1e-10, "rope k into the cache");
         assert_memory_equal(gvc, cv, sizeof(float) * a->n_slots * kw);
 
         /* attention in double over the reference cache */
@@ -1065,7 +1055,7 @@ static float *attn_run(tsr_backend_t *b, const struct attn_case *ac, const struc
                 }
                 for (int i = 0; i < hd; i++) o[i] /= sum;
             }
-        expect_nmse(nmse(out, ref, nt * qw), 1e-10, "attention");
+        expect_nmse(tsr_test_nmse(out, ref, nt * qw), 1e-10, "attention");
         free(ref);
         free(sc);
         free(ck);

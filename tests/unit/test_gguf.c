@@ -606,8 +606,8 @@ static void one_tensor_fails(struct tdesc t, int code, const char *substr)
 
 static void test_bad_tensors(void **state)
 {
-    one_tensor_fails((struct tdesc){"blk.0.q4k", 2, {256, 2}, 12, 288, AUTO}, TSR_EUNSUPPORTED,
-                     "type 12 (Q4_K)");
+    one_tensor_fails((struct tdesc){"blk.0.q2k", 2, {256, 2}, 10, 168, AUTO}, TSR_EUNSUPPORTED,
+                     "type 10 (Q2_K)");
     one_tensor_fails((struct tdesc){"weird", 1, {4}, 1000, 16, AUTO}, TSR_EUNSUPPORTED,
                      "type 1000");
     one_tensor_fails((struct tdesc){"neg", 1, {4}, 0x80000000u, 16, AUTO}, TSR_EUNSUPPORTED,
@@ -630,6 +630,8 @@ static void test_bad_tensors(void **state)
                      TSR_EFORMAT, "byte size overflows");
     one_tensor_fails((struct tdesc){"blk", 1, {33}, TSR_Q8_0, 34, AUTO}, TSR_EFORMAT,
                      "not a multiple of the Q8_0 block size 32");
+    one_tensor_fails((struct tdesc){"blk.0.q4k", 2, {320, 2}, TSR_Q4_K, 288, AUTO}, TSR_EFORMAT,
+                     "row length 320 is not a multiple of the Q4_K block size 256");
     one_tensor_fails((struct tdesc){"past", 1, {4}, TSR_F32, 0, 1024}, TSR_EFORMAT,
                      "data [offset 1024, 16 bytes) runs past end of file");
     one_tensor_fails((struct tdesc){"wrap", 1, {4}, TSR_F32, 0, UINT64_MAX - 31}, TSR_EFORMAT,

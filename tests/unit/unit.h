@@ -9,6 +9,7 @@
 #define TSR_TESTS_UNIT_UNIT_H
 
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <unistd.h>
 
@@ -37,6 +38,20 @@ static inline double tsr_test_log_softmax(const float *x, int n, int t)
         if (x[i] > m) m = x[i];
     for (int i = 0; i < n; i++) sum += exp((double)x[i] - m);
     return (double)x[t] - m - log(sum);
+}
+
+/* Normalized mean squared error of out against a float64 reference: sum (out - ref)^2 over
+ * sum ref^2 (the plain sum when ref is all zero); infinity when out holds a NaN. */
+static inline double tsr_test_nmse(const float *out, const double *ref, size_t n)
+{
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)out[i] - ref[i];
+        num += d * d;
+        den += ref[i] * ref[i];
+    }
+    if (isnan(num)) return INFINITY;
+    return den > 0 ? num / den : num;
 }
 
 #endif
