@@ -278,13 +278,29 @@ __global__ void __launch_bounds__(THREADS) gemv_quant(const job j)
 #pragma unroll
             for (int k = 0; k < R; k++)
                 stage_bytes<W>(stage[wi][buf ^ 1][k], wr[k] + (size_t)(c + 1) * CH, bytes, lane);
-            asm volatile("cp.async.wait_group %0;\n" ::"n"(R)); /* the R groups just issued */
-        } else {
-            asm volatile("cp.async.wait_group 0;\n" ::);
         }
-        __syncwarp();
-        /* Lane l: weights 4l + 128i of the chunk, i < 8 (block l/8 + 4i, position 4(l%8)). */
+        /* Lane l: weights 4l + 128i of the chunk, i < 8 (block l/8 + 4i, position 4(l%8)). With
+         * one or two activation rows, the chunk's activations are loaded before the wait for its
+         * weights, so that their latency hides under it instead of following it (past the last
+         * block: a clamped load, never used). On an H100 this took the Q8_0 GEMV of 14336 x 4096
+         * from 0.46 to 0.73 of the copy bandwidth at n = 1; a third staging buffer did not help. */
         int p = 4 * (lane & 7);
+        constexpr int XP = N <= 2 ? 8 : 1;
+        float4 xr[XP][N];
+        if constexpr (XP == 8) {
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                size_t col = (size_t)min(c * 32 + (lane >> 3) + 4 * i, nb - 1) * TSR_QK + p;
+#pragma unroll
+                for (int n = 0; n < N; n++)
+                    xr[i][n] = __ldg((const float4 *)(j.x + (size_t)n * j.cols + col));
+            }
+        }
+        if (c + 1 < nchunks)
+            asm volatile("cp.async.wait_group %0;\n" ::"n"(R)); /* the R groups just issued */
+        else
+            asm volatile("cp.async.wait_group 0;\n" ::);
+        __syncwarp();
 #pragma unroll
         for (int i = 0; i < 8; i++) {
             int blk = (lane >> 3) + 4 * i; /* block within the chunk */
@@ -293,7 +309,11 @@ __global__ void __launch_bounds__(THREADS) gemv_quant(const job j)
             float xv[N][4], xs[N];
 #pragma unroll
             for (int n = 0; n < N; n++) {
-                float4 f = __ldg((const float4 *)(j.x + (size_t)n * j.cols + col));
+                float4 f;
+                if constexpr (XP == 8)
+                    f = xr[i][n];
+                else
+                    f = __ldg((const float4 *)(j.x + (size_t)n * j.cols + col));
                 xv[n][0] = f.x;
                 xv[n][1] = f.y;
                 xv[n][2] = f.z;

@@ -38,10 +38,11 @@
  *     GEMV measures ~3e-13. The double reference is the strict check either way.
  * The double reference uses up to 64 sampled weight rows for every activation row.
  *
- * Usage: test_cuda_ops [--quick] [--bench] [--seed N] [--log FILE]
+ * Usage: test_cuda_ops [--quick] [--bench | --bench-only] [--seed N] [--log FILE]
  *   --quick  small shapes only (for compute-sanitizer);
  *   --bench  also times GEMV, GEMM, decode attention and a 2,048-token causal prefill on
- *            Llama-3-8B shapes (informational);
+ *            Llama-3-8B shapes (informational); --bench-only times them and checks nothing
+ *            (for profilers);
  *   --log    every comparison's row to FILE (the summary table is printed last either way). */
 #include <math.h>
 #include <stdint.h>
@@ -215,6 +216,9 @@ static void check_rc(int rc_c, int rc_g, const char *op)
 static const enum tsr_dtype all_types[] = {TSR_F32,  TSR_F16,  TSR_BF16,
                                            TSR_Q8_0, TSR_Q4_0, TSR_Q4_1};
 #define N_TYPES 6
+/* The k-quants: rows of whole 256-weight super-blocks only; the GPU decodes them per element. */
+static const enum tsr_dtype kq_types[] = {TSR_Q4_K, TSR_Q5_K, TSR_Q6_K};
+#define N_KQ_TYPES 3
 
 /* ---- element-wise ops ---- */
 
@@ -412,9 +416,11 @@ static void test_matmul_shape(int rows, int cols, const char *label, const int *
                               int float_only)
 {
     float *wf = rand_floats((size_t)rows * cols, 1.0f / sqrtf((float)cols));
-    for (int t = 0; t < N_TYPES; t++) {
-        enum tsr_dtype type = all_types[t];
-        if (!tsr_dtype_row_bytes(type, cols) || (float_only && is_quant(type))) continue;
+    for (int t = 0; t < N_TYPES + N_KQ_TYPES; t++) {
+        enum tsr_dtype type = t < N_TYPES ? all_types[t] : kq_types[t - N_TYPES];
+        if (!tsr_dtype_row_bytes(type, cols) ||
+            (float_only && type != TSR_F32 && type != TSR_F16 && type != TSR_BF16))
+            continue;
         struct pweight w = pw_from(type, rows, cols, wf);
         test_matmul_w(type, rows, cols, wf, &w, ns, n_ns, label, -1);
         pw_free(&w);
@@ -876,12 +882,16 @@ int main(int argc, char **argv)
             quick = 1;
         else if (!strcmp(argv[i], "--bench"))
             do_bench = 1;
+        else if (!strcmp(argv[i], "--bench-only"))
+            do_bench = 2;
         else if (!strcmp(argv[i], "--seed") && i + 1 < argc)
             seed = strtoull(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "--log") && i + 1 < argc)
             log_path = argv[++i];
         else {
-            fprintf(stderr, "usage: %s [--quick] [--bench] [--seed N] [--log FILE]\n", argv[0]);
+            fprintf(stderr,
+                    "usage: %s [--quick] [--bench | --bench-only] [--seed N] [--log FILE]\n",
+                    argv[0]);
             return 2;
         }
     }
@@ -899,12 +909,20 @@ int main(int argc, char **argv)
     printf("test_cuda_ops: device %s, seed %llu%s\n", prop.name, (unsigned long long)seed,
            quick ? " (quick)" : "");
     fflush(stdout);
+    if (do_bench == 2) {
+        bench();
+        return 0;
+    }
     double t0 = now_s();
 
     /* Element-wise ops. */
     for (int t = 0; t < N_TYPES; t++) {
         test_embed(all_types[t], 1000, 576, 37);
         test_embed(all_types[t], 300, 4096, 5);
+    }
+    for (int t = 0; t < N_KQ_TYPES; t++) {
+        test_embed(kq_types[t], 1000, 512, 37);
+        test_embed(kq_types[t], 300, 4096, 5);
     }
     if (!quick) {
         test_embed(TSR_Q8_0, 49152, 576, 64);
