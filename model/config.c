@@ -22,6 +22,7 @@ static const struct bound B_HEAD_DIM = {4 * TSR_MAX_HEAD_DIM, "real models use 6
 static const struct bound B_VOCAB = {TSR_MAX_VOCAB, "Gemma 3 has 262144"};
 static const struct bound B_CTX = {TSR_MAX_CONTEXT, "Llama 4 Scout has 10M"};
 static const struct bound B_EXPERTS = {TSR_MAX_EXPERTS, "Kimi K2 has 384"};
+static const struct bound B_LORA = {TSR_MAX_LORA_RANK, "DeepSeek V3 has 1536 and 512"};
 
 #define CONTEXT_DEFAULT 4096
 
@@ -188,7 +189,7 @@ static int json_float(json_t *root, const char *key, float dflt, float *out, con
 /* rope_scaling: null, or an object whose type (rope_type, or the older type) is default, linear
  * or llama3, each with the parameters Hugging Face requires of it. Any other type or shape is an
  * error: ignoring it would run the model with other positions than it was trained for. */
-static int json_rope_scaling(json_t *rs, struct tsr_model_config *c, const char *path)
+static int json_rope_scaling(json_t *rs, int yarn_ok, struct tsr_model_config *c, const char *path)
 {
     int rc;
     if (!rs || json_is_null(rs)) return 0;
@@ -208,6 +209,9 @@ static int json_rope_scaling(json_t *rs, struct tsr_model_config *c, const char 
     } else if (!strcmp(t, "llama3")) {
         c->rope_scaling = TSR_ROPE_LLAMA3;
         n_need = 4;
+    } else if (yarn_ok && !strcmp(t, "yarn")) {
+        c->rope_scaling = TSR_ROPE_YARN; /* planned only: positions do not change a plan */
+        n_need = 1;
     } else {
         return tsr_errorf(TSR_EUNSUPPORTED,
                           "%s: rope_scaling type '%.64s' is not supported (default, linear, "
@@ -225,6 +229,121 @@ static int json_rope_scaling(json_t *rs, struct tsr_model_config *c, const char 
         (rc =
              json_int(rs, "original_max_position_embeddings", -1, &B_CTX, &c->rope_orig_ctx, path)))
         return rc;
+    return 0;
+}
+
+/* Families of config.json: dense ones run; the others are read for planning only. */
+enum family { FAM_NONE, FAM_DENSE, FAM_MIXTRAL, FAM_QWEN_MOE, FAM_DEEPSEEK };
+
+/* An optional size: missing or null → 0; else as json_int (0 is an error). */
+static int json_opt_int(json_t *root, const char *key, const struct bound *b, int *out,
+                        const char *path)
+{
+    json_t *v = json_object_get(root, key);
+    *out = 0;
+    if (!v || json_is_null(v)) return 0;
+    return json_int(root, key, -1, b, out, path);
+}
+
+/* An integer that, when present, must be `want`: a layout the planner does not model (experts
+ * every other layer, ...) is an error, not a silently wrong plan. */
+static int json_must_be(json_t *root, const char *key, int want, const char *path)
+{
+    json_t *v = json_object_get(root, key);
+    if (!v || json_is_null(v)) return 0;
+    if (!json_is_integer(v) || json_integer_value(v) != want)
+        return tsr_errorf(TSR_EUNSUPPORTED,
+                          "%s: \"%s\" must be %d (other layouts of expert "
+                          "layers are not supported)",
+                          path, key, want);
+    return 0;
+}
+
+/* The expert and MLA fields of the MoE families, by their Hugging Face names:
+ *   mixtral      num_local_experts, num_experts_per_tok; each expert is intermediate_size wide
+ *   qwen2_moe    num_experts, num_experts_per_tok, moe_intermediate_size,
+ *                shared_expert_intermediate_size (with its 1 x dim gate)
+ *   qwen3_moe    the same without a shared expert
+ *   deepseek_*   n_routed_experts, num_experts_per_tok, n_shared_experts, moe_intermediate_size,
+ *   kimi_k2      first_k_dense_replace, n_group / topk_group; MLA: q_lora_rank (null: none),
+ *                kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim */
+static int json_moe(json_t *root, enum family fam, struct tsr_model_config *c, const char *path)
+{
+    int rc, n_shared = 0, n_group = 0, topk_group = 0;
+    const char *experts = fam == FAM_MIXTRAL    ? "num_local_experts"
+                          : fam == FAM_QWEN_MOE ? "num_experts"
+                                                : "n_routed_experts";
+    if ((rc = json_int(root, experts, -1, &B_EXPERTS, &c->n_expert, path)) ||
+        (rc = json_int(root, "num_experts_per_tok", -1, &B_EXPERTS, &c->n_expert_used, path)))
+        return rc;
+    if (c->n_expert_used > c->n_expert)
+        return tsr_errorf(TSR_EFORMAT,
+                          "%s: num_experts_per_tok = %d is more than the %d experts "
+                          "(%s)",
+                          path, c->n_expert_used, c->n_expert, experts);
+    if (fam == FAM_MIXTRAL) {
+        c->moe_ffn_dim = c->ffn_dim;
+        return 0;
+    }
+    if ((rc = json_int(root, "moe_intermediate_size", -1, &B_FFN, &c->moe_ffn_dim, path)))
+        return rc;
+    if (fam == FAM_QWEN_MOE) {
+        json_t *mlp_only = json_object_get(root, "mlp_only_layers");
+        if (mlp_only && !json_is_null(mlp_only) &&
+            !(json_is_array(mlp_only) && json_array_size(mlp_only) == 0))
+            return tsr_errorf(TSR_EUNSUPPORTED,
+                              "%s: \"mlp_only_layers\" must be empty (dense "
+                              "layers among expert layers are not supported)",
+                              path);
+        if ((rc = json_must_be(root, "decoder_sparse_step", 1, path))) return rc;
+        if (!strcmp(c->arch, "qwen2_moe")) {
+            if ((rc = json_opt_int(root, "shared_expert_intermediate_size", &B_FFN,
+                                   &c->shared_ffn_dim, path)))
+                return rc;
+            c->shared_expert_gate = c->shared_ffn_dim > 0;
+        }
+        return 0;
+    }
+    /* DeepSeek V2/V3, Kimi K2 */
+    if ((rc = json_opt_int(root, "n_shared_experts", &B_EXPERTS, &n_shared, path)) ||
+        (rc = json_must_be(root, "moe_layer_freq", 1, path)))
+        return rc;
+    if ((int64_t)n_shared * c->moe_ffn_dim > TSR_MAX_FFN_DIM)
+        return tsr_errorf(TSR_EINVAL,
+                          "%s: n_shared_experts = %d x moe_intermediate_size = %d is "
+                          "over the FFN limit of %d",
+                          path, n_shared, c->moe_ffn_dim, TSR_MAX_FFN_DIM);
+    c->shared_ffn_dim = n_shared * c->moe_ffn_dim;
+    json_t *k = json_object_get(root, "first_k_dense_replace");
+    if (k && !json_is_null(k) && !(json_is_integer(k) && json_integer_value(k) == 0) &&
+        (rc = json_int(root, "first_k_dense_replace", -1, &B_LAYERS, &c->n_dense_layer, path)))
+        return rc;
+    if (c->n_dense_layer >= c->n_layer)
+        return tsr_errorf(TSR_EFORMAT,
+                          "%s: first_k_dense_replace = %d leaves none of the %d "
+                          "layers with experts",
+                          path, c->n_dense_layer, c->n_layer);
+    /* Group-limited routing: experts in n_group groups, tokens routed within topk_group of them. */
+    if ((rc = json_opt_int(root, "n_group", &B_EXPERTS, &n_group, path)) ||
+        (rc = json_opt_int(root, "topk_group", &B_EXPERTS, &topk_group, path)))
+        return rc;
+    if (n_group && c->n_expert % n_group)
+        return tsr_errorf(TSR_EFORMAT, "%s: n_group = %d does not divide %d routed experts", path,
+                          n_group, c->n_expert);
+    if (topk_group > (n_group ? n_group : 1))
+        return tsr_errorf(TSR_EFORMAT, "%s: topk_group = %d is more than n_group = %d", path,
+                          topk_group, n_group);
+    /* MLA */
+    json_t *q = json_object_get(root, "q_lora_rank"); /* null or 0: a plain query projection */
+    if (q && !json_is_null(q) && !(json_is_integer(q) && json_integer_value(q) == 0) &&
+        (rc = json_int(root, "q_lora_rank", -1, &B_LORA, &c->q_lora_rank, path)))
+        return rc;
+    if ((rc = json_int(root, "kv_lora_rank", -1, &B_LORA, &c->kv_lora_rank, path)) ||
+        (rc = json_int(root, "qk_nope_head_dim", -1, &B_HEAD_DIM, &c->qk_nope_head_dim, path)) ||
+        (rc = json_int(root, "qk_rope_head_dim", -1, &B_HEAD_DIM, &c->qk_rope_head_dim, path)) ||
+        (rc = json_int(root, "v_head_dim", -1, &B_HEAD_DIM, &c->v_head_dim, path)))
+        return rc;
+    c->head_dim = c->qk_nope_head_dim + c->qk_rope_head_dim;
     return 0;
 }
 
@@ -268,14 +387,25 @@ static int config_from_root(json_t *root, const char *path, struct tsr_model_con
     }
     const char *mt = json_string_value(json_object_get(root, "model_type"));
     if (!mt) mt = "llama";
-    if (!strcmp(mt, "llama") || !strcmp(mt, "mistral") || !strcmp(mt, "qwen2")) {
-        snprintf(c->arch, sizeof c->arch, "%s", mt);
-    } else {
-        rc =
-            tsr_errorf(TSR_EUNSUPPORTED,
-                       "%s: model_type '%.64s' is not supported (llama, mistral, qwen2)", path, mt);
+    static const struct {
+        const char *name;
+        enum family fam;
+    } types[] = {
+        {"llama", FAM_DENSE},          {"mistral", FAM_DENSE},        {"qwen2", FAM_DENSE},
+        {"mixtral", FAM_MIXTRAL},      {"qwen2_moe", FAM_QWEN_MOE},   {"qwen3_moe", FAM_QWEN_MOE},
+        {"deepseek_v2", FAM_DEEPSEEK}, {"deepseek_v3", FAM_DEEPSEEK}, {"kimi_k2", FAM_DEEPSEEK}};
+    enum family fam = FAM_NONE;
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+        if (!strcmp(mt, types[i].name)) fam = types[i].fam;
+    if (fam == FAM_NONE) {
+        rc = tsr_errorf(TSR_EUNSUPPORTED,
+                        "%s: model_type '%.64s' is not supported (llama, mistral, qwen2; for "
+                        "planning only: mixtral, qwen2_moe, qwen3_moe, deepseek_v2, deepseek_v3, "
+                        "kimi_k2)",
+                        path, mt);
         goto out;
     }
+    snprintf(c->arch, sizeof c->arch, "%s", mt);
     json_t *ctx = json_object_get(root, "max_position_embeddings");
     if (!ctx || json_is_null(ctx)) warn_default_context(path, "max_position_embeddings");
     if ((rc = json_int(root, "num_hidden_layers", -1, &B_LAYERS, &c->n_layer, path)) ||
@@ -288,9 +418,12 @@ static int config_from_root(json_t *root, const char *path, struct tsr_model_con
                        path)) ||
         (rc = json_int(root, "head_dim", c->dim / c->n_head, &B_HEAD_DIM, &c->head_dim, path)))
         goto out;
+    if (fam != FAM_DENSE) {
+        if ((rc = json_moe(root, fam, c, path))) goto out;
+    }
     static const char *const expert_keys[] = {"num_local_experts", "num_experts",
                                               "n_routed_experts"};
-    for (size_t i = 0; i < sizeof expert_keys / sizeof expert_keys[0]; i++) {
+    for (size_t i = 0; fam == FAM_DENSE && i < sizeof expert_keys / sizeof expert_keys[0]; i++) {
         int n_expert = 0;
         json_t *e = json_object_get(root, expert_keys[i]);
         if (!e || json_is_null(e) || (json_is_integer(e) && json_integer_value(e) == 0)) continue;
@@ -308,11 +441,91 @@ static int config_from_root(json_t *root, const char *path, struct tsr_model_con
         goto out;
     }
     c->tied_embeddings = json_is_true(tie);
-    c->qkv_bias = !strcmp(mt, "qwen2") || json_is_true(json_object_get(root, "attention_bias"));
-    if ((rc = json_rope_scaling(json_object_get(root, "rope_scaling"), c, path))) goto out;
+    c->qkv_bias = !strcmp(mt, "qwen2") || !strcmp(mt, "qwen2_moe") ||
+                  json_is_true(json_object_get(root, "attention_bias"));
+    if ((rc = json_rope_scaling(json_object_get(root, "rope_scaling"), fam != FAM_DENSE, c, path)))
+        goto out;
     if ((rc = tsr_config_validate(c))) rc = tsr_error_prefix(rc, "%s", path);
 out:
     return rc;
+}
+
+/* Experts and MLA: all zero for a dense model; within bounds and consistent otherwise. */
+static int validate_moe_mla(const struct tsr_model_config *c)
+{
+    if (c->n_expert < 0 || c->n_expert_used < 0 || c->moe_ffn_dim < 0 || c->n_dense_layer < 0 ||
+        c->shared_ffn_dim < 0 || c->q_lora_rank < 0 || c->kv_lora_rank < 0 ||
+        c->qk_nope_head_dim < 0 || c->qk_rope_head_dim < 0 || c->v_head_dim < 0)
+        return tsr_errorf(TSR_EFORMAT, "config: expert and latent-attention sizes must not be "
+                                       "negative");
+    if (c->n_expert == 0) {
+        if (c->n_expert_used || c->moe_ffn_dim || c->n_dense_layer || c->shared_ffn_dim ||
+            c->shared_expert_gate)
+            return tsr_errorf(TSR_EFORMAT, "config: expert sizes without experts");
+    } else {
+        if (c->n_expert > TSR_MAX_EXPERTS)
+            return tsr_errorf(TSR_EINVAL, "config: %d experts is over the limit of %d (%s)",
+                              c->n_expert, TSR_MAX_EXPERTS, B_EXPERTS.real);
+        if (c->n_expert_used < 1 || c->n_expert_used > c->n_expert)
+            return tsr_errorf(TSR_EFORMAT,
+                              "config: %d experts per token must be between 1 and the %d experts",
+                              c->n_expert_used, c->n_expert);
+        if (c->moe_ffn_dim < 1 || c->moe_ffn_dim > TSR_MAX_FFN_DIM ||
+            c->shared_ffn_dim > TSR_MAX_FFN_DIM)
+            return tsr_errorf(TSR_EFORMAT,
+                              "config: expert FFN size %d and shared expert FFN size %d must be "
+                              "within 1..%d",
+                              c->moe_ffn_dim, c->shared_ffn_dim, TSR_MAX_FFN_DIM);
+        if (c->n_dense_layer >= c->n_layer)
+            return tsr_errorf(TSR_EFORMAT,
+                              "config: %d dense layers leave none of the %d with "
+                              "experts",
+                              c->n_dense_layer, c->n_layer);
+    }
+    if (c->kv_lora_rank == 0) {
+        if (c->q_lora_rank || c->qk_nope_head_dim || c->qk_rope_head_dim || c->v_head_dim)
+            return tsr_errorf(TSR_EFORMAT, "config: latent-attention sizes without kv_lora_rank");
+        return 0;
+    }
+    if (c->kv_lora_rank > TSR_MAX_LORA_RANK || c->q_lora_rank > TSR_MAX_LORA_RANK)
+        return tsr_errorf(TSR_EINVAL,
+                          "config: kv_lora_rank %d or q_lora_rank %d is over the "
+                          "limit of %d (%s)",
+                          c->kv_lora_rank, c->q_lora_rank, TSR_MAX_LORA_RANK, B_LORA.real);
+    if (c->qk_nope_head_dim < 1 || c->qk_rope_head_dim < 2 || c->qk_rope_head_dim % 2 ||
+        c->v_head_dim < 1 || c->v_head_dim > TSR_MAX_HEAD_DIM ||
+        c->head_dim != c->qk_nope_head_dim + c->qk_rope_head_dim)
+        return tsr_errorf(TSR_EFORMAT,
+                          "config: latent attention needs qk_nope_head_dim (%d) >= 1, an even "
+                          "qk_rope_head_dim (%d) >= 2, v_head_dim (%d) within 1..%d and head dim "
+                          "%d = their sum",
+                          c->qk_nope_head_dim, c->qk_rope_head_dim, c->v_head_dim, TSR_MAX_HEAD_DIM,
+                          c->head_dim);
+    return 0;
+}
+
+int tsr_config_check_runnable(const struct tsr_model_config *c, const char *name)
+{
+    if (c->n_expert > 0)
+        return tsr_errorf(TSR_EUNSUPPORTED,
+                          "%s: %s has %d experts: mixture-of-experts models can be planned "
+                          "(tessera plan) but not run yet",
+                          name, c->arch, c->n_expert);
+    if (c->kv_lora_rank > 0)
+        return tsr_errorf(TSR_EUNSUPPORTED,
+                          "%s: %s uses multi-head latent attention: such models can be planned "
+                          "(tessera plan) but not run yet",
+                          name, c->arch);
+    if (c->rope_scaling == TSR_ROPE_YARN)
+        return tsr_errorf(TSR_EUNSUPPORTED,
+                          "%s: YaRN rope scaling can be planned (tessera plan) but not run yet",
+                          name);
+    return 0;
+}
+
+int tsr_config_n_moe_layer(const struct tsr_model_config *c)
+{
+    return c->n_expert > 0 ? c->n_layer - c->n_dense_layer : 0;
 }
 
 int tsr_config_validate(const struct tsr_model_config *c)
@@ -340,6 +553,8 @@ int tsr_config_validate(const struct tsr_model_config *c)
         return tsr_errorf(TSR_EFORMAT, "config: %d heads do not divide into %d KV heads", c->n_head,
                           c->n_kv_head);
     if (c->head_dim % 2) return tsr_errorf(TSR_EFORMAT, "config: head dim %d is odd", c->head_dim);
+    int rc = validate_moe_mla(c);
+    if (rc) return rc;
     if (c->head_dim > TSR_MAX_HEAD_DIM)
         return tsr_errorf(TSR_EUNSUPPORTED, "config: head dim %d is over %d", c->head_dim,
                           TSR_MAX_HEAD_DIM);
@@ -393,7 +608,17 @@ void tsr_rope_inv_freq(const struct tsr_model_config *c, const float *freq_facto
 double tsr_config_n_params(const struct tsr_model_config *c)
 {
     double d = c->dim, kv = (double)c->n_kv_head * c->head_dim, q = (double)c->n_head * c->head_dim;
-    double layer = d * q + 2 * d * kv + q * d + 3 * d * c->ffn_dim + 2 * d;
+    double attn = d * q + 2 * d * kv + q * d + (c->qkv_bias ? q + 2 * kv : 0);
+    if (c->kv_lora_rank > 0) { /* MLA: see shard_plan.h for the tensors */
+        double h = c->n_head, qr = c->q_lora_rank, kr = c->kv_lora_rank;
+        double qk = c->qk_nope_head_dim + c->qk_rope_head_dim;
+        attn = (qr > 0 ? d * qr + qr + qr * h * qk : d * h * qk) + d * (kr + c->qk_rope_head_dim) +
+               kr + kr * h * (c->qk_nope_head_dim + c->v_head_dim) + h * c->v_head_dim * d;
+    }
+    double dense = attn + 3 * d * c->ffn_dim + 2 * d;
     double emb = (double)c->n_vocab * d * (c->tied_embeddings ? 1 : 2);
-    return c->n_layer * layer + emb + d;
+    int n_moe = tsr_config_n_moe_layer(c);
+    double moe = attn + 2 * d + (double)c->n_expert * d + 3.0 * c->n_expert * d * c->moe_ffn_dim +
+                 3 * d * c->shared_ffn_dim + (c->shared_expert_gate ? d : 0);
+    return (c->n_layer - n_moe) * dense + n_moe * moe + emb + d;
 }

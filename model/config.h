@@ -1,11 +1,15 @@
 /* Model configuration of the Llama family (Llama 2 and 3, Mistral, Qwen2, SmolLM2), read from GGUF
- * metadata or a Hugging Face config.json, and the RoPE frequencies it implies. */
+ * metadata or a Hugging Face config.json, and the RoPE frequencies it implies. config.json of
+ * mixture-of-experts (Mixtral, Qwen2/Qwen3-MoE, DeepSeek V2/V3, Kimi K2) and multi-head latent
+ * attention (DeepSeek, Kimi K2) models is read too, for `tessera plan` only: opening such a model
+ * to run it is refused (tsr_config_check_runnable). */
 #ifndef TSR_MODEL_CONFIG_H
 #define TSR_MODEL_CONFIG_H
 
 #include "model/gguf.h"
 
-enum tsr_rope_scaling { TSR_ROPE_NONE, TSR_ROPE_LINEAR, TSR_ROPE_LLAMA3 };
+/* YaRN is read only for planning (DeepSeek V3, Kimi K2): nothing computes it yet. */
+enum tsr_rope_scaling { TSR_ROPE_NONE, TSR_ROPE_LINEAR, TSR_ROPE_LLAMA3, TSR_ROPE_YARN };
 
 /* Upper bounds on the sizes a config may declare, from the largest real models with 4x or more of
  * headroom. They are checked as the config is read, before anything is allocated from it (the
@@ -14,14 +18,15 @@ enum tsr_rope_scaling { TSR_ROPE_NONE, TSR_ROPE_LINEAR, TSR_ROPE_LLAMA3 };
  * 3.1 405B; our 1T planning shape has 160), hidden 16384 (405B; 20480 in the 1T shape), FFN 53248
  * (405B; 73728 PaLM 540B; 86016 in the 1T shape), heads 128 (405B, DeepSeek V3; 160 in the 1T
  * shape), vocabulary 262144 (Gemma 3), context 10M (Llama 4 Scout), experts 384 (Kimi K2). */
-#define TSR_MAX_LAYERS   1024
-#define TSR_MAX_DIM      65536
-#define TSR_MAX_FFN_DIM  (1 << 18)
-#define TSR_MAX_HEADS    1024
-#define TSR_MAX_HEAD_DIM 512 /* the attention kernels' limit; real models use 64-256 */
-#define TSR_MAX_VOCAB    (1 << 20)
-#define TSR_MAX_CONTEXT  (1 << 24)
-#define TSR_MAX_EXPERTS  4096
+#define TSR_MAX_LAYERS    1024
+#define TSR_MAX_DIM       65536
+#define TSR_MAX_FFN_DIM   (1 << 18)
+#define TSR_MAX_HEADS     1024
+#define TSR_MAX_HEAD_DIM  512 /* the attention kernels' limit; real models use 64-256 */
+#define TSR_MAX_VOCAB     (1 << 20)
+#define TSR_MAX_CONTEXT   (1 << 24)
+#define TSR_MAX_EXPERTS   4096
+#define TSR_MAX_LORA_RANK 16384 /* MLA's q/kv compression ranks; DeepSeek V3 has 1536 and 512 */
 
 struct tsr_model_config {
     char arch[32]; /* "llama", "qwen2", "mistral" */
@@ -41,6 +46,20 @@ struct tsr_model_config {
     int rope_orig_ctx;   /* llama3 scaling: original_max_position_embeddings */
     int tied_embeddings; /* no separate output matrix: the LM head is the embedding */
     int qkv_bias;        /* Q, K and V projections carry a bias (Qwen2) */
+
+    /* Mixture of experts (all 0 when dense). Layers [n_dense_layer, n_layer) replace the SwiGLU
+     * MLP (ffn_dim) by a router (n_expert x dim) choosing n_expert_used of n_expert routed
+     * SwiGLU experts of moe_ffn_dim each, plus a shared expert MLP of shared_ffn_dim (0: none;
+     * DeepSeek: n_shared_experts x moe_intermediate_size) that every token goes through. */
+    int n_expert, n_expert_used, moe_ffn_dim;
+    int n_dense_layer;      /* DeepSeek's first_k_dense_replace: leading layers with ffn_dim */
+    int shared_ffn_dim;     /* 0: no shared expert */
+    int shared_expert_gate; /* qwen2_moe: a sigmoid gate (1 x dim) scales the shared expert */
+    /* Multi-head latent attention (DeepSeek V2/V3, Kimi K2; kv_lora_rank 0 when not). K and V
+     * come from a kv_lora_rank latent plus one shared qk_rope_head_dim RoPE key, which is what
+     * the cache holds; queries from a q_lora_rank latent (0: a plain dim -> heads projection).
+     * head_dim is then qk_nope_head_dim + qk_rope_head_dim (the query/key width). */
+    int q_lora_rank, kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim;
 };
 
 /* Read the config; the tokenizer's vocabulary size is the fallback for n_vocab. Both validate
@@ -59,8 +78,15 @@ int tsr_config_from_json_text(const char *text, size_t len, const char *name,
  * this one reading. Defined in model.c. */
 int tsr_config_load(const char *spec, struct tsr_model_config *c);
 /* Checks sizes are positive, within the bounds and consistent (n_head % n_kv_head == 0, head_dim
- * even, ...), and that the floats are finite and positive. */
+ * even, ...), and that the floats are finite and positive; for experts 1 <= n_expert_used <=
+ * n_expert, n_dense_layer < n_layer; for MLA the head dims and ranks within their bounds. */
 int tsr_config_validate(const struct tsr_model_config *c);
+/* 0 if tessera can run the model; TSR_EUNSUPPORTED naming what it cannot (experts, MLA, YaRN):
+ * such a config can be planned but not run yet. name prefixes the message. Every path that runs
+ * a model checks this after reading the config (tsr_model_open); `plan` does not. */
+int tsr_config_check_runnable(const struct tsr_model_config *c, const char *name);
+/* Layers [n_dense_layer, n_layer) of a MoE model; 0 when dense. */
+int tsr_config_n_moe_layer(const struct tsr_model_config *c);
 
 /* RoPE inverse frequencies, head_dim/2 of them, with the configured scaling applied.
  * freq_factors (head_dim/2, may be NULL) divides them, as GGUF's rope_freqs.weight does. */

@@ -96,7 +96,9 @@ static int open_hf(tsr_model_t *m, const char *dir)
     char path[4096];
     int rc;
     snprintf(path, sizeof path, "%s/config.json", dir);
-    if ((rc = tsr_config_from_json(path, &m->cfg))) return rc;
+    if ((rc = tsr_config_from_json(path, &m->cfg)) ||
+        (rc = tsr_config_check_runnable(&m->cfg, dir)))
+        return rc;
     if ((rc = tsr_st_open_dir(dir, &m->st))) return rc;
     /* An untied model computes logits with its own head: falling back to the embeddings would
      * silently run a different model. */

@@ -29,7 +29,33 @@
  *
  * Memory: every parameter is counted at the caller's bytes per weight (norms and biases too; they
  * are under 0.01% of a model). KV bytes per token of a rank = 2 (K and V) * its layers * its KV
- * heads * head_dim * KV bytes per element. */
+ * heads * head_dim * KV bytes per element.
+ *
+ * Mixture of experts (planned, not run yet). Expert parallelism: the ep ranks of a stage are
+ * ep / tp attention groups of tp ranks (rank = pp_stage * ep + dp_rank * tp + tp_rank). Attention,
+ * dense layers, the shared expert, embeddings and head are tp-sharded within each group exactly as
+ * above (the groups are copies: data-parallel attention, each serving its own sequences); the
+ * routed experts of every expert layer of the stage are spread over all ep ranks, whole experts,
+ * rank j holding [j * n_expert / ep, (j + 1) * n_expert / ep). Tokens reach their experts by an
+ * all-to-all over the stage (dispatch, combine). Why this rule: it keeps one tp group inside a
+ * node for the all-reduces as today, and lets EP grow across nodes the way DeepSeek V3 is served
+ * (EP over many nodes, DP attention) and SGLang/vLLM run it (--enable-dp-attention, EP = TP x DP);
+ * ep = tp (one attention group) is vLLM's "EP = TP size" inside a node. A dense model has ep = tp.
+ * The cluster plan picks the fewest GPUs per replica, then the fewest stages (see
+ * tsr_cluster_plan_make). Stacked expert tensors are listed as llama.cpp stores them, one slice
+ * per tensor per layer, not one per expert: ffn_{gate,up}_exps are (n_expert * moe_ffn rows, dim),
+ * ffn_down_exps (n_expert * dim rows, moe_ffn), so a rank's experts are one ROWS range; the
+ * router ffn_gate_inp (n_expert, dim) is replicated; the shared expert ffn_*_shexp splits like a
+ * dense FFN (blocks of 32 over shared_ffn_dim).
+ * Multi-head latent attention: attn_q_a (q_lora_rank, dim), attn_q_a_norm, attn_kv_a_mqa
+ * (kv_lora_rank + qk_rope_head_dim, dim) and attn_kv_a_norm are replicated; attn_q_b (n_head *
+ * (nope + rope), q_lora_rank) and attn_kv_b (n_head * (nope + v), kv_lora_rank) are split by head
+ * (ROWS), attn_output (dim, n_head * v_head_dim) by head (COLS); without q_lora_rank attn_q is
+ * (n_head * (nope + rope), dim), split by head. The MLA cache holds kv_lora_rank +
+ * qk_rope_head_dim elements per token per layer, shared by all heads and so replicated on every
+ * TP rank: KV bytes per token of a rank = its layers * (kv_lora_rank + qk_rope_head_dim) * KV bytes
+ * per element. Not counted: DeepSeek V3's e_score_correction_bias (n_expert per layer, 15k
+ * parameters in all) and its multi-token-prediction layer (not used to serve). */
 #ifndef TSR_MODEL_SHARD_PLAN_H
 #define TSR_MODEL_SHARD_PLAN_H
 
@@ -52,7 +78,9 @@ struct tsr_slice {
 
 struct tsr_rank_plan {
     int rank, tp_rank, pp_stage;
-    int layer_begin, layer_end; /* [begin, end) */
+    int dp_rank, ep_rank;         /* attention group in the stage; rank in the stage */
+    int expert_begin, expert_end; /* routed experts [begin, end) of each expert layer held */
+    int layer_begin, layer_end;   /* [begin, end) */
     int has_embedding, has_head;
     int q_head_begin, q_head_end;   /* query heads [begin, end) */
     int kv_head_begin, kv_head_end; /* KV heads [begin, end): one head when replicated */
@@ -67,7 +95,8 @@ struct tsr_rank_plan {
 };
 
 struct tsr_shard_plan {
-    int tp, pp, world;
+    int tp, pp, world; /* world = ep * pp */
+    int ep, dp;        /* ranks of a stage; its attention groups (ep / tp); dense: tp, 1 */
     double bytes_per_weight, kv_bytes_per_elem;
     double n_params;             /* the whole model (each tensor once) */
     struct tsr_rank_plan *ranks; /* world of them, by rank */
@@ -80,6 +109,13 @@ struct tsr_shard_plan {
 int tsr_shard_plan_make(const struct tsr_model_config *c, int tp, int pp, double bytes_per_weight,
                         double kv_bytes_per_elem, struct tsr_shard_plan *out);
 void tsr_shard_plan_free(struct tsr_shard_plan *p);
+/* The same with expert parallelism: ep ranks a stage (0: tp), a multiple of tp dividing n_expert;
+ * a dense model takes only ep = tp. TSR_EINVAL naming the rule otherwise. */
+int tsr_shard_plan_make_ep(const struct tsr_model_config *c, int tp, int ep, int pp,
+                           double bytes_per_weight, double kv_bytes_per_elem,
+                           struct tsr_shard_plan *out);
+/* Only the rules of ep for a given tp; 0 or TSR_EINVAL. */
+int tsr_shard_plan_check_ep(const struct tsr_model_config *c, int tp, int ep);
 
 /* Only the divisibility rules of tp (heads, KV heads, FFN, vocabulary); 0 or TSR_EINVAL. */
 int tsr_shard_plan_check_tp(const struct tsr_model_config *c, int tp);
@@ -110,6 +146,8 @@ int tsr_slice_bytes(const struct tsr_slice *s, enum tsr_dtype t, struct tsr_slic
 /* Kept free on every GPU for the CUDA context, cuBLAS/NCCL workspaces (about 1.5 GiB) and the
  * activations and logits of a step (about 2.5 GiB for an 8192-token step of a 16k-wide model). */
 #define TSR_PLAN_RESERVE (4.0 * 1024 * 1024 * 1024)
+/* Bytes per activation element sent by the MoE all-to-all (bf16). */
+#define TSR_PLAN_ACT_BYTES 2
 
 struct tsr_cluster {
     int nodes, gpus_per_node;
@@ -119,6 +157,7 @@ struct tsr_cluster {
     double reserve;           /* bytes per GPU kept for the runtime; < 0: TSR_PLAN_RESERVE */
     int64_t context;          /* KV tokens one sequence needs per replica; 0: n_ctx_train */
     int tp, pp;               /* 0: choose */
+    int ep;                   /* MoE: ranks a stage's experts spread over; 0: choose */
 };
 
 struct tsr_stage_fit {
@@ -131,12 +170,19 @@ struct tsr_stage_fit {
 
 struct tsr_cluster_plan {
     int tp, pp, replicas;
+    int ep, dp;          /* GPUs a stage (experts spread over them); attention groups a stage */
     int gpus, gpus_used; /* in the cluster; in replicas (the rest idle) */
     double reserve;
     int64_t context;
     double n_params, weight_bytes; /* the whole model */
     double kv_bytes_per_token;     /* the whole model, one token of one sequence */
-    int64_t kv_tokens;             /* per replica: the least over its stages */
+    int64_t kv_tokens;             /* per replica (per attention group when dp > 1): the least
+                                      over its stages */
+    int experts_per_gpu;           /* of each expert layer; 0 when dense */
+    double a2a_bytes_per_token;    /* MoE: all-to-all bytes one token moves in a decode step,
+                                      every expert layer, dispatch + combine: n_moe_layers * 2 *
+                                      n_expert_used * dim * TSR_PLAN_ACT_BYTES (an upper bound:
+                                      copies routed to a rank's own experts stay local) */
     struct tsr_stage_fit *stages;  /* pp of them */
     struct tsr_shard_plan shard;   /* the plan of one replica */
 };
@@ -145,6 +191,9 @@ struct tsr_cluster_plan {
  * FFN and vocabulary allow (TP stays inside a node); pp = the fewest stages for which every GPU
  * holds its weights, the reserve and `context` tokens of KV; replicas = the TP groups of the
  * cluster (nodes * floor(gpus_per_node / tp)) divided by pp. tp or pp given in cl are kept.
+ * MoE: a replica is k TP groups = pp stages x (ep / tp) attention groups; the smallest k that
+ * fits wins, and for that k the fewest stages (the most EP); ep must divide the experts. ep given
+ * in cl is kept (a dense model takes only ep = tp).
  * TSR_EINVAL for a bad request or layout; TSR_EEXHAUSTED when the model does not fit, naming the
  * fullest GPU's need and the shortfall. Caller frees with tsr_cluster_plan_free(). */
 int tsr_cluster_plan_make(const struct tsr_model_config *c, const struct tsr_cluster *cl,

@@ -23,9 +23,12 @@ static void plan_usage(FILE *f)
     fprintf(f,
             "usage: tessera plan --config PATH [--nodes N] [--gpus-per-node G] [--gpu-mem SIZE]\n"
             "                    [--dtype bf16|fp8|int8|int4] [--kv-dtype bf16|fp8]\n"
-            "                    [--context L] [--tp T] [--pp P] [--reserve SIZE] [--rank R]\n\n"
+            "                    [--context L] [--tp T] [--pp P] [--ep E] [--reserve SIZE]\n"
+            "                    [--rank R]\n\n"
             "  --config      a Hugging Face config.json (or its directory), a .gguf file, or\n"
-            "                synthetic:NAME (%s)\n"
+            "                synthetic:NAME (%s); mixture-of-experts and latent-attention\n"
+            "                configs (mixtral, qwen2_moe, qwen3_moe, deepseek_v2/v3, kimi_k2)\n"
+            "                can be planned, not run yet\n"
             "  --gpu-mem     memory per GPU: 80GiB, 80GB, 141G, 1.5TiB (K/M/G/T binary)\n"
             "  --dtype       weights: bf16 2 B, fp8 1 B, int8 1.0625 B (Q8_0: a 2-byte scale per\n"
             "                32), int4 0.5625 B (Q4_0); also f16, f32, q4_1\n"
@@ -34,6 +37,9 @@ static void plan_usage(FILE *f)
             "                model's trained context)\n"
             "  --tp, --pp    fix tensor / pipeline parallelism (default: tp = the largest the\n"
             "                model allows within a node, pp = the fewest stages that fit)\n"
+            "  --ep          MoE: GPUs a stage's experts are spread over, a multiple of tp\n"
+            "                (ep / tp attention groups, data-parallel); default: the fewest\n"
+            "                GPUs per replica that fit, then the fewest stages\n"
             "  --reserve     per-GPU memory kept for the runtime: CUDA context, workspaces,\n"
             "                activations (default 4GiB)\n"
             "  --rank        also list the tensor slices of this rank of a replica\n"
@@ -50,7 +56,7 @@ static int size_arg(const char *flag, const char *s, double *out)
 
 static int parse_args(int argc, char **argv, struct plan_args *a)
 {
-    enum { O_NODES = 256, O_GPN, O_MEM, O_KV, O_CTX, O_TP, O_PP, O_RES, O_RANK };
+    enum { O_NODES = 256, O_GPN, O_MEM, O_KV, O_CTX, O_TP, O_PP, O_EP, O_RES, O_RANK };
     static const struct option opts[] = {{"config", required_argument, 0, 'c'},
                                          {"nodes", required_argument, 0, O_NODES},
                                          {"gpus-per-node", required_argument, 0, O_GPN},
@@ -60,6 +66,7 @@ static int parse_args(int argc, char **argv, struct plan_args *a)
                                          {"context", required_argument, 0, O_CTX},
                                          {"tp", required_argument, 0, O_TP},
                                          {"pp", required_argument, 0, O_PP},
+                                         {"ep", required_argument, 0, O_EP},
                                          {"reserve", required_argument, 0, O_RES},
                                          {"rank", required_argument, 0, O_RANK},
                                          {"help", no_argument, 0, 'h'},
@@ -103,6 +110,9 @@ static int parse_args(int argc, char **argv, struct plan_args *a)
             break;
         case O_PP:
             if (!(rc = tsr_cli_int("--pp", optarg, 1, 1 << 20, &l))) a->cl.pp = l;
+            break;
+        case O_EP:
+            if (!(rc = tsr_cli_int("--ep", optarg, 1, 1 << 20, &l))) a->cl.ep = l;
             break;
         case O_RES:
             rc = size_arg("--reserve", optarg, &a->cl.reserve);
@@ -181,6 +191,9 @@ static void print_rank(const struct tsr_shard_plan *sp, int rank)
     static const char *split[] = {"whole", "rows", "cols"};
     const struct tsr_rank_plan *r = &sp->ranks[rank];
     char b[32];
+    if (sp->dp > 1 || r->expert_end > r->expert_begin)
+        printf("\nrank %d: attention group %d, routed experts %d-%d of each expert layer", r->rank,
+               r->dp_rank, r->expert_begin, r->expert_end - 1);
     printf("\nrank %d: stage %d, tp rank %d, layers %d-%d, q heads %d-%d, KV heads %d-%d, "
            "ffn %lld-%lld, vocab %lld-%lld%s%s; %s\n",
            r->rank, r->pp_stage, r->tp_rank, r->layer_begin, r->layer_end - 1, r->q_head_begin,
@@ -205,6 +218,17 @@ static void print_plan(const struct plan_args *a, const struct tsr_model_config 
     printf("model    %s (%s): %d layers, dim %d, %d heads / %d KV x %d, ffn %d, vocab %d%s\n", name,
            c->arch, c->n_layer, c->dim, c->n_head, c->n_kv_head, c->head_dim, c->ffn_dim,
            c->n_vocab, c->tied_embeddings ? ", tied embeddings" : "");
+    if (c->n_expert > 0) {
+        printf("experts  %d routed, %d per token, %d wide; shared expert %d wide; layers %d-%d "
+               "(%d dense before)\n",
+               c->n_expert, c->n_expert_used, c->moe_ffn_dim, c->shared_ffn_dim, c->n_dense_layer,
+               c->n_layer - 1, c->n_dense_layer);
+    }
+    if (c->kv_lora_rank > 0)
+        printf("MLA      q_lora_rank %d, kv_lora_rank %d, qk %d + rope %d, v %d: the cache holds "
+               "%d elements per token per layer, on every TP rank\n",
+               c->q_lora_rank, c->kv_lora_rank, c->qk_nope_head_dim, c->qk_rope_head_dim,
+               c->v_head_dim, c->kv_lora_rank + c->qk_rope_head_dim);
     printf("params   %s = %s at %s (%g bytes/param); KV cache %s, %s per token\n",
            count_str(p->n_params, b[0], sizeof b[0]),
            tsr_plan_format_size(p->weight_bytes, b[1], sizeof b[1]), a->dtype, cl->bytes_per_weight,
@@ -213,9 +237,22 @@ static void print_plan(const struct plan_args *a, const struct tsr_model_config 
            cl->nodes, cl->nodes == 1 ? "" : "s", cl->gpus_per_node,
            tsr_plan_format_size(cl->gpu_mem, b[0], sizeof b[0]), p->gpus,
            tsr_plan_format_size(p->reserve, b[1], sizeof b[1]));
-    printf("layout   tp %d x pp %d x %d replica%s = %d GPUs (%d idle); context %lld tokens\n\n",
-           p->tp, p->pp, p->replicas, p->replicas == 1 ? "" : "s", p->gpus_used,
-           p->gpus - p->gpus_used, (long long)p->context);
+    if (c->n_expert > 0) {
+        printf("layout   tp %d x ep %d (%d attention group%s) x pp %d x %d replica%s = %d GPUs (%d "
+               "idle); context %lld tokens\n",
+               p->tp, p->ep, p->dp, p->dp == 1 ? "" : "s", p->pp, p->replicas,
+               p->replicas == 1 ? "" : "s", p->gpus_used, p->gpus - p->gpus_used,
+               (long long)p->context);
+        int n_moe = tsr_config_n_moe_layer(c);
+        printf("experts  %d per GPU of each expert layer; all-to-all %s per token per decode step "
+               "(%d layers x %s dispatch + combine, bf16)\n\n",
+               p->experts_per_gpu, tsr_plan_format_size(p->a2a_bytes_per_token, b[0], sizeof b[0]),
+               n_moe, tsr_plan_format_size(p->a2a_bytes_per_token / n_moe, b[1], sizeof b[1]));
+    } else {
+        printf("layout   tp %d x pp %d x %d replica%s = %d GPUs (%d idle); context %lld tokens\n\n",
+               p->tp, p->pp, p->replicas, p->replicas == 1 ? "" : "s", p->gpus_used,
+               p->gpus - p->gpus_used, (long long)p->context);
+    }
     printf("stage  layers            weights/GPU   KV bytes/token/GPU   KV room/GPU   KV tokens\n");
     for (int s = 0; s < p->pp; s++) {
         const struct tsr_stage_fit *f = &p->stages[s];
@@ -226,11 +263,18 @@ static void print_plan(const struct plan_args *a, const struct tsr_model_config 
                size2(f->weight_bytes, b[0], sizeof b[0]), f->kv_bytes_per_token,
                size2(f->kv_room, b[1], sizeof b[1]), (long long)f->kv_tokens);
     }
-    printf("\nKV tokens per replica: %lld (%.1f x the %lld-token context); %lld over %d "
-           "replica%s\n",
-           (long long)p->kv_tokens, (double)p->kv_tokens / (double)p->context,
-           (long long)p->context, (long long)p->kv_tokens * p->replicas, p->replicas,
-           p->replicas == 1 ? "" : "s");
+    if (p->dp > 1)
+        printf("\nKV tokens per attention group: %lld (%.1f x the %lld-token context); %lld over "
+               "%d groups x %d replica%s\n",
+               (long long)p->kv_tokens, (double)p->kv_tokens / (double)p->context,
+               (long long)p->context, (long long)p->kv_tokens * p->dp * p->replicas, p->dp,
+               p->replicas, p->replicas == 1 ? "" : "s");
+    else
+        printf("\nKV tokens per replica: %lld (%.1f x the %lld-token context); %lld over %d "
+               "replica%s\n",
+               (long long)p->kv_tokens, (double)p->kv_tokens / (double)p->context,
+               (long long)p->context, (long long)p->kv_tokens * p->replicas, p->replicas,
+               p->replicas == 1 ? "" : "s");
 }
 
 int tsr_cmd_plan(int argc, char **argv)

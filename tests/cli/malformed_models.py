@@ -358,6 +358,20 @@ def build_cases(w):
         d = hf_dir(w, "hf-big-%s-%d" % (key, value), config=hf_config(**{key: value}),
                    skip=("model.safetensors",))
         both("bounds", "config.json %s = %d" % (key, value), d, 1, text)
+    # Mixture-of-experts configs are planned, never run (issue 17): generate refuses them by name
+    # before reading any weights.
+    d = hf_dir(w, "hf-mixtral", config=hf_config(model_type="mixtral", num_local_experts=8,
+                                                 num_experts_per_tok=2),
+               skip=("model.safetensors",))
+    cases.append(("bounds", "mixtral config.json plans", plan(d), 0, None))
+    cases.append(("bounds", "mixtral config.json does not generate", gen(d), 1,
+                  "mixtral has 8 experts: mixture-of-experts models can be planned (tessera "
+                  "plan) but not run yet"))
+    d = hf_dir(w, "hf-moe-bad-k", config=hf_config(model_type="mixtral", num_local_experts=8,
+                                                   num_experts_per_tok=9),
+               skip=("model.safetensors",))
+    both("bounds", "mixtral num_experts_per_tok 9 of 8", d, 1,
+         "num_experts_per_tok = 9 is more than the 8 experts (num_local_experts)")
     d = hf_dir(w, "hf-huge-config", skip=("config.json",))
     sparse(os.path.join(d, "config.json"), 5 << 20)
     both("bounds", "config.json of 5 MiB", d, 1, "config.json is 5242880 bytes, over the limit of "

@@ -161,7 +161,19 @@ def config_seeds():
              "llama3.json": dict(base, rope_scaling={
                  "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                  "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}),
-             "head_dim.json": dict(base, head_dim=32)}
+             "head_dim.json": dict(base, head_dim=32),
+             "qwen2_moe.json": dict(base, model_type="qwen2_moe", num_experts=8,
+                                    num_experts_per_tok=2, moe_intermediate_size=32,
+                                    shared_expert_intermediate_size=64),
+             "qwen3_moe.json": dict(base, model_type="qwen3_moe", num_experts=8,
+                                    num_experts_per_tok=2, moe_intermediate_size=32),
+             "deepseek_small.json": dict(base, model_type="deepseek_v3", n_routed_experts=8,
+                                         num_experts_per_tok=2, n_shared_experts=1,
+                                         moe_intermediate_size=32, first_k_dense_replace=1,
+                                         n_group=2, topk_group=1, q_lora_rank=32,
+                                         kv_lora_rank=16, qk_nope_head_dim=16,
+                                         qk_rope_head_dim=8, v_head_dim=16,
+                                         rope_scaling={"type": "yarn", "factor": 4.0})}
     for name, cfg in seeds.items():
         write("fuzz_config_json", name, json.dumps(cfg, indent=1).encode())
     ref = os.path.join(HERE, "..", "reference", "configs")

@@ -832,6 +832,381 @@ static void test_units(void **state)
     assert_string_equal(tsr_plan_format_size(2 * 998471127040.0, buf, sizeof buf), "1.8 TiB");
 }
 
+/* ---- Mixture of experts and multi-head latent attention (planned, not run) ---- */
+
+/* The DeepSeek V3 shape (Kimi K2 differs in heads, experts, vocabulary, dense layers), for the
+ * hand arithmetic below; written from the published shapes, not from the code under test. */
+struct ds_shape {
+    double heads, experts, vocab, dense_layers, moe_layers;
+};
+static const struct ds_shape KIMI = {64, 384, 163840, 1, 60};
+static const struct ds_shape DSV3 = {128, 256, 129280, 3, 58};
+
+/* Parameters on one GPU: tp ranks split heads, dense FFN (18432), shared expert (2048) and
+ * vocabulary; ep ranks hold experts / ep whole experts of 3 x 7168 x 2048 each; the router
+ * (experts x 7168) and MLA's latent projections are replicated. stage_layers: {dense, moe}. */
+static double ds_rank(const struct ds_shape *m, double tp, double ep, double dense, double moe,
+                      int emb, int head)
+{
+    double d = 7168, h = m->heads / tp;
+    double attn = d * 1536 + 1536 + 1536 * h * (128 + 64)        /* q_a, q_a_norm, q_b */
+                  + d * (512 + 64) + 512 + 512 * h * (128 + 128) /* kv_a, kv_a_norm, kv_b */
+                  + h * 128 * d /* o */ + 2 * d /* attn_norm, ffn_norm */;
+    double dense_ffn = 3 * d * 18432 / tp;
+    double moe_ffn = m->experts * d + (m->experts / ep) * 3 * d * 2048 + 3 * d * 2048 / tp;
+    double vocab_rows = m->vocab / tp;
+    return dense * (attn + dense_ffn) + moe * (attn + moe_ffn) + (emb ? vocab_rows * d : 0) +
+           (head ? vocab_rows * d + d : 0);
+}
+
+static void test_moe_kimi_deepseek(void **state)
+{
+    struct tsr_model_config k = load("kimi-k2.json");
+    assert_string_equal(k.arch, "kimi_k2");
+    assert_int_equal(k.n_expert, 384);
+    assert_int_equal(k.n_expert_used, 8);
+    assert_int_equal(k.moe_ffn_dim, 2048);
+    assert_int_equal(k.shared_ffn_dim, 2048);
+    assert_int_equal(k.n_dense_layer, 1);
+    assert_int_equal(k.kv_lora_rank, 512);
+    assert_int_equal(k.head_dim, 192);
+    assert_int_equal(k.rope_scaling, TSR_ROPE_YARN);
+    /* Kimi K2, per layer:
+     *   MLA: q_a 7168*1536 = 11,010,048 + q_a_norm 1536 + q_b 1536*64*192 = 18,874,368
+     *        + kv_a 7168*576 = 4,128,768 + kv_a_norm 512 + kv_b 512*64*256 = 8,388,608
+     *        + o 64*128*7168 = 58,720,256 = 101,124,096; + 2 norms of 7168 = 101,138,432
+     *   dense FFN 3*7168*18432 = 396,361,728 (layer 0)
+     *   experts: router 384*7168 = 2,752,512 + 384 experts * 3*7168*2048 (44,040,192 each)
+     *        = 16,911,433,728 + shared 44,040,192 = 16,958,226,432 (layers 1-60)
+     * total 497,500,160 + 60 * 17,059,364,864 + 2 * 163840*7168 (untied) + 7168
+     *   = 1,026,408,209,408: 1.026 T, 1.3% under the published 1.04 T (within 2%: Moonshot
+     *   rounds; "1T total" in its card). */
+    double attn = 7168.0 * 1536 + 1536 + 1536.0 * 64 * 192 + 7168.0 * 576 + 512 + 512.0 * 64 * 256 +
+                  64.0 * 128 * 7168 + 2 * 7168;
+    assert_true(attn == 101138432.0);
+    double expert = 3.0 * 7168 * 2048;
+    assert_true(expert == 44040192.0);
+    double moe = attn + 384.0 * 7168 + 384 * expert + expert;
+    assert_true(moe == 17059364864.0);
+    double kimi = attn + 3.0 * 7168 * 18432 + 60 * moe + 2.0 * 163840 * 7168 + 7168;
+    assert_true(kimi == 1026408209408.0);
+    assert_true(fabs(kimi / 1.04e12 - 1) < 0.02);
+    assert_true(tsr_config_n_params(&k) == kimi);
+
+    /* Kimi K2 fp8 on 16 x 8 x 80 GiB: ep = 8 (48 experts a GPU, ~2.1e9 params a layer) is far
+     * over; the next replica size, 2 TP groups, takes pp = 1 and ep = 16: 24 experts a GPU.
+     * Per GPU: MLA with 8 heads 25,888,768 + norms 14,336; layer 0's FFN 3*7168*2304 =
+     * 49,545,216; an expert layer 2,752,512 + 24 * 44,040,192 + 3*7168*256 = 1,065,222,144;
+     * vocabulary rows 20480 * 7168 twice + 7168:
+     * 75,448,320 + 60 * 1,091,125,248 + 293,601,280 + 7168 = 65,836,571,648 B = 61.3 GiB. */
+    struct tsr_cluster cl = cluster(16, 1);
+    struct tsr_cluster_plan p;
+    int rc = tsr_cluster_plan_make(&k, &cl, &p);
+    if (rc) fail_msg("%s", tsr_last_error());
+    assert_true(p.n_params == kimi);
+    assert_int_equal(p.tp, 8);
+    assert_int_equal(p.ep, 16);
+    assert_int_equal(p.dp, 2);
+    assert_int_equal(p.pp, 1);
+    assert_int_equal(p.replicas, 8);
+    assert_int_equal(p.gpus_used, 128);
+    assert_int_equal(p.experts_per_gpu, 24);
+    assert_int_equal(p.shard.world, 16);
+    double w = 75448320.0 + 60 * 1091125248.0 + 2 * 20480.0 * 7168 + 7168;
+    assert_true(w == 65836571648.0);
+    assert_true(w == ds_rank(&KIMI, 8, 16, 1, 60, 1, 1));
+    assert_true(p.stages[0].weight_bytes == w);
+    for (int r = 0; r < 16; r++) assert_true(p.shard.ranks[r].weight_bytes == w);
+    /* MLA KV: 61 layers * (512 + 64) * 2 bytes = 70,272 B a token, whole on every GPU (not
+     * 2 * 64 heads * 192 * 2 * 61 = 2,998,272 of a GQA cache) */
+    assert_true(p.kv_bytes_per_token == 61.0 * 576 * 2);
+    assert_true(p.stages[0].kv_bytes_per_token == 70272);
+    assert_int_equal(p.kv_tokens, (int64_t)floor((76 * GiB - w) / 70272)); /* 224,382 */
+    assert_int_equal(p.kv_tokens, 224382);
+    /* all-to-all: 60 expert layers * 2 (dispatch, combine) * 8 experts * 7168 * 2 B */
+    assert_true(p.a2a_bytes_per_token == 60.0 * 2 * 8 * 7168 * 2);
+    assert_true(p.a2a_bytes_per_token == 13762560.0);
+    /* rank 9: tp rank 1 of attention group 1, experts 216-239 */
+    const struct tsr_rank_plan *r9 = &p.shard.ranks[9];
+    assert_int_equal(r9->tp_rank, 1);
+    assert_int_equal(r9->dp_rank, 1);
+    assert_int_equal(r9->expert_begin, 216);
+    assert_int_equal(r9->expert_end, 240);
+    const struct tsr_slice *s = find(r9, "blk.5.ffn_down_exps.weight");
+    assert_int_equal(s->split, TSR_SPLIT_ROWS);
+    assert_int_equal(s->offset, 216 * 7168);
+    assert_int_equal(s->length, 24 * 7168);
+    assert_int_equal(s->rows, 384 * 7168);
+    assert_int_equal(s->cols, 2048);
+    s = find(r9, "blk.5.attn_q_b.weight"); /* heads 8-15 of 64, 192 rows each */
+    assert_int_equal(s->offset, 8 * 192);
+    assert_int_equal(s->length, 8 * 192);
+    assert_null(tsr_rank_plan_find(r9, "blk.0.ffn_gate_exps.weight")); /* layer 0 is dense */
+    assert_non_null(tsr_rank_plan_find(r9, "blk.0.ffn_gate.weight"));
+    tsr_cluster_plan_free(&p);
+
+    /* Kimi K2 bf16 on 16 x 8 x 80 GiB: ep = 32 (12 experts a GPU), 4 replicas */
+    cl = cluster(16, 2);
+    assert_int_equal(tsr_cluster_plan_make(&k, &cl, &p), 0);
+    assert_int_equal(p.ep, 32);
+    assert_int_equal(p.pp, 1);
+    assert_int_equal(p.replicas, 4);
+    assert_true(p.stages[0].weight_bytes == 2 * ds_rank(&KIMI, 8, 32, 1, 60, 1, 1));
+    tsr_cluster_plan_free(&p);
+    /* Kimi K2 on 4 x 8 x 141 GiB: bf16 ep = 16 (2 replicas); fp8 ep = 8 (4 replicas) */
+    cl = cluster(4, 2);
+    cl.gpu_mem = 141 * GiB;
+    assert_int_equal(tsr_cluster_plan_make(&k, &cl, &p), 0);
+    assert_int_equal(p.ep, 16);
+    assert_int_equal(p.replicas, 2);
+    assert_true(p.stages[0].weight_bytes == 2 * ds_rank(&KIMI, 8, 16, 1, 60, 1, 1));
+    tsr_cluster_plan_free(&p);
+    cl.bytes_per_weight = 1;
+    assert_int_equal(tsr_cluster_plan_make(&k, &cl, &p), 0);
+    assert_int_equal(p.ep, 8);
+    assert_int_equal(p.dp, 1);
+    assert_int_equal(p.replicas, 4);
+    assert_true(p.stages[0].weight_bytes == ds_rank(&KIMI, 8, 8, 1, 60, 1, 1));
+    tsr_cluster_plan_free(&p);
+
+    /* DeepSeek V3: attention with 128 heads 187,107,328 + norms 14,336 = 187,121,664; 3 dense
+     * layers of + 396,361,728; 58 expert layers of + 256*7168 + 257 * 44,040,192; untied
+     * 129280 * 7168 twice; 671,026,404,352 = 671.0 B (published 671 B: within 0.1%). */
+    struct tsr_model_config d = load("deepseek-v3.json");
+    double dattn = 7168.0 * 1536 + 1536 + 1536.0 * 128 * 192 + 7168.0 * 576 + 512 +
+                   512.0 * 128 * 256 + 128.0 * 128 * 7168 + 2 * 7168;
+    assert_true(dattn == 187121664.0);
+    double dsv3 = 3 * (dattn + 3.0 * 7168 * 18432) + 58 * (dattn + 256.0 * 7168 + 257 * expert) +
+                  2.0 * 129280 * 7168 + 7168;
+    assert_true(dsv3 == 671026404352.0);
+    assert_true(fabs(dsv3 / 671e9 - 1) < 0.001);
+    assert_true(tsr_config_n_params(&d) == dsv3);
+    /* 4 x 8 x 141 GiB bf16: ep = 8 needs 32 experts a GPU (~157 GiB): no; ep = 16:
+     * 3 * 86,196,224 + 58 * 748,634,112 + 2 * 16160*7168 + 7168 = 43,911,044,096 params,
+     * 87,822,088,192 B (81.8 GiB); 2 replicas. */
+    cl = cluster(4, 2);
+    cl.gpu_mem = 141 * GiB;
+    assert_int_equal(tsr_cluster_plan_make(&d, &cl, &p), 0);
+    assert_true(p.n_params == dsv3);
+    assert_int_equal(p.ep, 16);
+    assert_int_equal(p.pp, 1);
+    assert_int_equal(p.replicas, 2);
+    w = 2 * (3 * 86196224.0 + 58 * 748634112.0 + 2 * 16160.0 * 7168 + 7168);
+    assert_true(w == 87822088192.0);
+    assert_true(w == 2 * ds_rank(&DSV3, 8, 16, 3, 58, 1, 1));
+    assert_true(p.stages[0].weight_bytes == w);
+    assert_int_equal(p.kv_tokens, (int64_t)floor((137 * GiB - w) / 70272));
+    assert_true(p.a2a_bytes_per_token == 58.0 * 2 * 8 * 7168 * 2);
+    tsr_cluster_plan_free(&p);
+    /* fp8: ep = 8 fits, 4 replicas: 3 * 86,196,224 + 58 * 1,453,277,184 + 231,669,760 + 7168 */
+    cl.bytes_per_weight = 1;
+    assert_int_equal(tsr_cluster_plan_make(&d, &cl, &p), 0);
+    assert_int_equal(p.ep, 8);
+    assert_int_equal(p.replicas, 4);
+    w = 3 * 86196224.0 + 58 * 1453277184.0 + 2 * 16160.0 * 7168 + 7168;
+    assert_true(w == 84780342272.0);
+    assert_true(w == ds_rank(&DSV3, 8, 8, 3, 58, 1, 1));
+    assert_true(p.stages[0].weight_bytes == w);
+    tsr_cluster_plan_free(&p);
+    /* 16 x 8 x 80 GiB fp8: ep = 16, 8 replicas */
+    cl = cluster(16, 1);
+    assert_int_equal(tsr_cluster_plan_make(&d, &cl, &p), 0);
+    assert_int_equal(p.ep, 16);
+    assert_int_equal(p.pp, 1);
+    assert_int_equal(p.replicas, 8);
+    assert_true(p.stages[0].weight_bytes == ds_rank(&DSV3, 8, 16, 3, 58, 1, 1));
+    tsr_cluster_plan_free(&p);
+    /* bf16: 2 TP groups (~80 GiB of weights a GPU) do not fit; 3 do as pp = 3 x ep = 8 (ep = 24
+     * does not divide 256), 5 replicas and 8 GPUs idle. Layers balance as if all were expert
+     * layers: 20 / 21 / 20, stage 0 holding the 3 dense layers and the embedding. */
+    cl = cluster(16, 2);
+    assert_int_equal(tsr_cluster_plan_make(&d, &cl, &p), 0);
+    assert_int_equal(p.ep, 8);
+    assert_int_equal(p.pp, 3);
+    assert_int_equal(p.replicas, 5);
+    assert_int_equal(p.gpus_used, 120);
+    assert_int_equal(p.stages[0].layer_end, 20);
+    assert_int_equal(p.stages[1].layer_end, 41);
+    assert_true(p.stages[0].weight_bytes == 2 * ds_rank(&DSV3, 8, 8, 3, 17, 1, 0));
+    assert_true(p.stages[1].weight_bytes == 2 * ds_rank(&DSV3, 8, 8, 0, 21, 0, 0));
+    assert_true(p.stages[2].weight_bytes == 2 * ds_rank(&DSV3, 8, 8, 0, 20, 0, 1));
+    assert_true(p.stages[1].kv_bytes_per_token == 21.0 * 576 * 2);
+    tsr_cluster_plan_free(&p);
+}
+
+static void test_moe_not_fit_and_errors(void **state)
+{
+    /* Kimi K2 bf16 on one 8 x 80 GiB node: tp = ep = 8, 48 experts a GPU:
+     * 75,448,320 + 60 * (25,902,104 + 2,752,512 + 48 * 44,040,192 + 5,505,024) + 293,608,448
+     * = 129,254,448,128 params = 258,508,896,256 B (240.8 GiB) + 4 GiB + 131072 * 70,272 B
+     * (8.6 GiB) of KV = 253.3 GiB: 173.3 GiB over. */
+    struct tsr_model_config k = load("kimi-k2.json");
+    struct tsr_cluster cl = cluster(1, 2);
+    struct tsr_cluster_plan p;
+    double w = 2 * ds_rank(&KIMI, 8, 8, 1, 60, 1, 1);
+    assert_true(w == 258508896256.0);
+    double need = w + 4 * GiB + 131072.0 * 70272;
+    assert_int_equal(tsr_cluster_plan_make(&k, &cl, &p), TSR_EEXHAUSTED);
+    char msg[512];
+    snprintf(msg, sizeof msg,
+             "needs 1.9 TiB of weights across 8 GPUs with 80.0 GiB each: the fullest GPU "
+             "(tp=8 x pp=1, ep=8, stage 0) needs %.1f GiB (240.8 GiB weights + 4.0 GiB reserve + "
+             "8.6 GiB KV for 131072 tokens), %.1f GiB over",
+             need / GiB, (need - 80 * GiB) / GiB);
+    assert_string_equal(tsr_last_error(), msg);
+    assert_non_null(strstr(msg, "253.3 GiB (240.8"));
+    assert_non_null(strstr(msg, "173.3 GiB over"));
+    assert_null(p.stages);
+
+    /* ep given: kept, and its rules named */
+    cl = cluster(16, 1);
+    cl.ep = 12;
+    assert_int_equal(tsr_cluster_plan_make(&k, &cl, &p), TSR_EINVAL);
+    assert_non_null(strstr(tsr_last_error(), "ep=12 is not a multiple of tp=8"));
+    cl.ep = 40;
+    assert_int_equal(tsr_cluster_plan_make(&k, &cl, &p), TSR_EINVAL);
+    assert_string_equal(tsr_last_error(), "ep=40 does not divide 384 experts");
+    cl.ep = 256;
+    assert_int_equal(tsr_cluster_plan_make(&k, &cl, &p), TSR_EINVAL);
+    assert_non_null(strstr(tsr_last_error(), "ep=256 does not divide 384 experts"));
+    cl.ep = 384;
+    assert_int_equal(tsr_cluster_plan_make(&k, &cl, &p), TSR_EINVAL);
+    assert_non_null(strstr(tsr_last_error(), "needs 48 groups of 8 GPUs"));
+    cl.ep = 64;
+    assert_int_equal(tsr_cluster_plan_make(&k, &cl, &p), 0);
+    assert_int_equal(p.ep, 64);
+    assert_int_equal(p.experts_per_gpu, 6);
+    assert_int_equal(p.replicas, 2);
+    tsr_cluster_plan_free(&p);
+    struct tsr_model_config dense = load("llama3-405b.json");
+    cl.ep = 16;
+    assert_int_equal(tsr_cluster_plan_make(&dense, &cl, &p), TSR_EINVAL);
+    assert_non_null(strstr(tsr_last_error(), "applies to mixture-of-experts models"));
+
+    /* Mixtral 8x7B: 32 layers of GQA attention (4096*4096*2 + 4096*1024*2) + router 8*4096 + 8
+     * experts of 3*4096*14336 + 2 norms; 2 * 32000*4096 + 4096 = 46,702,792,704 (46.7 B). */
+    struct tsr_model_config m = load("mixtral-8x7b.json");
+    double layer =
+        2.0 * 4096 * 4096 + 2.0 * 4096 * 1024 + 8.0 * 4096 + 8 * 3.0 * 4096 * 14336 + 2 * 4096;
+    double mix = 32 * layer + 2.0 * 32000 * 4096 + 4096;
+    assert_true(mix == 46702792704.0);
+    assert_true(tsr_config_n_params(&m) == mix);
+    struct tsr_shard_plan sp;
+    assert_int_equal(tsr_shard_plan_make(&m, 8, 1, 2, 2, &sp), 0);
+    assert_true(sp.n_params == mix);
+    assert_int_equal(sp.ep, 8);
+    assert_int_equal(sp.ranks[3].expert_begin, 3); /* one expert a GPU */
+    assert_int_equal(sp.ranks[3].expert_end, 4);
+    tsr_shard_plan_free(&sp);
+    /* tp must divide the experts: 6 does not divide 8 */
+    assert_int_equal(tsr_shard_plan_make(&m, 4, 1, 2, 2, &sp), 0);
+    tsr_shard_plan_free(&sp);
+    m.n_head = 48; /* so that heads allow tp = 6 */
+    m.n_kv_head = 6;
+    expect_error(&m, 6, 1, "tp=6 does not divide 8 experts");
+}
+
+/* config.json of MoE / MLA models: read for planning, refused for running, malformed ones named. */
+static int cfg(const char *json, struct tsr_model_config *c)
+{
+    return tsr_config_from_json_text(json, strlen(json), "c.json", c);
+}
+
+#define MOE(extra)                                                                                 \
+    "{\"model_type\":\"qwen3_moe\",\"num_hidden_layers\":2,\"hidden_size\":64,"                    \
+    "\"intermediate_size\":128,\"num_attention_heads\":4,\"num_key_value_heads\":2,"               \
+    "\"vocab_size\":100,\"num_experts\":8,\"num_experts_per_tok\":2,"                              \
+    "\"moe_intermediate_size\":32,\"max_position_embeddings\":64" extra "}"
+#define MLA(extra)                                                                                 \
+    "{\"model_type\":\"deepseek_v3\",\"num_hidden_layers\":3,\"hidden_size\":64,"                  \
+    "\"intermediate_size\":128,\"num_attention_heads\":4,\"vocab_size\":100,"                      \
+    "\"n_routed_experts\":8,\"num_experts_per_tok\":2,\"moe_intermediate_size\":64,"               \
+    "\"n_shared_experts\":1,\"first_k_dense_replace\":1,\"kv_lora_rank\":16,"                      \
+    "\"qk_nope_head_dim\":16,\"qk_rope_head_dim\":8,\"v_head_dim\":16,\"max_position_"             \
+    "embeddings\":64" extra "}"
+
+static void expect_cfg(const char *json, int rc, const char *msg)
+{
+    struct tsr_model_config c;
+    assert_int_equal(cfg(json, &c), rc);
+    if (msg && strcmp(tsr_last_error(), msg)) fail_msg("'%s' is not '%s'", tsr_last_error(), msg);
+}
+
+static void test_moe_config(void **state)
+{
+    struct tsr_model_config c;
+    assert_int_equal(cfg(MOE(""), &c), 0);
+    assert_int_equal(c.n_expert, 8);
+    assert_int_equal(c.moe_ffn_dim, 32);
+    assert_int_equal(c.shared_ffn_dim, 0);
+    /* The run path refuses what plan accepts. */
+    assert_int_equal(tsr_config_check_runnable(&c, "m"), TSR_EUNSUPPORTED);
+    assert_string_equal(tsr_last_error(), "m: qwen3_moe has 8 experts: mixture-of-experts models "
+                                          "can be planned (tessera plan) but not run yet");
+    assert_int_equal(cfg(MOE(",\"model_type\":\"qwen2_moe\","
+                             "\"shared_expert_intermediate_size\":64"),
+                         &c),
+                     0);
+    assert_int_equal(c.shared_ffn_dim, 64);
+    assert_int_equal(c.shared_expert_gate, 1);
+    assert_int_equal(c.qkv_bias, 1);
+    assert_int_equal(cfg(MLA(""), &c), 0);
+    assert_int_equal(c.q_lora_rank, 0); /* absent: a plain query projection */
+    assert_int_equal(c.head_dim, 24);
+    assert_int_equal(c.shared_ffn_dim, 64);
+    struct tsr_shard_plan sp;
+    assert_int_equal(tsr_shard_plan_make(&c, 2, 1, 1, 1, &sp), 0);
+    assert_non_null(tsr_rank_plan_find(&sp.ranks[1], "blk.1.attn_q.weight"));
+    assert_null(tsr_rank_plan_find(&sp.ranks[1], "blk.1.attn_q_a.weight"));
+    assert_true(sp.n_params == tsr_config_n_params(&c));
+    tsr_shard_plan_free(&sp);
+    assert_int_equal(tsr_config_check_runnable(&c, "m"), TSR_EUNSUPPORTED);
+    c.n_expert = c.n_expert_used = c.moe_ffn_dim = c.shared_ffn_dim = c.n_dense_layer = 0;
+    assert_int_equal(tsr_config_check_runnable(&c, "m"), TSR_EUNSUPPORTED);
+    assert_string_equal(tsr_last_error(), "m: deepseek_v3 uses multi-head latent attention: such "
+                                          "models can be planned (tessera plan) but not run yet");
+
+    /* Malformed */
+    expect_cfg(MOE(",\"num_experts_per_tok\":9"), TSR_EFORMAT,
+               "c.json: num_experts_per_tok = 9 is more than the 8 experts (num_experts)");
+    expect_cfg(MOE(",\"num_experts_per_tok\":0"), TSR_EFORMAT,
+               "c.json: num_experts_per_tok = 0 must be at least 1");
+    expect_cfg(MOE(",\"num_experts\":0"), TSR_EFORMAT,
+               "c.json: num_experts = 0 must be at least 1");
+    expect_cfg(MOE(",\"num_experts\":5000"), TSR_EINVAL,
+               "c.json: num_experts = 5000 is over the limit of 4096 (Kimi K2 has 384)");
+    expect_cfg(MOE(",\"moe_intermediate_size\":null"), TSR_EFORMAT,
+               "c.json: \"moe_intermediate_size\" missing");
+    expect_cfg(MOE(",\"decoder_sparse_step\":2"), TSR_EUNSUPPORTED,
+               "c.json: \"decoder_sparse_step\" must be 1 (other layouts of expert layers are not "
+               "supported)");
+    expect_cfg(MOE(",\"mlp_only_layers\":[0]"), TSR_EUNSUPPORTED, NULL);
+    expect_cfg(MLA(",\"kv_lora_rank\":0"), TSR_EFORMAT,
+               "c.json: kv_lora_rank = 0 must be at least 1");
+    expect_cfg(MLA(",\"kv_lora_rank\":null"), TSR_EFORMAT, "c.json: \"kv_lora_rank\" missing");
+    expect_cfg(MLA(",\"q_lora_rank\":100000"), TSR_EINVAL,
+               "c.json: q_lora_rank = 100000 is over the limit of 16384 (DeepSeek V3 has 1536 and "
+               "512)");
+    expect_cfg(MLA(",\"qk_rope_head_dim\":7"), TSR_EFORMAT, NULL);
+    expect_cfg(MLA(",\"v_head_dim\":-1"), TSR_EFORMAT,
+               "c.json: \"v_head_dim\" must be a non-negative integer");
+    expect_cfg(MLA(",\"first_k_dense_replace\":3"), TSR_EFORMAT,
+               "c.json: first_k_dense_replace = 3 leaves none of the 3 layers with experts");
+    expect_cfg(MLA(",\"n_group\":3"), TSR_EFORMAT,
+               "c.json: n_group = 3 does not divide 8 routed experts");
+    expect_cfg(MLA(",\"n_group\":2,\"topk_group\":3"), TSR_EFORMAT,
+               "c.json: topk_group = 3 is more than n_group = 2");
+    expect_cfg(MLA(",\"moe_layer_freq\":2"), TSR_EUNSUPPORTED, NULL);
+    expect_cfg(MLA(",\"rope_scaling\":{\"type\":\"yarn\"}"), TSR_EFORMAT,
+               "c.json: rope_scaling 'yarn' needs a number \"factor\"");
+    /* yarn stays refused for dense models; experts on a dense model_type stay refused */
+    expect_cfg("{\"num_hidden_layers\":2,\"hidden_size\":64,\"intermediate_size\":128,"
+               "\"num_attention_heads\":4,\"vocab_size\":100,\"max_position_embeddings\":64,"
+               "\"rope_scaling\":{\"type\":\"yarn\","
+               "\"factor\":4}}",
+               TSR_EUNSUPPORTED, NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -850,6 +1225,9 @@ int main(void)
         cmocka_unit_test(test_cluster_not_fit),
         cmocka_unit_test(test_cluster_small),
         cmocka_unit_test(test_units),
+        cmocka_unit_test(test_moe_kimi_deepseek),
+        cmocka_unit_test(test_moe_not_fit_and_errors),
+        cmocka_unit_test(test_moe_config),
     };
     return tsr_test_exit(cmocka_run_group_tests(tests, NULL, NULL));
 }
