@@ -253,6 +253,13 @@ static __device__ __forceinline__ void quant4(const uint8_t *b, int p, float *q,
     q[3] = byte_f<3>(u, bias);
 }
 
+/* The first of the 4 activations at position p of block b of a row of nb blocks; b past the row
+ * is clamped to its last block (a load that is never used). */
+static __device__ __forceinline__ size_t x_col(int b, int nb, int p)
+{
+    return (size_t)min(b, nb - 1) * TSR_QK + p;
+}
+
 /* cols % 32 == 0; W: bytes per staged copy, which divides row_bytes. R = 2 weight rows per warp
  * (one unit with SW, two without). */
 template <int T, int N, int W, bool SW>
@@ -279,23 +286,22 @@ __global__ void __launch_bounds__(THREADS) gemv_quant(const job j)
             for (int k = 0; k < R; k++)
                 stage_bytes<W>(stage[wi][buf ^ 1][k], wr[k] + (size_t)(c + 1) * CH, bytes, lane);
         }
-        /* Lane l: weights 4l + 128i of the chunk, i < 8 (block l/8 + 4i, position 4(l%8)). With
-         * one or two activation rows, the chunk's activations are loaded before the wait for its
-         * weights, so that their latency hides under it instead of following it (past the last
-         * block: a clamped load, never used). On an H100 this took the Q8_0 GEMV of 14336 x 4096
-         * from 0.46 to 0.73 of the copy bandwidth at n = 1; a third staging buffer did not help. */
+        /* Lane l: weights 4l + 128i of the chunk, i < 8 (block l/8 + 4i, position 4(l%8)). The
+         * activations are loaded ahead of their use, their latency hidden under the wait for the
+         * chunk's weights instead of following it: with one or two activation rows all 8 of the
+         * chunk's before that wait, with more (registers) the first before it and each next one
+         * while the current one is used. Past the last block a load is clamped and never used. On
+         * an H100 this took the Q8_0 GEMV of 14336 x 4096 from 0.46 to 0.73 of the copy bandwidth
+         * at n = 1; a third staging buffer did not help. */
         int p = 4 * (lane & 7);
-        constexpr int XP = N <= 2 ? 8 : 1;
+        constexpr int XP = N <= 2 ? 8 : 2; /* activation float4 sets in registers */
         float4 xr[XP][N];
-        if constexpr (XP == 8) {
 #pragma unroll
-            for (int i = 0; i < 8; i++) {
-                size_t col = (size_t)min(c * 32 + (lane >> 3) + 4 * i, nb - 1) * TSR_QK + p;
+        for (int i = 0; i < (XP == 8 ? 8 : 1); i++)
 #pragma unroll
-                for (int n = 0; n < N; n++)
-                    xr[i][n] = __ldg((const float4 *)(j.x + (size_t)n * j.cols + col));
-            }
-        }
+            for (int n = 0; n < N; n++)
+                xr[i][n] = __ldg((const float4 *)(j.x + (size_t)n * j.cols +
+                                                  x_col(c * 32 + (lane >> 3) + 4 * i, nb, p)));
         if (c + 1 < nchunks)
             asm volatile("cp.async.wait_group %0;\n" ::"n"(R)); /* the R groups just issued */
         else
@@ -304,16 +310,19 @@ __global__ void __launch_bounds__(THREADS) gemv_quant(const job j)
 #pragma unroll
         for (int i = 0; i < 8; i++) {
             int blk = (lane >> 3) + 4 * i; /* block within the chunk */
+            if constexpr (XP == 2) {
+                if (i + 1 < 8)
+#pragma unroll
+                    for (int n = 0; n < N; n++)
+                        xr[(i + 1) % 2][n] =
+                            __ldg((const float4 *)(j.x + (size_t)n * j.cols +
+                                                   x_col(c * 32 + blk + 4, nb, p)));
+            }
             if (c * 32 + blk >= nb) break;
-            size_t col = (size_t)(c * 32 + blk) * TSR_QK + p;
             float xv[N][4], xs[N];
 #pragma unroll
             for (int n = 0; n < N; n++) {
-                float4 f;
-                if constexpr (XP == 8)
-                    f = xr[i][n];
-                else
-                    f = __ldg((const float4 *)(j.x + (size_t)n * j.cols + col));
+                float4 f = xr[i % XP][n];
                 xv[n][0] = f.x;
                 xv[n][1] = f.y;
                 xv[n][2] = f.z;
