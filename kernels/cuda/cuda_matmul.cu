@@ -349,6 +349,174 @@ __global__ void __launch_bounds__(THREADS) gemv_quant(const job j)
     store_units<N, U, SW, R>(j, acc, u0, lane);
 }
 
+/* ---- k-quants ----
+ *
+ * Q4_K, Q5_K, Q6_K (layouts in common/dtype.h): the staging of gemv_quant, a chunk being 4
+ * super-blocks (1,024 weights) of a row, and lane l decoding 16 consecutive weights of each half
+ * of it (weights 16l + 512r, r < 2: super-block 2r + l/16, position 16(l % 16)), so that a
+ * sub-block's 6-bit scale and min (Q4_K, Q5_K; Q6_K: a 16-weight group's int8 scale) are unpacked
+ * once for 16 weights, and the lane's activations are 64 contiguous bytes, the warp's contiguous
+ * too. A weight is d * q + m with d and m exact products (the bits common/dtype.c decodes), the
+ * sum taken as d * (q . x) + m * sum(x), as for Q4_1. */
+
+template <int T> struct kfmt;
+template <> struct kfmt<TSR_Q4_K> {
+    enum { BYTES = TSR_Q4_K_BYTES };
+};
+template <> struct kfmt<TSR_Q5_K> {
+    enum { BYTES = TSR_Q5_K_BYTES };
+};
+template <> struct kfmt<TSR_Q6_K> {
+    enum { BYTES = TSR_Q6_K_BYTES };
+};
+
+/* The 4 bytes at b (2-byte aligned). */
+static __device__ __forceinline__ uint32_t ld_u32_2(const uint8_t *b)
+{
+    const uint16_t *h = (const uint16_t *)b;
+    return (uint32_t)h[0] | ((uint32_t)h[1] << 16);
+}
+
+/* Weights j .. j + 15 (j % 16 == 0) of the super-block at b (in shared memory, 16-byte aligned
+ * for Q4_K and Q5_K, 2-byte for Q6_K) as q[e] with w = d * q[e] + m. */
+template <int T>
+static __device__ __forceinline__ void kquant16(const uint8_t *b, int j, float (&q)[16], float *d,
+                                                float *m)
+{
+    uint32_t u[4];
+    if (T == TSR_Q6_K) {
+        int h = j >> 7, t = (j >> 5) & 3, l = j & 31; /* l is 0 or 16 */
+        const uint8_t *ql = b + 64 * h + 32 * (t & 1) + l, *qh = b + 128 + 32 * h + l;
+#pragma unroll
+        for (int k = 0; k < 4; k++)
+            u[k] = ((ld_u32_2(ql + 4 * k) >> (4 * (t >> 1))) & 0x0f0f0f0fu) |
+                   (((ld_u32_2(qh + 4 * k) >> (2 * t)) & 0x03030303u) << 4);
+        *d = tsr_dev_f16(*(const uint16_t *)(b + 208)) * (float)(int8_t)b[192 + j / 16];
+        *m = 0.0f;
+    } else {
+        const bool five = T == TSR_Q5_K;
+        int s = j >> 5;
+        const uint8_t *sc6 = b + 4;
+        int sc, mn;
+        if (s < 4) {
+            sc = sc6[s] & 63;
+            mn = sc6[s + 4] & 63;
+        } else {
+            sc = (sc6[s + 4] & 15) | (sc6[s - 4] >> 6) << 4;
+            mn = (sc6[s + 4] >> 4) | (sc6[s] >> 6) << 4;
+        }
+        uint4 raw = *(const uint4 *)(b + (five ? 48 : 16) + 32 * (s >> 1) + (j & 31));
+        uint32_t r[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+        for (int k = 0; k < 4; k++) u[k] = (r[k] >> (4 * (s & 1))) & 0x0f0f0f0fu;
+        if (five) {
+            uint4 hr = *(const uint4 *)(b + 16 + (j & 31));
+            uint32_t hb[4] = {hr.x, hr.y, hr.z, hr.w};
+#pragma unroll
+            for (int k = 0; k < 4; k++) u[k] |= ((hb[k] >> s) & 0x01010101u) << 4;
+        }
+        *d = tsr_dev_f16(*(const uint16_t *)b) * (float)sc;
+        *m = -(tsr_dev_f16(((const uint16_t *)b)[1]) * (float)mn);
+    }
+    const float bias = T == TSR_Q6_K ? 32.0f : 0.0f;
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        q[4 * k] = byte_f<0>(u[k], bias);
+        q[4 * k + 1] = byte_f<1>(u[k], bias);
+        q[4 * k + 2] = byte_f<2>(u[k], bias);
+        q[4 * k + 3] = byte_f<3>(u[k], bias);
+    }
+}
+
+/* cols % 256 == 0; W: bytes per staged copy, dividing row_bytes and the chunk. */
+template <int T, int N, int W, bool SW>
+__global__ void __launch_bounds__(THREADS) gemv_kquant(const job j)
+{
+    constexpr int BYTES = kfmt<T>::BYTES, CH = 4 * BYTES; /* chunk: 4 super-blocks of a row */
+    constexpr int CHP = (CH + 15) / 16 * 16, R = 2, U = SW ? 1 : 2;
+    __shared__ __align__(16) uint8_t stage[WARPS][2][R][CHP];
+    int lane = threadIdx.x & 31, wi = threadIdx.x >> 5, u0 = (blockIdx.x * WARPS + wi) * U;
+    if (u0 >= j.units) return; /* whole warp: only warp-level synchronization below */
+    int nsb = j.cols / TSR_QK_K, nchunks = (nsb + 3) / 4;
+    const uint8_t *wr[R];
+#pragma unroll
+    for (int k = 0; k < R; k++) wr[k] = weight_row<SW>(j, u0, k);
+
+    float acc[R][N] = {};
+#pragma unroll
+    for (int k = 0; k < R; k++) stage_bytes<W>(stage[wi][0][k], wr[k], min(4, nsb) * BYTES, lane);
+    int jj = 16 * (lane & 15); /* position in the super-block */
+    for (int c = 0; c < nchunks; c++) {
+        int buf = c & 1;
+        if (c + 1 < nchunks) {
+            int bytes = min(4, nsb - (c + 1) * 4) * BYTES;
+#pragma unroll
+            for (int k = 0; k < R; k++)
+                stage_bytes<W>(stage[wi][buf ^ 1][k], wr[k] + (size_t)(c + 1) * CH, bytes, lane);
+        }
+        /* The lane's activations (both halves with one or two rows, as gemv_quant), a super-block
+         * past the row clamped to the last one and never used. */
+        constexpr int XP = N <= 2 ? 2 : 1;
+        float4 xr[XP][N][4];
+        if constexpr (XP == 2) {
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                size_t col = (size_t)min(4 * c + 2 * r + (lane >> 4), nsb - 1) * TSR_QK_K + jj;
+#pragma unroll
+                for (int n = 0; n < N; n++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++)
+                        xr[r][n][e] =
+                            __ldg((const float4 *)(j.x + (size_t)n * j.cols + col + 4 * e));
+            }
+        }
+        if (c + 1 < nchunks)
+            asm volatile("cp.async.wait_group %0;\n" ::"n"(R)); /* the R groups just issued */
+        else
+            asm volatile("cp.async.wait_group 0;\n" ::);
+        __syncwarp();
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            int sb = 2 * r + (lane >> 4); /* super-block within the chunk */
+            if (4 * c + sb >= nsb) break;
+            size_t col = (size_t)(4 * c + sb) * TSR_QK_K + jj;
+            float xv[N][16], xs[N];
+#pragma unroll
+            for (int n = 0; n < N; n++) {
+                xs[n] = 0.0f;
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    float4 f;
+                    if constexpr (XP == 2)
+                        f = xr[r][n][e];
+                    else
+                        f = __ldg((const float4 *)(j.x + (size_t)n * j.cols + col + 4 * e));
+                    xv[n][4 * e] = f.x;
+                    xv[n][4 * e + 1] = f.y;
+                    xv[n][4 * e + 2] = f.z;
+                    xv[n][4 * e + 3] = f.w;
+                    xs[n] += (f.x + f.y) + (f.z + f.w);
+                }
+            }
+#pragma unroll
+            for (int k = 0; k < R; k++) {
+                float q[16], d, m;
+                kquant16<T>(stage[wi][buf][k] + sb * BYTES, jj, q, &d, &m);
+#pragma unroll
+                for (int n = 0; n < N; n++) {
+                    float s = q[0] * xv[n][0];
+#pragma unroll
+                    for (int e = 1; e < 16; e++) s = fmaf(q[e], xv[n][e], s);
+                    acc[k][n] = fmaf(d, s, acc[k][n]);
+                    if (T != TSR_Q6_K) acc[k][n] = fmaf(m, xs[n], acc[k][n]);
+                }
+            }
+        }
+        __syncwarp(); /* the buffer is refilled next iteration */
+    }
+    store_units<N, U, SW, R>(j, acc, u0, lane);
+}
+
 /* ---- any type, any alignment ---- */
 
 template <int N, bool SW>
@@ -399,6 +567,18 @@ template <int T, int N, bool SW> static void launch_quant(cudaStream_t s, const 
         gemv_quant<T, N, 2, SW><<<grid, THREADS, 0, s>>>(j);
 }
 
+template <int T, int N, bool SW> static void launch_kquant(cudaStream_t s, const job &j)
+{
+    constexpr int U = SW ? 1 : 2, CH = 4 * kfmt<T>::BYTES;
+    unsigned grid = grid_of(j.units, U);
+    if (j.rb % 16 == 0 && CH % 16 == 0)
+        gemv_kquant<T, N, 16, SW><<<grid, THREADS, 0, s>>>(j);
+    else if (j.rb % 4 == 0)
+        gemv_kquant<T, N, 4, SW><<<grid, THREADS, 0, s>>>(j);
+    else
+        gemv_kquant<T, N, 2, SW><<<grid, THREADS, 0, s>>>(j);
+}
+
 template <int N, bool SW> static void launch_n(cudaStream_t s, int type, const job &j)
 {
     int x16 = ((uintptr_t)j.x & 15) == 0, w16 = 1;
@@ -409,6 +589,11 @@ template <int N, bool SW> static void launch_n(cudaStream_t s, int type, const j
         if (type == TSR_Q8_0) return launch_quant<TSR_Q8_0, N, SW>(s, j);
         if (type == TSR_Q4_0) return launch_quant<TSR_Q4_0, N, SW>(s, j);
         if (type == TSR_Q4_1) return launch_quant<TSR_Q4_1, N, SW>(s, j);
+    }
+    if (x16 && w16 && j.cols % TSR_QK_K == 0) {
+        if (type == TSR_Q4_K) return launch_kquant<TSR_Q4_K, N, SW>(s, j);
+        if (type == TSR_Q5_K) return launch_kquant<TSR_Q5_K, N, SW>(s, j);
+        if (type == TSR_Q6_K) return launch_kquant<TSR_Q6_K, N, SW>(s, j);
     }
     if (aligned16 && type == TSR_F32 && j.cols % 4 == 0) return launch_float<TSR_F32, N, SW>(s, j);
     if (aligned16 && type == TSR_BF16 && j.cols % 8 == 0)

@@ -812,8 +812,8 @@ static void bench(void)
     for (int si = 0; si < 4; si++) {
         int rows = shapes[si][0], cols = shapes[si][1];
         float *wf = rand_floats((size_t)rows * cols, 1.0f / sqrtf((float)cols));
-        for (int t = 0; t < N_TYPES; t++) {
-            enum tsr_dtype type = all_types[t];
+        for (int t = 0; t < N_TYPES + N_KQ_TYPES; t++) {
+            enum tsr_dtype type = t < N_TYPES ? all_types[t] : kq_types[t - N_TYPES];
             size_t rb = tsr_dtype_row_bytes(type, cols);
             void *wb = xmalloc(rb * rows);
             for (int r = 0; r < rows; r++)
