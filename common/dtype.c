@@ -2,6 +2,8 @@
 
 #include <math.h>
 
+_Static_assert(sizeof(struct tsr_block_q5_0) == 22, "Q5_0 block is 22 bytes");
+_Static_assert(sizeof(struct tsr_block_q5_1) == 24, "Q5_1 block is 24 bytes");
 _Static_assert(sizeof(struct tsr_block_q4_k) == 144, "Q4_K block is 144 bytes");
 _Static_assert(sizeof(struct tsr_block_q5_k) == 176, "Q5_K block is 176 bytes");
 _Static_assert(sizeof(struct tsr_block_q6_k) == 210, "Q6_K block is 210 bytes");
@@ -9,7 +11,7 @@ _Static_assert(sizeof(struct tsr_block_q6_k) == 210, "Q6_K block is 210 bytes");
 int tsr_dtype_valid(int t)
 {
     return t == TSR_F32 || t == TSR_F16 || t == TSR_BF16 || t == TSR_Q8_0 || t == TSR_Q4_0 ||
-           t == TSR_Q4_1 || tsr_dtype_is_kquant(t);
+           t == TSR_Q4_1 || tsr_dtype_is_q5(t) || tsr_dtype_is_kquant(t);
 }
 
 const char *tsr_dtype_name(int t)
@@ -27,6 +29,10 @@ const char *tsr_dtype_name(int t)
         return "Q4_0";
     case TSR_Q4_1:
         return "Q4_1";
+    case TSR_Q5_0:
+        return "Q5_0";
+    case TSR_Q5_1:
+        return "Q5_1";
     case TSR_Q4_K:
         return "Q4_K";
     case TSR_Q5_K:
@@ -41,7 +47,7 @@ const char *tsr_dtype_name(int t)
 int tsr_dtype_block_elems(enum tsr_dtype t)
 {
     if (tsr_dtype_is_kquant(t)) return TSR_QK_K;
-    return (t == TSR_Q8_0 || t == TSR_Q4_0 || t == TSR_Q4_1) ? TSR_QK : 1;
+    return (t == TSR_Q8_0 || t == TSR_Q4_0 || t == TSR_Q4_1 || tsr_dtype_is_q5(t)) ? TSR_QK : 1;
 }
 
 size_t tsr_dtype_block_bytes(enum tsr_dtype t)
@@ -58,6 +64,10 @@ size_t tsr_dtype_block_bytes(enum tsr_dtype t)
         return sizeof(struct tsr_block_q4_0);
     case TSR_Q4_1:
         return sizeof(struct tsr_block_q4_1);
+    case TSR_Q5_0:
+        return sizeof(struct tsr_block_q5_0);
+    case TSR_Q5_1:
+        return sizeof(struct tsr_block_q5_1);
     case TSR_Q4_K:
         return sizeof(struct tsr_block_q4_k);
     case TSR_Q5_K:
@@ -75,14 +85,26 @@ size_t tsr_dtype_row_bytes(enum tsr_dtype t, int64_t n)
     return (size_t)(n / be) * tsr_dtype_block_bytes(t);
 }
 
-/* ---- k-quants (layouts in dtype.h). Blocks are read through byte offsets: a row of 210-byte
- * Q6_K blocks, or a slice of one, need not be aligned for a struct. ---- */
+/* ---- Q5_0/Q5_1 and the k-quants (layouts in dtype.h). Blocks are read through byte offsets: a
+ * row of 22-byte Q5_0 or 210-byte Q6_K blocks, or a slice of one, need not be aligned for a
+ * struct. ---- */
 
 static float f16_at(const uint8_t *p)
 {
     uint16_t h;
     memcpy(&h, p, 2);
     return tsr_f16_to_f32(h);
+}
+
+/* One Q5_0 (one = 0) or Q5_1 (one = 1) block to 32 floats. */
+static void deq_q5(const uint8_t *b, float *y, int one)
+{
+    float d = f16_at(b), m = one ? f16_at(b + 2) : 0.0f;
+    const uint8_t *qh = b + (one ? 4 : 2), *qs = qh + 4;
+    for (int j = 0; j < TSR_QK; j++) {
+        int v = ((qs[j % 16] >> (j < 16 ? 0 : 4)) & 15) | ((qh[j / 8] >> (j % 8)) & 1) << 4;
+        y[j] = one ? d * (float)v + m : d * (float)(v - 16); /* the products are exact */
+    }
 }
 
 /* The 6-bit scale and min of sub-block s (< 8) from a Q4_K/Q5_K block's 12 scale bytes. */
@@ -140,6 +162,29 @@ static void deq_q6_k(const uint8_t *b, float *y)
 static int clampi(long v, int lo, int hi)
 {
     return v < lo ? lo : v > hi ? hi : (int)v;
+}
+
+/* GGML's reference rounding: Q5_0 scales by the signed value of largest magnitude over -16 (so it
+ * is code 0), Q5_1 spans min..max in 31 steps. */
+static void quant_q5(const float *x, uint8_t *b, int one)
+{
+    float lo = x[0], hi = x[0], amax = 0, max = 0;
+    for (int j = 0; j < TSR_QK; j++) {
+        lo = fminf(lo, x[j]), hi = fmaxf(hi, x[j]);
+        if (fabsf(x[j]) > amax) amax = fabsf(x[j]), max = x[j];
+    }
+    float d = one ? (hi - lo) / 31.0f : max / -16.0f, id = d != 0 ? 1.0f / d : 0.0f;
+    uint16_t dh = tsr_f32_to_f16(d), mh = tsr_f32_to_f16(lo);
+    memcpy(b, &dh, 2);
+    if (one) memcpy(b + 2, &mh, 2);
+    uint8_t *qh = b + (one ? 4 : 2), *qs = qh + 4;
+    memset(qh, 0, 4 + TSR_QK / 2);
+    for (int j = 0; j < TSR_QK; j++) {
+        float f = one ? (x[j] - lo) * id + 0.5f : x[j] * id + 16.5f;
+        int v = clampi((long)f, 0, 31); /* truncation, as ggml's casts */
+        qs[j % 16] |= (uint8_t)((v & 15) << (j < 16 ? 0 : 4));
+        qh[j / 8] |= (uint8_t)((v >> 4) << (j % 8));
+    }
 }
 
 static void quant_q45_k(const float *x, uint8_t *b, int five)
@@ -253,6 +298,14 @@ void tsr_dequantize_row(enum tsr_dtype t, const void *src, float *dst, int64_t n
         }
         break;
     }
+    case TSR_Q5_0:
+    case TSR_Q5_1: {
+        const uint8_t *b = src;
+        size_t bs = tsr_dtype_block_bytes(t);
+        for (int64_t i = 0; i < n / TSR_QK; i++)
+            deq_q5(b + (size_t)i * bs, dst + i * TSR_QK, t == TSR_Q5_1);
+        break;
+    }
     case TSR_Q4_K:
     case TSR_Q5_K:
     case TSR_Q6_K: {
@@ -331,6 +384,14 @@ void tsr_quantize_row(enum tsr_dtype t, const float *src, void *dst, int64_t n)
                 b[i].qs[j] = (uint8_t)(lo | (hi << 4));
             }
         }
+        break;
+    }
+    case TSR_Q5_0:
+    case TSR_Q5_1: {
+        uint8_t *b = dst;
+        size_t bs = tsr_dtype_block_bytes(t);
+        for (int64_t i = 0; i < n / TSR_QK; i++)
+            quant_q5(src + i * TSR_QK, b + (size_t)i * bs, t == TSR_Q5_1);
         break;
     }
     case TSR_Q4_K:

@@ -5,7 +5,14 @@
  *   Q8_0: 32 weights, { f16 d; int8 q[32]; }                 w = d * q
  *   Q4_0: 32 weights, { f16 d; uint8 qs[16]; }               w = d * (nibble - 8)
  *   Q4_1: 32 weights, { f16 d; f16 m; uint8 qs[16]; }        w = d * nibble + m
- * In Q4_0/Q4_1, byte j holds weight j in its low nibble and weight j+16 in its high nibble.
+ *   Q5_0: 32 weights, { f16 d; uint8 qh[4]; uint8 qs[16]; }          w = d * (q - 16)
+ *   Q5_1: 32 weights, { f16 d; f16 m; uint8 qh[4]; uint8 qs[16]; }   w = d * q + m
+ * In Q4_0/Q4_1, byte j holds weight j in its low nibble and weight j+16 in its high nibble. Q5_0
+ * and Q5_1 hold the low 4 bits of q the same way, and the fifth bit (worth 16) of weight j at bit
+ * j of qh read as a little-endian uint32 (qh[j / 8] >> (j % 8)). The products are exact in f32
+ * (11 by 5 bits), so a Q5_0 weight is exact and a Q5_1 weight one rounding (the addition), as in
+ * ggml's dequantize_row_q5_0/q5_1. llama.cpp stores in them the tensors of a k-quant file whose
+ * rows are not whole super-blocks (a width of 576, say).
  *
  * k-quants: super-blocks of TSR_QK_K = 256 weights, in sub-blocks with their own integer scales:
  *   Q4_K: { f16 d; f16 dmin; uint8 scales[12]; uint8 qs[128]; }             144 bytes
@@ -37,6 +44,8 @@ enum tsr_dtype {
     TSR_F16 = 1,
     TSR_Q4_0 = 2,
     TSR_Q4_1 = 3,
+    TSR_Q5_0 = 6,
+    TSR_Q5_1 = 7,
     TSR_Q8_0 = 8,
     TSR_Q4_K = 12,
     TSR_Q5_K = 13,
@@ -44,7 +53,7 @@ enum tsr_dtype {
     TSR_BF16 = 30,
 };
 
-#define TSR_QK   32  /* weights per block in Q8_0, Q4_0, Q4_1 */
+#define TSR_QK   32  /* weights per block in Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 */
 #define TSR_QK_K 256 /* weights per super-block in Q4_K, Q5_K, Q6_K */
 
 struct tsr_block_q8_0 {
@@ -57,6 +66,18 @@ struct tsr_block_q4_0 {
 };
 struct tsr_block_q4_1 {
     uint16_t d, m;
+    uint8_t qs[TSR_QK / 2];
+};
+/* Q5_0/Q5_1 blocks are 2-byte aligned at best (22 bytes): code reads them through byte offsets
+ * too, these give their sizes. */
+struct tsr_block_q5_0 {
+    uint16_t d;
+    uint8_t qh[4];
+    uint8_t qs[TSR_QK / 2];
+};
+struct tsr_block_q5_1 {
+    uint16_t d, m;
+    uint8_t qh[4];
     uint8_t qs[TSR_QK / 2];
 };
 /* The k-quant layouts (above); code reads them through byte offsets, these give their sizes. */
@@ -84,6 +105,12 @@ static inline int tsr_dtype_is_kquant(int t)
     return t == TSR_Q4_K || t == TSR_Q5_K || t == TSR_Q6_K;
 }
 
+/* 1 for Q5_0, Q5_1. */
+static inline int tsr_dtype_is_q5(int t)
+{
+    return t == TSR_Q5_0 || t == TSR_Q5_1;
+}
+
 /* 1 if t is one of the types above. */
 int tsr_dtype_valid(int t);
 /* "F32", "Q4_1", ...; "unknown" for anything else. */
@@ -97,8 +124,9 @@ size_t tsr_dtype_row_bytes(enum tsr_dtype t, int64_t n);
 /* Converts n elements of a row of type t to f32 (used for embeddings, tests and loading). */
 void tsr_dequantize_row(enum tsr_dtype t, const void *src, float *dst, int64_t n);
 /* The reverse: n f32 values to a row of type t (n a multiple of the block size). Used to build
- * synthetic models and test data. GGML's reference rounding for Q8_0/Q4_0/Q4_1; for the k-quants
- * a plain min/max fit per sub-block (valid blocks, not llama.cpp's error-minimizing search). */
+ * synthetic models and test data. GGML's reference rounding for Q8_0/Q4_0/Q4_1/Q5_0/Q5_1; for the
+ * k-quants a plain min/max fit per sub-block (valid blocks, not llama.cpp's error-minimizing
+ * search). */
 void tsr_quantize_row(enum tsr_dtype t, const float *src, void *dst, int64_t n);
 
 static inline float tsr_f16_to_f32(uint16_t h)

@@ -128,8 +128,8 @@ static int parse_dtype(const char *s, enum tsr_dtype *out)
     static const struct {
         const char *name;
         enum tsr_dtype t;
-    } names[] = {{"f32", TSR_F32},   {"f16", TSR_F16},   {"bf16", TSR_BF16},
-                 {"q8_0", TSR_Q8_0}, {"q4_0", TSR_Q4_0}, {"q4_1", TSR_Q4_1},
+    } names[] = {{"f32", TSR_F32},   {"f16", TSR_F16},   {"bf16", TSR_BF16}, {"q8_0", TSR_Q8_0},
+                 {"q4_0", TSR_Q4_0}, {"q4_1", TSR_Q4_1}, {"q5_0", TSR_Q5_0}, {"q5_1", TSR_Q5_1},
                  {"q4_k", TSR_Q4_K}, {"q5_k", TSR_Q5_K}, {"q6_k", TSR_Q6_K}};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (!strcmp(s, names[i].name)) {
@@ -137,7 +137,8 @@ static int parse_dtype(const char *s, enum tsr_dtype *out)
             return 0;
         }
     return tsr_errorf(
-        TSR_EINVAL, "unknown weight type '%s' (f32, f16, bf16, q8_0, q4_0, q4_1, q4_k, q5_k, q6_k)",
+        TSR_EINVAL,
+        "unknown weight type '%s' (f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k)",
         s);
 }
 

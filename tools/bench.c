@@ -1,6 +1,6 @@
 /* `tessera bench`: speed and agreement of a model on this machine.
  *
- * Three modes:
+ * Modes:
  * - default: prompt and decode speed of one sequence through the engine, the numbers a benchmark
  *   script sets beside a peer's. Prompt tokens are a fixed pseudo-random sequence (the same ids
  *   every run), decoding is greedy and ignores end-of-generation tokens, each repeat starts from
@@ -16,6 +16,13 @@
  *   every position, the rest one decode step per token. Compared with the same on --ref-device,
  *   or with ids saved by --save-ids in an earlier run (--ref-ids), e.g. TP=1 against TP=4.
  *   Exits 1 when the agreement is under --min-agree.
+ * - --perplexity FILE: the model's perplexity on the whitespace-separated token ids in FILE, scored
+ *   as llama.cpp's perplexity tool does: consecutive chunks of --ctx C tokens (512; a last partial
+ *   chunk is dropped), each from an empty cache, teacher-forced, and the second half of each
+ *   scored: the NLL of token t + 1 given tokens 0..t for C/2 <= t < C - 1, C - C/2 - 1 tokens a
+ *   chunk, from a float64 log-softmax over the whole logit row. A chunk goes through in steps of
+ *   --step-tokens (512), which bound the logits buffer (that many rows of the vocabulary); the
+ *   result does not depend on them. Prints one JSON line.
  * - --pipeline B: decode throughput of B sequences through the engine of a group of --tp x --pp
  *   ranks, one step at a time and then with pp micro-batches in flight (worker/engine.h), in one
  *   run on the same ranks; --pin binds each rank to core rank mod cores.
@@ -54,7 +61,10 @@ struct bench_args {
     long context, steps, prefill_tokens;
     int agree;
     double min_agree;
-    long pipeline; /* --pipeline B: sequences; 0: off */
+    long pipeline;          /* --pipeline B: sequences; 0: off */
+    const char *perplexity; /* --perplexity FILE; NULL: off */
+    long ctx;               /* --ctx: its chunk length */
+    long step_tokens;       /* --step-tokens: most tokens of a chunk in one forward step */
     int pin;
 };
 
@@ -446,14 +456,54 @@ static int run_agree(const struct bench_args *a, tsr_model_t *m, tsr_backend_t *
     return rc;
 }
 
-static int read_ids(const char *path, int32_t *ids, long n)
+/* *ids (malloc'ed, caller frees), *n: the whitespace-separated ids in path, each checked against
+ * the vocabulary (--perplexity's input, --ref-ids' saved argmaxes). */
+static int read_token_file(const char *path, int vocab, int32_t **ids, long *n)
 {
     FILE *f = fopen(path, "r");
     if (!f) return tsr_errorf(TSR_EIO, "cannot open %s", path);
-    long i = 0;
-    while (i < n && fscanf(f, "%d", &ids[i]) == 1) i++;
+    long cap = 4096, len = 0;
+    int32_t *v = malloc((size_t)cap * sizeof *v);
+    char word[32];
+    int rc = v ? 0 : tsr_errorf(TSR_ENOMEM, "out of memory for token ids");
+    while (!rc && fscanf(f, "%31s", word) == 1) {
+        char *end;
+        long id = strtol(word, &end, 10);
+        if (*end || end == word || strlen(word) >= sizeof word - 1) {
+            rc = tsr_errorf(TSR_EFORMAT, "%s: token %ld is '%s', not an id", path, len + 1, word);
+        } else if (id < 0 || id >= vocab) {
+            rc = tsr_errorf(TSR_EINVAL, "%s: token %ld is %ld, outside the vocabulary (0..%d)",
+                            path, len + 1, id, vocab - 1);
+        } else if (len == cap) {
+            int32_t *w = realloc(v, (size_t)(cap *= 2) * sizeof *v);
+            if (!w)
+                rc = tsr_errorf(TSR_ENOMEM, "out of memory for token ids");
+            else
+                v = w;
+        }
+        if (!rc) v[len++] = (int32_t)id;
+    }
+    if (!rc && ferror(f)) rc = tsr_errorf(TSR_EIO, "cannot read %s", path);
     fclose(f);
-    return i == n ? 0 : tsr_errorf(TSR_EFORMAT, "%s holds %ld ids, %ld wanted", path, i, n);
+    if (rc) {
+        free(v);
+        return rc;
+    }
+    *ids = v;
+    *n = len;
+    return 0;
+}
+
+/* The first n ids of the file at path (a --save-ids of an earlier run). */
+static int read_ids(const char *path, int vocab, int32_t *ids, long n)
+{
+    int32_t *v;
+    long len;
+    int rc = read_token_file(path, vocab, &v, &len);
+    if (rc) return rc;
+    if (len >= n) memcpy(ids, v, (size_t)n * sizeof *ids);
+    free(v);
+    return len >= n ? 0 : tsr_errorf(TSR_EFORMAT, "%s holds %ld ids, %ld wanted", path, len, n);
 }
 
 static int bench_agree(const struct bench_args *a, tsr_model_t *m, tsr_backend_t *b,
@@ -477,7 +527,7 @@ static int bench_agree(const struct bench_args *a, tsr_model_t *m, tsr_backend_t
     }
     const char *against = a->ref_ids ? a->ref_ids : a->ref_device;
     if (a->ref_ids) {
-        if ((rc = read_ids(a->ref_ids, ref, n))) goto out;
+        if ((rc = read_ids(a->ref_ids, tsr_model_config(m)->n_vocab, ref, n))) goto out;
     } else if (a->ref_device) {
         if ((rc = tsr_group_backend(NULL, a->ref_device, a->dev.threads, &rb)) ||
             (rc = run_agree(a, m, rb, NULL, ids, ref)))
@@ -507,6 +557,97 @@ out:
     free(ids);
     free(got);
     free(ref);
+    return rc;
+}
+
+/* ---- --perplexity: llama.cpp's perplexity over chunks of a token file ---- */
+
+static struct tsr_runner_opts ppl_opts(const struct bench_args *a)
+{
+    return (struct tsr_runner_opts){.n_blocks = (int)(a->ctx + BLOCK - 1) / BLOCK,
+                                    .block_size = BLOCK,
+                                    .max_tokens =
+                                        (int)(a->ctx < a->step_tokens ? a->ctx : a->step_tokens)};
+}
+
+/* -log p(ids[t + 1] | ids[0..t]) from logit row x, in float64: max, then log of the sum of
+ * exponentials over the whole vocabulary. */
+static double token_nll(const float *x, int vocab, int32_t next)
+{
+    double m = x[0], s = 0;
+    for (int i = 1; i < vocab; i++) m = x[i] > m ? x[i] : m;
+    for (int i = 0; i < vocab; i++) s += exp((double)x[i] - m);
+    return m + log(s) - (double)x[next];
+}
+
+/* Adds to *nll the NLLs of one chunk of c tokens (positions from 0, so the cache's earlier
+ * contents are never read: a step attends to positions it or this chunk's earlier steps wrote),
+ * in steps of up to `step` tokens with logit rows for the scored positions only. */
+static int ppl_chunk(tsr_runner_t *r, struct seqs *s, const int32_t *ids, int c, int step,
+                     int vocab, float *logits, double *nll)
+{
+    const int first = c / 2;
+    for (int p0 = 0; p0 < c; p0 += step) {
+        int nt = c - p0 < step ? c - p0 : step, n_out = 0;
+        for (int i = 0; i < nt; i++) {
+            int t = p0 + i;
+            s->ids[i] = ids[t];
+            s->pos[i] = t;
+            s->seq[i] = 0;
+            if (t >= first && t < c - 1) s->out_rows[n_out++] = i;
+        }
+        struct tsr_step st = seqs_step(s, nt, n_out);
+        int rc = tsr_runner_forward(r, &st, logits);
+        if (rc) return rc;
+        for (int k = 0; k < n_out; k++) {
+            int t = p0 + s->out_rows[k];
+            *nll += token_nll(logits + (size_t)k * vocab, vocab, ids[t + 1]);
+        }
+    }
+    return 0;
+}
+
+static int bench_perplexity(const struct bench_args *a, tsr_model_t *m, tsr_backend_t *b,
+                            const struct tsr_runner_shard *sh)
+{
+    const int vocab = tsr_model_config(m)->n_vocab, c = (int)a->ctx;
+    int32_t *ids = NULL;
+    long n = 0;
+    int rc = read_token_file(a->perplexity, vocab, &ids, &n);
+    if (rc) return rc;
+    if (n < c || c > tsr_model_config(m)->n_ctx_train) {
+        free(ids);
+        if (c > tsr_model_config(m)->n_ctx_train)
+            return tsr_errorf(TSR_EINVAL, "--ctx %d exceeds the model's context length %d", c,
+                              tsr_model_config(m)->n_ctx_train);
+        return tsr_errorf(TSR_EINVAL, "--perplexity: %s holds %ld tokens, fewer than --ctx %d",
+                          a->perplexity, n, c);
+    }
+    struct tsr_runner_opts ro = ppl_opts(a);
+    struct seqs s;
+    tsr_runner_t *r = NULL;
+    float *logits = malloc((size_t)ro.max_tokens * vocab * sizeof(float));
+    if (!logits) rc = tsr_errorf(TSR_ENOMEM, "out of memory for %d logit rows", ro.max_tokens);
+    if (!rc) rc = seqs_init(&s, 1, ro.n_blocks, ro.max_tokens);
+    double t0 = tsr_now(), t1 = t0, nll = 0;
+    if (!rc && !(rc = tsr_runner_new(m, b, &ro, sh, &r))) {
+        t1 = tsr_now();
+        long chunks = n / c;
+        for (long k = 0; k < chunks && !rc; k++)
+            rc = ppl_chunk(r, &s, ids + k * c, c, ro.max_tokens, vocab, logits, &nll);
+        long scored = chunks * (c - c / 2 - 1);
+        fprintf(stderr, "tessera bench: %s: load %.1f s, %ld chunks of %d tokens %.1f s\n",
+                tsr_backend_name(b), t1 - t0, chunks, c, tsr_now() - t1);
+        if (!rc)
+            printf("{\"model\":\"%s\",\"device\":\"%s\",\"tp\":%d,\"tokens_scored\":%ld,"
+                   "\"nll\":%.9g,\"ppl\":%.9g,\"chunks\":%ld,\"ctx\":%d}\n",
+                   a->mdl.model, a->dev.device, a->mdl.tp, scored, nll / (double)scored,
+                   exp(nll / (double)scored), chunks, c);
+    }
+    tsr_runner_free(r);
+    if (logits) seqs_free(&s);
+    free(logits);
+    free(ids);
     return rc;
 }
 
@@ -630,6 +771,7 @@ static void bench_usage(FILE *f)
                "                      [--prefill-tokens P]]\n"
                "                     [--agree [--ref-device D | --ref-ids FILE] [--save-ids FILE]\n"
                "                      [--min-agree F]]\n"
+               "                     [--perplexity IDS_FILE [--ctx C] [--step-tokens S]]\n"
                "                     [--pipeline B --pp N [--context C] [--steps S] [--pin]]\n\n"
                "Default: one JSON line, median prompt and decode tokens/s of one sequence.\n"
                "--batches: decode tokens/s at each batch size (sequences of C tokens, S steps)\n"
@@ -637,6 +779,9 @@ static void bench_usage(FILE *f)
                "  roofline and of the bf16 GEMM rate measured in the same run.\n"
                "--agree: teacher-forced argmax over --prompt-tokens positions against another\n"
                "  device or saved ids; exits 1 under --min-agree (default 0.99).\n"
+               "--perplexity: llama.cpp's perplexity over the whitespace-separated token ids in\n"
+               "  IDS_FILE: chunks of C tokens (default 512), the second half of each scored;\n"
+               "  prints {tokens_scored, nll, ppl, chunks, ctx}. S tokens a forward step (512).\n"
                "--pipeline: decode tokens/s of B sequences (C prompt tokens, S steps) through a\n"
                "  group's engine, one step at a time and pp steps in flight, medians of R runs\n"
                "  each; --pin binds rank r to core r mod cores.\n");
@@ -672,7 +817,10 @@ static int parse_args(int argc, char **argv, struct bench_args *a)
         O_SAVE,
         O_MIN,
         O_PIPELINE,
-        O_PIN
+        O_PIN,
+        O_PPL,
+        O_CTX,
+        O_STEP_TOKENS
     };
     static const struct option opts[] = {TSR_CLI_MODEL_OPTIONS,
                                          TSR_CLI_DEVICE_OPTIONS,
@@ -690,6 +838,9 @@ static int parse_args(int argc, char **argv, struct bench_args *a)
                                          {"min-agree", required_argument, 0, O_MIN},
                                          {"pipeline", required_argument, 0, O_PIPELINE},
                                          {"pin", no_argument, 0, O_PIN},
+                                         {"perplexity", required_argument, 0, O_PPL},
+                                         {"ctx", required_argument, 0, O_CTX},
+                                         {"step-tokens", required_argument, 0, O_STEP_TOKENS},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
@@ -702,7 +853,9 @@ static int parse_args(int argc, char **argv, struct bench_args *a)
     a->steps = 32;
     a->prefill_tokens = 2048;
     a->min_agree = 0.99;
-    int c, rc;
+    a->ctx = 512;
+    a->step_tokens = 512;
+    int c, rc, ctx_set = 0;
     optind = 1;
     while ((c = getopt_long(argc, argv, "m:p:n:r:j:h", opts, NULL)) != -1) {
         if ((rc = tsr_cli_model_opt(c, optarg, &a->mdl)) ||
@@ -753,6 +906,17 @@ static int parse_args(int argc, char **argv, struct bench_args *a)
         case O_PIN:
             a->pin = 1;
             break;
+        case O_PPL:
+            a->perplexity = optarg;
+            break;
+        case O_CTX:
+            rc = tsr_cli_int("--ctx", optarg, 4, 1 << 20, &a->ctx);
+            ctx_set = 1;
+            break;
+        case O_STEP_TOKENS:
+            rc = tsr_cli_int("--step-tokens", optarg, 1, 1 << 16, &a->step_tokens);
+            ctx_set = 1;
+            break;
         case 'h':
             bench_usage(stdout);
             exit(0);
@@ -775,8 +939,19 @@ static int parse_args(int argc, char **argv, struct bench_args *a)
                         "--batches\n");
         return 2;
     }
-    if (a->mdl.tp > 1 && !a->agree && !a->n_batches && !a->pipeline) {
-        fprintf(stderr, "tessera bench: --tp is for --agree, --batches and --pipeline runs\n");
+    if (a->mdl.tp > 1 && !a->agree && !a->n_batches && !a->pipeline && !a->perplexity) {
+        fprintf(stderr, "tessera bench: --tp is for --agree, --batches, --pipeline and "
+                        "--perplexity runs\n");
+        return 2;
+    }
+    if (a->perplexity && (a->agree || a->n_batches || a->pipeline)) {
+        fprintf(stderr, "tessera bench: give one of --perplexity, --agree, --batches and "
+                        "--pipeline\n");
+        return 2;
+    }
+    if (ctx_set && !a->perplexity) {
+        fprintf(stderr, "tessera bench: --ctx and --step-tokens are for --perplexity runs "
+                        "(--batches takes --context)\n");
         return 2;
     }
     if (a->agree && a->n_batches) {
@@ -814,7 +989,9 @@ int tsr_cmd_bench(int argc, char **argv)
         for (long i = 0; i < 2 * a.repeats && !rc; i++) rc = tsr_step_follow(m, b, &ro, &group);
         if (rc) goto fail;
     } else if (ranks > 1 && group.rank != 0) {
-        struct tsr_runner_opts ro = a.agree ? agree_opts(&a) : batch_layout(&a).ro;
+        struct tsr_runner_opts ro = a.agree        ? agree_opts(&a)
+                                    : a.perplexity ? ppl_opts(&a)
+                                                   : batch_layout(&a).ro;
         if ((rc = tsr_step_follow(m, b, &ro, &group))) goto fail;
     } else if (a.pipeline) {
         if ((rc = bench_pipeline(&a, m, b, &group.shard))) goto fail;
@@ -822,6 +999,8 @@ int tsr_cmd_bench(int argc, char **argv)
         rc = bench_agree(&a, m, b, ranks > 1 ? &group.shard : NULL);
         if (rc == 1) goto out; /* under the bar: said already */
         if (rc) goto fail;
+    } else if (a.perplexity) {
+        if ((rc = bench_perplexity(&a, m, b, ranks > 1 ? &group.shard : NULL))) goto fail;
     } else if (a.n_batches) {
         if ((rc = bench_batches(&a, m, b, ranks > 1 ? &group.shard : NULL))) goto fail;
     } else if ((rc = bench_engine(&a, m, b))) {

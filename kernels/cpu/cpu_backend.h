@@ -15,7 +15,7 @@
  *       products are int8. Faster (decode reads the same weights, but integer products are
  *       cheaper), but the rounding moves logits by up to a few units: greedy tokens can differ
  *       from the exact model's where its top two are close.
- * Float weights (F32, F16, BF16) and the k-quants (Q4_K, Q5_K, Q6_K: their super-blocks are
+ * Float weights (F32, F16, BF16), Q5_0, Q5_1 and the k-quants (Q4_K, Q5_K, Q6_K: their blocks are
  * decoded to f32 a tile at a time, no int8 kernel yet) always take the f32 path. Both paths are
  * batch invariant: an output row is bitwise the same whatever other rows share the call and however
  * many threads run it.

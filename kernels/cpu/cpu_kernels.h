@@ -5,9 +5,10 @@
  *
  * Exact (the default): f32 activations against the weights' f32 values. Every weight type is
  * read as the values tsr_cpu_kernels.dequant gives: F32, F16, BF16 and Q8_0 (d·q), Q4_0
- * (d·(q − 8)) exactly, Q4_1 as fl(d·q + m), one rounding, the k-quants as common/dtype.h
- * says (every ISA decodes them with tsr_dequantize_row, a super-block of 256 at a time, into
- * a stack buffer the accumulators then read); every ISA gives the same bits. An
+ * (d·(q − 8)) exactly, Q4_1 as fl(d·q + m), one rounding, Q5_0, Q5_1 and the k-quants as
+ * common/dtype.h says (every ISA decodes them with tsr_dequantize_row, up to 256 weights at a
+ * time, into a stack buffer the accumulators then read: tsr_cpu_decoded); every ISA gives the
+ * same bits. An
  * output element W[r]·x_j is then one fixed sequence of f32 operations per ISA: an accumulator
  * of L lanes (scalar 1, AVX2 8, AVX-512 16) adds w[c..c+L)·x[c..c+L) lane by lane (a fused
  * multiply-add in SIMD, multiply then add in scalar) for c = 0, L, 2L, ... in order (a last
@@ -40,6 +41,13 @@
 
 #include "common/dtype.h"
 #include "kernels/cpu/cpu_backend.h"
+
+/* 1 for the weight types the kernels decode with common/dtype.c (no SIMD decoder of their own, no
+ * q8 kernel): Q5_0, Q5_1 and the k-quants. */
+static inline int tsr_cpu_decoded(int t)
+{
+    return tsr_dtype_is_q5(t) || tsr_dtype_is_kquant(t);
+}
 
 /* Blocks of a q8 row of k (a multiple of 32) values, padding included. */
 static inline int tsr_cpu_q8_blocks(int64_t k)

@@ -440,24 +440,26 @@ TSR_AVX512_INLINE void gv_tile(const enum tsr_dtype wt, const int nr, const int 
     for (int r = 0; r < nr; r++)
 #pragma GCC unroll 4
         for (int j = 0; j < nc; j++) acc[r][j] = _mm512_setzero_ps();
-    if (tsr_dtype_is_kquant(wt)) {
-        /* k-quants: each row's next super-block is decoded to f32 on the stack by common/dtype.c
-         * (no SIMD decoder yet), then fed in k order like float weights */
+    if (tsr_cpu_decoded(wt)) {
+        /* Q5_0, Q5_1, k-quants: each row's next 256 weights (fewer at a Q5 row's end: whole
+         * blocks of 32 all the same) are decoded to f32 on the stack by common/dtype.c (no SIMD
+         * decoder yet), then fed in k order like float weights */
+        const int be = tsr_dtype_block_elems(wt);
         const size_t bs = tsr_dtype_block_bytes(wt);
         float wf[4][TSR_QK_K];
-        for (int b = 0; b < k / TSR_QK_K; b++) {
+        for (int i0 = 0; i0 < k; i0 += TSR_QK_K) {
+            const int len = k - i0 < TSR_QK_K ? k - i0 : TSR_QK_K;
 #pragma GCC unroll 4
             for (int r = 0; r < nr; r++)
-                tsr_dequantize_row(wt, w + (size_t)r * ws + (size_t)b * bs, wf[r], TSR_QK_K);
-            for (int i = 0; i < TSR_QK_K; i += 16)
+                tsr_dequantize_row(wt, w + (size_t)r * ws + (size_t)(i0 / be) * bs, wf[r], len);
+            for (int i = 0; i < len; i += 16)
 #pragma GCC unroll 4
                 for (int r = 0; r < nr; r++) {
                     __m512 wv = _mm512_loadu_ps(wf[r] + i);
 #pragma GCC unroll 4
                     for (int j = 0; j < nc; j++)
                         acc[r][j] = _mm512_fmadd_ps(
-                            wv, _mm512_loadu_ps(x + (size_t)j * ldx + (size_t)b * TSR_QK_K + i),
-                            acc[r][j]);
+                            wv, _mm512_loadu_ps(x + (size_t)j * ldx + (size_t)i0 + i), acc[r][j]);
                 }
         }
     } else if (is_quant(wt)) {
@@ -550,6 +552,12 @@ TSR_AVX512 static void gemv(enum tsr_dtype wt, int k, const uint8_t *w, size_t w
                             const float *x, size_t ldx, int nc, float *y, size_t ldy)
 {
     switch (wt) {
+    case TSR_Q5_0:
+        gv_type(TSR_Q5_0, k, w, ws, nr, x, ldx, nc, y, ldy);
+        break;
+    case TSR_Q5_1:
+        gv_type(TSR_Q5_1, k, w, ws, nr, x, ldx, nc, y, ldy);
+        break;
     case TSR_Q4_K:
         gv_type(TSR_Q4_K, k, w, ws, nr, x, ldx, nc, y, ldy);
         break;
@@ -683,6 +691,8 @@ TSR_AVX512_INLINE void deq_row(const enum tsr_dtype wt, const uint8_t *src, floa
 TSR_AVX512 static void dequant(enum tsr_dtype wt, const uint8_t *src, float *dst, int n)
 {
     switch (wt) {
+    case TSR_Q5_0:
+    case TSR_Q5_1:
     case TSR_Q4_K:
     case TSR_Q5_K:
     case TSR_Q6_K:

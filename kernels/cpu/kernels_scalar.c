@@ -81,17 +81,20 @@ static void gemm_q8(enum tsr_dtype wt, int k, const uint8_t *w, size_t ws, int n
 /* ---- f32 activations (the exact path): one accumulator per output element, k in order ---- */
 
 /* The f32 values of weights [i0, i0 + n) of a row at w; for quantized types i0 and n are whole
- * blocks (super-blocks of 256 for the k-quants, which common/dtype.c decodes). Q4_1's d·q is
- * exact in f32 (11 by 4 bits), so d·q + m rounds once, as the SIMD kernels' fused multiply-add
- * does. */
+ * blocks (super-blocks of 256 for the k-quants; common/dtype.c decodes them and Q5_0/Q5_1). Q4_1's
+ * d·q is exact in f32 (11 by 4 bits), so d·q + m rounds once, as the SIMD kernels' fused
+ * multiply-add does. */
 static void dequant_part(enum tsr_dtype wt, const uint8_t *w, int i0, float *dst, int n)
 {
     uint16_t h;
     switch (wt) {
+    case TSR_Q5_0:
+    case TSR_Q5_1:
     case TSR_Q4_K:
     case TSR_Q5_K:
     case TSR_Q6_K:
-        tsr_dequantize_row(wt, w + (size_t)(i0 / TSR_QK_K) * tsr_dtype_block_bytes(wt), dst, n);
+        tsr_dequantize_row(
+            wt, w + (size_t)(i0 / tsr_dtype_block_elems(wt)) * tsr_dtype_block_bytes(wt), dst, n);
         return;
     case TSR_F16:
     case TSR_BF16:

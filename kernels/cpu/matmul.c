@@ -16,10 +16,10 @@
  * operations (about as many cycles) against the q8 path's ~3, so the GEMV reads ~19 GB/s on
  * two cores where the q8 path reads ~30 and memory gives ~50.
  *
- * k-quants (Q4_K, Q5_K, Q6_K) take the exact path in either mode: the ISA's gemv decodes each
- * row's 256-weight super-blocks into a small stack buffer (common/dtype.c, scalar code) and the
- * batch path dequantizes tiles as for the other types; nothing is expanded at load. Not tuned:
- * the decode, not memory, bounds it.
+ * Q5_0, Q5_1 and the k-quants (Q4_K, Q5_K, Q6_K) take the exact path in either mode: the ISA's
+ * gemv decodes each row's next 256 weights into a small stack buffer (common/dtype.c, scalar
+ * code) and the batch path dequantizes tiles as for the other types; nothing is expanded at load.
+ * Not tuned: the decode, not memory, bounds it.
  *
  * q8 path (TESSERA_CPU_ACT=q8, Q8_0/Q4_0/Q4_1 weights): each activation row is quantized once to
  * a q8 row, then the ISA's int8 kernel runs over weight rows, split between threads as above;
@@ -151,7 +151,7 @@ int tsr_cpu_matmul(tsr_backend_t *b, tsr_buf_t *y, const struct tsr_weight *w, t
                        .x = x->data,
                        .y = yf};
     int nt = tsr_cpu_threads_for(c, (double)rows * cols * n);
-    /* the q8 kernels know these three; the k-quants go the exact way */
+    /* the q8 kernels know these three; Q5_0, Q5_1 and the k-quants go the exact way */
     int quant = w->type == TSR_Q8_0 || w->type == TSR_Q4_0 || w->type == TSR_Q4_1;
     if (quant && c->act_q8) {
         m.qrow = tsr_cpu_q8_row_bytes(cols);

@@ -13,6 +13,8 @@
 #define TSR_Q8_0_BYTES 34
 #define TSR_Q4_0_BYTES 18
 #define TSR_Q4_1_BYTES 20
+#define TSR_Q5_0_BYTES 22
+#define TSR_Q5_1_BYTES 24
 /* Bytes per 256-weight super-block (layouts in common/dtype.h). */
 #define TSR_Q4_K_BYTES 144
 #define TSR_Q5_K_BYTES 176
@@ -57,11 +59,21 @@ static __device__ __forceinline__ float tsr_dev_q6_k(const uint8_t *b, int j)
     float d = tsr_dev_f16(*(const uint16_t *)(b + 208)) * (float)(int8_t)b[192 + j / 16];
     return d * (float)(v - 32);
 }
+/* Weight j (< 32) of a Q5_0 (one = false) or Q5_1 block: d * (q - 16) or d * q + m, the product
+ * exact (common/dtype.h), so the same bits as common/dtype.c. The fifth bit of weight j is bit j
+ * of qh, read a byte at a time (a 22-byte Q5_0 block leaves qh 2-byte aligned only). */
+static __device__ __forceinline__ float tsr_dev_q5(const uint8_t *b, int j, bool one)
+{
+    const uint8_t *qh = b + (one ? 4 : 2), *qs = qh + 4;
+    int q = ((qs[j & 15] >> (j < 16 ? 0 : 4)) & 15) | ((qh[j / 8] >> (j % 8)) & 1) << 4;
+    float d = tsr_dev_f16(((const uint16_t *)b)[0]);
+    return one ? d * (float)q + tsr_dev_f16(((const uint16_t *)b)[1]) : d * (float)(q - 16);
+}
 
 /* Element i of a row of type t (any type; 2-byte aligned rows). One element at a time: for the
- * small ops (embeddings, norm weights, biases, dequantizing tiles), not for GEMV (the k-quants
+ * small ops (embeddings, norm weights, biases, dequantizing tiles), not for GEMV (Q5_0 and Q5_1
  * meet it there: tsr_cuda_gemv has no kernel of its own for them yet, so its generic one decodes
- * them here, a super-block's scales once per weight: correct, not fast). */
+ * them here, a block's scales once per weight: correct, not fast). */
 static __device__ __forceinline__ float tsr_dev_elem(int t, const uint8_t *row, int64_t i)
 {
     switch (t) {
@@ -88,6 +100,10 @@ static __device__ __forceinline__ float tsr_dev_elem(int t, const uint8_t *row, 
         return tsr_dev_f16(((const uint16_t *)b)[0]) * (float)q +
                tsr_dev_f16(((const uint16_t *)b)[1]);
     }
+    case TSR_Q5_0:
+        return tsr_dev_q5(row + (i / TSR_QK) * TSR_Q5_0_BYTES, (int)(i % TSR_QK), false);
+    case TSR_Q5_1:
+        return tsr_dev_q5(row + (i / TSR_QK) * TSR_Q5_1_BYTES, (int)(i % TSR_QK), true);
     case TSR_Q4_K:
         return tsr_dev_q45_k(row + (i / TSR_QK_K) * TSR_Q4_K_BYTES, (int)(i % TSR_QK_K), false);
     case TSR_Q5_K:

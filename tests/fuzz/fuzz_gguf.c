@@ -1,6 +1,6 @@
 /* libFuzzer target for the GGUF reader: open any bytes, then walk every kv and tensor through the
- * getters, touch every tensor byte and decode the start of each k-quant tensor, so an
- * out-of-bounds pointer shows up under ASan. */
+ * getters, touch every tensor byte and decode the start of each k-quant, Q5_0 and Q5_1 tensor, so
+ * an out-of-bounds pointer shows up under ASan. */
 #include <stddef.h>
 #include <stdint.h>
 
@@ -42,13 +42,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (tsr_gguf_find_tensor(g, t->name) != t) __builtin_trap();
         const uint8_t *p = t->data;
         for (uint64_t k = 0; k < t->nbytes; k++) acc += p[k];
-        /* k-quants: decode the first super-blocks of the first row, whatever the bytes (their
-         * decoders read through byte offsets, so any alignment will do; the older types' read
-         * through typed pointers and assume the loader's alignment) */
+        /* k-quants, Q5_0, Q5_1: decode the first blocks of the first row, whatever the bytes
+         * (their decoders read through byte offsets, so any alignment will do; the older types'
+         * read through typed pointers and assume the loader's alignment) */
         float row[1024];
         int64_t n = t->ne[0] < 1024 ? t->ne[0] : 1024;
-        n -= n % TSR_QK_K;
-        if (tsr_dtype_is_kquant(t->type) && n > 0 && t->nbytes >= tsr_dtype_row_bytes(t->type, n)) {
+        n -= n % tsr_dtype_block_elems(t->type);
+        if ((tsr_dtype_is_kquant(t->type) || tsr_dtype_is_q5(t->type)) && n > 0 &&
+            t->nbytes >= tsr_dtype_row_bytes(t->type, n)) {
             tsr_dequantize_row(t->type, p, row, n);
             acc += row[0] == row[0];
         }

@@ -16,7 +16,7 @@ SCALAR = {U8: "<B", I8: "<b", U16: "<H", I16: "<h", U32: "<I", I32: "<i", F32: "
           BOOL: "<?", U64: "<Q", I64: "<q", F64: "<d"}
 # GGML tensor types: id -> (block elems, block bytes)
 TTYPES = {0: (1, 4), 1: (1, 2), 30: (1, 2), 8: (32, 34), 2: (32, 18), 3: (32, 20),
-          12: (256, 144), 13: (256, 176), 14: (256, 210)}
+          12: (256, 144), 13: (256, 176), 14: (256, 210), 6: (32, 22), 7: (32, 24)}
 
 
 def gstr(s):
@@ -110,7 +110,8 @@ def main():
           gguf([("general.alignment", U32, 1)], [("a", [3], 1), ("b", [1], 0)], align=1))
     write("fuzz_gguf", "kv_only.gguf", gguf(all_kvs, []))
     write("fuzz_gguf", "kquants.gguf", gguf(
-        all_kvs[:2], [("w.q4_k", [256, 2], 12), ("w.q5_k", [512], 13), ("w.q6_k", [256, 1, 2], 14)]))
+        all_kvs[:2], [("w.q4_k", [256, 2], 12), ("w.q5_k", [512], 13), ("w.q6_k", [256, 1, 2], 14),
+                      ("w.q5_0", [576, 2], 6), ("w.q5_1", [96], 7)]))
     write("fuzz_gguf", "llama_like.gguf", gguf(
         [("general.architecture", STRING, "llama"), ("llama.block_count", U32, 1),
          ("llama.embedding_length", U32, 32),

@@ -1,21 +1,24 @@
-/* The k-quants (Q4_K, Q5_K, Q6_K): decoding against gguf-py, the CPU matmul on k-quant weights
- * for every instruction set this CPU has, and malformed inputs.
+/* The k-quants (Q4_K, Q5_K, Q6_K) and Q5_0/Q5_1 (what k-quant files hold where rows are not whole
+ * super-blocks): decoding against gguf-py, the CPU matmul on their weights for every instruction
+ * set this CPU has, and malformed inputs.
  *
  * 1. Decoding. tests/reference/kquant_golden.bin (make_kquant_golden.py: random blocks, gguf-py's
- *    numpy dequantize) must come out of tsr_dequantize_row and of every ISA's dequant kernel
- *    bit for bit (0 ulp, signed zeros included): every product in a k-quant decode is exact in
- *    f32 (common/dtype.h), so there is one rounding at most, the same in any order.
+ *    numpy dequantize; Q5_0/Q5_1 rows of 576, not whole super-blocks) must come out of
+ *    tsr_dequantize_row and of every ISA's dequant kernel bit for bit (0 ulp, signed zeros
+ *    included): every product in these decodes is exact in f32 (common/dtype.h), so there is one
+ *    rounding at most, the same in any order.
  * 2. Matmul. Weights of random blocks (random bytes, finite f16 scales), Gaussian activations;
  *    NMSE = Σ(out - ref)² / Σ ref² against the float64 product of the decoded weights must stay
  *    under 1e-10 (only f32 accumulation over at most 1,024 terms separates them; about 1e-14 is
  *    seen), for n = 1..4 (the GEMV path) and n > 4 (dequantized tiles, n = 130 past one
- *    activation chunk), on scalar, AVX2 and AVX-512 where present; each SIMD result within 1e-10
+ *    activation chunk), Q5_0/Q5_1 also on widths of 96 and 576 (a GEMV's last chunk short of
+ *    256), on scalar, AVX2 and AVX-512 where present; each SIMD result within 1e-10
  *    of scalar's; a row's result bitwise the same alone and in a batch (the GEMV and the tile
  *    path agree); TESSERA_CPU_ACT=q8 leaves k-quants on the exact path (bitwise equal).
  * 3. The quantizer (synthetic models): a Gaussian row survives quantize + dequantize within an
  *    NMSE bound per type (below).
- * 4. Malformed: a row that is not whole super-blocks, in a GGUF file, a matmul or a column
- *    slice; a truncated k-quant tensor. Each is an error naming the problem. */
+ * 4. Malformed: a row that is not whole super-blocks (Q5_0/Q5_1: blocks of 32), in a GGUF file,
+ *    a matmul or a column slice; a truncated tensor. Each is an error naming the problem. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -39,7 +42,8 @@
 
 #define GOLDEN TSR_SOURCE_DIR "/tests/reference/kquant_golden.bin"
 
-static const enum tsr_dtype kq_types[] = {TSR_Q4_K, TSR_Q5_K, TSR_Q6_K};
+/* the golden's order */
+static const enum tsr_dtype kq_types[] = {TSR_Q4_K, TSR_Q5_K, TSR_Q6_K, TSR_Q5_0, TSR_Q5_1};
 #define N_KQ (sizeof kq_types / sizeof kq_types[0])
 
 /* ---- random numbers (xorshift64*, fixed seed: the test is deterministic) ---- */
@@ -208,9 +212,9 @@ static void test_golden_dequant(void **state)
         assert_true(nonzero > g->rows * g->cols * 9 / 10);
         assert_true(negative > g->rows * g->cols / 10);
         free(got);
+        print_message("  decoding: %d %s weights, 0 ulp from gguf-py on every ISA\n",
+                      g->rows * g->cols, tsr_dtype_name(g->type));
     }
-    print_message("  decoding: %d weights of each type, 0 ulp from gguf-py on every ISA\n",
-                  golden[0].rows * golden[0].cols);
 }
 
 /* ---- 2. matmul ---- */
@@ -219,12 +223,12 @@ static void test_golden_dequant(void **state)
  * finite values of varied size (log-uniform magnitudes 2^-16..2^-6, an eighth negative). */
 static uint8_t *random_weights(enum tsr_dtype t, int rows, int cols)
 {
-    size_t bs = tsr_dtype_block_bytes(t), nb = (size_t)rows * cols / TSR_QK_K;
+    size_t bs = tsr_dtype_block_bytes(t), nb = (size_t)rows * cols / tsr_dtype_block_elems(t);
     uint8_t *w = malloc(nb * bs);
     assert_non_null(w);
     for (size_t i = 0; i < nb * bs; i++) w[i] = (uint8_t)rng_u64();
     for (size_t b = 0; b < nb; b++) {
-        int n = t == TSR_Q6_K ? 1 : 2;
+        int n = t == TSR_Q6_K || t == TSR_Q5_0 ? 1 : 2; /* d; or d and dmin/m at 0 and 2 */
         for (int k = 0; k < n; k++) {
             float v = exp2f((float)(-16.0 + 10.0 * rng_uniform()));
             if (rng_u64() % 8 == 0) v = -v;
@@ -276,10 +280,11 @@ struct shape {
 };
 
 /* GEMV path (n <= 4) with partial 4-row tiles, the tile path (n > 4) with a partial 16-row tile
- * and, at n = 130, more rows than one 128-row activation chunk. */
+ * and, at n = 130, more rows than one 128-row activation chunk. The widths of 96 and 576 (Q5_0
+ * and Q5_1 only: not whole super-blocks) end a GEMV on a chunk of 96 or 64 weights. */
 static const struct shape mm_shapes[] = {
-    {37, 768, 1}, {37, 768, 2}, {6, 512, 3},    {37, 768, 4},
-    {37, 768, 5}, {19, 256, 9}, {64, 1024, 33}, {21, 512, 130},
+    {37, 768, 1},   {37, 768, 2},   {6, 512, 3}, {37, 768, 4}, {37, 768, 5}, {19, 256, 9},
+    {64, 1024, 33}, {21, 512, 130}, {7, 96, 1},  {37, 576, 2}, {9, 576, 4},  {19, 576, 9},
 };
 
 static void test_matmul(void **state)
@@ -290,6 +295,7 @@ static void test_matmul(void **state)
         enum tsr_dtype t = kq_types[ti];
         for (size_t si = 0; si < sizeof mm_shapes / sizeof mm_shapes[0]; si++) {
             struct shape sh = mm_shapes[si];
+            if (sh.cols % tsr_dtype_block_elems(t)) continue;
             uint8_t *w = random_weights(t, sh.rows, sh.cols);
             size_t rb = tsr_dtype_row_bytes(t, sh.cols);
             float *wf = malloc(sizeof(float) * (size_t)sh.rows * sh.cols);
@@ -366,8 +372,9 @@ static void test_quantize_roundtrip(void **state)
 {
     (void)state;
     /* Gaussian rows; the step of a 32-value (Q4_K/Q5_K: min..max over 2^b - 1) or 16-value
-     * (Q6_K: ±amax over 31) fit gives NMSE ≈ step²/12: ~8e-3, ~2e-3, ~6e-4; bounds 2x that. */
-    static const double bound[N_KQ] = {1.6e-2, 4e-3, 1.2e-3};
+     * (Q6_K: ±amax over 31) fit gives NMSE ≈ step²/12: ~8e-3, ~2e-3, ~6e-4; bounds 2x that.
+     * Q5_0 (amax over 16) and Q5_1 (min..max over 31) blocks of 32: ~1.5e-3 and ~1.2e-3. */
+    static const double bound[N_KQ] = {1.6e-2, 4e-3, 1.2e-3, 4e-3, 3e-3};
     enum { N = 4 * TSR_QK_K };
     float x[N], back[N];
     double ref[N];
@@ -442,6 +449,12 @@ static void test_malformed(void **state)
     for (size_t ti = 0; ti < N_KQ; ti++) {
         enum tsr_dtype t = kq_types[ti];
         assert_true(tsr_dtype_valid(t));
+        if (tsr_dtype_is_q5(t)) {
+            assert_int_equal(tsr_dtype_block_elems(t), 32);
+            assert_int_equal(tsr_dtype_row_bytes(t, 48), 0);
+            assert_int_equal(tsr_dtype_row_bytes(t, 576), 18 * tsr_dtype_block_bytes(t));
+            continue;
+        }
         assert_int_equal(tsr_dtype_block_elems(t), 256);
         assert_int_equal(tsr_dtype_row_bytes(t, 320), 0);
         assert_int_equal(tsr_dtype_row_bytes(t, 512), 2 * tsr_dtype_block_bytes(t));
@@ -449,7 +462,13 @@ static void test_malformed(void **state)
     assert_int_equal(tsr_dtype_block_bytes(TSR_Q4_K), 144);
     assert_int_equal(tsr_dtype_block_bytes(TSR_Q5_K), 176);
     assert_int_equal(tsr_dtype_block_bytes(TSR_Q6_K), 210);
+    assert_int_equal(tsr_dtype_block_bytes(TSR_Q5_0), 22);
+    assert_int_equal(tsr_dtype_block_bytes(TSR_Q5_1), 24);
     assert_string_equal(tsr_dtype_name(TSR_Q5_K), "Q5_K");
+    assert_string_equal(tsr_dtype_name(TSR_Q5_0), "Q5_0");
+    assert_string_equal(tsr_dtype_name(TSR_Q5_1), "Q5_1");
+    assert_int_equal(TSR_Q5_0, 6); /* GGML's ids: a GGUF type field maps straight to the enum */
+    assert_int_equal(TSR_Q5_1, 7);
 
     /* GGUF: a valid k-quant tensor opens with its size; a row of 320 weights, or the data one
      * byte short, is TSR_EFORMAT naming the tensor. */
@@ -473,6 +492,26 @@ static void test_malformed(void **state)
     EXPECT_ERR(tsr_gguf_open_mem(f, len, "short.gguf", &g), TSR_EFORMAT, "runs past end of file");
     assert_non_null(strstr(tsr_last_error(), "output.weight"));
     free(f);
+    /* Q5_0/Q5_1: a 576-wide tensor (SmolLM2's width, no whole super-blocks) opens; a row of 40,
+     * or the data one byte short, does not */
+    uint64_t q5_ne[2] = {576, 3}, q5_bad[2] = {40, 3};
+    f = gguf_one("blk.0.attn_q.weight", TSR_Q5_0, 2, q5_ne, 22 * 18 * 3, &len);
+    if (tsr_gguf_open_mem(f, len, "q5.gguf", &g)) fail_msg("open: %s", tsr_last_error());
+    gt = tsr_gguf_find_tensor(g, "blk.0.attn_q.weight");
+    assert_non_null(gt);
+    assert_int_equal(gt->type, TSR_Q5_0);
+    assert_int_equal(gt->nbytes, 22 * 18 * 3);
+    tsr_gguf_close(g);
+    free(f);
+    f = gguf_one("blk.0.attn_k.weight", TSR_Q5_1, 2, q5_bad, 24 * 3, &len);
+    EXPECT_ERR(tsr_gguf_open_mem(f, len, "bad.gguf", &g), TSR_EFORMAT,
+               "tensor 'blk.0.attn_k.weight': row length 40 is not a multiple of the Q5_1 block "
+               "size 32");
+    free(f);
+    f = gguf_one("blk.0.attn_v.weight", TSR_Q5_1, 2, q5_ne, 24 * 18 * 3 - 1, &len);
+    EXPECT_ERR(tsr_gguf_open_mem(f, len, "short.gguf", &g), TSR_EFORMAT, "runs past end of file");
+    assert_non_null(strstr(tsr_last_error(), "blk.0.attn_v.weight"));
+    free(f);
 
     /* matmul: a k-quant weight of 320 columns is refused before any kernel sees it */
     tsr_backend_t *b = backends[TSR_CPU_SCALAR];
@@ -485,6 +524,8 @@ static void test_malformed(void **state)
     EXPECT_ERR(tsr_op_matmul(b, yb, &odd, xb, NULL, 1), TSR_EINVAL, "Q4_K, 1 x 320");
     struct tsr_weight big = {wb, TSR_Q4_K, 4, 256}; /* more rows than the buffer holds */
     EXPECT_ERR(tsr_op_matmul(b, yb, &big, xb, NULL, 1), TSR_ERANGE, "needs 576 bytes");
+    struct tsr_weight odd5 = {wb, TSR_Q5_0, 1, 48}; /* a block and a half */
+    EXPECT_ERR(tsr_op_matmul(b, yb, &odd5, xb, NULL, 1), TSR_EINVAL, "Q5_0, 1 x 48");
     tsr_buf_free(wb);
     tsr_buf_free(xb);
     tsr_buf_free(yb);
@@ -503,6 +544,14 @@ static void test_malformed(void **state)
     assert_int_equal(sb.offset, 210);
     assert_int_equal(sb.row_bytes, 210);
     assert_int_equal(sb.stride, 420);
+    /* and a Q5_1 one on a block of 32 */
+    s.cols = 576, s.offset = 16, s.length = 288;
+    EXPECT_ERR(tsr_slice_bytes(&s, TSR_Q5_1, &sb), TSR_EINVAL, "are not on Q5_1 blocks");
+    s.offset = 288;
+    assert_int_equal(tsr_slice_bytes(&s, TSR_Q5_1, &sb), 0);
+    assert_int_equal(sb.offset, 9 * 24);
+    assert_int_equal(sb.row_bytes, 9 * 24);
+    assert_int_equal(sb.stride, 18 * 24);
 }
 
 int main(void)

@@ -229,6 +229,16 @@ static void test_bad_specs(void **state)
     /* k-quants need widths of whole 256-weight super-blocks: tiny's are 64 and 128 */
     assert_int_equal(tsr_model_open("synthetic:tiny:q5_k", &m), TSR_EINVAL);
     assert_non_null(strstr(tsr_last_error(), "multiples of 256"));
+    /* Q5_0/Q5_1 blocks are 32 wide: tiny takes them */
+    static const char *const q5[] = {"synthetic:tiny:q5_0", "synthetic:tiny:q5_1"};
+    for (int i = 0; i < 2; i++) {
+        struct tsr_tensor_view v;
+        if (tsr_model_open(q5[i], &m)) fail_msg("%s: %s", q5[i], tsr_last_error());
+        assert_int_equal(tsr_model_tensor(m, "blk.0.ffn_down.weight", &v), 0);
+        assert_int_equal(v.type, i ? TSR_Q5_1 : TSR_Q5_0);
+        assert_int_equal(v.nbytes, (size_t)v.rows * tsr_dtype_row_bytes(v.type, v.cols));
+        tsr_model_free(m);
+    }
     assert_true(tsr_model_open("/nonexistent/model.gguf", &m) < 0);
     assert_non_null(strstr(tsr_last_error(), "/nonexistent/model.gguf"));
     assert_null(m);
