@@ -83,7 +83,8 @@ int tsr_config_load(const char *spec, struct tsr_model_config *c);
 int tsr_config_validate(const struct tsr_model_config *c);
 /* 0 if tessera can run the model; TSR_EUNSUPPORTED naming what it cannot (experts, MLA, YaRN):
  * such a config can be planned but not run yet. name prefixes the message. Every path that runs
- * a model checks this after reading the config (tsr_model_open); `plan` does not. */
+ * a model checks this right after reading the config, before any tensor (open_gguf and open_hf
+ * in model.c; synthetic shapes are dense); `plan` does not. */
 int tsr_config_check_runnable(const struct tsr_model_config *c, const char *name);
 /* Layers [n_dense_layer, n_layer) of a MoE model; 0 when dense. */
 int tsr_config_n_moe_layer(const struct tsr_model_config *c);

@@ -77,6 +77,7 @@ static int open_gguf(tsr_model_t *m, const char *path)
     int rc = tsr_gguf_open(path, &m->gguf);
     if (rc) return rc;
     if ((rc = tsr_config_from_gguf(m->gguf, &m->cfg))) return tsr_error_prefix(rc, "%s", path);
+    if ((rc = tsr_config_check_runnable(&m->cfg, path))) return rc;
     if ((rc = tsr_tokenizer_from_gguf(m->gguf, &m->tok))) return rc;
     struct tsr_str tmpl;
     char *t = NULL;

@@ -566,12 +566,12 @@ static int moe_layout(const struct tsr_model_config *c, const struct tsr_cluster
     int tp = out->tp, rc, tried = 0;
     if (cl->ep) {
         if ((rc = tsr_shard_plan_check_ep(c, tp, cl->ep))) return rc;
-        int k = cl->ep / tp * (cl->pp ? cl->pp : 1);
+        int64_t k = (int64_t)(cl->ep / tp) * (cl->pp ? cl->pp : 1);
         if (k > groups)
             return tsr_errorf(TSR_EINVAL,
-                              "ep=%d x pp=%d needs %d groups of %d GPUs; %d node%s x %d GPUs "
+                              "ep=%d x pp=%d needs %lld groups of %d GPUs; %d node%s x %d GPUs "
                               "make %d",
-                              cl->ep, cl->pp ? cl->pp : 1, k, tp, cl->nodes,
+                              cl->ep, cl->pp ? cl->pp : 1, (long long)k, tp, cl->nodes,
                               cl->nodes == 1 ? "" : "s", cl->gpus_per_node, groups);
     }
     if (cl->pp > groups)

@@ -20,7 +20,9 @@
  *   as llama.cpp's perplexity tool does: consecutive chunks of --ctx C tokens (512; a last partial
  *   chunk is dropped), each from an empty cache, teacher-forced, and the second half of each
  *   scored: the NLL of token t + 1 given tokens 0..t for C/2 <= t < C - 1, C - C/2 - 1 tokens a
- *   chunk, from a float64 log-softmax over the whole logit row. A chunk goes through in steps of
+ *   chunk, from a float64 log-softmax over the whole logit row. Unlike llama.cpp's tool, a chunk's
+ *   first token is the file's, not a BOS put in its place: give ids that start each chunk as the
+ *   comparison needs. A chunk goes through in steps of
  *   --step-tokens (512), which bound the logits buffer (that many rows of the vocabulary); the
  *   result does not depend on them. Prints one JSON line.
  * - --pipeline B: decode throughput of B sequences through the engine of a group of --tp x --pp
@@ -626,8 +628,16 @@ static int bench_perplexity(const struct bench_args *a, tsr_model_t *m, tsr_back
     struct tsr_runner_opts ro = ppl_opts(a);
     struct seqs s;
     tsr_runner_t *r = NULL;
-    float *logits = malloc((size_t)ro.max_tokens * vocab * sizeof(float));
-    if (!logits) rc = tsr_errorf(TSR_ENOMEM, "out of memory for %d logit rows", ro.max_tokens);
+    /* A step's logit rows are held at once: past 4 GiB, fewer --step-tokens is the answer. */
+    double logit_bytes = (double)ro.max_tokens * vocab * sizeof(float);
+    float *logits = NULL;
+    if (logit_bytes > 4.0 * 1024 * 1024 * 1024)
+        rc = tsr_errorf(TSR_EINVAL,
+                        "--perplexity: %d tokens a step x %d logits need %.1f GiB (over 4): "
+                        "give fewer --step-tokens",
+                        ro.max_tokens, vocab, logit_bytes / (1024.0 * 1024 * 1024));
+    else if (!(logits = malloc((size_t)logit_bytes)))
+        rc = tsr_errorf(TSR_ENOMEM, "out of memory for %d logit rows", ro.max_tokens);
     if (!rc) rc = seqs_init(&s, 1, ro.n_blocks, ro.max_tokens);
     double t0 = tsr_now(), t1 = t0, nll = 0;
     if (!rc && !(rc = tsr_runner_new(m, b, &ro, sh, &r))) {

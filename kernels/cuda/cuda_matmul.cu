@@ -571,9 +571,9 @@ template <int T, int N, bool SW> static void launch_kquant(cudaStream_t s, const
 {
     constexpr int U = SW ? 1 : 2, CH = 4 * kfmt<T>::BYTES;
     unsigned grid = grid_of(j.units, U);
-    if (j.rb % 16 == 0 && CH % 16 == 0)
+    if constexpr (CH % 16 == 0) /* Q4_K, Q5_K: 144 and 176 bytes a super-block, 16-byte rows */
         gemv_kquant<T, N, 16, SW><<<grid, THREADS, 0, s>>>(j);
-    else if (j.rb % 4 == 0)
+    else if (j.rb % 4 == 0) /* Q6_K (210 bytes) with an even count of super-blocks a row */
         gemv_kquant<T, N, 4, SW><<<grid, THREADS, 0, s>>>(j);
     else
         gemv_kquant<T, N, 2, SW><<<grid, THREADS, 0, s>>>(j);

@@ -956,6 +956,10 @@ int main(int argc, char **argv)
     test_matmul_shape(1536, 576, "smol gate/up", nss, n_nss, 0);
     test_matmul_shape(576, 1536, "smol down", nss, n_nss, 0);
     test_matmul_shape(100, 96, "odd (3 blocks/row)", nss, n_nss, 0);
+    /* Odd counts of k-quant super-blocks a row (Q6_K rows then take 2-byte staging) and last
+     * chunks of 1 and 3 super-blocks, as Qwen2's 8960- and 4864-wide FFNs have. */
+    test_matmul_shape(64, 2304, "9 super-blocks/row", nss, n_nss, 0);
+    test_matmul_shape(48, 8960, "35 super-blocks/row", nss, n_nss, 0);
     test_matmul_shape(37, 100, "odd (cols % 8)", nss, n_nss, 1);
     test_matmul_shape(7, 6, "tiny", nss, n_nss, 1);
     test_matmul_bias(TSR_BF16, TSR_F32, 576, 576);
