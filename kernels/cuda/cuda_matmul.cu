@@ -18,9 +18,12 @@
  *   cp.async, 16 bytes per lane where the row's alignment allows (else 4, else 2), double
  *   buffered: chunk c+1 streams in while chunk c is decoded. Lane l then decodes 4 consecutive
  *   weights of each of 8 blocks (weights 4l + 128i of the chunk), so its activation loads are 16
- *   bytes, coalesced across the warp, and each block's scale is a broadcast read.
- * - Rows whose length breaks these alignments (cols not a multiple of 8 or 32) take a plain
- *   per-element kernel.
+ *   bytes, coalesced across the warp, and each block's scale is a broadcast read. The chunk's
+ *   activations are loaded before the wait for its weights (see gemv_quant).
+ * - Q4_K/Q5_K/Q6_K: the same staging, a chunk being 4 super-blocks; a lane decodes 16 weights of
+ *   a sub-block at a time (gemv_kquant).
+ * - Other types (Q5_0, Q5_1) and rows whose length breaks these alignments (cols not a multiple
+ *   of 8, 32 or 256) take a plain per-element kernel.
  * Accumulation is f32 over f32 activations and exactly decoded weights, in the same order whether
  * a weight shares its launch or not. */
 #include <limits.h>
