@@ -370,10 +370,17 @@ static int schedule(tsr_engine_t *e)
         for (int i = 0; i < e->n_seqs && budget > 0 && n_sched < most; i++) {
             struct seq *s = e->seqs[i];
             if (s->flight || s->cancelled) continue;
-            if (pass == 1 && !s->n_blocks && !s->n_computed && !e->o.no_prefix_cache)
+            /* A sequence not started takes what the prefix cache holds here, in pass 1. If that
+             * leaves one prompt token, it is a decode pass 0 did not see: it goes now, or a
+             * step of it alone would be empty (the group failed: "no sequence could be
+             * scheduled"). */
+            int attached = 0;
+            if (pass == 1 && !s->n_blocks && !s->n_computed && !e->o.no_prefix_cache) {
                 attach_prefix(e, s);
+                attached = 1;
+            }
             int pending = s->n_tokens - s->n_computed;
-            if (s->chunk || (pass == 0) != (pending == 1)) continue;
+            if (s->chunk || (pass == 0 ? pending != 1 : pending == 1 && !attached)) continue;
             int want = pending < budget ? pending : budget;
             int covered = reserve(e, i, s->n_computed + want) - s->n_computed;
             if (covered <= 0) continue;

@@ -359,6 +359,31 @@ static void check_prefix_cache(const char *spec, int n, int prefix, int n_blocks
     tsr_model_free(m);
 }
 
+/* A prompt of one block and one token, sent again alone: the cache holds its first block, so a
+ * single token is left to compute and the step is a decode. It finishes, with the same tokens
+ * (an engine that scheduled nothing here failed the step, and with it the group). */
+static void test_prefix_cache_one_token_left(void **state)
+{
+    (void)state;
+    tsr_model_t *m;
+    assert_int_equal(tsr_model_open("synthetic:tiny", &m), 0);
+    struct pc_req *r = malloc(sizeof *r * 2);
+    assert_non_null(r);
+    memset(r, 0, sizeof *r * 2);
+    r[0].n_prompt = 17;
+    for (int j = 0; j < 17; j++) r[0].prompt[j] = (int32_t)(3 + 7 * j % 200);
+    r[0].sp = tsr_sampling_default();
+    r[1] = r[0];
+    r[1].arrive = 40; /* after the first has finished (PC_GEN steps) */
+    struct tsr_engine_stats st = pc_run(m, r, 2, 8, 512, 0);
+    assert_int_equal(r[1].finish, TSR_FINISH_LENGTH);
+    assert_int_equal(r[1].cached, 16);
+    assert_memory_equal(r[1].out, r[0].out, sizeof r[0].out);
+    assert_true(st.prefix_hits == 16);
+    free(r);
+    tsr_model_free(m);
+}
+
 static void test_prefix_cache_synthetic(void **state)
 {
     /* 32 requests sharing a 1,000-token prefix (~66 blocks each): 100 blocks hold one and a half */
@@ -425,6 +450,7 @@ int main(void)
         cmocka_unit_test(test_batching_default_model),
         cmocka_unit_test(test_preemption_keeps_results),
         cmocka_unit_test(test_cancel_frees_blocks),
+        cmocka_unit_test(test_prefix_cache_one_token_left),
         cmocka_unit_test(test_prefix_cache_synthetic),
         cmocka_unit_test(test_prefix_cache_default_model),
         cmocka_unit_test(test_bad_requests),
