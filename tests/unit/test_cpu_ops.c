@@ -43,37 +43,16 @@
 #include "kernels/cpu/cpu_kernels.h"
 #include "unit.h"
 
-/* ---- random numbers (xorshift64*), seeded once per run ---- */
-
-static uint64_t rng_state;
-
-static uint64_t rng_u64(void)
-{
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return rng_state * 2685821657736338717ull;
-}
-
-static double rng_uniform(void) /* [0, 1) */
-{
-    return (double)(rng_u64() >> 11) * (1.0 / 9007199254740992.0);
-}
+/* ---- random numbers: unit.h's xorshift64*, seeded once per run (main) ---- */
 
 static int rng_int(int n) /* [0, n) */
 {
-    return (int)(rng_u64() % (uint64_t)n);
-}
-
-static float rng_normal(void)
-{
-    double u1 = rng_uniform() + 1e-300, u2 = rng_uniform();
-    return (float)(sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2));
+    return (int)(tsr_test_rng_u64() % (uint64_t)n);
 }
 
 static void fill_normal(float *x, size_t n, float scale)
 {
-    for (size_t i = 0; i < n; i++) x[i] = scale * rng_normal();
+    for (size_t i = 0; i < n; i++) x[i] = scale * tsr_test_rng_normal();
 }
 
 /* ---- backends, one per instruction set available ---- */
@@ -104,7 +83,7 @@ static int setup(void **state)
     const char *env = getenv("TSR_TEST_SEED");
     uint64_t seed = env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL) ^ (uint64_t)clock();
     if (!seed) seed = 1;
-    rng_state = seed;
+    tsr_test_rng_state = seed;
     print_message("test_cpu_ops: seed %llu (TSR_TEST_SEED=%llu reproduces)\n",
                   (unsigned long long)seed, (unsigned long long)seed);
     unsetenv("TESSERA_CPU_ACT"); /* the default mode must be the exact one */
@@ -194,7 +173,7 @@ static void make_weight(struct wmat *w, enum tsr_dtype t, int rows, int cols)
         uint8_t *row = w->data + (size_t)r * w->row_bytes;
         double *dq = w->deq + (size_t)r * cols;
         for (int i = 0; i < cols; i++) {
-            float f = 0.05f * rng_normal();
+            float f = 0.05f * tsr_test_rng_normal();
             if (t == TSR_F32) {
                 memcpy(row + 4 * (size_t)i, &f, 4);
                 dq[i] = f;
@@ -206,21 +185,21 @@ static void make_weight(struct wmat *w, enum tsr_dtype t, int rows, int cols)
         }
         if (t == TSR_F32 || t == TSR_F16 || t == TSR_BF16) continue;
         for (int b = 0; b < cols / TSR_QK; b++) {
-            float scale = (float)(0.0005 + 0.004 * rng_uniform());
+            float scale = (float)(0.0005 + 0.004 * tsr_test_rng_uniform());
             if (rng_int(50) == 0) scale = 0.0f;
             double *db = dq + (size_t)b * TSR_QK;
             if (t == TSR_Q8_0) {
                 struct tsr_block_q8_0 *x = (struct tsr_block_q8_0 *)row + b;
                 x->d = tsr_f32_to_f16(scale);
                 for (int j = 0; j < TSR_QK; j++) {
-                    x->qs[j] = (int8_t)(rng_u64() & 0xff);
+                    x->qs[j] = (int8_t)(tsr_test_rng_u64() & 0xff);
                     db[j] = f16d(x->d) * x->qs[j];
                 }
             } else if (t == TSR_Q4_0) {
                 struct tsr_block_q4_0 *x = (struct tsr_block_q4_0 *)row + b;
                 x->d = tsr_f32_to_f16(scale * 8);
                 for (int j = 0; j < TSR_QK / 2; j++) {
-                    x->qs[j] = (uint8_t)(rng_u64() & 0xff);
+                    x->qs[j] = (uint8_t)(tsr_test_rng_u64() & 0xff);
                     db[j] = f16d(x->d) * ((x->qs[j] & 15) - 8);
                     db[j + 16] = f16d(x->d) * ((x->qs[j] >> 4) - 8);
                 }
@@ -228,9 +207,9 @@ static void make_weight(struct wmat *w, enum tsr_dtype t, int rows, int cols)
                 struct tsr_block_q4_1 *x = (struct tsr_block_q4_1 *)row + b;
                 x->d = tsr_f32_to_f16(scale * 8);
                 /* m near -7.5 d, as quantizing zero-mean weights gives (min of the block) */
-                x->m = tsr_f32_to_f16(-scale * 8 * (7.5f + 0.5f * rng_normal()));
+                x->m = tsr_f32_to_f16(-scale * 8 * (7.5f + 0.5f * tsr_test_rng_normal()));
                 for (int j = 0; j < TSR_QK / 2; j++) {
-                    x->qs[j] = (uint8_t)(rng_u64() & 0xff);
+                    x->qs[j] = (uint8_t)(tsr_test_rng_u64() & 0xff);
                     db[j] = f16d(x->d) * (x->qs[j] & 15) + f16d(x->m);
                     db[j + 16] = f16d(x->d) * (x->qs[j] >> 4) + f16d(x->m);
                 }
@@ -251,7 +230,7 @@ static float *make_acts(int n, int cols)
     float *x = malloc(sizeof(float) * n * cols);
     assert_non_null(x);
     for (int j = 0; j < n; j++)
-        fill_normal(x + (size_t)j * cols, cols, (float)(0.1 + 3 * rng_uniform()));
+        fill_normal(x + (size_t)j * cols, cols, (float)(0.1 + 3 * tsr_test_rng_uniform()));
     if (n > 1)
         for (int i = 0; i < cols; i += 97) x[(size_t)cols + i] *= 20.0f;
     memset(x, 0, TSR_QK * sizeof(float));

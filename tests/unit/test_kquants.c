@@ -46,28 +46,7 @@
 static const enum tsr_dtype kq_types[] = {TSR_Q4_K, TSR_Q5_K, TSR_Q6_K, TSR_Q5_0, TSR_Q5_1};
 #define N_KQ (sizeof kq_types / sizeof kq_types[0])
 
-/* ---- random numbers (xorshift64*, fixed seed: the test is deterministic) ---- */
-
-static uint64_t rng_state = 0x6b7175616e7473ull;
-
-static uint64_t rng_u64(void)
-{
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return rng_state * 2685821657736338717ull;
-}
-
-static double rng_uniform(void) /* [0, 1) */
-{
-    return (double)(rng_u64() >> 11) * (1.0 / 9007199254740992.0);
-}
-
-static float rng_normal(void)
-{
-    double u1 = rng_uniform() + 1e-300, u2 = rng_uniform();
-    return (float)(sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2));
-}
+/* Random data: unit.h's stream from its fixed seed, so the test is deterministic. */
 
 /* ---- the golden ---- */
 
@@ -226,12 +205,12 @@ static uint8_t *random_weights(enum tsr_dtype t, int rows, int cols)
     size_t bs = tsr_dtype_block_bytes(t), nb = (size_t)rows * cols / tsr_dtype_block_elems(t);
     uint8_t *w = malloc(nb * bs);
     assert_non_null(w);
-    for (size_t i = 0; i < nb * bs; i++) w[i] = (uint8_t)rng_u64();
+    for (size_t i = 0; i < nb * bs; i++) w[i] = (uint8_t)tsr_test_rng_u64();
     for (size_t b = 0; b < nb; b++) {
         int n = t == TSR_Q6_K || t == TSR_Q5_0 ? 1 : 2; /* d; or d and dmin/m at 0 and 2 */
         for (int k = 0; k < n; k++) {
-            float v = exp2f((float)(-16.0 + 10.0 * rng_uniform()));
-            if (rng_u64() % 8 == 0) v = -v;
+            float v = exp2f((float)(-16.0 + 10.0 * tsr_test_rng_uniform()));
+            if (tsr_test_rng_u64() % 8 == 0) v = -v;
             uint16_t h = tsr_f32_to_f16(v);
             memcpy(w + b * bs + (t == TSR_Q6_K ? 208 : 2 * (size_t)k), &h, 2);
         }
@@ -305,8 +284,9 @@ static void test_matmul(void **state)
             for (int r = 0; r < sh.rows; r++)
                 tsr_dequantize_row(t, w + (size_t)r * rb, wf + (size_t)r * sh.cols, sh.cols);
             for (int j = 0; j < sh.n; j++) {
-                float sc = (float)(0.1 + 3 * rng_uniform());
-                for (int i = 0; i < sh.cols; i++) x[(size_t)j * sh.cols + i] = sc * rng_normal();
+                float sc = (float)(0.1 + 3 * tsr_test_rng_uniform());
+                for (int i = 0; i < sh.cols; i++)
+                    x[(size_t)j * sh.cols + i] = sc * tsr_test_rng_normal();
             }
             for (int j = 0; j < sh.n; j++)
                 for (int r = 0; r < sh.rows; r++) {
@@ -378,7 +358,8 @@ static void test_quantize_roundtrip(void **state)
     enum { N = 4 * TSR_QK_K };
     float x[N], back[N];
     double ref[N];
-    for (int i = 0; i < N; i++) x[i] = rng_normal() * (i < TSR_QK_K ? 0.01f : 1.0f), ref[i] = x[i];
+    for (int i = 0; i < N; i++)
+        x[i] = tsr_test_rng_normal() * (i < TSR_QK_K ? 0.01f : 1.0f), ref[i] = x[i];
     x[5] = 0.0f; /* a super-block with a different scale, a zero, an all-zero sub-block */
     memset(x + 2 * TSR_QK_K, 0, 32 * sizeof(float));
     for (int i = 0; i < 32; i++) ref[2 * TSR_QK_K + i] = 0, ref[5] = 0;

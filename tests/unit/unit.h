@@ -10,6 +10,7 @@
 
 #include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <unistd.h>
 
@@ -52,6 +53,30 @@ static inline double tsr_test_nmse(const float *out, const double *ref, size_t n
     }
     if (isnan(num)) return INFINITY;
     return den > 0 ? num / den : num;
+}
+
+/* Test data: xorshift64*, one stream per program. tsr_test_rng_state is its state: a program
+ * that wants a seed of its own (nonzero) sets it before the first draw. */
+static uint64_t tsr_test_rng_state = 0x6b7175616e7473ull;
+
+static inline uint64_t tsr_test_rng_u64(void)
+{
+    tsr_test_rng_state ^= tsr_test_rng_state >> 12;
+    tsr_test_rng_state ^= tsr_test_rng_state << 25;
+    tsr_test_rng_state ^= tsr_test_rng_state >> 27;
+    return tsr_test_rng_state * 2685821657736338717ull;
+}
+
+static inline double tsr_test_rng_uniform(void) /* [0, 1) */
+{
+    return (double)(tsr_test_rng_u64() >> 11) * (1.0 / 9007199254740992.0);
+}
+
+/* Standard normal (Box-Muller). */
+static inline float tsr_test_rng_normal(void)
+{
+    double u1 = tsr_test_rng_uniform() + 1e-300, u2 = tsr_test_rng_uniform();
+    return (float)(sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2));
 }
 
 #endif
