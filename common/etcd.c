@@ -1401,8 +1401,10 @@ static int watch_drain(struct tsr_etcd_watch *w, int *compacted)
         off += len + 1;
         if (rc) break;
     }
-    memmove(w->in.p, w->in.p + off, w->in.n - off);
-    w->in.n -= off;
+    if (off) { /* off > 0 means the buffer exists; an empty one may still be NULL */
+        memmove(w->in.p, w->in.p + off, w->in.n - off);
+        w->in.n -= off;
+    }
     return rc;
 }
 

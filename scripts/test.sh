@@ -23,11 +23,13 @@ grep -h -i "skipped" "$root/build/Testing/Temporary/LastTest.log" | sed 's/^/ski
 
 [ "${TESSERA_QUICK:-0}" = 1 ] && exit 0
 
+echo "($SECONDS s so far)"
 echo "== deploy/k8s: helm lint, rendered objects against Kubernetes schemas"
 bash "$root/scripts/check_k8s.sh"
 echo "== deploy/docker: the CPU image built on a debootstrapped Debian 12, serving a prompt"
 bash "$root/scripts/check_docker.sh"
 
+echo "($SECONDS s so far)"
 echo "== unit tests under ASan + UBSan"
 cmake -S "$root" -B "$root/build-asan" -DCMAKE_BUILD_TYPE=Debug -DTESSERA_CUDA=OFF \
   -DTESSERA_SANITIZE=address,undefined -DCMAKE_C_FLAGS_DEBUG="-O1 -g" >/dev/null
@@ -42,6 +44,7 @@ cmake --build "$root/build-asan" -j"$jobs"
     -E '^(integration|test_forward_golden|test_forward_long|test_forward_golden_q8)$')
 # (the drain's rolling restart and its all-finish case repeat the Release run's paths slowly: the
 # cut case keeps the drain's own code under the sanitizers)
+echo "($SECONDS s so far)"
 echo "-- integration tests under ASan + UBSan: bad requests, the response path, cancellation, drain, shutdown, OpenAI HTTP, metrics, security"
 (cd "$root" && ASAN_OPTIONS=detect_leaks=1 TSR_RANDOM_PROMPTS=64 /usr/bin/python3 -m pytest -q -x \
   -p no:cacheprovider tests/integration/test_bad_requests.py tests/integration/test_cancel.py \
@@ -49,8 +52,10 @@ echo "-- integration tests under ASan + UBSan: bad requests, the response path, 
   tests/integration/test_response_path.py tests/integration/test_drain.py \
   tests/integration/test_openai_http.py tests/integration/test_metrics.py \
   tests/integration/test_security.py -k "not rolling_restart and not (32_streams and finish)" \
+  --durations=15 \
   --tessera="$root/build-asan/tessera")
 
+echo "($SECONDS s so far)"
 echo "== fuzzing (${FUZZ_SECONDS:-60} s per target)"
 CC=clang cmake -S "$root" -B "$root/build-fuzz" -DCMAKE_BUILD_TYPE=Debug -DTESSERA_CUDA=OFF \
   -DTESSERA_FUZZ=ON -DCMAKE_C_FLAGS_DEBUG="-O1 -g" >/dev/null
@@ -74,3 +79,4 @@ for src in "$root"/tests/fuzz/fuzz_*.c; do
   fi
   rm -rf "$corpus" "$corpus.log"
 done
+echo "tests done in $SECONDS s"
