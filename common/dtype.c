@@ -7,11 +7,12 @@ _Static_assert(sizeof(struct tsr_block_q5_1) == 24, "Q5_1 block is 24 bytes");
 _Static_assert(sizeof(struct tsr_block_q4_k) == 144, "Q4_K block is 144 bytes");
 _Static_assert(sizeof(struct tsr_block_q5_k) == 176, "Q5_K block is 176 bytes");
 _Static_assert(sizeof(struct tsr_block_q6_k) == 210, "Q6_K block is 210 bytes");
+_Static_assert(sizeof(struct tsr_block_f8) == 36, "F8_E4M3 block is 36 bytes");
 
 int tsr_dtype_valid(int t)
 {
     return t == TSR_F32 || t == TSR_F16 || t == TSR_BF16 || t == TSR_Q8_0 || t == TSR_Q4_0 ||
-           t == TSR_Q4_1 || tsr_dtype_is_q5(t) || tsr_dtype_is_kquant(t);
+           t == TSR_Q4_1 || tsr_dtype_is_q5(t) || tsr_dtype_is_kquant(t) || t == TSR_F8_E4M3;
 }
 
 const char *tsr_dtype_name(int t)
@@ -39,6 +40,8 @@ const char *tsr_dtype_name(int t)
         return "Q5_K";
     case TSR_Q6_K:
         return "Q6_K";
+    case TSR_F8_E4M3:
+        return "F8_E4M3";
     default:
         return "unknown";
     }
@@ -47,7 +50,10 @@ const char *tsr_dtype_name(int t)
 int tsr_dtype_block_elems(enum tsr_dtype t)
 {
     if (tsr_dtype_is_kquant(t)) return TSR_QK_K;
-    return (t == TSR_Q8_0 || t == TSR_Q4_0 || t == TSR_Q4_1 || tsr_dtype_is_q5(t)) ? TSR_QK : 1;
+    return (t == TSR_Q8_0 || t == TSR_Q4_0 || t == TSR_Q4_1 || tsr_dtype_is_q5(t) ||
+            t == TSR_F8_E4M3)
+               ? TSR_QK
+               : 1;
 }
 
 size_t tsr_dtype_block_bytes(enum tsr_dtype t)
@@ -74,6 +80,8 @@ size_t tsr_dtype_block_bytes(enum tsr_dtype t)
         return sizeof(struct tsr_block_q5_k);
     case TSR_Q6_K:
         return sizeof(struct tsr_block_q6_k);
+    case TSR_F8_E4M3:
+        return sizeof(struct tsr_block_f8);
     }
     return 0;
 }
@@ -319,6 +327,16 @@ void tsr_dequantize_row(enum tsr_dtype t, const void *src, float *dst, int64_t n
         }
         break;
     }
+    case TSR_F8_E4M3: {
+        const uint8_t *b = src;
+        for (int64_t i = 0; i < n / TSR_QK; i++) {
+            const uint8_t *blk = b + (size_t)i * sizeof(struct tsr_block_f8);
+            float d;
+            memcpy(&d, blk, 4);
+            for (int j = 0; j < TSR_QK; j++) dst[i * TSR_QK + j] = d * tsr_e4m3_to_f32(blk[4 + j]);
+        }
+        break;
+    }
     }
 }
 
@@ -407,5 +425,34 @@ void tsr_quantize_row(enum tsr_dtype t, const float *src, void *dst, int64_t n)
         }
         break;
     }
+    case TSR_F8_E4M3: {
+        uint8_t *b = dst;
+        for (int64_t i = 0; i < n / TSR_QK; i++) {
+            const float *x = src + i * TSR_QK;
+            uint8_t *blk = b + (size_t)i * sizeof(struct tsr_block_f8);
+            float amax = 0;
+            for (int j = 0; j < TSR_QK; j++) amax = fmaxf(amax, fabsf(x[j]));
+            float d = amax / 448.0f;
+            memcpy(blk, &d, 4);
+            for (int j = 0; j < TSR_QK; j++) blk[4 + j] = tsr_f32_to_e4m3(d ? x[j] / d : 0.0f);
+        }
+        break;
     }
+    }
+}
+
+uint8_t tsr_f32_to_e4m3(float f)
+{
+    uint8_t sign = signbit(f) ? 0x80 : 0;
+    if (isnan(f)) return sign | 0x7f;
+    float a = fabsf(f);
+    if (a < 0x1p-6f) /* subnormal (or 0): multiples of 2^-9; 8 of them is the smallest normal */
+        return sign | (uint8_t)rintf(a * 0x1p9f);
+    if (a > 448.0f) return sign | 0x7e;
+    int k;
+    float fr = frexpf(a, &k); /* a = fr * 2^k, fr in [0.5, 1) */
+    int e = k - 1, m = (int)rintf((fr * 2.0f - 1.0f) * 8.0f);
+    if (m == 8) e++, m = 0;
+    if (e + 7 > 15 || (e + 7 == 15 && m == 7)) return sign | 0x7e;
+    return sign | (uint8_t)((e + 7) << 3 | m);
 }

@@ -31,7 +31,14 @@
  * Every product above is exact in f32 (at most 23 significant bits), so a k-quant weight is one
  * rounding of its real value in Q4_K/Q5_K (the subtraction) and none in Q6_K: any order of the
  * operations, fused or not, gives the same bits. The layouts and arithmetic are ggml's
- * (ggml-quants.c, dequantize_row_q4_K/q5_K/q6_K). */
+ * (ggml-quants.c, dequantize_row_q4_K/q5_K/q6_K).
+ *
+ * F8_E4M3, tessera's own (no GGUF file holds it; its id is outside GGML's): 32 weights,
+ *   { f32 d; uint8 q[32]; }  36 bytes, w = d * e4m3(q)
+ * with q an OCP FP8 E4M3 ("e4m3fn": bias 7, no infinities, 0x7f/0xff NaN, largest 448). The
+ * per-tensor, per-channel and 128 x 128-block scales of FP8 checkpoints all become one d per block
+ * exactly (32 divides 128), so a checkpoint loads without rounding; quantizing a float row gives
+ * each block d = amax / 448. The product is one rounding (4 by 24 significant bits). */
 #ifndef TSR_COMMON_DTYPE_H
 #define TSR_COMMON_DTYPE_H
 
@@ -51,7 +58,9 @@ enum tsr_dtype {
     TSR_Q5_K = 13,
     TSR_Q6_K = 14,
     TSR_BF16 = 30,
+    TSR_F8_E4M3 = 128, /* tessera's own: ids from TSR_DTYPE_OWN are never read from a GGUF file */
 };
+#define TSR_DTYPE_OWN 128
 
 #define TSR_QK   32  /* weights per block in Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 */
 #define TSR_QK_K 256 /* weights per super-block in Q4_K, Q5_K, Q6_K */
@@ -97,6 +106,11 @@ struct tsr_block_q6_k {
     uint8_t qh[TSR_QK_K / 4];
     int8_t scales[TSR_QK_K / 16];
     uint16_t d;
+};
+
+struct tsr_block_f8 {
+    float d;
+    uint8_t qs[TSR_QK];
 };
 
 /* 1 for Q4_K, Q5_K, Q6_K. */
@@ -176,6 +190,22 @@ static inline uint16_t tsr_f32_to_f16(float f)
     if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) h++;
     return (uint16_t)h;
 }
+
+/* An E4M3 byte's value (exact in f32); NaN for 0x7f and 0xff. Its exponent and mantissa bits,
+ * put where an f32's go, read as that value times 2^-120 (bias 127 for 7; an exponent of 0 an f32
+ * subnormal, as in E4M3), so one multiply by 2^120 makes it. */
+static inline float tsr_e4m3_to_f32(uint8_t q)
+{
+    uint32_t bits = (uint32_t)(q & 0x80) << 24 | (uint32_t)(q & 0x7f) << 20;
+    bits |= (q & 0x7f) == 0x7f ? 0x7fc00000u : 0; /* branch-free, so loops of it vectorize */
+    float v;
+    memcpy(&v, &bits, 4);
+    return v * 0x1p120f;
+}
+
+/* Round to nearest even, saturating at +-448 (values beyond it, infinities included); NaN stays
+ * NaN (0x7f with the sign). */
+uint8_t tsr_f32_to_e4m3(float f);
 
 static inline float tsr_bf16_to_f32(uint16_t h)
 {

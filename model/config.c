@@ -347,6 +347,57 @@ static int json_moe(json_t *root, enum family fam, struct tsr_model_config *c, c
     return 0;
 }
 
+/* quantization_config: absent or null, or quant_method "fp8" with optional fmt "e4m3",
+ * activation_scheme "dynamic" or "static" (activations are computed as they are either way) and
+ * weight_block_size [rows, cols]. Other methods (gptq, awq, bitsandbytes, compressed-tensors, ...)
+ * store weights tessera does not decode: refused by name, never loaded as garbage. Keys tessera
+ * does not need (modules_to_not_convert, ...) are ignored: each tensor's dtype says whether it
+ * is FP8. */
+static int json_quantization(json_t *q, struct tsr_model_config *c, const char *path)
+{
+    if (!q || json_is_null(q)) return 0;
+    if (!json_is_object(q))
+        return tsr_errorf(TSR_EFORMAT, "%s: \"quantization_config\" must be an object", path);
+    const char *method = json_string_value(json_object_get(q, "quant_method"));
+    if (!method)
+        return tsr_errorf(TSR_EFORMAT, "%s: quantization_config has no string \"quant_method\"",
+                          path);
+    if (strcmp(method, "fp8"))
+        return tsr_errorf(TSR_EUNSUPPORTED,
+                          "%s: quantization_config quant_method '%.64s' is not supported (only "
+                          "\"fp8\": E4M3 weights with scales)",
+                          path, method);
+    json_t *fmt = json_object_get(q, "fmt");
+    if (fmt && !json_is_null(fmt) && !json_is_string(fmt))
+        return tsr_errorf(TSR_EFORMAT, "%s: quantization_config \"fmt\" must be a string", path);
+    if (json_is_string(fmt) && strcmp(json_string_value(fmt), "e4m3"))
+        return tsr_errorf(TSR_EUNSUPPORTED,
+                          "%s: quantization_config fmt '%.64s' is not supported (e4m3)", path,
+                          json_string_value(fmt));
+    json_t *as = json_object_get(q, "activation_scheme");
+    const char *scheme = json_string_value(as);
+    if (as && !json_is_null(as) &&
+        (!scheme || (strcmp(scheme, "dynamic") && strcmp(scheme, "static"))))
+        return tsr_errorf(TSR_EFORMAT,
+                          "%s: quantization_config \"activation_scheme\" must be \"dynamic\" or "
+                          "\"static\"",
+                          path);
+    c->fp8 = 1;
+    json_t *bs = json_object_get(q, "weight_block_size");
+    if (!bs || json_is_null(bs)) return 0;
+    for (size_t i = 0; i < 2; i++) {
+        json_t *v = json_array_get(bs, i);
+        if (!json_is_array(bs) || json_array_size(bs) != 2 || !json_is_integer(v) ||
+            json_integer_value(v) < 1 || json_integer_value(v) > TSR_MAX_FFN_DIM)
+            return tsr_errorf(TSR_EFORMAT,
+                              "%s: quantization_config \"weight_block_size\" must be [rows, "
+                              "cols]: two integers within 1..%d",
+                              path, TSR_MAX_FFN_DIM);
+        c->fp8_block[i] = (int)json_integer_value(v);
+    }
+    return 0;
+}
+
 static int config_from_root(json_t *root, const char *path, struct tsr_model_config *c);
 
 int tsr_config_from_json(const char *path, struct tsr_model_config *c)
@@ -445,6 +496,7 @@ static int config_from_root(json_t *root, const char *path, struct tsr_model_con
                   json_is_true(json_object_get(root, "attention_bias"));
     if ((rc = json_rope_scaling(json_object_get(root, "rope_scaling"), fam != FAM_DENSE, c, path)))
         goto out;
+    if ((rc = json_quantization(json_object_get(root, "quantization_config"), c, path))) goto out;
     if ((rc = tsr_config_validate(c))) rc = tsr_error_prefix(rc, "%s", path);
 out:
     return rc;
@@ -555,6 +607,14 @@ int tsr_config_validate(const struct tsr_model_config *c)
     if (c->head_dim % 2) return tsr_errorf(TSR_EFORMAT, "config: head dim %d is odd", c->head_dim);
     int rc = validate_moe_mla(c);
     if (rc) return rc;
+    int blocks = c->fp8_block[0] || c->fp8_block[1];
+    if ((c->fp8 != 0 && c->fp8 != 1) || (blocks && !c->fp8) ||
+        (blocks && (c->fp8_block[0] < 1 || c->fp8_block[0] > TSR_MAX_FFN_DIM ||
+                    c->fp8_block[1] < 1 || c->fp8_block[1] > TSR_MAX_FFN_DIM)))
+        return tsr_errorf(TSR_EFORMAT,
+                          "config: FP8 weight blocks %d x %d (fp8 = %d): a weight_block_size "
+                          "is two sizes within 1..%d, and only in an FP8 model",
+                          c->fp8_block[0], c->fp8_block[1], c->fp8, TSR_MAX_FFN_DIM);
     if (c->head_dim > TSR_MAX_HEAD_DIM)
         return tsr_errorf(TSR_EUNSUPPORTED, "config: head dim %d is over %d", c->head_dim,
                           TSR_MAX_HEAD_DIM);

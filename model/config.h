@@ -60,13 +60,22 @@ struct tsr_model_config {
      * the cache holds; queries from a q_lora_rank latent (0: a plain dim -> heads projection).
      * head_dim is then qk_nope_head_dim + qk_rope_head_dim (the query/key width). */
     int q_lora_rank, kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim;
+
+    /* config.json's quantization_config. fp8: quant_method "fp8", an FP8 checkpoint (E4M3 weights
+     * with F32/BF16/F16 scales that multiply them; activations stay as they are, so
+     * activation_scheme and input_scale tensors change nothing). fp8_block: its
+     * weight_block_size [rows, cols], the block a weight_scale_inv scale covers; {0, 0} when
+     * absent. Any other quant_method is TSR_EUNSUPPORTED when read. */
+    int fp8;
+    int fp8_block[2];
 };
 
 /* Read the config; the tokenizer's vocabulary size is the fallback for n_vocab. Both validate
  * (tsr_config_validate) before returning. Errors name the missing or bad field: TSR_EFORMAT for a
  * missing, mistyped or zero one, TSR_EINVAL for one over its bound (TSR_MAX_*), TSR_EUNSUPPORTED
- * for what tessera does not compute (an unknown rope_scaling, experts). A missing context length
- * is taken as 4096 with a warning on stderr. */
+ * for what tessera does not compute (an unknown rope_scaling, experts, a quantization_config
+ * whose quant_method is not "fp8"). A missing context length is taken as 4096 with a warning on
+ * stderr. */
 int tsr_config_from_gguf(const tsr_gguf_t *g, struct tsr_model_config *c);
 int tsr_config_from_json(const char *config_json_path, struct tsr_model_config *c);
 /* The same over config.json's text (len bytes; tests, fuzzing); name is used in messages. */

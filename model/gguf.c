@@ -423,7 +423,7 @@ static int parse_tensor_info(struct cur *c, struct tsr_gguf_tensor *t)
     }
     if ((rc = rd_u32(c, &type, "tensor type")) || (rc = rd_u64(c, &t->offset, "tensor offset")))
         return rc;
-    if (type > INT_MAX || !tsr_dtype_valid((int)type))
+    if (type >= TSR_DTYPE_OWN || !tsr_dtype_valid((int)type))
         return tsr_errorf(TSR_EUNSUPPORTED,
                           "%s: tensor '%s': type %" PRIu32 " (%s) is not supported (supported: "
                           "F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K)",

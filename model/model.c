@@ -1,5 +1,6 @@
 #include "model/model.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -48,6 +49,7 @@ struct tsr_model {
     const char *chat_family; /* of an unrecognised template, else NULL */
     enum tsr_dtype synth_dtype;
     uint64_t synth_seed;
+    int quantize; /* tsr_model_quantize's type for the blocks' matrices; -1: as in the file */
 };
 
 const char *tsr_synthetic_names(void)
@@ -124,23 +126,20 @@ static int open_hf(tsr_model_t *m, const char *dir)
     return rc;
 }
 
-static int parse_dtype(const char *s, enum tsr_dtype *out)
+int tsr_weight_type_parse(const char *s, enum tsr_dtype *out)
 {
     static const struct {
         const char *name;
         enum tsr_dtype t;
     } names[] = {{"f32", TSR_F32},   {"f16", TSR_F16},   {"bf16", TSR_BF16}, {"q8_0", TSR_Q8_0},
                  {"q4_0", TSR_Q4_0}, {"q4_1", TSR_Q4_1}, {"q5_0", TSR_Q5_0}, {"q5_1", TSR_Q5_1},
-                 {"q4_k", TSR_Q4_K}, {"q5_k", TSR_Q5_K}, {"q6_k", TSR_Q6_K}};
+                 {"q4_k", TSR_Q4_K}, {"q5_k", TSR_Q5_K}, {"q6_k", TSR_Q6_K}, {"fp8", TSR_F8_E4M3}};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (!strcmp(s, names[i].name)) {
             *out = names[i].t;
             return 0;
         }
-    return tsr_errorf(
-        TSR_EINVAL,
-        "unknown weight type '%s' (f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, q4_k, q5_k, q6_k)",
-        s);
+    return tsr_errorf(TSR_EINVAL, "unknown weight type '%s' (%s)", s, TSR_WEIGHT_TYPES);
 }
 
 static int open_synthetic(tsr_model_t *m, const char *spec)
@@ -159,7 +158,7 @@ static int open_synthetic(tsr_model_t *m, const char *spec)
                           tsr_synthetic_names());
     m->synth_dtype = s->dtype;
     int rc;
-    if (colon && (rc = parse_dtype(colon + 1, &m->synth_dtype))) return rc;
+    if (colon && (rc = tsr_weight_type_parse(colon + 1, &m->synth_dtype))) return rc;
     struct tsr_model_config *c = &m->cfg;
     snprintf(c->arch, sizeof c->arch, "llama");
     c->n_layer = s->n_layer;
@@ -255,12 +254,15 @@ int tsr_config_load(const char *spec, struct tsr_model_config *c)
     return 0;
 }
 
+static int check_fp8(tsr_model_t *m);
+
 int tsr_model_open(const char *spec, tsr_model_t **out)
 {
     *out = NULL;
     tsr_model_t *m = calloc(1, sizeof *m);
     if (!m) return tsr_errorf(TSR_ENOMEM, "out of memory");
     snprintf(m->name, sizeof m->name, "%s", spec);
+    m->quantize = -1;
     int rc;
     if (!strncmp(spec, "synthetic:", 10)) {
         m->src = SRC_SYNTHETIC;
@@ -272,6 +274,7 @@ int tsr_model_open(const char *spec, tsr_model_t **out)
         m->src = SRC_GGUF;
         rc = open_gguf(m, spec);
     }
+    if (!rc && m->src == SRC_HF) rc = check_fp8(m);
     if (!rc && m->src != SRC_SYNTHETIC) rc = check_tensors(m);
     if (rc) {
         tsr_model_free(m);
@@ -366,6 +369,204 @@ static void view_from_dims(struct tsr_tensor_view *v, uint32_t n_dims, const int
     for (uint32_t d = 1; d < n_dims; d++) v->rows *= ne[d];
 }
 
+/* The matrices tsr_model_quantize converts: each block's attention and MLP projections. */
+static const char *const quant_mats[] = {"attn_q.weight",      "attn_k.weight",   "attn_v.weight",
+                                         "attn_output.weight", "ffn_gate.weight", "ffn_up.weight",
+                                         "ffn_down.weight"};
+
+static int quantized_name(const char *name)
+{
+    int layer, used = 0;
+    if (sscanf(name, "blk.%d.%n", &layer, &used) != 1 || !used) return 0;
+    for (size_t i = 0; i < sizeof quant_mats / sizeof quant_mats[0]; i++)
+        if (!strcmp(name + used, quant_mats[i])) return 1;
+    return 0;
+}
+
+/* ---- FP8 checkpoints ---------------------------------------------------------------------
+ * A Hugging Face FP8 checkpoint (quantization_config quant_method "fp8") keeps its projection
+ * matrices as bare E4M3 codes (safetensors dtype F8_E4M3) beside scales that multiply them,
+ * w = e4m3(q) * s, F32/BF16/F16, one of:
+ *   <weight>_scale       per-tensor ([] or [1]) or per-channel ([rows] or [rows, 1])
+ *   <weight>_scale_inv   DeepSeek's blocks: [ceil(rows / b0), ceil(cols / b1)] for
+ *                        weight_block_size [b0, b1] ("inv" by name only: it multiplies too)
+ * Such a matrix reads as TSR_F8_E4M3 (generated): tsr_model_read writes each 32-column block as
+ * its scale and its 32 codes copied as they are, so loading rounds nothing. b1 must be a multiple
+ * of 32, so that a block never straddles two scales. */
+
+/* An FP8 matrix's codes (rows x cols bytes) and scales: element (r, c)'s scale is
+ * scale[(r / srow) * n_scol + c / scol]; scol is the width or a multiple of 32. */
+struct fp8_src {
+    const uint8_t *codes;
+    const struct tsr_st_tensor *scale; /* NULL: not an FP8 matrix */
+    int64_t rows, cols, srow, scol, n_scol;
+};
+
+static float scale_at(const struct tsr_st_tensor *s, int64_t i)
+{
+    const char *p = s->data;
+    uint16_t h;
+    float f;
+    if (s->type == TSR_F32) {
+        memcpy(&f, p + (size_t)i * 4, 4);
+        return f;
+    }
+    memcpy(&h, p + (size_t)i * 2, 2);
+    return s->type == TSR_F16 ? tsr_f16_to_f32(h) : tsr_bf16_to_f32(h);
+}
+
+/* A tensor's shape as its file's JSON writes it, for messages: "[128, 1]". */
+static const char *shape_str(const struct tsr_st_tensor *t, char *buf, size_t cap)
+{
+    int n = snprintf(buf, cap, "[");
+    for (uint32_t d = t->n_dims; d-- > 0 && n > 0 && (size_t)n < cap;)
+        n += snprintf(buf + n, cap - (size_t)n, "%lld%s", (long long)t->ne[d], d ? ", " : "");
+    if (n > 0 && (size_t)n < cap) snprintf(buf + n, cap - (size_t)n, "]");
+    return buf;
+}
+
+/* The FP8 source of model tensor `name`, held as HF tensor t (hf) of bare codes: its scale found
+ * and its dtype and shape checked against the matrix and the config; with check_values every
+ * scale read and found finite too (O(scales): once, at open). */
+static int fp8_source(tsr_model_t *m, const char *name, const char *hf,
+                      const struct tsr_st_tensor *t, int check_values, struct fp8_src *f8)
+{
+    char sn[300], sin[300], shape[128];
+    memset(f8, 0, sizeof *f8);
+    if (!quantized_name(name))
+        return tsr_errorf(TSR_EUNSUPPORTED,
+                          "%s: tensor '%s' is F8_E4M3: only the layers' projection matrices may "
+                          "be FP8 (embeddings, lm_head, norms and biases must be F32, F16 or BF16)",
+                          m->name, hf);
+    if (!m->cfg.fp8)
+        return tsr_errorf(TSR_EFORMAT,
+                          "%s: tensor '%s' is F8_E4M3 but config.json has no quantization_config "
+                          "with quant_method \"fp8\"",
+                          m->name, hf);
+    if (t->n_dims != 2)
+        return tsr_errorf(TSR_EFORMAT,
+                          "%s: FP8 tensor '%s' has shape %s; a matrix has 2 dimensions", m->name,
+                          hf, shape_str(t, shape, sizeof shape));
+    int64_t rows = t->ne[1], cols = t->ne[0];
+    if (cols % TSR_QK)
+        return tsr_errorf(TSR_EUNSUPPORTED,
+                          "%s: FP8 tensor '%s' is %lld columns wide, not a multiple of 32 (FP8 "
+                          "weights load as blocks of 32)",
+                          m->name, hf, (long long)cols);
+    snprintf(sn, sizeof sn, "%s_scale", hf);
+    snprintf(sin, sizeof sin, "%s_scale_inv", hf);
+    const struct tsr_st_tensor *s = tsr_st_find_tensor(m->st, sn),
+                               *inv = tsr_st_find_tensor(m->st, sin);
+    if (s && inv)
+        return tsr_errorf(TSR_EFORMAT,
+                          "%s: FP8 tensor '%s' has both '%s' and '%s': which one scales it is "
+                          "unclear",
+                          m->name, hf, sn, sin);
+    if (!s && !inv)
+        return tsr_errorf(TSR_EFORMAT,
+                          "%s: FP8 tensor '%s' has no scale: neither '%s' nor '%s' is in the "
+                          "checkpoint",
+                          m->name, hf, sn, sin);
+    const char *sname = s ? sn : sin;
+    if (!s) s = inv;
+    if (s->e4m3_codes || (s->type != TSR_F32 && s->type != TSR_F16 && s->type != TSR_BF16))
+        return tsr_errorf(TSR_EFORMAT, "%s: scale '%s' is %s; it must be F32, BF16 or F16", m->name,
+                          sname, tsr_dtype_name(s->type));
+    *f8 = (struct fp8_src){.codes = t->data, .scale = s, .rows = rows, .cols = cols};
+    if (inv) {
+        int b0 = m->cfg.fp8_block[0], b1 = m->cfg.fp8_block[1];
+        if (!b0)
+            return tsr_errorf(TSR_EFORMAT,
+                              "%s: '%s' holds block scales but config.json's quantization_config "
+                              "has no weight_block_size",
+                              m->name, sname);
+        if (b1 % TSR_QK)
+            return tsr_errorf(TSR_EUNSUPPORTED,
+                              "%s: weight_block_size [%d, %d]: its columns must be a multiple of "
+                              "32, so that each 32-weight block of '%s' has one scale",
+                              m->name, b0, b1, hf);
+        int64_t n0 = (rows + b0 - 1) / b0, n1 = (cols + b1 - 1) / b1;
+        if (s->n_dims != 2 || s->ne[1] != n0 || s->ne[0] != n1)
+            return tsr_errorf(TSR_EFORMAT,
+                              "%s: scale '%s' has shape %s; '%s' (%lld x %lld) in blocks of "
+                              "%d x %d needs [%lld, %lld]",
+                              m->name, sname, shape_str(s, shape, sizeof shape), hf,
+                              (long long)rows, (long long)cols, b0, b1, (long long)n0,
+                              (long long)n1);
+        f8->srow = b0, f8->scol = b1, f8->n_scol = n1;
+    } else if (s->n_dims <= 2 && s->ne[0] == 1 && s->ne[1] == 1) { /* per-tensor */
+        f8->srow = rows > 0 ? rows : 1, f8->scol = cols > 0 ? cols : 1, f8->n_scol = 1;
+    } else if ((s->n_dims == 1 && s->ne[0] == rows) ||
+               (s->n_dims == 2 && s->ne[1] == rows && s->ne[0] == 1)) { /* per-channel */
+        f8->srow = 1, f8->scol = cols > 0 ? cols : 1, f8->n_scol = 1;
+    } else {
+        return tsr_errorf(TSR_EFORMAT,
+                          "%s: scale '%s' has shape %s; for '%s' (%lld x %lld) a per-tensor scale "
+                          "is [] or [1], a per-channel one [%lld] or [%lld, 1]",
+                          m->name, sname, shape_str(s, shape, sizeof shape), hf, (long long)rows,
+                          (long long)cols, (long long)rows, (long long)rows);
+    }
+    int64_t n = (int64_t)(s->nbytes / (s->type == TSR_F32 ? 4 : 2));
+    for (int64_t i = 0; check_values && i < n; i++) {
+        float v = scale_at(s, i);
+        if (!isfinite(v))
+            return tsr_errorf(TSR_EFORMAT, "%s: scale '%s'[%lld] is %g; FP8 scales must be finite",
+                              m->name, sname, (long long)i, (double)v);
+    }
+    return 0;
+}
+
+/* Columns [col0, col0 + n) of row r as TSR_F8_E4M3 blocks: each block's d its columns' scale,
+ * its 32 codes copied as they are. col0 and n are multiples of 32. */
+static void fp8_blocks(const struct fp8_src *f, int64_t r, int64_t col0, int64_t n, char *dst)
+{
+    const uint8_t *codes = f->codes + (size_t)r * (size_t)f->cols;
+    int64_t base = r / f->srow * f->n_scol;
+    for (int64_t k = 0; k < n / TSR_QK; k++) {
+        int64_t c = col0 + k * TSR_QK;
+        float d = scale_at(f->scale, base + c / f->scol);
+        char *b = dst + (size_t)k * sizeof(struct tsr_block_f8);
+        memcpy(b + offsetof(struct tsr_block_f8, d), &d, sizeof d);
+        memcpy(b + offsetof(struct tsr_block_f8, qs), codes + c, TSR_QK);
+    }
+}
+
+/* FP8 checkpoints, checked once at open so that a broken one fails here and not at a rank's
+ * first read: every F8_E4M3 tensor needs quantization_config's fp8, and every one tessera reads
+ * must be a projection matrix with a scale of the right dtype, shape and finite values. */
+static int check_fp8(tsr_model_t *m)
+{
+    for (uint64_t i = 0; i < tsr_st_n_tensors(m->st); i++) {
+        const struct tsr_st_tensor *t = tsr_st_tensor(m->st, i);
+        if (t->e4m3_codes && !m->cfg.fp8)
+            return tsr_errorf(TSR_EFORMAT,
+                              "%s: tensor '%s' is F8_E4M3 but config.json has no "
+                              "quantization_config with quant_method \"fp8\"",
+                              m->name, t->name);
+    }
+    static const char *const whole[] = {"token_embd.weight", "output.weight", "output_norm.weight"};
+    static const char *const part[] = {"attn_norm.weight", "ffn_norm.weight", "attn_q.bias",
+                                       "attn_k.bias", "attn_v.bias"};
+    int n_whole = (int)(sizeof whole / sizeof whole[0]),
+        n_part = (int)(sizeof part / sizeof part[0]),
+        n_mat = (int)(sizeof quant_mats / sizeof quant_mats[0]);
+    char name[96], hf[256];
+    struct fp8_src f8;
+    for (int l = -1; l < m->cfg.n_layer; l++) /* layer -1: the tensors outside the layers */
+        for (int i = 0; i < (l < 0 ? n_whole : n_part + n_mat); i++) {
+            if (l < 0)
+                snprintf(name, sizeof name, "%s", whole[i]);
+            else
+                snprintf(name, sizeof name, "blk.%d.%s", l,
+                         i < n_part ? part[i] : quant_mats[i - n_part]);
+            const struct tsr_st_tensor *t =
+                hf_name(name, hf, sizeof hf) ? tsr_st_find_tensor(m->st, hf) : NULL;
+            int rc;
+            if (t && t->e4m3_codes && (rc = fp8_source(m, name, hf, t, 1, &f8))) return rc;
+        }
+    return 0;
+}
+
 /* splitmix64: a counter-based generator, so any rank can make any slice of a tensor alone. */
 static uint64_t mix64(uint64_t x)
 {
@@ -431,26 +632,53 @@ struct gen_job {
     int64_t r0, r1;        /* this job's rows, relative to row0 */
     size_t row_bytes;      /* of n columns */
     char *data;            /* the slice's first row */
+    /* Conversion (tsr_model_quantize) instead of generation: whole rows of src, `stride` bytes
+     * apart, are decoded and columns [col0, col0 + n) requantized to t. */
+    const struct tsr_tensor_view *src;
+    size_t stride;
+    /* Or an FP8 checkpoint's matrix: to TSR_F8_E4M3 its blocks copied (lossless); to another t,
+     * whole rows of those blocks decoded and requantized as src's are. */
+    const struct fp8_src *f8;
     int failed;
 };
 
 static void *gen_rows(void *arg)
 {
     struct gen_job *j = arg;
-    float *tmp = malloc((size_t)j->n * sizeof *tmp);
-    if (!tmp) {
+    int whole = j->src || j->f8, f8_copy = j->f8 && j->t == TSR_F8_E4M3;
+    float *tmp = malloc((size_t)(whole ? j->cols : j->n) * sizeof *tmp);
+    char *blk = j->f8 && !f8_copy ? malloc(tsr_dtype_row_bytes(TSR_F8_E4M3, j->cols)) : NULL;
+    if (!tmp || (j->f8 && !f8_copy && !blk)) {
+        free(tmp);
+        free(blk);
         j->failed = 1;
         return NULL;
     }
     for (int64_t i = j->r0; i < j->r1; i++) {
-        uint64_t base = j->seed + (uint64_t)((j->row0 + i) * j->cols + j->col0);
-        for (int64_t c = 0; c < j->n; c++) {
-            uint64_t u = mix64(base + (uint64_t)c);
-            float x = (float)((double)(u >> 11) * (2.0 / 9007199254740992.0) - 1.0) * j->scale;
-            tmp[c] = j->is_norm ? 1.0f + x : x;
+        char *out = j->data + (size_t)i * j->row_bytes;
+        int64_t r = j->row0 + i;
+        if (f8_copy) {
+            fp8_blocks(j->f8, r, j->col0, j->n, out);
+        } else if (whole) {
+            if (j->f8) {
+                fp8_blocks(j->f8, r, 0, j->cols, blk);
+                tsr_dequantize_row(TSR_F8_E4M3, blk, tmp, j->cols);
+            } else {
+                tsr_dequantize_row(j->src->type, (const char *)j->src->data + (size_t)r * j->stride,
+                                   tmp, j->cols);
+            }
+            tsr_quantize_row(j->t, tmp + j->col0, out, j->n);
+        } else {
+            uint64_t base = j->seed + (uint64_t)(r * j->cols + j->col0);
+            for (int64_t c = 0; c < j->n; c++) {
+                uint64_t u = mix64(base + (uint64_t)c);
+                float x = (float)((double)(u >> 11) * (2.0 / 9007199254740992.0) - 1.0) * j->scale;
+                tmp[c] = j->is_norm ? 1.0f + x : x;
+            }
+            tsr_quantize_row(j->t, tmp, out, j->n);
         }
-        tsr_quantize_row(j->t, tmp, j->data + (size_t)i * j->row_bytes, j->n);
     }
+    free(blk);
     free(tmp);
     return NULL;
 }
@@ -508,8 +736,13 @@ static int synthetic_view(tsr_model_t *m, const char *name, struct tsr_tensor_vi
     return 0;
 }
 
-static int file_view(tsr_model_t *m, const char *name, struct tsr_tensor_view *out)
+/* A file tensor's view. An FP8 checkpoint's matrix is TSR_F8_E4M3 with no data (generated), its
+ * codes and scales in *f8 for tsr_model_read; f8->scale is NULL for every other tensor. */
+static int file_view(tsr_model_t *m, const char *name, struct tsr_tensor_view *out,
+                     struct fp8_src *f8)
 {
+    memset(out, 0, sizeof *out);
+    memset(f8, 0, sizeof *f8);
     if (m->src == SRC_GGUF) {
         const struct tsr_gguf_tensor *t = tsr_gguf_find_tensor(m->gguf, name);
         if (!t) return tsr_errorf(TSR_ENOTFOUND, "%s: no tensor '%s'", m->name, name);
@@ -524,6 +757,17 @@ static int file_view(tsr_model_t *m, const char *name, struct tsr_tensor_view *o
     const struct tsr_st_tensor *t =
         hf_name(name, hf, sizeof hf) ? tsr_st_find_tensor(m->st, hf) : NULL;
     if (!t) return tsr_errorf(TSR_ENOTFOUND, "%s: no tensor '%s'", m->name, name);
+    if (t->e4m3_codes) {
+        int rc = fp8_source(m, name, hf, t, 0, f8);
+        if (rc) return rc;
+        *out = (struct tsr_tensor_view){.type = TSR_F8_E4M3,
+                                        .rows = f8->rows,
+                                        .cols = f8->cols,
+                                        .nbytes = tsr_dtype_row_bytes(TSR_F8_E4M3, f8->cols) *
+                                                  (size_t)f8->rows,
+                                        .generated = 1};
+        return 0;
+    }
     out->type = t->type;
     out->data = t->data;
     out->nbytes = t->nbytes;
@@ -532,22 +776,80 @@ static int file_view(tsr_model_t *m, const char *name, struct tsr_tensor_view *o
     return 0;
 }
 
+/* The view of a file tensor; under tsr_model_quantize a converted matrix's view (type the
+ * target's, no data: tsr_model_read makes it), and the file's own in *src (and *f8). */
+static int model_view(tsr_model_t *m, const char *name, struct tsr_tensor_view *out,
+                      struct tsr_tensor_view *src, struct fp8_src *f8)
+{
+    int rc = file_view(m, name, src, f8);
+    if (rc) return rc;
+    *out = *src;
+    if (m->quantize < 0 || src->type == (enum tsr_dtype)m->quantize || !quantized_name(name))
+        return 0;
+    enum tsr_dtype t = (enum tsr_dtype)m->quantize;
+    size_t row_bytes = tsr_dtype_row_bytes(t, src->cols);
+    if (!row_bytes)
+        return tsr_errorf(TSR_EINVAL,
+                          "%s: --quantize %s: tensor '%s' has %lld columns, not a multiple of "
+                          "%s's %d-weight blocks",
+                          m->name, tsr_dtype_name(t), name, (long long)src->cols, tsr_dtype_name(t),
+                          tsr_dtype_block_elems(t));
+    *out = (struct tsr_tensor_view){.type = t,
+                                    .rows = src->rows,
+                                    .cols = src->cols,
+                                    .nbytes = row_bytes * (size_t)src->rows,
+                                    .generated = 1};
+    return 0;
+}
+
+int tsr_model_quantize(tsr_model_t *m, int type)
+{
+    if (type < 0) return 0;
+    if (!tsr_dtype_valid(type))
+        return tsr_errorf(TSR_EINVAL, "%s: --quantize: unknown weight type %d", m->name, type);
+    if (m->src == SRC_SYNTHETIC)
+        return tsr_errorf(TSR_EINVAL,
+                          "%s: --quantize is for model files: a synthetic model takes its weight "
+                          "type in its name (synthetic:NAME:TYPE)",
+                          m->name);
+    m->quantize = type;
+    /* every matrix now, so that a width the type cannot take is an error at load, not later */
+    char name[64];
+    struct tsr_tensor_view v, src;
+    struct fp8_src f8;
+    for (int l = 0; l < m->cfg.n_layer; l++)
+        for (size_t i = 0; i < sizeof quant_mats / sizeof quant_mats[0]; i++) {
+            snprintf(name, sizeof name, "blk.%d.%s", l, quant_mats[i]);
+            int rc = model_view(m, name, &v, &src, &f8);
+            if (rc && rc != TSR_ENOTFOUND) {
+                m->quantize = -1;
+                return rc;
+            }
+        }
+    return 0;
+}
+
 int tsr_model_tensor(tsr_model_t *m, const char *name, struct tsr_tensor_view *out)
 {
     int is_norm;
+    struct tsr_tensor_view src;
+    struct fp8_src f8;
     memset(out, 0, sizeof *out);
     return m->src == SRC_SYNTHETIC ? synthetic_view(m, name, out, &is_norm)
-                                   : file_view(m, name, out);
+                                   : model_view(m, name, out, &src, &f8);
 }
 
 int tsr_model_read(tsr_model_t *m, const char *name, int64_t row0, int64_t n_rows, int64_t col0,
                    int64_t n_cols, void *dst)
 {
-    struct tsr_tensor_view v;
+    struct tsr_tensor_view v, src;
+    struct fp8_src f8;
     int is_norm = 0;
     memset(&v, 0, sizeof v);
-    int rc =
-        m->src == SRC_SYNTHETIC ? synthetic_view(m, name, &v, &is_norm) : file_view(m, name, &v);
+    memset(&src, 0, sizeof src);
+    memset(&f8, 0, sizeof f8);
+    int rc = m->src == SRC_SYNTHETIC ? synthetic_view(m, name, &v, &is_norm)
+                                     : model_view(m, name, &v, &src, &f8);
     if (rc) return rc;
     if (row0 < 0 || n_rows < 0 || row0 > v.rows - n_rows || col0 < 0 || n_cols < 0 ||
         col0 > v.cols - n_cols)
@@ -568,6 +870,21 @@ int tsr_model_read(tsr_model_t *m, const char *name, int64_t row0, int64_t n_row
         for (int64_t i = 0; i < n_rows; i++)
             memcpy((char *)dst + (size_t)i * row_bytes,
                    (const char *)v.data + (size_t)(row0 + i) * stride + skip, row_bytes);
+        return 0;
+    }
+    if (m->src != SRC_SYNTHETIC) { /* a converted matrix, or an FP8 checkpoint's */
+        struct gen_job job = {.t = v.type,
+                              .cols = v.cols,
+                              .row0 = row0,
+                              .col0 = col0,
+                              .n = n_cols,
+                              .row_bytes = row_bytes,
+                              .data = dst,
+                              .src = f8.scale ? NULL : &src,
+                              .stride = f8.scale ? 0 : src.nbytes / (size_t)src.rows,
+                              .f8 = f8.scale ? &f8 : NULL};
+        if (gen_tensor(&job, n_rows))
+            return tsr_errorf(TSR_ENOMEM, "%s: out of memory converting '%s'", m->name, name);
         return 0;
     }
     /* Uniform in ±sqrt(3/cols): unit-variance outputs for unit-variance inputs. */

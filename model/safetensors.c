@@ -54,36 +54,35 @@ struct tsr_st {
 
 /* ---- one file --------------------------------------------------------------------------- */
 
-static int parse_dtype(const char *file, const char *tensor, const char *s, enum tsr_dtype *out)
+/* A supported dtype to its type and element size; F8_E4M3 is bare codes (e4m3_codes). */
+static int parse_dtype(const char *file, const char *tensor, const char *s, struct tsr_st_tensor *t,
+                       uint64_t *elem_size)
 {
-    static const char *const known[] = {
-        "BOOL", "U8",      "I8",      "I16",     "U16", "I32",     "U32",     "I64", "U64",
-        "F64",  "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4",  "F6_E2M3", "F6_E3M2", "C64"};
-    if (!strcmp(s, "F32")) {
-        *out = TSR_F32;
-        return 0;
-    }
-    if (!strcmp(s, "F16")) {
-        *out = TSR_F16;
-        return 0;
-    }
-    if (!strcmp(s, "BF16")) {
-        *out = TSR_BF16;
-        return 0;
-    }
+    static const struct {
+        const char *name;
+        enum tsr_dtype type;
+        uint64_t size;
+    } supported[] = {{"F32", TSR_F32, 4},
+                     {"F16", TSR_F16, 2},
+                     {"BF16", TSR_BF16, 2},
+                     {"F8_E4M3", TSR_F8_E4M3, 1}};
+    static const char *const known[] = {"BOOL", "U8",      "I8",      "I16", "U16",     "I32",
+                                        "U32",  "I64",     "U64",     "F64", "F8_E5M2", "F8_E8M0",
+                                        "F4",   "F6_E2M3", "F6_E3M2", "C64"};
+    for (size_t i = 0; i < sizeof supported / sizeof supported[0]; i++)
+        if (!strcmp(s, supported[i].name)) {
+            t->type = supported[i].type;
+            t->e4m3_codes = supported[i].type == TSR_F8_E4M3;
+            *elem_size = supported[i].size;
+            return 0;
+        }
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
         if (!strcmp(s, known[i]))
             return tsr_errorf(TSR_EUNSUPPORTED,
                               "%s: tensor '%s': dtype %s is not supported (supported: F32, F16, "
-                              "BF16)",
+                              "BF16, F8_E4M3)",
                               file, tensor, s);
     return tsr_errorf(TSR_EFORMAT, "%s: tensor '%s': unknown dtype \"%.32s\"", file, tensor, s);
-}
-
-/* Element size in bytes of a supported dtype. */
-static uint64_t elem_size(enum tsr_dtype t)
-{
-    return t == TSR_F32 ? 4 : 2;
 }
 
 static int add_entry(tsr_st_t *st, const char *file, const char *name, json_t *v, uint32_t shard,
@@ -120,7 +119,8 @@ static int add_entry(tsr_st_t *st, const char *file, const char *name, json_t *v
     if (nd > 4)
         return tsr_errorf(TSR_EUNSUPPORTED, "%s: tensor '%s': %zu dimensions (at most 4 supported)",
                           file, name, nd);
-    int rc = parse_dtype(file, name, json_string_value(dtype), &e.t.type);
+    uint64_t esize = 0;
+    int rc = parse_dtype(file, name, json_string_value(dtype), &e.t, &esize);
     if (rc) return rc;
 
     json_int_t b = json_integer_value(json_array_get(offs, 0));
@@ -134,7 +134,7 @@ static int add_entry(tsr_st_t *st, const char *file, const char *name, json_t *v
                           "data section (%" PRIu64 " bytes)",
                           file, name, (long long)b, (long long)end, data_len);
     uint64_t nbytes;
-    if (tsr_mul_u64(count, elem_size(e.t.type), &nbytes) || nbytes != (uint64_t)(end - b))
+    if (tsr_mul_u64(count, esize, &nbytes) || nbytes != (uint64_t)(end - b))
         return tsr_errorf(TSR_EFORMAT,
                           "%s: tensor '%s': shape holds %" PRIu64 " %s elements but "
                           "data_offsets [%lld, %lld] span %lld bytes",

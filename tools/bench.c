@@ -24,7 +24,11 @@
  *   first token is the file's, not a BOS put in its place: give ids that start each chunk as the
  *   comparison needs. A chunk goes through in steps of
  *   --step-tokens (512), which bound the logits buffer (that many rows of the vocabulary); the
- *   result does not depend on them. Prints one JSON line.
+ *   result does not depend on them. Prints one JSON line. --save-ids writes the argmax of every
+ *   scored row (first index of the largest logit), --ref-ids compares them with an earlier run's
+ *   ("agree": e.g. --quantize fp8 against the file's own weights), and an explicit --min-agree
+ *   makes an agreement under it exit 1. With --text, FILE is text the model's tokenizer makes ids
+ *   of (no BOS): any document, e.g. /usr/share/common-licenses/GPL-3.
  * - --pipeline B: decode throughput of B sequences through the engine of a group of --tp x --pp
  *   ranks, one step at a time and then with pp micro-batches in flight (worker/engine.h), in one
  *   run on the same ranks; --pin binds each rank to core rank mod cores.
@@ -63,8 +67,10 @@ struct bench_args {
     long context, steps, prefill_tokens;
     int agree;
     double min_agree;
+    int min_agree_given;
     long pipeline;          /* --pipeline B: sequences; 0: off */
     const char *perplexity; /* --perplexity FILE; NULL: off */
+    int text;               /* --text: FILE is text for the model's tokenizer, not ids */
     long ctx;               /* --ctx: its chunk length */
     long step_tokens;       /* --step-tokens: most tokens of a chunk in one forward step */
     int pin;
@@ -496,6 +502,34 @@ static int read_token_file(const char *path, int vocab, int32_t **ids, long *n)
     return 0;
 }
 
+/* --text: the file at path through the model's tokenizer, no BOS (*ids malloc'ed). */
+static int read_text_ids(tsr_model_t *m, const char *path, int32_t **ids, long *n)
+{
+    const tsr_tokenizer_t *tok = tsr_model_tokenizer(m);
+    if (!tok) return tsr_errorf(TSR_EINVAL, "--text: %s has no tokenizer", tsr_model_name(m));
+    FILE *f = fopen(path, "rb");
+    if (!f) return tsr_errorf(TSR_EIO, "cannot open %s", path);
+    size_t cap = 1 << 16, len = 0;
+    char *text = malloc(cap);
+    int rc = text ? 0 : tsr_errorf(TSR_ENOMEM, "out of memory reading %s", path);
+    while (!rc) {
+        len += fread(text + len, 1, cap - len, f);
+        if (len < cap) break;
+        char *t = cap < (64u << 20) ? realloc(text, cap *= 2) : NULL;
+        if (!t)
+            rc = tsr_errorf(TSR_EINVAL, "%s: over 64 MiB of text", path);
+        else
+            text = t;
+    }
+    if (!rc && ferror(f)) rc = tsr_errorf(TSR_EIO, "cannot read %s", path);
+    fclose(f);
+    size_t count = 0;
+    if (!rc) rc = tsr_tokenizer_encode(tok, text, len, 0, 0, ids, &count);
+    free(text);
+    *n = (long)count;
+    return rc;
+}
+
 /* The first n ids of the file at path (a --save-ids of an earlier run). */
 static int read_ids(const char *path, int vocab, int32_t *ids, long n)
 {
@@ -508,6 +542,15 @@ static int read_ids(const char *path, int vocab, int32_t *ids, long n)
     return len >= n ? 0 : tsr_errorf(TSR_EFORMAT, "%s holds %ld ids, %ld wanted", path, len, n);
 }
 
+/* n ids to path, one a line (--save-ids; read_ids reads them). */
+static int write_ids(const char *path, const int32_t *ids, long n)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) return tsr_errorf(TSR_EIO, "cannot write %s", path);
+    for (long i = 0; i < n; i++) fprintf(f, "%d\n", ids[i]);
+    return fclose(f) ? tsr_errorf(TSR_EIO, "cannot write %s", path) : 0;
+}
+
 static int bench_agree(const struct bench_args *a, tsr_model_t *m, tsr_backend_t *b,
                        const struct tsr_runner_shard *sh)
 {
@@ -518,15 +561,7 @@ static int bench_agree(const struct bench_args *a, tsr_model_t *m, tsr_backend_t
     int rc = TSR_ENOMEM;
     if (!ids || !got || !ref) goto out;
     if ((rc = agree_ids(m, n, ids)) || (rc = run_agree(a, m, b, sh, ids, got))) goto out;
-    if (a->save_ids) {
-        FILE *f = fopen(a->save_ids, "w");
-        if (!f) {
-            rc = tsr_errorf(TSR_EIO, "cannot write %s", a->save_ids);
-            goto out;
-        }
-        for (long i = 0; i < n; i++) fprintf(f, "%d\n", got[i]);
-        fclose(f);
-    }
+    if (a->save_ids && (rc = write_ids(a->save_ids, got, n))) goto out;
     const char *against = a->ref_ids ? a->ref_ids : a->ref_device;
     if (a->ref_ids) {
         if ((rc = read_ids(a->ref_ids, tsr_model_config(m)->n_vocab, ref, n))) goto out;
@@ -582,11 +617,21 @@ static double token_nll(const float *x, int vocab, int32_t next)
     return m + log(s) - (double)x[next];
 }
 
+/* The first index of the largest logit (ties to the lower id, as argmax everywhere here). */
+static int32_t row_argmax(const float *x, int vocab)
+{
+    int32_t best = 0;
+    for (int i = 1; i < vocab; i++)
+        if (x[i] > x[best]) best = i;
+    return best;
+}
+
 /* Adds to *nll the NLLs of one chunk of c tokens (positions from 0, so the cache's earlier
  * contents are never read: a step attends to positions it or this chunk's earlier steps wrote),
- * in steps of up to `step` tokens with logit rows for the scored positions only. */
+ * in steps of up to `step` tokens with logit rows for the scored positions only, and writes each
+ * scored row's argmax to *am, advancing it. */
 static int ppl_chunk(tsr_runner_t *r, struct seqs *s, const int32_t *ids, int c, int step,
-                     int vocab, float *logits, double *nll)
+                     int vocab, float *logits, double *nll, int32_t **am)
 {
     const int first = c / 2;
     for (int p0 = 0; p0 < c; p0 += step) {
@@ -604,6 +649,7 @@ static int ppl_chunk(tsr_runner_t *r, struct seqs *s, const int32_t *ids, int c,
         for (int k = 0; k < n_out; k++) {
             int t = p0 + s->out_rows[k];
             *nll += token_nll(logits + (size_t)k * vocab, vocab, ids[t + 1]);
+            *(*am)++ = row_argmax(logits + (size_t)k * vocab, vocab);
         }
     }
     return 0;
@@ -615,7 +661,8 @@ static int bench_perplexity(const struct bench_args *a, tsr_model_t *m, tsr_back
     const int vocab = tsr_model_config(m)->n_vocab, c = (int)a->ctx;
     int32_t *ids = NULL;
     long n = 0;
-    int rc = read_token_file(a->perplexity, vocab, &ids, &n);
+    int rc = a->text ? read_text_ids(m, a->perplexity, &ids, &n)
+                     : read_token_file(a->perplexity, vocab, &ids, &n);
     if (rc) return rc;
     if (n < c || c > tsr_model_config(m)->n_ctx_train) {
         free(ids);
@@ -638,26 +685,46 @@ static int bench_perplexity(const struct bench_args *a, tsr_model_t *m, tsr_back
                         ro.max_tokens, vocab, logit_bytes / (1024.0 * 1024 * 1024));
     else if (!(logits = malloc((size_t)logit_bytes)))
         rc = tsr_errorf(TSR_ENOMEM, "out of memory for %d logit rows", ro.max_tokens);
+    long chunks = n / c, scored = chunks * (c - c / 2 - 1);
+    int32_t *am = NULL, *ref = NULL, *am_end;
+    if (!rc && !(am = malloc((size_t)scored * sizeof *am)))
+        rc = tsr_errorf(TSR_ENOMEM, "out of memory for %ld argmaxes", scored);
+    if (!rc && a->ref_ids && !(ref = malloc((size_t)scored * sizeof *ref)))
+        rc = tsr_errorf(TSR_ENOMEM, "out of memory for %ld argmaxes", scored);
+    if (!rc && ref) rc = read_ids(a->ref_ids, vocab, ref, scored);
     if (!rc) rc = seqs_init(&s, 1, ro.n_blocks, ro.max_tokens);
     double t0 = tsr_now(), t1 = t0, nll = 0;
+    long same = 0;
     if (!rc && !(rc = tsr_runner_new(m, b, &ro, sh, &r))) {
         t1 = tsr_now();
-        long chunks = n / c;
+        am_end = am;
         for (long k = 0; k < chunks && !rc; k++)
-            rc = ppl_chunk(r, &s, ids + k * c, c, ro.max_tokens, vocab, logits, &nll);
-        long scored = chunks * (c - c / 2 - 1);
+            rc = ppl_chunk(r, &s, ids + k * c, c, ro.max_tokens, vocab, logits, &nll, &am_end);
         fprintf(stderr, "tessera bench: %s: load %.1f s, %ld chunks of %d tokens %.1f s\n",
                 tsr_backend_name(b), t1 - t0, chunks, c, tsr_now() - t1);
+        if (!rc && a->save_ids) rc = write_ids(a->save_ids, am, scored);
+        for (long i = 0; ref && i < scored; i++) same += am[i] == ref[i];
+        char agree[96] = "";
+        if (ref)
+            snprintf(agree, sizeof agree, ",\"agree\":%.4f,\"agree_positions\":%ld",
+                     (double)same / (double)scored, scored);
         if (!rc)
-            printf("{\"model\":\"%s\",\"device\":\"%s\",\"tp\":%d,\"tokens_scored\":%ld,"
-                   "\"nll\":%.9g,\"ppl\":%.9g,\"chunks\":%ld,\"ctx\":%d}\n",
-                   a->mdl.model, a->dev.device, a->mdl.tp, scored, nll / (double)scored,
-                   exp(nll / (double)scored), chunks, c);
+            printf("{\"model\":\"%s\",\"quantize\":\"%s\",\"device\":\"%s\",\"tp\":%d,"
+                   "\"tokens_scored\":%ld,\"nll\":%.9g,\"ppl\":%.9g,\"chunks\":%ld,\"ctx\":%d%s}\n",
+                   a->mdl.model, a->mdl.quantize ? a->mdl.quantize : "", a->dev.device, a->mdl.tp,
+                   scored, nll / (double)scored, exp(nll / (double)scored), chunks, c, agree);
+        if (!rc && ref && a->min_agree_given && (double)same / (double)scored < a->min_agree) {
+            fprintf(stderr, "tessera bench: agreement %.4f is under %.4f\n",
+                    (double)same / (double)scored, a->min_agree);
+            rc = 1;
+        }
     }
     tsr_runner_free(r);
     if (logits) seqs_free(&s);
     free(logits);
     free(ids);
+    free(am);
+    free(ref);
     return rc;
 }
 
@@ -781,7 +848,8 @@ static void bench_usage(FILE *f)
                "                      [--prefill-tokens P]]\n"
                "                     [--agree [--ref-device D | --ref-ids FILE] [--save-ids FILE]\n"
                "                      [--min-agree F]]\n"
-               "                     [--perplexity IDS_FILE [--ctx C] [--step-tokens S]]\n"
+               "                     [--perplexity IDS_FILE [--text] [--ctx C] [--step-tokens S]\n"
+               "                      [--save-ids FILE] [--ref-ids FILE [--min-agree F]]]\n"
                "                     [--pipeline B --pp N [--context C] [--steps S] [--pin]]\n\n"
                "Default: one JSON line, median prompt and decode tokens/s of one sequence.\n"
                "--batches: decode tokens/s at each batch size (sequences of C tokens, S steps)\n"
@@ -792,6 +860,9 @@ static void bench_usage(FILE *f)
                "--perplexity: llama.cpp's perplexity over the whitespace-separated token ids in\n"
                "  IDS_FILE: chunks of C tokens (default 512), the second half of each scored;\n"
                "  prints {tokens_scored, nll, ppl, chunks, ctx}. S tokens a forward step (512).\n"
+               "  --text: the file is text for the model's tokenizer (no BOS), not ids.\n"
+               "  --save-ids keeps the scored positions' argmaxes; --ref-ids compares them with\n"
+               "  a saved run's (\"agree\"), exiting 1 under --min-agree when it is given.\n"
                "--pipeline: decode tokens/s of B sequences (C prompt tokens, S steps) through a\n"
                "  group's engine, one step at a time and pp steps in flight, medians of R runs\n"
                "  each; --pin binds rank r to core r mod cores.\n");
@@ -830,7 +901,8 @@ static int parse_args(int argc, char **argv, struct bench_args *a)
         O_PIN,
         O_PPL,
         O_CTX,
-        O_STEP_TOKENS
+        O_STEP_TOKENS,
+        O_TEXT
     };
     static const struct option opts[] = {TSR_CLI_MODEL_OPTIONS,
                                          TSR_CLI_DEVICE_OPTIONS,
@@ -851,6 +923,7 @@ static int parse_args(int argc, char **argv, struct bench_args *a)
                                          {"perplexity", required_argument, 0, O_PPL},
                                          {"ctx", required_argument, 0, O_CTX},
                                          {"step-tokens", required_argument, 0, O_STEP_TOKENS},
+                                         {"text", no_argument, 0, O_TEXT},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     memset(a, 0, sizeof *a);
@@ -909,6 +982,7 @@ static int parse_args(int argc, char **argv, struct bench_args *a)
             break;
         case O_MIN:
             rc = tsr_cli_float("--min-agree", optarg, 0, 1, &a->min_agree);
+            a->min_agree_given = 1;
             break;
         case O_PIPELINE:
             rc = tsr_cli_int("--pipeline", optarg, 1, 1024, &a->pipeline);
@@ -918,6 +992,10 @@ static int parse_args(int argc, char **argv, struct bench_args *a)
             break;
         case O_PPL:
             a->perplexity = optarg;
+            break;
+        case O_TEXT:
+            a->text = 1;
+            ctx_set = 1;
             break;
         case O_CTX:
             rc = tsr_cli_int("--ctx", optarg, 4, 1 << 20, &a->ctx);
@@ -960,12 +1038,16 @@ static int parse_args(int argc, char **argv, struct bench_args *a)
         return 2;
     }
     if (ctx_set && !a->perplexity) {
-        fprintf(stderr, "tessera bench: --ctx and --step-tokens are for --perplexity runs "
-                        "(--batches takes --context)\n");
+        fprintf(stderr, "tessera bench: --ctx, --step-tokens and --text are for --perplexity "
+                        "runs (--batches takes --context)\n");
         return 2;
     }
     if (a->agree && a->n_batches) {
         fprintf(stderr, "tessera bench: give one of --agree and --batches\n");
+        return 2;
+    }
+    if (a->ref_device && a->perplexity) {
+        fprintf(stderr, "tessera bench: --perplexity compares with --ref-ids, not --ref-device\n");
         return 2;
     }
     if (a->ref_device && (a->ref_ids || a->mdl.tp > 1)) {
@@ -987,7 +1069,7 @@ int tsr_cmd_bench(int argc, char **argv)
     tsr_model_t *m = NULL;
     tsr_backend_t *b = NULL;
     int exit_code = 1;
-    if ((rc = tsr_model_open(a.mdl.model, &m))) goto fail;
+    if ((rc = tsr_cli_model_open(&a.mdl, &m))) goto fail;
     if (ranks > 1 && (rc = tsr_group_join_mpi(m, a.mdl.tp, a.mdl.pp, &group))) goto fail;
     if (a.pin) pin_rank(ranks > 1 ? group.rank : 0);
     a.dev.threads = tsr_cli_rank_threads(a.dev.threads, ranks, a.dev.device);

@@ -114,24 +114,30 @@ int tsr_cli_security_load(const char *cmd, const struct tsr_cli_security *s, cha
  * of the group's: 1 taken, 2 after printing a bad value, 0 not one of them. A command lists the
  * groups it accepts in its table; a group's function takes only what getopt matched there. */
 
-/* The model and its layout: --model (-m), --tp, --pp (generate, bench, worker, coordinator,
- * serve). */
-enum { TSR_O_TP = 1200, TSR_O_PP };
+/* The model and its layout: --model (-m), --tp, --pp, --quantize (generate, bench, worker,
+ * coordinator, serve; the coordinator, which loads no weights, ignores --quantize). */
+enum { TSR_O_TP = 1200, TSR_O_PP, TSR_O_QUANTIZE };
 #define TSR_CLI_MODEL_OPTIONS                                                                      \
     {"model", required_argument, 0, 'm'}, {"tp", required_argument, 0, TSR_O_TP},                  \
+        {"pp", required_argument, 0, TSR_O_PP},                                                    \
     {                                                                                              \
-        "pp", required_argument, 0, TSR_O_PP                                                       \
+        "quantize", required_argument, 0, TSR_O_QUANTIZE                                           \
     }
 #define TSR_CLI_MODEL_HELP                                                                         \
-    "  --model M    a .gguf file, a Hugging Face directory, or synthetic:NAME[:DTYPE]\n"           \
+    "  --model M    a .gguf file, a Hugging Face directory, or synthetic:NAME[:TYPE]\n"            \
     "               (default $TESSERA_MODEL, else " TSR_DEFAULT_MODEL ")\n"                        \
-    "  --tp N, --pp M  shard the model over N x M ranks (tensor x pipeline parallel)\n"
+    "  --tp N, --pp M  shard the model over N x M ranks (tensor x pipeline parallel)\n"            \
+    "  --quantize T convert the layers' matrices to T on load (" TSR_WEIGHT_TYPES ")\n"
 struct tsr_cli_model {
     const char *model;
     int tp, pp;
+    const char *quantize; /* --quantize's argument, checked; NULL: the file's types */
+    int quantize_type;    /* its tsr_dtype; -1 without */
 };
 void tsr_cli_model_init(struct tsr_cli_model *m);
 int tsr_cli_model_opt(int c, const char *arg, struct tsr_cli_model *m);
+/* tsr_model_open and tsr_model_quantize as the flags say. */
+int tsr_cli_model_open(const struct tsr_cli_model *m, tsr_model_t **out);
 
 /* Where it runs: --device, --threads (-j) (generate, bench, worker, serve). */
 enum { TSR_O_DEVICE = 1210 };

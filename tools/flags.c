@@ -6,12 +6,24 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/status.h"
 #include "tools/cli.h"
 
 void tsr_cli_model_init(struct tsr_cli_model *m)
 {
     const char *env = getenv("TESSERA_MODEL");
-    *m = (struct tsr_cli_model){.model = env && env[0] ? env : TSR_DEFAULT_MODEL, .tp = 1, .pp = 1};
+    *m = (struct tsr_cli_model){
+        .model = env && env[0] ? env : TSR_DEFAULT_MODEL, .tp = 1, .pp = 1, .quantize_type = -1};
+}
+
+int tsr_cli_model_open(const struct tsr_cli_model *m, tsr_model_t **out)
+{
+    int rc = tsr_model_open(m->model, out);
+    if (!rc && (rc = tsr_model_quantize(*out, m->quantize_type))) {
+        tsr_model_free(*out);
+        *out = NULL;
+    }
+    return rc;
 }
 
 int tsr_cli_model_opt(int c, const char *arg, struct tsr_cli_model *m)
@@ -29,6 +41,16 @@ int tsr_cli_model_opt(int c, const char *arg, struct tsr_cli_model *m)
         if (tsr_cli_int("--pp", arg, 1, 1024, &v)) return 2;
         m->pp = (int)v;
         return 1;
+    case TSR_O_QUANTIZE: {
+        enum tsr_dtype t;
+        if (tsr_weight_type_parse(arg, &t)) {
+            fprintf(stderr, "--quantize: %s\n", tsr_last_error());
+            return 2;
+        }
+        m->quantize = arg;
+        m->quantize_type = (int)t;
+        return 1;
+    }
     default:
         return 0;
     }

@@ -170,7 +170,7 @@ int tsr_cmd_generate(int argc, char **argv)
     int32_t *ids = NULL, *out_ids = NULL;
     size_t n_ids = 0;
     double t0 = tsr_now();
-    if ((rc = tsr_model_open(a.mdl.model, &m))) {
+    if ((rc = tsr_cli_model_open(&a.mdl, &m))) {
         fprintf(stderr, "tessera generate: %s\n", tsr_last_error());
         goto out;
     }

@@ -29,7 +29,7 @@
 #include "tessera/v1/inference.pb-c.h"
 #include "tools/cli.h"
 
-enum { MAX_REPLICAS = 64, MAX_ARGS = 48 };
+enum { MAX_REPLICAS = 64, MAX_ARGS = 64 };
 
 struct child {
     char name[32], log[PATH_MAX + 32], device[32];
@@ -514,6 +514,7 @@ int tsr_cmd_serve(int argc, char **argv)
                                adv};
         for (size_t i = 0; i < sizeof wargs / sizeof *wargs; i++) a[k++] = (char *)wargs[i];
         tsr_cli_engine_argv(&eng, a, &k);
+        if (mdl.quantize) a[k++] = "--quantize", a[k++] = (char *)mdl.quantize;
         if (max_len) a[k++] = "--max-model-len", a[k++] = (char *)max_len;
         if (served_name) a[k++] = "--served-model-name", a[k++] = (char *)served_name;
         if (metrics_port) {

@@ -341,7 +341,7 @@ int tsr_cmd_worker(int argc, char **argv)
     int64_t rdv_lease = 0; /* by_etcd: holds this rank's key in the group's rendezvous */
     tsr_etcd_keepalive_t *rdv_keep = NULL;
     double t0 = tsr_now();
-    if ((rc = tsr_model_open(a.mdl.model, &m))) {
+    if ((rc = tsr_cli_model_open(&a.mdl, &m))) {
         fprintf(stderr, "tessera worker: %s\n", tsr_last_error());
         exit_code = rc == TSR_EINVAL ? 2 : 1;
         goto out;
@@ -427,9 +427,11 @@ int tsr_cmd_worker(int argc, char **argv)
     }
     char addr[TSR_HOST_MAX + 8]; /* what the coordinators dial */
     tsr_net_join(adv, port, addr, sizeof addr);
-    tsr_log_info("worker %s: %s (tp %d x pp %d) loaded in %.1f s; KV cache %d blocks of %d; "
+    tsr_log_info("worker %s: %s (tp %d x pp %d%s%s) loaded in %.1f s; KV cache %d blocks of %d; "
                  "Worker service on %s",
-                 a.id, tsr_model_name(m), a.mdl.tp, a.mdl.pp, tsr_now() - t0,
+                 a.id, tsr_model_name(m), a.mdl.tp, a.mdl.pp,
+                 a.mdl.quantize ? ", projections converted to " : "",
+                 a.mdl.quantize ? tsr_dtype_name(a.mdl.quantize_type) : "", tsr_now() - t0,
                  tsr_engine_n_blocks(e), block, addr);
     if (a.etcd) {
         struct tsr_member_opts mo = {.prefix = a.prefix,

@@ -43,10 +43,10 @@
 #include "kernels/cpu/cpu_backend.h"
 
 /* 1 for the weight types the kernels decode with common/dtype.c (no SIMD decoder of their own, no
- * q8 kernel): Q5_0, Q5_1 and the k-quants. */
+ * q8 kernel): Q5_0, Q5_1, the k-quants and F8_E4M3. */
 static inline int tsr_cpu_decoded(int t)
 {
-    return tsr_dtype_is_q5(t) || tsr_dtype_is_kquant(t);
+    return tsr_dtype_is_q5(t) || tsr_dtype_is_kquant(t) || t == TSR_F8_E4M3;
 }
 
 /* Blocks of a q8 row of k (a multiple of 32) values, padding included. */

@@ -448,6 +448,9 @@ TSR_AVX2 static void gemv(enum tsr_dtype wt, int k, const uint8_t *w, size_t ws,
     case TSR_Q6_K:
         gv_type(TSR_Q6_K, k, w, ws, nr, x, ldx, nc, y, ldy);
         break;
+    case TSR_F8_E4M3:
+        gv_type(TSR_F8_E4M3, k, w, ws, nr, x, ldx, nc, y, ldy);
+        break;
     case TSR_Q4_1:
         gv_type(TSR_Q4_1, k, w, ws, nr, x, ldx, nc, y, ldy);
         break;

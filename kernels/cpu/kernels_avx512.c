@@ -567,6 +567,9 @@ TSR_AVX512 static void gemv(enum tsr_dtype wt, int k, const uint8_t *w, size_t w
     case TSR_Q6_K:
         gv_type(TSR_Q6_K, k, w, ws, nr, x, ldx, nc, y, ldy);
         break;
+    case TSR_F8_E4M3:
+        gv_type(TSR_F8_E4M3, k, w, ws, nr, x, ldx, nc, y, ldy);
+        break;
     case TSR_Q4_1:
         gv_type(TSR_Q4_1, k, w, ws, nr, x, ldx, nc, y, ldy);
         break;
@@ -690,14 +693,11 @@ TSR_AVX512_INLINE void deq_row(const enum tsr_dtype wt, const uint8_t *src, floa
 
 TSR_AVX512 static void dequant(enum tsr_dtype wt, const uint8_t *src, float *dst, int n)
 {
-    switch (wt) {
-    case TSR_Q5_0:
-    case TSR_Q5_1:
-    case TSR_Q4_K:
-    case TSR_Q5_K:
-    case TSR_Q6_K:
+    if (tsr_cpu_decoded(wt)) {
         tsr_dequantize_row(wt, src, dst, n);
         return;
+    }
+    switch (wt) {
     case TSR_Q4_1:
         deq_row(TSR_Q4_1, src, dst, n / TSR_QK);
         return;

@@ -87,15 +87,12 @@ static void gemm_q8(enum tsr_dtype wt, int k, const uint8_t *w, size_t ws, int n
 static void dequant_part(enum tsr_dtype wt, const uint8_t *w, int i0, float *dst, int n)
 {
     uint16_t h;
-    switch (wt) {
-    case TSR_Q5_0:
-    case TSR_Q5_1:
-    case TSR_Q4_K:
-    case TSR_Q5_K:
-    case TSR_Q6_K:
+    if (tsr_cpu_decoded(wt)) {
         tsr_dequantize_row(
             wt, w + (size_t)(i0 / tsr_dtype_block_elems(wt)) * tsr_dtype_block_bytes(wt), dst, n);
         return;
+    }
+    switch (wt) {
     case TSR_F16:
     case TSR_BF16:
         for (int i = 0; i < n; i++) {

@@ -19,6 +19,8 @@
 #define TSR_Q4_K_BYTES 144
 #define TSR_Q5_K_BYTES 176
 #define TSR_Q6_K_BYTES 210
+/* Bytes per 32-weight F8_E4M3 block: an f32 scale, 32 codes. */
+#define TSR_F8_BYTES 36
 
 static __device__ __forceinline__ float tsr_dev_bf16(uint16_t h)
 {
@@ -70,10 +72,11 @@ static __device__ __forceinline__ float tsr_dev_q5(const uint8_t *b, int j, bool
     return one ? d * (float)q + tsr_dev_f16(((const uint16_t *)b)[1]) : d * (float)(q - 16);
 }
 
-/* Element i of a row of type t (any type; 2-byte aligned rows). One element at a time: for the
- * small ops (embeddings, norm weights, biases, dequantizing tiles), not for GEMV (Q5_0 and Q5_1
- * meet it there: tsr_cuda_gemv has no kernel of its own for them yet, so its generic one decodes
- * them here, a block's scales once per weight: correct, not fast). */
+/* Element i of a row of type t (any type; 2-byte aligned rows, 4-byte for F8_E4M3). One element
+ * at a time: for the small ops (embeddings, norm weights, biases, dequantizing tiles), not for
+ * GEMV (Q5_0, Q5_1 and F8_E4M3 meet it there: tsr_cuda_gemv has no kernel of its own for them
+ * yet, so its generic one decodes them here, a block's scale once per weight: correct, not
+ * fast). */
 static __device__ __forceinline__ float tsr_dev_elem(int t, const uint8_t *row, int64_t i)
 {
     switch (t) {
@@ -110,6 +113,12 @@ static __device__ __forceinline__ float tsr_dev_elem(int t, const uint8_t *row, 
         return tsr_dev_q45_k(row + (i / TSR_QK_K) * TSR_Q5_K_BYTES, (int)(i % TSR_QK_K), true);
     case TSR_Q6_K:
         return tsr_dev_q6_k(row + (i / TSR_QK_K) * TSR_Q6_K_BYTES, (int)(i % TSR_QK_K));
+    case TSR_F8_E4M3: { /* d * e4m3(q) as common/dtype.h decodes it (the same bits) */
+        const uint8_t *b = row + (i / TSR_QK) * TSR_F8_BYTES;
+        uint32_t q = b[4 + i % TSR_QK], bits = (q & 0x80) << 24 | (q & 0x7f) << 20;
+        if ((q & 0x7f) == 0x7f) bits |= 0x7fc00000u;
+        return *(const float *)b * (__uint_as_float(bits) * 0x1p120f);
+    }
     default:
         return __int_as_float(0x7fc00000); /* NaN: the host checked types */
     }

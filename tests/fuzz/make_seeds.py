@@ -2,7 +2,8 @@
 """Writes the seed corpora for fuzz_gguf, fuzz_safetensors, fuzz_gguf_config and fuzz_config_json:
 small valid files that reach every branch of the parsers (all metadata types, nested arrays, every
 tensor type, alignments, GGUF v2 and v3; safetensors with metadata, scalars, empty tensors, every
-supported dtype; configs of small and planning shapes). Deterministic;
+supported dtype, FP8 checkpoints' F8_E4M3 codes with their weight_scale / weight_scale_inv
+tensors; configs of small and planning shapes, FP8 quantization_config). Deterministic;
 run from anywhere: python3 tests/fuzz/make_seeds.py"""
 import json
 import os
@@ -63,7 +64,7 @@ def safetensors(entries, metadata=None, pad=8):
     header, blobs, off = {}, b"", 0
     if metadata is not None:
         header["__metadata__"] = metadata
-    size = {"F32": 4, "F16": 2, "BF16": 2}
+    size = {"F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1}
     for name, dt, shape in entries:
         n = size[dt]
         for d in shape:
@@ -128,6 +129,21 @@ def main():
     write("fuzz_safetensors", "empty.safetensors", safetensors([], metadata={}))
     write("fuzz_safetensors", "unpadded.safetensors",
           safetensors([("x", "F16", [3])], pad=1))
+    # FP8 checkpoints: E4M3 codes beside per-tensor, per-channel and 128 x 128-block scales
+    fp8 = "model.layers.0."
+    write("fuzz_safetensors", "fp8_scales.safetensors", safetensors(
+        [(fp8 + "self_attn.q_proj.weight", "F8_E4M3", [4, 32]),
+         (fp8 + "self_attn.q_proj.weight_scale", "F32", []),
+         (fp8 + "self_attn.q_proj.input_scale", "F32", []),
+         (fp8 + "self_attn.k_proj.weight", "F8_E4M3", [2, 64]),
+         (fp8 + "self_attn.k_proj.weight_scale", "BF16", [2, 1]),
+         (fp8 + "mlp.down_proj.weight", "F8_E4M3", [3, 160]),
+         (fp8 + "mlp.down_proj.weight_scale", "F16", [3])], metadata={"format": "pt"}))
+    write("fuzz_safetensors", "fp8_block.safetensors", safetensors(
+        [(fp8 + "mlp.up_proj.weight", "F8_E4M3", [130, 160]),
+         (fp8 + "mlp.up_proj.weight_scale_inv", "F32", [2, 2]),
+         ("model.norm.weight", "BF16", [160]), ("e", "F8_E4M3", [0, 32]),
+         ("s", "F8_E4M3", [])]))
 
 
 def config_seeds():
@@ -174,7 +190,13 @@ def config_seeds():
                                          n_group=2, topk_group=1, q_lora_rank=32,
                                          kv_lora_rank=16, qk_nope_head_dim=16,
                                          qk_rope_head_dim=8, v_head_dim=16,
-                                         rope_scaling={"type": "yarn", "factor": 4.0})}
+                                         rope_scaling={"type": "yarn", "factor": 4.0}),
+             "fp8_block.json": dict(base, quantization_config={
+                 "quant_method": "fp8", "activation_scheme": "dynamic", "fmt": "e4m3",
+                 "weight_block_size": [128, 128]}),
+             "fp8_static.json": dict(base, quantization_config={
+                 "quant_method": "fp8", "activation_scheme": "static",
+                 "modules_to_not_convert": ["lm_head"]})}
     for name, cfg in seeds.items():
         write("fuzz_config_json", name, json.dumps(cfg, indent=1).encode())
     ref = os.path.join(HERE, "..", "reference", "configs")

@@ -213,9 +213,9 @@ static void check_rc(int rc_c, int rc_g, const char *op)
     }
 }
 
-static const enum tsr_dtype all_types[] = {TSR_F32,  TSR_F16,  TSR_BF16, TSR_Q8_0,
-                                           TSR_Q4_0, TSR_Q4_1, TSR_Q5_0, TSR_Q5_1};
-#define N_TYPES 8
+static const enum tsr_dtype all_types[] = {TSR_F32,  TSR_F16,  TSR_BF16, TSR_Q8_0,   TSR_Q4_0,
+                                           TSR_Q4_1, TSR_Q5_0, TSR_Q5_1, TSR_F8_E4M3};
+#define N_TYPES 9
 /* The k-quants: rows of whole 256-weight super-blocks only; the GPU decodes them per element. */
 static const enum tsr_dtype kq_types[] = {TSR_Q4_K, TSR_Q5_K, TSR_Q6_K};
 #define N_KQ_TYPES 3

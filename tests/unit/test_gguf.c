@@ -120,14 +120,6 @@ static void gguf_file(struct wb *out, uint32_t version, uint64_t n_kv, const str
             out->p[data + t[i].offset + k] = (uint8_t)(i * 7 + k);
 }
 
-#define EXPECT_ERR(expr, code, substr)                                                             \
-    do {                                                                                           \
-        int rc_ = (expr);                                                                          \
-        if (rc_ != (code) || !strstr(tsr_last_error(), (substr)))                                  \
-            fail_msg("%s: got %d (%s) \"%s\", want %d and \"%s\"", #expr, rc_, tsr_strerror(rc_),  \
-                     tsr_last_error(), (code), (substr));                                          \
-    } while (0)
-
 /* Opens a buffer that must fail with code and a message containing substr (and the file name). */
 static void expect_open_fail(const struct wb *b, int code, const char *substr)
 {

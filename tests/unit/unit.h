@@ -79,4 +79,23 @@ static inline float tsr_test_rng_normal(void)
     return (float)(sqrt(-2.0 * log(u1)) * cos(2.0 * M_PI * u2));
 }
 
+/* A call's status and message: fails unless expr returns code and tsr_last_error() holds substr
+ * (cmocka's fail_msg, common/status.h's tsr_last_error and tsr_strerror where it is used). */
+#define EXPECT_ERR(expr, code, substr)                                                             \
+    do {                                                                                           \
+        int rc_ = (expr);                                                                          \
+        if (rc_ != (code) || !strstr(tsr_last_error(), (substr)))                                  \
+            fail_msg("%s: got %d (%s) \"%s\", want %d and \"%s\"", #expr, rc_, tsr_strerror(rc_),  \
+                     tsr_last_error(), (code), (substr));                                          \
+    } while (0)
+
+/* The OCP FP8 E4M3 value of code q from its fields, in float64; NaN for S.1111.111. */
+static inline double tsr_test_e4m3_ref(int q)
+{
+    int s = q >> 7, e = (q >> 3) & 15, m = q & 7;
+    if (e == 15 && m == 7) return NAN;
+    double v = e ? ldexp(1.0 + m / 8.0, e - 7) : ldexp(m / 8.0, -6);
+    return s ? -v : v;
+}
+
 #endif
