@@ -40,10 +40,12 @@ cmake --build "$root/build-asan" -j"$jobs"
 # ASan): its forward pass, kernels and model run under the sanitizers in the integration pass
 # below (test_response_path serves that model); test_forward_long repeats the same code paths over
 # 4,096 positions, test_forward_golden_q8 them with the q8 kernels test_cpu_ops runs here
-# already; the malformed-model suite's 1 s per error case is a Release bound (5 s here).
+# already; cli_test_quantize_accuracy's perplexity runs repeat the forward pass over 16k tokens
+# (its converters and decoders run here in test_fp8 and test_fp8_checkpoint); the malformed-model
+# suite's 1 s per error case is a Release bound (5 s here).
 (cd "$root/build-asan" && ASAN_OPTIONS=detect_leaks=1 TSR_MALFORMED_TIME_LIMIT=5 \
   ctest --output-on-failure -j"$jobs" \
-    -E '^(integration|test_forward_golden|test_forward_long|test_forward_golden_q8)$')
+    -E '^(integration|test_forward_golden|test_forward_long|test_forward_golden_q8|cli_test_quantize_accuracy)$')
 # (the drain's rolling restart and its all-finish case repeat the Release run's paths slowly: the
 # cut case keeps the drain's own code under the sanitizers; 24 random prompts, not the Release
 # run's 1000, and the OpenAI concurrent-streams comparison (two minutes here) is the Release
@@ -74,7 +76,8 @@ fuzz_one() { # name: runs it into $fuzz_dir/name.log, exit status in name.rc
   [ -f "$root/tests/fuzz/$name.dict" ] && dict=(-dict="$root/tests/fuzz/$name.dict")
   local rc=0
   "$root/build-fuzz/tests/$name" ${dict[@]+"${dict[@]}"} -max_total_time="${FUZZ_SECONDS:-60}" \
-    -print_final_stats=1 -rss_limit_mb=4096 "$corpus" >"$fuzz_dir/$name.log" 2>&1 || rc=$?
+    -print_final_stats=1 -rss_limit_mb=4096 -artifact_prefix="$fuzz_dir/$name-" "$corpus" \
+    >"$fuzz_dir/$name.log" 2>&1 || rc=$?
   echo "$rc" >"$fuzz_dir/$name.rc"
 }
 fuzz_dir=$(mktemp -d)
@@ -87,13 +90,16 @@ fuzz_failed=0
 for name in "${names[@]}"; do
   echo "-- $name"
   grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|SUMMARY)' "$fuzz_dir/$name.log" || true
-  rc=$(cat "$fuzz_dir/$name.rc")
+  rc=$(cat "$fuzz_dir/$name.rc" 2>/dev/null || echo "no status")
   if [ "$rc" != 0 ]; then
     tail -n 40 "$fuzz_dir/$name.log"
     echo "fuzzer $name failed (exit $rc)"
     fuzz_failed=1
   fi
 done
+if [ "$fuzz_failed" != 0 ]; then
+  echo "fuzz logs, corpora and crash inputs kept in $fuzz_dir"
+  exit 1
+fi
 rm -rf "$fuzz_dir"
-[ "$fuzz_failed" = 0 ] || exit 1
 echo "tests done in $SECONDS s"

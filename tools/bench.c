@@ -530,16 +530,22 @@ static int read_text_ids(tsr_model_t *m, const char *path, int32_t **ids, long *
     return rc;
 }
 
-/* The first n ids of the file at path (a --save-ids of an earlier run). */
-static int read_ids(const char *path, int vocab, int32_t *ids, long n)
+/* The first n ids of the file at path (a --save-ids of an earlier run); exactly n with `exact`
+ * (--perplexity's: a file from another --ctx or text would compare positions that differ). */
+static int read_ids(const char *path, int vocab, int32_t *ids, long n, int exact)
 {
     int32_t *v;
     long len;
     int rc = read_token_file(path, vocab, &v, &len);
     if (rc) return rc;
-    if (len >= n) memcpy(ids, v, (size_t)n * sizeof *ids);
+    int ok = exact ? len == n : len >= n;
+    if (ok) memcpy(ids, v, (size_t)n * sizeof *ids);
     free(v);
-    return len >= n ? 0 : tsr_errorf(TSR_EFORMAT, "%s holds %ld ids, %ld wanted", path, len, n);
+    return ok ? 0
+              : tsr_errorf(TSR_EFORMAT,
+                           "%s holds %ld ids, %s%ld wanted (a run of another text "
+                           "or --ctx?)",
+                           path, len, exact ? "" : "at least ", n);
 }
 
 /* n ids to path, one a line (--save-ids; read_ids reads them). */
@@ -564,7 +570,7 @@ static int bench_agree(const struct bench_args *a, tsr_model_t *m, tsr_backend_t
     if (a->save_ids && (rc = write_ids(a->save_ids, got, n))) goto out;
     const char *against = a->ref_ids ? a->ref_ids : a->ref_device;
     if (a->ref_ids) {
-        if ((rc = read_ids(a->ref_ids, tsr_model_config(m)->n_vocab, ref, n))) goto out;
+        if ((rc = read_ids(a->ref_ids, tsr_model_config(m)->n_vocab, ref, n, 0))) goto out;
     } else if (a->ref_device) {
         if ((rc = tsr_group_backend(NULL, a->ref_device, a->dev.threads, &rb)) ||
             (rc = run_agree(a, m, rb, NULL, ids, ref)))
@@ -673,7 +679,7 @@ static int bench_perplexity(const struct bench_args *a, tsr_model_t *m, tsr_back
                           a->perplexity, n, c);
     }
     struct tsr_runner_opts ro = ppl_opts(a);
-    struct seqs s;
+    struct seqs s = {0}; /* freed on every path, seqs_init or not */
     tsr_runner_t *r = NULL;
     /* A step's logit rows are held at once: past 4 GiB, fewer --step-tokens is the answer. */
     double logit_bytes = (double)ro.max_tokens * vocab * sizeof(float);
@@ -691,7 +697,7 @@ static int bench_perplexity(const struct bench_args *a, tsr_model_t *m, tsr_back
         rc = tsr_errorf(TSR_ENOMEM, "out of memory for %ld argmaxes", scored);
     if (!rc && a->ref_ids && !(ref = malloc((size_t)scored * sizeof *ref)))
         rc = tsr_errorf(TSR_ENOMEM, "out of memory for %ld argmaxes", scored);
-    if (!rc && ref) rc = read_ids(a->ref_ids, vocab, ref, scored);
+    if (!rc && ref) rc = read_ids(a->ref_ids, vocab, ref, scored, 1);
     if (!rc) rc = seqs_init(&s, 1, ro.n_blocks, ro.max_tokens);
     double t0 = tsr_now(), t1 = t0, nll = 0;
     long same = 0;
@@ -703,7 +709,7 @@ static int bench_perplexity(const struct bench_args *a, tsr_model_t *m, tsr_back
         fprintf(stderr, "tessera bench: %s: load %.1f s, %ld chunks of %d tokens %.1f s\n",
                 tsr_backend_name(b), t1 - t0, chunks, c, tsr_now() - t1);
         if (!rc && a->save_ids) rc = write_ids(a->save_ids, am, scored);
-        for (long i = 0; ref && i < scored; i++) same += am[i] == ref[i];
+        for (long i = 0; !rc && ref && i < scored; i++) same += am[i] == ref[i];
         char agree[96] = "";
         if (ref)
             snprintf(agree, sizeof agree, ",\"agree\":%.4f,\"agree_positions\":%ld",
@@ -720,7 +726,7 @@ static int bench_perplexity(const struct bench_args *a, tsr_model_t *m, tsr_back
         }
     }
     tsr_runner_free(r);
-    if (logits) seqs_free(&s);
+    seqs_free(&s);
     free(logits);
     free(ids);
     free(am);
@@ -1046,6 +1052,15 @@ static int parse_args(int argc, char **argv, struct bench_args *a)
         fprintf(stderr, "tessera bench: give one of --agree and --batches\n");
         return 2;
     }
+    if ((a->ref_ids || a->save_ids || a->min_agree_given) && !a->agree && !a->perplexity) {
+        fprintf(stderr, "tessera bench: --ref-ids, --save-ids and --min-agree are for --agree and "
+                        "--perplexity runs\n");
+        return 2;
+    }
+    if (a->perplexity && a->min_agree_given && !a->ref_ids) {
+        fprintf(stderr, "tessera bench: --min-agree with --perplexity needs --ref-ids\n");
+        return 2;
+    }
     if (a->ref_device && a->perplexity) {
         fprintf(stderr, "tessera bench: --perplexity compares with --ref-ids, not --ref-device\n");
         return 2;
@@ -1092,7 +1107,9 @@ int tsr_cmd_bench(int argc, char **argv)
         if (rc == 1) goto out; /* under the bar: said already */
         if (rc) goto fail;
     } else if (a.perplexity) {
-        if ((rc = bench_perplexity(&a, m, b, ranks > 1 ? &group.shard : NULL))) goto fail;
+        rc = bench_perplexity(&a, m, b, ranks > 1 ? &group.shard : NULL);
+        if (rc == 1) goto out; /* under --min-agree: said already */
+        if (rc) goto fail;
     } else if (a.n_batches) {
         if ((rc = bench_batches(&a, m, b, ranks > 1 ? &group.shard : NULL))) goto fail;
     } else if ((rc = bench_engine(&a, m, b))) {

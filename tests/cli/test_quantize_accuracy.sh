@@ -57,6 +57,8 @@ for spec in q8_0:0.96:0.01 bf16:0.98:0.01 fp8:0.90:0.03; do
     "$($py -c 'import sys; print(0 if float(sys.argv[1]) >= float(sys.argv[2]) else 1)' "$agree" "$min_agree")"
   check "$q: perplexity within $max_rel of the reference's (relative $rel)" \
     "$($py -c 'import sys; print(0 if abs(float(sys.argv[1])) <= float(sys.argv[2]) else 1)' "$rel" "$max_rel")"
+  check "$q: the conversion changed something (agreement under 1, perplexity not the reference's)" \
+    "$($py -c 'import sys; print(0 if float(sys.argv[1]) < 1 and float(sys.argv[2]) != 0 else 1)' "$agree" "$rel")"
 done
 
 # the agreement is measured, not assumed: the reference against itself is 1, and a model that
