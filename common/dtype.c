@@ -266,14 +266,14 @@ void tsr_dequantize_row(enum tsr_dtype t, const void *src, float *dst, int64_t n
     case TSR_F32:
         memcpy(dst, src, (size_t)n * 4);
         break;
-    case TSR_F16: {
-        const uint16_t *s = src;
-        for (int64_t i = 0; i < n; i++) dst[i] = tsr_f16_to_f32(s[i]);
-        break;
-    }
-    case TSR_BF16: {
-        const uint16_t *s = src;
-        for (int64_t i = 0; i < n; i++) dst[i] = tsr_bf16_to_f32(s[i]);
+    case TSR_F16:
+    case TSR_BF16: { /* a safetensors tensor after 1-byte F8 ones may sit at an odd address */
+        const uint8_t *s = src;
+        for (int64_t i = 0; i < n; i++) {
+            uint16_t h;
+            memcpy(&h, s + 2 * i, 2);
+            dst[i] = t == TSR_F16 ? tsr_f16_to_f32(h) : tsr_bf16_to_f32(h);
+        }
         break;
     }
     case TSR_Q8_0: {

@@ -209,6 +209,15 @@ static int load(tsr_runner_t *r, tsr_model_t *m, const char *name, int64_t rows,
     else if (sl)
         rc = map_slice(r, m, name, &v, sl, &data, &nbytes);
     if (rc) return rc;
+    /* The ops read float elements through typed pointers: a safetensors tensor after 1-byte F8
+     * ones may sit at an odd address in the mapping, and is copied to memory of its own. */
+    size_t align = v.type == TSR_F32 ? 4 : v.type == TSR_F16 || v.type == TSR_BF16 ? 2 : 1;
+    if ((uintptr_t)data % align) {
+        void *copy = keep(r, malloc(nbytes));
+        if (!copy) return tsr_errorf(TSR_ENOMEM, "out of memory copying '%s'", name);
+        memcpy(copy, data, nbytes);
+        data = copy;
+    }
     w->buf = tsr_buf_weights(r->b, data, nbytes);
     if (!w->buf) return TSR_ENOMEM;
     if (!tsr_buf_host(w->buf) && r->packed && r->packed->data == data) {
