@@ -407,12 +407,14 @@ static void *handler_main(void *arg)
     return NULL;
 }
 
-/* Hands a new call to a thread of its own; refuses it when too many run or no thread starts. */
+/* Hands a new call to a thread of its own; refuses it when too many run or no thread starts
+ * (RESOURCE_EXHAUSTED), or when the server is stopping (UNAVAILABLE: the caller may go elsewhere;
+ * a coordinator moving a request off a worker that is re-registering must see that, not "busy"). */
 static void dispatch(struct tsr_rpc_server *s, struct pending *p)
 {
     struct tsr_rpc_call *c = calloc(1, sizeof *c);
     pthread_mutex_lock(&s->mu);
-    int full = s->n_active >= s->max_calls || s->stopping;
+    int stopping = s->stopping, full = s->n_active >= s->max_calls || stopping;
     if (!full && c) s->n_active++;
     pthread_mutex_unlock(&s->mu);
     if (c && !full) {
@@ -437,8 +439,12 @@ static void dispatch(struct tsr_rpc_server *s, struct pending *p)
         pthread_mutex_unlock(&s->mu);
     }
     free(c);
-    grpc_call_cancel_with_status(p->call, GRPC_STATUS_RESOURCE_EXHAUSTED,
-                                 "server busy: too many calls in flight", NULL);
+    if (stopping)
+        grpc_call_cancel_with_status(p->call, GRPC_STATUS_UNAVAILABLE, "server shutting down",
+                                     NULL);
+    else
+        grpc_call_cancel_with_status(p->call, GRPC_STATUS_RESOURCE_EXHAUSTED,
+                                     "server busy: too many calls in flight", NULL);
     grpc_call_unref(p->call);
     destroy_cq(p->cq);
     grpc_call_details_destroy(&p->details);
