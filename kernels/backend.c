@@ -263,12 +263,16 @@ int tsr_op_rope_kv_write(tsr_backend_t *b, tsr_buf_t *q, tsr_buf_t *k, tsr_buf_t
     return b->i->rope_kv_write(b, q, k, v, kc, vc, s, m);
 }
 
-/* Every block token t reads must lie inside the cache (K and V of n_slots rows each). */
+/* Every block token t reads must lie inside the cache (K and V of n_slots rows each, of
+ * n_kv_head * head_dim elements of s->kv_type). */
 static int check_blocks(const struct tsr_attn_shape *s, const struct tsr_batch_meta *m,
                         const tsr_buf_t *kc, const tsr_buf_t *vc)
 {
     int bs = s->block_size;
-    size_t row = (size_t)s->n_kv_head * s->head_dim * sizeof(float);
+    if (!tsr_kv_elem_bytes(s->kv_type))
+        return tsr_errorf(TSR_EINVAL, "attention: KV cache type %s (F32 or BF16 only)",
+                          tsr_dtype_name(s->kv_type));
+    size_t row = (size_t)s->n_kv_head * s->head_dim * tsr_kv_elem_bytes(s->kv_type);
     if (bs <= 0 || s->n_head <= 0 || s->n_kv_head <= 0 || s->n_head % s->n_kv_head ||
         s->head_dim <= 0 || s->head_dim % 2)
         return tsr_errorf(TSR_EINVAL,

@@ -7,9 +7,18 @@
  * - A weight matrix has `rows` rows of `cols` contiguous elements (GGUF ne[0] = cols,
  *   ne[1] = rows; safetensors shape [rows, cols]). matmul computes y = x · Wᵀ, so cols is the
  *   input width and rows the output width.
- * - The paged KV cache of one layer is two buffers K and V of f32 [n_slots][n_kv_head][head_dim];
- *   slot = block * block_size + (pos % block_size), the block coming from the sequence's block
- * table.
+ * - The paged KV cache of one layer is two buffers K and V of [n_slots][n_kv_head][head_dim]
+ *   elements of tsr_attn_shape.kv_type: TSR_F32 (4 bytes) or TSR_BF16 (2 bytes, the f32 value
+ *   rounded to nearest even, as tsr_f32_to_bf16). slot = block * block_size + (pos % block_size),
+ *   the block coming from the sequence's block table. rope_kv_write converts the rotated k and v
+ *   rows to kv_type as it stores them (the only rounding a bf16 cache adds: relative 2^-9 at
+ *   most per element); attention reads them back exactly (bf16 widens to f32 without rounding)
+ *   and computes as it does with an f32 cache. So a bf16 cache gives the results of an f32
+ *   cache holding the bf16-rounded K and V, and an f32 cache's results do not depend on this
+ *   field's existence. The number of slots is the buffers' size over n_kv_head * head_dim *
+ *   tsr_kv_elem_bytes(kv_type). By default (`--kv-cache-dtype auto`) the tools take bf16 on a GPU
+ *   (half the bytes decode attention reads, twice the blocks in the same memory) and f32 on the
+ *   CPU (the reference).
  * - Ops are asynchronous with respect to the host on device backends; tsr_buf_get() and
  *   tsr_backend_sync() wait. All return 0 or a negative TSR_E* code. */
 #ifndef TSR_KERNELS_BACKEND_H
@@ -36,7 +45,15 @@ struct tsr_attn_shape {
     int neox;            /* RoPE pairs (i, i + head_dim/2) if 1, (2i, 2i+1) if 0 (GGUF llama) */
     float scale;         /* softmax scale, usually 1/sqrt(head_dim) */
     tsr_buf_t *inv_freq; /* f32 [head_dim/2] RoPE inverse frequencies (scaling already applied) */
+    enum tsr_dtype kv_type; /* the KV cache's elements: TSR_F32 (0, the default) or TSR_BF16 */
 };
+
+/* Bytes of one KV cache element of type t: 4 for TSR_F32, 2 for TSR_BF16, 0 for a type the
+ * cache does not take (ops refuse it with TSR_EINVAL). */
+static inline size_t tsr_kv_elem_bytes(enum tsr_dtype t)
+{
+    return t == TSR_F32 ? 4 : t == TSR_BF16 ? 2 : 0;
+}
 
 /* One step's tokens: host arrays, valid for the duration of the call. Token t belongs to sequence
  * seq[t] at absolute position pos[t] and attends causally to positions 0..pos[t] of that sequence,

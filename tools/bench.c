@@ -34,7 +34,8 @@
  *   run on the same ranks; --pin binds each rank to core rank mod cores.
  * --tp N runs the model sharded over N ranks (relaunched under mpirun, one GPU each with cuda),
  * for --agree, --batches and --pipeline; --batches then reports rank 0's bytes over its GPU's
- * bandwidth. */
+ * bandwidth. Every mode runs with --kv-cache-dtype's KV cache (auto: bf16 on a GPU, f32 on the
+ * CPU), a --ref-device run with its own device's; the roofline counts the K/V bytes in it. */
 #include <getopt.h>
 #include <sched.h>
 #include <math.h>
@@ -74,6 +75,7 @@ struct bench_args {
     long ctx;               /* --ctx: its chunk length */
     long step_tokens;       /* --step-tokens: most tokens of a chunk in one forward step */
     int pin;
+    enum tsr_dtype kv_type; /* --kv-cache-dtype on --device (auto resolved) */
 };
 
 static int cmp_double(const void *a, const void *b)
@@ -101,13 +103,14 @@ static void fill_ids(int32_t *ids, long n, int vocab, uint32_t seed)
 /* ---- default mode: one sequence through the engine ---- */
 
 /* One run: returns prompt and decode seconds. */
-static int run_once(tsr_model_t *m, tsr_backend_t *b, const int32_t *prompt, int n_prompt,
-                    int n_gen, double *t_prompt, double *t_decode)
+static int run_once(tsr_model_t *m, tsr_backend_t *b, enum tsr_dtype kv_type, const int32_t *prompt,
+                    int n_prompt, int n_gen, double *t_prompt, double *t_decode)
 {
     struct tsr_engine_opts eo = {.n_blocks = (n_prompt + n_gen + BLOCK - 1) / BLOCK,
                                  .block_size = BLOCK,
                                  .max_step_tokens = n_prompt,
-                                 .max_seqs = 1};
+                                 .max_seqs = 1,
+                                 .kv_type = kv_type};
     tsr_engine_t *e;
     int rc = tsr_engine_new(m, b, &eo, &e);
     if (rc) return rc;
@@ -142,9 +145,10 @@ static int bench_engine(const struct bench_args *a, tsr_model_t *m, tsr_backend_
     if (!prompt || !tp || !td) goto out;
     fill_ids(prompt, n_prompt, tsr_model_config(m)->n_vocab, 12345);
     double w0, w1;
-    if ((rc = run_once(m, b, prompt, (int)n_prompt, (int)a->n_gen, &w0, &w1))) goto out;
+    if ((rc = run_once(m, b, a->kv_type, prompt, (int)n_prompt, (int)a->n_gen, &w0, &w1))) goto out;
     for (long r = 0; r < repeats; r++)
-        if ((rc = run_once(m, b, prompt, (int)n_prompt, (int)a->n_gen, &tp[r], &td[r]))) goto out;
+        if ((rc = run_once(m, b, a->kv_type, prompt, (int)n_prompt, (int)a->n_gen, &tp[r], &td[r])))
+            goto out;
     printf("{\"engine\":\"tessera\",\"model\":\"%s\",\"device\":\"%s\",\"threads\":%d,"
            "\"prompt_tokens\":%ld,\"gen_tokens\":%ld,\"repeats\":%ld,\"prompt_tps\":%.2f,"
            "\"decode_tps\":%.2f}\n",
@@ -252,8 +256,10 @@ static struct batch_layout batch_layout(const struct bench_args *a)
     l.mb = l.sb > l.pf_blocks ? l.sb : l.pf_blocks;
     int max_tokens = l.pf > 2048 ? l.pf : 2048;
     if (max_tokens < l.max_b) max_tokens = l.max_b;
-    l.ro = (struct tsr_runner_opts){
-        .n_blocks = l.max_b * l.sb + l.pf_blocks, .block_size = BLOCK, .max_tokens = max_tokens};
+    l.ro = (struct tsr_runner_opts){.n_blocks = l.max_b * l.sb + l.pf_blocks,
+                                    .block_size = BLOCK,
+                                    .max_tokens = max_tokens,
+                                    .kv_type = a->kv_type};
     return l;
 }
 
@@ -275,9 +281,10 @@ static int bench_batches(const struct bench_args *a, tsr_model_t *m, tsr_backend
     double t0 = tsr_now();
     if ((rc = tsr_runner_new(m, b, &ro, sh, &r))) return rc;
     fprintf(stderr,
-            "tessera bench: weights %.2f GB, KV cache %.2f GB, scratch %.2f GB%s (%.1f s)\n",
+            "tessera bench: weights %.2f GB, KV cache %.2f GB (%s), scratch %.2f GB%s (%.1f s)\n",
             tsr_runner_weight_bytes(r) / 1e9, tsr_runner_kv_bytes(r) / 1e9,
-            tsr_runner_scratch_bytes(r) / 1e9, sh ? " on rank 0" : "", tsr_now() - t0);
+            tsr_dtype_name(ro.kv_type), tsr_runner_scratch_bytes(r) / 1e9, sh ? " on rank 0" : "",
+            tsr_now() - t0);
     if ((rc = seqs_init(&s, max_b + 1, mb, max_tokens))) goto out;
     for (int q = 0; q <= max_b; q++)
         for (int j = 0; j < mb; j++)
@@ -441,17 +448,20 @@ static int teacher_forced(tsr_runner_t *r, const int32_t *ids, int n, int32_t *a
     return rc;
 }
 
-static struct tsr_runner_opts agree_opts(const struct bench_args *a)
+static struct tsr_runner_opts agree_opts(const struct bench_args *a, enum tsr_dtype kv_type)
 {
     return (struct tsr_runner_opts){.n_blocks = (int)(a->n_prompt + BLOCK - 1) / BLOCK,
                                     .block_size = BLOCK,
-                                    .max_tokens = (int)a->n_prompt};
+                                    .max_tokens = (int)a->n_prompt,
+                                    .kv_type = kv_type};
 }
 
+/* kv_type: the KV cache's on b (the --ref-device run takes its own device's auto). */
 static int run_agree(const struct bench_args *a, tsr_model_t *m, tsr_backend_t *b,
-                     const struct tsr_runner_shard *sh, const int32_t *ids, int32_t *argmax)
+                     enum tsr_dtype kv_type, const struct tsr_runner_shard *sh, const int32_t *ids,
+                     int32_t *argmax)
 {
-    struct tsr_runner_opts ro = agree_opts(a);
+    struct tsr_runner_opts ro = agree_opts(a, kv_type);
     tsr_runner_t *r;
     double t0 = tsr_now();
     int rc = tsr_runner_new(m, b, &ro, sh, &r);
@@ -566,14 +576,15 @@ static int bench_agree(const struct bench_args *a, tsr_model_t *m, tsr_backend_t
     tsr_backend_t *rb = NULL;
     int rc = TSR_ENOMEM;
     if (!ids || !got || !ref) goto out;
-    if ((rc = agree_ids(m, n, ids)) || (rc = run_agree(a, m, b, sh, ids, got))) goto out;
+    if ((rc = agree_ids(m, n, ids)) || (rc = run_agree(a, m, b, a->kv_type, sh, ids, got)))
+        goto out;
     if (a->save_ids && (rc = write_ids(a->save_ids, got, n))) goto out;
     const char *against = a->ref_ids ? a->ref_ids : a->ref_device;
     if (a->ref_ids) {
         if ((rc = read_ids(a->ref_ids, tsr_model_config(m)->n_vocab, ref, n, 0))) goto out;
     } else if (a->ref_device) {
         if ((rc = tsr_group_backend(NULL, a->ref_device, a->dev.threads, &rb)) ||
-            (rc = run_agree(a, m, rb, NULL, ids, ref)))
+            (rc = run_agree(a, m, rb, tsr_cli_kv_type(&a->mdl, a->ref_device), NULL, ids, ref)))
             goto out;
     } else {
         printf("{\"model\":\"%s\",\"device\":\"%s\",\"tp\":%d,\"positions\":%ld}\n", a->mdl.model,
@@ -610,7 +621,8 @@ static struct tsr_runner_opts ppl_opts(const struct bench_args *a)
     return (struct tsr_runner_opts){.n_blocks = (int)(a->ctx + BLOCK - 1) / BLOCK,
                                     .block_size = BLOCK,
                                     .max_tokens =
-                                        (int)(a->ctx < a->step_tokens ? a->ctx : a->step_tokens)};
+                                        (int)(a->ctx < a->step_tokens ? a->ctx : a->step_tokens),
+                                    .kv_type = a->kv_type};
 }
 
 /* -log p(ids[t + 1] | ids[0..t]) from logit row x, in float64: max, then log of the sum of
@@ -715,10 +727,12 @@ static int bench_perplexity(const struct bench_args *a, tsr_model_t *m, tsr_back
             snprintf(agree, sizeof agree, ",\"agree\":%.4f,\"agree_positions\":%ld",
                      (double)same / (double)scored, scored);
         if (!rc)
-            printf("{\"model\":\"%s\",\"quantize\":\"%s\",\"device\":\"%s\",\"tp\":%d,"
-                   "\"tokens_scored\":%ld,\"nll\":%.9g,\"ppl\":%.9g,\"chunks\":%ld,\"ctx\":%d%s}\n",
-                   a->mdl.model, a->mdl.quantize ? a->mdl.quantize : "", a->dev.device, a->mdl.tp,
-                   scored, nll / (double)scored, exp(nll / (double)scored), chunks, c, agree);
+            printf("{\"model\":\"%s\",\"quantize\":\"%s\",\"kv_cache_dtype\":\"%s\","
+                   "\"device\":\"%s\",\"tp\":%d,\"tokens_scored\":%ld,\"nll\":%.9g,"
+                   "\"ppl\":%.9g,\"chunks\":%ld,\"ctx\":%d%s}\n",
+                   a->mdl.model, a->mdl.quantize ? a->mdl.quantize : "", tsr_dtype_name(a->kv_type),
+                   a->dev.device, a->mdl.tp, scored, nll / (double)scored,
+                   exp(nll / (double)scored), chunks, c, agree);
         if (!rc && ref && a->min_agree_given && (double)same / (double)scored < a->min_agree) {
             fprintf(stderr, "tessera bench: agreement %.4f is under %.4f\n",
                     (double)same / (double)scored, a->min_agree);
@@ -748,7 +762,8 @@ static struct tsr_engine_opts pipeline_opts(const struct bench_args *a,
                                     .max_seqs = (int)a->pipeline,
                                     .shard = sh,
                                     .no_prefix_cache = 1,
-                                    .micro_batches = mb};
+                                    .micro_batches = mb,
+                                    .kv_type = a->kv_type};
 }
 
 /* One run: B sequences of --context prompt tokens, then --steps tokens each; decode tokens/s
@@ -1024,6 +1039,7 @@ static int parse_args(int argc, char **argv, struct bench_args *a)
         fprintf(stderr, "tessera bench: unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
+    a->kv_type = tsr_cli_kv_type(&a->mdl, a->dev.device);
     if (a->mdl.pp > 1 && !a->pipeline) {
         fprintf(stderr, "tessera bench: --pp is for --pipeline runs\n");
         return 2;
@@ -1096,7 +1112,7 @@ int tsr_cmd_bench(int argc, char **argv)
         for (long i = 0; i < 2 * a.repeats && !rc; i++) rc = tsr_step_follow(m, b, &ro, &group);
         if (rc) goto fail;
     } else if (ranks > 1 && group.rank != 0) {
-        struct tsr_runner_opts ro = a.agree        ? agree_opts(&a)
+        struct tsr_runner_opts ro = a.agree        ? agree_opts(&a, a.kv_type)
                                     : a.perplexity ? ppl_opts(&a)
                                                    : batch_layout(&a).ro;
         if ((rc = tsr_step_follow(m, b, &ro, &group))) goto fail;

@@ -114,28 +114,38 @@ int tsr_cli_security_load(const char *cmd, const struct tsr_cli_security *s, cha
  * of the group's: 1 taken, 2 after printing a bad value, 0 not one of them. A command lists the
  * groups it accepts in its table; a group's function takes only what getopt matched there. */
 
-/* The model and its layout: --model (-m), --tp, --pp, --quantize (generate, bench, worker,
- * coordinator, serve; the coordinator, which loads no weights, ignores --quantize). */
-enum { TSR_O_TP = 1200, TSR_O_PP, TSR_O_QUANTIZE };
+/* The model and its layout: --model (-m), --tp, --pp, --quantize, --kv-cache-dtype (generate,
+ * bench, worker, coordinator, serve; the coordinator, which loads no weights and keeps no KV
+ * cache, ignores the last two). */
+enum { TSR_O_TP = 1200, TSR_O_PP, TSR_O_QUANTIZE, TSR_O_KV_DTYPE };
 #define TSR_CLI_MODEL_OPTIONS                                                                      \
     {"model", required_argument, 0, 'm'}, {"tp", required_argument, 0, TSR_O_TP},                  \
         {"pp", required_argument, 0, TSR_O_PP},                                                    \
+        {"quantize", required_argument, 0, TSR_O_QUANTIZE},                                        \
     {                                                                                              \
-        "quantize", required_argument, 0, TSR_O_QUANTIZE                                           \
+        "kv-cache-dtype", required_argument, 0, TSR_O_KV_DTYPE                                     \
     }
 #define TSR_CLI_MODEL_HELP                                                                         \
     "  --model M    a .gguf file, a Hugging Face directory, or synthetic:NAME[:TYPE]\n"            \
     "               (default $TESSERA_MODEL, else " TSR_DEFAULT_MODEL ")\n"                        \
     "  --tp N, --pp M  shard the model over N x M ranks (tensor x pipeline parallel)\n"            \
-    "  --quantize T convert the layers' matrices to T on load (" TSR_WEIGHT_TYPES ")\n"
+    "  --quantize T convert the layers' matrices to T on load (" TSR_WEIGHT_TYPES ")\n"            \
+    "  --kv-cache-dtype T  the KV cache's elements: auto (default: bf16 on a GPU, f32 on\n"        \
+    "               the CPU), f32 or bf16 (half the bytes: twice the blocks in the same\n"         \
+    "               memory, K and V rounded to 8 significant bits)\n"
 struct tsr_cli_model {
     const char *model;
     int tp, pp;
     const char *quantize; /* --quantize's argument, checked; NULL: the file's types */
     int quantize_type;    /* its tsr_dtype; -1 without */
+    const char *kv_dtype; /* --kv-cache-dtype's argument, checked; NULL: auto */
+    int kv_type;          /* its tsr_dtype; -1 for auto */
 };
 void tsr_cli_model_init(struct tsr_cli_model *m);
 int tsr_cli_model_opt(int c, const char *arg, struct tsr_cli_model *m);
+/* The KV cache's element type on `device` (--device's value): --kv-cache-dtype's, or for auto
+ * TSR_BF16 on a GPU and TSR_F32 on the CPU. */
+enum tsr_dtype tsr_cli_kv_type(const struct tsr_cli_model *m, const char *device);
 /* tsr_model_open and tsr_model_quantize as the flags say. */
 int tsr_cli_model_open(const struct tsr_cli_model *m, tsr_model_t **out);
 

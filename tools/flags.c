@@ -12,8 +12,17 @@
 void tsr_cli_model_init(struct tsr_cli_model *m)
 {
     const char *env = getenv("TESSERA_MODEL");
-    *m = (struct tsr_cli_model){
-        .model = env && env[0] ? env : TSR_DEFAULT_MODEL, .tp = 1, .pp = 1, .quantize_type = -1};
+    *m = (struct tsr_cli_model){.model = env && env[0] ? env : TSR_DEFAULT_MODEL,
+                                .tp = 1,
+                                .pp = 1,
+                                .quantize_type = -1,
+                                .kv_type = -1};
+}
+
+enum tsr_dtype tsr_cli_kv_type(const struct tsr_cli_model *m, const char *device)
+{
+    if (m->kv_type >= 0) return (enum tsr_dtype)m->kv_type;
+    return strcmp(device, "cpu") ? TSR_BF16 : TSR_F32;
 }
 
 int tsr_cli_model_open(const struct tsr_cli_model *m, tsr_model_t **out)
@@ -51,6 +60,20 @@ int tsr_cli_model_opt(int c, const char *arg, struct tsr_cli_model *m)
         m->quantize_type = (int)t;
         return 1;
     }
+    case TSR_O_KV_DTYPE:
+        /* fp8 (e4m3 with scales) is not built yet: refused with the rest */
+        if (!strcmp(arg, "auto"))
+            m->kv_type = -1;
+        else if (!strcmp(arg, "f32"))
+            m->kv_type = TSR_F32;
+        else if (!strcmp(arg, "bf16"))
+            m->kv_type = TSR_BF16;
+        else {
+            fprintf(stderr, "tessera: --kv-cache-dtype: '%s' is not one of auto, f32, bf16\n", arg);
+            return 2;
+        }
+        m->kv_dtype = arg;
+        return 1;
     default:
         return 0;
     }

@@ -39,7 +39,7 @@ static void gen_usage(FILE *f)
             "                        [--device cpu|cuda[:N]]\n\n"
             "One prompt through the engine in this process (--tp/--pp: ranks under mpirun on\n"
             "this machine).\n" TSR_CLI_MODEL_HELP
-            "               synthetic names: %s\n" TSR_CLI_DEVICE_HELP TSR_CLI_PROMPT_HELP
+            "               (--model synthetic:NAME: %s)\n" TSR_CLI_DEVICE_HELP TSR_CLI_PROMPT_HELP
             "  --chat-template chatml|llama3|llama2|none\n"
             "               the template to use instead of the model's (implies --chat): for a\n"
             "               model whose template tessera does not recognise, or has none\n"
@@ -198,7 +198,8 @@ int tsr_cmd_generate(int argc, char **argv)
                                  .max_step_tokens = n_ids < 2048 ? (int)n_ids : 2048,
                                  .max_seqs = 1,
                                  .max_context = c->n_ctx_train,
-                                 .shard = ranks > 1 ? &group.shard : NULL};
+                                 .shard = ranks > 1 ? &group.shard : NULL,
+                                 .kv_type = tsr_cli_kv_type(&a.mdl, a.dev.device)};
     if (ranks > 1 && group.rank != 0) {
         /* A follower: the same runner the leader's engine builds, serving its steps. */
         struct tsr_runner_opts ro = tsr_engine_runner_opts(&eo);

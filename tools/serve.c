@@ -515,6 +515,7 @@ int tsr_cmd_serve(int argc, char **argv)
         for (size_t i = 0; i < sizeof wargs / sizeof *wargs; i++) a[k++] = (char *)wargs[i];
         tsr_cli_engine_argv(&eng, a, &k);
         if (mdl.quantize) a[k++] = "--quantize", a[k++] = (char *)mdl.quantize;
+        if (mdl.kv_dtype) a[k++] = "--kv-cache-dtype", a[k++] = (char *)mdl.kv_dtype;
         if (max_len) a[k++] = "--max-model-len", a[k++] = (char *)max_len;
         if (served_name) a[k++] = "--served-model-name", a[k++] = (char *)served_name;
         if (metrics_port) {

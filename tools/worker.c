@@ -226,10 +226,11 @@ static double mem_available(void)
 }
 
 /* KV blocks: --kv-blocks, or --kv-mem (default on the CPU 10% of available memory, at most 2 GiB)
- * over the bytes of one block on this rank (f32 K and V of every layer; KV heads split over tp).
- * 0 on a GPU without either: the runner sizes it from the GPU's free memory (*mem_util). */
+ * over the bytes of one block on this rank (K and V of every layer in kv_type; KV heads split
+ * over tp). 0 on a GPU without either: the runner sizes it from the GPU's free memory
+ * (*mem_util). */
 static int kv_blocks(const struct worker_args *a, const struct tsr_model_config *c, int block,
-                     double *mem_util)
+                     enum tsr_dtype kv_type, double *mem_util)
 {
     *mem_util = 0;
     if (a->eng.kv_blocks) return a->eng.kv_blocks;
@@ -244,7 +245,7 @@ static int kv_blocks(const struct worker_args *a, const struct tsr_model_config 
     }
     int kv_heads = c->n_kv_head >= a->mdl.tp ? c->n_kv_head / a->mdl.tp : 1;
     int layers = (c->n_layer + a->mdl.pp - 1) / a->mdl.pp;
-    double per_block = 2.0 * layers * kv_heads * c->head_dim * sizeof(float) * block;
+    double per_block = 2.0 * layers * kv_heads * c->head_dim * tsr_kv_elem_bytes(kv_type) * block;
     double n = mem / per_block;
     return n > 1 << 24 ? 1 << 24 : (int)n;
 }
@@ -385,8 +386,10 @@ int tsr_cmd_worker(int argc, char **argv)
     const struct tsr_model_config *c = tsr_model_config(m);
     int block = TSR_KV_BLOCK;
     double mem_util;
-    struct tsr_engine_opts eo = {.n_blocks = kv_blocks(&a, c, block, &mem_util),
+    enum tsr_dtype kv_type = tsr_cli_kv_type(&a.mdl, a.dev.device);
+    struct tsr_engine_opts eo = {.n_blocks = kv_blocks(&a, c, block, kv_type, &mem_util),
                                  .mem_util = mem_util,
+                                 .kv_type = kv_type,
                                  .block_size = block,
                                  .max_step_tokens = a.eng.step_tokens,
                                  .max_seqs = a.eng.max_seqs,
@@ -427,12 +430,12 @@ int tsr_cmd_worker(int argc, char **argv)
     }
     char addr[TSR_HOST_MAX + 8]; /* what the coordinators dial */
     tsr_net_join(adv, port, addr, sizeof addr);
-    tsr_log_info("worker %s: %s (tp %d x pp %d%s%s) loaded in %.1f s; KV cache %d blocks of %d; "
-                 "Worker service on %s",
+    tsr_log_info("worker %s: %s (tp %d x pp %d%s%s) loaded in %.1f s; KV cache %d blocks of %d "
+                 "(%s); Worker service on %s",
                  a.id, tsr_model_name(m), a.mdl.tp, a.mdl.pp,
                  a.mdl.quantize ? ", projections converted to " : "",
                  a.mdl.quantize ? tsr_dtype_name(a.mdl.quantize_type) : "", tsr_now() - t0,
-                 tsr_engine_n_blocks(e), block, addr);
+                 tsr_engine_n_blocks(e), block, tsr_dtype_name(kv_type), addr);
     if (a.etcd) {
         struct tsr_member_opts mo = {.prefix = a.prefix,
                                      .id = a.id,

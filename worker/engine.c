@@ -91,7 +91,11 @@ const char *tsr_finish_name(enum tsr_finish f)
 
 struct tsr_runner_opts tsr_engine_runner_opts(const struct tsr_engine_opts *o)
 {
-    return (struct tsr_runner_opts){o->n_blocks, o->block_size, o->max_step_tokens, o->mem_util};
+    return (struct tsr_runner_opts){.n_blocks = o->n_blocks,
+                                    .block_size = o->block_size,
+                                    .max_tokens = o->max_step_tokens,
+                                    .mem_util = o->mem_util,
+                                    .kv_type = o->kv_type};
 }
 
 int tsr_engine_new(tsr_model_t *m, tsr_backend_t *b, const struct tsr_engine_opts *o,

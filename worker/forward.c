@@ -27,8 +27,9 @@ struct layer {
     struct tsr_weight ffn_norm;     /* (dim) */
     struct tsr_weight w_gate, w_up; /* (ffn_dim, dim) */
     struct tsr_weight w_down;       /* (dim, ffn_dim) */
-    tsr_buf_t *k_cache, *v_cache;   /* ((n_blocks+1)*block_size, n_kv_head*head_dim) f32: block
-                                       n_blocks is where a graph's padding rows write */
+    tsr_buf_t *k_cache, *v_cache;   /* ((n_blocks+1)*block_size, n_kv_head*head_dim) of
+                                       opts.kv_type: block n_blocks is where a graph's padding
+                                       rows write */
 };
 
 enum { MAX_GRAPHS = 24 };
@@ -287,7 +288,8 @@ static int load_layer(tsr_runner_t *r, tsr_model_t *m, int l, struct layer *L)
 /* Bytes of one KV block of one layer's K (or V) on this rank. */
 static size_t kv_block_bytes(const tsr_runner_t *r)
 {
-    return (size_t)r->opts.block_size * (size_t)r->n_kv_head * r->cfg.head_dim * sizeof(float);
+    return (size_t)r->opts.block_size * (size_t)r->n_kv_head * r->cfg.head_dim *
+           tsr_kv_elem_bytes(r->opts.kv_type);
 }
 
 /* The KV cache of every layer: n_blocks plus the padding block. */
@@ -347,10 +349,10 @@ static int size_kv(tsr_runner_t *r)
                           total_b / 1e9, r->weight_bytes / 1e9, 100 * r->opts.mem_util,
                           r->opts.mem_util);
     r->opts.n_blocks = (int)blocks;
-    tsr_log_info("KV cache: %d blocks of %d positions (%.2f GB) from %.2f GB free of %.2f GB, "
-                 "GPU memory utilization %.2f",
-                 r->opts.n_blocks, r->opts.block_size, (r->opts.n_blocks + 1) * per / 1e9,
-                 free_b / 1e9, total_b / 1e9, r->opts.mem_util);
+    tsr_log_info("KV cache: %d blocks of %d positions (%s, %.2f GB) from %.2f GB free of %.2f "
+                 "GB, GPU memory utilization %.2f",
+                 r->opts.n_blocks, r->opts.block_size, tsr_dtype_name(r->opts.kv_type),
+                 (r->opts.n_blocks + 1) * per / 1e9, free_b / 1e9, total_b / 1e9, r->opts.mem_util);
     return 0;
 }
 
@@ -456,6 +458,9 @@ int tsr_runner_new(tsr_model_t *m, tsr_backend_t *b, const struct tsr_runner_opt
         o->block_size <= 0 || o->max_tokens <= 0)
         return tsr_errorf(TSR_EINVAL, "runner needs positive blocks (or a memory fraction in (0, "
                                       "1]), block size and step tokens");
+    if (!tsr_kv_elem_bytes(o->kv_type))
+        return tsr_errorf(TSR_EINVAL, "KV cache type %s (F32 or BF16 only)",
+                          tsr_dtype_name(o->kv_type));
     tsr_runner_t *r = calloc(1, sizeof *r);
     if (!r) return tsr_errorf(TSR_ENOMEM, "out of memory");
     r->b = b;
@@ -510,6 +515,7 @@ int tsr_runner_new(tsr_model_t *m, tsr_backend_t *b, const struct tsr_runner_opt
                                        .block_size = o->block_size,
                                        .neox = c->rope_neox,
                                        .scale = 1.0f / sqrtf((float)c->head_dim),
+                                       .kv_type = o->kv_type,
                                        .inv_freq = tsr_buf_alloc(b, (size_t)half * sizeof *inv)};
     rc = r->shape.inv_freq ? tsr_buf_set(r->shape.inv_freq, 0, inv, (size_t)half * sizeof *inv)
                            : TSR_ENOMEM;
@@ -648,7 +654,7 @@ size_t tsr_runner_step_weight_bytes(const tsr_runner_t *r)
 size_t tsr_runner_kv_bytes_per_pos(const tsr_runner_t *r)
 {
     return 2 * (size_t)(r->layer_end - r->layer_begin) * (size_t)r->n_kv_head * r->cfg.head_dim *
-           sizeof(float);
+           tsr_kv_elem_bytes(r->opts.kv_type);
 }
 
 size_t tsr_runner_scratch_bytes(const tsr_runner_t *r)

@@ -21,6 +21,9 @@ struct tsr_runner_opts {
      * gets what is free once the weights and the step's buffers are in, less the (1 - mem_util)
      * of the whole device that stays free; a group's ranks agree on the smallest count. */
     double mem_util;
+    /* The KV cache's element type (kernels/backend.h): TSR_F32 (0, the default) or TSR_BF16,
+     * which halves its bytes. */
+    enum tsr_dtype kv_type;
 };
 
 /* One step. Token t is ids[t] at position pos[t] of sequence seq[t]; sequence s owns blocks
@@ -115,7 +118,7 @@ size_t tsr_runner_weight_bytes(const tsr_runner_t *r);
 size_t tsr_runner_kv_bytes(const tsr_runner_t *r);
 /* What one decode step reads on this rank, for rooflines: the weights other than the embedding
  * table (a row per token of it) unless that table is also the LM head; and the K and V bytes of
- * one cached position of one sequence (this rank's layers and KV heads). */
+ * one cached position of one sequence (this rank's layers and KV heads, in opts.kv_type). */
 size_t tsr_runner_step_weight_bytes(const tsr_runner_t *r);
 size_t tsr_runner_kv_bytes_per_pos(const tsr_runner_t *r);
 /* Bytes of the step's activation and logit buffers. */

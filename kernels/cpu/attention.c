@@ -15,7 +15,12 @@
  * Cost: once the cache outgrows L3, decode attention is bound by memory, and reading one KV
  * head's part of [slot][kv_head][head_dim] rows is a strided pattern that gets about half of
  * a sequential read's bandwidth (measured: 10 vs 21 GB/s on one core). Copying each chunk
- * first, or prefetching the next block, did not pay; an f16 cache would halve the bytes. */
+ * first, or prefetching the next block, did not pay.
+ *
+ * A bf16 cache (tsr_attn_shape.kv_type): rope_kv_write rounds the rows it stores to bf16
+ * (nearest even); attention widens each chunk's rows of one KV head to f32 in L1-sized buffers
+ * (exact) and runs the f32 kernels on them. So its results are those of an f32 cache holding the
+ * rounded values, and the f32 path is the same code as before. */
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -36,6 +41,9 @@ enum {
 static int check_shape(const struct tsr_attn_shape *s, const struct tsr_batch_meta *m,
                        const char *op)
 {
+    if (!tsr_kv_elem_bytes(s->kv_type))
+        return tsr_errorf(TSR_EINVAL, "%s: KV cache type %s (F32 or BF16 only)", op,
+                          tsr_dtype_name(s->kv_type));
     if (s->n_head <= 0 || s->n_kv_head <= 0 || s->n_head % s->n_kv_head || s->head_dim <= 0 ||
         s->head_dim % 2 || s->head_dim > MAX_HEAD_DIM || s->block_size <= 0 || m->n_tokens < 0)
         return tsr_errorf(TSR_EINVAL,
@@ -48,7 +56,7 @@ static int check_shape(const struct tsr_attn_shape *s, const struct tsr_batch_me
 /* Cache slots in kc and vc (the smaller, if they differ). */
 static int64_t cache_slots(const tsr_buf_t *kc, const tsr_buf_t *vc, const struct tsr_attn_shape *s)
 {
-    size_t row = (size_t)s->n_kv_head * s->head_dim * sizeof(float);
+    size_t row = (size_t)s->n_kv_head * s->head_dim * tsr_kv_elem_bytes(s->kv_type);
     size_t n = kc->size < vc->size ? kc->size : vc->size;
     return (int64_t)(n / row);
 }
@@ -124,6 +132,15 @@ static void rope_token(const struct tsr_cpu_ctx *c, tsr_buf_t *q, tsr_buf_t *k, 
     }
     for (int h = 0; h < s->n_head; h++) rotate(qt + (size_t)h * hd, cs, sn, hd, s->neox);
     for (int h = 0; h < s->n_kv_head; h++) rotate(kt + (size_t)h * hd, cs, sn, hd, s->neox);
+    if (s->kv_type == TSR_BF16) {
+        uint16_t *kd = (uint16_t *)kc->data + (size_t)m->slot[t] * kw;
+        uint16_t *vd = (uint16_t *)vc->data + (size_t)m->slot[t] * kw;
+        for (size_t j = 0; j < kw; j++) {
+            kd[j] = tsr_f32_to_bf16(kt[j]);
+            vd[j] = tsr_f32_to_bf16(vt[j]);
+        }
+        return;
+    }
     memcpy((float *)kc->data + (size_t)m->slot[t] * kw, kt, kw * sizeof(float));
     memcpy((float *)vc->data + (size_t)m->slot[t] * kw, vt, kw * sizeof(float));
 }
@@ -179,8 +196,17 @@ static int chunk_rows(int p0, int end, int bs, int chunk)
     return cnt < chunk ? cnt : chunk;
 }
 
+/* dst[r][0..hd) = src[r * stride + 0..hd) widened from bf16 (exact), for r < cnt. */
+static void widen_rows(const uint16_t *src, size_t stride, int cnt, int hd, float *dst)
+{
+    for (int r = 0; r < cnt; r++)
+        for (int d = 0; d < hd; d++)
+            dst[(size_t)r * hd + d] = tsr_bf16_to_f32(src[(size_t)r * stride + d]);
+}
+
+/* kcf and vcf point at the cache: f32, or bf16 when s->kv_type says so. */
 static void attend_task(const struct tsr_cpu_kernels *k, const struct attn_task *tk,
-                        const float *qf, const float *kcf, const float *vcf, const int32_t *bt,
+                        const void *kcf, const void *vcf, const float *qf, const int32_t *bt,
                         const struct tsr_attn_shape *s)
 {
     int hd = s->head_dim, bs = s->block_size, nh = s->n_head, group = nh / s->n_kv_head;
@@ -188,6 +214,9 @@ static void attend_task(const struct tsr_cpu_kernels *k, const struct attn_task 
     int chunk = CHUNK_FLOATS / hd < CHUNK ? CHUNK_FLOATS / hd : CHUNK;
     float *acc = tk->part, *mx = acc + (size_t)nh * hd, *sum = mx + nh;
     float sc[MAX_GROUP][CHUNK];
+    float kwide[CHUNK_FLOATS], vwide[CHUNK_FLOATS]; /* a bf16 chunk's rows, widened */
+    int bf16 = s->kv_type == TSR_BF16;
+    size_t kstride = bf16 ? (size_t)hd : kw; /* from one row the kernels read to the next */
     const float *q = qf + (size_t)tk->t * nh * hd;
     memset(acc, 0, (size_t)nh * hd * sizeof(float));
     for (int h = 0; h < nh; h++) {
@@ -198,12 +227,22 @@ static void attend_task(const struct tsr_cpu_kernels *k, const struct attn_task 
         int cnt = chunk_rows(p0, tk->p_hi, bs, chunk);
         size_t slot = (size_t)bt[p0 / bs] * bs + p0 % bs;
         for (int kvh = 0; kvh < s->n_kv_head; kvh++) {
-            const float *kr = kcf + slot * kw + (size_t)kvh * hd;
-            const float *vr = vcf + slot * kw + (size_t)kvh * hd;
+            size_t off = slot * kw + (size_t)kvh * hd;
+            const float *kr, *vr;
+            if (bf16) {
+                widen_rows((const uint16_t *)kcf + off, kw, cnt, hd, kwide);
+                widen_rows((const uint16_t *)vcf + off, kw, cnt, hd, vwide);
+                kr = kwide;
+                vr = vwide;
+            } else {
+                kr = (const float *)kcf + off;
+                vr = (const float *)vcf + off;
+            }
             for (int h0 = kvh * group; h0 < (kvh + 1) * group; h0 += MAX_GROUP) {
                 int g = (kvh + 1) * group - h0 < MAX_GROUP ? (kvh + 1) * group - h0 : MAX_GROUP;
                 for (int h = 0; h < g; h++)
-                    k->attn_scores(q + (size_t)(h0 + h) * hd, kr, kw, cnt, hd, s->scale, sc[h]);
+                    k->attn_scores(q + (size_t)(h0 + h) * hd, kr, kstride, cnt, hd, s->scale,
+                                   sc[h]);
                 for (int h = 0; h < g; h++) {
                     int H = h0 + h;
                     float cm = -INFINITY;
@@ -218,7 +257,7 @@ static void attend_task(const struct tsr_cpu_kernels *k, const struct attn_task 
                         mx[H] = cm;
                     }
                     sum[H] += k->exp_sum(sc[h], mx[H], cnt);
-                    k->attn_accum(sc[h], vr, kw, cnt, hd, acc + (size_t)H * hd);
+                    k->attn_accum(sc[h], vr, kstride, cnt, hd, acc + (size_t)H * hd);
                 }
             }
         }
@@ -275,16 +314,17 @@ int tsr_cpu_attention(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *q, tsr_buf_t 
             int end = p0 + SPLIT < m->pos[t] + 1 ? p0 + SPLIT : m->pos[t] + 1;
             tasks[ti] = (struct attn_task){t, p0, end, parts + ti * part};
         }
-    const float *qf = q->data, *kcf = kc->data, *vcf = vc->data;
+    const float *qf = q->data;
+    const void *kcf = kc->data, *vcf = vc->data;
     int threads = tsr_cpu_threads_for(c, work);
     if (threads > 1) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
         for (size_t i = 0; i < n_tasks; i++)
-            attend_task(k, &tasks[i], qf, kcf, vcf,
+            attend_task(k, &tasks[i], kcf, vcf, qf,
                         m->block_tables + (size_t)m->seq[tasks[i].t] * m->max_blocks, s);
     } else {
         for (size_t i = 0; i < n_tasks; i++)
-            attend_task(k, &tasks[i], qf, kcf, vcf,
+            attend_task(k, &tasks[i], kcf, vcf, qf,
                         m->block_tables + (size_t)m->seq[tasks[i].t] * m->max_blocks, s);
     }
     /* Merge: a token's splits are consecutive tasks. */

@@ -1,4 +1,5 @@
-/* Causal attention over the paged KV cache (f32 [slot][n_kv_head][head_dim]), prefill and decode
+/* Causal attention over the paged KV cache ([slot][n_kv_head][head_dim] of f32 or bf16: the kernel
+ * is instantiated for each, a bf16 element widened to f32 as it is loaded), prefill and decode
  * alike: token t attends to positions 0..pos[t] of its sequence through its block-table row.
  *
  * One block of WARPS warps per (token, KV head, group of up to MAX_G query heads sharing it, split
@@ -28,25 +29,36 @@ enum {
     MIN_SPLIT = 32, /* fewest positions worth a split of their own (8 steps of each warp) */
 };
 
+/* A cache element as f32: KV is float (an f32 cache) or uint16_t (bf16 bits). */
+static __device__ __forceinline__ float kv_f32(float x)
+{
+    return x;
+}
+
+static __device__ __forceinline__ float kv_f32(uint16_t h)
+{
+    return tsr_dev_bf16(h);
+}
+
 /* Lane `lane`'s dims (lane + 32 i) of the K and V rows of position p, KV head kvh. */
-template <int D>
+template <int D, typename KV>
 static __device__ __forceinline__ void load_kv(const struct tsr_cuda_attn_args &a,
                                                const int32_t *bt, int p, int kvh, int lane,
                                                float (&k)[D], float (&v)[D])
 {
     int hd = a.head_dim, bs = a.block_size;
     size_t row = ((size_t)bt[p / bs] * bs + p % bs) * ((size_t)a.n_kv_head * hd) + (size_t)kvh * hd;
-    const float *kr = a.kc + row, *vr = a.vc + row;
+    const KV *kr = (const KV *)a.kc + row, *vr = (const KV *)a.vc + row;
 #pragma unroll
     for (int i = 0; i < D; i++) {
         int d = lane + 32 * i;
-        k[i] = d < hd ? kr[d] : 0.0f;
-        v[i] = d < hd ? vr[d] : 0.0f;
+        k[i] = d < hd ? kv_f32(kr[d]) : 0.0f;
+        v[i] = d < hd ? kv_f32(vr[d]) : 0.0f;
     }
 }
 
-/* Dims per lane: head_dim <= 32 * D. */
-template <int D>
+/* Dims per lane: head_dim <= 32 * D; KV the cache's element (float, or uint16_t for bf16). */
+template <int D, typename KV>
 __global__ void __launch_bounds__(THREADS)
     attn_kernel(struct tsr_cuda_attn_args a, int split_len, int splits, float *part)
 {
@@ -76,12 +88,12 @@ __global__ void __launch_bounds__(THREADS)
     /* The next position's K and V rows are loaded while this one's are used: a warp's walk is a
      * chain of dependent steps, and without the prefetch each step waits a memory round trip. */
     float kn[D], vn[D];
-    if (lo + warp < hi) load_kv<D>(a, bt, lo + warp, kvh, lane, kn, vn);
+    if (lo + warp < hi) load_kv<D, KV>(a, bt, lo + warp, kvh, lane, kn, vn);
     for (int p = lo + warp; p < hi; p += WARPS) {
         float k[D], v[D];
 #pragma unroll
         for (int i = 0; i < D; i++) k[i] = kn[i], v[i] = vn[i];
-        if (p + WARPS < hi) load_kv<D>(a, bt, p + WARPS, kvh, lane, kn, vn);
+        if (p + WARPS < hi) load_kv<D, KV>(a, bt, p + WARPS, kvh, lane, kn, vn);
 #pragma unroll
         for (int h = 0; h < MAX_G; h++) {
             if (h >= g) break;
@@ -180,22 +192,33 @@ extern "C" size_t tsr_cuda_attention_scratch(const struct tsr_cuda_attn_args *a,
     return (size_t)a->n_tokens * *splits * a->n_head * (a->head_dim + 2);
 }
 
+template <typename KV>
+static void launch_attn(cudaStream_t s, const struct tsr_cuda_attn_args *a, dim3 grid, int len,
+                        int splits, float *scratch)
+{
+    int d = (a->head_dim + 31) / 32;
+    if (d <= 1)
+        attn_kernel<1, KV><<<grid, THREADS, 0, s>>>(*a, len, splits, scratch);
+    else if (d <= 2)
+        attn_kernel<2, KV><<<grid, THREADS, 0, s>>>(*a, len, splits, scratch);
+    else if (d <= 4)
+        attn_kernel<4, KV><<<grid, THREADS, 0, s>>>(*a, len, splits, scratch);
+    else
+        attn_kernel<8, KV><<<grid, THREADS, 0, s>>>(*a, len, splits, scratch);
+}
+
 extern "C" cudaError_t tsr_cuda_attention(cudaStream_t s, const struct tsr_cuda_attn_args *a,
                                           int splits, float *scratch)
 {
     if (a->n_tokens <= 0) return cudaGetLastError();
+    if (a->kv_type != TSR_F32 && a->kv_type != TSR_BF16) return cudaErrorInvalidValue;
     int ctx = a->max_pos + 1, len = (ctx + splits - 1) / splits;
     int group = a->n_head / a->n_kv_head, hchunks = (group + MAX_G - 1) / MAX_G;
     dim3 grid(a->n_tokens, a->n_kv_head * hchunks, splits);
-    int d = (a->head_dim + 31) / 32;
-    if (d <= 1)
-        attn_kernel<1><<<grid, THREADS, 0, s>>>(*a, len, splits, scratch);
-    else if (d <= 2)
-        attn_kernel<2><<<grid, THREADS, 0, s>>>(*a, len, splits, scratch);
-    else if (d <= 4)
-        attn_kernel<4><<<grid, THREADS, 0, s>>>(*a, len, splits, scratch);
+    if (a->kv_type == TSR_BF16)
+        launch_attn<uint16_t>(s, a, grid, len, splits, scratch);
     else
-        attn_kernel<8><<<grid, THREADS, 0, s>>>(*a, len, splits, scratch);
+        launch_attn<float>(s, a, grid, len, splits, scratch);
     if (splits > 1) {
         cudaError_t e = cudaGetLastError();
         if (e != cudaSuccess) return e;

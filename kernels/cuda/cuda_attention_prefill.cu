@@ -1,14 +1,15 @@
 /* Causal flash attention for prompt chunks on tensor cores, over the paged KV cache
- * (f32 [slot][n_kv_head][head_dim]; slot = block_tables[seq][pos / block_size] * block_size +
- * pos % block_size). A tile is up to 64 consecutive query tokens of one sequence; every query of
+ * (f32 or bf16 [slot][n_kv_head][head_dim]; slot = block_tables[seq][pos / block_size] * block_size
+ * + pos % block_size). A tile is up to 64 consecutive query tokens of one sequence; every query of
  * the tile is scored against each K/V chunk loaded once, where cuda_attention.cu re-reads the
  * cache once per query token.
  *
  * Decomposition: one block of 4 warps per (tile, query head); warp w owns query rows 16w..16w+15
  * of the tile. The block walks key positions 0 .. the tile's last position in chunks of 64:
- *   1. the chunk's K and V rows (f32) are copied from the cache into a shared-memory stage with
- *      16-byte cp.async, one warp per contiguous row run (coalesced); positions past the tile's
- *      last are zero-filled, never read;
+ *   1. the chunk's K and V rows (f32 or bf16, as the cache holds them) are copied from the cache
+ *      into a shared-memory stage with 16-byte cp.async (4 or 8 elements), one warp per
+ *      contiguous row run (coalesced); positions past the tile's last are zero-filled, never
+ *      read;
  *   2. the stage is converted to f16 rows padded by 8 halves (16 bytes), so that the 8 row
  *      addresses of each ldmatrix phase fall in distinct banks;
  *   3. the next chunk's copy is issued, then each warp computes on this one: S = Q·Kᵀ with
@@ -18,7 +19,9 @@
  *      registers (the S accumulator layout is the A operand layout, no shuffle), O += P·V (V
  *      fragments by ldmatrix.trans).
  * So each chunk's global loads overlap the previous chunk's tensor-core work; a block holds one
- * f32 stage and one f16 chunk (head_dim 128: 64 KB + 34 KB, two blocks per H100 SM).
+ * stage and one f16 chunk (head_dim 128: 64 KB + 34 KB with an f32 cache, two blocks per H100 SM;
+ * 32 KB + 34 KB with a bf16 one, three). bf16 to f16 is exact (8 significant bits into 11) for
+ * |x| in f16's normal range, so a bf16 cache adds no rounding here.
  *
  * Why per query head and not a block per KV head with its query heads stacked as rows: the block
  * has 64 rows either way, so stacking g heads would mean 64/g tokens per block and the same K/V
@@ -36,7 +39,8 @@
  *     (2i, 2i+1) of row r of matrix m in register m (.trans: of column r, i.e. rows 2i, 2i+1).
  *
  * Requirements (checked by the launcher): head_dim 64 or 128; kc and vc 16-byte aligned (the
- * cp.async source), q and out 8-byte aligned. K and V must fit f16 (|x| < 65504).
+ * cp.async source), q and out 8-byte aligned. K and V must fit f16 (|x| < 65504), in a bf16 cache
+ * too (whose range is f32's).
  *
  * Precision: Q·scale, K, V and P are rounded to f16 (relative 2^-12 each), products and sums in
  * f32; tests/gpu/test_cuda_ops.c holds the error budget. */
@@ -61,11 +65,13 @@ static_assert(ROWS == TSR_CUDA_PREFILL_TILE, "one block row per tile token");
 
 constexpr float LOG2E = 1.4426950408889634f;
 
-template <int HD> struct layout {
-    static constexpr int F4 = HD / 4;   /* float4 per K or V row */
+/* KV: the cache's element, float or uint16_t (bf16 bits). */
+template <int HD, typename KV> struct layout {
+    static constexpr int E = 16 / (int)sizeof(KV); /* elements per 16-byte copy */
+    static constexpr int F4 = HD / E;              /* 16-byte pieces per K or V row */
     static constexpr int LD = HD + PAD; /* f16 row stride, halves (a multiple of 8: 16 bytes) */
-    static constexpr size_t STAGE = (size_t)2 * CHUNK * HD * sizeof(float); /* K then V, f32 */
-    static constexpr size_t HALVES = (size_t)2 * CHUNK * LD * 2;            /* K then V, f16 */
+    static constexpr size_t STAGE = (size_t)2 * CHUNK * HD * sizeof(KV); /* K then V, as cached */
+    static constexpr size_t HALVES = (size_t)2 * CHUNK * LD * 2;         /* K then V, f16 */
     static constexpr size_t SMEM = STAGE + HALVES;
     static_assert(HD % 16 == 0 && (LD * 2) % 16 == 0, "ldmatrix rows must be 16-byte aligned");
     static_assert(CHUNK * F4 % THREADS == 0, "whole rounds of 16-byte copies");
@@ -112,6 +118,23 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const __half *p
                  : "memory");
 }
 
+/* Piece i of the stage (E elements as cached) as f16 at dst (16-byte aligned when E is 8). */
+__device__ __forceinline__ void piece_to_f16(const float *stage, int i, __half *dst)
+{
+    float4 f = ((const float4 *)stage)[i];
+    *(uint2 *)dst = make_uint2(pack_f16x2(f.x, f.y), pack_f16x2(f.z, f.w));
+}
+
+__device__ __forceinline__ void piece_to_f16(const uint16_t *stage, int i, __half *dst)
+{
+    uint4 u = ((const uint4 *)stage)[i]; /* 8 bf16, the lower element in each word's low half */
+    uint32_t w[4] = {u.x, u.y, u.z, u.w}, h[4];
+#pragma unroll
+    for (int j = 0; j < 4; j++)
+        h[j] = pack_f16x2(__uint_as_float(w[j] << 16), __uint_as_float(w[j] & 0xffff0000u));
+    *(uint4 *)dst = make_uint4(h[0], h[1], h[2], h[3]);
+}
+
 /* d += a · b for one 16x8x16 step: f16 operands, f32 accumulator. */
 __device__ __forceinline__ void mma16816(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1)
 {
@@ -121,14 +144,14 @@ __device__ __forceinline__ void mma16816(float d[4], const uint32_t a[4], uint32
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-template <int HD>
+template <int HD, typename KV>
 __global__ void __launch_bounds__(THREADS)
     prefill_kernel(struct tsr_cuda_attn_args a, const struct tsr_cuda_attn_tile *tiles, int n_tiles,
                    float qscale)
 {
-    typedef layout<HD> L;
+    typedef layout<HD, KV> L;
     extern __shared__ __align__(16) unsigned char smem[];
-    float *stage = (float *)smem;             /* [2][CHUNK][HD]: K rows, then V rows */
+    KV *stage = (KV *)smem;                   /* [2][CHUNK][HD]: K rows, then V rows */
     __half *kh = (__half *)(smem + L::STAGE); /* [CHUNK][LD] */
     __half *vh = kh + CHUNK * L::LD;          /* [CHUNK][LD], directly after kh */
 
@@ -144,18 +167,19 @@ __global__ void __launch_bounds__(THREADS)
 
     /* Copies chunk c's K and V rows into the stage (or zeros past `last`): 16 bytes a thread,
      * consecutive threads along a row. */
+    const KV *kc = (const KV *)a.kc, *vc = (const KV *)a.vc;
     auto load_chunk = [&](int c) {
 #pragma unroll 4
         for (int i = tid; i < CHUNK * L::F4; i += THREADS) {
             int r = i / L::F4, c4 = i % L::F4, p = c * CHUNK + r;
-            float *dk = stage + r * HD + c4 * 4, *dv = dk + CHUNK * HD;
+            KV *dk = stage + r * HD + c4 * L::E, *dv = dk + CHUNK * HD;
             if (p <= last) {
-                size_t off = ((size_t)bt[p / bs] * bs + p % bs) * kw + koff + c4 * 4;
-                cp_async16(dk, a.kc + off);
-                cp_async16(dv, a.vc + off);
+                size_t off = ((size_t)bt[p / bs] * bs + p % bs) * kw + koff + c4 * L::E;
+                cp_async16(dk, kc + off);
+                cp_async16(dv, vc + off);
             } else {
-                *(float4 *)dk = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-                *(float4 *)dv = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+                *(uint4 *)dk = make_uint4(0, 0, 0, 0);
+                *(uint4 *)dv = make_uint4(0, 0, 0, 0);
             }
         }
         cp_async_commit();
@@ -196,9 +220,7 @@ __global__ void __launch_bounds__(THREADS)
 #pragma unroll 4
         for (int i = tid; i < 2 * CHUNK * L::F4; i += THREADS) {
             int r = i / L::F4, c4 = i % L::F4; /* rows CHUNK.. are V, which follows K */
-            float4 f = ((const float4 *)stage)[i];
-            *(uint2 *)(kh + r * L::LD + c4 * 4) =
-                make_uint2(pack_f16x2(f.x, f.y), pack_f16x2(f.z, f.w));
+            piece_to_f16(stage, i, kh + r * L::LD + c4 * L::E);
         }
         __syncthreads(); /* the f16 chunk is ready; the stage is free */
         if (j + 1 < n_chunks) load_chunk(j + 1);
@@ -312,10 +334,11 @@ __global__ void __launch_bounds__(THREADS)
     }
 }
 
-template <int HD>
+template <int HD, typename KV>
 cudaError_t launch(cudaStream_t s, const struct tsr_cuda_attn_args *a,
                    const struct tsr_cuda_attn_tile *tiles, int n_tiles)
 {
+    typedef layout<HD, KV> L;
     /* The dynamic shared-memory limit is a per-device attribute of the function: raise it once
      * per device (bit d for device d < 64; beyond that, every launch). */
     static std::atomic<unsigned long long> raised{0};
@@ -324,8 +347,8 @@ cudaError_t launch(cudaStream_t s, const struct tsr_cuda_attn_args *a,
     if (e != cudaSuccess) return e;
     unsigned long long bit = dev >= 0 && dev < 64 ? 1ull << dev : 0;
     if (!bit || !(raised.load() & bit)) {
-        e = cudaFuncSetAttribute(prefill_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                 (int)layout<HD>::SMEM);
+        e = cudaFuncSetAttribute(prefill_kernel<HD, KV>,
+                                 cudaFuncAttributeMaxDynamicSharedMemorySize, (int)L::SMEM);
         if (e != cudaSuccess) {
             cudaGetLastError(); /* returned here; don't leave it for the next op to report */
             return e;
@@ -334,8 +357,8 @@ cudaError_t launch(cudaStream_t s, const struct tsr_cuda_attn_args *a,
     }
     long blocks = (long)n_tiles * a->n_head;
     if (blocks > 0x7fffffffL) return cudaErrorInvalidConfiguration;
-    prefill_kernel<HD>
-        <<<(unsigned)blocks, THREADS, layout<HD>::SMEM, s>>>(*a, tiles, n_tiles, a->scale * LOG2E);
+    prefill_kernel<HD, KV>
+        <<<(unsigned)blocks, THREADS, L::SMEM, s>>>(*a, tiles, n_tiles, a->scale * LOG2E);
     return cudaGetLastError();
 }
 
@@ -354,11 +377,15 @@ extern "C" cudaError_t tsr_cuda_attention_prefill(cudaStream_t s,
     if (n_tiles <= 0 || a->n_tokens <= 0) return cudaGetLastError();
     if (((uintptr_t)a->kc | (uintptr_t)a->vc) & 15 || ((uintptr_t)a->q | (uintptr_t)a->out) & 7)
         return cudaErrorMisalignedAddress;
+    int bf16 = a->kv_type == TSR_BF16;
+    if (!bf16 && a->kv_type != TSR_F32) return cudaErrorInvalidValue;
     switch (a->head_dim) {
     case 64:
-        return launch<64>(s, a, tiles, n_tiles);
+        return bf16 ? launch<64, uint16_t>(s, a, tiles, n_tiles)
+                    : launch<64, float>(s, a, tiles, n_tiles);
     case 128:
-        return launch<128>(s, a, tiles, n_tiles);
+        return bf16 ? launch<128, uint16_t>(s, a, tiles, n_tiles)
+                    : launch<128, float>(s, a, tiles, n_tiles);
     default:
         return cudaErrorInvalidValue;
     }

@@ -666,6 +666,9 @@ static int cuda_matmul_swiglu(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *tmp,
 static int check_shape(const struct tsr_attn_shape *s, const struct tsr_batch_meta *m,
                        const char *op)
 {
+    if (!tsr_kv_elem_bytes(s->kv_type))
+        return tsr_errorf(TSR_EINVAL, "%s: KV cache type %s (F32 or BF16 only)", op,
+                          tsr_dtype_name(s->kv_type));
     if (s->n_head <= 0 || s->n_kv_head <= 0 || s->n_head % s->n_kv_head || s->head_dim <= 0 ||
         s->head_dim % 2 || s->head_dim > TSR_CUDA_ATTN_MAX_HEAD_DIM || s->block_size <= 0 ||
         m->n_tokens < 0)
@@ -680,7 +683,7 @@ static int check_shape(const struct tsr_attn_shape *s, const struct tsr_batch_me
 /* Cache slots in kc and vc (the smaller, if they differ). */
 static int64_t cache_slots(const tsr_buf_t *kc, const tsr_buf_t *vc, const struct tsr_attn_shape *s)
 {
-    size_t row = (size_t)s->n_kv_head * s->head_dim * sizeof(float);
+    size_t row = (size_t)s->n_kv_head * s->head_dim * tsr_kv_elem_bytes(s->kv_type);
     size_t n = kc->size < vc->size ? kc->size : vc->size;
     return (int64_t)(n / row);
 }
@@ -740,6 +743,7 @@ static int cuda_rope_kv_write(tsr_backend_t *b, tsr_buf_t *q, tsr_buf_t *k, tsr_
                                    .v = v->data,
                                    .kc = kc->data,
                                    .vc = vc->data,
+                                   .kv_type = s->kv_type,
                                    .inv_freq = s->inv_freq->data,
                                    .pos = dev[0],
                                    .slot = dev[1],
@@ -833,6 +837,7 @@ static int cuda_attention(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *q, tsr_bu
                                    .q = q->data,
                                    .kc = kc->data,
                                    .vc = vc->data,
+                                   .kv_type = s->kv_type,
                                    .pos = dev[0],
                                    .seq = dev[1],
                                    .block_tables = dev[2],

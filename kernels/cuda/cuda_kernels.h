@@ -71,12 +71,14 @@ cudaError_t tsr_cuda_argmax_rows(cudaStream_t s, const float *x, int n, int widt
 /* p[i] = uniform in [-1, 1) as bf16, from a counter-based generator (benchmark inputs). */
 cudaError_t tsr_cuda_fill_random_bf16(cudaStream_t s, uint16_t *p, size_t count, uint64_t seed);
 
-/* RoPE of q and k, then k and v rows into the cache at slot[t]. pos and slot are device arrays of
+/* RoPE of q and k, then k and v rows into the cache at slot[t], converted to kv_type (TSR_F32 or
+ * TSR_BF16, rounded to nearest even: kernels/backend.h). pos and slot are device arrays of
  * n_tokens. */
 struct tsr_cuda_rope_args {
     float *q, *k;
     const float *v;
-    float *kc, *vc;
+    void *kc, *vc; /* kv_type elements */
+    int kv_type;
     const float *inv_freq; /* head_dim / 2 */
     const int32_t *pos, *slot;
     int n_tokens, n_head, n_kv_head, head_dim, neox;
@@ -86,10 +88,13 @@ cudaError_t tsr_cuda_rope_kv_write(cudaStream_t s, const struct tsr_cuda_rope_ar
 /* Largest head_dim the attention kernel takes. */
 #define TSR_CUDA_ATTN_MAX_HEAD_DIM 256
 
-/* Causal paged attention; see cuda_attention.cu. pos, seq and block_tables are device arrays. */
+/* Causal paged attention; see cuda_attention.cu. pos, seq and block_tables are device arrays. The
+ * cache holds kv_type elements (TSR_F32 or TSR_BF16), read as f32. */
 struct tsr_cuda_attn_args {
     float *out;
-    const float *q, *kc, *vc;
+    const float *q;
+    const void *kc, *vc;
+    int kv_type;
     const int32_t *pos, *seq, *block_tables;
     int n_tokens, n_head, n_kv_head, head_dim, block_size, max_blocks;
     float scale;

@@ -307,7 +307,8 @@ extern "C" cudaError_t tsr_cuda_add_bias(cudaStream_t s, float *y, const void *b
 
 /* One block per token: the token's half head_dim angles (pos * inv_freq, sin and cos in double,
  * as the CPU backend's table) once into shared memory, then every q and k head rotated with them,
- * then the rotated k row and the v row copied to the cache slot. */
+ * then the rotated k row and the v row copied to the cache slot (f32), or rounded to bf16 there
+ * (nearest even, the CPU's tsr_f32_to_bf16 for every finite value). */
 enum { ROPE_THREADS = 1024 };
 
 __global__ void __launch_bounds__(ROPE_THREADS) rope_kv_kernel(struct tsr_cuda_rope_args a)
@@ -334,8 +335,18 @@ __global__ void __launch_bounds__(ROPE_THREADS) rope_kv_kernel(struct tsr_cuda_r
         x[i1] = __fadd_rn(__fmul_rn(x0, sn), __fmul_rn(x1, cs));
     }
     __syncthreads();
-    float *kd = a.kc + (size_t)a.slot[t] * kw, *vd = a.vc + (size_t)a.slot[t] * kw;
     const float *vt = a.v + t * kw;
+    if (a.kv_type == TSR_BF16) {
+        __nv_bfloat16 *kd = (__nv_bfloat16 *)a.kc + (size_t)a.slot[t] * kw;
+        __nv_bfloat16 *vd = (__nv_bfloat16 *)a.vc + (size_t)a.slot[t] * kw;
+        for (size_t j = threadIdx.x; j < kw; j += blockDim.x) {
+            kd[j] = __float2bfloat16_rn(kt[j]);
+            vd[j] = __float2bfloat16_rn(vt[j]);
+        }
+        return;
+    }
+    float *kd = (float *)a.kc + (size_t)a.slot[t] * kw,
+          *vd = (float *)a.vc + (size_t)a.slot[t] * kw;
     for (size_t j = threadIdx.x; j < kw; j += blockDim.x) {
         kd[j] = kt[j];
         vd[j] = vt[j];
@@ -344,7 +355,9 @@ __global__ void __launch_bounds__(ROPE_THREADS) rope_kv_kernel(struct tsr_cuda_r
 
 extern "C" cudaError_t tsr_cuda_rope_kv_write(cudaStream_t s, const struct tsr_cuda_rope_args *a)
 {
-    if (a->head_dim > TSR_CUDA_ATTN_MAX_HEAD_DIM || a->head_dim % 2) return cudaErrorInvalidValue;
+    if (a->head_dim > TSR_CUDA_ATTN_MAX_HEAD_DIM || a->head_dim % 2 ||
+        (a->kv_type != TSR_F32 && a->kv_type != TSR_BF16))
+        return cudaErrorInvalidValue;
     if (a->n_tokens > 0) rope_kv_kernel<<<a->n_tokens, ROPE_THREADS, 0, s>>>(*a);
     return cudaGetLastError();
 }

@@ -1,9 +1,12 @@
 /* The KV cache sized from the GPU's memory (tsr_runner_opts.n_blocks 0, mem_util; `tessera worker
  * --gpu-memory-utilization`): with a fraction F, what stays free once the runner is built is
- * (1 - F) of the GPU, to within two blocks and the allocator's granularity; freeing the runner
- * gives the memory back; a fraction the weights already exceed is a clear TSR_ENOMEM; the engine
- * reports the blocks it got. A synthetic model (synthetic:tiny): no model file needed.
+ * (1 - F) of the GPU, to within two blocks and the allocator's granularity, with an f32 cache and
+ * with a bf16 one (`--kv-cache-dtype`, bf16 by default on a GPU), which gets twice the blocks
+ * (within 1%) and the same bytes; freeing the runner gives the memory back; a fraction the weights
+ * already exceed is a clear TSR_ENOMEM; the engine reports the blocks it got. A synthetic model
+ * (synthetic:tiny): no model file needed.
  * Exits 77 (skipped) without a CUDA device (1 under TESSERA_REQUIRE_GPU=1). */
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -39,23 +42,38 @@ int main(void)
     const double F = 0.5;
     struct tsr_runner_opts o = {.n_blocks = 0, .block_size = 16, .max_tokens = 256, .mem_util = F};
     tsr_runner_t *r = NULL;
-    int rc = tsr_runner_new(m, b, &o, NULL, &r);
-    check(rc == 0, "a runner sized from GPU memory builds");
-    if (rc) fprintf(stderr, "  %s\n", tsr_last_error());
-    if (!rc) {
-        int n = tsr_runner_n_blocks(r);
-        double per = 2.0 * c->n_layer * 16 * c->n_kv_head * c->head_dim * sizeof(float);
+    int rc = 0, blocks[2] = {0, 0};
+    const enum tsr_dtype types[2] = {TSR_F32, TSR_BF16};
+    for (int k = 0; k < 2; k++) {
+        struct tsr_runner_opts ot = o;
+        ot.kv_type = types[k];
+        char what[128];
+        r = NULL;
+        rc = tsr_runner_new(m, b, &ot, NULL, &r);
+        snprintf(what, sizeof what, "a runner sized from GPU memory builds (%s cache)",
+                 tsr_dtype_name(types[k]));
+        check(rc == 0, what);
+        if (rc) fprintf(stderr, "  %s\n", tsr_last_error());
+        if (rc) continue;
+        int n = blocks[k] = tsr_runner_n_blocks(r);
+        double per =
+            2.0 * c->n_layer * 16 * c->n_kv_head * c->head_dim * tsr_kv_elem_bytes(types[k]);
         tsr_backend_memory(b, &free1, &total);
         double want = (1 - F) * (double)total, slack = 2 * per + 256.0 * (1 << 20);
-        printf("%d blocks (%.2f GB); free after: %.3f GB, (1 - F) of the GPU: %.3f GB\n", n,
-               n * per / 1e9, free1 / 1e9, want / 1e9);
+        printf("%s: %d blocks (%.2f GB); free after: %.3f GB, (1 - F) of the GPU: %.3f GB\n",
+               tsr_dtype_name(types[k]), n, n * per / 1e9, free1 / 1e9, want / 1e9);
         check(n > 0, "the KV cache got blocks");
+        check(tsr_runner_kv_bytes(r) == (size_t)((n + 1) * per),
+              "the runner's KV bytes are its blocks (and the padding block) in its type");
         check((double)free1 >= want - slack && (double)free1 <= want + slack,
               "what stays free is (1 - F) of the GPU, within two blocks and 256 MiB");
         tsr_runner_free(r);
         tsr_backend_memory(b, &free2, &total);
         check((double)free2 >= (double)free1 + 0.9 * n * per, "freeing the runner gives it back");
     }
+    if (blocks[0] > 0 && blocks[1] > 0)
+        check(fabs(blocks[1] - 2.0 * blocks[0]) <= 0.01 * 2.0 * blocks[0],
+              "a bf16 cache gets twice the blocks of an f32 one in the same memory (within 1%)");
 
     struct tsr_runner_opts tiny = o;
     tiny.mem_util = 0.001; /* 0.1%: more must stay free than is free once the CUDA context is in */

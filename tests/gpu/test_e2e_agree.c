@@ -3,7 +3,9 @@
  * tsr_worker, which GPU tests do not link) like a person would:
  *
  * 1. default model (SmolLM2-135M Q4_1) and synthetic:llama3-8b (bf16): teacher-forced argmax on
- *    cuda agrees with the CPU's at >= 99% of positions (`tessera bench --agree`);
+ *    cuda agrees with the CPU's at >= 99% of positions (`tessera bench --agree`), both sides with
+ *    the same KV cache type: the default model with f32 and with bf16 (the GPU's default), 8b
+ *    with bf16;
  * 2. with >= 3 GPUs: default model, greedy 64 tokens at TP=3 equal TP=1 (`tessera generate`);
  * 3. with >= 2 (4) GPUs: llama3-8b teacher-forced argmax at TP=2 (TP=4) agrees with TP=1 at >= 99%;
  * 4. decode through CUDA graphs equals decode op by op (graphs_vs_eager).
@@ -79,14 +81,16 @@ static int find_paths(void)
     return access(g_bin, X_OK);
 }
 
-static void agree_cpu(const char *model, int positions)
+/* kv: the KV cache type of both runs (--kv-cache-dtype, given, applies to --ref-device too). */
+static void agree_cpu(const char *model, int positions, const char *kv)
 {
     char cmd[4 * PATH_MAX], what[256];
     snprintf(cmd, sizeof cmd,
              "cd '%s' && '%s' bench --agree --model '%s' --device cuda --ref-device cpu "
-             "--prompt-tokens %d --min-agree 0.99",
-             g_root, g_bin, model, positions);
-    snprintf(what, sizeof what, "%s: cuda teacher-forced argmax agrees with cpu >= 99%%", model);
+             "--kv-cache-dtype %s --prompt-tokens %d --min-agree 0.99",
+             g_root, g_bin, model, kv, positions);
+    snprintf(what, sizeof what,
+             "%s, %s KV cache: cuda teacher-forced argmax agrees with cpu >= 99%%", model, kv);
     check(run(cmd) == 0, what);
 }
 
@@ -184,8 +188,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "test_e2e_agree: %s is missing: run scripts/fetch_model.sh\n", model);
         return 1;
     }
-    if (wanted(argc, argv, "default")) agree_cpu(DEFAULT_MODEL, 128), ran++;
-    if (wanted(argc, argv, "8b")) agree_cpu("synthetic:llama3-8b", 128), ran++;
+    if (wanted(argc, argv, "default"))
+        agree_cpu(DEFAULT_MODEL, 128, "f32"), agree_cpu(DEFAULT_MODEL, 128, "bf16"), ran++;
+    if (wanted(argc, argv, "8b")) agree_cpu("synthetic:llama3-8b", 128, "bf16"), ran++;
     if (wanted(argc, argv, "graphs")) graphs_vs_eager(), ran++;
     if (wanted(argc, argv, "tp3")) {
         if (n_gpus >= 3) {

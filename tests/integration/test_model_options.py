@@ -1,6 +1,7 @@
-"""--served-model-name and --max-model-len through `tessera serve`: clients see the served name
-(gRPC ListModels, HTTP /v1/models) and only it is accepted; a request longer than the served
-context is refused by the coordinator naming the bound; the workers get the same bound."""
+"""--served-model-name, --max-model-len and --kv-cache-dtype through `tessera serve`: clients see
+the served name (gRPC ListModels, HTTP /v1/models) and only it is accepted; a request longer than
+the served context is refused by the coordinator naming the bound; the workers get the same bound,
+and the KV cache type (bf16 here, not the CPU's default f32), which their load line names."""
 
 import http.client
 import json
@@ -20,7 +21,8 @@ MAX_LEN = 64
 def srv(tessera_bin, model):
     port = harness.free_port()
     s = harness.Serve(tessera_bin, model, replicas=1, threads=1, name="names",
-                      extra=["--http-port", str(port), "--served-model-name", NAME, "--max-model-len", str(MAX_LEN)])
+                      extra=["--http-port", str(port), "--served-model-name", NAME, "--max-model-len", str(MAX_LEN),
+                             "--kv-cache-dtype", "bf16"])
     s.start()
     try:
         s.wait_ready_groups(1, timeout=60)
@@ -66,3 +68,6 @@ def test_served_name_and_length(srv, api, model):
     info = srv.read_json()
     argvs = [Path("/proc/%d/cmdline" % w["pid"]).read_bytes().split(b"\0") for w in info["workers"]]
     assert argvs and all(a[a.index(b"--max-model-len") + 1] == str(MAX_LEN).encode() for a in argvs), argvs
+    assert all(a[a.index(b"--kv-cache-dtype") + 1] == b"bf16" for a in argvs), argvs
+    logs = [p.read_text(errors="replace") for p in sorted(srv.dir.glob("worker-*.log"))]
+    assert logs and all("(BF16); Worker service on" in t for t in logs), [t[-2000:] for t in logs]

@@ -977,8 +977,13 @@ static float *attn_run(tsr_backend_t *b, const struct attn_case *ac, const struc
     tsr_buf_t *vcb = buf_from(b, a->vc, sizeof(float) * a->n_slots * kw);
     tsr_buf_t *fb = buf_from(b, a->freq, sizeof(float) * hd / 2);
     tsr_buf_t *ob = buf_nan(b, nt * qw);
-    struct tsr_attn_shape s = {ac->n_head, ac->n_kv_head,           hd, ac->block_size,
-                               ac->neox,   (float)(1.0 / sqrt(hd)), fb};
+    struct tsr_attn_shape s = {.n_head = ac->n_head,
+                               .n_kv_head = ac->n_kv_head,
+                               .head_dim = hd,
+                               .block_size = ac->block_size,
+                               .neox = ac->neox,
+                               .scale = (float)(1.0 / sqrt(hd)),
+                               .inv_freq = fb};
     struct tsr_batch_meta m = {nt,      ac->n_seqs, a->max_blocks, a->pos, a->seq,
                                a->slot, a->bt,      NULL,          0};
     assert_int_equal(tsr_op_rope_kv_write(b, qb, kb, vb, kcb, vcb, &s, &m), 0);
@@ -1100,7 +1105,13 @@ static void test_attention_errors(void **state)
     tsr_buf_t *kcb = buf_from(b, a.kc, sizeof(float) * a.n_slots * kw);
     tsr_buf_t *fb = buf_from(b, a.freq, sizeof(float) * hd / 2);
     tsr_buf_t *ob = buf_nan(b, a.nt * qw);
-    struct tsr_attn_shape s = {ac->n_head, ac->n_kv_head, hd, ac->block_size, ac->neox, 0.125f, fb};
+    struct tsr_attn_shape s = {.n_head = ac->n_head,
+                               .n_kv_head = ac->n_kv_head,
+                               .head_dim = hd,
+                               .block_size = ac->block_size,
+                               .neox = ac->neox,
+                               .scale = 0.125f,
+                               .inv_freq = fb};
     struct tsr_batch_meta m = {a.nt, ac->n_seqs, a.max_blocks, a.pos, a.seq, a.slot, a.bt, NULL, 0};
     a.slot[0] = a.n_slots; /* one past the cache */
     assert_int_equal(tsr_op_rope_kv_write(b, qb, kb, kb, kcb, kcb, &s, &m), TSR_ERANGE);

@@ -110,7 +110,13 @@ static void test_rope_long(void **state)
         assert_int_equal(tsr_buf_set(kb, 0, qk, bytes), 0);
         assert_int_equal(tsr_buf_set(v, 0, qk, bytes), 0);
         assert_int_equal(tsr_buf_set(fb, 0, freq, sizeof(float) * half), 0);
-        struct tsr_attn_shape s = {1, 1, hd, n, neox, 1.0f, fb};
+        struct tsr_attn_shape s = {.n_head = 1,
+                                   .n_kv_head = 1,
+                                   .head_dim = hd,
+                                   .block_size = n,
+                                   .neox = neox,
+                                   .scale = 1.0f,
+                                   .inv_freq = fb};
         struct tsr_batch_meta m = {n, 1, 1, pos, seq, slot, bt, NULL, 0};
         assert_int_equal(tsr_op_rope_kv_write(b, q, kb, v, kc, vc, &s, &m), 0);
         float *gq = malloc(bytes), *gk = malloc(bytes);

@@ -1,0 +1,555 @@
+/* The KV cache in bf16 on the CPU backend (kernels/backend.h: tsr_attn_shape.kv_type), against
+ * references, on every instruction set this CPU has:
+ * - rope_kv_write stores bf16(rotated k) and bf16(v) at the step's slots (v bit for bit as
+ *   tsr_f32_to_bf16 rounds it; k within one bf16 rounding of the float64 rotation) and leaves
+ *   every other slot as it was;
+ * - attention over the bf16 cache equals, bit for bit, attention over an f32 cache holding the
+ *   same values widened (the contract: the f32 path on the rounded K and V), and matches a
+ *   float64 reference computed from the bf16 values (NMSE <= 1e-10, as test_cpu_ops holds f32);
+ * - against the f32 cache of the unrounded values it is within NMSE 1e-4 (what rounding K and V
+ *   to 8 significant bits costs: measured ~1e-6 here, printed);
+ * - the same bits with 1 and 2 threads; outputs poisoned with NaN before each run;
+ * - prefill chunks, decode, several sequences, GQA 1..20, several splits of the context;
+ * - argument checks: a type the cache does not take, slot bounds counted in bf16 rows;
+ * - the runner: a bf16 cache takes half the bytes, and the default model's logits over a prompt
+ *   and a few decode steps stay within NMSE 1e-3 of the f32 cache's (skipped without the model). */
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cmocka.h>
+
+#include "common/dtype.h"
+#include "common/status.h"
+#include "kernels/backend.h"
+#include "kernels/cpu/cpu_backend.h"
+#include "model/model.h"
+#include "worker/forward.h"
+#include "unit.h"
+
+enum { N_ISA = 3 };
+static tsr_backend_t *backends[N_ISA]; /* NULL where the CPU lacks the ISA */
+static tsr_backend_t *one_thread;      /* the best ISA, 1 thread */
+static double worst_vs_f32;            /* the largest NMSE against the f32 cache, printed */
+
+static tsr_backend_t *backend_for(enum tsr_cpu_isa isa, int n_threads)
+{
+    setenv("TESSERA_CPU_ISA", tsr_cpu_isa_name(isa), 1);
+    tsr_backend_t *b = tsr_backend_cpu_new(n_threads);
+    unsetenv("TESSERA_CPU_ISA");
+    assert_non_null(b);
+    if (tsr_cpu_backend_isa(b) != isa) {
+        tsr_backend_free(b);
+        return NULL;
+    }
+    return b;
+}
+
+static int setup(void **state)
+{
+    const char *env = getenv("TSR_TEST_SEED");
+    uint64_t seed = env ? strtoull(env, NULL, 10) : (uint64_t)time(NULL) ^ (uint64_t)clock();
+    if (!seed) seed = 1;
+    tsr_test_rng_state = seed;
+    print_message("test_kv_dtype: seed %llu (TSR_TEST_SEED=%llu reproduces)\n",
+                  (unsigned long long)seed, (unsigned long long)seed);
+    unsetenv("TESSERA_CPU_ACT");
+    for (int i = 0; i < N_ISA; i++) backends[i] = backend_for((enum tsr_cpu_isa)i, 2);
+    assert_non_null(backends[TSR_CPU_SCALAR]);
+    one_thread = backend_for(tsr_cpu_isa_best(), 1);
+    assert_non_null(one_thread);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    for (int i = 0; i < N_ISA; i++) tsr_backend_free(backends[i]);
+    tsr_backend_free(one_thread);
+    if (worst_vs_f32 > 0)
+        print_message("test_kv_dtype: largest NMSE of bf16 against the f32 cache %.3g\n",
+                      worst_vs_f32);
+    return 0;
+}
+
+static tsr_buf_t *buf_from(tsr_backend_t *b, const void *src, size_t n)
+{
+    tsr_buf_t *buf = tsr_buf_alloc(b, n);
+    assert_non_null(buf);
+    if (src) assert_int_equal(tsr_buf_set(buf, 0, src, n), 0);
+    return buf;
+}
+
+static tsr_buf_t *buf_nan(tsr_backend_t *b, size_t n_floats)
+{
+    tsr_buf_t *buf = tsr_buf_alloc(b, n_floats * sizeof(float));
+    assert_non_null(buf);
+    float *p = tsr_buf_host(buf);
+    for (size_t i = 0; i < n_floats; i++) p[i] = NAN;
+    return buf;
+}
+
+static void *get_bytes(tsr_buf_t *buf, size_t n)
+{
+    void *out = malloc(n);
+    assert_non_null(out);
+    assert_int_equal(tsr_buf_get(buf, 0, out, n), 0);
+    return out;
+}
+
+static void expect_nmse(double e, double limit, const char *what, size_t c, const char *isa)
+{
+    if (!(e <= limit)) fail_msg("case %zu (%s): %s: NMSE %.3g above %.3g", c, isa, what, e, limit);
+}
+
+struct kv_case {
+    int n_head, n_kv_head, head_dim, block_size, neox;
+    int n_seqs;
+    int ctx[4];  /* positions already cached per sequence */
+    int new_[4]; /* tokens this step per sequence (a prompt chunk, or 1 for decode) */
+};
+
+static const struct kv_case cases[] = {
+    {9, 3, 64, 16, 0, 3, {0, 37, 100}, {20, 1, 1}},    /* SmolLM2's GQA 3: prefill + decode */
+    {8, 8, 128, 16, 1, 2, {15, 0}, {2, 33}},           /* MHA, neox, chunks crossing blocks */
+    {8, 2, 64, 7, 1, 4, {0, 5, 70, 3}, {1, 9, 1, 16}}, /* GQA 4, odd block size */
+    {4, 1, 128, 32, 0, 1, {700}, {1}},                 /* long decode: many splits */
+    {6, 2, 40, 5, 1, 2, {11, 0}, {3, 6}},              /* head dim not a multiple of 16 */
+    {4, 2, 64, 16, 1, 2, {600, 250}, {1, 40}},         /* split boundaries, a chunk after */
+    {20, 1, 32, 16, 0, 1, {40}, {3}},                  /* a KV group of 20 heads (> 16) */
+    {16, 8, 256, 16, 1, 2, {130, 0}, {1, 12}},         /* head dim 256 */
+};
+
+struct setup {
+    int nt, n_blocks, max_blocks, n_slots;
+    size_t kw, qw;
+    int32_t *pos, *seq, *slot, *bt;
+    float *q, *k, *v, *freq;
+    float *kc, *vc;    /* the f32 cache: random rows everywhere */
+    uint16_t *kb, *vb; /* the bf16 cache: those rounded */
+    uint8_t *written;  /* slots this step writes */
+};
+
+static int rng_int(int n)
+{
+    return (int)(tsr_test_rng_u64() % (uint64_t)n);
+}
+
+static void fill_normal(float *x, size_t n, float scale)
+{
+    for (size_t i = 0; i < n; i++) x[i] = scale * tsr_test_rng_normal();
+}
+
+static void build(const struct kv_case *kc, struct setup *a)
+{
+    int bs = kc->block_size, hd = kc->head_dim;
+    memset(a, 0, sizeof *a);
+    for (int s = 0; s < kc->n_seqs; s++) {
+        a->nt += kc->new_[s];
+        int blocks = (kc->ctx[s] + kc->new_[s] + bs - 1) / bs;
+        if (blocks > a->max_blocks) a->max_blocks = blocks;
+    }
+    a->n_blocks = a->max_blocks * kc->n_seqs + 3;
+    a->n_slots = a->n_blocks * bs;
+    int *perm = malloc(sizeof(int) * a->n_blocks);
+    for (int i = 0; i < a->n_blocks; i++) perm[i] = i;
+    for (int i = a->n_blocks - 1; i > 0; i--) {
+        int j = rng_int(i + 1), t = perm[i];
+        perm[i] = perm[j];
+        perm[j] = t;
+    }
+    a->bt = malloc(sizeof(int32_t) * kc->n_seqs * a->max_blocks);
+    for (int i = 0; i < kc->n_seqs * a->max_blocks; i++) a->bt[i] = perm[i];
+    free(perm);
+    a->pos = malloc(sizeof(int32_t) * a->nt);
+    a->seq = malloc(sizeof(int32_t) * a->nt);
+    a->slot = malloc(sizeof(int32_t) * a->nt);
+    a->written = calloc((size_t)a->n_slots, 1);
+    int t = 0;
+    for (int s = 0; s < kc->n_seqs; s++)
+        for (int i = 0; i < kc->new_[s]; i++, t++) {
+            a->pos[t] = kc->ctx[s] + i;
+            a->seq[t] = s;
+            a->slot[t] = a->bt[s * a->max_blocks + a->pos[t] / bs] * bs + a->pos[t] % bs;
+            a->written[a->slot[t]] = 1;
+        }
+    a->kw = (size_t)kc->n_kv_head * hd;
+    a->qw = (size_t)kc->n_head * hd;
+    size_t cache = (size_t)a->n_slots * a->kw;
+    a->kc = malloc(sizeof(float) * cache);
+    a->vc = malloc(sizeof(float) * cache);
+    a->kb = malloc(sizeof(uint16_t) * cache);
+    a->vb = malloc(sizeof(uint16_t) * cache);
+    fill_normal(a->kc, cache, 1.0f);
+    fill_normal(a->vc, cache, 1.0f);
+    for (size_t i = 0; i < cache; i++) {
+        a->kb[i] = tsr_f32_to_bf16(a->kc[i]);
+        a->vb[i] = tsr_f32_to_bf16(a->vc[i]);
+    }
+    a->q = malloc(sizeof(float) * a->nt * a->qw);
+    a->k = malloc(sizeof(float) * a->nt * a->kw);
+    a->v = malloc(sizeof(float) * a->nt * a->kw);
+    fill_normal(a->q, a->nt * a->qw, 1.0f);
+    fill_normal(a->k, a->nt * a->kw, 1.0f);
+    fill_normal(a->v, a->nt * a->kw, 1.0f);
+    a->freq = malloc(sizeof(float) * hd / 2);
+    for (int i = 0; i < hd / 2; i++) a->freq[i] = (float)pow(10000.0, -2.0 * i / hd);
+}
+
+static void setup_free(struct setup *a)
+{
+    void *p[] = {a->pos,  a->seq, a->slot, a->bt, a->q,  a->k,      a->v,
+                 a->freq, a->kc,  a->vc,   a->kb, a->vb, a->written};
+    for (size_t i = 0; i < sizeof p / sizeof *p; i++) free(p[i]);
+}
+
+static struct tsr_attn_shape shape_of(const struct kv_case *kc, tsr_buf_t *freq, enum tsr_dtype t)
+{
+    return (struct tsr_attn_shape){.n_head = kc->n_head,
+                                   .n_kv_head = kc->n_kv_head,
+                                   .head_dim = kc->head_dim,
+                                   .block_size = kc->block_size,
+                                   .neox = kc->neox,
+                                   .scale = (float)(1.0 / sqrt(kc->head_dim)),
+                                   .inv_freq = freq,
+                                   .kv_type = t};
+}
+
+static struct tsr_batch_meta meta_of(const struct kv_case *kc, const struct setup *a)
+{
+    return (struct tsr_batch_meta){.n_tokens = a->nt,
+                                   .n_seqs = kc->n_seqs,
+                                   .max_blocks = a->max_blocks,
+                                   .pos = a->pos,
+                                   .seq = a->seq,
+                                   .slot = a->slot,
+                                   .block_tables = a->bt};
+}
+
+/* One run: rope_kv_write then attention with a cache of type t (initial contents from a).
+ * Returns the output; *q_out the rotated q, *kc_out and *vc_out the caches' bytes after. */
+static float *run(tsr_backend_t *b, const struct kv_case *kc, const struct setup *a,
+                  enum tsr_dtype t, float **q_out, void **kc_out, void **vc_out)
+{
+    size_t es = tsr_kv_elem_bytes(t), cache = (size_t)a->n_slots * a->kw * es;
+    tsr_buf_t *qb = buf_from(b, a->q, sizeof(float) * a->nt * a->qw);
+    tsr_buf_t *kb = buf_from(b, a->k, sizeof(float) * a->nt * a->kw);
+    tsr_buf_t *vb = buf_from(b, a->v, sizeof(float) * a->nt * a->kw);
+    tsr_buf_t *kcb = buf_from(b, t == TSR_BF16 ? (void *)a->kb : (void *)a->kc, cache);
+    tsr_buf_t *vcb = buf_from(b, t == TSR_BF16 ? (void *)a->vb : (void *)a->vc, cache);
+    tsr_buf_t *fb = buf_from(b, a->freq, sizeof(float) * kc->head_dim / 2);
+    tsr_buf_t *ob = buf_nan(b, a->nt * a->qw);
+    struct tsr_attn_shape s = shape_of(kc, fb, t);
+    struct tsr_batch_meta m = meta_of(kc, a);
+    assert_int_equal(tsr_op_rope_kv_write(b, qb, kb, vb, kcb, vcb, &s, &m), 0);
+    assert_int_equal(tsr_op_attention(b, ob, qb, kcb, vcb, &s, &m), 0);
+    float *out = get_bytes(ob, sizeof(float) * a->nt * a->qw);
+    if (q_out) *q_out = get_bytes(qb, sizeof(float) * a->nt * a->qw);
+    if (kc_out) *kc_out = get_bytes(kcb, cache);
+    if (vc_out) *vc_out = get_bytes(vcb, cache);
+    tsr_buf_t *bufs[] = {qb, kb, vb, kcb, vcb, fb, ob};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) tsr_buf_free(bufs[i]);
+    return out;
+}
+
+/* Attention alone over an f32 cache kc/vc (the contents given), q already rotated. */
+static float *attend_f32(tsr_backend_t *b, const struct kv_case *kc, const struct setup *a,
+                         const float *q, const float *kcf, const float *vcf)
+{
+    size_t cache = (size_t)a->n_slots * a->kw * sizeof(float);
+    tsr_buf_t *qb = buf_from(b, q, sizeof(float) * a->nt * a->qw);
+    tsr_buf_t *kcb = buf_from(b, kcf, cache), *vcb = buf_from(b, vcf, cache);
+    tsr_buf_t *fb = buf_from(b, a->freq, sizeof(float) * kc->head_dim / 2);
+    tsr_buf_t *ob = buf_nan(b, a->nt * a->qw);
+    struct tsr_attn_shape s = shape_of(kc, fb, TSR_F32);
+    struct tsr_batch_meta m = meta_of(kc, a);
+    assert_int_equal(tsr_op_attention(b, ob, qb, kcb, vcb, &s, &m), 0);
+    float *out = get_bytes(ob, sizeof(float) * a->nt * a->qw);
+    tsr_buf_t *bufs[] = {qb, kcb, vcb, fb, ob};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) tsr_buf_free(bufs[i]);
+    return out;
+}
+
+/* Causal attention in float64 over f32 caches kcf/vcf with rotated q. */
+static double *attend_ref(const struct kv_case *kc, const struct setup *a, const float *q,
+                          const float *kcf, const float *vcf)
+{
+    int hd = kc->head_dim, group = kc->n_head / kc->n_kv_head, bs = kc->block_size;
+    double *ref = malloc(sizeof(double) * a->nt * a->qw);
+    int max_np = 0;
+    for (int t = 0; t < a->nt; t++)
+        if (a->pos[t] + 1 > max_np) max_np = a->pos[t] + 1;
+    double *sc = malloc(sizeof(double) * (size_t)max_np);
+    for (int t = 0; t < a->nt; t++)
+        for (int h = 0; h < kc->n_head; h++) {
+            const float *qv = q + t * a->qw + (size_t)h * hd;
+            int kvh = h / group, np = a->pos[t] + 1;
+            double mx = -INFINITY, sum = 0;
+            for (int p = 0; p < np; p++) {
+                size_t slot = (size_t)a->bt[a->seq[t] * a->max_blocks + p / bs] * bs + p % bs;
+                const float *kr = kcf + slot * a->kw + (size_t)kvh * hd;
+                double d = 0;
+                for (int i = 0; i < hd; i++) d += (double)qv[i] * kr[i];
+                sc[p] = d / sqrt(hd);
+                if (sc[p] > mx) mx = sc[p];
+            }
+            double *o = ref + t * a->qw + (size_t)h * hd;
+            for (int i = 0; i < hd; i++) o[i] = 0;
+            for (int p = 0; p < np; p++) {
+                size_t slot = (size_t)a->bt[a->seq[t] * a->max_blocks + p / bs] * bs + p % bs;
+                const float *vr = vcf + slot * a->kw + (size_t)kvh * hd;
+                double e = exp(sc[p] - mx);
+                sum += e;
+                for (int i = 0; i < hd; i++) o[i] += e * vr[i];
+            }
+            for (int i = 0; i < hd; i++) o[i] /= sum;
+        }
+    free(sc);
+    return ref;
+}
+
+static void rotate_ref(double *x, int hd, int pos, const float *freq, int neox)
+{
+    for (int i = 0; i < hd / 2; i++) {
+        double ang = (double)pos * freq[i], c = cos(ang), s = sin(ang);
+        int i0 = neox ? i : 2 * i, i1 = neox ? i + hd / 2 : 2 * i + 1;
+        double x0 = x[i0], x1 = x[i1];
+        x[i0] = x0 * c - x1 * s;
+        x[i1] = x0 * s + x1 * c;
+    }
+}
+
+/* The bf16 cache after rope_kv_write: the step's slots hold bf16(rotated k) (within one bf16
+ * rounding of the float64 rotation, plus f32's) and exactly tsr_f32_to_bf16(v); every other slot
+ * is unchanged. */
+static void check_written(const struct kv_case *kc, const struct setup *a, const uint16_t *gk,
+                          const uint16_t *gv, size_t c, const char *isa)
+{
+    int hd = kc->head_dim;
+    double *rk = malloc(sizeof(double) * a->kw);
+    for (int s = 0; s < a->n_slots; s++) {
+        if (a->written[s]) continue;
+        size_t o = (size_t)s * a->kw;
+        if (memcmp(gk + o, a->kb + o, a->kw * 2) || memcmp(gv + o, a->vb + o, a->kw * 2))
+            fail_msg("case %zu (%s): slot %d changed, not one the step writes", c, isa, s);
+    }
+    for (int t = 0; t < a->nt; t++) {
+        size_t o = (size_t)a->slot[t] * a->kw;
+        for (size_t i = 0; i < a->kw; i++) rk[i] = a->k[t * a->kw + i];
+        for (int h = 0; h < kc->n_kv_head; h++)
+            rotate_ref(rk + (size_t)h * hd, hd, a->pos[t], a->freq, kc->neox);
+        for (size_t i = 0; i < a->kw; i++) {
+            double got = tsr_bf16_to_f32(gk[o + i]);
+            if (!(fabs(got - rk[i]) <= fabs(rk[i]) * 0x1p-8 + 1e-6))
+                fail_msg("case %zu (%s): token %d k[%zu] = %.9g in the cache, %.9g rotated", c, isa,
+                         t, i, got, rk[i]);
+            if (gv[o + i] != tsr_f32_to_bf16(a->v[t * a->kw + i]))
+                fail_msg("case %zu (%s): token %d v[%zu] = 0x%04x in the cache, want 0x%04x", c,
+                         isa, t, i, gv[o + i], tsr_f32_to_bf16(a->v[t * a->kw + i]));
+        }
+    }
+    free(rk);
+}
+
+static float *widen(const uint16_t *x, size_t n)
+{
+    float *f = malloc(sizeof(float) * n);
+    for (size_t i = 0; i < n; i++) f[i] = tsr_bf16_to_f32(x[i]);
+    return f;
+}
+
+static void test_bf16_cache(void **state)
+{
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        const struct kv_case *kc = &cases[c];
+        struct setup a;
+        build(kc, &a);
+        size_t n_out = a.nt * a.qw, cache = (size_t)a.n_slots * a.kw;
+        for (int i = 0; i < N_ISA; i++) {
+            tsr_backend_t *b = backends[i];
+            if (!b) continue;
+            const char *isa = tsr_cpu_isa_name((enum tsr_cpu_isa)i);
+            float *q, *q32;
+            void *gk, *gv;
+            float *out = run(b, kc, &a, TSR_BF16, &q, &gk, &gv);
+            float *o32 = run(b, kc, &a, TSR_F32, &q32, NULL, NULL);
+            /* rope of q does not depend on the cache's type */
+            assert_memory_equal(q, q32, sizeof(float) * n_out);
+            check_written(kc, &a, gk, gv, c, isa);
+            float *kf = widen(gk, cache), *vf = widen(gv, cache);
+            /* the f32 path on the widened values: the same bits */
+            float *same = attend_f32(b, kc, &a, q, kf, vf);
+            if (memcmp(out, same, sizeof(float) * n_out))
+                fail_msg("case %zu (%s): bf16 attention differs from f32 attention over the "
+                         "widened cache",
+                         c, isa);
+            double *ref = attend_ref(kc, &a, q, kf, vf);
+            expect_nmse(tsr_test_nmse(out, ref, n_out), 1e-10, "bf16 against float64", c, isa);
+            /* against the f32 cache (unrounded K and V: every context row and this step's) */
+            double *r32 = malloc(sizeof(double) * n_out);
+            for (size_t j = 0; j < n_out; j++) r32[j] = o32[j];
+            double e = tsr_test_nmse(out, r32, n_out);
+            if (e > worst_vs_f32) worst_vs_f32 = e;
+            expect_nmse(e, 1e-4, "bf16 against the f32 cache", c, isa);
+            if (!(e > 0)) fail_msg("case %zu (%s): bf16 equals f32 exactly: not rounded?", c, isa);
+            free(out);
+            free(q);
+            free(q32);
+            free(gk);
+            free(gv);
+            free(o32);
+            free(kf);
+            free(vf);
+            free(same);
+            free(ref);
+            free(r32);
+        }
+        /* 1 thread, the same bits as 2 (fixed splits and chunks) for the best ISA */
+        float *o1 = run(one_thread, kc, &a, TSR_BF16, NULL, NULL, NULL);
+        float *o2 = run(backends[tsr_cpu_isa_best()], kc, &a, TSR_BF16, NULL, NULL, NULL);
+        if (memcmp(o1, o2, sizeof(float) * n_out))
+            fail_msg("case %zu: bf16 attention differs between 1 and 2 threads", c);
+        free(o1);
+        free(o2);
+        setup_free(&a);
+    }
+}
+
+/* A type the cache does not take, and slots counted in bf16 rows (a cache of n rows of bf16 has
+ * n slots, not n / 2). */
+static void test_errors(void **state)
+{
+    tsr_backend_t *b = backends[TSR_CPU_SCALAR];
+    const struct kv_case kc = {2, 1, 64, 16, 0, 1, {0}, {1}};
+    struct setup a;
+    build(&kc, &a);
+    enum { SLOTS = 32 };
+    tsr_buf_t *qb = buf_from(b, a.q, sizeof(float) * a.qw);
+    tsr_buf_t *kb = buf_from(b, a.k, sizeof(float) * a.kw);
+    tsr_buf_t *vb = buf_from(b, a.v, sizeof(float) * a.kw);
+    tsr_buf_t *kcb = buf_from(b, NULL, SLOTS * a.kw * 2),
+              *vcb = buf_from(b, NULL, SLOTS * a.kw * 2);
+    tsr_buf_t *fb = buf_from(b, a.freq, sizeof(float) * kc.head_dim / 2);
+    tsr_buf_t *ob = buf_nan(b, a.qw);
+    struct tsr_attn_shape s = shape_of(&kc, fb, TSR_F16);
+    int32_t pos = 0, seq = 0, slot = 16, bt[2] = {1, 0}; /* position 0 in block 1 */
+    struct tsr_batch_meta m = {.n_tokens = 1,
+                               .n_seqs = 1,
+                               .max_blocks = 2,
+                               .pos = &pos,
+                               .seq = &seq,
+                               .slot = &slot,
+                               .block_tables = bt};
+    EXPECT_ERR(tsr_op_rope_kv_write(b, qb, kb, vb, kcb, vcb, &s, &m), TSR_EINVAL,
+               "KV cache type F16");
+    EXPECT_ERR(tsr_op_attention(b, ob, qb, kcb, vcb, &s, &m), TSR_EINVAL, "KV cache type F16");
+    s.kv_type = TSR_BF16;
+    assert_int_equal(tsr_op_rope_kv_write(b, qb, kb, vb, kcb, vcb, &s, &m), 0);
+    assert_int_equal(tsr_op_attention(b, ob, qb, kcb, vcb, &s, &m), 0);
+    /* one position: the output is v itself, rounded to bf16 */
+    float *out = get_bytes(ob, sizeof(float) * a.qw);
+    for (int h = 0; h < kc.n_head; h++)
+        for (int i = 0; i < kc.head_dim; i++)
+            assert_true(out[h * kc.head_dim + i] == tsr_bf16_to_f32(tsr_f32_to_bf16(a.v[i])));
+    free(out);
+    pos = 15;
+    slot = SLOTS - 1; /* the last bf16 row */
+    assert_int_equal(tsr_op_rope_kv_write(b, qb, kb, vb, kcb, vcb, &s, &m), 0);
+    slot = SLOTS;
+    EXPECT_ERR(tsr_op_rope_kv_write(b, qb, kb, vb, kcb, vcb, &s, &m), TSR_ERANGE,
+               "outside the 32-slot cache");
+    s.kv_type = TSR_F32; /* the same bytes hold 16 f32 slots */
+    slot = SLOTS / 2;
+    EXPECT_ERR(tsr_op_rope_kv_write(b, qb, kb, vb, kcb, vcb, &s, &m), TSR_ERANGE,
+               "outside the 16-slot cache");
+    tsr_buf_t *bufs[] = {qb, kb, vb, kcb, vcb, fb, ob};
+    for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) tsr_buf_free(bufs[i]);
+    setup_free(&a);
+}
+
+/* The runner with a bf16 cache on the default model: half the bytes, and logits close to the
+ * f32 cache's over a prompt step and decode steps. */
+static void test_runner(void **state)
+{
+    const char *path = TSR_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+    if (tsr_test_missing(path, "scripts/fetch_model.sh")) return;
+    tsr_model_t *m;
+    assert_int_equal(tsr_model_open(path, &m), 0);
+    tsr_backend_t *b = backends[tsr_cpu_isa_best()];
+    const struct tsr_model_config *c = tsr_model_config(m);
+    enum { N = 40, PROMPT = 32, BLOCKS = 4 };
+    int32_t ids[N], pos[N], seq[N], bt[BLOCKS] = {2, 0, 3, 1};
+    for (int i = 0; i < N; i++) {
+        ids[i] = (int32_t)((i * 7919 + 13) % c->n_vocab);
+        pos[i] = i;
+        seq[i] = 0;
+    }
+    float *logits[2];
+    size_t kv_bytes[2], per_pos[2];
+    enum tsr_dtype types[2] = {TSR_F32, TSR_BF16};
+    for (int k = 0; k < 2; k++) {
+        struct tsr_runner_opts o = {
+            .n_blocks = BLOCKS, .block_size = 16, .max_tokens = PROMPT, .kv_type = types[k]};
+        tsr_runner_t *r;
+        assert_int_equal(tsr_runner_new(m, b, &o, NULL, &r), 0);
+        kv_bytes[k] = tsr_runner_kv_bytes(r);
+        per_pos[k] = tsr_runner_kv_bytes_per_pos(r);
+        logits[k] = malloc(sizeof(float) * (N - PROMPT + 1) * c->n_vocab);
+        int32_t last = PROMPT - 1;
+        struct tsr_step st = {.n_tokens = PROMPT,
+                              .ids = ids,
+                              .pos = pos,
+                              .seq = seq,
+                              .n_seqs = 1,
+                              .max_blocks = BLOCKS,
+                              .block_tables = bt,
+                              .n_out = 1,
+                              .out_rows = &last};
+        assert_int_equal(tsr_runner_forward(r, &st, logits[k]), 0);
+        for (int i = PROMPT; i < N; i++) { /* decode steps, teacher-forced */
+            int32_t zero = 0;
+            st = (struct tsr_step){.n_tokens = 1,
+                                   .ids = ids + i,
+                                   .pos = pos + i,
+                                   .seq = seq + i,
+                                   .n_seqs = 1,
+                                   .max_blocks = BLOCKS,
+                                   .block_tables = bt,
+                                   .n_out = 1,
+                                   .out_rows = &zero};
+            assert_int_equal(
+                tsr_runner_forward(r, &st, logits[k] + (size_t)(i - PROMPT + 1) * c->n_vocab), 0);
+        }
+        tsr_runner_free(r);
+    }
+    assert_int_equal(kv_bytes[1] * 2, kv_bytes[0]);
+    assert_int_equal(per_pos[1] * 2, per_pos[0]);
+    assert_int_equal(per_pos[1], 2 * (size_t)c->n_layer * c->n_kv_head * c->head_dim * 2);
+    size_t n = (size_t)(N - PROMPT + 1) * c->n_vocab;
+    double *ref = malloc(sizeof(double) * n);
+    for (size_t i = 0; i < n; i++) ref[i] = logits[0][i];
+    double e = tsr_test_nmse(logits[1], ref, n);
+    print_message("test_kv_dtype: default model, logits of %d steps: NMSE bf16 against f32 "
+                  "cache %.3g\n",
+                  N - PROMPT + 1, e);
+    if (!(e <= 1e-3)) fail_msg("logits: NMSE %.3g above 1e-3", e);
+    if (!(e > 0)) fail_msg("logits: bf16 and f32 caches gave the same bits: not rounded?");
+    free(ref);
+    free(logits[0]);
+    free(logits[1]);
+    tsr_model_free(m);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_bf16_cache),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_runner),
+    };
+    return tsr_test_exit(cmocka_run_group_tests(tests, setup, teardown));
+}
