@@ -42,18 +42,7 @@
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/cpu_kernels.h"
 #include "unit.h"
-
-/* ---- random numbers: unit.h's xorshift64*, seeded once per run (main) ---- */
-
-static int rng_int(int n) /* [0, n) */
-{
-    return (int)(tsr_test_rng_u64() % (uint64_t)n);
-}
-
-static void fill_normal(float *x, size_t n, float scale)
-{
-    for (size_t i = 0; i < n; i++) x[i] = scale * tsr_test_rng_normal();
-}
+#include "backend_check.h" /* rng_int, fill_normal (seeded once in main), buf_from, buf_nan */
 
 /* ---- backends, one per instruction set available ---- */
 
@@ -107,23 +96,6 @@ static int teardown(void **state)
 }
 
 /* ---- buffers and comparisons ---- */
-
-static tsr_buf_t *buf_from(tsr_backend_t *b, const void *src, size_t n)
-{
-    tsr_buf_t *buf = tsr_buf_alloc(b, n);
-    assert_non_null(buf);
-    if (src) assert_int_equal(tsr_buf_set(buf, 0, src, n), 0);
-    return buf;
-}
-
-static tsr_buf_t *buf_nan(tsr_backend_t *b, size_t n_floats)
-{
-    tsr_buf_t *buf = tsr_buf_alloc(b, n_floats * sizeof(float));
-    assert_non_null(buf);
-    float *p = tsr_buf_host(buf);
-    for (size_t i = 0; i < n_floats; i++) p[i] = NAN;
-    return buf;
-}
 
 static float *get_floats(tsr_buf_t *buf, size_t n)
 {

@@ -31,6 +31,7 @@
 #include "model/model.h"
 #include "worker/forward.h"
 #include "unit.h"
+#include "backend_check.h"
 
 enum { N_ISA = 3 };
 static tsr_backend_t *backends[N_ISA]; /* NULL where the CPU lacks the ISA */
@@ -76,23 +77,6 @@ static int teardown(void **state)
     return 0;
 }
 
-static tsr_buf_t *buf_from(tsr_backend_t *b, const void *src, size_t n)
-{
-    tsr_buf_t *buf = tsr_buf_alloc(b, n);
-    assert_non_null(buf);
-    if (src) assert_int_equal(tsr_buf_set(buf, 0, src, n), 0);
-    return buf;
-}
-
-static tsr_buf_t *buf_nan(tsr_backend_t *b, size_t n_floats)
-{
-    tsr_buf_t *buf = tsr_buf_alloc(b, n_floats * sizeof(float));
-    assert_non_null(buf);
-    float *p = tsr_buf_host(buf);
-    for (size_t i = 0; i < n_floats; i++) p[i] = NAN;
-    return buf;
-}
-
 static void *get_bytes(tsr_buf_t *buf, size_t n)
 {
     void *out = malloc(n);
@@ -133,16 +117,6 @@ struct setup {
     uint16_t *kb, *vb; /* the bf16 cache: those rounded */
     uint8_t *written;  /* slots this step writes */
 };
-
-static int rng_int(int n)
-{
-    return (int)(tsr_test_rng_u64() % (uint64_t)n);
-}
-
-static void fill_normal(float *x, size_t n, float scale)
-{
-    for (size_t i = 0; i < n; i++) x[i] = scale * tsr_test_rng_normal();
-}
 
 static void build(const struct kv_case *kc, struct setup *a)
 {
