@@ -118,6 +118,17 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const __half *p
                  : "memory");
 }
 
+/* 16 bytes of zeros at p (a stage piece past the tile's last position). */
+__device__ __forceinline__ void zero_piece(float *p)
+{
+    *(float4 *)p = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+}
+
+__device__ __forceinline__ void zero_piece(uint16_t *p)
+{
+    *(uint4 *)p = make_uint4(0, 0, 0, 0);
+}
+
 /* Piece i of the stage (E elements as cached) as f16 at dst (16-byte aligned when E is 8). */
 __device__ __forceinline__ void piece_to_f16(const float *stage, int i, __half *dst)
 {
@@ -178,8 +189,8 @@ __global__ void __launch_bounds__(THREADS)
                 cp_async16(dk, kc + off);
                 cp_async16(dv, vc + off);
             } else {
-                *(uint4 *)dk = make_uint4(0, 0, 0, 0);
-                *(uint4 *)dv = make_uint4(0, 0, 0, 0);
+                zero_piece(dk);
+                zero_piece(dv);
             }
         }
         cp_async_commit();
