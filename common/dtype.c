@@ -260,6 +260,26 @@ static void quant_q6_k(const float *x, uint8_t *b)
     }
 }
 
+/* GGML's reference Q8_0 block: d = amax / 127, q rounded half away from zero. */
+static void quant_q8_0(const float *x, struct tsr_block_q8_0 *b)
+{
+    float amax = 0;
+    for (int j = 0; j < TSR_QK; j++) amax = fmaxf(amax, fabsf(x[j]));
+    float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
+    b->d = tsr_f32_to_f16(d);
+    for (int j = 0; j < TSR_QK; j++) b->qs[j] = (int8_t)roundf(x[j] * id);
+}
+
+/* An F8_E4M3 block (36 bytes at blk) with d = amax / 448, each code the nearest to x / d. */
+static void quant_f8(const float *x, uint8_t *blk)
+{
+    float amax = 0;
+    for (int j = 0; j < TSR_QK; j++) amax = fmaxf(amax, fabsf(x[j]));
+    float d = amax / 448.0f;
+    memcpy(blk, &d, 4);
+    for (int j = 0; j < TSR_QK; j++) blk[4 + j] = tsr_f32_to_e4m3(d ? x[j] / d : 0.0f);
+}
+
 void tsr_dequantize_row(enum tsr_dtype t, const void *src, float *dst, int64_t n)
 {
     switch (t) {
@@ -358,14 +378,7 @@ void tsr_quantize_row(enum tsr_dtype t, const float *src, void *dst, int64_t n)
     }
     case TSR_Q8_0: {
         struct tsr_block_q8_0 *b = dst;
-        for (int64_t i = 0; i < n / TSR_QK; i++) {
-            const float *x = src + i * TSR_QK;
-            float amax = 0;
-            for (int j = 0; j < TSR_QK; j++) amax = fmaxf(amax, fabsf(x[j]));
-            float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
-            b[i].d = tsr_f32_to_f16(d);
-            for (int j = 0; j < TSR_QK; j++) b[i].qs[j] = (int8_t)roundf(x[j] * id);
-        }
+        for (int64_t i = 0; i < n / TSR_QK; i++) quant_q8_0(src + i * TSR_QK, &b[i]);
         break;
     }
     case TSR_Q4_0: {
@@ -427,15 +440,8 @@ void tsr_quantize_row(enum tsr_dtype t, const float *src, void *dst, int64_t n)
     }
     case TSR_F8_E4M3: {
         uint8_t *b = dst;
-        for (int64_t i = 0; i < n / TSR_QK; i++) {
-            const float *x = src + i * TSR_QK;
-            uint8_t *blk = b + (size_t)i * sizeof(struct tsr_block_f8);
-            float amax = 0;
-            for (int j = 0; j < TSR_QK; j++) amax = fmaxf(amax, fabsf(x[j]));
-            float d = amax / 448.0f;
-            memcpy(blk, &d, 4);
-            for (int j = 0; j < TSR_QK; j++) blk[4 + j] = tsr_f32_to_e4m3(d ? x[j] / d : 0.0f);
-        }
+        for (int64_t i = 0; i < n / TSR_QK; i++)
+            quant_f8(src + i * TSR_QK, b + (size_t)i * sizeof(struct tsr_block_f8));
         break;
     }
     }
@@ -455,4 +461,255 @@ uint8_t tsr_f32_to_e4m3(float f)
     if (m == 8) e++, m = 0;
     if (e + 7 > 15 || (e + 7 == 15 && m == 7)) return sign | 0x7e;
     return sign | (uint8_t)((e + 7) << 3 | m);
+}
+
+/* ---- tsr_quantize_row_search: Q8_0 and F8_E4M3 blocks with a searched scale ----
+ *
+ * Each candidate scale takes one pass over the block: its codes (nearest, clamped), then the
+ * sums s_xq = sum x q and s_qq = sum q q. The scale that best fits those codes is s_xq / s_qq,
+ * and its squared error s_xx - s_xq^2 / s_qq, so one pass ranks a candidate with its scale
+ * refitted. The winner's refitted scale (rounded to f16 for Q8_0, as stored) has its codes made
+ * anew, each the nearest again, and the block is kept only if its decoded squared error is under
+ * the absmax block's. The passes use 4-float vectors (one SSE or NEON register: GCC's -O2
+ * vectoriser leaves these loops scalar), in f32: the ranking only picks a candidate, the final
+ * comparison is exact (in double, on the decoded values, as tsr_dequantize_row decodes them). */
+
+typedef float v4f __attribute__((vector_size(16)));
+typedef int32_t v4i __attribute__((vector_size(16)));
+
+/* Adding and taking away 1.5 * 2^23 rounds a float under 2^22 in magnitude to an integer
+ * (to nearest even). */
+#define RNE_MAGIC 12582912.0f
+
+static v4f v4_load(const float *p)
+{
+    v4f v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static v4f v4_select(v4i m, v4f a, v4f b) /* a where m, else b */
+{
+    return (v4f)(((v4i)a & m) | ((v4i)b & ~m));
+}
+
+static float v4_sum(v4f a)
+{
+    return (a[0] + a[2]) + (a[1] + a[3]);
+}
+
+/* The largest |x| (NaN if there is one) and the sum of squares of a block. */
+static void block_amax_sxx(const float *x, float *amax, float *sxx)
+{
+    const v4f z = {0, 0, 0, 0};
+    const v4i abs = (v4i){0, 0, 0, 0} + INT32_MAX;
+    v4f m = z, s = z;
+    for (int j = 0; j < TSR_QK; j += 4) {
+        v4f xv = v4_load(x + j), a = (v4f)((v4i)xv & abs);
+        m = v4_select(a > m, a, v4_select(a == a, m, a)); /* a NaN stays */
+        s += xv * xv;
+    }
+    float r = m[0];
+    for (int l = 1; l < 4; l++) r = m[l] > r || m[l] != m[l] ? m[l] : r;
+    *amax = r;
+    *sxx = v4_sum(s);
+}
+
+/* q = x * ic rounded to nearest even and clamped to +-127: the codes for a scale 1 / ic. */
+static void q8_codes(const float *x, float ic, int8_t *q)
+{
+    const v4f z = {0, 0, 0, 0}, m = z + RNE_MAGIC, lim = z + 127.0f;
+    for (int j = 0; j < TSR_QK; j += 4) {
+        v4f v = (v4_load(x + j) * ic + m) - m;
+        v = v4_select(v > lim, lim, v4_select(v < -lim, -lim, v));
+        for (int l = 0; l < 4; l++) q[j + l] = (int8_t)v[l];
+    }
+}
+
+/* quant_q8_0's block, its roundf (half away from zero) made from the nearest-even rounding. */
+static void quant_q8_0_v4(const float *x, float amax, struct tsr_block_q8_0 *b)
+{
+    float d = amax / 127.0f, id = d ? 1.0f / d : 0.0f;
+    b->d = tsr_f32_to_f16(d);
+    const v4f z = {0, 0, 0, 0}, m = z + RNE_MAGIC, half = z + 0.5f;
+    for (int j = 0; j < TSR_QK; j += 4) {
+        v4f v = v4_load(x + j) * id, r = (v + m) - m, t = v - r;
+        v4f away = v + v4_select(v < z, -half, half);
+        r = v4_select((t == half) | (t == -half), away, r);
+        for (int l = 0; l < 4; l++) b->qs[j + l] = (int8_t)r[l];
+    }
+}
+
+/* For 4 scales 1 / ic[g]: s_xq and s_qq of the codes (q8_codes' without the clamp, which the
+ * candidates' codes never reach). 4 candidates a pass keep 8 chains of adds going, where one
+ * would wait on its adds' latency (twice as fast per candidate). */
+static void q8_sums4(const float *x, const float *ic, float *sxq, float *sqq)
+{
+    const v4f z = {0, 0, 0, 0}, m = z + RNE_MAGIC;
+    /* named, not arrays: GCC keeps these in registers */
+    v4f a0 = z, a1 = z, a2 = z, a3 = z, c0 = z, c1 = z, c2 = z, c3 = z;
+    for (int j = 0; j < TSR_QK; j += 4) {
+        v4f xv = v4_load(x + j), q0 = (xv * ic[0] + m) - m, q1 = (xv * ic[1] + m) - m;
+        v4f q2 = (xv * ic[2] + m) - m, q3 = (xv * ic[3] + m) - m;
+        a0 += xv * q0, a1 += xv * q1, a2 += xv * q2, a3 += xv * q3;
+        c0 += q0 * q0, c1 += q1 * q1, c2 += q2 * q2, c3 += q3 * q3;
+    }
+    sxq[0] = v4_sum(a0), sxq[1] = v4_sum(a1), sxq[2] = v4_sum(a2), sxq[3] = v4_sum(a3);
+    sqq[0] = v4_sum(c0), sqq[1] = v4_sum(c1), sqq[2] = v4_sum(c2), sqq[3] = v4_sum(c3);
+}
+
+/* Squared error of a Q8_0 block against x, decoded as tsr_dequantize_row does. */
+static double q8_err(const float *x, const struct tsr_block_q8_0 *b)
+{
+    float d = tsr_f16_to_f32(b->d);
+    double e = 0;
+    for (int j = 0; j < TSR_QK; j++) {
+        double t = (double)x[j] - (double)(d * (float)b->qs[j]);
+        e += t * t;
+    }
+    return e;
+}
+
+/* Candidates amax / (127 - k) for k < Q8_CANDIDATES (a multiple of 4): the largest weight on
+ * code 127 - k before the refit. Smaller scales (the largest weight clamped) almost never win
+ * on the default model. On its weights 24 candidates cut the Q8_0 squared error by 70% (8: 44%,
+ * 32: 76%) at about twice tsr_quantize_row's time. */
+enum { Q8_CANDIDATES = 24 };
+
+static void quant_q8_0_search(const float *x, struct tsr_block_q8_0 *b)
+{
+    float amax = 0, sxx = 0;
+    block_amax_sxx(x, &amax, &sxx);
+    if (!(amax > 0) || !isfinite(sxx)) {
+        quant_q8_0(x, b);
+        return;
+    }
+    quant_q8_0_v4(x, amax, b);
+    float best = -1, best_d = 0, ia = 1.0f / amax;
+    for (int k = 0; k < Q8_CANDIDATES; k += 4) {
+        float ic[4], sxq[4], sqq[4];
+        for (int g = 0; g < 4; g++) ic[g] = (float)(127 - k - g) * ia;
+        q8_sums4(x, ic, sxq, sqq);
+        for (int g = 0; g < 4; g++) {
+            float fit = sxq[g] * (sxq[g] / sqq[g]); /* the error is s_xx - fit: the largest wins */
+            if (sqq[g] > 0 && fit > best) best = fit, best_d = sxq[g] / sqq[g];
+        }
+    }
+    struct tsr_block_q8_0 c;
+    c.d = tsr_f32_to_f16(best_d);
+    float d = tsr_f16_to_f32(c.d);
+    if (!(d > 0)) return;
+    q8_codes(x, 1.0f / d, c.qs);
+    if (q8_err(x, &c) < q8_err(x, b)) *b = c;
+}
+
+/* Each lane's nearest E4M3 value (to nearest even; 448 above 448), as tsr_f32_to_e4m3 rounds:
+ * normals keep 3 fraction bits, rounded in the f32 bits; under 2^-6 multiples of 2^-9. */
+static v4f e4m3_round(v4f v)
+{
+    const v4f z = {0, 0, 0, 0};
+    const v4i sign = (v4i){0, 0, 0, 0} + INT32_MIN;
+    v4f a = (v4f)((v4i)v & ~sign);
+    a = v4_select(a > z + 448.0f, z + 448.0f, a);
+    v4i u = (v4i)a;
+    u = (u + 0x7ffff + ((u >> 20) & 1)) & ~0xfffff;
+    v4f sub = (a + 0x1p14f) - 0x1p14f;
+    a = v4_select(a < z + 0x1p-6f, sub, (v4f)u);
+    return (v4f)((v4i)a | ((v4i)v & sign));
+}
+
+/* The E4M3 code of a value e4m3_round made. */
+static uint8_t e4m3_code(float r)
+{
+    uint32_t u;
+    memcpy(&u, &r, 4);
+    uint8_t sign = (uint8_t)(u >> 24 & 0x80);
+    float a = fabsf(r);
+    if (a < 0x1p-6f) return sign | (uint8_t)(a * 0x1p9f); /* exact: 0..7 */
+    return sign | (uint8_t)((((u >> 23 & 0xff) - 127 + 7) << 3) | (u >> 20 & 7));
+}
+
+/* The codes of x * ic, each the nearest. */
+static void f8_codes(const float *x, float ic, uint8_t *q)
+{
+    for (int j = 0; j < TSR_QK; j += 4) {
+        v4f r = e4m3_round(v4_load(x + j) * ic);
+        for (int l = 0; l < 4; l++) q[j + l] = e4m3_code(r[l]);
+    }
+}
+
+/* For 4 scales 1 / ic[g]: s_xr and s_rr of the nearest E4M3 values r (as q8_sums4). */
+static void f8_sums4(const float *x, const float *ic, float *sxr, float *srr)
+{
+    const v4f z = {0, 0, 0, 0};
+    v4f a0 = z, a1 = z, a2 = z, a3 = z, c0 = z, c1 = z, c2 = z, c3 = z;
+    for (int j = 0; j < TSR_QK; j += 4) {
+        v4f xv = v4_load(x + j), r0 = e4m3_round(xv * ic[0]), r1 = e4m3_round(xv * ic[1]);
+        v4f r2 = e4m3_round(xv * ic[2]), r3 = e4m3_round(xv * ic[3]);
+        a0 += xv * r0, a1 += xv * r1, a2 += xv * r2, a3 += xv * r3;
+        c0 += r0 * r0, c1 += r1 * r1, c2 += r2 * r2, c3 += r3 * r3;
+    }
+    sxr[0] = v4_sum(a0), sxr[1] = v4_sum(a1), sxr[2] = v4_sum(a2), sxr[3] = v4_sum(a3);
+    srr[0] = v4_sum(c0), srr[1] = v4_sum(c1), srr[2] = v4_sum(c2), srr[3] = v4_sum(c3);
+}
+
+static double f8_err(const float *x, const uint8_t *blk)
+{
+    float d;
+    memcpy(&d, blk, 4);
+    double e = 0;
+    for (int j = 0; j < TSR_QK; j++) {
+        double t = (double)x[j] - (double)(d * tsr_e4m3_to_f32(blk[4 + j]));
+        e += t * t;
+    }
+    return e;
+}
+
+/* Candidates amax / 448 * (1 + k / F8_CANDIDATES), k < F8_CANDIDATES (a multiple of 4): one
+ * octave, as E4M3's grid repeats itself at twice the scale (but for the subnormals and the top
+ * code). On the default model's weights 16 cut the squared error by 59% (8: 54%, 24: 61%). */
+enum { F8_CANDIDATES = 16 };
+
+static void quant_f8_search(const float *x, uint8_t *blk)
+{
+    float amax = 0, sxx = 0;
+    block_amax_sxx(x, &amax, &sxx);
+    float best = -1, best_d = 0, d0 = amax / 448.0f;
+    if (!(d0 > 0) || !isfinite(sxx)) {
+        quant_f8(x, blk);
+        return;
+    }
+    memcpy(blk, &d0, 4); /* quant_f8's block: x / d0 (divided, as it does), rounded alike */
+    for (int j = 0; j < TSR_QK; j += 4) {
+        v4f r = e4m3_round(v4_load(x + j) / d0);
+        for (int l = 0; l < 4; l++) blk[4 + j + l] = e4m3_code(r[l]);
+    }
+    for (int k = 0; k < F8_CANDIDATES; k += 4) {
+        float ic[4], sxr[4], srr[4];
+        for (int g = 0; g < 4; g++) ic[g] = 1.0f / (d0 * (1.0f + (float)(k + g) / F8_CANDIDATES));
+        f8_sums4(x, ic, sxr, srr);
+        for (int g = 0; g < 4; g++) {
+            float fit = sxr[g] * (sxr[g] / srr[g]);
+            if (srr[g] > 0 && fit > best) best = fit, best_d = sxr[g] / srr[g];
+        }
+    }
+    if (!(best_d > 0) || !isfinite(1.0f / best_d)) return;
+    uint8_t c[sizeof(struct tsr_block_f8)];
+    memcpy(c, &best_d, 4);
+    f8_codes(x, 1.0f / best_d, c + 4);
+    if (f8_err(x, c) < f8_err(x, blk)) memcpy(blk, c, sizeof c);
+}
+
+void tsr_quantize_row_search(enum tsr_dtype t, const float *src, void *dst, int64_t n)
+{
+    if (t == TSR_Q8_0) {
+        struct tsr_block_q8_0 *b = dst;
+        for (int64_t i = 0; i < n / TSR_QK; i++) quant_q8_0_search(src + i * TSR_QK, &b[i]);
+    } else if (t == TSR_F8_E4M3) {
+        uint8_t *b = dst;
+        for (int64_t i = 0; i < n / TSR_QK; i++)
+            quant_f8_search(src + i * TSR_QK, b + (size_t)i * sizeof(struct tsr_block_f8));
+    } else {
+        tsr_quantize_row(t, src, dst, n);
+    }
 }

@@ -142,6 +142,13 @@ void tsr_dequantize_row(enum tsr_dtype t, const void *src, float *dst, int64_t n
  * k-quants a plain min/max fit per sub-block (valid blocks, not llama.cpp's error-minimizing
  * search). */
 void tsr_quantize_row(enum tsr_dtype t, const float *src, void *dst, int64_t n);
+/* tsr_quantize_row with a searched scale for Q8_0 and F8_E4M3, for weights converted on load
+ * (--quantize): each block's scale is chosen among candidates around the absmax one (each refitted
+ * to its codes; a Q8_0 scale as the f16 it is stored as) for the least squared error of the
+ * decoded block, which is then never above tsr_quantize_row's block (kept on a tie).
+ * Deterministic; several times tsr_quantize_row's cost. Other types as tsr_quantize_row. The
+ * synthetic models and the tests' data keep tsr_quantize_row's plain rounding. */
+void tsr_quantize_row_search(enum tsr_dtype t, const float *src, void *dst, int64_t n);
 
 static inline float tsr_f16_to_f32(uint16_t h)
 {

@@ -667,7 +667,7 @@ static void *gen_rows(void *arg)
                 tsr_dequantize_row(j->src->type, (const char *)j->src->data + (size_t)r * j->stride,
                                    tmp, j->cols);
             }
-            tsr_quantize_row(j->t, tmp + j->col0, out, j->n);
+            tsr_quantize_row_search(j->t, tmp + j->col0, out, j->n);
         } else {
             uint64_t base = j->seed + (uint64_t)(r * j->cols + j->col0);
             for (int64_t c = 0; c < j->n; c++) {

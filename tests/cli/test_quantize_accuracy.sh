@@ -4,10 +4,11 @@
 # argmax agreement and perplexity over the first 21,500 bytes of GPL-3's text (every Debian
 # machine has it), as `tessera bench --perplexity FILE --text` scores them: chunks of 512 tokens,
 # the second half of each scored, 8 chunks, 2,040 positions (the whole file, 3,570 positions, in
-# docs/correctness.md). Perplexity bounds are issue 14's: int8 (q8_0) within 1%, FP8 (E4M3
-# blocks) within 3%, bf16 held to int8's. Its agreement bars (int8 0.98, FP8 0.95) are not met on
-# this model (docs/correctness.md: 0.978 and 0.932 over the whole file): the agreement bounds here
-# are regression floors under what was measured, not the issue's.
+# docs/correctness.md). The bounds are issue 14's bars: int8 (q8_0) agreement >= 0.98 and
+# perplexity within 1%, FP8 (E4M3 blocks) >= 0.95 and within 3%; bf16 held to int8's. With the
+# searched block scales of the conversion (tsr_quantize_row_search) this text measured q8_0
+# 0.9892 (perplexity +0.11%), fp8 0.9588 (+0.71%), bf16 0.9961 (+0.02%): FP8's margin is 18
+# positions.
 # Usage: test_quantize_accuracy.sh path/to/tessera repo_root
 set -uo pipefail
 bin=$1 root=$2
@@ -43,7 +44,7 @@ check "at least 2,000 positions scored ($(field "$tmp/ref" tokens_scored))" \
   "$([ "$(field "$tmp/ref" tokens_scored)" -ge 2000 ] && echo 0 || echo 1)"
 printf '%-8s %8s %10s %9s\n' weights agree ppl "ppl/ref"
 printf '%-8s %8s %10.4f %9s\n' Q4_1 1 "$(field "$tmp/ref" ppl)" 1
-for spec in q8_0:0.96:0.01 bf16:0.98:0.01 fp8:0.90:0.03; do
+for spec in q8_0:0.98:0.01 bf16:0.98:0.01 fp8:0.95:0.03; do
   IFS=: read -r q min_agree max_rel <<<"$spec"
   ppl "$tmp/$q" --quantize "$q" --ref-ids "$tmp/ref.ids"
   rc=$?

@@ -5,11 +5,16 @@
  *    ties to the even code, saturating at 448;
  * 2. F8_E4M3 blocks: quantize/dequantize of Gaussian rows within the 3-bit mantissa's bound, a
  *    zero block, a block whose amax is 448 exactly (scale 1, codes exact);
- * 3. tsr_model_quantize on the default model: the projections read as the target type, equal to
- *    requantizing the file's dequantized rows, a column slice equal to those columns of the
- *    whole (what a TP rank reads), embeddings and norms untouched, widths a type cannot take and
- *    synthetic models refused with clear errors, and the CLI's type names.
- * (The F8 matmul of every ISA is in test_kquants' matmul test; refusing F8 in a GGUF file too.) */
+ * 3. tsr_quantize_row_search (Q8_0 and F8_E4M3 with a searched scale): on many random blocks
+ *    (Gaussian at scales from f16-subnormal to large, a Q4_1 file's 16 levels, one outlier, all
+ *    zero, constant, sparse, E4M3 values, FP8 subnormals) its squared error is never above
+ *    tsr_quantize_row's, it decodes to finite values, and over the Gaussian and Q4_1-like blocks
+ *    it is clearly below (what the search is for); other types are tsr_quantize_row's bytes;
+ * 4. tsr_model_quantize on the default model: the projections read as the target type, equal to
+ *    requantizing the file's dequantized rows (tsr_quantize_row_search), a column slice equal to
+ * those columns of the whole (what a TP rank reads), embeddings and norms untouched, widths a type
+ * cannot take and synthetic models refused with clear errors, and the CLI's type names. (The F8
+ * matmul of every ISA is in test_kquants' matmul test; refusing F8 in a GGUF file too.) */
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -144,7 +149,129 @@ static void test_blocks(void **state)
             fail_msg("F8 exact block: %g came back as %g", x[5 * TSR_QK + i], back[5 * TSR_QK + i]);
 }
 
-/* ---- 3. --quantize ---- */
+/* ---- 3. the searched quantizer ---- */
+
+/* Block kind k (of SEARCH_KINDS) into x[32]. */
+enum { SEARCH_KINDS = 11 };
+static void search_block(int k, float *x)
+{
+    static const float scales[] = {1e-6f, 3e-3f, 1.0f, 40.0f, 1e4f};
+    float s = scales[tsr_test_rng_u64() % 5];
+    for (int j = 0; j < TSR_QK; j++) x[j] = tsr_test_rng_normal() * s;
+    switch (k) {
+    case 0: /* Gaussian */
+        break;
+    case 1: { /* a Q4_1 file's block: 16 levels, d * n + m (the default model's weights) */
+        float d = (float)tsr_test_rng_uniform() * 0.02f + 1e-4f;
+        float m = -d * (float)(6 + 4 * tsr_test_rng_uniform());
+        for (int j = 0; j < TSR_QK; j++) x[j] = d * (float)(tsr_test_rng_u64() % 16) + m;
+        break;
+    }
+    case 2: /* one outlier */
+        x[tsr_test_rng_u64() % TSR_QK] *= 50.0f;
+        break;
+    case 3: /* all zero */
+        memset(x, 0, TSR_QK * sizeof *x);
+        break;
+    case 4: /* constant */
+        for (int j = 1; j < TSR_QK; j++) x[j] = x[0];
+        break;
+    case 5: /* sparse: a few nonzero */
+        for (int j = 0; j < TSR_QK; j++)
+            if (tsr_test_rng_u64() % 8) x[j] = 0;
+        break;
+    case 6: /* E4M3 values times a power of two */
+        for (int j = 0; j < TSR_QK; j++)
+            x[j] = (float)tsr_test_e4m3_ref((int)(tsr_test_rng_u64() % 0x7f) | (j & 1) << 7) * s;
+        break;
+    case 7: /* FP8 subnormals: one weight of 1, the rest under 2^-6 of it, down to 2^-12 */
+        for (int j = 0; j < TSR_QK; j++) x[j] = ldexpf(tsr_test_rng_normal(), -6 - (j % 7));
+        x[0] = 1.0f;
+        break;
+    case 8: /* uniform in [-1, 1] */
+        for (int j = 0; j < TSR_QK; j++) x[j] = (float)(2 * tsr_test_rng_uniform() - 1);
+        break;
+    case 9: /* int8 values: Q8_0's absmax block is exact */
+        for (int j = 0; j < TSR_QK; j++) x[j] = (float)((int)(tsr_test_rng_u64() % 255) - 127);
+        x[0] = 127.0f;
+        break;
+    default: /* f32 subnormal and tiny weights */
+        for (int j = 0; j < TSR_QK; j++) x[j] = tsr_test_rng_normal() * 1e-39f;
+        break;
+    }
+}
+
+static double block_err(enum tsr_dtype t, const float *x, const void *q)
+{
+    float back[TSR_QK];
+    tsr_dequantize_row(t, q, back, TSR_QK);
+    double e = 0;
+    for (int j = 0; j < TSR_QK; j++) {
+        if (!isfinite(back[j]))
+            fail_msg("%s: weight %d decodes to %g", tsr_dtype_name(t), j, back[j]);
+        double d = (double)x[j] - back[j];
+        e += d * d;
+    }
+    return e;
+}
+
+static void test_search(void **state)
+{
+    (void)state;
+    static const enum tsr_dtype types[] = {TSR_Q8_0, TSR_F8_E4M3};
+    enum { BLOCKS = 4000 };
+    for (size_t ti = 0; ti < 2; ti++) {
+        enum tsr_dtype t = types[ti];
+        double sum_plain[SEARCH_KINDS] = {0}, sum_search[SEARCH_KINDS] = {0};
+        long better = 0;
+        for (int i = 0; i < BLOCKS * SEARCH_KINDS; i++) {
+            int k = i % SEARCH_KINDS;
+            float x[TSR_QK];
+            uint8_t plain[64], searched[64];
+            search_block(k, x);
+            tsr_quantize_row(t, x, plain, TSR_QK);
+            tsr_quantize_row_search(t, x, searched, TSR_QK);
+            double ep = block_err(t, x, plain), es = block_err(t, x, searched);
+            if (es > ep)
+                fail_msg(
+                    "%s, block kind %d: searched squared error %.9g above the absmax one's %.9g",
+                    tsr_dtype_name(t), k, es, ep);
+            better += es < ep;
+            sum_plain[k] += ep;
+            sum_search[k] += es;
+            uint8_t again[64];
+            tsr_quantize_row_search(t, x, again, TSR_QK);
+            assert_memory_equal(again, searched, tsr_dtype_block_bytes(t));
+            if (k == 3) /* all zero: zero scale, zero codes, as tsr_quantize_row's */
+                assert_memory_equal(searched, plain, tsr_dtype_block_bytes(t));
+        }
+        /* the Gaussian blocks and a Q4_1 file's: the search must pay (the default model's
+         * weights: -70% for Q8_0, -59% for F8_E4M3) */
+        for (int k = 0; k < 2; k++)
+            if (!(sum_search[k] < 0.9 * sum_plain[k]))
+                fail_msg("%s, block kind %d: searched error %.4g of the absmax one's",
+                         tsr_dtype_name(t), k, sum_search[k] / sum_plain[k]);
+        print_message(
+            "  %s: %ld of %d blocks improved; relative error Gaussian %.3f, Q4_1 levels %.3f, "
+            "one outlier %.3f\n",
+            tsr_dtype_name(t), better, BLOCKS * SEARCH_KINDS, sum_search[0] / sum_plain[0],
+            sum_search[1] / sum_plain[1], sum_search[2] / sum_plain[2]);
+    }
+    /* other types: tsr_quantize_row's bytes */
+    static const enum tsr_dtype others[] = {TSR_F32,  TSR_F16,  TSR_BF16,
+                                            TSR_Q4_0, TSR_Q4_1, TSR_Q6_K};
+    float x[TSR_QK_K];
+    for (int j = 0; j < TSR_QK_K; j++) x[j] = tsr_test_rng_normal();
+    for (size_t i = 0; i < sizeof others / sizeof others[0]; i++) {
+        size_t rb = tsr_dtype_row_bytes(others[i], TSR_QK_K);
+        uint8_t a[1024], b[1024];
+        tsr_quantize_row(others[i], x, a, TSR_QK_K);
+        tsr_quantize_row_search(others[i], x, b, TSR_QK_K);
+        assert_memory_equal(a, b, rb);
+    }
+}
+
+/* ---- 4. --quantize ---- */
 
 static void test_model_quantize(void **state)
 {
@@ -193,14 +320,21 @@ static void test_model_quantize(void **state)
             assert_true(got && want && row);
             assert_int_equal(tsr_model_read(q, names[ni], 0, v.rows, 0, v.cols, got), 0);
             size_t frb = file.nbytes / (size_t)file.rows;
+            long long searched = 0;
             for (int64_t r = 0; r < v.rows; r++) {
                 tsr_dequantize_row(file.type, (const uint8_t *)file.data + (size_t)r * frb, row,
                                    v.cols);
-                tsr_quantize_row(v.type, row, want, v.cols);
+                tsr_quantize_row_search(v.type, row, want, v.cols);
                 if (memcmp(got + (size_t)r * rb, want, rb))
                     fail_msg("%s as %s: row %lld differs from the file's row requantized",
                              names[ni], tsr_dtype_name(v.type), (long long)r);
+                tsr_quantize_row(v.type, row, want, v.cols);
+                searched += memcmp(got + (size_t)r * rb, want, rb) != 0;
             }
+            /* the conversion searches (bf16 has nothing to search) */
+            if ((v.type == TSR_BF16) != (searched == 0))
+                fail_msg("%s as %s: %lld rows differ from the absmax quantizer's", names[ni],
+                         tsr_dtype_name(v.type), searched);
             /* a TP rank's column slice (the second half, on blocks) and a row slice */
             int64_t c0 = v.cols / 2, nc = v.cols - c0, r0 = 5, nr = 7;
             size_t srb = tsr_dtype_row_bytes(v.type, nc), skip = tsr_dtype_row_bytes(v.type, c0);
@@ -233,6 +367,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_codec),
         cmocka_unit_test(test_blocks),
+        cmocka_unit_test(test_search),
         cmocka_unit_test(test_model_quantize),
     };
     return tsr_test_exit(cmocka_run_group_tests(tests, NULL, NULL));
