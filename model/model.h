@@ -52,11 +52,11 @@ int tsr_model_open(const char *spec, tsr_model_t **out);
 /* --quantize: from now on the blocks' projection matrices (attn_{q,k,v,output}, ffn_{gate,up,
  * down}) read as `type` (a tsr_dtype; < 0: no change), converted from the file's values: each
  * row decoded to f32 (an FP8 checkpoint's: its TSR_F8_E4M3 blocks' values; to fp8 they stay as
- * they are) and requantized by tsr_quantize_row as tsr_model_read makes a slice, on every core:
- * a rank requantizes only its slice's rows and columns (of a column slice it still decodes whole
- * rows, the blocks of the two types need not line up). Embeddings, the output matrix and norms keep
- * the file's types, as FP8 and int8 checkpoints keep them in higher precision. For model files
- * only; TSR_EINVAL when a matrix's width is not whole blocks of the type. */
+ * they are) and requantized by tsr_quantize_row_search as tsr_model_read makes a slice, on every
+ * core: a rank requantizes only its slice's rows and columns (of a column slice it still decodes
+ * whole rows, the blocks of the two types need not line up). Embeddings, the output matrix and
+ * norms keep the file's types, as FP8 and int8 checkpoints keep them in higher precision. For model
+ * files only; TSR_EINVAL when a matrix's width is not whole blocks of the type. */
 int tsr_model_quantize(tsr_model_t *m, int type);
 void tsr_model_free(tsr_model_t *m);
 

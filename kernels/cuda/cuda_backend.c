@@ -520,7 +520,10 @@ static int cuda_top_logprobs(tsr_backend_t *b, tsr_buf_t *x, int n, int width, i
  * quantized types) are decoded tile by tile into two bf16 terms, and x too, and three GEMMs sum
  * wh·xl + wl·xh + wh·xh: about 16 bits of each operand, close to the CPU's exact f32, for three
  * times the tensor-core work (such models are small; a rounded x and weight moved a trained
- * model's greedy argmax at 2% of prompt positions). */
+ * model's greedy argmax at 2% of prompt positions). Except Q8_0 and F8_E4M3 weights of the
+ * shapes tsr_cuda_gemm_quant takes (cols a multiple of 256: the large models these types are
+ * for): its own tensor-core GEMM reads them in their blocks and decodes them to bf16 in
+ * registers, against x rounded to bf16: a bf16 model's precision, at about half its bytes. */
 static int gemm(struct cuda_ctx *c, float *y, const struct tsr_weight *w, size_t wrow,
                 const float *x, int n)
 {
@@ -533,6 +536,20 @@ static int gemm(struct cuda_ctx *c, float *y, const struct tsr_weight *w, size_t
             "f32 GEMM");
         return 0;
     }
+    void *mem;
+    if (tsr_cuda_gemm_quant_fits(w->type, cols, wrow, w->buf->data)) {
+        int S = tsr_cuda_gemm_quant_splits(rows, cols, n, c->n_sms);
+        size_t xb_bytes = align_up((size_t)n * cols * 2);
+        if ((rc = scratch(c, xb_bytes + (S > 1 ? (size_t)S * n * rows * sizeof(float) : 0), &mem)))
+            return rc;
+        uint16_t *xb = mem;
+        if ((rc = launched(tsr_cuda_f32_to_bf16(c->stream, x, xb, (size_t)n * cols),
+                           "matmul: round x")))
+            return rc;
+        return launched(tsr_cuda_gemm_quant(c->stream, w->type, w->buf->data, wrow, rows, cols, xb,
+                                            n, y, S, (float *)((char *)mem + xb_bytes)),
+                        "quantized GEMM");
+    }
     int split = w->type != TSR_BF16, terms = split ? 2 : 1, tile = rows;
     if (split) {
         size_t t = GEMM_TILE_BYTES / ((size_t)cols * 2 * 2);
@@ -542,7 +559,6 @@ static int gemm(struct cuda_ctx *c, float *y, const struct tsr_weight *w, size_t
     }
     size_t xb_bytes = align_up((size_t)n * cols * 2);
     size_t tile_bytes = split ? align_up((size_t)tile * cols * 2) : 0;
-    void *mem;
     if ((rc = scratch(c, terms * (xb_bytes + tile_bytes), &mem))) return rc;
     uint16_t *xh = mem, *xl = (uint16_t *)((char *)mem + xb_bytes);
     uint16_t *wh = (uint16_t *)((char *)mem + terms * xb_bytes), *wl = wh + tile_bytes / 2;
@@ -1066,6 +1082,7 @@ static int init_ctx(struct cuda_ctx *c, int device)
     CK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), "create a stream");
     for (int i = 0; i < META_SLOTS; i++)
         CK(cudaEventCreateWithFlags(&c->slots[i].done, cudaEventDisableTiming), "create an event");
+    CK(tsr_cuda_gemm_quant_init(device), "quantized GEMM: shared memory");
     CKB(cublasCreate(&c->blas), "create a handle");
     CKB(cublasSetStream(c->blas, c->stream), "set the stream");
     CK(cudaMalloc(&c->blas_ws, BLAS_WORKSPACE), "allocate the cuBLAS workspace");

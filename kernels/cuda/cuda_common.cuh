@@ -74,9 +74,8 @@ static __device__ __forceinline__ float tsr_dev_q5(const uint8_t *b, int j, bool
 
 /* Element i of a row of type t (any type; 2-byte aligned rows, 4-byte for F8_E4M3). One element
  * at a time: for the small ops (embeddings, norm weights, biases, dequantizing tiles), not for
- * GEMV (Q5_0, Q5_1 and F8_E4M3 meet it there: tsr_cuda_gemv has no kernel of its own for them
- * yet, so its generic one decodes them here, a block's scale once per weight: correct, not
- * fast). */
+ * GEMV (Q5_0 and Q5_1 meet it there: tsr_cuda_gemv has no kernel of its own for them yet, so
+ * its generic one decodes them here, a block's scale once per weight: correct, not fast). */
 static __device__ __forceinline__ float tsr_dev_elem(int t, const uint8_t *row, int64_t i)
 {
     switch (t) {

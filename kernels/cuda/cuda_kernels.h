@@ -47,6 +47,19 @@ struct tsr_cuda_gemv {
     const float *x;
 };
 cudaError_t tsr_cuda_gemv(cudaStream_t s, const struct tsr_cuda_gemv *g);
+/* Quantized-weight GEMM (cuda_gemm_quant.cu): y[n][rows] = x[n][cols] · Wᵀ with W Q8_0 or
+ * F8_E4M3 decoded in registers to bf16 (d * q rounded), x bf16, f32 accumulation and output. It
+ * takes the shapes tsr_cuda_gemm_quant_fits accepts. With splits > 1 (what
+ * tsr_cuda_gemm_quant_splits chose for the shape) K is cut into that many ranges whose partial
+ * sums go to ws (splits x n x rows floats) and are then added in order into y. */
+int tsr_cuda_gemm_quant_fits(int type, int cols, size_t row_bytes, const void *w);
+/* Raises the kernels' shared-memory limit (145 KiB and more) and picks their tile for the device;
+ * once, before any launch (one kind of GPU a process). */
+cudaError_t tsr_cuda_gemm_quant_init(int device);
+int tsr_cuda_gemm_quant_splits(int rows, int cols, int n, int n_sms);
+cudaError_t tsr_cuda_gemm_quant(cudaStream_t s, int type, const void *w, size_t row_bytes, int rows,
+                                int cols, const uint16_t *x, int n, float *y, int splits,
+                                float *ws);
 /* dst[r][0..cols) = weight rows [r0, r0 + nr) as bf16 (round to nearest even). */
 cudaError_t tsr_cuda_weight_to_bf16(cudaStream_t s, int type, const void *w, size_t row_bytes,
                                     int r0, int nr, int cols, uint16_t *dst);

@@ -13,8 +13,8 @@
  * - F32/F16/BF16: each lane loads 16 bytes of a row at a time (4 or 8 weights), consecutive lanes
  *   consecutive 16 bytes, R rows' loads in flight per step (twice that unrolled), as streaming
  *   loads that skip L1 and ask L2 for 256-byte sectors.
- * - Q8_0/Q4_0/Q4_1: blocks of 34/18/20 bytes do not align to wide loads lane by lane, so the warp
- *   copies a chunk of 32 quant blocks per row (1,088 bytes for Q8_0) into shared memory with
+ * - Q8_0/Q4_0/Q4_1/F8_E4M3: blocks of 34/18/20/36 bytes do not align to wide loads lane by lane, so
+ * the warp copies a chunk of 32 quant blocks per row (1,088 bytes for Q8_0) into shared memory with
  *   cp.async, 16 bytes per lane where the row's alignment allows (else 4, else 2), double
  *   buffered: chunk c+1 streams in while chunk c is decoded. Lane l then decodes 4 consecutive
  *   weights of each of 8 blocks (weights 4l + 128i of the chunk), so its activation loads are 16
@@ -27,6 +27,8 @@
  * Accumulation is f32 over f32 activations and exactly decoded weights, in the same order whether
  * a weight shares its launch or not. */
 #include <limits.h>
+
+#include <cuda_fp8.h>
 
 #include "kernels/cuda/cuda_backend.h"
 #include "kernels/cuda/cuda_common.cuh"
@@ -196,6 +198,9 @@ template <> struct qfmt<TSR_Q4_0> {
 template <> struct qfmt<TSR_Q4_1> {
     enum { BYTES = TSR_Q4_1_BYTES };
 };
+template <> struct qfmt<TSR_F8_E4M3> {
+    enum { BYTES = TSR_F8_BYTES };
+};
 
 static __device__ __forceinline__ void cp_async(void *smem, const void *gmem, int width)
 {
@@ -229,11 +234,30 @@ template <int K> static __device__ __forceinline__ float byte_f(uint32_t u, floa
     return __int_as_float((int)__byte_perm(u, 0x4B000000u, 0x7540 + K)) - (8388608.0f + bias);
 }
 
+/* Two E4M3 codes (the low 16 bits of v, the first in the low byte) as floats, NaN codes NaN. */
+static __device__ __forceinline__ float2 e4m3x2(uint32_t v)
+{
+    __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(v & 0xffff), __NV_E4M3);
+    return __half22float2(*(const __half2 *)&h);
+}
+
 /* The 4 weights at positions p..p+3 (p % 4 == 0) of the block at b, as numbers q with
- * w = d * q (Q8_0, Q4_0: the -8 folded in) or w = d * q + m (Q4_1); *d and *m its scales. */
+ * w = d * q (Q8_0, Q4_0: the -8 folded in; F8_E4M3: q the E4M3 values) or w = d * q + m (Q4_1);
+ * *d and *m its scales. */
 template <int T>
 static __device__ __forceinline__ void quant4(const uint8_t *b, int p, float *q, float *d, float *m)
 {
+    if (T == TSR_F8_E4M3) {
+        uint32_t u = *(const uint32_t *)(b + 4 + p);
+        float2 lo = e4m3x2(u), hi = e4m3x2(u >> 16);
+        *d = *(const float *)b;
+        *m = 0.0f;
+        q[0] = lo.x;
+        q[1] = lo.y;
+        q[2] = hi.x;
+        q[3] = hi.y;
+        return;
+    }
     const uint16_t *h = (const uint16_t *)b;
     *d = tsr_dev_f16(h[0]);
     uint32_t u;
@@ -564,9 +588,9 @@ template <int T, int N, bool SW> static void launch_quant(cudaStream_t s, const 
     unsigned grid = grid_of(j.units, U);
     if (j.rb % 16 == 0)
         gemv_quant<T, N, 16, SW><<<grid, THREADS, 0, s>>>(j);
-    else if (j.rb % 4 == 0)
+    else if (T == TSR_F8_E4M3 || j.rb % 4 == 0) /* F8_E4M3 rows: 36-byte blocks */
         gemv_quant<T, N, 4, SW><<<grid, THREADS, 0, s>>>(j);
-    else
+    else if constexpr (T != TSR_F8_E4M3)
         gemv_quant<T, N, 2, SW><<<grid, THREADS, 0, s>>>(j);
 }
 
@@ -592,6 +616,7 @@ template <int N, bool SW> static void launch_n(cudaStream_t s, int type, const j
         if (type == TSR_Q8_0) return launch_quant<TSR_Q8_0, N, SW>(s, j);
         if (type == TSR_Q4_0) return launch_quant<TSR_Q4_0, N, SW>(s, j);
         if (type == TSR_Q4_1) return launch_quant<TSR_Q4_1, N, SW>(s, j);
+        if (type == TSR_F8_E4M3) return launch_quant<TSR_F8_E4M3, N, SW>(s, j);
     }
     if (x16 && w16 && j.cols % TSR_QK_K == 0) {
         if (type == TSR_Q4_K) return launch_kquant<TSR_Q4_K, N, SW>(s, j);

@@ -598,13 +598,14 @@ static void free_step(struct step *st)
 static struct tsr_attn_shape attn_shape(const struct shape *sh, int neox, struct pbuf *inv_freq,
                                         int gpu_side)
 {
-    return (struct tsr_attn_shape){sh->n_head,
-                                   sh->n_kv_head,
-                                   sh->head_dim,
-                                   sh->block_size,
-                                   neox,
-                                   1.0f / sqrtf((float)sh->head_dim),
-                                   gpu_side ? inv_freq->g : inv_freq->c};
+    return (struct tsr_attn_shape){.n_head = sh->n_head,
+                                   .n_kv_head = sh->n_kv_head,
+                                   .head_dim = sh->head_dim,
+                                   .block_size = sh->block_size,
+                                   .neox = neox,
+                                   .scale = 1.0f / sqrtf((float)sh->head_dim),
+                                   .inv_freq = gpu_side ? inv_freq->g : inv_freq->c,
+                                   .kv_type = TSR_F32};
 }
 
 static struct pbuf make_inv_freq(int hd, double theta)
@@ -764,13 +765,12 @@ static double time_attention(const struct shape *sh, int n_seqs, const int *ctx,
     if (tsr_buf_set(q, 0, qf, nt * qw * 4) || tsr_buf_set(kc, 0, cf, cache) ||
         tsr_buf_set(vc, 0, cf, cache))
         die("bench attention data");
-    struct tsr_attn_shape s = {sh->n_head,
-                               sh->n_kv_head,
-                               sh->head_dim,
-                               sh->block_size,
-                               0,
-                               1.0f / sqrtf((float)sh->head_dim),
-                               NULL};
+    struct tsr_attn_shape s = {.n_head = sh->n_head,
+                               .n_kv_head = sh->n_kv_head,
+                               .head_dim = sh->head_dim,
+                               .block_size = sh->block_size,
+                               .scale = 1.0f / sqrtf((float)sh->head_dim),
+                               .kv_type = TSR_F32};
     struct attn_arg arg = {out, q, kc, vc, &s, &st.m, iters};
     double sec = time_median(run_attn, &arg, 7) / iters;
     tsr_buf_free(kc);
@@ -821,8 +821,8 @@ static void bench(void)
             struct tsr_weight w = {tsr_buf_weights(gpu, wb, rb * rows), type, rows, cols};
             free(wb);
             if (!w.buf) die("bench weights");
-            static const int ns[] = {1, 8, 512};
-            for (int k = 0; k < 3; k++) {
+            static const int ns[] = {1, 8, 64, 256, 512};
+            for (int k = 0; k < 5; k++) {
                 int n = ns[k];
                 if (n == 512 && si > 0) continue;
                 float *xf = rand_floats((size_t)n * cols, 1.0f);
@@ -837,9 +837,10 @@ static void bench(void)
                     double bw = (double)rb * rows / s;
                     printf("%-34s %6d %10.1f %10.0f %7.0f%%\n", name, n, s * 1e6, bw / 1e9,
                            100.0 * bw / copy_bw);
-                } else {
-                    double tf = 2.0 * rows * cols * n / s;
-                    printf("%-34s %6d %10.1f %10.1f %8s\n", name, n, s * 1e6, tf / 1e12, "-");
+                } else { /* TF/s, and the weight stream's share of the copy bandwidth */
+                    double tf = 2.0 * rows * cols * n / s, bw = (double)rb * rows / s;
+                    printf("%-34s %6d %10.1f %10.1f %7.0f%%\n", name, n, s * 1e6, tf / 1e12,
+                           100.0 * bw / copy_bw);
                 }
                 tsr_buf_free(x);
                 tsr_buf_free(y);
@@ -960,6 +961,10 @@ int main(int argc, char **argv)
      * chunks of 1 and 3 super-blocks, as Qwen2's 8960- and 4864-wide FFNs have. */
     test_matmul_shape(64, 2304, "9 super-blocks/row", nss, n_nss, 0);
     test_matmul_shape(48, 8960, "35 super-blocks/row", nss, n_nss, 0);
+    /* The quantized tensor-core GEMM (Q8_0, F8_E4M3; cols % 256 == 0): row and batch tails of its
+     * 64 x 64 tiles, and K split into ranges (few tiles against 16 chunks of 256). */
+    static const int ns_gq[] = {9, 70, 130};
+    test_matmul_shape(300, 4096, "GEMM tiles, split K", ns_gq, 3, 0);
     test_matmul_shape(37, 100, "odd (cols % 8)", nss, n_nss, 1);
     test_matmul_shape(7, 6, "tiny", nss, n_nss, 1);
     test_matmul_bias(TSR_BF16, TSR_F32, 576, 576);
