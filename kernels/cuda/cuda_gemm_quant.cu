@@ -9,8 +9,9 @@
  *   version kept q exact and applied d in f32 to each block's 32-deep partial sums: a zeroed
  *   partial accumulator and 2 FMAs per output per block, which with the tile below ran at 135
  *   TFLOP/s against cuBLAS bf16's 500 on an H100.)
- * - A block of 8 warps (4 where shared memory is smaller than Hopper's) computes 256 (128) weight
- *   rows x 64 activation rows; a warp 32 x 64 (2 x 8 mma tiles: its A fragments, built from the
+ * - A block of 8 warps (4 where shared memory is smaller than Hopper's; where a block cannot have
+ *   137 KiB, as on sm_86/89/120, the kernel is off) computes 256 (128) weight rows x 64
+ *   activation rows; a warp 32 x 64 (2 x 8 mma tiles: its A fragments, built from the
  *   raw bytes, serve 8 B fragments each). K advances in chunks of 256 (8 quant blocks), staged in
  *   shared memory with 16-byte cp.async, double buffered: the raw quant rows (272 or 288 bytes a
  *   row) and the bf16 activations (512 bytes a row, padded to 528 so that ldmatrix rows fall in
@@ -55,7 +56,7 @@ __device__ __forceinline__ void cp16(void *smem, const void *gmem)
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
 }
 
-/* Two quants (bytes lo, hi of v) as bf16x2, exactly. */
+/* Two quants (bytes lo, hi of v) as bf16x2, exactly (E4M3's NaN codes as NaN). */
 template <int T> __device__ __forceinline__ uint32_t quant2(uint32_t v)
 {
     uint32_t h = __byte_perm(v, 0, 0x4140); /* byte 0 -> bits 0..7, byte 1 -> bits 16..23 */
@@ -68,7 +69,8 @@ template <int T> __device__ __forceinline__ uint32_t quant2(uint32_t v)
         /* E4M3 s.eeee.mmm into bf16's fields (exponent bias 127 for 7): the value times 2^-120,
          * subnormals included, then times 2^120 (exact: a power of two, no overflow) */
         uint32_t a = ((h << 4) & 0x07f007f0u) | ((h << 8) & 0x80008000u);
-        const uint32_t p120 = 0x7b807b80u; /* bf16 2^120, twice */
+        a |= __vcmpeq2(h & 0x007f007fu, 0x007f007fu) & 0x7fc07fc0u; /* NaN codes: NaN */
+        const uint32_t p120 = 0x7b807b80u;                          /* bf16 2^120, twice */
         r = __hmul2(*(__nv_bfloat162 *)&a, *(const __nv_bfloat162 *)&p120);
     }
     return *(uint32_t *)&r;
@@ -211,9 +213,26 @@ __global__ void sum_splits(float *__restrict__ y, const float *__restrict__ ws, 
     }
 }
 
-/* Warps along M: 8 (256-row tiles, two stages of 207 or 223 KiB) where a block may have that much
- * shared memory (Hopper), else 4; set by tsr_cuda_gemm_quant_init. */
-int g_wm = 4;
+/* Warps along M, per device: 8 (256-row tiles, two stages of 202 or 218 KiB) where a block may
+ * have that much shared memory (Hopper), 4 (137 or 142 KiB: A100), else 0: the kernel does not
+ * fit (sm_86/89/120 give a block 99 KiB) and tsr_cuda_gemm_quant_fits refuses, so those GPUs keep
+ * the cuBLAS path. Set by tsr_cuda_gemm_quant_init. */
+enum { MAX_DEVICES = 64 };
+int g_wm[MAX_DEVICES];
+
+int wm_here(void)
+{
+    int d = -1;
+    if (cudaGetDevice(&d) != cudaSuccess || d < 0 || d >= MAX_DEVICES) return 0;
+    return g_wm[d];
+}
+
+/* K ranges of whole chunks for at most S splits: *per chunks each; returns how many ranges. */
+int ranges(int nchunks, int S, int *per)
+{
+    *per = (nchunks + S - 1) / S;
+    return (nchunks + *per - 1) / *per;
+}
 
 template <int T, int WM> cudaError_t launch_wm(cudaStream_t s, const gq_args &a, int S)
 {
@@ -223,13 +242,10 @@ template <int T, int WM> cudaError_t launch_wm(cudaStream_t s, const gq_args &a,
     return cudaGetLastError();
 }
 
-template <int T> cudaError_t launch(cudaStream_t s, const gq_args &a0, int S, float *y)
+/* S: ranges(); a.y is the workspace when S > 1. */
+template <int T> cudaError_t launch(cudaStream_t s, const gq_args &a, int S, float *y, int wm)
 {
-    gq_args a = a0;
-    int nchunks = a.cols / BK;
-    a.chunks_per_split = (nchunks + S - 1) / S;
-    S = (nchunks + a.chunks_per_split - 1) / a.chunks_per_split;
-    cudaError_t e = g_wm == 8 ? launch_wm<T, 8>(s, a, S) : launch_wm<T, 4>(s, a, S);
+    cudaError_t e = wm == 8 ? launch_wm<T, 8>(s, a, S) : launch_wm<T, 4>(s, a, S);
     if (e != cudaSuccess) return e;
     if (S > 1) {
         size_t count = (size_t)a.n * a.rows;
@@ -240,10 +256,15 @@ template <int T> cudaError_t launch(cudaStream_t s, const gq_args &a0, int S, fl
     return cudaGetLastError();
 }
 
-template <int T, int WM> cudaError_t allow_smem()
+template <int WM> cudaError_t allow_smem()
 {
-    return cudaFuncSetAttribute(gemm_quant<T, WM>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                2 * stage<T, WM>::BYTES);
+    cudaError_t e =
+        cudaFuncSetAttribute(gemm_quant<TSR_Q8_0, WM>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             2 * stage<TSR_Q8_0, WM>::BYTES);
+    if (e != cudaSuccess) return e;
+    return cudaFuncSetAttribute(gemm_quant<TSR_F8_E4M3, WM>,
+                                cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                2 * stage<TSR_F8_E4M3, WM>::BYTES);
 }
 
 } // namespace
@@ -251,38 +272,45 @@ template <int T, int WM> cudaError_t allow_smem()
 extern "C" cudaError_t tsr_cuda_gemm_quant_init(int device)
 {
     int optin = 0;
+    if (device < 0 || device >= MAX_DEVICES) return cudaSuccess; /* the kernel stays off there */
+    g_wm[device] = 0;
     cudaError_t e = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
     if (e != cudaSuccess) return e;
-    int big = optin >= 2 * stage<TSR_F8_E4M3, 8>::BYTES;
-    if ((e = big ? allow_smem<TSR_Q8_0, 8>() : allow_smem<TSR_Q8_0, 4>()) != cudaSuccess ||
-        (e = big ? allow_smem<TSR_F8_E4M3, 8>() : allow_smem<TSR_F8_E4M3, 4>()) != cudaSuccess)
-        return e;
-    g_wm = big ? 8 : 4;
+    int wm = optin >= 2 * stage<TSR_F8_E4M3, 8>::BYTES   ? 8
+             : optin >= 2 * stage<TSR_F8_E4M3, 4>::BYTES ? 4
+                                                         : 0;
+    if (wm && (wm == 8 ? allow_smem<8>() : allow_smem<4>()) != cudaSuccess) {
+        cudaGetLastError(); /* not an error of the backend: this device keeps the cuBLAS path */
+        wm = 0;
+    }
+    g_wm[device] = wm;
     return cudaSuccess;
 }
 
 extern "C" int tsr_cuda_gemm_quant_fits(int type, int cols, size_t row_bytes, const void *w)
 {
     return (type == TSR_Q8_0 || type == TSR_F8_E4M3) && cols > 0 && cols % BK == 0 &&
-           row_bytes % 16 == 0 && ((uintptr_t)w & 15) == 0;
+           row_bytes % 16 == 0 && ((uintptr_t)w & 15) == 0 && wm_here() != 0;
 }
 
 extern "C" int tsr_cuda_gemm_quant_splits(int rows, int cols, int n, int n_sms)
 {
-    int bm = 32 * g_wm, tiles = ((n + BN - 1) / BN) * ((rows + bm - 1) / bm), nchunks = cols / BK;
-    int S = 1;
+    int wm = wm_here(), bm = 32 * (wm ? wm : 4), nchunks = cols / BK, per;
+    int tiles = ((n + BN - 1) / BN) * ((rows + bm - 1) / bm), S = 1;
     /* one tile a multiprocessor (its shared memory holds one), at least 2 chunks a range */
     while (tiles * S * 2 <= n_sms && S * 2 * 2 <= nchunks && S < 16) S *= 2;
-    return S;
+    return ranges(nchunks, S, &per);
 }
 
 extern "C" cudaError_t tsr_cuda_gemm_quant(cudaStream_t s, int type, const void *w,
                                            size_t row_bytes, int rows, int cols, const uint16_t *x,
                                            int n, float *y, int splits, float *ws)
 {
-    gq_args a = {(const uint8_t *)w,       row_bytes,          rows, cols, n, 0,
-                 (const __nv_bfloat16 *)x, splits > 1 ? ws : y};
-    if (type == TSR_Q8_0) return launch<TSR_Q8_0>(s, a, splits, y);
-    if (type == TSR_F8_E4M3) return launch<TSR_F8_E4M3>(s, a, splits, y);
+    int wm = wm_here(), per, S = ranges(cols / BK, splits < 1 ? 1 : splits, &per);
+    if (!wm || S > splits) return cudaErrorInvalidValue; /* fits() said no; ws holds `splits` */
+    gq_args a = {(const uint8_t *)w,       row_bytes,     rows, cols, n, per,
+                 (const __nv_bfloat16 *)x, S > 1 ? ws : y};
+    if (type == TSR_Q8_0) return launch<TSR_Q8_0>(s, a, S, y, wm);
+    if (type == TSR_F8_E4M3) return launch<TSR_F8_E4M3>(s, a, S, y, wm);
     return cudaErrorInvalidValue;
 }

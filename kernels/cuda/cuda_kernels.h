@@ -53,8 +53,9 @@ cudaError_t tsr_cuda_gemv(cudaStream_t s, const struct tsr_cuda_gemv *g);
  * tsr_cuda_gemm_quant_splits chose for the shape) K is cut into that many ranges whose partial
  * sums go to ws (splits x n x rows floats) and are then added in order into y. */
 int tsr_cuda_gemm_quant_fits(int type, int cols, size_t row_bytes, const void *w);
-/* Raises the kernels' shared-memory limit (145 KiB and more) and picks their tile for the device;
- * once, before any launch (one kind of GPU a process). */
+/* Raises the kernels' shared-memory limit (137 KiB and more) and picks their tile for `device`,
+ * or leaves the kernel off there where a block cannot have that much (fits() then refuses); once
+ * per device, before any launch. Fails only when the device cannot be queried. */
 cudaError_t tsr_cuda_gemm_quant_init(int device);
 int tsr_cuda_gemm_quant_splits(int rows, int cols, int n, int n_sms);
 cudaError_t tsr_cuda_gemm_quant(cudaStream_t s, int type, const void *w, size_t row_bytes, int rows,
