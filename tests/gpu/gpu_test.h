@@ -1,6 +1,7 @@
 /* Helpers the GPU test programs share: the device count or the exit that says why there is none
- * (gpu_count_or_exit), a seeded generator (xorshift64*: rng_seed first), allocation that exits on
- * failure, a fatal error with tsr_last_error(), a monotonic clock. One copy per program (static);
+ * (gpu_count_or_exit), a seeded generator (xorshift64*: rng_seed first) with uniform integers and
+ * Gaussian floats, allocation that exits on failure, a fatal error with tsr_last_error(), a
+ * monotonic clock. One copy per program (static);
  * each program uses what it needs. */
 #ifndef TSR_TESTS_GPU_TEST_H
 #define TSR_TESTS_GPU_TEST_H
@@ -82,6 +83,20 @@ static inline void *xmalloc(size_t n)
         exit(2);
     }
     return p;
+}
+
+/* A uniform integer in [0, n). */
+static inline int rng_int(int n)
+{
+    return (int)(rng_u64() % (uint64_t)n);
+}
+
+/* n Gaussian floats times scale. */
+static inline float *rand_floats(size_t n, float scale)
+{
+    float *f = (float *)xmalloc(n * sizeof *f);
+    for (size_t i = 0; i < n; i++) f[i] = rng_gauss() * scale;
+    return f;
 }
 
 static inline void die(const char *what)

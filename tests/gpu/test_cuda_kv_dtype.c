@@ -37,23 +37,12 @@
 #include "common/status.h"
 #include "kernels/backend.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "tests/gpu/attn_step.h"
 #include "tests/gpu/gpu_test.h"
 
 static tsr_backend_t *cpu, *gpu;
 static int n_fails, n_checks;
 static double worst_rounding; /* GPU bf16 against f32, the largest NMSE */
-
-static int rng_int(int n)
-{
-    return (int)(rng_u64() % (uint64_t)n);
-}
-
-static float *rand_floats(size_t n, float scale)
-{
-    float *f = xmalloc(n * sizeof *f);
-    for (size_t i = 0; i < n; i++) f[i] = rng_gauss() * scale;
-    return f;
-}
 
 /* NMSE of a against b; +inf when either holds a NaN or an infinity. */
 static double nmse(const float *a, const float *b, size_t n)
@@ -103,79 +92,6 @@ static void op(int rc, const char *what, tsr_backend_t *b)
         fprintf(stderr, "FATAL: %s on %s: %s\n", what, tsr_backend_name(b), tsr_last_error());
         exit(2);
     }
-}
-
-struct shape {
-    const char *name;
-    int n_head, n_kv_head, head_dim, block_size;
-};
-
-/* A step: sequence s has ctx[s] positions cached and newt[s] tokens in this step, its blocks a
- * random permutation of the cache's. */
-struct step {
-    struct tsr_batch_meta m;
-    int32_t *pos, *seq, *slot, *bt;
-    int n_slots;
-    uint8_t *written;
-};
-
-static struct step make_step(const struct shape *sh, int n_seqs, const int *ctx, const int *newt)
-{
-    struct step st;
-    int bs = sh->block_size, nt = 0, max_blocks = 1, n_blocks = 3;
-    for (int s = 0; s < n_seqs; s++) {
-        int nb = (ctx[s] + newt[s] + bs - 1) / bs;
-        nt += newt[s];
-        n_blocks += nb;
-        if (nb > max_blocks) max_blocks = nb;
-    }
-    int32_t *perm = xmalloc((size_t)n_blocks * sizeof *perm);
-    for (int i = 0; i < n_blocks; i++) perm[i] = i;
-    for (int i = n_blocks - 1; i > 0; i--) {
-        int j = rng_int(i + 1);
-        int32_t t = perm[i];
-        perm[i] = perm[j];
-        perm[j] = t;
-    }
-    st.bt = xmalloc((size_t)n_seqs * max_blocks * sizeof(int32_t));
-    for (int i = 0; i < n_seqs * max_blocks; i++) st.bt[i] = 0;
-    int next = 0;
-    for (int s = 0; s < n_seqs; s++) {
-        int nb = (ctx[s] + newt[s] + bs - 1) / bs;
-        for (int i = 0; i < nb; i++) st.bt[(size_t)s * max_blocks + i] = perm[next++];
-    }
-    free(perm);
-    st.n_slots = n_blocks * bs;
-    st.pos = xmalloc((size_t)nt * sizeof(int32_t));
-    st.seq = xmalloc((size_t)nt * sizeof(int32_t));
-    st.slot = xmalloc((size_t)nt * sizeof(int32_t));
-    st.written = calloc((size_t)st.n_slots, 1);
-    int t = 0;
-    for (int s = 0; s < n_seqs; s++)
-        for (int i = 0; i < newt[s]; i++, t++) {
-            int p = ctx[s] + i;
-            st.pos[t] = p;
-            st.seq[t] = s;
-            st.slot[t] = st.bt[(size_t)s * max_blocks + p / bs] * bs + p % bs;
-            st.written[st.slot[t]] = 1;
-        }
-    st.m = (struct tsr_batch_meta){.n_tokens = nt,
-                                   .n_seqs = n_seqs,
-                                   .max_blocks = max_blocks,
-                                   .pos = st.pos,
-                                   .seq = st.seq,
-                                   .slot = st.slot,
-                                   .block_tables = st.bt};
-    return st;
-}
-
-static void free_step(struct step *st)
-{
-    free(st->pos);
-    free(st->seq);
-    free(st->slot);
-    free(st->bt);
-    free(st->written);
 }
 
 /* Whether the GPU runs this step's attention on the prefill kernel (test_cuda_ops.c's rule). */
@@ -298,10 +214,13 @@ static void test_step(const struct shape *sh, const char *label, int n_seqs, con
     struct run c16 = run_on(cpu, sh, &st, TSR_BF16, q, k, v, kc16, vc16, freq);
     struct run g16 = run_on(gpu, sh, &st, TSR_BF16, q, k, v, kc16, vc16, freq);
     const uint16_t *gk = g16.kc, *gv = g16.vc, *ck = c16.kc, *cv = c16.vc;
+    uint8_t *written = calloc((size_t)st.n_slots, 1); /* the slots this step writes */
+    if (!written) die("out of memory");
+    for (int t = 0; t < nt; t++) written[st.slot[t]] = 1;
     int v_same = 1, k_far = 0, others_same = 1;
     for (int s = 0; s < st.n_slots; s++) {
         size_t o = (size_t)s * kw;
-        if (!st.written[s]) {
+        if (!written[s]) {
             others_same &= !memcmp(gk + o, kc16 + o, kw * 2) && !memcmp(gv + o, vc16 + o, kw * 2);
             continue;
         }
@@ -338,7 +257,7 @@ static void test_step(const struct shape *sh, const char *label, int n_seqs, con
     free_run(&g32);
     free_run(&c16);
     free_run(&g16);
-    void *p[] = {q, k, v, kc32, vc32, kc16, vc16, freq, gkw, ckw, ga, cvw, gw};
+    void *p[] = {q, k, v, kc32, vc32, kc16, vc16, freq, gkw, ckw, ga, cvw, gw, written};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) free(p[i]);
     free_step(&st);
 }
