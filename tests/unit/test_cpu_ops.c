@@ -838,13 +838,6 @@ static void test_gather_rows(void **state)
 
 /* ---- RoPE and attention ---- */
 
-struct attn_case {
-    int n_head, n_kv_head, head_dim, block_size, neox;
-    int n_seqs;
-    int ctx[4];  /* positions already cached per sequence */
-    int new_[4]; /* tokens this step per sequence (prefill chunk or 1 for decode) */
-};
-
 static const struct attn_case attn_cases[] = {
     {9, 3, 64, 16, 0, 3, {0, 37, 100}, {20, 1, 1}},    /* SmolLM2: GQA 3, prefill + decode */
     {8, 8, 128, 16, 1, 2, {15, 0}, {2, 33}},           /* MHA, neox, crossing blocks */
@@ -854,75 +847,6 @@ static const struct attn_case attn_cases[] = {
     {4, 2, 64, 16, 1, 2, {600, 250}, {1, 10}},         /* several splits, split boundaries */
     {20, 1, 32, 16, 0, 1, {40}, {3}},                  /* a KV group of 20 heads (> 16) */
 };
-
-struct attn_setup {
-    int nt, n_blocks, max_blocks, n_slots;
-    int32_t *pos, *seq, *slot, *bt;
-    float *q, *k, *v, *kc, *vc, *freq;
-};
-
-/* Random scattered block tables (a permutation of all blocks), caches filled with random rows
- * for the context positions, and this step's q, k, v. */
-static void attn_build(const struct attn_case *ac, struct attn_setup *a)
-{
-    int bs = ac->block_size, hd = ac->head_dim;
-    a->nt = 0;
-    a->max_blocks = 0;
-    for (int s = 0; s < ac->n_seqs; s++) {
-        a->nt += ac->new_[s];
-        int blocks = (ac->ctx[s] + ac->new_[s] + bs - 1) / bs;
-        if (blocks > a->max_blocks) a->max_blocks = blocks;
-    }
-    a->n_blocks = a->max_blocks * ac->n_seqs + 3;
-    a->n_slots = a->n_blocks * bs;
-    int *perm = malloc(sizeof(int) * a->n_blocks);
-    for (int i = 0; i < a->n_blocks; i++) perm[i] = i;
-    for (int i = a->n_blocks - 1; i > 0; i--) {
-        int j = rng_int(i + 1), t = perm[i];
-        perm[i] = perm[j];
-        perm[j] = t;
-    }
-    a->bt = malloc(sizeof(int32_t) * ac->n_seqs * a->max_blocks);
-    for (int i = 0; i < ac->n_seqs * a->max_blocks; i++) a->bt[i] = perm[i];
-    free(perm);
-    a->pos = malloc(sizeof(int32_t) * a->nt);
-    a->seq = malloc(sizeof(int32_t) * a->nt);
-    a->slot = malloc(sizeof(int32_t) * a->nt);
-    int t = 0;
-    for (int s = 0; s < ac->n_seqs; s++)
-        for (int i = 0; i < ac->new_[s]; i++, t++) {
-            a->pos[t] = ac->ctx[s] + i;
-            a->seq[t] = s;
-            a->slot[t] = a->bt[s * a->max_blocks + a->pos[t] / bs] * bs + a->pos[t] % bs;
-        }
-    size_t kw = (size_t)ac->n_kv_head * hd, qw = (size_t)ac->n_head * hd;
-    a->kc = malloc(sizeof(float) * a->n_slots * kw);
-    a->vc = malloc(sizeof(float) * a->n_slots * kw);
-    fill_normal(a->kc, a->n_slots * kw, 1.0f);
-    fill_normal(a->vc, a->n_slots * kw, 1.0f);
-    a->q = malloc(sizeof(float) * a->nt * qw);
-    a->k = malloc(sizeof(float) * a->nt * kw);
-    a->v = malloc(sizeof(float) * a->nt * kw);
-    fill_normal(a->q, a->nt * qw, 1.0f);
-    fill_normal(a->k, a->nt * kw, 1.0f);
-    fill_normal(a->v, a->nt * kw, 1.0f);
-    a->freq = malloc(sizeof(float) * hd / 2);
-    for (int i = 0; i < hd / 2; i++) a->freq[i] = (float)pow(10000.0, -2.0 * i / hd);
-}
-
-static void attn_free(struct attn_setup *a)
-{
-    free(a->pos);
-    free(a->seq);
-    free(a->slot);
-    free(a->bt);
-    free(a->q);
-    free(a->k);
-    free(a->v);
-    free(a->kc);
-    free(a->vc);
-    free(a->freq);
-}
 
 static void ref_rotate(double *x, int hd, int pos, const float *freq, int neox)
 {

@@ -90,14 +90,7 @@ static void expect_nmse(double e, double limit, const char *what, size_t c, cons
     if (!(e <= limit)) fail_msg("case %zu (%s): %s: NMSE %.3g above %.3g", c, isa, what, e, limit);
 }
 
-struct kv_case {
-    int n_head, n_kv_head, head_dim, block_size, neox;
-    int n_seqs;
-    int ctx[4];  /* positions already cached per sequence */
-    int new_[4]; /* tokens this step per sequence (a prompt chunk, or 1 for decode) */
-};
-
-static const struct kv_case cases[] = {
+static const struct attn_case cases[] = {
     {9, 3, 64, 16, 0, 3, {0, 37, 100}, {20, 1, 1}},    /* SmolLM2's GQA 3: prefill + decode */
     {8, 8, 128, 16, 1, 2, {15, 0}, {2, 33}},           /* MHA, neox, chunks crossing blocks */
     {8, 2, 64, 7, 1, 4, {0, 5, 70, 3}, {1, 9, 1, 16}}, /* GQA 4, odd block size */
@@ -109,79 +102,37 @@ static const struct kv_case cases[] = {
 };
 
 struct setup {
-    int nt, n_blocks, max_blocks, n_slots;
+    struct attn_setup s; /* kc, vc: the f32 cache, random rows everywhere */
     size_t kw, qw;
-    int32_t *pos, *seq, *slot, *bt;
-    float *q, *k, *v, *freq;
-    float *kc, *vc;    /* the f32 cache: random rows everywhere */
     uint16_t *kb, *vb; /* the bf16 cache: those rounded */
     uint8_t *written;  /* slots this step writes */
 };
 
-static void build(const struct kv_case *kc, struct setup *a)
+static void build(const struct attn_case *kc, struct setup *a)
 {
-    int bs = kc->block_size, hd = kc->head_dim;
-    memset(a, 0, sizeof *a);
-    for (int s = 0; s < kc->n_seqs; s++) {
-        a->nt += kc->new_[s];
-        int blocks = (kc->ctx[s] + kc->new_[s] + bs - 1) / bs;
-        if (blocks > a->max_blocks) a->max_blocks = blocks;
-    }
-    a->n_blocks = a->max_blocks * kc->n_seqs + 3;
-    a->n_slots = a->n_blocks * bs;
-    int *perm = malloc(sizeof(int) * a->n_blocks);
-    for (int i = 0; i < a->n_blocks; i++) perm[i] = i;
-    for (int i = a->n_blocks - 1; i > 0; i--) {
-        int j = rng_int(i + 1), t = perm[i];
-        perm[i] = perm[j];
-        perm[j] = t;
-    }
-    a->bt = malloc(sizeof(int32_t) * kc->n_seqs * a->max_blocks);
-    for (int i = 0; i < kc->n_seqs * a->max_blocks; i++) a->bt[i] = perm[i];
-    free(perm);
-    a->pos = malloc(sizeof(int32_t) * a->nt);
-    a->seq = malloc(sizeof(int32_t) * a->nt);
-    a->slot = malloc(sizeof(int32_t) * a->nt);
-    a->written = calloc((size_t)a->n_slots, 1);
-    int t = 0;
-    for (int s = 0; s < kc->n_seqs; s++)
-        for (int i = 0; i < kc->new_[s]; i++, t++) {
-            a->pos[t] = kc->ctx[s] + i;
-            a->seq[t] = s;
-            a->slot[t] = a->bt[s * a->max_blocks + a->pos[t] / bs] * bs + a->pos[t] % bs;
-            a->written[a->slot[t]] = 1;
-        }
-    a->kw = (size_t)kc->n_kv_head * hd;
-    a->qw = (size_t)kc->n_head * hd;
-    size_t cache = (size_t)a->n_slots * a->kw;
-    a->kc = malloc(sizeof(float) * cache);
-    a->vc = malloc(sizeof(float) * cache);
+    attn_build(kc, &a->s);
+    a->kw = (size_t)kc->n_kv_head * kc->head_dim;
+    a->qw = (size_t)kc->n_head * kc->head_dim;
+    size_t cache = (size_t)a->s.n_slots * a->kw;
     a->kb = malloc(sizeof(uint16_t) * cache);
     a->vb = malloc(sizeof(uint16_t) * cache);
-    fill_normal(a->kc, cache, 1.0f);
-    fill_normal(a->vc, cache, 1.0f);
     for (size_t i = 0; i < cache; i++) {
-        a->kb[i] = tsr_f32_to_bf16(a->kc[i]);
-        a->vb[i] = tsr_f32_to_bf16(a->vc[i]);
+        a->kb[i] = tsr_f32_to_bf16(a->s.kc[i]);
+        a->vb[i] = tsr_f32_to_bf16(a->s.vc[i]);
     }
-    a->q = malloc(sizeof(float) * a->nt * a->qw);
-    a->k = malloc(sizeof(float) * a->nt * a->kw);
-    a->v = malloc(sizeof(float) * a->nt * a->kw);
-    fill_normal(a->q, a->nt * a->qw, 1.0f);
-    fill_normal(a->k, a->nt * a->kw, 1.0f);
-    fill_normal(a->v, a->nt * a->kw, 1.0f);
-    a->freq = malloc(sizeof(float) * hd / 2);
-    for (int i = 0; i < hd / 2; i++) a->freq[i] = (float)pow(10000.0, -2.0 * i / hd);
+    a->written = calloc((size_t)a->s.n_slots, 1);
+    for (int t = 0; t < a->s.nt; t++) a->written[a->s.slot[t]] = 1;
 }
 
 static void setup_free(struct setup *a)
 {
-    void *p[] = {a->pos,  a->seq, a->slot, a->bt, a->q,  a->k,      a->v,
-                 a->freq, a->kc,  a->vc,   a->kb, a->vb, a->written};
-    for (size_t i = 0; i < sizeof p / sizeof *p; i++) free(p[i]);
+    attn_free(&a->s);
+    free(a->kb);
+    free(a->vb);
+    free(a->written);
 }
 
-static struct tsr_attn_shape shape_of(const struct kv_case *kc, tsr_buf_t *freq, enum tsr_dtype t)
+static struct tsr_attn_shape shape_of(const struct attn_case *kc, tsr_buf_t *freq, enum tsr_dtype t)
 {
     return (struct tsr_attn_shape){.n_head = kc->n_head,
                                    .n_kv_head = kc->n_kv_head,
@@ -193,36 +144,36 @@ static struct tsr_attn_shape shape_of(const struct kv_case *kc, tsr_buf_t *freq,
                                    .kv_type = t};
 }
 
-static struct tsr_batch_meta meta_of(const struct kv_case *kc, const struct setup *a)
+static struct tsr_batch_meta meta_of(const struct attn_case *kc, const struct setup *a)
 {
-    return (struct tsr_batch_meta){.n_tokens = a->nt,
+    return (struct tsr_batch_meta){.n_tokens = a->s.nt,
                                    .n_seqs = kc->n_seqs,
-                                   .max_blocks = a->max_blocks,
-                                   .pos = a->pos,
-                                   .seq = a->seq,
-                                   .slot = a->slot,
-                                   .block_tables = a->bt};
+                                   .max_blocks = a->s.max_blocks,
+                                   .pos = a->s.pos,
+                                   .seq = a->s.seq,
+                                   .slot = a->s.slot,
+                                   .block_tables = a->s.bt};
 }
 
 /* One run: rope_kv_write then attention with a cache of type t (initial contents from a).
  * Returns the output; *q_out the rotated q, *kc_out and *vc_out the caches' bytes after. */
-static float *run(tsr_backend_t *b, const struct kv_case *kc, const struct setup *a,
+static float *run(tsr_backend_t *b, const struct attn_case *kc, const struct setup *a,
                   enum tsr_dtype t, float **q_out, void **kc_out, void **vc_out)
 {
-    size_t es = tsr_kv_elem_bytes(t), cache = (size_t)a->n_slots * a->kw * es;
-    tsr_buf_t *qb = buf_from(b, a->q, sizeof(float) * a->nt * a->qw);
-    tsr_buf_t *kb = buf_from(b, a->k, sizeof(float) * a->nt * a->kw);
-    tsr_buf_t *vb = buf_from(b, a->v, sizeof(float) * a->nt * a->kw);
-    tsr_buf_t *kcb = buf_from(b, t == TSR_BF16 ? (void *)a->kb : (void *)a->kc, cache);
-    tsr_buf_t *vcb = buf_from(b, t == TSR_BF16 ? (void *)a->vb : (void *)a->vc, cache);
-    tsr_buf_t *fb = buf_from(b, a->freq, sizeof(float) * kc->head_dim / 2);
-    tsr_buf_t *ob = buf_nan(b, a->nt * a->qw);
+    size_t es = tsr_kv_elem_bytes(t), cache = (size_t)a->s.n_slots * a->kw * es;
+    tsr_buf_t *qb = buf_from(b, a->s.q, sizeof(float) * a->s.nt * a->qw);
+    tsr_buf_t *kb = buf_from(b, a->s.k, sizeof(float) * a->s.nt * a->kw);
+    tsr_buf_t *vb = buf_from(b, a->s.v, sizeof(float) * a->s.nt * a->kw);
+    tsr_buf_t *kcb = buf_from(b, t == TSR_BF16 ? (void *)a->kb : (void *)a->s.kc, cache);
+    tsr_buf_t *vcb = buf_from(b, t == TSR_BF16 ? (void *)a->vb : (void *)a->s.vc, cache);
+    tsr_buf_t *fb = buf_from(b, a->s.freq, sizeof(float) * kc->head_dim / 2);
+    tsr_buf_t *ob = buf_nan(b, a->s.nt * a->qw);
     struct tsr_attn_shape s = shape_of(kc, fb, t);
     struct tsr_batch_meta m = meta_of(kc, a);
     assert_int_equal(tsr_op_rope_kv_write(b, qb, kb, vb, kcb, vcb, &s, &m), 0);
     assert_int_equal(tsr_op_attention(b, ob, qb, kcb, vcb, &s, &m), 0);
-    float *out = get_bytes(ob, sizeof(float) * a->nt * a->qw);
-    if (q_out) *q_out = get_bytes(qb, sizeof(float) * a->nt * a->qw);
+    float *out = get_bytes(ob, sizeof(float) * a->s.nt * a->qw);
+    if (q_out) *q_out = get_bytes(qb, sizeof(float) * a->s.nt * a->qw);
     if (kc_out) *kc_out = get_bytes(kcb, cache);
     if (vc_out) *vc_out = get_bytes(vcb, cache);
     tsr_buf_t *bufs[] = {qb, kb, vb, kcb, vcb, fb, ob};
@@ -231,40 +182,40 @@ static float *run(tsr_backend_t *b, const struct kv_case *kc, const struct setup
 }
 
 /* Attention alone over an f32 cache kc/vc (the contents given), q already rotated. */
-static float *attend_f32(tsr_backend_t *b, const struct kv_case *kc, const struct setup *a,
+static float *attend_f32(tsr_backend_t *b, const struct attn_case *kc, const struct setup *a,
                          const float *q, const float *kcf, const float *vcf)
 {
-    size_t cache = (size_t)a->n_slots * a->kw * sizeof(float);
-    tsr_buf_t *qb = buf_from(b, q, sizeof(float) * a->nt * a->qw);
+    size_t cache = (size_t)a->s.n_slots * a->kw * sizeof(float);
+    tsr_buf_t *qb = buf_from(b, q, sizeof(float) * a->s.nt * a->qw);
     tsr_buf_t *kcb = buf_from(b, kcf, cache), *vcb = buf_from(b, vcf, cache);
-    tsr_buf_t *fb = buf_from(b, a->freq, sizeof(float) * kc->head_dim / 2);
-    tsr_buf_t *ob = buf_nan(b, a->nt * a->qw);
+    tsr_buf_t *fb = buf_from(b, a->s.freq, sizeof(float) * kc->head_dim / 2);
+    tsr_buf_t *ob = buf_nan(b, a->s.nt * a->qw);
     struct tsr_attn_shape s = shape_of(kc, fb, TSR_F32);
     struct tsr_batch_meta m = meta_of(kc, a);
     assert_int_equal(tsr_op_attention(b, ob, qb, kcb, vcb, &s, &m), 0);
-    float *out = get_bytes(ob, sizeof(float) * a->nt * a->qw);
+    float *out = get_bytes(ob, sizeof(float) * a->s.nt * a->qw);
     tsr_buf_t *bufs[] = {qb, kcb, vcb, fb, ob};
     for (size_t i = 0; i < sizeof bufs / sizeof *bufs; i++) tsr_buf_free(bufs[i]);
     return out;
 }
 
 /* Causal attention in float64 over f32 caches kcf/vcf with rotated q. */
-static double *attend_ref(const struct kv_case *kc, const struct setup *a, const float *q,
+static double *attend_ref(const struct attn_case *kc, const struct setup *a, const float *q,
                           const float *kcf, const float *vcf)
 {
     int hd = kc->head_dim, group = kc->n_head / kc->n_kv_head, bs = kc->block_size;
-    double *ref = malloc(sizeof(double) * a->nt * a->qw);
+    double *ref = malloc(sizeof(double) * a->s.nt * a->qw);
     int max_np = 0;
-    for (int t = 0; t < a->nt; t++)
-        if (a->pos[t] + 1 > max_np) max_np = a->pos[t] + 1;
+    for (int t = 0; t < a->s.nt; t++)
+        if (a->s.pos[t] + 1 > max_np) max_np = a->s.pos[t] + 1;
     double *sc = malloc(sizeof(double) * (size_t)max_np);
-    for (int t = 0; t < a->nt; t++)
+    for (int t = 0; t < a->s.nt; t++)
         for (int h = 0; h < kc->n_head; h++) {
             const float *qv = q + t * a->qw + (size_t)h * hd;
-            int kvh = h / group, np = a->pos[t] + 1;
+            int kvh = h / group, np = a->s.pos[t] + 1;
             double mx = -INFINITY, sum = 0;
             for (int p = 0; p < np; p++) {
-                size_t slot = (size_t)a->bt[a->seq[t] * a->max_blocks + p / bs] * bs + p % bs;
+                size_t slot = (size_t)a->s.bt[a->s.seq[t] * a->s.max_blocks + p / bs] * bs + p % bs;
                 const float *kr = kcf + slot * a->kw + (size_t)kvh * hd;
                 double d = 0;
                 for (int i = 0; i < hd; i++) d += (double)qv[i] * kr[i];
@@ -274,7 +225,7 @@ static double *attend_ref(const struct kv_case *kc, const struct setup *a, const
             double *o = ref + t * a->qw + (size_t)h * hd;
             for (int i = 0; i < hd; i++) o[i] = 0;
             for (int p = 0; p < np; p++) {
-                size_t slot = (size_t)a->bt[a->seq[t] * a->max_blocks + p / bs] * bs + p % bs;
+                size_t slot = (size_t)a->s.bt[a->s.seq[t] * a->s.max_blocks + p / bs] * bs + p % bs;
                 const float *vr = vcf + slot * a->kw + (size_t)kvh * hd;
                 double e = exp(sc[p] - mx);
                 sum += e;
@@ -300,30 +251,30 @@ static void rotate_ref(double *x, int hd, int pos, const float *freq, int neox)
 /* The bf16 cache after rope_kv_write: the step's slots hold bf16(rotated k) (within one bf16
  * rounding of the float64 rotation, plus f32's) and exactly tsr_f32_to_bf16(v); every other slot
  * is unchanged. */
-static void check_written(const struct kv_case *kc, const struct setup *a, const uint16_t *gk,
+static void check_written(const struct attn_case *kc, const struct setup *a, const uint16_t *gk,
                           const uint16_t *gv, size_t c, const char *isa)
 {
     int hd = kc->head_dim;
     double *rk = malloc(sizeof(double) * a->kw);
-    for (int s = 0; s < a->n_slots; s++) {
+    for (int s = 0; s < a->s.n_slots; s++) {
         if (a->written[s]) continue;
         size_t o = (size_t)s * a->kw;
         if (memcmp(gk + o, a->kb + o, a->kw * 2) || memcmp(gv + o, a->vb + o, a->kw * 2))
             fail_msg("case %zu (%s): slot %d changed, not one the step writes", c, isa, s);
     }
-    for (int t = 0; t < a->nt; t++) {
-        size_t o = (size_t)a->slot[t] * a->kw;
-        for (size_t i = 0; i < a->kw; i++) rk[i] = a->k[t * a->kw + i];
+    for (int t = 0; t < a->s.nt; t++) {
+        size_t o = (size_t)a->s.slot[t] * a->kw;
+        for (size_t i = 0; i < a->kw; i++) rk[i] = a->s.k[t * a->kw + i];
         for (int h = 0; h < kc->n_kv_head; h++)
-            rotate_ref(rk + (size_t)h * hd, hd, a->pos[t], a->freq, kc->neox);
+            rotate_ref(rk + (size_t)h * hd, hd, a->s.pos[t], a->s.freq, kc->neox);
         for (size_t i = 0; i < a->kw; i++) {
             double got = tsr_bf16_to_f32(gk[o + i]);
             if (!(fabs(got - rk[i]) <= fabs(rk[i]) * 0x1p-8 + 1e-6))
                 fail_msg("case %zu (%s): token %d k[%zu] = %.9g in the cache, %.9g rotated", c, isa,
                          t, i, got, rk[i]);
-            if (gv[o + i] != tsr_f32_to_bf16(a->v[t * a->kw + i]))
+            if (gv[o + i] != tsr_f32_to_bf16(a->s.v[t * a->kw + i]))
                 fail_msg("case %zu (%s): token %d v[%zu] = 0x%04x in the cache, want 0x%04x", c,
-                         isa, t, i, gv[o + i], tsr_f32_to_bf16(a->v[t * a->kw + i]));
+                         isa, t, i, gv[o + i], tsr_f32_to_bf16(a->s.v[t * a->kw + i]));
         }
     }
     free(rk);
@@ -339,10 +290,10 @@ static float *widen(const uint16_t *x, size_t n)
 static void test_bf16_cache(void **state)
 {
     for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
-        const struct kv_case *kc = &cases[c];
+        const struct attn_case *kc = &cases[c];
         struct setup a;
         build(kc, &a);
-        size_t n_out = a.nt * a.qw, cache = (size_t)a.n_slots * a.kw;
+        size_t n_out = a.s.nt * a.qw, cache = (size_t)a.s.n_slots * a.kw;
         for (int i = 0; i < N_ISA; i++) {
             tsr_backend_t *b = backends[i];
             if (!b) continue;
@@ -398,16 +349,16 @@ static void test_bf16_cache(void **state)
 static void test_errors(void **state)
 {
     tsr_backend_t *b = backends[TSR_CPU_SCALAR];
-    const struct kv_case kc = {2, 1, 64, 16, 0, 1, {0}, {1}};
+    const struct attn_case kc = {2, 1, 64, 16, 0, 1, {0}, {1}};
     struct setup a;
     build(&kc, &a);
     enum { SLOTS = 32 };
-    tsr_buf_t *qb = buf_from(b, a.q, sizeof(float) * a.qw);
-    tsr_buf_t *kb = buf_from(b, a.k, sizeof(float) * a.kw);
-    tsr_buf_t *vb = buf_from(b, a.v, sizeof(float) * a.kw);
+    tsr_buf_t *qb = buf_from(b, a.s.q, sizeof(float) * a.qw);
+    tsr_buf_t *kb = buf_from(b, a.s.k, sizeof(float) * a.kw);
+    tsr_buf_t *vb = buf_from(b, a.s.v, sizeof(float) * a.kw);
     tsr_buf_t *kcb = buf_from(b, NULL, SLOTS * a.kw * 2),
               *vcb = buf_from(b, NULL, SLOTS * a.kw * 2);
-    tsr_buf_t *fb = buf_from(b, a.freq, sizeof(float) * kc.head_dim / 2);
+    tsr_buf_t *fb = buf_from(b, a.s.freq, sizeof(float) * kc.head_dim / 2);
     tsr_buf_t *ob = buf_nan(b, a.qw);
     struct tsr_attn_shape s = shape_of(&kc, fb, TSR_F16);
     int32_t pos = 0, seq = 0, slot = 16, bt[2] = {1, 0}; /* position 0 in block 1 */
@@ -428,7 +379,7 @@ static void test_errors(void **state)
     float *out = get_bytes(ob, sizeof(float) * a.qw);
     for (int h = 0; h < kc.n_head; h++)
         for (int i = 0; i < kc.head_dim; i++)
-            assert_true(out[h * kc.head_dim + i] == tsr_bf16_to_f32(tsr_f32_to_bf16(a.v[i])));
+            assert_true(out[h * kc.head_dim + i] == tsr_bf16_to_f32(tsr_f32_to_bf16(a.s.v[i])));
     free(out);
     pos = 15;
     slot = SLOTS - 1; /* the last bf16 row */
