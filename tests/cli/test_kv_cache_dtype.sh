@@ -9,30 +9,7 @@
 # 2) naming the flag and the choices, in generate, bench and serve. About 15 s on 2 cores.
 # Usage: test_kv_cache_dtype.sh path/to/tessera repo_root
 set -uo pipefail
-bin=$1 root=$2
-model="$root/models/SmolLM2-135M-Instruct.Q4_1.gguf"
-gpl=/usr/share/common-licenses/GPL-3
-for f in "$model" "$gpl"; do
-  if [ ! -r "$f" ]; then
-    echo "skipped: $f is missing (scripts/fetch_model.sh; Debian's base-files)"
-    exit 77
-  fi
-done
-tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
-text=$tmp/gpl3.txt
-head -c 6000 "$gpl" >"$text"
-py=/usr/bin/python3
-fails=0 passes=0
-check() { # name, condition result
-  if [ "$2" = 0 ]; then passes=$((passes + 1)); else echo "FAIL: $1"; fails=$((fails + 1)); fi
-}
-ppl() { # out_file [flags...]
-  local out=$1
-  shift
-  "$bin" bench --model "$model" --perplexity "$text" --text "$@" >"$out" 2>"$out.err"
-}
-field() { $py -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
+. "$(dirname "$0")/gpl3_ppl.sh" "$1" "$2" 6000
 cmp_py() { # python expression over a, b -> exit status 0 when true
   $py -c "import sys; a, b = float(sys.argv[1]), float(sys.argv[2]); sys.exit(0 if ($1) else 1)" "$2" "$3"
   echo $?
