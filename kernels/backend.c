@@ -318,6 +318,31 @@ int tsr_op_gather_rows(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *x, const int
     return b->i->gather_rows(b, out, x, rows, n, width);
 }
 
+int tsr_backend_can_moe(const tsr_backend_t *b)
+{
+    return b->i->moe != NULL;
+}
+
+int tsr_op_moe(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *x, const struct tsr_moe *moe, int n)
+{
+    if (!b->i->moe)
+        return tsr_errorf(TSR_EUNSUPPORTED,
+                          "mixture-of-experts layers are not implemented on the %s backend yet",
+                          b->i->name);
+    int rc = tsr_moe_routing_check(&moe->routing);
+    if (rc) return rc;
+    int64_t dim = moe->router->cols;
+    if (n < 0 || moe->router->rows != moe->routing.n_expert || out->data == x->data)
+        return tsr_errorf(TSR_EINVAL,
+                          "moe: %d rows, a router of %lld rows for %d experts, or out "
+                          "is x",
+                          n, (long long)moe->router->rows, moe->routing.n_expert);
+    if ((rc = tsr_buf_check_size(x, tsr_f32_bytes(n, dim), "moe input")) ||
+        (rc = tsr_buf_check_size(out, tsr_f32_bytes(n, dim), "moe output")))
+        return rc;
+    return n ? b->i->moe(b, out, x, moe, n) : 0;
+}
+
 int tsr_op_argmax(tsr_backend_t *b, tsr_buf_t *x, int n, int width, int32_t *out)
 {
     if (n < 0 || width <= 0) return tsr_errorf(TSR_EINVAL, "argmax: n %d, width %d", n, width);

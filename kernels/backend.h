@@ -149,6 +149,48 @@ int tsr_op_swiglu(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *gate, tsr_buf_t *
 /* out[i] = x[rows[i]] for i < n; rows of width floats. */
 int tsr_op_gather_rows(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *x, const int32_t *rows, int n,
                        int width);
+/* Mixture-of-experts routing of one layer (model/config.h names its fields after config.json).
+ * Per token: scores s[e] = softmax(logits)[e] (scoring TSR_MOE_SOFTMAX) or sigmoid(logits[e])
+ * (TSR_MOE_SIGMOID); choice scores c[e] = s[e] + bias[e] (bias NULL: 0), used for choosing only.
+ * With n_group > 0 the experts form n_group equal groups, each scored by its best choice score
+ * (softmax) or the sum of its best two (sigmoid), and only the topk_group best groups are
+ * eligible. The n_used eligible experts of highest c are chosen; their weights are s, divided by
+ * their sum when norm_topk, then multiplied by scale. Ties: on equal scores the lower expert
+ * (and the lower group) index wins, so the choice is a function of the scores alone. */
+enum tsr_moe_scoring { TSR_MOE_SOFTMAX, TSR_MOE_SIGMOID };
+struct tsr_moe_routing {
+    int n_expert, n_used;
+    enum tsr_moe_scoring scoring;
+    int norm_topk;
+    int n_group, topk_group; /* 0, 0: no groups */
+    float scale;
+};
+/* The routing of n tokens from their router logits (n, n_expert) on the host: ids[t*n_used + j]
+ * the chosen experts in descending choice score (ties: lower index first), w[...] their weights.
+ * bias (n_expert) may be NULL. TSR_EINVAL for an inconsistent r (as tsr_config_validate). */
+int tsr_moe_route(const struct tsr_moe_routing *r, const float *logits, const float *bias, int n,
+                  int32_t *ids, float *w);
+
+/* One mixture-of-experts FFN layer: router (n_expert, dim); routed SwiGLU experts gate[e],
+ * up[e] (ffn, dim) and down[e] (dim, ffn) for e < n_expert; optionally a shared SwiGLU expert
+ * (shared_gate NULL: none) that every token goes through, scaled by sigmoid(x · shared_inp)
+ * when shared_inp (1, dim) is not NULL (qwen2_moe). score_bias: host f32 (n_expert) or NULL
+ * (DeepSeek V3's e_score_correction_bias). trace: host (n, n_used) or NULL; gets the chosen
+ * experts as tsr_moe_route orders them (tests, statistics). */
+struct tsr_moe {
+    struct tsr_moe_routing routing;
+    const struct tsr_weight *router;
+    const float *score_bias;
+    const struct tsr_weight *gate, *up, *down;
+    const struct tsr_weight *shared_gate, *shared_up, *shared_down, *shared_inp;
+    int32_t *trace;
+};
+/* out[n][dim] = Σ_chosen w · down[e](silu(x · gate[e]ᵀ) * (x · up[e]ᵀ)) (+ the shared expert) for
+ * the n rows of x [n][dim]; out is not x. The CPU runs each expert once over the rows routed to
+ * it. TSR_EUNSUPPORTED on a backend without it ("mixture-of-experts layers are not implemented
+ * on the cuda backend yet"): tsr_backend_can_moe() is 0 there. */
+int tsr_backend_can_moe(const tsr_backend_t *b);
+int tsr_op_moe(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *x, const struct tsr_moe *moe, int n);
 /* Greedy sampling where the logits are: out[i] (host) = the index of the largest of row i of x
  * (n rows of width floats; the lowest index on ties). Only the n ids cross to the host. */
 int tsr_op_argmax(tsr_backend_t *b, tsr_buf_t *x, int n, int width, int32_t *out);

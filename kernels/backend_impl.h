@@ -46,6 +46,8 @@ struct tsr_backend_iface {
     int (*matmul_swiglu)(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *tmp,
                          const struct tsr_weight *wg, const struct tsr_weight *wu, tsr_buf_t *x,
                          int n);
+    /* Optional (NULL: TSR_EUNSUPPORTED). Routing checked (tsr_moe_route's). */
+    int (*moe)(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *x, const struct tsr_moe *moe, int n);
     /* Graphs, optional (all NULL: tsr_backend_graphs() is 0). end gives the backend's handle. */
     int (*graph_begin)(tsr_backend_t *b);
     int (*graph_end)(tsr_backend_t *b, void **handle);
@@ -75,6 +77,8 @@ struct tsr_buf {
 /* Argument checks shared by the backends. */
 /* 0 when buf holds at least n bytes, else TSR_ERANGE naming what. */
 int tsr_buf_check_size(const tsr_buf_t *buf, size_t n, const char *what);
+/* 0 when a MoE routing is consistent (kernels/moe.c), else TSR_EINVAL naming it. */
+int tsr_moe_routing_check(const struct tsr_moe_routing *r);
 /* Bytes of n rows of width floats, or SIZE_MAX when negative or overflowing. */
 size_t tsr_f32_bytes(int64_t n, int64_t width);
 

@@ -391,6 +391,7 @@ static const struct tsr_backend_iface cpu_iface = {
     .attention = tsr_cpu_attention,
     .swiglu = cpu_swiglu,
     .gather_rows = cpu_gather_rows,
+    .moe = tsr_cpu_moe,
 };
 
 tsr_backend_t *tsr_backend_cpu_new(int n_threads)
