@@ -232,7 +232,7 @@ static int json_rope_scaling(json_t *rs, int yarn_ok, struct tsr_model_config *c
     return 0;
 }
 
-/* Families of config.json: dense ones run; the others are read for planning only. */
+/* Families of config.json: all run but latent attention (MLA), which is read for planning only. */
 enum family { FAM_NONE, FAM_DENSE, FAM_MIXTRAL, FAM_QWEN_MOE, FAM_DEEPSEEK };
 
 /* An optional size: missing or null → 0; else as json_int (0 is an error). */
@@ -259,6 +259,33 @@ static int json_must_be(json_t *root, const char *key, int want, const char *pat
     return 0;
 }
 
+/* A boolean from config.json; missing or null → dflt, another type → an error. */
+static int json_bool(json_t *root, const char *key, int dflt, int *out, const char *path)
+{
+    json_t *v = json_object_get(root, key);
+    *out = dflt;
+    if (!v || json_is_null(v)) return 0;
+    if (!json_is_boolean(v))
+        return tsr_errorf(TSR_EFORMAT, "%s: \"%s\" must be true or false", path, key);
+    *out = json_is_true(v);
+    return 0;
+}
+
+/* DeepSeek's scoring: scoring_func "softmax" (V2, the default) or "sigmoid" (V3, Kimi K2), and
+ * routed_scaling_factor (1 when absent). */
+static int json_routing(json_t *root, struct tsr_model_config *c, const char *path)
+{
+    json_t *sf = json_object_get(root, "scoring_func");
+    const char *f = json_string_value(sf);
+    if (sf && !json_is_null(sf) && !f)
+        return tsr_errorf(TSR_EFORMAT, "%s: \"scoring_func\" must be a string", path);
+    if (f && strcmp(f, "softmax") && strcmp(f, "sigmoid"))
+        return tsr_errorf(TSR_EUNSUPPORTED,
+                          "%s: scoring_func '%.64s' is not supported (softmax, sigmoid)", path, f);
+    c->moe_sigmoid = f && !strcmp(f, "sigmoid");
+    return json_float(root, "routed_scaling_factor", 1.0f, &c->moe_scale, path);
+}
+
 /* The expert and MLA fields of the MoE families, by their Hugging Face names:
  *   mixtral      num_local_experts, num_experts_per_tok; each expert is intermediate_size wide
  *   qwen2_moe    num_experts, num_experts_per_tok, moe_intermediate_size,
@@ -281,10 +308,17 @@ static int json_moe(json_t *root, enum family fam, struct tsr_model_config *c, c
                           "%s: num_experts_per_tok = %d is more than the %d experts "
                           "(%s)",
                           path, c->n_expert_used, c->n_expert, experts);
+    c->moe_scale = 1.0f;
     if (fam == FAM_MIXTRAL) {
         c->moe_ffn_dim = c->ffn_dim;
+        c->moe_norm_topk = 1; /* Mixtral renormalises its top-k always */
         return 0;
     }
+    /* Qwen's default is false, DeepSeek V3's true (V2 configs say false) */
+    if ((rc = json_bool(root, "norm_topk_prob",
+                        fam == FAM_DEEPSEEK && strcmp(c->arch, "deepseek_v2"), &c->moe_norm_topk,
+                        path)))
+        return rc;
     if ((rc = json_int(root, "moe_intermediate_size", -1, &B_FFN, &c->moe_ffn_dim, path)))
         return rc;
     if (fam == FAM_QWEN_MOE) {
@@ -333,7 +367,21 @@ static int json_moe(json_t *root, enum family fam, struct tsr_model_config *c, c
     if (topk_group > (n_group ? n_group : 1))
         return tsr_errorf(TSR_EFORMAT, "%s: topk_group = %d is more than n_group = %d", path,
                           topk_group, n_group);
-    /* MLA */
+    if ((rc = json_routing(root, c, path))) return rc;
+    /* topk_method "greedy" ignores the groups (DeepSeek V2-Lite: n_group 1) */
+    const char *method = json_string_value(json_object_get(root, "topk_method"));
+    if (n_group > 1 && (!method || strcmp(method, "greedy"))) {
+        c->moe_n_group = n_group;
+        c->moe_topk_group = topk_group ? topk_group : n_group;
+    }
+    /* MLA; without kv_lora_rank nor the other sizes, standard attention (a DeepSeek-routed model
+     * on standard attention: tests/reference/make_moe_golden.py) */
+    static const char *const mla_keys[] = {"kv_lora_rank", "q_lora_rank", "qk_nope_head_dim",
+                                           "qk_rope_head_dim", "v_head_dim"};
+    int any_mla = 0;
+    for (size_t i = 0; i < sizeof mla_keys / sizeof mla_keys[0]; i++)
+        any_mla |= json_object_get(root, mla_keys[i]) != NULL;
+    if (!any_mla) return 0;
     json_t *q = json_object_get(root, "q_lora_rank"); /* null or 0: a plain query projection */
     if (q && !json_is_null(q) && !(json_is_integer(q) && json_integer_value(q) == 0) &&
         (rc = json_int(root, "q_lora_rank", -1, &B_LORA, &c->q_lora_rank, path)))
@@ -450,9 +498,9 @@ static int config_from_root(json_t *root, const char *path, struct tsr_model_con
         if (!strcmp(mt, types[i].name)) fam = types[i].fam;
     if (fam == FAM_NONE) {
         rc = tsr_errorf(TSR_EUNSUPPORTED,
-                        "%s: model_type '%.64s' is not supported (llama, mistral, qwen2; for "
-                        "planning only: mixtral, qwen2_moe, qwen3_moe, deepseek_v2, deepseek_v3, "
-                        "kimi_k2)",
+                        "%s: model_type '%.64s' is not supported (llama, mistral, qwen2, mixtral, "
+                        "qwen2_moe, qwen3_moe, deepseek_v2, deepseek_v3, kimi_k2; the last three "
+                        "with latent attention for planning only)",
                         path, mt);
         goto out;
     }
@@ -512,7 +560,7 @@ static int validate_moe_mla(const struct tsr_model_config *c)
                                        "negative");
     if (c->n_expert == 0) {
         if (c->n_expert_used || c->moe_ffn_dim || c->n_dense_layer || c->shared_ffn_dim ||
-            c->shared_expert_gate)
+            c->shared_expert_gate || c->moe_n_group || c->moe_topk_group || c->moe_sigmoid)
             return tsr_errorf(TSR_EFORMAT, "config: expert sizes without experts");
     } else {
         if (c->n_expert > TSR_MAX_EXPERTS)
@@ -533,6 +581,19 @@ static int validate_moe_mla(const struct tsr_model_config *c)
                               "config: %d dense layers leave none of the %d with "
                               "experts",
                               c->n_dense_layer, c->n_layer);
+        if (!(c->moe_scale > 0) || !isfinite(c->moe_scale))
+            return tsr_errorf(TSR_EFORMAT,
+                              "config: routed_scaling_factor %g must be finite and positive",
+                              (double)c->moe_scale);
+        int g = c->moe_n_group, tg = c->moe_topk_group;
+        if (g < 0 || tg < 0 || (g == 0) != (tg == 0) ||
+            (g > 0 && (c->n_expert % g || tg > g || (c->moe_sigmoid && c->n_expert / g < 2) ||
+                       (int64_t)tg * (c->n_expert / g) < c->n_expert_used)))
+            return tsr_errorf(TSR_EFORMAT,
+                              "config: routing groups (n_group %d, topk_group %d) must divide the "
+                              "%d experts, %sleave at least the %d experts per token eligible",
+                              g, tg, c->n_expert, c->moe_sigmoid ? "hold two each and " : "",
+                              c->n_expert_used);
     }
     if (c->kv_lora_rank == 0) {
         if (c->q_lora_rank || c->qk_nope_head_dim || c->qk_rope_head_dim || c->v_head_dim)
@@ -558,11 +619,6 @@ static int validate_moe_mla(const struct tsr_model_config *c)
 
 int tsr_config_check_runnable(const struct tsr_model_config *c, const char *name)
 {
-    if (c->n_expert > 0)
-        return tsr_errorf(TSR_EUNSUPPORTED,
-                          "%s: %s has %d experts: mixture-of-experts models can be planned "
-                          "(tessera plan) but not run yet",
-                          name, c->arch, c->n_expert);
     if (c->kv_lora_rank > 0)
         return tsr_errorf(TSR_EUNSUPPORTED,
                           "%s: %s uses multi-head latent attention: such models can be planned "

@@ -1,8 +1,10 @@
 /* Model configuration of the Llama family (Llama 2 and 3, Mistral, Qwen2, SmolLM2), read from GGUF
  * metadata or a Hugging Face config.json, and the RoPE frequencies it implies. config.json of
  * mixture-of-experts (Mixtral, Qwen2/Qwen3-MoE, DeepSeek V2/V3, Kimi K2) and multi-head latent
- * attention (DeepSeek, Kimi K2) models is read too, for `tessera plan` only: opening such a model
- * to run it is refused (tsr_config_check_runnable). */
+ * attention (DeepSeek, Kimi K2) models is read too. Mixture-of-experts models on standard
+ * attention run (on the CPU, one rank); MLA and YaRN are read for `tessera plan` only: opening
+ * such a model to run it is refused (tsr_config_check_runnable). A DeepSeek config without
+ * kv_lora_rank (and without the other MLA sizes) is read as standard attention. */
 #ifndef TSR_MODEL_CONFIG_H
 #define TSR_MODEL_CONFIG_H
 
@@ -55,6 +57,15 @@ struct tsr_model_config {
     int n_dense_layer;      /* DeepSeek's first_k_dense_replace: leading layers with ffn_dim */
     int shared_ffn_dim;     /* 0: no shared expert */
     int shared_expert_gate; /* qwen2_moe: a sigmoid gate (1 x dim) scales the shared expert */
+    /* Routing (kernels/backend.h struct tsr_moe_routing computes it). Scores are the softmax of
+     * the router's logits (Mixtral, Qwen, DeepSeek V2) or, with moe_sigmoid (DeepSeek V3's
+     * scoring_func "sigmoid"), each logit's sigmoid, to which the layer's
+     * e_score_correction_bias is added for choosing only. With moe_n_group > 0 only the
+     * moe_topk_group best of n_group equal groups of experts are eligible. The chosen scores are
+     * renormalised to sum 1 when moe_norm_topk (Mixtral always; norm_topk_prob otherwise), then
+     * multiplied by moe_scale (routed_scaling_factor; 1 when absent). */
+    int moe_sigmoid, moe_norm_topk, moe_n_group, moe_topk_group;
+    float moe_scale;
     /* Multi-head latent attention (DeepSeek V2/V3, Kimi K2; kv_lora_rank 0 when not). K and V
      * come from a kv_lora_rank latent plus one shared qk_rope_head_dim RoPE key, which is what
      * the cache holds; queries from a q_lora_rank latent (0: a plain dim -> heads projection).
@@ -73,9 +84,9 @@ struct tsr_model_config {
 /* Read the config; the tokenizer's vocabulary size is the fallback for n_vocab. Both validate
  * (tsr_config_validate) before returning. Errors name the missing or bad field: TSR_EFORMAT for a
  * missing, mistyped or zero one, TSR_EINVAL for one over its bound (TSR_MAX_*), TSR_EUNSUPPORTED
- * for what tessera does not compute (an unknown rope_scaling, experts, a quantization_config
- * whose quant_method is not "fp8"). A missing context length is taken as 4096 with a warning on
- * stderr. */
+ * for what tessera does not compute (an unknown rope_scaling, a GGUF's experts, a
+ * quantization_config whose quant_method is not "fp8"). A missing context length is taken as 4096
+ * with a warning on stderr. */
 int tsr_config_from_gguf(const tsr_gguf_t *g, struct tsr_model_config *c);
 int tsr_config_from_json(const char *config_json_path, struct tsr_model_config *c);
 /* The same over config.json's text (len bytes; tests, fuzzing); name is used in messages. */
@@ -88,12 +99,14 @@ int tsr_config_from_json_text(const char *text, size_t len, const char *name,
 int tsr_config_load(const char *spec, struct tsr_model_config *c);
 /* Checks sizes are positive, within the bounds and consistent (n_head % n_kv_head == 0, head_dim
  * even, ...), and that the floats are finite and positive; for experts 1 <= n_expert_used <=
- * n_expert, n_dense_layer < n_layer; for MLA the head dims and ranks within their bounds. */
+ * n_expert, n_dense_layer < n_layer, routing groups that divide the experts (at least 2 each
+ * when scores are sigmoids: a group's score is its best two) and leave n_expert_used eligible,
+ * a finite positive moe_scale; for MLA the head dims and ranks within their bounds. */
 int tsr_config_validate(const struct tsr_model_config *c);
-/* 0 if tessera can run the model; TSR_EUNSUPPORTED naming what it cannot (experts, MLA, YaRN):
+/* 0 if tessera can run the model; TSR_EUNSUPPORTED naming what it cannot (MLA, YaRN):
  * such a config can be planned but not run yet. name prefixes the message. Every path that runs
  * a model checks this right after reading the config, before any tensor (open_gguf and open_hf
- * in model.c; synthetic shapes are dense); `plan` does not. */
+ * in model.c; synthetic shapes have neither); `plan` does not. */
 int tsr_config_check_runnable(const struct tsr_model_config *c, const char *name);
 /* Layers [n_dense_layer, n_layer) of a MoE model; 0 when dense. */
 int tsr_config_n_moe_layer(const struct tsr_model_config *c);

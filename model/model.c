@@ -23,19 +23,28 @@ struct synthetic_shape {
     float rope_theta;
     int llama3_scaling;
     enum tsr_dtype dtype; /* default weight type */
+    /* mixture of experts (0: dense): experts, used a token, their FFN size, a shared expert's
+     * (with its sigmoid gate: qwen2_moe); arch names the routing (mixtral renormalises) */
+    int n_expert, n_expert_used, moe_ffn_dim, shared_ffn_dim;
+    const char *arch;
 };
 
 /* Public shapes (Llama 3 8B/70B as published) and tiny ones for tests. tiny-gqa4 has 4 KV heads
  * so tp = 2 and 4 divide it; tiny-4k is tiny with a context of 4,096 (long prompts, quickly);
  * stages has layers that outweigh its small head and vocabulary, for pipeline benchmarks on CPU
- * (a step's time grows with its rows). */
+ * (a step's time grows with its rows). mixtral-tiny is tiny with 8 experts of which 2 a token
+ * (renormalised, as Mixtral's); qwen2-moe-tiny has 8 narrow experts of which 4 (not
+ * renormalised) and a gated shared expert, as Qwen2-MoE's layers (without Qwen2's QKV biases). */
 static const struct synthetic_shape synthetic_shapes[] = {
-    {"tiny", 2, 64, 128, 4, 2, 256, 512, 10000.0f, 0, TSR_F32},
-    {"tiny-gqa4", 4, 128, 256, 8, 4, 512, 1024, 10000.0f, 0, TSR_F32},
-    {"tiny-4k", 2, 64, 128, 4, 2, 256, 4096, 10000.0f, 0, TSR_F32},
-    {"stages", 8, 256, 1024, 8, 4, 512, 1024, 10000.0f, 0, TSR_Q8_0},
-    {"llama3-8b", 32, 4096, 14336, 32, 8, 128256, 8192, 500000.0f, 1, TSR_BF16},
-    {"llama3-70b", 80, 8192, 28672, 64, 8, 128256, 8192, 500000.0f, 1, TSR_BF16},
+    {"tiny", 2, 64, 128, 4, 2, 256, 512, 10000.0f, 0, TSR_F32, 0, 0, 0, 0, NULL},
+    {"tiny-gqa4", 4, 128, 256, 8, 4, 512, 1024, 10000.0f, 0, TSR_F32, 0, 0, 0, 0, NULL},
+    {"tiny-4k", 2, 64, 128, 4, 2, 256, 4096, 10000.0f, 0, TSR_F32, 0, 0, 0, 0, NULL},
+    {"stages", 8, 256, 1024, 8, 4, 512, 1024, 10000.0f, 0, TSR_Q8_0, 0, 0, 0, 0, NULL},
+    {"llama3-8b", 32, 4096, 14336, 32, 8, 128256, 8192, 500000.0f, 1, TSR_BF16, 0, 0, 0, 0, NULL},
+    {"llama3-70b", 80, 8192, 28672, 64, 8, 128256, 8192, 500000.0f, 1, TSR_BF16, 0, 0, 0, 0, NULL},
+    {"mixtral-tiny", 2, 64, 128, 4, 2, 256, 512, 10000.0f, 0, TSR_F32, 8, 2, 128, 0, "mixtral"},
+    {"qwen2-moe-tiny", 2, 64, 128, 4, 2, 256, 512, 10000.0f, 0, TSR_F32, 8, 4, 32, 128,
+     "qwen2_moe"},
 };
 
 struct tsr_model {
@@ -54,7 +63,7 @@ struct tsr_model {
 
 const char *tsr_synthetic_names(void)
 {
-    return "tiny, tiny-gqa4, tiny-4k, stages, llama3-8b, llama3-70b";
+    return "tiny, tiny-gqa4, tiny-4k, stages, llama3-8b, llama3-70b, mixtral-tiny, qwen2-moe-tiny";
 }
 
 static int is_dir(const char *p)
@@ -160,7 +169,16 @@ static int open_synthetic(tsr_model_t *m, const char *spec)
     int rc;
     if (colon && (rc = tsr_weight_type_parse(colon + 1, &m->synth_dtype))) return rc;
     struct tsr_model_config *c = &m->cfg;
-    snprintf(c->arch, sizeof c->arch, "llama");
+    snprintf(c->arch, sizeof c->arch, "%s", s->arch ? s->arch : "llama");
+    if (s->n_expert) {
+        c->n_expert = s->n_expert;
+        c->n_expert_used = s->n_expert_used;
+        c->moe_ffn_dim = s->moe_ffn_dim;
+        c->shared_ffn_dim = s->shared_ffn_dim;
+        c->shared_expert_gate = s->shared_ffn_dim > 0;
+        c->moe_norm_topk = !strcmp(c->arch, "mixtral");
+        c->moe_scale = 1.0f;
+    }
     c->n_layer = s->n_layer;
     c->dim = s->dim;
     c->ffn_dim = s->ffn_dim;
@@ -180,8 +198,8 @@ static int open_synthetic(tsr_model_t *m, const char *spec)
         c->rope_orig_ctx = 8192;
     }
     m->synth_seed = 0x7e55e7a5eedULL;
-    int be = tsr_dtype_block_elems(m->synth_dtype); /* every matrix's columns: dim or ffn_dim */
-    if (c->dim % be || c->ffn_dim % be)
+    int be = tsr_dtype_block_elems(m->synth_dtype); /* every matrix's columns: dim or an FFN's */
+    if (c->dim % be || c->ffn_dim % be || c->moe_ffn_dim % be || c->shared_ffn_dim % be)
         return tsr_errorf(TSR_EINVAL,
                           "synthetic:%s: %s weights need widths that are multiples of %d (dim %d, "
                           "ffn %d)",
@@ -332,8 +350,44 @@ const struct tsr_chat *tsr_model_chat(const tsr_model_t *m)
     return &m->chat;
 }
 
+/* A mixture-of-experts layer's tensors, GGUF-style names → Hugging Face's (c's family):
+ *   ffn_gate_inp.weight (n_expert, dim)         Mixtral block_sparse_moe.gate, else mlp.gate
+ *   exp_probs_b.bias (n_expert)                 DeepSeek mlp.gate.e_score_correction_bias
+ *   ffn_{gate,up,down}_exp.E.weight             expert E: Mixtral experts.E.w1/w3/w2, else
+ *                                               mlp.experts.E.{gate,up,down}_proj
+ *   ffn_{gate,up,down}_shexp.weight             mlp.shared_expert (Qwen), shared_experts (DeepSeek)
+ *   ffn_gate_inp_shexp.weight (1, dim)          Qwen's mlp.shared_expert_gate
+ * Returns 0 if the name is none of them. */
+static int hf_moe_name(const struct tsr_model_config *c, int layer, const char *p, char *out,
+                       size_t cap)
+{
+    static const char *const proj[3] = {"gate", "up", "down"}, *const w[3] = {"w1", "w3", "w2"};
+    int mixtral = !strcmp(c->arch, "mixtral"), e, used = 0;
+    const char *pre = mixtral ? "block_sparse_moe" : "mlp";
+    const char *shared = strncmp(c->arch, "qwen", 4) ? "shared_experts" : "shared_expert";
+    if (!strcmp(p, "ffn_gate_inp.weight"))
+        return snprintf(out, cap, "model.layers.%d.%s.gate.weight", layer, pre) > 0;
+    if (!strcmp(p, "exp_probs_b.bias"))
+        return snprintf(out, cap, "model.layers.%d.mlp.gate.e_score_correction_bias", layer) > 0;
+    if (!strcmp(p, "ffn_gate_inp_shexp.weight"))
+        return snprintf(out, cap, "model.layers.%d.mlp.shared_expert_gate.weight", layer) > 0;
+    for (int i = 0; i < 3; i++) {
+        size_t n = strlen(proj[i]);
+        if (strncmp(p, "ffn_", 4) || strncmp(p + 4, proj[i], n)) continue;
+        if (!strcmp(p + 4 + n, "_shexp.weight"))
+            return snprintf(out, cap, "model.layers.%d.mlp.%s.%s_proj.weight", layer, shared,
+                            proj[i]) > 0;
+        if (sscanf(p + 4 + n, "_exp.%d.weight%n", &e, &used) == 1 && !p[4 + n + used] && e >= 0)
+            return (mixtral ? snprintf(out, cap, "model.layers.%d.%s.experts.%d.%s.weight", layer,
+                                       pre, e, w[i])
+                            : snprintf(out, cap, "model.layers.%d.mlp.experts.%d.%s_proj.weight",
+                                       layer, e, proj[i])) > 0;
+    }
+    return 0;
+}
+
 /* GGUF tensor name → Hugging Face name. Returns 0 if the name has no HF counterpart. */
-static int hf_name(const char *gguf, char *out, size_t cap)
+static int hf_name(const struct tsr_model_config *c, const char *gguf, char *out, size_t cap)
 {
     static const struct {
         const char *g, *h;
@@ -359,7 +413,7 @@ static int hf_name(const char *gguf, char *out, size_t cap)
     for (size_t i = 0; i < sizeof part / sizeof part[0]; i++)
         if (!strcmp(gguf + used, part[i].g))
             return snprintf(out, cap, "model.layers.%d.%s", layer, part[i].h) > 0;
-    return 0;
+    return c->n_expert > 0 && hf_moe_name(c, layer, gguf + used, out, cap);
 }
 
 static void view_from_dims(struct tsr_tensor_view *v, uint32_t n_dims, const int64_t *ne)
@@ -380,6 +434,12 @@ static int quantized_name(const char *name)
     if (sscanf(name, "blk.%d.%n", &layer, &used) != 1 || !used) return 0;
     for (size_t i = 0; i < sizeof quant_mats / sizeof quant_mats[0]; i++)
         if (!strcmp(name + used, quant_mats[i])) return 1;
+    /* experts' matrices too (not the routers: they stay as in the file, as llama.cpp keeps them) */
+    static const char *const moe_mats[] = {"ffn_gate_exp.",       "ffn_up_exp.",
+                                           "ffn_down_exp.",       "ffn_gate_shexp.weight",
+                                           "ffn_up_shexp.weight", "ffn_down_shexp.weight"};
+    for (size_t i = 0; i < sizeof moe_mats / sizeof moe_mats[0]; i++)
+        if (!strncmp(name + used, moe_mats[i], strlen(moe_mats[i]))) return 1;
     return 0;
 }
 
@@ -560,7 +620,7 @@ static int check_fp8(tsr_model_t *m)
                 snprintf(name, sizeof name, "blk.%d.%s", l,
                          i < n_part ? part[i] : quant_mats[i - n_part]);
             const struct tsr_st_tensor *t =
-                hf_name(name, hf, sizeof hf) ? tsr_st_find_tensor(m->st, hf) : NULL;
+                hf_name(&m->cfg, name, hf, sizeof hf) ? tsr_st_find_tensor(m->st, hf) : NULL;
             int rc;
             if (t && t->e4m3_codes && (rc = fp8_source(m, name, hf, t, 1, &f8))) return rc;
         }
@@ -578,6 +638,30 @@ static uint64_t name_hash(const char *s)
     uint64_t h = 0xcbf29ce484222325ULL;
     while (*s) h = (h ^ (uint8_t)*s++) * 0x100000001b3ULL;
     return h;
+}
+
+/* Shape of an expert layer's tensor p (hf_moe_name's names); 0 if it has none such. */
+static int moe_shape(const struct tsr_model_config *c, const char *p, int64_t *rows, int64_t *cols)
+{
+    int e, used = 0;
+    char what[8];
+    int64_t f = c->moe_ffn_dim;
+    *rows = c->n_expert, *cols = c->dim;
+    if (!strcmp(p, "ffn_gate_inp.weight")) return 1;
+    *rows = 1;
+    if (!strcmp(p, "ffn_gate_inp_shexp.weight")) return c->shared_expert_gate;
+    if (sscanf(p, "ffn_%4[a-z]_shexp.weight%n", what, &used) == 1 && !p[used] &&
+        c->shared_ffn_dim > 0)
+        f = c->shared_ffn_dim;
+    else if (!(sscanf(p, "ffn_%4[a-z]_exp.%d.weight%n", what, &e, &used) == 2 && !p[used] &&
+               e >= 0 && e < c->n_expert))
+        return 0;
+    if (!strcmp(what, "down")) {
+        *rows = c->dim, *cols = f;
+        return 1;
+    }
+    *rows = f, *cols = c->dim;
+    return !strcmp(what, "gate") || !strcmp(what, "up");
 }
 
 /* Shape of a synthetic tensor by name; 0 if the model has no such tensor. */
@@ -600,6 +684,11 @@ static int synthetic_shape(const struct tsr_model_config *c, const char *name, i
     if (sscanf(name, "blk.%d.%n", &layer, &used) != 1 || !used || layer < 0 || layer >= c->n_layer)
         return 0;
     const char *p = name + used;
+    if (c->n_expert > 0 && layer >= c->n_dense_layer) {
+        if (!strncmp(p, "ffn_gate.", 9) || !strncmp(p, "ffn_up.", 7) || !strncmp(p, "ffn_down.", 9))
+            return 0; /* an expert layer has no dense MLP */
+        if (moe_shape(c, p, rows, cols)) return 1;
+    }
     int64_t q = (int64_t)c->n_head * c->head_dim, kv = (int64_t)c->n_kv_head * c->head_dim;
     if (!strcmp(p, "attn_norm.weight") || !strcmp(p, "ffn_norm.weight")) {
         *rows = 1, *cols = c->dim, *is_norm = 1;
@@ -754,8 +843,10 @@ static int file_view(tsr_model_t *m, const char *name, struct tsr_tensor_view *o
         return 0;
     }
     char hf[256];
-    const struct tsr_st_tensor *t =
-        hf_name(name, hf, sizeof hf) ? tsr_st_find_tensor(m->st, hf) : NULL;
+    int mapped = hf_name(&m->cfg, name, hf, sizeof hf);
+    const struct tsr_st_tensor *t = mapped ? tsr_st_find_tensor(m->st, hf) : NULL;
+    if (!t && mapped)
+        return tsr_errorf(TSR_ENOTFOUND, "%s: no tensor '%s' (%s)", m->name, hf, name);
     if (!t) return tsr_errorf(TSR_ENOTFOUND, "%s: no tensor '%s'", m->name, name);
     if (t->e4m3_codes) {
         int rc = fp8_source(m, name, hf, t, 0, f8);

@@ -27,9 +27,16 @@ struct layer {
     struct tsr_weight ffn_norm;     /* (dim) */
     struct tsr_weight w_gate, w_up; /* (ffn_dim, dim) */
     struct tsr_weight w_down;       /* (dim, ffn_dim) */
-    tsr_buf_t *k_cache, *v_cache;   /* ((n_blocks+1)*block_size, n_kv_head*head_dim) of
-                                       opts.kv_type: block n_blocks is where a graph's padding
-                                       rows write */
+    /* An expert layer (n_dense_layer and on) has these instead of w_gate, w_up, w_down. */
+    struct tsr_weight router;                  /* (n_expert, dim) */
+    struct tsr_weight *experts;                /* 3 n_expert: gates (moe_ffn, dim), ups, downs (dim,
+                                                  moe_ffn); NULL in a dense layer */
+    struct tsr_weight sh_gate, sh_up, sh_down; /* shared expert; buf NULL when none */
+    struct tsr_weight sh_inp;                  /* (1, dim) its sigmoid gate (qwen2_moe) */
+    struct tsr_moe moe;                        /* the op's view of the above */
+    tsr_buf_t *k_cache, *v_cache;              /* ((n_blocks+1)*block_size, n_kv_head*head_dim) of
+                                                  opts.kv_type: block n_blocks is where a graph's padding
+                                                  rows write */
 };
 
 enum { MAX_GRAPHS = 24 };
@@ -256,6 +263,65 @@ static int load_norm(tsr_runner_t *r, tsr_model_t *m, const char *name, int64_t 
     return 0;
 }
 
+/* An expert layer's router, experts, shared expert and (sigmoid scoring) score correction
+ * bias, whose n_expert values go to host memory as f32 (the router's choice runs on the host). */
+static int load_experts(tsr_runner_t *r, tsr_model_t *m, int l, struct layer *L)
+{
+    const struct tsr_model_config *c = &r->cfg;
+    int E = c->n_expert, rc;
+    int64_t f = c->moe_ffn_dim, sf = c->shared_ffn_dim, D = c->dim;
+    char name[96];
+    if (!(L->experts = calloc((size_t)E * 3, sizeof *L->experts)))
+        return tsr_errorf(TSR_ENOMEM, "out of memory");
+    snprintf(name, sizeof name, "blk.%d.ffn_gate_inp.weight", l);
+    if ((rc = load(r, m, name, E, D, 0, &L->router))) return rc;
+    static const char *const proj[3] = {"gate", "up", "down"};
+    for (int i = 0; i < 3; i++)
+        for (int e = 0; e < E; e++) {
+            snprintf(name, sizeof name, "blk.%d.ffn_%s_exp.%d.weight", l, proj[i], e);
+            if ((rc = load(r, m, name, i == 2 ? D : f, i == 2 ? f : D, 0, &L->experts[i * E + e])))
+                return rc;
+        }
+    struct tsr_weight *sh[3] = {&L->sh_gate, &L->sh_up, &L->sh_down};
+    for (int i = 0; i < 3 && sf > 0; i++) {
+        snprintf(name, sizeof name, "blk.%d.ffn_%s_shexp.weight", l, proj[i]);
+        if ((rc = load(r, m, name, i == 2 ? D : sf, i == 2 ? sf : D, 0, sh[i]))) return rc;
+    }
+    snprintf(name, sizeof name, "blk.%d.ffn_gate_inp_shexp.weight", l);
+    if (c->shared_expert_gate && (rc = load(r, m, name, 1, D, 0, &L->sh_inp))) return rc;
+    float *bias = NULL;
+    if (c->moe_sigmoid) { /* DeepSeek V3's e_score_correction_bias: required with sigmoids */
+        struct tsr_tensor_view v;
+        snprintf(name, sizeof name, "blk.%d.exp_probs_b.bias", l);
+        if ((rc = tsr_model_tensor(m, name, &v))) return rc;
+        if (v.rows * v.cols != E || !v.data ||
+            (v.type != TSR_F32 && v.type != TSR_F16 && v.type != TSR_BF16))
+            return tsr_errorf(TSR_EFORMAT,
+                              "%s: '%s' must be %d F32, F16 or BF16 values (one an expert)",
+                              tsr_model_name(m), name, E);
+        if (!(bias = keep(r, malloc(sizeof *bias * (size_t)E)))) return TSR_ENOMEM;
+        tsr_dequantize_row(v.type, v.data, bias, E);
+    }
+    L->moe =
+        (struct tsr_moe){.routing = {.n_expert = E,
+                                     .n_used = c->n_expert_used,
+                                     .scoring = c->moe_sigmoid ? TSR_MOE_SIGMOID : TSR_MOE_SOFTMAX,
+                                     .norm_topk = c->moe_norm_topk,
+                                     .n_group = c->moe_n_group,
+                                     .topk_group = c->moe_topk_group,
+                                     .scale = c->moe_scale},
+                         .router = &L->router,
+                         .score_bias = bias,
+                         .gate = L->experts,
+                         .up = L->experts + E,
+                         .down = L->experts + 2 * E,
+                         .shared_gate = sf > 0 ? &L->sh_gate : NULL,
+                         .shared_up = &L->sh_up,
+                         .shared_down = &L->sh_down,
+                         .shared_inp = c->shared_expert_gate ? &L->sh_inp : NULL};
+    return 0;
+}
+
 static int load_layer(tsr_runner_t *r, tsr_model_t *m, int l, struct layer *L)
 {
     const struct tsr_model_config *c = &r->cfg;
@@ -276,8 +342,10 @@ static int load_layer(tsr_runner_t *r, tsr_model_t *m, int l, struct layer *L)
         (rc = load(r, m, n[5], 1, kvd, bias_optional, &L->bk)) ||
         (rc = load(r, m, n[6], 1, kvd, bias_optional, &L->bv)) ||
         (rc = load(r, m, n[7], c->dim, qd, 0, &L->wo)) ||
-        (rc = load_norm(r, m, n[8], c->dim, &L->ffn_norm)) ||
-        (rc = load(r, m, n[9], c->ffn_dim, c->dim, 0, &L->w_gate)) ||
+        (rc = load_norm(r, m, n[8], c->dim, &L->ffn_norm)))
+        return rc;
+    if (c->n_expert > 0 && l >= c->n_dense_layer) return load_experts(r, m, l, L);
+    if ((rc = load(r, m, n[9], c->ffn_dim, c->dim, 0, &L->w_gate)) ||
         (rc = load(r, m, n[10], c->ffn_dim, c->dim, 0, &L->w_up)) ||
         (rc = load(r, m, n[11], c->dim, c->ffn_dim, 0, &L->w_down)))
         return rc;
@@ -396,6 +464,11 @@ static int set_part(tsr_runner_t *r, const struct tsr_runner_shard *sh)
     r->has_embedding = r->has_head = 1;
     r->world_size = r->tp_size = r->pp_size = 1;
     if (!sh) return 0;
+    if (c->n_expert > 0 && sh->plan->tp * sh->plan->pp > 1)
+        return tsr_errorf(TSR_EUNSUPPORTED,
+                          "%s has %d experts: mixture-of-experts models run on one rank for now "
+                          "(tp = pp = 1), not on a %dx%d plan",
+                          c->arch, c->n_expert, sh->plan->tp, sh->plan->pp);
     r->world = sh->world;
     r->tp = sh->tp;
     r->world_rank = tsr_comm_rank(sh->world);
@@ -468,6 +541,10 @@ int tsr_runner_new(tsr_model_t *m, tsr_backend_t *b, const struct tsr_runner_opt
     r->opts = *o;
     const struct tsr_model_config *c = &r->cfg;
     int rc = set_part(r, shard);
+    if (!rc && c->n_expert > 0 && !tsr_backend_can_moe(b))
+        rc = tsr_errorf(TSR_EUNSUPPORTED,
+                        "%s: mixture-of-experts layers are not implemented on the %s backend yet",
+                        tsr_model_name(m), tsr_backend_name(b));
     if (rc) goto fail;
     int n_local = r->layer_end - r->layer_begin;
     r->layers = calloc((size_t)(n_local > 0 ? n_local : 1), sizeof *r->layers);
@@ -595,6 +672,11 @@ void tsr_runner_free(tsr_runner_t *r)
                                       &L->bq,        &L->bk,     &L->bv,   &L->wo,
                                       &L->ffn_norm,  &L->w_gate, &L->w_up, &L->w_down};
             for (size_t i = 0; i < sizeof w / sizeof w[0]; i++) tsr_buf_free(w[i]->buf);
+            struct tsr_weight *x[] = {&L->router, &L->sh_gate, &L->sh_up, &L->sh_down, &L->sh_inp};
+            for (size_t i = 0; i < sizeof x / sizeof x[0]; i++) tsr_buf_free(x[i]->buf);
+            for (int i = 0; L->experts && i < 3 * r->cfg.n_expert; i++)
+                tsr_buf_free(L->experts[i].buf);
+            free(L->experts);
             tsr_buf_free(L->k_cache);
             tsr_buf_free(L->v_cache);
         }
@@ -624,6 +706,14 @@ void tsr_runner_free(tsr_runner_t *r)
     free(r->prob);
     free(r->host_logits);
     free(r);
+}
+
+int tsr_runner_trace_routes(tsr_runner_t *r, int32_t *ids)
+{
+    size_t stride = (size_t)r->opts.max_tokens * r->cfg.n_expert_used, i = 0;
+    for (int l = 0; l < r->layer_end - r->layer_begin; l++)
+        if (r->layers[l].experts) r->layers[l].moe.trace = ids ? ids + stride * i++ : NULL;
+    return (int)i;
 }
 
 int tsr_runner_n_vocab(const tsr_runner_t *r)
@@ -748,10 +838,14 @@ static int run_layers(tsr_runner_t *r, const struct tsr_batch_meta *meta, int T)
         TRY(tsr_op_matmul(b, r->o, &L->wo, r->att, NULL, T));
         TRY(tp_sum(r, r->o, hidden));
         TRY(tsr_op_add_rmsnorm(b, r->x, r->o, r->xn, &L->ffn_norm, T, D, eps));
-        /* MLP block: xn is ffn_norm(x); this rank's intermediate features */
-        TRY(tsr_op_matmul_swiglu(b, r->gate, r->up, &L->w_gate, &L->w_up, r->xn, T));
-        TRY(tsr_op_matmul(b, r->o, &L->w_down, r->gate, NULL, T));
-        TRY(tp_sum(r, r->o, hidden));
+        /* MLP block: xn is ffn_norm(x); this rank's intermediate features, or the experts */
+        if (L->experts) {
+            TRY(tsr_op_moe(b, r->o, r->xn, &L->moe, T));
+        } else {
+            TRY(tsr_op_matmul_swiglu(b, r->gate, r->up, &L->w_gate, &L->w_up, r->xn, T));
+            TRY(tsr_op_matmul(b, r->o, &L->w_down, r->gate, NULL, T));
+            TRY(tp_sum(r, r->o, hidden));
+        }
         /* the residual add fused with the next block's norm (or the final norm) */
         const struct tsr_weight *next = l + 1 < n_local ? &r->layers[l + 1].attn_norm
                                         : r->has_head   ? &r->output_norm

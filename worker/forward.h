@@ -54,11 +54,12 @@ struct tsr_runner_shard {
 };
 
 /* Uploads the weights to the backend, checking every tensor's shape against the config, and
- * allocates the caches. With shard (NULL: the whole model) it reads only this rank's slices:
- * row ranges are used in place in the mapping, column ranges are packed into memory of its own,
- * a synthetic model's slices are generated (tsr_model_read), one tensor at a time; on a device
- * backend the host copies are freed once uploaded.
- * m and b must outlive the runner. Free with tsr_runner_free(). */
+ * allocates the caches. Mixture-of-experts models need a backend with tsr_backend_can_moe()
+ * and run on one rank (shard NULL or a 1x1 plan): TSR_EUNSUPPORTED otherwise. With shard (NULL: the
+ * whole model) it reads only this rank's slices: row ranges are used in place in the mapping,
+ * column ranges are packed into memory of its own, a synthetic model's slices are generated
+ * (tsr_model_read), one tensor at a time; on a device backend the host copies are freed once
+ * uploaded. m and b must outlive the runner. Free with tsr_runner_free(). */
 int tsr_runner_new(tsr_model_t *m, tsr_backend_t *b, const struct tsr_runner_opts *o,
                    const struct tsr_runner_shard *shard, tsr_runner_t **out);
 /* The KV cache's blocks: opts.n_blocks, or what the device's memory gave. */
@@ -112,6 +113,11 @@ int tsr_runner_idle(tsr_runner_t *r);
  * Returns 0 then, or the first error. */
 int tsr_runner_follow(tsr_runner_t *r);
 
+/* Mixture-of-experts models: from the next step on, the experts each token chose in each expert
+ * layer of this rank go to ids (host; NULL: no more): layer i (of the expert layers, in order),
+ * row t's n_expert_used choices at ids[(i * opts.max_tokens + t) * n_expert_used ...], in
+ * tsr_moe_route's order. Returns the number of expert layers (tests). */
+int tsr_runner_trace_routes(tsr_runner_t *r, int32_t *ids);
 int tsr_runner_n_vocab(const tsr_runner_t *r);
 /* Bytes of weights and of KV cache the runner holds on its backend. */
 size_t tsr_runner_weight_bytes(const tsr_runner_t *r);
