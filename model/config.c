@@ -631,6 +631,17 @@ int tsr_config_check_runnable(const struct tsr_model_config *c, const char *name
     return 0;
 }
 
+void tsr_config_moe_routing(const struct tsr_model_config *c, struct tsr_moe_routing *r)
+{
+    *r = (struct tsr_moe_routing){.n_expert = c->n_expert,
+                                  .n_used = c->n_expert_used,
+                                  .scoring = c->moe_sigmoid ? TSR_MOE_SIGMOID : TSR_MOE_SOFTMAX,
+                                  .norm_topk = c->moe_norm_topk,
+                                  .n_group = c->moe_n_group,
+                                  .topk_group = c->moe_topk_group,
+                                  .scale = c->moe_scale};
+}
+
 int tsr_config_n_moe_layer(const struct tsr_model_config *c)
 {
     return c->n_expert > 0 ? c->n_layer - c->n_dense_layer : 0;

@@ -8,6 +8,7 @@
 #ifndef TSR_MODEL_CONFIG_H
 #define TSR_MODEL_CONFIG_H
 
+#include "kernels/backend.h"
 #include "model/gguf.h"
 
 /* YaRN is read only for planning (DeepSeek V3, Kimi K2): nothing computes it yet. */
@@ -108,6 +109,8 @@ int tsr_config_validate(const struct tsr_model_config *c);
  * a model checks this right after reading the config, before any tensor (open_gguf and open_hf
  * in model.c; synthetic shapes have neither); `plan` does not. */
 int tsr_config_check_runnable(const struct tsr_model_config *c, const char *name);
+/* The routing of a MoE model's expert layers, for tsr_op_moe / tsr_moe_route. */
+void tsr_config_moe_routing(const struct tsr_model_config *c, struct tsr_moe_routing *r);
 /* Layers [n_dense_layer, n_layer) of a MoE model; 0 when dense. */
 int tsr_config_n_moe_layer(const struct tsr_model_config *c);
 

@@ -302,23 +302,16 @@ static int load_experts(tsr_runner_t *r, tsr_model_t *m, int l, struct layer *L)
         if (!(bias = keep(r, malloc(sizeof *bias * (size_t)E)))) return TSR_ENOMEM;
         tsr_dequantize_row(v.type, v.data, bias, E);
     }
-    L->moe =
-        (struct tsr_moe){.routing = {.n_expert = E,
-                                     .n_used = c->n_expert_used,
-                                     .scoring = c->moe_sigmoid ? TSR_MOE_SIGMOID : TSR_MOE_SOFTMAX,
-                                     .norm_topk = c->moe_norm_topk,
-                                     .n_group = c->moe_n_group,
-                                     .topk_group = c->moe_topk_group,
-                                     .scale = c->moe_scale},
-                         .router = &L->router,
-                         .score_bias = bias,
-                         .gate = L->experts,
-                         .up = L->experts + E,
-                         .down = L->experts + 2 * E,
-                         .shared_gate = sf > 0 ? &L->sh_gate : NULL,
-                         .shared_up = &L->sh_up,
-                         .shared_down = &L->sh_down,
-                         .shared_inp = c->shared_expert_gate ? &L->sh_inp : NULL};
+    L->moe = (struct tsr_moe){.router = &L->router,
+                              .score_bias = bias,
+                              .gate = L->experts,
+                              .up = L->experts + E,
+                              .down = L->experts + 2 * E,
+                              .shared_gate = sf > 0 ? &L->sh_gate : NULL,
+                              .shared_up = &L->sh_up,
+                              .shared_down = &L->sh_down,
+                              .shared_inp = c->shared_expert_gate ? &L->sh_inp : NULL};
+    tsr_config_moe_routing(c, &L->moe.routing);
     return 0;
 }
 

@@ -191,6 +191,12 @@ def config_seeds():
                                          kv_lora_rank=16, qk_nope_head_dim=16,
                                          qk_rope_head_dim=8, v_head_dim=16,
                                          rope_scaling={"type": "yarn", "factor": 4.0}),
+             "deepseek_routing.json": dict(base, model_type="deepseek_v3", n_routed_experts=8,
+                                           num_experts_per_tok=2, n_shared_experts=1,
+                                           moe_intermediate_size=32, first_k_dense_replace=1,
+                                           n_group=4, topk_group=2, topk_method="noaux_tc",
+                                           scoring_func="sigmoid", norm_topk_prob=True,
+                                           routed_scaling_factor=2.5),
              "fp8_block.json": dict(base, quantization_config={
                  "quant_method": "fp8", "activation_scheme": "dynamic", "fmt": "e4m3",
                  "weight_block_size": [128, 128]}),
