@@ -540,6 +540,7 @@ static int config_from_root(json_t *root, const char *path, struct tsr_model_con
         goto out;
     }
     c->tied_embeddings = json_is_true(tie);
+    c->qk_norm = !strcmp(mt, "qwen3_moe");
     c->qkv_bias = !strcmp(mt, "qwen2") || !strcmp(mt, "qwen2_moe") ||
                   json_is_true(json_object_get(root, "attention_bias"));
     if ((rc = json_rope_scaling(json_object_get(root, "rope_scaling"), fam != FAM_DENSE, c, path)))

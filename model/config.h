@@ -49,6 +49,8 @@ struct tsr_model_config {
     int rope_orig_ctx;   /* llama3 scaling: original_max_position_embeddings */
     int tied_embeddings; /* no separate output matrix: the LM head is the embedding */
     int qkv_bias;        /* Q, K and V projections carry a bias (Qwen2) */
+    int qk_norm;         /* each head's q and k RMS-normalised (head_dim weights) before RoPE
+                            (Qwen3-MoE: self_attn.q_norm, k_norm) */
 
     /* Mixture of experts (all 0 when dense). Layers [n_dense_layer, n_layer) replace the SwiGLU
      * MLP (ffn_dim) by a router (n_expert x dim) choosing n_expert_used of n_expert routed

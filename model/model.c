@@ -246,6 +246,10 @@ static int check_tensors(tsr_model_t *m)
     for (int l = 0; l < c->n_layer; l++) {
         snprintf(name, sizeof name, "blk.%d.attn_norm.weight", l);
         if ((rc = check_vector(m, name, c->dim, 0, 0))) return rc;
+        for (int i = 0; i < 2 * c->qk_norm; i++) {
+            snprintf(name, sizeof name, "blk.%d.attn_%c_norm.weight", l, "qk"[i]);
+            if ((rc = check_vector(m, name, c->head_dim, 0, 0))) return rc;
+        }
         snprintf(name, sizeof name, "blk.%d.ffn_norm.weight", l);
         if ((rc = check_vector(m, name, c->dim, 0, 0))) return rc;
     }
@@ -402,6 +406,8 @@ static int hf_name(const struct tsr_model_config *c, const char *gguf, char *out
                 {"attn_k.bias", "self_attn.k_proj.bias"},
                 {"attn_v.bias", "self_attn.v_proj.bias"},
                 {"attn_output.weight", "self_attn.o_proj.weight"},
+                {"attn_q_norm.weight", "self_attn.q_norm.weight"},
+                {"attn_k_norm.weight", "self_attn.k_norm.weight"},
                 {"ffn_norm.weight", "post_attention_layernorm.weight"},
                 {"ffn_gate.weight", "mlp.gate_proj.weight"},
                 {"ffn_up.weight", "mlp.up_proj.weight"},

@@ -19,14 +19,15 @@
     } while (0)
 
 struct layer {
-    struct tsr_weight attn_norm;    /* (dim) */
-    struct tsr_weight wq;           /* (n_head*head_dim, dim), this rank's heads */
-    struct tsr_weight wk, wv;       /* (n_kv_head*head_dim, dim) */
-    struct tsr_weight bq, bk, bv;   /* biases (Qwen2); buf NULL when absent */
-    struct tsr_weight wo;           /* (dim, n_head*head_dim) */
-    struct tsr_weight ffn_norm;     /* (dim) */
-    struct tsr_weight w_gate, w_up; /* (ffn_dim, dim) */
-    struct tsr_weight w_down;       /* (dim, ffn_dim) */
+    struct tsr_weight attn_norm;      /* (dim) */
+    struct tsr_weight wq;             /* (n_head*head_dim, dim), this rank's heads */
+    struct tsr_weight wk, wv;         /* (n_kv_head*head_dim, dim) */
+    struct tsr_weight bq, bk, bv;     /* biases (Qwen2); buf NULL when absent */
+    struct tsr_weight q_norm, k_norm; /* (head_dim) per-head norms (Qwen3); buf NULL when absent */
+    struct tsr_weight wo;             /* (dim, n_head*head_dim) */
+    struct tsr_weight ffn_norm;       /* (dim) */
+    struct tsr_weight w_gate, w_up;   /* (ffn_dim, dim) */
+    struct tsr_weight w_down;         /* (dim, ffn_dim) */
     /* An expert layer (n_dense_layer and on) has these instead of w_gate, w_up, w_down. */
     struct tsr_weight router;                  /* (n_expert, dim) */
     struct tsr_weight *experts;                /* 3 n_expert: gates (moe_ffn, dim), ups, downs (dim,
@@ -337,6 +338,11 @@ static int load_layer(tsr_runner_t *r, tsr_model_t *m, int l, struct layer *L)
         (rc = load(r, m, n[7], c->dim, qd, 0, &L->wo)) ||
         (rc = load_norm(r, m, n[8], c->dim, &L->ffn_norm)))
         return rc;
+    for (int i = 0; i < 2 * c->qk_norm; i++) {
+        char qk[64];
+        snprintf(qk, sizeof qk, "blk.%d.attn_%c_norm.weight", l, "qk"[i]);
+        if ((rc = load_norm(r, m, qk, c->head_dim, i ? &L->k_norm : &L->q_norm))) return rc;
+    }
     if (c->n_expert > 0 && l >= c->n_dense_layer) return load_experts(r, m, l, L);
     if ((rc = load(r, m, n[9], c->ffn_dim, c->dim, 0, &L->w_gate)) ||
         (rc = load(r, m, n[10], c->ffn_dim, c->dim, 0, &L->w_up)) ||
@@ -665,7 +671,8 @@ void tsr_runner_free(tsr_runner_t *r)
                                       &L->bq,        &L->bk,     &L->bv,   &L->wo,
                                       &L->ffn_norm,  &L->w_gate, &L->w_up, &L->w_down};
             for (size_t i = 0; i < sizeof w / sizeof w[0]; i++) tsr_buf_free(w[i]->buf);
-            struct tsr_weight *x[] = {&L->router, &L->sh_gate, &L->sh_up, &L->sh_down, &L->sh_inp};
+            struct tsr_weight *x[] = {&L->router, &L->sh_gate, &L->sh_up, &L->sh_down,
+                                      &L->sh_inp, &L->q_norm,  &L->k_norm};
             for (size_t i = 0; i < sizeof x / sizeof x[0]; i++) tsr_buf_free(x[i]->buf);
             for (int i = 0; L->experts && i < 3 * r->cfg.n_expert; i++)
                 tsr_buf_free(L->experts[i].buf);
@@ -826,6 +833,10 @@ static int run_layers(tsr_runner_t *r, const struct tsr_batch_meta *meta, int T)
         const struct tsr_weight *wqkv[3] = {&L->wq, &L->wk, &L->wv};
         const struct tsr_weight *bqkv[3] = {opt(&L->bq), opt(&L->bk), opt(&L->bv)};
         TRY(tsr_op_matmul_many(b, 3, qkv, wqkv, bqkv, r->xn, T));
+        if (L->q_norm.buf) { /* per head: q is (T * n_head) rows of head_dim */
+            TRY(tsr_op_rmsnorm(b, r->q, r->q, &L->q_norm, T * r->n_head, c->head_dim, eps));
+            TRY(tsr_op_rmsnorm(b, r->k, r->k, &L->k_norm, T * r->n_kv_head, c->head_dim, eps));
+        }
         TRY(tsr_op_rope_kv_write(b, r->q, r->k, r->v, L->k_cache, L->v_cache, &r->shape, meta));
         TRY(tsr_op_attention(b, r->att, r->q, L->k_cache, L->v_cache, &r->shape, meta));
         TRY(tsr_op_matmul(b, r->o, &L->wo, r->att, NULL, T));

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Tiny mixture-of-experts models as Hugging Face directories, and their float64 forward.
 
-For each of three routings it writes tests/reference/moe_tiny_<name>/ (config.json,
+For each of four models it writes tests/reference/moe_tiny_<name>/ (config.json,
 model.safetensors in F32, and spm_tiny's tokenizer.json: 703 tokens) and
 tests/reference/moe_tiny_<name>_golden.json + moe_tiny_<name>_logits.bin: the logits of every
 position of a 24-token prompt (teacher forced) from a float64 numpy forward written from the
@@ -12,6 +12,8 @@ tie rule tessera states in kernels/backend.h):
   mixtral    block_sparse_moe.gate / experts.N.w1,w2,w3; softmax, top-2 of 8, renormalised
   qwen2_moe  mlp.gate / mlp.experts.N.*_proj, a shared expert with its sigmoid gate, QKV biases;
              softmax, top-2 of 8, not renormalised (norm_topk_prob false)
+  qwen3_moe  per-head q/k RMSNorm before RoPE, head_dim 32 (not hidden / heads); softmax, top-2
+             of 8, renormalised (norm_topk_prob true)
   deepseek   DeepSeek V3's routing on standard attention (q/k/v/o projections: tessera does not
              run MLA): sigmoid scores plus e_score_correction_bias for the choice, 4 groups of 2
              of which the best 2 (a group's score: the sum of its best two), top-2 renormalised
@@ -59,6 +61,13 @@ MODELS = {
                              "topk_group": 2, "topk_method": "noaux_tc", "scoring_func": "sigmoid",
                              "norm_topk_prob": True, "routed_scaling_factor": 2.5,
                              "moe_layer_freq": 1, "attention_bias": False}),
+    "qwen3_moe": dict(layers=2, dense=0, k=2, softmax=True, norm=True, shared=0,
+                      shared_gate=False, groups=0, topk_group=0, scale=1.0, bias=False, hd=32,
+                      config={"model_type": "qwen3_moe", "architectures": ["Qwen3MoeForCausalLM"],
+                              "intermediate_size": 128, "num_experts": E, "head_dim": 32,
+                              "num_experts_per_tok": 2, "moe_intermediate_size": MOE_FFN,
+                              "norm_topk_prob": True, "decoder_sparse_step": 1,
+                              "mlp_only_layers": []}),
 }
 
 
@@ -74,11 +83,15 @@ def weights(name, spec, seed):
         p = "model.layers.%d." % l
         w[p + "input_layernorm.weight"] = 1 + n(DIM, s=0.1)
         w[p + "post_attention_layernorm.weight"] = 1 + n(DIM, s=0.1)
-        for proj, rows in (("q", NH * HD), ("k", NKV * HD), ("v", NKV * HD)):
+        hd = spec.get("hd", HD)
+        for proj, rows in (("q", NH * hd), ("k", NKV * hd), ("v", NKV * hd)):
             w[p + "self_attn.%s_proj.weight" % proj] = n(rows, DIM)
             if name == "qwen2_moe":
                 w[p + "self_attn.%s_proj.bias" % proj] = n(rows, s=0.3)
-        w[p + "self_attn.o_proj.weight"] = n(DIM, NH * HD)
+        w[p + "self_attn.o_proj.weight"] = n(DIM, NH * hd)
+        if name == "qwen3_moe":
+            w[p + "self_attn.q_norm.weight"] = 1 + n(hd, s=0.1)
+            w[p + "self_attn.k_norm.weight"] = 1 + n(hd, s=0.1)
         if l < spec["dense"]:
             f = spec["config"]["intermediate_size"]
             w[p + "mlp.gate_proj.weight"], w[p + "mlp.up_proj.weight"] = n(f, DIM), n(f, DIM)
@@ -131,9 +144,10 @@ def rmsnorm(x, wt):
     return x / np.sqrt((x * x).mean(-1, keepdims=True) + EPS) * wt
 
 
-def rope(x, pos):  # rotate-half (Hugging Face layout): pairs (i, i + HD/2)
-    half = HD // 2
-    inv = THETA ** (-np.arange(half, dtype=np.float64) * 2 / HD)
+def rope(x, pos):  # rotate-half (Hugging Face layout): pairs (i, i + head_dim/2)
+    hd = x.shape[-1]
+    half = hd // 2
+    inv = THETA ** (-np.arange(half, dtype=np.float64) * 2 / hd)
     ang = pos[:, None] * inv[None, :]
     c, s = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
     a, b = x[..., :half], x[..., half:]
@@ -186,7 +200,7 @@ def route(spec, logits, bias, tie_high):
     return ids, wt * spec["scale"], float(gap), bool(tie)
 
 
-def forward(name, spec, w, toks, tie_high=False):
+def forward(name, spec, w, toks, tie_high=False, qk_norm=True):
     T = len(toks)
     pos = np.arange(T, dtype=np.float64)
     W = {k: v.astype(np.float64) for k, v in w.items()}
@@ -197,16 +211,20 @@ def forward(name, spec, w, toks, tie_high=False):
         p = "model.layers.%d." % l
         h = rmsnorm(x, W[p + "input_layernorm.weight"])
         qkv = []
+        hd = spec.get("hd", HD)
         for proj, nh in (("q", NH), ("k", NKV), ("v", NKV)):
             y = h @ W[p + "self_attn.%s_proj.weight" % proj].T
             if p + "self_attn.%s_proj.bias" % proj in W:
                 y = y + W[p + "self_attn.%s_proj.bias" % proj]
-            qkv.append(y.reshape(T, nh, HD))
+            y = y.reshape(T, nh, hd)
+            if qk_norm and p + "self_attn.%s_norm.weight" % proj in W:  # Qwen3: per head, pre-RoPE
+                y = rmsnorm(y, W[p + "self_attn.%s_norm.weight" % proj])
+            qkv.append(y)
         q, k, v = rope(qkv[0], pos), rope(qkv[1], pos), qkv[2]
-        att = np.zeros((T, NH, HD))
+        att = np.zeros((T, NH, hd))
         for hh in range(NH):
             kv = hh // (NH // NKV)
-            sc = q[:, hh] @ k[:, kv].T / np.sqrt(HD)
+            sc = q[:, hh] @ k[:, kv].T / np.sqrt(hd)
             sc = sc + np.triu(np.full((T, T), -np.inf), 1)
             pr = np.exp(sc - sc.max(-1, keepdims=True))
             pr /= pr.sum(-1, keepdims=True)
@@ -260,6 +278,8 @@ def main():
         logits, routes = forward(name, spec, w, toks)
         other, _ = forward(name, spec, w, toks, tie_high=True)
         nmse_other = float(((other - logits) ** 2).sum() / (logits ** 2).sum())
+        plain, _ = forward(name, spec, w, toks, qk_norm=False)
+        nmse_plain = float(((plain - logits) ** 2).sum() / (logits ** 2).sum())
         n_ties = sum(r["tie"] for layer in routes for r in layer)
         pos = []
         for t in range(PROMPT_LEN):
@@ -268,6 +288,7 @@ def main():
         golden = {"model": "moe_tiny_" + name, "tokens": [int(t) for t in toks], "n_vocab": V,
                   "n_expert_used": spec["k"], "positions": pos, "routes": routes,
                   "meta": {"constructed_ties": n_ties, "nmse_ties_to_higher_index": nmse_other,
+                           "nmse_without_qk_norm": nmse_plain,
                            "writer": "tests/reference/make_moe_golden.py"}}
         with open(os.path.join(HERE, "moe_tiny_%s_golden.json" % name), "w") as f:
             json.dump(golden, f, indent=None)

@@ -1,14 +1,15 @@
 /* Mixture-of-experts layers on the CPU. The router (kernels/moe.c tsr_moe_route) on hand-made
  * scores: the tie rule (equal scores: the lower expert index wins, groups too), group-limited
- * sigmoid routing with DeepSeek's correction bias, renormalisation and scaling. Then three tiny
+ * sigmoid routing with DeepSeek's correction bias, renormalisation and scaling. Then four tiny
  * Hugging Face MoE models (tests/reference/make_moe_golden.py: Mixtral, Qwen2-MoE with a gated
- * shared expert, DeepSeek V3 routing on standard attention) against their float64 forward:
- * every logit of a 24-token prompt (NMSE within f32 rounding, as test_qwen2_bias: 1e-10, and
- * the argmax wherever the reference's margin exceeds 1e-3), and every token's chosen experts in
- * every expert layer, in order, including the constructed ties whose other resolution the golden
- * shows would move the logits. Then the synthetic MoE shapes (a step's rows do not change each
- * other's logits) and malformed models: more experts than the router has rows, a missing router,
- * a top-k over the experts, wrong expert widths, a sigmoid router without its correction bias. */
+ * shared expert, Qwen3-MoE with per-head q/k norms, DeepSeek V3 routing on standard attention)
+ * against their float64 forward: every logit of a 24-token prompt (NMSE within f32 rounding, as
+ * test_qwen2_bias: 1e-10, and the argmax wherever the reference's margin exceeds 1e-3), and every
+ * token's chosen experts in every expert layer, in order, including the constructed ties whose
+ * other resolution the golden shows would move the logits. Then the synthetic MoE shapes (a step's
+ * rows do not change each other's logits) and malformed models: more experts than the router has
+ * rows, a missing router or q/k norm, a top-k over the experts, wrong expert widths, a sigmoid
+ * router without its correction bias. */
 #include <jansson.h>
 #include <math.h>
 #include <setjmp.h>
@@ -194,6 +195,9 @@ static void check_golden(const char *name)
     assert_true(num / den <= NMSE);
     assert_true(ties > 0 && ties == json_integer_value(json_object_get(meta, "constructed_ties")));
     assert_true(other > 1e3 * NMSE);
+    double plain = json_number_value(json_object_get(meta, "nmse_without_qk_norm"));
+    if (plain > 0) printf("  (without Qwen3's q/k norms: NMSE %.3g)\n", plain);
+    assert_true(plain == 0 || plain > 1e3 * NMSE);
     assert_true(compared >= n * n_layers - 2);
     assert_true(checked >= n - 2);
     tsr_runner_free(r);
@@ -213,6 +217,12 @@ static void test_golden_qwen2_moe(void **state)
 {
     (void)state;
     check_golden("qwen2_moe");
+}
+
+static void test_golden_qwen3_moe(void **state)
+{
+    (void)state;
+    check_golden("qwen3_moe");
 }
 
 static void test_golden_deepseek(void **state)
@@ -318,12 +328,15 @@ static void test_malformed(void **state)
                   "num_experts_per_tok = 9 is more than the 8 experts (num_local_experts)");
     expect_broken("mixtral", MIXTRAL(",\"intermediate_size\":64"), TSR_EFORMAT,
                   "tensor 'blk.0.ffn_gate_exp.0.weight' is 32x64, the config says 64x64");
-    /* Qwen's names on Mixtral's tensors: the router is not there */
+    /* Qwen3 on Mixtral's tensors: its q/k norms are not there; Mixtral on Qwen2-MoE's: the router
+     */
     expect_broken("mixtral",
                   MIXTRAL(",\"model_type\":\"qwen3_moe\",\"num_experts\":8,"
                           "\"moe_intermediate_size\":32"),
                   TSR_ENOTFOUND,
-                  "no tensor 'model.layers.0.mlp.gate.weight' "
+                  "no tensor 'model.layers.0.self_attn.q_norm.weight' (blk.0.attn_q_norm.weight)");
+    expect_broken("qwen2_moe", MIXTRAL(""), TSR_ENOTFOUND,
+                  "no tensor 'model.layers.0.block_sparse_moe.gate.weight' "
                   "(blk.0.ffn_gate_inp.weight)");
     /* DeepSeek's sigmoid router needs its correction bias (Qwen's tensors have none) */
     expect_broken("qwen2_moe",
@@ -390,9 +403,10 @@ static void test_routing_config(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_route_ties),      cmocka_unit_test(test_route_groups),
-        cmocka_unit_test(test_golden_mixtral),  cmocka_unit_test(test_golden_qwen2_moe),
-        cmocka_unit_test(test_golden_deepseek), cmocka_unit_test(test_synthetic),
-        cmocka_unit_test(test_malformed),       cmocka_unit_test(test_routing_config)};
+        cmocka_unit_test(test_route_ties),       cmocka_unit_test(test_route_groups),
+        cmocka_unit_test(test_golden_mixtral),   cmocka_unit_test(test_golden_qwen2_moe),
+        cmocka_unit_test(test_golden_qwen3_moe), cmocka_unit_test(test_golden_deepseek),
+        cmocka_unit_test(test_synthetic),        cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_routing_config)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
