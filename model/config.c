@@ -85,6 +85,37 @@ static int no_experts(const char *src, const char *field, int n)
     return 0;
 }
 
+/* A GGUF's experts, as llama.cpp reads them: <arch>.expert_count and expert_used_count; each
+ * expert expert_feed_forward_length wide (qwen2moe, qwen3moe; Mixtral's llama:
+ * feed_forward_length), a shared expert of expert_shared_feed_forward_length with its gate
+ * (qwen2moe). Routing as llama.cpp's for the architecture: softmax, top-k renormalised but in
+ * qwen2moe. */
+static int gguf_experts(const tsr_gguf_t *g, const char *a, struct tsr_model_config *c)
+{
+    int rc;
+    char key[128];
+    if ((rc = gguf_arch_int(g, a, "expert_count", -1, &B_EXPERTS, &c->n_expert)) ||
+        (rc = gguf_arch_int(g, a, "expert_used_count", -1, &B_EXPERTS, &c->n_expert_used)))
+        return rc;
+    if (c->n_expert_used > c->n_expert)
+        return tsr_errorf(TSR_EFORMAT,
+                          "GGUF: %s.expert_used_count = %d is more than the %d experts", a,
+                          c->n_expert_used, c->n_expert);
+    c->moe_ffn_dim = c->ffn_dim;
+    if (strcmp(a, "llama") &&
+        (rc = gguf_arch_int(g, a, "expert_feed_forward_length", -1, &B_FFN, &c->moe_ffn_dim)))
+        return rc;
+    snprintf(key, sizeof key, "%s.expert_shared_feed_forward_length", a);
+    if (!strcmp(a, "qwen2moe") && tsr_gguf_find_kv(g, key) >= 0 &&
+        (rc = gguf_arch_int(g, a, "expert_shared_feed_forward_length", -1, &B_FFN,
+                            &c->shared_ffn_dim)))
+        return rc;
+    c->shared_expert_gate = c->shared_ffn_dim > 0;
+    c->moe_norm_topk = strcmp(a, "qwen2moe") != 0;
+    c->moe_scale = 1.0f;
+    return 0;
+}
+
 int tsr_config_from_gguf(const tsr_gguf_t *g, struct tsr_model_config *c)
 {
     struct tsr_str s;
@@ -95,9 +126,11 @@ int tsr_config_from_gguf(const tsr_gguf_t *g, struct tsr_model_config *c)
     if (s.n >= sizeof c->arch) return tsr_errorf(TSR_EFORMAT, "GGUF: architecture name too long");
     memcpy(c->arch, s.p, s.n);
     c->arch[s.n] = 0;
-    if (strcmp(c->arch, "llama") && strcmp(c->arch, "qwen2") && strcmp(c->arch, "mistral"))
+    if (strcmp(c->arch, "llama") && strcmp(c->arch, "qwen2") && strcmp(c->arch, "mistral") &&
+        strcmp(c->arch, "qwen2moe") && strcmp(c->arch, "qwen3moe"))
         return tsr_errorf(TSR_EUNSUPPORTED,
-                          "GGUF: architecture '%s' is not supported (llama, qwen2, mistral)",
+                          "GGUF: architecture '%s' is not supported (llama, qwen2, mistral, "
+                          "qwen2moe, qwen3moe)",
                           c->arch);
     const char *a = c->arch;
     char key[128];
@@ -111,11 +144,16 @@ int tsr_config_from_gguf(const tsr_gguf_t *g, struct tsr_model_config *c)
         (rc = gguf_arch_int(g, a, "attention.head_count_kv", c->n_head, &B_HEADS, &c->n_kv_head)) ||
         (rc = gguf_arch_int(g, a, "context_length", CONTEXT_DEFAULT, &B_CTX, &c->n_ctx_train)))
         return rc;
+    int moe_arch = !strcmp(a, "qwen2moe") || !strcmp(a, "qwen3moe");
     snprintf(key, sizeof key, "%s.expert_count", a);
-    if (tsr_gguf_find_kv(g, key) >= 0 &&
+    if (!strcmp(a, "qwen2") && tsr_gguf_find_kv(g, key) >= 0 &&
         ((rc = gguf_arch_int(g, a, "expert_count", -1, &B_EXPERTS, &n_expert)) ||
          (rc = no_experts("GGUF", key, n_expert))))
         return rc;
+    if ((moe_arch || tsr_gguf_find_kv(g, key) >= 0) && strcmp(a, "qwen2") &&
+        (rc = gguf_experts(g, a, c)))
+        return rc;
+    c->qk_norm = !strcmp(a, "qwen3moe");
     int rot = 0;
     if ((rc = gguf_arch_int(g, a, "rope.dimension_count", c->dim / c->n_head, &B_HEAD_DIM, &rot)))
         return rc;
@@ -127,7 +165,7 @@ int tsr_config_from_gguf(const tsr_gguf_t *g, struct tsr_model_config *c)
     if ((rc = gguf_arch_float(g, a, "attention.layer_norm_rms_epsilon", 1e-5f, &c->norm_eps)) ||
         (rc = gguf_arch_float(g, a, "rope.freq_base", 10000.0f, &c->rope_theta)))
         return rc;
-    c->rope_neox = !strcmp(a, "qwen2"); /* llama.cpp's rope type per architecture */
+    c->rope_neox = !strcmp(a, "qwen2") || moe_arch; /* llama.cpp's rope type per architecture */
     /* RoPE scaling: none or linear here; llama3 scaling arrives as the rope_freqs.weight tensor,
      * applied by the caller. Anything else (yarn, longrope) would be silently ignored. */
     snprintf(key, sizeof key, "%s.rope.scaling.type", a);

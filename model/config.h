@@ -1,5 +1,6 @@
 /* Model configuration of the Llama family (Llama 2 and 3, Mistral, Qwen2, SmolLM2), read from GGUF
- * metadata or a Hugging Face config.json, and the RoPE frequencies it implies. config.json of
+ * metadata (architectures llama, mistral, qwen2, and with experts llama, qwen2moe, qwen3moe) or a
+ * Hugging Face config.json, and the RoPE frequencies it implies. config.json of
  * mixture-of-experts (Mixtral, Qwen2/Qwen3-MoE, DeepSeek V2/V3, Kimi K2) and multi-head latent
  * attention (DeepSeek, Kimi K2) models is read too. Mixture-of-experts models on standard
  * attention run (on the CPU, one rank); MLA and YaRN are read for `tessera plan` only: opening
@@ -87,7 +88,7 @@ struct tsr_model_config {
 /* Read the config; the tokenizer's vocabulary size is the fallback for n_vocab. Both validate
  * (tsr_config_validate) before returning. Errors name the missing or bad field: TSR_EFORMAT for a
  * missing, mistyped or zero one, TSR_EINVAL for one over its bound (TSR_MAX_*), TSR_EUNSUPPORTED
- * for what tessera does not compute (an unknown rope_scaling, a GGUF's experts, a
+ * for what tessera does not compute (an unknown rope_scaling, experts in a qwen2 GGUF, a
  * quantization_config whose quant_method is not "fp8"). A missing context length is taken as 4096
  * with a warning on stderr. */
 int tsr_config_from_gguf(const tsr_gguf_t *g, struct tsr_model_config *c);

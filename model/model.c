@@ -831,6 +831,31 @@ static int synthetic_view(tsr_model_t *m, const char *name, struct tsr_tensor_vi
     return 0;
 }
 
+/* Expert E of a GGUF's stacked expert tensor, for blk.N.ffn_{gate,up,down}_exp.E.weight:
+ * blk.N.ffn_{gate,up,down}_exps.weight holds every expert's matrix one after another (ne = [cols,
+ * rows, n_expert]), so expert E's rows are a contiguous range of the mapping. */
+static int gguf_expert_view(tsr_model_t *m, const char *name, struct tsr_tensor_view *out)
+{
+    int l, e, used = 0;
+    char what[8], stacked[96];
+    if (sscanf(name, "blk.%d.ffn_%4[a-z]_exp.%d.weight%n", &l, what, &e, &used) != 3 ||
+        name[used] || e < 0)
+        return tsr_errorf(TSR_ENOTFOUND, "%s: no tensor '%s'", m->name, name);
+    snprintf(stacked, sizeof stacked, "blk.%d.ffn_%s_exps.weight", l, what);
+    const struct tsr_gguf_tensor *t = tsr_gguf_find_tensor(m->gguf, stacked);
+    if (!t || t->n_dims != 3 || e >= t->ne[2])
+        return tsr_errorf(TSR_ENOTFOUND, "%s: no tensor '%s' (expert %d of a 3-dimensional '%s')",
+                          m->name, name, e, stacked);
+    size_t rows = tsr_dtype_row_bytes(t->type, t->ne[0]) * (size_t)t->ne[1];
+    *out = (struct tsr_tensor_view){.type = t->type,
+                                    .rows = t->ne[1],
+                                    .cols = t->ne[0],
+                                    .data = (const char *)t->data + (size_t)e * rows,
+                                    .nbytes = rows,
+                                    .mapped = 1};
+    return 0;
+}
+
 /* A file tensor's view. An FP8 checkpoint's matrix is TSR_F8_E4M3 with no data (generated), its
  * codes and scales in *f8 for tsr_model_read; f8->scale is NULL for every other tensor. */
 static int file_view(tsr_model_t *m, const char *name, struct tsr_tensor_view *out,
@@ -840,7 +865,7 @@ static int file_view(tsr_model_t *m, const char *name, struct tsr_tensor_view *o
     memset(f8, 0, sizeof *f8);
     if (m->src == SRC_GGUF) {
         const struct tsr_gguf_tensor *t = tsr_gguf_find_tensor(m->gguf, name);
-        if (!t) return tsr_errorf(TSR_ENOTFOUND, "%s: no tensor '%s'", m->name, name);
+        if (!t) return gguf_expert_view(m, name, out);
         out->type = t->type;
         out->data = t->data;
         out->nbytes = t->nbytes;

@@ -320,9 +320,19 @@ def build_cases(w):
                                           "4096 (Kimi K2 has 384)")]:
         path = gguf_case(p("big-%s-%d.gguf" % (key, value)), set_kv=[[key, U64, value]])
         both("bounds", "GGUF %s = %d" % (key, value), path, 1, text)
+    # Experts (a Mixtral-style llama GGUF): their count needs the count a token uses, within it,
+    # and the dense model's tensors have no stacked experts to run.
     path = gguf_case(p("moe.gguf"), set_kv=[["llama.expert_count", U32, 8]])
-    both("bounds", "GGUF expert_count 8 (MoE)", path, 1,
-         "GGUF: llama.expert_count = 8: mixture-of-experts models are not supported yet")
+    both("bounds", "GGUF expert_count 8 without expert_used_count", path, 1,
+         "GGUF: llama.expert_used_count missing")
+    path = gguf_case(p("moe-k9.gguf"), set_kv=[["llama.expert_count", U32, 8],
+                                               ["llama.expert_used_count", U32, 9]])
+    both("bounds", "GGUF expert_used_count 9 of 8", path, 1,
+         "GGUF: llama.expert_used_count = 9 is more than the 8 experts")
+    path = gguf_case(p("moe-no-experts.gguf"), set_kv=[["llama.expert_count", U32, 8],
+                                                       ["llama.expert_used_count", U32, 2]])
+    cases.append(("bounds", "GGUF experts without their tensors", gen(path), 1,
+                  "no tensor 'blk.0.ffn_gate_inp.weight'"))
     path = gguf_case(p("many-kv.gguf"),
                      extra_kvs=[["x.k%d" % i, U8, 0] for i in range(5000)])
     cases.append(("bounds", "GGUF 5000 metadata keys", gen(path), 1,

@@ -24,7 +24,11 @@ Every model has a constructed tie: in its first expert layer the router rows of 
 the tie rule decides whenever they meet at the top-k boundary. The golden stores how many tokens
 that happened for, and the NMSE of the logits had ties gone to the higher index instead.
 
-    python3 tests/reference/make_moe_golden.py   # numpy only
+The Qwen2-MoE model is also written as tests/reference/moe_tiny_qwen2_moe.gguf (architecture
+qwen2moe, llama.cpp's names: experts stacked in ffn_{gate,up,down}_exps, spm_tiny.gguf's
+tokenizer), whose logits and routes are the same golden's.
+
+    python3 tests/reference/make_moe_golden.py   # numpy, gguf
 """
 import json
 import os
@@ -138,6 +142,67 @@ def write_safetensors(path, w):
     h += b" " * (-len(h) % 8)
     with open(path, "wb") as f:
         f.write(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+def gguf_weights(w, spec):
+    """The qwen2_moe weights by llama.cpp's names: experts stacked (n_expert, rows, cols)."""
+    g = {"token_embd.weight": w["model.embed_tokens.weight"],
+         "output_norm.weight": w["model.norm.weight"]}
+    names = {"input_layernorm.weight": "attn_norm.weight",
+             "post_attention_layernorm.weight": "ffn_norm.weight",
+             "self_attn.o_proj.weight": "attn_output.weight",
+             "mlp.gate.weight": "ffn_gate_inp.weight",
+             "mlp.shared_expert_gate.weight": "ffn_gate_inp_shexp.weight"}
+    for proj in "qkv":
+        for kind in ("weight", "bias"):
+            names["self_attn.%s_proj.%s" % (proj, kind)] = "attn_%s.%s" % (proj, kind)
+    for proj in ("gate", "up", "down"):
+        names["mlp.shared_expert.%s_proj.weight" % proj] = "ffn_%s_shexp.weight" % proj
+    for l in range(spec["layers"]):
+        p = "model.layers.%d." % l
+        for hf, gg in names.items():
+            g["blk.%d.%s" % (l, gg)] = w[p + hf]
+        g["blk.%d.ffn_gate_inp_shexp.weight" % l] = w[p + "mlp.shared_expert_gate.weight"][0]
+        for proj in ("gate", "up", "down"):
+            g["blk.%d.ffn_%s_exps.weight" % (l, proj)] = np.stack(
+                [w[p + "mlp.experts.%d.%s_proj.weight" % (e, proj)] for e in range(E)])
+    return g
+
+
+def write_gguf(path, w, spec):
+    from gguf import GGUFReader, GGUFWriter  # only for this file
+
+    tok = {k: v.contents() for k, v in
+           GGUFReader(os.path.join(HERE, "spm_tiny.gguf")).fields.items()}
+    out = GGUFWriter(path, "qwen2moe")
+    out.add_name("qwen2moe-tiny")
+    out.add_block_count(spec["layers"])
+    out.add_context_length(CTX)
+    out.add_embedding_length(DIM)
+    out.add_feed_forward_length(spec["config"]["intermediate_size"])
+    out.add_head_count(NH)
+    out.add_head_count_kv(NKV)
+    out.add_rope_freq_base(THETA)
+    out.add_layer_norm_rms_eps(EPS)
+    out.add_vocab_size(V)
+    out.add_expert_count(E)
+    out.add_expert_used_count(spec["k"])
+    out.add_expert_feed_forward_length(MOE_FFN)
+    out.add_expert_shared_feed_forward_length(spec["shared"])
+    out.add_tokenizer_model(tok["tokenizer.ggml.model"])
+    out.add_tokenizer_pre(tok["tokenizer.ggml.pre"])
+    out.add_token_list(tok["tokenizer.ggml.tokens"])
+    out.add_token_scores(tok["tokenizer.ggml.scores"])
+    out.add_token_types(tok["tokenizer.ggml.token_type"])
+    out.add_bos_token_id(tok["tokenizer.ggml.bos_token_id"])
+    out.add_eos_token_id(tok["tokenizer.ggml.eos_token_id"])
+    out.add_unk_token_id(tok["tokenizer.ggml.unknown_token_id"])
+    for name, a in gguf_weights(w, spec).items():
+        out.add_tensor(name, np.ascontiguousarray(a, dtype=np.float32))
+    out.write_header_to_file()
+    out.write_kv_data_to_file()
+    out.write_tensors_to_file()
+    out.close()
 
 
 def rmsnorm(x, wt):
@@ -274,6 +339,8 @@ def main():
         shutil.copyfile(tok, os.path.join(d, "tokenizer.json"))
         w = weights(name, spec, 20261207 + seed)
         write_safetensors(os.path.join(d, "model.safetensors"), w)
+        if name == "qwen2_moe":  # the same model as llama.cpp's GGUF: the same golden
+            write_gguf(os.path.join(HERE, "moe_tiny_qwen2_moe.gguf"), w, spec)
         toks = np.random.default_rng(7 + seed).integers(3, V - 1, PROMPT_LEN)
         logits, routes = forward(name, spec, w, toks)
         other, _ = forward(name, spec, w, toks, tie_high=True)

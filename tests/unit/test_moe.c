@@ -2,7 +2,8 @@
  * scores: the tie rule (equal scores: the lower expert index wins, groups too), group-limited
  * sigmoid routing with DeepSeek's correction bias, renormalisation and scaling. Then four tiny
  * Hugging Face MoE models (tests/reference/make_moe_golden.py: Mixtral, Qwen2-MoE with a gated
- * shared expert, Qwen3-MoE with per-head q/k norms, DeepSeek V3 routing on standard attention)
+ * shared expert, also as a GGUF with stacked experts, Qwen3-MoE with per-head q/k norms,
+ * DeepSeek V3 routing on standard attention)
  * against their float64 forward: every logit of a 24-token prompt (NMSE within f32 rounding, as
  * test_qwen2_bias: 1e-10, and the argmax wherever the reference's margin exceeds 1e-3), and every
  * token's chosen experts in every expert layer, in order, including the constructed ties whose
@@ -115,8 +116,9 @@ static struct tsr_step seq_step(const int32_t *ids, int pos0, int n)
                              .out_rows = rows};
 }
 
-/* The golden of tests/reference/moe_tiny_<name>: logits and routes of its prompt. */
-static void check_golden(const char *name)
+/* The golden of tests/reference/moe_tiny_<name>: logits and routes of its prompt, for that
+ * directory, or the file tests/reference/moe_tiny_<name><file> (the same model in a GGUF). */
+static void check_golden(const char *name, const char *file)
 {
     char path[512];
     json_error_t err;
@@ -137,7 +139,7 @@ static void check_golden(const char *name)
     assert_int_equal(fread(ref, sizeof(float) * V, (size_t)n, f), (size_t)n);
     fclose(f);
 
-    snprintf(path, sizeof path, REF("moe_tiny_%s"), name);
+    snprintf(path, sizeof path, REF("moe_tiny_%s%s"), name, file);
     tsr_model_t *m;
     if (tsr_model_open(path, &m)) fail_msg("%s", tsr_last_error());
     assert_int_equal(tsr_model_config(m)->n_expert_used, k);
@@ -188,10 +190,10 @@ static void check_golden(const char *name)
         }
     json_t *meta = json_object_get(root, "meta");
     double other = json_number_value(json_object_get(meta, "nmse_ties_to_higher_index"));
-    printf("%s vs float64: %d positions, NMSE %.3g (bound %.0e), argmax at %d with margin > %g; "
+    printf("%s%s vs float64: %d positions, NMSE %.3g (bound %.0e), argmax at %d with margin > %g; "
            "routes of %d of %d token-layers equal, %d of them constructed ties (the other "
            "resolution: NMSE %.3g)\n",
-           name, n, num / den, NMSE, checked, MARGIN, compared, n * n_layers, ties, other);
+           name, file, n, num / den, NMSE, checked, MARGIN, compared, n * n_layers, ties, other);
     assert_true(num / den <= NMSE);
     assert_true(ties > 0 && ties == json_integer_value(json_object_get(meta, "constructed_ties")));
     assert_true(other > 1e3 * NMSE);
@@ -210,25 +212,31 @@ static void check_golden(const char *name)
 static void test_golden_mixtral(void **state)
 {
     (void)state;
-    check_golden("mixtral");
+    check_golden("mixtral", "");
 }
 
 static void test_golden_qwen2_moe(void **state)
 {
     (void)state;
-    check_golden("qwen2_moe");
+    check_golden("qwen2_moe", "");
+}
+
+static void test_golden_qwen2_moe_gguf(void **state)
+{
+    (void)state;
+    check_golden("qwen2_moe", ".gguf");
 }
 
 static void test_golden_qwen3_moe(void **state)
 {
     (void)state;
-    check_golden("qwen3_moe");
+    check_golden("qwen3_moe", "");
 }
 
 static void test_golden_deepseek(void **state)
 {
     (void)state;
-    check_golden("deepseek");
+    check_golden("deepseek", "");
 }
 
 /* A synthetic MoE shape: a prompt's logits in one step equal the same tokens decoded one at a
@@ -402,11 +410,15 @@ static void test_routing_config(void **state)
 
 int main(void)
 {
-    const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_route_ties),       cmocka_unit_test(test_route_groups),
-        cmocka_unit_test(test_golden_mixtral),   cmocka_unit_test(test_golden_qwen2_moe),
-        cmocka_unit_test(test_golden_qwen3_moe), cmocka_unit_test(test_golden_deepseek),
-        cmocka_unit_test(test_synthetic),        cmocka_unit_test(test_malformed),
-        cmocka_unit_test(test_routing_config)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_route_ties),
+                                       cmocka_unit_test(test_route_groups),
+                                       cmocka_unit_test(test_golden_mixtral),
+                                       cmocka_unit_test(test_golden_qwen2_moe),
+                                       cmocka_unit_test(test_golden_qwen2_moe_gguf),
+                                       cmocka_unit_test(test_golden_qwen3_moe),
+                                       cmocka_unit_test(test_golden_deepseek),
+                                       cmocka_unit_test(test_synthetic),
+                                       cmocka_unit_test(test_malformed),
+                                       cmocka_unit_test(test_routing_config)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
