@@ -1,6 +1,6 @@
 /* libFuzzer target for the GGUF metadata-to-config path: any bytes through the GGUF reader, then
  * tsr_config_from_gguf(), then the shard plan (tp = pp = 1) of what it accepts. Seeds are
- * metadata-only GGUF files of small llama and qwen2 shapes (tests/fuzz/make_seeds.py);
+ * metadata-only GGUF files of small llama, qwen2 and MoE shapes (tests/fuzz/make_seeds.py);
  * dictionary: fuzz_gguf_config.dict (the keys, value type codes and lengths). */
 #include <stddef.h>
 #include <stdint.h>

@@ -147,7 +147,7 @@ def main():
 
 
 def config_seeds():
-    """fuzz_gguf_config: metadata-only GGUF files of small llama and qwen2 shapes (what
+    """fuzz_gguf_config: metadata-only GGUF files of small llama, qwen2 and MoE shapes (what
     tsr_config_from_gguf reads); fuzz_config_json: config.json files of the same shapes and the
     planning shapes in tests/reference/configs."""
     def llama_kvs(arch, extra=()):
@@ -162,6 +162,12 @@ def config_seeds():
                 (arch + ".vocab_size", U32, 300)] + list(extra)
     write("fuzz_gguf_config", "llama.gguf", gguf(llama_kvs("llama"), []))
     write("fuzz_gguf_config", "qwen2.gguf", gguf(llama_kvs("qwen2"), []))
+    write("fuzz_gguf_config", "qwen2moe.gguf", gguf(llama_kvs("qwen2moe", [
+        ("qwen2moe.expert_count", U32, 8), ("qwen2moe.expert_used_count", U32, 2),
+        ("qwen2moe.expert_feed_forward_length", U32, 32),
+        ("qwen2moe.expert_shared_feed_forward_length", U32, 64)]), []))
+    write("fuzz_gguf_config", "mixtral.gguf", gguf(llama_kvs("llama", [
+        ("llama.expert_count", U32, 8), ("llama.expert_used_count", U32, 2)]), []))
     write("fuzz_gguf_config", "linear_rope.gguf", gguf(llama_kvs("llama", [
         ("llama.rope.scaling.type", STRING, "linear"), ("llama.rope.scaling.factor", F32, 4.0),
         ("llama.rope.dimension_count", U32, 16), ("llama.attention.key_length", U32, 16)]), []))
