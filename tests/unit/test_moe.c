@@ -8,9 +8,9 @@
  * test_qwen2_bias: 1e-10, and the argmax wherever the reference's margin exceeds 1e-3), and every
  * token's chosen experts in every expert layer, in order, including the constructed ties whose
  * other resolution the golden shows would move the logits. Then the synthetic MoE shapes (a step's
- * rows do not change each other's logits) and malformed models: more experts than the router has
- * rows, a missing router or q/k norm, a top-k over the experts, wrong expert widths, a sigmoid
- * router without its correction bias. */
+ * rows do not change each other's logits), tp or pp > 1 refused, and malformed models: more experts
+ * than the router has rows, a missing router or q/k norm, a top-k over the experts, wrong expert
+ * widths, a sigmoid router without its correction bias. */
 #include <jansson.h>
 #include <math.h>
 #include <setjmp.h>
@@ -27,6 +27,7 @@
 #include "common/status.h"
 #include "kernels/backend.h"
 #include "model/model.h"
+#include "model/shard_plan.h"
 #include "worker/forward.h"
 
 #define REF(f)    TSR_SOURCE_DIR "/tests/reference/" f
@@ -284,6 +285,34 @@ static void test_synthetic(void **state)
     check_synthetic("synthetic:qwen2-moe-tiny");
 }
 
+/* tp or pp > 1 is refused by name before any weight is read (expert parallelism is not here; a
+ * stage's experts sliced like the dense MLP is not either). */
+static void test_sharded_refused(void **state)
+{
+    (void)state;
+    tsr_model_t *m;
+    assert_int_equal(tsr_model_open("synthetic:mixtral-tiny", &m), 0);
+    tsr_backend_t *b = tsr_backend_cpu_new(1);
+    struct tsr_runner_opts o = {.n_blocks = 2, .block_size = 16, .max_tokens = 4};
+    for (int tp = 1; tp <= 2; tp++) {
+        struct tsr_shard_plan p;
+        assert_int_equal(tsr_shard_plan_make(tsr_model_config(m), tp, 3 - tp, 4, 4, &p), 0);
+        struct tsr_runner_shard sh = {.plan = &p};
+        tsr_runner_t *r = NULL;
+        assert_int_equal(tsr_runner_new(m, b, &o, &sh, &r), TSR_EUNSUPPORTED);
+        char want[128];
+        snprintf(want, sizeof want,
+                 "mixtral has 8 experts: mixture-of-experts models run on one rank for now (tp = "
+                 "pp = 1), not on a %dx%d plan",
+                 tp, 3 - tp);
+        assert_string_equal(tsr_last_error(), want);
+        assert_null(r);
+        tsr_shard_plan_free(&p);
+    }
+    tsr_backend_free(b);
+    tsr_model_free(m);
+}
+
 /* A copy of a golden model directory (links to its weights and tokenizer) with another
  * config.json; opening it and making its runner must fail with rc and a message containing msg. */
 static void expect_broken(const char *model, const char *config, int rc, const char *msg)
@@ -418,6 +447,7 @@ int main(void)
                                        cmocka_unit_test(test_golden_qwen3_moe),
                                        cmocka_unit_test(test_golden_deepseek),
                                        cmocka_unit_test(test_synthetic),
+                                       cmocka_unit_test(test_sharded_refused),
                                        cmocka_unit_test(test_malformed),
                                        cmocka_unit_test(test_routing_config)};
     return cmocka_run_group_tests(tests, NULL, NULL);
