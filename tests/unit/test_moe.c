@@ -8,7 +8,8 @@
  * test_qwen2_bias: 1e-10, and the argmax wherever the reference's margin exceeds 1e-3), and every
  * token's chosen experts in every expert layer, in order, including the constructed ties whose
  * other resolution the golden shows would move the logits. Then the synthetic MoE shapes (a step's
- * rows do not change each other's logits), tp or pp > 1 refused, and malformed models: more experts
+ * rows do not change each other's logits), tp or pp > 1 refused, --quantize reaching the experts
+ * (not the router), and malformed models: more experts
  * than the router has rows, a missing router or q/k norm, a top-k over the experts, wrong expert
  * widths, a sigmoid router without its correction bias. */
 #include <jansson.h>
@@ -285,6 +286,30 @@ static void test_synthetic(void **state)
     check_synthetic("synthetic:qwen2-moe-tiny");
 }
 
+/* --quantize converts the experts' matrices (routed and shared), not the router or the shared
+ * expert's gate, as llama.cpp keeps them. */
+static void test_quantize_experts(void **state)
+{
+    (void)state;
+    tsr_model_t *m;
+    assert_int_equal(tsr_model_open(REF("moe_tiny_qwen2_moe"), &m), 0);
+    assert_int_equal(tsr_model_quantize(m, TSR_Q8_0), 0);
+    static const struct {
+        const char *name;
+        enum tsr_dtype type;
+    } want[] = {{"blk.1.ffn_gate_exp.7.weight", TSR_Q8_0},
+                {"blk.1.ffn_down_exp.0.weight", TSR_Q8_0},
+                {"blk.0.ffn_up_shexp.weight", TSR_Q8_0},
+                {"blk.0.ffn_gate_inp.weight", TSR_F32},
+                {"blk.0.ffn_gate_inp_shexp.weight", TSR_F32}};
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+        struct tsr_tensor_view v;
+        assert_int_equal(tsr_model_tensor(m, want[i].name, &v), 0);
+        if (v.type != want[i].type) fail_msg("%s is %s", want[i].name, tsr_dtype_name(v.type));
+    }
+    tsr_model_free(m);
+}
+
 /* tp or pp > 1 is refused by name before any weight is read (expert parallelism is not here; a
  * stage's experts sliced like the dense MLP is not either). */
 static void test_sharded_refused(void **state)
@@ -448,6 +473,7 @@ int main(void)
                                        cmocka_unit_test(test_golden_deepseek),
                                        cmocka_unit_test(test_synthetic),
                                        cmocka_unit_test(test_sharded_refused),
+                                       cmocka_unit_test(test_quantize_experts),
                                        cmocka_unit_test(test_malformed),
                                        cmocka_unit_test(test_routing_config)};
     return cmocka_run_group_tests(tests, NULL, NULL);
