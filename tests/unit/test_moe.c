@@ -2,16 +2,16 @@
  * scores: the tie rule (equal scores: the lower expert index wins, groups too), group-limited
  * sigmoid routing with DeepSeek's correction bias, renormalisation and scaling. Then four tiny
  * Hugging Face MoE models (tests/reference/make_moe_golden.py: Mixtral, Qwen2-MoE with a gated
- * shared expert, also as a GGUF with stacked experts, Qwen3-MoE with per-head q/k norms,
- * DeepSeek V3 routing on standard attention)
- * against their float64 forward: every logit of a 24-token prompt (NMSE within f32 rounding, as
- * test_qwen2_bias: 1e-10, and the argmax wherever the reference's margin exceeds 1e-3), and every
- * token's chosen experts in every expert layer, in order, including the constructed ties whose
- * other resolution the golden shows would move the logits. Then the synthetic MoE shapes (a step's
- * rows do not change each other's logits), tp or pp > 1 refused, --quantize reaching the experts
- * (not the router), and malformed models: more experts
- * than the router has rows, a missing router or q/k norm, a top-k over the experts, wrong expert
- * widths, a sigmoid router without its correction bias. */
+ * shared expert, also as a GGUF with stacked experts, Qwen3-MoE with per-head q/k norms, DeepSeek
+ * V3 routing on standard attention) against their float64 forward: every logit of a 24-token
+ * prompt (NMSE within f32 rounding, as test_qwen2_bias: 1e-10, and the argmax wherever the
+ * reference's margin exceeds 1e-3), and every token's chosen experts in every expert layer, in
+ * order, including the constructed ties whose other resolution the golden shows would move the
+ * logits. Then the synthetic MoE shapes (a step's rows do not change each other's logits); tp or
+ * pp > 1 and a backend without the op (CUDA's case) refused; --quantize reaching the experts (not
+ * the router); malformed models: more experts than the router has rows, a missing router or q/k
+ * norm, a top-k over the experts, wrong expert widths, a sigmoid router without its correction
+ * bias. */
 #include <jansson.h>
 #include <math.h>
 #include <setjmp.h>
@@ -26,7 +26,7 @@
 #include <cmocka.h>
 
 #include "common/status.h"
-#include "kernels/backend.h"
+#include "kernels/backend_impl.h" /* test_backend_without_moe empties the CPU's slot */
 #include "model/model.h"
 #include "model/shard_plan.h"
 #include "worker/forward.h"
@@ -286,6 +286,34 @@ static void test_synthetic(void **state)
     check_synthetic("synthetic:qwen2-moe-tiny");
 }
 
+/* A backend without the op (the CUDA backend's case: its moe slot is NULL) refuses a MoE model
+ * when the runner is made, and the op itself, by name: here the CPU backend with its slot
+ * emptied, the one way to reach that path on a machine without a GPU. */
+static void test_backend_without_moe(void **state)
+{
+    (void)state;
+    tsr_model_t *m;
+    assert_int_equal(tsr_model_open("synthetic:mixtral-tiny", &m), 0);
+    tsr_backend_t *b = tsr_backend_cpu_new(1);
+    const struct tsr_backend_iface *cpu = b->i;
+    struct tsr_backend_iface no_moe = *cpu;
+    no_moe.moe = NULL;
+    no_moe.name = "cuda";
+    b->i = &no_moe;
+    assert_int_equal(tsr_backend_can_moe(b), 0);
+    struct tsr_runner_opts o = {.n_blocks = 2, .block_size = 16, .max_tokens = 4};
+    tsr_runner_t *r = NULL;
+    assert_int_equal(tsr_runner_new(m, b, &o, NULL, &r), TSR_EUNSUPPORTED);
+    assert_string_equal(tsr_last_error(), "synthetic:mixtral-tiny: mixture-of-experts layers are "
+                                          "not implemented on the cuda backend yet");
+    struct tsr_moe moe = {.routing = {.n_expert = 2, .n_used = 1, .scale = 1}};
+    assert_int_equal(tsr_op_moe(b, NULL, NULL, &moe, 1), TSR_EUNSUPPORTED);
+    b->i = cpu;
+    assert_int_equal(tsr_backend_can_moe(b), 1);
+    tsr_backend_free(b);
+    tsr_model_free(m);
+}
+
 /* --quantize converts the experts' matrices (routed and shared), not the router or the shared
  * expert's gate, as llama.cpp keeps them. */
 static void test_quantize_experts(void **state)
@@ -474,6 +502,7 @@ int main(void)
                                        cmocka_unit_test(test_synthetic),
                                        cmocka_unit_test(test_sharded_refused),
                                        cmocka_unit_test(test_quantize_experts),
+                                       cmocka_unit_test(test_backend_without_moe),
                                        cmocka_unit_test(test_malformed),
                                        cmocka_unit_test(test_routing_config)};
     return cmocka_run_group_tests(tests, NULL, NULL);
