@@ -83,7 +83,8 @@ struct tsr_runner {
     struct layer *layers;          /* layer_end - layer_begin of them */
     struct packed *packed;
     size_t weight_bytes, kv_bytes, scratch_bytes;
-    size_t embd_bytes; /* of weight_bytes, the embedding table when it is not the LM head */
+    size_t embd_bytes;   /* of weight_bytes, the embedding table when it is not the LM head */
+    size_t expert_bytes; /* of weight_bytes, the routed experts' */
     /* sharding: NULL comms when the runner holds the whole model */
     const struct tsr_rank_plan *rp;
     tsr_comm_t *world, *tp;
@@ -280,8 +281,10 @@ static int load_experts(tsr_runner_t *r, tsr_model_t *m, int l, struct layer *L)
     for (int i = 0; i < 3; i++)
         for (int e = 0; e < E; e++) {
             snprintf(name, sizeof name, "blk.%d.ffn_%s_exp.%d.weight", l, proj[i], e);
+            size_t before = r->weight_bytes;
             if ((rc = load(r, m, name, i == 2 ? D : f, i == 2 ? f : D, 0, &L->experts[i * E + e])))
                 return rc;
+            r->expert_bytes += r->weight_bytes - before;
         }
     struct tsr_weight *sh[3] = {&L->sh_gate, &L->sh_up, &L->sh_down};
     for (int i = 0; i < 3 && sf > 0; i++) {
@@ -738,7 +741,12 @@ size_t tsr_runner_kv_bytes(const tsr_runner_t *r)
 
 size_t tsr_runner_step_weight_bytes(const tsr_runner_t *r)
 {
-    return r->weight_bytes - r->embd_bytes;
+    /* one token's decode reads n_expert_used of each layer's routed experts */
+    size_t unread = r->cfg.n_expert > 0
+                        ? (size_t)((double)r->expert_bytes *
+                                   (r->cfg.n_expert - r->cfg.n_expert_used) / r->cfg.n_expert)
+                        : 0;
+    return r->weight_bytes - r->embd_bytes - unread;
 }
 
 size_t tsr_runner_kv_bytes_per_pos(const tsr_runner_t *r)

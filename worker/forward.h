@@ -123,7 +123,8 @@ int tsr_runner_n_vocab(const tsr_runner_t *r);
 size_t tsr_runner_weight_bytes(const tsr_runner_t *r);
 size_t tsr_runner_kv_bytes(const tsr_runner_t *r);
 /* What one decode step reads on this rank, for rooflines: the weights other than the embedding
- * table (a row per token of it) unless that table is also the LM head; and the K and V bytes of
+ * table (a row per token of it) unless that table is also the LM head, and of the routed experts
+ * only n_expert_used / n_expert (one token's); and the K and V bytes of
  * one cached position of one sequence (this rank's layers and KV heads, in opts.kv_type). */
 size_t tsr_runner_step_weight_bytes(const tsr_runner_t *r);
 size_t tsr_runner_kv_bytes_per_pos(const tsr_runner_t *r);

@@ -269,6 +269,12 @@ static void check_synthetic(const char *spec)
             worst = d > worst ? d : worst;
         }
     }
+    /* a decode step reads, of the routed experts' bytes (3 x moe_ffn x dim f32 weights each),
+     * n_used / n_expert, and of the untied embedding table nothing counted */
+    size_t experts = (size_t)c->n_layer * c->n_expert * 3 * c->moe_ffn_dim * c->dim * 4;
+    size_t embd = c->tied_embeddings ? 0 : (size_t)c->n_vocab * c->dim * 4; /* a row a token */
+    assert_int_equal(tsr_runner_weight_bytes(r1) - tsr_runner_step_weight_bytes(r1),
+                     embd + experts / c->n_expert * (c->n_expert - c->n_expert_used));
     printf("%s: %d experts, %d a token: prefill vs decode max |diff| %.2g\n", spec, c->n_expert,
            c->n_expert_used, worst);
     assert_true(worst <= 1e-4);
