@@ -143,4 +143,31 @@ static __device__ __forceinline__ double tsr_warp_sum_d(double v)
     return v;
 }
 
+/* Asynchronous global-to-shared copies (sm_80 and later) of BYTES = 16 (cached in L2 only) or 4
+ * (in L1 too). A commit closes the copies issued since the last one into a group; a wait returns
+ * when at most N groups are still in flight. The copy itself has no "memory" clobber, so that the
+ * compiler may schedule the loads around it; the commit and the wait have one, so that no
+ * shared-memory read moves above the wait that makes its data visible. */
+template <int BYTES>
+static __device__ __forceinline__ void tsr_cp_async(void *smem, const void *gmem)
+{
+    static_assert(BYTES == 16 || BYTES == 4, "cp.async copies 4 or 16 bytes here");
+    uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
+    size_t g = __cvta_generic_to_global(gmem);
+    if constexpr (BYTES == 16)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(g));
+    else
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(g));
+}
+
+static __device__ __forceinline__ void tsr_cp_async_commit()
+{
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+template <int N> static __device__ __forceinline__ void tsr_cp_async_wait()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
 #endif
