@@ -259,6 +259,10 @@ extern "C" cudaError_t tsr_cuda_weight_to_bf16(cudaStream_t s, int type, const v
         case TSR_Q4_1:
             weight_to_bf16_x8<TSR_Q4_1><<<g8, EW_THREADS, 0, s>>>(wb, row_bytes, r0, nr, cols, d);
             return cudaGetLastError();
+        case TSR_F8_E4M3:
+            weight_to_bf16_x8<TSR_F8_E4M3>
+                <<<g8, EW_THREADS, 0, s>>>(wb, row_bytes, r0, nr, cols, d);
+            return cudaGetLastError();
         default:
             break;
         }
