@@ -129,7 +129,7 @@ static struct run run_on(tsr_backend_t *b, const struct shape *sh, const struct 
 {
     int nt = st->m.n_tokens, hd = sh->head_dim;
     size_t qw = (size_t)sh->n_head * hd, kw = (size_t)sh->n_kv_head * hd;
-    size_t cache = (size_t)st->n_slots * kw * tsr_kv_elem_bytes(t);
+    size_t cache = (size_t)st->n_slots * tsr_kv_row_bytes(t, sh->n_kv_head, hd);
     tsr_buf_t *qb = upload(b, q, nt * qw * 4), *kb = upload(b, k, nt * kw * 4),
               *vb = upload(b, v, nt * kw * 4), *kcb = upload(b, kc0, cache),
               *vcb = upload(b, vc0, cache), *fb = upload(b, freq, (size_t)hd / 2 * 4),
@@ -151,8 +151,8 @@ static float *attend_on(tsr_backend_t *b, const struct shape *sh, const struct s
                         const float *freq)
 {
     int nt = st->m.n_tokens, hd = sh->head_dim;
-    size_t qw = (size_t)sh->n_head * hd, kw = (size_t)sh->n_kv_head * hd;
-    size_t cache = (size_t)st->n_slots * kw * tsr_kv_elem_bytes(t);
+    size_t qw = (size_t)sh->n_head * hd;
+    size_t cache = (size_t)st->n_slots * tsr_kv_row_bytes(t, sh->n_kv_head, hd);
     tsr_buf_t *qb = upload(b, q, nt * qw * 4), *kcb = upload(b, kc, cache),
               *vcb = upload(b, vc, cache), *fb = upload(b, freq, (size_t)hd / 2 * 4),
               *ob = upload(b, NULL, nt * qw * 4);
@@ -270,8 +270,9 @@ static double time_attention(const struct shape *sh, enum tsr_dtype t, int n_seq
     int *c = xmalloc((size_t)n_seqs * sizeof *c), *n = xmalloc((size_t)n_seqs * sizeof *n);
     for (int i = 0; i < n_seqs; i++) c[i] = ctx, n[i] = newt;
     struct step st = make_step(sh, n_seqs, c, n);
-    size_t kw = (size_t)sh->n_kv_head * sh->head_dim, qw = (size_t)sh->n_head * sh->head_dim;
-    size_t nt = (size_t)st.m.n_tokens, cache = (size_t)st.n_slots * kw * tsr_kv_elem_bytes(t);
+    size_t qw = (size_t)sh->n_head * sh->head_dim;
+    size_t nt = (size_t)st.m.n_tokens,
+           cache = (size_t)st.n_slots * tsr_kv_row_bytes(t, sh->n_kv_head, sh->head_dim);
     void *zeros = calloc(1, cache > nt * qw * 4 ? cache : nt * qw * 4);
     if (!zeros) die("out of memory");
     tsr_buf_t *kc = upload(gpu, zeros, cache), *vc = upload(gpu, zeros, cache),
@@ -303,7 +304,7 @@ static void bench(void)
     enum tsr_dtype types[2] = {TSR_F32, TSR_BF16};
     for (int i = 0; i < 2; i++) {
         double d = time_attention(&l8, types[i], 32, 4095, 1, 20);
-        double bytes = 32.0 * 4096 * 2 * 8 * 128 * tsr_kv_elem_bytes(types[i]);
+        double bytes = 32.0 * 4096 * 2 * tsr_kv_row_bytes(types[i], 8, 128);
         double p = time_attention(&l8, types[i], 1, 0, 2048, 5);
         printf("  %-4s cache: decode 32 x 4096 %.3f ms (%.0f GB/s of K/V), prefill 2048 %.3f ms\n",
                tsr_dtype_name(types[i]), d * 1e3, bytes / d / 1e9, p * 1e3);

@@ -56,8 +56,7 @@ int main(void)
         if (rc) fprintf(stderr, "  %s\n", tsr_last_error());
         if (rc) continue;
         int n = blocks[k] = tsr_runner_n_blocks(r);
-        double per =
-            2.0 * c->n_layer * 16 * c->n_kv_head * c->head_dim * tsr_kv_elem_bytes(types[k]);
+        double per = 2.0 * c->n_layer * 16 * tsr_kv_row_bytes(types[k], c->n_kv_head, c->head_dim);
         tsr_backend_memory(b, &free1, &total);
         double want = (1 - F) * (double)total, slack = 2 * per + 256.0 * (1 << 20);
         printf("%s: %d blocks (%.2f GB); free after: %.3f GB, (1 - F) of the GPU: %.3f GB\n",
