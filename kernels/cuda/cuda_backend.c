@@ -695,8 +695,8 @@ static int cuda_matmul_swiglu(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *tmp,
 static int check_shape(const struct tsr_attn_shape *s, const struct tsr_batch_meta *m,
                        const char *op)
 {
-    if (!tsr_kv_elem_bytes(s->kv_type))
-        return tsr_errorf(TSR_EINVAL, "%s: KV cache type %s (F32 or BF16 only)", op,
+    if (!tsr_kv_row_bytes(s->kv_type, 1, 2))
+        return tsr_errorf(TSR_EINVAL, "%s: KV cache type %s (F32, BF16 or F8_E4M3 only)", op,
                           tsr_dtype_name(s->kv_type));
     if (s->n_head <= 0 || s->n_kv_head <= 0 || s->n_head % s->n_kv_head || s->head_dim <= 0 ||
         s->head_dim % 2 || s->head_dim > TSR_CUDA_ATTN_MAX_HEAD_DIM || s->block_size <= 0 ||
@@ -712,7 +712,7 @@ static int check_shape(const struct tsr_attn_shape *s, const struct tsr_batch_me
 /* Cache slots in kc and vc (the smaller, if they differ). */
 static int64_t cache_slots(const tsr_buf_t *kc, const tsr_buf_t *vc, const struct tsr_attn_shape *s)
 {
-    size_t row = (size_t)s->n_kv_head * s->head_dim * tsr_kv_elem_bytes(s->kv_type);
+    size_t row = tsr_kv_row_bytes(s->kv_type, s->n_kv_head, s->head_dim);
     size_t n = kc->size < vc->size ? kc->size : vc->size;
     return (int64_t)(n / row);
 }
