@@ -270,14 +270,20 @@ static void quant_q8_0(const float *x, struct tsr_block_q8_0 *b)
     for (int j = 0; j < TSR_QK; j++) b->qs[j] = (int8_t)roundf(x[j] * id);
 }
 
-/* An F8_E4M3 block (36 bytes at blk) with d = amax / 448, each code the nearest to x / d. */
-static void quant_f8(const float *x, uint8_t *blk)
+float tsr_quantize_e4m3(const float *x, int n, uint8_t *q)
 {
     float amax = 0;
-    for (int j = 0; j < TSR_QK; j++) amax = fmaxf(amax, fabsf(x[j]));
+    for (int j = 0; j < n; j++) amax = fmaxf(amax, fabsf(x[j]));
     float d = amax / 448.0f;
+    for (int j = 0; j < n; j++) q[j] = tsr_f32_to_e4m3(d ? x[j] / d : 0.0f);
+    return d;
+}
+
+/* An F8_E4M3 block (36 bytes at blk): tsr_quantize_e4m3's scale, then its codes. */
+static void quant_f8(const float *x, uint8_t *blk)
+{
+    float d = tsr_quantize_e4m3(x, TSR_QK, blk + 4);
     memcpy(blk, &d, 4);
-    for (int j = 0; j < TSR_QK; j++) blk[4 + j] = tsr_f32_to_e4m3(d ? x[j] / d : 0.0f);
 }
 
 void tsr_dequantize_row(enum tsr_dtype t, const void *src, float *dst, int64_t n)

@@ -213,6 +213,11 @@ static inline float tsr_e4m3_to_f32(uint8_t q)
 /* Round to nearest even, saturating at +-448 (values beyond it, infinities included); NaN stays
  * NaN (0x7f with the sign). */
 uint8_t tsr_f32_to_e4m3(float f);
+/* q[j] = the E4M3 code nearest x[j] / d for j < n, d = amax / 448 (the largest |x[j]| maps to
+ * 448, E4M3's largest: nothing saturates); returns d (0 for an all-zero x: every code 0). x[j]
+ * reads back as d * tsr_e4m3_to_f32(q[j]). The F8_E4M3 weight blocks and the FP8 KV cache's heads.
+ */
+float tsr_quantize_e4m3(const float *x, int n, uint8_t *q);
 
 static inline float tsr_bf16_to_f32(uint16_t h)
 {

@@ -5,6 +5,7 @@
 #include <limits.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "common/status.h"
 
@@ -256,6 +257,26 @@ int tsr_op_matmul_swiglu(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *tmp,
     return b->i->swiglu(b, out, out, tmp, n, (int)wg->rows);
 }
 
+void tsr_kv_fp8_store(const float *x, int n_kv_head, int head_dim, uint8_t *row)
+{
+    size_t kw = (size_t)n_kv_head * head_dim, sc = kw + 4 * (size_t)n_kv_head;
+    for (int h = 0; h < n_kv_head; h++) {
+        float d = tsr_quantize_e4m3(x + (size_t)h * head_dim, head_dim, row + (size_t)h * head_dim);
+        memcpy(row + kw + 4 * (size_t)h, &d, 4);
+    }
+    memset(row + sc, 0, tsr_kv_row_bytes(TSR_F8_E4M3, n_kv_head, head_dim) - sc);
+}
+
+void tsr_kv_fp8_load(const uint8_t *row, int n_kv_head, int head_dim, float *x)
+{
+    size_t kw = (size_t)n_kv_head * head_dim;
+    for (size_t i = 0; i < kw; i++) {
+        float d;
+        memcpy(&d, row + kw + 4 * (i / (size_t)head_dim), 4);
+        x[i] = d * tsr_e4m3_to_f32(row[i]);
+    }
+}
+
 int tsr_op_rope_kv_write(tsr_backend_t *b, tsr_buf_t *q, tsr_buf_t *k, tsr_buf_t *v, tsr_buf_t *kc,
                          tsr_buf_t *vc, const struct tsr_attn_shape *s,
                          const struct tsr_batch_meta *m)
@@ -264,15 +285,15 @@ int tsr_op_rope_kv_write(tsr_backend_t *b, tsr_buf_t *q, tsr_buf_t *k, tsr_buf_t
 }
 
 /* Every block token t reads must lie inside the cache (K and V of n_slots rows each, of
- * n_kv_head * head_dim elements of s->kv_type). */
+ * tsr_kv_row_bytes() each). */
 static int check_blocks(const struct tsr_attn_shape *s, const struct tsr_batch_meta *m,
                         const tsr_buf_t *kc, const tsr_buf_t *vc)
 {
     int bs = s->block_size;
-    if (!tsr_kv_elem_bytes(s->kv_type))
-        return tsr_errorf(TSR_EINVAL, "attention: KV cache type %s (F32 or BF16 only)",
+    if (!tsr_kv_row_bytes(s->kv_type, 1, 2))
+        return tsr_errorf(TSR_EINVAL, "attention: KV cache type %s (F32, BF16 or F8_E4M3 only)",
                           tsr_dtype_name(s->kv_type));
-    size_t row = (size_t)s->n_kv_head * s->head_dim * tsr_kv_elem_bytes(s->kv_type);
+    size_t row = tsr_kv_row_bytes(s->kv_type, s->n_kv_head, s->head_dim);
     if (bs <= 0 || s->n_head <= 0 || s->n_kv_head <= 0 || s->n_head % s->n_kv_head ||
         s->head_dim <= 0 || s->head_dim % 2)
         return tsr_errorf(TSR_EINVAL,

@@ -7,18 +7,27 @@
  * - A weight matrix has `rows` rows of `cols` contiguous elements (GGUF ne[0] = cols,
  *   ne[1] = rows; safetensors shape [rows, cols]). matmul computes y = x · Wᵀ, so cols is the
  *   input width and rows the output width.
- * - The paged KV cache of one layer is two buffers K and V of [n_slots][n_kv_head][head_dim]
- *   elements of tsr_attn_shape.kv_type: TSR_F32 (4 bytes) or TSR_BF16 (2 bytes, the f32 value
- *   rounded to nearest even, as tsr_f32_to_bf16). slot = block * block_size + (pos % block_size),
- *   the block coming from the sequence's block table. rope_kv_write converts the rotated k and v
- *   rows to kv_type as it stores them (the only rounding a bf16 cache adds: relative 2^-9 at
- *   most per element); attention reads them back exactly (bf16 widens to f32 without rounding)
- *   and computes as it does with an f32 cache. So a bf16 cache gives the results of an f32
- *   cache holding the bf16-rounded K and V, and an f32 cache's results do not depend on this
- *   field's existence. The number of slots is the buffers' size over n_kv_head * head_dim *
- *   tsr_kv_elem_bytes(kv_type). By default (`--kv-cache-dtype auto`) the tools take bf16 on a GPU
- *   (half the bytes decode attention reads, twice the blocks in the same memory) and f32 on the
- *   CPU (the reference).
+ * - The paged KV cache of one layer is two buffers K and V of n_slots rows, one per cache slot;
+ *   slot = block * block_size + (pos % block_size), the block coming from the sequence's block
+ *   table. A row holds the slot's n_kv_head heads of head_dim elements of tsr_attn_shape.kv_type
+ *   ([n_kv_head][head_dim]), and is tsr_kv_row_bytes() long:
+ *   - TSR_F32 (4 bytes an element) or TSR_BF16 (2 bytes, the f32 value rounded to nearest even,
+ *     as tsr_f32_to_bf16): rope_kv_write converts the rotated k and v rows to kv_type as it
+ *     stores them (the only rounding a bf16 cache adds: relative 2^-9 at most per element);
+ *     attention reads them back exactly (bf16 widens to f32 without rounding) and computes as
+ *     it does with an f32 cache. So a bf16 cache gives the results of an f32 cache holding the
+ *     bf16-rounded K and V, and an f32 cache's results do not depend on this field's existence.
+ *   - TSR_F8_E4M3: one E4M3 code a byte ([n_kv_head][head_dim], as common/dtype.h's
+ *     tsr_f32_to_e4m3), then n_kv_head f32 scales, one per head, the row padded to a multiple of
+ *     16 bytes (so every row and head starts 16-byte aligned for head_dim % 16 == 0). A head's
+ *     scale is its amax / 448, computed as rope_kv_write stores it (dynamic: no calibration, and
+ *     no value saturates), and its codes the nearest to x / scale; an element reads as
+ *     e4m3 * scale. The rounding is E4M3's 3-bit mantissa: relative 2^-4 at most per element
+ *     (absolute 2^-10 scale at most for elements below 2^-6 scale, E4M3's subnormals). Llama 3
+ *     8B rows (8 heads of 128): 1056 bytes against bf16's 2048.
+ *   The number of slots is the buffers' size over tsr_kv_row_bytes(). By default
+ *   (`--kv-cache-dtype auto`) the tools take bf16 on a GPU (half the bytes decode attention
+ *   reads, twice the blocks in the same memory) and f32 on the CPU (the reference).
  * - Ops are asynchronous with respect to the host on device backends; tsr_buf_get() and
  *   tsr_backend_sync() wait. All return 0 or a negative TSR_E* code. */
 #ifndef TSR_KERNELS_BACKEND_H
@@ -45,15 +54,34 @@ struct tsr_attn_shape {
     int neox;            /* RoPE pairs (i, i + head_dim/2) if 1, (2i, 2i+1) if 0 (GGUF llama) */
     float scale;         /* softmax scale, usually 1/sqrt(head_dim) */
     tsr_buf_t *inv_freq; /* f32 [head_dim/2] RoPE inverse frequencies (scaling already applied) */
-    enum tsr_dtype kv_type; /* the KV cache's elements: TSR_F32 (0, the default) or TSR_BF16 */
+    enum tsr_dtype kv_type; /* the KV cache's: TSR_F32 (0, the default), TSR_BF16, TSR_F8_E4M3 */
 };
 
-/* Bytes of one KV cache element of type t: 4 for TSR_F32, 2 for TSR_BF16, 0 for a type the
- * cache does not take (ops refuse it with TSR_EINVAL). */
-static inline size_t tsr_kv_elem_bytes(enum tsr_dtype t)
+/* Bytes of one slot's row of K (or of V) in a KV cache of type t (the layout above): n_kv_head *
+ * head_dim elements, and for TSR_F8_E4M3 their scales and padding; 0 for a type the cache does
+ * not take (ops refuse it with TSR_EINVAL). */
+static inline size_t tsr_kv_row_bytes(enum tsr_dtype t, int n_kv_head, int head_dim)
 {
-    return t == TSR_F32 ? 4 : t == TSR_BF16 ? 2 : 0;
+    size_t kw = (size_t)n_kv_head * (size_t)head_dim;
+    switch (t) {
+    case TSR_F32:
+        return kw * 4;
+    case TSR_BF16:
+        return kw * 2;
+    case TSR_F8_E4M3:
+        return (kw + 4 * (size_t)n_kv_head + 15) & ~(size_t)15;
+    default:
+        return 0;
+    }
 }
+
+/* One slot's row of an FP8 cache (tsr_kv_row_bytes(TSR_F8_E4M3, n_kv_head, head_dim) bytes at
+ * row) from x (n_kv_head heads of head_dim f32): each head's codes and scale by
+ * tsr_quantize_e4m3, the padding zero. What rope_kv_write stores on the CPU. */
+void tsr_kv_fp8_store(const float *x, int n_kv_head, int head_dim, uint8_t *row);
+/* x = an FP8 row read back: each element e4m3 * its head's scale, rounded to f32 (as attention
+ * reads it, on the CPU and the GPU). */
+void tsr_kv_fp8_load(const uint8_t *row, int n_kv_head, int head_dim, float *x);
 
 /* One step's tokens: host arrays, valid for the duration of the call. Token t belongs to sequence
  * seq[t] at absolute position pos[t] and attends causally to positions 0..pos[t] of that sequence,

@@ -131,8 +131,9 @@ enum { TSR_O_TP = 1200, TSR_O_PP, TSR_O_QUANTIZE, TSR_O_KV_DTYPE };
     "  --tp N, --pp M  shard the model over N x M ranks (tensor x pipeline parallel)\n"            \
     "  --quantize T convert the layers' matrices to T on load (" TSR_WEIGHT_TYPES ")\n"            \
     "  --kv-cache-dtype T  the KV cache's elements: auto (default: bf16 on a GPU, f32 on\n"        \
-    "               the CPU), f32 or bf16 (half the bytes: twice the blocks in the same\n"         \
-    "               memory, K and V rounded to 8 significant bits)\n"
+    "               the CPU), f32, bf16 (half the bytes: twice the blocks in the same\n"           \
+    "               memory, K and V rounded to 8 significant bits) or fp8 (E4M3 with a\n"          \
+    "               scale per token and head: about a quarter of f32's bytes, 4 bits)\n"
 struct tsr_cli_model {
     const char *model;
     int tp, pp;

@@ -61,15 +61,17 @@ int tsr_cli_model_opt(int c, const char *arg, struct tsr_cli_model *m)
         return 1;
     }
     case TSR_O_KV_DTYPE:
-        /* fp8 (e4m3 with scales) is not built yet: refused with the rest */
         if (!strcmp(arg, "auto"))
             m->kv_type = -1;
         else if (!strcmp(arg, "f32"))
             m->kv_type = TSR_F32;
         else if (!strcmp(arg, "bf16"))
             m->kv_type = TSR_BF16;
+        else if (!strcmp(arg, "fp8"))
+            m->kv_type = TSR_F8_E4M3;
         else {
-            fprintf(stderr, "tessera: --kv-cache-dtype: '%s' is not one of auto, f32, bf16\n", arg);
+            fprintf(stderr, "tessera: --kv-cache-dtype: '%s' is not one of auto, f32, bf16, fp8\n",
+                    arg);
             return 2;
         }
         m->kv_dtype = arg;

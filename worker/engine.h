@@ -40,7 +40,7 @@ struct tsr_engine_opts {
     /* A group of pp > 1 stages keeps up to pp steps in flight, each on a stage, the batch split
      * between them (pipelining). micro_batches > 0 caps that (1: one step at a time); 0: pp. */
     int micro_batches;
-    enum tsr_dtype kv_type; /* the KV cache's elements (tsr_runner_opts): TSR_F32 or TSR_BF16 */
+    enum tsr_dtype kv_type; /* the KV cache's (tsr_runner_opts): TSR_F32, TSR_BF16, TSR_F8_E4M3 */
 };
 
 /* The runner options of an engine with options o: what its group's followers must build theirs

@@ -35,9 +35,10 @@ struct layer {
     struct tsr_weight sh_gate, sh_up, sh_down; /* shared expert; buf NULL when none */
     struct tsr_weight sh_inp;                  /* (1, dim) its sigmoid gate (qwen2_moe) */
     struct tsr_moe moe;                        /* the op's view of the above */
-    tsr_buf_t *k_cache, *v_cache;              /* ((n_blocks+1)*block_size, n_kv_head*head_dim) of
-                                                  opts.kv_type: block n_blocks is where a graph's padding
-                                                  rows write */
+    tsr_buf_t *k_cache, *v_cache;              /* ((n_blocks+1)*block_size) rows of
+                                                  opts.kv_type (tsr_kv_row_bytes): block
+                                                  n_blocks is where a graph's padding rows
+                                                  write */
 };
 
 enum { MAX_GRAPHS = 24 };
@@ -358,8 +359,8 @@ static int load_layer(tsr_runner_t *r, tsr_model_t *m, int l, struct layer *L)
 /* Bytes of one KV block of one layer's K (or V) on this rank. */
 static size_t kv_block_bytes(const tsr_runner_t *r)
 {
-    return (size_t)r->opts.block_size * (size_t)r->n_kv_head * r->cfg.head_dim *
-           tsr_kv_elem_bytes(r->opts.kv_type);
+    return (size_t)r->opts.block_size *
+           tsr_kv_row_bytes(r->opts.kv_type, r->n_kv_head, r->cfg.head_dim);
 }
 
 /* The KV cache of every layer: n_blocks plus the padding block. */
@@ -533,8 +534,8 @@ int tsr_runner_new(tsr_model_t *m, tsr_backend_t *b, const struct tsr_runner_opt
         o->block_size <= 0 || o->max_tokens <= 0)
         return tsr_errorf(TSR_EINVAL, "runner needs positive blocks (or a memory fraction in (0, "
                                       "1]), block size and step tokens");
-    if (!tsr_kv_elem_bytes(o->kv_type))
-        return tsr_errorf(TSR_EINVAL, "KV cache type %s (F32 or BF16 only)",
+    if (!tsr_kv_row_bytes(o->kv_type, 1, 2))
+        return tsr_errorf(TSR_EINVAL, "KV cache type %s (F32, BF16 or F8_E4M3 only)",
                           tsr_dtype_name(o->kv_type));
     tsr_runner_t *r = calloc(1, sizeof *r);
     if (!r) return tsr_errorf(TSR_ENOMEM, "out of memory");
@@ -751,8 +752,8 @@ size_t tsr_runner_step_weight_bytes(const tsr_runner_t *r)
 
 size_t tsr_runner_kv_bytes_per_pos(const tsr_runner_t *r)
 {
-    return 2 * (size_t)(r->layer_end - r->layer_begin) * (size_t)r->n_kv_head * r->cfg.head_dim *
-           tsr_kv_elem_bytes(r->opts.kv_type);
+    return 2 * (size_t)(r->layer_end - r->layer_begin) *
+           tsr_kv_row_bytes(r->opts.kv_type, r->n_kv_head, r->cfg.head_dim);
 }
 
 size_t tsr_runner_scratch_bytes(const tsr_runner_t *r)

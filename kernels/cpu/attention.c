@@ -20,7 +20,10 @@
  * A bf16 cache (tsr_attn_shape.kv_type): rope_kv_write rounds the rows it stores to bf16
  * (nearest even); attention widens each chunk's rows of one KV head to f32 in L1-sized buffers
  * (exact) and runs the f32 kernels on them. So its results are those of an f32 cache holding the
- * rounded values, and the f32 path is the same code as before. */
+ * rounded values, and the f32 path is the same code as before. An FP8 cache (TSR_F8_E4M3, its
+ * layout in kernels/backend.h): rope_kv_write quantizes each head of the rows it stores with
+ * tsr_kv_fp8_store (tsr_quantize_e4m3: scale amax / 448), and attention widens a chunk's rows the
+ * same way, each element e4m3 * its head's scale (rounded once, to f32). */
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
@@ -41,8 +44,8 @@ enum {
 static int check_shape(const struct tsr_attn_shape *s, const struct tsr_batch_meta *m,
                        const char *op)
 {
-    if (!tsr_kv_elem_bytes(s->kv_type))
-        return tsr_errorf(TSR_EINVAL, "%s: KV cache type %s (F32 or BF16 only)", op,
+    if (!tsr_kv_row_bytes(s->kv_type, 1, 2))
+        return tsr_errorf(TSR_EINVAL, "%s: KV cache type %s (F32, BF16 or F8_E4M3 only)", op,
                           tsr_dtype_name(s->kv_type));
     if (s->n_head <= 0 || s->n_kv_head <= 0 || s->n_head % s->n_kv_head || s->head_dim <= 0 ||
         s->head_dim % 2 || s->head_dim > MAX_HEAD_DIM || s->block_size <= 0 || m->n_tokens < 0)
@@ -56,7 +59,7 @@ static int check_shape(const struct tsr_attn_shape *s, const struct tsr_batch_me
 /* Cache slots in kc and vc (the smaller, if they differ). */
 static int64_t cache_slots(const tsr_buf_t *kc, const tsr_buf_t *vc, const struct tsr_attn_shape *s)
 {
-    size_t row = (size_t)s->n_kv_head * s->head_dim * tsr_kv_elem_bytes(s->kv_type);
+    size_t row = tsr_kv_row_bytes(s->kv_type, s->n_kv_head, s->head_dim);
     size_t n = kc->size < vc->size ? kc->size : vc->size;
     return (int64_t)(n / row);
 }
@@ -132,6 +135,12 @@ static void rope_token(const struct tsr_cpu_ctx *c, tsr_buf_t *q, tsr_buf_t *k, 
     }
     for (int h = 0; h < s->n_head; h++) rotate(qt + (size_t)h * hd, cs, sn, hd, s->neox);
     for (int h = 0; h < s->n_kv_head; h++) rotate(kt + (size_t)h * hd, cs, sn, hd, s->neox);
+    if (s->kv_type == TSR_F8_E4M3) {
+        size_t row = tsr_kv_row_bytes(s->kv_type, s->n_kv_head, hd);
+        tsr_kv_fp8_store(kt, s->n_kv_head, hd, (uint8_t *)kc->data + (size_t)m->slot[t] * row);
+        tsr_kv_fp8_store(vt, s->n_kv_head, hd, (uint8_t *)vc->data + (size_t)m->slot[t] * row);
+        return;
+    }
     if (s->kv_type == TSR_BF16) {
         uint16_t *kd = (uint16_t *)kc->data + (size_t)m->slot[t] * kw;
         uint16_t *vd = (uint16_t *)vc->data + (size_t)m->slot[t] * kw;
@@ -204,7 +213,20 @@ static void widen_rows(const uint16_t *src, size_t stride, int cnt, int hd, floa
             dst[(size_t)r * hd + d] = tsr_bf16_to_f32(src[(size_t)r * stride + d]);
 }
 
-/* kcf and vcf point at the cache: f32, or bf16 when s->kv_type says so. */
+/* dst[r][0..hd) = the E4M3 codes at src + r * row widened to f32, each times the f32 scale at
+ * src + r * row + scale (its head's), for r < cnt. */
+static void widen_rows_e4m3(const uint8_t *src, size_t row, size_t scale, int cnt, int hd,
+                            float *dst)
+{
+    for (int r = 0; r < cnt; r++) {
+        const uint8_t *q = src + (size_t)r * row;
+        float d;
+        memcpy(&d, q + scale, 4);
+        for (int j = 0; j < hd; j++) dst[(size_t)r * hd + j] = d * tsr_e4m3_to_f32(q[j]);
+    }
+}
+
+/* kcf and vcf point at the cache: f32, or bf16 or fp8 rows when s->kv_type says so. */
 static void attend_task(const struct tsr_cpu_kernels *k, const struct attn_task *tk,
                         const void *kcf, const void *vcf, const float *qf, const int32_t *bt,
                         const struct tsr_attn_shape *s)
@@ -214,9 +236,10 @@ static void attend_task(const struct tsr_cpu_kernels *k, const struct attn_task 
     int chunk = CHUNK_FLOATS / hd < CHUNK ? CHUNK_FLOATS / hd : CHUNK;
     float *acc = tk->part, *mx = acc + (size_t)nh * hd, *sum = mx + nh;
     float sc[MAX_GROUP][CHUNK];
-    float kwide[CHUNK_FLOATS], vwide[CHUNK_FLOATS]; /* a bf16 chunk's rows, widened */
-    int bf16 = s->kv_type == TSR_BF16;
-    size_t kstride = bf16 ? (size_t)hd : kw; /* from one row the kernels read to the next */
+    float kwide[CHUNK_FLOATS], vwide[CHUNK_FLOATS]; /* a bf16 or fp8 chunk's rows, widened */
+    int bf16 = s->kv_type == TSR_BF16, fp8 = s->kv_type == TSR_F8_E4M3;
+    size_t kstride = bf16 || fp8 ? (size_t)hd : kw; /* from one row the kernels read to the next */
+    size_t row8 = tsr_kv_row_bytes(s->kv_type, s->n_kv_head, hd); /* fp8: bytes a slot */
     const float *q = qf + (size_t)tk->t * nh * hd;
     memset(acc, 0, (size_t)nh * hd * sizeof(float));
     for (int h = 0; h < nh; h++) {
@@ -229,7 +252,14 @@ static void attend_task(const struct tsr_cpu_kernels *k, const struct attn_task 
         for (int kvh = 0; kvh < s->n_kv_head; kvh++) {
             size_t off = slot * kw + (size_t)kvh * hd;
             const float *kr, *vr;
-            if (bf16) {
+            if (fp8) {
+                size_t o8 = slot * row8 + (size_t)kvh * hd,
+                       sc = kw + 4 * (size_t)kvh - (size_t)kvh * hd;
+                widen_rows_e4m3((const uint8_t *)kcf + o8, row8, sc, cnt, hd, kwide);
+                widen_rows_e4m3((const uint8_t *)vcf + o8, row8, sc, cnt, hd, vwide);
+                kr = kwide;
+                vr = vwide;
+            } else if (bf16) {
                 widen_rows((const uint16_t *)kcf + off, kw, cnt, hd, kwide);
                 widen_rows((const uint16_t *)vcf + off, kw, cnt, hd, vwide);
                 kr = kwide;

@@ -1,6 +1,8 @@
-/* Causal attention over the paged KV cache ([slot][n_kv_head][head_dim] of f32 or bf16: the kernel
- * is instantiated for each, a bf16 element widened to f32 as it is loaded), prefill and decode
- * alike: token t attends to positions 0..pos[t] of its sequence through its block-table row.
+/* Causal attention over the paged KV cache ([slot][n_kv_head][head_dim] of f32, bf16 or FP8 E4M3
+ * with a scale per slot and head, kernels/backend.h: the kernel is instantiated for each, an
+ * element widened to f32 where it is used, an FP8 one as e4m3 * scale rounded to f32, as the CPU
+ * backend widens it), prefill and decode alike: token t attends to positions 0..pos[t] of its
+ * sequence through its block-table row.
  *
  * One block of WARPS warps per (token, KV head, group of up to MAX_G query heads sharing it, split
  * of the context). Each warp walks its share of the split's positions one at a time: it loads the
@@ -30,28 +32,41 @@ enum {
 };
 
 /* A cache element as f32: KV is float (an f32 cache) or uint16_t (bf16 bits). */
-static __device__ __forceinline__ float kv_f32(float x)
+static __device__ __forceinline__ float kv_f32(float x, float)
 {
     return x;
 }
 
-static __device__ __forceinline__ float kv_f32(uint16_t h)
+static __device__ __forceinline__ float kv_f32(uint16_t h, float)
 {
     return tsr_dev_bf16(h);
+}
+
+/* An FP8 code times its head's scale d: rounded once, never fused into what uses it. */
+static __device__ __forceinline__ float kv_f32(uint8_t q, float d)
+{
+    return __fmul_rn(d, tsr_dev_e4m3(q));
 }
 
 /* Lane `lane`'s dims (lane + 32 i) of the K and V rows of position p, KV head kvh, as stored
  * (widened where they are used: a conversion here would wait for the load at once, and the
  * prefetch below would hide nothing; so it measured, a bf16 cache decoding at a third of the f32
- * one's speed). */
+ * one's speed), and for FP8 the head's K and V scales (1 otherwise, unused). */
 template <int D, typename KV>
 static __device__ __forceinline__ void load_kv(const struct tsr_cuda_attn_args &a,
                                                const int32_t *bt, int p, int kvh, int lane,
-                                               KV (&k)[D], KV (&v)[D])
+                                               KV (&k)[D], KV (&v)[D], float &ks, float &vs)
 {
     int hd = a.head_dim, bs = a.block_size;
-    size_t row = ((size_t)bt[p / bs] * bs + p % bs) * ((size_t)a.n_kv_head * hd) + (size_t)kvh * hd;
+    size_t slot = (size_t)bt[p / bs] * bs + p % bs;
+    size_t row = slot * tsr_dev_kv_row<KV>(a.n_kv_head, hd) + (size_t)kvh * hd;
     const KV *kr = (const KV *)a.kc + row, *vr = (const KV *)a.vc + row;
+    ks = vs = 1.0f;
+    if constexpr (sizeof(KV) == 1) {
+        size_t sc = (size_t)a.n_kv_head * hd + 4 * (size_t)kvh - (size_t)kvh * hd;
+        ks = *(const float *)((const uint8_t *)kr + sc);
+        vs = *(const float *)((const uint8_t *)vr + sc);
+    }
 #pragma unroll
     for (int i = 0; i < D; i++) {
         int d = lane + 32 * i;
@@ -60,7 +75,8 @@ static __device__ __forceinline__ void load_kv(const struct tsr_cuda_attn_args &
     }
 }
 
-/* Dims per lane: head_dim <= 32 * D; KV the cache's element (float, or uint16_t for bf16). */
+/* Dims per lane: head_dim <= 32 * D; KV the cache's element (float, uint16_t for bf16 or uint8_t
+ * for FP8). */
 template <int D, typename KV>
 __global__ void __launch_bounds__(THREADS)
     attn_kernel(struct tsr_cuda_attn_args a, int split_len, int splits, float *part)
@@ -91,12 +107,13 @@ __global__ void __launch_bounds__(THREADS)
     /* The next position's K and V rows are loaded while this one's are used: a warp's walk is a
      * chain of dependent steps, and without the prefetch each step waits a memory round trip. */
     KV kn[D], vn[D];
-    if (lo + warp < hi) load_kv<D, KV>(a, bt, lo + warp, kvh, lane, kn, vn);
+    float ksn = 1.0f, vsn = 1.0f;
+    if (lo + warp < hi) load_kv<D, KV>(a, bt, lo + warp, kvh, lane, kn, vn, ksn, vsn);
     for (int p = lo + warp; p < hi; p += WARPS) {
         float k[D], v[D];
 #pragma unroll
-        for (int i = 0; i < D; i++) k[i] = kv_f32(kn[i]), v[i] = kv_f32(vn[i]);
-        if (p + WARPS < hi) load_kv<D, KV>(a, bt, p + WARPS, kvh, lane, kn, vn);
+        for (int i = 0; i < D; i++) k[i] = kv_f32(kn[i], ksn), v[i] = kv_f32(vn[i], vsn);
+        if (p + WARPS < hi) load_kv<D, KV>(a, bt, p + WARPS, kvh, lane, kn, vn, ksn, vsn);
 #pragma unroll
         for (int h = 0; h < MAX_G; h++) {
             if (h >= g) break;
@@ -214,12 +231,15 @@ extern "C" cudaError_t tsr_cuda_attention(cudaStream_t s, const struct tsr_cuda_
                                           int splits, float *scratch)
 {
     if (a->n_tokens <= 0) return cudaGetLastError();
-    if (a->kv_type != TSR_F32 && a->kv_type != TSR_BF16) return cudaErrorInvalidValue;
+    if (a->kv_type != TSR_F32 && a->kv_type != TSR_BF16 && a->kv_type != TSR_F8_E4M3)
+        return cudaErrorInvalidValue;
     int ctx = a->max_pos + 1, len = (ctx + splits - 1) / splits;
     int group = a->n_head / a->n_kv_head, hchunks = (group + MAX_G - 1) / MAX_G;
     dim3 grid(a->n_tokens, a->n_kv_head * hchunks, splits);
     if (a->kv_type == TSR_BF16)
         launch_attn<uint16_t>(s, a, grid, len, splits, scratch);
+    else if (a->kv_type == TSR_F8_E4M3)
+        launch_attn<uint8_t>(s, a, grid, len, splits, scratch);
     else
         launch_attn<float>(s, a, grid, len, splits, scratch);
     if (splits > 1) {

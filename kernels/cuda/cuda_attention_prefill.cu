@@ -1,8 +1,8 @@
 /* Causal flash attention for prompt chunks on tensor cores, over the paged KV cache
- * (f32 or bf16 [slot][n_kv_head][head_dim]; slot = block_tables[seq][pos / block_size] * block_size
- * + pos % block_size). A tile is up to 64 consecutive query tokens of one sequence; every query of
- * the tile is scored against each K/V chunk loaded once, where cuda_attention.cu re-reads the
- * cache once per query token.
+ * (f32, bf16 or FP8 [slot][n_kv_head][head_dim], FP8 rows with a scale per head: kernels/backend.h;
+ * slot = block_tables[seq][pos / block_size] * block_size + pos % block_size). A tile is up to 64
+ * consecutive query tokens of one sequence; every query of the tile is scored against each K/V
+ * chunk loaded once, where cuda_attention.cu re-reads the cache once per query token.
  *
  * Decomposition: one block of 4 warps per (tile, query head); warp w owns query rows 16w..16w+15
  * of the tile. The block walks key positions 0 .. the tile's last position in chunks of 64:
@@ -65,7 +65,10 @@ static_assert(ROWS == TSR_CUDA_PREFILL_TILE, "one block row per tile token");
 
 constexpr float LOG2E = 1.4426950408889634f;
 
-/* KV: the cache's element, float or uint16_t (bf16 bits). */
+/* KV: the cache's element, float, uint16_t (bf16 bits) or uint8_t (an E4M3 code). An FP8 stage
+ * piece converts to f16 as e4m3 * scale rounded to f32 first, the value the f32 path would stage
+ * for a cache holding the widened rows (so the same f16 bits), and f16 holds it as it holds f32
+ * ones (K and V within f16's range). */
 template <int HD, typename KV> struct layout {
     static constexpr int E = 16 / (int)sizeof(KV); /* elements per 16-byte copy */
     static constexpr int F4 = HD / E;              /* 16-byte pieces per K or V row */
@@ -129,14 +132,29 @@ __device__ __forceinline__ void zero_piece(uint16_t *p)
     *(uint4 *)p = make_uint4(0, 0, 0, 0);
 }
 
-/* Piece i of the stage (E elements as cached) as f16 at dst (16-byte aligned when E is 8). */
-__device__ __forceinline__ void piece_to_f16(const float *stage, int i, __half *dst)
+__device__ __forceinline__ void zero_piece(uint8_t *p)
+{
+    *(uint4 *)p = make_uint4(0, 0, 0, 0);
+}
+
+/* 4 bytes from global to shared memory, asynchronously (an FP8 row's scale). */
+__device__ __forceinline__ void cp_async4(void *dst_smem, const void *src_global)
+{
+    unsigned d = (unsigned)__cvta_generic_to_shared(dst_smem);
+    size_t s = __cvta_generic_to_global(src_global);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(d), "l"(s) : "memory");
+}
+
+/* Piece i of the stage (E elements as cached) as f16 at dst (16-byte aligned when E is 8 or 16);
+ * sc: the stage rows' scales (FP8 only). */
+__device__ __forceinline__ void piece_to_f16(const float *stage, int i, __half *dst, const float *)
 {
     float4 f = ((const float4 *)stage)[i];
     *(uint2 *)dst = make_uint2(pack_f16x2(f.x, f.y), pack_f16x2(f.z, f.w));
 }
 
-__device__ __forceinline__ void piece_to_f16(const uint16_t *stage, int i, __half *dst)
+__device__ __forceinline__ void piece_to_f16(const uint16_t *stage, int i, __half *dst,
+                                             const float *)
 {
     uint4 u = ((const uint4 *)stage)[i]; /* 8 bf16, the lower element in each word's low half */
     uint32_t w[4] = {u.x, u.y, u.z, u.w}, h[4];
@@ -144,6 +162,23 @@ __device__ __forceinline__ void piece_to_f16(const uint16_t *stage, int i, __hal
     for (int j = 0; j < 4; j++)
         h[j] = pack_f16x2(__uint_as_float(w[j] << 16), __uint_as_float(w[j] & 0xffff0000u));
     *(uint4 *)dst = make_uint4(h[0], h[1], h[2], h[3]);
+}
+
+template <int F4>
+__device__ __forceinline__ void piece_to_f16(const uint8_t *stage, int i, __half *dst,
+                                             const float *sc)
+{
+    uint4 u = ((const uint4 *)stage)[i]; /* 16 codes, the first in the low byte of u.x */
+    float d = sc[i / F4];                /* its row's scale */
+    uint32_t w[4] = {u.x, u.y, u.z, u.w}, h[8];
+#pragma unroll
+    for (int j = 0; j < 8; j++) {
+        uint32_t b = w[j / 2] >> (16 * (j & 1));
+        h[j] = pack_f16x2(__fmul_rn(d, tsr_dev_e4m3(b & 0xff)),
+                          __fmul_rn(d, tsr_dev_e4m3((b >> 8) & 0xff)));
+    }
+    ((uint4 *)dst)[0] = make_uint4(h[0], h[1], h[2], h[3]);
+    ((uint4 *)dst)[1] = make_uint4(h[4], h[5], h[6], h[7]);
 }
 
 /* d += a · b for one 16x8x16 step: f16 operands, f32 accumulator. */
@@ -162,6 +197,7 @@ __global__ void __launch_bounds__(THREADS)
 {
     typedef layout<HD, KV> L;
     extern __shared__ __align__(16) unsigned char smem[];
+    __shared__ float scales[sizeof(KV) == 1 ? 2 * CHUNK : 1]; /* FP8: the stage rows' scales */
     KV *stage = (KV *)smem;                   /* [2][CHUNK][HD]: K rows, then V rows */
     __half *kh = (__half *)(smem + L::STAGE); /* [CHUNK][LD] */
     __half *vh = kh + CHUNK * L::LD;          /* [CHUNK][LD], directly after kh */
@@ -173,7 +209,9 @@ __global__ void __launch_bounds__(THREADS)
     int kvh = h / (a.n_head / a.n_kv_head), bs = a.block_size;
     int last = tl.pos0 + len - 1, n_chunks = last / CHUNK + 1;
     const int32_t *bt = a.block_tables + (size_t)tl.seq * a.max_blocks;
-    size_t kw = (size_t)a.n_kv_head * HD, koff = (size_t)kvh * HD;
+    size_t kw = tsr_dev_kv_row<KV>(a.n_kv_head, HD), koff = (size_t)kvh * HD;
+    /* FP8: from a head's codes to its scale, bytes */
+    size_t soff = (size_t)a.n_kv_head * HD + 4 * (size_t)kvh - (size_t)kvh * HD;
     int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, g = lane >> 2, tq = lane & 3;
 
     /* Copies chunk c's K and V rows into the stage (or zeros past `last`): 16 bytes a thread,
@@ -191,6 +229,18 @@ __global__ void __launch_bounds__(THREADS)
             } else {
                 zero_piece(dk);
                 zero_piece(dv);
+            }
+        }
+        if constexpr (sizeof(KV) == 1) {
+            if (tid < CHUNK) {
+                int p = c * CHUNK + tid;
+                if (p <= last) {
+                    size_t off = ((size_t)bt[p / bs] * bs + p % bs) * kw + koff + soff;
+                    cp_async4(&scales[tid], (const uint8_t *)kc + off);
+                    cp_async4(&scales[CHUNK + tid], (const uint8_t *)vc + off);
+                } else {
+                    scales[tid] = scales[CHUNK + tid] = 0.0f;
+                }
             }
         }
         cp_async_commit();
@@ -231,7 +281,10 @@ __global__ void __launch_bounds__(THREADS)
 #pragma unroll 4
         for (int i = tid; i < 2 * CHUNK * L::F4; i += THREADS) {
             int r = i / L::F4, c4 = i % L::F4; /* rows CHUNK.. are V, which follows K */
-            piece_to_f16(stage, i, kh + r * L::LD + c4 * L::E);
+            if constexpr (sizeof(KV) == 1)
+                piece_to_f16<L::F4>(stage, i, kh + r * L::LD + c4 * L::E, scales);
+            else
+                piece_to_f16(stage, i, kh + r * L::LD + c4 * L::E, scales);
         }
         __syncthreads(); /* the f16 chunk is ready; the stage is free */
         if (j + 1 < n_chunks) load_chunk(j + 1);
@@ -388,15 +441,18 @@ extern "C" cudaError_t tsr_cuda_attention_prefill(cudaStream_t s,
     if (n_tiles <= 0 || a->n_tokens <= 0) return cudaGetLastError();
     if (((uintptr_t)a->kc | (uintptr_t)a->vc) & 15 || ((uintptr_t)a->q | (uintptr_t)a->out) & 7)
         return cudaErrorMisalignedAddress;
-    int bf16 = a->kv_type == TSR_BF16;
-    if (!bf16 && a->kv_type != TSR_F32) return cudaErrorInvalidValue;
-    switch (a->head_dim) {
-    case 64:
-        return bf16 ? launch<64, uint16_t>(s, a, tiles, n_tiles)
-                    : launch<64, float>(s, a, tiles, n_tiles);
-    case 128:
-        return bf16 ? launch<128, uint16_t>(s, a, tiles, n_tiles)
-                    : launch<128, float>(s, a, tiles, n_tiles);
+    int hd = a->head_dim;
+    if (hd != 64 && hd != 128) return cudaErrorInvalidValue;
+    switch (a->kv_type) {
+    case TSR_F32:
+        return hd == 64 ? launch<64, float>(s, a, tiles, n_tiles)
+                        : launch<128, float>(s, a, tiles, n_tiles);
+    case TSR_BF16:
+        return hd == 64 ? launch<64, uint16_t>(s, a, tiles, n_tiles)
+                        : launch<128, uint16_t>(s, a, tiles, n_tiles);
+    case TSR_F8_E4M3:
+        return hd == 64 ? launch<64, uint8_t>(s, a, tiles, n_tiles)
+                        : launch<128, uint8_t>(s, a, tiles, n_tiles);
     default:
         return cudaErrorInvalidValue;
     }

@@ -19,6 +19,7 @@
 enum {
     META_SLOTS = 16,            /* pinned staging areas in flight (ops the host may run ahead) */
     GEMM_TILE_BYTES = 64 << 20, /* bf16 weight tile for cuBLAS: rows decoded per GEMM call */
+    DEQUANT_MIN_N = 192,        /* struct cuda_ctx's dequant_min_n */
     SCRATCH_ALIGN = 256,
     BLAS_WORKSPACE = 32 << 20, /* what cuBLAS asks for on Hopper */
 };
@@ -44,6 +45,7 @@ struct meta_cache {
 
 struct cuda_ctx {
     int device, n_sms;
+    int dequant_min_n; /* gemm(): rows of x from which Q8_0/F8 weights are decoded for cuBLAS */
     char device_name[256];
     cudaStream_t stream;
     cublasHandle_t blas;
@@ -522,8 +524,10 @@ static int cuda_top_logprobs(tsr_backend_t *b, tsr_buf_t *x, int n, int width, i
  * times the tensor-core work (such models are small; a rounded x and weight moved a trained
  * model's greedy argmax at 2% of prompt positions). Except Q8_0 and F8_E4M3 weights of the
  * shapes tsr_cuda_gemm_quant takes (cols a multiple of 256: the large models these types are
- * for): its own tensor-core GEMM reads them in their blocks and decodes them to bf16 in
- * registers, against x rounded to bf16: a bf16 model's precision, at about half its bytes. */
+ * for), at a bf16 model's precision (d * q and x rounded to bf16): below c->dequant_min_n rows
+ * of x its own tensor-core GEMM reads them in their blocks and decodes them in registers (half
+ * the bytes of bf16, where the weight stream bounds the time); from there on, where the
+ * tensor-core rate does, each tile is decoded once to bf16 and multiplied by cuBLAS. */
 static int gemm(struct cuda_ctx *c, float *y, const struct tsr_weight *w, size_t wrow,
                 const float *x, int n)
 {
@@ -537,7 +541,9 @@ static int gemm(struct cuda_ctx *c, float *y, const struct tsr_weight *w, size_t
         return 0;
     }
     void *mem;
-    if (tsr_cuda_gemm_quant_fits(w->type, cols, wrow, w->buf->data)) {
+    int quant = (w->type == TSR_Q8_0 || w->type == TSR_F8_E4M3) && cols % 256 == 0;
+    if (quant && n < c->dequant_min_n &&
+        tsr_cuda_gemm_quant_fits(w->type, cols, wrow, w->buf->data)) {
         int S = tsr_cuda_gemm_quant_splits(rows, cols, n, c->n_sms);
         size_t xb_bytes = align_up((size_t)n * cols * 2);
         if ((rc = scratch(c, xb_bytes + (S > 1 ? (size_t)S * n * rows * sizeof(float) : 0), &mem)))
@@ -550,15 +556,15 @@ static int gemm(struct cuda_ctx *c, float *y, const struct tsr_weight *w, size_t
                                             n, y, S, (float *)((char *)mem + xb_bytes)),
                         "quantized GEMM");
     }
-    int split = w->type != TSR_BF16, terms = split ? 2 : 1, tile = rows;
-    if (split) {
-        size_t t = GEMM_TILE_BYTES / ((size_t)cols * 2 * 2);
+    int decode = w->type != TSR_BF16, split = decode && !quant, terms = split ? 2 : 1, tile = rows;
+    if (decode) {
+        size_t t = GEMM_TILE_BYTES / ((size_t)cols * 2 * terms);
         if (t >= 128) t &= ~(size_t)127;
         if (t < 1) t = 1;
         if (t < (size_t)rows) tile = (int)t;
     }
     size_t xb_bytes = align_up((size_t)n * cols * 2);
-    size_t tile_bytes = split ? align_up((size_t)tile * cols * 2) : 0;
+    size_t tile_bytes = decode ? align_up((size_t)tile * cols * 2) : 0;
     if ((rc = scratch(c, terms * (xb_bytes + tile_bytes), &mem))) return rc;
     uint16_t *xh = mem, *xl = (uint16_t *)((char *)mem + xb_bytes);
     uint16_t *wh = (uint16_t *)((char *)mem + terms * xb_bytes), *wl = wh + tile_bytes / 2;
@@ -570,6 +576,13 @@ static int gemm(struct cuda_ctx *c, float *y, const struct tsr_weight *w, size_t
         float *yt = y + r0;
         if (!split) {
             const void *a = (const uint8_t *)w->buf->data + (size_t)r0 * wrow;
+            if (decode) {
+                if ((rc = launched(tsr_cuda_weight_to_bf16(c->stream, w->type, w->buf->data, wrow,
+                                                           r0, nr, cols, wh),
+                                   "matmul: decode weights")))
+                    return rc;
+                a = wh;
+            }
             CKB(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, nr, n, cols, &one, a, CUDA_R_16BF,
                              cols, xh, CUDA_R_16BF, cols, &zero, yt, CUDA_R_32F, rows,
                              CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
@@ -682,8 +695,8 @@ static int cuda_matmul_swiglu(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *tmp,
 static int check_shape(const struct tsr_attn_shape *s, const struct tsr_batch_meta *m,
                        const char *op)
 {
-    if (!tsr_kv_elem_bytes(s->kv_type))
-        return tsr_errorf(TSR_EINVAL, "%s: KV cache type %s (F32 or BF16 only)", op,
+    if (!tsr_kv_row_bytes(s->kv_type, 1, 2))
+        return tsr_errorf(TSR_EINVAL, "%s: KV cache type %s (F32, BF16 or F8_E4M3 only)", op,
                           tsr_dtype_name(s->kv_type));
     if (s->n_head <= 0 || s->n_kv_head <= 0 || s->n_head % s->n_kv_head || s->head_dim <= 0 ||
         s->head_dim % 2 || s->head_dim > TSR_CUDA_ATTN_MAX_HEAD_DIM || s->block_size <= 0 ||
@@ -699,7 +712,7 @@ static int check_shape(const struct tsr_attn_shape *s, const struct tsr_batch_me
 /* Cache slots in kc and vc (the smaller, if they differ). */
 static int64_t cache_slots(const tsr_buf_t *kc, const tsr_buf_t *vc, const struct tsr_attn_shape *s)
 {
-    size_t row = (size_t)s->n_kv_head * s->head_dim * tsr_kv_elem_bytes(s->kv_type);
+    size_t row = tsr_kv_row_bytes(s->kv_type, s->n_kv_head, s->head_dim);
     size_t n = kc->size < vc->size ? kc->size : vc->size;
     return (int64_t)(n / row);
 }
@@ -1078,6 +1091,10 @@ static int init_ctx(struct cuda_ctx *c, int device)
     struct cudaDeviceProp p;
     CK(cudaGetDeviceProperties(&p, device), "device properties");
     c->n_sms = p.multiProcessorCount;
+    /* Measured on an H100 (docs/benchmarks.md); TSR_CUDA_DEQUANT_MIN_N moves it, for benchmarks
+     * that time both paths. */
+    const char *dq = getenv("TSR_CUDA_DEQUANT_MIN_N");
+    c->dequant_min_n = dq && *dq ? atoi(dq) : DEQUANT_MIN_N;
     snprintf(c->device_name, sizeof c->device_name, "%s", p.name);
     CK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), "create a stream");
     for (int i = 0; i < META_SLOTS; i++)

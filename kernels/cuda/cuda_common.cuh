@@ -6,6 +6,7 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include "common/dtype.h"
 
@@ -30,6 +31,32 @@ static __device__ __forceinline__ float tsr_dev_bf16(uint16_t h)
 static __device__ __forceinline__ float tsr_dev_f16(uint16_t h)
 {
     return __half2float(__ushort_as_half(h));
+}
+
+/* An E4M3 code's value, as common/dtype.h's tsr_e4m3_to_f32 (the same bits, NaN codes NaN): its
+ * fields where an f32's go read as the value times 2^-120. Integer and one multiply, so the same
+ * on every architecture (sm_80 has no FP8 conversion instructions). */
+static __device__ __forceinline__ float tsr_dev_e4m3(uint32_t q)
+{
+    uint32_t bits = (q & 0x80) << 24 | (q & 0x7f) << 20;
+    if ((q & 0x7f) == 0x7f) bits |= 0x7fc00000u;
+    return __uint_as_float(bits) * 0x1p120f;
+}
+
+/* The E4M3 code nearest x, to nearest even, saturating at +-448: tsr_f32_to_e4m3's rounding
+ * (cuda_fp8.h: a cvt instruction on sm_89 and later, its software version on sm_80). */
+static __device__ __forceinline__ uint8_t tsr_dev_f32_to_e4m3(float x)
+{
+    return (uint8_t)__nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3);
+}
+
+/* Elements (bytes for FP8) from one slot's row of a KV cache to the next: kernels/backend.h's
+ * tsr_kv_row_bytes over the element size (F8_E4M3: codes, a scale per head, padding to 16). */
+template <typename KV>
+static __device__ __forceinline__ size_t tsr_dev_kv_row(int n_kv_head, int hd)
+{
+    size_t kw = (size_t)n_kv_head * hd;
+    return sizeof(KV) == 1 ? (kw + 4 * (size_t)n_kv_head + 15) & ~(size_t)15 : kw;
 }
 
 /* Weight j (< 256) of a Q4_K (five = 0) or Q5_K block: (d * sc) * q - dmin * m, the products
@@ -114,9 +141,7 @@ static __device__ __forceinline__ float tsr_dev_elem(int t, const uint8_t *row, 
         return tsr_dev_q6_k(row + (i / TSR_QK_K) * TSR_Q6_K_BYTES, (int)(i % TSR_QK_K));
     case TSR_F8_E4M3: { /* d * e4m3(q) as common/dtype.h decodes it (the same bits) */
         const uint8_t *b = row + (i / TSR_QK) * TSR_F8_BYTES;
-        uint32_t q = b[4 + i % TSR_QK], bits = (q & 0x80) << 24 | (q & 0x7f) << 20;
-        if ((q & 0x7f) == 0x7f) bits |= 0x7fc00000u;
-        return *(const float *)b * (__uint_as_float(bits) * 0x1p120f);
+        return *(const float *)b * tsr_dev_e4m3(b[4 + i % TSR_QK]);
     }
     default:
         return __int_as_float(0x7fc00000); /* NaN: the host checked types */
@@ -141,6 +166,33 @@ static __device__ __forceinline__ double tsr_warp_sum_d(double v)
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
+}
+
+/* Asynchronous global-to-shared copies (sm_80 and later) of BYTES = 16 (cached in L2 only) or 4
+ * (in L1 too). A commit closes the copies issued since the last one into a group; a wait returns
+ * when at most N groups are still in flight. The copy itself has no "memory" clobber, so that the
+ * compiler may schedule the loads around it; the commit and the wait have one, so that no
+ * shared-memory read moves above the wait that makes its data visible. */
+template <int BYTES>
+static __device__ __forceinline__ void tsr_cp_async(void *smem, const void *gmem)
+{
+    static_assert(BYTES == 16 || BYTES == 4, "cp.async copies 4 or 16 bytes here");
+    uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
+    size_t g = __cvta_generic_to_global(gmem);
+    if constexpr (BYTES == 16)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(g));
+    else
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(g));
+}
+
+static __device__ __forceinline__ void tsr_cp_async_commit()
+{
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+
+template <int N> static __device__ __forceinline__ void tsr_cp_async_wait()
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
 
 #endif

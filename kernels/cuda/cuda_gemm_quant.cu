@@ -50,12 +50,6 @@ template <int T, int WM> struct stage {
     enum { BYTES = tile<WM>::BM * gfmt<T>::AST + BN * BST };
 };
 
-__device__ __forceinline__ void cp16(void *smem, const void *gmem)
-{
-    uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
-}
-
 /* Two quants (bytes lo, hi of v) as bf16x2, exactly (E4M3's NaN codes as NaN). */
 template <int T> __device__ __forceinline__ uint32_t quant2(uint32_t v)
 {
@@ -123,14 +117,15 @@ __device__ __forceinline__ void stage_in(uint8_t *st, const gq_args &a, int m0, 
     uint8_t *as = st, *bs = st + BM * AST;
     for (int i = threadIdx.x; i < BM * CH16; i += THREADS) {
         int r = i / CH16, sg = i % CH16, row = min(m0 + r, a.rows - 1);
-        cp16(as + r * AST + sg * 16,
-             a.w + (size_t)row * a.rb + (size_t)c * gfmt<T>::CHUNK + sg * 16);
+        tsr_cp_async<16>(as + r * AST + sg * 16,
+                         a.w + (size_t)row * a.rb + (size_t)c * gfmt<T>::CHUNK + sg * 16);
     }
     for (int i = threadIdx.x; i < BN * (BK / 8); i += THREADS) {
         int t = i / (BK / 8), sg = i % (BK / 8), tok = min(n0 + t, a.n - 1);
-        cp16(bs + t * BST + sg * 16, a.x + (size_t)tok * a.cols + (size_t)c * BK + sg * 8);
+        tsr_cp_async<16>(bs + t * BST + sg * 16,
+                         a.x + (size_t)tok * a.cols + (size_t)c * BK + sg * 8);
     }
-    asm volatile("cp.async.commit_group;\n" ::);
+    tsr_cp_async_commit();
 }
 
 template <int T, int WM>
@@ -149,9 +144,9 @@ __global__ void __launch_bounds__(tile<WM>::THREADS) gemm_quant(const gq_args a)
         uint8_t *st = smem + ((c - c0) & 1) * STAGE;
         if (c + 1 < c1) {
             stage_in<T, WM>(smem + ((c + 1 - c0) & 1) * STAGE, a, m0, n0, c + 1);
-            asm volatile("cp.async.wait_group 1;\n" ::);
+            tsr_cp_async_wait<1>();
         } else {
-            asm volatile("cp.async.wait_group 0;\n" ::);
+            tsr_cp_async_wait<0>();
         }
         __syncthreads();
         const uint8_t *as = st, *bs = st + BM * AST;

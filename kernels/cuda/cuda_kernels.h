@@ -85,9 +85,9 @@ cudaError_t tsr_cuda_argmax_rows(cudaStream_t s, const float *x, int n, int widt
 /* p[i] = uniform in [-1, 1) as bf16, from a counter-based generator (benchmark inputs). */
 cudaError_t tsr_cuda_fill_random_bf16(cudaStream_t s, uint16_t *p, size_t count, uint64_t seed);
 
-/* RoPE of q and k, then k and v rows into the cache at slot[t], converted to kv_type (TSR_F32 or
- * TSR_BF16, rounded to nearest even: kernels/backend.h). pos and slot are device arrays of
- * n_tokens. */
+/* RoPE of q and k, then k and v rows into the cache at slot[t], converted to kv_type (TSR_F32,
+ * TSR_BF16 rounded to nearest even, or TSR_F8_E4M3 rows with their scales: kernels/backend.h). pos
+ * and slot are device arrays of n_tokens. */
 struct tsr_cuda_rope_args {
     float *q, *k;
     const float *v;
@@ -103,7 +103,7 @@ cudaError_t tsr_cuda_rope_kv_write(cudaStream_t s, const struct tsr_cuda_rope_ar
 #define TSR_CUDA_ATTN_MAX_HEAD_DIM 256
 
 /* Causal paged attention; see cuda_attention.cu. pos, seq and block_tables are device arrays. The
- * cache holds kv_type elements (TSR_F32 or TSR_BF16), read as f32. */
+ * cache holds kv_type rows (TSR_F32, TSR_BF16 or TSR_F8_E4M3: kernels/backend.h), read as f32. */
 struct tsr_cuda_attn_args {
     float *out;
     const float *q;

@@ -202,28 +202,19 @@ template <> struct qfmt<TSR_F8_E4M3> {
     enum { BYTES = TSR_F8_BYTES };
 };
 
-static __device__ __forceinline__ void cp_async(void *smem, const void *gmem, int width)
-{
-    uint32_t s = (uint32_t)__cvta_generic_to_shared(smem);
-    if (width == 16)
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
-    else
-        asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(s), "l"(gmem));
-}
-
 /* Copies `bytes` (a multiple of W) from g to s: cp.async for W of 16 or 4, plain 2-byte copies
  * otherwise. One commit group per call. */
 template <int W>
 static __device__ __forceinline__ void stage_bytes(uint8_t *s, const uint8_t *g, int bytes,
                                                    int lane)
 {
-    if (W >= 4) {
-        for (int o = lane * W; o < bytes; o += 32 * W) cp_async(s + o, g + o, W);
+    if constexpr (W >= 4) {
+        for (int o = lane * W; o < bytes; o += 32 * W) tsr_cp_async<W>(s + o, g + o);
     } else {
         for (int o = lane * 2; o < bytes; o += 64)
             *(uint16_t *)(s + o) = __ldg((const unsigned short *)(g + o));
     }
-    asm volatile("cp.async.commit_group;\n" ::);
+    tsr_cp_async_commit();
 }
 
 /* Byte k of u (< 2^8) as a float minus `bias`, exactly, without an int-to-float conversion
@@ -330,9 +321,9 @@ __global__ void __launch_bounds__(THREADS) gemv_quant(const job j)
                 xr[i][n] = __ldg((const float4 *)(j.x + (size_t)n * j.cols +
                                                   x_col(c * 32 + (lane >> 3) + 4 * i, nb, p)));
         if (c + 1 < nchunks)
-            asm volatile("cp.async.wait_group %0;\n" ::"n"(R)); /* the R groups just issued */
+            tsr_cp_async_wait<R>(); /* the R groups just issued */
         else
-            asm volatile("cp.async.wait_group 0;\n" ::);
+            tsr_cp_async_wait<0>();
         __syncwarp();
 #pragma unroll
         for (int i = 0; i < 8; i++) {
@@ -498,9 +489,9 @@ __global__ void __launch_bounds__(THREADS) gemv_kquant(const job j)
             }
         }
         if (c + 1 < nchunks)
-            asm volatile("cp.async.wait_group %0;\n" ::"n"(R)); /* the R groups just issued */
+            tsr_cp_async_wait<R>(); /* the R groups just issued */
         else
-            asm volatile("cp.async.wait_group 0;\n" ::);
+            tsr_cp_async_wait<0>();
         __syncwarp();
 #pragma unroll
         for (int r = 0; r < 2; r++) {

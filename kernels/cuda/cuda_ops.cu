@@ -259,6 +259,10 @@ extern "C" cudaError_t tsr_cuda_weight_to_bf16(cudaStream_t s, int type, const v
         case TSR_Q4_1:
             weight_to_bf16_x8<TSR_Q4_1><<<g8, EW_THREADS, 0, s>>>(wb, row_bytes, r0, nr, cols, d);
             return cudaGetLastError();
+        case TSR_F8_E4M3:
+            weight_to_bf16_x8<TSR_F8_E4M3>
+                <<<g8, EW_THREADS, 0, s>>>(wb, row_bytes, r0, nr, cols, d);
+            return cudaGetLastError();
         default:
             break;
         }
@@ -308,7 +312,9 @@ extern "C" cudaError_t tsr_cuda_add_bias(cudaStream_t s, float *y, const void *b
 /* One block per token: the token's half head_dim angles (pos * inv_freq, sin and cos in double,
  * as the CPU backend's table) once into shared memory, then every q and k head rotated with them,
  * then the rotated k row and the v row copied to the cache slot (f32), or rounded to bf16 there
- * (nearest even, the CPU's tsr_f32_to_bf16 for every finite value). */
+ * (nearest even, the CPU's tsr_f32_to_bf16 for every finite value), or quantized to FP8 there
+ * (a warp per head of k or v: scale amax / 448, each code the nearest to x / scale, both divisions
+ * IEEE-rounded, as tsr_quantize_e4m3 computes them; the row's padding zeroed). */
 enum { ROPE_THREADS = 1024 };
 
 __global__ void __launch_bounds__(ROPE_THREADS) rope_kv_kernel(struct tsr_cuda_rope_args a)
@@ -336,6 +342,28 @@ __global__ void __launch_bounds__(ROPE_THREADS) rope_kv_kernel(struct tsr_cuda_r
     }
     __syncthreads();
     const float *vt = a.v + t * kw;
+    if (a.kv_type == TSR_F8_E4M3) {
+        size_t row = tsr_dev_kv_row<uint8_t>(a.n_kv_head, hd), sc = kw + 4 * (size_t)a.n_kv_head;
+        uint8_t *kd = (uint8_t *)a.kc + (size_t)a.slot[t] * row;
+        uint8_t *vd = (uint8_t *)a.vc + (size_t)a.slot[t] * row;
+        int lane = threadIdx.x & 31;
+        for (int w = threadIdx.x >> 5; w < 2 * a.n_kv_head; w += blockDim.x >> 5) {
+            int h = w % a.n_kv_head;
+            const float *x = (w < a.n_kv_head ? kt : vt) + (size_t)h * hd;
+            uint8_t *d8 = w < a.n_kv_head ? kd : vd;
+            float amax = 0.0f;
+            for (int j = lane; j < hd; j += 32) amax = fmaxf(amax, fabsf(x[j]));
+#pragma unroll
+            for (int o = 16; o > 0; o >>= 1)
+                amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+            float d = __fdiv_rn(amax, 448.0f);
+            for (int j = lane; j < hd; j += 32)
+                d8[(size_t)h * hd + j] = tsr_dev_f32_to_e4m3(d != 0.0f ? __fdiv_rn(x[j], d) : 0.0f);
+            if (lane == 0) *(float *)(d8 + kw + 4 * (size_t)h) = d;
+        }
+        for (size_t j = sc + threadIdx.x; j < row; j += blockDim.x) kd[j] = vd[j] = 0;
+        return;
+    }
     if (a.kv_type == TSR_BF16) {
         __nv_bfloat16 *kd = (__nv_bfloat16 *)a.kc + (size_t)a.slot[t] * kw;
         __nv_bfloat16 *vd = (__nv_bfloat16 *)a.vc + (size_t)a.slot[t] * kw;
@@ -356,7 +384,7 @@ __global__ void __launch_bounds__(ROPE_THREADS) rope_kv_kernel(struct tsr_cuda_r
 extern "C" cudaError_t tsr_cuda_rope_kv_write(cudaStream_t s, const struct tsr_cuda_rope_args *a)
 {
     if (a->head_dim > TSR_CUDA_ATTN_MAX_HEAD_DIM || a->head_dim % 2 ||
-        (a->kv_type != TSR_F32 && a->kv_type != TSR_BF16))
+        (a->kv_type != TSR_F32 && a->kv_type != TSR_BF16 && a->kv_type != TSR_F8_E4M3))
         return cudaErrorInvalidValue;
     if (a->n_tokens > 0) rope_kv_kernel<<<a->n_tokens, ROPE_THREADS, 0, s>>>(*a);
     return cudaGetLastError();

@@ -1,5 +1,6 @@
-/* The KV cache in bf16 on the CUDA backend (kernels/backend.h: tsr_attn_shape.kv_type) against the
- * CPU backend with a bf16 cache, and the f32 cache's path beside it, on random inputs: head dims
+/* The KV cache in bf16 and in FP8 on the CUDA backend (kernels/backend.h: tsr_attn_shape.kv_type)
+ * against the CPU backend with the same cache type, and the f32 cache's path beside it, on random
+ * inputs: head dims
  * 64 and 128 (the tensor-core prefill kernel's) and 96 (decode kernel only), GQA groups 1..8,
  * decode steps over contexts up to 4,000 positions (split-K) and prompt chunks after a context.
  * Outputs are filled with NaN before every run (an element left unwritten fails). Without a CUDA
@@ -20,6 +21,18 @@
  *   f32 cache, GPU against CPU: the limits above (1e-10 decode, 5e-6 prefill): the f32 path.
  *   GPU, bf16 against f32 caches of the unrounded values: 1e-4 (rounding K and V to 8
  *     significant bits: ~1e-6 expected; printed).
+ *   FP8 cache (E4M3 codes, an f32 scale per slot and KV head):
+ *     rope_kv_write: v rows (codes, scales, padding) bit for bit (both divide IEEE-rounded and
+ *       round to nearest even); k: scales within relative 1e-6 of the CPU's and codes within one
+ *       E4M3 step (the rotation's last bit, again), the widened k cache NMSE <= 1e-6; every other
+ *       slot unchanged.
+ *     attention on the same inputs: the limits above (1e-10 decode, 5e-6 prefill): both widen
+ *       e4m3 * scale to f32 as the CPU does, then the f32 path.
+ *     GPU, FP8 cache against an f32 cache holding the same values widened: bit for bit, both
+ *       kernels.
+ *     GPU, FP8 against f32 caches of the unrounded values: 4e-3 (tests/unit/test_kv_dtype.c's
+ *       bound: an element's squared rounding error is at most 2^-8 of its square; ~1.5e-3 on
+ *       the CPU; printed).
  *
  * Usage: test_cuda_kv_dtype [--seed N] [--bench]
  *   --bench  also times decode attention (32 sequences x 4,096 positions, Llama-3-8B's heads) and
@@ -42,7 +55,7 @@
 
 static tsr_backend_t *cpu, *gpu;
 static int n_fails, n_checks;
-static double worst_rounding; /* GPU bf16 against f32, the largest NMSE */
+static double worst_rounding[2]; /* GPU bf16 and fp8 against f32, the largest NMSE */
 
 /* NMSE of a against b; +inf when either holds a NaN or an infinity. */
 static double nmse(const float *a, const float *b, size_t n)
@@ -129,7 +142,7 @@ static struct run run_on(tsr_backend_t *b, const struct shape *sh, const struct 
 {
     int nt = st->m.n_tokens, hd = sh->head_dim;
     size_t qw = (size_t)sh->n_head * hd, kw = (size_t)sh->n_kv_head * hd;
-    size_t cache = (size_t)st->n_slots * kw * tsr_kv_elem_bytes(t);
+    size_t cache = (size_t)st->n_slots * tsr_kv_row_bytes(t, sh->n_kv_head, hd);
     tsr_buf_t *qb = upload(b, q, nt * qw * 4), *kb = upload(b, k, nt * kw * 4),
               *vb = upload(b, v, nt * kw * 4), *kcb = upload(b, kc0, cache),
               *vcb = upload(b, vc0, cache), *fb = upload(b, freq, (size_t)hd / 2 * 4),
@@ -151,8 +164,8 @@ static float *attend_on(tsr_backend_t *b, const struct shape *sh, const struct s
                         const float *freq)
 {
     int nt = st->m.n_tokens, hd = sh->head_dim;
-    size_t qw = (size_t)sh->n_head * hd, kw = (size_t)sh->n_kv_head * hd;
-    size_t cache = (size_t)st->n_slots * kw * tsr_kv_elem_bytes(t);
+    size_t qw = (size_t)sh->n_head * hd;
+    size_t cache = (size_t)st->n_slots * tsr_kv_row_bytes(t, sh->n_kv_head, hd);
     tsr_buf_t *qb = upload(b, q, nt * qw * 4), *kcb = upload(b, kc, cache),
               *vcb = upload(b, vc, cache), *fb = upload(b, freq, (size_t)hd / 2 * 4),
               *ob = upload(b, NULL, nt * qw * 4);
@@ -178,6 +191,76 @@ static void free_run(struct run *r)
     free(r->kc);
     free(r->vc);
     free(r->out);
+}
+
+/* The FP8 cache's checks for one step (test_step's inputs: q, k, v, the f32 caches kc32, vc32
+ * and the GPU's f32 output g32 for them, the slots the step writes). */
+static void test_fp8(const struct shape *sh, const struct step *st, const char *where,
+                     const char *kern, double lim, const float *q, const float *k, const float *v,
+                     const float *kc32, const float *vc32, const float *freq, const float *g32,
+                     const uint8_t *written)
+{
+    int nt = st->m.n_tokens, hd = sh->head_dim, nkv = sh->n_kv_head;
+    size_t kw = (size_t)nkv * hd, row = tsr_kv_row_bytes(TSR_F8_E4M3, nkv, hd);
+    size_t n_out = (size_t)nt * sh->n_head * hd, cache = (size_t)st->n_slots * kw;
+    uint8_t *kc8 = xmalloc(st->n_slots * row), *vc8 = xmalloc(st->n_slots * row);
+    for (int s = 0; s < st->n_slots; s++) {
+        tsr_kv_fp8_store(kc32 + s * kw, nkv, hd, kc8 + s * row);
+        tsr_kv_fp8_store(vc32 + s * kw, nkv, hd, vc8 + s * row);
+    }
+    struct run c8 = run_on(cpu, sh, st, TSR_F8_E4M3, q, k, v, kc8, vc8, freq);
+    struct run g8 = run_on(gpu, sh, st, TSR_F8_E4M3, q, k, v, kc8, vc8, freq);
+    const uint8_t *gk = g8.kc, *gv = g8.vc, *ck = c8.kc, *cv = c8.vc;
+    int v_same = 1, k_far = 0, others_same = 1;
+    for (int s = 0; s < st->n_slots; s++) {
+        size_t o = (size_t)s * row;
+        if (!written[s]) {
+            others_same &= !memcmp(gk + o, kc8 + o, row) && !memcmp(gv + o, vc8 + o, row);
+            continue;
+        }
+        v_same &= !memcmp(gv + o, cv + o, row);
+        for (int h = 0; h < nkv; h++) {
+            float dg, dc;
+            memcpy(&dg, gk + o + kw + 4 * h, 4);
+            memcpy(&dc, ck + o + kw + 4 * h, 4);
+            k_far += !(fabsf(dg - dc) <= 1e-6f * dc);
+        }
+        for (size_t i = 0; i < kw; i++) {
+            int g = gk[o + i], c = ck[o + i], dm = (g & 0x7f) - (c & 0x7f);
+            /* magnitudes adjacent, signs alike (or both within a step of zero) */
+            k_far += dm > 1 || dm < -1 || ((g ^ c) & 0x80 && ((g & 0x7f) > 1 || (c & 0x7f) > 1));
+        }
+    }
+    check(v_same, "fp8 rope_kv_write: v rows bit for bit", where, !v_same, 0);
+    check(!k_far, "fp8 rope_kv_write: k within 1 e4m3 step", where, k_far, 0);
+    check(others_same, "fp8 rope_kv_write: other slots unchanged", where, !others_same, 0);
+    float *gkw = xmalloc(cache * sizeof(float)), *ckw = xmalloc(cache * sizeof(float));
+    float *cvw = xmalloc(cache * sizeof(float));
+    for (int s = 0; s < st->n_slots; s++) {
+        tsr_kv_fp8_load(gk + s * row, nkv, hd, gkw + s * kw);
+        tsr_kv_fp8_load(ck + s * row, nkv, hd, ckw + s * kw);
+        tsr_kv_fp8_load(cv + s * row, nkv, hd, cvw + s * kw);
+    }
+    double e = nmse(gkw, ckw, cache);
+    check(e <= 1e-6, "fp8 rope_kv_write: k cache gpu ~ cpu", where, e, 1e-6);
+
+    char what[64];
+    float *ga = attend_on(gpu, sh, st, TSR_F8_E4M3, c8.q, c8.kc, c8.vc, freq);
+    e = nmse(ga, c8.out, n_out);
+    snprintf(what, sizeof what, "fp8 cache, %s: gpu ~ cpu", kern);
+    check(e <= lim, what, where, e, lim);
+    float *gw = attend_on(gpu, sh, st, TSR_F32, c8.q, ckw, cvw, freq);
+    int same = !memcmp(ga, gw, n_out * sizeof(float));
+    snprintf(what, sizeof what, "fp8 = f32 over widened, %s (gpu)", kern);
+    check(same, what, where, !same, 0);
+    e = nmse(g8.out, g32, n_out);
+    if (e > worst_rounding[1]) worst_rounding[1] = e;
+    check(e <= 4e-3 && e > 0, "gpu fp8 ~ gpu f32 (unrounded K, V)", where, e, 4e-3);
+
+    free_run(&c8);
+    free_run(&g8);
+    void *p[] = {kc8, vc8, gkw, ckw, cvw, ga, gw};
+    for (size_t i = 0; i < sizeof p / sizeof *p; i++) free(p[i]);
 }
 
 static void test_step(const struct shape *sh, const char *label, int n_seqs, const int *ctx,
@@ -250,8 +333,9 @@ static void test_step(const struct shape *sh, const char *label, int n_seqs, con
     check(same, what, where, !same, 0);
     /* what rounding costs: the GPU's bf16 run against its f32 run */
     e = nmse(g16.out, g32.out, n_out);
-    if (e > worst_rounding) worst_rounding = e;
+    if (e > worst_rounding[0]) worst_rounding[0] = e;
     check(e <= 1e-4 && e > 0, "gpu bf16 ~ gpu f32 (unrounded K, V)", where, e, 1e-4);
+    test_fp8(sh, &st, where, kern, lim, q, k, v, kc32, vc32, freq, g32.out, written);
 
     free_run(&c32);
     free_run(&g32);
@@ -270,8 +354,9 @@ static double time_attention(const struct shape *sh, enum tsr_dtype t, int n_seq
     int *c = xmalloc((size_t)n_seqs * sizeof *c), *n = xmalloc((size_t)n_seqs * sizeof *n);
     for (int i = 0; i < n_seqs; i++) c[i] = ctx, n[i] = newt;
     struct step st = make_step(sh, n_seqs, c, n);
-    size_t kw = (size_t)sh->n_kv_head * sh->head_dim, qw = (size_t)sh->n_head * sh->head_dim;
-    size_t nt = (size_t)st.m.n_tokens, cache = (size_t)st.n_slots * kw * tsr_kv_elem_bytes(t);
+    size_t qw = (size_t)sh->n_head * sh->head_dim;
+    size_t nt = (size_t)st.m.n_tokens,
+           cache = (size_t)st.n_slots * tsr_kv_row_bytes(t, sh->n_kv_head, sh->head_dim);
     void *zeros = calloc(1, cache > nt * qw * 4 ? cache : nt * qw * 4);
     if (!zeros) die("out of memory");
     tsr_buf_t *kc = upload(gpu, zeros, cache), *vc = upload(gpu, zeros, cache),
@@ -300,12 +385,12 @@ static void bench(void)
 {
     const struct shape l8 = {"llama3-8b", 32, 8, 128, 16};
     printf("\ntimings (informational), Llama-3-8B heads, one layer:\n");
-    enum tsr_dtype types[2] = {TSR_F32, TSR_BF16};
-    for (int i = 0; i < 2; i++) {
+    enum tsr_dtype types[3] = {TSR_F32, TSR_BF16, TSR_F8_E4M3};
+    for (int i = 0; i < 3; i++) {
         double d = time_attention(&l8, types[i], 32, 4095, 1, 20);
-        double bytes = 32.0 * 4096 * 2 * 8 * 128 * tsr_kv_elem_bytes(types[i]);
+        double bytes = 32.0 * 4096 * 2 * tsr_kv_row_bytes(types[i], 8, 128);
         double p = time_attention(&l8, types[i], 1, 0, 2048, 5);
-        printf("  %-4s cache: decode 32 x 4096 %.3f ms (%.0f GB/s of K/V), prefill 2048 %.3f ms\n",
+        printf("  %-7s cache: decode 32 x 4096 %.3f ms (%.0f GB/s of K/V), prefill 2048 %.3f ms\n",
                tsr_dtype_name(types[i]), d * 1e3, bytes / d / 1e9, p * 1e3);
     }
 }
@@ -350,7 +435,8 @@ int main(int argc, char **argv)
         test_step(sh, "chunk 130 after 1500 + 2 decode", 3, c4, n4);
     }
     if (do_bench) bench();
-    printf("largest NMSE of the GPU's bf16 cache against its f32 cache: %.3g\n", worst_rounding);
+    printf("largest NMSE against the GPU's f32 cache: bf16 %.3g, fp8 %.3g\n", worst_rounding[0],
+           worst_rounding[1]);
     tsr_backend_free(gpu);
     tsr_backend_free(cpu);
     if (n_fails) {

@@ -1,11 +1,12 @@
 /* The KV cache sized from the GPU's memory (tsr_runner_opts.n_blocks 0, mem_util; `tessera worker
  * --gpu-memory-utilization`): with a fraction F, what stays free once the runner is built is
- * (1 - F) of the GPU, to within two blocks and the allocator's granularity, with an f32 cache and
+ * (1 - F) of the GPU, to within two blocks and the allocator's granularity, with an f32 cache,
  * with a bf16 one (`--kv-cache-dtype`, bf16 by default on a GPU), which gets twice the blocks
- * (within 1%) and the same bytes; freeing the runner gives the memory back; a fraction the weights
- * already exceed is a clear TSR_ENOMEM; the engine reports the blocks it got. A synthetic model
- * (synthetic:tiny): no model file needed.
- * Exits 77 (skipped) without a CUDA device (1 under TESSERA_REQUIRE_GPU=1). */
+ * (within 1%) and the same bytes, and with an fp8 one, whose blocks are counted in its real rows
+ * (tsr_kv_row_bytes: codes, scales, padding) and so outnumber f32's by that ratio (within 1%);
+ * freeing the runner gives the memory back; a fraction the weights already exceed is a clear
+ * TSR_ENOMEM; the engine reports the blocks it got. A synthetic model (synthetic:tiny): no model
+ * file needed. Exits 77 (skipped) without a CUDA device (1 under TESSERA_REQUIRE_GPU=1). */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -42,9 +43,9 @@ int main(void)
     const double F = 0.5;
     struct tsr_runner_opts o = {.n_blocks = 0, .block_size = 16, .max_tokens = 256, .mem_util = F};
     tsr_runner_t *r = NULL;
-    int rc = 0, blocks[2] = {0, 0};
-    const enum tsr_dtype types[2] = {TSR_F32, TSR_BF16};
-    for (int k = 0; k < 2; k++) {
+    int rc = 0, blocks[3] = {0, 0, 0};
+    const enum tsr_dtype types[3] = {TSR_F32, TSR_BF16, TSR_F8_E4M3};
+    for (int k = 0; k < 3; k++) {
         struct tsr_runner_opts ot = o;
         ot.kv_type = types[k];
         char what[128];
@@ -56,8 +57,7 @@ int main(void)
         if (rc) fprintf(stderr, "  %s\n", tsr_last_error());
         if (rc) continue;
         int n = blocks[k] = tsr_runner_n_blocks(r);
-        double per =
-            2.0 * c->n_layer * 16 * c->n_kv_head * c->head_dim * tsr_kv_elem_bytes(types[k]);
+        double per = 2.0 * c->n_layer * 16 * tsr_kv_row_bytes(types[k], c->n_kv_head, c->head_dim);
         tsr_backend_memory(b, &free1, &total);
         double want = (1 - F) * (double)total, slack = 2 * per + 256.0 * (1 << 20);
         printf("%s: %d blocks (%.2f GB); free after: %.3f GB, (1 - F) of the GPU: %.3f GB\n",
@@ -74,6 +74,11 @@ int main(void)
     if (blocks[0] > 0 && blocks[1] > 0)
         check(fabs(blocks[1] - 2.0 * blocks[0]) <= 0.01 * 2.0 * blocks[0],
               "a bf16 cache gets twice the blocks of an f32 one in the same memory (within 1%)");
+    double r8 = (double)tsr_kv_row_bytes(TSR_F32, c->n_kv_head, c->head_dim) /
+                (double)tsr_kv_row_bytes(TSR_F8_E4M3, c->n_kv_head, c->head_dim);
+    if (blocks[0] > 0 && blocks[2] > 0)
+        check(fabs(blocks[2] - r8 * blocks[0]) <= 0.01 * r8 * blocks[0],
+              "an fp8 cache gets f32's blocks times f32's row bytes over fp8's (within 1%)");
 
     struct tsr_runner_opts tiny = o;
     tiny.mem_util = 0.001; /* 0.1%: more must stay free than is free once the CUDA context is in */

@@ -739,10 +739,10 @@ static void bench(void)
             struct tsr_weight w = {tsr_buf_weights(gpu, wb, rb * rows), type, rows, cols};
             free(wb);
             if (!w.buf) die("bench weights");
-            static const int ns[] = {1, 8, 64, 256, 512};
-            for (int k = 0; k < 5; k++) {
+            static const int ns[] = {1, 8, 64, 128, 256, 512, 2048};
+            for (int k = 0; k < 7; k++) {
                 int n = ns[k];
-                if (n == 512 && si > 0) continue;
+                if ((n == 128 || n >= 512) && si > 0) continue;
                 float *xf = rand_floats((size_t)n * cols, 1.0f);
                 tsr_buf_t *x = tsr_buf_alloc(gpu, (size_t)n * cols * 4),
                           *y = tsr_buf_alloc(gpu, (size_t)n * rows * 4);
@@ -880,9 +880,10 @@ int main(int argc, char **argv)
     test_matmul_shape(64, 2304, "9 super-blocks/row", nss, n_nss, 0);
     test_matmul_shape(48, 8960, "35 super-blocks/row", nss, n_nss, 0);
     /* The quantized tensor-core GEMM (Q8_0, F8_E4M3; cols % 256 == 0): row and batch tails of its
-     * 64 x 64 tiles, and K split into ranges (few tiles against 16 chunks of 256). */
-    static const int ns_gq[] = {9, 70, 130};
-    test_matmul_shape(300, 4096, "GEMM tiles, split K", ns_gq, 3, 0);
+     * 64 x 64 tiles, and K split into ranges (few tiles against 16 chunks of 256); at 200 rows of
+     * x (past the backend's default dequant_min_n) the same weights decoded to bf16 for cuBLAS. */
+    static const int ns_gq[] = {9, 70, 130, 200};
+    test_matmul_shape(300, 4096, "GEMM tiles, split K", ns_gq, 4, 0);
     test_matmul_shape(37, 100, "odd (cols % 8)", nss, n_nss, 1);
     test_matmul_shape(7, 6, "tiny", nss, n_nss, 1);
     test_matmul_bias(TSR_BF16, TSR_F32, 576, 576);

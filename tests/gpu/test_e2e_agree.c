@@ -4,8 +4,8 @@
  *
  * 1. default model (SmolLM2-135M Q4_1) and synthetic:llama3-8b (bf16): teacher-forced argmax on
  *    cuda agrees with the CPU's at >= 99% of positions (`tessera bench --agree`), both sides with
- *    the same KV cache type: the default model with f32 and with bf16 (the GPU's default), 8b
- *    with bf16;
+ *    the same KV cache type: the default model with f32, bf16 (the GPU's default) and fp8
+ *    (both sides quantize K and V alike and widen them alike), 8b with bf16;
  * 2. with >= 3 GPUs: default model, greedy 64 tokens at TP=3 equal TP=1 (`tessera generate`);
  * 3. with >= 2 (4) GPUs: llama3-8b teacher-forced argmax at TP=2 (TP=4) agrees with TP=1 at >= 99%;
  * 4. decode through CUDA graphs equals decode op by op (graphs_vs_eager).
@@ -189,7 +189,8 @@ int main(int argc, char **argv)
         return 1;
     }
     if (wanted(argc, argv, "default"))
-        agree_cpu(DEFAULT_MODEL, 128, "f32"), agree_cpu(DEFAULT_MODEL, 128, "bf16"), ran++;
+        agree_cpu(DEFAULT_MODEL, 128, "f32"), agree_cpu(DEFAULT_MODEL, 128, "bf16"),
+            agree_cpu(DEFAULT_MODEL, 128, "fp8"), ran++;
     if (wanted(argc, argv, "8b")) agree_cpu("synthetic:llama3-8b", 128, "bf16"), ran++;
     if (wanted(argc, argv, "graphs")) graphs_vs_eager(), ran++;
     if (wanted(argc, argv, "tp3")) {
