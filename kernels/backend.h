@@ -19,7 +19,8 @@
  *     bf16-rounded K and V, and an f32 cache's results do not depend on this field's existence.
  *   - TSR_F8_E4M3: one E4M3 code a byte ([n_kv_head][head_dim], as common/dtype.h's
  *     tsr_f32_to_e4m3), then n_kv_head f32 scales, one per head, the row padded to a multiple of
- *     16 bytes (so every row and head starts 16-byte aligned for head_dim % 16 == 0). A head's
+ *     16 bytes (so every row and head starts 16-byte aligned for head_dim % 16 == 0; the CUDA
+ *     backend takes head_dim % 4 == 0 only, so that the scales are 4-byte aligned). A head's
  *     scale is its amax / 448, computed as rope_kv_write stores it (dynamic: no calibration, and
  *     no value saturates), and its codes the nearest to x / scale; an element reads as
  *     e4m3 * scale. The rounding is E4M3's 3-bit mantissa: relative 2^-4 at most per element

@@ -706,6 +706,11 @@ static int check_shape(const struct tsr_attn_shape *s, const struct tsr_batch_me
                           "block %d, %d tokens)",
                           op, s->n_head, s->n_kv_head, s->head_dim, TSR_CUDA_ATTN_MAX_HEAD_DIM,
                           s->block_size, m->n_tokens);
+    if (s->kv_type == TSR_F8_E4M3 && s->head_dim % 4)
+        return tsr_errorf(TSR_EINVAL,
+                          "%s: an FP8 KV cache needs head dim %% 4 == 0 (%d): its "
+                          "scales are read as aligned f32",
+                          op, s->head_dim);
     return 0;
 }
 
