@@ -14,7 +14,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 # The CPU backend's OpenMP threads spin between parallel regions unless told otherwise; tests run
 # two at a time on 2 cores (ctest -j2, clusters of several processes), where a spinning thread
 # takes the core another's working thread needs: test_engine took 190 s so and 47 s with passive
-# waits on this 2-core machine under the same load (docs/operations.md: the same on busy hosts).
+# waits on this 2-core machine under the same load; the integration suite's cluster runs took the
+# same time either way (docs/operations.md: CPU threads).
 export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 "$root/scripts/deps.sh"
 "$root/scripts/fetch_model.sh"
