@@ -86,23 +86,6 @@ __device__ __forceinline__ uint32_t pack_f16x2(float lo, float hi)
     return (uint32_t)r.x | (uint32_t)r.y << 16;
 }
 
-__device__ __forceinline__ void cp_async16(void *dst_smem, const void *src_global)
-{
-    unsigned d = (unsigned)__cvta_generic_to_shared(dst_smem);
-    size_t s = __cvta_generic_to_global(src_global);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d), "l"(s) : "memory");
-}
-
-__device__ __forceinline__ void cp_async_commit()
-{
-    asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-
-__device__ __forceinline__ void cp_async_wait_all()
-{
-    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
-}
-
 __device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const __half *p)
 {
     unsigned a = (unsigned)__cvta_generic_to_shared(p);
@@ -135,14 +118,6 @@ __device__ __forceinline__ void zero_piece(uint16_t *p)
 __device__ __forceinline__ void zero_piece(uint8_t *p)
 {
     *(uint4 *)p = make_uint4(0, 0, 0, 0);
-}
-
-/* 4 bytes from global to shared memory, asynchronously (an FP8 row's scale). */
-__device__ __forceinline__ void cp_async4(void *dst_smem, const void *src_global)
-{
-    unsigned d = (unsigned)__cvta_generic_to_shared(dst_smem);
-    size_t s = __cvta_generic_to_global(src_global);
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(d), "l"(s) : "memory");
 }
 
 /* Piece i of the stage (E elements as cached) as f16 at dst (16-byte aligned when E is 8 or 16);
@@ -224,8 +199,8 @@ __global__ void __launch_bounds__(THREADS)
             KV *dk = stage + r * HD + c4 * L::E, *dv = dk + CHUNK * HD;
             if (p <= last) {
                 size_t off = ((size_t)bt[p / bs] * bs + p % bs) * kw + koff + c4 * L::E;
-                cp_async16(dk, kc + off);
-                cp_async16(dv, vc + off);
+                tsr_cp_async<16>(dk, kc + off);
+                tsr_cp_async<16>(dv, vc + off);
             } else {
                 zero_piece(dk);
                 zero_piece(dv);
@@ -236,14 +211,14 @@ __global__ void __launch_bounds__(THREADS)
                 int p = c * CHUNK + tid;
                 if (p <= last) {
                     size_t off = ((size_t)bt[p / bs] * bs + p % bs) * kw + koff + soff;
-                    cp_async4(&scales[tid], (const uint8_t *)kc + off);
-                    cp_async4(&scales[CHUNK + tid], (const uint8_t *)vc + off);
+                    tsr_cp_async<4>(&scales[tid], (const uint8_t *)kc + off);
+                    tsr_cp_async<4>(&scales[CHUNK + tid], (const uint8_t *)vc + off);
                 } else {
                     scales[tid] = scales[CHUNK + tid] = 0.0f;
                 }
             }
         }
-        cp_async_commit();
+        tsr_cp_async_commit();
     };
     load_chunk(0);
 
@@ -276,7 +251,7 @@ __global__ void __launch_bounds__(THREADS)
     float l0 = 0.0f, l1 = 0.0f;           /* this thread's part of the running sums */
 
     for (int j = 0; j < n_chunks; j++) {
-        cp_async_wait_all();
+        tsr_cp_async_wait<0>();
         __syncthreads(); /* the stage holds chunk j; every warp is done with the last f16 chunk */
 #pragma unroll 4
         for (int i = tid; i < 2 * CHUNK * L::F4; i += THREADS) {
