@@ -93,7 +93,6 @@ static int no_experts(const char *src, const char *field, int n)
 static int gguf_experts(const tsr_gguf_t *g, const char *a, struct tsr_model_config *c)
 {
     int rc;
-    char key[128];
     if ((rc = gguf_arch_int(g, a, "expert_count", -1, &B_EXPERTS, &c->n_expert)) ||
         (rc = gguf_arch_int(g, a, "expert_used_count", -1, &B_EXPERTS, &c->n_expert_used)))
         return rc;
@@ -105,10 +104,10 @@ static int gguf_experts(const tsr_gguf_t *g, const char *a, struct tsr_model_con
     if (strcmp(a, "llama") &&
         (rc = gguf_arch_int(g, a, "expert_feed_forward_length", -1, &B_FFN, &c->moe_ffn_dim)))
         return rc;
-    snprintf(key, sizeof key, "%s.expert_shared_feed_forward_length", a);
-    if (!strcmp(a, "qwen2moe") && tsr_gguf_find_kv(g, key) >= 0 &&
-        (rc = gguf_arch_int(g, a, "expert_shared_feed_forward_length", -1, &B_FFN,
-                            &c->shared_ffn_dim)))
+    /* Qwen2-MoE always has its gated shared expert: without the key its width is the dense one
+     * (llama.cpp's default), and its tensors are required either way. */
+    if (!strcmp(a, "qwen2moe") && (rc = gguf_arch_int(g, a, "expert_shared_feed_forward_length",
+                                                      c->ffn_dim, &B_FFN, &c->shared_ffn_dim)))
         return rc;
     c->shared_expert_gate = c->shared_ffn_dim > 0;
     c->moe_norm_topk = strcmp(a, "qwen2moe") != 0;
@@ -154,10 +153,12 @@ int tsr_config_from_gguf(const tsr_gguf_t *g, struct tsr_model_config *c)
         (rc = gguf_experts(g, a, c)))
         return rc;
     c->qk_norm = !strcmp(a, "qwen3moe");
+    /* llama.cpp's defaults: the key width dim / n_head, the rotary width the key width (Qwen3's
+     * files give key_length 128 where dim / n_head is 64, and no rope.dimension_count) */
     int rot = 0;
-    if ((rc = gguf_arch_int(g, a, "rope.dimension_count", c->dim / c->n_head, &B_HEAD_DIM, &rot)))
-        return rc;
-    if ((rc = gguf_arch_int(g, a, "attention.key_length", rot, &B_HEAD_DIM, &c->head_dim)))
+    if ((rc = gguf_arch_int(g, a, "attention.key_length", c->dim / c->n_head, &B_HEAD_DIM,
+                            &c->head_dim)) ||
+        (rc = gguf_arch_int(g, a, "rope.dimension_count", c->head_dim, &B_HEAD_DIM, &rot)))
         return rc;
     if (rot != c->head_dim)
         return tsr_errorf(TSR_EUNSUPPORTED, "GGUF: partial rotary (%d of %d dims) not supported",
@@ -357,6 +358,9 @@ static int json_moe(json_t *root, enum family fam, struct tsr_model_config *c, c
                         fam == FAM_DEEPSEEK && strcmp(c->arch, "deepseek_v2"), &c->moe_norm_topk,
                         path)))
         return rc;
+    /* DeepSeek's gate renormalises only a top-k of more than one (a sigmoid score alone is its
+     * weight); Qwen's divides even a single choice by itself */
+    if (fam == FAM_DEEPSEEK && c->n_expert_used == 1) c->moe_norm_topk = 0;
     if ((rc = json_int(root, "moe_intermediate_size", -1, &B_FFN, &c->moe_ffn_dim, path)))
         return rc;
     if (fam == FAM_QWEN_MOE) {

@@ -597,6 +597,15 @@ static void fp8_blocks(const struct fp8_src *f, int64_t r, int64_t col0, int64_t
     }
 }
 
+/* One tessera name's tensor, if the checkpoint holds it as E4M3 codes: its scale checked. */
+static int check_fp8_one(tsr_model_t *m, const char *name, char *hf, size_t hf_size)
+{
+    struct fp8_src f8;
+    const struct tsr_st_tensor *t =
+        hf_name(&m->cfg, name, hf, hf_size) ? tsr_st_find_tensor(m->st, hf) : NULL;
+    return t && t->e4m3_codes ? fp8_source(m, name, hf, t, 1, &f8) : 0;
+}
+
 /* FP8 checkpoints, checked once at open so that a broken one fails here and not at a rank's
  * first read: every F8_E4M3 tensor needs quantization_config's fp8, and every one tessera reads
  * must be a projection matrix with a scale of the right dtype, shape and finite values. */
@@ -617,7 +626,6 @@ static int check_fp8(tsr_model_t *m)
         n_part = (int)(sizeof part / sizeof part[0]),
         n_mat = (int)(sizeof quant_mats / sizeof quant_mats[0]);
     char name[96], hf[256];
-    struct fp8_src f8;
     for (int l = -1; l < m->cfg.n_layer; l++) /* layer -1: the tensors outside the layers */
         for (int i = 0; i < (l < 0 ? n_whole : n_part + n_mat); i++) {
             if (l < 0)
@@ -625,11 +633,22 @@ static int check_fp8(tsr_model_t *m)
             else
                 snprintf(name, sizeof name, "blk.%d.%s", l,
                          i < n_part ? part[i] : quant_mats[i - n_part]);
-            const struct tsr_st_tensor *t =
-                hf_name(&m->cfg, name, hf, sizeof hf) ? tsr_st_find_tensor(m->st, hf) : NULL;
             int rc;
-            if (t && t->e4m3_codes && (rc = fp8_source(m, name, hf, t, 1, &f8))) return rc;
+            if ((rc = check_fp8_one(m, name, hf, sizeof hf))) return rc;
         }
+    /* the experts' matrices, routed (E < n_expert) and shared, of the MoE layers */
+    static const char *const what[] = {"gate", "up", "down"};
+    for (int l = m->cfg.n_dense_layer; m->cfg.n_expert > 0 && l < m->cfg.n_layer; l++)
+        for (int e = -1; e < m->cfg.n_expert; e++) /* -1: the shared expert */
+            for (int i = 0; i < 3; i++) {
+                if (e < 0 && m->cfg.shared_ffn_dim <= 0) break;
+                if (e < 0)
+                    snprintf(name, sizeof name, "blk.%d.ffn_%s_shexp.weight", l, what[i]);
+                else
+                    snprintf(name, sizeof name, "blk.%d.ffn_%s_exp.%d.weight", l, what[i], e);
+                int rc;
+                if ((rc = check_fp8_one(m, name, hf, sizeof hf))) return rc;
+            }
     return 0;
 }
 

@@ -523,8 +523,9 @@ static int cuda_top_logprobs(tsr_backend_t *b, tsr_buf_t *x, int n, int width, i
  * wh·xl + wl·xh + wh·xh: about 16 bits of each operand, close to the CPU's exact f32, for three
  * times the tensor-core work (such models are small; a rounded x and weight moved a trained
  * model's greedy argmax at 2% of prompt positions). Except Q8_0 and F8_E4M3 weights of the
- * shapes tsr_cuda_gemm_quant takes (cols a multiple of 256: the large models these types are
- * for), at a bf16 model's precision (d * q and x rounded to bf16): below c->dequant_min_n rows
+ * shapes tsr_cuda_gemm_quant takes on this GPU (cols a multiple of 256: the large models these
+ * types are for; elsewhere, as on GPUs with less shared memory, they stay on the split path),
+ * at a bf16 model's precision (d * q and x rounded to bf16): below c->dequant_min_n rows
  * of x its own tensor-core GEMM reads them in their blocks and decodes them in registers (half
  * the bytes of bf16, where the weight stream bounds the time); from there on, where the
  * tensor-core rate does, each tile is decoded once to bf16 and multiplied by cuBLAS. */
@@ -541,9 +542,8 @@ static int gemm(struct cuda_ctx *c, float *y, const struct tsr_weight *w, size_t
         return 0;
     }
     void *mem;
-    int quant = (w->type == TSR_Q8_0 || w->type == TSR_F8_E4M3) && cols % 256 == 0;
-    if (quant && n < c->dequant_min_n &&
-        tsr_cuda_gemm_quant_fits(w->type, cols, wrow, w->buf->data)) {
+    int quant = tsr_cuda_gemm_quant_fits(w->type, cols, wrow, w->buf->data);
+    if (quant && n < c->dequant_min_n) {
         int S = tsr_cuda_gemm_quant_splits(rows, cols, n, c->n_sms);
         size_t xb_bytes = align_up((size_t)n * cols * 2);
         if ((rc = scratch(c, xb_bytes + (S > 1 ? (size_t)S * n * rows * sizeof(float) : 0), &mem)))

@@ -467,6 +467,14 @@ static void test_routing_config(void **state)
     assert_float_equal(c.moe_scale, 2.5, 0);
     assert_int_equal(c.kv_lora_rank, 0); /* standard attention */
     assert_int_equal(tsr_config_check_runnable(&c, "m"), 0);
+    /* DeepSeek renormalises only a top-k of more than one: a single expert keeps its sigmoid
+     * score (times the scale), norm_topk_prob or not */
+    const char *ds1 = "{\"model_type\":\"deepseek_v3\",\"num_hidden_layers\":2,\"hidden_size\":64,"
+                      "\"intermediate_size\":128,\"num_attention_heads\":4,\"vocab_size\":100,"
+                      "\"n_routed_experts\":8,\"num_experts_per_tok\":1,\"moe_intermediate_size\":"
+                      "32,\"scoring_func\":\"sigmoid\",\"norm_topk_prob\":true}";
+    assert_int_equal(tsr_config_from_json_text(ds1, strlen(ds1), "c.json", &c), 0);
+    assert_int_equal(c.moe_norm_topk, 0);
     assert_int_equal(cfg(MIXTRAL("")), 0);
     assert_int_equal(cfg(MIXTRAL(",\"model_type\":\"deepseek_v3\",\"n_routed_experts\":8,"
                                  "\"moe_intermediate_size\":32,\"scoring_func\":\"max\"")),
