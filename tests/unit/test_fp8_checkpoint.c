@@ -599,17 +599,7 @@ static float *all_logits(tsr_model_t *m, const int32_t *ids, int n)
     tsr_runner_t *r;
     int rc = tsr_runner_new(m, backend, &o, NULL, &r);
     if (rc) fail_msg("runner: %s", tsr_last_error());
-    int32_t pos[64], seq[64], rows[64], bt[8] = {0, 1, 2, 3, 4, 5, 6, 7};
-    for (int i = 0; i < n; i++) pos[i] = i, seq[i] = 0, rows[i] = i;
-    struct tsr_step st = {.n_tokens = n,
-                          .ids = ids,
-                          .pos = pos,
-                          .seq = seq,
-                          .n_seqs = 1,
-                          .max_blocks = 8,
-                          .block_tables = bt,
-                          .n_out = n,
-                          .out_rows = rows};
+    struct tsr_step st = tsr_test_step(ids, 0, n, 8);
     float *out = malloc(sizeof(float) * (size_t)n * VOCAB);
     assert_non_null(out);
     rc = tsr_runner_forward(r, &st, out);

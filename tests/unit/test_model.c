@@ -17,6 +17,8 @@
 #include "model/model.h"
 #include "worker/forward.h"
 
+#include "unit.h"
+
 static tsr_backend_t *backend;
 static char tmpdir[] = "/tmp/tsr_model_XXXXXX";
 
@@ -26,17 +28,7 @@ static float *all_logits(tsr_model_t *m, const int32_t *ids, int n)
     struct tsr_runner_opts o = {.n_blocks = 8, .block_size = 16, .max_tokens = n};
     tsr_runner_t *r;
     assert_int_equal(tsr_runner_new(m, backend, &o, NULL, &r), 0);
-    int32_t pos[128], seq[128], rows[128], bt[8] = {0, 1, 2, 3, 4, 5, 6, 7};
-    for (int i = 0; i < n; i++) pos[i] = i, seq[i] = 0, rows[i] = i;
-    struct tsr_step st = {.n_tokens = n,
-                          .ids = ids,
-                          .pos = pos,
-                          .seq = seq,
-                          .n_seqs = 1,
-                          .max_blocks = 8,
-                          .block_tables = bt,
-                          .n_out = n,
-                          .out_rows = rows};
+    struct tsr_step st = tsr_test_step(ids, 0, n, 8);
     int V = tsr_runner_n_vocab(r);
     float *out = malloc(sizeof(float) * (size_t)n * V);
     assert_int_equal(tsr_runner_forward(r, &st, out), 0);

@@ -31,6 +31,8 @@
 #include "model/shard_plan.h"
 #include "worker/forward.h"
 
+#include "unit.h"
+
 #define REF(f)    TSR_SOURCE_DIR "/tests/reference/" f
 #define NMSE      1e-10 /* f32 rounding through 2-3 layers, as test_qwen2_bias */
 #define MARGIN    1e-3  /* argmax must agree where the reference's top two differ by more */
@@ -102,22 +104,6 @@ static void test_route_groups(void **state)
 
 /* One sequence's step of n tokens ids at positions pos0.., the logits of all of them; blocks 1
  * and 0 (32 positions). Its arrays are static: one step at a time. */
-static struct tsr_step seq_step(const int32_t *ids, int pos0, int n)
-{
-    static int32_t pos[64], rows[64], seq[64], bt[2] = {1, 0};
-    assert_true(n <= 64);
-    for (int i = 0; i < n; i++) pos[i] = pos0 + i, rows[i] = i;
-    return (struct tsr_step){.n_tokens = n,
-                             .ids = ids,
-                             .pos = pos,
-                             .seq = seq,
-                             .n_seqs = 1,
-                             .max_blocks = 2,
-                             .block_tables = bt,
-                             .n_out = n,
-                             .out_rows = rows};
-}
-
 /* The golden of tests/reference/moe_tiny_<name>: logits and routes of its prompt, for that
  * directory, or the file tests/reference/moe_tiny_<name><file> (the same model in a GGUF). */
 static void check_golden(const char *name, const char *file)
@@ -155,7 +141,7 @@ static void check_golden(const char *name, const char *file)
     assert_true(n <= 64);
     for (int i = 0; i < n; i++)
         ids[i] = (int32_t)json_integer_value(json_array_get(toks, (size_t)i));
-    struct tsr_step st = seq_step(ids, 0, n);
+    struct tsr_step st = tsr_test_step(ids, 0, n, 2);
     if (tsr_runner_forward(r, &st, got)) fail_msg("%s", tsr_last_error());
     double num = 0, den = 0;
     int checked = 0;
@@ -258,11 +244,11 @@ static void check_synthetic(const char *spec)
         fail_msg("%s", tsr_last_error());
     int32_t ids[N] = {5, 17, 200, 3, 99, 42};
     float *all = malloc(sizeof(float) * N * V), *one = malloc(sizeof(float) * V);
-    struct tsr_step st = seq_step(ids, 0, N);
+    struct tsr_step st = tsr_test_step(ids, 0, N, 2);
     assert_int_equal(tsr_runner_forward(r1, &st, all), 0);
     double worst = 0;
     for (int i = 0; i < N; i++) {
-        struct tsr_step s1 = seq_step(ids + i, i, 1);
+        struct tsr_step s1 = tsr_test_step(ids + i, i, 1, 2);
         assert_int_equal(tsr_runner_forward(r2, &s1, one), 0);
         for (int v = 0; v < V; v++) {
             double d = fabs((double)one[v] - all[(size_t)i * V + v]);

@@ -19,6 +19,8 @@
 #include "model/model.h"
 #include "worker/forward.h"
 
+#include "unit.h"
+
 #define REF(f)   TSR_SOURCE_DIR "/tests/reference/" f
 #define MAX_DIFF 1e-4 /* logits of order 1 through 2 layers of f32 sums over <= 96 terms */
 #define NMSE     1e-10
@@ -47,21 +49,11 @@ static void test_qwen2_bias(void **state)
     struct tsr_runner_opts o = {.n_blocks = 2, .block_size = 16, .max_tokens = n};
     tsr_runner_t *r;
     assert_int_equal(tsr_runner_new(m, b, &o, NULL, &r), 0);
-    int32_t ids[64], pos[64], seq[64] = {0}, bt[2] = {1, 0};
+    int32_t ids[64];
     assert_true(n <= 64);
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i < n; i++)
         ids[i] = (int32_t)json_integer_value(json_array_get(toks, (size_t)i));
-        pos[i] = i;
-    }
-    struct tsr_step st = {.n_tokens = n,
-                          .ids = ids,
-                          .pos = pos,
-                          .seq = seq,
-                          .n_seqs = 1,
-                          .max_blocks = 2,
-                          .block_tables = bt,
-                          .n_out = n,
-                          .out_rows = pos};
+    struct tsr_step st = tsr_test_step(ids, 0, n, 2);
     assert_int_equal(tsr_runner_forward(r, &st, got), 0);
     double num = 0, den = 0, worst = 0;
     for (size_t i = 0; i < (size_t)n * V; i++) {

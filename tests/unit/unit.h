@@ -12,7 +12,10 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <unistd.h>
+
+#include "worker/forward.h"
 
 static int tsr_test_n_skipped;
 
@@ -96,6 +99,29 @@ static inline double tsr_test_e4m3_ref(int q)
     if (e == 15 && m == 7) return NAN;
     double v = e ? ldexp(1.0 + m / 8.0, e - 7) : ldexp(m / 8.0, -6);
     return s ? -v : v;
+}
+
+/* One sequence's step: ids at positions pos0 .. pos0 + n - 1, every row's logits out, its
+ * n_blocks KV blocks taken in reverse order (scattered, not 0, 1, ...). The arrays are this
+ * program's, reused by the next call. */
+static inline struct tsr_step tsr_test_step(const int32_t *ids, int pos0, int n, int n_blocks)
+{
+    static int32_t pos[128], rows[128], seq[128], bt[64];
+    if (n > 128 || n_blocks > 64) {
+        fprintf(stderr, "tsr_test_step: %d tokens, %d blocks: at most 128 and 64\n", n, n_blocks);
+        abort();
+    }
+    for (int i = 0; i < n; i++) pos[i] = pos0 + i, rows[i] = i, seq[i] = 0;
+    for (int i = 0; i < n_blocks; i++) bt[i] = n_blocks - 1 - i;
+    return (struct tsr_step){.n_tokens = n,
+                             .ids = ids,
+                             .pos = pos,
+                             .seq = seq,
+                             .n_seqs = 1,
+                             .max_blocks = n_blocks,
+                             .block_tables = bt,
+                             .n_out = n,
+                             .out_rows = rows};
 }
 
 #endif
