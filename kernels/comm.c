@@ -216,6 +216,41 @@ int tsr_comm_sendrecv(tsr_comm_t *c, tsr_buf_t *sbuf, size_t soff, size_t sbytes
     return c->i->sendrecv(c, s, sbytes, dst, r, rbytes, src);
 }
 
+/* The sum of the n sizes of s, or TSR_ERANGE when it overflows. */
+static int sum_sizes(tsr_comm_t *c, const char *op, const char *what, const size_t *s, size_t *sum)
+{
+    *sum = 0;
+    for (int i = 0; i < c->size; i++) {
+        if (s[i] > SIZE_MAX - *sum)
+            return tsr_comm_errorf(c, TSR_ERANGE, op, "%s sizes overflow a size at rank %d", what,
+                                   i);
+        *sum += s[i];
+    }
+    return 0;
+}
+
+int tsr_comm_all_to_all_v(tsr_comm_t *c, tsr_buf_t *send, size_t send_off, const size_t *send_bytes,
+                          tsr_buf_t *recv, size_t recv_off, const size_t *recv_bytes)
+{
+    static const char op[] = "all_to_all_v";
+    CHECK_COMM(c, op);
+    if (!send_bytes || !recv_bytes)
+        return tsr_comm_errorf(c, TSR_EINVAL, op, "size arrays are NULL");
+    if (!c->i->all_to_all_v)
+        return tsr_comm_errorf(c, TSR_EUNSUPPORTED, op, "not supported by this implementation");
+    size_t st, rt;
+    void *s = NULL, *r = NULL;
+    int rc = sum_sizes(c, op, "send", send_bytes, &st);
+    if (!rc) rc = sum_sizes(c, op, "recv", recv_bytes, &rt);
+    if (!rc && st) rc = buf_addr(c, op, send, send_off, st, &s);
+    if (!rc && rt) rc = buf_addr(c, op, recv, recv_off, rt, &r);
+    if (rc) return rc;
+    if (send == recv && st && rt && send_off < recv_off + rt && recv_off < send_off + st)
+        return tsr_comm_errorf(c, TSR_EINVAL, op, "send [%zu, +%zu) overlaps recv [%zu, +%zu)",
+                               send_off, st, recv_off, rt);
+    return c->i->all_to_all_v(c, s, send_bytes, r, recv_bytes);
+}
+
 int tsr_comm_barrier(tsr_comm_t *c)
 {
     CHECK_COMM(c, "barrier");

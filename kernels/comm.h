@@ -66,6 +66,16 @@ int tsr_comm_all_gather(tsr_comm_t *c, tsr_buf_t *send, size_t send_off, tsr_buf
                         size_t recv_off, size_t bytes_per_rank);
 /* root's [off, off + bytes) of buf to every rank's. */
 int tsr_comm_broadcast(tsr_comm_t *c, tsr_buf_t *buf, size_t off, size_t bytes, int root);
+/* All-to-all with a size per pair (dispatch and combine of expert parallelism). send holds, from
+ * send_off, one segment per rank in rank order, back to back: send_bytes[r] bytes for rank r. recv
+ * gets, from recv_off, the segments from every rank the same way: recv_bytes[r] bytes from rank r.
+ * Both arrays have size(c) entries; any may be 0 (a rank with nothing to exchange still calls,
+ * and a buffer with nothing in it may be NULL).
+ * The ranks agree pairwise: send_bytes[j] on rank i equals recv_bytes[i] on rank j. That cannot be
+ * checked before sending; a mismatch fails in the transport (TSR_EIO or TSR_EINVAL naming the
+ * peer), or on NCCL may hang until the timeout. The send and recv ranges must not overlap. */
+int tsr_comm_all_to_all_v(tsr_comm_t *c, tsr_buf_t *send, size_t send_off, const size_t *send_bytes,
+                          tsr_buf_t *recv, size_t recv_off, const size_t *recv_bytes);
 /* Point to point. Messages between two ranks arrive in the order they were sent; bytes must match
  * on both sides. A blocking send may wait for its recv: two ranks sending to each other first
  * deadlock. Use tsr_comm_sendrecv() for exchanges and rings. */

@@ -28,6 +28,10 @@ struct tsr_comm_iface {
     /* Either count may be 0 (nothing that way). */
     int (*sendrecv)(tsr_comm_t *c, const void *s, size_t sbytes, int dst, void *r, size_t rbytes,
                     int src);
+    /* Segments back to back in rank order; sizes may be 0, and the slot is called even when every
+     * size is (it is collective). */
+    int (*all_to_all_v)(tsr_comm_t *c, const void *send, const size_t *send_bytes, void *recv,
+                        const size_t *recv_bytes);
     int (*barrier)(tsr_comm_t *c);
     int (*sync)(tsr_comm_t *c); /* optional: NULL when operations complete before returning */
     /* Host-memory messages; NULL when device_buffers == 0 (the data slots take host memory). */

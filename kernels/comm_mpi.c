@@ -9,13 +9,15 @@
 #include <limits.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <mpi.h>
 
 #include "common/log.h"
 #include "common/status.h"
 
-#define TAG 7 /* one tag for every point-to-point message: they stay in send order */
+#define TAG     7 /* one tag for every point-to-point message: they stay in send order */
+#define TAG_A2A 8 /* all_to_all_v's pieces, apart from the application's messages */
 
 struct mpi_ctx {
     MPI_Comm comm;
@@ -178,6 +180,67 @@ static int mpi_sendrecv(tsr_comm_t *c, const void *s, size_t sbytes, int dst, vo
     return rc;
 }
 
+/* Pieces of at most max_chunk bytes a segment of n bytes goes in. */
+static size_t n_pieces(size_t n)
+{
+    return n ? (n - 1) / max_chunk + 1 : 0;
+}
+
+/* Nonblocking receives from every peer, then sends to every peer, then one wait: counts and
+ * displacements of any size (MPI_Alltoallv's are int), and no rank's choice depends on sizes the
+ * others do not know. Pieces between two ranks match in order (one tag, MPI's non-overtaking
+ * rule). This rank's own segment is copied. */
+static int mpi_all_to_all_v(tsr_comm_t *c, const void *send, const size_t *sb, void *recv,
+                            const size_t *rb)
+{
+    static const char op[] = "all_to_all_v";
+    const char *s = send;
+    char *r = recv;
+    size_t n_req = 0, so = 0, ro = 0;
+    if (sb[c->rank] != rb[c->rank])
+        return tsr_comm_errorf(c, TSR_EINVAL, op, "sends %zu bytes to itself but receives %zu",
+                               sb[c->rank], rb[c->rank]);
+    for (int p = 0; p < c->size; p++)
+        if (p != c->rank) n_req += n_pieces(sb[p]) + n_pieces(rb[p]);
+    MPI_Request *req = malloc((n_req ? n_req : 1) * sizeof *req);
+    if (!req) return tsr_comm_errorf(c, TSR_ENOMEM, op, "out of memory for %zu requests", n_req);
+    size_t posted = 0;
+    int e = MPI_SUCCESS;
+    for (int pass = 0; pass < 2 && e == MPI_SUCCESS; pass++) { /* receives, then sends */
+        size_t off = 0;
+        for (int p = 0; p < c->size && e == MPI_SUCCESS; p++) {
+            size_t n = pass ? sb[p] : rb[p];
+            if (p == c->rank) {
+                *(pass ? &so : &ro) = off;
+            } else {
+                for (size_t o = 0; o < n && e == MPI_SUCCESS; o += max_chunk) {
+                    int k = (int)min_sz(n - o, max_chunk);
+                    e = pass ? MPI_Isend(s + off + o, k, MPI_BYTE, p, TAG_A2A, comm_of(c),
+                                         &req[posted])
+                             : MPI_Irecv(r + off + o, k, MPI_BYTE, p, TAG_A2A, comm_of(c),
+                                         &req[posted]);
+                    if (e == MPI_SUCCESS) posted++;
+                }
+            }
+            off += n;
+        }
+    }
+    if (e == MPI_SUCCESS && sb[c->rank]) memcpy(r + ro, s + so, sb[c->rank]);
+    int rc = 0;
+    if (e != MPI_SUCCESS) {
+        /* Leave nothing posted on memory the caller may free. */
+        for (size_t j = 0; j < posted; j++) {
+            MPI_Cancel(&req[j]);
+            MPI_Request_free(&req[j]);
+        }
+        rc = mpi_fail(c, op, e);
+    } else if (posted && (e = MPI_Waitall((int)posted, req, MPI_STATUSES_IGNORE)) != MPI_SUCCESS) {
+        rc = mpi_fail(c, op, e);
+    }
+    free(req);
+    return rc;
+}
+
 static int mpi_barrier(tsr_comm_t *c)
 {
     MPI_TRY(c, "barrier", MPI_Barrier(comm_of(c)));
@@ -210,6 +273,7 @@ static const struct tsr_comm_iface mpi_iface = {
     .send = mpi_send,
     .recv = mpi_recv,
     .sendrecv = mpi_sendrecv,
+    .all_to_all_v = mpi_all_to_all_v,
     .barrier = mpi_barrier,
 };
 

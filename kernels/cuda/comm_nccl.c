@@ -267,6 +267,44 @@ static int nccl_sendrecv(tsr_comm_t *c, const void *s, size_t sbytes, int dst, v
     return settle(c, n->comm, op, "ncclGroupEnd", r4, c->timeout_s);
 }
 
+/* One group of sends and receives, a pair per peer; this rank's own segment is a device copy on
+ * the stream. */
+static int nccl_all_to_all_v(tsr_comm_t *c, const void *send, const size_t *sb, void *recv,
+                             const size_t *rb)
+{
+    static const char op[] = "all_to_all_v";
+    struct nccl_ctx *n = c->ctx;
+    const char *s = send;
+    char *r = recv;
+    int rc = alive(c, op);
+    if (rc) return rc;
+    if (sb[c->rank] != rb[c->rank])
+        return tsr_comm_errorf(c, TSR_EINVAL, op, "sends %zu bytes to itself but receives %zu",
+                               sb[c->rank], rb[c->rank]);
+    ncclResult_t r1 = ncclGroupStart(), r2 = ncclSuccess;
+    if (r1 != ncclSuccess) return nccl_fail(c, op, "ncclGroupStart", r1);
+    size_t so = 0, ro = 0, self_s = 0, self_r = 0;
+    for (int p = 0; p < c->size; p++) {
+        if (p == c->rank) {
+            self_s = so, self_r = ro;
+        } else {
+            if (sb[p] && r2 == ncclSuccess)
+                r2 = ncclSend(s + so, sb[p], ncclChar, p, n->comm, n->stream);
+            if (rb[p] && (r2 == ncclSuccess || r2 == ncclInProgress))
+                r2 = ncclRecv(r + ro, rb[p], ncclChar, p, n->comm, n->stream);
+            if (r2 == ncclInProgress) r2 = ncclSuccess;
+        }
+        so += sb[p], ro += rb[p];
+    }
+    ncclResult_t r3 = ncclGroupEnd();
+    if (r2 != ncclSuccess) return nccl_fail(c, op, "ncclSend/ncclRecv", r2);
+    rc = settle(c, n->comm, op, "ncclGroupEnd", r3, c->timeout_s);
+    if (rc || !sb[c->rank]) return rc;
+    cudaError_t e =
+        cudaMemcpyAsync(r + self_r, s + self_s, sb[c->rank], cudaMemcpyDeviceToDevice, n->stream);
+    return e == cudaSuccess ? 0 : cuda_fail(c, op, "cudaMemcpyAsync", e);
+}
+
 static int nccl_sync(tsr_comm_t *c)
 {
     return wait_stream(c, "sync");
@@ -370,6 +408,7 @@ static const struct tsr_comm_iface nccl_iface = {
     .send = nccl_send,
     .recv = nccl_recv,
     .sendrecv = nccl_sendrecv,
+    .all_to_all_v = nccl_all_to_all_v,
     .barrier = nccl_barrier,
     .sync = nccl_sync,
     .broadcast_host = nccl_broadcast_host,

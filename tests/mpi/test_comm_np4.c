@@ -213,6 +213,38 @@ static void check_barrier(tsr_comm_t *c)
     CHECK(now_s() - t0 >= 0.1);
 }
 
+/* Bytes rank i sends rank j in check_all_to_all_v: some pairs nothing, the others unequal. */
+static size_t a2a_bytes(int i, int j, size_t unit)
+{
+    return (size_t)((i + 2 * j) % 3) * unit + (size_t)(i == j) * 5;
+}
+
+/* Segments of unequal sizes (some empty) between every pair, self included, at offsets inside
+ * larger buffers: each rank's recv holds every sender's segment for it, in rank order, and the
+ * bytes around are untouched. */
+static void check_all_to_all_v(tsr_comm_t *c, size_t unit, uint64_t seed)
+{
+    int me = tsr_comm_rank(c), n = tsr_comm_size(c);
+    size_t sb[64], rb[64], st = 0, rt = 0;
+    CHECK(n <= 64);
+    for (int j = 0; j < n; j++) {
+        st += sb[j] = a2a_bytes(me, j, unit);
+        rt += rb[j] = a2a_bytes(j, me, unit);
+    }
+    tsr_buf_t *s = alloc(st + 3), *r = alloc(rt + 5 + 7);
+    uint8_t *sp = (uint8_t *)tsr_buf_host(s) + 3, *rp = tsr_buf_host(r);
+    for (int j = 0, o = 0; j < n; o += (int)sb[j++])
+        for (size_t i = 0; i < sb[j]; i++) sp[o + i] = byte_of(seed, me * 64 + j, i);
+    CHECK_OK(tsr_comm_all_to_all_v(c, s, 3, sb, r, 5, rb));
+    for (size_t i = 0; i < 5; i++) CHECK(rp[i] == 0xAB);
+    size_t o = 5;
+    for (int j = 0; j < n; o += rb[j++])
+        for (size_t i = 0; i < rb[j]; i++) CHECK(rp[o + i] == byte_of(seed, j * 64 + me, i));
+    for (size_t i = 0; i < 7; i++) CHECK(rp[o + i] == 0xAB);
+    tsr_buf_free(s);
+    tsr_buf_free(r);
+}
+
 static void check_core(tsr_comm_t *c, const int *world_ranks, uint64_t seed)
 {
     static const size_t sizes[] = {1, 1000, 1u << 20};
@@ -225,6 +257,8 @@ static void check_core(tsr_comm_t *c, const int *world_ranks, uint64_t seed)
     check_broadcast(c, 100000, seed + 21);
     check_ring(c, 1000, seed + 30);
     check_ring(c, (1u << 20) + 1, seed + 31);
+    check_all_to_all_v(c, 1, seed + 40);
+    check_all_to_all_v(c, 2500, seed + 41);
     check_host_variants(c);
     check_barrier(c);
 }
@@ -255,6 +289,14 @@ static void check_bad_args(tsr_comm_t *c, const int *world_ranks)
     CHECK_RC(tsr_comm_sendrecv(c, b, 0, 8, 0, b, 4, 8, 0), TSR_EINVAL); /* overlapping */
     CHECK_RC(tsr_comm_sendrecv(c, b, 0, 8, n, b, 8, 8, 0), TSR_EINVAL);
     CHECK_RC(tsr_comm_split(c, -5, 0, &(tsr_comm_t *){NULL}), TSR_EINVAL);
+    size_t big[64], eight[64], zero[64] = {0}, self[64] = {0};
+    for (int j = 0; j < n; j++) big[j] = 30, eight[j] = 8;
+    self[me] = 4; /* 4 bytes to itself, none from itself */
+    CHECK_RC(tsr_comm_all_to_all_v(c, b, 0, big, b, 0, zero), TSR_ERANGE);
+    CHECK_RC(tsr_comm_all_to_all_v(c, b, 0, eight, b, 4, eight), TSR_EINVAL); /* overlapping */
+    CHECK_RC(tsr_comm_all_to_all_v(c, b, 0, zero, b, 0, NULL), TSR_EINVAL);
+    CHECK_RC(tsr_comm_all_to_all_v(c, b, 0, self, b, 32, zero), TSR_EINVAL);
+    CHECK(strstr(tsr_last_error(), "to itself"));
     /* A buffer with no host view (a device backend's) is not for MPI. */
     struct tsr_buf dev = {.data = host, .size = sizeof host};
     CHECK_RC(tsr_comm_broadcast(c, &dev, 0, 4, 0), TSR_EINVAL);
@@ -262,6 +304,7 @@ static void check_bad_args(tsr_comm_t *c, const int *world_ranks)
     /* Zero-size operations are no-ops on every rank. */
     CHECK_OK(tsr_comm_all_reduce_sum(c, b, 64, 0));
     CHECK_OK(tsr_comm_broadcast(c, b, 64, 0, 0));
+    CHECK_OK(tsr_comm_all_to_all_v(c, NULL, 0, zero, NULL, 0, zero));
     tsr_buf_free(b);
     check_all_reduce(c, world_ranks, 10, 99); /* still in step */
 }
