@@ -9,6 +9,7 @@
 
 #include "common/log.h"
 #include "common/status.h"
+#include "kernels/moe_ep.h"
 #include "worker/sampling.h"
 #include "worker/step.h"
 
@@ -90,6 +91,8 @@ struct tsr_runner {
     const struct tsr_rank_plan *rp;
     tsr_comm_t *world, *tp;
     int world_rank, world_size, tp_size, pp_size;
+    int ep_size;              /* ranks a stage: tp_size, or more with expert parallelism */
+    struct tsr_moe_ep moe_ep; /* the stage's ranks (experts) and attention group (shared) */
     /* step scratch, sized for opts.max_tokens rows */
     tsr_buf_t *x;            /* (T, dim) residual stream */
     tsr_buf_t *xn;           /* (T, dim) normed input of the next block */
@@ -279,8 +282,10 @@ static int load_experts(tsr_runner_t *r, tsr_model_t *m, int l, struct layer *L)
     snprintf(name, sizeof name, "blk.%d.ffn_gate_inp.weight", l);
     if ((rc = load(r, m, name, E, D, 0, &L->router))) return rc;
     static const char *const proj[3] = {"gate", "up", "down"};
+    /* expert parallelism: only this rank's experts are read; the others' weights stay NULL */
+    int e0 = r->rp ? r->rp->expert_begin : 0, e1 = r->rp ? r->rp->expert_end : E;
     for (int i = 0; i < 3; i++)
-        for (int e = 0; e < E; e++) {
+        for (int e = e0; e < e1; e++) {
             snprintf(name, sizeof name, "blk.%d.ffn_%s_exp.%d.weight", l, proj[i], e);
             size_t before = r->weight_bytes;
             if ((rc = load(r, m, name, i == 2 ? D : f, i == 2 ? f : D, 0, &L->experts[i * E + e])))
@@ -465,22 +470,38 @@ static int set_part(tsr_runner_t *r, const struct tsr_runner_shard *sh)
     r->vocab_begin = 0;
     r->vocab_end = r->vocab_stride = c->n_vocab;
     r->has_embedding = r->has_head = 1;
-    r->world_size = r->tp_size = r->pp_size = 1;
+    r->world_size = r->tp_size = r->pp_size = r->ep_size = 1;
     if (!sh) return 0;
-    if (c->n_expert > 0 && sh->plan->tp * sh->plan->pp > 1)
-        return tsr_errorf(TSR_EUNSUPPORTED,
-                          "%s has %d experts: mixture-of-experts models run on one rank for now "
-                          "(tp = pp = 1), not on a %dx%d plan",
-                          c->arch, c->n_expert, sh->plan->tp, sh->plan->pp);
+    const struct tsr_shard_plan *pl = sh->plan;
+    if (!sh->world || !sh->tp || (pl->ep > pl->tp && !sh->ep))
+        return tsr_errorf(TSR_EINVAL, "a %dx%d plan (ep %d) needs its %s communicators", pl->tp,
+                          pl->pp, pl->ep, pl->ep > pl->tp ? "world, TP and EP" : "world and TP");
     r->world = sh->world;
     r->tp = sh->tp;
     r->world_rank = tsr_comm_rank(sh->world);
     r->world_size = tsr_comm_size(sh->world);
-    r->tp_size = sh->plan->tp;
-    r->pp_size = sh->plan->pp;
-    if (r->world_size != sh->plan->world || tsr_comm_size(sh->tp) != sh->plan->tp)
-        return tsr_errorf(TSR_EINVAL, "a %dx%d plan run on %d ranks with TP groups of %d",
-                          sh->plan->tp, sh->plan->pp, r->world_size, tsr_comm_size(sh->tp));
+    r->tp_size = pl->tp;
+    r->pp_size = pl->pp;
+    r->ep_size = pl->ep;
+    tsr_comm_t *ep = pl->ep > pl->tp ? sh->ep : sh->tp;
+    if (r->world_size != pl->world || tsr_comm_size(sh->tp) != pl->tp ||
+        tsr_comm_size(ep) != pl->ep)
+        return tsr_errorf(TSR_EINVAL,
+                          "a %dx%d plan (ep %d) run on %d ranks with TP groups of %d and stages "
+                          "of %d",
+                          pl->tp, pl->pp, pl->ep, r->world_size, tsr_comm_size(sh->tp),
+                          tsr_comm_size(ep));
+    /* Mixture of experts sharded (kernels/moe_ep.h): ep ranks a stage, each with its share of the
+     * routed experts, tp-sliced attention in every attention group of tp ranks; the ep / tp
+     * groups all run the one batch the leader sends (replicated attention). ep = 1 (tp = 1)
+     * with pp > 1 holds every expert of its layers and runs tsr_op_moe. The all-to-all takes
+     * host buffers: the CPU backend over MPI only. */
+    if (c->n_expert > 0 && pl->ep > 1 && strcmp(tsr_comm_name(ep), "mpi"))
+        return tsr_errorf(TSR_EUNSUPPORTED,
+                          "%s has %d experts: expert parallelism (ep = %d) runs on the CPU backend "
+                          "over MPI only, not over %s",
+                          c->arch, c->n_expert, pl->ep, tsr_comm_name(ep));
+    r->moe_ep = (struct tsr_moe_ep){.ep = ep, .tp = pl->tp > 1 ? sh->tp : NULL};
     const struct tsr_rank_plan *p = &sh->plan->ranks[r->world_rank];
     r->rp = p;
     r->layer_begin = p->layer_begin;
@@ -614,25 +635,25 @@ fail:
     return rc;
 }
 
-/* The rank this one's step messages come from: the leader for its own stage, else the same TP
- * rank of the previous stage. */
+/* The rank this one's step messages come from: the leader for its own stage, else the same rank
+ * of the previous stage (a stage is ep_size ranks: tp_size, or more with expert parallelism). */
 static int step_source(const tsr_runner_t *r)
 {
-    return r->world_rank < r->tp_size ? 0 : r->world_rank - r->tp_size;
+    return r->world_rank < r->ep_size ? 0 : r->world_rank - r->ep_size;
 }
 
-/* The rank this one passes steps on to (the same TP rank of the next stage), or -1 on the last
+/* The rank this one passes steps on to (the same rank of the next stage), or -1 on the last
  * stage. */
 static int step_next(const tsr_runner_t *r)
 {
-    return r->world_rank / r->tp_size < r->pp_size - 1 ? r->world_rank + r->tp_size : -1;
+    return r->world_rank / r->ep_size < r->pp_size - 1 ? r->world_rank + r->ep_size : -1;
 }
 
 /* The leader: a control message to its stage's other ranks and down the stages. */
 static int send_control(tsr_runner_t *r, enum tsr_step_kind kind)
 {
     TRY(tsr_step_pack_control(kind, &r->msg));
-    for (int p = 1; p < r->tp_size; p++) TRY(tsr_step_send(r->world, &r->msg, p));
+    for (int p = 1; p < r->ep_size; p++) TRY(tsr_step_send(r->world, &r->msg, p));
     return step_next(r) < 0 ? 0 : tsr_step_send(r->world, &r->msg, step_next(r));
 }
 
@@ -733,6 +754,11 @@ int tsr_runner_n_blocks(const tsr_runner_t *r)
 size_t tsr_runner_weight_bytes(const tsr_runner_t *r)
 {
     return r->weight_bytes;
+}
+
+size_t tsr_runner_expert_bytes(const tsr_runner_t *r)
+{
+    return r->expert_bytes;
 }
 
 size_t tsr_runner_kv_bytes(const tsr_runner_t *r)
@@ -852,7 +878,9 @@ static int run_layers(tsr_runner_t *r, const struct tsr_batch_meta *meta, int T)
         TRY(tp_sum(r, r->o, hidden));
         TRY(tsr_op_add_rmsnorm(b, r->x, r->o, r->xn, &L->ffn_norm, T, D, eps));
         /* MLP block: xn is ffn_norm(x); this rank's intermediate features, or the experts */
-        if (L->experts) {
+        if (L->experts && r->ep_size > 1) {
+            TRY(tsr_op_moe_ep(b, r->o, r->xn, &L->moe, T, &r->moe_ep));
+        } else if (L->experts) {
             TRY(tsr_op_moe(b, r->o, r->xn, &L->moe, T));
         } else {
             TRY(tsr_op_matmul_swiglu(b, r->gate, r->up, &L->w_gate, &L->w_up, r->xn, T));
@@ -928,7 +956,7 @@ static int forward_local(tsr_runner_t *r, const struct tsr_step *st, const struc
         TRY(tsr_op_embed(b, r->x, &r->tok_embd, r->local_ids, T));
         TRY(tp_sum(r, r->x, hidden));
     } else {
-        TRY(tsr_comm_recv(r->world, r->x, 0, hidden * sizeof(float), r->world_rank - r->tp_size));
+        TRY(tsr_comm_recv(r->world, r->x, 0, hidden * sizeof(float), step_source(r)));
     }
     TRY(run_layers(r, &meta, T));
     if (!r->has_head) return 0; /* the caller hands x on to the next stage (handoff) */
@@ -1063,10 +1091,10 @@ static int forward_one(tsr_runner_t *r, const struct tsr_step *st, const struct 
     return graphable(r, st) ? forward_graph(r, st, o) : forward_local(r, st, o);
 }
 
-/* The last stage's first TP rank sends the logits to the leader when they are not one rank. */
+/* The last stage's first rank sends the logits to the leader when they are not one rank. */
 static int logits_home(const tsr_runner_t *r)
 {
-    return (r->pp_size - 1) * r->tp_size;
+    return (r->pp_size - 1) * r->ep_size;
 }
 
 /* A sampled step's picks, as the logits home sends them: n ids, their n logprobs, then top ids
@@ -1138,7 +1166,7 @@ static int launch_step(tsr_runner_t *r, const struct tsr_step *st)
         return tsr_errorf(TSR_EINVAL, "%d steps in flight: collect one first", r->n_fl);
     TRY(check_step(r, st));
     TRY(tsr_step_pack(st, &r->msg));
-    for (int p = 1; p < r->tp_size; p++) TRY(tsr_step_send(r->world, &r->msg, p));
+    for (int p = 1; p < r->ep_size; p++) TRY(tsr_step_send(r->world, &r->msg, p));
     struct flight *f = &r->fl[r->n_fl];
     *f = (struct flight){st->n_tokens, st->n_out, st->sample != NULL, st->sample ? st->top : 0, 1};
     if (logits_home(r) == 0) { /* one stage: the leader holds the logits too */

@@ -51,11 +51,20 @@ struct tsr_step {
 struct tsr_runner_shard {
     const struct tsr_shard_plan *plan;
     tsr_comm_t *world, *tp;
+    /* Mixture of experts with plan->ep > plan->tp: the ranks of this rank's stage (rank order =
+     * ep_rank), over which the routed experts are spread (kernels/moe_ep.h), and tp is then this
+     * rank's attention group (tp_rank order). NULL when ep = tp: tp is the stage. */
+    tsr_comm_t *ep;
 };
 
 /* Uploads the weights to the backend, checking every tensor's shape against the config, and
- * allocates the caches. Mixture-of-experts models need a backend with tsr_backend_can_moe()
- * and run on one rank (shard NULL or a 1x1 plan): TSR_EUNSUPPORTED otherwise. With shard (NULL: the
+ * allocates the caches. Mixture-of-experts models need a backend with tsr_backend_can_moe();
+ * sharded, they run on the CPU backend over MPI (TSR_EUNSUPPORTED otherwise): each rank loads only
+ * its stage's layers and its ep share of every layer's routed experts (plan->ranks[].expert_begin,
+ * expert_end), tokens reach them by all-to-all (kernels/moe_ep.h); attention, the shared expert,
+ * embedding and head are tp-sliced within the attention group. With ep > tp the stage's ep / tp
+ * attention groups all run the leader's one batch (attention replicated, not data-parallel: the
+ * groups do not serve sequences of their own yet). With shard (NULL: the
  * whole model) it reads only this rank's slices: row ranges are used in place in the mapping,
  * column ranges are packed into memory of its own, a synthetic model's slices are generated
  * (tsr_model_read), one tensor at a time; on a device backend the host copies are freed once
@@ -121,6 +130,8 @@ int tsr_runner_trace_routes(tsr_runner_t *r, int32_t *ids);
 int tsr_runner_n_vocab(const tsr_runner_t *r);
 /* Bytes of weights and of KV cache the runner holds on its backend. */
 size_t tsr_runner_weight_bytes(const tsr_runner_t *r);
+/* Of those, the routed experts' (this rank's share of them with expert parallelism). */
+size_t tsr_runner_expert_bytes(const tsr_runner_t *r);
 size_t tsr_runner_kv_bytes(const tsr_runner_t *r);
 /* What one decode step reads on this rank, for rooflines: the weights other than the embedding
  * table (a row per token of it) unless that table is also the LM head, and of the routed experts

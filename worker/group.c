@@ -76,7 +76,7 @@ static int join_world(tsr_model_t *m, int tp, int pp, tsr_comm_t *world, const c
     if ((rc = make_plan(m, tp, pp, &g->plan))) goto fail;
     const struct tsr_rank_plan *rp = &g->plan.ranks[g->rank];
     if ((rc = tsr_comm_split(world, rp->pp_stage, rp->tp_rank, &g->tp))) goto fail;
-    g->shard = (struct tsr_runner_shard){&g->plan, g->world, g->tp};
+    g->shard = (struct tsr_runner_shard){&g->plan, g->world, g->tp, NULL}; /* ep = tp */
     return 0;
 fail:
     tsr_group_leave(g);

@@ -1,9 +1,10 @@
-/* Shared body of the multi-rank tests: a model run sharded tp × pp over the MPI world gives the
- * single-rank logits within f32 tolerance and the same greedy tokens, and each rank holds only
- * its share of the weights in memory. Included by tests/mpi/test_shard_np*.c; each program runs
- * under mpirun with as many ranks as its layouts need. Rank 0 is the group leader: it computes
- * the single-rank reference itself, then drives the sharded group; failures on any rank abort
- * the job with a message naming the rank. */
+/* Shared body of the multi-rank tests: a model run sharded tp × pp (and, for mixture-of-experts
+ * models, ep ranks a stage: kernels/moe_ep.h) over the MPI world gives the single-rank logits
+ * within f32 tolerance and the same greedy tokens, and each rank holds only its share of the
+ * weights in memory (and exactly its share of the routed experts). Included by
+ * tests/mpi/test_shard_np*.c; each program runs under mpirun with as many ranks as its layouts
+ * need. Rank 0 is the group leader: it computes the single-rank reference itself, then drives the
+ * sharded group; failures on any rank abort the job with a message naming the rank. */
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -21,6 +22,8 @@
 
 #define DEFAULT_MODEL    TSR_SOURCE_DIR "/models/SmolLM2-135M-Instruct.Q4_1.gguf"
 #define QWEN2_BIAS_MODEL TSR_SOURCE_DIR "/tests/reference/qwen2_tiny.gguf"
+/* tests/reference/moe_tiny_<name>: the golden MoE models of tests/unit/test_moe.c */
+#define MOE_REF(name) TSR_SOURCE_DIR "/tests/reference/moe_tiny_" name
 
 static int world_rank;
 
@@ -168,8 +171,31 @@ static void evict(const char *path)
     close(fd);
 }
 
-/* Runs one layout on the world; returns after every rank is done with it. */
-static void check_layout(tsr_comm_t *world, const char *spec, int tp, int pp, double nmse_bound)
+/* Bytes of the routed experts rank rp holds, from the file's (or generator's) tensors: its
+ * [expert_begin, expert_end) of every expert layer of its stage; *all: every expert's. */
+static double expert_share(tsr_model_t *m, const struct tsr_rank_plan *rp, double *all)
+{
+    const struct tsr_model_config *c = tsr_model_config(m);
+    double mine = 0;
+    *all = 0;
+    for (int l = rp->layer_begin; c->n_expert > 0 && l < rp->layer_end; l++)
+        for (int e = 0; l >= c->n_dense_layer && e < c->n_expert; e++)
+            for (int i = 0; i < 3; i++) {
+                char name[96];
+                struct tsr_tensor_view v;
+                snprintf(name, sizeof name, "blk.%d.ffn_%s_exp.%d.weight", l,
+                         (const char *[]){"gate", "up", "down"}[i], e);
+                OK(tsr_model_tensor(m, name, &v));
+                *all += (double)v.nbytes;
+                if (e >= rp->expert_begin && e < rp->expert_end) mine += (double)v.nbytes;
+            }
+    return mine;
+}
+
+/* Runs one layout on the world (ep ranks a stage, 0: tp); returns after every rank is done with
+ * it. */
+static void check_layout_ep(tsr_comm_t *world, const char *spec, int tp, int ep, int pp,
+                            double nmse_bound)
 {
     int rank = tsr_comm_rank(world);
     world_rank = rank;
@@ -179,14 +205,17 @@ static void check_layout(tsr_comm_t *world, const char *spec, int tp, int pp, do
     OK(tsr_model_open(spec, &m));
     const struct tsr_model_config *c = tsr_model_config(m);
     struct tsr_shard_plan plan;
-    OK(tsr_shard_plan_make(c, tp, pp, 1.0, 4.0, &plan));
+    OK(tsr_shard_plan_make_ep(c, tp, ep, pp, 1.0, 4.0, &plan));
     OK(tsr_shard_plan_check_types(&plan, type_of, m));
+    ep = plan.ep;
     const struct tsr_rank_plan *rp = &plan.ranks[rank];
-    tsr_comm_t *tpc;
-    OK(tsr_comm_split(world, rp->pp_stage, rp->tp_rank, &tpc));
+    /* the attention group (a stage's ep / tp groups apart), and the stage when it is more */
+    tsr_comm_t *tpc, *epc = NULL;
+    OK(tsr_comm_split(world, rp->pp_stage * plan.dp + rp->dp_rank, rp->tp_rank, &tpc));
+    if (plan.ep > plan.tp) OK(tsr_comm_split(world, rp->pp_stage, rp->ep_rank, &epc));
     tsr_backend_t *b = tsr_backend_cpu_new(1);
     CHECK(b != NULL, "cpu backend");
-    struct tsr_runner_shard sh = {&plan, world, tpc};
+    struct tsr_runner_shard sh = {&plan, world, tpc, epc};
     struct tsr_runner_opts ro = {.n_blocks = BLOCKS, .block_size = BS, .max_tokens = 64};
     int V = c->n_vocab;
     int32_t ids[T_PROMPT];
@@ -195,6 +224,16 @@ static void check_layout(tsr_comm_t *world, const char *spec, int tp, int pp, do
 
     tsr_runner_t *r;
     OK(tsr_runner_new(m, b, &ro, &sh, &r));
+    if (c->n_expert > 0) { /* exactly its experts, 1 / ep of the stage's */
+        double all, mine = expert_share(m, rp, &all);
+        printf("rank %d (ep %d, dp %d, tp %d, stage %d): experts [%d, %d) of %d: %zu bytes held, "
+               "%.0f its share, %.0f the stage's\n",
+               rank, rp->ep_rank, rp->dp_rank, rp->tp_rank, rp->pp_stage, rp->expert_begin,
+               rp->expert_end, c->n_expert, tsr_runner_expert_bytes(r), mine, all);
+        CHECK((double)tsr_runner_expert_bytes(r) == mine && mine * ep == all,
+              "holds %zu bytes of experts; its share is %.0f of %.0f over ep = %d",
+              tsr_runner_expert_bytes(r), mine, all, ep);
+    }
     float *logits = malloc(sizeof(float) * T_PROMPT * V), *ref = malloc(sizeof *ref * T_PROMPT * V);
     if (rank == 0) {
         teacher_forced(r, ids, logits);
@@ -209,10 +248,11 @@ static void check_layout(tsr_comm_t *world, const char *spec, int tp, int pp, do
     /* page rounding of ~300 slices, the CPU backend's quantized-activation scratch, MPI's
      * shared-memory buffers, thread stacks */
     double overhead = 12.0 * 1024 * 1024;
-    printf("rank %d (tp %d, stage %d): %s tp=%d pp=%d: resident +%.1f MiB for a %.1f MiB share "
-           "(+%.1f MiB KV and scratch, %.1f MiB allowance)\n",
-           rank, rp->tp_rank, rp->pp_stage, spec, tp, pp, held / 1048576, share / 1048576,
-           kv_scratch / 1048576, overhead / 1048576);
+    printf(
+        "rank %d (tp %d, stage %d): %s tp=%d ep=%d pp=%d: resident +%.1f MiB for a %.1f MiB share "
+        "(+%.1f MiB KV and scratch, %.1f MiB allowance)\n",
+        rank, rp->tp_rank, rp->pp_stage, spec, tp, ep, pp, held / 1048576, share / 1048576,
+        kv_scratch / 1048576, overhead / 1048576);
 #if defined(__SANITIZE_ADDRESS__)
     /* ASan's shadow memory, redzones and quarantine inflate every allocation: the bound is
      * checked by the uninstrumented build. */
@@ -241,9 +281,9 @@ static void check_layout(tsr_comm_t *world, const char *spec, int tp, int pp, do
             }
             agree += a == bb;
         }
-        printf("%s tp=%d pp=%d: teacher-forced NMSE vs one rank %.3g (bound %.3g), argmax equal "
-               "at %d/%d positions\n",
-               spec, tp, pp, num / den, nmse_bound, agree, T_PROMPT);
+        printf("%s tp=%d ep=%d pp=%d: teacher-forced NMSE vs one rank %.3g (bound %.3g), argmax "
+               "equal at %d/%d positions\n",
+               spec, tp, ep, pp, num / den, nmse_bound, agree, T_PROMPT);
         CHECK(num / den <= nmse_bound, "NMSE %.3g over %.3g", num / den, nmse_bound);
         CHECK(agree == T_PROMPT, "argmax differs at %d positions", T_PROMPT - agree);
     }
@@ -268,9 +308,9 @@ static void check_layout(tsr_comm_t *world, const char *spec, int tp, int pp, do
         CHECK(pp == 1 || steps >= 2 * (uint64_t)N_GEN,
               "%llu steps for %d tokens a sequence: the stages were not pipelined",
               (unsigned long long)steps, N_GEN);
-        printf("%s tp=%d pp=%d: %d sequences x %d tokens (greedy, top logprobs, 2 seeded) equal to "
-               "one rank's; %.0f bytes back a step (a logit row is %d)\n",
-               spec, tp, pp, N_SEQS, N_GEN, steps ? (double)back / steps : 0.0, V * 4);
+        printf("%s tp=%d ep=%d pp=%d: %d sequences x %d tokens (greedy, top logprobs, 2 seeded) "
+               "equal to one rank's; %.0f bytes back a step (a logit row is %d)\n",
+               spec, tp, ep, pp, N_SEQS, N_GEN, steps ? (double)back / steps : 0.0, V * 4);
     } else {
         tsr_runner_t *f;
         struct tsr_runner_opts fo = {.n_blocks = GEN_BLOCKS, .block_size = BS, .max_tokens = 64};
@@ -283,6 +323,7 @@ static void check_layout(tsr_comm_t *world, const char *spec, int tp, int pp, do
     free(ref);
     tsr_backend_free(b);
     tsr_comm_free(tpc);
+    tsr_comm_free(epc);
     tsr_shard_plan_free(&plan);
     tsr_model_free(m);
 }
@@ -293,15 +334,31 @@ struct layout {
     double nmse_bound;
 };
 
-/* The whole program of a multi-rank test: every layout on the MPI world, in order. */
-static int shard_main(const struct layout *l, int n)
+/* A mixture-of-experts layout: ep ranks a stage (a multiple of tp dividing the experts). */
+struct layout_ep {
+    const char *spec;
+    int tp, ep, pp;
+    double nmse_bound;
+};
+
+/* The whole program of a multi-rank test: every layout on the MPI world, in order (the ep
+ * layouts after the others). Inline: a program uses either. */
+static inline int shard_main_ep(const struct layout *l, int n, const struct layout_ep *le, int n_ep)
 {
     tsr_comm_t *world;
     if (tsr_comm_mpi_world(&world)) {
         fprintf(stderr, "%s\n", tsr_last_error());
         return 1;
     }
-    for (int i = 0; i < n; i++) check_layout(world, l[i].spec, l[i].tp, l[i].pp, l[i].nmse_bound);
+    for (int i = 0; i < n; i++)
+        check_layout_ep(world, l[i].spec, l[i].tp, 0, l[i].pp, l[i].nmse_bound);
+    for (int i = 0; i < n_ep; i++)
+        check_layout_ep(world, le[i].spec, le[i].tp, le[i].ep, le[i].pp, le[i].nmse_bound);
     tsr_comm_free(world);
     return 0;
+}
+
+static inline int shard_main(const struct layout *l, int n)
+{
+    return shard_main_ep(l, n, NULL, 0);
 }

@@ -330,8 +330,8 @@ static void test_quantize_experts(void **state)
     tsr_model_free(m);
 }
 
-/* tp or pp > 1 is refused by name before any weight is read (expert parallelism is not here; a
- * stage's experts sliced like the dense MLP is not either). */
+/* Sharded, a mixture-of-experts runner needs the plan's communicators: without them it is refused
+ * by name before any weight is read (tests/mpi/test_moe_ep_np*.c run the layouts themselves). */
 static void test_sharded_refused(void **state)
 {
     (void)state;
@@ -339,18 +339,21 @@ static void test_sharded_refused(void **state)
     assert_int_equal(tsr_model_open("synthetic:mixtral-tiny", &m), 0);
     tsr_backend_t *b = tsr_backend_cpu_new(1);
     struct tsr_runner_opts o = {.n_blocks = 2, .block_size = 16, .max_tokens = 4};
-    for (int tp = 1; tp <= 2; tp++) {
+    static const struct {
+        int tp, ep, pp;
+        const char *want;
+    } cases[] = {{1, 1, 2, "a 1x2 plan (ep 1) needs its world and TP communicators"},
+                 {2, 2, 1, "a 2x1 plan (ep 2) needs its world and TP communicators"},
+                 {1, 2, 1, "a 1x1 plan (ep 2) needs its world, TP and EP communicators"}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         struct tsr_shard_plan p;
-        assert_int_equal(tsr_shard_plan_make(tsr_model_config(m), tp, 3 - tp, 4, 4, &p), 0);
+        assert_int_equal(tsr_shard_plan_make_ep(tsr_model_config(m), cases[i].tp, cases[i].ep,
+                                                cases[i].pp, 4, 4, &p),
+                         0);
         struct tsr_runner_shard sh = {.plan = &p};
         tsr_runner_t *r = NULL;
-        assert_int_equal(tsr_runner_new(m, b, &o, &sh, &r), TSR_EUNSUPPORTED);
-        char want[128];
-        snprintf(want, sizeof want,
-                 "mixtral has 8 experts: mixture-of-experts models run on one rank for now (tp = "
-                 "pp = 1), not on a %dx%d plan",
-                 tp, 3 - tp);
-        assert_string_equal(tsr_last_error(), want);
+        assert_int_equal(tsr_runner_new(m, b, &o, &sh, &r), TSR_EINVAL);
+        assert_string_equal(tsr_last_error(), cases[i].want);
         assert_null(r);
         tsr_shard_plan_free(&p);
     }
