@@ -31,7 +31,7 @@
  * are under 0.01% of a model). KV bytes per token of a rank = 2 (K and V) * its layers * its KV
  * heads * head_dim * KV bytes per element.
  *
- * Mixture of experts (planned, not run yet). Expert parallelism: the ep ranks of a stage are
+ * Mixture of experts. Expert parallelism: the ep ranks of a stage are
  * ep / tp attention groups of tp ranks (rank = pp_stage * ep + dp_rank * tp + tp_rank). Attention,
  * dense layers, the shared expert, embeddings and head are tp-sharded within each group exactly as
  * above (the groups are copies: data-parallel attention, each serving its own sequences); the
@@ -41,6 +41,10 @@
  * node for the all-reduces as today, and lets EP grow across nodes the way DeepSeek V3 is served
  * (EP over many nodes, DP attention) and SGLang/vLLM run it (--enable-dp-attention, EP = TP x DP);
  * ep = tp (one attention group) is vLLM's "EP = TP size" inside a node. A dense model has ep = tp.
+ * What runs (worker/forward.h, kernels/moe_ep.h): this layout on the CPU backend over MPI, every
+ * rank loading only its experts, with the ep / tp attention groups of a stage all running the
+ * leader's one batch (attention replicated over the groups); groups serving sequences of their
+ * own (data-parallel attention) and GPU experts are planned, not run yet.
  * The cluster plan picks the fewest GPUs per replica, then the fewest stages (see
  * tsr_cluster_plan_make). Stacked expert tensors are listed as llama.cpp stores them, one slice
  * per tensor per layer, not one per expert: ffn_{gate,up}_exps are (n_expert * moe_ffn rows, dim),
