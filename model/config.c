@@ -271,7 +271,7 @@ static int json_rope_scaling(json_t *rs, int yarn_ok, struct tsr_model_config *c
     return 0;
 }
 
-/* Families of config.json: all run but latent attention (MLA), which is read for planning only. */
+/* Families of config.json. */
 enum family { FAM_NONE, FAM_DENSE, FAM_MIXTRAL, FAM_QWEN_MOE, FAM_DEEPSEEK };
 
 /* An optional size: missing or null → 0; else as json_int (0 is an error). */
@@ -541,8 +541,7 @@ static int config_from_root(json_t *root, const char *path, struct tsr_model_con
     if (fam == FAM_NONE) {
         rc = tsr_errorf(TSR_EUNSUPPORTED,
                         "%s: model_type '%.64s' is not supported (llama, mistral, qwen2, mixtral, "
-                        "qwen2_moe, qwen3_moe, deepseek_v2, deepseek_v3, kimi_k2; the last three "
-                        "with latent attention for planning only)",
+                        "qwen2_moe, qwen3_moe, deepseek_v2, deepseek_v3, kimi_k2)",
                         path, mt);
         goto out;
     }
@@ -575,7 +574,10 @@ static int config_from_root(json_t *root, const char *path, struct tsr_model_con
     if ((rc = json_float(root, "rms_norm_eps", 1e-5f, &c->norm_eps, path)) ||
         (rc = json_float(root, "rope_theta", 10000.0f, &c->rope_theta, path)))
         goto out;
-    c->rope_neox = 1; /* HF checkpoints keep q/k in rotate-half order */
+    /* HF checkpoints keep q/k in rotate-half order; DeepSeek's MLA code first interleaves its
+     * RoPE parts (view(d/2, 2).transpose: pairs (2i, 2i+1) become (i, i + d/2)) and rotates
+     * halves, which is rotating adjacent pairs in place (the scores are the same) */
+    c->rope_neox = c->kv_lora_rank == 0;
     json_t *tie = json_object_get(root, "tie_word_embeddings");
     if (tie && !json_is_boolean(tie) && !json_is_null(tie)) {
         rc = tsr_errorf(TSR_EFORMAT, "%s: \"tie_word_embeddings\" must be true or false", path);
@@ -662,11 +664,6 @@ static int validate_moe_mla(const struct tsr_model_config *c)
 
 int tsr_config_check_runnable(const struct tsr_model_config *c, const char *name)
 {
-    if (c->kv_lora_rank > 0)
-        return tsr_errorf(TSR_EUNSUPPORTED,
-                          "%s: %s uses multi-head latent attention: such models can be planned "
-                          "(tessera plan) but not run yet",
-                          name, c->arch);
     if (c->rope_scaling == TSR_ROPE_YARN)
         return tsr_errorf(TSR_EUNSUPPORTED,
                           "%s: YaRN rope scaling can be planned (tessera plan) but not run yet",
@@ -749,11 +746,28 @@ int tsr_config_validate(const struct tsr_model_config *c)
     return 0;
 }
 
+int tsr_config_rope_dim(const struct tsr_model_config *c)
+{
+    return c->kv_lora_rank > 0 ? c->qk_rope_head_dim : c->head_dim;
+}
+
+int tsr_config_kv_rows(const struct tsr_model_config *c, int n_kv_head, int *heads, int *width)
+{
+    if (c->kv_lora_rank > 0) {
+        *heads = 1;
+        *width = c->kv_lora_rank + c->qk_rope_head_dim;
+        return 1;
+    }
+    *heads = n_kv_head;
+    *width = c->head_dim;
+    return 2;
+}
+
 void tsr_rope_inv_freq(const struct tsr_model_config *c, const float *freq_factors, float *out)
 {
-    int half = c->head_dim / 2;
+    int dim = tsr_config_rope_dim(c), half = dim / 2;
     for (int i = 0; i < half; i++) {
-        double f = pow((double)c->rope_theta, -2.0 * i / c->head_dim);
+        double f = pow((double)c->rope_theta, -2.0 * i / dim);
         if (c->rope_scaling == TSR_ROPE_LINEAR) {
             f /= c->rope_factor;
         } else if (c->rope_scaling == TSR_ROPE_LLAMA3) {

@@ -54,8 +54,9 @@ struct tsr_runner_shard {
 };
 
 /* Uploads the weights to the backend, checking every tensor's shape against the config, and
- * allocates the caches. Mixture-of-experts models need a backend with tsr_backend_can_moe()
- * and run on one rank (shard NULL or a 1x1 plan): TSR_EUNSUPPORTED otherwise. With shard (NULL: the
+ * allocates the caches. Mixture-of-experts models need a backend with tsr_backend_can_moe(),
+ * multi-head latent attention one with tsr_backend_can_mla() and an f32 or bf16 cache; both run
+ * on one rank (shard NULL or a 1x1 plan): TSR_EUNSUPPORTED otherwise. With shard (NULL: the
  * whole model) it reads only this rank's slices: row ranges are used in place in the mapping,
  * column ranges are packed into memory of its own, a synthetic model's slices are generated
  * (tsr_model_read), one tensor at a time; on a device backend the host copies are freed once

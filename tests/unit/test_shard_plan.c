@@ -832,7 +832,7 @@ static void test_units(void **state)
     assert_string_equal(tsr_plan_format_size(2 * 998471127040.0, buf, sizeof buf), "1.8 TiB");
 }
 
-/* ---- Mixture of experts and multi-head latent attention (planned, not run) ---- */
+/* ---- Mixture of experts and multi-head latent attention ---- */
 
 /* The DeepSeek V3 shape (Kimi K2 differs in heads, experts, vocabulary, dense layers), for the
  * hand arithmetic below; written from the published shapes, not from the code under test. */
@@ -1140,7 +1140,7 @@ static void test_moe_config(void **state)
     assert_int_equal(c.n_expert, 8);
     assert_int_equal(c.moe_ffn_dim, 32);
     assert_int_equal(c.shared_ffn_dim, 0);
-    /* Experts on standard attention run (tests/unit/test_moe.c); MLA below does not. */
+    /* Experts on standard attention run (tests/unit/test_moe.c); MLA below too. */
     assert_int_equal(tsr_config_check_runnable(&c, "m"), 0);
     assert_int_equal(cfg(MOE(",\"model_type\":\"qwen2_moe\","
                              "\"shared_expert_intermediate_size\":64"),
@@ -1159,11 +1159,10 @@ static void test_moe_config(void **state)
     assert_null(tsr_rank_plan_find(&sp.ranks[1], "blk.1.attn_q_a.weight"));
     assert_true(sp.n_params == tsr_config_n_params(&c));
     tsr_shard_plan_free(&sp);
-    assert_int_equal(tsr_config_check_runnable(&c, "m"), TSR_EUNSUPPORTED);
-    c.n_expert = c.n_expert_used = c.moe_ffn_dim = c.shared_ffn_dim = c.n_dense_layer = 0;
-    assert_int_equal(tsr_config_check_runnable(&c, "m"), TSR_EUNSUPPORTED);
-    assert_string_equal(tsr_last_error(), "m: deepseek_v3 uses multi-head latent attention: such "
-                                          "models can be planned (tessera plan) but not run yet");
+    /* MLA runs (tests/unit/test_mla.c); its RoPE turns adjacent pairs of qk_rope_head_dim */
+    assert_int_equal(tsr_config_check_runnable(&c, "m"), 0);
+    assert_int_equal(c.rope_neox, 0);
+    assert_int_equal(tsr_config_rope_dim(&c), c.qk_rope_head_dim);
 
     /* Malformed */
     expect_cfg(MOE(",\"num_experts_per_tok\":9"), TSR_EFORMAT,
