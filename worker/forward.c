@@ -692,7 +692,8 @@ int tsr_runner_new(tsr_model_t *m, tsr_backend_t *b, const struct tsr_runner_opt
     }
     tsr_rope_inv_freq(c, factors, inv);
     /* MLA attends over its latent rows: one KV head of kv_lora_rank + qk_rope_head_dim, scaled
-     * by the query/key width (c->head_dim, qk_nope + qk_rope) as Hugging Face's softmax_scale */
+     * by the query/key width (c->head_dim, qk_nope + qk_rope) as Hugging Face's softmax_scale
+     * (and YaRN's mscale) */
     int kv_heads, kv_width;
     tsr_config_kv_rows(c, r->n_kv_head, &kv_heads, &kv_width);
     r->shape = (struct tsr_attn_shape){.n_head = r->n_head,
@@ -700,7 +701,7 @@ int tsr_runner_new(tsr_model_t *m, tsr_backend_t *b, const struct tsr_runner_opt
                                        .head_dim = kv_width,
                                        .block_size = o->block_size,
                                        .neox = c->rope_neox,
-                                       .scale = 1.0f / sqrtf((float)c->head_dim),
+                                       .scale = tsr_config_attn_scale(c),
                                        .kv_type = o->kv_type,
                                        .inv_freq = tsr_buf_alloc(b, (size_t)half * sizeof *inv)};
     rc = r->shape.inv_freq ? tsr_buf_set(r->shape.inv_freq, 0, inv, (size_t)half * sizeof *inv)

@@ -12,6 +12,10 @@ DeepseekV3Attention.forward and apply_rotary_pos_emb):
              x * cos + rotate_half(x) * sin with cos/sin of cat(freqs, freqs)
   scores   = cat(q_nope, q_pe) . cat(k_nope, k_pe) * (qk_nope + qk_rope)^-0.5, causal softmax
   out      = o_proj(softmax . v)
+  YaRN     = DeepseekV3YarnRotaryEmbedding: inverse frequencies ramped between base^(-2i/d) /
+             factor and base^(-2i/d) over yarn_find_correction_range(beta_fast, beta_slow),
+             cos and sin times mscale / mscale_all_dim's, and the softmax scale times
+             yarn_get_mscale(factor, mscale_all_dim)^2
 
 The expanded form above is the reference; tessera computes the absorbed one (kernels/backend.h
 tsr_op_mla_attention), so the golden checks that the two agree too.
@@ -22,7 +26,9 @@ mla_tiny_<name>_logits.bin: the logits of every position of a 24-token prompt, t
 
   deepseek_v3  q_lora_rank 32, kv_lora_rank 32, qk_nope 16, qk_rope 8, v_head_dim 24; first layer
                dense, two MoE layers with DeepSeek V3's routing (sigmoid, correction bias, 4
-               groups of 2, best 2 groups, top-2 renormalised, x 2.5) and a shared expert
+               groups of 2, best 2 groups, top-2 renormalised, x 2.5) and a shared expert; YaRN
+               as V3's (factor 4, original context 64 so that the ramp falls inside the 4
+               frequencies, beta 32/1, mscale = mscale_all_dim = 1)
   deepseek_v2  no q_lora_rank (q_proj), kv_lora_rank 32, qk_nope 8, qk_rope 16, v_head_dim 16;
                first layer dense, one MoE layer with V2's routing (softmax, top-2, not
                renormalised)
@@ -30,6 +36,7 @@ mla_tiny_<name>_logits.bin: the logits of every position of a 24-token prompt, t
     python3 tests/reference/make_mla_golden.py   # numpy
 """
 import json
+import math
 import os
 import shutil
 import sys
@@ -51,7 +58,11 @@ MODELS = {
                                 "architectures": ["DeepseekV3ForCausalLM"],
                                 "n_group": 4, "topk_group": 2, "topk_method": "noaux_tc",
                                 "scoring_func": "sigmoid", "norm_topk_prob": True,
-                                "routed_scaling_factor": 2.5}),
+                                "routed_scaling_factor": 2.5,
+                                "rope_scaling": {"type": "yarn", "factor": 4.0,
+                                                 "original_max_position_embeddings": 64,
+                                                 "beta_fast": 32, "beta_slow": 1, "mscale": 1.0,
+                                                 "mscale_all_dim": 1.0}}),
     "deepseek_v2": dict(layers=2, dense=1, q_lora=None, kv_lora=32, nope=8, rope=16, v=16,
                         k=2, softmax=True, norm=False, groups=0, topk_group=0, scale=1.0,
                         bias=False, shared=MOE_FFN,
@@ -109,13 +120,37 @@ def rotate_half(x):
     return np.concatenate([-x[..., half:], x[..., :half]], -1)
 
 
-def apply_rotary_pos_emb(x, pos):
+def yarn_get_mscale(scale=1, mscale=1):
+    return 1.0 if scale <= 1 else 0.1 * mscale * math.log(scale) + 1.0
+
+
+def rotary(d, rs):
+    """DeepseekV3RotaryEmbedding's inverse frequencies (or the YaRN one's) and cos/sin factor."""
+    extra = 1.0 / THETA ** (np.arange(0, d, 2, dtype=np.float64) / d)
+    if not rs:
+        return extra, 1.0
+    f, orig = rs["factor"], rs.get("original_max_position_embeddings", 4096)
+
+    def corr_dim(rot):  # yarn_find_correction_dim
+        return d * math.log(orig / (rot * 2 * math.pi)) / (2 * math.log(THETA))
+
+    low = max(math.floor(corr_dim(rs.get("beta_fast", 32))), 0)
+    high = min(math.ceil(corr_dim(rs.get("beta_slow", 1))), d - 1)
+    if low == high:
+        high += 0.001
+    ramp = np.clip((np.arange(d // 2, dtype=np.float64) - low) / (high - low), 0, 1)
+    mask = 1.0 - ramp
+    inv = extra / f * (1 - mask) + extra * mask
+    return inv, yarn_get_mscale(f, rs.get("mscale", 1)) / yarn_get_mscale(f, rs.get("mscale_all_dim", 0))
+
+
+def apply_rotary_pos_emb(x, pos, rs):
     """HF DeepSeek-V3's apply_rotary_pos_emb on x (T, heads, d): the interleave, then RoPE."""
     T, h, d = x.shape
-    inv = 1.0 / THETA ** (np.arange(0, d, 2, dtype=np.float64) / d)
+    inv, m = rotary(d, rs)
     freqs = pos[:, None] * inv[None, :]
     emb = np.concatenate([freqs, freqs], -1)
-    cos, sin = np.cos(emb)[:, None, :], np.sin(emb)[:, None, :]
+    cos, sin = np.cos(emb)[:, None, :] * m, np.sin(emb)[:, None, :] * m
     x = x.reshape(T, h, d // 2, 2).transpose(0, 1, 3, 2).reshape(T, h, d)
     return x * cos + rotate_half(x) * sin
 
@@ -134,10 +169,13 @@ def attention(spec, W, a, h, pos):
     kv = (rmsnorm(c, W[a + "kv_a_layernorm.weight"]) @ W[a + "kv_b_proj.weight"].T)
     kv = kv.reshape(T, NH, nope + v)
     k_nope, val = kv[..., :nope], kv[..., nope:]
-    q_pe, k_pe = apply_rotary_pos_emb(q_pe, pos), apply_rotary_pos_emb(k_pe, pos)
+    rs = spec["config"].get("rope_scaling")
+    q_pe, k_pe = apply_rotary_pos_emb(q_pe, pos, rs), apply_rotary_pos_emb(k_pe, pos, rs)
     qs = np.concatenate([q_nope, q_pe], -1)
     ks = np.concatenate([k_nope, np.broadcast_to(k_pe, (T, NH, rope))], -1)
     scale = (nope + rope) ** -0.5
+    if rs and rs.get("mscale_all_dim"):
+        scale *= yarn_get_mscale(rs["factor"], rs["mscale_all_dim"]) ** 2
     att = np.zeros((T, NH, v))
     for hh in range(NH):
         sc = qs[:, hh] @ ks[:, hh].T * scale

@@ -1,6 +1,7 @@
 /* Multi-head latent attention (DeepSeek V2/V3, Kimi K2) on the CPU: two tiny Hugging Face
- * models (tests/reference/make_mla_golden.py: DeepSeek V3 with q_lora_rank and V3's routing,
- * DeepSeek V2 with a plain q_proj and V2's routing; a dense first layer, then MoE layers)
+ * models (tests/reference/make_mla_golden.py: DeepSeek V3 with q_lora_rank, V3's routing and
+ * V3's YaRN, DeepSeek V2 with a plain q_proj and V2's routing; a dense first layer, then MoE
+ * layers)
  * against their float64 forward written from Hugging Face's expanded attention, while tessera
  * computes the absorbed form over a cache of latent rows: every logit of a 24-token prompt in one
  * step (NMSE within f32 rounding, 1e-10 as test_moe, and the argmax wherever the reference's

@@ -871,6 +871,11 @@ static void test_moe_kimi_deepseek(void **state)
     assert_int_equal(k.kv_lora_rank, 512);
     assert_int_equal(k.head_dim, 192);
     assert_int_equal(k.rope_scaling, TSR_ROPE_YARN);
+    /* DeepSeek's YaRN runs: the softmax scale takes yarn_get_mscale(32, 1)^2 */
+    assert_int_equal(tsr_config_check_runnable(&k, "k"), 0);
+    assert_int_equal(k.rope_orig_ctx, 4096);
+    assert_float_equal(k.rope_mscale_all_dim, 1.0, 0);
+    assert_float_equal(tsr_config_attn_scale(&k), pow(0.1 * log(32.0) + 1, 2) / sqrt(192.0), 1e-7);
     /* Kimi K2, per layer:
      *   MLA: q_a 7168*1536 = 11,010,048 + q_a_norm 1536 + q_b 1536*64*192 = 18,874,368
      *        + kv_a 7168*576 = 4,128,768 + kv_a_norm 512 + kv_b 512*64*256 = 8,388,608
@@ -1197,6 +1202,19 @@ static void test_moe_config(void **state)
     expect_cfg(MLA(",\"moe_layer_freq\":2"), TSR_EUNSUPPORTED, NULL);
     expect_cfg(MLA(",\"rope_scaling\":{\"type\":\"yarn\"}"), TSR_EFORMAT,
                "c.json: rope_scaling 'yarn' needs a number \"factor\"");
+    /* yarn with mscale other than mscale_all_dim would scale cos and sin: refused to run */
+    struct tsr_model_config y;
+    assert_int_equal(cfg(MLA(",\"rope_scaling\":{\"type\":\"yarn\",\"factor\":4,"
+                             "\"mscale\":0.7}"),
+                         &y),
+                     0);
+    assert_int_equal(tsr_config_check_runnable(&y, "m"), TSR_EUNSUPPORTED);
+    assert_string_equal(tsr_last_error(), "m: YaRN with mscale 0.7 and mscale_all_dim 0 scales "
+                                          "RoPE's cos and sin, which tessera does not compute "
+                                          "(they are equal in DeepSeek V2/V3 and Kimi K2)");
+    /* Qwen's YaRN is another computation: planned, not run */
+    assert_int_equal(cfg(MOE(",\"rope_scaling\":{\"type\":\"yarn\",\"factor\":4}"), &y), 0);
+    assert_int_equal(tsr_config_check_runnable(&y, "m"), TSR_EUNSUPPORTED);
     /* yarn stays refused for dense models; experts on a dense model_type stay refused */
     expect_cfg("{\"num_hidden_layers\":2,\"hidden_size\":64,\"intermediate_size\":128,"
                "\"num_attention_heads\":4,\"vocab_size\":100,\"max_position_embeddings\":64,"
