@@ -3,9 +3,9 @@
  * Hugging Face config.json, and the RoPE frequencies it implies. config.json of
  * mixture-of-experts (Mixtral, Qwen2/Qwen3-MoE, DeepSeek V2/V3, Kimi K2) and multi-head latent
  * attention (DeepSeek, Kimi K2) models is read too. Mixture-of-experts models and MLA run (on
- * the CPU, one rank); YaRN is read for `tessera plan` only: opening such a model to run it is
- * refused (tsr_config_check_runnable). A DeepSeek config without kv_lora_rank (and without the
- * other MLA sizes) is read as standard attention. */
+ * the CPU, one rank), and DeepSeek's YaRN; another family's YaRN is read for `tessera plan`
+ * only: opening such a model to run it is refused (tsr_config_check_runnable). A DeepSeek config
+ * without kv_lora_rank (and without the other MLA sizes) is read as standard attention. */
 #ifndef TSR_MODEL_CONFIG_H
 #define TSR_MODEL_CONFIG_H
 

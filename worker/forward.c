@@ -348,7 +348,16 @@ static int load_f32(tsr_runner_t *r, tsr_model_t *m, const char *name, int64_t r
         tsr_dequantize_row(w->type, raw + (size_t)i * rb, f + (size_t)i * cols, cols);
     free(raw);
     if (rc) return rc;
+    const void *old = tsr_buf_host(w->buf);
     tsr_buf_free(w->buf);
+    struct packed **p = &r->packed; /* the copy load made, if any (a generated or packed slice) */
+    while (*p && (*p)->data != old) p = &(*p)->next;
+    if (*p) {
+        struct packed *dead = *p;
+        *p = dead->next;
+        free(dead->data);
+        free(dead);
+    }
     if (!(w->buf = tsr_buf_weights(r->b, f, n * sizeof *f))) return TSR_ENOMEM;
     r->weight_bytes += n * sizeof *f - rb * (size_t)rows;
     w->type = TSR_F32;

@@ -1111,8 +1111,8 @@ static void test_moe_not_fit_and_errors(void **state)
     expect_error(&m, 6, 1, "tp=6 does not divide 8 experts");
 }
 
-/* config.json of MoE / MLA models: read for planning, MLA refused for running, malformed ones
- * named. */
+/* config.json of MoE / MLA models: read for planning and running (YaRN with cos/sin scaling and
+ * outside DeepSeek refused for running), malformed ones named. */
 static int cfg(const char *json, struct tsr_model_config *c)
 {
     return tsr_config_from_json_text(json, strlen(json), "c.json", c);
