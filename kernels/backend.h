@@ -7,7 +7,8 @@
  * - A weight matrix has `rows` rows of `cols` contiguous elements (GGUF ne[0] = cols,
  *   ne[1] = rows; safetensors shape [rows, cols]). matmul computes y = x · Wᵀ, so cols is the
  *   input width and rows the output width.
- * - The paged KV cache of one layer is two buffers K and V of n_slots rows, one per cache slot;
+ * - The paged KV cache of one layer is two buffers K and V of n_slots rows, one per cache slot
+ *   (multi-head latent attention: one buffer of latent rows, tsr_op_mla_attention);
  *   slot = block * block_size + (pos % block_size), the block coming from the sequence's block
  *   table. A row holds the slot's n_kv_head heads of head_dim elements of tsr_attn_shape.kv_type
  *   ([n_kv_head][head_dim]), and is tsr_kv_row_bytes() long:

@@ -1,15 +1,15 @@
 /* Multi-head latent attention (DeepSeek V2/V3, Kimi K2) on the CPU: two tiny Hugging Face
  * models (tests/reference/make_mla_golden.py: DeepSeek V3 with q_lora_rank, V3's routing and
- * V3's YaRN, DeepSeek V2 with a plain q_proj and V2's routing; a dense first layer, then MoE
- * layers)
- * against their float64 forward written from Hugging Face's expanded attention, while tessera
- * computes the absorbed form over a cache of latent rows: every logit of a 24-token prompt in one
- * step (NMSE within f32 rounding, 1e-10 as test_moe, and the argmax wherever the reference's
- * margin exceeds 1e-3); the same prompt as a prefill then one token a step through the paged
- * cache, against the same golden; greedy decoding through the cache equal to the teacher-forced
- * argmax of the sequence it made; a bf16 cache (close, not equal). Then the cache's size (one
- * latent row a position, all heads) and what is refused: tp or pp > 1, a backend without the op
- * (CUDA's case), an FP8 cache. synthetic:deepseek-tiny (prefill vs decode steps) is in
+ * V3's YaRN; DeepSeek V2 with a plain q_proj and V2's routing; a dense first layer, then MoE
+ * layers) against their float64 forward written from Hugging Face's expanded attention, while
+ * tessera computes the absorbed form over a cache of latent rows: every logit of a 24-token
+ * prompt in one step (NMSE within f32 rounding, 1e-10 as test_moe, and the argmax wherever the
+ * reference's margin exceeds 1e-3); the same prompt as a prefill then one token a step through
+ * the paged cache, against the same golden; greedy decoding through the cache equal to the
+ * teacher-forced argmax of the sequence it made; a bf16 cache (close, not equal); two sequences
+ * in every step, each in its own blocks; --quantize q8_0 (kv_b widened). Then the cache's size
+ * (one latent row a position, all heads) and what is refused: tp or pp > 1, a backend without
+ * the op (CUDA's case), an FP8 cache. synthetic:deepseek-tiny (prefill vs decode steps) is in
  * test_moe's test_synthetic. */
 #include <jansson.h>
 #include <math.h>
@@ -221,6 +221,65 @@ static void test_golden_deepseek_v2(void **state)
     check_golden("deepseek_v2");
 }
 
+/* Two sequences in every step, each with its own blocks of the latent cache: A, the golden's
+ * prompt (a prefill of PREFIX, then a token a step), and B (6 tokens, then a token a step, 20 in
+ * all) beside it. A's logits are the golden's; B's those of B alone in one step. */
+static void test_batched(void **state)
+{
+    (void)state;
+    enum { B0 = 6, NB = 20 };
+    struct golden g;
+    golden_load("deepseek_v2", &g);
+    tsr_model_t *m;
+    assert_int_equal(tsr_model_open(REF("mla_tiny_deepseek_v2"), &m), 0);
+    tsr_backend_t *b = tsr_backend_cpu_new(1);
+    int V = g.V, steps = g.n - PREFIX + 1;
+    int32_t idb[NB], ids[PREFIX + B0], pos[PREFIX + B0], seq[PREFIX + B0], rows[PREFIX + B0];
+    int32_t bt[4] = {3, 1, 0, 2}; /* A: blocks 3, 1; B: 0, 2 */
+    for (int i = 0; i < NB; i++) idb[i] = (int32_t)(7 + 31 * i) % V;
+    float *a = malloc(sizeof(float) * (size_t)g.n * V), *bb = malloc(sizeof(float) * NB * V);
+    float *out = malloc(sizeof(float) * (PREFIX + B0) * V), *solo = malloc(sizeof(float) * NB * V);
+    tsr_runner_t *r = runner(m, b, TSR_F32, PREFIX + B0);
+    for (int k = 0; k < steps; k++) {
+        int na = k ? 1 : PREFIX, nb = k ? 1 : B0, a0 = k ? PREFIX + k - 1 : 0,
+            b0 = k ? B0 + k - 1 : 0;
+        for (int i = 0; i < na + nb; i++) {
+            int isb = i >= na, p = isb ? b0 + i - na : a0 + i;
+            ids[i] = isb ? idb[p] : g.ids[p], pos[i] = p, seq[i] = isb, rows[i] = i;
+        }
+        struct tsr_step st = {.n_tokens = na + nb,
+                              .ids = ids,
+                              .pos = pos,
+                              .seq = seq,
+                              .n_seqs = 2,
+                              .max_blocks = 2,
+                              .block_tables = bt,
+                              .n_out = na + nb,
+                              .out_rows = rows};
+        if (tsr_runner_forward(r, &st, out)) fail_msg("%s", tsr_last_error());
+        memcpy(a + (size_t)a0 * V, out, sizeof(float) * na * V);
+        memcpy(bb + (size_t)b0 * V, out + (size_t)na * V, sizeof(float) * nb * V);
+    }
+    tsr_runner_free(r);
+    int checked;
+    double na = compare(&g, a, &checked);
+    r = runner(m, b, TSR_F32, NB);
+    struct tsr_step st = tsr_test_step(idb, 0, NB, 2);
+    if (tsr_runner_forward(r, &st, solo)) fail_msg("%s", tsr_last_error());
+    double worst = 0;
+    for (int i = 0; i < NB * V; i++)
+        worst = fabs((double)bb[i] - solo[i]) > worst ? fabs((double)bb[i] - solo[i]) : worst;
+    printf("two sequences a step: A vs float64 NMSE %.3g (argmax at %d), B vs B alone max |diff| "
+           "%.2g\n",
+           na, checked, worst);
+    assert_true(na <= NMSE && checked >= g.n - 1 && worst <= 1e-4);
+    tsr_runner_free(r);
+    tsr_backend_free(b);
+    tsr_model_free(m);
+    free(a), free(bb), free(out), free(solo);
+    golden_free(&g);
+}
+
 /* --quantize reaches MLA's matrices; kv_b, read as f32 by the op, is widened from its Q8_0
  * blocks: the logits stay near the golden, as far as Q8_0 rounding takes them (on this model
  * Q8_0 emulated in numpy, absmax scales, moves them by NMSE 0.056, 0.030 with kv_b left f32:
@@ -306,6 +365,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_golden_deepseek_v3), cmocka_unit_test(test_golden_deepseek_v2),
-        cmocka_unit_test(test_quantized), cmocka_unit_test(test_refused)};
+        cmocka_unit_test(test_batched), cmocka_unit_test(test_quantized),
+        cmocka_unit_test(test_refused)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
