@@ -31,11 +31,11 @@ struct layer {
     struct tsr_weight wq_b;           /* (n_head*head_dim, q_lora_rank) */
     struct tsr_weight wkv_a;          /* (kv_lora_rank + qk_rope_head_dim, dim) */
     struct tsr_weight kv_a_norm;      /* (kv_lora_rank) */
-    struct tsr_weight wkv_b;        /* (n_head*(qk_nope_head_dim + v_head_dim), kv_lora_rank) f32 */
-    struct tsr_mla mla;             /* the op's view of the above */
-    struct tsr_weight ffn_norm;     /* (dim) */
-    struct tsr_weight w_gate, w_up; /* (ffn_dim, dim) */
-    struct tsr_weight w_down;       /* (dim, ffn_dim) */
+    struct tsr_weight wkv_b;          /* (n_head*(qk_nope + v_head_dim), kv_lora_rank) f32 */
+    struct tsr_mla mla;               /* the op's view of the above */
+    struct tsr_weight ffn_norm;       /* (dim) */
+    struct tsr_weight w_gate, w_up;   /* (ffn_dim, dim) */
+    struct tsr_weight w_down;         /* (dim, ffn_dim) */
     /* An expert layer (n_dense_layer and on) has these instead of w_gate, w_up, w_down. */
     struct tsr_weight router;                  /* (n_expert, dim) */
     struct tsr_weight *experts;                /* 3 n_expert: gates (moe_ffn, dim), ups, downs (dim,
