@@ -366,7 +366,9 @@ static int load_f32(tsr_runner_t *r, tsr_model_t *m, const char *name, int64_t r
 
 /* A layer's multi-head latent attention (llama.cpp's deepseek2 names, model/shard_plan.h):
  * the query's latent projection, norm and up-projection (or one projection without
- * q_lora_rank), kv_a with its norm, kv_b (f32: tsr_op_mla_attention reads it) and the output. */
+ * q_lora_rank), kv_a with its norm, kv_b (f32: tsr_op_mla_attention reads it) and the output.
+ * The two latent norms take eps 1e-6 whatever rms_norm_eps says, as Hugging Face's DeepSeek code
+ * builds them (DeepseekV3RMSNorm(rank): its default; every released config says 1e-6 too). */
 static int load_mla(tsr_runner_t *r, tsr_model_t *m, int l, struct layer *L)
 {
     const struct tsr_model_config *c = &r->cfg;
@@ -397,7 +399,7 @@ static int load_mla(tsr_runner_t *r, tsr_model_t *m, int l, struct layer *L)
                               .v_dim = (int)v,
                               .kv_norm = &L->kv_a_norm,
                               .kv_b = &L->wkv_b,
-                              .eps = c->norm_eps};
+                              .eps = 1e-6f};
     return 0;
 }
 
@@ -956,7 +958,7 @@ static int mla_attention(tsr_runner_t *r, struct layer *L, const struct tsr_batc
     const struct tsr_weight *w[2] = {&L->wkv_a, lora ? &L->wq_a : &L->wq}, *bias[2] = {NULL, NULL};
     TRY(tsr_op_matmul_many(b, 2, y, w, bias, r->xn, T));
     if (lora) {
-        TRY(tsr_op_rmsnorm(b, r->v, r->v, &L->q_a_norm, T, c->q_lora_rank, c->norm_eps));
+        TRY(tsr_op_rmsnorm(b, r->v, r->v, &L->q_a_norm, T, c->q_lora_rank, L->mla.eps));
         TRY(tsr_op_matmul(b, r->q, &L->wq_b, r->v, NULL, T));
     }
     return tsr_op_mla_attention(b, r->att, r->q, r->k, L->k_cache, &L->mla, &r->shape, meta);

@@ -3,7 +3,8 @@
 forward, written from Hugging Face's DeepSeek-V3 modelling code (modeling_deepseek.py,
 DeepseekV3Attention.forward and apply_rotary_pos_emb):
 
-  q        = q_b_proj(q_a_layernorm(q_a_proj(h)))      (q_proj(h) when q_lora_rank is null)
+  q        = q_b_proj(q_a_layernorm(q_a_proj(h)))      (q_proj(h) when q_lora_rank is null;
+             q_a_layernorm and kv_a_layernorm are built without rms_norm_eps: eps 1e-6)
              viewed (T, heads, qk_nope + qk_rope), split into q_nope, q_pe
   c, k_pe  = kv_a_proj_with_mqa(h) split into kv_lora_rank and qk_rope (k_pe: one head, shared)
   k_nope,v = kv_b_proj(kv_a_layernorm(c)) viewed (T, heads, qk_nope + v_head_dim), split
@@ -49,6 +50,7 @@ from make_moe_golden import E, EPS, MOE_FFN, PROMPT_LEN, THETA, V, mlp, position
     route, write_safetensors  # noqa: E402
 
 DIM, NH, CTX = 64, 4, 256
+LATENT_EPS = 1e-6  # q_a_layernorm, kv_a_layernorm: DeepseekV3RMSNorm(rank), its default eps
 
 MODELS = {
     "deepseek_v3": dict(layers=3, dense=1, q_lora=32, kv_lora=32, nope=16, rope=8, v=24,
@@ -158,7 +160,7 @@ def apply_rotary_pos_emb(x, pos, rs):
 def attention(spec, W, a, h, pos):
     T, nope, rope, v, kr = len(h), spec["nope"], spec["rope"], spec["v"], spec["kv_lora"]
     if spec["q_lora"]:
-        q = rmsnorm(h @ W[a + "q_a_proj.weight"].T, W[a + "q_a_layernorm.weight"])
+        q = rmsnorm(h @ W[a + "q_a_proj.weight"].T, W[a + "q_a_layernorm.weight"], LATENT_EPS)
         q = q @ W[a + "q_b_proj.weight"].T
     else:
         q = h @ W[a + "q_proj.weight"].T
@@ -166,7 +168,7 @@ def attention(spec, W, a, h, pos):
     q_nope, q_pe = q[..., :nope], q[..., nope:]
     ckv = h @ W[a + "kv_a_proj_with_mqa.weight"].T
     c, k_pe = ckv[:, :kr], ckv[:, kr:].reshape(T, 1, rope)
-    kv = (rmsnorm(c, W[a + "kv_a_layernorm.weight"]) @ W[a + "kv_b_proj.weight"].T)
+    kv = rmsnorm(c, W[a + "kv_a_layernorm.weight"], LATENT_EPS) @ W[a + "kv_b_proj.weight"].T
     kv = kv.reshape(T, NH, nope + v)
     k_nope, val = kv[..., :nope], kv[..., nope:]
     rs = spec["config"].get("rope_scaling")

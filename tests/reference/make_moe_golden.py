@@ -205,8 +205,8 @@ def write_gguf(path, w, spec):
     out.close()
 
 
-def rmsnorm(x, wt):
-    return x / np.sqrt((x * x).mean(-1, keepdims=True) + EPS) * wt
+def rmsnorm(x, wt, eps=EPS):
+    return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * wt
 
 
 def rope(x, pos):  # rotate-half (Hugging Face layout): pairs (i, i + head_dim/2)
