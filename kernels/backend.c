@@ -327,6 +327,41 @@ int tsr_op_attention(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *q, tsr_buf_t *
     return rc ? rc : b->i->attention(b, out, q, kc, vc, s, m);
 }
 
+int tsr_backend_can_mla(const tsr_backend_t *b)
+{
+    return b->i->mla_attention != NULL;
+}
+
+int tsr_op_mla_attention(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *q, tsr_buf_t *kv,
+                         tsr_buf_t *cache, const struct tsr_mla *mla,
+                         const struct tsr_attn_shape *s, const struct tsr_batch_meta *m)
+{
+    if (!b->i->mla_attention)
+        return tsr_errorf(TSR_EUNSUPPORTED,
+                          "multi-head latent attention is not implemented on the %s backend yet",
+                          b->i->name);
+    if (s->kv_type != TSR_F32 && s->kv_type != TSR_BF16)
+        return tsr_errorf(TSR_EUNSUPPORTED,
+                          "multi-head latent attention: a %s KV cache is not supported (f32 or "
+                          "bf16)",
+                          tsr_dtype_name(s->kv_type));
+    int kr = mla->kv_lora_rank, rope = mla->qk_rope;
+    const struct tsr_weight *kb = mla->kv_b, *kn = mla->kv_norm;
+    if (kr <= 0 || rope <= 0 || rope % 2 || mla->qk_nope <= 0 || mla->v_dim <= 0 ||
+        s->n_kv_head != 1 || s->head_dim != kr + rope || kb->type != TSR_F32 ||
+        kb->rows != (int64_t)s->n_head * (mla->qk_nope + mla->v_dim) || kb->cols != kr ||
+        kn->type != TSR_F32 || kn->cols != kr)
+        return tsr_errorf(TSR_EINVAL,
+                          "mla_attention: inconsistent shape (kv_lora_rank %d, qk_nope %d, "
+                          "qk_rope %d, v %d; %d heads, %d kv heads of %d; kv_b %lld x %lld %s, "
+                          "norm %lld %s; both f32)",
+                          kr, mla->qk_nope, rope, mla->v_dim, s->n_head, s->n_kv_head, s->head_dim,
+                          (long long)kb->rows, (long long)kb->cols, tsr_dtype_name(kb->type),
+                          (long long)kn->cols, tsr_dtype_name(kn->type));
+    int rc = check_blocks(s, m, cache, cache);
+    return rc ? rc : b->i->mla_attention(b, out, q, kv, cache, mla, s, m);
+}
+
 int tsr_op_swiglu(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *gate, tsr_buf_t *up, int n,
                   int width)
 {

@@ -7,7 +7,8 @@
  * - A weight matrix has `rows` rows of `cols` contiguous elements (GGUF ne[0] = cols,
  *   ne[1] = rows; safetensors shape [rows, cols]). matmul computes y = x · Wᵀ, so cols is the
  *   input width and rows the output width.
- * - The paged KV cache of one layer is two buffers K and V of n_slots rows, one per cache slot;
+ * - The paged KV cache of one layer is two buffers K and V of n_slots rows, one per cache slot
+ *   (multi-head latent attention: one buffer of latent rows, tsr_op_mla_attention);
  *   slot = block * block_size + (pos % block_size), the block coming from the sequence's block
  *   table. A row holds the slot's n_kv_head heads of head_dim elements of tsr_attn_shape.kv_type
  *   ([n_kv_head][head_dim]), and is tsr_kv_row_bytes() long:
@@ -220,6 +221,31 @@ struct tsr_moe {
  * on the cuda backend yet"): tsr_backend_can_moe() is 0 there. */
 int tsr_backend_can_moe(const tsr_backend_t *b);
 int tsr_op_moe(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *x, const struct tsr_moe *moe, int n);
+/* Multi-head latent attention (DeepSeek V2/V3, Kimi K2) of one layer, in the absorbed form: the
+ * cache holds one row a position shared by every head, [c | k_pe]: the latent c
+ * (kv_lora_rank, kv_a_layernorm applied) and the rotated RoPE key k_pe (qk_rope), of
+ * tsr_kv_row_bytes(s->kv_type, 1, kv_lora_rank + qk_rope) bytes (f32 or bf16). kv_b
+ * (n_head * (qk_nope + v_dim), kv_lora_rank) holds each head's W_UK (its first qk_nope rows) and
+ * W_UV (the next v_dim). Per token and head, with q = [q_nope | q_pe]:
+ *   score(p) = ((W_UK^T q_nope) . c_p + rope(q_pe) . k_pe_p) * s->scale
+ *   out      = W_UV (sum_p softmax(score)_p c_p)
+ * which is Hugging Face's expanded attention (k_nope = W_UK c, v = W_UV c) regrouped. */
+struct tsr_mla {
+    int kv_lora_rank, qk_nope, qk_rope, v_dim;
+    const struct tsr_weight *kv_norm; /* f32 (kv_lora_rank): kv_a_layernorm */
+    const struct tsr_weight *kv_b;    /* f32 (n_head * (qk_nope + v_dim), kv_lora_rank) */
+    float eps;                        /* kv_a_layernorm's */
+};
+/* q [n][n_head * (qk_nope + qk_rope)] (q_b_proj's output), kv [n][kv_lora_rank + qk_rope]
+ * (kv_a_proj_with_mqa's: normed and rotated in place, then written to cache at meta->slot), out
+ * [n][n_head * v_dim]. s: n_head, n_kv_head 1, head_dim kv_lora_rank + qk_rope, RoPE (inv_freq
+ * qk_rope / 2 values, neox as for standard attention) on the qk_rope parts only, the scale,
+ * block_size and kv_type. TSR_EUNSUPPORTED on a backend without it (tsr_backend_can_mla() 0)
+ * and for an FP8 cache. */
+int tsr_backend_can_mla(const tsr_backend_t *b);
+int tsr_op_mla_attention(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *q, tsr_buf_t *kv,
+                         tsr_buf_t *cache, const struct tsr_mla *mla,
+                         const struct tsr_attn_shape *s, const struct tsr_batch_meta *m);
 /* Greedy sampling where the logits are: out[i] (host) = the index of the largest of row i of x
  * (n rows of width floats; the lowest index on ties). Only the n ids cross to the host. */
 int tsr_op_argmax(tsr_backend_t *b, tsr_buf_t *x, int n, int width, int32_t *out);

@@ -48,6 +48,10 @@ struct tsr_backend_iface {
                          int n);
     /* Optional (NULL: TSR_EUNSUPPORTED). Routing checked (tsr_moe_route's). */
     int (*moe)(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *x, const struct tsr_moe *moe, int n);
+    /* Optional (NULL: TSR_EUNSUPPORTED). Shapes, weights and blocks checked. */
+    int (*mla_attention)(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *q, tsr_buf_t *kv,
+                         tsr_buf_t *cache, const struct tsr_mla *mla,
+                         const struct tsr_attn_shape *s, const struct tsr_batch_meta *m);
     /* Graphs, optional (all NULL: tsr_backend_graphs() is 0). end gives the backend's handle. */
     int (*graph_begin)(tsr_backend_t *b);
     int (*graph_end)(tsr_backend_t *b, void **handle);

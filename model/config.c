@@ -249,7 +249,7 @@ static int json_rope_scaling(json_t *rs, int yarn_ok, struct tsr_model_config *c
         c->rope_scaling = TSR_ROPE_LLAMA3;
         n_need = 4;
     } else if (yarn_ok && !strcmp(t, "yarn")) {
-        c->rope_scaling = TSR_ROPE_YARN; /* planned only: positions do not change a plan */
+        c->rope_scaling = TSR_ROPE_YARN;
         n_need = 1;
     } else {
         return tsr_errorf(TSR_EUNSUPPORTED,
@@ -262,6 +262,15 @@ static int json_rope_scaling(json_t *rs, int yarn_ok, struct tsr_model_config *c
             return tsr_errorf(TSR_EFORMAT, "%s: rope_scaling '%s' needs a number \"%s\"", path, t,
                               need[i]);
     if ((rc = json_float(rs, "factor", 1.0f, &c->rope_factor, path))) return rc;
+    if (c->rope_scaling == TSR_ROPE_YARN) /* DeepSeek's defaults for what is absent */
+        return (rc = json_int(rs, "original_max_position_embeddings", 4096, &B_CTX,
+                              &c->rope_orig_ctx, path)) ||
+                       (rc = json_float(rs, "beta_fast", 32.0f, &c->rope_beta_fast, path)) ||
+                       (rc = json_float(rs, "beta_slow", 1.0f, &c->rope_beta_slow, path)) ||
+                       (rc = json_float(rs, "mscale", 1.0f, &c->rope_mscale, path)) ||
+                       (rc = json_float(rs, "mscale_all_dim", 0.0f, &c->rope_mscale_all_dim, path))
+                   ? rc
+                   : 0;
     if (c->rope_scaling != TSR_ROPE_LLAMA3) return 0;
     if ((rc = json_float(rs, "low_freq_factor", 1.0f, &c->rope_low_freq_factor, path)) ||
         (rc = json_float(rs, "high_freq_factor", 4.0f, &c->rope_high_freq_factor, path)) ||
@@ -271,7 +280,7 @@ static int json_rope_scaling(json_t *rs, int yarn_ok, struct tsr_model_config *c
     return 0;
 }
 
-/* Families of config.json: all run but latent attention (MLA), which is read for planning only. */
+/* Families of config.json. */
 enum family { FAM_NONE, FAM_DENSE, FAM_MIXTRAL, FAM_QWEN_MOE, FAM_DEEPSEEK };
 
 /* An optional size: missing or null → 0; else as json_int (0 is an error). */
@@ -541,8 +550,7 @@ static int config_from_root(json_t *root, const char *path, struct tsr_model_con
     if (fam == FAM_NONE) {
         rc = tsr_errorf(TSR_EUNSUPPORTED,
                         "%s: model_type '%.64s' is not supported (llama, mistral, qwen2, mixtral, "
-                        "qwen2_moe, qwen3_moe, deepseek_v2, deepseek_v3, kimi_k2; the last three "
-                        "with latent attention for planning only)",
+                        "qwen2_moe, qwen3_moe, deepseek_v2, deepseek_v3, kimi_k2)",
                         path, mt);
         goto out;
     }
@@ -575,7 +583,10 @@ static int config_from_root(json_t *root, const char *path, struct tsr_model_con
     if ((rc = json_float(root, "rms_norm_eps", 1e-5f, &c->norm_eps, path)) ||
         (rc = json_float(root, "rope_theta", 10000.0f, &c->rope_theta, path)))
         goto out;
-    c->rope_neox = 1; /* HF checkpoints keep q/k in rotate-half order */
+    /* HF checkpoints keep q/k in rotate-half order; DeepSeek's MLA code first interleaves its
+     * RoPE parts (view(d/2, 2).transpose: pairs (2i, 2i+1) become (i, i + d/2)) and rotates
+     * halves, which is rotating adjacent pairs in place (the scores are the same) */
+    c->rope_neox = c->kv_lora_rank == 0;
     json_t *tie = json_object_get(root, "tie_word_embeddings");
     if (tie && !json_is_boolean(tie) && !json_is_null(tie)) {
         rc = tsr_errorf(TSR_EFORMAT, "%s: \"tie_word_embeddings\" must be true or false", path);
@@ -662,15 +673,19 @@ static int validate_moe_mla(const struct tsr_model_config *c)
 
 int tsr_config_check_runnable(const struct tsr_model_config *c, const char *name)
 {
-    if (c->kv_lora_rank > 0)
+    int deepseek = !strncmp(c->arch, "deepseek", 8) || !strcmp(c->arch, "kimi_k2");
+    if (c->rope_scaling == TSR_ROPE_YARN && !deepseek)
         return tsr_errorf(TSR_EUNSUPPORTED,
-                          "%s: %s uses multi-head latent attention: such models can be planned "
-                          "(tessera plan) but not run yet",
+                          "%s: YaRN rope scaling of %s can be planned (tessera plan) but not run "
+                          "yet (only DeepSeek's)",
                           name, c->arch);
-    if (c->rope_scaling == TSR_ROPE_YARN)
-        return tsr_errorf(TSR_EUNSUPPORTED,
-                          "%s: YaRN rope scaling can be planned (tessera plan) but not run yet",
-                          name);
+    if (c->rope_scaling == TSR_ROPE_YARN && c->rope_mscale != c->rope_mscale_all_dim)
+        return tsr_errorf(
+            TSR_EUNSUPPORTED,
+            "%s: YaRN with mscale %g and mscale_all_dim %g scales RoPE's cos and sin, "
+            "which tessera does not compute (they are equal in DeepSeek V2/V3 and "
+            "Kimi K2)",
+            name, (double)c->rope_mscale, (double)c->rope_mscale_all_dim);
     return 0;
 }
 
@@ -749,12 +764,65 @@ int tsr_config_validate(const struct tsr_model_config *c)
     return 0;
 }
 
+int tsr_config_rope_dim(const struct tsr_model_config *c)
+{
+    return c->kv_lora_rank > 0 ? c->qk_rope_head_dim : c->head_dim;
+}
+
+int tsr_config_kv_rows(const struct tsr_model_config *c, int n_kv_head, int *heads, int *width)
+{
+    if (c->kv_lora_rank > 0) {
+        *heads = 1;
+        *width = c->kv_lora_rank + c->qk_rope_head_dim;
+        return 1;
+    }
+    *heads = n_kv_head;
+    *width = c->head_dim;
+    return 2;
+}
+
+/* DeepSeek's yarn_get_mscale. */
+static double yarn_mscale(double factor, double mscale)
+{
+    return factor <= 1 ? 1.0 : 0.1 * mscale * log(factor) + 1.0;
+}
+
+/* DeepSeek's yarn_find_correction_dim: the dimension whose wavelength turns `rotations` times in
+ * the original context. */
+static double yarn_correction_dim(double rotations, int dim, double base, int orig_ctx)
+{
+    return dim * log(orig_ctx / (rotations * 2 * M_PI)) / (2 * log(base));
+}
+
+float tsr_config_attn_scale(const struct tsr_model_config *c)
+{
+    double s = 1.0 / sqrt((double)c->head_dim);
+    if (c->rope_scaling == TSR_ROPE_YARN && c->rope_mscale_all_dim != 0) {
+        double m = yarn_mscale(c->rope_factor, c->rope_mscale_all_dim);
+        s *= m * m;
+    }
+    return (float)s;
+}
+
 void tsr_rope_inv_freq(const struct tsr_model_config *c, const float *freq_factors, float *out)
 {
-    int half = c->head_dim / 2;
+    int dim = tsr_config_rope_dim(c), half = dim / 2;
+    double lo = 0, hi = 0; /* yarn: the ramp from interpolated to extrapolated frequencies */
+    if (c->rope_scaling == TSR_ROPE_YARN) {
+        lo = floor(yarn_correction_dim(c->rope_beta_fast, dim, c->rope_theta, c->rope_orig_ctx));
+        hi = ceil(yarn_correction_dim(c->rope_beta_slow, dim, c->rope_theta, c->rope_orig_ctx));
+        lo = lo > 0 ? lo : 0;
+        hi = hi < dim - 1 ? hi : dim - 1;
+        if (lo == hi) hi += 0.001;
+    }
     for (int i = 0; i < half; i++) {
-        double f = pow((double)c->rope_theta, -2.0 * i / c->head_dim);
-        if (c->rope_scaling == TSR_ROPE_LINEAR) {
+        double f = pow((double)c->rope_theta, -2.0 * i / dim);
+        if (c->rope_scaling == TSR_ROPE_YARN) {
+            double ramp = ((double)i - lo) / (hi - lo), extra = 1 - (ramp < 0   ? 0
+                                                                     : ramp > 1 ? 1
+                                                                                : ramp);
+            f = f / c->rope_factor * (1 - extra) + f * extra;
+        } else if (c->rope_scaling == TSR_ROPE_LINEAR) {
             f /= c->rope_factor;
         } else if (c->rope_scaling == TSR_ROPE_LLAMA3) {
             /* Meta's llama3 scaling: long wavelengths divided by factor, short ones kept,

@@ -2,17 +2,18 @@
  * metadata (architectures llama, mistral, qwen2, and with experts llama, qwen2moe, qwen3moe) or a
  * Hugging Face config.json, and the RoPE frequencies it implies. config.json of
  * mixture-of-experts (Mixtral, Qwen2/Qwen3-MoE, DeepSeek V2/V3, Kimi K2) and multi-head latent
- * attention (DeepSeek, Kimi K2) models is read too. Mixture-of-experts models on standard
- * attention run (on the CPU, one rank); MLA and YaRN are read for `tessera plan` only: opening
- * such a model to run it is refused (tsr_config_check_runnable). A DeepSeek config without
- * kv_lora_rank (and without the other MLA sizes) is read as standard attention. */
+ * attention (DeepSeek, Kimi K2) models is read too. Mixture-of-experts models and MLA run (on
+ * the CPU, one rank), and DeepSeek's YaRN; another family's YaRN is read for `tessera plan`
+ * only: opening such a model to run it is refused (tsr_config_check_runnable). A DeepSeek config
+ * without kv_lora_rank (and without the other MLA sizes) is read as standard attention. */
 #ifndef TSR_MODEL_CONFIG_H
 #define TSR_MODEL_CONFIG_H
 
 #include "kernels/backend.h"
 #include "model/gguf.h"
 
-/* YaRN is read only for planning (DeepSeek V3, Kimi K2): nothing computes it yet. */
+/* YaRN runs as DeepSeek's modelling code computes it (DeepSeek V2/V3, Kimi K2; see
+ * tsr_rope_inv_freq and tsr_config_attn_scale); another family's YaRN is read for planning. */
 enum tsr_rope_scaling { TSR_ROPE_NONE, TSR_ROPE_LINEAR, TSR_ROPE_LLAMA3, TSR_ROPE_YARN };
 
 /* Upper bounds on the sizes a config may declare, from the largest real models with 4x or more of
@@ -47,7 +48,10 @@ struct tsr_model_config {
     int rope_neox; /* 1: rotate halves (HF layout, Qwen2 GGUF); 0: adjacent pairs (llama GGUF) */
     enum tsr_rope_scaling rope_scaling;
     float rope_factor, rope_low_freq_factor, rope_high_freq_factor;
-    int rope_orig_ctx;   /* llama3 scaling: original_max_position_embeddings */
+    int rope_orig_ctx; /* llama3 and yarn: original_max_position_embeddings */
+    /* yarn: beta_fast, beta_slow (correction range, 32 and 1 by default), mscale and
+     * mscale_all_dim (1 and 0) */
+    float rope_beta_fast, rope_beta_slow, rope_mscale, rope_mscale_all_dim;
     int tied_embeddings; /* no separate output matrix: the LM head is the embedding */
     int qkv_bias;        /* Q, K and V projections carry a bias (Qwen2) */
     int qk_norm;         /* each head's q and k RMS-normalised (head_dim weights) before RoPE
@@ -73,7 +77,9 @@ struct tsr_model_config {
     /* Multi-head latent attention (DeepSeek V2/V3, Kimi K2; kv_lora_rank 0 when not). K and V
      * come from a kv_lora_rank latent plus one shared qk_rope_head_dim RoPE key, which is what
      * the cache holds; queries from a q_lora_rank latent (0: a plain dim -> heads projection).
-     * head_dim is then qk_nope_head_dim + qk_rope_head_dim (the query/key width). */
+     * head_dim is then qk_nope_head_dim + qk_rope_head_dim (the query/key width); RoPE turns
+     * the qk_rope_head_dim parts only, adjacent pairs (rope_neox 0). Runs on the CPU, one rank
+     * (worker/forward.c, kernels/backend.h tsr_op_mla_attention). */
     int q_lora_rank, kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim;
 
     /* config.json's quantization_config. fp8: quant_method "fp8", an FP8 checkpoint (E4M3 weights
@@ -107,7 +113,8 @@ int tsr_config_load(const char *spec, struct tsr_model_config *c);
  * when scores are sigmoids: a group's score is its best two) and leave n_expert_used eligible,
  * a finite positive moe_scale; for MLA the head dims and ranks within their bounds. */
 int tsr_config_validate(const struct tsr_model_config *c);
-/* 0 if tessera can run the model; TSR_EUNSUPPORTED naming what it cannot (MLA, YaRN):
+/* 0 if tessera can run the model; TSR_EUNSUPPORTED naming what it cannot (YaRN outside the
+ * DeepSeek family, or with mscale other than mscale_all_dim, which would scale its cos and sin):
  * such a config can be planned but not run yet. name prefixes the message. Every path that runs
  * a model checks this right after reading the config, before any tensor (open_gguf and open_hf
  * in model.c; synthetic shapes have neither); `plan` does not. */
@@ -117,7 +124,20 @@ void tsr_config_moe_routing(const struct tsr_model_config *c, struct tsr_moe_rou
 /* Layers [n_dense_layer, n_layer) of a MoE model; 0 when dense. */
 int tsr_config_n_moe_layer(const struct tsr_model_config *c);
 
-/* RoPE inverse frequencies, head_dim/2 of them, with the configured scaling applied.
+/* The width RoPE turns in a query or key head: head_dim, or MLA's qk_rope_head_dim. */
+int tsr_config_rope_dim(const struct tsr_model_config *c);
+/* One layer's KV cache rows a position: 2 (K and V, n_kv_head heads of head_dim each) or with
+ * MLA 1 (the latent row every head shares: one head of kv_lora_rank + qk_rope_head_dim). *heads
+ * and *width are tsr_kv_row_bytes's arguments for a rank holding n_kv_head KV heads. */
+int tsr_config_kv_rows(const struct tsr_model_config *c, int n_kv_head, int *heads, int *width);
+
+/* The softmax scale: 1/sqrt(head_dim), times yarn_get_mscale(factor, mscale_all_dim)^2 under
+ * DeepSeek's YaRN with a nonzero mscale_all_dim. */
+float tsr_config_attn_scale(const struct tsr_model_config *c);
+
+/* RoPE inverse frequencies, tsr_config_rope_dim/2 of them, with the configured scaling applied
+ * (YaRN: DeepSeek's yarn_find_correction_range and linear ramp between interpolated and
+ * extrapolated frequencies).
  * freq_factors (head_dim/2, may be NULL) divides them, as GGUF's rope_freqs.weight does. */
 void tsr_rope_inv_freq(const struct tsr_model_config *c, const float *freq_factors, float *out);
 

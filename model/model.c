@@ -27,24 +27,36 @@ struct synthetic_shape {
      * (with its sigmoid gate: qwen2_moe); arch names the routing (mixtral renormalises) */
     int n_expert, n_expert_used, moe_ffn_dim, shared_ffn_dim;
     const char *arch;
+    /* multi-head latent attention (NULL: none): q_lora_rank, kv_lora_rank, qk_nope_head_dim,
+     * qk_rope_head_dim, v_head_dim, then the leading dense layers (first_k_dense_replace) */
+    const int *mla;
 };
+
+static const int deepseek_tiny_mla[6] = {32, 32, 16, 16, 16, 1};
 
 /* Public shapes (Llama 3 8B/70B as published) and tiny ones for tests. tiny-gqa4 has 4 KV heads
  * so tp = 2 and 4 divide it; tiny-4k is tiny with a context of 4,096 (long prompts, quickly);
  * stages has layers that outweigh its small head and vocabulary, for pipeline benchmarks on CPU
  * (a step's time grows with its rows). mixtral-tiny is tiny with 8 experts of which 2 a token
  * (renormalised, as Mixtral's); qwen2-moe-tiny has 8 narrow experts of which 4 (not
- * renormalised) and a gated shared expert, as Qwen2-MoE's layers (without Qwen2's QKV biases). */
+ * renormalised) and a gated shared expert, as Qwen2-MoE's layers (without Qwen2's QKV biases);
+ * deepseek-tiny has DeepSeek V2's layers: multi-head latent attention, a dense first layer, then
+ * 8 experts of which 2 (softmax, not renormalised) and a shared expert. */
 static const struct synthetic_shape synthetic_shapes[] = {
-    {"tiny", 2, 64, 128, 4, 2, 256, 512, 10000.0f, 0, TSR_F32, 0, 0, 0, 0, NULL},
-    {"tiny-gqa4", 4, 128, 256, 8, 4, 512, 1024, 10000.0f, 0, TSR_F32, 0, 0, 0, 0, NULL},
-    {"tiny-4k", 2, 64, 128, 4, 2, 256, 4096, 10000.0f, 0, TSR_F32, 0, 0, 0, 0, NULL},
-    {"stages", 8, 256, 1024, 8, 4, 512, 1024, 10000.0f, 0, TSR_Q8_0, 0, 0, 0, 0, NULL},
-    {"llama3-8b", 32, 4096, 14336, 32, 8, 128256, 8192, 500000.0f, 1, TSR_BF16, 0, 0, 0, 0, NULL},
-    {"llama3-70b", 80, 8192, 28672, 64, 8, 128256, 8192, 500000.0f, 1, TSR_BF16, 0, 0, 0, 0, NULL},
-    {"mixtral-tiny", 2, 64, 128, 4, 2, 256, 512, 10000.0f, 0, TSR_F32, 8, 2, 128, 0, "mixtral"},
-    {"qwen2-moe-tiny", 2, 64, 128, 4, 2, 256, 512, 10000.0f, 0, TSR_F32, 8, 4, 32, 128,
-     "qwen2_moe"},
+    {"tiny", 2, 64, 128, 4, 2, 256, 512, 10000.0f, 0, TSR_F32, 0, 0, 0, 0, NULL, NULL},
+    {"tiny-gqa4", 4, 128, 256, 8, 4, 512, 1024, 10000.0f, 0, TSR_F32, 0, 0, 0, 0, NULL, NULL},
+    {"tiny-4k", 2, 64, 128, 4, 2, 256, 4096, 10000.0f, 0, TSR_F32, 0, 0, 0, 0, NULL, NULL},
+    {"stages", 8, 256, 1024, 8, 4, 512, 1024, 10000.0f, 0, TSR_Q8_0, 0, 0, 0, 0, NULL, NULL},
+    {"llama3-8b", 32, 4096, 14336, 32, 8, 128256, 8192, 500000.0f, 1, TSR_BF16, 0, 0, 0, 0, NULL,
+     NULL},
+    {"llama3-70b", 80, 8192, 28672, 64, 8, 128256, 8192, 500000.0f, 1, TSR_BF16, 0, 0, 0, 0, NULL,
+     NULL},
+    {"mixtral-tiny", 2, 64, 128, 4, 2, 256, 512, 10000.0f, 0, TSR_F32, 8, 2, 128, 0, "mixtral",
+     NULL},
+    {"qwen2-moe-tiny", 2, 64, 128, 4, 2, 256, 512, 10000.0f, 0, TSR_F32, 8, 4, 32, 128, "qwen2_moe",
+     NULL},
+    {"deepseek-tiny", 3, 64, 128, 4, 4, 256, 512, 10000.0f, 0, TSR_F32, 8, 2, 32, 32, "deepseek_v2",
+     deepseek_tiny_mla},
 };
 
 struct tsr_model {
@@ -63,7 +75,8 @@ struct tsr_model {
 
 const char *tsr_synthetic_names(void)
 {
-    return "tiny, tiny-gqa4, tiny-4k, stages, llama3-8b, llama3-70b, mixtral-tiny, qwen2-moe-tiny";
+    return "tiny, tiny-gqa4, tiny-4k, stages, llama3-8b, llama3-70b, mixtral-tiny, qwen2-moe-tiny, "
+           "deepseek-tiny";
 }
 
 static int is_dir(const char *p)
@@ -190,6 +203,15 @@ static int open_synthetic(tsr_model_t *m, const char *spec)
     c->norm_eps = 1e-5f;
     c->rope_theta = s->rope_theta;
     c->rope_neox = 0;
+    if (s->mla) {
+        c->q_lora_rank = s->mla[0];
+        c->kv_lora_rank = s->mla[1];
+        c->qk_nope_head_dim = s->mla[2];
+        c->qk_rope_head_dim = s->mla[3];
+        c->v_head_dim = s->mla[4];
+        c->n_dense_layer = s->mla[5];
+        c->head_dim = c->qk_nope_head_dim + c->qk_rope_head_dim;
+    }
     if (s->llama3_scaling) {
         c->rope_scaling = TSR_ROPE_LLAMA3;
         c->rope_factor = 8.0f;
@@ -199,7 +221,8 @@ static int open_synthetic(tsr_model_t *m, const char *spec)
     }
     m->synth_seed = 0x7e55e7a5eedULL;
     int be = tsr_dtype_block_elems(m->synth_dtype); /* every matrix's columns: dim or an FFN's */
-    if (c->dim % be || c->ffn_dim % be || c->moe_ffn_dim % be || c->shared_ffn_dim % be)
+    if (c->dim % be || c->ffn_dim % be || c->moe_ffn_dim % be || c->shared_ffn_dim % be ||
+        c->q_lora_rank % be || c->kv_lora_rank % be || (c->n_head * c->v_head_dim) % be)
         return tsr_errorf(TSR_EINVAL,
                           "synthetic:%s: %s weights need widths that are multiples of %d (dim %d, "
                           "ffn %d)",
@@ -406,6 +429,12 @@ static int hf_name(const struct tsr_model_config *c, const char *gguf, char *out
                 {"attn_k.bias", "self_attn.k_proj.bias"},
                 {"attn_v.bias", "self_attn.v_proj.bias"},
                 {"attn_output.weight", "self_attn.o_proj.weight"},
+                {"attn_q_a.weight", "self_attn.q_a_proj.weight"},
+                {"attn_q_a_norm.weight", "self_attn.q_a_layernorm.weight"},
+                {"attn_q_b.weight", "self_attn.q_b_proj.weight"},
+                {"attn_kv_a_mqa.weight", "self_attn.kv_a_proj_with_mqa.weight"},
+                {"attn_kv_a_norm.weight", "self_attn.kv_a_layernorm.weight"},
+                {"attn_kv_b.weight", "self_attn.kv_b_proj.weight"},
                 {"attn_q_norm.weight", "self_attn.q_norm.weight"},
                 {"attn_k_norm.weight", "self_attn.k_norm.weight"},
                 {"ffn_norm.weight", "post_attention_layernorm.weight"},
@@ -429,10 +458,12 @@ static void view_from_dims(struct tsr_tensor_view *v, uint32_t n_dims, const int
     for (uint32_t d = 1; d < n_dims; d++) v->rows *= ne[d];
 }
 
-/* The matrices tsr_model_quantize converts: each block's attention and MLP projections. */
-static const char *const quant_mats[] = {"attn_q.weight",      "attn_k.weight",   "attn_v.weight",
-                                         "attn_output.weight", "ffn_gate.weight", "ffn_up.weight",
-                                         "ffn_down.weight"};
+/* The matrices tsr_model_quantize converts: each block's attention (MLA's too) and MLP
+ * projections. */
+static const char *const quant_mats[] = {
+    "attn_q.weight",   "attn_k.weight",    "attn_v.weight",       "attn_output.weight",
+    "ffn_gate.weight", "ffn_up.weight",    "ffn_down.weight",     "attn_q_a.weight",
+    "attn_q_b.weight", "attn_kv_b.weight", "attn_kv_a_mqa.weight"};
 
 static int quantized_name(const char *name)
 {
@@ -689,6 +720,31 @@ static int moe_shape(const struct tsr_model_config *c, const char *p, int64_t *r
     return !strcmp(what, "gate") || !strcmp(what, "up");
 }
 
+/* Shape of a latent-attention layer's tensor p (model/shard_plan.h's names; attn_q, without
+ * q_lora_rank, has the standard shape); 0 if it is not one. */
+static int mla_shape(const struct tsr_model_config *c, const char *p, int64_t *rows, int64_t *cols,
+                     int *is_norm)
+{
+    int64_t h = c->n_head, qk = c->head_dim, qr = c->q_lora_rank, kr = c->kv_lora_rank;
+    const struct {
+        const char *name;
+        int64_t rows, cols;
+        int norm;
+    } t[] = {{"attn_q_a.weight", qr, c->dim, 0},
+             {"attn_q_a_norm.weight", 1, qr, 1},
+             {"attn_q_b.weight", h * qk, qr, 0},
+             {"attn_kv_a_mqa.weight", kr + c->qk_rope_head_dim, c->dim, 0},
+             {"attn_kv_a_norm.weight", 1, kr, 1},
+             {"attn_kv_b.weight", h * (c->qk_nope_head_dim + c->v_head_dim), kr, 0},
+             {"attn_output.weight", c->dim, h * c->v_head_dim, 0}};
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
+        if (!strcmp(p, t[i].name)) {
+            *rows = t[i].rows, *cols = t[i].cols, *is_norm = t[i].norm;
+            return 1;
+        }
+    return 0;
+}
+
 /* Shape of a synthetic tensor by name; 0 if the model has no such tensor. */
 static int synthetic_shape(const struct tsr_model_config *c, const char *name, int64_t *rows,
                            int64_t *cols, int *is_norm)
@@ -714,6 +770,7 @@ static int synthetic_shape(const struct tsr_model_config *c, const char *name, i
             return 0; /* an expert layer has no dense MLP */
         if (moe_shape(c, p, rows, cols)) return 1;
     }
+    if (c->kv_lora_rank > 0 && mla_shape(c, p, rows, cols, is_norm)) return 1;
     int64_t q = (int64_t)c->n_head * c->head_dim, kv = (int64_t)c->n_kv_head * c->head_dim;
     if (!strcmp(p, "attn_norm.weight") || !strcmp(p, "ffn_norm.weight")) {
         *rows = 1, *cols = c->dim, *is_norm = 1;

@@ -3,19 +3,22 @@
  *
  * A Hugging Face directory's tensors are F32, F16 or BF16 and read as they are, except in an FP8
  * checkpoint (config.json's quantization_config quant_method "fp8"): its projection matrices
- * (attn_{q,k,v,output}, ffn_{gate,up,down}) may be safetensors F8_E4M3 codes with F32/BF16/F16
- * scales that multiply them, <weight>_scale per-tensor ([] or [1]) or per-channel ([rows] or
- * [rows, 1]), or <weight>_scale_inv per block of weight_block_size [b0, b1] (b1 a multiple of 32;
- * shape [ceil(rows / b0), ceil(cols / b1)]). Such a matrix reads as TSR_F8_E4M3 (generated): each
- * 32-weight block its scale and its codes as they are, made by tsr_model_read for any slice on
- * 32-column blocks, so loading rounds nothing. Embeddings, lm_head and norms in FP8, a missing or
- * ill-shaped scale, one of another dtype or not finite, FP8 tensors without quantization_config:
- * errors at open naming the tensor.
+ * (attn_{q,k,v,output}, MLA's attn_{q_a,q_b,kv_a_mqa,kv_b}, ffn_{gate,up,down}) may be safetensors
+ * F8_E4M3 codes with F32/BF16/F16 scales that multiply them, <weight>_scale per-tensor ([] or [1])
+ * or per-channel ([rows] or [rows, 1]), or <weight>_scale_inv per block of weight_block_size [b0,
+ * b1] (b1 a multiple of 32; shape [ceil(rows / b0), ceil(cols / b1)]). Such a matrix reads as
+ * TSR_F8_E4M3 (generated): each 32-weight block its scale and its codes as they are, made by
+ * tsr_model_read for any slice on 32-column blocks, so loading rounds nothing. Embeddings, lm_head
+ * and norms in FP8, a missing or ill-shaped scale, one of another dtype or not finite, FP8 tensors
+ * without quantization_config: errors at open naming the tensor.
  *
  * Tensors are named the GGUF way whatever the source:
  *   token_embd.weight (vocab, dim)      output_norm.weight (dim)      output.weight (vocab, dim)
  *   blk.N.attn_norm.weight  blk.N.attn_{q,k,v}.weight [.bias]  blk.N.attn_output.weight
  *   blk.N.ffn_norm.weight   blk.N.ffn_{gate,up,down}.weight     rope_freqs.weight (optional)
+ *   MLA (llama.cpp's deepseek2 names): blk.N.attn_{q_a,q_a_norm,q_b,kv_a_mqa,kv_a_norm,kv_b}.weight
+ *   for Hugging Face's self_attn.{q_a_proj,q_a_layernorm,q_b_proj,kv_a_proj_with_mqa,
+ *   kv_a_layernorm,kv_b_proj}.weight
  * Shapes are (rows, cols) with cols contiguous, as kernels/backend.h expects. */
 #ifndef TSR_MODEL_MODEL_H
 #define TSR_MODEL_MODEL_H
@@ -49,14 +52,15 @@ int tsr_weight_type_parse(const char *s, enum tsr_dtype *out);
  * Caller frees with tsr_model_free(). */
 int tsr_model_open(const char *spec, tsr_model_t **out);
 
-/* --quantize: from now on the blocks' projection matrices (attn_{q,k,v,output}, ffn_{gate,up,
- * down}) read as `type` (a tsr_dtype; < 0: no change), converted from the file's values: each
- * row decoded to f32 (an FP8 checkpoint's: its TSR_F8_E4M3 blocks' values; to fp8 they stay as
- * they are) and requantized by tsr_quantize_row_search as tsr_model_read makes a slice, on every
- * core: a rank requantizes only its slice's rows and columns (of a column slice it still decodes
- * whole rows, the blocks of the two types need not line up). Embeddings, the output matrix and
- * norms keep the file's types, as FP8 and int8 checkpoints keep them in higher precision. For model
- * files only; TSR_EINVAL when a matrix's width is not whole blocks of the type. */
+/* --quantize: from now on the blocks' projection matrices (attn_{q,k,v,output}, MLA's
+ * attn_{q_a,q_b,kv_a_mqa,kv_b}, ffn_{gate,up,down}) read as `type` (a tsr_dtype; < 0: no change),
+ * converted from the file's values: each row decoded to f32 (an FP8 checkpoint's: its TSR_F8_E4M3
+ * blocks' values; to fp8 they stay as they are) and requantized by tsr_quantize_row_search as
+ * tsr_model_read makes a slice, on every core: a rank requantizes only its slice's rows and columns
+ * (of a column slice it still decodes whole rows, the blocks of the two types need not line up).
+ * Embeddings, the output matrix and norms keep the file's types, as FP8 and int8 checkpoints keep
+ * them in higher precision. For model files only; TSR_EINVAL when a matrix's width is not whole
+ * blocks of the type. */
 int tsr_model_quantize(tsr_model_t *m, int type);
 void tsr_model_free(tsr_model_t *m);
 

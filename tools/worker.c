@@ -245,7 +245,8 @@ static int kv_blocks(const struct worker_args *a, const struct tsr_model_config 
     }
     int kv_heads = c->n_kv_head >= a->mdl.tp ? c->n_kv_head / a->mdl.tp : 1;
     int layers = (c->n_layer + a->mdl.pp - 1) / a->mdl.pp;
-    double per_block = 2.0 * layers * tsr_kv_row_bytes(kv_type, kv_heads, c->head_dim) * block;
+    int heads, width, caches = tsr_config_kv_rows(c, kv_heads, &heads, &width);
+    double per_block = (double)caches * layers * tsr_kv_row_bytes(kv_type, heads, width) * block;
     double n = mem / per_block;
     return n > 1 << 24 ? 1 << 24 : (int)n;
 }

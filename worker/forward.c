@@ -25,7 +25,15 @@ struct layer {
     struct tsr_weight wk, wv;         /* (n_kv_head*head_dim, dim) */
     struct tsr_weight bq, bk, bv;     /* biases (Qwen2); buf NULL when absent */
     struct tsr_weight q_norm, k_norm; /* (head_dim) per-head norms (Qwen3); buf NULL when absent */
-    struct tsr_weight wo;             /* (dim, n_head*head_dim) */
+    struct tsr_weight wo;             /* (dim, n_head*head_dim); MLA: (dim, n_head*v_head_dim) */
+    /* Multi-head latent attention (kv_lora_rank > 0) instead of wk, wv and their biases; wq
+     * (n_head*head_dim, dim) only without q_lora_rank */
+    struct tsr_weight wq_a, q_a_norm; /* (q_lora_rank, dim), (q_lora_rank) */
+    struct tsr_weight wq_b;           /* (n_head*head_dim, q_lora_rank) */
+    struct tsr_weight wkv_a;          /* (kv_lora_rank + qk_rope_head_dim, dim) */
+    struct tsr_weight kv_a_norm;      /* (kv_lora_rank) */
+    struct tsr_weight wkv_b;          /* (n_head*(qk_nope + v_head_dim), kv_lora_rank) f32 */
+    struct tsr_mla mla;               /* the op's view of the above */
     struct tsr_weight ffn_norm;       /* (dim) */
     struct tsr_weight w_gate, w_up;   /* (ffn_dim, dim) */
     struct tsr_weight w_down;         /* (dim, ffn_dim) */
@@ -39,7 +47,8 @@ struct layer {
     tsr_buf_t *k_cache, *v_cache;              /* ((n_blocks+1)*block_size) rows of
                                                   opts.kv_type (tsr_kv_row_bytes): block
                                                   n_blocks is where a graph's padding rows
-                                                  write */
+                                                  write; MLA: k_cache holds the latent rows,
+                                                  v_cache is NULL */
 };
 
 enum { MAX_GRAPHS = 24 };
@@ -96,8 +105,8 @@ struct tsr_runner {
     /* step scratch, sized for opts.max_tokens rows */
     tsr_buf_t *x;            /* (T, dim) residual stream */
     tsr_buf_t *xn;           /* (T, dim) normed input of the next block */
-    tsr_buf_t *q, *att;      /* (T, n_head*head_dim) */
-    tsr_buf_t *k, *v;        /* (T, n_kv_head*head_dim) */
+    tsr_buf_t *q, *att;      /* (T, n_head*head_dim); MLA: att (T, n_head*v_head_dim) */
+    tsr_buf_t *k, *v;        /* (T, n_kv_head*head_dim); MLA: k kv_a's rows, v q_a's */
     tsr_buf_t *o;            /* (T, dim) block output before the residual add */
     tsr_buf_t *gate, *up;    /* (T, ffn_dim) */
     tsr_buf_t *h_out;        /* (T, dim) rows whose logits are wanted */
@@ -325,6 +334,80 @@ static int load_experts(tsr_runner_t *r, tsr_model_t *m, int l, struct layer *L)
     return 0;
 }
 
+/* A matrix an op reads as f32 on the host (MLA's kv_b), whatever its type in the file: loaded,
+ * then widened (rows x cols floats the runner keeps) when it is not f32. */
+static int load_f32(tsr_runner_t *r, tsr_model_t *m, const char *name, int64_t rows, int64_t cols,
+                    struct tsr_weight *w)
+{
+    int rc = load(r, m, name, rows, cols, 0, w);
+    if (rc || w->type == TSR_F32) return rc;
+    size_t rb = tsr_dtype_row_bytes(w->type, cols), n = (size_t)rows * (size_t)cols;
+    char *raw = malloc(rb * (size_t)rows);
+    float *f = keep(r, malloc(n * sizeof *f));
+    if (!raw || !f) {
+        free(raw);
+        return tsr_errorf(TSR_ENOMEM, "out of memory widening '%s'", name);
+    }
+    rc = tsr_model_read(m, name, 0, rows, 0, cols, raw);
+    for (int64_t i = 0; !rc && i < rows; i++)
+        tsr_dequantize_row(w->type, raw + (size_t)i * rb, f + (size_t)i * cols, cols);
+    free(raw);
+    if (rc) return rc;
+    const void *old = tsr_buf_host(w->buf);
+    tsr_buf_free(w->buf);
+    struct packed **p = &r->packed; /* the copy load made, if any (a generated or packed slice) */
+    while (*p && (*p)->data != old) p = &(*p)->next;
+    if (*p) {
+        struct packed *dead = *p;
+        *p = dead->next;
+        free(dead->data);
+        free(dead);
+    }
+    if (!(w->buf = tsr_buf_weights(r->b, f, n * sizeof *f))) return TSR_ENOMEM;
+    r->weight_bytes += n * sizeof *f - rb * (size_t)rows;
+    w->type = TSR_F32;
+    return 0;
+}
+
+/* A layer's multi-head latent attention (llama.cpp's deepseek2 names, model/shard_plan.h):
+ * the query's latent projection, norm and up-projection (or one projection without
+ * q_lora_rank), kv_a with its norm, kv_b (f32: tsr_op_mla_attention reads it) and the output.
+ * The two latent norms take eps 1e-6 whatever rms_norm_eps says, as Hugging Face's DeepSeek code
+ * builds them (DeepseekV3RMSNorm(rank): its default; every released config says 1e-6 too). */
+static int load_mla(tsr_runner_t *r, tsr_model_t *m, int l, struct layer *L)
+{
+    const struct tsr_model_config *c = &r->cfg;
+    int64_t D = c->dim, H = c->n_head, qr = c->q_lora_rank, kr = c->kv_lora_rank;
+    int64_t rope = c->qk_rope_head_dim, nope = c->qk_nope_head_dim, v = c->v_head_dim;
+    char n[7][96];
+    static const char *const fmt[7] = {
+        "blk.%d.attn_q_a.weight", "blk.%d.attn_q_a_norm.weight", "blk.%d.attn_q_b.weight",
+        "blk.%d.attn_q.weight",   "blk.%d.attn_kv_a_mqa.weight", "blk.%d.attn_kv_a_norm.weight",
+        "blk.%d.attn_kv_b.weight"};
+    for (int i = 0; i < 7; i++) snprintf(n[i], sizeof n[i], fmt[i], l);
+    char wo[96];
+    snprintf(wo, sizeof wo, "blk.%d.attn_output.weight", l);
+    int rc;
+    if (qr > 0 ? (rc = load(r, m, n[0], qr, D, 0, &L->wq_a)) ||
+                     (rc = load_norm(r, m, n[1], qr, &L->q_a_norm)) ||
+                     (rc = load(r, m, n[2], H * (nope + rope), qr, 0, &L->wq_b))
+               : (rc = load(r, m, n[3], H * (nope + rope), D, 0, &L->wq)))
+        return rc;
+    if ((rc = load(r, m, n[4], kr + rope, D, 0, &L->wkv_a)) ||
+        (rc = load_norm(r, m, n[5], kr, &L->kv_a_norm)) ||
+        (rc = load_f32(r, m, n[6], H * (nope + v), kr, &L->wkv_b)) ||
+        (rc = load(r, m, wo, D, H * v, 0, &L->wo)))
+        return rc;
+    L->mla = (struct tsr_mla){.kv_lora_rank = (int)kr,
+                              .qk_nope = (int)nope,
+                              .qk_rope = (int)rope,
+                              .v_dim = (int)v,
+                              .kv_norm = &L->kv_a_norm,
+                              .kv_b = &L->wkv_b,
+                              .eps = 1e-6f};
+    return 0;
+}
+
 static int load_layer(tsr_runner_t *r, tsr_model_t *m, int l, struct layer *L)
 {
     const struct tsr_model_config *c = &r->cfg;
@@ -337,15 +420,19 @@ static int load_layer(tsr_runner_t *r, tsr_model_t *m, int l, struct layer *L)
     char n[12][96];
     for (int i = 0; i < 12; i++) snprintf(n[i], sizeof n[i], fmt[i], l);
     int rc, bias_optional = !c->qkv_bias;
-    if ((rc = load_norm(r, m, n[0], c->dim, &L->attn_norm)) ||
-        (rc = load(r, m, n[1], qd, c->dim, 0, &L->wq)) ||
-        (rc = load(r, m, n[2], kvd, c->dim, 0, &L->wk)) ||
-        (rc = load(r, m, n[3], kvd, c->dim, 0, &L->wv)) ||
-        (rc = load(r, m, n[4], 1, qd, bias_optional, &L->bq)) ||
-        (rc = load(r, m, n[5], 1, kvd, bias_optional, &L->bk)) ||
-        (rc = load(r, m, n[6], 1, kvd, bias_optional, &L->bv)) ||
-        (rc = load(r, m, n[7], c->dim, qd, 0, &L->wo)) ||
-        (rc = load_norm(r, m, n[8], c->dim, &L->ffn_norm)))
+    if (c->kv_lora_rank > 0) {
+        if ((rc = load_norm(r, m, n[0], c->dim, &L->attn_norm)) || (rc = load_mla(r, m, l, L)) ||
+            (rc = load_norm(r, m, n[8], c->dim, &L->ffn_norm)))
+            return rc;
+    } else if ((rc = load_norm(r, m, n[0], c->dim, &L->attn_norm)) ||
+               (rc = load(r, m, n[1], qd, c->dim, 0, &L->wq)) ||
+               (rc = load(r, m, n[2], kvd, c->dim, 0, &L->wk)) ||
+               (rc = load(r, m, n[3], kvd, c->dim, 0, &L->wv)) ||
+               (rc = load(r, m, n[4], 1, qd, bias_optional, &L->bq)) ||
+               (rc = load(r, m, n[5], 1, kvd, bias_optional, &L->bk)) ||
+               (rc = load(r, m, n[6], 1, kvd, bias_optional, &L->bv)) ||
+               (rc = load(r, m, n[7], c->dim, qd, 0, &L->wo)) ||
+               (rc = load_norm(r, m, n[8], c->dim, &L->ffn_norm)))
         return rc;
     for (int i = 0; i < 2 * c->qk_norm; i++) {
         char qk[64];
@@ -361,25 +448,29 @@ static int load_layer(tsr_runner_t *r, tsr_model_t *m, int l, struct layer *L)
     return 0;
 }
 
-/* Bytes of one KV block of one layer's K (or V) on this rank. */
-static size_t kv_block_bytes(const tsr_runner_t *r)
+/* Bytes of one KV block of one of a layer's caches on this rank (K or V, or MLA's latent rows);
+ * *caches: how many a layer has (2, or 1 with MLA). */
+static size_t kv_block_bytes(const tsr_runner_t *r, int *caches)
 {
-    return (size_t)r->opts.block_size *
-           tsr_kv_row_bytes(r->opts.kv_type, r->n_kv_head, r->cfg.head_dim);
+    int heads, width;
+    *caches = tsr_config_kv_rows(&r->cfg, r->n_kv_head, &heads, &width);
+    return (size_t)r->opts.block_size * tsr_kv_row_bytes(r->opts.kv_type, heads, width);
 }
 
 /* The KV cache of every layer: n_blocks plus the padding block. */
 static int alloc_kv(tsr_runner_t *r)
 {
-    size_t kv = (size_t)(r->opts.n_blocks + 1) * kv_block_bytes(r);
+    int caches;
+    size_t kv = (size_t)(r->opts.n_blocks + 1) * kv_block_bytes(r, &caches);
     for (int l = 0; l < r->layer_end - r->layer_begin; l++) {
         struct layer *L = &r->layers[l];
         L->k_cache = tsr_buf_alloc(r->b, kv);
-        L->v_cache = tsr_buf_alloc(r->b, kv);
-        if (!L->k_cache || !L->v_cache)
+        L->v_cache = caches > 1 ? tsr_buf_alloc(r->b, kv) : NULL;
+        if (!L->k_cache || (caches > 1 && !L->v_cache))
             return tsr_errorf(TSR_ENOMEM, "no memory for the KV cache (%d blocks, %.2f GB)",
-                              r->opts.n_blocks, 2.0 * kv * (r->layer_end - r->layer_begin) / 1e9);
-        r->kv_bytes += 2 * kv;
+                              r->opts.n_blocks,
+                              (double)caches * kv * (r->layer_end - r->layer_begin) / 1e9);
+        r->kv_bytes += (size_t)caches * kv;
     }
     return 0;
 }
@@ -398,7 +489,9 @@ static int size_kv(tsr_runner_t *r)
                           why);
     }
     double keep = (1.0 - r->opts.mem_util) * (double)total_b;
-    double per = 2.0 * (r->layer_end - r->layer_begin) * (double)kv_block_bytes(r);
+    int caches;
+    double per = (double)kv_block_bytes(r, &caches);
+    per *= (double)caches * (r->layer_end - r->layer_begin);
     double n = ((double)free_b - keep) / per - 1; /* less the padding block */
     int64_t blocks = n < 0 ? 0 : n > (1 << 24) ? (1 << 24) : (int64_t)n;
     if (r->world_size > 1) {
@@ -437,11 +530,17 @@ static int alloc_scratch(tsr_runner_t *r)
     const struct tsr_model_config *c = &r->cfg;
     size_t T = (size_t)r->opts.max_tokens, f = sizeof(float);
     size_t qd = (size_t)r->n_head * c->head_dim, kvd = (size_t)r->n_kv_head * c->head_dim;
-    size_t vs = (size_t)r->vocab_stride;
+    size_t vs = (size_t)r->vocab_stride, ad = qd;
+    if (c->kv_lora_rank > 0) { /* MLA: k holds kv_a's rows, v q_a's, att the heads' values */
+        size_t kva = (size_t)c->kv_lora_rank + c->qk_rope_head_dim;
+        kvd = kvd > kva ? kvd : kva;
+        kvd = kvd > (size_t)c->q_lora_rank ? kvd : (size_t)c->q_lora_rank;
+        ad = (size_t)r->n_head * c->v_head_dim > qd ? (size_t)r->n_head * c->v_head_dim : qd;
+    }
     struct {
         tsr_buf_t **buf;
         size_t width;
-    } s[] = {{&r->x, c->dim},      {&r->xn, c->dim},    {&r->q, qd},     {&r->att, qd},
+    } s[] = {{&r->x, c->dim},      {&r->xn, c->dim},    {&r->q, qd},     {&r->att, ad},
              {&r->k, kvd},         {&r->v, kvd},        {&r->o, c->dim}, {&r->gate, r->ffn_dim},
              {&r->up, r->ffn_dim}, {&r->h_out, c->dim}, {&r->logits, vs}};
     for (size_t i = 0; i < sizeof s / sizeof s[0]; i++) {
@@ -473,6 +572,11 @@ static int set_part(tsr_runner_t *r, const struct tsr_runner_shard *sh)
     r->world_size = r->tp_size = r->pp_size = r->ep_size = 1;
     if (!sh) return 0;
     const struct tsr_shard_plan *pl = sh->plan;
+    if (c->kv_lora_rank > 0 && pl->world > 1)
+        return tsr_errorf(TSR_EUNSUPPORTED,
+                          "%s uses multi-head latent attention: it runs on one rank for now (tp = "
+                          "pp = ep = 1), not on a %dx%d plan (ep %d)",
+                          c->arch, pl->tp, pl->pp, pl->ep);
     if (!sh->world || !sh->tp || (pl->ep > pl->tp && !sh->ep))
         return tsr_errorf(TSR_EINVAL, "a %dx%d plan (ep %d) needs its %s communicators", pl->tp,
                           pl->pp, pl->ep, pl->ep > pl->tp ? "world, TP and EP" : "world and TP");
@@ -569,6 +673,15 @@ int tsr_runner_new(tsr_model_t *m, tsr_backend_t *b, const struct tsr_runner_opt
         rc = tsr_errorf(TSR_EUNSUPPORTED,
                         "%s: mixture-of-experts layers are not implemented on the %s backend yet",
                         tsr_model_name(m), tsr_backend_name(b));
+    if (!rc && c->kv_lora_rank > 0 && !tsr_backend_can_mla(b))
+        rc = tsr_errorf(TSR_EUNSUPPORTED,
+                        "%s: multi-head latent attention is not implemented on the %s backend yet",
+                        tsr_model_name(m), tsr_backend_name(b));
+    if (!rc && c->kv_lora_rank > 0 && o->kv_type != TSR_F32 && o->kv_type != TSR_BF16)
+        rc = tsr_errorf(TSR_EUNSUPPORTED,
+                        "%s: multi-head latent attention caches f32 or bf16, not %s "
+                        "(--kv-cache-dtype)",
+                        tsr_model_name(m), tsr_dtype_name(o->kv_type));
     if (rc) goto fail;
     int n_local = r->layer_end - r->layer_begin;
     r->layers = calloc((size_t)(n_local > 0 ? n_local : 1), sizeof *r->layers);
@@ -592,7 +705,7 @@ int tsr_runner_new(tsr_model_t *m, tsr_backend_t *b, const struct tsr_runner_opt
         if (due) t_shown = tsr_now();
     }
     /* RoPE frequencies, with GGUF's llama3 frequency factors when the file has them. */
-    int half = c->head_dim / 2;
+    int half = tsr_config_rope_dim(c) / 2;
     float *inv = malloc((size_t)half * sizeof *inv);
     struct tsr_tensor_view ff;
     const float *factors = NULL;
@@ -610,12 +723,17 @@ int tsr_runner_new(tsr_model_t *m, tsr_backend_t *b, const struct tsr_runner_opt
         factors = ff.data;
     }
     tsr_rope_inv_freq(c, factors, inv);
+    /* MLA attends over its latent rows: one KV head of kv_lora_rank + qk_rope_head_dim, scaled
+     * by the query/key width (c->head_dim, qk_nope + qk_rope) as Hugging Face's softmax_scale
+     * (and YaRN's mscale) */
+    int kv_heads, kv_width;
+    tsr_config_kv_rows(c, r->n_kv_head, &kv_heads, &kv_width);
     r->shape = (struct tsr_attn_shape){.n_head = r->n_head,
-                                       .n_kv_head = r->n_kv_head,
-                                       .head_dim = c->head_dim,
+                                       .n_kv_head = kv_heads,
+                                       .head_dim = kv_width,
                                        .block_size = o->block_size,
                                        .neox = c->rope_neox,
-                                       .scale = 1.0f / sqrtf((float)c->head_dim),
+                                       .scale = tsr_config_attn_scale(c),
                                        .kv_type = o->kv_type,
                                        .inv_freq = tsr_buf_alloc(b, (size_t)half * sizeof *inv)};
     rc = r->shape.inv_freq ? tsr_buf_set(r->shape.inv_freq, 0, inv, (size_t)half * sizeof *inv)
@@ -696,8 +814,10 @@ void tsr_runner_free(tsr_runner_t *r)
                                       &L->bq,        &L->bk,     &L->bv,   &L->wo,
                                       &L->ffn_norm,  &L->w_gate, &L->w_up, &L->w_down};
             for (size_t i = 0; i < sizeof w / sizeof w[0]; i++) tsr_buf_free(w[i]->buf);
-            struct tsr_weight *x[] = {&L->router, &L->sh_gate, &L->sh_up, &L->sh_down,
-                                      &L->sh_inp, &L->q_norm,  &L->k_norm};
+            struct tsr_weight *x[] = {&L->router,   &L->sh_gate, &L->sh_up,  &L->sh_down,
+                                      &L->sh_inp,   &L->q_norm,  &L->k_norm, &L->wq_a,
+                                      &L->q_a_norm, &L->wq_b,    &L->wkv_a,  &L->kv_a_norm,
+                                      &L->wkv_b};
             for (size_t i = 0; i < sizeof x / sizeof x[0]; i++) tsr_buf_free(x[i]->buf);
             for (int i = 0; L->experts && i < 3 * r->cfg.n_expert; i++)
                 tsr_buf_free(L->experts[i].buf);
@@ -778,8 +898,10 @@ size_t tsr_runner_step_weight_bytes(const tsr_runner_t *r)
 
 size_t tsr_runner_kv_bytes_per_pos(const tsr_runner_t *r)
 {
-    return 2 * (size_t)(r->layer_end - r->layer_begin) *
-           tsr_kv_row_bytes(r->opts.kv_type, r->n_kv_head, r->cfg.head_dim);
+    int caches;
+    size_t block = kv_block_bytes(r, &caches);
+    return (size_t)caches * (size_t)(r->layer_end - r->layer_begin) * block /
+           (size_t)r->opts.block_size;
 }
 
 size_t tsr_runner_scratch_bytes(const tsr_runner_t *r)
@@ -850,6 +972,24 @@ static int collect_logits(tsr_runner_t *r, int n_out, float *logits)
     return 0;
 }
 
+/* Multi-head latent attention of the T rows of xn into att: q_a (into v) and kv_a (into k) from
+ * xn at once, q_a's norm and q_b into q (or wq alone without q_lora_rank), then the absorbed
+ * attention over the latent cache (tsr_op_mla_attention), which writes the step's rows to it. */
+static int mla_attention(tsr_runner_t *r, struct layer *L, const struct tsr_batch_meta *meta, int T)
+{
+    tsr_backend_t *b = r->b;
+    const struct tsr_model_config *c = &r->cfg;
+    int lora = L->wq_a.buf != NULL;
+    tsr_buf_t *y[2] = {r->k, lora ? r->v : r->q};
+    const struct tsr_weight *w[2] = {&L->wkv_a, lora ? &L->wq_a : &L->wq}, *bias[2] = {NULL, NULL};
+    TRY(tsr_op_matmul_many(b, 2, y, w, bias, r->xn, T));
+    if (lora) {
+        TRY(tsr_op_rmsnorm(b, r->v, r->v, &L->q_a_norm, T, c->q_lora_rank, L->mla.eps));
+        TRY(tsr_op_matmul(b, r->q, &L->wq_b, r->v, NULL, T));
+    }
+    return tsr_op_mla_attention(b, r->att, r->q, r->k, L->k_cache, &L->mla, &r->shape, meta);
+}
+
 /* This rank's layers over the T rows of the residual stream x: xn = the first layer's attention
  * norm of x, then every layer; at the end xn holds the final norm's output (last stage) or the
  * hand-off norm's, and x the residual stream. */
@@ -864,16 +1004,20 @@ static int run_layers(tsr_runner_t *r, const struct tsr_batch_meta *meta, int T)
     for (int l = 0; l < n_local; l++) {
         struct layer *L = &r->layers[l];
         /* attention block: xn is attn_norm(x); this rank's heads */
-        tsr_buf_t *qkv[3] = {r->q, r->k, r->v};
-        const struct tsr_weight *wqkv[3] = {&L->wq, &L->wk, &L->wv};
-        const struct tsr_weight *bqkv[3] = {opt(&L->bq), opt(&L->bk), opt(&L->bv)};
-        TRY(tsr_op_matmul_many(b, 3, qkv, wqkv, bqkv, r->xn, T));
-        if (L->q_norm.buf) { /* per head: q is (T * n_head) rows of head_dim */
-            TRY(tsr_op_rmsnorm(b, r->q, r->q, &L->q_norm, T * r->n_head, c->head_dim, eps));
-            TRY(tsr_op_rmsnorm(b, r->k, r->k, &L->k_norm, T * r->n_kv_head, c->head_dim, eps));
+        if (L->wkv_a.buf) {
+            TRY(mla_attention(r, L, meta, T));
+        } else {
+            tsr_buf_t *qkv[3] = {r->q, r->k, r->v};
+            const struct tsr_weight *wqkv[3] = {&L->wq, &L->wk, &L->wv};
+            const struct tsr_weight *bqkv[3] = {opt(&L->bq), opt(&L->bk), opt(&L->bv)};
+            TRY(tsr_op_matmul_many(b, 3, qkv, wqkv, bqkv, r->xn, T));
+            if (L->q_norm.buf) { /* per head: q is (T * n_head) rows of head_dim */
+                TRY(tsr_op_rmsnorm(b, r->q, r->q, &L->q_norm, T * r->n_head, c->head_dim, eps));
+                TRY(tsr_op_rmsnorm(b, r->k, r->k, &L->k_norm, T * r->n_kv_head, c->head_dim, eps));
+            }
+            TRY(tsr_op_rope_kv_write(b, r->q, r->k, r->v, L->k_cache, L->v_cache, &r->shape, meta));
+            TRY(tsr_op_attention(b, r->att, r->q, L->k_cache, L->v_cache, &r->shape, meta));
         }
-        TRY(tsr_op_rope_kv_write(b, r->q, r->k, r->v, L->k_cache, L->v_cache, &r->shape, meta));
-        TRY(tsr_op_attention(b, r->att, r->q, L->k_cache, L->v_cache, &r->shape, meta));
         TRY(tsr_op_matmul(b, r->o, &L->wo, r->att, NULL, T));
         TRY(tp_sum(r, r->o, hidden));
         TRY(tsr_op_add_rmsnorm(b, r->x, r->o, r->xn, &L->ffn_norm, T, D, eps));

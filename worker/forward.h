@@ -64,7 +64,9 @@ struct tsr_runner_shard {
  * expert_end), tokens reach them by all-to-all (kernels/moe_ep.h); attention, the shared expert,
  * embedding and head are tp-sliced within the attention group. With ep > tp the stage's ep / tp
  * attention groups all run the leader's one batch (attention replicated, not data-parallel: the
- * groups do not serve sequences of their own yet). With shard (NULL: the
+ * groups do not serve sequences of their own yet). Multi-head latent attention needs a backend
+ * with tsr_backend_can_mla() and an f32 or bf16 cache, and runs on one rank (shard NULL or a 1x1
+ * plan): TSR_EUNSUPPORTED otherwise. With shard (NULL: the
  * whole model) it reads only this rank's slices: row ranges are used in place in the mapping,
  * column ranges are packed into memory of its own, a synthetic model's slices are generated
  * (tsr_model_read), one tensor at a time; on a device backend the host copies are freed once

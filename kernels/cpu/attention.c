@@ -112,6 +112,25 @@ static void rotate(float *x, const float *cs, const float *sn, int hd, int neox)
     }
 }
 
+/* The cos and sin of position pos's angles: the table's row, or computed into lcos and lsin
+ * (half values each) beyond it. */
+static void rope_angles(const struct tsr_cpu_ctx *c, const float *freq, int half, int pos,
+                        float *lcos, float *lsin, const float **cs, const float **sn)
+{
+    if (pos < c->rope_n_pos) {
+        *cs = c->rope_cos + (size_t)pos * half;
+        *sn = c->rope_sin + (size_t)pos * half;
+        return;
+    }
+    for (int i = 0; i < half; i++) {
+        double a = (double)pos * (double)freq[i];
+        lcos[i] = (float)cos(a);
+        lsin[i] = (float)sin(a);
+    }
+    *cs = lcos;
+    *sn = lsin;
+}
+
 /* Rotates token t's q and k heads and copies its k and v rows to the cache. */
 static void rope_token(const struct tsr_cpu_ctx *c, tsr_buf_t *q, tsr_buf_t *k, tsr_buf_t *v,
                        tsr_buf_t *kc, tsr_buf_t *vc, const struct tsr_attn_shape *s,
@@ -122,17 +141,8 @@ static void rope_token(const struct tsr_cpu_ctx *c, tsr_buf_t *q, tsr_buf_t *k, 
     float *qt = (float *)q->data + t * qw, *kt = (float *)k->data + t * kw;
     const float *vt = (const float *)v->data + t * kw, *freq = s->inv_freq->data;
     float lcos[MAX_HEAD_DIM / 2], lsin[MAX_HEAD_DIM / 2];
-    const float *cs = lcos, *sn = lsin;
-    if (pos < c->rope_n_pos) {
-        cs = c->rope_cos + (size_t)pos * half;
-        sn = c->rope_sin + (size_t)pos * half;
-    } else {
-        for (int i = 0; i < half; i++) {
-            double a = (double)pos * (double)freq[i];
-            lcos[i] = (float)cos(a);
-            lsin[i] = (float)sin(a);
-        }
-    }
+    const float *cs, *sn;
+    rope_angles(c, freq, half, pos, lcos, lsin, &cs, &sn);
     for (int h = 0; h < s->n_head; h++) rotate(qt + (size_t)h * hd, cs, sn, hd, s->neox);
     for (int h = 0; h < s->n_kv_head; h++) rotate(kt + (size_t)h * hd, cs, sn, hd, s->neox);
     if (s->kv_type == TSR_F8_E4M3) {
@@ -314,28 +324,30 @@ static void merge_head(const struct attn_task *tasks, int n, int h, int nh, int 
     for (int d = 0; d < hd; d++) out[d] *= inv;
 }
 
-int tsr_cpu_attention(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *q, tsr_buf_t *kc, tsr_buf_t *vc,
-                      const struct tsr_attn_shape *s, const struct tsr_batch_meta *m)
+/* Tasks and partials of attend() for m's tokens: *n_tasks of them in scratch bytes. */
+static size_t attend_bytes(const struct tsr_attn_shape *s, const struct tsr_batch_meta *m,
+                           size_t *n_tasks, double *work)
 {
-    struct tsr_cpu_ctx *c = tsr_cpu_ctx(b);
-    int rc = check_shape(s, m, "attention");
-    if (rc) return rc;
-    int nt = m->n_tokens, nh = s->n_head;
-    size_t qw = (size_t)nh * s->head_dim;
-    rc = tsr_buf_check_size(q, nt * qw * sizeof(float), "attention q");
-    if (!rc) rc = tsr_buf_check_size(out, nt * qw * sizeof(float), "attention output");
-    if (rc) return rc;
-    const struct tsr_cpu_kernels *k = c->k;
-    int hd = s->head_dim;
-    size_t n_tasks = 0, part = (size_t)nh * (hd + 2);
-    double work = 0;
-    for (int t = 0; t < nt; t++) {
-        n_tasks += (size_t)(m->pos[t] / SPLIT + 1);
-        work += 2.0 * (m->pos[t] + 1) * qw;
+    size_t n = 0, part = (size_t)s->n_head * (s->head_dim + 2);
+    *work = 0;
+    for (int t = 0; t < m->n_tokens; t++) {
+        n += (size_t)(m->pos[t] / SPLIT + 1);
+        *work += 2.0 * (m->pos[t] + 1) * s->n_head * s->head_dim;
     }
-    size_t task_bytes = (n_tasks * sizeof(struct attn_task) + 63) & ~(size_t)63;
-    char *mem = tsr_cpu_scratch(c, task_bytes + n_tasks * part * sizeof(float));
-    if (!mem) return TSR_ENOMEM;
+    *n_tasks = n;
+    return ((n * sizeof(struct attn_task) + 63) & ~(size_t)63) + n * part * sizeof(float);
+}
+
+/* of [n][n_head*head_dim] = attention of qf over the cache kcf/vcf, in mem (attend_bytes). */
+static void attend(struct tsr_cpu_ctx *c, float *of, const float *qf, const void *kcf,
+                   const void *vcf, const struct tsr_attn_shape *s, const struct tsr_batch_meta *m,
+                   char *mem)
+{
+    const struct tsr_cpu_kernels *k = c->k;
+    int nt = m->n_tokens, nh = s->n_head, hd = s->head_dim;
+    size_t n_tasks, part = (size_t)nh * (hd + 2), qw = (size_t)nh * hd;
+    double work;
+    size_t task_bytes = attend_bytes(s, m, &n_tasks, &work) - n_tasks * part * sizeof(float);
     struct attn_task *tasks = (struct attn_task *)mem;
     float *parts = (float *)(mem + task_bytes);
     size_t ti = 0;
@@ -344,8 +356,6 @@ int tsr_cpu_attention(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *q, tsr_buf_t 
             int end = p0 + SPLIT < m->pos[t] + 1 ? p0 + SPLIT : m->pos[t] + 1;
             tasks[ti] = (struct attn_task){t, p0, end, parts + ti * part};
         }
-    const float *qf = q->data;
-    const void *kcf = kc->data, *vcf = vc->data;
     int threads = tsr_cpu_threads_for(c, work);
     if (threads > 1) {
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
@@ -358,12 +368,141 @@ int tsr_cpu_attention(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *q, tsr_buf_t 
                         m->block_tables + (size_t)m->seq[tasks[i].t] * m->max_blocks, s);
     }
     /* Merge: a token's splits are consecutive tasks. */
-    float *of = out->data;
     for (size_t i = 0; i < n_tasks;) {
         int t = tasks[i].t, splits = m->pos[t] / SPLIT + 1;
         for (int h = 0; h < nh; h++)
             merge_head(tasks + i, splits, h, nh, hd, of + (size_t)t * qw + (size_t)h * hd);
         i += (size_t)splits;
+    }
+}
+
+int tsr_cpu_attention(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *q, tsr_buf_t *kc, tsr_buf_t *vc,
+                      const struct tsr_attn_shape *s, const struct tsr_batch_meta *m)
+{
+    struct tsr_cpu_ctx *c = tsr_cpu_ctx(b);
+    int rc = check_shape(s, m, "attention");
+    if (rc) return rc;
+    size_t qw = (size_t)s->n_head * s->head_dim, n_tasks;
+    rc = tsr_buf_check_size(q, m->n_tokens * qw * sizeof(float), "attention q");
+    if (!rc) rc = tsr_buf_check_size(out, m->n_tokens * qw * sizeof(float), "attention output");
+    if (rc) return rc;
+    double work;
+    char *mem = tsr_cpu_scratch(c, attend_bytes(s, m, &n_tasks, &work));
+    if (!mem) return TSR_ENOMEM;
+    attend(c, out->data, q->data, kc->data, vc->data, s, m, mem);
+    return 0;
+}
+
+/* ---- multi-head latent attention (kernels/backend.h tsr_op_mla_attention) ----
+ * The latent cache is one KV head of kv_lora_rank + qk_rope, K and V alike: attend() scores the
+ * absorbed queries [W_UK^T q_nope | rope(q_pe)] against it (MQA, every head in one group) and
+ * sums the rows, whose first kv_lora_rank values are the latent output W_UV takes (the summed
+ * k_pe part, qk_rope of kv_lora_rank + qk_rope, is computed and dropped). */
+
+/* Token t: kv's latent normed and k_pe rotated (in place) and stored at its slot; its absorbed
+ * query heads written to qa (n_head rows of kv_lora_rank + qk_rope). */
+static void mla_token(const struct tsr_cpu_ctx *c, float *kvt, const float *qt, float *qa,
+                      void *cache, const struct tsr_mla *mla, const struct tsr_attn_shape *s,
+                      const struct tsr_batch_meta *m, int t)
+{
+    int kr = mla->kv_lora_rank, rope = mla->qk_rope, nope = mla->qk_nope, row = kr + rope;
+    int half = rope / 2, pos = m->pos[t];
+    const float *wn = mla->kv_norm->buf->data, *wkb = mla->kv_b->buf->data;
+    float lcos[MAX_HEAD_DIM / 2], lsin[MAX_HEAD_DIM / 2];
+    const float *cs, *sn;
+    rope_angles(c, s->inv_freq->data, half, pos, lcos, lsin, &cs, &sn);
+    double ss = 0;
+    for (int j = 0; j < kr; j++) ss += (double)kvt[j] * kvt[j];
+    float inv = (float)(1.0 / sqrt(ss / kr + mla->eps));
+    for (int j = 0; j < kr; j++) kvt[j] = kvt[j] * inv * wn[j];
+    rotate(kvt + kr, cs, sn, rope, s->neox);
+    if (s->kv_type == TSR_BF16) {
+        uint16_t *d = (uint16_t *)cache + (size_t)m->slot[t] * row;
+        for (int j = 0; j < row; j++) d[j] = tsr_f32_to_bf16(kvt[j]);
+    } else {
+        memcpy((float *)cache + (size_t)m->slot[t] * row, kvt, (size_t)row * sizeof(float));
+    }
+    for (int h = 0; h < s->n_head; h++) {
+        const float *qh = qt + (size_t)h * (nope + rope);
+        const float *uk = wkb + (size_t)h * (nope + mla->v_dim) * kr; /* W_UK: nope rows of kr */
+        float *o = qa + (size_t)h * row;
+        memset(o, 0, (size_t)kr * sizeof(float));
+        for (int i = 0; i < nope; i++)
+            for (int j = 0; j < kr; j++) o[j] += qh[i] * uk[(size_t)i * kr + j];
+        memcpy(o + kr, qh + nope, (size_t)rope * sizeof(float));
+        rotate(o + kr, cs, sn, rope, s->neox);
+    }
+}
+
+/* Token t's output heads: W_UV times each head's latent output (the first kv_lora_rank of its
+ * row of oa). */
+static void mla_out(const float *oa, float *out, const struct tsr_mla *mla, int n_head)
+{
+    int kr = mla->kv_lora_rank, row = kr + mla->qk_rope, v = mla->v_dim;
+    const float *wkb = mla->kv_b->buf->data;
+    for (int h = 0; h < n_head; h++) {
+        const float *uv = wkb + ((size_t)h * (mla->qk_nope + v) + mla->qk_nope) * kr;
+        const float *o = oa + (size_t)h * row;
+        for (int d = 0; d < v; d++) {
+            float acc = 0;
+            for (int j = 0; j < kr; j++) acc += uv[(size_t)d * kr + j] * o[j];
+            out[(size_t)h * v + d] = acc;
+        }
+    }
+}
+
+int tsr_cpu_mla_attention(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *q, tsr_buf_t *kv,
+                          tsr_buf_t *cache, const struct tsr_mla *mla,
+                          const struct tsr_attn_shape *s, const struct tsr_batch_meta *m)
+{
+    struct tsr_cpu_ctx *c = tsr_cpu_ctx(b);
+    int nt = m->n_tokens, nh = s->n_head, kr = mla->kv_lora_rank, rope = mla->qk_rope;
+    size_t row = (size_t)kr + rope, qw = (size_t)nh * (mla->qk_nope + rope);
+    /* attend()'s chunks hold CHUNK_FLOATS / row cache rows: at least one */
+    if (row > CHUNK_FLOATS || rope / 2 > MAX_HEAD_DIM / 2 || s->block_size <= 0 || nt < 0)
+        return tsr_errorf(TSR_EINVAL,
+                          "mla_attention: a latent row of %zu (at most %d) or RoPE of %d (at most "
+                          "%d)",
+                          row, CHUNK_FLOATS, rope, MAX_HEAD_DIM);
+    int rc = tsr_buf_check_size(q, nt * qw * sizeof(float), "mla q");
+    if (!rc) rc = tsr_buf_check_size(kv, nt * row * sizeof(float), "mla kv");
+    if (!rc)
+        rc = tsr_buf_check_size(out, (size_t)nt * nh * mla->v_dim * sizeof(float), "mla output");
+    if (!rc) rc = tsr_buf_check_size(s->inv_freq, (size_t)rope / 2 * sizeof(float), "mla inv_freq");
+    if (rc) return rc;
+    int64_t n_slots = (int64_t)(cache->size / tsr_kv_row_bytes(s->kv_type, 1, (int)row));
+    int max_pos = -1;
+    for (int t = 0; t < nt; t++) {
+        if (m->slot[t] < 0 || m->slot[t] >= n_slots)
+            return tsr_errorf(TSR_ERANGE, "mla_attention: slot %d outside the %lld-slot cache",
+                              m->slot[t], (long long)n_slots);
+        if (m->pos[t] > max_pos) max_pos = m->pos[t];
+    }
+    if ((rc = rope_table(c, s->inv_freq->data, rope / 2, max_pos + 1))) return rc;
+    size_t n_tasks, lat = (size_t)nt * nh * row * sizeof(float);
+    double work;
+    size_t att = attend_bytes(s, m, &n_tasks, &work);
+    char *mem = tsr_cpu_scratch(c, 2 * lat + att);
+    if (!mem) return TSR_ENOMEM;
+    float *qa = (float *)mem, *oa = (float *)(mem + lat);
+    float *kvf = kv->data, *of = out->data;
+    const float *qf = q->data;
+    int threads = tsr_cpu_threads_for(c, 2.0 * nt * nh * (mla->qk_nope + mla->v_dim) * kr);
+    if (threads > 1) {
+#pragma omp parallel for num_threads(threads)
+        for (int t = 0; t < nt; t++)
+            mla_token(c, kvf + t * row, qf + t * qw, qa + t * nh * row, cache->data, mla, s, m, t);
+    } else {
+        for (int t = 0; t < nt; t++)
+            mla_token(c, kvf + t * row, qf + t * qw, qa + t * nh * row, cache->data, mla, s, m, t);
+    }
+    attend(c, oa, qa, cache->data, cache->data, s, m, mem + 2 * lat);
+    size_t ow = (size_t)nh * mla->v_dim;
+    if (threads > 1) {
+#pragma omp parallel for num_threads(threads)
+        for (int t = 0; t < nt; t++) mla_out(oa + t * nh * row, of + t * ow, mla, nh);
+    } else {
+        for (int t = 0; t < nt; t++) mla_out(oa + t * nh * row, of + t * ow, mla, nh);
     }
     return 0;
 }

@@ -392,6 +392,7 @@ static const struct tsr_backend_iface cpu_iface = {
     .swiglu = cpu_swiglu,
     .gather_rows = cpu_gather_rows,
     .moe = tsr_cpu_moe,
+    .mla_attention = tsr_cpu_mla_attention,
 };
 
 tsr_backend_t *tsr_backend_cpu_new(int n_threads)

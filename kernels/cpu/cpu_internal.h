@@ -41,5 +41,8 @@ int tsr_cpu_rope_kv_write(tsr_backend_t *b, tsr_buf_t *q, tsr_buf_t *k, tsr_buf_
 int tsr_cpu_moe(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *x, const struct tsr_moe *moe, int n);
 int tsr_cpu_attention(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *q, tsr_buf_t *kc, tsr_buf_t *vc,
                       const struct tsr_attn_shape *s, const struct tsr_batch_meta *m);
+int tsr_cpu_mla_attention(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *q, tsr_buf_t *kv,
+                          tsr_buf_t *cache, const struct tsr_mla *mla,
+                          const struct tsr_attn_shape *s, const struct tsr_batch_meta *m);
 
 #endif

@@ -205,8 +205,8 @@ def write_gguf(path, w, spec):
     out.close()
 
 
-def rmsnorm(x, wt):
-    return x / np.sqrt((x * x).mean(-1, keepdims=True) + EPS) * wt
+def rmsnorm(x, wt, eps=EPS):
+    return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * wt
 
 
 def rope(x, pos):  # rotate-half (Hugging Face layout): pairs (i, i + head_dim/2)
@@ -324,6 +324,15 @@ def forward(name, spec, w, toks, tie_high=False, qk_norm=True):
     return h @ W["model.embed_tokens.weight"].T, routes
 
 
+def positions(logits):
+    """Each position's argmax and margin (its top two logits' difference), as goldens store them."""
+    out = []
+    for row in logits:
+        srt = np.sort(row)[::-1]
+        out.append({"argmax": int(np.argmax(row)), "margin": float(srt[0] - srt[1])})
+    return out
+
+
 def main():
     tok = os.path.join(HERE, "spm_tiny_tokenizer.json")
     for seed, (name, spec) in enumerate(MODELS.items()):
@@ -348,10 +357,7 @@ def main():
         plain, _ = forward(name, spec, w, toks, qk_norm=False)
         nmse_plain = float(((plain - logits) ** 2).sum() / (logits ** 2).sum())
         n_ties = sum(r["tie"] for layer in routes for r in layer)
-        pos = []
-        for t in range(PROMPT_LEN):
-            srt = np.sort(logits[t])[::-1]
-            pos.append({"argmax": int(np.argmax(logits[t])), "margin": float(srt[0] - srt[1])})
+        pos = positions(logits)
         golden = {"model": "moe_tiny_" + name, "tokens": [int(t) for t in toks], "n_vocab": V,
                   "n_expert_used": spec["k"], "positions": pos, "routes": routes,
                   "meta": {"constructed_ties": n_ties, "nmse_ties_to_higher_index": nmse_other,

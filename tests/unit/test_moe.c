@@ -257,7 +257,8 @@ static void check_synthetic(const char *spec)
     }
     /* a decode step reads, of the routed experts' bytes (3 x moe_ffn x dim f32 weights each),
      * n_used / n_expert, and of the untied embedding table nothing counted */
-    size_t experts = (size_t)c->n_layer * c->n_expert * 3 * c->moe_ffn_dim * c->dim * 4;
+    size_t experts =
+        (size_t)tsr_config_n_moe_layer(c) * c->n_expert * 3 * c->moe_ffn_dim * c->dim * 4;
     size_t embd = c->tied_embeddings ? 0 : (size_t)c->n_vocab * c->dim * 4; /* a row a token */
     assert_int_equal(tsr_runner_weight_bytes(r1) - tsr_runner_step_weight_bytes(r1),
                      embd + experts / c->n_expert * (c->n_expert - c->n_expert_used));
@@ -276,6 +277,7 @@ static void test_synthetic(void **state)
     (void)state;
     check_synthetic("synthetic:mixtral-tiny");
     check_synthetic("synthetic:qwen2-moe-tiny");
+    check_synthetic("synthetic:deepseek-tiny"); /* a dense layer, then MLA layers' experts */
 }
 
 /* A backend without the op (the CUDA backend's case: its moe slot is NULL) refuses a MoE model

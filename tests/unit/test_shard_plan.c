@@ -832,7 +832,7 @@ static void test_units(void **state)
     assert_string_equal(tsr_plan_format_size(2 * 998471127040.0, buf, sizeof buf), "1.8 TiB");
 }
 
-/* ---- Mixture of experts and multi-head latent attention (planned, not run) ---- */
+/* ---- Mixture of experts and multi-head latent attention ---- */
 
 /* The DeepSeek V3 shape (Kimi K2 differs in heads, experts, vocabulary, dense layers), for the
  * hand arithmetic below; written from the published shapes, not from the code under test. */
@@ -871,6 +871,11 @@ static void test_moe_kimi_deepseek(void **state)
     assert_int_equal(k.kv_lora_rank, 512);
     assert_int_equal(k.head_dim, 192);
     assert_int_equal(k.rope_scaling, TSR_ROPE_YARN);
+    /* DeepSeek's YaRN runs: the softmax scale takes yarn_get_mscale(32, 1)^2 */
+    assert_int_equal(tsr_config_check_runnable(&k, "k"), 0);
+    assert_int_equal(k.rope_orig_ctx, 4096);
+    assert_float_equal(k.rope_mscale_all_dim, 1.0, 0);
+    assert_float_equal(tsr_config_attn_scale(&k), pow(0.1 * log(32.0) + 1, 2) / sqrt(192.0), 1e-7);
     /* Kimi K2, per layer:
      *   MLA: q_a 7168*1536 = 11,010,048 + q_a_norm 1536 + q_b 1536*64*192 = 18,874,368
      *        + kv_a 7168*576 = 4,128,768 + kv_a_norm 512 + kv_b 512*64*256 = 8,388,608
@@ -1106,8 +1111,8 @@ static void test_moe_not_fit_and_errors(void **state)
     expect_error(&m, 6, 1, "tp=6 does not divide 8 experts");
 }
 
-/* config.json of MoE / MLA models: read for planning, MLA refused for running, malformed ones
- * named. */
+/* config.json of MoE / MLA models: read for planning and running (YaRN with cos/sin scaling and
+ * outside DeepSeek refused for running), malformed ones named. */
 static int cfg(const char *json, struct tsr_model_config *c)
 {
     return tsr_config_from_json_text(json, strlen(json), "c.json", c);
@@ -1140,7 +1145,7 @@ static void test_moe_config(void **state)
     assert_int_equal(c.n_expert, 8);
     assert_int_equal(c.moe_ffn_dim, 32);
     assert_int_equal(c.shared_ffn_dim, 0);
-    /* Experts on standard attention run (tests/unit/test_moe.c); MLA below does not. */
+    /* Experts on standard attention run (tests/unit/test_moe.c); MLA below too. */
     assert_int_equal(tsr_config_check_runnable(&c, "m"), 0);
     assert_int_equal(cfg(MOE(",\"model_type\":\"qwen2_moe\","
                              "\"shared_expert_intermediate_size\":64"),
@@ -1159,11 +1164,10 @@ static void test_moe_config(void **state)
     assert_null(tsr_rank_plan_find(&sp.ranks[1], "blk.1.attn_q_a.weight"));
     assert_true(sp.n_params == tsr_config_n_params(&c));
     tsr_shard_plan_free(&sp);
-    assert_int_equal(tsr_config_check_runnable(&c, "m"), TSR_EUNSUPPORTED);
-    c.n_expert = c.n_expert_used = c.moe_ffn_dim = c.shared_ffn_dim = c.n_dense_layer = 0;
-    assert_int_equal(tsr_config_check_runnable(&c, "m"), TSR_EUNSUPPORTED);
-    assert_string_equal(tsr_last_error(), "m: deepseek_v3 uses multi-head latent attention: such "
-                                          "models can be planned (tessera plan) but not run yet");
+    /* MLA runs (tests/unit/test_mla.c); its RoPE turns adjacent pairs of qk_rope_head_dim */
+    assert_int_equal(tsr_config_check_runnable(&c, "m"), 0);
+    assert_int_equal(c.rope_neox, 0);
+    assert_int_equal(tsr_config_rope_dim(&c), c.qk_rope_head_dim);
 
     /* Malformed */
     expect_cfg(MOE(",\"num_experts_per_tok\":9"), TSR_EFORMAT,
@@ -1198,6 +1202,19 @@ static void test_moe_config(void **state)
     expect_cfg(MLA(",\"moe_layer_freq\":2"), TSR_EUNSUPPORTED, NULL);
     expect_cfg(MLA(",\"rope_scaling\":{\"type\":\"yarn\"}"), TSR_EFORMAT,
                "c.json: rope_scaling 'yarn' needs a number \"factor\"");
+    /* yarn with mscale other than mscale_all_dim would scale cos and sin: refused to run */
+    struct tsr_model_config y;
+    assert_int_equal(cfg(MLA(",\"rope_scaling\":{\"type\":\"yarn\",\"factor\":4,"
+                             "\"mscale\":0.7}"),
+                         &y),
+                     0);
+    assert_int_equal(tsr_config_check_runnable(&y, "m"), TSR_EUNSUPPORTED);
+    assert_string_equal(tsr_last_error(), "m: YaRN with mscale 0.7 and mscale_all_dim 0 scales "
+                                          "RoPE's cos and sin, which tessera does not compute "
+                                          "(they are equal in DeepSeek V2/V3 and Kimi K2)");
+    /* Qwen's YaRN is another computation: planned, not run */
+    assert_int_equal(cfg(MOE(",\"rope_scaling\":{\"type\":\"yarn\",\"factor\":4}"), &y), 0);
+    assert_int_equal(tsr_config_check_runnable(&y, "m"), TSR_EUNSUPPORTED);
     /* yarn stays refused for dense models; experts on a dense model_type stay refused */
     expect_cfg("{\"num_hidden_layers\":2,\"hidden_size\":64,\"intermediate_size\":128,"
                "\"num_attention_heads\":4,\"vocab_size\":100,\"max_position_embeddings\":64,"
