@@ -446,12 +446,143 @@ static int json_moe(json_t *root, enum family fam, struct tsr_model_config *c, c
     return 0;
 }
 
-/* quantization_config: absent or null, or quant_method "fp8" with optional fmt "e4m3",
- * activation_scheme "dynamic" or "static" (activations are computed as they are either way) and
- * weight_block_size [rows, cols]. Other methods (gptq, awq, bitsandbytes, compressed-tensors, ...)
- * store weights tessera does not decode: refused by name, never loaded as garbage. Keys tessera
- * does not need (modules_to_not_convert, ...) are ignored: each tensor's dtype says whether it
- * is FP8. */
+/* A key that may be absent or null and is then nothing: NULL. */
+static json_t *json_present(json_t *o, const char *key)
+{
+    json_t *v = json_object_get(o, key);
+    return json_is_null(v) ? NULL : v;
+}
+
+/* compressed-tensors' int-quantized checkpoints (what llm-compressor writes for W8A8 and W8A16
+ * int8): format "int-quantized", no sparsity (sparsity_config absent, empty or of format "dense")
+ * and no transform_config (rotations change the weights' meaning), and config_groups of weights
+ * num_bits 8, type "int", symmetric, not dynamic, strategy channel, tensor or group (group_size a
+ * multiple of 32, so that a 32-weight block has one scale; one size for all groups), without
+ * actorder or block_structure. targets, ignore, observers and input_activations are not needed:
+ * each tensor's dtype says whether it is int8, its scale's shape how it is scaled, and
+ * activations are computed as they are. Anything else is refused naming the field. */
+static int json_compressed_tensors(json_t *q, struct tsr_model_config *c, const char *path)
+{
+    const char *fmt = json_string_value(json_object_get(q, "format"));
+    if (!fmt)
+        return tsr_errorf(TSR_EFORMAT,
+                          "%s: quantization_config (compressed-tensors) has no string \"format\"",
+                          path);
+    if (strcmp(fmt, "int-quantized"))
+        return tsr_errorf(TSR_EUNSUPPORTED,
+                          "%s: quantization_config format '%.64s' is not supported (compressed-"
+                          "tensors: only \"int-quantized\", int8 weights with scales)",
+                          path, fmt);
+    json_t *sp = json_present(q, "sparsity_config");
+    const char *spf = json_string_value(json_object_get(sp, "format"));
+    if (sp && !(json_is_object(sp) && (!json_object_size(sp) || (spf && !strcmp(spf, "dense")))))
+        return tsr_errorf(TSR_EUNSUPPORTED,
+                          "%s: quantization_config sparsity_config (format '%.64s') is not "
+                          "supported: only dense weights",
+                          path, spf ? spf : "?");
+    if (json_present(q, "transform_config"))
+        return tsr_errorf(TSR_EUNSUPPORTED,
+                          "%s: quantization_config transform_config is not supported (its "
+                          "rotations change what the weights mean)",
+                          path);
+    json_t *groups = json_object_get(q, "config_groups"), *g;
+    if (!json_is_object(groups) || !json_object_size(groups))
+        return tsr_errorf(TSR_EFORMAT,
+                          "%s: quantization_config \"config_groups\" must be an object of one or "
+                          "more groups",
+                          path);
+    const char *gn;
+    json_object_foreach(groups, gn, g)
+    {
+        json_t *w = json_object_get(g, "weights"), *v;
+        const char *gf = json_string_value(json_object_get(g, "format"));
+        if (gf && strcmp(gf, "int-quantized"))
+            return tsr_errorf(TSR_EUNSUPPORTED,
+                              "%s: quantization_config config_groups.%.64s.format '%.64s' is not "
+                              "supported (int-quantized)",
+                              path, gn, gf);
+        if (!json_is_object(w))
+            return tsr_errorf(TSR_EFORMAT,
+                              "%s: quantization_config config_groups.%.64s has no \"weights\" "
+                              "object",
+                              path, gn);
+        v = json_object_get(w, "num_bits");
+        if (!json_is_integer(v) || json_integer_value(v) != 8)
+            return tsr_errorf(TSR_EUNSUPPORTED,
+                              "%s: quantization_config config_groups.%.64s.weights.num_bits is "
+                              "not 8 (only 8-bit weights are supported)",
+                              path, gn);
+        const char *type = json_string_value(json_object_get(w, "type"));
+        if (!type || strcmp(type, "int"))
+            return tsr_errorf(TSR_EUNSUPPORTED,
+                              "%s: quantization_config config_groups.%.64s.weights.type '%.64s' "
+                              "is not supported (\"int\")",
+                              path, gn, type ? type : "?");
+        if (!json_is_true(json_object_get(w, "symmetric")))
+            return tsr_errorf(TSR_EUNSUPPORTED,
+                              "%s: quantization_config config_groups.%.64s.weights.symmetric is "
+                              "not true: asymmetric (zero-point) weights are not supported",
+                              path, gn);
+        v = json_present(w, "dynamic");
+        if (v && !json_is_false(v))
+            return tsr_errorf(TSR_EUNSUPPORTED,
+                              "%s: quantization_config config_groups.%.64s.weights.dynamic is not "
+                              "false: weights need their stored scales",
+                              path, gn);
+        v = json_present(w, "actorder");
+        if (v && !json_is_false(v))
+            return tsr_errorf(TSR_EUNSUPPORTED,
+                              "%s: quantization_config config_groups.%.64s.weights.actorder is "
+                              "not supported (activation ordering)",
+                              path, gn);
+        if (json_present(w, "block_structure"))
+            return tsr_errorf(TSR_EUNSUPPORTED,
+                              "%s: quantization_config config_groups.%.64s.weights.block_structure "
+                              "is not supported (channel, tensor or group scales)",
+                              path, gn);
+        const char *strategy = json_string_value(json_object_get(w, "strategy"));
+        int group = strategy && !strcmp(strategy, "group");
+        if (!strategy || (!group && strcmp(strategy, "channel") && strcmp(strategy, "tensor")))
+            return tsr_errorf(TSR_EUNSUPPORTED,
+                              "%s: quantization_config config_groups.%.64s.weights.strategy "
+                              "'%.64s' is not supported (channel, tensor, group)",
+                              path, gn, strategy ? strategy : "?");
+        v = json_present(w, "group_size");
+        json_int_t gs = json_integer_value(v);
+        if (group && (!json_is_integer(v) || gs < TSR_QK || gs % TSR_QK || gs > TSR_MAX_FFN_DIM))
+            return tsr_errorf(TSR_EUNSUPPORTED,
+                              "%s: quantization_config config_groups.%.64s.weights.group_size "
+                              "must be a multiple of 32 within 32..%d for strategy group (each "
+                              "32-weight block has one scale)",
+                              path, gn, TSR_MAX_FFN_DIM);
+        if (!group && v && !(json_is_integer(v) && gs == -1))
+            return tsr_errorf(TSR_EFORMAT,
+                              "%s: quantization_config config_groups.%.64s.weights.group_size is "
+                              "for strategy group only",
+                              path, gn);
+        if (group && c->int8_group && c->int8_group != gs)
+            return tsr_errorf(TSR_EUNSUPPORTED,
+                              "%s: quantization_config config_groups.%.64s.weights.group_size %d "
+                              "differs from another group's %d (one group size is supported)",
+                              path, gn, (int)gs, c->int8_group);
+        if (group) c->int8_group = (int)gs;
+        v = json_present(g, "input_activations");
+        if (v && !json_is_object(v))
+            return tsr_errorf(TSR_EFORMAT,
+                              "%s: quantization_config config_groups.%.64s.input_activations must "
+                              "be an object or null",
+                              path, gn);
+    }
+    c->weight_quant = TSR_WQ_INT8;
+    return 0;
+}
+
+/* quantization_config: absent or null, compressed-tensors' int8 (above), or quant_method "fp8"
+ * with optional fmt "e4m3", activation_scheme "dynamic" or "static" (activations are computed as
+ * they are either way) and weight_block_size [rows, cols]. Other methods (gptq, awq,
+ * bitsandbytes, ...) store weights tessera does not decode: refused by name, never loaded as
+ * garbage. Keys tessera does not need (modules_to_not_convert, ...) are ignored: each tensor's
+ * dtype says whether it is quantized. */
 static int json_quantization(json_t *q, struct tsr_model_config *c, const char *path)
 {
     if (!q || json_is_null(q)) return 0;
@@ -461,10 +592,12 @@ static int json_quantization(json_t *q, struct tsr_model_config *c, const char *
     if (!method)
         return tsr_errorf(TSR_EFORMAT, "%s: quantization_config has no string \"quant_method\"",
                           path);
+    if (!strcmp(method, "compressed-tensors")) return json_compressed_tensors(q, c, path);
     if (strcmp(method, "fp8"))
         return tsr_errorf(TSR_EUNSUPPORTED,
                           "%s: quantization_config quant_method '%.64s' is not supported (only "
-                          "\"fp8\": E4M3 weights with scales)",
+                          "\"fp8\": E4M3 weights with scales, and \"compressed-tensors\" "
+                          "int-quantized: int8 weights with scales)",
                           path, method);
     json_t *fmt = json_object_get(q, "fmt");
     if (fmt && !json_is_null(fmt) && !json_is_string(fmt))
@@ -481,7 +614,7 @@ static int json_quantization(json_t *q, struct tsr_model_config *c, const char *
                           "%s: quantization_config \"activation_scheme\" must be \"dynamic\" or "
                           "\"static\"",
                           path);
-    c->fp8 = 1;
+    c->weight_quant = TSR_WQ_FP8;
     json_t *bs = json_object_get(q, "weight_block_size");
     if (!bs || json_is_null(bs)) return 0;
     for (size_t i = 0; i < 2; i++) {
@@ -732,14 +865,21 @@ int tsr_config_validate(const struct tsr_model_config *c)
     if (c->head_dim % 2) return tsr_errorf(TSR_EFORMAT, "config: head dim %d is odd", c->head_dim);
     int rc = validate_moe_mla(c);
     if (rc) return rc;
-    int blocks = c->fp8_block[0] || c->fp8_block[1];
-    if ((c->fp8 != 0 && c->fp8 != 1) || (blocks && !c->fp8) ||
+    int blocks = c->fp8_block[0] || c->fp8_block[1], fp8 = c->weight_quant == TSR_WQ_FP8;
+    if ((c->weight_quant != TSR_WQ_NONE && !fp8 && c->weight_quant != TSR_WQ_INT8) ||
+        (blocks && !fp8) ||
         (blocks && (c->fp8_block[0] < 1 || c->fp8_block[0] > TSR_MAX_FFN_DIM ||
                     c->fp8_block[1] < 1 || c->fp8_block[1] > TSR_MAX_FFN_DIM)))
         return tsr_errorf(TSR_EFORMAT,
-                          "config: FP8 weight blocks %d x %d (fp8 = %d): a weight_block_size "
-                          "is two sizes within 1..%d, and only in an FP8 model",
-                          c->fp8_block[0], c->fp8_block[1], c->fp8, TSR_MAX_FFN_DIM);
+                          "config: FP8 weight blocks %d x %d (weight quantization %d): a "
+                          "weight_block_size is two sizes within 1..%d, and only in an FP8 model",
+                          c->fp8_block[0], c->fp8_block[1], (int)c->weight_quant, TSR_MAX_FFN_DIM);
+    if (c->int8_group && (c->weight_quant != TSR_WQ_INT8 || c->int8_group < TSR_QK ||
+                          c->int8_group % TSR_QK || c->int8_group > TSR_MAX_FFN_DIM))
+        return tsr_errorf(TSR_EFORMAT,
+                          "config: int8 group size %d (weight quantization %d): a multiple of 32 "
+                          "within 32..%d, and only in an int8 model",
+                          c->int8_group, (int)c->weight_quant, TSR_MAX_FFN_DIM);
     if (c->head_dim > TSR_MAX_HEAD_DIM)
         return tsr_errorf(TSR_EUNSUPPORTED, "config: head dim %d is over %d", c->head_dim,
                           TSR_MAX_HEAD_DIM);

@@ -16,6 +16,9 @@
  * tsr_rope_inv_freq and tsr_config_attn_scale); another family's YaRN is read for planning. */
 enum tsr_rope_scaling { TSR_ROPE_NONE, TSR_ROPE_LINEAR, TSR_ROPE_LLAMA3, TSR_ROPE_YARN };
 
+/* How a checkpoint's projection matrices are quantized (quantization_config). */
+enum tsr_weight_quant { TSR_WQ_NONE, TSR_WQ_FP8, TSR_WQ_INT8 };
+
 /* Upper bounds on the sizes a config may declare, from the largest real models with 4x or more of
  * headroom. They are checked as the config is read, before anything is allocated from it (the
  * shard plan's memory grows with layers x ranks, a tokenizer's with the vocabulary), and exceeding
@@ -82,21 +85,25 @@ struct tsr_model_config {
      * (worker/forward.c, kernels/backend.h tsr_op_mla_attention). */
     int q_lora_rank, kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim;
 
-    /* config.json's quantization_config. fp8: quant_method "fp8", an FP8 checkpoint (E4M3 weights
-     * with F32/BF16/F16 scales that multiply them; activations stay as they are, so
-     * activation_scheme and input_scale tensors change nothing). fp8_block: its
-     * weight_block_size [rows, cols], the block a weight_scale_inv scale covers; {0, 0} when
-     * absent. Any other quant_method is TSR_EUNSUPPORTED when read. */
-    int fp8;
+    /* config.json's quantization_config: what the projection matrices' codes are (activations
+     * stay as they are in either case, so activation schemes and input_scale tensors change
+     * nothing). TSR_WQ_FP8: quant_method "fp8", E4M3 codes with F32/BF16/F16 scales that multiply
+     * them; fp8_block its weight_block_size [rows, cols], the block a weight_scale_inv scale
+     * covers ({0, 0} when absent). TSR_WQ_INT8: quant_method "compressed-tensors" in format
+     * "int-quantized", symmetric int8 codes with per-channel, per-tensor or per-group scales;
+     * int8_group the group strategy's group_size (0 when no config group has one). Any other
+     * quantization_config is TSR_EUNSUPPORTED when read. */
+    enum tsr_weight_quant weight_quant;
     int fp8_block[2];
+    int int8_group;
 };
 
 /* Read the config; the tokenizer's vocabulary size is the fallback for n_vocab. Both validate
  * (tsr_config_validate) before returning. Errors name the missing or bad field: TSR_EFORMAT for a
  * missing, mistyped or zero one, TSR_EINVAL for one over its bound (TSR_MAX_*), TSR_EUNSUPPORTED
  * for what tessera does not compute (an unknown rope_scaling, experts in a qwen2 GGUF, a
- * quantization_config whose quant_method is not "fp8"). A missing context length is taken as 4096
- * with a warning on stderr. */
+ * quantization_config other than "fp8" and compressed-tensors' "int-quantized" int8). A missing
+ * context length is taken as 4096 with a warning on stderr. */
 int tsr_config_from_gguf(const tsr_gguf_t *g, struct tsr_model_config *c);
 int tsr_config_from_json(const char *config_json_path, struct tsr_model_config *c);
 /* The same over config.json's text (len bytes; tests, fuzzing); name is used in messages. */

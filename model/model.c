@@ -71,6 +71,9 @@ struct tsr_model {
     enum tsr_dtype synth_dtype;
     uint64_t synth_seed;
     int quantize; /* tsr_model_quantize's type for the blocks' matrices; -1: as in the file */
+    /* an int8 checkpoint's scale is not exactly an f16 (opened to be converted: its matrices are
+     * then converted even to Q8_0, never copied into Q8_0 blocks) */
+    int inexact_scales;
 };
 
 const char *tsr_synthetic_names(void)
@@ -299,15 +302,20 @@ int tsr_config_load(const char *spec, struct tsr_model_config *c)
     return 0;
 }
 
-static int check_fp8(tsr_model_t *m);
+static int check_codes(tsr_model_t *m);
 
 int tsr_model_open(const char *spec, tsr_model_t **out)
+{
+    return tsr_model_open_quantized(spec, -1, out);
+}
+
+int tsr_model_open_quantized(const char *spec, int type, tsr_model_t **out)
 {
     *out = NULL;
     tsr_model_t *m = calloc(1, sizeof *m);
     if (!m) return tsr_errorf(TSR_ENOMEM, "out of memory");
     snprintf(m->name, sizeof m->name, "%s", spec);
-    m->quantize = -1;
+    m->quantize = type; /* for check_codes: int8 scales need not be f16 when converted */
     int rc;
     if (!strncmp(spec, "synthetic:", 10)) {
         m->src = SRC_SYNTHETIC;
@@ -319,8 +327,10 @@ int tsr_model_open(const char *spec, tsr_model_t **out)
         m->src = SRC_GGUF;
         rc = open_gguf(m, spec);
     }
-    if (!rc && m->src == SRC_HF) rc = check_fp8(m);
+    if (!rc && m->src == SRC_HF) rc = check_codes(m);
+    m->quantize = -1;
     if (!rc && m->src != SRC_SYNTHETIC) rc = check_tensors(m);
+    if (!rc) rc = tsr_model_quantize(m, type);
     if (rc) {
         tsr_model_free(m);
         return rc;
@@ -480,22 +490,40 @@ static int quantized_name(const char *name)
     return 0;
 }
 
-/* ---- FP8 checkpoints ---------------------------------------------------------------------
- * A Hugging Face FP8 checkpoint (quantization_config quant_method "fp8") keeps its projection
- * matrices as bare E4M3 codes (safetensors dtype F8_E4M3) beside scales that multiply them,
- * w = e4m3(q) * s, F32/BF16/F16, one of:
- *   <weight>_scale       per-tensor ([] or [1]) or per-channel ([rows] or [rows, 1])
- *   <weight>_scale_inv   DeepSeek's blocks: [ceil(rows / b0), ceil(cols / b1)] for
- *                        weight_block_size [b0, b1] ("inv" by name only: it multiplies too)
- * Such a matrix reads as TSR_F8_E4M3 (generated): tsr_model_read writes each 32-column block as
- * its scale and its 32 codes copied as they are, so loading rounds nothing. b1 must be a multiple
- * of 32, so that a block never straddles two scales. */
+/* ---- quantized checkpoints: FP8 and int8 ------------------------------------------------------
+ * Hugging Face checkpoints that keep their projection matrices as bare one-byte codes beside
+ * scales that multiply them, w = code * s, the scales F32, BF16 or F16:
+ *   FP8 (quantization_config quant_method "fp8"): E4M3 codes (safetensors F8_E4M3), scaled by
+ *     <weight>_scale       per-tensor ([] or [1]) or per-channel ([rows] or [rows, 1])
+ *     <weight>_scale_inv   DeepSeek's blocks: [ceil(rows / b0), ceil(cols / b1)] for
+ *                          weight_block_size [b0, b1] ("inv" by name only: it multiplies too)
+ *   int8 (compressed-tensors, format "int-quantized"): int8 codes (safetensors I8), scaled by
+ *     <weight>_scale       per-tensor or per-channel as above, or per group of group_size columns
+ *                          ([rows, ceil(cols / group_size)]); an optional <weight>_zero_point
+ *                          must be all zeros (symmetric weights).
+ * Such a matrix reads as blocks (generated): tsr_model_read writes each 32-column block as its
+ * scale and its 32 codes copied as they are, TSR_F8_E4M3 blocks (an f32 scale) for FP8 and
+ * TSR_Q8_0 blocks (an f16 scale: every int8 scale must be exactly an f16, checked at open) for
+ * int8, so loading rounds nothing. Block and group widths are multiples of 32, so that a block
+ * never straddles two scales. */
 
-/* An FP8 matrix's codes (rows x cols bytes) and scales: element (r, c)'s scale is
+/* What each kind of codes is called, needs and loads as. */
+static const struct codes_kind {
+    const char *dtype, *what, *config;
+    enum tsr_weight_quant quant;
+    enum tsr_dtype blocks;
+} codes_kinds[] = {
+    [TSR_ST_E4M3] = {"F8_E4M3", "FP8", "quant_method \"fp8\"", TSR_WQ_FP8, TSR_F8_E4M3},
+    [TSR_ST_INT8] = {"I8", "int8", "quant_method \"compressed-tensors\" (format \"int-quantized\")",
+                     TSR_WQ_INT8, TSR_Q8_0},
+};
+
+/* A quantized matrix's codes (rows x cols bytes) and scales: element (r, c)'s scale is
  * scale[(r / srow) * n_scol + c / scol]; scol is the width or a multiple of 32. */
-struct fp8_src {
+struct codes_src {
+    const struct codes_kind *kind;
     const uint8_t *codes;
-    const struct tsr_st_tensor *scale; /* NULL: not an FP8 matrix */
+    const struct tsr_st_tensor *scale; /* NULL: not a quantized matrix */
     int64_t rows, cols, srow, scol, n_scol;
 };
 
@@ -512,6 +540,11 @@ static float scale_at(const struct tsr_st_tensor *s, int64_t i)
     return s->type == TSR_F16 ? tsr_f16_to_f32(h) : tsr_bf16_to_f32(h);
 }
 
+static int64_t scale_count(const struct tsr_st_tensor *s)
+{
+    return (int64_t)(s->nbytes / (s->type == TSR_F32 ? 4 : 2));
+}
+
 /* A tensor's shape as its file's JSON writes it, for messages: "[128, 1]". */
 static const char *shape_str(const struct tsr_st_tensor *t, char *buf, size_t cap)
 {
@@ -522,54 +555,93 @@ static const char *shape_str(const struct tsr_st_tensor *t, char *buf, size_t ca
     return buf;
 }
 
-/* The FP8 source of model tensor `name`, held as HF tensor t (hf) of bare codes: its scale found
- * and its dtype and shape checked against the matrix and the config; with check_values every
- * scale read and found finite too (O(scales): once, at open). */
-static int fp8_source(tsr_model_t *m, const char *name, const char *hf,
-                      const struct tsr_st_tensor *t, int check_values, struct fp8_src *f8)
+/* Checks an int8 matrix's scales (each exactly an f16, unless the model is converted as it
+ * loads: then it is only noted) and its optional zero point (all zeros). O(scales). */
+static int check_int8_values(tsr_model_t *m, const char *hf, const char *sname,
+                             const struct tsr_st_tensor *s)
 {
-    char sn[300], sin[300], shape[128];
-    memset(f8, 0, sizeof *f8);
+    for (int64_t i = 0; i < scale_count(s); i++) {
+        float v = scale_at(s, i);
+        if (tsr_f16_to_f32(tsr_f32_to_f16(v)) == v) continue;
+        if (m->quantize >= 0) {
+            m->inexact_scales = 1;
+            break;
+        }
+        return tsr_errorf(TSR_EUNSUPPORTED,
+                          "%s: scale '%s'[%lld] = %.9g is not exactly an f16 (int8 weights load "
+                          "losslessly as Q8_0 blocks, whose scale is an f16): load it with "
+                          "--quantize q8_0 or --quantize bf16, which requantize the weights",
+                          m->name, sname, (long long)i, (double)v);
+    }
+    char zn[300];
+    snprintf(zn, sizeof zn, "%s_zero_point", hf);
+    const struct tsr_st_tensor *z = tsr_st_find_tensor(m->st, zn);
+    if (!z) return 0;
+    int codes = z->codes != TSR_ST_NO_CODES;
+    int64_t n = codes ? (int64_t)z->nbytes : scale_count(z);
+    for (int64_t i = 0; i < n; i++) {
+        double v = codes ? (double)((const uint8_t *)z->data)[i] : (double)scale_at(z, i);
+        if (v != 0)
+            return tsr_errorf(TSR_EUNSUPPORTED,
+                              "%s: zero point '%s'[%lld] is not 0: asymmetric int8 weights are "
+                              "not supported",
+                              m->name, zn, (long long)i);
+    }
+    return 0;
+}
+
+/* The quantized source of model tensor `name`, held as HF tensor t (hf) of bare codes: its scale
+ * found and its dtype and shape checked against the matrix and the config; with check_values
+ * every scale read and found finite too, and an int8 one exact in f16 and its zero point zero
+ * (O(scales): once, at open). */
+static int codes_source(tsr_model_t *m, const char *name, const char *hf,
+                        const struct tsr_st_tensor *t, int check_values, struct codes_src *q)
+{
+    char sn[300], sin[300], shape[128], group[96] = "";
+    const struct codes_kind *k = &codes_kinds[t->codes];
+    memset(q, 0, sizeof *q);
     if (!quantized_name(name))
         return tsr_errorf(TSR_EUNSUPPORTED,
-                          "%s: tensor '%s' is F8_E4M3: only the layers' projection matrices may "
-                          "be FP8 (embeddings, lm_head, norms and biases must be F32, F16 or BF16)",
-                          m->name, hf);
-    if (!m->cfg.fp8)
+                          "%s: tensor '%s' is %s: only the layers' projection matrices may be %s "
+                          "(embeddings, lm_head, norms and biases must be F32, F16 or BF16)",
+                          m->name, hf, k->dtype, k->what);
+    if (m->cfg.weight_quant != k->quant)
         return tsr_errorf(TSR_EFORMAT,
-                          "%s: tensor '%s' is F8_E4M3 but config.json has no quantization_config "
-                          "with quant_method \"fp8\"",
-                          m->name, hf);
+                          "%s: tensor '%s' is %s but config.json has no quantization_config with "
+                          "%s",
+                          m->name, hf, k->dtype, k->config);
     if (t->n_dims != 2)
-        return tsr_errorf(TSR_EFORMAT,
-                          "%s: FP8 tensor '%s' has shape %s; a matrix has 2 dimensions", m->name,
-                          hf, shape_str(t, shape, sizeof shape));
+        return tsr_errorf(TSR_EFORMAT, "%s: %s tensor '%s' has shape %s; a matrix has 2 dimensions",
+                          m->name, k->what, hf, shape_str(t, shape, sizeof shape));
     int64_t rows = t->ne[1], cols = t->ne[0];
     if (cols % TSR_QK)
         return tsr_errorf(TSR_EUNSUPPORTED,
-                          "%s: FP8 tensor '%s' is %lld columns wide, not a multiple of 32 (FP8 "
+                          "%s: %s tensor '%s' is %lld columns wide, not a multiple of 32 (%s "
                           "weights load as blocks of 32)",
-                          m->name, hf, (long long)cols);
+                          m->name, k->what, hf, (long long)cols, k->what);
     snprintf(sn, sizeof sn, "%s_scale", hf);
     snprintf(sin, sizeof sin, "%s_scale_inv", hf);
     const struct tsr_st_tensor *s = tsr_st_find_tensor(m->st, sn),
                                *inv = tsr_st_find_tensor(m->st, sin);
     if (s && inv)
         return tsr_errorf(TSR_EFORMAT,
-                          "%s: FP8 tensor '%s' has both '%s' and '%s': which one scales it is "
+                          "%s: %s tensor '%s' has both '%s' and '%s': which one scales it is "
                           "unclear",
-                          m->name, hf, sn, sin);
+                          m->name, k->what, hf, sn, sin);
     if (!s && !inv)
         return tsr_errorf(TSR_EFORMAT,
-                          "%s: FP8 tensor '%s' has no scale: neither '%s' nor '%s' is in the "
+                          "%s: %s tensor '%s' has no scale: neither '%s' nor '%s' is in the "
                           "checkpoint",
-                          m->name, hf, sn, sin);
+                          m->name, k->what, hf, sn, sin);
     const char *sname = s ? sn : sin;
     if (!s) s = inv;
-    if (s->e4m3_codes || (s->type != TSR_F32 && s->type != TSR_F16 && s->type != TSR_BF16))
+    if (s->codes != TSR_ST_NO_CODES ||
+        (s->type != TSR_F32 && s->type != TSR_F16 && s->type != TSR_BF16))
         return tsr_errorf(TSR_EFORMAT, "%s: scale '%s' is %s; it must be F32, BF16 or F16", m->name,
-                          sname, tsr_dtype_name(s->type));
-    *f8 = (struct fp8_src){.codes = t->data, .scale = s, .rows = rows, .cols = cols};
+                          sname, s->codes ? codes_kinds[s->codes].dtype : tsr_dtype_name(s->type));
+    *q = (struct codes_src){.kind = k, .codes = t->data, .scale = s, .rows = rows, .cols = cols};
+    int gs = k->quant == TSR_WQ_INT8 ? m->cfg.int8_group : 0;
+    int64_t n_groups = gs ? (cols + gs - 1) / gs : 0;
     if (inv) {
         int b0 = m->cfg.fp8_block[0], b1 = m->cfg.fp8_block[1];
         if (!b0)
@@ -590,65 +662,92 @@ static int fp8_source(tsr_model_t *m, const char *name, const char *hf,
                               m->name, sname, shape_str(s, shape, sizeof shape), hf,
                               (long long)rows, (long long)cols, b0, b1, (long long)n0,
                               (long long)n1);
-        f8->srow = b0, f8->scol = b1, f8->n_scol = n1;
+        q->srow = b0, q->scol = b1, q->n_scol = n1;
     } else if (s->n_dims <= 2 && s->ne[0] == 1 && s->ne[1] == 1) { /* per-tensor */
-        f8->srow = rows > 0 ? rows : 1, f8->scol = cols > 0 ? cols : 1, f8->n_scol = 1;
+        q->srow = rows > 0 ? rows : 1, q->scol = cols > 0 ? cols : 1, q->n_scol = 1;
     } else if ((s->n_dims == 1 && s->ne[0] == rows) ||
                (s->n_dims == 2 && s->ne[1] == rows && s->ne[0] == 1)) { /* per-channel */
-        f8->srow = 1, f8->scol = cols > 0 ? cols : 1, f8->n_scol = 1;
+        q->srow = 1, q->scol = cols > 0 ? cols : 1, q->n_scol = 1;
+    } else if (gs && s->n_dims == 2 && s->ne[1] == rows && s->ne[0] == n_groups) { /* groups */
+        q->srow = 1, q->scol = gs, q->n_scol = n_groups;
     } else {
+        if (gs)
+            snprintf(group, sizeof group, ", a per-group one (group_size %d) [%lld, %lld]", gs,
+                     (long long)rows, (long long)n_groups);
         return tsr_errorf(TSR_EFORMAT,
                           "%s: scale '%s' has shape %s; for '%s' (%lld x %lld) a per-tensor scale "
-                          "is [] or [1], a per-channel one [%lld] or [%lld, 1]",
+                          "is [] or [1], a per-channel one [%lld] or [%lld, 1]%s",
                           m->name, sname, shape_str(s, shape, sizeof shape), hf, (long long)rows,
-                          (long long)cols, (long long)rows, (long long)rows);
+                          (long long)cols, (long long)rows, (long long)rows, group);
     }
-    int64_t n = (int64_t)(s->nbytes / (s->type == TSR_F32 ? 4 : 2));
-    for (int64_t i = 0; check_values && i < n; i++) {
+    for (int64_t i = 0; check_values && i < scale_count(s); i++) {
         float v = scale_at(s, i);
         if (!isfinite(v))
-            return tsr_errorf(TSR_EFORMAT, "%s: scale '%s'[%lld] is %g; FP8 scales must be finite",
-                              m->name, sname, (long long)i, (double)v);
+            return tsr_errorf(TSR_EFORMAT, "%s: scale '%s'[%lld] is %g; %s scales must be finite",
+                              m->name, sname, (long long)i, (double)v, k->what);
     }
-    return 0;
+    return check_values && k->quant == TSR_WQ_INT8 ? check_int8_values(m, hf, sname, s) : 0;
 }
 
-/* Columns [col0, col0 + n) of row r as TSR_F8_E4M3 blocks: each block's d its columns' scale,
- * its 32 codes copied as they are. col0 and n are multiples of 32. */
-static void fp8_blocks(const struct fp8_src *f, int64_t r, int64_t col0, int64_t n, char *dst)
+/* Columns [col0, col0 + n) of row r as the kind's blocks: each block's d its columns' scale
+ * (for Q8_0 as the f16 it is exactly), its 32 codes copied as they are. col0 and n are multiples
+ * of 32. */
+static void codes_blocks(const struct codes_src *q, int64_t r, int64_t col0, int64_t n, char *dst)
 {
-    const uint8_t *codes = f->codes + (size_t)r * (size_t)f->cols;
-    int64_t base = r / f->srow * f->n_scol;
+    const uint8_t *codes = q->codes + (size_t)r * (size_t)q->cols;
+    int64_t base = r / q->srow * q->n_scol;
+    int q8 = q->kind->blocks == TSR_Q8_0;
+    size_t bytes = q8 ? sizeof(struct tsr_block_q8_0) : sizeof(struct tsr_block_f8);
     for (int64_t k = 0; k < n / TSR_QK; k++) {
         int64_t c = col0 + k * TSR_QK;
-        float d = scale_at(f->scale, base + c / f->scol);
-        char *b = dst + (size_t)k * sizeof(struct tsr_block_f8);
-        memcpy(b + offsetof(struct tsr_block_f8, d), &d, sizeof d);
-        memcpy(b + offsetof(struct tsr_block_f8, qs), codes + c, TSR_QK);
+        float d = scale_at(q->scale, base + c / q->scol);
+        char *b = dst + (size_t)k * bytes;
+        if (q8) {
+            uint16_t h = tsr_f32_to_f16(d);
+            memcpy(b + offsetof(struct tsr_block_q8_0, d), &h, sizeof h);
+            memcpy(b + offsetof(struct tsr_block_q8_0, qs), codes + c, TSR_QK);
+        } else {
+            memcpy(b + offsetof(struct tsr_block_f8, d), &d, sizeof d);
+            memcpy(b + offsetof(struct tsr_block_f8, qs), codes + c, TSR_QK);
+        }
     }
 }
 
-/* One tessera name's tensor, if the checkpoint holds it as E4M3 codes: its scale checked. */
-static int check_fp8_one(tsr_model_t *m, const char *name, char *hf, size_t hf_size)
+/* Row r's values, code * scale in f32 (what the blocks decode to, before any f16 rounding of an
+ * int8 scale), for converting it to another type. */
+static void codes_row(const struct codes_src *q, int64_t r, float *dst)
 {
-    struct fp8_src f8;
-    const struct tsr_st_tensor *t =
-        hf_name(&m->cfg, name, hf, hf_size) ? tsr_st_find_tensor(m->st, hf) : NULL;
-    return t && t->e4m3_codes ? fp8_source(m, name, hf, t, 1, &f8) : 0;
+    const uint8_t *codes = q->codes + (size_t)r * (size_t)q->cols;
+    int64_t base = r / q->srow * q->n_scol;
+    int e4m3 = q->kind->blocks == TSR_F8_E4M3;
+    for (int64_t c = 0; c < q->cols; c++) {
+        float d = scale_at(q->scale, base + c / q->scol);
+        dst[c] = d * (e4m3 ? tsr_e4m3_to_f32(codes[c]) : (float)(int8_t)codes[c]);
+    }
 }
 
-/* FP8 checkpoints, checked once at open so that a broken one fails here and not at a rank's
- * first read: every F8_E4M3 tensor needs quantization_config's fp8, and every one tessera reads
- * must be a projection matrix with a scale of the right dtype, shape and finite values. */
-static int check_fp8(tsr_model_t *m)
+/* One tessera name's tensor, if the checkpoint holds it as codes: its scale checked. */
+static int check_codes_one(tsr_model_t *m, const char *name, char *hf, size_t hf_size)
+{
+    struct codes_src q;
+    const struct tsr_st_tensor *t =
+        hf_name(&m->cfg, name, hf, hf_size) ? tsr_st_find_tensor(m->st, hf) : NULL;
+    return t && t->codes ? codes_source(m, name, hf, t, 1, &q) : 0;
+}
+
+/* Quantized checkpoints, checked once at open so that a broken one fails here and not at a
+ * rank's first read: every tensor of codes needs its quantization_config, and every one tessera
+ * reads must be a projection matrix with a scale of the right dtype, shape and values. */
+static int check_codes(tsr_model_t *m)
 {
     for (uint64_t i = 0; i < tsr_st_n_tensors(m->st); i++) {
         const struct tsr_st_tensor *t = tsr_st_tensor(m->st, i);
-        if (t->e4m3_codes && !m->cfg.fp8)
+        const struct codes_kind *k = &codes_kinds[t->codes];
+        if (t->codes && m->cfg.weight_quant != k->quant)
             return tsr_errorf(TSR_EFORMAT,
-                              "%s: tensor '%s' is F8_E4M3 but config.json has no "
-                              "quantization_config with quant_method \"fp8\"",
-                              m->name, t->name);
+                              "%s: tensor '%s' is %s but config.json has no quantization_config "
+                              "with %s",
+                              m->name, t->name, k->dtype, k->config);
     }
     static const char *const whole[] = {"token_embd.weight", "output.weight", "output_norm.weight"};
     static const char *const part[] = {"attn_norm.weight", "ffn_norm.weight", "attn_q.bias",
@@ -665,7 +764,7 @@ static int check_fp8(tsr_model_t *m)
                 snprintf(name, sizeof name, "blk.%d.%s", l,
                          i < n_part ? part[i] : quant_mats[i - n_part]);
             int rc;
-            if ((rc = check_fp8_one(m, name, hf, sizeof hf))) return rc;
+            if ((rc = check_codes_one(m, name, hf, sizeof hf))) return rc;
         }
     /* the experts' matrices, routed (E < n_expert) and shared, of the MoE layers */
     static const char *const what[] = {"gate", "up", "down"};
@@ -678,7 +777,7 @@ static int check_fp8(tsr_model_t *m)
                 else
                     snprintf(name, sizeof name, "blk.%d.ffn_%s_exp.%d.weight", l, what[i], e);
                 int rc;
-                if ((rc = check_fp8_one(m, name, hf, sizeof hf))) return rc;
+                if ((rc = check_codes_one(m, name, hf, sizeof hf))) return rc;
             }
     return 0;
 }
@@ -807,37 +906,33 @@ struct gen_job {
      * apart, are decoded and columns [col0, col0 + n) requantized to t. */
     const struct tsr_tensor_view *src;
     size_t stride;
-    /* Or an FP8 checkpoint's matrix: to TSR_F8_E4M3 its blocks copied (lossless); to another t,
-     * whole rows of those blocks decoded and requantized as src's are. */
-    const struct fp8_src *f8;
+    /* Or a quantized checkpoint's matrix (FP8, int8): with copy its blocks copied (lossless); else
+     * whole rows of its values (code * scale) requantized to t as src's are. */
+    const struct codes_src *q;
+    int copy;
     int failed;
 };
 
 static void *gen_rows(void *arg)
 {
     struct gen_job *j = arg;
-    int whole = j->src || j->f8, f8_copy = j->f8 && j->t == TSR_F8_E4M3;
+    int whole = j->src || j->q;
     float *tmp = malloc((size_t)(whole ? j->cols : j->n) * sizeof *tmp);
-    char *blk = j->f8 && !f8_copy ? malloc(tsr_dtype_row_bytes(TSR_F8_E4M3, j->cols)) : NULL;
-    if (!tmp || (j->f8 && !f8_copy && !blk)) {
-        free(tmp);
-        free(blk);
+    if (!tmp) {
         j->failed = 1;
         return NULL;
     }
     for (int64_t i = j->r0; i < j->r1; i++) {
         char *out = j->data + (size_t)i * j->row_bytes;
         int64_t r = j->row0 + i;
-        if (f8_copy) {
-            fp8_blocks(j->f8, r, j->col0, j->n, out);
+        if (j->q && j->copy) {
+            codes_blocks(j->q, r, j->col0, j->n, out);
         } else if (whole) {
-            if (j->f8) {
-                fp8_blocks(j->f8, r, 0, j->cols, blk);
-                tsr_dequantize_row(TSR_F8_E4M3, blk, tmp, j->cols);
-            } else {
+            if (j->q)
+                codes_row(j->q, r, tmp);
+            else
                 tsr_dequantize_row(j->src->type, (const char *)j->src->data + (size_t)r * j->stride,
                                    tmp, j->cols);
-            }
             tsr_quantize_row_search(j->t, tmp + j->col0, out, j->n);
         } else {
             uint64_t base = j->seed + (uint64_t)(r * j->cols + j->col0);
@@ -849,7 +944,6 @@ static void *gen_rows(void *arg)
             tsr_quantize_row(j->t, tmp, out, j->n);
         }
     }
-    free(blk);
     free(tmp);
     return NULL;
 }
@@ -932,13 +1026,14 @@ static int gguf_expert_view(tsr_model_t *m, const char *name, struct tsr_tensor_
     return 0;
 }
 
-/* A file tensor's view. An FP8 checkpoint's matrix is TSR_F8_E4M3 with no data (generated), its
- * codes and scales in *f8 for tsr_model_read; f8->scale is NULL for every other tensor. */
+/* A file tensor's view. A quantized checkpoint's matrix is its blocks' type (TSR_F8_E4M3,
+ * TSR_Q8_0) with no data (generated), its codes and scales in *q for tsr_model_read; q->scale is
+ * NULL for every other tensor. */
 static int file_view(tsr_model_t *m, const char *name, struct tsr_tensor_view *out,
-                     struct fp8_src *f8)
+                     struct codes_src *q)
 {
     memset(out, 0, sizeof *out);
-    memset(f8, 0, sizeof *f8);
+    memset(q, 0, sizeof *q);
     if (m->src == SRC_GGUF) {
         const struct tsr_gguf_tensor *t = tsr_gguf_find_tensor(m->gguf, name);
         if (!t) return gguf_expert_view(m, name, out);
@@ -955,15 +1050,16 @@ static int file_view(tsr_model_t *m, const char *name, struct tsr_tensor_view *o
     if (!t && mapped)
         return tsr_errorf(TSR_ENOTFOUND, "%s: no tensor '%s' (%s)", m->name, hf, name);
     if (!t) return tsr_errorf(TSR_ENOTFOUND, "%s: no tensor '%s'", m->name, name);
-    if (t->e4m3_codes) {
-        int rc = fp8_source(m, name, hf, t, 0, f8);
+    if (t->codes) {
+        int rc = codes_source(m, name, hf, t, 0, q);
         if (rc) return rc;
-        *out = (struct tsr_tensor_view){.type = TSR_F8_E4M3,
-                                        .rows = f8->rows,
-                                        .cols = f8->cols,
-                                        .nbytes = tsr_dtype_row_bytes(TSR_F8_E4M3, f8->cols) *
-                                                  (size_t)f8->rows,
-                                        .generated = 1};
+        enum tsr_dtype bt = q->kind->blocks;
+        *out =
+            (struct tsr_tensor_view){.type = bt,
+                                     .rows = q->rows,
+                                     .cols = q->cols,
+                                     .nbytes = tsr_dtype_row_bytes(bt, q->cols) * (size_t)q->rows,
+                                     .generated = 1};
         return 0;
     }
     out->type = t->type;
@@ -975,14 +1071,17 @@ static int file_view(tsr_model_t *m, const char *name, struct tsr_tensor_view *o
 }
 
 /* The view of a file tensor; under tsr_model_quantize a converted matrix's view (type the
- * target's, no data: tsr_model_read makes it), and the file's own in *src (and *f8). */
+ * target's, no data: tsr_model_read makes it), and the file's own in *src (and *q). A quantized
+ * checkpoint's matrix is converted even to its own blocks' type when some int8 scale is not
+ * exactly an f16 (inexact_scales): its blocks could not hold it. */
 static int model_view(tsr_model_t *m, const char *name, struct tsr_tensor_view *out,
-                      struct tsr_tensor_view *src, struct fp8_src *f8)
+                      struct tsr_tensor_view *src, struct codes_src *q)
 {
-    int rc = file_view(m, name, src, f8);
+    int rc = file_view(m, name, src, q);
     if (rc) return rc;
     *out = *src;
-    if (m->quantize < 0 || src->type == (enum tsr_dtype)m->quantize || !quantized_name(name))
+    if (m->quantize < 0 || !quantized_name(name) ||
+        (src->type == (enum tsr_dtype)m->quantize && !(q->scale && m->inexact_scales)))
         return 0;
     enum tsr_dtype t = (enum tsr_dtype)m->quantize;
     size_t row_bytes = tsr_dtype_row_bytes(t, src->cols);
@@ -1014,11 +1113,11 @@ int tsr_model_quantize(tsr_model_t *m, int type)
     /* every matrix now, so that a width the type cannot take is an error at load, not later */
     char name[64];
     struct tsr_tensor_view v, src;
-    struct fp8_src f8;
+    struct codes_src q;
     for (int l = 0; l < m->cfg.n_layer; l++)
         for (size_t i = 0; i < sizeof quant_mats / sizeof quant_mats[0]; i++) {
             snprintf(name, sizeof name, "blk.%d.%s", l, quant_mats[i]);
-            int rc = model_view(m, name, &v, &src, &f8);
+            int rc = model_view(m, name, &v, &src, &q);
             if (rc && rc != TSR_ENOTFOUND) {
                 m->quantize = -1;
                 return rc;
@@ -1031,23 +1130,23 @@ int tsr_model_tensor(tsr_model_t *m, const char *name, struct tsr_tensor_view *o
 {
     int is_norm;
     struct tsr_tensor_view src;
-    struct fp8_src f8;
+    struct codes_src q;
     memset(out, 0, sizeof *out);
     return m->src == SRC_SYNTHETIC ? synthetic_view(m, name, out, &is_norm)
-                                   : model_view(m, name, out, &src, &f8);
+                                   : model_view(m, name, out, &src, &q);
 }
 
 int tsr_model_read(tsr_model_t *m, const char *name, int64_t row0, int64_t n_rows, int64_t col0,
                    int64_t n_cols, void *dst)
 {
     struct tsr_tensor_view v, src;
-    struct fp8_src f8;
+    struct codes_src q;
     int is_norm = 0;
     memset(&v, 0, sizeof v);
     memset(&src, 0, sizeof src);
-    memset(&f8, 0, sizeof f8);
+    memset(&q, 0, sizeof q);
     int rc = m->src == SRC_SYNTHETIC ? synthetic_view(m, name, &v, &is_norm)
-                                     : model_view(m, name, &v, &src, &f8);
+                                     : model_view(m, name, &v, &src, &q);
     if (rc) return rc;
     if (row0 < 0 || n_rows < 0 || row0 > v.rows - n_rows || col0 < 0 || n_cols < 0 ||
         col0 > v.cols - n_cols)
@@ -1070,7 +1169,7 @@ int tsr_model_read(tsr_model_t *m, const char *name, int64_t row0, int64_t n_row
                    (const char *)v.data + (size_t)(row0 + i) * stride + skip, row_bytes);
         return 0;
     }
-    if (m->src != SRC_SYNTHETIC) { /* a converted matrix, or an FP8 checkpoint's */
+    if (m->src != SRC_SYNTHETIC) { /* a converted matrix, or a quantized checkpoint's */
         struct gen_job job = {.t = v.type,
                               .cols = v.cols,
                               .row0 = row0,
@@ -1078,9 +1177,10 @@ int tsr_model_read(tsr_model_t *m, const char *name, int64_t row0, int64_t n_row
                               .n = n_cols,
                               .row_bytes = row_bytes,
                               .data = dst,
-                              .src = f8.scale ? NULL : &src,
-                              .stride = f8.scale ? 0 : src.nbytes / (size_t)src.rows,
-                              .f8 = f8.scale ? &f8 : NULL};
+                              .src = q.scale ? NULL : &src,
+                              .stride = q.scale ? 0 : src.nbytes / (size_t)src.rows,
+                              .q = q.scale ? &q : NULL,
+                              .copy = q.scale && v.type == q.kind->blocks && !m->inexact_scales};
         if (gen_tensor(&job, n_rows))
             return tsr_errorf(TSR_ENOMEM, "%s: out of memory converting '%s'", m->name, name);
         return 0;

@@ -8,9 +8,14 @@
  * or per-channel ([rows] or [rows, 1]), or <weight>_scale_inv per block of weight_block_size [b0,
  * b1] (b1 a multiple of 32; shape [ceil(rows / b0), ceil(cols / b1)]). Such a matrix reads as
  * TSR_F8_E4M3 (generated): each 32-weight block its scale and its codes as they are, made by
- * tsr_model_read for any slice on 32-column blocks, so loading rounds nothing. Embeddings, lm_head
- * and norms in FP8, a missing or ill-shaped scale, one of another dtype or not finite, FP8 tensors
- * without quantization_config: errors at open naming the tensor.
+ * tsr_model_read for any slice on 32-column blocks, so loading rounds nothing. Likewise an int8
+ * checkpoint (quant_method "compressed-tensors", format "int-quantized"): safetensors I8 codes
+ * with a <weight>_scale per-tensor, per-channel or per group of group_size columns ([rows,
+ * ceil(cols / group_size)]), and an optional all-zero <weight>_zero_point, read as TSR_Q8_0 blocks
+ * (each scale must be exactly an f16, unless the model is converted as it opens:
+ * tsr_model_open_quantized). Embeddings, lm_head and norms in FP8 or int8, a missing or ill-shaped
+ * scale, one of another dtype or not finite, codes without their quantization_config: errors at
+ * open naming the tensor.
  *
  * Tensors are named the GGUF way whatever the source:
  *   token_embd.weight (vocab, dim)      output_norm.weight (dim)      output.weight (vocab, dim)
@@ -51,6 +56,10 @@ int tsr_weight_type_parse(const char *s, enum tsr_dtype *out);
  * lists the names; TYPE one of TSR_WEIGHT_TYPES). Errors name the file and the problem.
  * Caller frees with tsr_model_free(). */
 int tsr_model_open(const char *spec, tsr_model_t **out);
+/* tsr_model_open then tsr_model_quantize(type), in one: an int8 checkpoint whose scales are not
+ * all exactly f16s (which tsr_model_open refuses, naming one) opens when type >= 0, its matrices
+ * then converted from code * scale in f32 even to Q8_0. */
+int tsr_model_open_quantized(const char *spec, int type, tsr_model_t **out);
 
 /* --quantize: from now on the blocks' projection matrices (attn_{q,k,v,output}, MLA's
  * attn_{q_a,q_b,kv_a_mqa,kv_b}, ffn_{gate,up,down}) read as `type` (a tsr_dtype; < 0: no change),
@@ -89,8 +98,8 @@ int tsr_model_tensor(tsr_model_t *m, const char *name, struct tsr_tensor_view *o
  * col0 and n_cols fall on its blocks. A synthetic tensor's slice is generated (the same bytes as
  * those elements of the whole tensor: each element depends only on the seed, the name and its
  * index); a converted one (tsr_model_quantize) is requantized from the file's whole rows (the
- * same bytes as the whole tensor's, blocks being quantized alone); an FP8 checkpoint's matrix is
- * made from its codes and scales; a file's is copied from the mapping. TSR_ENOTFOUND,
+ * same bytes as the whole tensor's, blocks being quantized alone); an FP8 or int8 checkpoint's
+ * matrix is made from its codes and scales; a file's is copied from the mapping. TSR_ENOTFOUND,
  * TSR_EINVAL for a range outside the tensor or off its blocks. */
 int tsr_model_read(tsr_model_t *m, const char *name, int64_t row0, int64_t n_rows, int64_t col0,
                    int64_t n_cols, void *dst);

@@ -54,7 +54,7 @@ struct tsr_st {
 
 /* ---- one file --------------------------------------------------------------------------- */
 
-/* A supported dtype to its type and element size; F8_E4M3 is bare codes (e4m3_codes). */
+/* A supported dtype to its type and element size; F8_E4M3 and I8 are bare codes (codes). */
 static int parse_dtype(const char *file, const char *tensor, const char *s, struct tsr_st_tensor *t,
                        uint64_t *elem_size)
 {
@@ -62,17 +62,19 @@ static int parse_dtype(const char *file, const char *tensor, const char *s, stru
         const char *name;
         enum tsr_dtype type;
         uint64_t size;
-    } supported[] = {{"F32", TSR_F32, 4},
-                     {"F16", TSR_F16, 2},
-                     {"BF16", TSR_BF16, 2},
-                     {"F8_E4M3", TSR_F8_E4M3, 1}};
-    static const char *const known[] = {"BOOL", "U8",      "I8",      "I16", "U16",     "I32",
-                                        "U32",  "I64",     "U64",     "F64", "F8_E5M2", "F8_E8M0",
-                                        "F4",   "F6_E2M3", "F6_E3M2", "C64"};
+        enum tsr_st_codes codes;
+    } supported[] = {{"F32", TSR_F32, 4, TSR_ST_NO_CODES},
+                     {"F16", TSR_F16, 2, TSR_ST_NO_CODES},
+                     {"BF16", TSR_BF16, 2, TSR_ST_NO_CODES},
+                     {"F8_E4M3", TSR_F8_E4M3, 1, TSR_ST_E4M3},
+                     {"I8", TSR_Q8_0, 1, TSR_ST_INT8}};
+    static const char *const known[] = {"BOOL",    "U8",  "I16",     "U16",     "I32",
+                                        "U32",     "I64", "U64",     "F64",     "F8_E5M2",
+                                        "F8_E8M0", "F4",  "F6_E2M3", "F6_E3M2", "C64"};
     for (size_t i = 0; i < sizeof supported / sizeof supported[0]; i++)
         if (!strcmp(s, supported[i].name)) {
             t->type = supported[i].type;
-            t->e4m3_codes = supported[i].type == TSR_F8_E4M3;
+            t->codes = supported[i].codes;
             *elem_size = supported[i].size;
             return 0;
         }
@@ -80,7 +82,7 @@ static int parse_dtype(const char *file, const char *tensor, const char *s, stru
         if (!strcmp(s, known[i]))
             return tsr_errorf(TSR_EUNSUPPORTED,
                               "%s: tensor '%s': dtype %s is not supported (supported: F32, F16, "
-                              "BF16, F8_E4M3)",
+                              "BF16, F8_E4M3, I8)",
                               file, tensor, s);
     return tsr_errorf(TSR_EFORMAT, "%s: tensor '%s': unknown dtype \"%.32s\"", file, tensor, s);
 }
@@ -138,7 +140,7 @@ static int add_entry(tsr_st_t *st, const char *file, const char *name, json_t *v
         return tsr_errorf(TSR_EFORMAT,
                           "%s: tensor '%s': shape holds %" PRIu64 " %s elements but "
                           "data_offsets [%lld, %lld] span %lld bytes",
-                          file, name, count, tsr_dtype_name(e.t.type), (long long)b, (long long)end,
+                          file, name, count, json_string_value(dtype), (long long)b, (long long)end,
                           (long long)(end - b));
 
     e.t.n_dims = (uint32_t)nd;

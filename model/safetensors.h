@@ -4,11 +4,11 @@
  * {"dtype", "shape", "data_offsets": [begin, end]} (offsets relative to the byte after the header)
  * plus an optional "__metadata__" object. Files are mmap'ed; every offset, shape and size is
  * checked against the file with overflow-safe arithmetic (shape product × element size must equal
- * end - begin; ranges inside the data section). Supported dtypes: F32, F16, BF16, and F8_E4M3 as
- * bare codes (e4m3_codes below: one byte an element, no scales; the FP8 checkpoint's scale tensors
- * are separate F32/BF16/F16 tensors that model.c pairs with it); others (F8_E5M2, F8_E8M0, integer
- * types, ...) give TSR_EUNSUPPORTED naming the tensor. A malformed file is TSR_EFORMAT with a
- * message naming the file and what is wrong, never a crash.
+ * end - begin; ranges inside the data section). Supported dtypes: F32, F16, BF16, and F8_E4M3 and
+ * I8 as bare codes (`codes` below: one byte an element, no scales; an FP8 or int8 checkpoint's
+ * scale tensors are separate F32/BF16/F16 tensors that model.c pairs with them); others (F8_E5M2,
+ * F8_E8M0, the other integer types, ...) give TSR_EUNSUPPORTED naming the tensor. A malformed file
+ * is TSR_EFORMAT with a message naming the file and what is wrong, never a crash.
  *
  * A directory holds config.json, tokenizer.json and either model.safetensors or several shards
  * listed by model.safetensors.index.json ("weight_map": tensor name → file name). */
@@ -22,15 +22,24 @@
 
 typedef struct tsr_st tsr_st_t; /* one file or a whole directory's shards */
 
+/* Bare quantized codes, one byte an element, worth nothing without their checkpoint's scales. */
+enum tsr_st_codes {
+    TSR_ST_NO_CODES, /* a float tensor, read by its type */
+    TSR_ST_E4M3,     /* dtype F8_E4M3: OCP E4M3 codes (FP8 checkpoints) */
+    TSR_ST_INT8,     /* dtype I8: two's-complement int8 codes (int8 checkpoints) */
+};
+
 struct tsr_st_tensor {
-    char *name;          /* NUL-terminated, owned by the reader */
-    uint32_t n_dims;     /* 0..4 (0 = scalar) */
-    int64_t ne[4];       /* ne[0] innermost: the reverse of the JSON "shape"; unused = 1 */
-    enum tsr_dtype type; /* TSR_F32, TSR_F16, TSR_BF16; TSR_F8_E4M3 only with e4m3_codes */
-    /* 1 for dtype F8_E4M3: data holds bare OCP E4M3 codes, one byte an element (nbytes = the
-     * element count), with no scales: not tessera's 36-byte TSR_F8_E4M3 blocks, so never decode
-     * it by type. What a code is worth comes from the checkpoint's scale tensors. */
-    int e4m3_codes;
+    char *name;      /* NUL-terminated, owned by the reader */
+    uint32_t n_dims; /* 0..4 (0 = scalar) */
+    int64_t ne[4];   /* ne[0] innermost: the reverse of the JSON "shape"; unused = 1 */
+    /* TSR_F32, TSR_F16, TSR_BF16; with codes, the blocks they load as: TSR_F8_E4M3 for E4M3
+     * codes, TSR_Q8_0 for int8 ones */
+    enum tsr_dtype type;
+    /* Not TSR_ST_NO_CODES for dtypes F8_E4M3 and I8: data holds bare codes, one byte an element
+     * (nbytes = the element count), with no scales: not tessera's blocks of `type`, so never
+     * decode it by type. What a code is worth comes from the checkpoint's scale tensors. */
+    enum tsr_st_codes codes;
     uint64_t nbytes;
     const void *data; /* into the mapping */
 };

@@ -1094,7 +1094,8 @@ int tsr_cmd_bench(int argc, char **argv)
     int rc = parse_args(argc, argv, &a);
     if (rc) return rc;
     int ranks = a.mdl.tp * a.mdl.pp;
-    if ((rc = tsr_cli_launch_ranks("bench", a.mdl.model, a.mdl.tp, a.mdl.pp, argc, argv)) >= 0)
+    if ((rc = tsr_cli_launch_ranks("bench", a.mdl.model, a.mdl.quantize_type, a.mdl.tp, a.mdl.pp,
+                                   argc, argv)) >= 0)
         return rc;
     struct tsr_group group = {0};
     tsr_model_t *m = NULL;

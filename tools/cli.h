@@ -116,7 +116,8 @@ int tsr_cli_security_load(const char *cmd, const struct tsr_cli_security *s, cha
 
 /* The model and its layout: --model (-m), --tp, --pp, --quantize, --kv-cache-dtype (generate,
  * bench, worker, coordinator, serve; the coordinator, which loads no weights and keeps no KV
- * cache, ignores the last two). */
+ * cache, ignores the last, and takes --quantize only to open the model as the workers do: an int8
+ * checkpoint whose scales are not f16s opens only converted). */
 enum { TSR_O_TP = 1200, TSR_O_PP, TSR_O_QUANTIZE, TSR_O_KV_DTYPE };
 #define TSR_CLI_MODEL_OPTIONS                                                                      \
     {"model", required_argument, 0, 'm'}, {"tp", required_argument, 0, TSR_O_TP},                  \
@@ -316,14 +317,15 @@ struct tsr_cli_sampling {
 void tsr_cli_sampling_init(struct tsr_cli_sampling *s);
 int tsr_cli_sampling_opt(int c, const char *arg, struct tsr_cli_sampling *s);
 
-/* Opens the model and checks that tp x pp divides it; prints "tessera <cmd>: <why>" and returns
- * the code when not. */
-int tsr_cli_check_layout(const char *cmd, const char *model, int tp, int pp);
+/* Opens the model (converted to quantize, a tsr_dtype or -1, as tsr_model_open_quantized) and
+ * checks that tp x pp divides it; prints "tessera <cmd>: <why>" and returns the code when not. */
+int tsr_cli_check_layout(const char *cmd, const char *model, int quantize, int tp, int pp);
 /* For a command that shards a model over tp x pp ranks: when there are several and no MPI launcher
  * started us, checks the layout against the model (one clear error, not one per rank) and re-runs
  * the command under mpirun on this machine. Returns -1 when this process goes on (one rank, or a
  * rank already), else the exit code. */
-int tsr_cli_launch_ranks(const char *cmd, const char *model, int tp, int pp, int argc, char **argv);
+int tsr_cli_launch_ranks(const char *cmd, const char *model, int quantize, int tp, int pp, int argc,
+                         char **argv);
 /* CPU threads for each of `ranks` ranks sharing this machine: threads when given (non-zero) or
  * not on the CPU, else the cores shared out (at least 1). */
 int tsr_cli_rank_threads(int threads, int ranks, const char *device);

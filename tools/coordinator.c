@@ -153,7 +153,7 @@ int tsr_cmd_coordinator(int argc, char **argv)
     tsr_sessions_t *ss = NULL;
     tsr_coord_t *co = NULL;
     tsr_http_t *http = NULL;
-    if ((rc = tsr_model_open(mdl.model, &m))) {
+    if ((rc = tsr_model_open_quantized(mdl.model, mdl.quantize_type, &m))) {
         fprintf(stderr, "tessera coordinator: %s\n", tsr_last_error());
         exit_code = 2;
         goto out;

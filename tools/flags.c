@@ -27,12 +27,7 @@ enum tsr_dtype tsr_cli_kv_type(const struct tsr_cli_model *m, const char *device
 
 int tsr_cli_model_open(const struct tsr_cli_model *m, tsr_model_t **out)
 {
-    int rc = tsr_model_open(m->model, out);
-    if (!rc && (rc = tsr_model_quantize(*out, m->quantize_type))) {
-        tsr_model_free(*out);
-        *out = NULL;
-    }
-    return rc;
+    return tsr_model_open_quantized(m->model, m->quantize_type, out);
 }
 
 int tsr_cli_model_opt(int c, const char *arg, struct tsr_cli_model *m)

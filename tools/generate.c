@@ -159,7 +159,8 @@ int tsr_cmd_generate(int argc, char **argv)
     int rc = parse_args(argc, argv, &a);
     if (rc) return rc;
     int ranks = a.mdl.tp * a.mdl.pp;
-    if ((rc = tsr_cli_launch_ranks("generate", a.mdl.model, a.mdl.tp, a.mdl.pp, argc, argv)) >= 0)
+    if ((rc = tsr_cli_launch_ranks("generate", a.mdl.model, a.mdl.quantize_type, a.mdl.tp, a.mdl.pp,
+                                   argc, argv)) >= 0)
         return rc;
     struct tsr_group group = {0};
     int exit_code = 1;

@@ -368,7 +368,7 @@ int tsr_cmd_serve(int argc, char **argv)
     }
     /* One clear error for a model that will not load or a layout that does not divide, before
      * any process starts. */
-    if (tsr_cli_check_layout("serve", model, tp, pp)) return 2;
+    if (tsr_cli_check_layout("serve", model, mdl.quantize_type, tp, pp)) return 2;
     /* The key and the TLS files, checked here: one clear error before any process starts. The
      * coordinator gets absolute paths (it runs elsewhere in the tree). */
     static char *api_key;
@@ -483,6 +483,9 @@ int tsr_cmd_serve(int argc, char **argv)
     if (routing) a[k++] = "--routing", a[k++] = (char *)routing;
     if (no_migration) a[k++] = "--no-migration";
     if (max_len) a[k++] = "--max-model-len", a[k++] = (char *)max_len;
+    /* the coordinator opens the model as the workers do: an int8 checkpoint whose scales are not
+     * f16s opens only converted */
+    if (mdl.quantize) a[k++] = "--quantize", a[k++] = (char *)mdl.quantize;
     if (sec.api_key_file) a[k++] = "--api-key-file", a[k++] = key_file_abs;
     if (sec.tls_cert)
         a[k++] = "--tls-cert", a[k++] = cert_abs, a[k++] = "--tls-key", a[k++] = key_abs;

@@ -321,8 +321,8 @@ int tsr_cmd_worker(int argc, char **argv)
          (rc = tsr_cli_listen_resolve("worker", &a.listen, bind, sizeof bind, adv, sizeof adv))) ||
         ((leader || by_etcd) && a.etcd && (rc = tsr_cli_etcd_reachable("worker", a.etcd))))
         return rc;
-    if (!a.group &&
-        (rc = tsr_cli_launch_ranks("worker", a.mdl.model, a.mdl.tp, a.mdl.pp, argc, argv)) >= 0)
+    if (!a.group && (rc = tsr_cli_launch_ranks("worker", a.mdl.model, a.mdl.quantize_type, a.mdl.tp,
+                                               a.mdl.pp, argc, argv)) >= 0)
         return rc;
     tsr_cli_catch_signals();
     char idbuf[64];

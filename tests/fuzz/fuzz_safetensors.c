@@ -1,6 +1,6 @@
 /* libFuzzer target for the safetensors reader: open any bytes, then walk every tensor, look it up
  * by name and touch all of its bytes, so an out-of-bounds pointer shows up under ASan. F8_E4M3
- * tensors (bare codes, e4m3_codes) must be one byte an element. */
+ * and I8 tensors (bare codes) must be one byte an element, typed as the blocks they load as. */
 #include <stddef.h>
 #include <stdint.h>
 
@@ -21,8 +21,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (t->n_dims > 4) __builtin_trap();
         uint64_t count = 1; /* the reader bounds it by INT64_MAX; unused ne are 1 */
         for (int d = 0; d < 4; d++) count *= (uint64_t)t->ne[d];
-        if (t->e4m3_codes != (t->type == TSR_F8_E4M3)) __builtin_trap();
-        if (t->e4m3_codes && t->nbytes != count) __builtin_trap();
+        if ((t->codes == TSR_ST_E4M3) != (t->type == TSR_F8_E4M3)) __builtin_trap();
+        if ((t->codes == TSR_ST_INT8) != (t->type == TSR_Q8_0)) __builtin_trap();
+        if (t->codes && t->nbytes != count) __builtin_trap();
         acc += t->type + (uint64_t)t->ne[0] * (uint64_t)t->ne[3];
         const uint8_t *p = t->data;
         for (uint64_t k = 0; k < t->nbytes; k++) acc += p[k];

@@ -3,7 +3,8 @@
 small valid files that reach every branch of the parsers (all metadata types, nested arrays, every
 tensor type, alignments, GGUF v2 and v3; safetensors with metadata, scalars, empty tensors, every
 supported dtype, FP8 checkpoints' F8_E4M3 codes with their weight_scale / weight_scale_inv
-tensors; configs of small and planning shapes, FP8 quantization_config). Deterministic;
+tensors, int8 checkpoints' I8 codes with weight_scale / weight_zero_point; configs of small and
+planning shapes, FP8 and compressed-tensors int8 quantization_config). Deterministic;
 run from anywhere: python3 tests/fuzz/make_seeds.py"""
 import json
 import os
@@ -64,7 +65,7 @@ def safetensors(entries, metadata=None, pad=8):
     header, blobs, off = {}, b"", 0
     if metadata is not None:
         header["__metadata__"] = metadata
-    size = {"F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1}
+    size = {"F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "I8": 1}
     for name, dt, shape in entries:
         n = size[dt]
         for d in shape:
@@ -144,6 +145,17 @@ def main():
          (fp8 + "mlp.up_proj.weight_scale_inv", "F32", [2, 2]),
          ("model.norm.weight", "BF16", [160]), ("e", "F8_E4M3", [0, 32]),
          ("s", "F8_E4M3", [])]))
+    # int8 checkpoints (compressed-tensors int-quantized): I8 codes beside per-channel,
+    # per-tensor and per-group scales and a zero point
+    write("fuzz_safetensors", "int8_scales.safetensors", safetensors(
+        [(fp8 + "self_attn.q_proj.weight", "I8", [4, 32]),
+         (fp8 + "self_attn.q_proj.weight_scale", "BF16", [4, 1]),
+         (fp8 + "self_attn.q_proj.weight_zero_point", "I8", [4, 1]),
+         (fp8 + "self_attn.k_proj.weight", "I8", [2, 64]),
+         (fp8 + "self_attn.k_proj.weight_scale", "F16", [1]),
+         (fp8 + "mlp.down_proj.weight", "I8", [3, 256]),
+         (fp8 + "mlp.down_proj.weight_scale", "F32", [3, 2]),
+         ("e", "I8", [0, 32]), ("s", "I8", [])], metadata={"format": "pt"}))
 
 
 def config_seeds():
@@ -208,7 +220,24 @@ def config_seeds():
                  "weight_block_size": [128, 128]}),
              "fp8_static.json": dict(base, quantization_config={
                  "quant_method": "fp8", "activation_scheme": "static",
-                 "modules_to_not_convert": ["lm_head"]})}
+                 "modules_to_not_convert": ["lm_head"]}),
+             "int8_w8a8.json": dict(base, quantization_config={
+                 "quant_method": "compressed-tensors", "format": "int-quantized",
+                 "quantization_status": "compressed", "ignore": ["lm_head"],
+                 "sparsity_config": {}, "kv_cache_scheme": None,
+                 "config_groups": {"group_0": {
+                     "targets": ["Linear"],
+                     "input_activations": {"num_bits": 8, "type": "int", "symmetric": True,
+                                           "strategy": "token", "dynamic": True},
+                     "weights": {"num_bits": 8, "type": "int", "symmetric": True,
+                                 "strategy": "channel", "group_size": None, "dynamic": False,
+                                 "actorder": None, "block_structure": None}}}}),
+             "int8_w8a16_group.json": dict(base, quantization_config={
+                 "quant_method": "compressed-tensors", "format": "int-quantized",
+                 "config_groups": {"group_0": {
+                     "targets": ["Linear"], "input_activations": None,
+                     "weights": {"num_bits": 8, "type": "int", "symmetric": True,
+                                 "strategy": "group", "group_size": 128}}}})}
     for name, cfg in seeds.items():
         write("fuzz_config_json", name, json.dumps(cfg, indent=1).encode())
     ref = os.path.join(HERE, "..", "reference", "configs")

@@ -215,8 +215,13 @@ static void test_bad_entries(void **state)
                 "\"data_offsets\": [0, 4]}}",
                 4, TSR_EUNSUPPORTED, "'w': 5 dimensions");
     /* Dtypes. */
-    expect_fail("{\"q\": {\"dtype\": \"I8\", \"shape\": [4], \"data_offsets\": [0, 4]}}", 4,
-                TSR_EUNSUPPORTED, "'q': dtype I8 is not supported");
+    /* I8 is read (as bare int8 codes: test_int8_checkpoint); the other integer types are not. */
+    expect_fail("{\"q\": {\"dtype\": \"I16\", \"shape\": [4], \"data_offsets\": [0, 8]}}", 8,
+                TSR_EUNSUPPORTED, "'q': dtype I16 is not supported");
+    expect_fail("{\"q\": {\"dtype\": \"U8\", \"shape\": [4], \"data_offsets\": [0, 4]}}", 4,
+                TSR_EUNSUPPORTED, "'q': dtype U8 is not supported");
+    expect_fail("{\"q\": {\"dtype\": \"I8\", \"shape\": [4], \"data_offsets\": [0, 8]}}", 8,
+                TSR_EFORMAT, "shape holds 4 I8 elements but data_offsets [0, 8] span 8 bytes");
     expect_fail("{\"q\": {\"dtype\": \"F64\", \"shape\": [1], \"data_offsets\": [0, 8]}}", 8,
                 TSR_EUNSUPPORTED, "'q': dtype F64");
     /* F8_E4M3 is read (as bare codes: test_fp8_checkpoint); the other FP8 formats are not. */
