@@ -56,7 +56,7 @@ int tsr_shard_plan_check_tp(const struct tsr_model_config *c, int tp)
                           "each is replicated on tp/%d ranks)",
                           tp, c->n_kv_head, c->n_kv_head);
     int64_t g = ffn_granule(c), nb = c->ffn_dim / g;
-    if (tp > nb)
+    if (tp > nb && (c->n_expert == 0 || c->n_dense_layer > 0)) /* a dense MLP to slice */
         return tsr_errorf(TSR_EINVAL, "tp=%d exceeds the %lld %s of the FFN (%d features)", tp,
                           (long long)nb, g > 1 ? "32-element blocks" : "features", c->ffn_dim);
     if (c->n_expert > 0 && c->n_expert % tp)

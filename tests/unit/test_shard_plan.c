@@ -460,6 +460,11 @@ static void test_errors(void **state)
     struct tsr_model_config f = odd();
     f.ffn_dim = 64;
     expect_error(&f, 4, 1, "tp=4 exceeds the 2 32-element blocks of the FFN");
+    /* ... unless every layer is an expert layer (no dense MLP to slice; experts stay whole) */
+    f.n_expert = 8, f.n_expert_used = 2, f.moe_ffn_dim = 64, f.n_dense_layer = 0;
+    assert_int_equal(tsr_shard_plan_check_tp(&f, 4), 0);
+    f.n_dense_layer = 1;
+    expect_error(&f, 4, 1, "tp=4 exceeds the 2 32-element blocks of the FFN");
     /* vocab 5 over 4 ranks: slices of 2 leave the last rank nothing */
     struct tsr_model_config v = odd();
     v.n_vocab = 5;
