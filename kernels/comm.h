@@ -71,9 +71,10 @@ int tsr_comm_broadcast(tsr_comm_t *c, tsr_buf_t *buf, size_t off, size_t bytes, 
  * gets, from recv_off, the segments from every rank the same way: recv_bytes[r] bytes from rank r.
  * Both arrays have size(c) entries; any may be 0 (a rank with nothing to exchange still calls,
  * and a buffer with nothing in it may be NULL).
- * The ranks agree pairwise: send_bytes[j] on rank i equals recv_bytes[i] on rank j. That cannot be
- * checked before sending; a mismatch fails in the transport (TSR_EIO or TSR_EINVAL naming the
- * peer), or on NCCL may hang until the timeout. The send and recv ranges must not overlap. */
+ * The ranks agree pairwise: send_bytes[j] on rank i equals recv_bytes[i] on rank j. MPI exchanges
+ * the sizes first and fails every rank alike on a mismatch (TSR_EINVAL, naming the peer on the
+ * rank that found it) before any data moves; NCCL does not check, and a mismatch may hang until
+ * the timeout. The send and recv ranges must not overlap. */
 int tsr_comm_all_to_all_v(tsr_comm_t *c, tsr_buf_t *send, size_t send_off, const size_t *send_bytes,
                           tsr_buf_t *recv, size_t recv_off, const size_t *recv_bytes);
 /* Point to point. Messages between two ranks arrive in the order they were sent; bytes must match

@@ -197,15 +197,33 @@ static int mpi_all_to_all_v(tsr_comm_t *c, const void *send, const size_t *sb, v
     const char *s = send;
     char *r = recv;
     size_t n_req = 0, so = 0, ro = 0;
-    if (sb[c->rank] != rb[c->rank])
+    /* The sizes first: every rank learns what each peer will send it, and all agree (one flag,
+     * reduced) whether every pair matches, so a mismatch fails on every rank alike instead of
+     * leaving a receive waiting for bytes that never come or taking bytes it did not expect. */
+    uint64_t *told = malloc(2 * (size_t)c->size * sizeof *told), *mine = told + c->size;
+    if (!told) return tsr_comm_errorf(c, TSR_ENOMEM, op, "out of memory for %d sizes", c->size);
+    for (int p = 0; p < c->size; p++) mine[p] = sb[p];
+    int e = MPI_Alltoall(mine, 1, MPI_UINT64_T, told, 1, MPI_UINT64_T, comm_of(c)), bad = -1;
+    for (int p = 0; e == MPI_SUCCESS && p < c->size && bad < 0; p++)
+        if (told[p] != rb[p]) bad = p;
+    size_t sent = bad >= 0 ? (size_t)told[bad] : 0;
+    int any = bad >= 0;
+    free(told);
+    if (e == MPI_SUCCESS) e = MPI_Allreduce(MPI_IN_PLACE, &any, 1, MPI_INT, MPI_MAX, comm_of(c));
+    if (e != MPI_SUCCESS) return mpi_fail(c, op, e);
+    if (bad == c->rank)
         return tsr_comm_errorf(c, TSR_EINVAL, op, "sends %zu bytes to itself but receives %zu",
-                               sb[c->rank], rb[c->rank]);
+                               sent, rb[bad]);
+    if (bad >= 0)
+        return tsr_comm_errorf(c, TSR_EINVAL, op, "expects %zu bytes from rank %d, which sends %zu",
+                               rb[bad], bad, sent);
+    if (any)
+        return tsr_comm_errorf(c, TSR_EINVAL, op, "another rank's sizes do not match its peer's");
     for (int p = 0; p < c->size; p++)
         if (p != c->rank) n_req += n_pieces(sb[p]) + n_pieces(rb[p]);
     MPI_Request *req = malloc((n_req ? n_req : 1) * sizeof *req);
     if (!req) return tsr_comm_errorf(c, TSR_ENOMEM, op, "out of memory for %zu requests", n_req);
     size_t posted = 0;
-    int e = MPI_SUCCESS;
     for (int pass = 0; pass < 2 && e == MPI_SUCCESS; pass++) { /* receives, then sends */
         size_t off = 0;
         for (int p = 0; p < c->size && e == MPI_SUCCESS; p++) {
@@ -235,6 +253,11 @@ static int mpi_all_to_all_v(tsr_comm_t *c, const void *send, const size_t *sb, v
         }
         rc = mpi_fail(c, op, e);
     } else if (posted && (e = MPI_Waitall((int)posted, req, MPI_STATUSES_IGNORE)) != MPI_SUCCESS) {
+        for (size_t j = 0; j < posted; j++) /* those still pending: completed ones are null */
+            if (req[j] != MPI_REQUEST_NULL) {
+                MPI_Cancel(&req[j]);
+                MPI_Request_free(&req[j]);
+            }
         rc = mpi_fail(c, op, e);
     }
     free(req);

@@ -297,6 +297,13 @@ static void check_bad_args(tsr_comm_t *c, const int *world_ranks)
     CHECK_RC(tsr_comm_all_to_all_v(c, b, 0, zero, b, 0, NULL), TSR_EINVAL);
     CHECK_RC(tsr_comm_all_to_all_v(c, b, 0, self, b, 32, zero), TSR_EINVAL);
     CHECK(strstr(tsr_last_error(), "to itself"));
+    /* Rank 0 expects 8 bytes from rank 1, which sends it 4: every rank fails, none waits. */
+    size_t s4[64] = {0}, r8[64] = {0};
+    if (me == 1) s4[0] = 4;
+    if (me == 0) r8[1] = 8;
+    CHECK_RC(tsr_comm_all_to_all_v(c, b, 0, s4, b, 32, r8), TSR_EINVAL);
+    CHECK(strstr(tsr_last_error(), me == 0 ? "expects 8 bytes from rank 1, which sends 4"
+                                           : "another rank's sizes do not match"));
     /* A buffer with no host view (a device backend's) is not for MPI. */
     struct tsr_buf dev = {.data = host, .size = sizeof host};
     CHECK_RC(tsr_comm_broadcast(c, &dev, 0, 4, 0), TSR_EINVAL);
