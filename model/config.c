@@ -901,6 +901,20 @@ int tsr_config_validate(const struct tsr_model_config *c)
                           "high_freq_factor (%g) and original_max_position_embeddings > 0 (%d)",
                           (double)c->rope_low_freq_factor, (double)c->rope_high_freq_factor,
                           c->rope_orig_ctx);
+    /* YaRN's correction range takes log(ctx / beta): both betas positive (0 made every frequency
+     * NaN), the mscales finite and not negative. */
+    if (c->rope_scaling == TSR_ROPE_YARN &&
+        (!(c->rope_beta_fast > 0) || !isfinite(c->rope_beta_fast) || !(c->rope_beta_slow > 0) ||
+         !isfinite(c->rope_beta_slow) || !(c->rope_mscale >= 0) || !isfinite(c->rope_mscale) ||
+         !(c->rope_mscale_all_dim >= 0) || !isfinite(c->rope_mscale_all_dim) ||
+         c->rope_orig_ctx <= 0))
+        return tsr_errorf(
+            TSR_EFORMAT,
+            "config: yarn rope scaling needs finite beta_fast (%g) and beta_slow (%g) "
+            "> 0, finite mscale (%g) and mscale_all_dim (%g) >= 0 and "
+            "original_max_position_embeddings > 0 (%d)",
+            (double)c->rope_beta_fast, (double)c->rope_beta_slow, (double)c->rope_mscale,
+            (double)c->rope_mscale_all_dim, c->rope_orig_ctx);
     return 0;
 }
 

@@ -104,6 +104,20 @@ static void test_qwen2_bias_and_defaults(void **state)
 static void test_bad_configs(void **state)
 {
     struct tsr_model_config c;
+    /* DeepSeek-V3's config with YaRN's beta_fast 0: every RoPE frequency would be NaN (log(ctx /
+     * 0)) */
+    FILE *f = fopen(TSR_SOURCE_DIR "/tests/reference/configs/deepseek-v3.json", "rb");
+    assert_non_null(f);
+    static char js[16384];
+    size_t n = fread(js, 1, sizeof js - 1, f);
+    fclose(f);
+    js[n] = '\0';
+    char *bf = strstr(js, "\"beta_fast\": 32");
+    assert_non_null(bf);
+    memcpy(bf + strlen("\"beta_fast\": "), " 0", 2);
+    int yrc = tsr_config_from_json(write_json("yarn0.json", js), &c);
+    if (yrc != TSR_EFORMAT || !strstr(tsr_last_error(), "beta_fast (0)"))
+        fail_msg("%d: %s", yrc, tsr_last_error());
     const char *p = write_json("missing.json", "{\"model_type\":\"llama\",\"hidden_size\":64}");
     assert_int_equal(tsr_config_from_json(p, &c), TSR_EFORMAT);
     assert_non_null(strstr(tsr_last_error(), "num_hidden_layers"));
