@@ -46,6 +46,7 @@ struct meta_cache {
 struct cuda_ctx {
     int device, n_sms;
     int dequant_min_n; /* gemm(): rows of x from which Q8_0/F8 weights are decoded for cuBLAS */
+    int attn_walk;     /* attention: the walk kernel at every head size (TSR_CUDA_ATTN_WALK=1) */
     char device_name[256];
     cudaStream_t stream;
     cublasHandle_t blas;
@@ -882,7 +883,8 @@ static int cuda_attention(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *q, tsr_bu
                                    .block_size = s->block_size,
                                    .max_blocks = mb,
                                    .scale = s->scale,
-                                   .max_pos = max_pos};
+                                   .max_pos = max_pos,
+                                   .walk = c->attn_walk};
     if (n_tiles)
         return launched(tsr_cuda_attention_prefill(c->stream, &a, dev[3], n_tiles),
                         "attention (prefill)");
@@ -1100,6 +1102,8 @@ static int init_ctx(struct cuda_ctx *c, int device)
      * that time both paths. */
     const char *dq = getenv("TSR_CUDA_DEQUANT_MIN_N");
     c->dequant_min_n = dq && *dq ? atoi(dq) : DEQUANT_MIN_N;
+    const char *aw = getenv("TSR_CUDA_ATTN_WALK"); /* the same, for the two attention kernels */
+    c->attn_walk = aw && *aw == '1';
     snprintf(c->device_name, sizeof c->device_name, "%s", p.name);
     CK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking), "create a stream");
     for (int i = 0; i < META_SLOTS; i++)

@@ -113,6 +113,7 @@ struct tsr_cuda_attn_args {
     int n_tokens, n_head, n_kv_head, head_dim, block_size, max_blocks;
     float scale;
     int max_pos; /* largest pos[t] */
+    int walk;    /* tsr_cuda_attention: nonzero, its walk kernel at every head size (benchmarks) */
 };
 /* Floats of scratch the launch needs (0: none) for a device of n_sms multiprocessors; *splits is
  * set to the number of context splits per token it will use. */

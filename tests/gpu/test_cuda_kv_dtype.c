@@ -30,9 +30,13 @@
  *       e4m3 * scale to f32 as the CPU does, then the f32 path.
  *     GPU, FP8 cache against an f32 cache holding the same values widened: bit for bit, both
  *       kernels.
- *     GPU, FP8 against f32 caches of the unrounded values: 4e-3 (tests/unit/test_kv_dtype.c's
- *       bound: an element's squared rounding error is at most 2^-8 of its square; ~1.5e-3 on
- *       the CPU; printed).
+ *     GPU, FP8 against f32 caches of the unrounded values: 1e-2. Rounding to E4M3 (3 mantissa
+ *       bits) leaves a relative error of at most 2^-4 an element, variance s2 <= 2^-8 / 3 =
+ *       1.3e-3 (uniform over the half step). It reaches the output through V (~s2) and through
+ *       the scores: d(q.k) * scale has variance E[q^2] E[k^2] s2 = 4 s2 for these inputs (q of
+ *       sigma 2, K of sigma 1), perturbing each softmax weight by that relative factor, so over
+ *       diffuse attention the output's NMSE ~ 5 s2 <= 6.5e-3 (measured 5.4e-3 to 5.7e-3 on an
+ *       H100 at GQA 8, head dim 64, 4,000 positions; printed).
  *
  * Usage: test_cuda_kv_dtype [--seed N] [--bench]
  *   --bench  also times decode attention (32 sequences x 4,096 positions, Llama-3-8B's heads) and
@@ -255,7 +259,7 @@ static void test_fp8(const struct shape *sh, const struct step *st, const char *
     check(same, what, where, !same, 0);
     e = nmse(g8.out, g32, n_out);
     if (e > worst_rounding[1]) worst_rounding[1] = e;
-    check(e <= 4e-3 && e > 0, "gpu fp8 ~ gpu f32 (unrounded K, V)", where, e, 4e-3);
+    check(e <= 1e-2 && e > 0, "gpu fp8 ~ gpu f32 (unrounded K, V)", where, e, 1e-2);
 
     free_run(&c8);
     free_run(&g8);
