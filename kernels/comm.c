@@ -294,6 +294,29 @@ int tsr_comm_recv_host(tsr_comm_t *c, void *p, size_t bytes, int peer)
     return c->i->recv_host ? c->i->recv_host(c, p, bytes, peer) : c->i->recv(c, p, bytes, peer);
 }
 
+int tsr_comm_agree(tsr_comm_t *c, int status)
+{
+    static const char op[] = "agree";
+    CHECK_COMM(c, op);
+    /* (status, rank) of the first failed rank, gathered at rank 0 and broadcast */
+    int32_t mine[2] = {status, status ? c->rank : -1}, first[2] = {mine[0], mine[1]}, rc = 0;
+    if (c->rank != 0) {
+        rc = tsr_comm_send_host(c, mine, sizeof mine, 0);
+    } else {
+        for (int p = 1; p < c->size && !rc; p++) {
+            int32_t got[2];
+            rc = tsr_comm_recv_host(c, got, sizeof got, p);
+            if (!rc && got[0] && !first[0]) first[0] = got[0], first[1] = got[1];
+        }
+    }
+    if (!rc) rc = tsr_comm_broadcast_host(c, first, sizeof first, 0);
+    if (rc) return rc;
+    if (status) return status;
+    return first[0] ? tsr_comm_errorf(c, TSR_EIO, op, "rank %d failed (%d)", (int)first[1],
+                                      (int)first[0])
+                    : 0;
+}
+
 #ifndef TSR_HAVE_CUDA
 /* Built without CUDA: the NCCL entry points exist so callers link, and say why they fail. */
 int tsr_comm_nccl_from_mpi(tsr_comm_t *boot, int device, void *cuda_stream, tsr_comm_t **out)

@@ -87,6 +87,11 @@ int tsr_comm_sendrecv(tsr_comm_t *c, tsr_buf_t *sbuf, size_t soff, size_t sbytes
                       tsr_buf_t *rbuf, size_t roff, size_t rbytes, int src);
 /* Returns once every rank has entered it (and, on NCCL, once this rank's queued work is done). */
 int tsr_comm_barrier(tsr_comm_t *c);
+/* Every rank passes its own status (0 or a TSR_E* code); all return the same verdict: 0 when every
+ * rank passed 0, else the failed ranks keep their code and message and the others get TSR_EIO
+ * naming the first failed rank. For a rank-local failure (out of memory, say) before a
+ * collective: agreeing first fails every rank instead of leaving the others waiting in it. */
+int tsr_comm_agree(tsr_comm_t *c, int status);
 /* Waits until this rank's queued operations are complete: a no-op on MPI; on NCCL it waits for
  * the stream, polling for asynchronous errors, and fails with TSR_EIO after the timeout. */
 int tsr_comm_sync(tsr_comm_t *c);

@@ -230,24 +230,25 @@ int tsr_op_moe_ep(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *x, const struct t
                      !(s.logits = tsr_buf_alloc(b, sizeof(float) * (size_t)n * E))
                  ? tsr_errorf(TSR_ENOMEM, "moe: out of memory for %d rows", n)
                  : route(b, &s, moe, x, n, ids, w);
-    if (rc) goto out;
     /* dispatch: this home's pairs by expert, so by owner; what each rank sends this owner */
-    sort_by_expert(ids, w, t0 * k, t1 * k, k, E, count, rows, we);
-    for (int d = 0; d < P; d++) sb[d] = (size_t)(count[(d + 1) * per] - count[d * per]) * row;
-    for (int src = 0; src < P; src++) {
-        int s0 = src * c < n ? src * c : n, s1 = s0 + c < n ? s0 + c : n;
-        for (int i = s0 * k; i < s1 * k; i++)
-            if (ids[i] >= e0 && ids[i] < e0 + per) from[src * per + ids[i] - e0]++, R++;
-        rb[src] = 0;
-        for (int j = 0; j < per; j++) rb[src] += (size_t)from[src * per + j] * row;
+    if (!rc) {
+        sort_by_expert(ids, w, t0 * k, t1 * k, k, E, count, rows, we);
+        for (int d = 0; d < P; d++) sb[d] = (size_t)(count[(d + 1) * per] - count[d * per]) * row;
+        for (int src = 0; src < P; src++) {
+            int s0 = src * c < n ? src * c : n, s1 = s0 + c < n ? s0 + c : n;
+            for (int i = s0 * k; i < s1 * k; i++)
+                if (ids[i] >= e0 && ids[i] < e0 + per) from[src * per + ids[i] - e0]++, R++;
+            rb[src] = 0;
+            for (int j = 0; j < per; j++) rb[src] += (size_t)from[src * per + j] * row;
+        }
+        if (!(idx = malloc(sizeof *idx * (size_t)(R ? R : 1))))
+            rc = tsr_errorf(TSR_ENOMEM, "moe: out of memory for %d rows", R);
     }
-    if (!(idx = malloc(sizeof *idx * (size_t)(R ? R : 1)))) {
-        rc = tsr_errorf(TSR_ENOMEM, "moe: out of memory for %d rows", R);
-        goto out;
-    }
-    if ((rc = scratch_alloc(b, &s, n, R, E, dim, ffn)) || /* room for the largest expert batch */
-        (rc = ep_alloc(b, &eb, (size_t)H * row, (size_t)R * row, (size_t)P * c * row)) ||
-        (H && (rc = tsr_op_gather_rows(b, eb.send, x, rows, H, (int)dim))) ||
+    if (!rc && !(rc = scratch_alloc(b, &s, n, R, E, dim, ffn))) /* the largest expert batch */
+        rc = ep_alloc(b, &eb, (size_t)H * row, (size_t)R * row, (size_t)P * c * row);
+    if (!rc && H) rc = tsr_op_gather_rows(b, eb.send, x, rows, H, (int)dim);
+    /* R and H differ by rank, so memory can run out on one alone: all fail, none waits */
+    if ((rc = tsr_comm_agree(ep->ep, rc)) ||
         (rc = tsr_comm_all_to_all_v(ep->ep, eb.send, 0, sb, eb.recv, 0, rb)) ||
         (rc = ep_experts(b, &s, moe, &eb, from, P, per, e0, dim, idx)) ||
         (rc = tsr_comm_all_to_all_v(ep->ep, eb.res, 0, rb, eb.back, 0, sb)))

@@ -297,6 +297,11 @@ static void check_bad_args(tsr_comm_t *c, const int *world_ranks)
     CHECK_RC(tsr_comm_all_to_all_v(c, b, 0, zero, b, 0, NULL), TSR_EINVAL);
     CHECK_RC(tsr_comm_all_to_all_v(c, b, 0, self, b, 32, zero), TSR_EINVAL);
     CHECK(strstr(tsr_last_error(), "to itself"));
+    /* tsr_comm_agree: all succeed, or rank 1 fails alone and every rank hears of it. */
+    CHECK_OK(tsr_comm_agree(c, 0));
+    int st = me == 1 ? tsr_errorf(TSR_ENOMEM, "rank 1 ran out") : 0;
+    CHECK_RC(tsr_comm_agree(c, st), me == 1 ? TSR_ENOMEM : TSR_EIO);
+    CHECK(strstr(tsr_last_error(), me == 1 ? "rank 1 ran out" : "rank 1 failed"));
     /* Rank 0 expects 8 bytes from rank 1, which sends it 4: every rank fails, none waits. */
     size_t s4[64] = {0}, r8[64] = {0};
     if (me == 1) s4[0] = 4;
