@@ -240,7 +240,8 @@ __global__ void __launch_bounds__(THREADS)
     int pos = a.pos[t], bs = a.block_size;
     int lo = split * split_len, hi = min(lo + split_len, pos + 1);
     const int32_t *bt = a.block_tables + (size_t)a.seq[t] * a.max_blocks;
-    size_t row = tsr_dev_kv_row<KV>(a.n_kv_head, HD), sc = (size_t)a.n_kv_head * HD + 4 * kvh;
+    /* an FP8 row's scale of this KV head, in bytes from the row's start */
+    size_t row = tsr_dev_kv_row<KV>(a.n_kv_head, HD), soff = (size_t)a.n_kv_head * HD + 4 * kvh;
 
     float q[MAX_G][8], acc[MAX_G][8], mx[MAX_G], sum[MAX_G];
     const float *qt = a.q + ((size_t)t * a.n_head + h0) * HD + d0;
@@ -268,8 +269,8 @@ __global__ void __launch_bounds__(THREADS)
                 load8<KV>(kp + (size_t)kvh * HD + d0, kr[u]);
                 load8<KV>(vp + (size_t)kvh * HD + d0, vr[u]);
                 if constexpr (sizeof(KV) == 1) {
-                    ks[u] = __ldg((const float *)((const uint8_t *)kp + sc));
-                    vs[u] = __ldg((const float *)((const uint8_t *)vp + sc));
+                    ks[u] = __ldg((const float *)((const uint8_t *)kp + soff));
+                    vs[u] = __ldg((const float *)((const uint8_t *)vp + soff));
                 }
             } else {
 #pragma unroll
