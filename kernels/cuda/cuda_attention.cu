@@ -37,6 +37,10 @@ enum {
     MIN_SPLIT = 32, /* walk_kernel: fewest positions worth a split (8 steps of each warp) */
     WALK_FILL = 2,  /* blocks per multiprocessor the splits aim at: walk_kernel */
     WIDE_FILL = 3,  /* wide_kernel */
+    /* wide_kernel's steps loaded at once (the rows a lane keeps in flight): the same for every
+     * cache type, so that a bf16 or FP8 cache computes as an f32 one holding its widened values,
+     * bit for bit (the same order) */
+    WIDE_STEPS = 4,
 };
 
 /* A cache element as f32: KV is float (an f32 cache) or uint16_t (bf16 bits). */
@@ -216,20 +220,13 @@ static __device__ __forceinline__ float elem8(const raw8<KV> &r, int i, float d)
         return kv_f32((uint8_t)(r.w[i >> 2] >> 8 * (i & 3)), d);
 }
 
-/* Rounds of the wide kernel: positions its block reads per round, and rows a lane keeps in flight
- * (fewer for f32, whose rows take twice the registers). */
-template <typename KV> static __host__ __device__ constexpr int wide_u()
-{
-    return sizeof(KV) == 4 ? 2 : 4;
-}
-
 /* HD: the head size (64, 128 or 256); KV the cache's element as for walk_kernel. A walker is a
  * group of L = HD / 8 lanes; the block's NS walkers read NS consecutive positions per step. */
 template <int HD, typename KV>
 __global__ void __launch_bounds__(THREADS)
     wide_kernel(struct tsr_cuda_attn_args a, int split_len, int splits, float *part)
 {
-    constexpr int L = HD / 8, NS = WARPS * 32 / L, U = wide_u<KV>();
+    constexpr int L = HD / 8, NS = WARPS * 32 / L, U = WIDE_STEPS;
     __shared__ float sm[NS][MAX_G][2];
     __shared__ float sacc[NS][MAX_G][HD];
     int t = blockIdx.x, group = a.n_head / a.n_kv_head, hchunks = (group + MAX_G - 1) / MAX_G;
@@ -358,10 +355,7 @@ static bool wide_ok(const struct tsr_cuda_attn_args *a)
 /* Positions one round of a wide_kernel block reads. */
 static int wide_round(const struct tsr_cuda_attn_args *a)
 {
-    int u = a->kv_type == TSR_F32    ? wide_u<float>()
-            : a->kv_type == TSR_BF16 ? wide_u<uint16_t>()
-                                     : wide_u<uint8_t>();
-    return WARPS * 32 / (a->head_dim / 8) * u;
+    return WARPS * 32 / (a->head_dim / 8) * WIDE_STEPS;
 }
 
 /* Splits per token and positions per split: when the (token, KV head, head group) blocks are
