@@ -17,6 +17,7 @@
 #include "kernels/comm.h"
 #include "model/model.h"
 #include "model/shard_plan.h"
+#include "tests/unit/unit.h"
 #include "worker/engine.h"
 #include "worker/forward.h"
 
@@ -90,18 +91,7 @@ enum { T_PROMPT = 48, N_GEN = 64, BLOCKS = 16, BS = 16 };
 
 static void teacher_forced(tsr_runner_t *r, const int32_t *ids, float *logits)
 {
-    int32_t pos[T_PROMPT], seq[T_PROMPT] = {0}, bt[BLOCKS];
-    for (int i = 0; i < T_PROMPT; i++) pos[i] = i;
-    for (int i = 0; i < BLOCKS; i++) bt[i] = BLOCKS - 1 - i;
-    struct tsr_step st = {.n_tokens = T_PROMPT,
-                          .ids = ids,
-                          .pos = pos,
-                          .seq = seq,
-                          .n_seqs = 1,
-                          .max_blocks = BLOCKS,
-                          .block_tables = bt,
-                          .n_out = T_PROMPT,
-                          .out_rows = pos};
+    struct tsr_step st = tsr_test_step(ids, 0, T_PROMPT, BLOCKS);
     /* an idle leader's messages first (tsr_runner_idle): the followers take them and wait on */
     OK(tsr_runner_idle(r));
     OK(tsr_runner_idle(r));
