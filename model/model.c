@@ -36,16 +36,22 @@ static const int deepseek_tiny_mla[6] = {32, 32, 16, 16, 16, 1};
 
 /* Public shapes (Llama 3 8B/70B as published) and tiny ones for tests. tiny-gqa4 has 4 KV heads
  * so tp = 2 and 4 divide it; tiny-4k is tiny with a context of 4,096 (long prompts, quickly);
+ * tiny-128k has Llama 3.1's attention (head dim 128, 4 query heads a KV head, bf16, its RoPE
+ * scaling and 131,072 positions) in two narrow layers and a small vocabulary, for long contexts
+ * checked against the CPU in seconds;
  * stages has layers that outweigh its small head and vocabulary, for pipeline benchmarks on CPU
  * (a step's time grows with its rows). mixtral-tiny is tiny with 8 experts of which 2 a token
  * (renormalised, as Mixtral's); qwen2-moe-tiny has 8 narrow experts of which 4 (not
  * renormalised) and a gated shared expert, as Qwen2-MoE's layers (without Qwen2's QKV biases);
- * deepseek-tiny has DeepSeek V2's layers: multi-head latent attention, a dense first layer, then
- * 8 experts of which 2 (softmax, not renormalised) and a shared expert. */
+ * mixtral-8x7b is Mixtral 8x7B's published shape (46.7B parameters, 12.9B used a token; 93 GB in
+ * bf16, so :fp8 on one 80 GB GPU); deepseek-tiny has DeepSeek V2's layers: multi-head latent
+ * attention, a dense first layer, then 8 experts of which 2 (softmax, not renormalised) and a
+ * shared expert. */
 static const struct synthetic_shape synthetic_shapes[] = {
     {"tiny", 2, 64, 128, 4, 2, 256, 512, 10000.0f, 0, TSR_F32, 0, 0, 0, 0, NULL, NULL},
     {"tiny-gqa4", 4, 128, 256, 8, 4, 512, 1024, 10000.0f, 0, TSR_F32, 0, 0, 0, 0, NULL, NULL},
     {"tiny-4k", 2, 64, 128, 4, 2, 256, 4096, 10000.0f, 0, TSR_F32, 0, 0, 0, 0, NULL, NULL},
+    {"tiny-128k", 2, 512, 1024, 4, 1, 2048, 131072, 500000.0f, 1, TSR_BF16, 0, 0, 0, 0, NULL, NULL},
     {"stages", 8, 256, 1024, 8, 4, 512, 1024, 10000.0f, 0, TSR_Q8_0, 0, 0, 0, 0, NULL, NULL},
     {"llama3-8b", 32, 4096, 14336, 32, 8, 128256, 8192, 500000.0f, 1, TSR_BF16, 0, 0, 0, 0, NULL,
      NULL},
@@ -53,6 +59,8 @@ static const struct synthetic_shape synthetic_shapes[] = {
      NULL},
     {"mixtral-tiny", 2, 64, 128, 4, 2, 256, 512, 10000.0f, 0, TSR_F32, 8, 2, 128, 0, "mixtral",
      NULL},
+    {"mixtral-8x7b", 32, 4096, 14336, 32, 8, 32000, 32768, 1000000.0f, 0, TSR_BF16, 8, 2, 14336, 0,
+     "mixtral", NULL},
     {"qwen2-moe-tiny", 2, 64, 128, 4, 2, 256, 512, 10000.0f, 0, TSR_F32, 8, 4, 32, 128, "qwen2_moe",
      NULL},
     {"deepseek-tiny", 3, 64, 128, 4, 4, 256, 512, 10000.0f, 0, TSR_F32, 8, 2, 32, 32, "deepseek_v2",
@@ -78,8 +86,8 @@ struct tsr_model {
 
 const char *tsr_synthetic_names(void)
 {
-    return "tiny, tiny-gqa4, tiny-4k, stages, llama3-8b, llama3-70b, mixtral-tiny, qwen2-moe-tiny, "
-           "deepseek-tiny";
+    return "tiny, tiny-gqa4, tiny-4k, tiny-128k, stages, llama3-8b, llama3-70b, mixtral-tiny, "
+           "mixtral-8x7b, qwen2-moe-tiny, deepseek-tiny";
 }
 
 static int is_dir(const char *p)

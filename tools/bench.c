@@ -233,8 +233,51 @@ static int measure_ceilings(tsr_backend_t *b, struct ceilings *c)
 static double matmul_params(const struct tsr_model_config *c)
 {
     double q = (double)c->n_head * c->head_dim, kv = (double)c->n_kv_head * c->head_dim;
-    double layer = c->dim * (q + 2 * kv) + q * c->dim + 3.0 * c->dim * c->ffn_dim;
-    return layer * c->n_layer + (double)c->n_vocab * c->dim;
+    double attn = c->dim * (q + 2 * kv) + q * c->dim, dense = 3.0 * c->dim * c->ffn_dim;
+    if (c->n_expert == 0) return (attn + dense) * c->n_layer + (double)c->n_vocab * c->dim;
+    /* a token goes through n_expert_used routed experts (and the shared one) past the dense
+     * layers, and the router */
+    double moe = 3.0 * c->dim * ((double)c->n_expert_used * c->moe_ffn_dim + c->shared_ffn_dim) +
+                 (double)c->dim * c->n_expert;
+    return attn * c->n_layer + dense * c->n_dense_layer + moe * (c->n_layer - c->n_dense_layer) +
+           (double)c->n_vocab * c->dim;
+}
+
+/* Mixture of experts: the experts a decode step reads are the distinct ones its B tokens chose
+ * (a step's batch shares them), so the roofline counts those, from the runner's route trace. */
+struct expert_reads {
+    int32_t *trace;                    /* tsr_runner_trace_routes' (NULL: a dense model) */
+    int layers, e0, e1, k, max_tokens; /* expert layers; this rank's experts [e0, e1) */
+    double per_expert;                 /* bytes of one expert of one layer */
+};
+
+static int expert_reads_start(struct expert_reads *x, tsr_runner_t *r,
+                              const struct tsr_model_config *c, const struct tsr_runner_shard *sh,
+                              int max_tokens)
+{
+    *x = (struct expert_reads){.k = c->n_expert_used, .max_tokens = max_tokens, .e1 = c->n_expert};
+    if (c->n_expert == 0) return 0;
+    if (sh) x->e0 = sh->plan->ranks[0].expert_begin, x->e1 = sh->plan->ranks[0].expert_end;
+    x->trace = malloc(sizeof *x->trace * (size_t)c->n_layer * max_tokens * x->k);
+    if (!x->trace) return tsr_errorf(TSR_ENOMEM, "out of memory");
+    x->layers = tsr_runner_trace_routes(r, x->trace);
+    x->per_expert =
+        x->layers ? (double)tsr_runner_expert_bytes(r) / x->layers / (x->e1 - x->e0) : 0;
+    return 0;
+}
+
+/* Bytes of this rank's experts the last step of B tokens read. */
+static double expert_reads_step(const struct expert_reads *x, int B)
+{
+    double n = 0;
+    for (int l = 0; l < x->layers; l++) {
+        char seen[1024] = {0};
+        const int32_t *ids = x->trace + (size_t)l * x->max_tokens * x->k;
+        for (int i = 0; i < B * x->k; i++)
+            if (ids[i] >= x->e0 && ids[i] < x->e1 && ids[i] - x->e0 < 1024 && !seen[ids[i] - x->e0])
+                seen[ids[i] - x->e0] = 1, n++;
+    }
+    return n * x->per_expert;
 }
 
 /* The runner a --batches run needs, the same on every rank of a group: max_b sequences of sb
@@ -275,6 +318,7 @@ static int bench_batches(const struct bench_args *a, tsr_model_t *m, tsr_backend
     struct tsr_runner_opts ro = l.ro;
     struct ceilings lim;
     struct seqs s;
+    struct expert_reads xr = {0};
     tsr_runner_t *r = NULL;
     int rc = measure_ceilings(b, &lim);
     if (rc) return rc;
@@ -290,26 +334,27 @@ static int bench_batches(const struct bench_args *a, tsr_model_t *m, tsr_backend
         for (int j = 0; j < mb; j++)
             s.block_tables[(size_t)q * mb + j] =
                 q < max_b ? (j < sb ? q * sb + j : 0) : (j < pf_blocks ? max_b * sb + j : 0);
-    /* Fill every sequence's first ctx positions, several sequences per step. */
+    /* Fill every sequence's first ctx positions, max_tokens a step (several sequences in one, or
+     * one in several chunks when ctx is longer). */
     t0 = tsr_now();
     int32_t *prompt = malloc((size_t)ctx * sizeof *prompt);
     if (!prompt) {
         rc = tsr_errorf(TSR_ENOMEM, "out of memory");
         goto out;
     }
-    int per_step = max_tokens / ctx > 0 ? max_tokens / ctx : 1;
-    for (int s0 = 0; s0 < max_b && !rc; s0 += per_step) {
-        int n = 0;
-        for (int q = s0; q < max_b && q < s0 + per_step; q++) {
-            fill_ids(prompt, ctx, c->n_vocab, 777u + (uint32_t)q);
-            for (int p = 0; p < ctx; p++, n++) {
-                s.ids[n] = prompt[p];
-                s.pos[n] = p;
-                s.seq[n] = q;
+    int n = 0;
+    for (int q = 0; q < max_b && !rc; q++) {
+        fill_ids(prompt, ctx, c->n_vocab, 777u + (uint32_t)q);
+        for (int p = 0; p < ctx && !rc; p++) {
+            s.ids[n] = prompt[p];
+            s.pos[n] = p;
+            s.seq[n] = q;
+            if (++n == max_tokens || (q == max_b - 1 && p == ctx - 1)) {
+                struct tsr_step st = seqs_step(&s, n, 0);
+                rc = tsr_runner_forward_argmax(r, &st, NULL);
+                n = 0;
             }
         }
-        struct tsr_step st = seqs_step(&s, n, 0);
-        rc = tsr_runner_forward_argmax(r, &st, NULL);
     }
     free(prompt);
     if (rc) goto out;
@@ -317,6 +362,9 @@ static int bench_batches(const struct bench_args *a, tsr_model_t *m, tsr_backend
             tsr_now() - t0);
     double kv_row = (double)tsr_runner_kv_bytes_per_pos(r);
     double w_read = (double)tsr_runner_step_weight_bytes(r);
+    if ((rc = expert_reads_start(&xr, r, c, sh, max_tokens))) goto out;
+    if (xr.trace) /* the experts' bytes are counted step by step: the rest */
+        w_read -= (double)tsr_runner_expert_bytes(r) * c->n_expert_used / c->n_expert;
     if (sh)
         printf("tp=%d: GB/step and roofline are one rank's (its weights and K/V over its GPU's "
                "copy bandwidth)\n\n",
@@ -325,7 +373,7 @@ static int bench_batches(const struct bench_args *a, tsr_model_t *m, tsr_backend
     printf("| ----: | ------: | ------: | ----: | ------: | ----------: | -------: |\n");
     for (int i = 0; i < a->n_batches; i++) {
         int B = a->batches[i];
-        double t_start = 0, kv_bytes = 0;
+        double t_start = 0, kv_bytes = 0, x_bytes = 0;
         for (int q = 0; q < B; q++) s.ids[q] = (int32_t)((q * 7919) % c->n_vocab);
         for (int k = 0; k < warm + steps && !rc; k++) {
             if (k == warm) t_start = tsr_now();
@@ -337,9 +385,11 @@ static int bench_batches(const struct bench_args *a, tsr_model_t *m, tsr_backend
             if (k >= warm) kv_bytes += (double)B * (ctx + k + 1) * kv_row;
             struct tsr_step st = seqs_step(&s, B, B);
             rc = tsr_runner_forward_argmax(r, &st, s.ids); /* the next step's inputs */
+            if (!rc && k >= warm && xr.trace) x_bytes += expert_reads_step(&xr, B);
         }
         if (rc) goto out;
-        double step = (tsr_now() - t_start) / steps, bytes = w_read + kv_bytes / steps;
+        double step = (tsr_now() - t_start) / steps,
+               bytes = w_read + kv_bytes / steps + x_bytes / steps;
         /* Reading B bytes at the copy's rate (bytes read + written per second) takes B / rate. */
         double ideal = lim.copy_bps > 0 ? bytes / lim.copy_bps : 0;
         printf("| %5d | %7d | %7.3f | %5.0f | %7.2f | %11.3f | %8.2f |\n", B, ctx, step * 1e3,
@@ -385,6 +435,8 @@ static int bench_batches(const struct bench_args *a, tsr_model_t *m, tsr_backend
     }
     free(tp);
 out:
+    if (r && xr.trace) tsr_runner_trace_routes(r, NULL);
+    free(xr.trace);
     seqs_free(&s);
     tsr_runner_free(r);
     return rc;
@@ -969,7 +1021,7 @@ static int parse_args(int argc, char **argv, struct bench_args *a)
         }
         switch (c) {
         case 'p':
-            rc = tsr_cli_int("--prompt-tokens", optarg, 2, 8192, &a->n_prompt);
+            rc = tsr_cli_int("--prompt-tokens", optarg, 2, 1 << 17, &a->n_prompt);
             break;
         case 'n':
             rc = tsr_cli_int("--gen-tokens", optarg, 2, 8192, &a->n_gen);
@@ -1093,16 +1145,14 @@ int tsr_cmd_bench(int argc, char **argv)
     struct bench_args a;
     int rc = parse_args(argc, argv, &a);
     if (rc) return rc;
-    int ranks = a.mdl.tp * a.mdl.pp;
-    if ((rc = tsr_cli_launch_ranks("bench", a.mdl.model, a.mdl.quantize_type, a.mdl.tp, a.mdl.pp,
-                                   argc, argv)) >= 0)
-        return rc;
+    int ranks = tsr_cli_model_ranks(&a.mdl);
+    if ((rc = tsr_cli_launch_ranks("bench", &a.mdl, argc, argv)) >= 0) return rc;
     struct tsr_group group = {0};
     tsr_model_t *m = NULL;
     tsr_backend_t *b = NULL;
     int exit_code = 1;
     if ((rc = tsr_cli_model_open(&a.mdl, &m))) goto fail;
-    if (ranks > 1 && (rc = tsr_group_join_mpi(m, a.mdl.tp, a.mdl.pp, &group))) goto fail;
+    if (ranks > 1 && (rc = tsr_group_join_mpi(m, a.mdl.tp, a.mdl.ep, a.mdl.pp, &group))) goto fail;
     if (a.pin) pin_rank(ranks > 1 ? group.rank : 0);
     a.dev.threads = tsr_cli_rank_threads(a.dev.threads, ranks, a.dev.device);
     if ((rc = tsr_group_backend(ranks > 1 ? &group : NULL, a.dev.device, a.dev.threads, &b)))

@@ -114,14 +114,14 @@ int tsr_cli_security_load(const char *cmd, const struct tsr_cli_security *s, cha
  * of the group's: 1 taken, 2 after printing a bad value, 0 not one of them. A command lists the
  * groups it accepts in its table; a group's function takes only what getopt matched there. */
 
-/* The model and its layout: --model (-m), --tp, --pp, --quantize, --kv-cache-dtype (generate,
+/* The model and its layout: --model (-m), --tp, --pp, --ep, --quantize, --kv-cache-dtype (generate,
  * bench, worker, coordinator, serve; the coordinator, which loads no weights and keeps no KV
  * cache, ignores the last, and takes --quantize only to open the model as the workers do: an int8
  * checkpoint whose scales are not f16s opens only converted). */
-enum { TSR_O_TP = 1200, TSR_O_PP, TSR_O_QUANTIZE, TSR_O_KV_DTYPE };
+enum { TSR_O_TP = 1200, TSR_O_PP, TSR_O_QUANTIZE, TSR_O_KV_DTYPE, TSR_O_EP };
 #define TSR_CLI_MODEL_OPTIONS                                                                      \
     {"model", required_argument, 0, 'm'}, {"tp", required_argument, 0, TSR_O_TP},                  \
-        {"pp", required_argument, 0, TSR_O_PP},                                                    \
+        {"pp", required_argument, 0, TSR_O_PP}, {"ep", required_argument, 0, TSR_O_EP},            \
         {"quantize", required_argument, 0, TSR_O_QUANTIZE},                                        \
     {                                                                                              \
         "kv-cache-dtype", required_argument, 0, TSR_O_KV_DTYPE                                     \
@@ -130,6 +130,9 @@ enum { TSR_O_TP = 1200, TSR_O_PP, TSR_O_QUANTIZE, TSR_O_KV_DTYPE };
     "  --model M    a .gguf file, a Hugging Face directory, or synthetic:NAME[:TYPE]\n"            \
     "               (default $TESSERA_MODEL, else " TSR_DEFAULT_MODEL ")\n"                        \
     "  --tp N, --pp M  shard the model over N x M ranks (tensor x pipeline parallel)\n"            \
+    "  --ep E       mixture of experts: spread each stage's experts over E ranks, a\n"             \
+    "               multiple of N (default N); E / N attention groups of N ranks each\n"           \
+    "               run the whole batch: E x M ranks (CPU, under MPI)\n"                           \
     "  --quantize T convert the layers' matrices to T on load (" TSR_WEIGHT_TYPES ")\n"            \
     "  --kv-cache-dtype T  the KV cache's elements: auto (default: bf16 on a GPU, f32 on\n"        \
     "               the CPU), f32, bf16 (half the bytes: twice the blocks in the same\n"           \
@@ -138,6 +141,7 @@ enum { TSR_O_TP = 1200, TSR_O_PP, TSR_O_QUANTIZE, TSR_O_KV_DTYPE };
 struct tsr_cli_model {
     const char *model;
     int tp, pp;
+    int ep;               /* --ep: ranks a stage's experts are spread over; 0: tp */
     const char *quantize; /* --quantize's argument, checked; NULL: the file's types */
     int quantize_type;    /* its tsr_dtype; -1 without */
     const char *kv_dtype; /* --kv-cache-dtype's argument, checked; NULL: auto */
@@ -145,6 +149,9 @@ struct tsr_cli_model {
 };
 void tsr_cli_model_init(struct tsr_cli_model *m);
 int tsr_cli_model_opt(int c, const char *arg, struct tsr_cli_model *m);
+/* The ranks of one group: max(tp, ep) x pp (the layout itself is checked against the model by
+ * tsr_cli_check_layout). */
+int tsr_cli_model_ranks(const struct tsr_cli_model *m);
 /* The KV cache's element type on `device` (--device's value): --kv-cache-dtype's, or for auto
  * TSR_BF16 on a GPU and TSR_F32 on the CPU. */
 enum tsr_dtype tsr_cli_kv_type(const struct tsr_cli_model *m, const char *device);
@@ -317,15 +324,15 @@ struct tsr_cli_sampling {
 void tsr_cli_sampling_init(struct tsr_cli_sampling *s);
 int tsr_cli_sampling_opt(int c, const char *arg, struct tsr_cli_sampling *s);
 
-/* Opens the model (converted to quantize, a tsr_dtype or -1, as tsr_model_open_quantized) and
- * checks that tp x pp divides it; prints "tessera <cmd>: <why>" and returns the code when not. */
-int tsr_cli_check_layout(const char *cmd, const char *model, int quantize, int tp, int pp);
-/* For a command that shards a model over tp x pp ranks: when there are several and no MPI launcher
- * started us, checks the layout against the model (one clear error, not one per rank) and re-runs
- * the command under mpirun on this machine. Returns -1 when this process goes on (one rank, or a
- * rank already), else the exit code. */
-int tsr_cli_launch_ranks(const char *cmd, const char *model, int quantize, int tp, int pp, int argc,
-                         char **argv);
+/* Opens the model at path (converted to m's --quantize, as tsr_model_open_quantized) and checks
+ * that m's tp x ep x pp layout divides it; prints "tessera <cmd>: <why>" and returns the code
+ * when not. */
+int tsr_cli_check_layout(const char *cmd, const char *path, const struct tsr_cli_model *m);
+/* For a command that shards m's model over its ranks (tsr_cli_model_ranks): when there are several
+ * and no MPI launcher started us, checks the layout against the model (one clear error, not one
+ * per rank) and re-runs the command under mpirun on this machine. Returns -1 when this process
+ * goes on (one rank, or a rank already), else the exit code. */
+int tsr_cli_launch_ranks(const char *cmd, const struct tsr_cli_model *m, int argc, char **argv);
 /* CPU threads for each of `ranks` ranks sharing this machine: threads when given (non-zero) or
  * not on the CPU, else the cores shared out (at least 1). */
 int tsr_cli_rank_threads(int threads, int ranks, const char *device);

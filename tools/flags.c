@@ -25,6 +25,11 @@ enum tsr_dtype tsr_cli_kv_type(const struct tsr_cli_model *m, const char *device
     return strcmp(device, "cpu") ? TSR_BF16 : TSR_F32;
 }
 
+int tsr_cli_model_ranks(const struct tsr_cli_model *m)
+{
+    return (m->ep > m->tp ? m->ep : m->tp) * m->pp;
+}
+
 int tsr_cli_model_open(const struct tsr_cli_model *m, tsr_model_t **out)
 {
     return tsr_model_open_quantized(m->model, m->quantize_type, out);
@@ -44,6 +49,10 @@ int tsr_cli_model_opt(int c, const char *arg, struct tsr_cli_model *m)
     case TSR_O_PP:
         if (tsr_cli_int("--pp", arg, 1, 1024, &v)) return 2;
         m->pp = (int)v;
+        return 1;
+    case TSR_O_EP:
+        if (tsr_cli_int("--ep", arg, 1, 1024, &v)) return 2;
+        m->ep = (int)v;
         return 1;
     case TSR_O_QUANTIZE: {
         enum tsr_dtype t;

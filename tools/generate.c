@@ -158,10 +158,8 @@ int tsr_cmd_generate(int argc, char **argv)
     struct gen_args a;
     int rc = parse_args(argc, argv, &a);
     if (rc) return rc;
-    int ranks = a.mdl.tp * a.mdl.pp;
-    if ((rc = tsr_cli_launch_ranks("generate", a.mdl.model, a.mdl.quantize_type, a.mdl.tp, a.mdl.pp,
-                                   argc, argv)) >= 0)
-        return rc;
+    int ranks = tsr_cli_model_ranks(&a.mdl);
+    if ((rc = tsr_cli_launch_ranks("generate", &a.mdl, argc, argv)) >= 0) return rc;
     struct tsr_group group = {0};
     int exit_code = 1;
     tsr_model_t *m = NULL;
@@ -175,7 +173,7 @@ int tsr_cmd_generate(int argc, char **argv)
         fprintf(stderr, "tessera generate: %s\n", tsr_last_error());
         goto out;
     }
-    if (ranks > 1 && (rc = tsr_group_join_mpi(m, a.mdl.tp, a.mdl.pp, &group))) {
+    if (ranks > 1 && (rc = tsr_group_join_mpi(m, a.mdl.tp, a.mdl.ep, a.mdl.pp, &group))) {
         fprintf(stderr, "tessera generate: %s\n", tsr_last_error());
         exit_code = rc == TSR_EINVAL ? 2 : 1;
         goto out;

@@ -60,24 +60,24 @@ int tsr_cli_served_name(const char *cmd, const char *name)
     return 2;
 }
 
-int tsr_cli_check_layout(const char *cmd, const char *model, int quantize, int tp, int pp)
+int tsr_cli_check_layout(const char *cmd, const char *path, const struct tsr_cli_model *mdl)
 {
     tsr_model_t *m = NULL;
-    int rc = tsr_model_open_quantized(model, quantize, &m);
-    if (!rc) rc = tsr_group_check(m, tp, pp);
+    int rc = tsr_model_open_quantized(path, mdl->quantize_type, &m);
+    if (!rc) rc = tsr_group_check(m, mdl->tp, mdl->ep, mdl->pp);
     if (rc) fprintf(stderr, "tessera %s: %s\n", cmd, tsr_last_error());
     tsr_model_free(m);
     return rc;
 }
 
-int tsr_cli_launch_ranks(const char *cmd, const char *model, int quantize, int tp, int pp, int argc,
-                         char **argv)
+int tsr_cli_launch_ranks(const char *cmd, const struct tsr_cli_model *m, int argc, char **argv)
 {
-    if (tp * pp <= 1 || tsr_group_under_mpi()) return -1;
+    int ranks = tsr_cli_model_ranks(m);
+    if (ranks <= 1 || tsr_group_under_mpi()) return -1;
     /* Check the layout here, so a bad one is one clear error, not one per rank. */
-    int rc = tsr_cli_check_layout(cmd, model, quantize, tp, pp);
+    int rc = tsr_cli_check_layout(cmd, m->model, m);
     if (rc) return rc == TSR_EINVAL ? 2 : 1;
-    return relaunch_mpi(cmd, tp * pp, argc, argv);
+    return relaunch_mpi(cmd, ranks, argc, argv);
 }
 
 int tsr_cli_rank_threads(int threads, int ranks, const char *device)

@@ -52,10 +52,11 @@ struct serve {
 static void serve_usage(FILE *f)
 {
     fprintf(f,
-            "usage: tessera serve [--model M] [--tp N] [--pp M] [--replicas R] [--port P]\n"
-            "                     [--host H] [--advertise-address A] [--etcd URLS] [--dir DIR]\n"
-            "                     [--threads T] [--kv-blocks B] [--kv-mem GB] [--max-seqs S]\n"
-            "                     [--gpu-memory-utilization F] [--device cpu|cuda[:N]]\n"
+            "usage: tessera serve [--model M] [--tp N] [--pp M] [--ep E] [--replicas R]\n"
+            "                     [--port P] [--host H] [--advertise-address A] [--etcd URLS]\n"
+            "                     [--dir DIR] [--threads T] [--kv-blocks B] [--kv-mem GB]\n"
+            "                     [--max-seqs S] [--gpu-memory-utilization F]\n"
+            "                     [--device cpu|cuda[:N]]\n"
             "                     [--step-tokens N] [--step-timeout S] [--max-queue Q]\n"
             "                     [--drain-timeout S] [--no-prefix-caching] [--micro-batches N]\n"
             "                     [--http-port P] [--served-model-name NAME]\n"
@@ -346,7 +347,7 @@ int tsr_cmd_serve(int argc, char **argv)
     }
     s.drain_s = srv.drain_s;
     const char *model = mdl.model, *device = dev.device, *max_len = srv.max_len_given;
-    int tp = mdl.tp, pp = mdl.pp, threads = dev.threads;
+    int tp = mdl.tp, pp = mdl.pp, threads = dev.threads, group_ranks = tsr_cli_model_ranks(&mdl);
     if (optind < argc) {
         fprintf(stderr, "tessera serve: unexpected argument '%s'\n", argv[optind]);
         return 2;
@@ -368,7 +369,7 @@ int tsr_cmd_serve(int argc, char **argv)
     }
     /* One clear error for a model that will not load or a layout that does not divide, before
      * any process starts. */
-    if (tsr_cli_check_layout("serve", model, mdl.quantize_type, tp, pp)) return 2;
+    if (tsr_cli_check_layout("serve", model, &mdl)) return 2;
     /* The key and the TLS files, checked here: one clear error before any process starts. The
      * coordinator gets absolute paths (it runs elsewhere in the tree). */
     static char *api_key;
@@ -439,15 +440,16 @@ int tsr_cmd_serve(int argc, char **argv)
     tsr_net_join(adv, listen.port, s.address, sizeof s.address);
     if (!threads) {
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
-        long ranks = (long)s.replicas * tp * pp;
+        long ranks = (long)s.replicas * group_ranks;
         threads = cores > ranks ? (int)(cores / ranks) : 1;
     }
-    static char tp_s[16], pp_s[16], threads_s[16], drain_s[16], http_s[16];
+    static char tp_s[16], pp_s[16], ep_s[16], threads_s[16], drain_s[16], http_s[16];
     snprintf(http_s, sizeof http_s, "%d", http_port);
     if (http_port > 0) tsr_net_join(adv, http_port, s.http_address, sizeof s.http_address);
     snprintf(drain_s, sizeof drain_s, "%d", s.drain_s);
     snprintf(tp_s, sizeof tp_s, "%d", tp);
     snprintf(pp_s, sizeof pp_s, "%d", pp);
+    snprintf(ep_s, sizeof ep_s, "%d", mdl.ep);
     snprintf(threads_s, sizeof threads_s, "%d", threads);
 
     struct child *co = &s.coord;
@@ -517,6 +519,7 @@ int tsr_cmd_serve(int argc, char **argv)
                                adv};
         for (size_t i = 0; i < sizeof wargs / sizeof *wargs; i++) a[k++] = (char *)wargs[i];
         tsr_cli_engine_argv(&eng, a, &k);
+        if (mdl.ep) a[k++] = "--ep", a[k++] = ep_s;
         if (mdl.quantize) a[k++] = "--quantize", a[k++] = (char *)mdl.quantize;
         if (mdl.kv_dtype) a[k++] = "--kv-cache-dtype", a[k++] = (char *)mdl.kv_dtype;
         if (max_len) a[k++] = "--max-model-len", a[k++] = (char *)max_len;
@@ -526,12 +529,12 @@ int tsr_cmd_serve(int argc, char **argv)
             tsr_net_join(adv, metrics_port + r, w->metrics, sizeof w->metrics);
             a[k++] = "--metrics-port", a[k++] = w->metrics_port;
         }
-        /* replica r's ranks take GPUs from r * tp * pp on (cuda:N offsets them all by N) */
+        /* replica r's ranks take GPUs from r * group_ranks on (cuda:N offsets them all by N) */
         if (strncmp(device, "cuda", 4))
             a[k++] = "--device", a[k++] = (char *)device;
         else {
             int base = device[4] == ':' ? atoi(device + 5) : 0;
-            snprintf(w->device, sizeof w->device, "cuda:%d", base + r * tp * pp);
+            snprintf(w->device, sizeof w->device, "cuda:%d", base + r * group_ranks);
             a[k++] = "--device", a[k++] = w->device;
         }
         a[k] = NULL;

@@ -77,7 +77,7 @@ static void worker_usage(FILE *f)
 /* --group and its companions, against the layout: 2 after printing what is wrong. */
 static int check_group_args(const struct worker_args *a)
 {
-    int ranks = a->mdl.tp * a->mdl.pp;
+    int ranks = tsr_cli_model_ranks(&a->mdl);
     const char *why = NULL;
     if (!a->group) {
         if (a->group_rank >= 0 || a->group_size >= 0)
@@ -311,7 +311,7 @@ int tsr_cmd_worker(int argc, char **argv)
     struct worker_args a;
     int rc = parse_args(argc, argv, &a);
     if (rc) return rc;
-    int ranks = a.mdl.tp * a.mdl.pp;
+    int ranks = tsr_cli_model_ranks(&a.mdl);
     int by_etcd = a.group && ranks > 1; /* ranks started one by one, meeting through etcd */
     int leader = a.group ? a.group_rank == 0 : tsr_group_world_rank() == 0;
     /* Only the leader (rank 0) listens: under a launcher that spans hosts, the other ranks' hosts
@@ -321,9 +321,7 @@ int tsr_cmd_worker(int argc, char **argv)
          (rc = tsr_cli_listen_resolve("worker", &a.listen, bind, sizeof bind, adv, sizeof adv))) ||
         ((leader || by_etcd) && a.etcd && (rc = tsr_cli_etcd_reachable("worker", a.etcd))))
         return rc;
-    if (!a.group && (rc = tsr_cli_launch_ranks("worker", a.mdl.model, a.mdl.quantize_type, a.mdl.tp,
-                                               a.mdl.pp, argc, argv)) >= 0)
-        return rc;
+    if (!a.group && (rc = tsr_cli_launch_ranks("worker", &a.mdl, argc, argv)) >= 0) return rc;
     tsr_cli_catch_signals();
     char idbuf[64];
     if (!a.id) {
@@ -352,7 +350,8 @@ int tsr_cmd_worker(int argc, char **argv)
         exit_code = 2;
         goto out;
     }
-    if (ranks > 1 && !by_etcd && (rc = tsr_group_join_mpi(m, a.mdl.tp, a.mdl.pp, &group))) {
+    if (ranks > 1 && !by_etcd &&
+        (rc = tsr_group_join_mpi(m, a.mdl.tp, a.mdl.ep, a.mdl.pp, &group))) {
         fprintf(stderr, "tessera worker: %s\n", tsr_last_error());
         exit_code = rc == TSR_EINVAL ? 2 : 1;
         goto out;
@@ -377,7 +376,7 @@ int tsr_cmd_worker(int argc, char **argv)
         }
         r.etcd = etcd;
         r.lease = rdv_lease;
-        if ((rc = tsr_group_join_etcd(m, a.mdl.tp, a.mdl.pp, &r, b, &group))) {
+        if ((rc = tsr_group_join_etcd(m, a.mdl.tp, a.mdl.ep, a.mdl.pp, &r, b, &group))) {
             fprintf(stderr, "tessera worker: group %s, rank %d: %s\n", a.group, a.group_rank,
                     tsr_last_error());
             exit_code = rc == TSR_EINVAL || rc == TSR_EUNSUPPORTED ? 2 : 1;
@@ -431,9 +430,12 @@ int tsr_cmd_worker(int argc, char **argv)
     }
     char addr[TSR_HOST_MAX + 8]; /* what the coordinators dial */
     tsr_net_join(adv, port, addr, sizeof addr);
-    tsr_log_info("worker %s: %s (tp %d x pp %d%s%s) loaded in %.1f s; KV cache %d blocks of %d "
+    char eps[48] = "";
+    if (c->n_expert > 0)
+        snprintf(eps, sizeof eps, ", experts over ep %d", a.mdl.ep ? a.mdl.ep : a.mdl.tp);
+    tsr_log_info("worker %s: %s (tp %d x pp %d%s%s%s) loaded in %.1f s; KV cache %d blocks of %d "
                  "(%s); Worker service on %s",
-                 a.id, tsr_model_name(m), a.mdl.tp, a.mdl.pp,
+                 a.id, tsr_model_name(m), a.mdl.tp, a.mdl.pp, eps,
                  a.mdl.quantize ? ", projections converted to " : "",
                  a.mdl.quantize ? tsr_dtype_name(a.mdl.quantize_type) : "", tsr_now() - t0,
                  tsr_engine_n_blocks(e), block, tsr_dtype_name(kv_type), addr);

@@ -1,5 +1,6 @@
 #include "worker/group.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -46,52 +47,58 @@ static int type_of(void *ctx, const char *name)
 }
 
 /* Bytes per weight only size the plan's memory report; the loader reads the real types. */
-static int make_plan(tsr_model_t *m, int tp, int pp, struct tsr_shard_plan *plan)
+static int make_plan(tsr_model_t *m, int tp, int ep, int pp, struct tsr_shard_plan *plan)
 {
-    int rc = tsr_shard_plan_make(tsr_model_config(m), tp, pp, 2.0, 4.0, plan);
+    int rc = tsr_shard_plan_make_ep(tsr_model_config(m), tp, ep, pp, 2.0, 4.0, plan);
     return rc ? rc : tsr_shard_plan_check_types(plan, type_of, m);
 }
 
-int tsr_group_check(tsr_model_t *m, int tp, int pp)
+int tsr_group_check(tsr_model_t *m, int tp, int ep, int pp)
 {
     struct tsr_shard_plan plan;
-    int rc = make_plan(m, tp, pp, &plan);
+    int rc = make_plan(m, tp, ep, pp, &plan);
     tsr_shard_plan_free(&plan);
     return rc;
 }
 
 /* Joins world (taken over: tsr_group_leave frees it, also after a failure here) as one rank of
- * tp x pp; started_by names who started the ranks, for the error. */
-static int join_world(tsr_model_t *m, int tp, int pp, tsr_comm_t *world, const char *started_by,
-                      struct tsr_group *g)
+ * the tp x ep x pp plan; started_by names who started the ranks, for the error. */
+static int join_world(tsr_model_t *m, int tp, int ep, int pp, tsr_comm_t *world,
+                      const char *started_by, struct tsr_group *g)
 {
     g->world = world;
     g->rank = tsr_comm_rank(world);
     int rc;
-    if (tsr_comm_size(world) != tp * pp) {
-        rc = tsr_errorf(TSR_EINVAL, "tp %d x pp %d needs %d ranks; %s started %d", tp, pp, tp * pp,
-                        started_by, tsr_comm_size(world));
+    if ((rc = make_plan(m, tp, ep, pp, &g->plan))) goto fail;
+    const struct tsr_shard_plan *p = &g->plan;
+    if (tsr_comm_size(world) != p->world) {
+        char eps[32] = "";
+        if (p->ep > p->tp) snprintf(eps, sizeof eps, " x ep %d / tp", p->ep);
+        rc = tsr_errorf(TSR_EINVAL, "tp %d%s x pp %d needs %d ranks; %s started %d", tp, eps, pp,
+                        p->world, started_by, tsr_comm_size(world));
         goto fail;
     }
-    if ((rc = make_plan(m, tp, pp, &g->plan))) goto fail;
-    const struct tsr_rank_plan *rp = &g->plan.ranks[g->rank];
-    if ((rc = tsr_comm_split(world, rp->pp_stage, rp->tp_rank, &g->tp))) goto fail;
-    g->shard = (struct tsr_runner_shard){&g->plan, g->world, g->tp, NULL}; /* ep = tp */
+    /* the attention group (a stage's ep / tp groups apart), and with ep > tp the stage */
+    const struct tsr_rank_plan *rp = &p->ranks[g->rank];
+    if ((rc = tsr_comm_split(world, rp->pp_stage * p->dp + rp->dp_rank, rp->tp_rank, &g->tp)))
+        goto fail;
+    if (p->ep > p->tp && (rc = tsr_comm_split(world, rp->pp_stage, rp->ep_rank, &g->ep))) goto fail;
+    g->shard = (struct tsr_runner_shard){&g->plan, g->world, g->tp, g->ep};
     return 0;
 fail:
     tsr_group_leave(g);
     return rc;
 }
 
-int tsr_group_join_mpi(tsr_model_t *m, int tp, int pp, struct tsr_group *g)
+int tsr_group_join_mpi(tsr_model_t *m, int tp, int ep, int pp, struct tsr_group *g)
 {
     memset(g, 0, sizeof *g);
     tsr_comm_t *world;
     int rc = tsr_comm_mpi_world(&world);
-    return rc ? rc : join_world(m, tp, pp, world, "mpirun", g);
+    return rc ? rc : join_world(m, tp, ep, pp, world, "mpirun", g);
 }
 
-int tsr_group_join_etcd(tsr_model_t *m, int tp, int pp, const struct tsr_group_rdv *r,
+int tsr_group_join_etcd(tsr_model_t *m, int tp, int ep, int pp, const struct tsr_group_rdv *r,
                         tsr_backend_t *b, struct tsr_group *g)
 {
     memset(g, 0, sizeof *g);
@@ -103,20 +110,21 @@ int tsr_group_join_etcd(tsr_model_t *m, int tp, int pp, const struct tsr_group_r
                           tsr_backend_name(b));
     int64_t gen = 0;
     tsr_comm_t *world = NULL;
-    int rc = tsr_group_check(m, tp, pp);
+    int ranks = (ep > tp ? ep : tp) * pp;
+    int rc = tsr_group_check(m, tp, ep, pp);
     if (!rc)
-        rc = tsr_rdv_join(r->etcd, r->prefix, r->name, r->rank, tp * pp, r->lease, r->timeout_ms,
+        rc = tsr_rdv_join(r->etcd, r->prefix, r->name, r->rank, ranks, r->lease, r->timeout_ms,
                           &gen);
     if (!rc)
-        rc = tsr_rdv_nccl(r->etcd, r->prefix, r->name, gen, r->lease, r->rank, tp * pp,
+        rc = tsr_rdv_nccl(r->etcd, r->prefix, r->name, gen, r->lease, r->rank, ranks,
                           tsr_cuda_backend_device(b), tsr_cuda_backend_stream(b), r->timeout_ms,
                           &world);
     if (rc) return rc;
     tsr_log_info("group %s, generation %lld: rank %d of %d joined over NCCL", r->name,
-                 (long long)gen, r->rank, tp * pp);
-    return join_world(m, tp, pp, world, "the group's etcd rendezvous", g);
+                 (long long)gen, r->rank, ranks);
+    return join_world(m, tp, ep, pp, world, "the group's etcd rendezvous", g);
 #else
-    (void)m, (void)tp, (void)pp, (void)r, (void)b;
+    (void)m, (void)tp, (void)ep, (void)pp, (void)r, (void)b;
     return tsr_errorf(TSR_EUNSUPPORTED,
                       "a group started without MPI meets through NCCL: this tessera was built "
                       "without CUDA");
@@ -171,6 +179,7 @@ void tsr_group_leave(struct tsr_group *g)
     /* NCCL first: freeing the last MPI communicator finalizes MPI. */
     tsr_comm_free(g->nccl_world);
     tsr_comm_free(g->nccl_tp);
+    tsr_comm_free(g->ep);
     tsr_comm_free(g->tp);
     tsr_shard_plan_free(&g->plan);
     tsr_comm_free(g->world);

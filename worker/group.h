@@ -1,6 +1,7 @@
-/* A worker group (DESIGN §1-2): one replica of the model sharded tp x pp over the ranks mpirun or
- * srun started, or over ranks started one by one that meet through etcd. Every rank builds the same
- * shard plan; rank 0 is the leader, which runs the engine; the others follow its steps
+/* A worker group (DESIGN §1-2): one replica of the model sharded tp x pp (and for a mixture of
+ * experts its experts over ep >= tp ranks a stage: world = max(tp, ep) x pp) over the ranks mpirun
+ * or srun started, or over ranks started one by one that meet through etcd. Every rank builds the
+ * same shard plan; rank 0 is the leader, which runs the engine; the others follow its steps
  * (tsr_runner_follow). */
 #ifndef TSR_WORKER_GROUP_H
 #define TSR_WORKER_GROUP_H
@@ -13,15 +14,18 @@
 
 struct tsr_group {
     tsr_comm_t *world, *tp;
+    tsr_comm_t *ep; /* a stage's ranks when ep > tp (the experts' all-to-all), else NULL */
     tsr_comm_t *nccl_tp, *nccl_world; /* tsr_group_use_nccl()'s; NULL otherwise */
     struct tsr_shard_plan plan;
     struct tsr_runner_shard shard; /* points into this struct: keep it in place */
     int rank;
 };
 
-/* Joins the MPI world as one rank of a tp x pp group over model m: the world must have exactly
- * tp * pp ranks; the plan is checked against the model's tensor types. Errors say which. */
-int tsr_group_join_mpi(tsr_model_t *m, int tp, int pp, struct tsr_group *g);
+/* Joins the MPI world as one rank of a tp x pp group over model m, its experts over ep ranks a
+ * stage (0: tp; a multiple of tp, tsr_shard_plan_make_ep): the world must have exactly
+ * max(tp, ep) * pp ranks; the plan is checked against the model's tensor types. Errors say
+ * which. */
+int tsr_group_join_mpi(tsr_model_t *m, int tp, int ep, int pp, struct tsr_group *g);
 /* How a rank of a group started without an MPI launcher (a LeaderWorkerSet's pods) meets its
  * group through etcd (worker/rendezvous.h): the group's name, the same on every rank, and this
  * rank's number; lease: this rank's etcd lease, which must outlive the group (it holds the rank's
@@ -37,7 +41,7 @@ struct tsr_group_rdv {
  * tsr_group_backend(NULL, ...)): the ranks agree on a generation (tsr_rdv_join), the world is one
  * NCCL communicator through etcd (tsr_rdv_nccl), and tp its split. Everything, the step messages
  * included, then goes through NCCL. TSR_EUNSUPPORTED without CUDA or on another backend. */
-int tsr_group_join_etcd(tsr_model_t *m, int tp, int pp, const struct tsr_group_rdv *r,
+int tsr_group_join_etcd(tsr_model_t *m, int tp, int ep, int pp, const struct tsr_group_rdv *r,
                         tsr_backend_t *b, struct tsr_group *g);
 /* Puts the group's device data on NCCL, for a CUDA backend on `device` whose stream is
  * `cuda_stream` (tsr_cuda_backend_stream()): the shard's tp becomes an NCCL communicator (the TP
@@ -51,7 +55,7 @@ int tsr_group_use_nccl(struct tsr_group *g, int device, void *cuda_stream);
  * TSR_EUNSUPPORTED for cuda in a build without it. Caller frees with tsr_backend_free(). */
 int tsr_group_backend(struct tsr_group *g, const char *device, int threads, tsr_backend_t **out);
 /* The same checks of the layout without MPI: TSR_EINVAL naming what does not divide. */
-int tsr_group_check(tsr_model_t *m, int tp, int pp);
+int tsr_group_check(tsr_model_t *m, int tp, int ep, int pp);
 void tsr_group_leave(struct tsr_group *g);
 
 /* 1 when this process was started by mpirun or srun (an MPI launcher's rank variables are set). */

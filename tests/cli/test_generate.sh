@@ -75,6 +75,26 @@ check "tp 3 x pp 2 through mpirun gives the single-rank tokens ($one / $sharded)
   "$([ -n "$one" ] && [ "$one" = "$sharded" ]; echo $?)"
 "$bin" generate --model "$model" --prompt hi --tp 2 >/dev/null 2>"$tmp/err"
 check "tp 2 on 9 heads: exit 2 naming the heads" "$([ $? = 2 ] && grep -q heads "$tmp/err"; echo $?)"
+# bench --batches with contexts longer than a step's tokens (2,048 here) fills them in chunks
+# (it once wrote past its step arrays: ASan's CI run of this script would show it)
+"$bin" bench --model synthetic:tiny-4k --batches 1,2 --context 3000 --steps 2 --prefill-tokens 16 \
+  >"$tmp/out" 2>"$tmp/err"
+check "bench --batches at a 3,000-token context: exit 0, two rows" \
+  "$([ $? = 0 ] && [ "$(grep -c '^|  *[12] |  *3000 |' "$tmp/out")" = 2 ]; echo $?)"
+# expert parallelism (--ep): the experts of mixtral-tiny over 2 ranks give the single-rank tokens;
+# a dense model or an ep that does not divide the experts is one clear error before mpirun
+moe=$("$bin" generate --model synthetic:mixtral-tiny --prompt-ids 5,6,7 --max-tokens 12 \
+      --ignore-eos --show-ids 2>/dev/null | tail -n 1)
+moe_ep=$("$bin" generate --model synthetic:mixtral-tiny --prompt-ids 5,6,7 --max-tokens 12 \
+         --ignore-eos --show-ids --ep 2 2>"$tmp/err" | tail -n 1)
+check "mixtral-tiny at ep 2 gives the single-rank tokens ($moe / $moe_ep)" \
+  "$([ -n "$moe" ] && [ "$moe" = "$moe_ep" ]; echo $?)"
+"$bin" generate --model synthetic:tiny --prompt-ids 1,2 --ep 2 >/dev/null 2>"$tmp/err"
+check "ep 2 on a dense model: exit 2 saying it is dense" "$([ $? = 2 ] && grep -q dense "$tmp/err"; echo $?)"
+"$bin" generate --model synthetic:mixtral-tiny --prompt-ids 1,2 --ep 3 >/dev/null 2>"$tmp/err"
+check "ep 3 on 8 experts: exit 2 naming the experts" "$([ $? = 2 ] && grep -q "8 experts" "$tmp/err"; echo $?)"
+"$bin" generate --model synthetic:mixtral-tiny --prompt-ids 1,2 --tp 2 --ep 3 >/dev/null 2>"$tmp/err"
+check "ep 3 with tp 2: exit 2 (not a multiple of tp)" "$([ $? = 2 ] && grep -q "multiple of tp" "$tmp/err"; echo $?)"
 
 echo "$passes passed, $fails failed"
 [ "$fails" = 0 ]
