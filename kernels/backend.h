@@ -216,9 +216,10 @@ struct tsr_moe {
     int32_t *trace;
 };
 /* out[n][dim] = Σ_chosen w · down[e](silu(x · gate[e]ᵀ) * (x · up[e]ᵀ)) (+ the shared expert) for
- * the n rows of x [n][dim]; out is not x. The CPU runs each expert once over the rows routed to
- * it. TSR_EUNSUPPORTED on a backend without it ("mixture-of-experts layers are not implemented
- * on the cuda backend yet"): tsr_backend_can_moe() is 0 there. */
+ * the n rows of x [n][dim]; out is not x. The CPU and the GPU run each expert once over the rows
+ * routed to it, in expert order; the GPU routes on the host (the stream waits for the router's
+ * logits: not inside a graph). TSR_EUNSUPPORTED on a backend without it:
+ * tsr_backend_can_moe() is 0 there. */
 int tsr_backend_can_moe(const tsr_backend_t *b);
 int tsr_op_moe(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *x, const struct tsr_moe *moe, int n);
 /* Multi-head latent attention (DeepSeek V2/V3, Kimi K2) of one layer, in the absorbed form: the

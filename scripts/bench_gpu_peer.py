@@ -3,10 +3,11 @@
 
 A LlamaForCausalLM built from a config (llama3-8b's shape, random weights, bf16, SDPA attention;
 no download), on one GPU:
-- decode tok/s at each batch size: `generate` with greedy decoding from a --context-token random
-  prompt per sequence; the decode time per step is the difference between generating 1 + steps
+- decode tok/s at each batch size and each --context (a comma-separated list): `generate` with
+  greedy decoding from a random prompt of that many tokens per sequence; the decode time per step is the difference between generating 1 + steps
   tokens and 1 token (so the prompt's prefill cancels), over steps;
-- prefill tok/s of one --prefill-tokens prompt (a forward pass, logits of the last token only);
+- prefill tok/s of one prompt of each --prefill-tokens (a list; a forward pass, logits of the last
+  token only);
 - the device-to-device copy bandwidth and an 8192^3 bf16 matmul rate, measured the same way as
   tessera's (CUDA events, median of 10 after 3 warm-ups).
 Prints one JSON line per measurement, then a table.
@@ -53,11 +54,11 @@ SHAPES = {
 }
 
 
-def build(shape):
+def build(shape, positions):
     from transformers import LlamaConfig, LlamaForCausalLM
     # RoPE's base and scaling do not change the cost; they are left at the library's defaults,
     # whose names moved between transformers versions.
-    cfg = LlamaConfig(vocab_size=128256, max_position_embeddings=8192, rms_norm_eps=1e-5,
+    cfg = LlamaConfig(vocab_size=128256, max_position_embeddings=max(8192, positions), rms_norm_eps=1e-5,
                       tie_word_embeddings=False, **SHAPES[shape])
     try:
         cfg._attn_implementation = "sdpa"
@@ -114,9 +115,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--shape", default="llama3-8b", choices=sorted(SHAPES))
     ap.add_argument("--batches", default="1,8,64,256")
-    ap.add_argument("--context", type=int, default=512)
+    ap.add_argument("--context", default="512")
     ap.add_argument("--steps", type=int, default=32)
-    ap.add_argument("--prefill-tokens", type=int, default=2048)
+    ap.add_argument("--prefill-tokens", default="2048")
     ap.add_argument("--repeats", type=int, default=3)
     a = ap.parse_args()
     import transformers
@@ -125,24 +126,30 @@ def main():
                       "transformers": transformers.__version__,
                       "device": torch.cuda.get_device_name(), "copy_TBps": copy_bps / 1e12,
                       "bf16_mm_TFLOPs": mm_flops / 1e12}), flush=True)
-    model = build(a.shape)
+    contexts = [int(x) for x in a.context.split(",")]
+    prefills = [int(x) for x in a.prefill_tokens.split(",")]
+    model = build(a.shape, max(contexts + prefills) + a.steps + 8)
     vocab = model.config.vocab_size
-    rows = []
-    for b in [int(x) for x in a.batches.split(",")]:
-        s = decode_step_s(model, b, a.context, a.steps, vocab)
-        rows.append((b, s))
-        print(json.dumps({"engine": "torch", "shape": a.shape, "batch": b, "context": a.context,
-                          "step_ms": s * 1e3, "tok_s": b / s}), flush=True)
-    p = prefill_s(model, a.prefill_tokens, vocab, a.repeats)
-    print(json.dumps({"engine": "torch", "shape": a.shape, "prefill_tokens": a.prefill_tokens,
-                      "prefill_ms": p * 1e3, "prefill_tok_s": a.prefill_tokens / p}), flush=True)
+    rows, prows = [], []
+    for c in contexts:
+        for b in [int(x) for x in a.batches.split(",")]:
+            s = decode_step_s(model, b, c, a.steps, vocab)
+            rows.append((b, c, s))
+            print(json.dumps({"engine": "torch", "shape": a.shape, "batch": b, "context": c,
+                              "step_ms": s * 1e3, "tok_s": b / s}), flush=True)
+    for n in prefills:
+        p = prefill_s(model, n, vocab, a.repeats)
+        prows.append((n, p))
+        print(json.dumps({"engine": "torch", "shape": a.shape, "prefill_tokens": n,
+                          "prefill_ms": p * 1e3, "prefill_tok_s": n / p}), flush=True)
     print(f"\ntorch {torch.__version__} + transformers {transformers.__version__}, "
           f"{torch.cuda.get_device_name()}, {a.shape} bf16 (random weights), SDPA")
     print("| batch | context | step ms | tok/s |")
     print("| ----: | ------: | ------: | ----: |")
-    for b, s in rows:
-        print(f"| {b:5d} | {a.context:7d} | {s * 1e3:7.3f} | {b / s:5.0f} |")
-    print(f"\nprefill {a.prefill_tokens} tokens: {p * 1e3:.1f} ms, {a.prefill_tokens / p:.0f} tok/s")
+    for b, c, s in rows:
+        print(f"| {b:5d} | {c:7d} | {s * 1e3:7.3f} | {b / s:5.0f} |")
+    for n, p in prows:
+        print(f"\nprefill {n} tokens: {p * 1e3:.1f} ms, {n / p:.0f} tok/s")
     print(f"device-to-device copy {copy_bps / 1e12:.2f} TB/s, bf16 8192^3 matmul "
           f"{mm_flops / 1e12:.0f} TFLOP/s")
 

@@ -600,11 +600,12 @@ static int set_part(tsr_runner_t *r, const struct tsr_runner_shard *sh)
      * groups all run the one batch the leader sends (replicated attention). ep = 1 (tp = 1)
      * with pp > 1 holds every expert of its layers and runs tsr_op_moe. The all-to-all takes
      * host buffers: the CPU backend over MPI only. */
-    if (c->n_expert > 0 && pl->ep > 1 && strcmp(tsr_comm_name(ep), "mpi"))
+    if (c->n_expert > 0 && pl->ep > 1 &&
+        (strcmp(tsr_comm_name(ep), "mpi") || strcmp(tsr_backend_name(r->b), "cpu")))
         return tsr_errorf(TSR_EUNSUPPORTED,
                           "%s has %d experts: expert parallelism (ep = %d) runs on the CPU backend "
-                          "over MPI only, not over %s",
-                          c->arch, c->n_expert, pl->ep, tsr_comm_name(ep));
+                          "over MPI only, not on %s over %s",
+                          c->arch, c->n_expert, pl->ep, tsr_backend_name(r->b), tsr_comm_name(ep));
     r->moe_ep = (struct tsr_moe_ep){.ep = ep, .tp = pl->tp > 1 ? sh->tp : NULL};
     const struct tsr_rank_plan *p = &sh->plan->ranks[r->world_rank];
     r->rp = p;
@@ -744,7 +745,9 @@ int tsr_runner_new(tsr_model_t *m, tsr_backend_t *b, const struct tsr_runner_opt
     if (rc || (rc = alloc_scratch(r))) goto fail;
     if ((r->opts.n_blocks == 0 && (rc = size_kv(r))) || (rc = alloc_kv(r))) goto fail;
     const char *g = getenv("TESSERA_GRAPHS");
-    r->graphs = r->world_size == 1 && tsr_backend_graphs(b) && !(g && !strcmp(g, "0"));
+    /* not with experts: a MoE layer's routing runs on the host between its matmuls */
+    r->graphs =
+        r->world_size == 1 && tsr_backend_graphs(b) && !(g && !strcmp(g, "0")) && c->n_expert == 0;
     *out = r;
     return 0;
 fail:

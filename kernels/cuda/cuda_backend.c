@@ -26,7 +26,15 @@ enum {
 
 /* Which op's metadata a device copy holds. Ops of one kind in a step (RoPE or attention in every
  * layer) see the same arrays, so each kind keeps its last upload and skips identical ones. */
-enum meta_kind { META_EMBED, META_ROPE, META_ATTN, META_GATHER, META_SAMPLE, META_KINDS };
+enum meta_kind {
+    META_EMBED,
+    META_ROPE,
+    META_ATTN,
+    META_GATHER,
+    META_SAMPLE,
+    META_MOE, /* a MoE layer's routing */
+    META_KINDS
+};
 
 struct meta_slot {
     void *host; /* pinned */
@@ -67,6 +75,10 @@ struct cuda_ctx {
     void *blas_ws; /* cuBLAS workspace of our own: it then allocates nothing while recording */
     void *tiles;   /* host: attention's prefill tiles, reused from layer to layer */
     size_t tiles_size;
+    void *moe_ws; /* device: a MoE layer's step buffers (the matmuls use scratch meanwhile) */
+    size_t moe_ws_size;
+    void *moe_host; /* host: its router logits and routing */
+    size_t moe_host_size;
 };
 
 static struct cuda_ctx *ctx_of(tsr_backend_t *b)
@@ -228,6 +240,8 @@ static void cuda_free(tsr_backend_t *b)
         free(c->meta[i].shadow);
     }
     if (c->scratch) cudaFree(c->scratch);
+    if (c->moe_ws) cudaFree(c->moe_ws);
+    free(c->moe_host);
     while (c->retired) {
         struct retired *r = c->retired;
         c->retired = r->next;
@@ -442,6 +456,135 @@ static int cuda_gather_rows(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *x, cons
     CK(cudaMemcpyAsync(out->data, tmp, (size_t)n * rb, cudaMemcpyDeviceToDevice, c->stream),
        "gather_rows: copy");
     return 0;
+}
+
+/* ---- mixture of experts (kernels/backend.h tsr_op_moe) ----
+ * The router's matmul on the GPU, the routing on the host (its n x n_expert logits cross and the
+ * stream waits, so a MoE layer is never recorded into a graph: the runner turns graphs off), then
+ * expert by expert in expert order, as tsr_cpu_moe: the rows routed to an expert gathered, its
+ * SwiGLU MLP through the matmul ops (so every weight type and the GEMV/GEMM choice are theirs),
+ * its outputs scaled and added to their rows (tsr_cuda_scatter_add, rounded as the CPU's
+ * o += w * y). The sums are the CPU's in the CPU's order; only the matmuls round differently. */
+
+/* A view of n bytes of the MoE workspace at *off (SCRATCH_ALIGN-aligned). */
+static tsr_buf_t moe_view(tsr_backend_t *b, size_t *off, size_t n)
+{
+    struct cuda_ctx *c = ctx_of(b);
+    tsr_buf_t v = {.b = b, .data = (char *)c->moe_ws + *off, .size = n};
+    *off += align_up(n);
+    return v;
+}
+
+/* One MoE call's step buffers (device) and routing (host). */
+struct moe_step {
+    tsr_buf_t logits, xe, ye, h, tmp, gate;
+    float *hl, *w, *we;
+    int32_t *ids, *rows;
+    int *count;
+};
+
+static int moe_buffers(tsr_backend_t *b, const struct tsr_moe *moe, int n, struct moe_step *st)
+{
+    struct cuda_ctx *c = ctx_of(b);
+    int E = moe->routing.n_expert, nk = n * moe->routing.n_used;
+    int64_t dim = moe->router->cols, ffn = 0;
+    for (int e = 0; e < E; e++) /* the widest expert, routed or shared */
+        if (moe->gate[e].rows > ffn) ffn = moe->gate[e].rows;
+    if (moe->shared_gate && moe->shared_gate->rows > ffn) ffn = moe->shared_gate->rows;
+    size_t ws = align_up(sizeof(float) * (size_t)n * E) +
+                2 * align_up(sizeof(float) * (size_t)nk * dim) +
+                2 * align_up(sizeof(float) * (size_t)nk * ffn) + align_up(sizeof(float) * n);
+    /* host: logits, w, we, ids, rows, count */
+    size_t hs = sizeof(float) * (size_t)n * E + 4 * sizeof(int32_t) * (size_t)nk +
+                sizeof(int) * ((size_t)E + 1);
+    CK(cudaSetDevice(c->device), "set device");
+    if (ws > c->moe_ws_size) {
+        CK(cudaStreamSynchronize(c->stream), "moe: synchronize");
+        if (c->moe_ws) CK(cudaFree(c->moe_ws), "moe: free");
+        c->moe_ws = NULL;
+        c->moe_ws_size = 0;
+        size_t want = align_up(ws + ws / 4);
+        CK(cudaMalloc(&c->moe_ws, want), "moe: allocate step buffers");
+        c->moe_ws_size = want;
+    }
+    int rc = grow_host(&c->moe_host, &c->moe_host_size, hs);
+    if (rc) return rc;
+    size_t off = 0;
+    st->logits = moe_view(b, &off, sizeof(float) * (size_t)n * E);
+    st->xe = moe_view(b, &off, sizeof(float) * (size_t)nk * dim);
+    st->ye = moe_view(b, &off, sizeof(float) * (size_t)nk * dim);
+    st->h = moe_view(b, &off, sizeof(float) * (size_t)nk * ffn);
+    st->tmp = moe_view(b, &off, sizeof(float) * (size_t)nk * ffn);
+    st->gate = moe_view(b, &off, sizeof(float) * (size_t)n);
+    st->hl = c->moe_host;
+    st->w = st->hl + (size_t)n * E;
+    st->we = st->w + nk;
+    st->ids = (int32_t *)(st->we + nk);
+    st->rows = st->ids + nk;
+    st->count = (int *)(st->rows + nk);
+    return 0;
+}
+
+static int cuda_moe(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *x, const struct tsr_moe *moe,
+                    int n)
+{
+    struct cuda_ctx *c = ctx_of(b);
+    if (c->recording)
+        return tsr_errorf(TSR_EINVAL, "cuda: a mixture-of-experts layer cannot be recorded into a "
+                                      "graph (its routing runs on the host)");
+    const struct tsr_moe_routing *r = &moe->routing;
+    int E = r->n_expert, k = r->n_used, nk = n * k;
+    int64_t dim = moe->router->cols;
+    struct moe_step st;
+    int rc = moe_buffers(b, moe, n, &st);
+    if (rc || (rc = tsr_op_matmul(b, &st.logits, moe->router, x, NULL, n))) return rc;
+    CK(cudaMemcpyAsync(st.hl, st.logits.data, sizeof(float) * (size_t)n * E, cudaMemcpyDeviceToHost,
+                       c->stream),
+       "moe: router logits to the host");
+    CK(cudaStreamSynchronize(c->stream), "moe: router logits");
+    if ((rc = tsr_moe_route(r, st.hl, moe->score_bias, n, st.ids, st.w))) return rc;
+    if (moe->trace) memcpy(moe->trace, st.ids, sizeof *st.ids * (size_t)nk);
+    /* counting sort of the (token, choice) pairs by expert, tokens in order within one */
+    int *count = st.count;
+    memset(count, 0, sizeof *count * ((size_t)E + 1));
+    for (int i = 0; i < nk; i++) count[st.ids[i] + 1]++;
+    for (int e = 0; e < E; e++) count[e + 1] += count[e];
+    for (int i = 0; i < nk; i++) {
+        int at = count[st.ids[i]]++;
+        st.rows[at] = i / k;
+        st.we[at] = st.w[i];
+    }
+    for (int e = E; e > 0; e--) count[e] = count[e - 1];
+    count[0] = 0;
+    const void *src[2] = {st.rows, st.we};
+    size_t bytes[2] = {sizeof(int32_t) * (size_t)nk, sizeof(float) * (size_t)nk};
+    void *dev[2];
+    if ((rc = stage_meta(c, META_MOE, 2, src, bytes, dev))) return rc;
+    const int32_t *drows = dev[0];
+    const float *dwe = dev[1];
+    CK(cudaMemsetAsync(out->data, 0, sizeof(float) * (size_t)n * dim, c->stream), "moe: zero");
+    for (int e = 0; e < E && !rc; e++) {
+        int m = count[e + 1] - count[e];
+        if (!m) continue;
+        if (!(rc = launched(tsr_cuda_gather_rows(c->stream, st.xe.data, x->data, drows + count[e],
+                                                 m, (int)dim),
+                            "moe: gather")) &&
+            !(rc =
+                  tsr_op_matmul_swiglu(b, &st.h, &st.tmp, &moe->gate[e], &moe->up[e], &st.xe, m)) &&
+            !(rc = tsr_op_matmul(b, &st.ye, &moe->down[e], &st.h, NULL, m)))
+            rc = launched(tsr_cuda_scatter_add(c->stream, out->data, st.ye.data, drows + count[e],
+                                               dwe + count[e], 0, m, (int)dim),
+                          "moe: scatter-add");
+    }
+    if (rc || !moe->shared_gate) return rc;
+    if ((rc = tsr_op_matmul_swiglu(b, &st.h, &st.tmp, moe->shared_gate, moe->shared_up, x, n)) ||
+        (rc = tsr_op_matmul(b, &st.ye, moe->shared_down, &st.h, NULL, n)))
+        return rc;
+    if (moe->shared_inp && (rc = tsr_op_matmul(b, &st.gate, moe->shared_inp, x, NULL, n)))
+        return rc;
+    return launched(tsr_cuda_scatter_add(c->stream, out->data, st.ye.data, NULL,
+                                         moe->shared_inp ? st.gate.data : NULL, 1, n, (int)dim),
+                    "moe: shared expert");
 }
 
 /* Waits for the stream: only the n ids cross to the host. */
@@ -1066,6 +1209,7 @@ static const struct tsr_backend_iface cuda_iface = {
     .attention = cuda_attention,
     .swiglu = cuda_swiglu,
     .gather_rows = cuda_gather_rows,
+    .moe = cuda_moe,
     .argmax = cuda_argmax,
     .sample = cuda_sample,
     .top_logprobs = cuda_top_logprobs,

@@ -32,6 +32,11 @@ cudaError_t tsr_cuda_swiglu(cudaStream_t s, float *out, const float *gate, const
 cudaError_t tsr_cuda_gather_rows(cudaStream_t s, float *out, const float *x, const int32_t *rows,
                                  int n, int width);
 
+/* out[rows[i]] += w[i] * y[i] for the n rows of y (width floats each); rows NULL: row i; w NULL:
+ * 1; sigmoid_w: sigmoid(w[i]) instead of w[i]. rows must be distinct (one thread a column). */
+cudaError_t tsr_cuda_scatter_add(cudaStream_t s, float *out, const float *y, const int32_t *rows,
+                                 const float *w, int sigmoid_w, int n, int width);
+
 /* Decode matmuls in one launch (cuda_matmul.cu): y[i][n][rows[i]] = x[n][cols] · W[i]ᵀ for the
  * n_w weights (1..TSR_CUDA_GEMV_MAX_W, one type and row size), f32 accumulation, n in
  * 1..TSR_CUDA_GEMV_MAX_N. With swiglu (n_w = 2, equal rows): y[0] = silu(x · W[0]ᵀ) * (x · W[1]ᵀ),

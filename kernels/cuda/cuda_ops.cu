@@ -198,6 +198,28 @@ extern "C" cudaError_t tsr_cuda_gather_rows(cudaStream_t s, float *out, const fl
     return cudaGetLastError();
 }
 
+__global__ void scatter_add_kernel(float *__restrict__ out, const float *__restrict__ y,
+                                   const int32_t *__restrict__ rows, const float *__restrict__ w,
+                                   int sigmoid_w, int width)
+{
+    int i = blockIdx.x;
+    float s = 1.0f;
+    if (w) s = sigmoid_w ? 1.0f / (1.0f + expf(-w[i])) : w[i];
+    float *dst = out + (size_t)(rows ? rows[i] : i) * width;
+    const float *src = y + (size_t)i * width;
+    /* the CPU's o += s * y, rounded as it is: a product, then a sum */
+    for (int j = threadIdx.x; j < width; j += blockDim.x)
+        dst[j] = __fadd_rn(dst[j], __fmul_rn(s, src[j]));
+}
+
+extern "C" cudaError_t tsr_cuda_scatter_add(cudaStream_t s, float *out, const float *y,
+                                            const int32_t *rows, const float *w, int sigmoid_w,
+                                            int n, int width)
+{
+    if (n > 0) scatter_add_kernel<<<n, 256, 0, s>>>(out, y, rows, w, sigmoid_w, width);
+    return cudaGetLastError();
+}
+
 /* ---- matmul helpers ---- */
 
 __global__ void weight_to_bf16_kernel(int type, const uint8_t *__restrict__ w, size_t row_bytes,

@@ -8,12 +8,20 @@
  *    (both sides quantize K and V alike and widen them alike), 8b with bf16;
  * 2. with >= 3 GPUs: default model, greedy 64 tokens at TP=3 equal TP=1 (`tessera generate`);
  * 3. with >= 2 (4) GPUs: llama3-8b teacher-forced argmax at TP=2 (TP=4) agrees with TP=1 at >= 99%;
- * 4. decode through CUDA graphs equals decode op by op (graphs_vs_eager).
+ * 4. decode through CUDA graphs equals decode op by op (graphs_vs_eager);
+ * 5. long contexts: synthetic:tiny-128k (Llama 3.1's attention and RoPE scaling), bf16 KV cache,
+ *    teacher-forced argmax on cuda agrees with the CPU's at >= 99% of 8,192 and of 32,768
+ *    positions (half of them one prompt step, the rest one decode step each: the prefill and the
+ *    decode kernels at every length up to there);
+ * 6. mixture of experts (the routing on the host, the experts' matmuls on the GPU):
+ *    synthetic:mixtral-tiny and qwen2-moe-tiny (its gated shared expert), f32 KV cache, agree
+ *    with the CPU at >= 99% of 128 positions.
  *
  * Exits 77 (skipped) without a CUDA device (1 under TESSERA_REQUIRE_GPU=1: gpu_test.h), and 77
  * when every part asked for needs more GPUs than there are (a part skipped beside parts that ran
  * is a SKIP line, not a failure). Arguments, each optional: "default", "8b" (part 1),
- * "tp3" (part 2), "tp8b" (part 3), "graphs" (part 4) pick parts (all by default). TESSERA_BIN
+ * "tp3" (part 2), "tp8b" (part 3), "graphs" (part 4), "long" (part 5), "moe" (part 6) pick
+ * parts (all by default). TESSERA_BIN
  * overrides where `tessera` is (default: ../tessera beside this program's folder); the source tree
  * (for models/) is found from this file's path, or TESSERA_SOURCE_DIR. */
 #include <libgen.h>
@@ -193,6 +201,12 @@ int main(int argc, char **argv)
             agree_cpu(DEFAULT_MODEL, 128, "fp8"), ran++;
     if (wanted(argc, argv, "8b")) agree_cpu("synthetic:llama3-8b", 128, "bf16"), ran++;
     if (wanted(argc, argv, "graphs")) graphs_vs_eager(), ran++;
+    if (wanted(argc, argv, "long"))
+        agree_cpu("synthetic:tiny-128k", 8192, "bf16"),
+            agree_cpu("synthetic:tiny-128k", 32768, "bf16"), ran++;
+    if (wanted(argc, argv, "moe"))
+        agree_cpu("synthetic:mixtral-tiny", 128, "f32"),
+            agree_cpu("synthetic:qwen2-moe-tiny", 128, "f32"), ran++;
     if (wanted(argc, argv, "tp3")) {
         if (n_gpus >= 3) {
             greedy_tp3();
