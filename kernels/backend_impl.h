@@ -83,6 +83,11 @@ struct tsr_buf {
 int tsr_buf_check_size(const tsr_buf_t *buf, size_t n, const char *what);
 /* 0 when a MoE routing is consistent (kernels/moe.c), else TSR_EINVAL naming it. */
 int tsr_moe_routing_check(const struct tsr_moe_routing *r);
+/* Counting sort of the (token, choice) pairs [i0, i1) of ids (k choices a token) by expert:
+ * expert e's pairs at [count[e], count[e + 1]) of rows (their tokens, in token order) and we
+ * (their weights w). count has E + 1 entries, zeroed by the caller (kernels/moe.c). */
+void tsr_moe_sort_by_expert(const int32_t *ids, const float *w, int i0, int i1, int k, int E,
+                            int *count, int32_t *rows, float *we);
 /* Bytes of n rows of width floats, or SIZE_MAX when negative or overflowing. */
 size_t tsr_f32_bytes(int64_t n, int64_t width);
 

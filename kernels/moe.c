@@ -1,10 +1,12 @@
-/* Mixture-of-experts routing (kernels/backend.h tsr_moe_route): the same on every backend, on the
- * host, over the router's logits. O(n_used * n_expert) a token: a few hundred experts at most. */
+/* Mixture-of-experts routing (kernels/backend.h tsr_moe_route) and the sort of its choices by
+ * expert (kernels/backend_impl.h): the same on every backend, on the host, over the router's
+ * logits. O(n_used * n_expert) a token: a few hundred experts at most. */
 #include <math.h>
 #include <stdlib.h>
 
 #include "common/status.h"
 #include "kernels/backend.h"
+#include "kernels/backend_impl.h"
 
 int tsr_moe_routing_check(const struct tsr_moe_routing *r)
 {
@@ -102,4 +104,18 @@ int tsr_moe_route(const struct tsr_moe_routing *r, const float *logits, const fl
     free(s);
     free(ok);
     return 0;
+}
+
+void tsr_moe_sort_by_expert(const int32_t *ids, const float *w, int i0, int i1, int k, int E,
+                            int *count, int32_t *rows, float *we)
+{
+    for (int i = i0; i < i1; i++) count[ids[i] + 1]++;
+    for (int e = 0; e < E; e++) count[e + 1] += count[e];
+    for (int i = i0; i < i1; i++) {
+        int at = count[ids[i]]++;
+        rows[at] = i / k;
+        we[at] = w[i];
+    }
+    for (int e = E; e > 0; e--) count[e] = count[e - 1]; /* back to the starts */
+    count[0] = 0;
 }

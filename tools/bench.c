@@ -247,6 +247,7 @@ static double matmul_params(const struct tsr_model_config *c)
  * (a step's batch shares them), so the roofline counts those, from the runner's route trace. */
 struct expert_reads {
     int32_t *trace;                    /* tsr_runner_trace_routes' (NULL: a dense model) */
+    char *seen;                        /* e1 - e0 flags: chosen in the layer being counted */
     int layers, e0, e1, k, max_tokens; /* expert layers; this rank's experts [e0, e1) */
     double per_expert;                 /* bytes of one expert of one layer */
 };
@@ -259,7 +260,8 @@ static int expert_reads_start(struct expert_reads *x, tsr_runner_t *r,
     if (c->n_expert == 0) return 0;
     if (sh) x->e0 = sh->plan->ranks[0].expert_begin, x->e1 = sh->plan->ranks[0].expert_end;
     x->trace = malloc(sizeof *x->trace * (size_t)c->n_layer * max_tokens * x->k);
-    if (!x->trace) return tsr_errorf(TSR_ENOMEM, "out of memory");
+    x->seen = malloc((size_t)(x->e1 - x->e0));
+    if (!x->trace || !x->seen) return tsr_errorf(TSR_ENOMEM, "out of memory");
     x->layers = tsr_runner_trace_routes(r, x->trace);
     x->per_expert =
         x->layers ? (double)tsr_runner_expert_bytes(r) / x->layers / (x->e1 - x->e0) : 0;
@@ -271,11 +273,11 @@ static double expert_reads_step(const struct expert_reads *x, int B)
 {
     double n = 0;
     for (int l = 0; l < x->layers; l++) {
-        char seen[1024] = {0};
+        memset(x->seen, 0, (size_t)(x->e1 - x->e0));
         const int32_t *ids = x->trace + (size_t)l * x->max_tokens * x->k;
         for (int i = 0; i < B * x->k; i++)
-            if (ids[i] >= x->e0 && ids[i] < x->e1 && ids[i] - x->e0 < 1024 && !seen[ids[i] - x->e0])
-                seen[ids[i] - x->e0] = 1, n++;
+            if (ids[i] >= x->e0 && ids[i] < x->e1 && !x->seen[ids[i] - x->e0])
+                x->seen[ids[i] - x->e0] = 1, n++;
     }
     return n * x->per_expert;
 }
@@ -437,6 +439,7 @@ static int bench_batches(const struct bench_args *a, tsr_model_t *m, tsr_backend
 out:
     if (r && xr.trace) tsr_runner_trace_routes(r, NULL);
     free(xr.trace);
+    free(xr.seen);
     seqs_free(&s);
     tsr_runner_free(r);
     return rc;

@@ -56,23 +56,6 @@ static int route(tsr_backend_t *b, struct moe_scratch *s, const struct tsr_moe *
     return rc;
 }
 
-/* Counting sort of the (token, choice) pairs [i0, i1) of ids by expert: expert e's pairs at
- * [count[e], count[e + 1]) of rows (their tokens, in token order) and we (their weights). count
- * has E + 1 entries, zeroed by the caller. */
-static void sort_by_expert(const int32_t *ids, const float *w, int i0, int i1, int k, int E,
-                           int *count, int32_t *rows, float *we)
-{
-    for (int i = i0; i < i1; i++) count[ids[i] + 1]++;
-    for (int e = 0; e < E; e++) count[e + 1] += count[e];
-    for (int i = i0; i < i1; i++) {
-        int at = count[ids[i]]++;
-        rows[at] = i / k;
-        we[at] = w[i];
-    }
-    for (int e = E; e > 0; e--) count[e] = count[e - 1]; /* back to the starts */
-    count[0] = 0;
-}
-
 /* o (n rows) += the shared expert over the n rows of x, gated when moe->shared_inp; rows and we
  * are scratch of n entries. */
 static int add_shared(tsr_backend_t *b, struct moe_scratch *s, const struct tsr_moe *moe,
@@ -127,7 +110,7 @@ int tsr_cpu_moe(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *x, const struct tsr
     if (rc || (rc = route(b, &s, moe, x, n, ids, w))) goto out;
     float *o = out->data;
     memset(o, 0, sizeof(float) * (size_t)n * dim);
-    sort_by_expert(ids, w, 0, n * k, k, E, count, rows, we);
+    tsr_moe_sort_by_expert(ids, w, 0, n * k, k, E, count, rows, we);
     for (int e = 0; e < E && !rc; e++) {
         int m = count[e + 1] - count[e];
         if (!m) continue;
@@ -232,7 +215,7 @@ int tsr_op_moe_ep(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *x, const struct t
                  : route(b, &s, moe, x, n, ids, w);
     /* dispatch: this home's pairs by expert, so by owner; what each rank sends this owner */
     if (!rc) {
-        sort_by_expert(ids, w, t0 * k, t1 * k, k, E, count, rows, we);
+        tsr_moe_sort_by_expert(ids, w, t0 * k, t1 * k, k, E, count, rows, we);
         for (int d = 0; d < P; d++) sb[d] = (size_t)(count[(d + 1) * per] - count[d * per]) * row;
         for (int src = 0; src < P; src++) {
             int s0 = src * c < n ? src * c : n, s1 = s0 + c < n ? s0 + c : n;

@@ -544,18 +544,9 @@ static int cuda_moe(tsr_backend_t *b, tsr_buf_t *out, tsr_buf_t *x, const struct
     CK(cudaStreamSynchronize(c->stream), "moe: router logits");
     if ((rc = tsr_moe_route(r, st.hl, moe->score_bias, n, st.ids, st.w))) return rc;
     if (moe->trace) memcpy(moe->trace, st.ids, sizeof *st.ids * (size_t)nk);
-    /* counting sort of the (token, choice) pairs by expert, tokens in order within one */
     int *count = st.count;
     memset(count, 0, sizeof *count * ((size_t)E + 1));
-    for (int i = 0; i < nk; i++) count[st.ids[i] + 1]++;
-    for (int e = 0; e < E; e++) count[e + 1] += count[e];
-    for (int i = 0; i < nk; i++) {
-        int at = count[st.ids[i]]++;
-        st.rows[at] = i / k;
-        st.we[at] = st.w[i];
-    }
-    for (int e = E; e > 0; e--) count[e] = count[e - 1];
-    count[0] = 0;
+    tsr_moe_sort_by_expert(st.ids, st.w, 0, nk, k, E, count, st.rows, st.we);
     const void *src[2] = {st.rows, st.we};
     size_t bytes[2] = {sizeof(int32_t) * (size_t)nk, sizeof(float) * (size_t)nk};
     void *dev[2];
